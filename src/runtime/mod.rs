@@ -1,0 +1,33 @@
+//! Executors: one glommio `LocalExecutor` per core, each with its own io_uring.
+//!
+//! Runs on: every core. Invariant: every executor Keel starts is built here, so the
+//! registered I/O memory of all of them stays within `ulimit -l` (8 MiB on our machines;
+//! glommio's own default of 10 MiB per executor would not fit).
+
+use glommio::{LocalExecutorBuilder, Placement};
+use std::future::Future;
+
+/// Registered io_uring buffer memory per executor. Keel's storage writes go through
+/// buffered files and the mmap, not DMA buffers, so a small pool is enough.
+pub const IO_MEMORY_BYTES: usize = 512 * 1024;
+
+/// A builder with Keel's defaults for an executor on `placement`.
+pub fn executor_builder(name: &str, placement: Placement) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(IO_MEMORY_BYTES)
+        .ring_depth(128)
+}
+
+/// Runs `fut` to completion on a fresh, unpinned executor on the calling thread.
+/// For tools, tests and boot-time work that is not yet on a core of its own.
+pub fn block_on<T, F>(fut: F) -> T
+where
+    F: Future<Output = T> + 'static,
+    T: 'static,
+{
+    executor_builder("keel-block-on", Placement::Unbound)
+        .make()
+        .expect("cannot start a glommio executor (io_uring unavailable or memlock too low?)")
+        .run(fut)
+}

@@ -1,0 +1,1 @@
+//! Write-ahead log: `<data-dir>/member/wal/` (to be built).
