@@ -1,0 +1,122 @@
+//! MVCC store on one core: apply puts, point and range reads at the current revision,
+//! reopen (key index rebuild), and space after overwrite + compaction.
+
+use crate::util::Flags;
+use keel::mvcc::{PutRequest, RangeRequest, Store, StoreOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+struct Cfg {
+    keys: u64,
+    key_bytes: usize,
+    val_bytes: usize,
+    reads: u64,
+    commit_every: u64,
+}
+
+fn key(cfg: &Cfg, i: u64) -> Vec<u8> {
+    let mut k = (i % cfg.keys).to_be_bytes().to_vec();
+    k.resize(cfg.key_bytes.max(8), b'k');
+    k
+}
+
+pub fn run(flags: &Flags) {
+    let cfg = Cfg {
+        keys: flags.u64("keys", 1_000_000),
+        key_bytes: flags.u64("key-bytes", 8) as usize,
+        val_bytes: flags.u64("val-bytes", 256) as usize,
+        reads: flags.u64("reads", 2_000_000),
+        commit_every: flags.u64("commit-every", 10_000),
+    };
+    let dir = flags.dir("store");
+    println!(
+        "# {} keys, {}-byte keys, {}-byte values, commit every {} puts, dir {}",
+        cfg.keys,
+        cfg.key_bytes,
+        cfg.val_bytes,
+        cfg.commit_every,
+        dir.display()
+    );
+    let db = dir.join("db");
+    keel::runtime::block_on(bench(db, cfg));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn load(store: &mut Store, cfg: &Cfg, round: u64) -> f64 {
+    let value = vec![0x61u8; cfg.val_bytes];
+    let started = Instant::now();
+    for i in 0..cfg.keys {
+        // A random permutation-ish order so the key index sees random inserts.
+        let k = key(cfg, splitmix64(i ^ round) % cfg.keys);
+        let req = PutRequest { key: k, value: value.clone(), ..Default::default() };
+        store.put(&req).expect("put");
+        if (i + 1) % cfg.commit_every == 0 {
+            store.commit().await.expect("commit");
+        }
+    }
+    store.commit().await.expect("commit");
+    cfg.keys as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn bench(db: PathBuf, cfg: Cfg) {
+    let mut store = Store::open(&db, StoreOptions::default()).await.expect("open");
+    let puts = load(&mut store, &cfg, 0).await;
+    println!("apply puts (incl. commits): {puts:.0}/s");
+
+    let started = Instant::now();
+    let mut found = 0u64;
+    for i in 0..cfg.reads {
+        let req = RangeRequest { key: key(&cfg, splitmix64(i)), ..Default::default() };
+        found += store.range(&req).expect("range").kvs.len() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("point reads, current revision: {:.0}/s ({found} found)", cfg.reads as f64 / secs);
+
+    let range_reads = (cfg.reads / 100).max(1);
+    let started = Instant::now();
+    for i in 0..range_reads {
+        let start = splitmix64(i) % cfg.keys.saturating_sub(100).max(1);
+        let req = RangeRequest {
+            key: key(&cfg, start),
+            range_end: key(&cfg, start + 100),
+            ..Default::default()
+        };
+        store.range(&req).expect("range");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("range reads of 100 keys: {:.0}/s", range_reads as f64 / secs);
+
+    drop(store);
+    let started = Instant::now();
+    let mut store = Store::open(&db, StoreOptions::default()).await.expect("reopen");
+    println!("reopen ({} keys): {:.3} s", cfg.keys, started.elapsed().as_secs_f64());
+
+    let before = store.stats();
+    let puts = load(&mut store, &cfg, 1).await;
+    let rev = store.current_revision();
+    store.compact(rev).expect("compact");
+    store.commit().await.expect("commit");
+    let after_one = store.stats();
+    let _ = load(&mut store, &cfg, 2).await;
+    let rev = store.current_revision();
+    store.compact(rev).expect("compact");
+    store.commit().await.expect("commit");
+    let after = store.stats();
+    println!("overwrite all keys: {puts:.0}/s");
+    for (what, s) in [("after load", before), ("overwrite+compact", after_one), ("again", after)] {
+        println!(
+            "space {what}: file {:.1} MiB, live payload {:.1} MiB, ratio {:.2}",
+            s.file_bytes as f64 / 1048576.0,
+            s.payload_bytes as f64 / 1048576.0,
+            s.file_bytes as f64 / s.payload_bytes.max(1) as f64
+        );
+    }
+}
