@@ -65,6 +65,9 @@
 pub mod record;
 pub mod segment;
 
+#[cfg(test)]
+mod tests;
+
 pub use record::{decode_segment_bytes, SegmentScan};
 
 use glommio::io::{BufferedFile, Directory};

@@ -629,7 +629,11 @@ mod tests {
                     0 => b[i] = next_rand(&mut s) as u8,
                     1 => b.truncate(i),
                     // Large lengths must be rejected without allocating.
-                    _ => b[i & !7..(i & !7) + 4.min(b.len() - (i & !7))].fill(0xff),
+                    _ => {
+                        let at = i & !7;
+                        let end = (at + 4).min(b.len());
+                        b[at..end].fill(0xff)
+                    }
                 }
                 if b.is_empty() {
                     break;
