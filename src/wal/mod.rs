@@ -43,16 +43,21 @@
 //! 4. A bad record (crc mismatch, impossible length, unknown type, non-zero padding, short
 //!    read) at offset X, or non-zero bytes after the end of valid data at X:
 //!    - in a segment that is not the last: `Corrupt { path, offset: X }`;
-//!    - in the last segment: `Corrupt` if the bad record's header is plausible and the next
-//!      record validates when chained from the bad record's stored crc (damage in the
-//!      middle), or if any non-zero byte lies beyond `X + batch_bytes_max` (a torn write
-//!      can only damage the last, unsynced write). Otherwise it is a torn tail: the bytes
-//!      from X to the last non-zero byte are overwritten with zeros and fdatasynced, and
+//!    - in the last segment: `Corrupt` if the bad record's length is plausible and the next
+//!      record validates when chained from the bad record's original crc (its stored crc,
+//!      or the crc recomputed over it when the crc field itself is hit), unless the bad
+//!      record holds a whole aligned 512-byte sector of zeros (a sector a torn write lost:
+//!      unwritten WAL space is always zero); see [`record::is_middle_damage`]. Also
+//!      `Corrupt` if any non-zero byte lies beyond `X + batch_bytes_max` (a torn write can
+//!      only damage the last, unsynced write). Otherwise it is a torn tail: the bytes from
+//!      X to the last non-zero byte are overwritten with zeros and fdatasynced, and
 //!      reported in [`Recovered::truncated_tail`].
+//!
 //!    Inherent ambiguity: damage to the *final* record of the last segment (a bit flip on
-//!    disk) looks exactly like a torn write and is repaired as a torn tail. That record
-//!    was, or was about to be, the newest write; if it had been acknowledged, raft's
-//!    quorum still holds it.
+//!    disk), to a length field within the last `batch_bytes_max` bytes, or to a record there
+//!    that holds a zero sector, looks exactly like a torn write and is repaired as a torn tail. Those records were, or
+//!    were about to be, the newest writes; if they had been acknowledged, raft's quorum
+//!    still holds them and the leader re-sends them.
 //! 5. Replay: `HardState` and `SnapshotMarker` keep the latest value; an `Entry` with index
 //!    i first drops every entry with index >= i (raft log overwrite: later records win,
 //!    as in etcd's WAL reader), then is pushed. Finally entries with index <=
@@ -675,7 +680,7 @@ impl Wal {
 
 fn check_options(opts: &WalOptions) {
     assert!(opts.batch_bytes_max >= 4096, "batch_bytes_max too small");
-    assert!(opts.batch_bytes_max % record::ALIGN_BYTES == 0);
+    assert!(opts.batch_bytes_max.is_multiple_of(record::ALIGN_BYTES));
     assert!(opts.segment_bytes >= 4096, "segment_bytes too small");
 }
 
@@ -791,7 +796,7 @@ fn check_segment(
         return corrupt(stop_offset, what);
     }
     if let Stop::Bad {
-        next_validates: true,
+        middle_damage: true,
         ..
     } = scan.stop
     {

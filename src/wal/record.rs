@@ -52,7 +52,7 @@ const HARD_STATE_PAYLOAD_BYTES: usize = 24;
 const SNAPSHOT_MARKER_PAYLOAD_BYTES: usize = 16;
 const ENTRY_FIXED_PAYLOAD_BYTES: usize = 25;
 
-const _: () = assert!(HEADER_BYTES % 4 == 0 && ALIGN_BYTES.is_power_of_two());
+const _: () = assert!(HEADER_BYTES.is_multiple_of(4) && ALIGN_BYTES.is_power_of_two());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -274,7 +274,7 @@ pub fn decode_at(
     prev_crc: Option<u32>,
     record_bytes_max: usize,
 ) -> Step {
-    if offset % ALIGN_BYTES != 0 {
+    if !offset.is_multiple_of(ALIGN_BYTES) {
         return bad("unaligned record offset", None);
     }
     let header = match parse_header(bytes, offset, record_bytes_max) {
@@ -410,10 +410,66 @@ pub enum Stop {
     Bad {
         offset: u64,
         what: String,
-        /// The header at `offset` was plausible and the record after it validates when
-        /// chained from the bad record's stored crc: damage in the middle, not a torn tail.
-        next_validates: bool,
+        /// Evidence of damage in the middle rather than a torn write: see
+        /// [`is_middle_damage`].
+        middle_damage: bool,
     },
+}
+
+/// Sector size assumed for torn writes: the smallest unit a device writes atomically.
+pub const SECTOR_BYTES: usize = 512;
+
+/// True when the bad record at `offset` is damaged in the middle of the data, not torn.
+///
+/// The evidence: the record's length field is sane, and the record after it validates when
+/// chained from the bad record's original crc (the stored crc when the damage is in the
+/// payload or type, the crc recomputed over the record when it is in the crc field). A torn
+/// write can produce the same picture for a record spanning several sectors when a sector
+/// inside it was lost and a later one persisted; since unwritten WAL space is always zero,
+/// such a lost sector reads as zeros, so a record holding a whole aligned zero sector after
+/// its header is given the benefit of the doubt.
+pub fn is_middle_damage(
+    bytes: &[u8],
+    offset: usize,
+    prev_crc: Option<u32>,
+    record_bytes_max: usize,
+) -> bool {
+    let Some(header) = bytes.get(offset..offset + HEADER_BYTES) else {
+        return false;
+    };
+    let payload_bytes = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let total = record_bytes(payload_bytes);
+    let Some(next_offset) = offset.checked_add(total) else {
+        return false;
+    };
+    if total > record_bytes_max || next_offset > bytes.len() || payload_bytes == 0 {
+        return false;
+    }
+    let stored_crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    let computed = crc_of(
+        prev_crc.unwrap_or(0),
+        &header[..8],
+        &bytes[offset + HEADER_BYTES..next_offset],
+    );
+    let next_validates = [stored_crc, computed].into_iter().any(|seed| {
+        matches!(
+            decode_at(bytes, next_offset, Some(seed), record_bytes_max),
+            Step::Record { .. }
+        )
+    });
+    next_validates && !holds_zero_sector(bytes, offset + HEADER_BYTES, next_offset)
+}
+
+/// True when an aligned, all-zero `SECTOR_BYTES` block lies within `[start, end)`.
+fn holds_zero_sector(bytes: &[u8], start: usize, end: usize) -> bool {
+    let mut s = start.next_multiple_of(SECTOR_BYTES);
+    while s + SECTOR_BYTES <= end {
+        if bytes[s..s + SECTOR_BYTES].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR_BYTES;
+    }
+    false
 }
 
 /// The result of scanning one segment's bytes.
@@ -457,17 +513,12 @@ pub fn scan_segment(bytes: &[u8], record_bytes_max: usize) -> SegmentScan {
                 offset = next_offset;
             }
             Step::End => break Stop::Clean,
-            Step::Bad { what, header } => {
-                let next_validates = header.is_some_and(|h| {
-                    matches!(
-                        decode_at(bytes, h.next_offset, Some(h.stored_crc), record_bytes_max),
-                        Step::Record { .. }
-                    )
-                });
+            Step::Bad { what, .. } => {
+                let middle_damage = is_middle_damage(bytes, offset, prev_crc, record_bytes_max);
                 break Stop::Bad {
                     offset: offset as u64,
                     what,
-                    next_validates,
+                    middle_damage,
                 };
             }
         }

@@ -94,11 +94,11 @@ async fn drive(wal: &mut Wal, model: &mut Model, seed: &mut u64, syncs: usize) {
     for _ in 0..syncs {
         let r = next_rand(seed);
         let mut first = model.last_index() + 1;
-        if r % 7 == 0 && model.last_index() > model.snapshot.index + 3 {
+        if r.is_multiple_of(7) && model.last_index() > model.snapshot.index + 3 {
             // Overwrite: a new leader replaces a suffix after the snapshot.
             first = model.last_index() - (r >> 8) % 3;
         }
-        let term = model.hard_state.term + u64::from(r % 11 == 0);
+        let term = model.hard_state.term + u64::from(r.is_multiple_of(11));
         let count = 1 + (r >> 16) % 5;
         let entries: Vec<Entry> = (0..count)
             .map(|k| entry(term, first + k, ((r >> 24) % 900) as usize))
@@ -116,7 +116,7 @@ async fn drive(wal: &mut Wal, model: &mut Model, seed: &mut u64, syncs: usize) {
         };
         wal.set_hard_state(hs);
         model.hard_state = hs;
-        if r % 29 == 0 && commit > model.snapshot.index {
+        if r.is_multiple_of(29) && commit > model.snapshot.index {
             let m = SnapshotMarker {
                 index: commit,
                 term,
@@ -332,8 +332,11 @@ enum Damage {
     Zero,
     /// Everything from the offset to the batch end holds garbage (a torn sector).
     Garble,
-    /// Only the page after the offset is lost, a later page of the batch persisted.
+    /// Only the two sectors from the one holding the offset are lost (read as zeros), later
+    /// sectors of the batch persisted.
     Hole,
+    /// Only the 512-byte sector holding the offset is lost (reads as zeros).
+    LostSector,
 }
 
 #[test]
@@ -348,8 +351,16 @@ fn torn_tail_at_many_offsets_is_repaired() {
         let synced_model = model.clone();
         let batch_start_offset = wal.write_offset;
         // The last batch: several entries in one write.
-        let last: Vec<Entry> = (1..=8)
-            .map(|k| entry(model.hard_state.term, model.last_index() + k, 500))
+        // Two records span several sectors, so a lost sector can sit inside one of them.
+        let sizes_bytes = [500, 2500, 500, 500, 2500, 500];
+        let last: Vec<Entry> = (1..=6)
+            .map(|k| {
+                entry(
+                    model.hard_state.term,
+                    model.last_index() + k,
+                    sizes_bytes[k as usize - 1],
+                )
+            })
             .collect();
         let before_segments = wal.segments.len();
         wal.append_entries(&last);
@@ -369,7 +380,13 @@ fn torn_tail_at_many_offsets_is_repaired() {
 
         let mut cases = 0;
         for offset in (batch_start_offset..batch_end_offset).step_by(53) {
-            for damage in [Damage::Truncate, Damage::Zero, Damage::Garble, Damage::Hole] {
+            for damage in [
+                Damage::Truncate,
+                Damage::Zero,
+                Damage::Garble,
+                Damage::Hole,
+                Damage::LostSector,
+            ] {
                 restore_dir(&dir, &image);
                 let mut bytes = std::fs::read(&last_path).unwrap();
                 let (o, e) = (offset as usize, batch_end_offset as usize);
@@ -379,7 +396,14 @@ fn torn_tail_at_many_offsets_is_repaired() {
                     Damage::Garble => bytes[o..e]
                         .iter_mut()
                         .for_each(|b| *b = next_rand(&mut seed) as u8 | 1),
-                    Damage::Hole => bytes[o..(o + 1000).min(e)].fill(0),
+                    Damage::Hole => {
+                        let s = (o / 512 * 512).max(batch_start_offset as usize);
+                        bytes[s..(s + 1024).min(e)].fill(0)
+                    }
+                    Damage::LostSector => {
+                        let s = o / 512 * 512;
+                        bytes[s.max(batch_start_offset as usize)..(s + 512).min(e)].fill(0)
+                    }
                 }
                 std::fs::write(&last_path, &bytes).unwrap();
 
@@ -391,13 +415,20 @@ fn torn_tail_at_many_offsets_is_repaired() {
                     "{damage:?} at {offset}: lost synced"
                 );
                 assert_eq!(rec.entries[..], full[..rec.entries.len()], "not a prefix");
-                if matches!(damage, Damage::Garble | Damage::Hole) {
+                if matches!(damage, Damage::Garble | Damage::Hole | Damage::LostSector) {
                     // Up to the next 8-aligned offset: damage that only zeroes a record's
                     // zero padding changes nothing, and the tail starts at the next record.
                     let (path, tail_offset, _) = rec.truncated_tail.clone().unwrap();
                     assert_eq!(path, last_path);
+                    let damage_start = match damage {
+                        Damage::LostSector | Damage::Hole => {
+                            (offset / 512 * 512).max(batch_start_offset)
+                        }
+                        _ => offset,
+                    };
                     assert!(
-                        tail_offset >= batch_start_offset && tail_offset <= offset.next_multiple_of(8),
+                        tail_offset >= batch_start_offset
+                            && tail_offset <= damage_start.next_multiple_of(8),
                         "{damage:?} at {offset}: tail at {tail_offset}, batch {batch_start_offset}..{batch_end_offset}"
                     );
                 }
@@ -483,14 +514,22 @@ fn bit_flips_are_corruption_except_in_the_final_record() {
                 }
             }
         }
-        // The last segment: a payload flip in any record but the final one is corruption.
+        // The last segment: a flip in the payload, type or crc of any record but the final
+        // one is corruption.
         let records = record_offsets(last, opts);
         let (final_record, middle) = records.split_last().unwrap();
         for (i, (offset, payload_bytes)) in middle.iter().enumerate() {
-            restore_dir(&dir, &image);
-            flip_bit(last, offset + 12 + *payload_bytes as u64 / 2, i as u8 % 8);
-            expect_corrupt(Wal::open(&dir, opts).await, last, *offset);
-            flips += 1;
+            let at = [
+                offset + 12 + *payload_bytes as u64 / 2,
+                offset + 4,
+                offset + 8 + i as u64 % 4,
+            ];
+            for byte in at {
+                restore_dir(&dir, &image);
+                flip_bit(last, byte, i as u8 % 8);
+                expect_corrupt(Wal::open(&dir, opts).await, last, *offset);
+                flips += 1;
+            }
         }
         // A header flip far (more than one batch) before the end is corruption too.
         let data_end = final_record.0 + record::record_bytes(final_record.1) as u64;
