@@ -132,19 +132,18 @@ pub async fn read_all(path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Creates segment `name` in `dir`: a temp file, preallocated to `segment_bytes`, with
-/// `header` (the encoded self-sufficiency records) written at offset 0 and made durable,
-/// then renamed into place and the directory fsynced. Returns the open file and its path.
-pub async fn create(
-    dir: &Path,
-    dir_handle: &Directory,
-    name: SegmentName,
-    header: Vec<u8>,
+/// The temp file a segment with `seq` is prepared in before its first index is known.
+pub fn temp_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}-next{TEMP_SUFFIX}"))
+}
+
+/// Creates `temp`, preallocates it to `segment_bytes` and fdatasyncs it, so the slow part
+/// of cutting a segment can run in the background before the segment is needed.
+pub async fn prepare(
+    temp: PathBuf,
     segment_bytes: u64,
     preallocation: Preallocation,
-) -> Result<(BufferedFile, PathBuf)> {
-    let path = dir.join(name.file_name());
-    let temp = dir.join(format!("{}.tmp", name.file_name()));
+) -> Result<BufferedFile> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -154,18 +153,35 @@ pub async fn create(
         .await
         .map_err(|e| io_error(&temp, "create", e))?;
     preallocate(&file, &temp, segment_bytes, preallocation).await?;
-    write_all_at(&file, &temp, header, 0).await?;
     file.fdatasync()
         .await
         .map_err(|e| io_error(&temp, "fdatasync", e))?;
-    glommio::io::rename(&temp, &path)
+    Ok(file)
+}
+
+/// Turns a prepared temp file into segment `path`: `preamble` (the self-sufficiency
+/// records) is written at offset 0 and fdatasynced, then the file is renamed into place
+/// and the directory fsynced. A crash at any point leaves either no segment or a complete
+/// preamble under the final name.
+pub async fn install(
+    file: &BufferedFile,
+    temp: &Path,
+    path: &Path,
+    dir_handle: &Directory,
+    preamble: Vec<u8>,
+) -> Result<()> {
+    write_all_at(file, temp, preamble, 0).await?;
+    file.fdatasync()
         .await
-        .map_err(|e| io_error(&path, "rename", e))?;
+        .map_err(|e| io_error(temp, "fdatasync", e))?;
+    glommio::io::rename(temp, path)
+        .await
+        .map_err(|e| io_error(path, "rename", e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     dir_handle
         .sync()
         .await
-        .map_err(|e| io_error(dir, "directory fsync", e))?;
-    Ok((file, path))
+        .map_err(|e| io_error(dir, "directory fsync", e))
 }
 
 async fn preallocate(

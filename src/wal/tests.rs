@@ -616,7 +616,8 @@ fn decode_segment_bytes_survives_mutated_real_segments() {
 }
 
 /// Measures fdatasync latency of small appends into zero-filled, fallocated and
-/// non-preallocated segments, and records/s at 64 entries per sync. Run with
+/// non-preallocated segments, records/s at 64 entries per sync, and the worst sync when
+/// segments rotate (8 MiB segments, so a few cuts happen). Run with
 /// `cargo test --lib measure_preallocation -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -635,6 +636,8 @@ fn measure_preallocation() {
             let t = std::time::Instant::now();
             let mut wal = Wal::create(&dir, b"m", opts).await.unwrap();
             let create_ms = t.elapsed().as_secs_f64() * 1e3;
+            // Let the background preparation of the next segment finish first.
+            glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
             let mut lat_us = Vec::new();
             let mut index = 0;
             for _ in 0..2000 {
@@ -646,6 +649,7 @@ fn measure_preallocation() {
             }
             lat_us.sort_unstable();
             let p = |q: f64| lat_us[((lat_us.len() as f64 * q) as usize).min(lat_us.len() - 1)];
+            let (p50, p90, p99) = (p(0.5), p(0.9), p(0.99));
             let t = std::time::Instant::now();
             let batches = 500;
             for _ in 0..batches {
@@ -655,15 +659,33 @@ fn measure_preallocation() {
                 wal.sync().await.unwrap();
             }
             let rate = (batches * 64) as f64 / t.elapsed().as_secs_f64();
-            println!(
-                "{mode:?}: create {create_ms:.1} ms; 1x100B sync p50 {} us p90 {} us p99 {} us; \
-                 batch 64x100B: {rate:.0} records/s",
-                p(0.5),
-                p(0.9),
-                p(0.99)
-            );
             drop(wal);
             let _ = std::fs::remove_dir_all(&dir);
+
+            let dir = test_dir("measure-rotation");
+            let opts = WalOptions {
+                segment_bytes: 8 << 20,
+                ..opts
+            };
+            let mut wal = Wal::create(&dir, b"m", opts).await.unwrap();
+            let mut worst_us = 0;
+            let mut index = 0;
+            for _ in 0..2000 {
+                let es: Vec<Entry> = (1..=64).map(|k| entry(1, index + k, 100)).collect();
+                index += 64;
+                wal.append_entries(&es);
+                let t = std::time::Instant::now();
+                wal.sync().await.unwrap();
+                worst_us = worst_us.max(t.elapsed().as_micros() as u64);
+            }
+            let cuts = wal.segments.len() - 1;
+            drop(wal);
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "{mode:?}: create {create_ms:.1} ms; 1x100B sync p50 {p50} us p90 {p90} us \
+                 p99 {p99} us; batch 64x100B: {rate:.0} records/s; worst sync over {cuts} \
+                 cuts of 8 MiB segments: {worst_us} us"
+            );
         });
     }
 }
