@@ -470,6 +470,17 @@ impl Wal {
     /// Buffers `entries` (in memory until [`Wal::sync`]). Entries must be consecutive; the
     /// first may be at or below `last_index` (raft overwriting a conflicting suffix).
     pub fn append_entries(&mut self, entries: &[Entry]) {
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index >= 1 && first.index <= self.last_index + 1,
+                "append at {} leaves a gap after last_index {}",
+                first.index,
+                self.last_index
+            );
+        }
+        for w in entries.windows(2) {
+            assert_eq!(w[0].index + 1, w[1].index, "entries must be consecutive");
+        }
         for e in entries {
             let record = Record::Entry(e.clone());
             assert!(
@@ -552,10 +563,11 @@ impl Wal {
             glommio::io::remove(&path)
                 .await
                 .map_err(|e| io_error(&path, "remove", e))?;
-            self.dir_handle
-                .sync()
-                .await
-                .map_err(|e| io_error(&self.dir, "directory fsync", e))?;
+            if let Err(e) = self.dir_handle.sync().await {
+                // A failed fsync is never retried, the directory's state is unknown now.
+                self.poisoned = true;
+                return Err(io_error(&self.dir, "directory fsync", e));
+            }
             self.segments.remove(0);
         }
         Ok(())
@@ -704,8 +716,12 @@ impl Wal {
         for w in self.segments.windows(2) {
             assert_eq!(w[0].name.seq + 1, w[1].name.seq);
         }
-        if !self.poisoned {
-            assert!(self.pending.is_empty() || self.last_index >= 1);
+        if !self.poisoned && self.pending.is_empty() {
+            assert_eq!(self.written_last_index, self.last_index);
+        }
+        if let Some((temp, _)) = &self.next_segment {
+            let seq = self.segments.last().expect("current segment").name.seq + 1;
+            assert_eq!(*temp, segment::temp_path(&self.dir, seq));
         }
     }
 }
