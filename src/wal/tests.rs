@@ -689,3 +689,70 @@ fn measure_preallocation() {
         });
     }
 }
+
+#[test]
+fn segment_names_round_trip_and_reject_junk() {
+    let name = SegmentName {
+        seq: 0x1f,
+        first_index: 0xabcdef,
+    };
+    assert_eq!(name.file_name(), "000000000000001f-0000000000abcdef.wal");
+    assert_eq!(SegmentName::parse(&name.file_name()), Some(name));
+    for junk in [
+        "x.wal",
+        "1f-abcdef.wal",
+        "000000000000001f-0000000000abcdef.wal.tmp",
+        "",
+    ] {
+        assert_eq!(SegmentName::parse(junk), None, "{junk}");
+    }
+    assert_eq!(
+        SegmentName::parse("000000000000001g-0000000000abcdef.wal"),
+        None
+    );
+}
+
+#[test]
+fn broken_chain_and_garbage_after_records_are_corruption() {
+    crate::runtime::block_on(async {
+        // Two logs identical but for the metadata's content: same sizes, same segment
+        // names, different crc chains.
+        let dir_a = test_dir("chain-a");
+        let dir_b = test_dir("chain-b");
+        for (dir, meta) in [(&dir_a, b"meta-A"), (&dir_b, b"meta-B")] {
+            let mut wal = Wal::create(dir, meta, small_opts()).await.unwrap();
+            drive(&mut wal, &mut Model::default(), &mut 17, 200).await;
+        }
+        let files_a = segment_files(&dir_a);
+        let files_b = segment_files(&dir_b);
+        assert_eq!(files_a.len(), files_b.len());
+        assert!(files_a.len() >= 3);
+        let image = snapshot_dir(&dir_a);
+
+        // Segment 1 of B after segment 0 of A: the chain is broken at its header.
+        std::fs::copy(&files_b[1], &files_a[1]).unwrap();
+        match Wal::open(&dir_a, small_opts()).await {
+            Err(Error::Corrupt {
+                path,
+                offset: 0,
+                what,
+            }) => {
+                assert_eq!(path, files_a[1]);
+                assert!(what.contains("chain"), "{what}");
+            }
+            other => panic!("expected a broken chain, got {:?}", other.map(|_| ())),
+        }
+
+        // A non-zero byte in the zeroed tail of a segment that is not the last.
+        restore_dir(&dir_a, &image);
+        let bytes = std::fs::read(&files_a[0]).unwrap();
+        let end = decode_segment_bytes(&bytes).end_offset;
+        flip_bit(&files_a[0], end + 100, 0);
+        expect_corrupt(Wal::open(&dir_a, small_opts()).await, &files_a[0], end);
+
+        // Untouched, it opens.
+        restore_dir(&dir_a, &image);
+        let (_, rec) = Wal::open(&dir_a, small_opts()).await.unwrap();
+        assert_eq!(rec.metadata, b"meta-A");
+    });
+}
