@@ -26,7 +26,8 @@
 //!   preallocated with zeros, and `open` zeroes a torn tail before appending after it.
 //! - After a failed write or fdatasync the `Wal` is poisoned: every later call returns
 //!   [`Error::Poisoned`]. An fsync is never retried (the page cache can no longer be
-//!   trusted to hold what we wrote).
+//!   trusted to hold what we wrote). `sync` and `release_to` count as poisoned until they
+//!   return `Ok`, so dropping their futures half-way (cancellation) poisons too.
 //! - Every record is checked before it is written (debug builds decode each batch back) and
 //!   when it is replayed (crc, lengths, types, padding).
 //!
@@ -514,8 +515,12 @@ impl Wal {
     /// Group commit: writes everything buffered since the last sync (one `write_at` per
     /// `batch_bytes_max`, cutting a new segment when a batch does not fit) and fdatasyncs
     /// after each write; normally that is one write and one fdatasync.
+    ///
+    /// Not cancel-safe by design: the log counts as poisoned from the first byte written
+    /// until `sync` returns `Ok`, so an error or a dropped future leaves it refusing work.
     pub async fn sync(&mut self) -> Result<()> {
         self.check_poisoned()?;
+        self.poisoned = true;
         let pending = std::mem::take(&mut self.pending);
         let mut start = 0;
         while start < pending.len() {
@@ -527,10 +532,7 @@ impl Wal {
             let room_bytes = self.opts.segment_bytes.saturating_sub(self.write_offset);
             if chunk_bytes > room_bytes {
                 if self.write_offset > self.preamble_end_offset {
-                    if let Err(e) = self.cut().await {
-                        self.poisoned = true;
-                        return Err(e);
-                    }
+                    self.cut().await?;
                     continue;
                 }
                 // A fresh segment smaller than the batch: fill it, at least one record.
@@ -539,6 +541,7 @@ impl Wal {
             self.write_chunk(&pending[start..end]).await?;
             start = end;
         }
+        self.poisoned = false;
         self.invariants();
         Ok(())
     }
@@ -547,6 +550,9 @@ impl Wal {
     /// one). Call after a snapshot marker at `index - 1` or later is durable.
     pub async fn release_to(&mut self, index: u64) -> Result<()> {
         self.check_poisoned()?;
+        // Poisoned while files are being removed: a failed directory fsync is never retried
+        // and a dropped future leaves the directory in an unknown state.
+        self.poisoned = true;
         assert!(
             self.snapshot.index + 1 >= index,
             "release_to({index}) without a durable snapshot marker at or after {}",
@@ -563,13 +569,13 @@ impl Wal {
             glommio::io::remove(&path)
                 .await
                 .map_err(|e| io_error(&path, "remove", e))?;
-            if let Err(e) = self.dir_handle.sync().await {
-                // A failed fsync is never retried, the directory's state is unknown now.
-                self.poisoned = true;
-                return Err(io_error(&self.dir, "directory fsync", e));
-            }
+            self.dir_handle
+                .sync()
+                .await
+                .map_err(|e| io_error(&self.dir, "directory fsync", e))?;
             self.segments.remove(0);
         }
+        self.poisoned = false;
         Ok(())
     }
 
@@ -582,7 +588,7 @@ impl Wal {
     }
 
     /// Encodes `records` chained from `last_crc`, writes them at `write_offset` and
-    /// fdatasyncs. Poisons on failure.
+    /// fdatasyncs.
     async fn write_chunk(&mut self, records: &[Record]) -> Result<()> {
         let mut buf = Vec::with_capacity(records.iter().map(Record::encoded_bytes).sum());
         let mut crc = self.last_crc;
@@ -594,11 +600,8 @@ impl Wal {
         check_encoded(&buf, records, self.last_crc, self.opts.batch_bytes_max);
         let len = buf.len() as u64;
         let offset = self.write_offset;
-        let r = self.write_and_sync(buf, offset).await;
-        if r.is_err() {
-            self.poisoned = true;
-            return r;
-        }
+        // On error the caller (`sync`) leaves the log poisoned.
+        self.write_and_sync(buf, offset).await?;
         self.write_offset += len;
         self.last_crc = crc;
         for r in records {

@@ -4,6 +4,7 @@
 use super::record::{self, Record, Stop};
 use super::*;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -754,5 +755,21 @@ fn broken_chain_and_garbage_after_records_are_corruption() {
         restore_dir(&dir_a, &image);
         let (_, rec) = Wal::open(&dir_a, small_opts()).await.unwrap();
         assert_eq!(rec.metadata, b"meta-A");
+    });
+}
+
+#[test]
+fn dropped_sync_future_poisons() {
+    crate::runtime::block_on(async {
+        let dir = test_dir("cancel");
+        let mut wal = Wal::create(&dir, b"m", small_opts()).await.unwrap();
+        wal.append_entries(&[entry(1, 1, 10)]);
+        {
+            // Poll once (the write is submitted), then drop: a cancelled sync.
+            let mut fut = std::pin::pin!(wal.sync());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(matches!(wal.sync().await, Err(Error::Poisoned)));
     });
 }
