@@ -8,9 +8,10 @@
 //! # Files
 //! Segments are named like etcd's, `{seq:016x}-{first_index:016x}.wal`, where `first_index`
 //! is the index after the last entry written when the segment was cut (entries appended
-//! later may overwrite lower indexes). A segment is created as `<name>.tmp`, preallocated
-//! to `segment_bytes`, its header records written and fdatasynced, then renamed into place
-//! and the directory fsynced. So every segment with a final name starts with four durable
+//! later may overwrite lower indexes). The next segment is prepared in the background as
+//! `{seq:016x}-next.wal.tmp`, preallocated to `segment_bytes` and fdatasynced (etcd's file
+//! pipeline). A cut writes its header records at offset 0, fdatasyncs, renames it into
+//! place and fsyncs the directory. So every segment with a final name starts with four durable
 //! records that make it self-sufficient once older segments are released:
 //! `SegmentHeader { seq, first_index, prev_crc }`, `Metadata`, the latest `HardState`, the
 //! latest `SnapshotMarker`. The record byte layout is drawn in [`record`].
@@ -22,8 +23,9 @@
 //!   writes at most that much per `write_at` and fdatasyncs after each write. (A single
 //!   fdatasync after several writes would let a crash persist a later write but not an
 //!   earlier one, and recovery could not tell that from corruption.)
-//! - Every byte after the last valid record of every segment is zero: new segments are
-//!   preallocated with zeros, and `open` zeroes a torn tail before appending after it.
+//! - Every byte after the last valid record of every segment reads as zero: new segments
+//!   are fallocated or zero-filled ([`Preallocation`]), and `open` zeroes a torn tail
+//!   before appending after it.
 //! - After a failed write or fdatasync the `Wal` is poisoned: every later call returns
 //!   [`Error::Poisoned`]. An fsync is never retried (the page cache can no longer be
 //!   trusted to hold what we wrote). `sync` and `release_to` count as poisoned until they
@@ -55,10 +57,11 @@
 //!      reported in [`Recovered::truncated_tail`].
 //!
 //!    Inherent ambiguity: damage to the *final* record of the last segment (a bit flip on
-//!    disk), to a length field within the last `batch_bytes_max` bytes, or to a record there
-//!    that holds a zero sector, looks exactly like a torn write and is repaired as a torn tail. Those records were, or
-//!    were about to be, the newest writes; if they had been acknowledged, raft's quorum
-//!    still holds them and the leader re-sends them.
+//!    disk), to a length field within the last `batch_bytes_max` bytes, or to a record
+//!    there that holds a zero sector, looks exactly like a torn write and is repaired as a
+//!    torn tail. Those records were, or were about to be, the newest writes; acknowledged
+//!    entries among them are still held by raft's quorum and re-sent by the leader. (A lost
+//!    final `HardState` can forget a vote; etcd's WAL has the same exposure.)
 //! 5. Replay: `HardState` and `SnapshotMarker` keep the latest value; an `Entry` with index
 //!    i first drops every entry with index >= i (raft log overwrite: later records win,
 //!    as in etcd's WAL reader), then is pushed. Finally entries with index <=
