@@ -832,7 +832,8 @@ fn check_segment(
     if let Some(prev) = prev_last_crc {
         if header.prev_crc != prev {
             let what = format!(
-                "crc chain broken: segment starts from {:#010x}, previous segment ends at {prev:#010x}",
+                "crc chain broken: segment starts from {:#010x}, \
+                 previous segment ends at {prev:#010x}",
                 header.prev_crc
             );
             return corrupt(0, what);
@@ -859,7 +860,8 @@ fn check_segment(
     let last_nonzero = scan.last_nonzero_offset.unwrap_or(stop_offset);
     if last_nonzero >= stop_offset + batch_bytes_max as u64 {
         let what = format!(
-            "{what}; non-zero bytes at offset {last_nonzero}, beyond one batch ({batch_bytes_max} bytes)"
+            "{what}; non-zero bytes at offset {last_nonzero}, \
+             beyond one batch ({batch_bytes_max} bytes)"
         );
         return corrupt(stop_offset, what);
     }

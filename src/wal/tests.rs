@@ -430,7 +430,8 @@ fn torn_tail_at_many_offsets_is_repaired() {
                     assert!(
                         tail_offset >= batch_start_offset
                             && tail_offset <= damage_start.next_multiple_of(8),
-                        "{damage:?} at {offset}: tail at {tail_offset}, batch {batch_start_offset}..{batch_end_offset}"
+                        "{damage:?} at {offset}: tail at {tail_offset}, \
+                         batch {batch_start_offset}..{batch_end_offset}"
                     );
                 }
                 // Append after the repair: the crc chain must continue.
