@@ -774,3 +774,49 @@ fn dropped_sync_future_poisons() {
         assert!(matches!(wal.sync().await, Err(Error::Poisoned)));
     });
 }
+
+#[test]
+fn batches_larger_than_a_segment_rotate_and_replay() {
+    crate::runtime::block_on(async {
+        let dir = test_dir("tiny-segments");
+        // Segments smaller than one batch: a fresh segment takes what fits (at least one
+        // record, even one bigger than the segment), then the next one is cut.
+        let opts = WalOptions {
+            segment_bytes: 4096,
+            batch_bytes_max: 16 << 10,
+            ..small_opts()
+        };
+        let mut wal = Wal::create(&dir, b"tiny", opts).await.unwrap();
+        assert!(Wal::exists(&dir));
+        let mut model = Model::default();
+        for (round, sizes) in [[3000, 3000, 10], [7000, 10, 10], [100, 5000, 2000]]
+            .iter()
+            .enumerate()
+        {
+            let first = model.last_index() + 1;
+            let es: Vec<Entry> = sizes
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| entry(1, first + k as u64, n))
+                .collect();
+            wal.append_entries(&es);
+            model.append(&es);
+            model.hard_state = HardState {
+                term: 1,
+                vote: 1,
+                commit: round as u64,
+            };
+            wal.set_hard_state(model.hard_state);
+            wal.sync().await.unwrap();
+        }
+        let files = segment_files(&dir);
+        assert!(files.len() >= 5, "{files:?}");
+        assert!(files
+            .iter()
+            .any(|f| std::fs::metadata(f).unwrap().len() > 4096));
+        drop(wal);
+        let (_, rec) = Wal::open(&dir, opts).await.unwrap();
+        model.check(&rec);
+        assert_eq!(rec.truncated_tail, None);
+    });
+}
