@@ -9,15 +9,39 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn test_dir(name: &str) -> PathBuf {
+/// A WAL directory under the temp dir, removed (with its parents made here) on drop.
+struct TestDir {
+    root: PathBuf,
+    wal: PathBuf,
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.wal
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.wal
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn test_dir(name: &str) -> TestDir {
     let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir()
+    let root = std::env::temp_dir()
         .join("keel-wal-tests")
-        .join(format!("{name}-{}-{n}", std::process::id()))
-        .join("member")
-        .join("wal");
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let wal = root.join("member").join("wal");
+    TestDir { root, wal }
 }
 
 fn small_opts() -> WalOptions {
