@@ -1,0 +1,209 @@
+//! Segment files: naming, creation (temp file → preallocate → header → fdatasync → rename →
+//! directory fsync), and whole-file reads at open. All I/O goes through glommio.
+
+use super::{Error, Preallocation, Result};
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// Suffix of a finished segment file.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+/// Suffix of a segment being created; such files are deleted at open.
+pub const TEMP_SUFFIX: &str = ".wal.tmp";
+/// Largest segment file we agree to read into memory at open.
+pub const SEGMENT_FILE_BYTES_MAX: u64 = 1 << 30;
+/// Size of the zero buffers used to fill a new segment and to read one back.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The sequence number and first raft index encoded in a segment's file name, like etcd:
+/// `{seq:016x}-{first_index:016x}.wal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SegmentName {
+    pub seq: u64,
+    pub first_index: u64,
+}
+
+impl SegmentName {
+    pub fn file_name(&self) -> String {
+        format!(
+            "{:016x}-{:016x}{SEGMENT_SUFFIX}",
+            self.seq, self.first_index
+        )
+    }
+
+    /// Parses a finished segment's file name; anything else (temp files included) is `None`.
+    pub fn parse(file_name: &str) -> Option<SegmentName> {
+        let stem = file_name.strip_suffix(SEGMENT_SUFFIX)?;
+        let (seq, first_index) = stem.split_once('-')?;
+        if seq.len() != 16 || first_index.len() != 16 {
+            return None;
+        }
+        Some(SegmentName {
+            seq: u64::from_str_radix(seq, 16).ok()?,
+            first_index: u64::from_str_radix(first_index, 16).ok()?,
+        })
+    }
+}
+
+pub fn io_error(path: &Path, op: &'static str, source: impl Into<std::io::Error>) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source: source.into(),
+    }
+}
+
+/// Segment names found in `dir` (sorted by seq) and temp files left by an interrupted cut.
+/// Boot-time only: uses `std::fs::read_dir` (glommio has no async directory listing).
+pub fn list_dir(dir: &Path) -> Result<(Vec<SegmentName>, Vec<PathBuf>)> {
+    let mut names = Vec::new();
+    let mut temps = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| io_error(dir, "listing", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(dir, "listing", e))?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if let Some(name) = SegmentName::parse(file_name) {
+            names.push(name);
+        } else if file_name.ends_with(TEMP_SUFFIX) {
+            temps.push(entry.path());
+        }
+    }
+    names.sort();
+    Ok((names, temps))
+}
+
+/// Writes `buf` at `pos`. A short write is an error, not a retry: on a regular file it only
+/// happens when the disk is full, and the caller poisons the log either way.
+pub async fn write_all_at(file: &BufferedFile, path: &Path, buf: Vec<u8>, pos: u64) -> Result<()> {
+    let len = buf.len();
+    let written = file
+        .write_at(buf, pos)
+        .await
+        .map_err(|e| io_error(path, "write", e))?;
+    if written < len {
+        let what = format!("short write: {written} of {len} bytes at offset {pos}");
+        let source = std::io::Error::new(std::io::ErrorKind::WriteZero, what);
+        return Err(io_error(path, "write", source));
+    }
+    Ok(())
+}
+
+/// Opens an existing segment for reading and appending.
+pub async fn open_rw(path: &Path) -> Result<BufferedFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .buffered_open(path)
+        .await
+        .map_err(|e| io_error(path, "open", e))
+}
+
+/// Reads a whole segment file into memory.
+pub async fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let file = BufferedFile::open(path)
+        .await
+        .map_err(|e| io_error(path, "open", e))?;
+    let size_bytes = file
+        .file_size()
+        .await
+        .map_err(|e| io_error(path, "stat", e))?;
+    if size_bytes > SEGMENT_FILE_BYTES_MAX {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            what: format!("segment file is {size_bytes} bytes, over {SEGMENT_FILE_BYTES_MAX}"),
+        });
+    }
+    let mut out = Vec::with_capacity(size_bytes as usize);
+    while (out.len() as u64) < size_bytes {
+        let want = (size_bytes - out.len() as u64).min(CHUNK_BYTES as u64) as usize;
+        let got = file
+            .read_at(out.len() as u64, want)
+            .await
+            .map_err(|e| io_error(path, "read", e))?;
+        if got.is_empty() {
+            break; // the file shrank under us; scan what we have
+        }
+        out.extend_from_slice(&got);
+    }
+    file.close().await.map_err(|e| io_error(path, "close", e))?;
+    Ok(out)
+}
+
+/// The temp file a segment with `seq` is prepared in before its first index is known.
+pub fn temp_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}-next{TEMP_SUFFIX}"))
+}
+
+/// Creates `temp`, preallocates it to `segment_bytes` and fdatasyncs it, so the slow part
+/// of cutting a segment can run in the background before the segment is needed.
+pub async fn prepare(
+    temp: PathBuf,
+    segment_bytes: u64,
+    preallocation: Preallocation,
+) -> Result<BufferedFile> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&temp)
+        .await
+        .map_err(|e| io_error(&temp, "create", e))?;
+    preallocate(&file, &temp, segment_bytes, preallocation).await?;
+    file.fdatasync()
+        .await
+        .map_err(|e| io_error(&temp, "fdatasync", e))?;
+    Ok(file)
+}
+
+/// Turns a prepared temp file into segment `path`: `preamble` (the self-sufficiency
+/// records) is written at offset 0 and fdatasynced, then the file is renamed into place
+/// and the directory fsynced. A crash at any point leaves either no segment or a complete
+/// preamble under the final name.
+pub async fn install(
+    file: &BufferedFile,
+    temp: &Path,
+    path: &Path,
+    dir_handle: &Directory,
+    preamble: Vec<u8>,
+) -> Result<()> {
+    write_all_at(file, temp, preamble, 0).await?;
+    file.fdatasync()
+        .await
+        .map_err(|e| io_error(temp, "fdatasync", e))?;
+    glommio::io::rename(temp, path)
+        .await
+        .map_err(|e| io_error(path, "rename", e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    dir_handle
+        .sync()
+        .await
+        .map_err(|e| io_error(dir, "directory fsync", e))
+}
+
+async fn preallocate(
+    file: &BufferedFile,
+    path: &Path,
+    segment_bytes: u64,
+    preallocation: Preallocation,
+) -> Result<()> {
+    match preallocation {
+        Preallocation::None => Ok(()),
+        Preallocation::Fallocate => file
+            .pre_allocate(segment_bytes, false)
+            .await
+            .map_err(|e| io_error(path, "fallocate", e)),
+        Preallocation::ZeroFill => {
+            let mut pos = 0u64;
+            while pos < segment_bytes {
+                let n = (segment_bytes - pos).min(CHUNK_BYTES as u64) as usize;
+                write_all_at(file, path, vec![0u8; n], pos).await?;
+                pos += n as u64;
+            }
+            Ok(())
+        }
+    }
+}
