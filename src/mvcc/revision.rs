@@ -17,7 +17,10 @@ impl Revision {
     }
 
     pub fn encode(&self) -> [u8; REVISION_BYTES] {
-        assert!(self.main >= 0 && self.sub >= 0, "negative revision {self:?}");
+        assert!(
+            self.main >= 0 && self.sub >= 0,
+            "negative revision {self:?}"
+        );
         let mut out = [0u8; REVISION_BYTES];
         out[..8].copy_from_slice(&(self.main as u64).to_be_bytes());
         out[8..].copy_from_slice(&(self.sub as u64).to_be_bytes());
@@ -34,7 +37,10 @@ impl Revision {
         if main > i64::MAX as u64 || sub > i64::MAX as u64 {
             return None;
         }
-        Some(Revision { main: main as i64, sub: sub as i64 })
+        Some(Revision {
+            main: main as i64,
+            sub: sub as i64,
+        })
     }
 }
 
@@ -44,7 +50,12 @@ mod tests {
 
     #[test]
     fn encoding_orders_like_numbers() {
-        let revs = [Revision::new(1, 0), Revision::new(1, 1), Revision::new(2, 0), Revision::new(256, 3)];
+        let revs = [
+            Revision::new(1, 0),
+            Revision::new(1, 1),
+            Revision::new(2, 0),
+            Revision::new(256, 3),
+        ];
         for w in revs.windows(2) {
             assert!(w[0].encode() < w[1].encode());
             assert_eq!(Revision::decode(&w[0].encode()), Some(w[0]));

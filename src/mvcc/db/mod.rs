@@ -51,8 +51,13 @@ pub enum TreeId {
 pub const TREE_COUNT: usize = 5;
 
 impl TreeId {
-    pub const ALL: [TreeId; TREE_COUNT] =
-        [TreeId::Revision, TreeId::Lease, TreeId::Member, TreeId::Auth, TreeId::Meta];
+    pub const ALL: [TreeId; TREE_COUNT] = [
+        TreeId::Revision,
+        TreeId::Lease,
+        TreeId::Member,
+        TreeId::Auth,
+        TreeId::Meta,
+    ];
 }
 
 /// Fields every meta page carries beside the tree roots. Set by the writer before
@@ -78,19 +83,34 @@ pub struct DbOptions {
 
 impl Default for DbOptions {
     fn default() -> Self {
-        DbOptions { map_bytes_max: 64 << 30, grow_step_bytes: 64 << 20 }
+        DbOptions {
+            map_bytes_max: 64 << 30,
+            grow_step_bytes: 64 << 20,
+        }
     }
 }
 
 #[derive(Debug)]
 pub enum Error {
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     /// The file is damaged: which file, where, and what was found.
-    Corrupt { path: PathBuf, offset: u64, what: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
     /// A write or fsync failed earlier; the Db accepts no more writes.
     Poisoned,
-    KeyTooLarge { len: usize },
-    ValueTooLarge { len: usize },
+    KeyTooLarge {
+        len: usize,
+    },
+    ValueTooLarge {
+        len: usize,
+    },
     /// The file would grow past `map_bytes_max`.
     MapFull,
 }
@@ -100,7 +120,11 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, op, source } => write!(f, "{op} {}: {source}", path.display()),
             Error::Corrupt { path, offset, what } => {
-                write!(f, "db file {} is corrupt at offset {offset}: {what}", path.display())
+                write!(
+                    f,
+                    "db file {} is corrupt at offset {offset}: {what}",
+                    path.display()
+                )
             }
             Error::Poisoned => write!(f, "db refuses writes after an earlier I/O failure"),
             Error::KeyTooLarge { len } => write!(f, "db key of {len} bytes is too large"),
