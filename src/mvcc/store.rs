@@ -185,13 +185,15 @@ impl<B: Backend> Store<B> {
         } else {
             req.limit as usize + 1
         };
+        // keys_only drops values after sorting (a VALUE sort still needs them).
+        let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
         let mut kvs = Vec::new();
         let mut count = 0i64;
         let mut failure = None;
         self.index.range(range, rev, |_, at| {
             count += 1;
             if kvs.len() < fetch_max {
-                match self.load(at.modified, req.keys_only) {
+                match self.load(at.modified, skip_values) {
                     Ok(kv) => kvs.push(kv),
                     Err(e) => {
                         failure = Some(e);
@@ -210,6 +212,9 @@ impl<B: Backend> Store<B> {
         if req.limit > 0 && kvs.len() as i64 > req.limit {
             kvs.truncate(req.limit as usize);
             more = true;
+        }
+        if req.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
         }
         Ok(RangeResponse {
             header,
@@ -389,7 +394,7 @@ impl<B: Backend> Store<B> {
         validate::check_intervals(&req.failure)?;
         // Every compare, nested ones included, sees the state before the txn.
         let path = self.compare_to_path(req)?;
-        self.check_puts(req, &path)?;
+        self.check_puts(req, &path, &mut Vec::new())?;
         self.check_ranges(req, &path)?;
         let mut txn = self.begin();
         let out = self.apply_txn(&mut txn, req, &path);
@@ -443,18 +448,31 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// ignore_value / ignore_lease need the key to exist before the txn.
-    fn check_puts(&self, req: &TxnRequest, path: &TxnPath) -> Result<()> {
+    /// ignore_value / ignore_lease need the key to exist before the txn. A put after a
+    /// delete of the same key in one txn is a DuplicateKey, except behind a "from key"
+    /// delete (`range_end = "\0"`), which etcd's interval check misses and which then
+    /// makes etcd panic mid-txn; we refuse it here, before any write, with KeyNotFound.
+    fn check_puts<'r>(
+        &self,
+        req: &'r TxnRequest,
+        path: &TxnPath,
+        deleted: &mut Vec<KeyRange<'r>>,
+    ) -> Result<()> {
         let mut children = path.children.iter();
         for op in Self::branch(req, path) {
             match op {
                 RequestOp::RequestPut(p) if p.ignore_value || p.ignore_lease => {
-                    if self.index.get(&p.key, self.current_revision).is_none() {
+                    let gone = deleted.iter().any(|d| d.contains(&p.key));
+                    if gone || self.index.get(&p.key, self.current_revision).is_none() {
                         return Err(Error::KeyNotFound);
                     }
                 }
+                RequestOp::RequestDeleteRange(d) => {
+                    deleted.push(KeyRange::new(&d.key, &d.range_end));
+                }
                 RequestOp::RequestTxn(t) => {
-                    self.check_puts(t, children.next().expect("path for nested txn"))?
+                    let child = children.next().expect("path for nested txn");
+                    self.check_puts(t, child, deleted)?
                 }
                 _ => {}
             }
