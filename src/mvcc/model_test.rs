@@ -193,7 +193,7 @@ impl Model {
         match order {
             SortOrder::None => {}
             SortOrder::Ascend => kvs.sort_by_key(sort_key),
-            SortOrder::Descend => kvs.sort_by(|a, b| sort_key(b).cmp(&sort_key(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(sort_key(kv))),
         }
         let more = req.limit > 0 && kvs.len() as i64 > req.limit;
         if more {
@@ -750,35 +750,65 @@ impl Harness for DbHarness {
     }
 }
 
-async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize) {
+/// How many operations of each kind ran and how many of them succeeded, so a test can
+/// assert the random mix really exercises the store (not just its error paths).
+#[derive(Default, Debug)]
+struct Stats {
+    ran: [u64; 8],
+    ok: [u64; 8],
+    revision_bumps: u64,
+}
+
+impl Stats {
+    fn note<T, E>(&mut self, kind: usize, out: &std::result::Result<T, E>) {
+        self.ran[kind] += 1;
+        self.ok[kind] += out.is_ok() as u64;
+    }
+}
+
+const PUT: usize = 0;
+const DELETE: usize = 1;
+const RANGE: usize = 2;
+const TXN: usize = 3;
+const COMPACT: usize = 4;
+const HASH: usize = 5;
+const REOPEN: usize = 6;
+const CRASH: usize = 7;
+
+async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut Stats) {
     let mut rng = Rng(seed);
     let mut store = h.open().await;
     let mut model = Model::new();
     let mut committed = model.clone();
     for step in 0..steps {
         let ctx = format!("seed {seed} step {step}");
+        let before = model.current();
         match rng.below(100) {
             0..=27 => {
                 let k = if rng.chance(2) { vec![] } else { key(&mut rng) };
                 let req = put_req(&mut rng, k);
-                assert_eq!(store.put(&req), model.top_put(&req), "{ctx}: {req:?}");
+                let out = store.put(&req);
+                assert_eq!(out, model.top_put(&req), "{ctx}: {req:?}");
+                stats.note(PUT, &out);
             }
             28..=37 => {
                 let k = if rng.chance(2) { vec![] } else { key(&mut rng) };
                 let req = delete_req(&mut rng, k);
-                assert_eq!(
-                    store.delete_range(&req),
-                    model.top_delete(&req),
-                    "{ctx}: {req:?}"
-                );
+                let out = store.delete_range(&req);
+                assert_eq!(out, model.top_delete(&req), "{ctx}: {req:?}");
+                stats.note(DELETE, &out);
             }
             38..=59 => {
                 let req = range_req(&mut rng, &model);
-                assert_eq!(store.range(&req), model.top_range(&req), "{ctx}: {req:?}");
+                let out = store.range(&req);
+                assert_eq!(out, model.top_range(&req), "{ctx}: {req:?}");
+                stats.note(RANGE, &out);
             }
             60..=79 => {
                 let req = txn_req(&mut rng, &model, 0);
-                assert_eq!(store.txn(&req), model.top_txn(&req), "{ctx}: {req:?}");
+                let out = store.txn(&req);
+                assert_eq!(out, model.top_txn(&req), "{ctx}: {req:?}");
+                stats.note(TXN, &out);
             }
             80..=84 => {
                 let rev = rng.range_i64(model.compact - 1, model.current() + 1);
@@ -786,11 +816,9 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize) {
                     revision: rev,
                     physical: rng.chance(50),
                 };
-                assert_eq!(
-                    store.compact(&req),
-                    model.compact(rev),
-                    "{ctx}: compact {rev}"
-                );
+                let out = store.compact(&req);
+                assert_eq!(out, model.compact(rev), "{ctx}: compact {rev}");
+                stats.note(COMPACT, &out);
             }
             85..=89 => {
                 let rev = if rng.chance(30) {
@@ -798,15 +826,19 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize) {
                 } else {
                     rng.range_i64(model.compact, model.current() + 1)
                 };
-                assert_eq!(store.hash_kv(rev), model.hash(rev), "{ctx}: hash {rev}");
+                let out = store.hash_kv(rev);
+                assert_eq!(out, model.hash(rev), "{ctx}: hash {rev}");
+                stats.note(HASH, &out);
             }
             90..=93 => {
                 store = h.reopen(store, true).await;
                 committed = model.clone();
+                stats.note::<(), ()>(REOPEN, &Ok(()));
             }
             94..=95 => {
                 store = h.reopen(store, false).await;
                 model = committed.clone();
+                stats.note::<(), ()>(CRASH, &Ok(()));
             }
             _ => store
                 .check()
@@ -822,6 +854,7 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize) {
             model.compact,
             "{ctx}: compact revision"
         );
+        stats.revision_bumps += (model.current() > before) as u64;
     }
     store
         .check()
@@ -829,12 +862,27 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize) {
     assert_eq!(store.hash_kv(0), model.hash(0), "seed {seed} final hash");
 }
 
+fn assert_mix_is_meaningful(stats: &Stats) {
+    for kind in [PUT, DELETE, RANGE, TXN, COMPACT, HASH] {
+        let (ran, ok) = (stats.ran[kind], stats.ok[kind]);
+        assert!(
+            ok * 5 >= ran && ran > ok,
+            "kind {kind}: {ok} of {ran} succeeded"
+        );
+    }
+    assert!(stats.ran[REOPEN] > 0 && stats.ran[CRASH] > 0);
+    assert!(stats.revision_bumps * 4 > stats.ran.iter().sum::<u64>());
+}
+
 #[test]
 fn model_mem_backend_matches_reference() {
     crate::runtime::block_on(async {
-        for seed in 0..1500u64 {
-            run_seed(&mut MemHarness, seed, 120).await;
+        let mut stats = Stats::default();
+        for seed in 0..4000u64 {
+            run_seed(&mut MemHarness, seed, 150, &mut stats).await;
         }
+        println!("{stats:?}");
+        assert_mix_is_meaningful(&stats);
     });
 }
 
@@ -845,9 +893,12 @@ fn model_real_db_matches_reference() {
     let path = dir.join("db");
     crate::runtime::block_on(async move {
         let mut h = DbHarness { path };
+        let mut stats = Stats::default();
         for seed in 0..150u64 {
-            run_seed(&mut h, 1_000_000 + seed, 120).await;
+            run_seed(&mut h, 1_000_000 + seed, 120, &mut stats).await;
         }
+        println!("{stats:?}");
+        assert_mix_is_meaningful(&stats);
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
