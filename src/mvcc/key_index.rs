@@ -220,15 +220,16 @@ impl KeyIndex {
         self.keys.get(key)
     }
 
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
-        match self.keys.get_mut(key) {
-            Some(h) => h.put(rev),
-            None => {
-                let mut h = KeyHistory::default();
-                h.put(rev);
-                self.keys.insert(key.to_vec(), h);
-            }
-        }
+    /// Records a put of `key` at `rev` and returns the key's `(create_revision, version)`
+    /// after it, with one map lookup (allocates only for a key never seen before).
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> (i64, i64) {
+        let h = match self.keys.get_mut(key) {
+            Some(h) => h,
+            None => self.keys.entry(key.to_vec()).or_default(),
+        };
+        h.put(rev);
+        let g = h.generations.last().expect("a put leaves a generation");
+        (g.created.main, g.version)
     }
 
     /// Marks `key` deleted at `rev`. False (no change) if the key is not alive.
@@ -244,33 +245,34 @@ impl KeyIndex {
     /// Calls `f` for every key in `range` that existed at `at`, in key order, until `f`
     /// returns false.
     pub fn range(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
-        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &KeyHistory)>> = match range {
+        fn visit<'a>(
+            iter: impl Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)>,
+            at: i64,
+            f: &mut impl FnMut(&[u8], KeyAt) -> bool,
+        ) {
+            for (k, h) in iter {
+                if let Some(found) = h.get(at) {
+                    if !f(k, found) {
+                        return;
+                    }
+                }
+            }
+        }
+        match range {
             KeyRange::Single(key) => {
                 if let Some(found) = self.get(key, at) {
                     f(key, found);
                 }
-                return;
             }
-            KeyRange::From(key) => Box::new(
-                self.keys
-                    .range::<[u8], _>((Bound::Included(key), Bound::Unbounded)),
-            ),
-            KeyRange::Between(key, end) => {
-                if end <= key {
-                    return;
-                }
-                Box::new(
-                    self.keys
-                        .range::<[u8], _>((Bound::Included(key), Bound::Excluded(end))),
-                )
+            KeyRange::From(key) => {
+                let bounds = (Bound::Included(key), Bound::Unbounded);
+                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
             }
-        };
-        for (k, h) in iter {
-            if let Some(found) = h.get(at) {
-                if !f(k, found) {
-                    return;
-                }
+            KeyRange::Between(key, end) if key < end => {
+                let bounds = (Bound::Included(key), Bound::Excluded(end));
+                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
             }
+            KeyRange::Between(..) => {}
         }
     }
 

@@ -316,10 +316,10 @@ impl<B: Backend> Store<B> {
             _ => req.lease,
         };
         let rev = txn.next_revision();
-        let (create_revision, version) = match self.index.get(&req.key, rev.main) {
-            Some(at) => (at.create_revision, at.version + 1),
-            None => (rev.main, 1),
-        };
+        // The index goes first (one lookup gives create_revision and version). If the
+        // insert below fails the Db is poisoned and the store must be reopened, which
+        // rebuilds the index from the tree.
+        let (create_revision, version) = self.index.put(&req.key, rev);
         let record = KeyValueRef {
             key: &req.key,
             create_revision,
@@ -330,9 +330,8 @@ impl<B: Backend> Store<B> {
         };
         self.record_buf.clear();
         kv::encode_put_record(&record, &mut self.record_buf);
-        self.backend.insert(&rev.encode(), &self.record_buf)?;
-        self.index.put(&req.key, rev);
         txn.changes += 1;
+        self.backend.insert(&rev.encode(), &self.record_buf)?;
         let prev_kv = if req.prev_kv { prev } else { None };
         Ok(PutResponse {
             header: ResponseHeader { revision: rev.main },
