@@ -133,9 +133,11 @@ impl<B: Backend> Store<B> {
         self.current_revision
     }
 
-    /// The last compaction revision, -1 if never compacted.
+    /// The last compaction revision, 0 if never compacted. (Internally a store that was
+    /// never compacted is at -1, as etcd's is, which only shows in etcd's corner cases:
+    /// `compact(0)` is accepted once, and `hash_kv` reports -1.)
     pub fn compact_revision(&self) -> i64 {
-        self.compact_revision
+        self.compact_revision.max(0)
     }
 
     pub fn index(&self) -> &KeyIndex {
@@ -538,8 +540,7 @@ impl<B: Backend> Store<B> {
 
     /// Compacts history at `req.revision`: the key index drops what it no longer needs and
     /// the Revision tree keeps, at or below it, only each key's latest put.
-    pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse> {
-        let rev = req.revision;
+    pub fn compact(&mut self, rev: i64) -> Result<CompactionResponse> {
         if rev <= self.compact_revision {
             return Err(Error::Compacted);
         }
@@ -636,7 +637,7 @@ impl<B: Backend> Store<B> {
             Op::Put(r) => OpResponse::Put(self.put(r)?),
             Op::DeleteRange(r) => OpResponse::DeleteRange(self.delete_range(r)?),
             Op::Txn(r) => OpResponse::Txn(self.txn(r)?),
-            Op::Compaction(r) => OpResponse::Compaction(self.compact(r)?),
+            Op::Compaction(r) => OpResponse::Compaction(self.compact(r.revision)?),
         })
     }
 

@@ -72,7 +72,12 @@ fn abcde() -> S {
 fn fresh_store_starts_at_revision_1_and_first_put_gets_2() {
     let mut s = store();
     assert_eq!(s.current_revision(), 1);
-    assert_eq!(s.compact_revision(), -1);
+    assert_eq!(s.compact_revision(), 0);
+    assert_eq!(
+        s.hash_kv(0).unwrap().1,
+        -1,
+        "etcd's never-compacted revision"
+    );
     assert_eq!(put(&mut s, "foo", "bar"), 2);
     assert_eq!(put(&mut s, "foo", "baz"), 3);
     let got = s.range(&rr("foo", "")).unwrap();
@@ -578,11 +583,7 @@ fn txn_errors_change_nothing() {
             ..rr("a", "")
         })
     };
-    s.compact(&CompactionRequest {
-        revision: 3,
-        physical: false,
-    })
-    .unwrap();
+    s.compact(3).unwrap();
     let cases = [
         (
             with(vec![op_put("a", ""), op_put("a", "")]),
@@ -635,12 +636,7 @@ fn txn_errors_change_nothing() {
 fn compaction_rules_and_hash() {
     let mut s = abcde(); // at 7
     del(&mut s, "e", ""); // 8
-    let c = |s: &mut S, rev| {
-        s.compact(&CompactionRequest {
-            revision: rev,
-            physical: true,
-        })
-    };
+    let c = |s: &mut S, rev| s.compact(rev);
     assert_eq!(c(&mut s, 9), Err(Error::FutureRev));
     let h7 = s.hash_kv(7).unwrap();
     assert_eq!(h7, s.hash_kv(7).unwrap(), "hash is deterministic");
