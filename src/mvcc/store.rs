@@ -124,6 +124,11 @@ impl<B: Backend> Store<B> {
         &self.backend
     }
 
+    #[cfg(test)]
+    pub(crate) fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     pub fn into_backend(mut self) -> B {
         self.save_meta();
         self.backend
@@ -678,7 +683,30 @@ impl<B: Backend> Store<B> {
                 what: "record above the current revision".into(),
             });
         }
-        Ok(())
+        self.check_compacted()
+    }
+
+    /// At or below the compact revision only each key's latest put may remain.
+    fn check_compacted(&self) -> Result<()> {
+        if self.compact_revision < 0 {
+            return Ok(());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut failure = None;
+        let end = Revision::new(self.compact_revision + 1, 0).encode();
+        self.backend.scan(&[], &end, &mut |k, v| {
+            let ok = match kv::decode_record(v) {
+                Ok((RecordKind::Put, kv)) => seen.insert(kv.key),
+                _ => false,
+            };
+            if !ok {
+                failure = Some(Error::Corrupt {
+                    what: format!("record {:?} survived compaction", Revision::decode(k)),
+                });
+            }
+            ok
+        });
+        failure.map_or(Ok(()), Err)
     }
 
     pub fn invariants(&self) {

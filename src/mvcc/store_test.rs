@@ -716,3 +716,45 @@ fn apply_at_skips_applied_indexes_and_reopen_restores() {
         s.check().unwrap();
     });
 }
+
+#[test]
+fn check_and_open_detect_a_damaged_revision_tree() {
+    use super::backend::Backend;
+    use super::Revision;
+    let mut s = abcde();
+    s.check().unwrap();
+    // A record vanishes under the index.
+    s.backend_mut()
+        .retain(
+            &Revision::new(3, 0).encode(),
+            &Revision::new(4, 0).encode(),
+            &mut |_, _| false,
+        )
+        .unwrap();
+    assert!(matches!(s.check(), Err(Error::Corrupt { .. })));
+    assert!(matches!(s.range(&rr("b", "")), Err(Error::Corrupt { .. })));
+    // A tombstone at or below the compact revision.
+    let mut s = abcde();
+    s.compact(7).unwrap();
+    let mut rec = Vec::new();
+    super::kv::encode_tombstone_record(b"zz", 5, &mut rec);
+    s.backend_mut()
+        .insert(&Revision::new(5, 9).encode(), &rec)
+        .unwrap();
+    assert!(matches!(s.check(), Err(Error::Corrupt { .. })));
+    // Garbage in a record, or a record above the stored revision, stops the open.
+    let mut b = abcde().into_backend();
+    b.insert(&Revision::new(4, 0).encode(), &[0, 0xff]).unwrap();
+    assert!(matches!(
+        Store::with_backend(b, StoreOptions::default()),
+        Err(Error::Corrupt { .. })
+    ));
+    let mut b = abcde().into_backend();
+    let mut rec = Vec::new();
+    super::kv::encode_tombstone_record(b"a", 99, &mut rec);
+    b.insert(&Revision::new(99, 0).encode(), &rec).unwrap();
+    assert!(matches!(
+        Store::with_backend(b, StoreOptions::default()),
+        Err(Error::Corrupt { .. })
+    ));
+}
