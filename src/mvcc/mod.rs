@@ -9,8 +9,11 @@
 //! - [`kv`]: the record stored under a revision: a flag byte (put / tombstone) and the
 //!   `mvccpb.KeyValue` protobuf bytes, copyable straight into responses and events.
 //! - [`key_index`]: etcd's treeIndex, key → generations of revisions, in memory.
-//! - [`store`]: Range / Put / DeleteRange / Txn / Compact / HashKV with etcd's rules;
-//!   [`validate`]: etcd's request checks; [`request`]: the etcdserverpb-shaped types.
+//! - [`store`]: Put / DeleteRange / Txn / Compact / HashKV with etcd's rules, and the
+//!   raft-facing surface (`apply_at`, consistent index, publish, commit, check);
+//!   [`read`]: Range over an index and a record source (the store's working state on the
+//!   raft core, a `ReadSnapshot` on shard cores); [`validate`]: etcd's request checks;
+//!   [`request`]: the etcdserverpb-shaped request and response types.
 //! - [`backend`]: the Revision tree and meta fields the store needs from `Db` (and an
 //!   in-memory stand-in for tests and the simulator).
 //!
