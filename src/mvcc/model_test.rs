@@ -15,6 +15,7 @@ use super::backend::{Backend, MemBackend};
 use super::db::Db;
 use super::error::{Error, Result};
 use super::kv::{self, KeyValue};
+use super::read::ReadView;
 use super::request::*;
 use super::revision::Revision;
 use super::store::{Store, StoreOptions};
@@ -707,6 +708,9 @@ trait Harness {
     async fn open(&mut self) -> Store<Self::B>;
     /// Reopens the store, after committing it if `commit`, else as after a crash.
     async fn reopen(&mut self, store: Store<Self::B>, commit: bool) -> Store<Self::B>;
+    /// Checks that a reader on another core (published snapshot) sees what the writer
+    /// sees; only meaningful for the real Db.
+    fn check_snapshot_read(&mut self, _store: &mut Store<Self::B>, _req: &RangeRequest) {}
 }
 
 fn options() -> StoreOptions {
@@ -747,6 +751,22 @@ impl Harness for DbHarness {
         }
         drop(store);
         Store::open(&self.path, options()).await.unwrap()
+    }
+    fn check_snapshot_read(&mut self, store: &mut Store<Db>, req: &RangeRequest) {
+        store.publish();
+        let snapshot = store.backend().snapshot();
+        let writer = store.view();
+        let reader = ReadView {
+            index: writer.index,
+            records: &snapshot,
+            compact_revision: writer.compact_revision,
+        };
+        let current = store.current_revision();
+        assert_eq!(
+            reader.range(req, current),
+            writer.range(req, current),
+            "snapshot read {req:?}"
+        );
     }
 }
 
@@ -803,6 +823,9 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut St
                 let out = store.range(&req);
                 assert_eq!(out, model.top_range(&req), "{ctx}: {req:?}");
                 stats.note(RANGE, &out);
+                if out.is_ok() && rng.chance(20) {
+                    h.check_snapshot_read(&mut store, &req);
+                }
             }
             60..=79 => {
                 let req = txn_req(&mut rng, &model, 0);
