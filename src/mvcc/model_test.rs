@@ -589,6 +589,13 @@ fn put_req(rng: &mut Rng, key: Vec<u8>) -> PutRequest {
         key,
         value: if ignore_value && !rng.chance(10) {
             vec![]
+        } else if rng.chance(3) {
+            // Larger than a page: the Db keeps it in overflow pages.
+            let len = 3000 + rng.below(20_000) as usize;
+            let salt = rng.next() as u8;
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(31) ^ salt)
+                .collect()
         } else {
             VALUES[rng.below(4) as usize].to_vec()
         },
