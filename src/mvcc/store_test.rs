@@ -758,3 +758,38 @@ fn check_and_open_detect_a_damaged_revision_tree() {
         Err(Error::Corrupt { .. })
     ));
 }
+
+/// Rough throughput of the store logic over the in-memory backend (run by hand:
+/// `cargo test --release --lib perf_smoke -- --ignored --nocapture`). The floors are far
+/// below the targets (1M point reads/s, 300k puts/s on one core with the real Db); they
+/// only catch an accidental quadratic path.
+#[test]
+#[ignore = "timing-dependent; run by hand"]
+fn perf_smoke_store_logic_over_mem_backend() {
+    let mut s = store();
+    let n = 200_000u64;
+    let key = |i: u64| format!("key/{:08}", i * 7919 % n).into_bytes();
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let req = PutRequest {
+            key: key(i),
+            value: vec![b'v'; 64],
+            ..Default::default()
+        };
+        s.put(&req).unwrap();
+    }
+    let puts_per_s = n as f64 / started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let mut found = 0;
+    for i in 0..n {
+        let req = RangeRequest {
+            key: key(i),
+            ..Default::default()
+        };
+        found += s.range(&req).unwrap().kvs.len();
+    }
+    let reads_per_s = n as f64 / started.elapsed().as_secs_f64();
+    println!("puts/s {puts_per_s:.0}, point reads/s {reads_per_s:.0}");
+    assert_eq!(found as u64, n);
+    assert!(puts_per_s > 20_000.0 && reads_per_s > 50_000.0);
+}
