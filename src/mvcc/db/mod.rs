@@ -235,7 +235,8 @@ pub struct Db {
     /// so either meta page always opens to a consistent state.
     durable_prev_txn: u64,
     epochs: Arc<EpochTable>,
-    snapshot_pin: Option<(u64, Weak<Pin>)>,
+    /// The pin of the newest snapshot, shared by snapshots of the same txn.
+    snapshot_pin: std::cell::RefCell<Option<(u64, Weak<Pin>)>>,
     #[cfg(test)]
     pub(crate) faults: Faults,
 }
@@ -285,7 +286,7 @@ impl Db {
             durable_txn: 0,
             durable_prev_txn: 0,
             epochs: EpochTable::new(),
-            snapshot_pin: None,
+            snapshot_pin: Default::default(),
             #[cfg(test)]
             faults: Faults::default(),
         };
@@ -533,15 +534,16 @@ impl Db {
     }
 
     /// A read-only view of the last published state, for any core.
-    pub fn snapshot(&mut self) -> ReadSnapshot {
+    pub fn snapshot(&self) -> ReadSnapshot {
         let txn = self.published.txn;
-        let pin = match &self.snapshot_pin {
+        let mut cache = self.snapshot_pin.borrow_mut();
+        let pin = match &*cache {
             Some((t, weak)) if *t == txn => weak.upgrade(),
             _ => None,
         };
         let pin = pin.unwrap_or_else(|| {
             let pin = Arc::new(self.epochs.pin(txn));
-            self.snapshot_pin = Some((txn, Arc::downgrade(&pin)));
+            *cache = Some((txn, Arc::downgrade(&pin)));
             pin
         });
         ReadSnapshot {
