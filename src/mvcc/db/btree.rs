@@ -101,7 +101,11 @@ impl Writer {
         }
         if let Err(source) = self.file.set_len(bytes) {
             self.poisoned = true;
-            return Err(Error::Io { path: self.path.clone(), op: "grow", source });
+            return Err(Error::Io {
+                path: self.path.clone(),
+                op: "grow",
+                source,
+            });
         }
         self.map.set_file_bytes(bytes);
         Ok(())
@@ -232,7 +236,12 @@ impl Writer {
         if root.page == 0 {
             let id = self.alloc(1)?;
             page::init(self.map.page_mut(id), KIND_LEAF, 0, id, self.txn);
-            *root = TreeRoot { page: id, height: 1, entries: 0, payload_bytes: 0 };
+            *root = TreeRoot {
+                page: id,
+                height: 1,
+                entries: 0,
+                payload_bytes: 0,
+            };
         }
         let mut path: Path = [(0, 0); HEIGHT_MAX];
         let leaf0 = self.descend(root, key, &mut path);
@@ -241,7 +250,10 @@ impl Writer {
             let n = page::overflow_run_pages(val.len());
             let o = self.alloc(n)?;
             page::init_overflow(self.map.pages_mut(o, n), o, self.txn, val);
-            ValRef::Overflow { page: o, len: val.len() }
+            ValRef::Overflow {
+                page: o,
+                len: val.len(),
+            }
         } else {
             ValRef::Inline(val)
         };
@@ -270,7 +282,9 @@ impl Writer {
 
     fn is_rightmost(&self, path: &Path, levels: usize) -> bool {
         let map = self.map.map();
-        path[..levels].iter().all(|&(pg, i)| i + 1 == page::count(map.page(pg)))
+        path[..levels]
+            .iter()
+            .all(|&(pg, i)| i + 1 == page::count(map.page(pg)))
     }
 
     fn leaf_insert(
@@ -310,7 +324,9 @@ impl Writer {
             page::init(p, KIND_LEAF, 0, target, self.txn);
             for (dst, j) in range.enumerate() {
                 match j.cmp(&pos) {
-                    std::cmp::Ordering::Less => page::insert_raw_cell(p, dst, page::cell_bytes(s, j)),
+                    std::cmp::Ordering::Less => {
+                        page::insert_raw_cell(p, dst, page::cell_bytes(s, j))
+                    }
                     std::cmp::Ordering::Equal => page::insert_leaf_cell(p, dst, key, vref),
                     std::cmp::Ordering::Greater => {
                         page::insert_raw_cell(p, dst, page::cell_bytes(s, j - 1))
@@ -319,7 +335,8 @@ impl Writer {
             }
         }
         self.sep.clear();
-        self.sep.extend_from_slice(page::leaf_key(self.map.map().page(right), 0));
+        self.sep
+            .extend_from_slice(page::leaf_key(self.map.map().page(right), 0));
         self.insert_into_parent(root, path, levels, right)
     }
 
@@ -358,7 +375,8 @@ impl Writer {
             let new = self.alloc(1)?;
             // The new cell, built before self.sep is overwritten with the pushed-up key.
             self.cell.clear();
-            self.cell.extend_from_slice(&(self.sep.len() as u16).to_le_bytes());
+            self.cell
+                .extend_from_slice(&(self.sep.len() as u16).to_le_bytes());
             self.cell.extend_from_slice(&right.to_le_bytes());
             self.cell.extend_from_slice(&self.sep);
             self.scratch.copy_from_slice(self.map.map().page(parent));
@@ -371,7 +389,11 @@ impl Writer {
                 std::cmp::Ordering::Equal => &cell[..],
                 std::cmp::Ordering::Greater => page::cell_bytes(s, j - 1),
             };
-            let k = if append { n - 1 } else { split_point(n, |j| get(j).len() + 2) };
+            let k = if append {
+                n - 1
+            } else {
+                split_point(n, |j| get(j).len() + 2)
+            };
             for (target, range) in [(parent, 0..k), (new, k..n)] {
                 let p = self.map.page_mut(target);
                 page::init(p, KIND_BRANCH, lvl, target, self.txn);
@@ -380,7 +402,8 @@ impl Writer {
                 }
             }
             self.sep.clear();
-            self.sep.extend_from_slice(page::branch_key(self.map.map().page(new), 0));
+            self.sep
+                .extend_from_slice(page::branch_key(self.map.map().page(new), 0));
             right = new;
             l -= 1;
         }
@@ -424,7 +447,12 @@ impl Writer {
     fn remove_up(&mut self, root: &mut TreeRoot, path: &Path, mut l: usize) {
         loop {
             if l == 0 {
-                *root = TreeRoot { page: 0, height: 0, entries: root.entries, payload_bytes: 0 };
+                *root = TreeRoot {
+                    page: 0,
+                    height: 0,
+                    entries: root.entries,
+                    payload_bytes: 0,
+                };
                 return;
             }
             let (parent, i) = path[l - 1];
@@ -503,7 +531,16 @@ impl Writer {
             removed: 0,
             changed: false,
         };
-        self.retain_walk(&map, &mut r, root, root.page, root.height as usize - 1, &[], None, keep)?;
+        self.retain_walk(
+            &map,
+            &mut r,
+            root,
+            root.page,
+            root.height as usize - 1,
+            &[],
+            None,
+            keep,
+        )?;
         self.retain_flush(&mut r);
         if !r.changed {
             return Ok(0);
@@ -548,14 +585,17 @@ impl Writer {
             let n = page::count(p);
             for i in 0..n {
                 let clo = if i == 0 { lo } else { page::branch_key(p, i) };
-                let chi = if i + 1 < n { Some(page::branch_key(p, i + 1)) } else { hi };
+                let chi = if i + 1 < n {
+                    Some(page::branch_key(p, i + 1))
+                } else {
+                    hi
+                };
                 let child = page::branch_child(p, i);
                 self.retain_walk(map, r, root, child, level - 1, clo, chi, keep)?;
             }
             return Ok(());
         }
-        let overlaps =
-            (r.end.is_empty() || lo < r.end) && hi.is_none_or(|h| h > r.start);
+        let overlaps = (r.end.is_empty() || lo < r.end) && hi.is_none_or(|h| h > r.start);
         let n = page::count(p);
         let mut drop_bits = [0u64; PAGE_BYTES / 64];
         let mut drops = 0;
@@ -587,7 +627,9 @@ impl Writer {
                 continue;
             }
             let cell = page::cell_bytes(p, j);
-            let fits = r.acc.is_some_and(|a| page::free_space(self.map.map().page(a)) >= cell.len() + 2);
+            let fits = r
+                .acc
+                .is_some_and(|a| page::free_space(self.map.map().page(a)) >= cell.len() + 2);
             if !fits {
                 self.retain_flush(r);
                 let a = self.alloc(1)?;
@@ -641,7 +683,11 @@ impl Writer {
             if page::txn(p) != self.txn || page::page_id(p) != id {
                 continue; // freed while dirty and reused or never initialised
             }
-            let n = if page::kind(p) == page::KIND_OVERFLOW { page::overflow_pages(p) } else { 1 };
+            let n = if page::kind(p) == page::KIND_OVERFLOW {
+                page::overflow_pages(p)
+            } else {
+                1
+            };
             if id + n > hw {
                 continue;
             }
@@ -837,7 +883,10 @@ pub fn check_tree(map: &Map, root: &TreeRoot, lim: &mut WalkLimits) -> CheckResu
 
 fn claim(lim: &mut WalkLimits, id: u64, n: u64, from: u64) -> CheckResult<()> {
     if id < 2 || id.checked_add(n).is_none_or(|e| e > lim.high_water) {
-        return Err((from, format!("page id {id} (+{n}) outside 2..{}", lim.high_water)));
+        return Err((
+            from,
+            format!("page id {id} (+{n}) outside 2..{}", lim.high_water),
+        ));
     }
     for p in id..id + n {
         let (w, b) = ((p / 64) as usize, p % 64);
@@ -854,10 +903,17 @@ fn check_header(p: &[u8], id: u64, kind: u8, lim: &WalkLimits) -> std::result::R
         return Err(format!("page kind {} where {kind} expected", page::kind(p)));
     }
     if page::page_id(p) != id {
-        return Err(format!("page claims id {} (misdirected write?)", page::page_id(p)));
+        return Err(format!(
+            "page claims id {} (misdirected write?)",
+            page::page_id(p)
+        ));
     }
     if page::txn(p) > lim.txn_max {
-        return Err(format!("page txn {} newer than meta txn {}", page::txn(p), lim.txn_max));
+        return Err(format!(
+            "page txn {} newer than meta txn {}",
+            page::txn(p),
+            lim.txn_max
+        ));
     }
     Ok(())
 }
@@ -881,7 +937,10 @@ fn check_node(
         return Err(bad("checksum mismatch".into()));
     }
     if page::level(p) != level {
-        return Err(bad(format!("level {} where {level} expected", page::level(p))));
+        return Err(bad(format!(
+            "level {} where {level} expected",
+            page::level(p)
+        )));
     }
     let n = page::count(p);
     if n == 0 {
@@ -895,7 +954,10 @@ fn check_node(
             return Ok(());
         }
         if lo.is_some_and(|lo| k < lo) || hi.is_some_and(|hi| k >= hi) {
-            return Err(format!("key at cell {} outside its parent's range", idx - 1));
+            return Err(format!(
+                "key at cell {} outside its parent's range",
+                idx - 1
+            ));
         }
         Ok(())
     })
@@ -913,8 +975,16 @@ fn check_node(
         return Ok((entries, payload));
     }
     for i in 0..n {
-        let clo = if i == 0 { lo } else { Some(page::branch_key(p, i)) };
-        let chi = if i + 1 < n { Some(page::branch_key(p, i + 1)) } else { hi };
+        let clo = if i == 0 {
+            lo
+        } else {
+            Some(page::branch_key(p, i))
+        };
+        let chi = if i + 1 < n {
+            Some(page::branch_key(p, i + 1))
+        } else {
+            hi
+        };
         let (e, b) = check_node(map, page::branch_child(p, i), level - 1, clo, chi, lim, off)?;
         entries += e;
         payload += b;
@@ -935,7 +1005,10 @@ fn check_overflow(
     let first = map.page(o);
     check_header(first, o, page::KIND_OVERFLOW, lim).map_err(|w| (off, w))?;
     if page::overflow_len(first) != len || page::overflow_pages(first) != n {
-        return Err((off, format!("overflow run header does not match value of {len} bytes")));
+        return Err((
+            off,
+            format!("overflow run header does not match value of {len} bytes"),
+        ));
     }
     if page::txn(first) < lim.crc_below_txn
         && !page::crc_ok(map.bytes(off, n as usize * PAGE_BYTES))

@@ -20,7 +20,9 @@ pub struct EpochTable {
 
 impl EpochTable {
     pub fn new() -> Arc<EpochTable> {
-        Arc::new(EpochTable { slots: (0..EPOCH_SLOTS_MAX).map(|_| AtomicU64::new(0)).collect() })
+        Arc::new(EpochTable {
+            slots: (0..EPOCH_SLOTS_MAX).map(|_| AtomicU64::new(0)).collect(),
+        })
     }
 
     /// Pins `txn` (≥ 1). Called only by the writer.
@@ -28,9 +30,13 @@ impl EpochTable {
         assert!(txn >= 1);
         for (i, s) in self.slots.iter().enumerate() {
             if s.load(Ordering::Relaxed) == 0
-                && s.compare_exchange(0, txn, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && s.compare_exchange(0, txn, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
             {
-                return Pin { table: self.clone(), slot: i };
+                return Pin {
+                    table: self.clone(),
+                    slot: i,
+                };
             }
         }
         panic!("more than {EPOCH_SLOTS_MAX} distinct read snapshots alive (leaked snapshots?)");
@@ -38,7 +44,11 @@ impl EpochTable {
 
     /// The oldest pinned txn, if any.
     pub fn min_pinned(&self) -> Option<u64> {
-        self.slots.iter().map(|s| s.load(Ordering::Acquire)).filter(|&t| t != 0).min()
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .filter(|&t| t != 0)
+            .min()
     }
 }
 

@@ -28,7 +28,11 @@ impl Map {
     pub fn new(file: &File, map_bytes: u64, file_bytes: u64) -> std::io::Result<Map> {
         assert!(file_bytes <= map_bytes);
         let raw = MmapOptions::new().len(map_bytes as usize).map_raw(file)?;
-        Ok(Map { raw, map_bytes, file_bytes: AtomicU64::new(file_bytes) })
+        Ok(Map {
+            raw,
+            map_bytes,
+            file_bytes: AtomicU64::new(file_bytes),
+        })
     }
 
     pub fn file_bytes(&self) -> u64 {
@@ -46,7 +50,10 @@ impl Map {
     #[inline]
     pub fn bytes(&self, offset: u64, len: usize) -> &[u8] {
         let end = offset.checked_add(len as u64).expect("offset overflow");
-        assert!(end <= self.file_bytes(), "read past end of db file: {offset}+{len}");
+        assert!(
+            end <= self.file_bytes(),
+            "read past end of db file: {offset}+{len}"
+        );
         // SAFETY: the range lies inside the mapping (file_bytes <= map_bytes) and inside
         // the file, so the memory is valid for reads for as long as `self` lives (the
         // mapping is only unmapped on drop, and the file never shrinks while mapped).
@@ -92,13 +99,18 @@ impl MapWriter {
     pub fn pages_mut(&mut self, id: u64, pages: u64) -> &mut [u8] {
         let offset = id * PAGE_BYTES as u64;
         let len = (pages as usize) * PAGE_BYTES;
-        assert!(offset + len as u64 <= self.map.file_bytes(), "write past end of db file");
+        assert!(
+            offset + len as u64 <= self.map.file_bytes(),
+            "write past end of db file"
+        );
         // SAFETY: in bounds of the mapping and the file (checked above). Exclusive: this
         // is the only `MapWriter` of the mapping and `&mut self` is borrowed for the
         // returned lifetime, so the writer holds no other reference into the map; readers
         // on other cores never reach these pages (allocator invariant in the module doc),
         // so no `&[u8]` aliases them.
-        unsafe { std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(offset as usize), len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(offset as usize), len)
+        }
     }
 
     /// Copies page `from` (any readable page) over page `to` (writable, see `pages_mut`).

@@ -60,8 +60,13 @@ pub enum TreeId {
 pub const TREE_COUNT: usize = 5;
 
 impl TreeId {
-    pub const ALL: [TreeId; TREE_COUNT] =
-        [TreeId::Revision, TreeId::Lease, TreeId::Member, TreeId::Auth, TreeId::Meta];
+    pub const ALL: [TreeId; TREE_COUNT] = [
+        TreeId::Revision,
+        TreeId::Lease,
+        TreeId::Member,
+        TreeId::Auth,
+        TreeId::Meta,
+    ];
 }
 
 /// Fields every meta page carries beside the tree roots. Set by the writer before
@@ -87,19 +92,34 @@ pub struct DbOptions {
 
 impl Default for DbOptions {
     fn default() -> Self {
-        DbOptions { map_bytes_max: 64 << 30, grow_step_bytes: 64 << 20 }
+        DbOptions {
+            map_bytes_max: 64 << 30,
+            grow_step_bytes: 64 << 20,
+        }
     }
 }
 
 #[derive(Debug)]
 pub enum Error {
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     /// The file is damaged: which file, where, and what was found.
-    Corrupt { path: PathBuf, offset: u64, what: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
     /// A write or fsync failed earlier; the Db accepts no more writes.
     Poisoned,
-    KeyTooLarge { len: usize },
-    ValueTooLarge { len: usize },
+    KeyTooLarge {
+        len: usize,
+    },
+    ValueTooLarge {
+        len: usize,
+    },
     /// The file would grow past `map_bytes_max`.
     MapFull,
 }
@@ -109,7 +129,11 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, op, source } => write!(f, "{op} {}: {source}", path.display()),
             Error::Corrupt { path, offset, what } => {
-                write!(f, "db file {} is corrupt at offset {offset}: {what}", path.display())
+                write!(
+                    f,
+                    "db file {} is corrupt at offset {offset}: {what}",
+                    path.display()
+                )
             }
             Error::Poisoned => write!(f, "db refuses writes after an earlier I/O failure"),
             Error::KeyTooLarge { len } => write!(f, "db key of {len} bytes is too large"),
@@ -160,7 +184,11 @@ fn decode_meta(p: &[u8], slot: u64, file_pages: u64) -> std::result::Result<Stat
         return Err("meta checksum mismatch".into());
     }
     if page::kind(p) != page::KIND_META || page::page_id(p) != slot {
-        return Err(format!("meta page kind {} id {}", page::kind(p), page::page_id(p)));
+        return Err(format!(
+            "meta page kind {} id {}",
+            page::kind(p),
+            page::page_id(p)
+        ));
     }
     if page::u64_at(p, 32) != page::META_MAGIC {
         return Err("bad magic".into());
@@ -179,7 +207,9 @@ fn decode_meta(p: &[u8], slot: u64, file_pages: u64) -> std::result::Result<Stat
     }
     let high_water = page::u64_at(p, 48);
     if high_water < 2 || high_water > file_pages {
-        return Err(format!("high-water {high_water} outside the file's {file_pages} pages"));
+        return Err(format!(
+            "high-water {high_water} outside the file's {file_pages} pages"
+        ));
     }
     let app = AppMeta {
         consistent_index: page::u64_at(p, 56),
@@ -197,19 +227,35 @@ fn decode_meta(p: &[u8], slot: u64, file_pages: u64) -> std::result::Result<Stat
             payload_bytes: page::u64_at(p, o + 24),
         };
     }
-    Ok(State { txn, high_water, roots, app })
+    Ok(State {
+        txn,
+        high_water,
+        roots,
+        app,
+    })
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { path: path.to_path_buf(), op, source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
 }
 
 fn gio_err<'a, T>(
     path: &'a Path,
     op: &'static str,
 ) -> impl FnOnce(glommio::GlommioError<T>) -> Error + 'a {
-    move |e| Error::Io { path: path.to_path_buf(), op, source: e.into() }
+    move |e| Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source: e.into(),
+    }
 }
+
+#[cfg(test)]
+pub(crate) type CrashPoint = Box<dyn FnMut(&Path)>;
 
 /// Test-only fault injection and crash points.
 #[cfg(test)]
@@ -219,7 +265,7 @@ pub(crate) struct Faults {
     pub sync_fail_at: Option<u64>,
     pub sync_count: u64,
     /// Runs after the data fdatasync and before the meta page is written.
-    pub before_meta: Option<Box<dyn FnMut(&Path)>>,
+    pub before_meta: Option<CrashPoint>,
 }
 
 /// The single-writer handle. Not `Send`: it lives on the raft core.
@@ -271,7 +317,10 @@ impl Db {
             return Err(Error::MapFull);
         }
         if len != 0 && (len % PAGE_BYTES as u64 != 0 || len < 2 * PAGE_BYTES as u64) {
-            return Err(corrupt(len, format!("file size {len} is not a whole number of pages")));
+            return Err(corrupt(
+                len,
+                format!("file size {len} is not a whole number of pages"),
+            ));
         }
         let map = Map::new(&std_file, options.map_bytes_max, len).map_err(io_err(path, "mmap"))?;
         let mut w = Writer::new(MapWriter::new(map), path.to_path_buf(), std_file, 0);
@@ -307,7 +356,10 @@ impl Db {
             [Ok(a), Err(_)] => *a,
             [Err(_), Ok(b)] => *b,
             [Err(a), Err(b)] => {
-                return Err(corrupt(0, format!("no valid meta page: page 0: {a}; page 1: {b}")))
+                return Err(corrupt(
+                    0,
+                    format!("no valid meta page: page 0: {a}; page 1: {b}"),
+                ))
             }
         };
         let mut seen = vec![0u64; (st.high_water as usize).div_ceil(64)];
@@ -343,7 +395,11 @@ impl Db {
         let bytes = self.options.grow_step_bytes.min(self.options.map_bytes_max);
         self.grow_to(bytes.max(2 * PAGE_BYTES as u64)).await?;
         for txn in [0u64, 1] {
-            let st = State { txn, high_water: 2, ..State::default() };
+            let st = State {
+                txn,
+                high_water: 2,
+                ..State::default()
+            };
             encode_meta(self.w.map.page_mut(txn), &st);
         }
         self.sync("fdatasync new file").await?;
@@ -386,7 +442,8 @@ impl Db {
         if self.w.file_pages() - self.w.high_water >= step.div_ceil(2) {
             return Ok(());
         }
-        let pages = (self.w.file_pages() + step).min(self.options.map_bytes_max / PAGE_BYTES as u64);
+        let pages =
+            (self.w.file_pages() + step).min(self.options.map_bytes_max / PAGE_BYTES as u64);
         if pages <= self.w.file_pages() {
             return Ok(()); // at the map limit; the allocator reports MapFull when it must
         }
@@ -463,7 +520,8 @@ impl Db {
         end: &[u8],
         keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<u64> {
-        self.w.retain(&mut self.roots[tree as usize], start, end, keep)
+        self.w
+            .retain(&mut self.roots[tree as usize], start, end, keep)
     }
 
     /// The writer's view (includes uncommitted changes).
@@ -498,8 +556,12 @@ impl Db {
             return;
         }
         self.w.seal_dirty();
-        self.published =
-            State { txn: self.w.txn, high_water: self.w.high_water, roots: self.roots, app: self.app };
+        self.published = State {
+            txn: self.w.txn,
+            high_water: self.w.high_water,
+            roots: self.roots,
+            app: self.app,
+        };
         self.w.txn += 1;
         self.w.changed = false;
         self.update_reuse_bound();
@@ -565,7 +627,11 @@ impl Db {
             crc_below_txn: self.w.txn,
             seen: &mut seen,
         };
-        let corrupt = |offset, what| Error::Corrupt { path: self.w.path.clone(), offset, what };
+        let corrupt = |offset, what| Error::Corrupt {
+            path: self.w.path.clone(),
+            offset,
+            what,
+        };
         for (t, root) in self.roots.iter().enumerate() {
             btree::check_tree(self.w.map.map(), root, &mut lim)
                 .map_err(|(off, what)| corrupt(off, format!("tree {t}: {what}")))?;
@@ -575,13 +641,19 @@ impl Db {
         for id in free.chain(pending) {
             let (w, b) = ((id / 64) as usize, id % 64);
             if id < 2 || id >= hw || seen[w] & (1 << b) != 0 {
-                return Err(corrupt(id * PAGE_BYTES as u64, format!("free page {id} in use")));
+                return Err(corrupt(
+                    id * PAGE_BYTES as u64,
+                    format!("free page {id} in use"),
+                ));
             }
             seen[w] |= 1 << b;
         }
         let accounted: u64 = seen.iter().map(|w| w.count_ones() as u64).sum();
         if accounted != hw - 2 {
-            return Err(corrupt(0, format!("{} of {} pages leaked", hw - 2 - accounted, hw - 2)));
+            return Err(corrupt(
+                0,
+                format!("{} of {} pages leaked", hw - 2 - accounted, hw - 2),
+            ));
         }
         Ok(())
     }

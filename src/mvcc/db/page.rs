@@ -70,7 +70,8 @@ const _: () = assert!(
     2 * (LEAF_CELL_HEADER_BYTES + KEY_BYTES_MAX + INLINE_VALUE_BYTES_MAX + 2)
         <= PAGE_BYTES - HEADER_BYTES
 );
-const _: () = assert!(7 * (BRANCH_CELL_HEADER_BYTES + KEY_BYTES_MAX + 2) <= PAGE_BYTES - HEADER_BYTES);
+const _: () =
+    assert!(7 * (BRANCH_CELL_HEADER_BYTES + KEY_BYTES_MAX + 2) <= PAGE_BYTES - HEADER_BYTES);
 
 #[inline]
 pub fn u16_at(p: &[u8], off: usize) -> usize {
@@ -201,7 +202,13 @@ pub fn leaf_cell(p: &[u8], i: usize) -> (&[u8], ValRef<'_>) {
     let v0 = k0 + klen;
     if vlen & OVERFLOW_FLAG != 0 {
         let len = (vlen & !OVERFLOW_FLAG) as usize;
-        (key, ValRef::Overflow { page: u64_at(p, v0), len })
+        (
+            key,
+            ValRef::Overflow {
+                page: u64_at(p, v0),
+                len,
+            },
+        )
     } else {
         (key, ValRef::Inline(&p[v0..v0 + vlen as usize]))
     }
@@ -219,7 +226,11 @@ fn cell_len_at(p: &[u8], off: usize) -> usize {
         BRANCH_CELL_HEADER_BYTES + klen
     } else {
         let vlen = u32_at(p, off + 2);
-        let v = if vlen & OVERFLOW_FLAG != 0 { 8 } else { vlen as usize };
+        let v = if vlen & OVERFLOW_FLAG != 0 {
+            8
+        } else {
+            vlen as usize
+        };
         LEAF_CELL_HEADER_BYTES + klen + v
     }
 }

@@ -32,7 +32,10 @@ fn tmp_path(name: &str) -> PathBuf {
 }
 
 fn small_options() -> DbOptions {
-    DbOptions { map_bytes_max: 1 << 30, grow_step_bytes: 64 * 1024 }
+    DbOptions {
+        map_bytes_max: 1 << 30,
+        grow_step_bytes: 64 * 1024,
+    }
 }
 
 fn empty_model() -> Model {
@@ -68,7 +71,7 @@ fn value_for(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn keep_rule(k: &[u8], v: &[u8]) -> bool {
-    (k.iter().map(|&b| b as usize).sum::<usize>() + v.len()) % 3 != 0
+    !(k.iter().map(|&b| b as usize).sum::<usize>() + v.len()).is_multiple_of(3)
 }
 
 fn assert_same(db: &Db, model: &Model) {
@@ -87,8 +90,15 @@ fn assert_same(db: &Db, model: &Model) {
 fn check_range(rng: &mut Rng, db: &Db, model: &Model) {
     let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
     let a = key_for(rng);
-    let b = if rng.below(4) == 0 { Vec::new() } else { key_for(rng) };
-    let got: Vec<_> = db.range(t, &a, &b).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    let b = if rng.below(4) == 0 {
+        Vec::new()
+    } else {
+        key_for(rng)
+    };
+    let got: Vec<_> = db
+        .range(t, &a, &b)
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
     let want: Vec<_> = model[t as usize]
         .iter()
         .filter(|(k, _)| **k >= a && (b.is_empty() || **k < b))
@@ -137,14 +147,15 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
                     }
                     let removed = db.retain(tree, &a, &b, &mut keep_rule).unwrap();
                     let before = model[t].len();
-                    model[t].retain(|k, v| {
-                        *k < a || (!b.is_empty() && *k >= b) || keep_rule(k, v)
-                    });
+                    model[t].retain(|k, v| *k < a || (!b.is_empty() && *k >= b) || keep_rule(k, v));
                     assert_eq!(removed as usize, before - model[t].len(), "retain count");
                 }
                 83..=89 => db.publish(),
                 90..=94 => {
-                    let meta = AppMeta { consistent_index: step as u64, ..db.app_meta() };
+                    let meta = AppMeta {
+                        consistent_index: step as u64,
+                        ..db.app_meta()
+                    };
                     db.set_app_meta(meta);
                     db.commit().await.unwrap();
                     committed = model.clone();
@@ -198,7 +209,12 @@ fn model_sequential_appends_pack_leaves() {
         let value = [7u8; 256];
         let n = 20_000u64;
         for i in 0..n {
-            db.insert(TreeId::Revision, &Revision::new(i as i64 + 1, 0).encode(), &value).unwrap();
+            db.insert(
+                TreeId::Revision,
+                &Revision::new(i as i64 + 1, 0).encode(),
+                &value,
+            )
+            .unwrap();
         }
         db.commit().await.unwrap();
         db.check().unwrap();
@@ -206,7 +222,10 @@ fn model_sequential_appends_pack_leaves() {
         let per_leaf = (PAGE_BYTES - 32) / (6 + 16 + 256 + 2);
         let leaves = n.div_ceil(per_leaf as u64);
         // Right-edge appends fill leaves completely: at most a few percent of branches.
-        assert!(s.pages_in_use <= leaves + leaves / 20 + 2, "{s:?} for {leaves} leaves");
+        assert!(
+            s.pages_in_use <= leaves + leaves / 20 + 2,
+            "{s:?} for {leaves} leaves"
+        );
         let got: Vec<_> = db.range(TreeId::Revision, &[], &[]).collect();
         assert_eq!(got.len() as u64, n);
         let _ = std::fs::remove_file(&path);
@@ -235,8 +254,14 @@ fn failed_fdatasync_poisons_and_reopen_shows_last_commit() {
         fill(&mut db, &mut model, &mut rng, 300);
         db.faults.sync_fail_at = Some(db.faults.sync_count + 1);
         assert!(matches!(db.commit().await, Err(Error::Io { .. })));
-        assert!(matches!(db.insert(TreeId::Lease, b"k", b"v"), Err(Error::Poisoned)));
-        assert!(matches!(db.remove(TreeId::Lease, b"k"), Err(Error::Poisoned)));
+        assert!(matches!(
+            db.insert(TreeId::Lease, b"k", b"v"),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(
+            db.remove(TreeId::Lease, b"k"),
+            Err(Error::Poisoned)
+        ));
         assert!(matches!(db.commit().await, Err(Error::Poisoned)));
         drop(db);
         let db = Db::open(&path, small_options()).await.unwrap();
@@ -270,7 +295,10 @@ fn failed_grow_poisons_and_reopen_shows_last_commit() {
             }
         }
         assert!(failed, "the file never had to grow");
-        assert!(matches!(db.insert(TreeId::Meta, b"x", b"y"), Err(Error::Poisoned)));
+        assert!(matches!(
+            db.insert(TreeId::Meta, b"x", b"y"),
+            Err(Error::Poisoned)
+        ));
         assert!(matches!(db.commit().await, Err(Error::Poisoned)));
         drop(db);
         let db = Db::open(&path, small_options()).await.unwrap();
@@ -395,7 +423,10 @@ fn bit_flips_are_detected_or_harmless() {
                 let first = &clean[at..at + PAGE_BYTES];
                 let in_run = page::kind(first) == page::KIND_OVERFLOW
                     && offset / PAGE_BYTES as u64 + page::overflow_pages(first) > id;
-                assert!(offset == id * PAGE_BYTES as u64 || in_run, "page {id}: {offset}");
+                assert!(
+                    offset == id * PAGE_BYTES as u64 || in_run,
+                    "page {id}: {offset}"
+                );
                 detected += 1;
             }
             Err(e) => panic!("unexpected error {e}"),
@@ -418,7 +449,10 @@ fn bit_flips_are_detected_or_harmless() {
     drop(db);
     // Both damaged: Corrupt.
     flip(&path, (newest.txn % 2) * PAGE_BYTES as u64 + 100);
-    assert!(matches!(try_open(&path), Err(Error::Corrupt { offset: 0, .. })));
+    assert!(matches!(
+        try_open(&path),
+        Err(Error::Corrupt { offset: 0, .. })
+    ));
     let _ = std::fs::remove_file(&path);
 }
 
@@ -465,7 +499,10 @@ fn snapshot_survives_reuse_and_crosses_threads() {
                     assert_eq!(k, &(i as u64).to_be_bytes()[..]);
                     assert_eq!(v, &[1u8; 100][..]);
                 }
-                assert_eq!(thread_snap.get(TreeId::Auth, b"big"), Some(&vec![9u8; 20_000][..]));
+                assert_eq!(
+                    thread_snap.get(TreeId::Auth, b"big"),
+                    Some(&vec![9u8; 20_000][..])
+                );
             }
         });
         let mut file_after_first = 0;
@@ -473,15 +510,23 @@ fn snapshot_survives_reuse_and_crosses_threads() {
             for k in &keys {
                 db.insert(TreeId::Revision, k, &[round; 100]).unwrap();
             }
-            db.insert(TreeId::Auth, b"big", &vec![round; 20_000]).unwrap();
+            db.insert(TreeId::Auth, b"big", &vec![round; 20_000])
+                .unwrap();
             db.commit().await.unwrap();
             if round == 3 {
                 file_after_first = db.stats().file_bytes;
             }
         }
-        assert!(db.stats().pages_pending > 0, "old pages must wait for the snapshot");
+        assert!(
+            db.stats().pages_pending > 0,
+            "old pages must wait for the snapshot"
+        );
         for (i, k) in keys.iter().enumerate() {
-            assert_eq!(snap.get(TreeId::Revision, k), Some(&[1u8; 100][..]), "key {i}");
+            assert_eq!(
+                snap.get(TreeId::Revision, k),
+                Some(&[1u8; 100][..]),
+                "key {i}"
+            );
             assert_eq!(db.get(TreeId::Revision, k), Some(&[39u8; 100][..]));
         }
         reader.join().unwrap();
@@ -505,7 +550,11 @@ fn snapshot_survives_reuse_and_crosses_threads() {
         }
         db.check().unwrap();
         assert!(file_after_first > 0);
-        assert_eq!(db.stats().file_bytes, grown, "file grew although pages were free");
+        assert_eq!(
+            db.stats().file_bytes,
+            grown,
+            "file grew although pages were free"
+        );
         let _ = std::fs::remove_file(&path);
     });
 }
