@@ -595,20 +595,19 @@ impl Writer {
             }
             return Ok(());
         }
+        // Leaves outside the range are not read at all (no page faults).
         let overlaps = (r.end.is_empty() || lo < r.end) && hi.is_none_or(|h| h > r.start);
-        let n = page::count(p);
+        let n = if overlaps { page::count(p) } else { 0 };
         let mut drop_bits = [0u64; PAGE_BYTES / 64];
         let mut drops = 0;
-        if overlaps {
-            for j in 0..n {
-                let (k, v) = page::leaf_cell(p, j);
-                if k < r.start || (!r.end.is_empty() && k >= r.end) {
-                    continue;
-                }
-                if !keep(k, value_bytes(map, v)) {
-                    drop_bits[j / 64] |= 1 << (j % 64);
-                    drops += 1;
-                }
+        for j in 0..n {
+            let (k, v) = page::leaf_cell(p, j);
+            if k < r.start || (!r.end.is_empty() && k >= r.end) {
+                continue;
+            }
+            if !keep(k, value_bytes(map, v)) {
+                drop_bits[j / 64] |= 1 << (j % 64);
+                drops += 1;
             }
         }
         if drops == 0 {
@@ -770,6 +769,7 @@ pub struct Iter<'a> {
     end: [u8; super::KEY_BYTES_MAX],
     end_len: usize,
     bounded: bool,
+    end_inclusive: bool,
     done: bool,
 }
 
@@ -782,6 +782,9 @@ impl<'a> Iter<'a> {
             end: [0; super::KEY_BYTES_MAX],
             end_len: end.len().min(super::KEY_BYTES_MAX),
             bounded: !end.is_empty(),
+            // Keys are at most KEY_BYTES_MAX long, so for a longer `end`,
+            // `key < end` is `key <= end[..KEY_BYTES_MAX]`.
+            end_inclusive: end.len() > super::KEY_BYTES_MAX,
             done: root.page == 0,
         };
         it.end[..it.end_len].copy_from_slice(&end[..it.end_len]);
@@ -816,7 +819,8 @@ impl<'a> Iterator for Iter<'a> {
             let p = self.map.page(id);
             if i < page::count(p) {
                 let (k, v) = page::leaf_cell(p, i);
-                if self.bounded && k >= &self.end[..self.end_len] {
+                let end = &self.end[..self.end_len];
+                if self.bounded && (k > end || (k == end && !self.end_inclusive)) {
                     self.done = true;
                     return None;
                 }
