@@ -3,8 +3,60 @@
 //! Runs on: the raft core owns the one `Db` and is its only writer. Other cores read
 //! published pages through a [`ReadSnapshot`] (`Send`), without locks.
 //!
-//! (The byte layout, invariants and the publication protocol are drawn in `page.rs`
-//! and below once implemented.)
+//! Files: `page.rs` (byte layout of every page kind, drawn there; encode, decode,
+//! checksums, `check_page_bytes` for fuzzing), `map.rs` (the mapping; the only `unsafe`),
+//! `btree.rs` (copy-on-write algorithms, allocator, range iterator, structure walk),
+//! `epoch.rs` (reader epochs), this file (`Db`, meta pages, open, publish, commit).
+//!
+//! File: page 0 and page 1 are meta pages; the meta of txn `t` lives in slot `t % 2`
+//! (commit skips a txn number when needed so it never overwrites the durable meta).
+//! Open takes the valid meta (checksum, magic, version, page size, slot) with the highest
+//! txn; none valid is `Error::Corrupt`. Every other page is a leaf, branch or the first
+//! page of an overflow run, each with a checksum, its own page id and the txn that wrote it.
+//!
+//! Mapping: the file is mapped once, `DbOptions::map_bytes_max` long, so its address never
+//! changes; the file grows (glommio `pre_allocate`, io_uring fallocate) in
+//! `grow_step_bytes` steps. `commit` keeps half a step of headroom; only if a single
+//! transaction outruns it does the allocator extend the file synchronously (`ftruncate`,
+//! a metadata-only call) because `insert` is not async. The file never shrinks while
+//! mapped, and no byte past its end is touched (checked on every access).
+//!
+//! Invariants:
+//! - Published pages are immutable. The writer stores page bytes directly into the
+//!   mapping only for pages no published root, live snapshot or on-disk meta can reach:
+//!   fresh pages, reusable free pages, and dirty pages (header txn == working txn), which
+//!   it mutates in place until `publish`. Changing a published page copies it and its
+//!   path to the root (copy-on-write).
+//! - `publish` checksums the dirty pages ("seal"), bumps the txn and makes the working
+//!   roots the published ones: no I/O. `commit` = publish, fdatasync (the mapping's dirty
+//!   pages are the file's page cache, so this writes them), write the meta page, fdatasync.
+//! - A page freed by txn `T` is reused only when `T <=` the txn of the *older* of the two
+//!   on-disk metas (so a crash, or a damaged newest meta, still opens a consistent older
+//!   state) and no live `ReadSnapshot` pinned a txn `< T`. Pages allocated and freed
+//!   inside one unpublished txn are reused at once.
+//! - Every page below the high-water mark is exactly one of: reachable from the working
+//!   roots, free now, pending reuse (`check` verifies this).
+//!
+//! Free pages are not persisted. Open walks every page reachable from the chosen meta
+//! (checksums, kinds, page ids, txns, key order and bounds, counts, overflow runs; depth
+//! bounded by the height, memory bounded by the file size; damage is `Error::Corrupt`
+//! naming file and offset, never a panic), and every page below the high-water mark it
+//! did not reach is free. There is no free list to corrupt or to keep consistent, each
+//! commit writes fewer pages, and open must scan the tree to verify it anyway. (After a
+//! reopen the older meta is no longer protected until the next commit.)
+//!
+//! Readers: a `ReadSnapshot` holds an `Arc` of the mapping, the published roots and
+//! `AppMeta`, and a pin in the epoch table (`epoch.rs`): an `Arc<[AtomicU64]>`-style
+//! table, the one cross-core shared structure beside the published pages. The writer
+//! claims pins (CAS) in `snapshot()`; the last clone of a snapshot releases it on drop.
+//!
+//! Appends at the right edge (revision keys only grow) split a full rightmost leaf or
+//! branch by moving only the new entry right, so sequentially written trees are packed
+//! ~100%; other splits balance bytes 50/50. `remove` drops emptied pages from their
+//! parents, merges an underfull leaf (< 1/4 used) into a sibling when both fit, and
+//! collapses single-child roots. `retain` (compaction) rewrites only the leaves in its
+//! range that lose entries, packed full, keeps the others as they are (shared), and
+//! rebuilds the branch levels.
 //!
 //! API contract (what `mvcc::Store` relies on):
 //! - Several named trees live in one file ([`TreeId`]); keys and values are bytes,
