@@ -87,6 +87,16 @@ fn assert_same(db: &Db, model: &Model) {
     }
 }
 
+fn assert_snapshot(snap: &ReadSnapshot, model: &Model) {
+    for t in TreeId::ALL {
+        let m = &model[t as usize];
+        assert_eq!(snap.len(t), m.len() as u64);
+        let got: Vec<_> = snap.range(t, &[], &[]).collect();
+        let want: Vec<_> = m.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(got, want, "snapshot of {t:?}");
+    }
+}
+
 fn check_range(rng: &mut Rng, db: &Db, model: &Model) {
     let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
     let a = key_for(rng);
@@ -117,6 +127,9 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
         let mut db = Db::open(&path, small_options()).await.unwrap();
         let mut model = empty_model();
         let mut committed = model.clone();
+        let mut snaps: Vec<(ReadSnapshot, Model)> = Vec::new();
+        let mut published = model.clone();
+        let mut published_txn = db.published.txn;
         for step in 0..steps {
             let tree = if rng.below(2) == 0 {
                 TreeId::Revision
@@ -162,18 +175,42 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
                 }
                 95..=96 => {
                     // Crash without commit: reopen must show the last commit.
+                    for (snap, m) in snaps.drain(..) {
+                        assert_snapshot(&snap, &m);
+                    }
                     drop(db);
                     db = Db::open(&path, small_options()).await.unwrap();
                     model = committed.clone();
+                    published = model.clone();
+                    published_txn = db.published.txn;
                     assert_same(&db, &model);
                     db.check().unwrap();
                 }
+                97 => {
+                    // Keep a few snapshots alive across later writes, commits and reuse.
+                    if snaps.len() >= 3 {
+                        snaps.remove(rng.below(3) as usize);
+                    }
+                    snaps.push((db.snapshot(), published.clone()));
+                }
                 _ => check_range(&mut rng, &db, &model),
+            }
+            if matches!(db.published.txn, t if t != published_txn) {
+                published_txn = db.published.txn;
+                published = model.clone();
+            }
+            for (snap, m) in &snaps {
+                let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
+                let k = key_for(&mut rng);
+                assert_eq!(snap.get(t, &k), m[t as usize].get(&k).map(|v| &v[..]));
             }
             height_max = height_max.max(db.roots.iter().map(|r| r.height).max().unwrap());
             if step % 64 == 0 {
                 assert_same(&db, &model);
                 db.check().unwrap();
+                for (snap, m) in &snaps {
+                    assert_snapshot(snap, m);
+                }
             }
         }
         db.commit().await.unwrap();
@@ -596,6 +633,36 @@ fn compaction_keeps_file_within_twice_payload() {
                 db.check().unwrap();
             }
         }
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn limits_and_long_range_ends() {
+    block_on(async {
+        let path = tmp_path("limits");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let long = vec![b'a'; KEY_BYTES_MAX + 1];
+        assert!(matches!(
+            db.insert(TreeId::Meta, &long, b""),
+            Err(Error::KeyTooLarge { .. })
+        ));
+        let max_key = vec![b'a'; KEY_BYTES_MAX];
+        db.insert(TreeId::Meta, &max_key, b"max").unwrap();
+        db.insert(TreeId::Meta, b"a", b"short").unwrap();
+        db.insert(TreeId::Meta, b"b", b"after").unwrap();
+        // `end` longer than any key: the longest key that is its prefix is still < end.
+        let got: Vec<_> = db
+            .range(TreeId::Meta, b"", &long)
+            .map(|(k, _)| k.len())
+            .collect();
+        assert_eq!(got, vec![1, KEY_BYTES_MAX]);
+        assert_eq!(db.remove(TreeId::Meta, &long).unwrap(), false);
+        db.insert(TreeId::Meta, b"", b"empty key").unwrap();
+        assert_eq!(db.get(TreeId::Meta, b""), Some(&b"empty key"[..]));
+        assert_eq!(db.range(TreeId::Meta, b"", b"").count(), 4);
+        db.commit().await.unwrap();
+        db.check().unwrap();
         let _ = std::fs::remove_file(&path);
     });
 }
