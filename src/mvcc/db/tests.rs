@@ -666,3 +666,40 @@ fn limits_and_long_range_ends() {
         let _ = std::fs::remove_file(&path);
     });
 }
+
+/// Rough single-core numbers (run with `--ignored --nocapture`; dev profile is opt-level 1).
+#[test]
+#[ignore]
+fn bench_appends_and_point_gets() {
+    block_on(async {
+        let path = tmp_path("bench");
+        let mut db = Db::open(&path, DbOptions::default()).await.unwrap();
+        let n = 1_000_000u64;
+        let value = [3u8; 256];
+        let t0 = std::time::Instant::now();
+        for i in 0..n {
+            db.insert(TreeId::Revision, &i.to_be_bytes(), &value).unwrap();
+            if i % 1000 == 999 {
+                db.publish();
+            }
+        }
+        let appends = t0.elapsed();
+        db.commit().await.unwrap();
+        let mut rng = Rng(1);
+        let snap = db.snapshot();
+        let t0 = std::time::Instant::now();
+        let mut found = 0;
+        for _ in 0..n {
+            found += snap.get(TreeId::Revision, &rng.below(n).to_be_bytes()).is_some() as u64;
+        }
+        let gets = t0.elapsed();
+        assert_eq!(found, n);
+        println!(
+            "appends: {:.0}/s, point gets: {:.0}/s, {:?}",
+            n as f64 / appends.as_secs_f64(),
+            n as f64 / gets.as_secs_f64(),
+            db.stats()
+        );
+        let _ = std::fs::remove_file(&path);
+    });
+}
