@@ -82,11 +82,15 @@ impl Writer {
     /// Extends the file synchronously (`ftruncate`). Only taken when the headroom that
     /// `Db::commit` keeps with an async fallocate runs out inside one transaction.
     fn grow_sync(&mut self, pages_min: u64) -> Result<()> {
-        let pages = (self.high_water + pages_min).max(self.file_pages() + self.grow_step_pages);
-        let bytes = pages * PAGE_BYTES as u64;
-        if bytes > self.map.map().map_bytes() {
+        let map_pages = self.map.map().map_bytes() / PAGE_BYTES as u64;
+        let need = self.high_water + pages_min;
+        if need > map_pages {
             return Err(Error::MapFull);
         }
+        let pages = (self.file_pages() + self.grow_step_pages)
+            .min(map_pages)
+            .max(need);
+        let bytes = pages * PAGE_BYTES as u64;
         #[cfg(test)]
         {
             self.grow_count += 1;
@@ -229,10 +233,32 @@ impl Writer {
         }
     }
 
-    pub fn insert(&mut self, root: &mut TreeRoot, key: &[u8], val: &[u8]) -> Result<()> {
+    /// Fails with `MapFull` before any change if the worst case of one insert or remove
+    /// (copy and split of every level, plus a new root and an overflow run) might not fit,
+    /// so a full map never leaves the working tree half-changed.
+    fn ensure_capacity(&mut self, root: &TreeRoot, run_pages: u64) -> Result<()> {
         if self.poisoned {
             return Err(Error::Poisoned);
         }
+        let singles = 2 * (root.height as u64 + 1) + 2;
+        let map_pages = self.map.map().map_bytes() / PAGE_BYTES as u64;
+        let fresh = map_pages - self.high_water;
+        self.reclaim();
+        if fresh >= singles + run_pages
+            || (self.free_now.len() as u64 >= singles && fresh >= run_pages)
+        {
+            return Ok(());
+        }
+        Err(Error::MapFull)
+    }
+
+    pub fn insert(&mut self, root: &mut TreeRoot, key: &[u8], val: &[u8]) -> Result<()> {
+        let run_pages = if val.len() > page::INLINE_VALUE_BYTES_MAX {
+            page::overflow_run_pages(val.len())
+        } else {
+            0
+        };
+        self.ensure_capacity(root, run_pages)?;
         if root.page == 0 {
             let id = self.alloc(1)?;
             page::init(self.map.page_mut(id), KIND_LEAF, 0, id, self.txn);
@@ -410,9 +436,7 @@ impl Writer {
     }
 
     pub fn remove(&mut self, root: &mut TreeRoot, key: &[u8]) -> Result<bool> {
-        if self.poisoned {
-            return Err(Error::Poisoned);
-        }
+        self.ensure_capacity(root, 0)?;
         if root.page == 0 {
             return Ok(false);
         }
@@ -518,6 +542,22 @@ impl Writer {
         if self.poisoned {
             return Err(Error::Poisoned);
         }
+        let result = self.retain_inner(root, start, end, keep);
+        if result.is_err() {
+            // Failed half way (map full or I/O): the working state can no longer be
+            // published; the last published and committed states are intact.
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn retain_inner(
+        &mut self,
+        root: &mut TreeRoot,
+        start: &[u8],
+        end: &[u8],
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64> {
         if root.page == 0 {
             return Ok(0);
         }

@@ -164,7 +164,8 @@ pub enum Error {
         offset: u64,
         what: String,
     },
-    /// A write or fsync failed earlier; the Db accepts no more writes.
+    /// A write, fsync or file growth failed earlier (or a `retain` failed half way); the
+    /// Db accepts no more writes and its working view is unspecified: reopen.
     Poisoned,
     KeyTooLarge {
         len: usize,
@@ -172,7 +173,8 @@ pub enum Error {
     ValueTooLarge {
         len: usize,
     },
-    /// The file would grow past `map_bytes_max`.
+    /// The file would grow past `map_bytes_max`. Returned by `insert` / `remove` before
+    /// any change (the Db stays usable); by `retain`, it also poisons the Db.
     MapFull,
 }
 
@@ -603,8 +605,9 @@ impl Db {
     }
 
     /// Makes the working state visible to snapshots taken from now on. No I/O wait.
+    /// After `Error::Poisoned` this does nothing: readers keep the last good state.
     pub fn publish(&mut self) {
-        if !self.w.changed {
+        if !self.w.changed || self.w.poisoned {
             return;
         }
         self.w.seal_dirty();

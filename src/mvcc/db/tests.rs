@@ -667,6 +667,61 @@ fn limits_and_long_range_ends() {
     });
 }
 
+#[test]
+fn map_full_is_clean_and_recoverable() {
+    block_on(async {
+        let path = tmp_path("mapfull");
+        let options = DbOptions {
+            map_bytes_max: 256 * 1024,
+            grow_step_bytes: 64 * 1024,
+        };
+        let mut db = Db::open(&path, options.clone()).await.unwrap();
+        let mut model = empty_model();
+        let mut i = 0u64;
+        loop {
+            let v = vec![i as u8; 300 + (i as usize % 3) * 1000];
+            match db.insert(TreeId::Revision, &i.to_be_bytes(), &v) {
+                Ok(()) => {
+                    model[0].insert(i.to_be_bytes().to_vec(), v);
+                }
+                Err(Error::MapFull) => break,
+                Err(e) => panic!("unexpected {e}"),
+            }
+            i += 1;
+            assert!(i < 10_000, "never full");
+        }
+        assert_same(&db, &model);
+        db.check().unwrap();
+        db.commit().await.unwrap();
+        // A remove also needs fresh pages (copy-on-write): refused cleanly too.
+        match db.remove(TreeId::Revision, &0u64.to_be_bytes()) {
+            Ok(true) => {
+                model[0].remove(&0u64.to_be_bytes()[..]);
+            }
+            Err(Error::MapFull) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_same(&db, &model);
+        db.commit().await.unwrap();
+        drop(db);
+        // The remedy: reopen with a larger map; everything committed is there.
+        let options = DbOptions {
+            map_bytes_max: 1 << 20,
+            ..options
+        };
+        let mut db = Db::open(&path, options.clone()).await.unwrap();
+        assert_same(&db, &model);
+        db.insert(TreeId::Lease, b"after", &[1; 500]).unwrap();
+        model[1].insert(b"after".to_vec(), vec![1; 500]);
+        db.commit().await.unwrap();
+        db.check().unwrap();
+        drop(db);
+        let db = Db::open(&path, options).await.unwrap();
+        assert_same(&db, &model);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
 /// Rough single-core numbers (run with `--ignored --nocapture`; dev profile is opt-level 1).
 #[test]
 #[ignore]
@@ -678,7 +733,8 @@ fn bench_appends_and_point_gets() {
         let value = [3u8; 256];
         let t0 = std::time::Instant::now();
         for i in 0..n {
-            db.insert(TreeId::Revision, &i.to_be_bytes(), &value).unwrap();
+            db.insert(TreeId::Revision, &i.to_be_bytes(), &value)
+                .unwrap();
             if i % 1000 == 999 {
                 db.publish();
             }
@@ -690,7 +746,9 @@ fn bench_appends_and_point_gets() {
         let t0 = std::time::Instant::now();
         let mut found = 0;
         for _ in 0..n {
-            found += snap.get(TreeId::Revision, &rng.below(n).to_be_bytes()).is_some() as u64;
+            found += snap
+                .get(TreeId::Revision, &rng.below(n).to_be_bytes())
+                .is_some() as u64;
         }
         let gets = t0.elapsed();
         assert_eq!(found, n);
