@@ -3,8 +3,60 @@
 //! Runs on: the raft core owns the one `Db` and is its only writer. Other cores read
 //! published pages through a [`ReadSnapshot`] (`Send`), without locks.
 //!
-//! (The byte layout, invariants and the publication protocol are drawn in `page.rs`
-//! and below once implemented.)
+//! Files: `page.rs` (byte layout of every page kind, drawn there; encode, decode,
+//! checksums, `check_page_bytes` for fuzzing), `map.rs` (the mapping; the only `unsafe`),
+//! `btree.rs` (copy-on-write algorithms, allocator, range iterator, structure walk),
+//! `epoch.rs` (reader epochs), this file (`Db`, meta pages, open, publish, commit).
+//!
+//! File: page 0 and page 1 are meta pages; the meta of txn `t` lives in slot `t % 2`
+//! (commit skips a txn number when needed so it never overwrites the durable meta).
+//! Open takes the valid meta (checksum, magic, version, page size, slot) with the highest
+//! txn; none valid is `Error::Corrupt`. Every other page is a leaf, branch or the first
+//! page of an overflow run, each with a checksum, its own page id and the txn that wrote it.
+//!
+//! Mapping: the file is mapped once, `DbOptions::map_bytes_max` long, so its address never
+//! changes; the file grows (glommio `pre_allocate`, io_uring fallocate) in
+//! `grow_step_bytes` steps. `commit` keeps half a step of headroom; only if a single
+//! transaction outruns it does the allocator extend the file synchronously (`ftruncate`,
+//! a metadata-only call) because `insert` is not async. The file never shrinks while
+//! mapped, and no byte past its end is touched (checked on every access).
+//!
+//! Invariants:
+//! - Published pages are immutable. The writer stores page bytes directly into the
+//!   mapping only for pages no published root, live snapshot or on-disk meta can reach:
+//!   fresh pages, reusable free pages, and dirty pages (header txn == working txn), which
+//!   it mutates in place until `publish`. Changing a published page copies it and its
+//!   path to the root (copy-on-write).
+//! - `publish` checksums the dirty pages ("seal"), bumps the txn and makes the working
+//!   roots the published ones: no I/O. `commit` = publish, fdatasync (the mapping's dirty
+//!   pages are the file's page cache, so this writes them), write the meta page, fdatasync.
+//! - A page freed by txn `T` is reused only when `T <=` the txn of the *older* of the two
+//!   on-disk metas (so a crash, or a damaged newest meta, still opens a consistent older
+//!   state) and no live `ReadSnapshot` pinned a txn `< T`. Pages allocated and freed
+//!   inside one unpublished txn are reused at once.
+//! - Every page below the high-water mark is exactly one of: reachable from the working
+//!   roots, free now, pending reuse (`check` verifies this).
+//!
+//! Free pages are not persisted. Open walks every page reachable from the chosen meta
+//! (checksums, kinds, page ids, txns, key order and bounds, counts, overflow runs; depth
+//! bounded by the height, memory bounded by the file size; damage is `Error::Corrupt`
+//! naming file and offset, never a panic), and every page below the high-water mark it
+//! did not reach is free. There is no free list to corrupt or to keep consistent, each
+//! commit writes fewer pages, and open must scan the tree to verify it anyway. (After a
+//! reopen the older meta is no longer protected until the next commit.)
+//!
+//! Readers: a `ReadSnapshot` holds an `Arc` of the mapping, the published roots and
+//! `AppMeta`, and a pin in the epoch table (`epoch.rs`): an `Arc<[AtomicU64]>`-style
+//! table, the one cross-core shared structure beside the published pages. The writer
+//! claims pins (CAS) in `snapshot()`; the last clone of a snapshot releases it on drop.
+//!
+//! Appends at the right edge (revision keys only grow) split a full rightmost leaf or
+//! branch by moving only the new entry right, so sequentially written trees are packed
+//! ~100%; other splits balance bytes 50/50. `remove` drops emptied pages from their
+//! parents, merges an underfull leaf (< 1/4 used) into a sibling when both fit, and
+//! collapses single-child roots. `retain` (compaction) rewrites only the leaves in its
+//! range that lose entries, packed full, keeps the others as they are (shared), and
+//! rebuilds the branch levels.
 //!
 //! API contract (what `mvcc::Store` relies on):
 //! - Several named trees live in one file ([`TreeId`]); keys and values are bytes,
@@ -21,8 +73,17 @@
 //! - After a failed write or fdatasync the `Db` refuses every further write
 //!   (`Error::Poisoned`); it never retries an fsync.
 
+mod btree;
+mod epoch;
+mod map;
+mod page;
+
+use btree::{TreeRoot, WalkLimits, Writer};
+use epoch::{EpochTable, Pin};
+use map::{Map, MapWriter};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 /// Page size in bytes; every page of the file has this size.
 pub const PAGE_BYTES: usize = 4096;
@@ -103,7 +164,8 @@ pub enum Error {
         offset: u64,
         what: String,
     },
-    /// A write or fsync failed earlier; the Db accepts no more writes.
+    /// A write, fsync or file growth failed earlier (or a `retain` failed half way); the
+    /// Db accepts no more writes and its working view is unspecified: reopen.
     Poisoned,
     KeyTooLarge {
         len: usize,
@@ -111,7 +173,8 @@ pub enum Error {
     ValueTooLarge {
         len: usize,
     },
-    /// The file would grow past `map_bytes_max`.
+    /// The file would grow past `map_bytes_max`. Returned by `insert` / `remove` before
+    /// any change (the Db stays usable); by `retain`, it also poisons the Db.
     MapFull,
 }
 
@@ -138,47 +201,372 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The roots and meta fields of one transaction's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct State {
+    txn: u64,
+    high_water: u64,
+    roots: [TreeRoot; TREE_COUNT],
+    app: AppMeta,
+}
+
+fn encode_meta(p: &mut [u8], st: &State) {
+    let slot = st.txn % 2;
+    p.fill(0);
+    page::init(p, page::KIND_META, 0, slot, st.txn);
+    page::put_u64(p, 32, page::META_MAGIC);
+    page::put_u32(p, 40, page::FORMAT_VERSION);
+    page::put_u32(p, 44, PAGE_BYTES as u32);
+    page::put_u64(p, 48, st.high_water);
+    page::put_u64(p, 56, st.app.consistent_index);
+    page::put_u64(p, 64, st.app.consistent_term);
+    page::put_u64(p, 72, st.app.current_revision as u64);
+    page::put_u64(p, 80, st.app.compact_revision as u64);
+    for (t, r) in st.roots.iter().enumerate() {
+        let o = page::META_TREES_OFFSET + t * page::META_TREE_BYTES;
+        page::put_u64(p, o, r.page);
+        page::put_u32(p, o + 8, r.height);
+        page::put_u64(p, o + 16, r.entries);
+        page::put_u64(p, o + 24, r.payload_bytes);
+    }
+    page::seal(p);
+}
+
+/// Decodes and validates meta page `slot`; `file_pages` bounds the high-water mark.
+fn decode_meta(p: &[u8], slot: u64, file_pages: u64) -> std::result::Result<State, String> {
+    if !page::crc_ok(p) {
+        return Err("meta checksum mismatch".into());
+    }
+    if page::kind(p) != page::KIND_META || page::page_id(p) != slot {
+        return Err(format!(
+            "meta page kind {} id {}",
+            page::kind(p),
+            page::page_id(p)
+        ));
+    }
+    if page::u64_at(p, 32) != page::META_MAGIC {
+        return Err("bad magic".into());
+    }
+    if page::u32_at(p, 40) != page::FORMAT_VERSION || page::u32_at(p, 44) != PAGE_BYTES as u32 {
+        return Err(format!(
+            "format version {} page size {} (want {} / {PAGE_BYTES})",
+            page::u32_at(p, 40),
+            page::u32_at(p, 44),
+            page::FORMAT_VERSION
+        ));
+    }
+    let txn = page::txn(p);
+    if txn % 2 != slot {
+        return Err(format!("meta txn {txn} in slot {slot}"));
+    }
+    let high_water = page::u64_at(p, 48);
+    if high_water < 2 || high_water > file_pages {
+        return Err(format!(
+            "high-water {high_water} outside the file's {file_pages} pages"
+        ));
+    }
+    let app = AppMeta {
+        consistent_index: page::u64_at(p, 56),
+        consistent_term: page::u64_at(p, 64),
+        current_revision: page::u64_at(p, 72) as i64,
+        compact_revision: page::u64_at(p, 80) as i64,
+    };
+    let mut roots = [TreeRoot::default(); TREE_COUNT];
+    for (t, r) in roots.iter_mut().enumerate() {
+        let o = page::META_TREES_OFFSET + t * page::META_TREE_BYTES;
+        *r = TreeRoot {
+            page: page::u64_at(p, o),
+            height: page::u32_at(p, o + 8),
+            entries: page::u64_at(p, o + 16),
+            payload_bytes: page::u64_at(p, o + 24),
+        };
+    }
+    Ok(State {
+        txn,
+        high_water,
+        roots,
+        app,
+    })
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+fn gio_err<'a, T>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(glommio::GlommioError<T>) -> Error + 'a {
+    move |e| Error::Io {
+        path: path.to_path_buf(),
+        op,
+        source: e.into(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) type CrashPoint = Box<dyn FnMut(&Path)>;
+
+/// Test-only fault injection and crash points.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// The Nth fdatasync (1-based, counted from open) fails.
+    pub sync_fail_at: Option<u64>,
+    pub sync_count: u64,
+    /// Runs after the data fdatasync and before the meta page is written.
+    pub before_meta: Option<CrashPoint>,
+}
+
 /// The single-writer handle. Not `Send`: it lives on the raft core.
 pub struct Db {
-    _private: (),
+    w: Writer,
+    file: glommio::io::BufferedFile,
+    options: DbOptions,
+    roots: [TreeRoot; TREE_COUNT],
+    app: AppMeta,
+    published: State,
+    durable_txn: u64,
+    /// The txn of the other (older) meta page on disk; pages it can reach are not reused,
+    /// so either meta page always opens to a consistent state.
+    durable_prev_txn: u64,
+    epochs: Arc<EpochTable>,
+    /// The pin of the newest snapshot, shared by snapshots of the same txn.
+    snapshot_pin: std::cell::RefCell<Option<(u64, Weak<Pin>)>>,
+    #[cfg(test)]
+    pub(crate) faults: Faults,
 }
 
 impl Db {
     /// Opens (or creates) the db file at `path`, checks both meta pages and every page
     /// reachable from the chosen one (checksums, structure), and rebuilds the free list.
     pub async fn open(path: &Path, options: DbOptions) -> Result<Db> {
-        let _ = (path, options);
-        todo!()
+        assert!(options.grow_step_bytes >= PAGE_BYTES as u64);
+        assert!(options.map_bytes_max >= 2 * PAGE_BYTES as u64);
+        // Boot-time only: std open/metadata block briefly, before the core serves anything.
+        let std_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path, "open"))?;
+        let len = std_file.metadata().map_err(io_err(path, "stat"))?.len();
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(path)
+            .await
+            .map_err(gio_err(path, "open"))?;
+        let corrupt = |offset: u64, what: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            what,
+        };
+        if len > options.map_bytes_max {
+            return Err(Error::MapFull);
+        }
+        if len != 0 && (len % PAGE_BYTES as u64 != 0 || len < 2 * PAGE_BYTES as u64) {
+            return Err(corrupt(
+                len,
+                format!("file size {len} is not a whole number of pages"),
+            ));
+        }
+        let map = Map::new(&std_file, options.map_bytes_max, len).map_err(io_err(path, "mmap"))?;
+        let mut w = Writer::new(MapWriter::new(map), path.to_path_buf(), std_file, 0);
+        w.grow_step_pages = options.grow_step_bytes / PAGE_BYTES as u64;
+        let mut db = Db {
+            w,
+            file,
+            options,
+            roots: Default::default(),
+            app: AppMeta::default(),
+            published: State::default(),
+            durable_txn: 0,
+            durable_prev_txn: 0,
+            epochs: EpochTable::new(),
+            snapshot_pin: Default::default(),
+            #[cfg(test)]
+            faults: Faults::default(),
+        };
+        if len == 0 {
+            db.create().await?;
+        }
+        let file_pages = db.w.file_pages();
+        let map = db.w.map.map().clone();
+        let metas = [0u64, 1].map(|slot| decode_meta(map.page(slot), slot, file_pages));
+        let st = match &metas {
+            [Ok(a), Ok(b)] => {
+                if a.txn > b.txn {
+                    *a
+                } else {
+                    *b
+                }
+            }
+            [Ok(a), Err(_)] => *a,
+            [Err(_), Ok(b)] => *b,
+            [Err(a), Err(b)] => {
+                return Err(corrupt(
+                    0,
+                    format!("no valid meta page: page 0: {a}; page 1: {b}"),
+                ))
+            }
+        };
+        let mut seen = vec![0u64; (st.high_water as usize).div_ceil(64)];
+        let mut lim = WalkLimits {
+            high_water: st.high_water,
+            txn_max: st.txn,
+            crc_below_txn: u64::MAX,
+            seen: &mut seen,
+        };
+        for (t, root) in st.roots.iter().enumerate() {
+            btree::check_tree(&map, root, &mut lim)
+                .map_err(|(off, what)| corrupt(off, format!("tree {t}: {what}")))?;
+        }
+        for id in (2..st.high_water).rev() {
+            if seen[(id / 64) as usize] & (1 << (id % 64)) == 0 {
+                db.w.free_now.push(id);
+            }
+        }
+        db.w.high_water = st.high_water;
+        db.w.txn = st.txn + 1;
+        db.roots = st.roots;
+        db.app = st.app;
+        db.published = st;
+        db.durable_txn = st.txn;
+        db.durable_prev_txn = st.txn;
+        db.update_reuse_bound();
+        db.keep_headroom().await?;
+        Ok(db)
+    }
+
+    /// Initialises a new, empty file: both meta pages (txn 0 and 1), synced.
+    async fn create(&mut self) -> Result<()> {
+        let bytes = self.options.grow_step_bytes.min(self.options.map_bytes_max);
+        self.grow_to(bytes.max(2 * PAGE_BYTES as u64)).await?;
+        for txn in [0u64, 1] {
+            let st = State {
+                txn,
+                high_water: 2,
+                ..State::default()
+            };
+            encode_meta(self.w.map.page_mut(txn), &st);
+        }
+        self.sync("fdatasync new file").await?;
+        // A new file's directory entry must be durable too (boot-time, blocking is fine).
+        if let Some(dir) = self.w.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let d = std::fs::File::open(dir).map_err(io_err(dir, "open dir"))?;
+            d.sync_all().map_err(io_err(dir, "fsync dir"))?;
+        }
+        Ok(())
+    }
+
+    async fn grow_to(&mut self, bytes: u64) -> Result<()> {
+        if bytes > self.options.map_bytes_max {
+            return Err(Error::MapFull);
+        }
+        #[cfg(test)]
+        {
+            self.w.grow_count += 1;
+            if self.w.grow_fail_at == Some(self.w.grow_count) {
+                self.w.poisoned = true;
+                return Err(Error::Io {
+                    path: self.w.path.clone(),
+                    op: "fallocate (injected)",
+                    source: std::io::Error::other("injected"),
+                });
+            }
+        }
+        if let Err(e) = self.file.pre_allocate(bytes, false).await {
+            self.w.poisoned = true;
+            return Err(gio_err(&self.w.path, "fallocate")(e));
+        }
+        self.w.map.set_file_bytes(bytes);
+        Ok(())
+    }
+
+    /// Keeps at least half a grow step of allocated pages past the high-water mark, so
+    /// the synchronous fallback in the allocator is rarely needed.
+    async fn keep_headroom(&mut self) -> Result<()> {
+        let step = self.w.grow_step_pages;
+        if self.w.file_pages() - self.w.high_water >= step.div_ceil(2) {
+            return Ok(());
+        }
+        let pages =
+            (self.w.file_pages() + step).min(self.options.map_bytes_max / PAGE_BYTES as u64);
+        if pages <= self.w.file_pages() {
+            return Ok(()); // at the map limit; the allocator reports MapFull when it must
+        }
+        self.grow_to(pages * PAGE_BYTES as u64).await
+    }
+
+    async fn sync(&mut self, op: &'static str) -> Result<()> {
+        #[cfg(test)]
+        {
+            self.faults.sync_count += 1;
+            if self.faults.sync_fail_at == Some(self.faults.sync_count) {
+                self.w.poisoned = true;
+                return Err(Error::Io {
+                    path: self.w.path.clone(),
+                    op,
+                    source: std::io::Error::other("injected"),
+                });
+            }
+        }
+        if let Err(e) = self.file.fdatasync().await {
+            // Never retried: after a failed fsync the page cache state is unknown.
+            self.w.poisoned = true;
+            return Err(gio_err(&self.w.path, op)(e));
+        }
+        Ok(())
+    }
+
+    fn update_reuse_bound(&mut self) {
+        let pinned = self.epochs.min_pinned().unwrap_or(u64::MAX);
+        self.w.reuse_bound = self.durable_prev_txn.min(pinned);
     }
 
     pub fn path(&self) -> &Path {
-        todo!()
+        &self.w.path
     }
 
     /// The meta fields of the working state.
     pub fn app_meta(&self) -> AppMeta {
-        todo!()
+        self.app
     }
 
     pub fn set_app_meta(&mut self, meta: AppMeta) {
-        let _ = meta;
-        todo!()
+        if meta != self.app {
+            self.app = meta;
+            self.w.changed = true;
+        }
     }
 
     pub fn insert(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<()> {
-        let _ = (tree, key, value);
-        todo!()
+        if key.len() > KEY_BYTES_MAX {
+            return Err(Error::KeyTooLarge { len: key.len() });
+        }
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(Error::ValueTooLarge { len: value.len() });
+        }
+        self.w.insert(&mut self.roots[tree as usize], key, value)
     }
 
     /// Removes `key`; true if it was there.
     pub fn remove(&mut self, tree: TreeId, key: &[u8]) -> Result<bool> {
-        let _ = (tree, key);
-        todo!()
+        if key.len() > KEY_BYTES_MAX {
+            return Ok(false);
+        }
+        self.w.remove(&mut self.roots[tree as usize], key)
     }
 
-    /// Keeps only the entries of `tree` in `[start, end)` for which `keep(key, value)`
-    /// is true, repacking the leaves it rewrites (used by compaction). Entries outside
-    /// the range are untouched. Returns the number removed.
+    /// Keeps only the entries of `tree` in `[start, end)` (`end` empty = no upper bound)
+    /// for which `keep(key, value)` is true, repacking the leaves it rewrites (used by
+    /// compaction). Entries outside the range are untouched. Returns the number removed.
     pub fn retain(
         &mut self,
         tree: TreeId,
@@ -186,14 +574,14 @@ impl Db {
         end: &[u8],
         keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<u64> {
-        let _ = (tree, start, end, keep);
-        todo!()
+        self.w
+            .retain(&mut self.roots[tree as usize], start, end, keep)
     }
 
     /// The writer's view (includes uncommitted changes).
+    #[inline]
     pub fn get(&self, tree: TreeId, key: &[u8]) -> Option<&[u8]> {
-        let _ = (tree, key);
-        todo!()
+        btree::get(self.w.map.map(), &self.roots[tree as usize], key)
     }
 
     /// Entries of the writer's view with `start <= key < end` (`end` empty = no upper
@@ -204,39 +592,138 @@ impl Db {
         start: &[u8],
         end: &[u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let _ = (tree, start, end);
-        std::iter::empty::<(&[u8], &[u8])>()
+        btree::Iter::new(self.w.map.map(), &self.roots[tree as usize], start, end)
     }
 
     /// Number of entries in `tree` (writer's view).
     pub fn len(&self, tree: TreeId) -> u64 {
-        let _ = tree;
-        todo!()
+        self.roots[tree as usize].entries
+    }
+
+    pub fn is_empty(&self, tree: TreeId) -> bool {
+        self.len(tree) == 0
     }
 
     /// Makes the working state visible to snapshots taken from now on. No I/O wait.
+    /// After `Error::Poisoned` this does nothing: readers keep the last good state.
     pub fn publish(&mut self) {
-        todo!()
+        if !self.w.changed || self.w.poisoned {
+            return;
+        }
+        self.w.seal_dirty();
+        self.published = State {
+            txn: self.w.txn,
+            high_water: self.w.high_water,
+            roots: self.roots,
+            app: self.app,
+        };
+        self.w.txn += 1;
+        self.w.changed = false;
+        self.update_reuse_bound();
     }
 
     /// Durably commits the working state (see the module doc).
     pub async fn commit(&mut self) -> Result<()> {
-        todo!()
+        if self.w.poisoned {
+            return Err(Error::Poisoned);
+        }
+        self.publish();
+        if self.published.txn == self.durable_txn {
+            return Ok(());
+        }
+        if self.published.txn % 2 == self.durable_txn % 2 {
+            // The meta for txn t lives in slot t % 2; never overwrite the durable one.
+            self.published.txn += 1;
+            self.w.txn += 1;
+        }
+        self.sync("fdatasync data").await?;
+        #[cfg(test)]
+        if let Some(hook) = self.faults.before_meta.as_mut() {
+            hook(&self.w.path);
+        }
+        let st = self.published;
+        encode_meta(self.w.map.page_mut(st.txn % 2), &st);
+        self.sync("fdatasync meta").await?;
+        self.durable_prev_txn = self.durable_txn;
+        self.durable_txn = st.txn;
+        self.update_reuse_bound();
+        self.keep_headroom().await
     }
 
     /// A read-only view of the last published state, for any core.
     pub fn snapshot(&self) -> ReadSnapshot {
-        todo!()
+        let txn = self.published.txn;
+        let mut cache = self.snapshot_pin.borrow_mut();
+        let pin = match &*cache {
+            Some((t, weak)) if *t == txn => weak.upgrade(),
+            _ => None,
+        };
+        let pin = pin.unwrap_or_else(|| {
+            let pin = Arc::new(self.epochs.pin(txn));
+            *cache = Some((txn, Arc::downgrade(&pin)));
+            pin
+        });
+        ReadSnapshot {
+            map: self.w.map.map().clone(),
+            roots: self.published.roots,
+            app: self.published.app,
+            _pin: pin,
+        }
     }
 
-    /// Walks every reachable page and checks checksums, ordering and counts.
+    /// Walks every reachable page and checks checksums, ordering and counts, and that
+    /// every page below the high-water mark is exactly one of: reachable, free, pending.
     pub fn check(&self) -> Result<()> {
-        todo!()
+        let hw = self.w.high_water;
+        let mut seen = vec![0u64; (hw as usize).div_ceil(64)];
+        let mut lim = WalkLimits {
+            high_water: hw,
+            txn_max: self.w.txn,
+            crc_below_txn: self.w.txn,
+            seen: &mut seen,
+        };
+        let corrupt = |offset, what| Error::Corrupt {
+            path: self.w.path.clone(),
+            offset,
+            what,
+        };
+        for (t, root) in self.roots.iter().enumerate() {
+            btree::check_tree(self.w.map.map(), root, &mut lim)
+                .map_err(|(off, what)| corrupt(off, format!("tree {t}: {what}")))?;
+        }
+        let free = self.w.free_now.iter().copied();
+        let pending = self.w.pending.iter().flat_map(|&(_, id, n)| id..id + n);
+        for id in free.chain(pending) {
+            let (w, b) = ((id / 64) as usize, id % 64);
+            if id < 2 || id >= hw || seen[w] & (1 << b) != 0 {
+                return Err(corrupt(
+                    id * PAGE_BYTES as u64,
+                    format!("free page {id} in use"),
+                ));
+            }
+            seen[w] |= 1 << b;
+        }
+        let accounted: u64 = seen.iter().map(|w| w.count_ones() as u64).sum();
+        if accounted != hw - 2 {
+            return Err(corrupt(
+                0,
+                format!("{} of {} pages leaked", hw - 2 - accounted, hw - 2),
+            ));
+        }
+        Ok(())
     }
 
     /// File size and page usage, for stats and the space tests.
     pub fn stats(&self) -> DbStats {
-        todo!()
+        let pending: u64 = self.w.pending.iter().map(|p| p.2).sum();
+        let free = self.w.free_now.len() as u64;
+        DbStats {
+            file_bytes: self.w.map.map().file_bytes(),
+            pages_in_use: self.w.high_water - 2 - free - pending,
+            pages_free: free + (self.w.file_pages() - self.w.high_water),
+            pages_pending: pending,
+            payload_bytes: self.roots.iter().map(|r| r.payload_bytes).sum(),
+        }
     }
 }
 
@@ -245,8 +732,9 @@ pub struct DbStats {
     pub file_bytes: u64,
     /// Pages reachable from the working state.
     pub pages_in_use: u64,
-    /// Pages free now or waiting for readers / durability to be reused.
+    /// Pages free now (including allocated file space past the high-water mark).
     pub pages_free: u64,
+    /// Pages freed but waiting for readers / durability to be reused.
     pub pages_pending: u64,
     /// Sum of key + value bytes over all trees.
     pub payload_bytes: u64,
@@ -254,18 +742,22 @@ pub struct DbStats {
 
 /// A consistent, immutable view of a published state. `Send` + `Clone`; while it lives,
 /// no page it can reach is reused.
+#[derive(Clone)]
 pub struct ReadSnapshot {
-    _private: (),
+    map: Arc<Map>,
+    roots: [TreeRoot; TREE_COUNT],
+    app: AppMeta,
+    _pin: Arc<Pin>,
 }
 
 impl ReadSnapshot {
     pub fn app_meta(&self) -> AppMeta {
-        todo!()
+        self.app
     }
 
+    #[inline]
     pub fn get(&self, tree: TreeId, key: &[u8]) -> Option<&[u8]> {
-        let _ = (tree, key);
-        todo!()
+        btree::get(&self.map, &self.roots[tree as usize], key)
     }
 
     pub fn range<'a>(
@@ -274,7 +766,19 @@ impl ReadSnapshot {
         start: &[u8],
         end: &[u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        let _ = (tree, start, end);
-        std::iter::empty::<(&[u8], &[u8])>()
+        btree::Iter::new(&self.map, &self.roots[tree as usize], start, end)
+    }
+
+    pub fn len(&self, tree: TreeId) -> u64 {
+        self.roots[tree as usize].entries
+    }
+
+    pub fn is_empty(&self, tree: TreeId) -> bool {
+        self.len(tree) == 0
     }
 }
+
+pub use page::check_page_bytes;
+
+#[cfg(test)]
+mod tests;

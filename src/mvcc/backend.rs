@@ -1,0 +1,165 @@
+//! `Backend`: the part of `db::Db` the `Store` uses (the Revision tree and the meta
+//! fields), as a trait so the store logic also runs over [`MemBackend`] in tests and in
+//! the deterministic simulator, where no io_uring or file is wanted.
+
+use super::db::{self, AppMeta, Db, TreeId};
+use std::collections::BTreeMap;
+
+/// Revision-tree storage with Db's semantics: writes go to a working state that the
+/// writer reads back; `commit` makes it durable.
+#[allow(async_fn_in_trait)] // single-threaded by design: the raft core owns the store.
+pub trait Backend {
+    fn app_meta(&self) -> AppMeta;
+    fn set_app_meta(&mut self, meta: AppMeta);
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()>;
+    fn get(&self, key: &[u8]) -> Option<&[u8]>;
+    /// Calls `f` on entries with `start <= key < end` (`end` empty = unbounded),
+    /// ascending, until it returns false.
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool);
+    /// Keeps only the entries in `[start, end)` for which `keep` is true.
+    fn retain(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> db::Result<u64>;
+    fn publish(&mut self);
+    async fn commit(&mut self) -> db::Result<()>;
+    fn check(&self) -> db::Result<()>;
+}
+
+impl Backend for Db {
+    fn app_meta(&self) -> AppMeta {
+        Db::app_meta(self)
+    }
+
+    fn set_app_meta(&mut self, meta: AppMeta) {
+        Db::set_app_meta(self, meta)
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()> {
+        Db::insert(self, TreeId::Revision, key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        Db::get(self, TreeId::Revision, key)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) {
+        for (k, v) in Db::range(self, TreeId::Revision, start, end) {
+            if !f(k, v) {
+                return;
+            }
+        }
+    }
+
+    fn retain(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> db::Result<u64> {
+        Db::retain(self, TreeId::Revision, start, end, keep)
+    }
+
+    fn publish(&mut self) {
+        Db::publish(self)
+    }
+
+    async fn commit(&mut self) -> db::Result<()> {
+        Db::commit(self).await
+    }
+
+    fn check(&self) -> db::Result<()> {
+        Db::check(self)
+    }
+}
+
+/// An in-memory Backend: a working map and the last committed copy of it.
+#[derive(Clone, Debug, Default)]
+pub struct MemBackend {
+    working: BTreeMap<Vec<u8>, Vec<u8>>,
+    meta: AppMeta,
+    durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    durable_meta: AppMeta,
+}
+
+impl MemBackend {
+    pub fn new() -> MemBackend {
+        MemBackend::default()
+    }
+
+    /// What a reopen after a crash would find: the last committed state.
+    pub fn crash(self) -> MemBackend {
+        MemBackend {
+            working: self.durable.clone(),
+            meta: self.durable_meta,
+            durable: self.durable,
+            durable_meta: self.durable_meta,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.working.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.working.is_empty()
+    }
+}
+
+impl Backend for MemBackend {
+    fn app_meta(&self) -> AppMeta {
+        self.meta
+    }
+
+    fn set_app_meta(&mut self, meta: AppMeta) {
+        self.meta = meta;
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()> {
+        self.working.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.working.get(key).map(Vec::as_slice)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) {
+        for (k, v) in self.working.range(start.to_vec()..) {
+            if !end.is_empty() && k.as_slice() >= end {
+                return;
+            }
+            if !f(k, v) {
+                return;
+            }
+        }
+    }
+
+    fn retain(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> db::Result<u64> {
+        let before = self.working.len();
+        self.working.retain(|k, v| {
+            let inside = k.as_slice() >= start && (end.is_empty() || k.as_slice() < end);
+            !inside || keep(k, v)
+        });
+        Ok((before - self.working.len()) as u64)
+    }
+
+    fn publish(&mut self) {}
+
+    async fn commit(&mut self) -> db::Result<()> {
+        self.durable = self.working.clone();
+        self.durable_meta = self.meta;
+        Ok(())
+    }
+
+    fn check(&self) -> db::Result<()> {
+        Ok(())
+    }
+}

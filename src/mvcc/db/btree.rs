@@ -1,0 +1,1063 @@
+//! Copy-on-write B+tree algorithms over the mapping, and the page allocator.
+//!
+//! A page whose header txn equals the working txn was written after the last publish:
+//! no reader can reach it, so it is mutated in place. Any other page is published and
+//! immutable: changing it copies it (and its path to the root) to fresh pages.
+
+use super::map::{Map, MapWriter};
+use super::page::{self, ValRef, HEADER_BYTES, HEIGHT_MAX, KIND_BRANCH, KIND_LEAF};
+use super::{Error, Result, PAGE_BYTES};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeRoot {
+    /// Root page id; 0 = empty tree.
+    pub page: u64,
+    pub height: u32,
+    pub entries: u64,
+    pub payload_bytes: u64,
+}
+
+/// The writer's page allocator and tree mutator for the working transaction.
+pub struct Writer {
+    pub map: MapWriter,
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    /// The working (unpublished) txn.
+    pub txn: u64,
+    pub high_water: u64,
+    /// Pages reusable now (stack; lowest ids popped first after open).
+    pub free_now: Vec<u64>,
+    /// (txn that freed it, first page, pages), in txn order.
+    pub pending: VecDeque<(u64, u64, u64)>,
+    /// Pending pages freed by txn ≤ this may be reused.
+    pub reuse_bound: u64,
+    /// First pages written in the working txn, sealed (checksummed) at publish.
+    pub dirty: Vec<u64>,
+    pub grow_step_pages: u64,
+    pub poisoned: bool,
+    pub changed: bool,
+    scratch: Box<[u8]>,
+    sep: Vec<u8>,
+    cell: Vec<u8>,
+    #[cfg(test)]
+    pub grow_fail_at: Option<u64>,
+    #[cfg(test)]
+    pub grow_count: u64,
+}
+
+type CheckResult<T> = std::result::Result<T, (u64, String)>;
+type Path = [(u64, usize); HEIGHT_MAX];
+
+impl Writer {
+    pub fn new(map: MapWriter, path: PathBuf, file: std::fs::File, txn: u64) -> Writer {
+        Writer {
+            map,
+            path,
+            file,
+            txn,
+            high_water: 2,
+            free_now: Vec::new(),
+            pending: VecDeque::new(),
+            reuse_bound: 0,
+            dirty: Vec::new(),
+            grow_step_pages: 1,
+            poisoned: false,
+            changed: false,
+            scratch: vec![0u8; PAGE_BYTES].into_boxed_slice(),
+            sep: Vec::with_capacity(super::KEY_BYTES_MAX),
+            cell: Vec::with_capacity(super::KEY_BYTES_MAX + 16),
+            #[cfg(test)]
+            grow_fail_at: None,
+            #[cfg(test)]
+            grow_count: 0,
+        }
+    }
+
+    pub fn file_pages(&self) -> u64 {
+        self.map.map().file_bytes() / PAGE_BYTES as u64
+    }
+
+    /// Extends the file synchronously (`ftruncate`). Only taken when the headroom that
+    /// `Db::commit` keeps with an async fallocate runs out inside one transaction.
+    fn grow_sync(&mut self, pages_min: u64) -> Result<()> {
+        let map_pages = self.map.map().map_bytes() / PAGE_BYTES as u64;
+        let need = self.high_water + pages_min;
+        if need > map_pages {
+            return Err(Error::MapFull);
+        }
+        let pages = (self.file_pages() + self.grow_step_pages)
+            .min(map_pages)
+            .max(need);
+        let bytes = pages * PAGE_BYTES as u64;
+        #[cfg(test)]
+        {
+            self.grow_count += 1;
+            if self.grow_fail_at == Some(self.grow_count) {
+                self.poisoned = true;
+                return Err(Error::Io {
+                    path: self.path.clone(),
+                    op: "grow (injected)",
+                    source: std::io::Error::other("injected"),
+                });
+            }
+        }
+        if let Err(source) = self.file.set_len(bytes) {
+            self.poisoned = true;
+            return Err(Error::Io {
+                path: self.path.clone(),
+                op: "grow",
+                source,
+            });
+        }
+        self.map.set_file_bytes(bytes);
+        Ok(())
+    }
+
+    fn reclaim(&mut self) {
+        while let Some(&(t, first, n)) = self.pending.front() {
+            if t > self.reuse_bound {
+                break;
+            }
+            self.pending.pop_front();
+            for id in (first..first + n).rev() {
+                self.free_now.push(id);
+            }
+        }
+    }
+
+    /// Allocates `n` contiguous pages and records them as dirty.
+    pub fn alloc(&mut self, n: u64) -> Result<u64> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        self.reclaim();
+        let id = match self.take_free_run(n) {
+            Some(id) => id,
+            None => {
+                if self.high_water + n > self.file_pages() {
+                    self.grow_sync(n)?;
+                }
+                self.high_water += n;
+                self.high_water - n
+            }
+        };
+        self.dirty.push(id);
+        self.changed = true;
+        Ok(id)
+    }
+
+    fn take_free_run(&mut self, n: u64) -> Option<u64> {
+        if n == 1 {
+            return self.free_now.pop();
+        }
+        if (self.free_now.len() as u64) < n {
+            return None;
+        }
+        // Rare (large values): sort descending so the stack still pops low ids first.
+        self.free_now.sort_unstable_by(|a, b| b.cmp(a));
+        let f = &self.free_now;
+        let mut run_end = 0; // index of the lowest id of the current descending run
+        for i in 0..f.len() {
+            if i > 0 && f[i - 1] != f[i] + 1 {
+                run_end = i;
+            }
+            if (i - run_end + 1) as u64 == n {
+                let id = f[i];
+                self.free_now.drain(run_end..=i);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Frees `n` pages starting at `id`, now unreachable from the working state.
+    pub fn free(&mut self, id: u64, n: u64) {
+        if page::txn(self.map.map().page(id)) == self.txn {
+            // Never published: no reader or durable meta can reach it.
+            for p in (id..id + n).rev() {
+                self.free_now.push(p);
+            }
+        } else {
+            self.pending.push_back((self.txn, id, n));
+        }
+        self.changed = true;
+    }
+
+    /// Returns a writable copy of page `id` (itself if already dirty).
+    fn make_writable(&mut self, id: u64) -> Result<u64> {
+        if page::txn(self.map.map().page(id)) == self.txn {
+            return Ok(id);
+        }
+        let new = self.alloc(1)?;
+        self.map.copy_page(id, new);
+        page::set_txn(self.map.page_mut(new), new, self.txn);
+        self.free(id, 1);
+        Ok(new)
+    }
+
+    /// Makes the root-to-leaf path writable; returns the leaf id. `path[l].0` is updated
+    /// to the writable branch at level index `l`.
+    fn cow_path(&mut self, root: &mut TreeRoot, path: &mut Path) -> Result<u64> {
+        let mut node = self.make_writable(root.page)?;
+        root.page = node;
+        for entry in path.iter_mut().take(root.height as usize - 1) {
+            entry.0 = node;
+            let i = entry.1;
+            let child = page::branch_child(self.map.map().page(node), i);
+            let w = self.make_writable(child)?;
+            if w != child {
+                page::set_branch_child(self.map.page_mut(node), i, w);
+            }
+            node = w;
+        }
+        Ok(node)
+    }
+
+    fn descend(&self, root: &TreeRoot, key: &[u8], path: &mut Path) -> u64 {
+        let map = self.map.map();
+        let mut id = root.page;
+        for entry in path.iter_mut().take(root.height as usize - 1) {
+            let p = map.page(id);
+            let i = page::branch_search(p, key);
+            *entry = (id, i);
+            id = page::branch_child(p, i);
+        }
+        id
+    }
+
+    fn free_value(&mut self, run: Option<(u64, u64)>) {
+        if let Some((o, n)) = run {
+            self.free(o, n);
+        }
+    }
+
+    /// Fails with `MapFull` before any change if the worst case of one insert or remove
+    /// (copy and split of every level, plus a new root and an overflow run) might not fit,
+    /// so a full map never leaves the working tree half-changed.
+    fn ensure_capacity(&mut self, root: &TreeRoot, run_pages: u64) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let singles = 2 * (root.height as u64 + 1) + 2;
+        let map_pages = self.map.map().map_bytes() / PAGE_BYTES as u64;
+        let fresh = map_pages - self.high_water;
+        self.reclaim();
+        if fresh >= singles + run_pages
+            || (self.free_now.len() as u64 >= singles && fresh >= run_pages)
+        {
+            return Ok(());
+        }
+        Err(Error::MapFull)
+    }
+
+    pub fn insert(&mut self, root: &mut TreeRoot, key: &[u8], val: &[u8]) -> Result<()> {
+        let run_pages = if val.len() > page::INLINE_VALUE_BYTES_MAX {
+            page::overflow_run_pages(val.len())
+        } else {
+            0
+        };
+        self.ensure_capacity(root, run_pages)?;
+        if root.page == 0 {
+            let id = self.alloc(1)?;
+            page::init(self.map.page_mut(id), KIND_LEAF, 0, id, self.txn);
+            *root = TreeRoot {
+                page: id,
+                height: 1,
+                entries: 0,
+                payload_bytes: 0,
+            };
+        }
+        let mut path: Path = [(0, 0); HEIGHT_MAX];
+        let leaf0 = self.descend(root, key, &mut path);
+        let found = page::leaf_search(self.map.map().page(leaf0), key);
+        let vref = if val.len() > page::INLINE_VALUE_BYTES_MAX {
+            let n = page::overflow_run_pages(val.len());
+            let o = self.alloc(n)?;
+            page::init_overflow(self.map.pages_mut(o, n), o, self.txn, val);
+            ValRef::Overflow {
+                page: o,
+                len: val.len(),
+            }
+        } else {
+            ValRef::Inline(val)
+        };
+        let leaf = self.cow_path(root, &mut path)?;
+        let pos = match found {
+            Ok(i) => {
+                let (k, v) = page::leaf_cell(self.map.map().page(leaf), i);
+                let (klen, old) = (k.len(), v);
+                let old_len = match old {
+                    ValRef::Inline(b) => b.len(),
+                    ValRef::Overflow { len, .. } => len,
+                };
+                self.free_value(run_of(old));
+                page::remove_cell(self.map.page_mut(leaf), i);
+                root.entries -= 1;
+                root.payload_bytes -= (klen + old_len) as u64;
+                i
+            }
+            Err(i) => i,
+        };
+        root.entries += 1;
+        root.payload_bytes += (key.len() + val.len()) as u64;
+        self.changed = true;
+        self.leaf_insert(root, &path, leaf, pos, key, &vref)
+    }
+
+    fn is_rightmost(&self, path: &Path, levels: usize) -> bool {
+        let map = self.map.map();
+        path[..levels]
+            .iter()
+            .all(|&(pg, i)| i + 1 == page::count(map.page(pg)))
+    }
+
+    fn leaf_insert(
+        &mut self,
+        root: &mut TreeRoot,
+        path: &Path,
+        leaf: u64,
+        pos: usize,
+        key: &[u8],
+        vref: &ValRef,
+    ) -> Result<()> {
+        let need = page::leaf_cell_len(key, vref) + 2;
+        let p = self.map.page_mut(leaf);
+        if page::free_space(p) < need && page::free_space(p) + page::garbage(p) >= need {
+            page::compact(p, &mut self.scratch);
+        }
+        if page::free_space(p) >= need {
+            page::insert_leaf_cell(p, pos, key, vref);
+            return Ok(());
+        }
+        let levels = root.height as usize - 1;
+        let append = pos == page::count(p) && self.is_rightmost(path, levels);
+        let right = self.alloc(1)?;
+        self.scratch.copy_from_slice(self.map.map().page(leaf));
+        let s = &self.scratch;
+        let n = page::count(s) + 1;
+        let size = |j: usize| {
+            2 + match j.cmp(&pos) {
+                std::cmp::Ordering::Less => page::cell_bytes(s, j).len(),
+                std::cmp::Ordering::Equal => need - 2,
+                std::cmp::Ordering::Greater => page::cell_bytes(s, j - 1).len(),
+            }
+        };
+        let k = if append { n - 1 } else { split_point(n, size) };
+        for (target, range) in [(leaf, 0..k), (right, k..n)] {
+            let p = self.map.page_mut(target);
+            page::init(p, KIND_LEAF, 0, target, self.txn);
+            for (dst, j) in range.enumerate() {
+                match j.cmp(&pos) {
+                    std::cmp::Ordering::Less => {
+                        page::insert_raw_cell(p, dst, page::cell_bytes(s, j))
+                    }
+                    std::cmp::Ordering::Equal => page::insert_leaf_cell(p, dst, key, vref),
+                    std::cmp::Ordering::Greater => {
+                        page::insert_raw_cell(p, dst, page::cell_bytes(s, j - 1))
+                    }
+                }
+            }
+        }
+        self.sep.clear();
+        self.sep
+            .extend_from_slice(page::leaf_key(self.map.map().page(right), 0));
+        self.insert_into_parent(root, path, levels, right)
+    }
+
+    /// Inserts (self.sep, right) into the parent at path level `l - 1`, splitting upward.
+    fn insert_into_parent(
+        &mut self,
+        root: &mut TreeRoot,
+        path: &Path,
+        mut l: usize,
+        mut right: u64,
+    ) -> Result<()> {
+        loop {
+            if l == 0 {
+                let id = self.alloc(1)?;
+                let p = self.map.page_mut(id);
+                page::init(p, KIND_BRANCH, root.height as usize, id, self.txn);
+                page::insert_branch_cell(p, 0, &[], root.page);
+                page::insert_branch_cell(p, 1, &self.sep, right);
+                root.page = id;
+                root.height += 1;
+                assert!((root.height as usize) < HEIGHT_MAX, "tree too tall");
+                return Ok(());
+            }
+            let (parent, i) = path[l - 1];
+            let need = page::BRANCH_CELL_HEADER_BYTES + self.sep.len() + 2;
+            let p = self.map.page_mut(parent);
+            if page::free_space(p) < need && page::free_space(p) + page::garbage(p) >= need {
+                page::compact(p, &mut self.scratch);
+            }
+            if page::free_space(p) >= need {
+                page::insert_branch_cell(p, i + 1, &self.sep, right);
+                return Ok(());
+            }
+            let pos = i + 1;
+            let append = pos == page::count(p) && self.is_rightmost(path, l - 1);
+            let new = self.alloc(1)?;
+            // The new cell, built before self.sep is overwritten with the pushed-up key.
+            self.cell.clear();
+            self.cell
+                .extend_from_slice(&(self.sep.len() as u16).to_le_bytes());
+            self.cell.extend_from_slice(&right.to_le_bytes());
+            self.cell.extend_from_slice(&self.sep);
+            self.scratch.copy_from_slice(self.map.map().page(parent));
+            let s = &self.scratch;
+            let cell = &self.cell;
+            let lvl = page::level(s);
+            let n = page::count(s) + 1;
+            let get = |j: usize| match j.cmp(&pos) {
+                std::cmp::Ordering::Less => page::cell_bytes(s, j),
+                std::cmp::Ordering::Equal => &cell[..],
+                std::cmp::Ordering::Greater => page::cell_bytes(s, j - 1),
+            };
+            let k = if append {
+                n - 1
+            } else {
+                split_point(n, |j| get(j).len() + 2)
+            };
+            for (target, range) in [(parent, 0..k), (new, k..n)] {
+                let p = self.map.page_mut(target);
+                page::init(p, KIND_BRANCH, lvl, target, self.txn);
+                for (dst, j) in range.enumerate() {
+                    page::insert_raw_cell(p, dst, get(j));
+                }
+            }
+            self.sep.clear();
+            self.sep
+                .extend_from_slice(page::branch_key(self.map.map().page(new), 0));
+            right = new;
+            l -= 1;
+        }
+    }
+
+    pub fn remove(&mut self, root: &mut TreeRoot, key: &[u8]) -> Result<bool> {
+        self.ensure_capacity(root, 0)?;
+        if root.page == 0 {
+            return Ok(false);
+        }
+        let mut path: Path = [(0, 0); HEIGHT_MAX];
+        let leaf0 = self.descend(root, key, &mut path);
+        let Ok(i) = page::leaf_search(self.map.map().page(leaf0), key) else {
+            return Ok(false);
+        };
+        let leaf = self.cow_path(root, &mut path)?;
+        let (k, v) = page::leaf_cell(self.map.map().page(leaf), i);
+        let vlen = match v {
+            ValRef::Inline(b) => b.len(),
+            ValRef::Overflow { len, .. } => len,
+        };
+        root.payload_bytes -= (k.len() + vlen) as u64;
+        root.entries -= 1;
+        self.free_value(run_of(v));
+        page::remove_cell(self.map.page_mut(leaf), i);
+        self.changed = true;
+        let levels = root.height as usize - 1;
+        if page::count(self.map.map().page(leaf)) == 0 {
+            self.free(leaf, 1);
+            self.remove_up(root, &path, levels);
+        } else if levels > 0 && page::used_bytes(self.map.map().page(leaf)) < PAGE_BYTES / 4 {
+            self.merge_leaf(&path[levels - 1])?;
+        }
+        self.collapse_root(root);
+        Ok(true)
+    }
+
+    /// The child at path level `l` was freed: remove it from its parent, upward.
+    fn remove_up(&mut self, root: &mut TreeRoot, path: &Path, mut l: usize) {
+        loop {
+            if l == 0 {
+                *root = TreeRoot {
+                    page: 0,
+                    height: 0,
+                    entries: root.entries,
+                    payload_bytes: 0,
+                };
+                return;
+            }
+            let (parent, i) = path[l - 1];
+            page::remove_cell(self.map.page_mut(parent), i);
+            if page::count(self.map.map().page(parent)) > 0 {
+                return;
+            }
+            self.free(parent, 1);
+            l -= 1;
+        }
+    }
+
+    fn collapse_root(&mut self, root: &mut TreeRoot) {
+        while root.height > 1 && page::count(self.map.map().page(root.page)) == 1 {
+            let child = page::branch_child(self.map.map().page(root.page), 0);
+            self.free(root.page, 1);
+            root.page = child;
+            root.height -= 1;
+        }
+    }
+
+    /// Merges the underfull leaf at `parent[i]` with a sibling if both fit in one page.
+    /// `parent` is writable.
+    fn merge_leaf(&mut self, &(parent, i): &(u64, usize)) -> Result<()> {
+        let map = self.map.map().clone();
+        let pp = map.page(parent);
+        let n = page::count(pp);
+        if n < 2 {
+            return Ok(());
+        }
+        let l = if i + 1 < n { i } else { i - 1 };
+        let (left, right) = (page::branch_child(pp, l), page::branch_child(pp, l + 1));
+        let used = page::used_bytes(map.page(left)) + page::used_bytes(map.page(right));
+        if used > PAGE_BYTES - HEADER_BYTES {
+            return Ok(());
+        }
+        let w = self.make_writable(left)?;
+        if w != left {
+            page::set_branch_child(self.map.page_mut(parent), l, w);
+        }
+        self.scratch.copy_from_slice(map.page(right));
+        let p = self.map.page_mut(w);
+        let mut tmp = [0u8; PAGE_BYTES];
+        page::compact(p, &mut tmp);
+        let base = page::count(p);
+        for j in 0..page::count(&self.scratch) {
+            page::insert_raw_cell(p, base + j, page::cell_bytes(&self.scratch, j));
+        }
+        self.free(right, 1);
+        page::remove_cell(self.map.page_mut(parent), l + 1);
+        Ok(())
+    }
+
+    /// See `Db::retain`. Rewrites the leaves overlapping [start, end) that lose entries,
+    /// packed full; untouched leaves are kept (shared); branch levels are rebuilt.
+    pub fn retain(
+        &mut self,
+        root: &mut TreeRoot,
+        start: &[u8],
+        end: &[u8],
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let result = self.retain_inner(root, start, end, keep);
+        if result.is_err() {
+            // Failed half way (map full or I/O): the working state can no longer be
+            // published; the last published and committed states are intact.
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn retain_inner(
+        &mut self,
+        root: &mut TreeRoot,
+        start: &[u8],
+        end: &[u8],
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64> {
+        if root.page == 0 {
+            return Ok(0);
+        }
+        let map = self.map.map().clone();
+        let mut r = Retain {
+            start,
+            end,
+            leaves: Vec::new(),
+            branches: Vec::new(),
+            acc: None,
+            removed: 0,
+            changed: false,
+        };
+        self.retain_walk(
+            &map,
+            &mut r,
+            root,
+            root.page,
+            root.height as usize - 1,
+            &[],
+            None,
+            keep,
+        )?;
+        self.retain_flush(&mut r);
+        if !r.changed {
+            return Ok(0);
+        }
+        for &b in &r.branches {
+            self.free(b, 1);
+        }
+        let mut level = r.leaves;
+        let mut height = 1;
+        while level.len() > 1 {
+            level = self.build_branch_level(level, height)?;
+            height += 1;
+        }
+        match level.pop() {
+            Some((_, id)) => {
+                root.page = id;
+                root.height = height as u32;
+            }
+            None => {
+                root.page = 0;
+                root.height = 0;
+            }
+        }
+        Ok(r.removed)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn retain_walk(
+        &mut self,
+        map: &Map,
+        r: &mut Retain,
+        root: &mut TreeRoot,
+        id: u64,
+        level: usize,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let p = map.page(id);
+        if level > 0 {
+            r.branches.push(id);
+            let n = page::count(p);
+            for i in 0..n {
+                let clo = if i == 0 { lo } else { page::branch_key(p, i) };
+                let chi = if i + 1 < n {
+                    Some(page::branch_key(p, i + 1))
+                } else {
+                    hi
+                };
+                let child = page::branch_child(p, i);
+                self.retain_walk(map, r, root, child, level - 1, clo, chi, keep)?;
+            }
+            return Ok(());
+        }
+        // Leaves outside the range are not read at all (no page faults).
+        let overlaps = (r.end.is_empty() || lo < r.end) && hi.is_none_or(|h| h > r.start);
+        let n = if overlaps { page::count(p) } else { 0 };
+        let mut drop_bits = [0u64; PAGE_BYTES / 64];
+        let mut drops = 0;
+        for j in 0..n {
+            let (k, v) = page::leaf_cell(p, j);
+            if k < r.start || (!r.end.is_empty() && k >= r.end) {
+                continue;
+            }
+            if !keep(k, value_bytes(map, v)) {
+                drop_bits[j / 64] |= 1 << (j % 64);
+                drops += 1;
+            }
+        }
+        if drops == 0 {
+            self.retain_flush(r);
+            r.leaves.push((lo.to_vec(), id));
+            return Ok(());
+        }
+        r.changed = true;
+        for j in 0..n {
+            let (k, v) = page::leaf_cell(p, j);
+            if drop_bits[j / 64] & (1 << (j % 64)) != 0 {
+                root.entries -= 1;
+                root.payload_bytes -= (k.len() + value_len(v)) as u64;
+                r.removed += 1;
+                self.free_value(run_of(v));
+                continue;
+            }
+            let cell = page::cell_bytes(p, j);
+            let fits = r
+                .acc
+                .is_some_and(|a| page::free_space(self.map.map().page(a)) >= cell.len() + 2);
+            if !fits {
+                self.retain_flush(r);
+                let a = self.alloc(1)?;
+                page::init(self.map.page_mut(a), KIND_LEAF, 0, a, self.txn);
+                r.acc = Some(a);
+            }
+            let a = self.map.page_mut(r.acc.unwrap());
+            let c = page::count(a);
+            page::insert_raw_cell(a, c, cell);
+        }
+        // Freed only now: a dirty page goes straight to free_now and could be reused.
+        self.free(id, 1);
+        Ok(())
+    }
+
+    fn retain_flush(&mut self, r: &mut Retain) {
+        if let Some(a) = r.acc.take() {
+            let key = page::leaf_key(self.map.map().page(a), 0).to_vec();
+            r.leaves.push((key, a));
+        }
+    }
+
+    fn build_branch_level(
+        &mut self,
+        children: Vec<(Vec<u8>, u64)>,
+        level: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut out: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut cur: Option<u64> = None;
+        for (key, child) in children {
+            let need = page::BRANCH_CELL_HEADER_BYTES + key.len() + 2;
+            let fits = cur.is_some_and(|c| page::free_space(self.map.map().page(c)) >= need);
+            if !fits {
+                let id = self.alloc(1)?;
+                page::init(self.map.page_mut(id), KIND_BRANCH, level, id, self.txn);
+                out.push((key.clone(), id));
+                cur = Some(id);
+            }
+            let p = self.map.page_mut(cur.unwrap());
+            let c = page::count(p);
+            page::insert_branch_cell(p, c, &key, child);
+        }
+        Ok(out)
+    }
+
+    /// Checksums every page written in the working txn (called at publish).
+    pub fn seal_dirty(&mut self) {
+        let hw = self.high_water;
+        for id in std::mem::take(&mut self.dirty) {
+            let p = self.map.map().page(id);
+            if page::txn(p) != self.txn || page::page_id(p) != id {
+                continue; // freed while dirty and reused or never initialised
+            }
+            let n = if page::kind(p) == page::KIND_OVERFLOW {
+                page::overflow_pages(p)
+            } else {
+                1
+            };
+            if id + n > hw {
+                continue;
+            }
+            page::seal(self.map.pages_mut(id, n));
+        }
+    }
+}
+
+struct Retain<'a> {
+    start: &'a [u8],
+    end: &'a [u8],
+    leaves: Vec<(Vec<u8>, u64)>,
+    branches: Vec<u64>,
+    acc: Option<u64>,
+    removed: u64,
+    changed: bool,
+}
+
+/// Number of entries (of `n`, sized by `size`) to put in the left page so that the
+/// larger half is as small as possible; at least one on each side.
+fn split_point(n: usize, size: impl Fn(usize) -> usize) -> usize {
+    let total: usize = (0..n).map(&size).sum();
+    let (mut left, mut best, mut best_k) = (0, usize::MAX, 1);
+    for k in 1..n {
+        left += size(k - 1);
+        let worst = left.max(total - left);
+        if worst < best {
+            best = worst;
+            best_k = k;
+        }
+    }
+    best_k
+}
+
+fn run_of(v: ValRef) -> Option<(u64, u64)> {
+    match v {
+        ValRef::Inline(_) => None,
+        ValRef::Overflow { page: o, len } => Some((o, page::overflow_run_pages(len))),
+    }
+}
+
+pub fn value_len(v: ValRef) -> usize {
+    match v {
+        ValRef::Inline(b) => b.len(),
+        ValRef::Overflow { len, .. } => len,
+    }
+}
+
+#[inline]
+pub fn value_bytes<'a>(map: &'a Map, v: ValRef<'a>) -> &'a [u8] {
+    match v {
+        ValRef::Inline(b) => b,
+        ValRef::Overflow { page: o, len } => {
+            map.bytes(o * PAGE_BYTES as u64 + HEADER_BYTES as u64, len)
+        }
+    }
+}
+
+/// Point lookup from `root`.
+#[inline]
+pub fn get<'a>(map: &'a Map, root: &TreeRoot, key: &[u8]) -> Option<&'a [u8]> {
+    if root.page == 0 {
+        return None;
+    }
+    let mut id = root.page;
+    for _ in 1..root.height {
+        let p = map.page(id);
+        id = page::branch_child(p, page::branch_search(p, key));
+    }
+    let p = map.page(id);
+    let i = page::leaf_search(p, key).ok()?;
+    Some(value_bytes(map, page::leaf_cell(p, i).1))
+}
+
+/// Ascending iterator over `[start, end)` (`end` empty = unbounded). No allocation.
+pub struct Iter<'a> {
+    map: &'a Map,
+    stack: [(u64, usize); HEIGHT_MAX],
+    depth: usize,
+    end: [u8; super::KEY_BYTES_MAX],
+    end_len: usize,
+    bounded: bool,
+    end_inclusive: bool,
+    done: bool,
+}
+
+impl<'a> Iter<'a> {
+    pub fn new(map: &'a Map, root: &TreeRoot, start: &[u8], end: &[u8]) -> Iter<'a> {
+        let mut it = Iter {
+            map,
+            stack: [(0, 0); HEIGHT_MAX],
+            depth: root.height as usize,
+            end: [0; super::KEY_BYTES_MAX],
+            end_len: end.len().min(super::KEY_BYTES_MAX),
+            bounded: !end.is_empty(),
+            // Keys are at most KEY_BYTES_MAX long, so for a longer `end`,
+            // `key < end` is `key <= end[..KEY_BYTES_MAX]`.
+            end_inclusive: end.len() > super::KEY_BYTES_MAX,
+            done: root.page == 0,
+        };
+        it.end[..it.end_len].copy_from_slice(&end[..it.end_len]);
+        if it.done {
+            return it;
+        }
+        let mut id = root.page;
+        for l in 0..it.depth - 1 {
+            let p = map.page(id);
+            let i = page::branch_search(p, start);
+            it.stack[l] = (id, i);
+            id = page::branch_child(p, i);
+        }
+        let i = match page::leaf_search(map.page(id), start) {
+            Ok(i) | Err(i) => i,
+        };
+        it.stack[it.depth - 1] = (id, i);
+        it
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let leaf_l = self.depth - 1;
+        loop {
+            let (id, i) = self.stack[leaf_l];
+            let p = self.map.page(id);
+            if i < page::count(p) {
+                let (k, v) = page::leaf_cell(p, i);
+                let end = &self.end[..self.end_len];
+                if self.bounded && (k > end || (k == end && !self.end_inclusive)) {
+                    self.done = true;
+                    return None;
+                }
+                self.stack[leaf_l].1 += 1;
+                return Some((k, value_bytes(self.map, v)));
+            }
+            // Climb to the first ancestor with a next child, then go down its left edge.
+            let mut l = leaf_l;
+            loop {
+                if l == 0 {
+                    self.done = true;
+                    return None;
+                }
+                l -= 1;
+                let (bid, bi) = self.stack[l];
+                if bi + 1 < page::count(self.map.page(bid)) {
+                    self.stack[l].1 = bi + 1;
+                    break;
+                }
+            }
+            while l < leaf_l {
+                let (bid, bi) = self.stack[l];
+                let child = page::branch_child(self.map.page(bid), bi);
+                l += 1;
+                self.stack[l] = (child, 0);
+            }
+        }
+    }
+}
+
+/// What a tree walk found: for `check` and open.
+pub struct WalkLimits<'s> {
+    pub high_water: u64,
+    pub txn_max: u64,
+    /// Checksums are verified for pages with txn below this (dirty pages are unsealed).
+    pub crc_below_txn: u64,
+    pub seen: &'s mut [u64],
+}
+
+/// Checks the tree under `root` (see `Db::check`); errors name the page offset.
+pub fn check_tree(map: &Map, root: &TreeRoot, lim: &mut WalkLimits) -> CheckResult<()> {
+    if root.page == 0 {
+        if root.height != 0 || root.entries != 0 || root.payload_bytes != 0 {
+            return Err((0, "empty tree with non-zero height or counts".into()));
+        }
+        return Ok(());
+    }
+    if root.height == 0 || root.height as usize >= HEIGHT_MAX {
+        return Err((0, format!("tree height {}", root.height)));
+    }
+    let (entries, payload) =
+        check_node(map, root.page, root.height as usize - 1, None, None, lim, 0)?;
+    if entries != root.entries || payload != root.payload_bytes {
+        return Err((
+            root.page * PAGE_BYTES as u64,
+            format!(
+                "tree holds {entries} entries / {payload} bytes, meta says {} / {}",
+                root.entries, root.payload_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn claim(lim: &mut WalkLimits, id: u64, n: u64, from: u64) -> CheckResult<()> {
+    if id < 2 || id.checked_add(n).is_none_or(|e| e > lim.high_water) {
+        return Err((
+            from,
+            format!("page id {id} (+{n}) outside 2..{}", lim.high_water),
+        ));
+    }
+    for p in id..id + n {
+        let (w, b) = ((p / 64) as usize, p % 64);
+        if lim.seen[w] & (1 << b) != 0 {
+            return Err((p * PAGE_BYTES as u64, format!("page {p} reachable twice")));
+        }
+        lim.seen[w] |= 1 << b;
+    }
+    Ok(())
+}
+
+fn check_header(p: &[u8], id: u64, kind: u8, lim: &WalkLimits) -> std::result::Result<(), String> {
+    if page::kind(p) != kind {
+        return Err(format!("page kind {} where {kind} expected", page::kind(p)));
+    }
+    if page::page_id(p) != id {
+        return Err(format!(
+            "page claims id {} (misdirected write?)",
+            page::page_id(p)
+        ));
+    }
+    if page::txn(p) > lim.txn_max {
+        return Err(format!(
+            "page txn {} newer than meta txn {}",
+            page::txn(p),
+            lim.txn_max
+        ));
+    }
+    Ok(())
+}
+
+fn check_node(
+    map: &Map,
+    id: u64,
+    level: usize,
+    lo: Option<&[u8]>,
+    hi: Option<&[u8]>,
+    lim: &mut WalkLimits,
+    from: u64,
+) -> CheckResult<(u64, u64)> {
+    claim(lim, id, 1, from)?;
+    let off = id * PAGE_BYTES as u64;
+    let p = map.page(id);
+    let kind = if level == 0 { KIND_LEAF } else { KIND_BRANCH };
+    let bad = |what: String| (off, what);
+    check_header(p, id, kind, lim).map_err(bad)?;
+    if page::txn(p) < lim.crc_below_txn && !page::crc_ok(p) {
+        return Err(bad("checksum mismatch".into()));
+    }
+    if page::level(p) != level {
+        return Err(bad(format!(
+            "level {} where {level} expected",
+            page::level(p)
+        )));
+    }
+    let n = page::count(p);
+    if n == 0 {
+        return Err(bad("empty page".into()));
+    }
+    let mut idx = 0usize;
+    page::check_cells(p, |k| {
+        let bounded = kind == KIND_BRANCH && idx == 0;
+        idx += 1;
+        if bounded {
+            return Ok(());
+        }
+        if lo.is_some_and(|lo| k < lo) || hi.is_some_and(|hi| k >= hi) {
+            return Err(format!(
+                "key at cell {} outside its parent's range",
+                idx - 1
+            ));
+        }
+        Ok(())
+    })
+    .map_err(bad)?;
+    let (mut entries, mut payload) = (0u64, 0u64);
+    if level == 0 {
+        for i in 0..n {
+            let (k, v) = page::leaf_cell(p, i);
+            entries += 1;
+            payload += (k.len() + value_len(v)) as u64;
+            if let ValRef::Overflow { page: o, len } = v {
+                check_overflow(map, o, len, lim, off)?;
+            }
+        }
+        return Ok((entries, payload));
+    }
+    for i in 0..n {
+        let clo = if i == 0 {
+            lo
+        } else {
+            Some(page::branch_key(p, i))
+        };
+        let chi = if i + 1 < n {
+            Some(page::branch_key(p, i + 1))
+        } else {
+            hi
+        };
+        let (e, b) = check_node(map, page::branch_child(p, i), level - 1, clo, chi, lim, off)?;
+        entries += e;
+        payload += b;
+    }
+    Ok((entries, payload))
+}
+
+fn check_overflow(
+    map: &Map,
+    o: u64,
+    len: usize,
+    lim: &mut WalkLimits,
+    from: u64,
+) -> CheckResult<()> {
+    let n = page::overflow_run_pages(len);
+    claim(lim, o, n, from)?;
+    let off = o * PAGE_BYTES as u64;
+    let first = map.page(o);
+    check_header(first, o, page::KIND_OVERFLOW, lim).map_err(|w| (off, w))?;
+    if page::overflow_len(first) != len || page::overflow_pages(first) != n {
+        return Err((
+            off,
+            format!("overflow run header does not match value of {len} bytes"),
+        ));
+    }
+    if page::txn(first) < lim.crc_below_txn
+        && !page::crc_ok(map.bytes(off, n as usize * PAGE_BYTES))
+    {
+        return Err((off, "overflow run checksum mismatch".into()));
+    }
+    Ok(())
+}

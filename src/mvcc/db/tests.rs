@@ -1,0 +1,763 @@
+//! Tests of `Db`: a model test against `BTreeMap`, injected I/O errors, crash images,
+//! bit flips, readers across reuse and threads, and space use under compaction.
+
+use super::*;
+use crate::mvcc::Revision;
+use crate::runtime::block_on;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+type Model = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn tmp_path(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("keel-db-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn small_options() -> DbOptions {
+    DbOptions {
+        map_bytes_max: 1 << 30,
+        grow_step_bytes: 64 * 1024,
+    }
+}
+
+fn empty_model() -> Model {
+    vec![BTreeMap::new(); TREE_COUNT]
+}
+
+thread_local! {
+    static KEY_SPACE: std::cell::Cell<u64> = const { std::cell::Cell::new(1500) };
+}
+
+fn key_for(rng: &mut Rng) -> Vec<u8> {
+    let id = rng.below(KEY_SPACE.with(|k| k.get()));
+    match id % 4 {
+        // Fixed 8-byte keys (the common shape) and longer, variable ones.
+        0..=2 => id.to_be_bytes().to_vec(),
+        _ => {
+            let mut k = format!("key/{id:06}/").into_bytes();
+            k.resize(k.len() + (id as usize * 7) % 300, b'x');
+            k
+        }
+    }
+}
+
+fn value_for(rng: &mut Rng) -> Vec<u8> {
+    let len = match rng.below(100) {
+        0..=69 => rng.below(64),
+        70..=89 => rng.below(1100),
+        90..=97 => 1000 + rng.below(40), // around the inline limit
+        _ => 1025 + rng.below(12_000),   // overflow runs
+    } as usize;
+    let b = rng.next() as u8;
+    (0..len).map(|i| b.wrapping_add(i as u8)).collect()
+}
+
+fn keep_rule(k: &[u8], v: &[u8]) -> bool {
+    !(k.iter().map(|&b| b as usize).sum::<usize>() + v.len()).is_multiple_of(3)
+}
+
+fn assert_same(db: &Db, model: &Model) {
+    for t in TreeId::ALL {
+        let m = &model[t as usize];
+        assert_eq!(db.len(t), m.len() as u64, "len of {t:?}");
+        let got: Vec<_> = db.range(t, &[], &[]).collect();
+        assert_eq!(got.len(), m.len(), "range length of {t:?}");
+        for ((gk, gv), (mk, mv)) in got.iter().zip(m.iter()) {
+            assert_eq!(gk, &&mk[..]);
+            assert_eq!(gv, &&mv[..], "value of {mk:?}");
+        }
+    }
+}
+
+fn assert_snapshot(snap: &ReadSnapshot, model: &Model) {
+    for t in TreeId::ALL {
+        let m = &model[t as usize];
+        assert_eq!(snap.len(t), m.len() as u64);
+        let got: Vec<_> = snap.range(t, &[], &[]).collect();
+        let want: Vec<_> = m.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(got, want, "snapshot of {t:?}");
+    }
+}
+
+fn check_range(rng: &mut Rng, db: &Db, model: &Model) {
+    let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
+    let a = key_for(rng);
+    let b = if rng.below(4) == 0 {
+        Vec::new()
+    } else {
+        key_for(rng)
+    };
+    let got: Vec<_> = db
+        .range(t, &a, &b)
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    let want: Vec<_> = model[t as usize]
+        .iter()
+        .filter(|(k, _)| **k >= a && (b.is_empty() || **k < b))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(got, want, "range {a:?}..{b:?} of {t:?}");
+}
+
+/// Runs a seeded random op sequence; returns the tallest tree height seen.
+fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
+    KEY_SPACE.with(|k| k.set(key_space));
+    block_on(async move {
+        let mut height_max = 0;
+        let path = tmp_path(&format!("model-{seed}"));
+        let mut rng = Rng(seed);
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let mut model = empty_model();
+        let mut committed = model.clone();
+        let mut snaps: Vec<(ReadSnapshot, Model)> = Vec::new();
+        let mut published = model.clone();
+        let mut published_txn = db.published.txn;
+        for step in 0..steps {
+            let tree = if rng.below(2) == 0 {
+                TreeId::Revision
+            } else {
+                TreeId::ALL[rng.below(TREE_COUNT as u64) as usize]
+            };
+            let t = tree as usize;
+            match rng.below(100) {
+                0..=54 => {
+                    let (k, v) = (key_for(&mut rng), value_for(&mut rng));
+                    db.insert(tree, &k, &v).unwrap();
+                    assert_eq!(db.get(tree, &k), Some(&v[..]));
+                    model[t].insert(k, v);
+                }
+                55..=79 => {
+                    let k = key_for(&mut rng);
+                    let had = model[t].remove(&k).is_some();
+                    assert_eq!(db.remove(tree, &k).unwrap(), had, "remove {k:?}");
+                    assert_eq!(db.get(tree, &k), None);
+                }
+                80..=82 => {
+                    let (mut a, mut b) = (key_for(&mut rng), key_for(&mut rng));
+                    if a > b {
+                        std::mem::swap(&mut a, &mut b);
+                    }
+                    if rng.below(4) == 0 {
+                        b.clear();
+                    }
+                    let removed = db.retain(tree, &a, &b, &mut keep_rule).unwrap();
+                    let before = model[t].len();
+                    model[t].retain(|k, v| *k < a || (!b.is_empty() && *k >= b) || keep_rule(k, v));
+                    assert_eq!(removed as usize, before - model[t].len(), "retain count");
+                }
+                83..=89 => db.publish(),
+                90..=94 => {
+                    let meta = AppMeta {
+                        consistent_index: step as u64,
+                        ..db.app_meta()
+                    };
+                    db.set_app_meta(meta);
+                    db.commit().await.unwrap();
+                    committed = model.clone();
+                }
+                95..=96 => {
+                    // Crash without commit: reopen must show the last commit.
+                    for (snap, m) in snaps.drain(..) {
+                        assert_snapshot(&snap, &m);
+                    }
+                    drop(db);
+                    db = Db::open(&path, small_options()).await.unwrap();
+                    model = committed.clone();
+                    published = model.clone();
+                    published_txn = db.published.txn;
+                    assert_same(&db, &model);
+                    db.check().unwrap();
+                }
+                97 => {
+                    // Keep a few snapshots alive across later writes, commits and reuse.
+                    if snaps.len() >= 3 {
+                        snaps.remove(rng.below(3) as usize);
+                    }
+                    snaps.push((db.snapshot(), published.clone()));
+                }
+                _ => check_range(&mut rng, &db, &model),
+            }
+            if matches!(db.published.txn, t if t != published_txn) {
+                published_txn = db.published.txn;
+                published = model.clone();
+            }
+            for (snap, m) in &snaps {
+                let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
+                let k = key_for(&mut rng);
+                assert_eq!(snap.get(t, &k), m[t as usize].get(&k).map(|v| &v[..]));
+            }
+            height_max = height_max.max(db.roots.iter().map(|r| r.height).max().unwrap());
+            if step % 64 == 0 {
+                assert_same(&db, &model);
+                db.check().unwrap();
+                for (snap, m) in &snaps {
+                    assert_snapshot(snap, m);
+                }
+            }
+        }
+        db.commit().await.unwrap();
+        assert_same(&db, &model);
+        db.check().unwrap();
+        drop(db);
+        let db = Db::open(&path, small_options()).await.unwrap();
+        assert_same(&db, &model);
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+        height_max
+    })
+}
+
+#[test]
+fn model_random_ops_match_btreemap() {
+    for seed in 1..=6 {
+        assert!(run_model(seed, 3000, 1500) >= 2);
+    }
+}
+
+#[test]
+fn model_large_key_space_grows_tall_trees() {
+    let height = run_model(100, 20_000, 60_000);
+    assert!(height >= 3, "height {height}");
+}
+
+#[test]
+fn model_sequential_appends_pack_leaves() {
+    block_on(async {
+        let path = tmp_path("append");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let value = [7u8; 256];
+        let n = 20_000u64;
+        for i in 0..n {
+            db.insert(
+                TreeId::Revision,
+                &Revision::new(i as i64 + 1, 0).encode(),
+                &value,
+            )
+            .unwrap();
+        }
+        db.commit().await.unwrap();
+        db.check().unwrap();
+        let s = db.stats();
+        let per_leaf = (PAGE_BYTES - 32) / (6 + 16 + 256 + 2);
+        let leaves = n.div_ceil(per_leaf as u64);
+        // Right-edge appends fill leaves completely: at most a few percent of branches.
+        assert!(
+            s.pages_in_use <= leaves + leaves / 20 + 2,
+            "{s:?} for {leaves} leaves"
+        );
+        let got: Vec<_> = db.range(TreeId::Revision, &[], &[]).collect();
+        assert_eq!(got.len() as u64, n);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+fn fill(db: &mut Db, model: &mut Model, rng: &mut Rng, n: usize) {
+    for _ in 0..n {
+        let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
+        let (k, v) = (key_for(rng), value_for(rng));
+        db.insert(t, &k, &v).unwrap();
+        model[t as usize].insert(k, v);
+    }
+}
+
+#[test]
+fn failed_fdatasync_poisons_and_reopen_shows_last_commit() {
+    block_on(async {
+        let path = tmp_path("sync-fault");
+        let mut rng = Rng(77);
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let mut model = empty_model();
+        fill(&mut db, &mut model, &mut rng, 300);
+        db.commit().await.unwrap();
+        let committed = model.clone();
+        fill(&mut db, &mut model, &mut rng, 300);
+        db.faults.sync_fail_at = Some(db.faults.sync_count + 1);
+        assert!(matches!(db.commit().await, Err(Error::Io { .. })));
+        assert!(matches!(
+            db.insert(TreeId::Lease, b"k", b"v"),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(
+            db.remove(TreeId::Lease, b"k"),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(db.commit().await, Err(Error::Poisoned)));
+        drop(db);
+        let db = Db::open(&path, small_options()).await.unwrap();
+        assert_same(&db, &committed);
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn failed_grow_poisons_and_reopen_shows_last_commit() {
+    block_on(async {
+        let path = tmp_path("grow-fault");
+        let mut rng = Rng(78);
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let mut model = empty_model();
+        fill(&mut db, &mut model, &mut rng, 100);
+        db.commit().await.unwrap();
+        let committed = model.clone();
+        db.w.grow_fail_at = Some(db.w.grow_count + 1);
+        let big = vec![1u8; 100_000];
+        let mut failed = false;
+        for i in 0..100u32 {
+            match db.insert(TreeId::Meta, &i.to_be_bytes(), &big) {
+                Ok(()) => {}
+                Err(Error::Io { .. }) => {
+                    failed = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(failed, "the file never had to grow");
+        assert!(matches!(
+            db.insert(TreeId::Meta, b"x", b"y"),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(db.commit().await, Err(Error::Poisoned)));
+        drop(db);
+        let db = Db::open(&path, small_options()).await.unwrap();
+        assert_same(&db, &committed);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+fn open_image(image: &Path) -> Db {
+    let image = image.to_path_buf();
+    block_on(async move { Db::open(&image, small_options()).await.unwrap() })
+}
+
+#[test]
+fn crash_images_reopen_to_last_commit() {
+    let path = tmp_path("crash");
+    let images: Vec<PathBuf> = (0..3).map(|i| tmp_path(&format!("crash-img{i}"))).collect();
+    let (committed, last) = {
+        let (path, images) = (path.clone(), images.clone());
+        block_on(async move {
+            let mut rng = Rng(5);
+            let mut db = Db::open(&path, small_options()).await.unwrap();
+            let mut model = empty_model();
+            for _ in 0..5 {
+                fill(&mut db, &mut model, &mut rng, 200);
+                db.commit().await.unwrap();
+            }
+            let committed = model.clone();
+            std::fs::copy(&path, &images[0]).unwrap();
+            // Writes and publishes without commit: page cache holds them, meta does not.
+            for _ in 0..5 {
+                fill(&mut db, &mut model, &mut rng, 200);
+                for _ in 0..50 {
+                    let t = TreeId::ALL[rng.below(5) as usize];
+                    let k = key_for(&mut rng);
+                    db.remove(t, &k).unwrap();
+                    model[t as usize].remove(&k);
+                }
+                db.publish();
+            }
+            std::fs::copy(&path, &images[1]).unwrap();
+            let img = images[2].clone();
+            db.faults.before_meta = Some(Box::new(move |p: &Path| {
+                std::fs::copy(p, &img).unwrap();
+            }));
+            db.commit().await.unwrap();
+            (committed, model)
+        })
+    };
+    for image in &images {
+        let db = open_image(image);
+        assert_same(&db, &committed);
+        db.check().unwrap();
+        drop(db);
+        let _ = std::fs::remove_file(image);
+    }
+    let db = open_image(&path);
+    assert_same(&db, &last);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Builds a committed file with two valid metas; returns (model at the older meta,
+/// model at the newer meta).
+fn build_for_flips(path: &Path) -> (Model, Model) {
+    let path = path.to_path_buf();
+    block_on(async move {
+        let mut rng = Rng(9);
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let mut model = empty_model();
+        fill(&mut db, &mut model, &mut rng, 400);
+        db.commit().await.unwrap();
+        let older = model.clone();
+        fill(&mut db, &mut model, &mut rng, 50);
+        db.commit().await.unwrap();
+        (older, model)
+    })
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn try_open(path: &Path) -> Result<Db> {
+    let path = path.to_path_buf();
+    block_on(async move { Db::open(&path, small_options()).await })
+}
+
+#[test]
+fn bit_flips_are_detected_or_harmless() {
+    let path = tmp_path("flips");
+    let (older, newer) = build_for_flips(&path);
+    let clean = std::fs::read(&path).unwrap();
+    let map_meta = |slot: u64| {
+        let p = &clean[slot as usize * PAGE_BYTES..(slot as usize + 1) * PAGE_BYTES];
+        decode_meta(p, slot, (clean.len() / PAGE_BYTES) as u64)
+    };
+    let (m0, m1) = (map_meta(0).unwrap(), map_meta(1).unwrap());
+    let newest = if m0.txn > m1.txn { m0 } else { m1 };
+    let root = newest.roots[TreeId::Revision as usize].page;
+    assert_ne!(root, 0);
+
+    // A flipped byte in a reachable page: Corrupt, naming that page's offset.
+    flip(&path, root * PAGE_BYTES as u64 + 1000);
+    match try_open(&path) {
+        Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, root * PAGE_BYTES as u64),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("flip in root page not detected"),
+    }
+
+    // Every page: a flip is either detected as Corrupt or the page was unreachable.
+    let mut rng = Rng(3);
+    let mut detected = 0;
+    for id in 2..newest.high_water {
+        std::fs::write(&path, &clean).unwrap();
+        flip(&path, id * PAGE_BYTES as u64 + rng.below(PAGE_BYTES as u64));
+        match try_open(&path) {
+            Err(Error::Corrupt { offset, .. }) => {
+                // The damaged page itself, or the overflow run it belongs to.
+                let at = offset as usize;
+                let first = &clean[at..at + PAGE_BYTES];
+                let in_run = page::kind(first) == page::KIND_OVERFLOW
+                    && offset / PAGE_BYTES as u64 + page::overflow_pages(first) > id;
+                assert!(
+                    offset == id * PAGE_BYTES as u64 || in_run,
+                    "page {id}: {offset}"
+                );
+                detected += 1;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(db) => db.check().unwrap(),
+        }
+    }
+    assert!(detected > 10, "only {detected} flips detected");
+
+    // The newest meta damaged: the older one is used.
+    std::fs::write(&path, &clean).unwrap();
+    flip(&path, (newest.txn % 2) * PAGE_BYTES as u64 + 60);
+    let db = try_open(&path).unwrap();
+    assert_same(&db, &older);
+    drop(db);
+    // The older meta damaged: the newer one is used.
+    std::fs::write(&path, &clean).unwrap();
+    flip(&path, (1 - newest.txn % 2) * PAGE_BYTES as u64 + 60);
+    let db = try_open(&path).unwrap();
+    assert_same(&db, &newer);
+    drop(db);
+    // Both damaged: Corrupt.
+    flip(&path, (newest.txn % 2) * PAGE_BYTES as u64 + 100);
+    assert!(matches!(
+        try_open(&path),
+        Err(Error::Corrupt { offset: 0, .. })
+    ));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn check_page_bytes_never_panics() {
+    let mut rng = Rng(11);
+    let mut page = vec![0u8; PAGE_BYTES];
+    for round in 0..3000 {
+        if round % 3 == 0 {
+            page.iter_mut().for_each(|b| *b = rng.next() as u8);
+        } else {
+            // A plausible header with random cells.
+            page[4] = [page::KIND_LEAF, page::KIND_BRANCH, page::KIND_OVERFLOW][round % 3];
+            page[5] = (round % 2) as u8;
+            page[6] = rng.below(20) as u8;
+            page[7] = 0;
+            let at = rng.below(PAGE_BYTES as u64) as usize;
+            page[at] = rng.next() as u8;
+        }
+        let _ = check_page_bytes(&page);
+        page::seal(&mut page);
+        let _ = check_page_bytes(&page);
+    }
+    assert!(check_page_bytes(&page[..100]).is_err());
+}
+
+#[test]
+fn snapshot_survives_reuse_and_crosses_threads() {
+    block_on(async {
+        let path = tmp_path("readers");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let keys: Vec<[u8; 8]> = (0..2000u64).map(|i| i.to_be_bytes()).collect();
+        for k in &keys {
+            db.insert(TreeId::Revision, k, &[1u8; 100]).unwrap();
+        }
+        db.insert(TreeId::Auth, b"big", &vec![9u8; 20_000]).unwrap();
+        db.commit().await.unwrap();
+        let snap = db.snapshot();
+        let thread_snap = snap.clone();
+        let reader = std::thread::spawn(move || {
+            for _ in 0..50 {
+                assert_eq!(thread_snap.len(TreeId::Revision), 2000);
+                for (i, (k, v)) in thread_snap.range(TreeId::Revision, &[], &[]).enumerate() {
+                    assert_eq!(k, &(i as u64).to_be_bytes()[..]);
+                    assert_eq!(v, &[1u8; 100][..]);
+                }
+                assert_eq!(
+                    thread_snap.get(TreeId::Auth, b"big"),
+                    Some(&vec![9u8; 20_000][..])
+                );
+            }
+        });
+        let mut file_after_first = 0;
+        for round in 2..40u8 {
+            for k in &keys {
+                db.insert(TreeId::Revision, k, &[round; 100]).unwrap();
+            }
+            db.insert(TreeId::Auth, b"big", &vec![round; 20_000])
+                .unwrap();
+            db.commit().await.unwrap();
+            if round == 3 {
+                file_after_first = db.stats().file_bytes;
+            }
+        }
+        assert!(
+            db.stats().pages_pending > 0,
+            "old pages must wait for the snapshot"
+        );
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                snap.get(TreeId::Revision, k),
+                Some(&[1u8; 100][..]),
+                "key {i}"
+            );
+            assert_eq!(db.get(TreeId::Revision, k), Some(&[39u8; 100][..]));
+        }
+        reader.join().unwrap();
+        drop(snap);
+        // With the snapshot gone, pages are reused: the file stops growing.
+        for round in 40..60u8 {
+            for k in &keys {
+                db.insert(TreeId::Revision, k, &[round; 100]).unwrap();
+            }
+            db.commit().await.unwrap();
+        }
+        let grown = db.stats().file_bytes;
+        for round in 60..80u8 {
+            for k in &keys {
+                db.insert(TreeId::Revision, k, &[round; 100]).unwrap();
+            }
+            db.commit().await.unwrap();
+            // Snapshots taken and dropped at once do not hold pages back.
+            let s = db.snapshot();
+            assert_eq!(s.get(TreeId::Revision, &keys[5]), Some(&[round; 100][..]));
+        }
+        db.check().unwrap();
+        assert!(file_after_first > 0);
+        assert_eq!(
+            db.stats().file_bytes,
+            grown,
+            "file grew although pages were free"
+        );
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn compaction_keeps_file_within_twice_payload() {
+    block_on(async {
+        let path = tmp_path("space");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let key_count = 1000u64;
+        let batch = 100u64;
+        let mut latest = vec![Revision::default(); key_count as usize];
+        let mut value = [0u8; 256];
+        for main in 1..=300i64 {
+            for j in 0..batch {
+                let id = ((main as u64 - 1) * batch + j) % key_count;
+                let rev = Revision::new(main, j as i64);
+                value[..8].copy_from_slice(&id.to_be_bytes());
+                db.insert(TreeId::Revision, &rev.encode(), &value).unwrap();
+                latest[id as usize] = rev;
+            }
+            // Compaction at `main`: drop every revision that is not its key's latest.
+            let end = Revision::new(main, 0).encode();
+            db.retain(TreeId::Revision, &[], &end, &mut |k, v| {
+                let id = u64::from_be_bytes(v[..8].try_into().unwrap());
+                Revision::decode(k) == Some(latest[id as usize])
+            })
+            .unwrap();
+            db.commit().await.unwrap();
+            let s = db.stats();
+            if main > 10 {
+                assert_eq!(db.len(TreeId::Revision), key_count);
+            }
+            assert!(
+                s.file_bytes <= 2 * s.payload_bytes + 256 * 1024,
+                "round {main}: {s:?}"
+            );
+            if main % 50 == 0 {
+                db.check().unwrap();
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn limits_and_long_range_ends() {
+    block_on(async {
+        let path = tmp_path("limits");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let long = vec![b'a'; KEY_BYTES_MAX + 1];
+        assert!(matches!(
+            db.insert(TreeId::Meta, &long, b""),
+            Err(Error::KeyTooLarge { .. })
+        ));
+        let max_key = vec![b'a'; KEY_BYTES_MAX];
+        db.insert(TreeId::Meta, &max_key, b"max").unwrap();
+        db.insert(TreeId::Meta, b"a", b"short").unwrap();
+        db.insert(TreeId::Meta, b"b", b"after").unwrap();
+        // `end` longer than any key: the longest key that is its prefix is still < end.
+        let got: Vec<_> = db
+            .range(TreeId::Meta, b"", &long)
+            .map(|(k, _)| k.len())
+            .collect();
+        assert_eq!(got, vec![1, KEY_BYTES_MAX]);
+        assert_eq!(db.remove(TreeId::Meta, &long).unwrap(), false);
+        db.insert(TreeId::Meta, b"", b"empty key").unwrap();
+        assert_eq!(db.get(TreeId::Meta, b""), Some(&b"empty key"[..]));
+        assert_eq!(db.range(TreeId::Meta, b"", b"").count(), 4);
+        db.commit().await.unwrap();
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn map_full_is_clean_and_recoverable() {
+    block_on(async {
+        let path = tmp_path("mapfull");
+        let options = DbOptions {
+            map_bytes_max: 256 * 1024,
+            grow_step_bytes: 64 * 1024,
+        };
+        let mut db = Db::open(&path, options.clone()).await.unwrap();
+        let mut model = empty_model();
+        let mut i = 0u64;
+        loop {
+            let v = vec![i as u8; 300 + (i as usize % 3) * 1000];
+            match db.insert(TreeId::Revision, &i.to_be_bytes(), &v) {
+                Ok(()) => {
+                    model[0].insert(i.to_be_bytes().to_vec(), v);
+                }
+                Err(Error::MapFull) => break,
+                Err(e) => panic!("unexpected {e}"),
+            }
+            i += 1;
+            assert!(i < 10_000, "never full");
+        }
+        assert_same(&db, &model);
+        db.check().unwrap();
+        db.commit().await.unwrap();
+        // A remove also needs fresh pages (copy-on-write): refused cleanly too.
+        match db.remove(TreeId::Revision, &0u64.to_be_bytes()) {
+            Ok(true) => {
+                model[0].remove(&0u64.to_be_bytes()[..]);
+            }
+            Err(Error::MapFull) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_same(&db, &model);
+        db.commit().await.unwrap();
+        drop(db);
+        // The remedy: reopen with a larger map; everything committed is there.
+        let options = DbOptions {
+            map_bytes_max: 1 << 20,
+            ..options
+        };
+        let mut db = Db::open(&path, options.clone()).await.unwrap();
+        assert_same(&db, &model);
+        db.insert(TreeId::Lease, b"after", &[1; 500]).unwrap();
+        model[1].insert(b"after".to_vec(), vec![1; 500]);
+        db.commit().await.unwrap();
+        db.check().unwrap();
+        drop(db);
+        let db = Db::open(&path, options).await.unwrap();
+        assert_same(&db, &model);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// Rough single-core numbers (run with `--ignored --nocapture`; dev profile is opt-level 1).
+#[test]
+#[ignore]
+fn bench_appends_and_point_gets() {
+    block_on(async {
+        let path = tmp_path("bench");
+        let mut db = Db::open(&path, DbOptions::default()).await.unwrap();
+        let n = 1_000_000u64;
+        let value = [3u8; 256];
+        let t0 = std::time::Instant::now();
+        for i in 0..n {
+            db.insert(TreeId::Revision, &i.to_be_bytes(), &value)
+                .unwrap();
+            if i % 1000 == 999 {
+                db.publish();
+            }
+        }
+        let appends = t0.elapsed();
+        db.commit().await.unwrap();
+        let mut rng = Rng(1);
+        let snap = db.snapshot();
+        let t0 = std::time::Instant::now();
+        let mut found = 0;
+        for _ in 0..n {
+            found += snap
+                .get(TreeId::Revision, &rng.below(n).to_be_bytes())
+                .is_some() as u64;
+        }
+        let gets = t0.elapsed();
+        assert_eq!(found, n);
+        println!(
+            "appends: {:.0}/s, point gets: {:.0}/s, {:?}",
+            n as f64 / appends.as_secs_f64(),
+            n as f64 / gets.as_secs_f64(),
+            db.stats()
+        );
+        let _ = std::fs::remove_file(&path);
+    });
+}

@@ -1,0 +1,555 @@
+//! `KeyIndex`: etcd's treeIndex. Key → generations of revisions, in memory.
+//!
+//! A key's history ([`KeyHistory`], etcd's keyIndex) is a list of generations. A
+//! generation is one life of the key: from the put that created it to the tombstone that
+//! deleted it (inclusive). The last generation is the current life, empty if the key is
+//! deleted now. Example: put(1) put(2) delete(3) put(4) delete(5) on "foo" gives
+//! `{1,2,3(t)} {4,5(t)} {}`.
+//!
+//! Invariants (checked by `KeyHistory::invariants`):
+//! - revisions strictly increase across all generations of a key;
+//! - only the last generation may be empty; every other one ends with its tombstone;
+//! - `modified` is the largest revision;
+//! - a key whose history is a single empty generation is not in the map.
+
+use super::revision::Revision;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
+/// The key range of a request, decoded from etcd's `key` / `range_end` pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRange<'a> {
+    /// `range_end` empty: the single key.
+    Single(&'a [u8]),
+    /// `range_end` = "\0": every key >= `key`.
+    From(&'a [u8]),
+    /// `[key, range_end)`; empty when `range_end <= key`.
+    Between(&'a [u8], &'a [u8]),
+}
+
+impl<'a> KeyRange<'a> {
+    pub fn new(key: &'a [u8], range_end: &'a [u8]) -> KeyRange<'a> {
+        match range_end {
+            [] => KeyRange::Single(key),
+            [0] => KeyRange::From(key),
+            end => KeyRange::Between(key, end),
+        }
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match *self {
+            KeyRange::Single(key) => k == key,
+            KeyRange::From(key) => k >= key,
+            KeyRange::Between(key, end) => k >= key && k < end,
+        }
+    }
+}
+
+/// What a key looked like at some revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyAt {
+    /// The revision of the record holding the key's value then.
+    pub modified: Revision,
+    pub create_revision: i64,
+    pub version: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Number of puts in this life (not reduced by compaction).
+    pub version: i64,
+    /// Revision of the put that created this life.
+    pub created: Revision,
+    pub revs: Vec<Revision>,
+}
+
+/// etcd's keyIndex: one key's generations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyHistory {
+    pub modified: Revision,
+    pub generations: Vec<Generation>,
+}
+
+impl KeyHistory {
+    fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].revs.is_empty()
+    }
+
+    fn put(&mut self, rev: Revision) {
+        assert!(
+            rev > self.modified,
+            "put at {rev:?} not after {:?}",
+            self.modified
+        );
+        if self.generations.is_empty() {
+            self.generations.push(Generation::default());
+        }
+        let g = self.generations.last_mut().expect("one generation");
+        if g.revs.is_empty() {
+            g.created = rev;
+        }
+        g.revs.push(rev);
+        g.version += 1;
+        self.modified = rev;
+    }
+
+    /// False (and no change) if the key is not alive now.
+    fn tombstone(&mut self, rev: Revision) -> bool {
+        match self.generations.last() {
+            Some(g) if !g.revs.is_empty() => {}
+            _ => return false,
+        }
+        self.put(rev);
+        self.generations.push(Generation::default());
+        true
+    }
+
+    /// The generation alive at main revision `at`, if the key existed then.
+    fn find_generation(&self, at: i64) -> Option<&Generation> {
+        let last = self.generations.len().checked_sub(1)?;
+        for (i, g) in self.generations.iter().enumerate().rev() {
+            let (Some(first), Some(tomb)) = (g.revs.first(), g.revs.last()) else {
+                continue;
+            };
+            if i != last && tomb.main <= at {
+                return None;
+            }
+            if first.main <= at {
+                return Some(g);
+            }
+        }
+        None
+    }
+
+    fn get(&self, at: i64) -> Option<KeyAt> {
+        let g = self.find_generation(at)?;
+        let n = g.revs.iter().rposition(|r| r.main <= at)?;
+        Some(KeyAt {
+            modified: g.revs[n],
+            create_revision: g.created.main,
+            version: g.version - (g.revs.len() - n - 1) as i64,
+        })
+    }
+
+    /// etcd's doCompact: the generation to keep from and, inside it, the index of the
+    /// latest revision <= `at` (added to `available`), or None.
+    fn do_compact(&self, at: i64, available: &mut HashSet<Revision>) -> (usize, Option<usize>) {
+        let mut gen_index = 0;
+        while gen_index + 1 < self.generations.len() {
+            let tomb = self.generations[gen_index]
+                .revs
+                .last()
+                .expect("non-last generation");
+            if tomb.main > at {
+                break;
+            }
+            gen_index += 1;
+        }
+        let g = &self.generations[gen_index];
+        let rev_index = g.revs.iter().rposition(|r| r.main <= at);
+        if let Some(i) = rev_index {
+            available.insert(g.revs[i]);
+        }
+        (gen_index, rev_index)
+    }
+
+    fn compact(&mut self, at: i64, available: &mut HashSet<Revision>) {
+        let (mut gen_index, rev_index) = self.do_compact(at, available);
+        let last = self.generations.len() - 1;
+        let g = &mut self.generations[gen_index];
+        if !g.revs.is_empty() {
+            if let Some(i) = rev_index {
+                g.revs.drain(..i);
+            }
+            // A generation left with only its tombstone is dropped with it.
+            if g.revs.len() == 1 && gen_index != last {
+                available.remove(&g.revs[0]);
+                gen_index += 1;
+            }
+        }
+        self.generations.drain(..gen_index);
+    }
+
+    fn keep(&self, at: i64, available: &mut HashSet<Revision>) {
+        if self.is_empty() {
+            return;
+        }
+        let (gen_index, rev_index) = self.do_compact(at, available);
+        let g = &self.generations[gen_index];
+        if let Some(i) = rev_index {
+            if i == g.revs.len() - 1 && gen_index != self.generations.len() - 1 {
+                available.remove(&g.revs[i]);
+            }
+        }
+    }
+
+    fn invariants(&self) {
+        assert!(!self.generations.is_empty());
+        let mut prev: Option<Revision> = None;
+        let last = self.generations.len() - 1;
+        for (i, g) in self.generations.iter().enumerate() {
+            assert!(i == last || !g.revs.is_empty(), "empty non-last generation");
+            for r in &g.revs {
+                assert!(prev.is_none_or(|p| p < *r), "revisions not increasing");
+                prev = Some(*r);
+            }
+        }
+        if let Some(p) = prev {
+            assert_eq!(p, self.modified);
+        }
+    }
+}
+
+/// All keys' histories, ordered by key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyIndex {
+    keys: BTreeMap<Vec<u8>, KeyHistory>,
+}
+
+impl KeyIndex {
+    pub fn new() -> KeyIndex {
+        KeyIndex::default()
+    }
+
+    /// Number of keys with any history (alive or not).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn history(&self, key: &[u8]) -> Option<&KeyHistory> {
+        self.keys.get(key)
+    }
+
+    /// Records a put of `key` at `rev` and returns the key's `(create_revision, version)`
+    /// after it, with one map lookup (allocates only for a key never seen before).
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> (i64, i64) {
+        let h = match self.keys.get_mut(key) {
+            Some(h) => h,
+            None => self.keys.entry(key.to_vec()).or_default(),
+        };
+        h.put(rev);
+        let g = h.generations.last().expect("a put leaves a generation");
+        (g.created.main, g.version)
+    }
+
+    /// Marks `key` deleted at `rev`. False (no change) if the key is not alive.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
+        self.keys.get_mut(key).is_some_and(|h| h.tombstone(rev))
+    }
+
+    /// The key as of main revision `at`, if it existed then.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
+        self.keys.get(key)?.get(at)
+    }
+
+    /// Calls `f` for every key in `range` that existed at `at`, in key order, until `f`
+    /// returns false.
+    pub fn range(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
+        fn visit<'a>(
+            iter: impl Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)>,
+            at: i64,
+            f: &mut impl FnMut(&[u8], KeyAt) -> bool,
+        ) {
+            for (k, h) in iter {
+                if let Some(found) = h.get(at) {
+                    if !f(k, found) {
+                        return;
+                    }
+                }
+            }
+        }
+        match range {
+            KeyRange::Single(key) => {
+                if let Some(found) = self.get(key, at) {
+                    f(key, found);
+                }
+            }
+            KeyRange::From(key) => {
+                let bounds = (Bound::Included(key), Bound::Unbounded);
+                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
+            }
+            KeyRange::Between(key, end) if key < end => {
+                let bounds = (Bound::Included(key), Bound::Excluded(end));
+                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
+            }
+            KeyRange::Between(..) => {}
+        }
+    }
+
+    /// Number of keys in `range` that existed at `at`.
+    pub fn count(&self, range: KeyRange<'_>, at: i64) -> usize {
+        let mut n = 0;
+        self.range(range, at, |_, _| {
+            n += 1;
+            true
+        });
+        n
+    }
+
+    /// Compacts every key at main revision `at` and returns the revisions <= `at` that
+    /// must stay in the Revision tree (etcd: the latest one of each key unless it is a
+    /// tombstone). Keys left without history are removed.
+    pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
+        let mut available = HashSet::new();
+        self.keys.retain(|_, h| {
+            h.compact(at, &mut available);
+            !h.is_empty()
+        });
+        available
+    }
+
+    /// The revisions <= `at` that `compact(at)` would keep, without changing anything.
+    pub fn keep(&self, at: i64) -> HashSet<Revision> {
+        let mut available = HashSet::new();
+        for h in self.keys.values() {
+            h.keep(at, &mut available);
+        }
+        available
+    }
+
+    /// Rebuild step: applies one Revision-tree record, records in revision order.
+    /// `create_revision` and `version` come from the record (a put whose earlier history
+    /// was compacted away starts a generation mid-life, as etcd's restore does).
+    pub fn restore(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        tombstone: bool,
+        create_revision: i64,
+        version: i64,
+    ) {
+        if tombstone {
+            // A tombstone for a key unknown here had its puts compacted away: skip it.
+            self.tombstone(key, rev);
+            return;
+        }
+        match self.keys.get_mut(key) {
+            Some(h) => h.put(rev),
+            None => {
+                let g = Generation {
+                    version,
+                    created: Revision::new(create_revision, 0),
+                    revs: vec![rev],
+                };
+                self.keys.insert(
+                    key.to_vec(),
+                    KeyHistory {
+                        modified: rev,
+                        generations: vec![g],
+                    },
+                );
+            }
+        }
+    }
+
+    /// Compares two indexes as a rebuild would see them: `created.sub` is not stored in
+    /// records, so only `created.main` counts. Returns the first differing key.
+    pub fn first_difference(&self, other: &KeyIndex) -> Option<Vec<u8>> {
+        let norm = |h: &KeyHistory| {
+            let mut h = h.clone();
+            for g in &mut h.generations {
+                g.created.sub = 0;
+            }
+            h
+        };
+        let mut a = self.keys.iter();
+        let mut b = other.keys.iter();
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return None,
+                (Some((ka, _)), None) => return Some(ka.clone()),
+                (None, Some((kb, _))) => return Some(kb.clone()),
+                (Some((ka, ha)), Some((kb, hb))) => {
+                    if ka != kb {
+                        return Some(ka.min(kb).clone());
+                    }
+                    if norm(ha) != norm(hb) {
+                        return Some(ka.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn invariants(&self) {
+        for h in self.keys.values() {
+            h.invariants();
+            assert!(!h.is_empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    fn at(main: i64, create: i64, version: i64) -> Option<KeyAt> {
+        Some(KeyAt {
+            modified: r(main),
+            create_revision: create,
+            version,
+        })
+    }
+
+    /// etcd's documented example: put(1) put(2) del(3) put(4) del(5) on "foo".
+    fn foo() -> KeyIndex {
+        let mut ix = KeyIndex::new();
+        ix.put(b"foo", r(1));
+        ix.put(b"foo", r(2));
+        assert!(ix.tombstone(b"foo", r(3)));
+        ix.put(b"foo", r(4));
+        assert!(ix.tombstone(b"foo", r(5)));
+        ix.invariants();
+        ix
+    }
+
+    fn revs(ix: &KeyIndex) -> Vec<Vec<i64>> {
+        ix.history(b"foo")
+            .map(|h| {
+                h.generations
+                    .iter()
+                    .map(|g| g.revs.iter().map(|r| r.main).collect())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn get_follows_generations() {
+        let ix = foo();
+        assert_eq!(ix.get(b"foo", 0), None);
+        assert_eq!(ix.get(b"foo", 1), at(1, 1, 1));
+        assert_eq!(ix.get(b"foo", 2), at(2, 1, 2));
+        assert_eq!(ix.get(b"foo", 3), None, "deleted at its tombstone revision");
+        assert_eq!(
+            ix.get(b"foo", 4),
+            at(4, 4, 1),
+            "version restarts in a new generation"
+        );
+        assert_eq!(ix.get(b"foo", 5), None);
+        assert_eq!(ix.get(b"foo", 99), None);
+        assert_eq!(ix.get(b"bar", 4), None);
+    }
+
+    #[test]
+    fn tombstone_of_dead_key_is_refused() {
+        let mut ix = foo();
+        assert!(!ix.tombstone(b"foo", r(6)));
+        assert!(!ix.tombstone(b"nope", r(6)));
+        assert_eq!(ix.history(b"foo").unwrap().modified, r(5));
+    }
+
+    #[test]
+    fn compaction_matches_etcd_documented_example() {
+        // compact(2): {2, 3(t)} {4, 5(t)} {}; keeps 2.
+        let mut ix = foo();
+        let keep = ix.compact(2);
+        assert_eq!(keep, HashSet::from([r(2)]));
+        assert_eq!(revs(&ix), vec![vec![2, 3], vec![4, 5], vec![]]);
+        assert_eq!(
+            ix.get(b"foo", 2),
+            at(2, 1, 2),
+            "version survives compaction"
+        );
+        // compact(4): {4, 5(t)} {}; keeps 4.
+        let keep = ix.compact(4);
+        assert_eq!(keep, HashSet::from([r(4)]));
+        assert_eq!(revs(&ix), vec![vec![4, 5], vec![]]);
+        // compact(5): the key is gone; the tombstone is not kept.
+        let keep = ix.compact(5);
+        assert!(keep.is_empty());
+        assert_eq!(ix.history(b"foo"), None);
+        assert_eq!(ix.key_count(), 0);
+    }
+
+    #[test]
+    fn compaction_at_a_tombstone_drops_that_generation() {
+        let mut ix = foo();
+        let keep = ix.compact(3);
+        assert!(keep.is_empty(), "latest <= 3 is a tombstone");
+        assert_eq!(revs(&ix), vec![vec![4, 5], vec![]]);
+        let mut ix = foo();
+        assert_eq!(ix.compact(6), HashSet::new());
+        assert_eq!(ix.key_count(), 0);
+    }
+
+    #[test]
+    fn compaction_keeps_live_key_latest() {
+        let mut ix = KeyIndex::new();
+        ix.put(b"a", r(2));
+        ix.put(b"a", Revision::new(3, 1));
+        ix.put(b"a", r(7));
+        ix.put(b"b", r(5));
+        assert_eq!(ix.keep(4), HashSet::from([Revision::new(3, 1)]));
+        let keep = ix.compact(4);
+        assert_eq!(keep, HashSet::from([Revision::new(3, 1)]));
+        assert_eq!(
+            ix.get(b"a", 4),
+            Some(KeyAt {
+                modified: Revision::new(3, 1),
+                create_revision: 2,
+                version: 2
+            })
+        );
+        assert_eq!(ix.get(b"a", 7), at(7, 2, 3));
+        assert_eq!(ix.get(b"b", 5), at(5, 5, 1));
+        ix.invariants();
+    }
+
+    #[test]
+    fn keep_equals_compact_without_changes() {
+        for c in 0..7 {
+            let ix = foo();
+            let mut ix2 = foo();
+            assert_eq!(ix.keep(c), ix2.compact(c), "at {c}");
+        }
+    }
+
+    #[test]
+    fn range_forms() {
+        let mut ix = KeyIndex::new();
+        for (i, k) in [&b"a"[..], b"b", b"ba", b"c"].iter().enumerate() {
+            ix.put(k, r(i as i64 + 2));
+        }
+        ix.tombstone(b"b", r(9));
+        let keys = |range, at| {
+            let mut out = Vec::new();
+            ix.range(range, at, |k, _| {
+                out.push(String::from_utf8(k.to_vec()).unwrap());
+                true
+            });
+            out
+        };
+        assert_eq!(keys(KeyRange::new(b"b", b""), 8), ["b"]);
+        assert_eq!(keys(KeyRange::new(b"b", b""), 9), Vec::<String>::new());
+        assert_eq!(keys(KeyRange::new(b"b", b"c"), 8), ["b", "ba"]);
+        assert_eq!(keys(KeyRange::new(b"b", b"c"), 9), ["ba"]);
+        assert_eq!(keys(KeyRange::new(b"b", b"\0"), 9), ["ba", "c"]);
+        assert_eq!(keys(KeyRange::new(b"\0", b"\0"), 3), ["a", "b"]);
+        assert_eq!(keys(KeyRange::new(b"c", b"a"), 9), Vec::<String>::new());
+        assert_eq!(ix.count(KeyRange::new(b"a", b"\0"), 9), 3);
+    }
+
+    #[test]
+    fn restore_rebuilds_the_compacted_index() {
+        let mut ix = foo();
+        ix.put(b"bar", Revision::new(6, 0));
+        ix.put(b"bar", Revision::new(7, 2));
+        ix.compact(2);
+        // Records left after compact(2), in revision order.
+        let mut rebuilt = KeyIndex::new();
+        rebuilt.restore(b"foo", r(2), false, 1, 2);
+        rebuilt.restore(b"foo", r(3), true, 0, 0);
+        rebuilt.restore(b"foo", r(4), false, 4, 1);
+        rebuilt.restore(b"foo", r(5), true, 0, 0);
+        rebuilt.restore(b"bar", r(6), false, 6, 1);
+        rebuilt.restore(b"bar", Revision::new(7, 2), false, 6, 2);
+        assert_eq!(ix.first_difference(&rebuilt), None);
+        rebuilt.put(b"zzz", r(8));
+        assert_eq!(ix.first_difference(&rebuilt), Some(b"zzz".to_vec()));
+    }
+}

@@ -1,0 +1,203 @@
+//! `ReadView`: etcd's Range over a key index and a source of Revision-tree records.
+//!
+//! The raft core reads through its `Store` (the writer's working state); a shard core
+//! will read through its index replica and a published `db::ReadSnapshot`, with the same
+//! code.
+
+use super::backend::Backend;
+use super::db::{ReadSnapshot, TreeId};
+use super::error::{Error, Result};
+use super::key_index::{KeyIndex, KeyRange};
+use super::kv::{self, KeyValue, RecordKind};
+use super::request::{RangeRequest, RangeResponse, ResponseHeader, SortOrder, SortTarget};
+use super::revision::Revision;
+use std::cmp::Ordering;
+
+/// Where the records a `ReadView` reads come from.
+pub trait Records {
+    /// The record stored under an encoded revision.
+    fn record(&self, revision_key: &[u8]) -> Option<&[u8]>;
+}
+
+impl<B: Backend> Records for B {
+    fn record(&self, revision_key: &[u8]) -> Option<&[u8]> {
+        self.get(revision_key)
+    }
+}
+
+impl Records for ReadSnapshot {
+    fn record(&self, revision_key: &[u8]) -> Option<&[u8]> {
+        self.get(TreeId::Revision, revision_key)
+    }
+}
+
+/// A consistent pair of key index and records, plus the compact revision they reflect.
+pub struct ReadView<'a, R: Records> {
+    pub index: &'a KeyIndex,
+    pub records: &'a R,
+    pub compact_revision: i64,
+}
+
+impl<R: Records> ReadView<'_, R> {
+    /// etcd's Range (applierV3backend.Range over rangeKeys), reading as of a txn whose
+    /// current revision is `current`.
+    pub fn range(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse> {
+        if req.revision > current {
+            return Err(Error::FutureRev);
+        }
+        let rev = if req.revision <= 0 {
+            current
+        } else {
+            req.revision
+        };
+        if rev < self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        let header = ResponseHeader { revision: current };
+        let range = KeyRange::new(&req.key, &req.range_end);
+        if req.count_only {
+            let count = self.index.count(range, rev) as i64;
+            return Ok(RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more: false,
+                count,
+            });
+        }
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // etcd fetches everything when it must sort or filter, else limit + 1 for `more`.
+        // Note it looks at the requested sort_order, before defaulting it below.
+        let fetch_max = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+            usize::MAX
+        } else {
+            req.limit as usize + 1
+        };
+        // keys_only drops values after sorting (a VALUE sort still needs them).
+        let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        let mut failure = None;
+        self.index.range(range, rev, |_, at| {
+            count += 1;
+            if kvs.len() < fetch_max {
+                match self.load(at.modified, skip_values) {
+                    Ok(kv) => kvs.push(kv),
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        prune(&mut kvs, req);
+        sort(&mut kvs, req);
+        let mut more = false;
+        if req.limit > 0 && kvs.len() as i64 > req.limit {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
+        Ok(RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// The record at `rev`, which the index says is a put.
+    pub fn load(&self, rev: Revision, keys_only: bool) -> Result<KeyValue> {
+        let Some(bytes) = self.records.record(&rev.encode()) else {
+            return Err(Error::Corrupt {
+                what: format!("index points at missing {rev:?}"),
+            });
+        };
+        let (kind, mut kv) = kv::decode_record(bytes)?;
+        if kind != RecordKind::Put || kv.mod_revision != rev.main {
+            return Err(Error::Corrupt {
+                what: format!("record {rev:?} is not the indexed put"),
+            });
+        }
+        if keys_only {
+            kv.value = Vec::new();
+        }
+        Ok(kv)
+    }
+
+    /// The live value of `key` as of `rev`.
+    pub fn load_key(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        match self.index.get(key, rev) {
+            Some(at) => self.load(at.modified, false).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The live values of every key in `range` as of `rev`, in key order.
+    pub fn load_range(&self, range: KeyRange<'_>, rev: i64) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        self.index
+            .range(range, rev, |_, at| match self.load(at.modified, false) {
+                Ok(kv) => {
+                    out.push(kv);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+/// etcd's pruneKVs for the min/max mod/create revision filters (0 = no filter).
+fn prune(kvs: &mut Vec<KeyValue>, req: &RangeRequest) {
+    if req.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+    }
+    if req.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+    }
+    if req.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+    }
+    if req.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+    }
+}
+
+/// etcd's sort: ascending by default when the target is not KEY (kvs arrive key-sorted).
+/// Our sort is stable, so ties keep key order; etcd's sort.Sort leaves ties unspecified.
+fn sort(kvs: &mut [KeyValue], req: &RangeRequest) {
+    let mut order = req.sort_order;
+    if req.sort_target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    }
+    let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
+        match req.sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        }
+    };
+    match order {
+        SortOrder::None => {}
+        SortOrder::Ascend => kvs.sort_by(cmp),
+        SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+    }
+}

@@ -1,0 +1,676 @@
+//! `Store`: etcd 3.4's MVCC semantics over a [`Backend`] (the Db's Revision tree) and the
+//! in-memory [`KeyIndex`].
+//!
+//! Every write (a Put, a DeleteRange, a Txn with writes) runs as one write transaction:
+//! it starts at `begin = current_revision`, its changes get revisions `(begin + 1, 0)`,
+//! `(begin + 1, 1)`, …, and if it changed anything `current_revision` becomes
+//! `begin + 1` when it ends. Reads inside it see its own changes (etcd's storeTxnWrite).
+//! A fresh store is at revision 1 with nothing compacted (compact revision -1), like etcd,
+//! so the first write gets revision 2.
+
+use super::backend::Backend;
+use super::db::{AppMeta, Db, DbOptions};
+use super::error::{Error, Result};
+use super::key_index::{KeyIndex, KeyRange};
+use super::kv::{self, KeyValue, KeyValueRef, RecordKind};
+use super::read::ReadView;
+use super::request::*;
+use super::revision::Revision;
+use super::validate::{self, MAX_TXN_OPS_DEFAULT};
+use std::cmp::Ordering;
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub db: DbOptions,
+    /// etcd's `--max-txn-ops`.
+    pub max_txn_ops: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            db: DbOptions::default(),
+            max_txn_ops: MAX_TXN_OPS_DEFAULT,
+        }
+    }
+}
+
+/// The revision etcd's store starts at (its first write gets revision 2).
+const REVISION_INITIAL: i64 = 1;
+/// The compact revision of a store that was never compacted.
+const COMPACT_REVISION_NONE: i64 = -1;
+
+pub struct Store<B: Backend = Db> {
+    backend: B,
+    index: KeyIndex,
+    current_revision: i64,
+    compact_revision: i64,
+    consistent_index: u64,
+    consistent_term: u64,
+    max_txn_ops: usize,
+    /// Reused buffer for encoding records on the write path.
+    record_buf: Vec<u8>,
+}
+
+/// One write transaction in progress.
+struct WriteTxn {
+    begin: i64,
+    /// Changes so far; also the `sub` of the next one.
+    changes: i64,
+}
+
+impl WriteTxn {
+    /// The revision reads inside the txn see: its own changes once it has any.
+    fn read_revision(&self) -> i64 {
+        if self.changes > 0 {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    fn next_revision(&self) -> Revision {
+        Revision::new(self.begin + 1, self.changes)
+    }
+}
+
+/// Which branch each txn (outer, then nested in op order) takes: etcd's txnPath as a tree.
+struct TxnPath {
+    succeeded: bool,
+    children: Vec<TxnPath>,
+}
+
+impl Store<Db> {
+    /// Opens (or creates) the db file and rebuilds the key index from its Revision tree.
+    pub async fn open(path: &Path, options: StoreOptions) -> Result<Store<Db>> {
+        let db = Db::open(path, options.db.clone()).await?;
+        Store::with_backend(db, options)
+    }
+}
+
+impl<B: Backend> Store<B> {
+    /// A store over `backend`, its key index rebuilt from the Revision tree.
+    pub fn with_backend(backend: B, options: StoreOptions) -> Result<Store<B>> {
+        let meta = backend.app_meta();
+        let (index, last_main) = rebuild_index(&backend)?;
+        let fresh = meta.current_revision == 0 && last_main.is_none();
+        let (current_revision, compact_revision) = if fresh {
+            (REVISION_INITIAL, COMPACT_REVISION_NONE)
+        } else {
+            (meta.current_revision, meta.compact_revision)
+        };
+        if let Some(last) = last_main {
+            if last > current_revision {
+                return Err(Error::Corrupt {
+                    what: format!("record at revision {last} > stored revision {current_revision}"),
+                });
+            }
+        }
+        let store = Store {
+            backend,
+            index,
+            current_revision,
+            compact_revision,
+            consistent_index: meta.consistent_index,
+            consistent_term: meta.consistent_term,
+            max_txn_ops: options.max_txn_ops,
+            record_buf: Vec::new(),
+        };
+        store.invariants();
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    #[cfg(test)]
+    pub(crate) fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    pub fn into_backend(mut self) -> B {
+        self.save_meta();
+        self.backend
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The last compaction revision, 0 if never compacted. (Internally a store that was
+    /// never compacted is at -1, as etcd's is, which only shows in etcd's corner cases:
+    /// `compact(0)` is accepted once, and `hash_kv` reports -1.)
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision.max(0)
+    }
+
+    pub fn index(&self) -> &KeyIndex {
+        &self.index
+    }
+
+    // ---- reads ----------------------------------------------------------------------
+
+    /// Reads over this store's index and working state.
+    pub fn view(&self) -> ReadView<'_, B> {
+        ReadView {
+            index: &self.index,
+            records: &self.backend,
+            compact_revision: self.compact_revision,
+        }
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        validate::check_range_request(req)?;
+        self.view().range(req, self.current_revision)
+    }
+
+    // ---- writes ---------------------------------------------------------------------
+
+    fn begin(&self) -> WriteTxn {
+        WriteTxn {
+            begin: self.current_revision,
+            changes: 0,
+        }
+    }
+
+    fn end(&mut self, txn: WriteTxn) {
+        if txn.changes > 0 {
+            self.current_revision = txn.begin + 1;
+        }
+        #[cfg(debug_assertions)]
+        self.invariants();
+    }
+
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse> {
+        validate::check_put_request(req)?;
+        let mut txn = self.begin();
+        let out = self.put_in(&mut txn, req);
+        self.end(txn);
+        out
+    }
+
+    fn put_in(&mut self, txn: &mut WriteTxn, req: &PutRequest) -> Result<PutResponse> {
+        let wants_prev = req.ignore_value || req.ignore_lease || req.prev_kv;
+        let prev = if wants_prev {
+            self.view().load_key(&req.key, txn.read_revision())?
+        } else {
+            None
+        };
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.as_slice(),
+            _ => req.value.as_slice(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let rev = txn.next_revision();
+        // The index goes first (one lookup gives create_revision and version). If the
+        // insert below fails the Db is poisoned and the store must be reopened, which
+        // rebuilds the index from the tree.
+        let (create_revision, version) = self.index.put(&req.key, rev);
+        let record = KeyValueRef {
+            key: &req.key,
+            create_revision,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.record_buf.clear();
+        kv::encode_put_record(&record, &mut self.record_buf);
+        txn.changes += 1;
+        self.backend.insert(&rev.encode(), &self.record_buf)?;
+        let prev_kv = if req.prev_kv { prev } else { None };
+        Ok(PutResponse {
+            header: ResponseHeader { revision: rev.main },
+            prev_kv,
+        })
+    }
+
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        validate::check_delete_request(req)?;
+        let mut txn = self.begin();
+        let out = self.delete_in(&mut txn, req);
+        self.end(txn);
+        out
+    }
+
+    fn delete_in(
+        &mut self,
+        txn: &mut WriteTxn,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let read_rev = txn.read_revision();
+        let prev_kvs = if req.prev_kv {
+            self.view().load_range(range, read_rev)?
+        } else {
+            Vec::new()
+        };
+        let mut keys = Vec::new();
+        self.index.range(range, read_rev, |k, _| {
+            keys.push(k.to_vec());
+            true
+        });
+        for key in &keys {
+            let rev = txn.next_revision();
+            self.record_buf.clear();
+            kv::encode_tombstone_record(key, rev.main, &mut self.record_buf);
+            self.backend.insert(&rev.encode(), &self.record_buf)?;
+            let deleted = self.index.tombstone(key, rev);
+            assert!(deleted, "key listed as live could not be deleted");
+            txn.changes += 1;
+        }
+        let revision = if !keys.is_empty() || txn.changes > 0 {
+            txn.begin + 1
+        } else {
+            txn.begin
+        };
+        Ok(DeleteRangeResponse {
+            header: ResponseHeader { revision },
+            deleted: keys.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    // ---- txn ------------------------------------------------------------------------
+
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse> {
+        validate::check_txn_request(req, self.max_txn_ops as i64)?;
+        validate::check_intervals(&req.success)?;
+        validate::check_intervals(&req.failure)?;
+        // Every compare, nested ones included, sees the state before the txn.
+        let path = self.compare_to_path(req)?;
+        self.check_puts(req, &path, &mut Vec::new())?;
+        self.check_ranges(req, &path)?;
+        let mut txn = self.begin();
+        let out = self.apply_txn(&mut txn, req, &path);
+        let revision = txn.read_revision();
+        self.end(txn);
+        let mut resp = out?;
+        resp.header.revision = revision;
+        Ok(resp)
+    }
+
+    fn compare_to_path(&self, req: &TxnRequest) -> Result<TxnPath> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.apply_compare(c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut children = Vec::new();
+        for op in ops {
+            if let RequestOp::RequestTxn(t) = op {
+                children.push(self.compare_to_path(t)?);
+            }
+        }
+        Ok(TxnPath {
+            succeeded,
+            children,
+        })
+    }
+
+    /// etcd's applyCompare: every key in the range must satisfy it; an empty range
+    /// compares the zero KeyValue, except that a Value compare on no key fails.
+    fn apply_compare(&self, c: &Compare) -> Result<bool> {
+        let kvs = self
+            .view()
+            .load_range(KeyRange::new(&c.key, &c.range_end), self.current_revision)?;
+        if kvs.is_empty() {
+            return Ok(c.target != CompareTarget::Value && compare_kv(c, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    }
+
+    fn branch<'r>(req: &'r TxnRequest, path: &TxnPath) -> &'r [RequestOp] {
+        if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        }
+    }
+
+    /// ignore_value / ignore_lease need the key to exist before the txn. A put after a
+    /// delete of the same key in one txn is a DuplicateKey, except behind a "from key"
+    /// delete (`range_end = "\0"`), which etcd's interval check misses and which then
+    /// makes etcd panic mid-txn; we refuse it here, before any write, with KeyNotFound.
+    fn check_puts<'r>(
+        &self,
+        req: &'r TxnRequest,
+        path: &TxnPath,
+        deleted: &mut Vec<KeyRange<'r>>,
+    ) -> Result<()> {
+        let mut children = path.children.iter();
+        for op in Self::branch(req, path) {
+            match op {
+                RequestOp::RequestPut(p) if p.ignore_value || p.ignore_lease => {
+                    let gone = deleted.iter().any(|d| d.contains(&p.key));
+                    if gone || self.index.get(&p.key, self.current_revision).is_none() {
+                        return Err(Error::KeyNotFound);
+                    }
+                }
+                RequestOp::RequestDeleteRange(d) => {
+                    deleted.push(KeyRange::new(&d.key, &d.range_end));
+                }
+                RequestOp::RequestTxn(t) => {
+                    let child = children.next().expect("path for nested txn");
+                    self.check_puts(t, child, deleted)?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's checkRequestRange: a txn's Range revision must be 0 or in
+    /// [compact revision, current revision] (so a negative one is `Compacted`).
+    fn check_ranges(&self, req: &TxnRequest, path: &TxnPath) -> Result<()> {
+        let mut children = path.children.iter();
+        for op in Self::branch(req, path) {
+            match op {
+                RequestOp::RequestRange(r) if r.revision != 0 => {
+                    if r.revision > self.current_revision {
+                        return Err(Error::FutureRev);
+                    }
+                    if r.revision < self.compact_revision {
+                        return Err(Error::Compacted);
+                    }
+                }
+                RequestOp::RequestTxn(t) => {
+                    self.check_ranges(t, children.next().expect("path for nested txn"))?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_txn(
+        &mut self,
+        txn: &mut WriteTxn,
+        req: &TxnRequest,
+        path: &TxnPath,
+    ) -> Result<TxnResponse> {
+        let ops = Self::branch(req, path);
+        let mut children = path.children.iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::RequestRange(r) => {
+                    ResponseOp::ResponseRange(self.view().range(r, txn.read_revision())?)
+                }
+                RequestOp::RequestPut(p) => ResponseOp::ResponsePut(self.put_in(txn, p)?),
+                RequestOp::RequestDeleteRange(d) => {
+                    ResponseOp::ResponseDeleteRange(self.delete_in(txn, d)?)
+                }
+                RequestOp::RequestTxn(t) => {
+                    let child = children.next().expect("path for nested txn");
+                    ResponseOp::ResponseTxn(self.apply_txn(txn, t, child)?)
+                }
+                RequestOp::Empty => unreachable!("validation rejects empty ops"),
+            });
+        }
+        Ok(TxnResponse {
+            header: ResponseHeader::default(),
+            succeeded: path.succeeded,
+            responses,
+        })
+    }
+
+    // ---- compaction, hash -------------------------------------------------------------
+
+    /// Compacts history at `req.revision`: the key index drops what it no longer needs and
+    /// the Revision tree keeps, at or below it, only each key's latest put.
+    pub fn compact(&mut self, rev: i64) -> Result<CompactionResponse> {
+        if rev <= self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        if rev > self.current_revision {
+            return Err(Error::FutureRev);
+        }
+        let keep = self.index.compact(rev);
+        let end = Revision::new(rev + 1, 0).encode();
+        let mut bad_key = None;
+        self.backend
+            .retain(&[], &end, &mut |k, _| match Revision::decode(k) {
+                Some(r) => keep.contains(&r),
+                None => {
+                    bad_key = Some(k.to_vec());
+                    true
+                }
+            })?;
+        if let Some(k) = bad_key {
+            return Err(Error::Corrupt {
+                what: format!("revision tree key {k:02x?}"),
+            });
+        }
+        self.compact_revision = rev;
+        #[cfg(debug_assertions)]
+        self.invariants();
+        Ok(CompactionResponse {
+            header: ResponseHeader {
+                revision: self.current_revision,
+            },
+        })
+    }
+
+    /// etcd's HashByRev: a CRC-32 (IEEE) over the Revision-tree entries (16-byte key, then
+    /// record) up to `rev` (0 = current), skipping the ones at or below the compact
+    /// revision that a compaction at `rev` would drop. Members at the same revision must
+    /// agree. Returns the hash and the compact revision. The value differs from etcd's
+    /// (its records and checksum differ); only Keel members compare it.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64)> {
+        if rev > 0 && rev <= self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        if rev > 0 && rev > self.current_revision {
+            return Err(Error::FutureRev);
+        }
+        let rev = if rev == 0 { self.current_revision } else { rev };
+        let keep = self.index.keep(rev);
+        let lower = self.compact_revision + 1;
+        let mut hasher = crc32fast::Hasher::new();
+        self.backend
+            .scan(&[], &Revision::new(rev + 1, 0).encode(), &mut |k, v| {
+                if let Some(r) = Revision::decode(k) {
+                    if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
+                        return true;
+                    }
+                }
+                hasher.update(k);
+                hasher.update(v);
+                true
+            });
+        Ok((hasher.finalize(), self.compact_revision))
+    }
+
+    // ---- raft apply, durability -------------------------------------------------------
+
+    pub fn set_consistent_index(&mut self, index: u64, term: u64) {
+        self.consistent_index = index;
+        self.consistent_term = term;
+    }
+
+    /// Index of the last raft entry applied (WAL replay skips entries at or below it).
+    pub fn consistent_index(&self) -> u64 {
+        self.consistent_index
+    }
+
+    pub fn consistent_term(&self) -> u64 {
+        self.consistent_term
+    }
+
+    /// Applies the raft entry at `index` unless it is already in the store (index <=
+    /// consistent index): then `None`, which makes WAL replay idempotent. An entry whose
+    /// op fails (e.g. `Compacted`) still counts as applied.
+    pub fn apply_at(&mut self, index: u64, term: u64, op: &Op) -> Option<Result<OpResponse>> {
+        if index <= self.consistent_index {
+            return None;
+        }
+        let out = self.apply(op);
+        self.set_consistent_index(index, term);
+        Some(out)
+    }
+
+    pub fn apply(&mut self, op: &Op) -> Result<OpResponse> {
+        Ok(match op {
+            Op::Range(r) => OpResponse::Range(self.range(r)?),
+            Op::Put(r) => OpResponse::Put(self.put(r)?),
+            Op::DeleteRange(r) => OpResponse::DeleteRange(self.delete_range(r)?),
+            Op::Txn(r) => OpResponse::Txn(self.txn(r)?),
+            Op::Compaction(r) => OpResponse::Compaction(self.compact(r.revision)?),
+        })
+    }
+
+    fn save_meta(&mut self) {
+        self.backend.set_app_meta(AppMeta {
+            consistent_index: self.consistent_index,
+            consistent_term: self.consistent_term,
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision,
+        });
+    }
+
+    /// Makes the state so far visible to new read snapshots (other cores).
+    pub fn publish(&mut self) {
+        self.save_meta();
+        self.backend.publish();
+    }
+
+    /// Makes the state so far durable, with the revisions and the consistent index.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.save_meta();
+        self.backend.commit().await?;
+        Ok(())
+    }
+
+    /// Checks the backend, then that the key index equals one rebuilt from the tree.
+    pub fn check(&self) -> Result<()> {
+        self.backend.check()?;
+        self.invariants();
+        self.index.invariants();
+        let (rebuilt, last) = rebuild_index(&self.backend)?;
+        if let Some(key) = self.index.first_difference(&rebuilt) {
+            return Err(Error::Corrupt {
+                what: format!("key index differs from the revision tree at key {key:02x?}"),
+            });
+        }
+        if last.is_some_and(|l| l > self.current_revision) {
+            return Err(Error::Corrupt {
+                what: "record above the current revision".into(),
+            });
+        }
+        self.check_compacted()
+    }
+
+    /// At or below the compact revision only each key's latest put may remain.
+    fn check_compacted(&self) -> Result<()> {
+        if self.compact_revision < 0 {
+            return Ok(());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut failure = None;
+        let end = Revision::new(self.compact_revision + 1, 0).encode();
+        self.backend.scan(&[], &end, &mut |k, v| {
+            let ok = match kv::decode_record(v) {
+                Ok((RecordKind::Put, kv)) => seen.insert(kv.key),
+                _ => false,
+            };
+            if !ok {
+                failure = Some(Error::Corrupt {
+                    what: format!("record {:?} survived compaction", Revision::decode(k)),
+                });
+            }
+            ok
+        });
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Cheap enough to run after every write in debug builds; the O(keys) checks are in
+    /// [`Store::check`].
+    pub fn invariants(&self) {
+        assert!(self.current_revision >= REVISION_INITIAL);
+        assert!(self.compact_revision >= COMPACT_REVISION_NONE);
+        assert!(self.compact_revision <= self.current_revision);
+    }
+}
+
+/// Rebuilds the key index from the Revision tree; also returns the last main revision.
+fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
+    let mut index = KeyIndex::new();
+    let mut last: Option<Revision> = None;
+    let mut failure = None;
+    backend.scan(&[], &[], &mut |k, v| {
+        let mut step = || -> Result<Revision> {
+            let rev = Revision::decode(k).ok_or_else(|| Error::Corrupt {
+                what: format!("revision tree key {k:02x?}"),
+            })?;
+            let (kind, kv) = kv::decode_record(v)?;
+            if kv.mod_revision != rev.main {
+                return Err(Error::Corrupt {
+                    what: format!("record {rev:?} has mod_revision {}", kv.mod_revision),
+                });
+            }
+            let tombstone = kind == RecordKind::Tombstone;
+            index.restore(&kv.key, rev, tombstone, kv.create_revision, kv.version);
+            Ok(rev)
+        };
+        match step() {
+            Ok(rev) => {
+                last = Some(rev);
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((index, last.map(|r| r.main))),
+    }
+}
+
+/// etcd's compareKV.
+pub fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ord = match (c.target, &c.target_union) {
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v),
+        (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[][..]),
+        (CompareTarget::Create, u) => kv.create_revision.cmp(&match u {
+            Some(TargetUnion::CreateRevision(r)) => *r,
+            _ => 0,
+        }),
+        (CompareTarget::Mod, u) => kv.mod_revision.cmp(&match u {
+            Some(TargetUnion::ModRevision(r)) => *r,
+            _ => 0,
+        }),
+        (CompareTarget::Version, u) => kv.version.cmp(&match u {
+            Some(TargetUnion::Version(r)) => *r,
+            _ => 0,
+        }),
+        (CompareTarget::Lease, u) => kv.lease.cmp(&match u {
+            Some(TargetUnion::Lease(r)) => *r,
+            _ => 0,
+        }),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
