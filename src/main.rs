@@ -16,14 +16,22 @@ struct Flags {
 }
 
 fn parse_flags() -> Result<Flags, String> {
-    let mut flags = Flags { data_dir: PathBuf::from("default.keel"), wal_dir: None };
+    let mut flags = Flags {
+        data_dir: PathBuf::from("default.keel"),
+        wal_dir: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (arg.clone(), None),
         };
-        let mut value = || inline.clone().or_else(|| args.next()).ok_or(format!("{name}: needs a value"));
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{name}: needs a value"))
+        };
         match name.trim_start_matches('-') {
             "data-dir" => flags.data_dir = PathBuf::from(value()?),
             "wal-dir" => flags.wal_dir = Some(PathBuf::from(value()?)),
@@ -42,7 +50,9 @@ async fn check(flags: Flags) -> Result<(), String> {
         println!("keel: no data in {} yet", flags.data_dir.display());
         return Ok(());
     }
-    let store = Store::open(&db_path, StoreOptions::default()).await.map_err(|e| e.to_string())?;
+    let store = Store::open(&db_path, StoreOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
     store.check().map_err(|e| e.to_string())?;
     println!(
         "keel: db {}: revision {}, compacted {}, consistent index {}",
@@ -52,12 +62,22 @@ async fn check(flags: Flags) -> Result<(), String> {
         store.consistent_index()
     );
     if Wal::exists(&wal_dir) {
-        let (wal, rec) = Wal::open(&wal_dir, WalOptions::default()).await.map_err(|e| e.to_string())?;
+        let (wal, rec) = Wal::open(&wal_dir, WalOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some((file, offset, bytes)) = &rec.truncated_tail {
-            println!("keel: WAL torn tail repaired: {bytes} bytes at {}:{offset}", file.display());
+            println!(
+                "keel: WAL torn tail repaired: {bytes} bytes at {}:{offset}",
+                file.display()
+            );
         }
-        println!("keel: WAL {}: last index {}, {} entries after the snapshot at {}",
-            wal_dir.display(), wal.last_index(), rec.entries.len(), rec.snapshot.index);
+        println!(
+            "keel: WAL {}: last index {}, {} entries after the snapshot at {}",
+            wal_dir.display(),
+            wal.last_index(),
+            rec.entries.len(),
+            rec.snapshot.index
+        );
     }
     Ok(())
 }

@@ -29,10 +29,18 @@ fn splitmix64(mut x: u64) -> u64 {
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Put { key: u64, value_seed: u64, value_bytes: usize },
-    Delete { key: u64 },
+    Put {
+        key: u64,
+        value_seed: u64,
+        value_bytes: usize,
+    },
+    Delete {
+        key: u64,
+    },
     /// Compact to `current - keep_revisions` if that is above the compacted revision.
-    Compact { keep_revisions: i64 },
+    Compact {
+        keep_revisions: i64,
+    },
 }
 
 /// The op at raft index `index`: a pure function, so parent and child agree.
@@ -40,9 +48,15 @@ fn op_at(seed: u64, index: u64) -> Op {
     let r = splitmix64(seed ^ index.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let key = (r >> 8) % KEY_COUNT;
     match r % 100 {
-        0..=79 => Op::Put { key, value_seed: r, value_bytes: [8, 200, 3000][((r >> 40) % 3) as usize] },
+        0..=79 => Op::Put {
+            key,
+            value_seed: r,
+            value_bytes: [8, 200, 3000][((r >> 40) % 3) as usize],
+        },
         80..=97 => Op::Delete { key },
-        _ => Op::Compact { keep_revisions: 1 + ((r >> 20) % 40) as i64 },
+        _ => Op::Compact {
+            keep_revisions: 1 + ((r >> 20) % 40) as i64,
+        },
     }
 }
 
@@ -68,7 +82,11 @@ fn encode_index(index: u64) -> Vec<u8> {
 /// Applies the entry at `index` to the store (the role the raft core plays).
 fn apply(store: &mut Store, seed: u64, index: u64, term: u64) {
     match op_at(seed, index) {
-        Op::Put { key, value_seed, value_bytes: len } => {
+        Op::Put {
+            key,
+            value_seed,
+            value_bytes: len,
+        } => {
             let req = PutRequest {
                 key: key_bytes(key),
                 value: value_bytes(index, value_seed, len),
@@ -77,7 +95,10 @@ fn apply(store: &mut Store, seed: u64, index: u64, term: u64) {
             store.put(&req).expect("put");
         }
         Op::Delete { key } => {
-            let req = DeleteRangeRequest { key: key_bytes(key), ..Default::default() };
+            let req = DeleteRangeRequest {
+                key: key_bytes(key),
+                ..Default::default()
+            };
             store.delete_range(&req).expect("delete");
         }
         Op::Compact { keep_revisions } => {
@@ -96,7 +117,11 @@ fn model(seed: u64, last: u64) -> (BTreeMap<Vec<u8>, Vec<u8>>, i64, i64) {
     let (mut rev, mut compacted) = (1i64, 0i64);
     for index in 1..=last {
         match op_at(seed, index) {
-            Op::Put { key, value_seed, value_bytes: len } => {
+            Op::Put {
+                key,
+                value_seed,
+                value_bytes: len,
+            } => {
                 state.insert(key_bytes(key), value_bytes(index, value_seed, len));
                 rev += 1;
             }
@@ -127,37 +152,69 @@ async fn open_and_recover(dir: &Path, seed: u64) -> Opened {
     let wal_dir = dir.join("member/wal");
     let db_path = dir.join("member/snap/db");
     std::fs::create_dir_all(db_path.parent().unwrap()).unwrap();
-    let mut store = Store::open(&db_path, StoreOptions::default()).await.expect("store open");
+    let mut store = Store::open(&db_path, StoreOptions::default())
+        .await
+        .expect("store open");
     let (wal, entries) = if Wal::exists(&wal_dir) {
-        let (wal, recovered) = Wal::open(&wal_dir, WalOptions::default()).await.expect("wal open");
+        let (wal, recovered) = Wal::open(&wal_dir, WalOptions::default())
+            .await
+            .expect("wal open");
         (wal, recovered.entries)
     } else {
         std::fs::create_dir_all(&wal_dir).unwrap();
-        (Wal::create(&wal_dir, b"crash-test", WalOptions::default()).await.unwrap(), vec![])
+        (
+            Wal::create(&wal_dir, b"crash-test", WalOptions::default())
+                .await
+                .unwrap(),
+            vec![],
+        )
     };
     let mut last_index = store.consistent_index();
     for e in &entries {
         if e.index <= last_index {
             continue; // already in the store: replay is idempotent by index
         }
-        assert_eq!(e.index, last_index + 1, "gap in the WAL after index {last_index}");
-        assert_eq!(e.data, encode_index(e.index), "entry {} carries the wrong data", e.index);
+        assert_eq!(
+            e.index,
+            last_index + 1,
+            "gap in the WAL after index {last_index}"
+        );
+        assert_eq!(
+            e.data,
+            encode_index(e.index),
+            "entry {} carries the wrong data",
+            e.index
+        );
         apply(&mut store, seed, e.index, e.term);
         last_index = e.index;
     }
-    Opened { wal, store, last_index }
+    Opened {
+        wal,
+        store,
+        last_index,
+    }
 }
 
 /// The writer: runs until killed (or, bounded, for CHILD_RUN_MAX).
 async fn child(dir: PathBuf, seed: u64) {
-    let Opened { mut wal, mut store, mut last_index } = open_and_recover(&dir, seed).await;
+    let Opened {
+        mut wal,
+        mut store,
+        mut last_index,
+    } = open_and_recover(&dir, seed).await;
     println!("ready {last_index}");
     let started = Instant::now();
     let mut batch_no = 0u64;
     while started.elapsed() < CHILD_RUN_MAX {
         let batch_len = 1 + splitmix64(seed ^ last_index) % 48;
         let entries: Vec<Entry> = (last_index + 1..=last_index + batch_len)
-            .map(|index| Entry { entry_type: 0, term: 1, index, data: encode_index(index), context: vec![] })
+            .map(|index| Entry {
+                entry_type: 0,
+                term: 1,
+                index,
+                data: encode_index(index),
+                context: vec![],
+            })
             .collect();
         wal.append_entries(&entries);
         wal.sync().await.expect("wal sync");
@@ -194,26 +251,48 @@ fn crash_child() {
 fn verify(dir: &Path, seed: u64, acked: u64) -> u64 {
     let dir = dir.to_path_buf();
     block_on(async move {
-        let Opened { store, last_index, .. } = open_and_recover(&dir, seed).await;
-        assert!(last_index >= acked, "lost acknowledged writes: acked {acked}, recovered {last_index}");
+        let Opened {
+            store, last_index, ..
+        } = open_and_recover(&dir, seed).await;
+        assert!(
+            last_index >= acked,
+            "lost acknowledged writes: acked {acked}, recovered {last_index}"
+        );
         store.check().expect("store consistency check");
         let (state, rev, compacted) = model(seed, last_index);
-        assert_eq!(store.current_revision(), rev, "revision after index {last_index}");
+        assert_eq!(
+            store.current_revision(),
+            rev,
+            "revision after index {last_index}"
+        );
         assert_eq!(store.compact_revision(), compacted, "compacted revision");
         let all = store
-            .range(&RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() })
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
             .expect("range all");
         let got: BTreeMap<Vec<u8>, Vec<u8>> =
             all.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
-        assert!(got == state, "state differs from the model after index {last_index}");
+        assert!(
+            got == state,
+            "state differs from the model after index {last_index}"
+        );
         last_index
     })
 }
 
 #[test]
 fn crash_kill9_loses_no_acknowledged_write() {
-    let cycles: u64 = std::env::var("KEEL_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(150);
-    let seed: u64 = std::env::var("KEEL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6b65656c);
+    let cycles: u64 = std::env::var("KEEL_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let seed: u64 = std::env::var("KEEL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6b65656c);
     let tmp = std::env::temp_dir().join(format!("keel-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
@@ -221,7 +300,13 @@ fn crash_kill9_loses_no_acknowledged_write() {
     let mut max_acked = 0u64;
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--ignored", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--ignored",
+                "--test-threads=1",
+            ])
             .env("KEEL_CRASH_DIR", &tmp)
             .env("KEEL_CRASH_SEED", seed.to_string())
             .stdout(Stdio::piped())
@@ -241,7 +326,9 @@ fn crash_kill9_loses_no_acknowledged_write() {
         });
         let r = splitmix64(seed ^ cycle);
         // Mostly kill while writing; sometimes during open/replay.
-        let delay = if r % 8 == 0 { Duration::from_micros(r % 30_000) } else {
+        let delay = if r % 8 == 0 {
+            Duration::from_micros(r % 30_000)
+        } else {
             let _ = rx.recv_timeout(Duration::from_secs(30));
             Duration::from_micros(2_000 + (r >> 8) % 60_000)
         };
@@ -250,7 +337,10 @@ fn crash_kill9_loses_no_acknowledged_write() {
         let status = child.wait().unwrap();
         reader.join().unwrap();
         let acked = rx.try_iter().max().unwrap_or(0);
-        assert!(status.code().is_none() || status.success(), "writer failed: {status}");
+        assert!(
+            status.code().is_none() || status.success(),
+            "writer failed: {status}"
+        );
         max_acked = max_acked.max(acked);
         let last = verify(&tmp, seed, max_acked);
         max_acked = max_acked.max(last);

@@ -56,7 +56,11 @@ async fn load(store: &mut Store, cfg: &Cfg, round: u64) -> f64 {
     for i in 0..cfg.keys {
         // A random permutation-ish order so the key index sees random inserts.
         let k = key(cfg, splitmix64(i ^ round) % cfg.keys);
-        let req = PutRequest { key: k, value: value.clone(), ..Default::default() };
+        let req = PutRequest {
+            key: k,
+            value: value.clone(),
+            ..Default::default()
+        };
         store.put(&req).expect("put");
         if (i + 1) % cfg.commit_every == 0 {
             store.commit().await.expect("commit");
@@ -67,18 +71,26 @@ async fn load(store: &mut Store, cfg: &Cfg, round: u64) -> f64 {
 }
 
 async fn bench(db: PathBuf, cfg: Cfg) {
-    let mut store = Store::open(&db, StoreOptions::default()).await.expect("open");
+    let mut store = Store::open(&db, StoreOptions::default())
+        .await
+        .expect("open");
     let puts = load(&mut store, &cfg, 0).await;
     println!("apply puts (incl. commits): {puts:.0}/s");
 
     let started = Instant::now();
     let mut found = 0u64;
     for i in 0..cfg.reads {
-        let req = RangeRequest { key: key(&cfg, splitmix64(i)), ..Default::default() };
+        let req = RangeRequest {
+            key: key(&cfg, splitmix64(i)),
+            ..Default::default()
+        };
         found += store.range(&req).expect("range").kvs.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("point reads, current revision: {:.0}/s ({found} found)", cfg.reads as f64 / secs);
+    println!(
+        "point reads, current revision: {:.0}/s ({found} found)",
+        cfg.reads as f64 / secs
+    );
 
     let range_reads = (cfg.reads / 100).max(1);
     let started = Instant::now();
@@ -92,26 +104,39 @@ async fn bench(db: PathBuf, cfg: Cfg) {
         store.range(&req).expect("range");
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("range reads of 100 keys: {:.0}/s", range_reads as f64 / secs);
+    println!(
+        "range reads of 100 keys: {:.0}/s",
+        range_reads as f64 / secs
+    );
 
     drop(store);
     let started = Instant::now();
-    let mut store = Store::open(&db, StoreOptions::default()).await.expect("reopen");
-    println!("reopen ({} keys): {:.3} s", cfg.keys, started.elapsed().as_secs_f64());
+    let mut store = Store::open(&db, StoreOptions::default())
+        .await
+        .expect("reopen");
+    println!(
+        "reopen ({} keys): {:.3} s",
+        cfg.keys,
+        started.elapsed().as_secs_f64()
+    );
 
-    let before = store.stats();
+    let before = store.backend().stats();
     let puts = load(&mut store, &cfg, 1).await;
     let rev = store.current_revision();
     store.compact(rev).expect("compact");
     store.commit().await.expect("commit");
-    let after_one = store.stats();
+    let after_one = store.backend().stats();
     let _ = load(&mut store, &cfg, 2).await;
     let rev = store.current_revision();
     store.compact(rev).expect("compact");
     store.commit().await.expect("commit");
-    let after = store.stats();
+    let after = store.backend().stats();
     println!("overwrite all keys: {puts:.0}/s");
-    for (what, s) in [("after load", before), ("overwrite+compact", after_one), ("again", after)] {
+    for (what, s) in [
+        ("after load", before),
+        ("overwrite+compact", after_one),
+        ("again", after),
+    ] {
         println!(
             "space {what}: file {:.1} MiB, live payload {:.1} MiB, ratio {:.2}",
             s.file_bytes as f64 / 1048576.0,

@@ -34,7 +34,9 @@ impl Flags {
 
     pub fn list(&self, name: &str, default: &[u64]) -> Vec<u64> {
         self.0.get(name).map_or(default.to_vec(), |v| {
-            v.split(',').map(|x| x.trim().parse().expect("number list")).collect()
+            v.split(',')
+                .map(|x| x.trim().parse().expect("number list"))
+                .collect()
         })
     }
 
@@ -52,7 +54,11 @@ impl Flags {
 pub fn print_run_header(cmd: &str) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.to_string())
+        })
         .unwrap_or_default();
     let rev = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -61,7 +67,10 @@ pub fn print_run_header(cmd: &str) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("# keel-bench {cmd} | git {rev} | {cores} cores | {}", cpu.replace("model name\t: ", ""));
+    println!(
+        "# keel-bench {cmd} | git {rev} | {cores} cores | {}",
+        cpu.replace("model name\t: ", "")
+    );
 }
 
 pub fn histogram() -> Histogram<u64> {

@@ -10,7 +10,10 @@ pub fn run(flags: &Flags) {
     let record_bytes = flags.u64("record-bytes", 256) as usize;
     let batches = flags.list("batches", &[1, 8, 64, 256]);
     let dir = flags.dir("wal");
-    println!("# {syncs} syncs per batch size, {record_bytes}-byte entries, dir {}", dir.display());
+    println!(
+        "# {syncs} syncs per batch size, {record_bytes}-byte entries, dir {}",
+        dir.display()
+    );
     println!("| batch | records/s | MB/s | sync latency |");
     println!("| --- | --- | --- | --- |");
     for (i, &batch) in batches.iter().enumerate() {
@@ -23,7 +26,9 @@ pub fn run(flags: &Flags) {
 }
 
 async fn one(dir: std::path::PathBuf, syncs: u64, batch: usize, record_bytes: usize) -> String {
-    let mut wal = Wal::create(&dir, b"bench", WalOptions::default()).await.expect("wal create");
+    let mut wal = Wal::create(&dir, b"bench", WalOptions::default())
+        .await
+        .expect("wal create");
     let mut hist = histogram();
     let data = vec![0x5au8; record_bytes];
     let mut index = 0u64;
@@ -32,7 +37,13 @@ async fn one(dir: std::path::PathBuf, syncs: u64, batch: usize, record_bytes: us
         let entries: Vec<Entry> = (0..batch)
             .map(|_| {
                 index += 1;
-                Entry { entry_type: 0, term: 1, index, data: data.clone(), context: vec![] }
+                Entry {
+                    entry_type: 0,
+                    term: 1,
+                    index,
+                    data: data.clone(),
+                    context: vec![],
+                }
             })
             .collect();
         let t = Instant::now();
