@@ -920,8 +920,8 @@ fn model_real_db_matches_reference() {
     crate::runtime::block_on(async move {
         let mut h = DbHarness { path };
         let mut stats = Stats::default();
-        for seed in 0..150u64 {
-            run_seed(&mut h, 1_000_000 + seed, 120, &mut stats).await;
+        for seed in 0..400u64 {
+            run_seed(&mut h, 1_000_000 + seed, 150, &mut stats).await;
         }
         println!("{stats:?}");
         assert_mix_is_meaningful(&stats);

@@ -793,3 +793,42 @@ fn perf_smoke_store_logic_over_mem_backend() {
     assert_eq!(found as u64, n);
     assert!(puts_per_s > 20_000.0 && reads_per_s > 50_000.0);
 }
+
+/// The same rough throughput over the real Db (run by hand, see above).
+#[test]
+#[ignore = "timing-dependent; run by hand"]
+fn perf_smoke_store_over_real_db() {
+    let dir = std::env::temp_dir().join(format!("keel-mvcc-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("db");
+    let (puts_per_s, reads_per_s) = crate::runtime::block_on(async move {
+        let mut s = Store::open(&path, StoreOptions::default()).await.unwrap();
+        let n = 200_000u64;
+        let key = |i: u64| format!("key/{:08}", i * 7919 % n).into_bytes();
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let req = PutRequest {
+                key: key(i),
+                value: vec![b'v'; 64],
+                ..Default::default()
+            };
+            s.put(&req).unwrap();
+        }
+        let puts_per_s = n as f64 / started.elapsed().as_secs_f64();
+        s.commit().await.unwrap();
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for i in 0..n {
+            let req = RangeRequest {
+                key: key(i),
+                ..Default::default()
+            };
+            found += s.range(&req).unwrap().kvs.len();
+        }
+        assert_eq!(found as u64, n);
+        (puts_per_s, n as f64 / started.elapsed().as_secs_f64())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("real Db: puts/s {puts_per_s:.0}, point reads/s {reads_per_s:.0}");
+    assert!(puts_per_s > 20_000.0 && reads_per_s > 50_000.0);
+}
