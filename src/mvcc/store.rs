@@ -100,6 +100,16 @@ impl<B: Backend> Store<B> {
         } else {
             (meta.current_revision, meta.compact_revision)
         };
+        let revisions_valid = current_revision >= REVISION_INITIAL
+            && compact_revision >= COMPACT_REVISION_NONE
+            && compact_revision <= current_revision;
+        if !revisions_valid {
+            return Err(Error::Corrupt {
+                what: format!(
+                    "stored revisions: current {current_revision}, compact {compact_revision}"
+                ),
+            });
+        }
         if let Some(last) = last_main {
             if last > current_revision {
                 return Err(Error::Corrupt {

@@ -750,6 +750,16 @@ fn check_and_open_detect_a_damaged_revision_tree() {
         Err(Error::Corrupt { .. })
     ));
     let mut b = abcde().into_backend();
+    let meta = b.app_meta();
+    b.set_app_meta(super::db::AppMeta {
+        compact_revision: 9,
+        ..meta
+    });
+    assert!(matches!(
+        Store::with_backend(b, StoreOptions::default()),
+        Err(Error::Corrupt { .. })
+    ));
+    let mut b = abcde().into_backend();
     let mut rec = Vec::new();
     super::kv::encode_tombstone_record(b"a", 99, &mut rec);
     b.insert(&Revision::new(99, 0).encode(), &rec).unwrap();
