@@ -850,7 +850,7 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut St
                 let rev = if rng.chance(30) {
                     0
                 } else {
-                    rng.range_i64(model.compact, model.current() + 1)
+                    rng.range_i64(model.compact - 2, model.current() + 1)
                 };
                 let out = store.hash_kv(rev);
                 assert_eq!(out, model.hash(rev), "{ctx}: hash {rev}");

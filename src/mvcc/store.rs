@@ -494,7 +494,7 @@ impl<B: Backend> Store<B> {
         let lower = self.compact_revision + 1;
         let mut hasher = crc32fast::Hasher::new();
         self.backend
-            .scan(&[], &Revision::new(rev + 1, 0).encode(), &mut |k, v| {
+            .scan(&[], &Revision::new((rev + 1).max(0), 0).encode(), &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
                     if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
                         return true;
