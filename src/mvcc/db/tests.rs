@@ -657,7 +657,7 @@ fn limits_and_long_range_ends() {
             .map(|(k, _)| k.len())
             .collect();
         assert_eq!(got, vec![1, KEY_BYTES_MAX]);
-        assert_eq!(db.remove(TreeId::Meta, &long).unwrap(), false);
+        assert!(!db.remove(TreeId::Meta, &long).unwrap());
         db.insert(TreeId::Meta, b"", b"empty key").unwrap();
         assert_eq!(db.get(TreeId::Meta, b""), Some(&b"empty key"[..]));
         assert_eq!(db.range(TreeId::Meta, b"", b"").count(), 4);
