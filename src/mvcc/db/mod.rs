@@ -440,6 +440,7 @@ impl Db {
         db.durable_txn = st.txn;
         db.durable_prev_txn = st.txn;
         db.update_reuse_bound();
+        db.invariants();
         db.keep_headroom().await?;
         Ok(db)
     }
@@ -523,6 +524,26 @@ impl Db {
             return Err(gio_err(&self.w.path, op)(e));
         }
         Ok(())
+    }
+
+    /// Cheap invariants of the txn counters and the allocator, checked after every
+    /// publish and commit in debug and test builds (`check` is the expensive walk).
+    fn invariants(&self) {
+        if cfg!(debug_assertions) {
+            let w = &self.w;
+            assert!(self.durable_prev_txn <= self.durable_txn);
+            assert!(self.durable_txn <= self.published.txn || w.poisoned);
+            assert!(self.published.txn < w.txn);
+            assert!(w.reuse_bound <= self.durable_prev_txn);
+            assert!(self.published.high_water <= w.high_water);
+            assert!(w.high_water <= w.file_pages());
+            assert!(w.pending.front().map(|p| p.0) <= w.pending.back().map(|p| p.0));
+            assert!(w.pending.back().is_none_or(|p| p.0 <= w.txn));
+            assert!(
+                self.durable_txn % 2 != self.durable_prev_txn % 2
+                    || self.durable_txn == self.durable_prev_txn
+            );
+        }
     }
 
     fn update_reuse_bound(&mut self) {
@@ -620,6 +641,7 @@ impl Db {
         self.w.txn += 1;
         self.w.changed = false;
         self.update_reuse_bound();
+        self.invariants();
     }
 
     /// Durably commits the working state (see the module doc).
@@ -647,6 +669,7 @@ impl Db {
         self.durable_prev_txn = self.durable_txn;
         self.durable_txn = st.txn;
         self.update_reuse_bound();
+        self.invariants();
         self.keep_headroom().await
     }
 
