@@ -447,8 +447,9 @@ impl Db {
 
     /// Initialises a new, empty file: both meta pages (txn 0 and 1), synced.
     async fn create(&mut self) -> Result<()> {
-        let bytes = self.options.grow_step_bytes.min(self.options.map_bytes_max);
-        self.grow_to(bytes.max(2 * PAGE_BYTES as u64)).await?;
+        let map_pages = self.options.map_bytes_max / PAGE_BYTES as u64;
+        let pages = self.w.grow_step_pages.min(map_pages).max(2);
+        self.grow_to(pages * PAGE_BYTES as u64).await?;
         for txn in [0u64, 1] {
             let st = State {
                 txn,
@@ -645,6 +646,10 @@ impl Db {
     }
 
     /// Durably commits the working state (see the module doc).
+    ///
+    /// An `Err` leaves the outcome unknown, like a timed-out request: the data or meta
+    /// fdatasync, or the fallocate that keeps headroom afterwards, failed, the Db is
+    /// poisoned, and a reopen shows either the previous commit or this one.
     pub async fn commit(&mut self) -> Result<()> {
         if self.w.poisoned {
             return Err(Error::Poisoned);

@@ -641,7 +641,12 @@ fn compaction_keeps_file_within_twice_payload() {
 fn limits_and_long_range_ends() {
     block_on(async {
         let path = tmp_path("limits");
-        let mut db = Db::open(&path, small_options()).await.unwrap();
+        // Sizes that are not whole pages are rounded down to pages.
+        let options = DbOptions {
+            map_bytes_max: (1 << 30) + 100,
+            grow_step_bytes: 10_000,
+        };
+        let mut db = Db::open(&path, options.clone()).await.unwrap();
         let long = vec![b'a'; KEY_BYTES_MAX + 1];
         assert!(matches!(
             db.insert(TreeId::Meta, &long, b""),
@@ -663,6 +668,10 @@ fn limits_and_long_range_ends() {
         assert_eq!(db.range(TreeId::Meta, b"", b"").count(), 4);
         db.commit().await.unwrap();
         db.check().unwrap();
+        assert_eq!(db.stats().file_bytes % PAGE_BYTES as u64, 0);
+        drop(db);
+        let db = Db::open(&path, options).await.unwrap();
+        assert_eq!(db.get(TreeId::Meta, &max_key), Some(&b"max"[..]));
         let _ = std::fs::remove_file(&path);
     });
 }
