@@ -850,7 +850,7 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut St
                 let rev = if rng.chance(30) {
                     0
                 } else {
-                    rng.range_i64(model.compact, model.current() + 1)
+                    rng.range_i64(model.compact - 2, model.current() + 1)
                 };
                 let out = store.hash_kv(rev);
                 assert_eq!(out, model.hash(rev), "{ctx}: hash {rev}");
@@ -920,8 +920,8 @@ fn model_real_db_matches_reference() {
     crate::runtime::block_on(async move {
         let mut h = DbHarness { path };
         let mut stats = Stats::default();
-        for seed in 0..150u64 {
-            run_seed(&mut h, 1_000_000 + seed, 120, &mut stats).await;
+        for seed in 0..400u64 {
+            run_seed(&mut h, 1_000_000 + seed, 150, &mut stats).await;
         }
         println!("{stats:?}");
         assert_mix_is_meaningful(&stats);

@@ -100,6 +100,16 @@ impl<B: Backend> Store<B> {
         } else {
             (meta.current_revision, meta.compact_revision)
         };
+        let revisions_valid = current_revision >= REVISION_INITIAL
+            && compact_revision >= COMPACT_REVISION_NONE
+            && compact_revision <= current_revision;
+        if !revisions_valid {
+            return Err(Error::Corrupt {
+                what: format!(
+                    "stored revisions: current {current_revision}, compact {compact_revision}"
+                ),
+            });
+        }
         if let Some(last) = last_main {
             if last > current_revision {
                 return Err(Error::Corrupt {
@@ -484,7 +494,7 @@ impl<B: Backend> Store<B> {
         let lower = self.compact_revision + 1;
         let mut hasher = crc32fast::Hasher::new();
         self.backend
-            .scan(&[], &Revision::new(rev + 1, 0).encode(), &mut |k, v| {
+            .scan(&[], &Revision::new((rev + 1).max(0), 0).encode(), &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
                     if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
                         return true;

@@ -665,6 +665,8 @@ fn compaction_rules_and_hash() {
     );
     assert_eq!(s.hash_kv(5), Err(Error::Compacted));
     assert_eq!(s.hash_kv(9), Err(Error::FutureRev));
+    let empty = crc32fast::Hasher::new().finalize();
+    assert_eq!(store().hash_kv(-7), Ok((empty, -1)), "etcd hashes nothing below revision 1");
     assert_eq!(s.hash_kv(0).unwrap().1, 5);
     // Compacting at 8 leaves the latest puts of a, b, c, d; e's put and tombstone and
     // c's first put go.
@@ -750,6 +752,16 @@ fn check_and_open_detect_a_damaged_revision_tree() {
         Err(Error::Corrupt { .. })
     ));
     let mut b = abcde().into_backend();
+    let meta = b.app_meta();
+    b.set_app_meta(super::db::AppMeta {
+        compact_revision: 9,
+        ..meta
+    });
+    assert!(matches!(
+        Store::with_backend(b, StoreOptions::default()),
+        Err(Error::Corrupt { .. })
+    ));
+    let mut b = abcde().into_backend();
     let mut rec = Vec::new();
     super::kv::encode_tombstone_record(b"a", 99, &mut rec);
     b.insert(&Revision::new(99, 0).encode(), &rec).unwrap();
@@ -791,5 +803,44 @@ fn perf_smoke_store_logic_over_mem_backend() {
     let reads_per_s = n as f64 / started.elapsed().as_secs_f64();
     println!("puts/s {puts_per_s:.0}, point reads/s {reads_per_s:.0}");
     assert_eq!(found as u64, n);
+    assert!(puts_per_s > 20_000.0 && reads_per_s > 50_000.0);
+}
+
+/// The same rough throughput over the real Db (run by hand, see above).
+#[test]
+#[ignore = "timing-dependent; run by hand"]
+fn perf_smoke_store_over_real_db() {
+    let dir = std::env::temp_dir().join(format!("keel-mvcc-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("db");
+    let (puts_per_s, reads_per_s) = crate::runtime::block_on(async move {
+        let mut s = Store::open(&path, StoreOptions::default()).await.unwrap();
+        let n = 200_000u64;
+        let key = |i: u64| format!("key/{:08}", i * 7919 % n).into_bytes();
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let req = PutRequest {
+                key: key(i),
+                value: vec![b'v'; 64],
+                ..Default::default()
+            };
+            s.put(&req).unwrap();
+        }
+        let puts_per_s = n as f64 / started.elapsed().as_secs_f64();
+        s.commit().await.unwrap();
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for i in 0..n {
+            let req = RangeRequest {
+                key: key(i),
+                ..Default::default()
+            };
+            found += s.range(&req).unwrap().kvs.len();
+        }
+        assert_eq!(found as u64, n);
+        (puts_per_s, n as f64 / started.elapsed().as_secs_f64())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("real Db: puts/s {puts_per_s:.0}, point reads/s {reads_per_s:.0}");
     assert!(puts_per_s > 20_000.0 && reads_per_s > 50_000.0);
 }

@@ -175,7 +175,9 @@ impl Writer {
     /// Frees `n` pages starting at `id`, now unreachable from the working state.
     pub fn free(&mut self, id: u64, n: u64) {
         if page::txn(self.map.map().page(id)) == self.txn {
-            // Never published: no reader or durable meta can reach it.
+            // Never published: no reader or durable meta can reach it. Clearing its txn
+            // tells `seal_dirty` that this allocation is gone.
+            page::set_txn(self.map.page_mut(id), id, 0);
             for p in (id..id + n).rev() {
                 self.free_now.push(p);
             }
@@ -715,23 +717,36 @@ impl Writer {
     }
 
     /// Checksums every page written in the working txn (called at publish).
+    ///
+    /// `dirty` may hold stale entries: allocations freed in this txn (their header txn was
+    /// cleared by `free`) and pages since reused inside a later overflow run (their
+    /// "header" is value bytes). Ascending order lets a live run's start, which is in
+    /// `dirty` too, cover its interior pages, so value bytes are never taken for a header.
     pub fn seal_dirty(&mut self) {
         let hw = self.high_water;
-        for id in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let mut covered_end = 0;
+        for &id in &dirty {
+            if id < covered_end {
+                continue;
+            }
             let p = self.map.map().page(id);
             if page::txn(p) != self.txn || page::page_id(p) != id {
-                continue; // freed while dirty and reused or never initialised
+                continue; // freed while dirty
             }
             let n = if page::kind(p) == page::KIND_OVERFLOW {
                 page::overflow_pages(p)
             } else {
                 1
             };
-            if id + n > hw {
-                continue;
-            }
+            assert!(id + n <= hw, "dirty run {id}+{n} past high-water {hw}");
             page::seal(self.map.pages_mut(id, n));
+            covered_end = id + n;
         }
+        dirty.clear();
+        self.dirty = dirty;
     }
 }
 

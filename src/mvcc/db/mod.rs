@@ -440,14 +440,16 @@ impl Db {
         db.durable_txn = st.txn;
         db.durable_prev_txn = st.txn;
         db.update_reuse_bound();
+        db.invariants();
         db.keep_headroom().await?;
         Ok(db)
     }
 
     /// Initialises a new, empty file: both meta pages (txn 0 and 1), synced.
     async fn create(&mut self) -> Result<()> {
-        let bytes = self.options.grow_step_bytes.min(self.options.map_bytes_max);
-        self.grow_to(bytes.max(2 * PAGE_BYTES as u64)).await?;
+        let map_pages = self.options.map_bytes_max / PAGE_BYTES as u64;
+        let pages = self.w.grow_step_pages.min(map_pages).max(2);
+        self.grow_to(pages * PAGE_BYTES as u64).await?;
         for txn in [0u64, 1] {
             let st = State {
                 txn,
@@ -523,6 +525,26 @@ impl Db {
             return Err(gio_err(&self.w.path, op)(e));
         }
         Ok(())
+    }
+
+    /// Cheap invariants of the txn counters and the allocator, checked after every
+    /// publish and commit in debug and test builds (`check` is the expensive walk).
+    fn invariants(&self) {
+        if cfg!(debug_assertions) {
+            let w = &self.w;
+            assert!(self.durable_prev_txn <= self.durable_txn);
+            assert!(self.durable_txn <= self.published.txn || w.poisoned);
+            assert!(self.published.txn < w.txn);
+            assert!(w.reuse_bound <= self.durable_prev_txn);
+            assert!(self.published.high_water <= w.high_water);
+            assert!(w.high_water <= w.file_pages());
+            assert!(w.pending.front().map(|p| p.0) <= w.pending.back().map(|p| p.0));
+            assert!(w.pending.back().is_none_or(|p| p.0 <= w.txn));
+            assert!(
+                self.durable_txn % 2 != self.durable_prev_txn % 2
+                    || self.durable_txn == self.durable_prev_txn
+            );
+        }
     }
 
     fn update_reuse_bound(&mut self) {
@@ -620,9 +642,14 @@ impl Db {
         self.w.txn += 1;
         self.w.changed = false;
         self.update_reuse_bound();
+        self.invariants();
     }
 
     /// Durably commits the working state (see the module doc).
+    ///
+    /// An `Err` leaves the outcome unknown, like a timed-out request: the data or meta
+    /// fdatasync, or the fallocate that keeps headroom afterwards, failed, the Db is
+    /// poisoned, and a reopen shows either the previous commit or this one.
     pub async fn commit(&mut self) -> Result<()> {
         if self.w.poisoned {
             return Err(Error::Poisoned);
@@ -647,6 +674,7 @@ impl Db {
         self.durable_prev_txn = self.durable_txn;
         self.durable_txn = st.txn;
         self.update_reuse_bound();
+        self.invariants();
         self.keep_headroom().await
     }
 

@@ -641,7 +641,12 @@ fn compaction_keeps_file_within_twice_payload() {
 fn limits_and_long_range_ends() {
     block_on(async {
         let path = tmp_path("limits");
-        let mut db = Db::open(&path, small_options()).await.unwrap();
+        // Sizes that are not whole pages are rounded down to pages.
+        let options = DbOptions {
+            map_bytes_max: (1 << 30) + 100,
+            grow_step_bytes: 10_000,
+        };
+        let mut db = Db::open(&path, options.clone()).await.unwrap();
         let long = vec![b'a'; KEY_BYTES_MAX + 1];
         assert!(matches!(
             db.insert(TreeId::Meta, &long, b""),
@@ -657,12 +662,16 @@ fn limits_and_long_range_ends() {
             .map(|(k, _)| k.len())
             .collect();
         assert_eq!(got, vec![1, KEY_BYTES_MAX]);
-        assert_eq!(db.remove(TreeId::Meta, &long).unwrap(), false);
+        assert!(!db.remove(TreeId::Meta, &long).unwrap());
         db.insert(TreeId::Meta, b"", b"empty key").unwrap();
         assert_eq!(db.get(TreeId::Meta, b""), Some(&b"empty key"[..]));
         assert_eq!(db.range(TreeId::Meta, b"", b"").count(), 4);
         db.commit().await.unwrap();
         db.check().unwrap();
+        assert_eq!(db.stats().file_bytes % PAGE_BYTES as u64, 0);
+        drop(db);
+        let db = Db::open(&path, options).await.unwrap();
+        assert_eq!(db.get(TreeId::Meta, &max_key), Some(&b"max"[..]));
         let _ = std::fs::remove_file(&path);
     });
 }
@@ -718,6 +727,54 @@ fn map_full_is_clean_and_recoverable() {
         drop(db);
         let db = Db::open(&path, options).await.unwrap();
         assert_same(&db, &model);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn removing_everything_frees_every_page() {
+    block_on(async {
+        let path = tmp_path("shrink");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let mut rng = Rng(21);
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for i in 0..6000u64 {
+            let mut k = (rng.next() | 1).to_be_bytes().to_vec();
+            k.resize(8 + (i % 200) as usize, b'k');
+            let v = vec![i as u8; (rng.below(40) + if i % 50 == 0 { 3000 } else { 0 }) as usize];
+            db.insert(TreeId::Lease, &k, &v).unwrap();
+            keys.push(k);
+        }
+        db.commit().await.unwrap();
+        assert!(db.roots[TreeId::Lease as usize].height >= 3);
+        // Remove in random order, across publishes and commits.
+        for i in (1..keys.len()).rev() {
+            keys.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for (n, k) in keys.iter().enumerate() {
+            assert!(db.remove(TreeId::Lease, k).unwrap());
+            if n % 500 == 0 {
+                db.check().unwrap();
+                db.commit().await.unwrap();
+            }
+        }
+        assert_eq!(db.roots[TreeId::Lease as usize], TreeRoot::default());
+        assert_eq!(db.stats().pages_in_use, 0);
+        db.check().unwrap();
+        // Same with retain: everything in range dropped.
+        for i in 0..3000u64 {
+            db.insert(TreeId::Revision, &i.to_be_bytes(), &[1; 200])
+                .unwrap();
+        }
+        db.commit().await.unwrap();
+        let removed = db
+            .retain(TreeId::Revision, &[], &[], &mut |_, _| false)
+            .unwrap();
+        assert_eq!(removed, 3000);
+        assert_eq!(db.roots[TreeId::Revision as usize], TreeRoot::default());
+        db.commit().await.unwrap();
+        db.check().unwrap();
+        assert_eq!(db.stats().pages_in_use, 0);
         let _ = std::fs::remove_file(&path);
     });
 }
