@@ -32,6 +32,13 @@ impl Flags {
         })
     }
 
+    pub fn str(&self, name: &str, default: &str) -> String {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+
     pub fn list(&self, name: &str, default: &[u64]) -> Vec<u64> {
         self.0.get(name).map_or(default.to_vec(), |v| {
             v.split(',')

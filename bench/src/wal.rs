@@ -2,14 +2,20 @@
 //! batch. Reports records/s and the latency of each sync (write + fdatasync).
 
 use crate::util::{histogram, percentiles_us, Flags};
-use keel::wal::{Entry, Wal, WalOptions};
+use keel::wal::{Entry, Preallocation, Wal, WalOptions};
 use std::time::Instant;
 
 pub fn run(flags: &Flags) {
     let syncs = flags.u64("syncs", 2000);
     let record_bytes = flags.u64("record-bytes", 256) as usize;
     let batches = flags.list("batches", &[1, 8, 64, 256]);
+    let prealloc = match flags.str("prealloc", "fallocate").as_str() {
+        "zero" => Preallocation::ZeroFill,
+        "none" => Preallocation::None,
+        _ => Preallocation::Fallocate,
+    };
     let dir = flags.dir("wal");
+    println!("# preallocation {prealloc:?}");
     println!(
         "# {syncs} syncs per batch size, {record_bytes}-byte entries, dir {}",
         dir.display()
@@ -19,16 +25,25 @@ pub fn run(flags: &Flags) {
     for (i, &batch) in batches.iter().enumerate() {
         let wal_dir = dir.join(format!("wal-{i}"));
         std::fs::create_dir_all(&wal_dir).unwrap();
-        let line = keel::runtime::block_on(one(wal_dir, syncs, batch as usize, record_bytes));
+        let line =
+            keel::runtime::block_on(one(wal_dir, syncs, batch as usize, record_bytes, prealloc));
         println!("{line}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn one(dir: std::path::PathBuf, syncs: u64, batch: usize, record_bytes: usize) -> String {
-    let mut wal = Wal::create(&dir, b"bench", WalOptions::default())
-        .await
-        .expect("wal create");
+async fn one(
+    dir: std::path::PathBuf,
+    syncs: u64,
+    batch: usize,
+    record_bytes: usize,
+    preallocation: Preallocation,
+) -> String {
+    let opts = WalOptions {
+        preallocation,
+        ..WalOptions::default()
+    };
+    let mut wal = Wal::create(&dir, b"bench", opts).await.expect("wal create");
     let mut hist = histogram();
     let data = vec![0x5au8; record_bytes];
     let mut index = 0u64;

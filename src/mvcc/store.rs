@@ -493,8 +493,10 @@ impl<B: Backend> Store<B> {
         let keep = self.index.keep(rev);
         let lower = self.compact_revision + 1;
         let mut hasher = crc32fast::Hasher::new();
-        self.backend
-            .scan(&[], &Revision::new((rev + 1).max(0), 0).encode(), &mut |k, v| {
+        self.backend.scan(
+            &[],
+            &Revision::new((rev + 1).max(0), 0).encode(),
+            &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
                     if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
                         return true;
@@ -503,7 +505,8 @@ impl<B: Backend> Store<B> {
                 hasher.update(k);
                 hasher.update(v);
                 true
-            });
+            },
+        );
         Ok((hasher.finalize(), self.compact_revision))
     }
 
