@@ -225,10 +225,10 @@ async fn child(dir: PathBuf, seed: u64) {
         last_index += batch_len;
         store.publish();
         batch_no += 1;
-        if batch_no % 4 == 0 {
+        if batch_no.is_multiple_of(4) {
             store.commit().await.expect("store commit");
         }
-        if batch_no % 32 == 0 {
+        if batch_no.is_multiple_of(32) {
             // Everything up to the committed consistent index is in the db file: the WAL
             // before it may go, as after a raft snapshot.
             let index = store.consistent_index();
@@ -326,7 +326,7 @@ fn crash_kill9_loses_no_acknowledged_write() {
         });
         let r = splitmix64(seed ^ cycle);
         // Mostly kill while writing; sometimes during open/replay.
-        let delay = if r % 8 == 0 {
+        let delay = if r.is_multiple_of(8) {
             Duration::from_micros(r % 30_000)
         } else {
             let _ = rx.recv_timeout(Duration::from_secs(30));
