@@ -569,6 +569,8 @@ impl Writer {
             end,
             leaves: Vec::new(),
             branches: Vec::new(),
+            branch_info: Default::default(),
+            kept_branches: Default::default(),
             acc: None,
             removed: 0,
             changed: false,
@@ -579,25 +581,26 @@ impl Writer {
             root,
             root.page,
             root.height as usize - 1,
-            &[],
-            None,
+            (&[], None, 0),
             keep,
         )?;
         self.retain_flush(&mut r);
         if !r.changed {
             return Ok(0);
         }
-        for &b in &r.branches {
-            self.free(b, 1);
-        }
-        let mut level = r.leaves;
+        let mut level = std::mem::take(&mut r.leaves);
         let mut height = 1;
         while level.len() > 1 {
-            level = self.build_branch_level(level, height)?;
+            level = self.build_branch_level(&mut r, level, height)?;
             height += 1;
         }
+        for &b in &r.branches {
+            if !r.kept_branches.contains(&b) {
+                self.free(b, 1);
+            }
+        }
         match level.pop() {
-            Some((_, id)) => {
+            Some(Item { id, .. }) => {
                 root.page = id;
                 root.height = height as u32;
             }
@@ -617,13 +620,13 @@ impl Writer {
         root: &mut TreeRoot,
         id: u64,
         level: usize,
-        lo: &[u8],
-        hi: Option<&[u8]>,
+        (lo, hi, parent): (&[u8], Option<&[u8]>, u64),
         keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
         let p = map.page(id);
         if level > 0 {
             r.branches.push(id);
+            r.branch_info.insert(id, (page::count(p), parent));
             let n = page::count(p);
             for i in 0..n {
                 let clo = if i == 0 { lo } else { page::branch_key(p, i) };
@@ -633,7 +636,7 @@ impl Writer {
                     hi
                 };
                 let child = page::branch_child(p, i);
-                self.retain_walk(map, r, root, child, level - 1, clo, chi, keep)?;
+                self.retain_walk(map, r, root, child, level - 1, (clo, chi, id), keep)?;
             }
             return Ok(());
         }
@@ -654,7 +657,12 @@ impl Writer {
         }
         if drops == 0 {
             self.retain_flush(r);
-            r.leaves.push((lo.to_vec(), id));
+            r.leaves.push(Item {
+                sep: lo.to_vec(),
+                id,
+                kept: true,
+                parent,
+            });
             return Ok(());
         }
         r.changed = true;
@@ -688,32 +696,82 @@ impl Writer {
 
     fn retain_flush(&mut self, r: &mut Retain) {
         if let Some(a) = r.acc.take() {
-            let key = page::leaf_key(self.map.map().page(a), 0).to_vec();
-            r.leaves.push((key, a));
+            let sep = page::leaf_key(self.map.map().page(a), 0).to_vec();
+            r.leaves.push(Item {
+                sep,
+                id: a,
+                kept: false,
+                parent: 0,
+            });
         }
     }
 
+    /// The next level up: an old branch whose children all survived unchanged, in order,
+    /// is kept as it is (shared); the other nodes are packed full into new branch pages.
     fn build_branch_level(
         &mut self,
-        children: Vec<(Vec<u8>, u64)>,
+        r: &mut Retain,
+        items: Vec<Item>,
         level: usize,
-    ) -> Result<Vec<(Vec<u8>, u64)>> {
-        let mut out: Vec<(Vec<u8>, u64)> = Vec::new();
+    ) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut loose: Vec<Item> = Vec::new();
+        let mut i = 0;
+        while i < items.len() {
+            let it = &items[i];
+            if it.kept && it.parent != 0 {
+                let (n, grandparent) = r.branch_info[&it.parent];
+                let whole = items[i..].len() >= n
+                    && items[i..i + n]
+                        .iter()
+                        .all(|x| x.kept && x.parent == it.parent);
+                if whole {
+                    self.pack_branches(&mut loose, level, &mut out)?;
+                    r.kept_branches.insert(it.parent);
+                    let sep = it.sep.clone();
+                    out.push(Item {
+                        sep,
+                        id: it.parent,
+                        kept: true,
+                        parent: grandparent,
+                    });
+                    i += n;
+                    continue;
+                }
+            }
+            loose.push(items[i].clone());
+            i += 1;
+        }
+        self.pack_branches(&mut loose, level, &mut out)?;
+        Ok(out)
+    }
+
+    fn pack_branches(
+        &mut self,
+        loose: &mut Vec<Item>,
+        level: usize,
+        out: &mut Vec<Item>,
+    ) -> Result<()> {
         let mut cur: Option<u64> = None;
-        for (key, child) in children {
-            let need = page::BRANCH_CELL_HEADER_BYTES + key.len() + 2;
+        for item in loose.drain(..) {
+            let need = page::BRANCH_CELL_HEADER_BYTES + item.sep.len() + 2;
             let fits = cur.is_some_and(|c| page::free_space(self.map.map().page(c)) >= need);
             if !fits {
                 let id = self.alloc(1)?;
                 page::init(self.map.page_mut(id), KIND_BRANCH, level, id, self.txn);
-                out.push((key.clone(), id));
+                out.push(Item {
+                    sep: item.sep.clone(),
+                    id,
+                    kept: false,
+                    parent: 0,
+                });
                 cur = Some(id);
             }
             let p = self.map.page_mut(cur.unwrap());
             let c = page::count(p);
-            page::insert_branch_cell(p, c, &key, child);
+            page::insert_branch_cell(p, c, &item.sep, item.id);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Checksums every page written in the working txn (called at publish).
@@ -753,11 +811,25 @@ impl Writer {
 struct Retain<'a> {
     start: &'a [u8],
     end: &'a [u8],
-    leaves: Vec<(Vec<u8>, u64)>,
+    leaves: Vec<Item>,
+    /// Old branch pages in walk order, and for each: (child count, parent).
     branches: Vec<u64>,
+    branch_info: std::collections::HashMap<u64, (usize, u64)>,
+    kept_branches: std::collections::HashSet<u64>,
     acc: Option<u64>,
     removed: u64,
     changed: bool,
+}
+
+/// A node of one level while `retain` rebuilds the branch levels.
+#[derive(Clone)]
+struct Item {
+    /// Lower bound of the node's keys (its separator in the parent).
+    sep: Vec<u8>,
+    id: u64,
+    /// An old page kept unchanged, whose old parent is `parent`.
+    kept: bool,
+    parent: u64,
 }
 
 /// Number of entries (of `n`, sized by `size`) to put in the left page so that the

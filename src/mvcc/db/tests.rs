@@ -779,6 +779,50 @@ fn removing_everything_frees_every_page() {
     });
 }
 
+#[test]
+fn retain_of_a_prefix_rewrites_only_its_pages() {
+    block_on(async {
+        let path = tmp_path("retain-prefix");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let n = 60_000i64;
+        for main in 1..=n {
+            db.insert(
+                TreeId::Revision,
+                &Revision::new(main, 0).encode(),
+                &[5; 200],
+            )
+            .unwrap();
+        }
+        db.commit().await.unwrap();
+        assert_eq!(db.roots[0].height, 3);
+        let end = Revision::new(1001, 0).encode();
+        // Keep every 7th revision below 1001: the first leaves are rewritten packed.
+        let removed = db
+            .retain(TreeId::Revision, &[], &end, &mut |k, _| {
+                Revision::decode(k).unwrap().main % 7 == 0
+            })
+            .unwrap();
+        assert_eq!(removed, 1000 - 1000 / 7);
+        let written = db.w.dirty.len();
+        // ~56 leaves lost entries and pack into ~8; of ~23 branches only the first and
+        // the root are new.
+        assert!(written <= 12, "{written} pages written");
+        db.check().unwrap();
+        assert_eq!(db.len(TreeId::Revision), (n - 1000 + 1000 / 7) as u64);
+        let first: Vec<_> = db
+            .range(TreeId::Revision, &[], &[])
+            .take(3)
+            .map(|(k, _)| Revision::decode(k))
+            .collect();
+        assert_eq!(first, [7, 14, 21].map(|m| Some(Revision::new(m, 0))));
+        db.commit().await.unwrap();
+        drop(db);
+        let db = Db::open(&path, small_options()).await.unwrap();
+        assert_eq!(db.len(TreeId::Revision), (n - 1000 + 1000 / 7) as u64);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
 /// Rough single-core numbers (run with `--ignored --nocapture`; dev profile is opt-level 1).
 #[test]
 #[ignore]
