@@ -459,18 +459,26 @@ impl Writer {
         page::remove_cell(self.map.page_mut(leaf), i);
         self.changed = true;
         let levels = root.height as usize - 1;
+        let mut alive = levels;
         if page::count(self.map.map().page(leaf)) == 0 {
             self.free(leaf, 1);
-            self.remove_up(root, &path, levels);
+            alive = self.remove_up(root, &path, levels);
         } else if levels > 0 && page::used_bytes(self.map.map().page(leaf)) < PAGE_BYTES / 4 {
-            self.merge_leaf(&path[levels - 1])?;
+            self.merge_child(&path[levels - 1])?;
+        }
+        // Underfull branches on the (writable) path merge with a sibling, bottom up.
+        for l in (1..alive).rev() {
+            if page::used_bytes(self.map.map().page(path[l].0)) < PAGE_BYTES / 4 {
+                self.merge_child(&path[l - 1])?;
+            }
         }
         self.collapse_root(root);
         Ok(true)
     }
 
     /// The child at path level `l` was freed: remove it from its parent, upward.
-    fn remove_up(&mut self, root: &mut TreeRoot, path: &Path, mut l: usize) {
+    /// Returns how many path levels are still alive (`path[..alive]`).
+    fn remove_up(&mut self, root: &mut TreeRoot, path: &Path, mut l: usize) -> usize {
         loop {
             if l == 0 {
                 *root = TreeRoot {
@@ -479,12 +487,12 @@ impl Writer {
                     entries: root.entries,
                     payload_bytes: 0,
                 };
-                return;
+                return 0;
             }
             let (parent, i) = path[l - 1];
             page::remove_cell(self.map.page_mut(parent), i);
             if page::count(self.map.map().page(parent)) > 0 {
-                return;
+                return l;
             }
             self.free(parent, 1);
             l -= 1;
@@ -500,9 +508,10 @@ impl Writer {
         }
     }
 
-    /// Merges the underfull leaf at `parent[i]` with a sibling if both fit in one page.
-    /// `parent` is writable.
-    fn merge_leaf(&mut self, &(parent, i): &(u64, usize)) -> Result<()> {
+    /// Merges the child at `parent[i]` with a sibling if both fit in one page; `parent`
+    /// is writable. For branches, the right node's first cell takes the parent's
+    /// separator as its key, so the merged node keeps exact bounds.
+    fn merge_child(&mut self, &(parent, i): &(u64, usize)) -> Result<()> {
         let map = self.map.map().clone();
         let pp = map.page(parent);
         let n = page::count(pp);
@@ -511,7 +520,14 @@ impl Writer {
         }
         let l = if i + 1 < n { i } else { i - 1 };
         let (left, right) = (page::branch_child(pp, l), page::branch_child(pp, l + 1));
-        let used = page::used_bytes(map.page(left)) + page::used_bytes(map.page(right));
+        let rp = map.page(right);
+        let is_branch = page::kind(rp) == KIND_BRANCH;
+        let mut used = page::used_bytes(map.page(left)) + page::used_bytes(rp);
+        if is_branch {
+            used = used + page::branch_key(pp, l + 1).len() - page::branch_key(rp, 0).len();
+            self.sep.clear();
+            self.sep.extend_from_slice(page::branch_key(pp, l + 1));
+        }
         if used > PAGE_BYTES - HEADER_BYTES {
             return Ok(());
         }
@@ -519,13 +535,18 @@ impl Writer {
         if w != left {
             page::set_branch_child(self.map.page_mut(parent), l, w);
         }
-        self.scratch.copy_from_slice(map.page(right));
+        self.scratch.copy_from_slice(rp);
         let p = self.map.page_mut(w);
         let mut tmp = [0u8; PAGE_BYTES];
         page::compact(p, &mut tmp);
         let base = page::count(p);
         for j in 0..page::count(&self.scratch) {
-            page::insert_raw_cell(p, base + j, page::cell_bytes(&self.scratch, j));
+            if is_branch && j == 0 {
+                let child = page::branch_child(&self.scratch, 0);
+                page::insert_branch_cell(p, base, &self.sep, child);
+            } else {
+                page::insert_raw_cell(p, base + j, page::cell_bytes(&self.scratch, j));
+            }
         }
         self.free(right, 1);
         page::remove_cell(self.map.page_mut(parent), l + 1);
