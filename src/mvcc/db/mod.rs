@@ -53,10 +53,16 @@
 //! Appends at the right edge (revision keys only grow) split a full rightmost leaf or
 //! branch by moving only the new entry right, so sequentially written trees are packed
 //! ~100%; other splits balance bytes 50/50. `remove` drops emptied pages from their
-//! parents, merges an underfull leaf (< 1/4 used) into a sibling when both fit, and
-//! collapses single-child roots. `retain` (compaction) rewrites only the leaves in its
-//! range that lose entries, packed full, keeps the others as they are (shared), and
-//! rebuilds the branch levels.
+//! parents, merges underfull pages (< 1/4 used) on its path with a sibling when both fit,
+//! and collapses single-child roots. `retain` (compaction) rewrites only the leaves in its
+//! range that lose entries, packed full, keeps the others as they are (shared), keeps
+//! every old branch page whose children all survived unchanged, and packs new branch
+//! pages only over the changed spans. It reads every branch page of the tree (not the
+//! leaves outside its range) to do so.
+//!
+//! Capacity: `insert` / `remove` check before changing anything that the worst case
+//! (every level copied and split, a new root, the overflow run) fits in the mapping, so
+//! `MapFull` leaves the Db usable; a `retain` that fails half way poisons it.
 //!
 //! API contract (what `mvcc::Store` relies on):
 //! - Several named trees live in one file ([`TreeId`]); keys and values are bytes,
