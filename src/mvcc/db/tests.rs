@@ -823,6 +823,53 @@ fn retain_of_a_prefix_rewrites_only_its_pages() {
     });
 }
 
+#[test]
+fn snapshots_stream_to_a_reader_thread_while_pages_are_reused() {
+    block_on(async {
+        let path = tmp_path("stream");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u8, ReadSnapshot)>(2);
+        let reader = std::thread::spawn(move || {
+            let mut seen = 0;
+            for (round, snap) in rx {
+                // Each snapshot is one round: every key holds that round's value. Read it
+                // slowly, so the writer runs ahead and frees (and would reuse) its pages.
+                assert_eq!(snap.len(TreeId::Revision), 500);
+                for _ in 0..3 {
+                    for (k, v) in snap.range(TreeId::Revision, &[], &[]) {
+                        assert_eq!(k.len(), 8);
+                        assert!(v.iter().all(|&b| b == round), "round {round}");
+                        assert_eq!(v.len(), 64 + round as usize * 10);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                }
+                seen += 1;
+            }
+            seen
+        });
+        for round in 0..=250u8 {
+            let value = vec![round; 64 + round as usize * 10];
+            for k in 0..500u64 {
+                db.insert(TreeId::Revision, &k.to_be_bytes(), &value)
+                    .unwrap();
+            }
+            if round % 4 == 0 {
+                db.publish();
+            } else {
+                db.commit().await.unwrap();
+            }
+            let snap = db.snapshot();
+            // Keep at most a few in flight: older ones are dropped by the reader, and
+            // their pages become reusable while newer ones are still being read.
+            tx.send((round, snap)).unwrap();
+        }
+        drop(tx);
+        assert_eq!(reader.join().unwrap(), 251);
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
 /// Rough single-core numbers (run with `--ignored --nocapture`; dev profile is opt-level 1).
 #[test]
 #[ignore]
