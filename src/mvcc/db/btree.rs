@@ -47,6 +47,9 @@ pub struct Writer {
     pub grow_count: u64,
 }
 
+/// Free-list entries searched for an overflow run before fresh space is used.
+const RUN_SCAN_PAGES_MAX: usize = 1024;
+
 type CheckResult<T> = std::result::Result<T, (u64, String)>;
 type Path = [(u64, usize); HEIGHT_MAX];
 
@@ -148,24 +151,32 @@ impl Writer {
         Ok(id)
     }
 
+    /// A run of `n` contiguous free pages. Freed runs are pushed as consecutive
+    /// descending ids, so only the most recently freed `RUN_SCAN_PAGES_MAX` entries are
+    /// searched (bounded cost, no allocation); a small list is sorted and searched whole.
+    /// Without a match the caller takes fresh pages at the high-water mark.
     fn take_free_run(&mut self, n: u64) -> Option<u64> {
         if n == 1 {
             return self.free_now.pop();
         }
-        if (self.free_now.len() as u64) < n {
+        let len = self.free_now.len();
+        if (len as u64) < n {
             return None;
         }
-        // Rare (large values): sort descending so the stack still pops low ids first.
-        self.free_now.sort_unstable_by(|a, b| b.cmp(a));
+        if len <= RUN_SCAN_PAGES_MAX {
+            // Descending, so the stack still pops low ids first.
+            self.free_now.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let from = len.saturating_sub(RUN_SCAN_PAGES_MAX);
         let f = &self.free_now;
-        let mut run_end = 0; // index of the lowest id of the current descending run
-        for i in 0..f.len() {
-            if i > 0 && f[i - 1] != f[i] + 1 {
-                run_end = i;
+        let mut run_start = from; // index of the highest id of the current run
+        for i in from..len {
+            if i > from && f[i - 1] != f[i] + 1 {
+                run_start = i;
             }
-            if (i - run_end + 1) as u64 == n {
+            if (i - run_start + 1) as u64 == n {
                 let id = f[i];
-                self.free_now.drain(run_end..=i);
+                self.free_now.drain(run_start..=i);
                 return Some(id);
             }
         }
