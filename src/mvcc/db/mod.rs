@@ -43,7 +43,14 @@
 //! naming file and offset, never a panic), and every page below the high-water mark it
 //! did not reach is free. There is no free list to corrupt or to keep consistent, each
 //! commit writes fewer pages, and open must scan the tree to verify it anyway. (After a
-//! reopen the older meta is no longer protected until the next commit.)
+//! reopen the older meta is no longer protected until the next commit.) The price of
+//! keeping the older meta openable: a page freed by commit N is reused only once commit
+//! N+1 is durable, so a store that rewrites all of its data every commit holds up to
+//! about three times its live pages; compaction-style churn (a small part per commit)
+//! stays within twice the payload (tested).
+//!
+//! Values above `page::INLINE_VALUE_BYTES_MAX` (1 KiB) take whole pages in an overflow
+//! run; a run is looked for among recently freed pages, else taken at the high-water mark.
 //!
 //! Readers: a `ReadSnapshot` holds an `Arc` of the mapping, the published roots and
 //! `AppMeta`, and a pin in the epoch table (`epoch.rs`): an `Arc<[AtomicU64]>`-style
