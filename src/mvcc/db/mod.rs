@@ -569,6 +569,13 @@ impl Db {
         &self.w.path
     }
 
+    /// Closes the file (uncommitted changes are dropped). Snapshots stay readable: the
+    /// mapping lives until the last one is dropped.
+    pub async fn close(self) -> Result<()> {
+        let path = self.w.path.clone();
+        self.file.close().await.map_err(gio_err(&path, "close"))
+    }
+
     /// The meta fields of the working state.
     pub fn app_meta(&self) -> AppMeta {
         self.app

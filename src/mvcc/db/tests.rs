@@ -216,7 +216,7 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
         db.commit().await.unwrap();
         assert_same(&db, &model);
         db.check().unwrap();
-        drop(db);
+        db.close().await.unwrap();
         let db = Db::open(&path, small_options()).await.unwrap();
         assert_same(&db, &model);
         db.check().unwrap();
