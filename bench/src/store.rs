@@ -136,7 +136,10 @@ async fn bench(db: PathBuf, cfg: Cfg) {
     let after = store.backend().stats();
     let mean = rates.iter().sum::<f64>() / rates.len() as f64;
     println!("overwrite 10% + compact, x10: {mean:.0} puts/s");
-    for (what, s) in [("after load", before), ("after 10 overwrite+compact rounds", after)] {
+    for (what, s) in [
+        ("after load", before),
+        ("after 10 overwrite+compact rounds", after),
+    ] {
         println!(
             "space {what}: file {:.1} MiB, live payload {:.1} MiB, ratio {:.2}",
             s.file_bytes as f64 / 1048576.0,

@@ -10,11 +10,144 @@
 //! - revisions strictly increase across all generations of a key;
 //! - only the last generation may be empty; every other one ends with its tombstone;
 //! - `modified` is the largest revision;
-//! - a key whose history is a single empty generation is not in the map.
+//! - a key whose history is a single empty generation is not in the map;
+//! - `live_create_revision` / `live_version` describe the last generation (version 0 when
+//!   the key is deleted now), so a read at or after `modified` needs no generation walk.
+//!
+//! Keys of up to [`INLINE_KEY_BYTES_MAX`] bytes are stored inline in the map's nodes
+//! ([`IndexKey`]), so a lookup compares bytes already in the node instead of chasing one
+//! heap pointer (one cache miss) per comparison.
 
 use super::revision::Revision;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
+
+/// Longest key stored inline in an [`IndexKey`].
+pub const INLINE_KEY_BYTES_MAX: usize = 22;
+
+/// Byte-wise (memcmp) order, with the first 8 bytes compared as one big-endian word: the
+/// same order as `<[u8]>::cmp`, without a libc call for most comparisons.
+#[inline]
+pub fn cmp_key_bytes(a: &[u8], b: &[u8]) -> Ordering {
+    if let (Some(x), Some(y)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
+        if x != y {
+            return x.cmp(&y);
+        }
+        if a.len() == 8 && b.len() == 8 {
+            return Ordering::Equal;
+        }
+        return a[8..].cmp(&b[8..]);
+    }
+    a.cmp(b)
+}
+
+/// A borrowed key with [`cmp_key_bytes`] order: what map lookups compare against.
+#[repr(transparent)]
+#[derive(PartialEq, Eq, Hash)]
+pub struct KeyBytes([u8]);
+
+impl KeyBytes {
+    #[allow(unsafe_code)]
+    #[inline]
+    pub fn new(bytes: &[u8]) -> &KeyBytes {
+        // SAFETY: `KeyBytes` is `#[repr(transparent)]` over `[u8]`, so `&[u8]` and
+        // `&KeyBytes` have the same layout and pointer metadata (the length); the lifetime
+        // is carried over unchanged.
+        unsafe { &*(bytes as *const [u8] as *const KeyBytes) }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Ord for KeyBytes {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_key_bytes(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for KeyBytes {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// An owned index key: inline up to [`INLINE_KEY_BYTES_MAX`] bytes, boxed beyond.
+#[derive(Clone)]
+pub enum IndexKey {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES_MAX],
+    },
+    Boxed(Box<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<IndexKey>() == 24);
+
+impl IndexKey {
+    pub fn new(key: &[u8]) -> IndexKey {
+        if key.len() <= INLINE_KEY_BYTES_MAX {
+            let mut bytes = [0; INLINE_KEY_BYTES_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            IndexKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            IndexKey::Boxed(key.into())
+        }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline { len, bytes } => &bytes[..*len as usize],
+            IndexKey::Boxed(b) => b,
+        }
+    }
+}
+
+impl Borrow<KeyBytes> for IndexKey {
+    #[inline]
+    fn borrow(&self) -> &KeyBytes {
+        KeyBytes::new(self.as_bytes())
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl Ord for IndexKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_key_bytes(self.as_bytes(), other.as_bytes())
+    }
+}
+
+impl PartialOrd for IndexKey {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", self.as_bytes())
+    }
+}
 
 /// The key range of a request, decoded from etcd's `key` / `range_end` pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +201,10 @@ pub struct Generation {
 pub struct KeyHistory {
     pub modified: Revision,
     pub generations: Vec<Generation>,
+    /// `created.main` of the last generation.
+    live_create_revision: i64,
+    /// `version` of the last generation: 0 when the key is deleted now.
+    live_version: i64,
 }
 
 impl KeyHistory {
@@ -90,6 +227,8 @@ impl KeyHistory {
         }
         g.revs.push(rev);
         g.version += 1;
+        self.live_create_revision = g.created.main;
+        self.live_version = g.version;
         self.modified = rev;
     }
 
@@ -101,6 +240,8 @@ impl KeyHistory {
         }
         self.put(rev);
         self.generations.push(Generation::default());
+        self.live_create_revision = 0;
+        self.live_version = 0;
         true
     }
 
@@ -121,7 +262,23 @@ impl KeyHistory {
         None
     }
 
+    #[inline]
     fn get(&self, at: i64) -> Option<KeyAt> {
+        // Fast path: at or after the last change, the answer is the key's live state.
+        if at >= self.modified.main {
+            if self.live_version == 0 {
+                return None;
+            }
+            return Some(KeyAt {
+                modified: self.modified,
+                create_revision: self.live_create_revision,
+                version: self.live_version,
+            });
+        }
+        self.get_in_history(at)
+    }
+
+    fn get_in_history(&self, at: i64) -> Option<KeyAt> {
         let g = self.find_generation(at)?;
         let n = g.revs.iter().rposition(|r| r.main <= at)?;
         Some(KeyAt {
@@ -197,13 +354,20 @@ impl KeyHistory {
         if let Some(p) = prev {
             assert_eq!(p, self.modified);
         }
+        let g = &self.generations[last];
+        if g.revs.is_empty() {
+            assert_eq!(self.live_version, 0);
+        } else {
+            assert_eq!(self.live_version, g.version);
+            assert_eq!(self.live_create_revision, g.created.main);
+        }
     }
 }
 
 /// All keys' histories, ordered by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyIndex {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: BTreeMap<IndexKey, KeyHistory>,
 }
 
 impl KeyIndex {
@@ -217,42 +381,54 @@ impl KeyIndex {
     }
 
     pub fn history(&self, key: &[u8]) -> Option<&KeyHistory> {
-        self.keys.get(key)
+        self.keys.get(KeyBytes::new(key))
     }
 
     /// Records a put of `key` at `rev` and returns the key's `(create_revision, version)`
     /// after it, with one map lookup (allocates only for a key never seen before).
     pub fn put(&mut self, key: &[u8], rev: Revision) -> (i64, i64) {
-        let h = match self.keys.get_mut(key) {
-            Some(h) => h,
-            None => self.keys.entry(key.to_vec()).or_default(),
-        };
+        let h = self.history_mut(key);
         h.put(rev);
         let g = h.generations.last().expect("a put leaves a generation");
         (g.created.main, g.version)
     }
 
+    /// The key's history, inserted empty if new: one map search for inline keys.
+    fn history_mut(&mut self, key: &[u8]) -> &mut KeyHistory {
+        if key.len() <= INLINE_KEY_BYTES_MAX {
+            return self.keys.entry(IndexKey::new(key)).or_default();
+        }
+        // Only a key never seen before pays for the boxed copy (and a second search).
+        if self.keys.contains_key(KeyBytes::new(key)) {
+            return self.keys.get_mut(KeyBytes::new(key)).expect("just found");
+        }
+        self.keys.entry(IndexKey::new(key)).or_default()
+    }
+
     /// Marks `key` deleted at `rev`. False (no change) if the key is not alive.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.keys.get_mut(key).is_some_and(|h| h.tombstone(rev))
+        self.keys
+            .get_mut(KeyBytes::new(key))
+            .is_some_and(|h| h.tombstone(rev))
     }
 
     /// The key as of main revision `at`, if it existed then.
+    #[inline]
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
-        self.keys.get(key)?.get(at)
+        self.keys.get(KeyBytes::new(key))?.get(at)
     }
 
     /// Calls `f` for every key in `range` that existed at `at`, in key order, until `f`
     /// returns false.
     pub fn range(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
         fn visit<'a>(
-            iter: impl Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)>,
+            iter: impl Iterator<Item = (&'a IndexKey, &'a KeyHistory)>,
             at: i64,
             f: &mut impl FnMut(&[u8], KeyAt) -> bool,
         ) {
             for (k, h) in iter {
                 if let Some(found) = h.get(at) {
-                    if !f(k, found) {
+                    if !f(k.as_bytes(), found) {
                         return;
                     }
                 }
@@ -265,12 +441,15 @@ impl KeyIndex {
                 }
             }
             KeyRange::From(key) => {
-                let bounds = (Bound::Included(key), Bound::Unbounded);
-                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
+                let bounds = (Bound::Included(KeyBytes::new(key)), Bound::Unbounded);
+                visit(self.keys.range::<KeyBytes, _>(bounds), at, &mut f)
             }
             KeyRange::Between(key, end) if key < end => {
-                let bounds = (Bound::Included(key), Bound::Excluded(end));
-                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
+                let bounds = (
+                    Bound::Included(KeyBytes::new(key)),
+                    Bound::Excluded(KeyBytes::new(end)),
+                );
+                visit(self.keys.range::<KeyBytes, _>(bounds), at, &mut f)
             }
             KeyRange::Between(..) => {}
         }
@@ -323,22 +502,21 @@ impl KeyIndex {
             self.tombstone(key, rev);
             return;
         }
-        match self.keys.get_mut(key) {
-            Some(h) => h.put(rev),
-            None => {
-                let g = Generation {
-                    version,
-                    created: Revision::new(create_revision, 0),
-                    revs: vec![rev],
-                };
-                self.keys.insert(
-                    key.to_vec(),
-                    KeyHistory {
-                        modified: rev,
-                        generations: vec![g],
-                    },
-                );
-            }
+        let h = self.history_mut(key);
+        if h.generations.is_empty() {
+            let g = Generation {
+                version,
+                created: Revision::new(create_revision, 0),
+                revs: vec![rev],
+            };
+            *h = KeyHistory {
+                modified: rev,
+                generations: vec![g],
+                live_create_revision: create_revision,
+                live_version: version,
+            };
+        } else {
+            h.put(rev);
         }
     }
 
@@ -357,14 +535,14 @@ impl KeyIndex {
         loop {
             match (a.next(), b.next()) {
                 (None, None) => return None,
-                (Some((ka, _)), None) => return Some(ka.clone()),
-                (None, Some((kb, _))) => return Some(kb.clone()),
+                (Some((ka, _)), None) => return Some(ka.as_bytes().to_vec()),
+                (None, Some((kb, _))) => return Some(kb.as_bytes().to_vec()),
                 (Some((ka, ha)), Some((kb, hb))) => {
                     if ka != kb {
-                        return Some(ka.min(kb).clone());
+                        return Some(ka.min(kb).as_bytes().to_vec());
                     }
                     if norm(ha) != norm(hb) {
-                        return Some(ka.clone());
+                        return Some(ka.as_bytes().to_vec());
                     }
                 }
             }
@@ -532,6 +710,33 @@ mod tests {
         assert_eq!(keys(KeyRange::new(b"\0", b"\0"), 3), ["a", "b"]);
         assert_eq!(keys(KeyRange::new(b"c", b"a"), 9), Vec::<String>::new());
         assert_eq!(ix.count(KeyRange::new(b"a", b"\0"), 9), 3);
+    }
+
+    #[test]
+    fn index_key_order_is_byte_order() {
+        let keys: Vec<Vec<u8>> = [
+            &b""[..],
+            b"\0",
+            b"a",
+            b"abcdefg",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefgi",
+            b"abcdefghijklmnopqrstuv",
+            b"abcdefghijklmnopqrstuvw",
+            b"abcdefghijklmnopqrstuvwxyz",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff",
+        ]
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+        for a in &keys {
+            assert_eq!(IndexKey::new(a).as_bytes(), &a[..]);
+            for b in &keys {
+                assert_eq!(cmp_key_bytes(a, b), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(IndexKey::new(a).cmp(&IndexKey::new(b)), a.cmp(b));
+            }
+        }
     }
 
     #[test]

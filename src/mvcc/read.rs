@@ -121,16 +121,16 @@ impl<R: Records> ReadView<'_, R> {
                 what: format!("index points at missing {rev:?}"),
             });
         };
-        let (kind, mut kv) = kv::decode_record(bytes)?;
+        let (kind, mut kv) = kv::decode_record_ref(bytes)?;
         if kind != RecordKind::Put || kv.mod_revision != rev.main {
             return Err(Error::Corrupt {
                 what: format!("record {rev:?} is not the indexed put"),
             });
         }
         if keys_only {
-            kv.value = Vec::new();
+            kv.value = &[];
         }
-        Ok(kv)
+        Ok(kv.to_key_value())
     }
 
     /// The live value of `key` as of `rev`.

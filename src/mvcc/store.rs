@@ -493,8 +493,10 @@ impl<B: Backend> Store<B> {
         let keep = self.index.keep(rev);
         let lower = self.compact_revision + 1;
         let mut hasher = crc32fast::Hasher::new();
-        self.backend
-            .scan(&[], &Revision::new((rev + 1).max(0), 0).encode(), &mut |k, v| {
+        self.backend.scan(
+            &[],
+            &Revision::new((rev + 1).max(0), 0).encode(),
+            &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
                     if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
                         return true;
@@ -503,7 +505,8 @@ impl<B: Backend> Store<B> {
                 hasher.update(k);
                 hasher.update(v);
                 true
-            });
+            },
+        );
         Ok((hasher.finalize(), self.compact_revision))
     }
 
@@ -628,14 +631,14 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
             let rev = Revision::decode(k).ok_or_else(|| Error::Corrupt {
                 what: format!("revision tree key {k:02x?}"),
             })?;
-            let (kind, kv) = kv::decode_record(v)?;
+            let (kind, kv) = kv::decode_record_ref(v)?;
             if kv.mod_revision != rev.main {
                 return Err(Error::Corrupt {
                     what: format!("record {rev:?} has mod_revision {}", kv.mod_revision),
                 });
             }
             let tombstone = kind == RecordKind::Tombstone;
-            index.restore(&kv.key, rev, tombstone, kv.create_revision, kv.version);
+            index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
             Ok(rev)
         };
         match step() {

@@ -666,7 +666,11 @@ fn compaction_rules_and_hash() {
     assert_eq!(s.hash_kv(5), Err(Error::Compacted));
     assert_eq!(s.hash_kv(9), Err(Error::FutureRev));
     let empty = crc32fast::Hasher::new().finalize();
-    assert_eq!(store().hash_kv(-7), Ok((empty, -1)), "etcd hashes nothing below revision 1");
+    assert_eq!(
+        store().hash_kv(-7),
+        Ok((empty, -1)),
+        "etcd hashes nothing below revision 1"
+    );
     assert_eq!(s.hash_kv(0).unwrap().1, 5);
     // Compacting at 8 leaves the latest puts of a, b, c, d; e's put and tombstone and
     // c's first put go.
