@@ -77,7 +77,10 @@ impl<R: Records> ReadView<'_, R> {
         };
         // keys_only drops values after sorting (a VALUE sort still needs them).
         let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
-        let mut kvs = Vec::new();
+        let mut kvs = match range {
+            KeyRange::Single(_) => Vec::with_capacity(1),
+            _ => Vec::new(),
+        };
         let mut count = 0i64;
         let mut failure = None;
         self.index.range(range, rev, |_, at| {
