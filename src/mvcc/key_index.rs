@@ -21,7 +21,9 @@
 use super::revision::Revision;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 
 /// Longest key stored inline in an [`IndexKey`].
@@ -118,6 +120,14 @@ impl Borrow<KeyBytes> for IndexKey {
     #[inline]
     fn borrow(&self) -> &KeyBytes {
         KeyBytes::new(self.as_bytes())
+    }
+}
+
+impl Hash for IndexKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash as `KeyBytes` (its derived Hash hashes the `[u8]`), see `Borrow`.
+        self.as_bytes().hash(state)
     }
 }
 
@@ -364,10 +374,14 @@ impl KeyHistory {
     }
 }
 
-/// All keys' histories, ordered by key.
+/// All keys' histories, ordered by key: a hash map for the point operations (a put, a
+/// tombstone, a single-key read: one or two cache misses instead of one per level of a
+/// search tree) and an ordered set of the same keys for ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyIndex {
-    keys: BTreeMap<IndexKey, KeyHistory>,
+    keys: HashMap<IndexKey, KeyHistory>,
+    /// Exactly the keys of `keys`.
+    order: BTreeSet<IndexKey>,
 }
 
 impl KeyIndex {
@@ -387,22 +401,28 @@ impl KeyIndex {
     /// Records a put of `key` at `rev` and returns the key's `(create_revision, version)`
     /// after it, with one map lookup (allocates only for a key never seen before).
     pub fn put(&mut self, key: &[u8], rev: Revision) -> (i64, i64) {
-        let h = self.history_mut(key);
+        let h = self.history_mut(key, true);
         h.put(rev);
         let g = h.generations.last().expect("a put leaves a generation");
         (g.created.main, g.version)
     }
 
     /// The key's history, inserted empty if new: one map search for inline keys.
-    fn history_mut(&mut self, key: &[u8]) -> &mut KeyHistory {
-        if key.len() <= INLINE_KEY_BYTES_MAX {
-            return self.keys.entry(IndexKey::new(key)).or_default();
-        }
-        // Only a key never seen before pays for the boxed copy (and a second search).
-        if self.keys.contains_key(KeyBytes::new(key)) {
+    /// `ordered`: also add a new key to `order` (a restore adds them all at the end).
+    fn history_mut(&mut self, key: &[u8], ordered: bool) -> &mut KeyHistory {
+        // A long key would pay a boxed copy for the entry: look it up first.
+        if key.len() > INLINE_KEY_BYTES_MAX && self.keys.contains_key(KeyBytes::new(key)) {
             return self.keys.get_mut(KeyBytes::new(key)).expect("just found");
         }
-        self.keys.entry(IndexKey::new(key)).or_default()
+        match self.keys.entry(IndexKey::new(key)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                if ordered {
+                    self.order.insert(e.key().clone());
+                }
+                e.insert(KeyHistory::default())
+            }
+        }
     }
 
     /// Marks `key` deleted at `rev`. False (no change) if the key is not alive.
@@ -421,19 +441,18 @@ impl KeyIndex {
     /// Calls `f` for every key in `range` that existed at `at`, in key order, until `f`
     /// returns false.
     pub fn range(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
-        fn visit<'a>(
-            iter: impl Iterator<Item = (&'a IndexKey, &'a KeyHistory)>,
-            at: i64,
-            f: &mut impl FnMut(&[u8], KeyAt) -> bool,
-        ) {
-            for (k, h) in iter {
+        let keys = &self.keys;
+        let visit = |iter: std::collections::btree_set::Range<'_, IndexKey>,
+                     f: &mut dyn FnMut(&[u8], KeyAt) -> bool| {
+            for k in iter {
+                let h = &keys[KeyBytes::new(k.as_bytes())];
                 if let Some(found) = h.get(at) {
                     if !f(k.as_bytes(), found) {
                         return;
                     }
                 }
             }
-        }
+        };
         match range {
             KeyRange::Single(key) => {
                 if let Some(found) = self.get(key, at) {
@@ -442,14 +461,14 @@ impl KeyIndex {
             }
             KeyRange::From(key) => {
                 let bounds = (Bound::Included(KeyBytes::new(key)), Bound::Unbounded);
-                visit(self.keys.range::<KeyBytes, _>(bounds), at, &mut f)
+                visit(self.order.range::<KeyBytes, _>(bounds), &mut f)
             }
             KeyRange::Between(key, end) if key < end => {
                 let bounds = (
                     Bound::Included(KeyBytes::new(key)),
                     Bound::Excluded(KeyBytes::new(end)),
                 );
-                visit(self.keys.range::<KeyBytes, _>(bounds), at, &mut f)
+                visit(self.order.range::<KeyBytes, _>(bounds), &mut f)
             }
             KeyRange::Between(..) => {}
         }
@@ -470,10 +489,17 @@ impl KeyIndex {
     /// tombstone). Keys left without history are removed.
     pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
         let mut available = HashSet::new();
-        self.keys.retain(|_, h| {
+        let mut removed = Vec::new();
+        self.keys.retain(|k, h| {
             h.compact(at, &mut available);
+            if h.is_empty() {
+                removed.push(k.clone());
+            }
             !h.is_empty()
         });
+        for k in &removed {
+            self.order.remove(k);
+        }
         available
     }
 
@@ -486,7 +512,8 @@ impl KeyIndex {
         available
     }
 
-    /// Rebuild step: applies one Revision-tree record, records in revision order.
+    /// Rebuild step: applies one Revision-tree record, records in revision order; call
+    /// [`KeyIndex::finish_restore`] after the last one.
     /// `create_revision` and `version` come from the record (a put whose earlier history
     /// was compacted away starts a generation mid-life, as etcd's restore does).
     pub fn restore(
@@ -502,7 +529,7 @@ impl KeyIndex {
             self.tombstone(key, rev);
             return;
         }
-        let h = self.history_mut(key);
+        let h = self.history_mut(key, false);
         if h.generations.is_empty() {
             let g = Generation {
                 version,
@@ -520,6 +547,17 @@ impl KeyIndex {
         }
     }
 
+    /// Ends a rebuild: orders the keys `restore` added (one sort and a bulk build instead
+    /// of a tree insert per key).
+    pub fn finish_restore(&mut self) {
+        if self.order.len() == self.keys.len() {
+            return;
+        }
+        let mut keys: Vec<IndexKey> = self.keys.keys().cloned().collect();
+        keys.sort_unstable();
+        self.order = BTreeSet::from_iter(keys);
+    }
+
     /// Compares two indexes as a rebuild would see them: `created.sub` is not stored in
     /// records, so only `created.main` counts. Returns the first differing key.
     pub fn first_difference(&self, other: &KeyIndex) -> Option<Vec<u8>> {
@@ -530,8 +568,8 @@ impl KeyIndex {
             }
             h
         };
-        let mut a = self.keys.iter();
-        let mut b = other.keys.iter();
+        let mut a = self.order.iter().map(|k| (k, &self.keys[k]));
+        let mut b = other.order.iter().map(|k| (k, &other.keys[k]));
         loop {
             match (a.next(), b.next()) {
                 (None, None) => return None,
@@ -550,6 +588,13 @@ impl KeyIndex {
     }
 
     pub fn invariants(&self) {
+        assert_eq!(self.keys.len(), self.order.len());
+        for k in &self.order {
+            assert!(
+                self.keys.contains_key(k),
+                "ordered key {k:?} not in the map"
+            );
+        }
         for h in self.keys.values() {
             h.invariants();
             assert!(!h.is_empty());
@@ -753,6 +798,7 @@ mod tests {
         rebuilt.restore(b"foo", r(5), true, 0, 0);
         rebuilt.restore(b"bar", r(6), false, 6, 1);
         rebuilt.restore(b"bar", Revision::new(7, 2), false, 6, 2);
+        rebuilt.finish_restore();
         assert_eq!(ix.first_difference(&rebuilt), None);
         rebuilt.put(b"zzz", r(8));
         assert_eq!(ix.first_difference(&rebuilt), Some(b"zzz".to_vec()));

@@ -652,6 +652,7 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
             }
         }
     });
+    index.finish_restore();
     match failure {
         Some(e) => Err(e),
         None => Ok((index, last.map(|r| r.main))),
