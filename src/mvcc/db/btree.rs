@@ -47,6 +47,9 @@ pub struct Writer {
     pub grow_count: u64,
 }
 
+/// Free-list entries searched for an overflow run before fresh space is used.
+const RUN_SCAN_PAGES_MAX: usize = 1024;
+
 type CheckResult<T> = std::result::Result<T, (u64, String)>;
 type Path = [(u64, usize); HEIGHT_MAX];
 
@@ -148,24 +151,32 @@ impl Writer {
         Ok(id)
     }
 
+    /// A run of `n` contiguous free pages. Freed runs are pushed as consecutive
+    /// descending ids, so only the most recently freed `RUN_SCAN_PAGES_MAX` entries are
+    /// searched (bounded cost, no allocation); a small list is sorted and searched whole.
+    /// Without a match the caller takes fresh pages at the high-water mark.
     fn take_free_run(&mut self, n: u64) -> Option<u64> {
         if n == 1 {
             return self.free_now.pop();
         }
-        if (self.free_now.len() as u64) < n {
+        let len = self.free_now.len();
+        if (len as u64) < n {
             return None;
         }
-        // Rare (large values): sort descending so the stack still pops low ids first.
-        self.free_now.sort_unstable_by(|a, b| b.cmp(a));
+        if len <= RUN_SCAN_PAGES_MAX {
+            // Descending, so the stack still pops low ids first.
+            self.free_now.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let from = len.saturating_sub(RUN_SCAN_PAGES_MAX);
         let f = &self.free_now;
-        let mut run_end = 0; // index of the lowest id of the current descending run
-        for i in 0..f.len() {
-            if i > 0 && f[i - 1] != f[i] + 1 {
-                run_end = i;
+        let mut run_start = from; // index of the highest id of the current run
+        for i in from..len {
+            if i > from && f[i - 1] != f[i] + 1 {
+                run_start = i;
             }
-            if (i - run_end + 1) as u64 == n {
+            if (i - run_start + 1) as u64 == n {
                 let id = f[i];
-                self.free_now.drain(run_end..=i);
+                self.free_now.drain(run_start..=i);
                 return Some(id);
             }
         }
@@ -459,18 +470,26 @@ impl Writer {
         page::remove_cell(self.map.page_mut(leaf), i);
         self.changed = true;
         let levels = root.height as usize - 1;
+        let mut alive = levels;
         if page::count(self.map.map().page(leaf)) == 0 {
             self.free(leaf, 1);
-            self.remove_up(root, &path, levels);
+            alive = self.remove_up(root, &path, levels);
         } else if levels > 0 && page::used_bytes(self.map.map().page(leaf)) < PAGE_BYTES / 4 {
-            self.merge_leaf(&path[levels - 1])?;
+            self.merge_child(&path[levels - 1])?;
+        }
+        // Underfull branches on the (writable) path merge with a sibling, bottom up.
+        for l in (1..alive).rev() {
+            if page::used_bytes(self.map.map().page(path[l].0)) < PAGE_BYTES / 4 {
+                self.merge_child(&path[l - 1])?;
+            }
         }
         self.collapse_root(root);
         Ok(true)
     }
 
     /// The child at path level `l` was freed: remove it from its parent, upward.
-    fn remove_up(&mut self, root: &mut TreeRoot, path: &Path, mut l: usize) {
+    /// Returns how many path levels are still alive (`path[..alive]`).
+    fn remove_up(&mut self, root: &mut TreeRoot, path: &Path, mut l: usize) -> usize {
         loop {
             if l == 0 {
                 *root = TreeRoot {
@@ -479,12 +498,12 @@ impl Writer {
                     entries: root.entries,
                     payload_bytes: 0,
                 };
-                return;
+                return 0;
             }
             let (parent, i) = path[l - 1];
             page::remove_cell(self.map.page_mut(parent), i);
             if page::count(self.map.map().page(parent)) > 0 {
-                return;
+                return l;
             }
             self.free(parent, 1);
             l -= 1;
@@ -500,9 +519,10 @@ impl Writer {
         }
     }
 
-    /// Merges the underfull leaf at `parent[i]` with a sibling if both fit in one page.
-    /// `parent` is writable.
-    fn merge_leaf(&mut self, &(parent, i): &(u64, usize)) -> Result<()> {
+    /// Merges the child at `parent[i]` with a sibling if both fit in one page; `parent`
+    /// is writable. For branches, the right node's first cell takes the parent's
+    /// separator as its key, so the merged node keeps exact bounds.
+    fn merge_child(&mut self, &(parent, i): &(u64, usize)) -> Result<()> {
         let map = self.map.map().clone();
         let pp = map.page(parent);
         let n = page::count(pp);
@@ -511,7 +531,14 @@ impl Writer {
         }
         let l = if i + 1 < n { i } else { i - 1 };
         let (left, right) = (page::branch_child(pp, l), page::branch_child(pp, l + 1));
-        let used = page::used_bytes(map.page(left)) + page::used_bytes(map.page(right));
+        let rp = map.page(right);
+        let is_branch = page::kind(rp) == KIND_BRANCH;
+        let mut used = page::used_bytes(map.page(left)) + page::used_bytes(rp);
+        if is_branch {
+            used = used + page::branch_key(pp, l + 1).len() - page::branch_key(rp, 0).len();
+            self.sep.clear();
+            self.sep.extend_from_slice(page::branch_key(pp, l + 1));
+        }
         if used > PAGE_BYTES - HEADER_BYTES {
             return Ok(());
         }
@@ -519,13 +546,18 @@ impl Writer {
         if w != left {
             page::set_branch_child(self.map.page_mut(parent), l, w);
         }
-        self.scratch.copy_from_slice(map.page(right));
+        self.scratch.copy_from_slice(rp);
         let p = self.map.page_mut(w);
         let mut tmp = [0u8; PAGE_BYTES];
         page::compact(p, &mut tmp);
         let base = page::count(p);
         for j in 0..page::count(&self.scratch) {
-            page::insert_raw_cell(p, base + j, page::cell_bytes(&self.scratch, j));
+            if is_branch && j == 0 {
+                let child = page::branch_child(&self.scratch, 0);
+                page::insert_branch_cell(p, base, &self.sep, child);
+            } else {
+                page::insert_raw_cell(p, base + j, page::cell_bytes(&self.scratch, j));
+            }
         }
         self.free(right, 1);
         page::remove_cell(self.map.page_mut(parent), l + 1);
@@ -569,6 +601,8 @@ impl Writer {
             end,
             leaves: Vec::new(),
             branches: Vec::new(),
+            branch_info: Default::default(),
+            kept_branches: Default::default(),
             acc: None,
             removed: 0,
             changed: false,
@@ -579,25 +613,26 @@ impl Writer {
             root,
             root.page,
             root.height as usize - 1,
-            &[],
-            None,
+            (&[], None, 0),
             keep,
         )?;
         self.retain_flush(&mut r);
         if !r.changed {
             return Ok(0);
         }
-        for &b in &r.branches {
-            self.free(b, 1);
-        }
-        let mut level = r.leaves;
+        let mut level = std::mem::take(&mut r.leaves);
         let mut height = 1;
         while level.len() > 1 {
-            level = self.build_branch_level(level, height)?;
+            level = self.build_branch_level(&mut r, level, height)?;
             height += 1;
         }
+        for &b in &r.branches {
+            if !r.kept_branches.contains(&b) {
+                self.free(b, 1);
+            }
+        }
         match level.pop() {
-            Some((_, id)) => {
+            Some(Item { id, .. }) => {
                 root.page = id;
                 root.height = height as u32;
             }
@@ -617,13 +652,13 @@ impl Writer {
         root: &mut TreeRoot,
         id: u64,
         level: usize,
-        lo: &[u8],
-        hi: Option<&[u8]>,
+        (lo, hi, parent): (&[u8], Option<&[u8]>, u64),
         keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
         let p = map.page(id);
         if level > 0 {
             r.branches.push(id);
+            r.branch_info.insert(id, (page::count(p), parent));
             let n = page::count(p);
             for i in 0..n {
                 let clo = if i == 0 { lo } else { page::branch_key(p, i) };
@@ -633,7 +668,7 @@ impl Writer {
                     hi
                 };
                 let child = page::branch_child(p, i);
-                self.retain_walk(map, r, root, child, level - 1, clo, chi, keep)?;
+                self.retain_walk(map, r, root, child, level - 1, (clo, chi, id), keep)?;
             }
             return Ok(());
         }
@@ -654,7 +689,12 @@ impl Writer {
         }
         if drops == 0 {
             self.retain_flush(r);
-            r.leaves.push((lo.to_vec(), id));
+            r.leaves.push(Item {
+                sep: lo.to_vec(),
+                id,
+                kept: true,
+                parent,
+            });
             return Ok(());
         }
         r.changed = true;
@@ -688,32 +728,82 @@ impl Writer {
 
     fn retain_flush(&mut self, r: &mut Retain) {
         if let Some(a) = r.acc.take() {
-            let key = page::leaf_key(self.map.map().page(a), 0).to_vec();
-            r.leaves.push((key, a));
+            let sep = page::leaf_key(self.map.map().page(a), 0).to_vec();
+            r.leaves.push(Item {
+                sep,
+                id: a,
+                kept: false,
+                parent: 0,
+            });
         }
     }
 
+    /// The next level up: an old branch whose children all survived unchanged, in order,
+    /// is kept as it is (shared); the other nodes are packed full into new branch pages.
     fn build_branch_level(
         &mut self,
-        children: Vec<(Vec<u8>, u64)>,
+        r: &mut Retain,
+        items: Vec<Item>,
         level: usize,
-    ) -> Result<Vec<(Vec<u8>, u64)>> {
-        let mut out: Vec<(Vec<u8>, u64)> = Vec::new();
+    ) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut loose: Vec<Item> = Vec::new();
+        let mut i = 0;
+        while i < items.len() {
+            let it = &items[i];
+            if it.kept && it.parent != 0 {
+                let (n, grandparent) = r.branch_info[&it.parent];
+                let whole = items[i..].len() >= n
+                    && items[i..i + n]
+                        .iter()
+                        .all(|x| x.kept && x.parent == it.parent);
+                if whole {
+                    self.pack_branches(&mut loose, level, &mut out)?;
+                    r.kept_branches.insert(it.parent);
+                    let sep = it.sep.clone();
+                    out.push(Item {
+                        sep,
+                        id: it.parent,
+                        kept: true,
+                        parent: grandparent,
+                    });
+                    i += n;
+                    continue;
+                }
+            }
+            loose.push(items[i].clone());
+            i += 1;
+        }
+        self.pack_branches(&mut loose, level, &mut out)?;
+        Ok(out)
+    }
+
+    fn pack_branches(
+        &mut self,
+        loose: &mut Vec<Item>,
+        level: usize,
+        out: &mut Vec<Item>,
+    ) -> Result<()> {
         let mut cur: Option<u64> = None;
-        for (key, child) in children {
-            let need = page::BRANCH_CELL_HEADER_BYTES + key.len() + 2;
+        for item in loose.drain(..) {
+            let need = page::BRANCH_CELL_HEADER_BYTES + item.sep.len() + 2;
             let fits = cur.is_some_and(|c| page::free_space(self.map.map().page(c)) >= need);
             if !fits {
                 let id = self.alloc(1)?;
                 page::init(self.map.page_mut(id), KIND_BRANCH, level, id, self.txn);
-                out.push((key.clone(), id));
+                out.push(Item {
+                    sep: item.sep.clone(),
+                    id,
+                    kept: false,
+                    parent: 0,
+                });
                 cur = Some(id);
             }
             let p = self.map.page_mut(cur.unwrap());
             let c = page::count(p);
-            page::insert_branch_cell(p, c, &key, child);
+            page::insert_branch_cell(p, c, &item.sep, item.id);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Checksums every page written in the working txn (called at publish).
@@ -753,11 +843,25 @@ impl Writer {
 struct Retain<'a> {
     start: &'a [u8],
     end: &'a [u8],
-    leaves: Vec<(Vec<u8>, u64)>,
+    leaves: Vec<Item>,
+    /// Old branch pages in walk order, and for each: (child count, parent).
     branches: Vec<u64>,
+    branch_info: std::collections::HashMap<u64, (usize, u64)>,
+    kept_branches: std::collections::HashSet<u64>,
     acc: Option<u64>,
     removed: u64,
     changed: bool,
+}
+
+/// A node of one level while `retain` rebuilds the branch levels.
+#[derive(Clone)]
+struct Item {
+    /// Lower bound of the node's keys (its separator in the parent).
+    sep: Vec<u8>,
+    id: u64,
+    /// An old page kept unchanged, whose old parent is `parent`.
+    kept: bool,
+    parent: u64,
 }
 
 /// Number of entries (of `n`, sized by `size`) to put in the left page so that the

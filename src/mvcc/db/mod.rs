@@ -43,7 +43,14 @@
 //! naming file and offset, never a panic), and every page below the high-water mark it
 //! did not reach is free. There is no free list to corrupt or to keep consistent, each
 //! commit writes fewer pages, and open must scan the tree to verify it anyway. (After a
-//! reopen the older meta is no longer protected until the next commit.)
+//! reopen the older meta is no longer protected until the next commit.) The price of
+//! keeping the older meta openable: a page freed by commit N is reused only once commit
+//! N+1 is durable, so a store that rewrites all of its data every commit holds up to
+//! about three times its live pages; compaction-style churn (a small part per commit)
+//! stays within twice the payload (tested).
+//!
+//! Values above `page::INLINE_VALUE_BYTES_MAX` (1 KiB) take whole pages in an overflow
+//! run; a run is looked for among recently freed pages, else taken at the high-water mark.
 //!
 //! Readers: a `ReadSnapshot` holds an `Arc` of the mapping, the published roots and
 //! `AppMeta`, and a pin in the epoch table (`epoch.rs`): an `Arc<[AtomicU64]>`-style
@@ -53,10 +60,16 @@
 //! Appends at the right edge (revision keys only grow) split a full rightmost leaf or
 //! branch by moving only the new entry right, so sequentially written trees are packed
 //! ~100%; other splits balance bytes 50/50. `remove` drops emptied pages from their
-//! parents, merges an underfull leaf (< 1/4 used) into a sibling when both fit, and
-//! collapses single-child roots. `retain` (compaction) rewrites only the leaves in its
-//! range that lose entries, packed full, keeps the others as they are (shared), and
-//! rebuilds the branch levels.
+//! parents, merges underfull pages (< 1/4 used) on its path with a sibling when both fit,
+//! and collapses single-child roots. `retain` (compaction) rewrites only the leaves in its
+//! range that lose entries, packed full, keeps the others as they are (shared), keeps
+//! every old branch page whose children all survived unchanged, and packs new branch
+//! pages only over the changed spans. It reads every branch page of the tree (not the
+//! leaves outside its range) to do so.
+//!
+//! Capacity: `insert` / `remove` check before changing anything that the worst case
+//! (every level copied and split, a new root, the overflow run) fits in the mapping, so
+//! `MapFull` leaves the Db usable; a `retain` that fails half way poisons it.
 //!
 //! API contract (what `mvcc::Store` relies on):
 //! - Several named trees live in one file ([`TreeId`]); keys and values are bytes,
@@ -554,6 +567,13 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.w.path
+    }
+
+    /// Closes the file (uncommitted changes are dropped). Snapshots stay readable: the
+    /// mapping lives until the last one is dropped.
+    pub async fn close(self) -> Result<()> {
+        let path = self.w.path.clone();
+        self.file.close().await.map_err(gio_err(&path, "close"))
     }
 
     /// The meta fields of the working state.
