@@ -22,7 +22,7 @@ use super::revision::Revision;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 
@@ -300,7 +300,7 @@ impl KeyHistory {
 
     /// etcd's doCompact: the generation to keep from and, inside it, the index of the
     /// latest revision <= `at` (added to `available`), or None.
-    fn do_compact(&self, at: i64, available: &mut HashSet<Revision>) -> (usize, Option<usize>) {
+    fn do_compact(&self, at: i64, available: &mut Vec<Revision>) -> (usize, Option<usize>) {
         let mut gen_index = 0;
         while gen_index + 1 < self.generations.len() {
             let tomb = self.generations[gen_index]
@@ -315,12 +315,12 @@ impl KeyHistory {
         let g = &self.generations[gen_index];
         let rev_index = g.revs.iter().rposition(|r| r.main <= at);
         if let Some(i) = rev_index {
-            available.insert(g.revs[i]);
+            available.push(g.revs[i]);
         }
         (gen_index, rev_index)
     }
 
-    fn compact(&mut self, at: i64, available: &mut HashSet<Revision>) {
+    fn compact(&mut self, at: i64, available: &mut Vec<Revision>) {
         let (mut gen_index, rev_index) = self.do_compact(at, available);
         let last = self.generations.len() - 1;
         let g = &mut self.generations[gen_index];
@@ -330,14 +330,17 @@ impl KeyHistory {
             }
             // A generation left with only its tombstone is dropped with it.
             if g.revs.len() == 1 && gen_index != last {
-                available.remove(&g.revs[0]);
+                // Revisions belong to one key: if kept, it was the one just pushed.
+                if available.last() == Some(&g.revs[0]) {
+                    available.pop();
+                }
                 gen_index += 1;
             }
         }
         self.generations.drain(..gen_index);
     }
 
-    fn keep(&self, at: i64, available: &mut HashSet<Revision>) {
+    fn keep(&self, at: i64, available: &mut Vec<Revision>) {
         if self.is_empty() {
             return;
         }
@@ -345,7 +348,9 @@ impl KeyHistory {
         let g = &self.generations[gen_index];
         if let Some(i) = rev_index {
             if i == g.revs.len() - 1 && gen_index != self.generations.len() - 1 {
-                available.remove(&g.revs[i]);
+                // Pushed by do_compact just now.
+                let popped = available.pop();
+                assert_eq!(popped, Some(g.revs[i]));
             }
         }
     }
@@ -486,9 +491,9 @@ impl KeyIndex {
 
     /// Compacts every key at main revision `at` and returns the revisions <= `at` that
     /// must stay in the Revision tree (etcd: the latest one of each key unless it is a
-    /// tombstone). Keys left without history are removed.
-    pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
-        let mut available = HashSet::new();
+    /// tombstone), sorted (look one up with `binary_search`). Keys left without history are removed.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut available = Vec::new();
         let mut removed = Vec::new();
         self.keys.retain(|k, h| {
             h.compact(at, &mut available);
@@ -500,15 +505,17 @@ impl KeyIndex {
         for k in &removed {
             self.order.remove(k);
         }
+        available.sort_unstable();
         available
     }
 
     /// The revisions <= `at` that `compact(at)` would keep, without changing anything.
-    pub fn keep(&self, at: i64) -> HashSet<Revision> {
-        let mut available = HashSet::new();
+    pub fn keep(&self, at: i64) -> Vec<Revision> {
+        let mut available = Vec::new();
         for h in self.keys.values() {
             h.keep(at, &mut available);
         }
+        available.sort_unstable();
         available
     }
 
@@ -671,7 +678,7 @@ mod tests {
         // compact(2): {2, 3(t)} {4, 5(t)} {}; keeps 2.
         let mut ix = foo();
         let keep = ix.compact(2);
-        assert_eq!(keep, HashSet::from([r(2)]));
+        assert_eq!(keep, vec![r(2)]);
         assert_eq!(revs(&ix), vec![vec![2, 3], vec![4, 5], vec![]]);
         assert_eq!(
             ix.get(b"foo", 2),
@@ -680,7 +687,7 @@ mod tests {
         );
         // compact(4): {4, 5(t)} {}; keeps 4.
         let keep = ix.compact(4);
-        assert_eq!(keep, HashSet::from([r(4)]));
+        assert_eq!(keep, vec![r(4)]);
         assert_eq!(revs(&ix), vec![vec![4, 5], vec![]]);
         // compact(5): the key is gone; the tombstone is not kept.
         let keep = ix.compact(5);
@@ -696,7 +703,7 @@ mod tests {
         assert!(keep.is_empty(), "latest <= 3 is a tombstone");
         assert_eq!(revs(&ix), vec![vec![4, 5], vec![]]);
         let mut ix = foo();
-        assert_eq!(ix.compact(6), HashSet::new());
+        assert_eq!(ix.compact(6), Vec::new());
         assert_eq!(ix.key_count(), 0);
     }
 
@@ -707,9 +714,9 @@ mod tests {
         ix.put(b"a", Revision::new(3, 1));
         ix.put(b"a", r(7));
         ix.put(b"b", r(5));
-        assert_eq!(ix.keep(4), HashSet::from([Revision::new(3, 1)]));
+        assert_eq!(ix.keep(4), vec![Revision::new(3, 1)]);
         let keep = ix.compact(4);
-        assert_eq!(keep, HashSet::from([Revision::new(3, 1)]));
+        assert_eq!(keep, vec![Revision::new(3, 1)]);
         assert_eq!(
             ix.get(b"a", 4),
             Some(KeyAt {

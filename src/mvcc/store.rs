@@ -456,7 +456,7 @@ impl<B: Backend> Store<B> {
         let mut bad_key = None;
         self.backend
             .retain(&[], &end, &mut |k, _| match Revision::decode(k) {
-                Some(r) => keep.contains(&r),
+                Some(r) => keep.binary_search(&r).is_ok(),
                 None => {
                     bad_key = Some(k.to_vec());
                     true
@@ -498,7 +498,7 @@ impl<B: Backend> Store<B> {
             &Revision::new((rev + 1).max(0), 0).encode(),
             &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
-                    if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
+                    if r.main < lower && !keep.is_empty() && !keep.binary_search(&r).is_ok() {
                         return true;
                     }
                 }
