@@ -498,7 +498,7 @@ impl<B: Backend> Store<B> {
             &Revision::new((rev + 1).max(0), 0).encode(),
             &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
-                    if r.main < lower && !keep.is_empty() && !keep.binary_search(&r).is_ok() {
+                    if r.main < lower && !keep.is_empty() && keep.binary_search(&r).is_err() {
                         return true;
                     }
                 }
