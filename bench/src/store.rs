@@ -127,15 +127,22 @@ async fn bench(db: PathBuf, cfg: Cfg) {
     let before = store.backend().stats();
     let tenth = (cfg.keys / 10).max(1);
     let mut rates = Vec::new();
+    let mut compact_secs = 0.0;
     for round in 0..10 {
         rates.push(load(&mut store, &cfg, round * tenth, tenth).await);
         let rev = store.current_revision();
+        let started = Instant::now();
         store.compact(rev).expect("compact");
+        compact_secs += started.elapsed().as_secs_f64();
         store.commit().await.expect("commit");
     }
     let after = store.backend().stats();
     let mean = rates.iter().sum::<f64>() / rates.len() as f64;
     println!("overwrite 10% + compact, x10: {mean:.0} puts/s");
+    println!(
+        "compact after each 10% overwrite: {:.1} ms mean",
+        compact_secs * 100.0
+    );
     for (what, s) in [
         ("after load", before),
         ("after 10 overwrite+compact rounds", after),

@@ -10,11 +10,154 @@
 //! - revisions strictly increase across all generations of a key;
 //! - only the last generation may be empty; every other one ends with its tombstone;
 //! - `modified` is the largest revision;
-//! - a key whose history is a single empty generation is not in the map.
+//! - a key whose history is a single empty generation is not in the map;
+//! - `live_create_revision` / `live_version` describe the last generation (version 0 when
+//!   the key is deleted now), so a read at or after `modified` needs no generation walk.
+//!
+//! Keys of up to [`INLINE_KEY_BYTES_MAX`] bytes are stored inline in the map's nodes
+//! ([`IndexKey`]), so a lookup compares bytes already in the node instead of chasing one
+//! heap pointer (one cache miss) per comparison.
 
 use super::revision::Revision;
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
+
+/// Longest key stored inline in an [`IndexKey`].
+pub const INLINE_KEY_BYTES_MAX: usize = 22;
+
+/// Byte-wise (memcmp) order, with the first 8 bytes compared as one big-endian word: the
+/// same order as `<[u8]>::cmp`, without a libc call for most comparisons.
+#[inline]
+pub fn cmp_key_bytes(a: &[u8], b: &[u8]) -> Ordering {
+    if let (Some(x), Some(y)) = (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        let (x, y) = (u64::from_be_bytes(*x), u64::from_be_bytes(*y));
+        if x != y {
+            return x.cmp(&y);
+        }
+        if a.len() == 8 && b.len() == 8 {
+            return Ordering::Equal;
+        }
+        return a[8..].cmp(&b[8..]);
+    }
+    a.cmp(b)
+}
+
+/// A borrowed key with [`cmp_key_bytes`] order: what map lookups compare against.
+#[repr(transparent)]
+#[derive(PartialEq, Eq, Hash)]
+pub struct KeyBytes([u8]);
+
+impl KeyBytes {
+    #[allow(unsafe_code)]
+    #[inline]
+    pub fn new(bytes: &[u8]) -> &KeyBytes {
+        // SAFETY: `KeyBytes` is `#[repr(transparent)]` over `[u8]`, so `&[u8]` and
+        // `&KeyBytes` have the same layout and pointer metadata (the length); the lifetime
+        // is carried over unchanged.
+        unsafe { &*(bytes as *const [u8] as *const KeyBytes) }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Ord for KeyBytes {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_key_bytes(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for KeyBytes {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// An owned index key: inline up to [`INLINE_KEY_BYTES_MAX`] bytes, boxed beyond.
+#[derive(Clone)]
+pub enum IndexKey {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES_MAX],
+    },
+    Boxed(Box<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<IndexKey>() == 24);
+
+impl IndexKey {
+    pub fn new(key: &[u8]) -> IndexKey {
+        if key.len() <= INLINE_KEY_BYTES_MAX {
+            let mut bytes = [0; INLINE_KEY_BYTES_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            IndexKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            IndexKey::Boxed(key.into())
+        }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline { len, bytes } => &bytes[..*len as usize],
+            IndexKey::Boxed(b) => b,
+        }
+    }
+}
+
+impl Borrow<KeyBytes> for IndexKey {
+    #[inline]
+    fn borrow(&self) -> &KeyBytes {
+        KeyBytes::new(self.as_bytes())
+    }
+}
+
+impl Hash for IndexKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash as `KeyBytes` (its derived Hash hashes the `[u8]`), see `Borrow`.
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl Ord for IndexKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_key_bytes(self.as_bytes(), other.as_bytes())
+    }
+}
+
+impl PartialOrd for IndexKey {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", self.as_bytes())
+    }
+}
 
 /// The key range of a request, decoded from etcd's `key` / `range_end` pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +211,10 @@ pub struct Generation {
 pub struct KeyHistory {
     pub modified: Revision,
     pub generations: Vec<Generation>,
+    /// `created.main` of the last generation.
+    live_create_revision: i64,
+    /// `version` of the last generation: 0 when the key is deleted now.
+    live_version: i64,
 }
 
 impl KeyHistory {
@@ -90,6 +237,8 @@ impl KeyHistory {
         }
         g.revs.push(rev);
         g.version += 1;
+        self.live_create_revision = g.created.main;
+        self.live_version = g.version;
         self.modified = rev;
     }
 
@@ -101,6 +250,8 @@ impl KeyHistory {
         }
         self.put(rev);
         self.generations.push(Generation::default());
+        self.live_create_revision = 0;
+        self.live_version = 0;
         true
     }
 
@@ -121,7 +272,23 @@ impl KeyHistory {
         None
     }
 
+    #[inline]
     fn get(&self, at: i64) -> Option<KeyAt> {
+        // Fast path: at or after the last change, the answer is the key's live state.
+        if at >= self.modified.main {
+            if self.live_version == 0 {
+                return None;
+            }
+            return Some(KeyAt {
+                modified: self.modified,
+                create_revision: self.live_create_revision,
+                version: self.live_version,
+            });
+        }
+        self.get_in_history(at)
+    }
+
+    fn get_in_history(&self, at: i64) -> Option<KeyAt> {
         let g = self.find_generation(at)?;
         let n = g.revs.iter().rposition(|r| r.main <= at)?;
         Some(KeyAt {
@@ -133,7 +300,7 @@ impl KeyHistory {
 
     /// etcd's doCompact: the generation to keep from and, inside it, the index of the
     /// latest revision <= `at` (added to `available`), or None.
-    fn do_compact(&self, at: i64, available: &mut HashSet<Revision>) -> (usize, Option<usize>) {
+    fn do_compact(&self, at: i64, available: &mut Vec<Revision>) -> (usize, Option<usize>) {
         let mut gen_index = 0;
         while gen_index + 1 < self.generations.len() {
             let tomb = self.generations[gen_index]
@@ -148,12 +315,12 @@ impl KeyHistory {
         let g = &self.generations[gen_index];
         let rev_index = g.revs.iter().rposition(|r| r.main <= at);
         if let Some(i) = rev_index {
-            available.insert(g.revs[i]);
+            available.push(g.revs[i]);
         }
         (gen_index, rev_index)
     }
 
-    fn compact(&mut self, at: i64, available: &mut HashSet<Revision>) {
+    fn compact(&mut self, at: i64, available: &mut Vec<Revision>) {
         let (mut gen_index, rev_index) = self.do_compact(at, available);
         let last = self.generations.len() - 1;
         let g = &mut self.generations[gen_index];
@@ -163,14 +330,17 @@ impl KeyHistory {
             }
             // A generation left with only its tombstone is dropped with it.
             if g.revs.len() == 1 && gen_index != last {
-                available.remove(&g.revs[0]);
+                // Revisions belong to one key: if kept, it was the one just pushed.
+                if available.last() == Some(&g.revs[0]) {
+                    available.pop();
+                }
                 gen_index += 1;
             }
         }
         self.generations.drain(..gen_index);
     }
 
-    fn keep(&self, at: i64, available: &mut HashSet<Revision>) {
+    fn keep(&self, at: i64, available: &mut Vec<Revision>) {
         if self.is_empty() {
             return;
         }
@@ -178,7 +348,9 @@ impl KeyHistory {
         let g = &self.generations[gen_index];
         if let Some(i) = rev_index {
             if i == g.revs.len() - 1 && gen_index != self.generations.len() - 1 {
-                available.remove(&g.revs[i]);
+                // Pushed by do_compact just now.
+                let popped = available.pop();
+                assert_eq!(popped, Some(g.revs[i]));
             }
         }
     }
@@ -197,13 +369,24 @@ impl KeyHistory {
         if let Some(p) = prev {
             assert_eq!(p, self.modified);
         }
+        let g = &self.generations[last];
+        if g.revs.is_empty() {
+            assert_eq!(self.live_version, 0);
+        } else {
+            assert_eq!(self.live_version, g.version);
+            assert_eq!(self.live_create_revision, g.created.main);
+        }
     }
 }
 
-/// All keys' histories, ordered by key.
+/// All keys' histories, ordered by key: a hash map for the point operations (a put, a
+/// tombstone, a single-key read: one or two cache misses instead of one per level of a
+/// search tree) and an ordered set of the same keys for ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyIndex {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: HashMap<IndexKey, KeyHistory>,
+    /// Exactly the keys of `keys`.
+    order: BTreeSet<IndexKey>,
 }
 
 impl KeyIndex {
@@ -217,47 +400,64 @@ impl KeyIndex {
     }
 
     pub fn history(&self, key: &[u8]) -> Option<&KeyHistory> {
-        self.keys.get(key)
+        self.keys.get(KeyBytes::new(key))
     }
 
     /// Records a put of `key` at `rev` and returns the key's `(create_revision, version)`
     /// after it, with one map lookup (allocates only for a key never seen before).
     pub fn put(&mut self, key: &[u8], rev: Revision) -> (i64, i64) {
-        let h = match self.keys.get_mut(key) {
-            Some(h) => h,
-            None => self.keys.entry(key.to_vec()).or_default(),
-        };
+        let h = self.history_mut(key, true);
         h.put(rev);
         let g = h.generations.last().expect("a put leaves a generation");
         (g.created.main, g.version)
     }
 
+    /// The key's history, inserted empty if new: one map search for inline keys.
+    /// `ordered`: also add a new key to `order` (a restore adds them all at the end).
+    fn history_mut(&mut self, key: &[u8], ordered: bool) -> &mut KeyHistory {
+        // A long key would pay a boxed copy for the entry: look it up first.
+        if key.len() > INLINE_KEY_BYTES_MAX && self.keys.contains_key(KeyBytes::new(key)) {
+            return self.keys.get_mut(KeyBytes::new(key)).expect("just found");
+        }
+        match self.keys.entry(IndexKey::new(key)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                if ordered {
+                    self.order.insert(e.key().clone());
+                }
+                e.insert(KeyHistory::default())
+            }
+        }
+    }
+
     /// Marks `key` deleted at `rev`. False (no change) if the key is not alive.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.keys.get_mut(key).is_some_and(|h| h.tombstone(rev))
+        self.keys
+            .get_mut(KeyBytes::new(key))
+            .is_some_and(|h| h.tombstone(rev))
     }
 
     /// The key as of main revision `at`, if it existed then.
+    #[inline]
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
-        self.keys.get(key)?.get(at)
+        self.keys.get(KeyBytes::new(key))?.get(at)
     }
 
     /// Calls `f` for every key in `range` that existed at `at`, in key order, until `f`
     /// returns false.
     pub fn range(&self, range: KeyRange<'_>, at: i64, mut f: impl FnMut(&[u8], KeyAt) -> bool) {
-        fn visit<'a>(
-            iter: impl Iterator<Item = (&'a Vec<u8>, &'a KeyHistory)>,
-            at: i64,
-            f: &mut impl FnMut(&[u8], KeyAt) -> bool,
-        ) {
-            for (k, h) in iter {
+        let keys = &self.keys;
+        let visit = |iter: std::collections::btree_set::Range<'_, IndexKey>,
+                     f: &mut dyn FnMut(&[u8], KeyAt) -> bool| {
+            for k in iter {
+                let h = &keys[KeyBytes::new(k.as_bytes())];
                 if let Some(found) = h.get(at) {
-                    if !f(k, found) {
+                    if !f(k.as_bytes(), found) {
                         return;
                     }
                 }
             }
-        }
+        };
         match range {
             KeyRange::Single(key) => {
                 if let Some(found) = self.get(key, at) {
@@ -265,12 +465,15 @@ impl KeyIndex {
                 }
             }
             KeyRange::From(key) => {
-                let bounds = (Bound::Included(key), Bound::Unbounded);
-                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
+                let bounds = (Bound::Included(KeyBytes::new(key)), Bound::Unbounded);
+                visit(self.order.range::<KeyBytes, _>(bounds), &mut f)
             }
             KeyRange::Between(key, end) if key < end => {
-                let bounds = (Bound::Included(key), Bound::Excluded(end));
-                visit(self.keys.range::<[u8], _>(bounds), at, &mut f)
+                let bounds = (
+                    Bound::Included(KeyBytes::new(key)),
+                    Bound::Excluded(KeyBytes::new(end)),
+                );
+                visit(self.order.range::<KeyBytes, _>(bounds), &mut f)
             }
             KeyRange::Between(..) => {}
         }
@@ -288,26 +491,36 @@ impl KeyIndex {
 
     /// Compacts every key at main revision `at` and returns the revisions <= `at` that
     /// must stay in the Revision tree (etcd: the latest one of each key unless it is a
-    /// tombstone). Keys left without history are removed.
-    pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
-        let mut available = HashSet::new();
-        self.keys.retain(|_, h| {
+    /// tombstone), sorted (look one up with `binary_search`). Keys left without history are removed.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut available = Vec::new();
+        let mut removed = Vec::new();
+        self.keys.retain(|k, h| {
             h.compact(at, &mut available);
+            if h.is_empty() {
+                removed.push(k.clone());
+            }
             !h.is_empty()
         });
+        for k in &removed {
+            self.order.remove(k);
+        }
+        available.sort_unstable();
         available
     }
 
     /// The revisions <= `at` that `compact(at)` would keep, without changing anything.
-    pub fn keep(&self, at: i64) -> HashSet<Revision> {
-        let mut available = HashSet::new();
+    pub fn keep(&self, at: i64) -> Vec<Revision> {
+        let mut available = Vec::new();
         for h in self.keys.values() {
             h.keep(at, &mut available);
         }
+        available.sort_unstable();
         available
     }
 
-    /// Rebuild step: applies one Revision-tree record, records in revision order.
+    /// Rebuild step: applies one Revision-tree record, records in revision order; call
+    /// [`KeyIndex::finish_restore`] after the last one.
     /// `create_revision` and `version` come from the record (a put whose earlier history
     /// was compacted away starts a generation mid-life, as etcd's restore does).
     pub fn restore(
@@ -323,23 +536,33 @@ impl KeyIndex {
             self.tombstone(key, rev);
             return;
         }
-        match self.keys.get_mut(key) {
-            Some(h) => h.put(rev),
-            None => {
-                let g = Generation {
-                    version,
-                    created: Revision::new(create_revision, 0),
-                    revs: vec![rev],
-                };
-                self.keys.insert(
-                    key.to_vec(),
-                    KeyHistory {
-                        modified: rev,
-                        generations: vec![g],
-                    },
-                );
-            }
+        let h = self.history_mut(key, false);
+        if h.generations.is_empty() {
+            let g = Generation {
+                version,
+                created: Revision::new(create_revision, 0),
+                revs: vec![rev],
+            };
+            *h = KeyHistory {
+                modified: rev,
+                generations: vec![g],
+                live_create_revision: create_revision,
+                live_version: version,
+            };
+        } else {
+            h.put(rev);
         }
+    }
+
+    /// Ends a rebuild: orders the keys `restore` added (one sort and a bulk build instead
+    /// of a tree insert per key).
+    pub fn finish_restore(&mut self) {
+        if self.order.len() == self.keys.len() {
+            return;
+        }
+        let mut keys: Vec<IndexKey> = self.keys.keys().cloned().collect();
+        keys.sort_unstable();
+        self.order = BTreeSet::from_iter(keys);
     }
 
     /// Compares two indexes as a rebuild would see them: `created.sub` is not stored in
@@ -352,19 +575,19 @@ impl KeyIndex {
             }
             h
         };
-        let mut a = self.keys.iter();
-        let mut b = other.keys.iter();
+        let mut a = self.order.iter().map(|k| (k, &self.keys[k]));
+        let mut b = other.order.iter().map(|k| (k, &other.keys[k]));
         loop {
             match (a.next(), b.next()) {
                 (None, None) => return None,
-                (Some((ka, _)), None) => return Some(ka.clone()),
-                (None, Some((kb, _))) => return Some(kb.clone()),
+                (Some((ka, _)), None) => return Some(ka.as_bytes().to_vec()),
+                (None, Some((kb, _))) => return Some(kb.as_bytes().to_vec()),
                 (Some((ka, ha)), Some((kb, hb))) => {
                     if ka != kb {
-                        return Some(ka.min(kb).clone());
+                        return Some(ka.min(kb).as_bytes().to_vec());
                     }
                     if norm(ha) != norm(hb) {
-                        return Some(ka.clone());
+                        return Some(ka.as_bytes().to_vec());
                     }
                 }
             }
@@ -372,6 +595,13 @@ impl KeyIndex {
     }
 
     pub fn invariants(&self) {
+        assert_eq!(self.keys.len(), self.order.len());
+        for k in &self.order {
+            assert!(
+                self.keys.contains_key(k),
+                "ordered key {k:?} not in the map"
+            );
+        }
         for h in self.keys.values() {
             h.invariants();
             assert!(!h.is_empty());
@@ -448,7 +678,7 @@ mod tests {
         // compact(2): {2, 3(t)} {4, 5(t)} {}; keeps 2.
         let mut ix = foo();
         let keep = ix.compact(2);
-        assert_eq!(keep, HashSet::from([r(2)]));
+        assert_eq!(keep, vec![r(2)]);
         assert_eq!(revs(&ix), vec![vec![2, 3], vec![4, 5], vec![]]);
         assert_eq!(
             ix.get(b"foo", 2),
@@ -457,7 +687,7 @@ mod tests {
         );
         // compact(4): {4, 5(t)} {}; keeps 4.
         let keep = ix.compact(4);
-        assert_eq!(keep, HashSet::from([r(4)]));
+        assert_eq!(keep, vec![r(4)]);
         assert_eq!(revs(&ix), vec![vec![4, 5], vec![]]);
         // compact(5): the key is gone; the tombstone is not kept.
         let keep = ix.compact(5);
@@ -473,7 +703,7 @@ mod tests {
         assert!(keep.is_empty(), "latest <= 3 is a tombstone");
         assert_eq!(revs(&ix), vec![vec![4, 5], vec![]]);
         let mut ix = foo();
-        assert_eq!(ix.compact(6), HashSet::new());
+        assert_eq!(ix.compact(6), Vec::new());
         assert_eq!(ix.key_count(), 0);
     }
 
@@ -484,9 +714,9 @@ mod tests {
         ix.put(b"a", Revision::new(3, 1));
         ix.put(b"a", r(7));
         ix.put(b"b", r(5));
-        assert_eq!(ix.keep(4), HashSet::from([Revision::new(3, 1)]));
+        assert_eq!(ix.keep(4), vec![Revision::new(3, 1)]);
         let keep = ix.compact(4);
-        assert_eq!(keep, HashSet::from([Revision::new(3, 1)]));
+        assert_eq!(keep, vec![Revision::new(3, 1)]);
         assert_eq!(
             ix.get(b"a", 4),
             Some(KeyAt {
@@ -535,6 +765,33 @@ mod tests {
     }
 
     #[test]
+    fn index_key_order_is_byte_order() {
+        let keys: Vec<Vec<u8>> = [
+            &b""[..],
+            b"\0",
+            b"a",
+            b"abcdefg",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefgi",
+            b"abcdefghijklmnopqrstuv",
+            b"abcdefghijklmnopqrstuvw",
+            b"abcdefghijklmnopqrstuvwxyz",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff",
+        ]
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+        for a in &keys {
+            assert_eq!(IndexKey::new(a).as_bytes(), &a[..]);
+            for b in &keys {
+                assert_eq!(cmp_key_bytes(a, b), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(IndexKey::new(a).cmp(&IndexKey::new(b)), a.cmp(b));
+            }
+        }
+    }
+
+    #[test]
     fn restore_rebuilds_the_compacted_index() {
         let mut ix = foo();
         ix.put(b"bar", Revision::new(6, 0));
@@ -548,6 +805,7 @@ mod tests {
         rebuilt.restore(b"foo", r(5), true, 0, 0);
         rebuilt.restore(b"bar", r(6), false, 6, 1);
         rebuilt.restore(b"bar", Revision::new(7, 2), false, 6, 2);
+        rebuilt.finish_restore();
         assert_eq!(ix.first_difference(&rebuilt), None);
         rebuilt.put(b"zzz", r(8));
         assert_eq!(ix.first_difference(&rebuilt), Some(b"zzz".to_vec()));

@@ -143,6 +143,17 @@ impl KeyValue {
 }
 
 impl KeyValueRef<'_> {
+    pub fn to_key_value(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value.to_vec(),
+            lease: self.lease,
+        }
+    }
+
     pub fn encoded_len(&self) -> usize {
         bytes_field_len(self.key)
             + int64_field_len(self.create_revision)
@@ -185,6 +196,13 @@ pub fn encode_tombstone_record(key: &[u8], mod_revision: i64, out: &mut Vec<u8>)
 
 /// Decodes a Revision-tree value. Never panics; any malformed input is an error.
 pub fn decode_record(bytes: &[u8]) -> Result<(RecordKind, KeyValue), CodecError> {
+    let (kind, kv) = decode_record_ref(bytes)?;
+    Ok((kind, kv.to_key_value()))
+}
+
+/// [`decode_record`] without copying: key and value borrow from `bytes`.
+#[inline]
+pub fn decode_record_ref(bytes: &[u8]) -> Result<(RecordKind, KeyValueRef<'_>), CodecError> {
     let kind = match bytes.first() {
         None => {
             return Err(CodecError {
@@ -201,7 +219,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordKind, KeyValue), CodecError>
             })
         }
     };
-    let kv = decode_key_value(&bytes[1..], 1)?;
+    let kv = decode_key_value_ref(&bytes[1..], 1)?;
     if kv.key.is_empty() {
         return Err(CodecError {
             offset: 1,
@@ -272,12 +290,24 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_key_value(bytes: &[u8], base: usize) -> Result<KeyValue, CodecError> {
+    decode_key_value_ref(bytes, base).map(|kv| kv.to_key_value())
+}
+
+#[inline]
+fn decode_key_value_ref(bytes: &[u8], base: usize) -> Result<KeyValueRef<'_>, CodecError> {
     let mut r = Reader {
         bytes,
         pos: 0,
         base,
     };
-    let mut kv = KeyValue::default();
+    let mut kv = KeyValueRef {
+        key: &[],
+        create_revision: 0,
+        mod_revision: 0,
+        version: 0,
+        value: &[],
+        lease: 0,
+    };
     let mut last_field = 0u64;
     while r.pos < bytes.len() {
         let tag = r.varint()?;
@@ -288,8 +318,8 @@ fn decode_key_value(bytes: &[u8], base: usize) -> Result<KeyValue, CodecError> {
         }
         last_field = field;
         match (field, wire) {
-            (1, WIRE_LEN) => kv.key = r.bytes()?.to_vec(),
-            (5, WIRE_LEN) => kv.value = r.bytes()?.to_vec(),
+            (1, WIRE_LEN) => kv.key = r.bytes()?,
+            (5, WIRE_LEN) => kv.value = r.bytes()?,
             (2, WIRE_VARINT) => kv.create_revision = r.varint()? as i64,
             (3, WIRE_VARINT) => kv.mod_revision = r.varint()? as i64,
             (4, WIRE_VARINT) => kv.version = r.varint()? as i64,

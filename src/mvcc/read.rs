@@ -77,7 +77,10 @@ impl<R: Records> ReadView<'_, R> {
         };
         // keys_only drops values after sorting (a VALUE sort still needs them).
         let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
-        let mut kvs = Vec::new();
+        let mut kvs = match range {
+            KeyRange::Single(_) => Vec::with_capacity(1),
+            _ => Vec::new(),
+        };
         let mut count = 0i64;
         let mut failure = None;
         self.index.range(range, rev, |_, at| {
@@ -121,16 +124,16 @@ impl<R: Records> ReadView<'_, R> {
                 what: format!("index points at missing {rev:?}"),
             });
         };
-        let (kind, mut kv) = kv::decode_record(bytes)?;
+        let (kind, mut kv) = kv::decode_record_ref(bytes)?;
         if kind != RecordKind::Put || kv.mod_revision != rev.main {
             return Err(Error::Corrupt {
                 what: format!("record {rev:?} is not the indexed put"),
             });
         }
         if keys_only {
-            kv.value = Vec::new();
+            kv.value = &[];
         }
-        Ok(kv)
+        Ok(kv.to_key_value())
     }
 
     /// The live value of `key` as of `rev`.

@@ -456,7 +456,7 @@ impl<B: Backend> Store<B> {
         let mut bad_key = None;
         self.backend
             .retain(&[], &end, &mut |k, _| match Revision::decode(k) {
-                Some(r) => keep.contains(&r),
+                Some(r) => keep.binary_search(&r).is_ok(),
                 None => {
                     bad_key = Some(k.to_vec());
                     true
@@ -498,7 +498,7 @@ impl<B: Backend> Store<B> {
             &Revision::new((rev + 1).max(0), 0).encode(),
             &mut |k, v| {
                 if let Some(r) = Revision::decode(k) {
-                    if r.main < lower && !keep.is_empty() && !keep.contains(&r) {
+                    if r.main < lower && !keep.is_empty() && keep.binary_search(&r).is_err() {
                         return true;
                     }
                 }
@@ -631,14 +631,14 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
             let rev = Revision::decode(k).ok_or_else(|| Error::Corrupt {
                 what: format!("revision tree key {k:02x?}"),
             })?;
-            let (kind, kv) = kv::decode_record(v)?;
+            let (kind, kv) = kv::decode_record_ref(v)?;
             if kv.mod_revision != rev.main {
                 return Err(Error::Corrupt {
                     what: format!("record {rev:?} has mod_revision {}", kv.mod_revision),
                 });
             }
             let tombstone = kind == RecordKind::Tombstone;
-            index.restore(&kv.key, rev, tombstone, kv.create_revision, kv.version);
+            index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
             Ok(rev)
         };
         match step() {
@@ -652,6 +652,7 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
             }
         }
     });
+    index.finish_restore();
     match failure {
         Some(e) => Err(e),
         None => Ok((index, last.map(|r| r.main))),

@@ -904,19 +904,63 @@ pub fn value_bytes<'a>(map: &'a Map, v: ValRef<'a>) -> &'a [u8] {
     }
 }
 
-/// Point lookup from `root`.
+/// The first 8 bytes of a 16-byte key (a Revision key's `main`) as a number, for
+/// interpolating where a key sits in a page.
+#[inline]
+fn key_word(key: &[u8]) -> Option<u64> {
+    match <&[u8; 16]>::try_from(key) {
+        Ok(k) => Some(u64::from_be_bytes(k[..8].try_into().expect("8 bytes"))),
+        Err(_) => None,
+    }
+}
+
+/// Where `target` would sit among `n` cells spread evenly over `[lo, hi)`; `n / 2` (a
+/// plain bisection) without usable bounds.
+#[inline]
+fn interpolate(bounds: Option<(u64, u64)>, target: Option<u64>, n: usize) -> usize {
+    match (bounds, target) {
+        (Some((lo, hi)), Some(t)) if lo <= t && t < hi => {
+            ((t - lo) as u128 * n as u128 / (hi - lo) as u128) as usize
+        }
+        _ => n / 2,
+    }
+}
+
+/// Point lookup from `root`. For 16-byte keys each page is entered at the slot its
+/// parent's separators predict (revisions are dense), which reads one or two cells per
+/// page instead of log2(cells): each of those reads is a cache miss on a cold page.
 #[inline]
 pub fn get<'a>(map: &'a Map, root: &TreeRoot, key: &[u8]) -> Option<&'a [u8]> {
     if root.page == 0 {
         return None;
     }
+    let target = key_word(key);
+    // The current page's key range [lo, hi) as words, from its parent's separators.
+    let mut bounds: Option<(u64, u64)> = None;
     let mut id = root.page;
     for _ in 1..root.height {
         let p = map.page(id);
-        id = page::branch_child(p, page::branch_search(p, key));
+        let n = page::count(p);
+        let i = page::branch_search_from(p, key, interpolate(bounds, target, n));
+        bounds = match (bounds, target) {
+            (_, None) => None,
+            (outer, Some(_)) => {
+                let lo = match i {
+                    0 => outer.map(|b| b.0),
+                    _ => key_word(page::branch_key(p, i)),
+                };
+                let hi = match i + 1 < n {
+                    true => key_word(page::branch_key(p, i + 1)),
+                    false => outer.map(|b| b.1),
+                };
+                lo.zip(hi)
+            }
+        };
+        id = page::branch_child(p, i);
     }
     let p = map.page(id);
-    let i = page::leaf_search(p, key).ok()?;
+    let guess = interpolate(bounds, target, page::count(p));
+    let i = page::leaf_search_from(p, key, guess).ok()?;
     Some(value_bytes(map, page::leaf_cell(p, i).1))
 }
 

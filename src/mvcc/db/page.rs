@@ -261,13 +261,23 @@ pub fn set_branch_child(p: &mut [u8], i: usize, child: u64) {
     put_u64(p, off + 2, child);
 }
 
+/// Byte-wise key order (`<[u8]>::cmp`), with 16-byte keys (every Revision-tree key)
+/// compared as one big-endian u128 instead of a libc memcmp call per probe.
+#[inline]
+pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    if let (Ok(x), Ok(y)) = (<&[u8; 16]>::try_from(a), <&[u8; 16]>::try_from(b)) {
+        return u128::from_be_bytes(*x).cmp(&u128::from_be_bytes(*y));
+    }
+    a.cmp(b)
+}
+
 /// Leaf: `Ok(i)` if key is at slot i, `Err(i)` where it would be inserted.
 #[inline]
 pub fn leaf_search(p: &[u8], key: &[u8]) -> Result<usize, usize> {
     let (mut lo, mut hi) = (0, count(p));
     while lo < hi {
         let mid = (lo + hi) / 2;
-        match leaf_key(p, mid).cmp(key) {
+        match cmp_keys(leaf_key(p, mid), key) {
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
             std::cmp::Ordering::Equal => return Ok(mid),
@@ -282,7 +292,71 @@ pub fn branch_search(p: &[u8], key: &[u8]) -> usize {
     let (mut lo, mut hi) = (1, count(p));
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if branch_key(p, mid) <= key {
+        if cmp_keys(branch_key(p, mid), key) != std::cmp::Ordering::Greater {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo - 1
+}
+
+/// [`leaf_search`] that probes `guess` and its neighbour before bisecting: with an
+/// interpolated guess over dense keys (the Revision tree) that is one or two cell reads
+/// instead of log2(count). Any `guess` gives the same answer.
+#[inline]
+pub fn leaf_search_from(p: &[u8], key: &[u8], guess: usize) -> Result<usize, usize> {
+    let (mut lo, mut hi) = (0, count(p));
+    let mut probe = guess;
+    for _ in 0..2 {
+        if probe < lo || probe >= hi {
+            break;
+        }
+        match cmp_keys(leaf_key(p, probe), key) {
+            std::cmp::Ordering::Less => {
+                lo = probe + 1;
+                probe += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                hi = probe;
+                probe = probe.wrapping_sub(1);
+            }
+            std::cmp::Ordering::Equal => return Ok(probe),
+        }
+    }
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match cmp_keys(leaf_key(p, mid), key) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(mid),
+        }
+    }
+    Err(lo)
+}
+
+/// [`branch_search`] that probes `guess` and its neighbour before bisecting (see
+/// [`leaf_search_from`]). Any `guess` gives the same answer.
+#[inline]
+pub fn branch_search_from(p: &[u8], key: &[u8], guess: usize) -> usize {
+    // Keys of slots [1, lo) are <= key, keys of slots [hi, count) are > key.
+    let (mut lo, mut hi) = (1, count(p));
+    let mut probe = guess;
+    for _ in 0..2 {
+        if probe < lo || probe >= hi {
+            break;
+        }
+        if cmp_keys(branch_key(p, probe), key) != std::cmp::Ordering::Greater {
+            lo = probe + 1;
+            probe += 1;
+        } else {
+            hi = probe;
+            probe = probe.wrapping_sub(1);
+        }
+    }
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if cmp_keys(branch_key(p, mid), key) != std::cmp::Ordering::Greater {
             lo = mid + 1;
         } else {
             hi = mid;
@@ -467,4 +541,69 @@ pub fn check_cells(
         return Err(format!("cells ({live} bytes) overlap"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    fn key(main: u64, sub: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&main.to_be_bytes());
+        k[8..].copy_from_slice(&sub.to_be_bytes());
+        k
+    }
+
+    /// The guessed searches answer exactly as the plain ones, for every guess (in and out
+    /// of range) and every probe key (present, between, before, after; 16-byte or not).
+    #[test]
+    fn searches_from_any_guess_agree_with_bisection() {
+        let mains = [2u64, 3, 5, 9, 10, 11, 40, 41, 1000, 1 << 40];
+        let mut leaf = vec![0u8; PAGE_BYTES];
+        let mut branch = vec![0u8; PAGE_BYTES];
+        init(&mut leaf, KIND_LEAF, 0, 2, 1);
+        init(&mut branch, KIND_BRANCH, 1, 3, 1);
+        for (i, m) in mains.iter().enumerate() {
+            insert_leaf_cell(&mut leaf, i, &key(*m, 0), &ValRef::Inline(b"v"));
+            insert_branch_cell(&mut branch, i, &key(*m, 0), 100 + i as u64);
+        }
+        let mut probes: Vec<Vec<u8>> = Vec::new();
+        for m in [
+            0u64,
+            1,
+            2,
+            3,
+            4,
+            9,
+            12,
+            40,
+            999,
+            1000,
+            1001,
+            1 << 40,
+            u64::MAX,
+        ] {
+            for sub in [0u64, 1] {
+                probes.push(key(m, sub).to_vec());
+            }
+            probes.push(m.to_be_bytes().to_vec());
+        }
+        for probe in &probes {
+            for guess in 0..mains.len() + 3 {
+                assert_eq!(
+                    leaf_search_from(&leaf, probe, guess),
+                    leaf_search(&leaf, probe),
+                    "leaf {probe:?} guess {guess}"
+                );
+                assert_eq!(
+                    branch_search_from(&branch, probe, guess),
+                    branch_search(&branch, probe),
+                    "branch {probe:?} guess {guess}"
+                );
+            }
+            for other in &probes {
+                assert_eq!(cmp_keys(probe, other), probe[..].cmp(&other[..]));
+            }
+        }
+    }
 }
