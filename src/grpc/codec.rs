@@ -19,12 +19,18 @@ pub const HEADER_BYTES: usize = 5;
 
 /// Frames one message.
 pub fn encode(message: &[u8]) -> Bytes {
-    let length = u32::try_from(message.len()).expect("gRPC message over 4 GiB");
     let mut out = BytesMut::with_capacity(HEADER_BYTES + message.len());
+    encode_into(&mut out, message);
+    out.freeze()
+}
+
+/// Appends one framed message to `out`.
+pub fn encode_into(out: &mut BytesMut, message: &[u8]) {
+    let length = u32::try_from(message.len()).expect("gRPC message over 4 GiB");
+    out.reserve(HEADER_BYTES + message.len());
     out.put_u8(0);
     out.put_u32(length);
     out.put_slice(message);
-    out.freeze()
 }
 
 /// Reassembles messages from DATA chunks. Holds at most one partial message plus the
@@ -36,7 +42,10 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(message_bytes_max: usize) -> Decoder {
-        Decoder { buffer: BytesMut::new(), message_bytes_max }
+        Decoder {
+            buffer: BytesMut::new(),
+            message_bytes_max,
+        }
     }
 
     /// Appends one DATA chunk.
@@ -78,7 +87,8 @@ impl Decoder {
             ));
         }
         if self.buffer.len() < HEADER_BYTES + length {
-            self.buffer.reserve(HEADER_BYTES + length - self.buffer.len());
+            self.buffer
+                .reserve(HEADER_BYTES + length - self.buffer.len());
             return Ok(None);
         }
         self.buffer.advance(HEADER_BYTES);
@@ -129,7 +139,10 @@ mod tests {
         decoder.push(&encode(&[0; 11])[..6]);
         let err = decoder.decode().unwrap_err();
         assert_eq!(err.code, Code::ResourceExhausted);
-        assert_eq!(err.message, "grpc: received message larger than max (11 vs. 10)");
+        assert_eq!(
+            err.message,
+            "grpc: received message larger than max (11 vs. 10)"
+        );
 
         let mut decoder = Decoder::new(10);
         decoder.push(&[1, 0, 0, 0, 1, 7]);

@@ -4,7 +4,7 @@
 use super::codec::{self, Decoder};
 use super::status::{Code, Status};
 use super::timeout;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, BoxedLocal};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
@@ -118,14 +118,20 @@ impl Messages {
     pub async fn single(&mut self) -> Result<Bytes, Status> {
         let message = match self.next().await {
             Some(result) => result?,
-            None => return Err(Status::new(Code::Internal, "grpc: unary request has no message")),
+            None => {
+                return Err(Status::new(
+                    Code::Internal,
+                    "grpc: unary request has no message",
+                ))
+            }
         };
         match self.next().await {
             None => Ok(message),
             Some(Err(status)) => Err(status),
-            Some(Ok(_)) => {
-                Err(Status::new(Code::Internal, "grpc: unary request has more than one message"))
-            }
+            Some(Ok(_)) => Err(Status::new(
+                Code::Internal,
+                "grpc: unary request has more than one message",
+            )),
         }
     }
 }
@@ -209,7 +215,10 @@ impl Router {
                 format!("unknown method {method} for service {service}"),
             ))
         } else {
-            Err(Status::new(Code::Unimplemented, format!("unknown service {service}")))
+            Err(Status::new(
+                Code::Unimplemented,
+                format!("unknown service {service}"),
+            ))
         }
     }
 }
@@ -231,7 +240,11 @@ fn h2_status(e: &h2::Error) -> Status {
 /// Accepts connections forever, serving each on its own task on this executor.
 /// Bind the listener with `TcpListener::bind`, which sets SO_REUSEPORT, so every core can
 /// bind the same address and the kernel spreads connections across cores.
-pub async fn serve(listener: TcpListener, router: Rc<Router>, config: Config) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Rc<Router>,
+    config: Config,
+) -> std::io::Result<()> {
     let config = Rc::new(config);
     loop {
         let stream = match listener.accept().await {
@@ -327,8 +340,17 @@ async fn serve_stream(
             return reply_trailers_only(&mut respond, &status);
         }
     };
-    let messages = Messages { body, decoder: Decoder::new(config.message_bytes_max), ended: false };
-    let request = Request { path, metadata: parts.headers, timeout, messages };
+    let messages = Messages {
+        body,
+        decoder: Decoder::new(config.message_bytes_max),
+        ended: false,
+    };
+    let request = Request {
+        path,
+        metadata: parts.headers,
+        timeout,
+        messages,
+    };
     let (sender, receiver) = local_channel::new_bounded(config.response_queue_max);
     let handler_future = handler(request, Responses { sender });
     let call = async move {
@@ -337,7 +359,10 @@ async fn serve_stream(
             Some(duration) => {
                 future::or(handler_future, async move {
                     glommio::timer::sleep(duration).await;
-                    Err(Status::new(Code::DeadlineExceeded, "context deadline exceeded"))
+                    Err(Status::new(
+                        Code::DeadlineExceeded,
+                        "context deadline exceeded",
+                    ))
                 })
                 .await
             }
@@ -360,6 +385,9 @@ async fn serve_stream(
     }
 }
 
+/// Queued response bytes written to h2 in one go.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
 /// Writes queued responses until the handler drops its sender. Returns the open send
 /// stream if headers were sent, `None` if no message was sent (trailers-only reply), or
 /// `Err` if the stream broke.
@@ -373,15 +401,29 @@ async fn write_responses(
             let response = grpc_response(HeaderMap::new());
             send = Some(respond.send_response(response, false).map_err(|_| ())?);
         }
+        // Coalesce what the handler has already queued into one write: many small
+        // messages (watch events, keepalives) would otherwise cost one DATA frame each,
+        // and peers (h2 itself) close connections that send too many tiny frames.
+        let mut batch = BytesMut::new();
+        codec::encode_into(&mut batch, &message);
+        while batch.len() < COALESCE_BYTES_MAX {
+            match future::poll_once(receiver.recv()).await {
+                Some(Some(next)) => codec::encode_into(&mut batch, &next),
+                _ => break,
+            }
+        }
         let stream = send.as_mut().unwrap();
-        send_flow_controlled(stream, codec::encode(&message)).await?;
+        send_flow_controlled(stream, batch.freeze()).await?;
     }
     Ok(send)
 }
 
 /// Sends `data` as window capacity becomes available, so a slow reader is pushed back on
 /// instead of buffered for without bound.
-async fn send_flow_controlled(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), ()> {
+async fn send_flow_controlled(
+    stream: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), ()> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
         let granted = match future::poll_fn(|cx| stream.poll_capacity(cx)).await {
@@ -401,9 +443,10 @@ fn grpc_response(headers: HeaderMap) -> http::Response<()> {
     let mut response = http::Response::new(());
     *response.status_mut() = StatusCode::OK;
     *response.headers_mut() = headers;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     response
 }
 

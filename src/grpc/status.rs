@@ -62,7 +62,10 @@ pub struct Status {
 
 impl Status {
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into() }
+        Status {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn ok() -> Status {
@@ -101,7 +104,11 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rpc error: code = {:?} desc = {}", self.code, self.message)
+        write!(
+            f,
+            "rpc error: code = {:?} desc = {}",
+            self.code, self.message
+        )
     }
 }
 
@@ -147,7 +154,14 @@ mod tests {
 
     #[test]
     fn percent_round_trip() {
-        for message in ["", "plain text", "100% sure", "naïve ☃ \n\t\r", "a%zzb", "\u{0}\u{7f}"] {
+        for message in [
+            "",
+            "plain text",
+            "100% sure",
+            "naïve ☃ \n\t\r",
+            "a%zzb",
+            "\u{0}\u{7f}",
+        ] {
             let encoded = percent_encode(message);
             assert!(encoded.bytes().all(|b| (0x20..=0x7e).contains(&b)));
             assert_eq!(percent_decode(encoded.as_bytes()), message);

@@ -44,7 +44,18 @@ mod tests {
         assert_eq!(parse("7u"), Ok(Duration::from_micros(7)));
         assert_eq!(parse("99999999n"), Ok(Duration::from_nanos(99_999_999)));
         assert_eq!(parse("0S"), Ok(Duration::ZERO));
-        for bad in ["", "S", "5", "5s", "123456789S", "-5S", "1.5S", " 5S", "5 S", "٣S"] {
+        for bad in [
+            "",
+            "S",
+            "5",
+            "5s",
+            "123456789S",
+            "-5S",
+            "1.5S",
+            " 5S",
+            "5 S",
+            "٣S",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }
