@@ -10,7 +10,9 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
@@ -369,19 +371,37 @@ async fn serve_stream(
         }
     };
     // The handler and the writer run side by side: the handler queues, the writer drains
-    // into h2 under flow control. If the writer fails, the receiver drops and the
-    // handler's next `send` fails, so the handler ends too.
-    let (status, writer) = future::zip(
-        async move { call.await.err().unwrap_or_else(Status::ok) },
-        write_responses(&mut respond, receiver),
-    )
+    // into h2 under flow control. If the stream breaks (client reset, connection gone),
+    // the handler is dropped at once, even if it is parked waiting for events.
+    let mut handler = Box::pin(async move { call.await.err().unwrap_or_else(Status::ok) });
+    let mut writer = Box::pin(write_responses(&mut respond, receiver));
+    let mut status: Option<Status> = None;
+    let mut written: Option<Result<Option<h2::SendStream<Bytes>>, ()>> = None;
+    future::poll_fn(|cx| {
+        if status.is_none() {
+            if let Poll::Ready(s) = handler.as_mut().poll(cx) {
+                status = Some(s);
+            }
+        }
+        if written.is_none() {
+            if let Poll::Ready(w) = writer.as_mut().poll(cx) {
+                written = Some(w);
+            }
+        }
+        match (&status, &written) {
+            (_, Some(Err(()))) | (Some(_), Some(_)) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    })
     .await;
-    match writer {
-        Err(()) => {} // the client is gone; nothing more to tell it.
-        Ok(None) => reply_trailers_only(&mut respond, &status),
-        Ok(Some(mut send)) => {
+    drop(handler);
+    drop(writer);
+    match (status, written) {
+        (Some(status), Some(Ok(None))) => reply_trailers_only(&mut respond, &status),
+        (Some(status), Some(Ok(Some(mut send)))) => {
             let _ = send.send_trailers(status.to_header_map());
         }
+        _ => {} // the client is gone; nothing more to tell it.
     }
 }
 
@@ -396,7 +416,23 @@ async fn write_responses(
     receiver: LocalReceiver<Bytes>,
 ) -> Result<Option<h2::SendStream<Bytes>>, ()> {
     let mut send: Option<h2::SendStream<Bytes>> = None;
-    while let Some(message) = receiver.recv().await {
+    loop {
+        let next = future::or(async { Some(receiver.recv().await) }, async {
+            // A reset arrives here even while the handler sends nothing.
+            let _ = future::poll_fn(|cx| match send.as_mut() {
+                Some(stream) => stream.poll_reset(cx),
+                None => respond.poll_reset(cx),
+            })
+            .await;
+            None
+        })
+        .await;
+        let Some(next) = next else {
+            return Err(());
+        };
+        let Some(message) = next else {
+            break;
+        };
         if send.is_none() {
             let response = grpc_response(HeaderMap::new());
             send = Some(respond.send_response(response, false).map_err(|_| ())?);
