@@ -81,7 +81,7 @@ fn router() -> Router {
         "/test.Echo/Park",
         |_req: Request, _res: Responses| async move {
             let _guard = ParkedGuard::new();
-            future::pending::<()>().await;
+            glommio::timer::sleep(Duration::from_secs(60)).await;
             Ok(())
         },
     );
@@ -516,8 +516,10 @@ fn grpc_garbage_connection_is_closed() {
     });
 }
 
-// OPEN: the parked handler is dropped right after it parks (the whole stream task is
-// dropped by the executor, not by the reset watch); not yet understood, so ignored.
+// OPEN: the handler parks, but the client's RST_STREAM(CANCEL) is not yet seen by the
+// writer's `poll_reset` watch, so the handler stays parked until it next sends. Ignored
+// until understood. (With `futures_lite::future::pending` instead of a sleep the stream
+// task was dropped right after parking: also not yet understood.)
 #[test]
 #[ignore]
 fn grpc_client_reset_drops_parked_handler() {
