@@ -16,6 +16,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod grpc;
 pub mod mvcc;
 pub mod runtime;
 pub mod wal;

@@ -1,0 +1,37 @@
+//! gRPC over HTTP/2, on our own: h2 connections on glommio TCP streams, gRPC framing,
+//! status trailers, `grpc-timeout`, and routing by `:path` to handlers. The etcd services
+//! (`src/api/`) plug in as handlers; they decode and encode prost messages, this layer
+//! deals in `bytes::Bytes` messages only.
+//!
+//! Layers (as in h2 / tonic):
+//! - `codec`:   5-byte length-prefixed messages, receive limit.
+//! - `status`:  `Code`, `Status`, `grpc-status` / percent-encoded `grpc-message`.
+//! - `timeout`: `grpc-timeout` values.
+//! - `server`:  accept loop, connection task, stream task, `Router`, `Request`, `Responses`.
+//!
+//! Runs on: every core. Each core binds the client address with SO_REUSEPORT, accepts its
+//! own connections, and serves them on its own executor with its own `Router` (handlers
+//! are `!Send`). A connection and all its streams stay on the core that accepted it.
+//!
+//! Invariants:
+//! - A malformed frame, message or header fails that stream with a gRPC status (or that
+//!   connection, for HTTP/2 protocol errors); it never panics and never affects other
+//!   connections.
+//! - Memory per stream is bounded: at most one request message (`message_bytes_max`)
+//!   plus one DATA chunk, and `response_queue_max` queued responses; beyond that, HTTP/2
+//!   flow control and the bounded queue push back.
+//! - Every response is `:status 200`, `content-type: application/grpc`, then DATA, then
+//!   trailers with `grpc-status`; or Trailers-Only when there is no message.
+//! - h2 spawns nothing: the connection future is driven by a `glommio::spawn_local` task;
+//!   h2's PING replies and window updates happen while that task polls it.
+
+pub mod codec;
+pub mod server;
+pub mod status;
+pub mod timeout;
+
+pub use server::{serve, serve_connection, Config, Handler, Messages, Request, Responses, Router};
+pub use status::{Code, Status};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,498 @@
+//! The gRPC server: accept loop, one h2 connection task per TCP connection, one task per
+//! stream, routing by `:path`, and the request / response halves handed to handlers.
+
+use super::codec::{self, Decoder};
+use super::status::{Code, Status};
+use super::timeout;
+use bytes::{Bytes, BytesMut};
+use futures_lite::future::{self, BoxedLocal};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+/// etcd's `--max-request-bytes` default.
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// etcd adds this to `--max-request-bytes` for the gRPC receive limit (`grpcOverheadBytes`).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Connection and stream settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest request message accepted (etcd: max-request-bytes + gRPC overhead).
+    pub message_bytes_max: usize,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection.
+    pub concurrent_streams_max: u32,
+    /// Initial flow-control window of each stream (SETTINGS_INITIAL_WINDOW_SIZE).
+    pub stream_window_bytes: u32,
+    /// Initial flow-control window of the whole connection.
+    pub connection_window_bytes: u32,
+    /// SETTINGS_MAX_FRAME_SIZE.
+    pub frame_bytes_max: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub header_list_bytes_max: u32,
+    /// Responses a handler may queue ahead of the HTTP/2 flow control before `send` waits.
+    pub response_queue_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            message_bytes_max: MAX_REQUEST_BYTES_DEFAULT + GRPC_OVERHEAD_BYTES,
+            concurrent_streams_max: 1024,
+            stream_window_bytes: 1 << 20,
+            connection_window_bytes: 8 << 20,
+            frame_bytes_max: 1 << 16,
+            header_list_bytes_max: 16 << 10,
+            response_queue_max: 16,
+        }
+    }
+}
+
+/// One incoming call: its metadata and its stream of request messages.
+pub struct Request {
+    /// `:path`, e.g. `/etcdserverpb.KV/Range`.
+    pub path: String,
+    /// All request headers (gRPC metadata), e.g. `token`, `hasleader`.
+    pub metadata: HeaderMap,
+    /// From `grpc-timeout`; the server already enforces it around the handler.
+    pub timeout: Option<Duration>,
+    pub messages: Messages,
+}
+
+impl Request {
+    /// A metadata value as text, if present and visible ASCII.
+    pub fn metadata_str(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    /// The auth token (`token` metadata) etcd clients send.
+    pub fn token(&self) -> Option<&str> {
+        self.metadata_str("token")
+    }
+
+    /// `hasleader: true` asks the server to fail the call when it has no leader.
+    pub fn requires_leader(&self) -> bool {
+        self.metadata_str("hasleader") == Some("true")
+    }
+}
+
+/// The request messages of a call, decoded from DATA frames as the handler asks for them
+/// (so HTTP/2 flow control pushes back on a client that sends faster than we handle).
+pub struct Messages {
+    body: h2::RecvStream,
+    decoder: Decoder,
+    ended: bool,
+}
+
+impl Messages {
+    /// The next message; `None` when the client half-closed cleanly; `Some(Err)` ends
+    /// the call (oversized, compressed, truncated, or the stream was reset).
+    pub async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        loop {
+            match self.decoder.decode() {
+                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(None) => {}
+                Err(status) => return Some(Err(status)),
+            }
+            if self.ended {
+                return self.decoder.finish().err().map(Err);
+            }
+            match self.body.data().await {
+                None => self.ended = true,
+                Some(Ok(chunk)) => {
+                    // The bytes are copied into the decoder, so the window can reopen now;
+                    // the decoder never holds more than one message plus one chunk.
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(&chunk);
+                }
+                Some(Err(e)) => return Some(Err(h2_status(&e))),
+            }
+        }
+    }
+
+    /// Exactly one message, as a unary call must carry.
+    pub async fn single(&mut self) -> Result<Bytes, Status> {
+        let message = match self.next().await {
+            Some(result) => result?,
+            None => {
+                return Err(Status::new(
+                    Code::Internal,
+                    "grpc: unary request has no message",
+                ))
+            }
+        };
+        match self.next().await {
+            None => Ok(message),
+            Some(Err(status)) => Err(status),
+            Some(Ok(_)) => Err(Status::new(
+                Code::Internal,
+                "grpc: unary request has more than one message",
+            )),
+        }
+    }
+}
+
+/// Where a handler sends response messages. Bounded: `send` waits while the queue is full
+/// (the client is not reading). Dropping it (the handler returning) ends the response.
+pub struct Responses {
+    sender: LocalSender<Bytes>,
+}
+
+impl Responses {
+    /// Queues one response message; fails once the call is gone (client reset, deadline).
+    pub async fn send(&self, message: Bytes) -> Result<(), Status> {
+        self.sender
+            .send(message)
+            .await
+            .map_err(|_| Status::new(Code::Cancelled, "grpc: the call is closed"))
+    }
+}
+
+/// A call handler: gets the request and the response sink, returns the final status.
+pub type Handler = Box<dyn Fn(Request, Responses) -> BoxedLocal<Result<(), Status>>>;
+
+/// Maps `/service/method` paths to handlers. One router per core (handlers are `!Send`).
+#[derive(Default)]
+pub struct Router {
+    handlers: HashMap<String, Handler>,
+    services: HashSet<String>,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Registers a handler for any call shape (unary, server-streaming, bidi).
+    pub fn route<F, Fut>(&mut self, path: &str, handler: F) -> &mut Router
+    where
+        F: Fn(Request, Responses) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<(), Status>> + 'static,
+    {
+        let (service, _method) = split_path(path).expect("route path is /service/method");
+        self.services.insert(service.to_string());
+        let handler: Handler = Box::new(move |req, res| Box::pin(handler(req, res)));
+        let previous = self.handlers.insert(path.to_string(), handler);
+        assert!(previous.is_none(), "route {path} registered twice");
+        self
+    }
+
+    /// Registers a unary handler: one message in, one message out.
+    pub fn unary<F, Fut>(&mut self, path: &str, handler: F) -> &mut Router
+    where
+        F: Fn(HeaderMap, Bytes) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<Bytes, Status>> + 'static,
+    {
+        let handler = Rc::new(handler);
+        self.route(path, move |mut req: Request, res: Responses| {
+            let handler = handler.clone();
+            async move {
+                let message = req.messages.single().await?;
+                let reply = handler(std::mem::take(&mut req.metadata), message).await?;
+                res.send(reply).await
+            }
+        })
+    }
+
+    fn lookup(&self, path: &str) -> Result<&Handler, Status> {
+        if let Some(handler) = self.handlers.get(path) {
+            return Ok(handler);
+        }
+        // grpc-go's wording, which etcd clients show to users.
+        let Some((service, method)) = split_path(path) else {
+            return Err(Status::new(
+                Code::Unimplemented,
+                format!("malformed method name: {path:?}"),
+            ));
+        };
+        if self.services.contains(service) {
+            Err(Status::new(
+                Code::Unimplemented,
+                format!("unknown method {method} for service {service}"),
+            ))
+        } else {
+            Err(Status::new(
+                Code::Unimplemented,
+                format!("unknown service {service}"),
+            ))
+        }
+    }
+}
+
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (service, method) = rest.rsplit_once('/')?;
+    (!service.is_empty() && !method.is_empty()).then_some((service, method))
+}
+
+fn h2_status(e: &h2::Error) -> Status {
+    if e.is_reset() || e.is_go_away() || e.is_io() {
+        Status::new(Code::Cancelled, format!("grpc: stream closed: {e}"))
+    } else {
+        Status::new(Code::Internal, format!("grpc: {e}"))
+    }
+}
+
+/// Accepts connections forever, serving each on its own task on this executor.
+/// Bind the listener with `TcpListener::bind`, which sets SO_REUSEPORT, so every core can
+/// bind the same address and the kernel spreads connections across cores.
+pub async fn serve(
+    listener: TcpListener,
+    router: Rc<Router>,
+    config: Config,
+) -> std::io::Result<()> {
+    let config = Rc::new(config);
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            // Out of fds or a connection reset before accept: keep serving the others.
+            Err(e) if is_transient_accept_error(&e) => {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let _ = stream.set_nodelay(true);
+        glommio::spawn_local(serve_connection(stream, router.clone(), config.clone())).detach();
+    }
+}
+
+fn is_transient_accept_error(e: &glommio::GlommioError<()>) -> bool {
+    match e {
+        glommio::GlommioError::IoError(io) => matches!(
+            io.raw_os_error(),
+            Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ECONNABORTED)
+                | Some(libc_errno::ENOBUFS | libc_errno::ENOMEM)
+        ),
+        _ => false,
+    }
+}
+
+/// errno values, spelled out to avoid a libc dependency for four constants (Linux).
+mod libc_errno {
+    pub const EMFILE: i32 = 24;
+    pub const ENFILE: i32 = 23;
+    pub const ECONNABORTED: i32 = 103;
+    pub const ENOBUFS: i32 = 105;
+    pub const ENOMEM: i32 = 12;
+}
+
+/// Serves one HTTP/2 connection until the client goes away or breaks the protocol.
+/// A handshake or protocol error closes this connection only.
+pub async fn serve_connection(stream: TcpStream, router: Rc<Router>, config: Rc<Config>) {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(config.concurrent_streams_max)
+        .initial_window_size(config.stream_window_bytes)
+        .initial_connection_window_size(config.connection_window_bytes)
+        .max_frame_size(config.frame_bytes_max)
+        .max_header_list_size(config.header_list_bytes_max)
+        .max_send_buffer_size(config.frame_bytes_max as usize * 4);
+    let Ok(mut connection) = builder.handshake::<_, Bytes>(stream.compat()).await else {
+        return; // not HTTP/2 (or the client left): dropping the stream closes it.
+    };
+    // h2 answers PINGs and window updates while this loop polls the connection.
+    while let Some(next) = connection.accept().await {
+        let Ok((request, respond)) = next else {
+            return;
+        };
+        let router = router.clone();
+        let config = config.clone();
+        glommio::spawn_local(async move {
+            serve_stream(request, respond, &router, &config).await;
+        })
+        .detach();
+    }
+}
+
+async fn serve_stream(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    router: &Router,
+    config: &Config,
+) {
+    let (parts, body) = request.into_parts();
+    if parts.method != Method::POST {
+        return reply_http(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let is_grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if !is_grpc {
+        return reply_http(&mut respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    let path = parts.uri.path().to_string();
+    let handler = match router.lookup(&path) {
+        Ok(handler) => handler,
+        Err(status) => return reply_trailers_only(&mut respond, &status),
+    };
+    let timeout = match parts.headers.get("grpc-timeout").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(value)) if timeout::parse(value).is_ok() => timeout::parse(value).ok(),
+        Some(_) => {
+            let status = Status::new(Code::Internal, "transport: malformed grpc-timeout");
+            return reply_trailers_only(&mut respond, &status);
+        }
+    };
+    let messages = Messages {
+        body,
+        decoder: Decoder::new(config.message_bytes_max),
+        ended: false,
+    };
+    let request = Request {
+        path,
+        metadata: parts.headers,
+        timeout,
+        messages,
+    };
+    let (sender, receiver) = local_channel::new_bounded(config.response_queue_max);
+    let handler_future = handler(request, Responses { sender });
+    let call = async move {
+        match timeout {
+            None => handler_future.await,
+            Some(duration) => {
+                future::or(handler_future, async move {
+                    glommio::timer::sleep(duration).await;
+                    Err(Status::new(
+                        Code::DeadlineExceeded,
+                        "context deadline exceeded",
+                    ))
+                })
+                .await
+            }
+        }
+    };
+    // The handler and the writer run side by side: the handler queues, the writer drains
+    // into h2 under flow control. If the stream breaks (client reset, connection gone),
+    // the handler is dropped at once, even if it is parked waiting for events.
+    let mut handler = Box::pin(async move { call.await.err().unwrap_or_else(Status::ok) });
+    let mut writer = Box::pin(write_responses(&mut respond, receiver));
+    let mut status: Option<Status> = None;
+    let mut written: Option<Result<Option<h2::SendStream<Bytes>>, ()>> = None;
+    future::poll_fn(|cx| {
+        if status.is_none() {
+            if let Poll::Ready(s) = handler.as_mut().poll(cx) {
+                status = Some(s);
+            }
+        }
+        if written.is_none() {
+            if let Poll::Ready(w) = writer.as_mut().poll(cx) {
+                written = Some(w);
+            }
+        }
+        match (&status, &written) {
+            (_, Some(Err(()))) | (Some(_), Some(_)) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    drop(handler);
+    drop(writer);
+    match (status, written) {
+        (Some(status), Some(Ok(None))) => reply_trailers_only(&mut respond, &status),
+        (Some(status), Some(Ok(Some(mut send)))) => {
+            let _ = send.send_trailers(status.to_header_map());
+        }
+        _ => {} // the client is gone; nothing more to tell it.
+    }
+}
+
+/// Queued response bytes written to h2 in one go.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+/// Writes queued responses until the handler drops its sender. Returns the open send
+/// stream if headers were sent, `None` if no message was sent (trailers-only reply), or
+/// `Err` if the stream broke.
+async fn write_responses(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    receiver: LocalReceiver<Bytes>,
+) -> Result<Option<h2::SendStream<Bytes>>, ()> {
+    let mut send: Option<h2::SendStream<Bytes>> = None;
+    loop {
+        let next = future::or(async { Some(receiver.recv().await) }, async {
+            // A reset arrives here even while the handler sends nothing.
+            let _ = future::poll_fn(|cx| match send.as_mut() {
+                Some(stream) => stream.poll_reset(cx),
+                None => respond.poll_reset(cx),
+            })
+            .await;
+            None
+        })
+        .await;
+        let Some(next) = next else {
+            return Err(());
+        };
+        let Some(message) = next else {
+            break;
+        };
+        if send.is_none() {
+            let response = grpc_response(HeaderMap::new());
+            send = Some(respond.send_response(response, false).map_err(|_| ())?);
+        }
+        // Coalesce what the handler has already queued into one write: many small
+        // messages (watch events, keepalives) would otherwise cost one DATA frame each,
+        // and peers (h2 itself) close connections that send too many tiny frames.
+        let mut batch = BytesMut::new();
+        codec::encode_into(&mut batch, &message);
+        while batch.len() < COALESCE_BYTES_MAX {
+            match future::poll_once(receiver.recv()).await {
+                Some(Some(next)) => codec::encode_into(&mut batch, &next),
+                _ => break,
+            }
+        }
+        let stream = send.as_mut().unwrap();
+        send_flow_controlled(stream, batch.freeze()).await?;
+    }
+    Ok(send)
+}
+
+/// Sends `data` as window capacity becomes available, so a slow reader is pushed back on
+/// instead of buffered for without bound.
+async fn send_flow_controlled(
+    stream: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), ()> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let granted = match future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            _ => return Err(()),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = data.split_to(granted.min(data.len()));
+        stream.send_data(chunk, false).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+fn grpc_response(headers: HeaderMap) -> http::Response<()> {
+    let mut response = http::Response::new(());
+    *response.status_mut() = StatusCode::OK;
+    *response.headers_mut() = headers;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// A response with no messages: status in the headers, end of stream (gRPC "Trailers-Only").
+fn reply_trailers_only(respond: &mut h2::server::SendResponse<Bytes>, status: &Status) {
+    let _ = respond.send_response(grpc_response(status.to_header_map()), true);
+}
+
+fn reply_http(respond: &mut h2::server::SendResponse<Bytes>, code: StatusCode) {
+    let mut response = http::Response::new(());
+    *response.status_mut() = code;
+    let _ = respond.send_response(response, true);
+}
