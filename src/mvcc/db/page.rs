@@ -274,7 +274,12 @@ pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 /// Leaf: `Ok(i)` if key is at slot i, `Err(i)` where it would be inserted.
 #[inline]
 pub fn leaf_search(p: &[u8], key: &[u8]) -> Result<usize, usize> {
-    let (mut lo, mut hi) = (0, count(p));
+    leaf_bisect(p, key, 0, count(p))
+}
+
+/// Binary search of a leaf's slots `[lo, hi)`, given that the answer lies in them.
+#[inline]
+fn leaf_bisect(p: &[u8], key: &[u8], mut lo: usize, mut hi: usize) -> Result<usize, usize> {
     while lo < hi {
         let mid = (lo + hi) / 2;
         match cmp_keys(leaf_key(p, mid), key) {
@@ -289,7 +294,12 @@ pub fn leaf_search(p: &[u8], key: &[u8]) -> Result<usize, usize> {
 /// Branch: the child slot to follow for `key` (last i ≥ 1 with key_i ≤ key, else 0).
 #[inline]
 pub fn branch_search(p: &[u8], key: &[u8]) -> usize {
-    let (mut lo, mut hi) = (1, count(p));
+    branch_bisect(p, key, 1, count(p))
+}
+
+/// Binary search of a branch's slots: keys of `[1, lo)` are <= key, of `[hi, count)` > key.
+#[inline]
+fn branch_bisect(p: &[u8], key: &[u8], mut lo: usize, mut hi: usize) -> usize {
     while lo < hi {
         let mid = (lo + hi) / 2;
         if cmp_keys(branch_key(p, mid), key) != std::cmp::Ordering::Greater {
@@ -324,15 +334,7 @@ pub fn leaf_search_from(p: &[u8], key: &[u8], guess: usize) -> Result<usize, usi
             std::cmp::Ordering::Equal => return Ok(probe),
         }
     }
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        match cmp_keys(leaf_key(p, mid), key) {
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return Ok(mid),
-        }
-    }
-    Err(lo)
+    leaf_bisect(p, key, lo, hi)
 }
 
 /// [`branch_search`] that probes `guess` and its neighbour before bisecting (see
@@ -354,15 +356,7 @@ pub fn branch_search_from(p: &[u8], key: &[u8], guess: usize) -> usize {
             probe = probe.wrapping_sub(1);
         }
     }
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if cmp_keys(branch_key(p, mid), key) != std::cmp::Ordering::Greater {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo - 1
+    branch_bisect(p, key, lo, hi)
 }
 
 pub fn free_space(p: &[u8]) -> usize {
