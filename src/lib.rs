@@ -18,5 +18,6 @@
 
 pub mod grpc;
 pub mod mvcc;
+pub mod pb;
 pub mod runtime;
 pub mod wal;
