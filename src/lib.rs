@@ -16,8 +16,12 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod api;
+pub mod config;
 pub mod grpc;
 pub mod mvcc;
 pub mod pb;
+pub mod raft;
 pub mod runtime;
+pub mod server;
 pub mod wal;

@@ -1,104 +1,123 @@
-//! `keel`: flags → config → runtime.
+//! `keel`: flags → config → one boot call.
 //!
-//! The client server (gRPC on 127.0.0.1:2379) is issue 3. Until it lands, the binary
-//! opens the data dir the way the server will at boot — WAL recovery (torn tails
-//! repaired, corruption refused with file and offset) and the db file's full check —
-//! and reports what it found.
+//! With no flags it serves one member on 127.0.0.1:2379 with data in `./default.keel`,
+//! as etcd does with `./default.etcd`.
 
-use keel::mvcc::{Store, StoreOptions};
-use keel::wal::{Wal, WalOptions};
-use std::path::PathBuf;
+use keel::config::{self, Config, ConfigError};
+use keel::raft::RaftOptions;
+use keel::runtime::log;
+use keel::server::{self, ServerOptions};
 use std::process::ExitCode;
 
-struct Flags {
-    data_dir: PathBuf,
-    wal_dir: Option<PathBuf>,
-}
-
-fn parse_flags() -> Result<Flags, String> {
-    let mut flags = Flags {
-        data_dir: PathBuf::from("default.keel"),
-        wal_dir: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{name}: needs a value"))
-        };
-        match name.trim_start_matches('-') {
-            "data-dir" => flags.data_dir = PathBuf::from(value()?),
-            "wal-dir" => flags.wal_dir = Some(PathBuf::from(value()?)),
-            "h" | "help" => return Err(String::new()),
-            _ => return Err(format!("unknown flag: {arg}")),
+fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
+    // --initial-cluster lists one name=url pair per peer URL; a member is all its URLs.
+    let mut cluster: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, url) in &cfg.initial_cluster {
+        match cluster.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => cluster.push((name.clone(), vec![url.to_string()])),
         }
     }
-    Ok(flags)
-}
-
-async fn check(flags: Flags) -> Result<(), String> {
-    let member = flags.data_dir.join("member");
-    let wal_dir = flags.wal_dir.unwrap_or_else(|| member.join("wal"));
-    let db_path = member.join("snap").join("db");
-    if !db_path.exists() && !Wal::exists(&wal_dir) {
-        println!("keel: no data in {} yet", flags.data_dir.display());
-        return Ok(());
-    }
-    let store = Store::open(&db_path, StoreOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    store.check().map_err(|e| e.to_string())?;
-    println!(
-        "keel: db {}: revision {}, compacted {}, consistent index {}",
-        db_path.display(),
-        store.current_revision(),
-        store.compact_revision(),
-        store.consistent_index()
+    let advertise: Vec<String> = cfg.advertise_client_urls.iter().map(|u| u.to_string()).collect();
+    let members = server::initial_members(
+        &cluster,
+        &cfg.initial_cluster_token,
+        &cfg.name,
+        &advertise,
     );
-    if Wal::exists(&wal_dir) {
-        let (wal, rec) = Wal::open(&wal_dir, WalOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some((file, offset, bytes)) = &rec.truncated_tail {
-            println!(
-                "keel: WAL torn tail repaired: {bytes} bytes at {}:{offset}",
-                file.display()
-            );
-        }
-        println!(
-            "keel: WAL {}: last index {}, {} entries after the snapshot at {}",
-            wal_dir.display(),
-            wal.last_index(),
-            rec.entries.len(),
-            rec.snapshot.index
-        );
-    }
-    Ok(())
+    let me = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .ok_or_else(|| {
+            format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            )
+        })?;
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let cluster_id = config::cluster_id(&ids);
+    let listen_client_addrs = cfg
+        .listen_client_urls
+        .iter()
+        .map(|u| u.socket_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let member_dir = cfg.data_dir.join("member");
+    let cores = cfg.cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    Ok(ServerOptions {
+        name: cfg.name.clone(),
+        member_id: me.id,
+        cluster_id,
+        listen_client_addrs,
+        advertise_client_urls: advertise,
+        raft: RaftOptions {
+            member_id: me.id,
+            cluster_id,
+            wal_dir: cfg.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal")),
+            db_path: member_dir.join("snap").join("db"),
+            initial_members: members.clone(),
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            election_timeout_ms: cfg.election_timeout_ms,
+            snapshot_count: cfg.snapshot_count,
+            max_txn_ops: cfg.max_txn_ops,
+        },
+        cores,
+        max_request_bytes: cfg.max_request_bytes,
+        max_txn_ops: cfg.max_txn_ops,
+    })
 }
 
 fn main() -> ExitCode {
-    let flags = match parse_flags() {
-        Ok(f) => f,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("keel: {msg}");
-            }
-            eprintln!("usage: keel [--data-dir DIR] [--wal-dir DIR]");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let cfg = match config::parse(&args, &env) {
+        Ok(cfg) => cfg,
+        Err(ConfigError::Help(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(ConfigError::Version) => {
+            println!("keel Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("etcd API Version: 3.4");
+            return ExitCode::SUCCESS;
+        }
+        Err(ConfigError::Invalid(msg)) => {
+            eprintln!("keel: {msg}");
+            eprintln!("Try 'keel --help' for more information.");
             return ExitCode::from(2);
         }
     };
-    println!("keel: the client server is not built yet (issue 3); checking the data dir");
-    match keel::runtime::block_on(check(flags)) {
+    log::info("etcdmain", &format!("keel Version: {}", env!("CARGO_PKG_VERSION")));
+    for w in &cfg.warnings {
+        log::warning("etcdmain", w);
+    }
+    let opts = match server_options(&cfg) {
+        Ok(opts) => opts,
+        Err(msg) => {
+            eprintln!("keel: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    log::info(
+        "etcdmain",
+        &format!(
+            "name = {}, data dir = {}, member = {:x}, cluster = {:x}, cores = {}",
+            opts.name,
+            cfg.data_dir.display(),
+            opts.member_id,
+            opts.cluster_id,
+            opts.cores
+        ),
+    );
+    match server::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("keel: {e}");
-            ExitCode::FAILURE
+        Err(msg) => {
+            log::error("etcdmain", &msg);
+            eprintln!("keel: {msg}");
+            ExitCode::from(1)
         }
     }
 }

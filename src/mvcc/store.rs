@@ -135,8 +135,9 @@ impl<B: Backend> Store<B> {
         &self.backend
     }
 
-    #[cfg(test)]
-    pub(crate) fn backend_mut(&mut self) -> &mut B {
+    /// The backend, for the other trees (members, raft conf state) the raft core writes in
+    /// the same Db transaction as the revisions of the entry it applies.
+    pub fn backend_mut(&mut self) -> &mut B {
         &mut self.backend
     }
 

@@ -1,0 +1,308 @@
+//! The gRPC services a core serves: decode the prost request, check it as etcd's API
+//! layer does, send it to the raft core, encode the reply with a full ResponseHeader.
+//!
+//! Runs on: every core, one `Services` per core (it holds that core's `RaftClient`).
+//! Served now: KV (Range, Put, DeleteRange, Txn, Compact), Maintenance.Status and HashKV,
+//! Cluster.MemberList, grpc.health.v1.Health/Check. Every other method of etcd's API
+//! answers UNIMPLEMENTED (the router's "unknown service" / "unknown method").
+
+use super::convert;
+use super::errors::status_from_mvcc;
+use crate::grpc::{Code, Router, Status};
+use crate::mvcc::{self, Op, OpResponse};
+use crate::pb::etcdserverpb as pb;
+use crate::pb::grpc::health::v1 as health;
+use crate::raft::RaftClient;
+use crate::runtime::mesh::{Reply, ReplyBody, ToRaft};
+use bytes::Bytes;
+use http::HeaderMap;
+use prost::Message;
+use std::rc::Rc;
+
+/// The fixed part of every ResponseHeader this member sends.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderInfo {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+/// The version Maintenance.Status reports: the etcd release whose API Keel serves.
+pub const ETCD_VERSION: &str = "3.4.23";
+
+pub struct Services {
+    client: Rc<RaftClient>,
+    header: HeaderInfo,
+    max_request_bytes: usize,
+    max_txn_ops: usize,
+}
+
+fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
+    // grpc-go's code and wording for a request that does not unmarshal.
+    M::decode(body.clone()).map_err(|e| {
+        Status::new(
+            Code::Internal,
+            format!("grpc: error unmarshalling request: {e}"),
+        )
+    })
+}
+
+fn encode<M: Message>(m: &M) -> Bytes {
+    Bytes::from(m.encode_to_vec())
+}
+
+fn request_too_large() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+}
+
+fn unexpected_reply() -> Status {
+    Status::new(Code::Internal, "keel: unexpected reply from the raft core")
+}
+
+impl Services {
+    pub fn new(
+        client: Rc<RaftClient>,
+        header: HeaderInfo,
+        max_request_bytes: usize,
+        max_txn_ops: usize,
+    ) -> Services {
+        Services {
+            client,
+            header,
+            max_request_bytes,
+            max_txn_ops,
+        }
+    }
+
+    pub fn header(&self, revision: i64, raft_term: u64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.header.cluster_id,
+            member_id: self.header.member_id,
+            revision,
+            raft_term,
+        }
+    }
+
+    async fn read(&self, op: Op, linearizable: bool) -> Result<(OpResponse, u64), Status> {
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::Read {
+                from,
+                seq,
+                op,
+                linearizable,
+            })
+            .await?;
+        op_reply(reply)
+    }
+
+    async fn write(&self, op: &Op) -> Result<(OpResponse, u64), Status> {
+        let data = convert::encode_raft_request(op);
+        if data.len() > self.max_request_bytes {
+            return Err(request_too_large());
+        }
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::Propose { from, seq, data })
+            .await?;
+        op_reply(reply)
+    }
+
+    pub async fn range(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
+        mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
+        let linearizable = !req.serializable;
+        let (res, term) = self.read(Op::Range(req), linearizable).await?;
+        let OpResponse::Range(r) = res else {
+            return Err(unexpected_reply());
+        };
+        let header = self.header(r.header.revision, term);
+        Ok(encode(&convert::range_response(r, header)))
+    }
+
+    pub async fn put(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = convert::put_request(decode::<pb::PutRequest>(&body)?);
+        mvcc::validate::check_put_request(&req).map_err(|e| status_from_mvcc(&e))?;
+        let (res, term) = self.write(&Op::Put(req)).await?;
+        let OpResponse::Put(r) = res else {
+            return Err(unexpected_reply());
+        };
+        let header = self.header(r.header.revision, term);
+        Ok(encode(&convert::put_response(r, header)))
+    }
+
+    pub async fn delete_range(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = convert::delete_range_request(decode::<pb::DeleteRangeRequest>(&body)?);
+        mvcc::validate::check_delete_request(&req).map_err(|e| status_from_mvcc(&e))?;
+        let (res, term) = self.write(&Op::DeleteRange(req)).await?;
+        let OpResponse::DeleteRange(r) = res else {
+            return Err(unexpected_reply());
+        };
+        let header = self.header(r.header.revision, term);
+        Ok(encode(&convert::delete_range_response(r, header)))
+    }
+
+    pub async fn txn(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = convert::txn_request(decode::<pb::TxnRequest>(&body)?)?;
+        mvcc::validate::check_txn_request(&req, self.max_txn_ops as i64)
+            .map_err(|e| status_from_mvcc(&e))?;
+        let (res, term) = if mvcc::is_txn_readonly(&req) {
+            // etcd serves a read-only txn without raft; linearizable unless every range in
+            // it is serializable.
+            let linearizable = !txn_serializable(&req);
+            self.read(Op::Txn(req), linearizable).await?
+        } else {
+            self.write(&Op::Txn(req)).await?
+        };
+        let OpResponse::Txn(r) = res else {
+            return Err(unexpected_reply());
+        };
+        let header = self.header(r.header.revision, term);
+        Ok(encode(&convert::txn_response(r, header)))
+    }
+
+    pub async fn compact(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = convert::compaction_request(decode::<pb::CompactionRequest>(&body)?);
+        let (res, term) = self.write(&Op::Compaction(req)).await?;
+        let OpResponse::Compaction(r) = res else {
+            return Err(unexpected_reply());
+        };
+        let header = self.header(r.header.revision, term);
+        Ok(encode(&pb::CompactionResponse {
+            header: Some(header),
+        }))
+    }
+
+    pub async fn status(&self, body: Bytes) -> Result<Bytes, Status> {
+        decode::<pb::StatusRequest>(&body)?;
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::Status { from, seq })
+            .await?;
+        let term = reply.raft_term;
+        let ReplyBody::Status(s) = reply.body? else {
+            return Err(unexpected_reply());
+        };
+        Ok(encode(&pb::StatusResponse {
+            header: Some(self.header(s.revision, term)),
+            version: ETCD_VERSION.to_string(),
+            db_size: s.db_size_bytes,
+            leader: s.leader,
+            raft_index: s.raft_index,
+            raft_term: s.raft_term,
+            raft_applied_index: s.raft_applied_index,
+            errors: Vec::new(),
+            db_size_in_use: s.db_size_in_use_bytes,
+            is_learner: s.is_learner,
+            ..Default::default()
+        }))
+    }
+
+    pub async fn hash_kv(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = decode::<pb::HashKvRequest>(&body)?;
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::HashKv {
+                from,
+                seq,
+                revision: req.revision,
+            })
+            .await?;
+        let term = reply.raft_term;
+        let ReplyBody::HashKv {
+            hash,
+            compact_revision,
+            revision,
+        } = reply.body?
+        else {
+            return Err(unexpected_reply());
+        };
+        Ok(encode(&pb::HashKvResponse {
+            header: Some(self.header(revision, term)),
+            hash,
+            compact_revision,
+            ..Default::default()
+        }))
+    }
+
+    pub async fn member_list(&self, body: Bytes) -> Result<Bytes, Status> {
+        decode::<pb::MemberListRequest>(&body)?;
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::MemberList { from, seq })
+            .await?;
+        let term = reply.raft_term;
+        let ReplyBody::Members(members) = reply.body? else {
+            return Err(unexpected_reply());
+        };
+        Ok(encode(&pb::MemberListResponse {
+            header: Some(self.header(0, term)),
+            members: members
+                .into_iter()
+                .map(|m| pb::Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_ur_ls: m.peer_urls,
+                    client_ur_ls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+        }))
+    }
+
+    /// grpc.health.v1: SERVING once this member is serving (its raft core answers).
+    pub async fn health_check(&self, body: Bytes) -> Result<Bytes, Status> {
+        decode::<health::HealthCheckRequest>(&body)?;
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::Status { from, seq })
+            .await?;
+        let serving = matches!(reply.body, Ok(ReplyBody::Status(ref s)) if s.leader != 0);
+        let status = if serving {
+            health::health_check_response::ServingStatus::Serving
+        } else {
+            health::health_check_response::ServingStatus::NotServing
+        };
+        Ok(encode(&health::HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+}
+
+fn op_reply(reply: Reply) -> Result<(OpResponse, u64), Status> {
+    let term = reply.raft_term;
+    match reply.body? {
+        ReplyBody::Op(r) => Ok((r, term)),
+        _ => Err(unexpected_reply()),
+    }
+}
+
+fn txn_serializable(req: &mvcc::TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(op, mvcc::RequestOp::RequestRange(r) if r.serializable))
+}
+
+/// The routes of one core.
+pub fn router(s: Rc<Services>) -> Router {
+    let mut r = Router::new();
+    macro_rules! unary {
+        ($path:expr, $method:ident) => {{
+            let s = s.clone();
+            r.unary($path, move |_md: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move { s.$method(body).await }
+            });
+        }};
+    }
+    unary!("/etcdserverpb.KV/Range", range);
+    unary!("/etcdserverpb.KV/Put", put);
+    unary!("/etcdserverpb.KV/DeleteRange", delete_range);
+    unary!("/etcdserverpb.KV/Txn", txn);
+    unary!("/etcdserverpb.KV/Compact", compact);
+    unary!("/etcdserverpb.Maintenance/Status", status);
+    unary!("/etcdserverpb.Maintenance/HashKV", hash_kv);
+    unary!("/etcdserverpb.Cluster/MemberList", member_list);
+    unary!("/grpc.health.v1.Health/Check", health_check);
+    r
+}

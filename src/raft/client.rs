@@ -1,0 +1,128 @@
+//! `RaftClient`: a core's way to the raft core. One per core; request handlers call it,
+//! a reply task feeds it.
+//!
+//! Runs on: every core (on the raft core it talks through local channels).
+//! Invariant: at most `inflight_max` requests wait for a reply; each waiter gets exactly
+//! one reply or is dropped with its handler (then the late reply is discarded).
+
+use crate::grpc::{Code, Status};
+use crate::runtime::mesh::{CoreId, Reply, ToRaft};
+use glommio::channels::local_channel::LocalSender;
+use glommio::channels::shared_channel::ConnectedSender;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+pub enum RaftSender {
+    Local(Rc<LocalSender<ToRaft>>),
+    Shared(ConnectedSender<ToRaft>),
+}
+
+#[derive(Default)]
+struct Slot {
+    reply: Option<Reply>,
+    waker: Option<Waker>,
+}
+
+pub struct RaftClient {
+    core: CoreId,
+    next_seq: Cell<u64>,
+    waiters: RefCell<HashMap<u64, Rc<RefCell<Slot>>>>,
+    sender: RaftSender,
+    inflight_max: usize,
+}
+
+/// etcd's answer when a server cannot take more requests.
+pub fn too_many_requests() -> Status {
+    Status::new(Code::ResourceExhausted, "etcdserver: too many requests")
+}
+
+/// etcd's answer once the server is shutting down.
+pub fn server_stopped() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: server stopped")
+}
+
+impl RaftClient {
+    pub fn new(core: CoreId, sender: RaftSender, inflight_max: usize) -> RaftClient {
+        RaftClient {
+            core,
+            next_seq: Cell::new(1),
+            waiters: RefCell::new(HashMap::new()),
+            sender,
+            inflight_max,
+        }
+    }
+
+    pub fn core(&self) -> CoreId {
+        self.core
+    }
+
+    /// Sends the request `make(core, seq)` builds and waits for its reply. A full mailbox
+    /// is pushed back to the client at once, never buffered.
+    pub async fn call(&self, make: impl FnOnce(CoreId, u64) -> ToRaft) -> Result<Reply, Status> {
+        if self.waiters.borrow().len() >= self.inflight_max {
+            return Err(too_many_requests());
+        }
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        let slot = Rc::new(RefCell::new(Slot::default()));
+        self.waiters.borrow_mut().insert(seq, slot.clone());
+        let guard = WaiterGuard { client: self, seq };
+        let msg = make(self.core, seq);
+        let sent = match &self.sender {
+            RaftSender::Local(tx) => tx.try_send(msg).is_ok(),
+            RaftSender::Shared(tx) => tx.try_send(msg).is_ok(),
+        };
+        if !sent {
+            return Err(too_many_requests());
+        }
+        let reply = WaitReply { slot }.await;
+        drop(guard);
+        Ok(reply)
+    }
+
+    /// Hands a reply from the raft core to its waiter (if it is still waiting).
+    pub fn deliver(&self, reply: Reply) {
+        let Some(slot) = self.waiters.borrow_mut().remove(&reply.seq) else {
+            return;
+        };
+        let mut slot = slot.borrow_mut();
+        slot.reply = Some(reply);
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+struct WaiterGuard<'a> {
+    client: &'a RaftClient,
+    seq: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.client.waiters.borrow_mut().remove(&self.seq);
+    }
+}
+
+struct WaitReply {
+    slot: Rc<RefCell<Slot>>,
+}
+
+impl Future for WaitReply {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let mut slot = self.slot.borrow_mut();
+        match slot.reply.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `LogStore`: raft-rs's `Storage` over the entries the WAL holds, kept in memory on the
+//! raft core.
+//!
+//! raft-rs reads the log through `&self` while `RawNode` owns it; we change it through
+//! `RawNode::mut_store` between `Ready`s, on the same core, so plain fields suffice (no
+//! lock, unlike raft-rs's `MemStorage`).
+//!
+//! Invariants:
+//! - `entries[i].index == first_index + i` (consecutive, no holes).
+//! - `snapshot_index + 1 == first_index`; the term of `snapshot_index` is kept so raft can
+//!   match the entry before the first one.
+//! - Everything here is durable in the WAL before raft-rs is told it is persisted
+//!   (the driver appends to the WAL and fdatasyncs before `advance`).
+
+use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use ::raft::{GetEntriesContext, RaftState, StorageError};
+
+pub struct LogStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_index: u64,
+    snapshot_term: u64,
+    entries: Vec<Entry>,
+}
+
+impl LogStore {
+    /// A log that starts after `(snapshot_index, snapshot_term)` (0, 0 for a new member).
+    pub fn new(
+        hard_state: HardState,
+        conf_state: ConfState,
+        snapshot_index: u64,
+        snapshot_term: u64,
+    ) -> LogStore {
+        LogStore {
+            hard_state,
+            conf_state,
+            snapshot_index,
+            snapshot_term,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The first index held (the snapshot index + 1).
+    pub fn first_index_raw(&self) -> u64 {
+        self.first()
+    }
+
+    fn first(&self) -> u64 {
+        self.snapshot_index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snapshot_index + self.entries.len() as u64
+    }
+
+    /// Appends `ents`, replacing any entries at or after the first one's index (raft's
+    /// overwrite of an uncommitted suffix).
+    pub fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        assert!(
+            first.index >= self.first() && first.index <= self.last() + 1,
+            "append at {} to a log of [{}, {}]",
+            first.index,
+            self.first(),
+            self.last()
+        );
+        self.entries.truncate((first.index - self.first()) as usize);
+        self.entries.extend_from_slice(ents);
+        self.invariants();
+    }
+
+    /// Drops entries up to and including `index` (they are in the db now).
+    pub fn compact(&mut self, index: u64) {
+        if index < self.first() {
+            return;
+        }
+        assert!(index <= self.last(), "compact to {index} past the last entry");
+        let term = self.entries[(index - self.first()) as usize].term;
+        self.entries.drain(..(index + 1 - self.first()) as usize);
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.invariants();
+    }
+
+    pub fn invariants(&self) {
+        debug_assert!(self
+            .entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == self.first() + i as u64));
+    }
+
+    fn check_range(&self, low: u64, high: u64) -> ::raft::Result<()> {
+        if low < self.first() {
+            return Err(::raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last() + 1,
+            "entries [{low}, {high}) out of bound {}",
+            self.last()
+        );
+        Ok(())
+    }
+}
+
+impl ::raft::Storage for LogStore {
+    fn initial_state(&self) -> ::raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> ::raft::Result<Vec<Entry>> {
+        self.check_range(low, high)?;
+        let start = (low - self.first()) as usize;
+        let end = (high - self.first()) as usize;
+        let mut ents = self.entries[start..end].to_vec();
+        ::raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> ::raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        if idx < self.first() {
+            return Err(::raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(::raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> ::raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> ::raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> ::raft::Result<Snapshot> {
+        // Sending the db file to a lagging follower is issue 7; until then raft is told the
+        // snapshot is not ready and retries later.
+        Err(::raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_overwrites_the_suffix_and_compact_keeps_the_term() {
+        let mut log = LogStore::new(HardState::default(), ConfState::default(), 0, 0);
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        log.append(&[entry(2, 2)]);
+        assert_eq!(log.last_index().unwrap(), 2);
+        assert_eq!(log.term(2).unwrap(), 2);
+        log.compact(1);
+        assert_eq!(log.first_index().unwrap(), 2);
+        assert_eq!(log.term(1).unwrap(), 1);
+        assert!(log.term(0).is_err());
+        assert!(log
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .is_err());
+        let got = log
+            .entries(2, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got, vec![entry(2, 2)]);
+    }
+}

@@ -1,0 +1,793 @@
+//! The raft core: raft-rs's `RawNode` driven over Keel's WAL, applying committed entries
+//! to the MVCC store in log order, and answering the cores that asked.
+//!
+//! Runs on: the raft core only. Other cores reach it through `RaftClient` messages
+//! (`runtime::mesh`).
+//!
+//! One turn of the loop:
+//! 1. Wait for a request or the next tick; then drain what else is queued (bounded), so
+//!    proposals that arrived while the last fdatasync ran become one batch.
+//! 2. Propose writes; queue linearizable reads and take one ReadIndex for all of them.
+//! 3. For each `Ready`: apply committed entries; append new entries and the hard state to
+//!    the WAL, and fdatasync once (only when raft says it must: new entries, term or
+//!    vote); `advance`; apply what became committed; reply to the proposers.
+//! 4. Serve reads whose ReadIndex is applied. Commit the db every `DB_COMMIT_INTERVAL`
+//!    (the WAL is what makes writes durable; the db commit bounds replay at restart), and
+//!    every `snapshot_count` entries mark a snapshot and release old WAL segments.
+//!
+//! Invariants:
+//! - A client hears about a write only after its entry is durable in the WAL (on a quorum,
+//!   once there are peers) and applied.
+//! - Entries are applied in index order, each once: `Store::apply_at` skips indexes at or
+//!   below the db's consistent index, and raft starts with `applied` = that index.
+//! - The raft conf state and the member records are written in the same db transaction as
+//!   the consistent index of the entry that changed them.
+
+pub mod client;
+pub mod log;
+
+pub use client::{RaftClient, RaftSender};
+
+use crate::grpc::{Code, Status};
+use crate::mvcc::db::TreeId;
+use crate::mvcc::{self, Op, OpResponse, Store, StoreOptions};
+use crate::pb::keel::internal::Member as MemberRecord;
+use crate::runtime::mesh::{CoreId, MemberInfo, Reply, ReplyBody, StatusInfo, ToRaft};
+use crate::wal::{self, Wal, WalOptions};
+use ::raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message as RaftMessage,
+};
+use ::raft::{RawNode, StateRole};
+use glommio::channels::local_channel::LocalReceiver;
+use log::LogStore;
+use prost::Message as _;
+use protobuf::Message as _;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often the db is committed (fdatasync + meta flip) while writes arrive. etcd's
+/// backend commits every 100 ms too.
+pub const DB_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Applied entries after which the db is committed even before the interval.
+pub const DB_COMMIT_ENTRIES_MAX: u64 = 10_000;
+/// Entries kept in the log behind a snapshot for slow followers (etcd's
+/// SnapshotCatchUpEntries).
+pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
+/// Requests taken from the mailbox per loop turn (one proposal batch at most this big).
+pub const REQUESTS_PER_TURN_MAX: usize = 4096;
+
+const META_CONF_STATE_KEY: &[u8] = b"raft_conf_state";
+
+/// Where the member's files live and who it is.
+#[derive(Clone, Debug)]
+pub struct RaftOptions {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// `data_dir/member/wal` unless `--wal-dir` says otherwise.
+    pub wal_dir: PathBuf,
+    /// `data_dir/member/snap/db`.
+    pub db_path: PathBuf,
+    /// The initial cluster (used only when the data dir is new).
+    pub initial_members: Vec<MemberInfo>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub max_txn_ops: usize,
+}
+
+/// Errors that stop the member at boot: they name what is wrong and where.
+#[derive(Debug)]
+pub struct BootError(pub String);
+
+impl std::fmt::Display for BootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where replies go: the raft core's own client directly, other cores by channel.
+pub trait ReplySink {
+    fn send(&self, to: CoreId, reply: Reply);
+}
+
+struct PendingRead {
+    from: CoreId,
+    seq: u64,
+    op: Op,
+}
+
+pub struct RaftCore {
+    node: RawNode<LogStore>,
+    store: Store,
+    wal: Wal,
+    opts: RaftOptions,
+    /// Linearizable reads waiting for a ReadIndex to be requested.
+    reads_waiting: Vec<PendingRead>,
+    /// ReadIndex context → the reads it serves.
+    reads_requested: HashMap<u64, Vec<PendingRead>>,
+    /// (read index, reads) whose index is known, waiting for apply to reach it.
+    reads_indexed: Vec<(u64, Vec<PendingRead>)>,
+    next_read_ctx: u64,
+    applied_index: u64,
+    snapshot_index: u64,
+    db_committed_index: u64,
+    last_db_commit: Instant,
+    next_tick: Instant,
+}
+
+fn boot_err(what: impl std::fmt::Display) -> BootError {
+    BootError(what.to_string())
+}
+
+/// The WAL metadata of a Keel member: member ID and cluster ID, 8 bytes each, big-endian
+/// (what etcd keeps in its WAL metadata too).
+fn encode_metadata(member_id: u64, cluster_id: u64) -> Vec<u8> {
+    let mut m = member_id.to_be_bytes().to_vec();
+    m.extend_from_slice(&cluster_id.to_be_bytes());
+    m
+}
+
+fn decode_metadata(m: &[u8]) -> Option<(u64, u64)> {
+    if m.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(m[..8].try_into().ok()?),
+        u64::from_be_bytes(m[8..].try_into().ok()?),
+    ))
+}
+
+fn to_wal_entry(e: &Entry) -> wal::Entry {
+    wal::Entry {
+        entry_type: e.get_entry_type() as u8,
+        term: e.term,
+        index: e.index,
+        data: e.data.to_vec(),
+        context: e.context.to_vec(),
+    }
+}
+
+fn from_wal_entry(e: wal::Entry) -> Entry {
+    let mut out = Entry::default();
+    out.set_entry_type(match e.entry_type {
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => EntryType::EntryNormal,
+    });
+    out.term = e.term;
+    out.index = e.index;
+    out.data = e.data.into();
+    out.context = e.context.into();
+    out
+}
+
+fn member_record(m: &MemberInfo) -> MemberRecord {
+    MemberRecord {
+        id: m.id,
+        name: m.name.clone(),
+        peer_urls: m.peer_urls.clone(),
+        client_urls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+/// The proposer of an entry, in its context: member ID, core, sequence number.
+fn encode_context(member_id: u64, core: CoreId, seq: u64) -> Vec<u8> {
+    let mut c = Vec::with_capacity(18);
+    c.extend_from_slice(&member_id.to_le_bytes());
+    c.extend_from_slice(&core.0.to_le_bytes());
+    c.extend_from_slice(&seq.to_le_bytes());
+    c
+}
+
+fn decode_context(c: &[u8]) -> Option<(u64, CoreId, u64)> {
+    if c.len() != 18 {
+        return None;
+    }
+    let member = u64::from_le_bytes(c[..8].try_into().ok()?);
+    let core = u16::from_le_bytes(c[8..10].try_into().ok()?);
+    let seq = u64::from_le_bytes(c[10..].try_into().ok()?);
+    Some((member, CoreId(core), seq))
+}
+
+fn no_leader() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: no leader")
+}
+
+fn status_from_mvcc(e: &mvcc::Error) -> Status {
+    crate::api::errors::status_from_mvcc(e)
+}
+
+impl RaftCore {
+    /// Opens the member's WAL and db (or creates them for a new member), checks they
+    /// agree, and builds the `RawNode` at the db's consistent index.
+    pub async fn open(opts: RaftOptions) -> Result<RaftCore, BootError> {
+        let wal_exists = Wal::exists(&opts.wal_dir);
+        let db_exists = opts.db_path.exists();
+        if db_exists && !wal_exists {
+            return Err(boot_err(format!(
+                "{} exists but there is no WAL in {}: refusing to start on a partial data dir",
+                opts.db_path.display(),
+                opts.wal_dir.display()
+            )));
+        }
+        if let Some(parent) = opts.db_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| boot_err(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let store_opts = StoreOptions {
+            max_txn_ops: opts.max_txn_ops,
+            ..StoreOptions::default()
+        };
+        let mut store = Store::open(&opts.db_path, store_opts)
+            .await
+            .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
+        store
+            .check()
+            .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
+        let (wal, log) = if wal_exists {
+            Self::recover(&opts, &mut store).await?
+        } else {
+            Self::bootstrap(&opts).await?
+        };
+        let applied = store.consistent_index();
+        let config = ::raft::Config {
+            id: opts.member_id,
+            heartbeat_tick: 1,
+            election_tick: (opts.election_timeout_ms / opts.heartbeat_interval_ms.max(1))
+                .max(2) as usize,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            pre_vote: true,
+            check_quorum: true,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&config, log, &logger)
+            .map_err(|e| boot_err(format!("raft: {e}")))?;
+        let snapshot_index = node.store().first_index_raw().saturating_sub(1);
+        let now = Instant::now();
+        Ok(RaftCore {
+            node,
+            store,
+            wal,
+            reads_waiting: Vec::new(),
+            reads_requested: HashMap::new(),
+            reads_indexed: Vec::new(),
+            next_read_ctx: 1,
+            applied_index: applied,
+            snapshot_index,
+            db_committed_index: applied,
+            last_db_commit: now,
+            next_tick: now + Duration::from_millis(opts.heartbeat_interval_ms),
+            opts,
+        })
+    }
+
+    /// A new member: a WAL whose first entries add every initial member (one ConfChange
+    /// each, committed at term 1, as etcd bootstraps), so replay rebuilds the membership.
+    async fn bootstrap(opts: &RaftOptions) -> Result<(Wal, LogStore), BootError> {
+        let metadata = encode_metadata(opts.member_id, opts.cluster_id);
+        let mut wal = Wal::create(&opts.wal_dir, &metadata, WalOptions::default())
+            .await
+            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
+        let mut entries = Vec::new();
+        for (i, m) in opts.initial_members.iter().enumerate() {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(if m.is_learner {
+                ConfChangeType::AddLearnerNode
+            } else {
+                ConfChangeType::AddNode
+            });
+            cc.node_id = m.id;
+            cc.context = member_record(m).encode_to_vec().into();
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.term = 1;
+            e.index = i as u64 + 1;
+            e.data = cc.write_to_bytes().expect("ConfChange encodes").into();
+            entries.push(e);
+        }
+        let hs = HardState {
+            term: 1,
+            vote: 0,
+            commit: entries.len() as u64,
+            ..Default::default()
+        };
+        let wal_entries: Vec<wal::Entry> = entries.iter().map(to_wal_entry).collect();
+        wal.append_entries(&wal_entries);
+        wal.set_hard_state(wal::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        });
+        wal.sync()
+            .await
+            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
+        let mut log = LogStore::new(hs, ConfState::default(), 0, 0);
+        log.append(&entries);
+        Ok((wal, log))
+    }
+
+    /// An existing member: replay the WAL after its snapshot marker on top of the db.
+    async fn recover(
+        opts: &RaftOptions,
+        store: &mut Store,
+    ) -> Result<(Wal, LogStore), BootError> {
+        let (wal, rec) = Wal::open(&opts.wal_dir, WalOptions::default())
+            .await
+            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
+        if let Some((file, offset, bytes)) = &rec.truncated_tail {
+            eprintln!(
+                "keel: WAL torn tail repaired: {bytes} bytes zeroed at {}:{offset}",
+                file.display()
+            );
+        }
+        match decode_metadata(&rec.metadata) {
+            Some((member, _)) if member == opts.member_id => {}
+            Some((member, _)) => {
+                return Err(boot_err(format!(
+                    "{}: the WAL belongs to member {member:x}, not {:x} (wrong --name or \
+                     --initial-cluster for this data dir?)",
+                    opts.wal_dir.display(),
+                    opts.member_id
+                )))
+            }
+            None => {
+                return Err(boot_err(format!(
+                    "{}: WAL metadata is not a Keel member's",
+                    opts.wal_dir.display()
+                )))
+            }
+        }
+        let applied = store.consistent_index();
+        let last_wal_index = rec
+            .entries
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(rec.snapshot.index);
+        if applied < rec.snapshot.index {
+            return Err(boot_err(format!(
+                "{}: db applied index {applied} is behind the WAL snapshot at {}",
+                opts.db_path.display(),
+                rec.snapshot.index
+            )));
+        }
+        if applied > last_wal_index {
+            return Err(boot_err(format!(
+                "{}: db applied index {applied} is past the WAL's last entry {last_wal_index}",
+                opts.db_path.display()
+            )));
+        }
+        let conf_state = match store.backend().get(TreeId::Meta, META_CONF_STATE_KEY) {
+            Some(bytes) => ConfState::parse_from_bytes(bytes)
+                .map_err(|e| boot_err(format!("{}: conf state: {e}", opts.db_path.display())))?,
+            None => ConfState::default(),
+        };
+        // Applying implies committed; the commit in the hard state may lag (it is written
+        // lazily with the next batch), so raise it to what the db has applied.
+        let hs = HardState {
+            term: rec.hard_state.term,
+            vote: rec.hard_state.vote,
+            commit: rec.hard_state.commit.max(applied),
+            ..Default::default()
+        };
+        let snapshot_term = if rec.snapshot.index == 0 {
+            0
+        } else {
+            rec.snapshot.term
+        };
+        let mut log = LogStore::new(hs, conf_state, rec.snapshot.index, snapshot_term);
+        let entries: Vec<Entry> = rec.entries.into_iter().map(from_wal_entry).collect();
+        log.append(&entries);
+        Ok((wal, log))
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.opts.member_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes one request from a core.
+    pub fn handle(&mut self, msg: ToRaft, out: &dyn ReplySink) {
+        match msg {
+            ToRaft::Propose { from, seq, data } => {
+                let ctx = encode_context(self.opts.member_id, from, seq);
+                if self.node.raft.leader_id == ::raft::INVALID_ID {
+                    self.reply(out, from, seq, Err(no_leader()));
+                } else if let Err(e) = self.node.propose(ctx, data.to_vec()) {
+                    let status = match e {
+                        ::raft::Error::ProposalDropped => no_leader(),
+                        e => Status::new(Code::Internal, format!("raft: {e}")),
+                    };
+                    self.reply(out, from, seq, Err(status));
+                }
+            }
+            ToRaft::Read {
+                from,
+                seq,
+                op,
+                linearizable,
+            } => {
+                if linearizable {
+                    self.reads_waiting.push(PendingRead { from, seq, op });
+                } else {
+                    let res = self.read(&op);
+                    self.reply(out, from, seq, res);
+                }
+            }
+            ToRaft::Status { from, seq } => {
+                let info = self.status_info();
+                self.reply(out, from, seq, Ok(ReplyBody::Status(info)));
+            }
+            ToRaft::MemberList { from, seq } => {
+                let members = self.members();
+                self.reply(out, from, seq, Ok(ReplyBody::Members(members)));
+            }
+            ToRaft::HashKv {
+                from,
+                seq,
+                revision,
+            } => {
+                let res = self
+                    .store
+                    .hash_kv(revision)
+                    .map(|(hash, compact_revision)| ReplyBody::HashKv {
+                        hash,
+                        compact_revision,
+                        revision: self.store.current_revision(),
+                    })
+                    .map_err(|e| status_from_mvcc(&e));
+                self.reply(out, from, seq, res);
+            }
+        }
+    }
+
+    fn reply(&self, out: &dyn ReplySink, to: CoreId, seq: u64, body: Result<ReplyBody, Status>) {
+        out.send(
+            to,
+            Reply {
+                seq,
+                raft_term: self.node.raft.term,
+                body,
+            },
+        );
+    }
+
+    fn read(&mut self, op: &Op) -> Result<ReplyBody, Status> {
+        let res = match op {
+            Op::Range(r) => self.store.range(r).map(OpResponse::Range),
+            Op::Txn(t) => self.store.txn(t).map(OpResponse::Txn),
+            _ => unreachable!("only Range and read-only Txn are reads"),
+        };
+        res.map(ReplyBody::Op).map_err(|e| status_from_mvcc(&e))
+    }
+
+    pub fn status_info(&self) -> StatusInfo {
+        let stats = self.store.backend().stats();
+        StatusInfo {
+            leader: self.node.raft.leader_id,
+            raft_index: self.node.raft.raft_log.last_index(),
+            raft_term: self.node.raft.term,
+            raft_applied_index: self.applied_index,
+            db_size_bytes: stats.file_bytes as i64,
+            db_size_in_use_bytes: (stats.pages_in_use * crate::mvcc::db::PAGE_BYTES as u64)
+                as i64,
+            revision: self.store.current_revision(),
+            is_learner: self
+                .node
+                .store()
+                .conf_state()
+                .learners
+                .contains(&self.opts.member_id),
+        }
+    }
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.store
+            .backend()
+            .range(TreeId::Member, &[], &[])
+            .filter_map(|(_, v)| MemberRecord::decode(v).ok())
+            .map(|m| MemberInfo {
+                id: m.id,
+                name: m.name,
+                peer_urls: m.peer_urls,
+                client_urls: m.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect()
+    }
+
+    /// When the next tick is due.
+    pub fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Ticks raft for every heartbeat interval that has passed.
+    pub fn tick_if_due(&mut self, now: Instant) {
+        let interval = Duration::from_millis(self.opts.heartbeat_interval_ms);
+        while self.next_tick <= now {
+            self.node.tick();
+            self.next_tick += interval;
+        }
+    }
+
+    /// One ReadIndex for every linearizable read queued since the last one.
+    fn request_read_index(&mut self) {
+        if self.reads_waiting.is_empty() || self.node.raft.leader_id == ::raft::INVALID_ID {
+            return;
+        }
+        // raft-rs drops a ReadIndex on a leader that has not committed in its term yet.
+        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term()
+        {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.node.read_index(ctx.to_le_bytes().to_vec());
+        let reads = std::mem::take(&mut self.reads_waiting);
+        self.reads_requested.insert(ctx, reads);
+    }
+
+    /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
+    pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
+        self.campaign_if_alone();
+        self.request_read_index();
+        while self.node.has_ready() {
+            let mut rd = self.node.ready();
+            self.send_messages(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                return Err(boot_err(
+                    "raft: installing a snapshot from a peer is not built yet (issue 7)",
+                ));
+            }
+            let committed = rd.take_committed_entries();
+            self.apply(committed, out)?;
+            for rs in rd.take_read_states() {
+                let ctx = rs
+                    .request_ctx
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
+                if let Some(reads) = self.reads_requested.remove(&ctx) {
+                    self.reads_indexed.push((rs.index, reads));
+                }
+            }
+            if !rd.entries().is_empty() {
+                let ents: Vec<wal::Entry> = rd.entries().iter().map(to_wal_entry).collect();
+                self.wal.append_entries(&ents);
+                self.node.mut_store().append(rd.entries());
+            }
+            if let Some(hs) = rd.hs() {
+                self.wal.set_hard_state(wal::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                });
+                self.node.mut_store().set_hard_state(hs.clone());
+            }
+            if rd.must_sync() {
+                self.wal
+                    .sync()
+                    .await
+                    .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+            }
+            self.send_messages(rd.take_persisted_messages());
+            let mut light = self.node.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.node.mut_store().set_commit(commit);
+            }
+            self.send_messages(light.take_messages());
+            self.apply(light.take_committed_entries(), out)?;
+            self.node.advance_apply();
+        }
+        self.store.publish();
+        self.serve_indexed_reads(out);
+        Ok(())
+    }
+
+    /// A member that is the only voter elects itself at once instead of waiting out an
+    /// election timeout (etcd fast-forwards its ticks for the same reason).
+    fn campaign_if_alone(&mut self) {
+        let cs = self.node.store().conf_state();
+        if cs.voters.len() == 1
+            && cs.voters[0] == self.opts.member_id
+            && self.node.raft.state != StateRole::Leader
+            && self.node.raft.state != StateRole::Candidate
+        {
+            let _ = self.node.campaign();
+        }
+    }
+
+    fn send_messages(&mut self, msgs: Vec<RaftMessage>) {
+        // Peers are issue 7: a single member has no one to send to.
+        debug_assert!(msgs.is_empty() || self.node.store().conf_state().voters.len() > 1);
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &dyn ReplySink) -> Result<(), BootError> {
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(&e, out)?,
+                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
+                EntryType::EntryConfChangeV2 => {
+                    return Err(boot_err("raft: joint consensus entries are not built yet"))
+                }
+            }
+            self.applied_index = e.index;
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, e: &Entry, out: &dyn ReplySink) -> Result<(), BootError> {
+        if e.data.is_empty() {
+            // A new leader's empty entry: nothing to apply but the index.
+            if e.index > self.store.consistent_index() {
+                self.store.set_consistent_index(e.index, e.term);
+            }
+            return Ok(());
+        }
+        let op = match crate::api::convert::decode_raft_request(&e.data) {
+            Ok(op) => op,
+            Err(what) => {
+                return Err(boot_err(format!(
+                    "raft entry {} does not decode: {what}",
+                    e.index
+                )))
+            }
+        };
+        let Some(res) = self.store.apply_at(e.index, e.term, &op) else {
+            return Ok(());
+        };
+        let res = match res {
+            Ok(r) => Ok(ReplyBody::Op(r)),
+            Err(err @ (mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. })) => {
+                return Err(boot_err(format!("applying entry {}: {err}", e.index)))
+            }
+            Err(err) => Err(status_from_mvcc(&err)),
+        };
+        if let Some((member, core, seq)) = decode_context(&e.context) {
+            if member == self.opts.member_id {
+                self.reply(out, core, seq, res);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), BootError> {
+        if e.index <= self.store.consistent_index() {
+            return Ok(());
+        }
+        let cc = ConfChange::parse_from_bytes(&e.data)
+            .map_err(|err| boot_err(format!("raft entry {}: conf change: {err}", e.index)))?;
+        let cs = self
+            .node
+            .apply_conf_change(&cc)
+            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
+        let backend = self.store.backend_mut();
+        let cs_bytes = cs.write_to_bytes().expect("ConfState encodes");
+        let key = cc.node_id.to_be_bytes();
+        let res = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => backend.remove(TreeId::Member, &key).map(|_| ()),
+            _ => backend.insert(TreeId::Member, &key, &cc.context),
+        }
+        .and_then(|_| backend.insert(TreeId::Meta, META_CONF_STATE_KEY, &cs_bytes));
+        res.map_err(|err| boot_err(format!("db: {err}")))?;
+        self.node.mut_store().set_conf_state(cs);
+        self.store.set_consistent_index(e.index, e.term);
+        Ok(())
+    }
+
+    fn serve_indexed_reads(&mut self, out: &dyn ReplySink) {
+        let applied = self.applied_index;
+        let mut i = 0;
+        while i < self.reads_indexed.len() {
+            if self.reads_indexed[i].0 <= applied {
+                let (_, reads) = self.reads_indexed.swap_remove(i);
+                for r in reads {
+                    let res = self.read(&r.op);
+                    self.reply(out, r.from, r.seq, res);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Commits the db when it is due, then marks a snapshot and releases WAL segments when
+    /// `snapshot_count` entries have been applied since the last one.
+    pub async fn maybe_commit(&mut self, now: Instant, force: bool) -> Result<(), BootError> {
+        let dirty = self.store.consistent_index() > self.db_committed_index;
+        let due = now.duration_since(self.last_db_commit) >= DB_COMMIT_INTERVAL
+            || self.store.consistent_index() - self.db_committed_index >= DB_COMMIT_ENTRIES_MAX;
+        if !dirty || !(due || force) {
+            return Ok(());
+        }
+        self.store
+            .commit()
+            .await
+            .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
+        self.db_committed_index = self.store.consistent_index();
+        self.last_db_commit = now;
+        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1) {
+            self.snapshot().await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Result<(), BootError> {
+        let index = self.db_committed_index;
+        let term = self.store.consistent_term();
+        self.wal.save_snapshot_marker(wal::SnapshotMarker { index, term });
+        self.wal
+            .sync()
+            .await
+            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+        self.snapshot_index = index;
+        let keep_from = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES);
+        if keep_from > self.node.store().first_index_raw() {
+            self.node.mut_store().compact(keep_from - 1);
+        }
+        self.wal
+            .release_to(keep_from)
+            .await
+            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+        Ok(())
+    }
+
+    /// Answers every queued request with `status` (at shutdown).
+    pub fn fail_pending(&mut self, out: &dyn ReplySink, status: &Status) {
+        let mut all: Vec<PendingRead> = std::mem::take(&mut self.reads_waiting);
+        all.extend(self.reads_requested.drain().flat_map(|(_, r)| r));
+        all.extend(self.reads_indexed.drain(..).flat_map(|(_, r)| r));
+        for r in all {
+            self.reply(out, r.from, r.seq, Err(status.clone()));
+        }
+    }
+}
+
+/// The raft core's loop: runs until `stop()` says so, then commits the db and returns.
+pub async fn run(
+    mut core: RaftCore,
+    inbox: LocalReceiver<ToRaft>,
+    out: &dyn ReplySink,
+    stop: impl Fn() -> bool,
+) -> Result<(), BootError> {
+    core.process_ready(out).await?;
+    while !stop() {
+        let wait = core.next_tick().saturating_duration_since(Instant::now());
+        let first = futures_lite::future::or(async { inbox.recv().await }, async {
+            glommio::timer::sleep(wait).await;
+            None
+        })
+        .await;
+        if let Some(msg) = first {
+            core.handle(msg, out);
+            for _ in 1..REQUESTS_PER_TURN_MAX {
+                match futures_lite::future::poll_once(inbox.recv()).await {
+                    Some(Some(msg)) => core.handle(msg, out),
+                    _ => break,
+                }
+            }
+        }
+        let now = Instant::now();
+        core.tick_if_due(now);
+        core.process_ready(out).await?;
+        core.maybe_commit(now, false).await?;
+    }
+    core.fail_pending(out, &client::server_stopped());
+    core.maybe_commit(Instant::now(), true).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

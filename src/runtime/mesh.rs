@@ -1,0 +1,147 @@
+//! Every cross-core message, and the channels that carry them, built once at boot.
+//!
+//! Topology: each core has one bounded mailbox to the raft core (`ToRaft`) and the raft
+//! core has one reply channel back to each core (`Reply`). On the raft core itself both
+//! directions are local channels. Messages are owned and `Send`: bytes and plain structs,
+//! never `Rc` or references.
+//!
+//! Bounds: a core has at most `requests_inflight_max` requests waiting for a reply (its
+//! `RaftClient` refuses more with etcd's "too many requests"), and both channel directions
+//! are that deep, so the raft core's `try_send` of a reply never finds the channel full.
+
+use crate::grpc::Status;
+use crate::mvcc::{Op, OpResponse};
+use bytes::Bytes;
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+
+/// A core's index in the executor set (0-based, also its CPU slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoreId(pub u16);
+
+/// Sender: a request handler on core `from`, through its `RaftClient`.
+/// Receiver: the raft core. Reply: exactly one `Reply` with the same `seq`, to `from`.
+#[derive(Debug)]
+pub enum ToRaft {
+    /// A write: an encoded `keel.internal.RaftRequest`, proposed to raft; replied after
+    /// it is committed (durable) and applied, with the store's response.
+    Propose { from: CoreId, seq: u64, data: Bytes },
+    /// A Range or read-only Txn. Linearizable: served once the store has applied up to a
+    /// ReadIndex taken after the request arrived (batched). Serializable: served at once.
+    Read {
+        from: CoreId,
+        seq: u64,
+        op: Op,
+        linearizable: bool,
+    },
+    /// Maintenance.Status: raft and db state.
+    Status { from: CoreId, seq: u64 },
+    /// Cluster.MemberList.
+    MemberList { from: CoreId, seq: u64 },
+    /// Maintenance.HashKV at `revision` (0 = current).
+    HashKv { from: CoreId, seq: u64, revision: i64 },
+}
+
+impl ToRaft {
+    pub fn origin(&self) -> (CoreId, u64) {
+        match *self {
+            ToRaft::Propose { from, seq, .. }
+            | ToRaft::Read { from, seq, .. }
+            | ToRaft::Status { from, seq }
+            | ToRaft::MemberList { from, seq }
+            | ToRaft::HashKv { from, seq, .. } => (from, seq),
+        }
+    }
+}
+
+/// Sender: the raft core. Receiver: the `RaftClient` of the core that sent the request.
+#[derive(Debug)]
+pub struct Reply {
+    pub seq: u64,
+    /// The raft term when the reply was made (for the ResponseHeader).
+    pub raft_term: u64,
+    pub body: Result<ReplyBody, Status>,
+}
+
+#[derive(Debug)]
+pub enum ReplyBody {
+    Op(OpResponse),
+    Status(StatusInfo),
+    Members(Vec<MemberInfo>),
+    HashKv {
+        hash: u32,
+        compact_revision: i64,
+        revision: i64,
+    },
+}
+
+/// What Maintenance.Status reports.
+#[derive(Clone, Debug, Default)]
+pub struct StatusInfo {
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub raft_applied_index: u64,
+    pub db_size_bytes: i64,
+    pub db_size_in_use_bytes: i64,
+    pub revision: i64,
+    pub is_learner: bool,
+}
+
+/// One member, as Cluster.MemberList shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// One core's ends of the mesh, moved into its executor thread at boot.
+pub struct CoreLinks {
+    pub core: CoreId,
+    /// Requests to the raft core (`None` on the raft core: it uses local channels).
+    pub to_raft: Option<SharedSender<ToRaft>>,
+    /// Replies from the raft core (`None` on the raft core).
+    pub replies: Option<SharedReceiver<Reply>>,
+}
+
+/// The raft core's ends: one request receiver and one reply sender per other core.
+pub struct RaftLinks {
+    pub requests: Vec<(CoreId, SharedReceiver<ToRaft>)>,
+    pub replies: Vec<(CoreId, SharedSender<Reply>)>,
+}
+
+/// Builds the channels for `core_count` cores with the raft core at `raft_core`.
+pub fn build(
+    core_count: usize,
+    raft_core: CoreId,
+    requests_inflight_max: usize,
+) -> (Vec<CoreLinks>, RaftLinks) {
+    let mut cores = Vec::with_capacity(core_count);
+    let mut raft = RaftLinks {
+        requests: Vec::new(),
+        replies: Vec::new(),
+    };
+    for i in 0..core_count {
+        let core = CoreId(i as u16);
+        if core == raft_core {
+            cores.push(CoreLinks {
+                core,
+                to_raft: None,
+                replies: None,
+            });
+            continue;
+        }
+        let (req_tx, req_rx) = shared_channel::new_bounded(requests_inflight_max);
+        let (rep_tx, rep_rx) = shared_channel::new_bounded(requests_inflight_max);
+        raft.requests.push((core, req_rx));
+        raft.replies.push((core, rep_tx));
+        cores.push(CoreLinks {
+            core,
+            to_raft: Some(req_tx),
+            replies: Some(rep_rx),
+        });
+    }
+    (cores, raft)
+}

@@ -1,0 +1,301 @@
+//! Boot: one pinned glommio executor per core, the raft core first, then the others;
+//! every core serves the client URLs (SO_REUSEPORT); SIGINT/SIGTERM stop it cleanly.
+//!
+//! Runs on: the main thread (boot and shutdown only; it never serves requests).
+//!
+//! Order at boot:
+//! 1. Signals are blocked in the main thread before any executor starts, so every thread
+//!    inherits the mask and only the signal thread (`sigwait`) ever sees them.
+//! 2. The raft core opens the WAL and db (recovering or bootstrapping) and reports the
+//!    outcome; a bad data dir stops the boot with that message before anything listens.
+//! 3. Every core (the raft core included) binds the client addresses and serves.
+//! 4. On SIGINT/SIGTERM the raft core stops taking requests, answers what is queued with
+//!    "server stopped", commits the db and returns; the process then exits 0.
+
+use crate::api::{self, Services};
+use crate::grpc;
+use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
+use crate::runtime::mesh::{self, CoreId, CoreLinks, MemberInfo, RaftLinks, Reply, ToRaft};
+use crate::runtime::{executor_builder, log};
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::ConnectedSender;
+use glommio::net::TcpListener;
+use glommio::Placement;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Requests a core may have waiting on the raft core (mailbox depth per core).
+pub const REQUESTS_INFLIGHT_MAX: usize = 8192;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub listen_client_addrs: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub raft: RaftOptions,
+    pub cores: usize,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread started after) and starts
+/// the one thread that waits for them.
+#[allow(unsafe_code)]
+fn install_signal_thread() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the calls only
+    // read and write that local set and the calling thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::Builder::new()
+        .name("keel-signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is a valid, initialised signal set owned by this closure.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                log::notice("etcdmain", &format!("received signal {sig}, shutting down"));
+                STOP.store(true, Ordering::Relaxed);
+            }
+        })
+        .expect("cannot start the signal thread");
+}
+
+/// Where the raft core's replies go.
+struct Replies {
+    local: Rc<RaftClient>,
+    remote: RefCell<Vec<Option<ConnectedSender<Reply>>>>,
+}
+
+impl ReplySink for Replies {
+    fn send(&self, to: CoreId, reply: Reply) {
+        if to == self.local.core() {
+            self.local.deliver(reply);
+            return;
+        }
+        let remote = self.remote.borrow();
+        if let Some(Some(tx)) = remote.get(to.0 as usize) {
+            // The channel is as deep as the core's in-flight limit, so it has room.
+            let _ = tx.try_send(reply);
+        }
+    }
+}
+
+/// Boots the member and serves until a signal stops it.
+pub fn run(opts: ServerOptions) -> Result<(), String> {
+    install_signal_thread();
+    let raft_core = CoreId(0);
+    let (links, raft_links) = mesh::build(opts.cores, raft_core, REQUESTS_INFLIGHT_MAX);
+    let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut links = links.into_iter();
+    let raft_core_links = links.next().expect("at least one core");
+    let raft_opts = opts.clone();
+    let raft_handle = executor_builder("keel-core-0", Placement::Fixed(0))
+        .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_links, boot_tx))
+        .map_err(|e| format!("cannot start the raft core: {e}"))?;
+    match boot_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = raft_handle.join();
+            return Err(e);
+        }
+        Err(_) => return Err("the raft core stopped during boot".into()),
+    }
+    for link in links {
+        let core_opts = opts.clone();
+        let cpu = link.core.0 as usize;
+        executor_builder(&format!("keel-core-{cpu}"), Placement::Fixed(cpu))
+            .spawn(move || core_main(core_opts, link))
+            .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
+    }
+    announce(&opts);
+    match raft_handle.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(format!("raft core: {e}")),
+    }
+}
+
+fn announce(opts: &ServerOptions) {
+    log::info(
+        "etcdserver/api",
+        "enabled capabilities for version 3.4",
+    );
+    log::info(
+        "etcdserver",
+        &format!(
+            "published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
+            opts.name,
+            opts.advertise_client_urls.join(" "),
+            opts.cluster_id
+        ),
+    );
+    log::notice("embed", "ready to serve client requests");
+    for addr in &opts.listen_client_addrs {
+        log::notice(
+            "embed",
+            &format!(
+                "serving insecure client requests on {addr}, this is strongly discouraged!"
+            ),
+        );
+    }
+}
+
+async fn raft_core_main(
+    opts: ServerOptions,
+    link: CoreLinks,
+    raft_links: RaftLinks,
+    boot: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    let core = match RaftCore::open(opts.raft.clone()).await {
+        Ok(core) => core,
+        Err(e) => {
+            let _ = boot.send(Err(e.0.clone()));
+            return Err(e.0);
+        }
+    };
+    log::info(
+        "etcdserver",
+        &format!(
+            "starting member {:x} in cluster {:x}",
+            opts.member_id, opts.cluster_id
+        ),
+    );
+    let (inbox_tx, inbox_rx) = local_channel::new_bounded(REQUESTS_INFLIGHT_MAX * opts.cores);
+    let inbox_tx = Rc::new(inbox_tx);
+    let client = Rc::new(RaftClient::new(
+        link.core,
+        RaftSender::Local(inbox_tx.clone()),
+        REQUESTS_INFLIGHT_MAX,
+    ));
+    let replies = Rc::new(Replies {
+        local: client.clone(),
+        remote: RefCell::new((0..opts.cores).map(|_| None).collect()),
+    });
+    for (peer, rep_tx) in raft_links.replies {
+        let replies = replies.clone();
+        glommio::spawn_local(async move {
+            let tx = rep_tx.connect().await;
+            replies.remote.borrow_mut()[peer.0 as usize] = Some(tx);
+        })
+        .detach();
+    }
+    for (_, req_rx) in raft_links.requests {
+        let inbox_tx = inbox_tx.clone();
+        glommio::spawn_local(async move {
+            let rx = req_rx.connect().await;
+            while let Some(msg) = rx.recv().await {
+                if inbox_tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+    if let Err(e) = listen(&opts, client) {
+        let _ = boot.send(Err(e.clone()));
+        return Err(e);
+    }
+    let _ = boot.send(Ok(()));
+    let result = raft::run(core, inbox_rx, &*replies, stopping).await;
+    result.map_err(|e| e.0)
+}
+
+async fn core_main(opts: ServerOptions, link: CoreLinks) -> Result<(), String> {
+    let to_raft = link.to_raft.expect("a non-raft core has a mailbox").connect().await;
+    let replies = link.replies.expect("a non-raft core has replies").connect().await;
+    let client = Rc::new(RaftClient::new(
+        link.core,
+        RaftSender::Shared(to_raft),
+        REQUESTS_INFLIGHT_MAX,
+    ));
+    let deliver = client.clone();
+    glommio::spawn_local(async move {
+        while let Some(reply) = replies.recv().await {
+            deliver.deliver(reply);
+        }
+    })
+    .detach();
+    listen(&opts, client)?;
+    // Serve until the process exits (the raft core decides when).
+    futures_lite::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Binds every client address on this core and serves each on its own task.
+fn listen(opts: &ServerOptions, client: Rc<RaftClient>) -> Result<(), String> {
+    let services = Rc::new(Services::new(
+        client,
+        api::HeaderInfo {
+            cluster_id: opts.cluster_id,
+            member_id: opts.member_id,
+        },
+        opts.max_request_bytes,
+        opts.max_txn_ops,
+    ));
+    let router = Rc::new(api::router(services));
+    let grpc_config = grpc::Config {
+        message_bytes_max: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
+        ..grpc::Config::default()
+    };
+    for addr in &opts.listen_client_addrs {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        let router = router.clone();
+        let config = grpc_config.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = grpc::serve(listener, router, config).await {
+                log::error("embed", &format!("client listener stopped: {e}"));
+            }
+        })
+        .detach();
+    }
+    Ok(())
+}
+
+/// The initial members as raft and `member list` know them, with this member's client
+/// URLs filled in (etcd publishes them through raft once started; a single member knows
+/// them at boot).
+pub fn initial_members(
+    cluster: &[(String, Vec<String>)],
+    token: &str,
+    self_name: &str,
+    self_client_urls: &[String],
+) -> Vec<MemberInfo> {
+    cluster
+        .iter()
+        .map(|(name, peer_urls)| MemberInfo {
+            id: crate::config::member_id(peer_urls, token),
+            name: name.clone(),
+            peer_urls: peer_urls.clone(),
+            client_urls: if name == self_name {
+                self_client_urls.to_vec()
+            } else {
+                Vec::new()
+            },
+            is_learner: false,
+        })
+        .collect()
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<ToRaft>();
+    is_send::<Reply>();
+}
