@@ -38,6 +38,12 @@ pub struct Config {
     pub header_list_bytes_max: u32,
     /// Responses a handler may queue ahead of the HTTP/2 flow control before `send` waits.
     pub response_queue_max: usize,
+    /// Idle time after which the server PINGs the client (etcd's
+    /// `--grpc-keepalive-interval`, 2 h).
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed (etcd's
+    /// `--grpc-keepalive-timeout`, 20 s).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +56,8 @@ impl Default for Config {
             frame_bytes_max: 1 << 16,
             header_list_bytes_max: 16 << 10,
             response_queue_max: 16,
+            keepalive_interval: Duration::from_secs(2 * 60 * 60),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -297,10 +305,19 @@ pub async fn serve_connection(stream: TcpStream, router: Rc<Router>, config: Rc<
     let Ok(mut connection) = builder.handshake::<_, Bytes>(stream.compat()).await else {
         return; // not HTTP/2 (or the client left): dropping the stream closes it.
     };
-    // h2 answers PINGs and window updates while this loop polls the connection.
-    while let Some(next) = connection.accept().await {
-        let Ok((request, respond)) = next else {
-            return;
+    // h2 answers PINGs and window updates while this loop polls the connection. After
+    // `keepalive_interval` without a new stream the server PINGs the client itself; a
+    // client that does not answer within `keepalive_timeout` is gone, and so is its
+    // connection (grpc-go's server keepalive).
+    let mut ping_pong = connection.ping_pong();
+    loop {
+        let accepted = future::or(async { Some(connection.accept().await) }, async {
+            keepalive(ping_pong.as_mut(), &config).await;
+            None
+        })
+        .await;
+        let Some(Some(Ok((request, respond)))) = accepted else {
+            return; // client gone, protocol error, or keepalive timeout: drop the connection.
         };
         let router = router.clone();
         let config = config.clone();
@@ -308,6 +325,27 @@ pub async fn serve_connection(stream: TcpStream, router: Rc<Router>, config: Rc<
             serve_stream(request, respond, &router, &config).await;
         })
         .detach();
+    }
+}
+
+/// Returns when the client failed to answer a keepalive PING in time; never otherwise.
+async fn keepalive(ping_pong: Option<&mut h2::PingPong>, config: &Config) {
+    let Some(ping_pong) = ping_pong else {
+        return future::pending().await;
+    };
+    loop {
+        glommio::timer::sleep(config.keepalive_interval).await;
+        let answered = future::or(
+            async { ping_pong.ping(h2::Ping::opaque()).await.is_ok() },
+            async {
+                glommio::timer::sleep(config.keepalive_timeout).await;
+                false
+            },
+        )
+        .await;
+        if !answered {
+            return;
+        }
     }
 }
 

@@ -547,3 +547,37 @@ fn grpc_client_reset_drops_parked_handler() {
         assert_ok(&call(&client, "/test.Echo/Unary", &[b"ok"]).await);
     });
 }
+
+#[test]
+fn grpc_keepalive_closes_a_silent_client_and_keeps_a_live_one() {
+    run(async {
+        let config = Config {
+            keepalive_interval: Duration::from_millis(100),
+            keepalive_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let addr = start(config);
+        // A live h2 client answers the server's PINGs (h2 does it while polled).
+        let live = connect(addr).await;
+        // A client that sends the preface and its SETTINGS, then never reads or answers.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        silent
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        glommio::timer::sleep(Duration::from_millis(800)).await;
+        // By now the silent client missed a PING deadline: the server has closed it, so
+        // reading drains what the server sent and reaches EOF instead of hanging.
+        let mut sink = Vec::new();
+        let read = future::or(async { silent.read_to_end(&mut sink).await.is_ok() }, async {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            false
+        })
+        .await;
+        assert!(read, "the silent connection is still open");
+        // The server's PING frame (type 6) was among what it sent.
+        assert!(sink.windows(4).any(|w| w[3] == 6 && w[..3] == [0, 0, 8]));
+        // The live one went through several keepalive rounds and still works.
+        assert_ok(&call(&live, "/test.Echo/Unary", &[b"ok"]).await);
+    });
+}
