@@ -3,9 +3,11 @@
 //! ```text
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
+//! keel-bench put   --endpoint HOST:PORT [--clients 1,64] [--conns 1] [--total N] [--server-pid P]
 //! ```
 //! Every run prints the machine, the git revision and the settings beside the figures.
 
+mod put;
 mod store;
 mod util;
 mod wal;
@@ -21,10 +23,11 @@ fn main() {
     match cmd {
         "wal" => wal::run(&opts),
         "store" => store::run(&opts),
+        "put" => put::run(&opts),
         _ => {
             eprintln!(
-                "usage: keel-bench wal|store [--dir D] [flags]\n  wal:   --syncs N --record-bytes B \
-                 --batches 1,8,64,256\n  store: --keys N --key-bytes K --val-bytes V --reads N"
+                "usage: keel-bench wal|store|put [--dir D] [flags]\n  wal:   --syncs N --record-bytes B \
+                 --batches 1,8,64,256\n  store: --keys N --key-bytes K --val-bytes V --reads N\n  put:   --endpoint HOST:PORT --clients 1,64 --conns 1 --total N --server-pid P"
             );
             std::process::exit(2);
         }
