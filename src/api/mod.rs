@@ -1,4 +1,13 @@
+//! etcd's gRPC services on top of the raft core: request decoding and checks, the wire
+//! errors, and the handlers each core routes to.
+//!
+//! Runs on: every core. Pieces:
+//! - `convert`: prost messages ↔ MVCC request/response types; the raft log encoding.
+//! - `errors`: the one table of etcd's wire errors (code + exact message).
+//! - `services`: the handlers and the router of a core.
+
 pub mod convert;
 pub mod errors;
 pub mod services;
+
 pub use services::{router, HeaderInfo, Services};

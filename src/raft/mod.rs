@@ -114,6 +114,7 @@ pub struct RaftCore {
     db_committed_index: u64,
     last_db_commit: Instant,
     next_tick: Instant,
+    incarnation: u64,
 }
 
 fn boot_err(what: impl std::fmt::Display) -> BootError {
@@ -172,23 +173,37 @@ fn member_record(m: &MemberInfo) -> MemberRecord {
     }
 }
 
-/// The proposer of an entry, in its context: member ID, core, sequence number.
-fn encode_context(member_id: u64, core: CoreId, seq: u64) -> Vec<u8> {
-    let mut c = Vec::with_capacity(18);
+/// The proposer of an entry, in its context: member ID, boot incarnation, core, sequence
+/// number. The incarnation keeps a replayed entry from an earlier boot from answering a
+/// request of this boot that happens to reuse its (core, seq).
+fn encode_context(member_id: u64, incarnation: u64, core: CoreId, seq: u64) -> Vec<u8> {
+    let mut c = Vec::with_capacity(CONTEXT_BYTES);
     c.extend_from_slice(&member_id.to_le_bytes());
+    c.extend_from_slice(&incarnation.to_le_bytes());
     c.extend_from_slice(&core.0.to_le_bytes());
     c.extend_from_slice(&seq.to_le_bytes());
     c
 }
 
-fn decode_context(c: &[u8]) -> Option<(u64, CoreId, u64)> {
-    if c.len() != 18 {
+const CONTEXT_BYTES: usize = 26;
+
+fn decode_context(c: &[u8]) -> Option<(u64, u64, CoreId, u64)> {
+    if c.len() != CONTEXT_BYTES {
         return None;
     }
     let member = u64::from_le_bytes(c[..8].try_into().ok()?);
-    let core = u16::from_le_bytes(c[8..10].try_into().ok()?);
-    let seq = u64::from_le_bytes(c[10..].try_into().ok()?);
-    Some((member, CoreId(core), seq))
+    let incarnation = u64::from_le_bytes(c[8..16].try_into().ok()?);
+    let core = u16::from_le_bytes(c[16..18].try_into().ok()?);
+    let seq = u64::from_le_bytes(c[18..].try_into().ok()?);
+    Some((member, incarnation, CoreId(core), seq))
+}
+
+/// A number that differs between boots of this member: nanoseconds since the epoch.
+fn new_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn no_leader() -> Status {
@@ -262,6 +277,7 @@ impl RaftCore {
             db_committed_index: applied,
             last_db_commit: now,
             next_tick: now + Duration::from_millis(opts.heartbeat_interval_ms),
+            incarnation: new_incarnation(),
             opts,
         })
     }
@@ -401,7 +417,7 @@ impl RaftCore {
     pub fn handle(&mut self, msg: ToRaft, out: &dyn ReplySink) {
         match msg {
             ToRaft::Propose { from, seq, data } => {
-                let ctx = encode_context(self.opts.member_id, from, seq);
+                let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
                 if self.node.raft.leader_id == ::raft::INVALID_ID {
                     self.reply(out, from, seq, Err(no_leader()));
                 } else if let Err(e) = self.node.propose(ctx, data.to_vec()) {
@@ -540,9 +556,14 @@ impl RaftCore {
 
     /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
     pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
-        self.campaign_if_alone();
-        self.request_read_index();
-        while self.node.has_ready() {
+        loop {
+            // Applying the bootstrap conf changes can make this member the only voter, and
+            // a new leader's first commit unblocks ReadIndex: check both every round.
+            self.campaign_if_alone();
+            self.request_read_index();
+            if !self.node.has_ready() {
+                break;
+            }
             let mut rd = self.node.ready();
             self.send_messages(rd.take_messages());
             if !rd.snapshot().is_empty() {
@@ -655,8 +676,8 @@ impl RaftCore {
             }
             Err(err) => Err(status_from_mvcc(&err)),
         };
-        if let Some((member, core, seq)) = decode_context(&e.context) {
-            if member == self.opts.member_id {
+        if let Some((member, incarnation, core, seq)) = decode_context(&e.context) {
+            if member == self.opts.member_id && incarnation == self.incarnation {
                 self.reply(out, core, seq, res);
             }
         }
