@@ -18,22 +18,19 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             None => cluster.push((name.clone(), vec![url.to_string()])),
         }
     }
-    let advertise: Vec<String> = cfg.advertise_client_urls.iter().map(|u| u.to_string()).collect();
-    let members = server::initial_members(
-        &cluster,
-        &cfg.initial_cluster_token,
-        &cfg.name,
-        &advertise,
-    );
-    let me = members
+    let advertise: Vec<String> = cfg
+        .advertise_client_urls
         .iter()
-        .find(|m| m.name == cfg.name)
-        .ok_or_else(|| {
-            format!(
-                "couldn't find local name {:?} in the initial cluster configuration",
-                cfg.name
-            )
-        })?;
+        .map(|u| u.to_string())
+        .collect();
+    let members =
+        server::initial_members(&cluster, &cfg.initial_cluster_token, &cfg.name, &advertise);
+    let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
+        format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            cfg.name
+        )
+    })?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cluster_id = config::cluster_id(&ids);
     let listen_client_addrs = cfg
@@ -56,7 +53,10 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         raft: RaftOptions {
             member_id: me.id,
             cluster_id,
-            wal_dir: cfg.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal")),
+            wal_dir: cfg
+                .wal_dir
+                .clone()
+                .unwrap_or_else(|| member_dir.join("wal")),
             db_path: member_dir.join("snap").join("db"),
             initial_members: members.clone(),
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
@@ -90,7 +90,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    log::info("etcdmain", &format!("keel Version: {}", env!("CARGO_PKG_VERSION")));
+    log::info(
+        "etcdmain",
+        &format!("keel Version: {}", env!("CARGO_PKG_VERSION")),
+    );
     for w in &cfg.warnings {
         log::warning("etcdmain", w);
     }

@@ -47,7 +47,9 @@ fn self_cpu_us() -> f64 {
 }
 
 async fn connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let stream = TcpStream::connect(addr).await.expect("connect to the endpoint");
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the endpoint");
     stream.set_nodelay(true).ok();
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
@@ -128,8 +130,12 @@ pub fn run_once(
         let mut tasks = Vec::new();
         for c in 0..clients {
             let mut conn = connections[(c % conns.max(1)) as usize].clone();
-            let (histogram, errors, next, value) =
-                (histogram.clone(), errors.clone(), next.clone(), value.clone());
+            let (histogram, errors, next, value) = (
+                histogram.clone(),
+                errors.clone(),
+                next.clone(),
+                value.clone(),
+            );
             tasks.push(glommio::spawn_local(async move {
                 loop {
                     let i = {
@@ -148,8 +154,12 @@ pub fn run_once(
                         ..Default::default()
                     };
                     let t = Instant::now();
-                    let res = unary(&mut conn, "/etcdserverpb.KV/Put", req.encode_to_vec().into())
-                        .await;
+                    let res = unary(
+                        &mut conn,
+                        "/etcdserverpb.KV/Put",
+                        req.encode_to_vec().into(),
+                    )
+                    .await;
                     let us = t.elapsed().as_micros() as u64;
                     match res {
                         Ok(_) => histogram.borrow_mut().record(us.max(1)).unwrap(),

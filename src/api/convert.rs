@@ -17,7 +17,10 @@ use pb::response_op::Response as PbResponse;
 use prost::Message;
 
 fn invalid(what: &str, n: i32) -> Status {
-    Status::new(Code::InvalidArgument, format!("etcdserver: invalid {what}: {n}"))
+    Status::new(
+        Code::InvalidArgument,
+        format!("etcdserver: invalid {what}: {n}"),
+    )
 }
 
 // ---- requests: pb → mvcc -------------------------------------------------------------
@@ -126,9 +129,21 @@ fn request_op(op: pb::RequestOp) -> Result<mvcc::RequestOp, Status> {
 
 pub fn txn_request(r: pb::TxnRequest) -> Result<mvcc::TxnRequest, Status> {
     Ok(mvcc::TxnRequest {
-        compare: r.compare.into_iter().map(compare).collect::<Result<_, _>>()?,
-        success: r.success.into_iter().map(request_op).collect::<Result<_, _>>()?,
-        failure: r.failure.into_iter().map(request_op).collect::<Result<_, _>>()?,
+        compare: r
+            .compare
+            .into_iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
+        success: r
+            .success
+            .into_iter()
+            .map(request_op)
+            .collect::<Result<_, _>>()?,
+        failure: r
+            .failure
+            .into_iter()
+            .map(request_op)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -370,18 +385,26 @@ mod tests {
                 mvcc::TargetUnion::Lease(5),
             )],
             success: vec![mvcc::RequestOp::Empty],
-            failure: vec![mvcc::RequestOp::RequestDeleteRange(mvcc::DeleteRangeRequest {
-                key: b"d".to_vec(),
-                range_end: b"e".to_vec(),
-                prev_kv: true,
-            })],
+            failure: vec![mvcc::RequestOp::RequestDeleteRange(
+                mvcc::DeleteRangeRequest {
+                    key: b"d".to_vec(),
+                    range_end: b"e".to_vec(),
+                    prev_kv: true,
+                },
+            )],
         };
         let txn = mvcc::TxnRequest {
             compare: vec![
                 kv_compare(mvcc::CompareTarget::Version, mvcc::TargetUnion::Version(1)),
-                kv_compare(mvcc::CompareTarget::Create, mvcc::TargetUnion::CreateRevision(2)),
+                kv_compare(
+                    mvcc::CompareTarget::Create,
+                    mvcc::TargetUnion::CreateRevision(2),
+                ),
                 kv_compare(mvcc::CompareTarget::Mod, mvcc::TargetUnion::ModRevision(3)),
-                kv_compare(mvcc::CompareTarget::Value, mvcc::TargetUnion::Value(vec![9])),
+                kv_compare(
+                    mvcc::CompareTarget::Value,
+                    mvcc::TargetUnion::Value(vec![9]),
+                ),
                 mvcc::Compare::default(),
             ],
             success: vec![

@@ -71,54 +71,132 @@ impl EtcdError {
             KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
             ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
             LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
-            TooManyOps => (Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            DuplicateKey => (Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            Compacted => (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            FutureRev => (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            NoSpace => (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+            TooManyOps => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            DuplicateKey => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            Compacted => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            FutureRev => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            NoSpace => (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
             LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
             LeaseExist => (Code::FailedPrecondition, "etcdserver: lease already exists"),
             LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
             WatchCanceled => (Code::Cancelled, "etcdserver: watch canceled"),
-            MemberExist => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
-            PeerUrlExist => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
-            MemberNotEnoughStarted => (Code::FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members"),
-            MemberBadUrls => (Code::InvalidArgument, "etcdserver: given member URLs are invalid"),
+            MemberExist => (
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            PeerUrlExist => (
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            MemberNotEnoughStarted => (
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            MemberBadUrls => (
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
             MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
-            MemberNotLearner => (Code::FailedPrecondition, "etcdserver: can only promote a learner member"),
-            LearnerNotReady => (Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader"),
-            TooManyLearners => (Code::FailedPrecondition, "etcdserver: too many learner members in cluster"),
+            MemberNotLearner => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            LearnerNotReady => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            TooManyLearners => (
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
             RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
             TooManyRequests => (Code::ResourceExhausted, "etcdserver: too many requests"),
-            RootUserNotExist => (Code::FailedPrecondition, "etcdserver: root user does not exist"),
-            RootRoleNotExist => (Code::FailedPrecondition, "etcdserver: root user does not have root role"),
-            UserAlreadyExist => (Code::FailedPrecondition, "etcdserver: user name already exists"),
+            RootUserNotExist => (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            RootRoleNotExist => (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            UserAlreadyExist => (
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
             UserEmpty => (Code::InvalidArgument, "etcdserver: user name is empty"),
             UserNotFound => (Code::FailedPrecondition, "etcdserver: user name not found"),
-            RoleAlreadyExist => (Code::FailedPrecondition, "etcdserver: role name already exists"),
+            RoleAlreadyExist => (
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
             RoleNotFound => (Code::FailedPrecondition, "etcdserver: role name not found"),
             RoleEmpty => (Code::InvalidArgument, "etcdserver: role name is empty"),
-            AuthFailed => (Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"),
+            AuthFailed => (
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
             PermissionDenied => (Code::PermissionDenied, "etcdserver: permission denied"),
-            RoleNotGranted => (Code::FailedPrecondition, "etcdserver: role is not granted to the user"),
-            PermissionNotGranted => (Code::FailedPrecondition, "etcdserver: permission is not granted to the role"),
-            AuthNotEnabled => (Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+            RoleNotGranted => (
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            PermissionNotGranted => (
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            AuthNotEnabled => (
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
             InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
             InvalidAuthMgmt => (Code::InvalidArgument, "etcdserver: invalid auth management"),
-            AuthOldRevision => (Code::InvalidArgument, "etcdserver: revision of auth store is old"),
+            AuthOldRevision => (
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
             NoLeader => (Code::Unavailable, "etcdserver: no leader"),
             NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
             LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
             NotCapable => (Code::Unavailable, "etcdserver: not capable"),
             Stopped => (Code::Unavailable, "etcdserver: server stopped"),
             Timeout => (Code::Unavailable, "etcdserver: request timed out"),
-            TimeoutDueToLeaderFail => (Code::Unavailable, "etcdserver: request timed out, possibly due to previous leader failure"),
-            TimeoutDueToConnectionLost => (Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost"),
-            TimeoutWaitAppliedIndex => (Code::Unavailable, "etcdserver: request timed out, waiting for the applied index took too long"),
+            TimeoutDueToLeaderFail => (
+                Code::Unavailable,
+                "etcdserver: request timed out, possibly due to previous leader failure",
+            ),
+            TimeoutDueToConnectionLost => (
+                Code::Unavailable,
+                "etcdserver: request timed out, possibly due to connection lost",
+            ),
+            TimeoutWaitAppliedIndex => (
+                Code::Unavailable,
+                "etcdserver: request timed out, waiting for the applied index took too long",
+            ),
             Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
             Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
-            NotSupportedForLearner => (Code::Unavailable, "etcdserver: rpc not supported for learner"),
-            BadLeaderTransferee => (Code::FailedPrecondition, "etcdserver: bad leader transferee"),
+            NotSupportedForLearner => (
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ),
+            BadLeaderTransferee => (
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
         }
     }
 
@@ -156,10 +234,16 @@ mod tests {
     fn mvcc_errors_map_to_etcds_codes_and_strings() {
         let s = status_from_mvcc(&mvcc::Error::Compacted);
         assert_eq!(s.code, Code::OutOfRange);
-        assert_eq!(s.message, "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            s.message,
+            "etcdserver: mvcc: required revision has been compacted"
+        );
         let s = status_from_mvcc(&mvcc::Error::FutureRev);
         assert_eq!(s.code, Code::OutOfRange);
-        assert_eq!(s.message, "etcdserver: mvcc: required revision is a future revision");
+        assert_eq!(
+            s.message,
+            "etcdserver: mvcc: required revision is a future revision"
+        );
         for e in [
             mvcc::Error::KeyNotFound,
             mvcc::Error::DuplicateKey,

@@ -569,10 +569,13 @@ fn grpc_keepalive_closes_a_silent_client_and_keeps_a_live_one() {
         // By now the silent client missed a PING deadline: the server has closed it, so
         // reading drains what the server sent and reaches EOF instead of hanging.
         let mut sink = Vec::new();
-        let read = future::or(async { silent.read_to_end(&mut sink).await.is_ok() }, async {
-            glommio::timer::sleep(Duration::from_secs(5)).await;
-            false
-        })
+        let read = future::or(
+            async { silent.read_to_end(&mut sink).await.is_ok() },
+            async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                false
+            },
+        )
         .await;
         assert!(read, "the silent connection is still open");
         // The server's PING frame (type 6) was among what it sent.

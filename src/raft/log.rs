@@ -94,7 +94,10 @@ impl LogStore {
         if index < self.first() {
             return;
         }
-        assert!(index <= self.last(), "compact to {index} past the last entry");
+        assert!(
+            index <= self.last(),
+            "compact to {index} past the last entry"
+        );
         let term = self.entries[(index - self.first()) as usize].term;
         self.entries.drain(..(index + 1 - self.first()) as usize);
         self.snapshot_index = index;

@@ -250,8 +250,8 @@ impl RaftCore {
         let config = ::raft::Config {
             id: opts.member_id,
             heartbeat_tick: 1,
-            election_tick: (opts.election_timeout_ms / opts.heartbeat_interval_ms.max(1))
-                .max(2) as usize,
+            election_tick: (opts.election_timeout_ms / opts.heartbeat_interval_ms.max(1)).max(2)
+                as usize,
             applied,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
@@ -260,8 +260,8 @@ impl RaftCore {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let node = RawNode::new(&config, log, &logger)
-            .map_err(|e| boot_err(format!("raft: {e}")))?;
+        let node =
+            RawNode::new(&config, log, &logger).map_err(|e| boot_err(format!("raft: {e}")))?;
         let snapshot_index = node.store().first_index_raw().saturating_sub(1);
         let now = Instant::now();
         Ok(RaftCore {
@@ -328,10 +328,7 @@ impl RaftCore {
     }
 
     /// An existing member: replay the WAL after its snapshot marker on top of the db.
-    async fn recover(
-        opts: &RaftOptions,
-        store: &mut Store,
-    ) -> Result<(Wal, LogStore), BootError> {
+    async fn recover(opts: &RaftOptions, store: &mut Store) -> Result<(Wal, LogStore), BootError> {
         let (wal, rec) = Wal::open(&opts.wal_dir, WalOptions::default())
             .await
             .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
@@ -496,8 +493,7 @@ impl RaftCore {
             raft_term: self.node.raft.term,
             raft_applied_index: self.applied_index,
             db_size_bytes: stats.file_bytes as i64,
-            db_size_in_use_bytes: (stats.pages_in_use * crate::mvcc::db::PAGE_BYTES as u64)
-                as i64,
+            db_size_in_use_bytes: (stats.pages_in_use * crate::mvcc::db::PAGE_BYTES as u64) as i64,
             revision: self.store.current_revision(),
             is_learner: self
                 .node
@@ -543,8 +539,7 @@ impl RaftCore {
             return;
         }
         // raft-rs drops a ReadIndex on a leader that has not committed in its term yet.
-        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term()
-        {
+        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term() {
             return;
         }
         let ctx = self.next_read_ctx;
@@ -748,7 +743,8 @@ impl RaftCore {
     async fn snapshot(&mut self) -> Result<(), BootError> {
         let index = self.db_committed_index;
         let term = self.store.consistent_term();
-        self.wal.save_snapshot_marker(wal::SnapshotMarker { index, term });
+        self.wal
+            .save_snapshot_marker(wal::SnapshotMarker { index, term });
         self.wal
             .sync()
             .await

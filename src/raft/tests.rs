@@ -77,7 +77,14 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             assert_eq!(core.members().len(), 1);
             for i in 0..10u64 {
                 let data = put(&format!("k{i}"), "v");
-                core.handle(ToRaft::Propose { from: CoreId(0), seq: i, data }, &out);
+                core.handle(
+                    ToRaft::Propose {
+                        from: CoreId(0),
+                        seq: i,
+                        data,
+                    },
+                    &out,
+                );
             }
             turn(&mut core, &out).await;
             let replies = out.0.take();
@@ -119,7 +126,14 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             assert_eq!(core.node.raft.state, StateRole::Leader);
             core.maybe_commit(Instant::now(), true).await.unwrap();
             let data = put("after", "restart");
-            core.handle(ToRaft::Propose { from: CoreId(0), seq: 1, data }, &out);
+            core.handle(
+                ToRaft::Propose {
+                    from: CoreId(0),
+                    seq: 1,
+                    data,
+                },
+                &out,
+            );
             turn(&mut core, &out).await;
             assert_eq!(out.0.take().len(), 1);
             core.maybe_commit(Instant::now(), true).await.unwrap();
@@ -155,7 +169,14 @@ fn snapshots_release_the_wal_and_recovery_resumes_after_them() {
             turn(&mut core, &out).await;
             for i in 0..200u64 {
                 let data = put(&format!("k{i}"), "v");
-                core.handle(ToRaft::Propose { from: CoreId(0), seq: i, data }, &out);
+                core.handle(
+                    ToRaft::Propose {
+                        from: CoreId(0),
+                        seq: i,
+                        data,
+                    },
+                    &out,
+                );
                 turn(&mut core, &out).await;
                 if i % 60 == 59 {
                     core.maybe_commit(Instant::now(), true).await.unwrap();

@@ -38,7 +38,11 @@ pub enum ToRaft {
     /// Cluster.MemberList.
     MemberList { from: CoreId, seq: u64 },
     /// Maintenance.HashKV at `revision` (0 = current).
-    HashKv { from: CoreId, seq: u64, revision: i64 },
+    HashKv {
+        from: CoreId,
+        seq: u64,
+        revision: i64,
+    },
 }
 
 impl ToRaft {

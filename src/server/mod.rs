@@ -132,10 +132,7 @@ pub fn run(opts: ServerOptions) -> Result<(), String> {
 }
 
 fn announce(opts: &ServerOptions) {
-    log::info(
-        "etcdserver/api",
-        "enabled capabilities for version 3.4",
-    );
+    log::info("etcdserver/api", "enabled capabilities for version 3.4");
     log::info(
         "etcdserver",
         &format!(
@@ -149,9 +146,7 @@ fn announce(opts: &ServerOptions) {
     for addr in &opts.listen_client_addrs {
         log::notice(
             "embed",
-            &format!(
-                "serving insecure client requests on {addr}, this is strongly discouraged!"
-            ),
+            &format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
         );
     }
 }
@@ -217,8 +212,16 @@ async fn raft_core_main(
 }
 
 async fn core_main(opts: ServerOptions, link: CoreLinks) -> Result<(), String> {
-    let to_raft = link.to_raft.expect("a non-raft core has a mailbox").connect().await;
-    let replies = link.replies.expect("a non-raft core has replies").connect().await;
+    let to_raft = link
+        .to_raft
+        .expect("a non-raft core has a mailbox")
+        .connect()
+        .await;
+    let replies = link
+        .replies
+        .expect("a non-raft core has replies")
+        .connect()
+        .await;
     let client = Rc::new(RaftClient::new(
         link.core,
         RaftSender::Shared(to_raft),
@@ -254,8 +257,8 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>) -> Result<(), String> {
         ..grpc::Config::default()
     };
     for addr in &opts.listen_client_addrs {
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
         let router = router.clone();
         let config = grpc_config.clone();
         glommio::spawn_local(async move {
