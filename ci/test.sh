@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, model, crash and recovery tests (one build, reused),
-# then a short smoke run of every fuzz target. Run from anywhere in the checkout.
+# The whole test suite: unit, model, crash and recovery tests, the server driven by
+# etcdctl and the etcd-client crate (one build, reused), etcd's own e2e tests against
+# Keel, then a short smoke run of every fuzz target. Run from anywhere in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # glommio registers io_uring memory; keep within the memlock limit or raise it if we may.
 ulimit -l 65536 2>/dev/null || true
 
+ci/deps.sh
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# etcd's e2e suite against the keel binary the test build just made.
+ci/e2e.sh target/debug/keel
 
 ci/fuzz-smoke.sh
