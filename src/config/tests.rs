@@ -1,211 +1,670 @@
 use super::*;
 
-fn args(s: &str) -> Vec<String> {
-    s.split_whitespace().map(String::from).collect()
+const CORES: usize = 4;
+
+fn args(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
 }
 
-fn ok(s: &str) -> Config {
-    parse(&args(s), &[]).unwrap_or_else(|e| panic!("{s}: {e:?}"))
-}
-
-fn err(s: &str, env: &[(&str, &str)]) -> String {
-    let env: Vec<(String, String)> = env
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    match parse(&args(s), &env) {
-        Err(ConfigError::Invalid(m)) => m,
-        other => panic!("{s}: expected Invalid, got {other:?}"),
+        .collect()
+}
+
+fn ok(text: &str) -> Config {
+    parse_with_cores(&args(text), &[], CORES).unwrap_or_else(|e| panic!("{text}: {e:?}"))
+}
+
+fn err(text: &str) -> String {
+    match parse_with_cores(&args(text), &[], CORES) {
+        Err(ConfigError::Invalid(message)) => message,
+        other => panic!("{text}: expected Invalid, got {other:?}"),
+    }
+}
+
+fn url(text: &str) -> Url {
+    Url::parse(text).unwrap()
+}
+
+fn has_warning(config: &Config, needle: &str) -> bool {
+    config.warnings.iter().any(|w| w.contains(needle))
+}
+
+#[test]
+fn defaults_match_etcd() {
+    let config = ok("");
+    assert_eq!(config.name, "default");
+    assert_eq!(config.data_dir, PathBuf::from("default.keel"));
+    assert_eq!(config.wal_dir, None);
+    assert_eq!(
+        config.listen_client_urls,
+        vec![url("http://localhost:2379")]
+    );
+    assert_eq!(
+        config.advertise_client_urls,
+        vec![url("http://localhost:2379")]
+    );
+    assert_eq!(config.listen_peer_urls, vec![url("http://localhost:2380")]);
+    assert_eq!(
+        config.initial_advertise_peer_urls,
+        vec![url("http://localhost:2380")]
+    );
+    assert_eq!(
+        config.initial_cluster,
+        vec![("default".to_string(), url("http://localhost:2380"))]
+    );
+    assert_eq!(config.initial_cluster_state, ClusterState::New);
+    assert_eq!(config.initial_cluster_token, "etcd-cluster");
+    assert_eq!(config.max_request_bytes, 1_572_864);
+    assert_eq!(config.max_txn_ops, 128);
+    assert_eq!(config.snapshot_count, 100_000);
+    assert_eq!(config.heartbeat_interval_ms, 100);
+    assert_eq!(config.election_timeout_ms, 1000);
+    assert_eq!(config.quota_backend_bytes, 0);
+    assert_eq!(config.cores, None);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let listen = config.listen_client_urls[0].socket_addr().unwrap();
+    assert_eq!(listen, "127.0.0.1:2379".parse().unwrap());
+}
+
+#[test]
+fn member_and_cluster_id_match_etcd_single_default_member() {
+    let id = member_id(&["http://localhost:2380".to_string()], "etcd-cluster");
+    assert_eq!(id, 0x8e9e05c52164694d);
+    assert_eq!(cluster_id(&[id]), 0xcdf818194e3a8c32);
+}
+
+#[test]
+fn member_id_sorts_urls_and_cluster_id_sorts_ids() {
+    let a = "http://10.0.0.1:2380".to_string();
+    let b = "http://10.0.0.2:2380".to_string();
+    assert_eq!(
+        member_id(&[a.clone(), b.clone()], "t"),
+        member_id(&[b.clone(), a.clone()], "t")
+    );
+    let one = std::slice::from_ref(&a);
+    assert_ne!(member_id(one, "t"), member_id(one, "u"));
+    assert_eq!(cluster_id(&[1, 2, 3]), cluster_id(&[3, 1, 2]));
+    assert_ne!(cluster_id(&[1, 2]), cluster_id(&[1, 3]));
+}
+
+#[test]
+fn flag_syntaxes_all_set_the_same_value() {
+    for text in [
+        "--snapshot-count=7",
+        "--snapshot-count 7",
+        "-snapshot-count 7",
+        "-snapshot-count=7",
+        "--snapshot-count 5 --snapshot-count 7",
+    ] {
+        assert_eq!(ok(text).snapshot_count, 7, "{text}");
     }
 }
 
 #[test]
-fn defaults_are_etcds_with_a_keel_data_dir() {
-    let c = ok("");
-    assert_eq!(c.name, "default");
-    assert_eq!(c.data_dir, PathBuf::from("default.keel"));
+fn booleans_do_not_consume_the_next_argument() {
+    let config = ok("--enable-v2 --name x");
+    assert_eq!(config.name, "x");
+    assert!(has_warning(&config, "--enable-v2"));
+    let config = ok("--enable-v2=false --name x");
+    assert!(!has_warning(&config, "--enable-v2"));
+    assert!(has_warning(&ok("--enable-v2=T"), "--enable-v2"));
+    // Go's flag package stops at the first non-flag argument.
+    assert_eq!(err("--enable-v2 true"), "'true' is not a valid flag");
     assert_eq!(
-        c.listen_client_urls[0].socket_addr().unwrap().to_string(),
-        "127.0.0.1:2379"
-    );
-    assert_eq!(c.initial_cluster.len(), 1);
-    assert_eq!(c.initial_cluster[0].0, "default");
-    assert_eq!(c.initial_cluster[0].1.to_string(), "http://localhost:2380");
-    assert_eq!(c.initial_cluster_token, "etcd-cluster");
-    assert_eq!(c.max_request_bytes, 1_572_864);
-    assert_eq!(c.max_txn_ops, 128);
-    assert_eq!(c.snapshot_count, 100_000);
-    assert_eq!(
-        (c.heartbeat_interval_ms, c.election_timeout_ms),
-        (100, 1000)
-    );
-    assert_eq!(c.initial_cluster_state, ClusterState::New);
-    assert!(c.warnings.is_empty());
-}
-
-#[test]
-fn go_flag_syntax_in_all_its_forms() {
-    let c =
-        ok("-name a --data-dir=/d --snapshot-count 5 -max-txn-ops=3 --enable-pprof --debug=false");
-    assert_eq!(c.name, "a");
-    assert_eq!(c.data_dir, PathBuf::from("/d"));
-    assert_eq!(c.snapshot_count, 5);
-    assert_eq!(c.max_txn_ops, 3);
-    // Booleans never swallow the next argument.
-    let c = ok("--enable-pprof --name b");
-    assert_eq!(c.name, "b");
-    assert_eq!(c.data_dir, PathBuf::from("b.keel"));
-    assert!(matches!(
-        parse(&args("--help"), &[]),
-        Err(ConfigError::Help(_))
-    ));
-    assert_eq!(
-        parse(&args("--version"), &[]).unwrap_err(),
-        ConfigError::Version
+        err("--enable-v2=yes"),
+        "invalid boolean value \"yes\" for -enable-v2: parse error"
     );
 }
 
 #[test]
-fn the_e2e_suites_command_lines_parse_with_warnings() {
-    let base = "--name test-0 --listen-client-urls http://localhost:20000 \
-        --advertise-client-urls http://localhost:20000 --listen-peer-urls http://localhost:20001 \
-        --initial-advertise-peer-urls http://localhost:20001 \
-        --initial-cluster test-0=http://localhost:20001 --initial-cluster-token new \
-        --data-dir /tmp/x --snapshot-count 100000 --experimental-initial-corrupt-check \
-        --peer-auto-tls";
-    let c = ok(base);
-    assert_eq!(c.initial_cluster_token, "new");
-    assert!(c.warnings.iter().any(|w| w.contains("peer-auto-tls")));
-    assert!(c.warnings.iter().any(|w| w.contains("corrupt")));
-    let c = ok(&format!(
-        "{base} --initial-cluster-state existing --enable-v2"
-    ));
-    assert_eq!(c.initial_cluster_state, ClusterState::Existing);
-    assert!(c.warnings.iter().any(|w| w.contains("v2")));
-    let two = base.replace(
-        "--listen-client-urls http://localhost:20000",
-        "--listen-client-urls http://localhost:20000,http://127.0.0.1:20010",
-    );
-    assert_eq!(ok(&two).listen_client_urls.len(), 2);
-    let any = base.replace(
-        "--listen-client-urls http://localhost:20000",
-        "--listen-client-urls http://0.0.0.0:0",
-    );
-    assert_eq!(
-        ok(&any).listen_client_urls[0]
-            .socket_addr()
-            .unwrap()
-            .to_string(),
-        "0.0.0.0:0"
-    );
+fn version_and_help() {
+    let run = |text: &str| parse_with_cores(&args(text), &[], CORES);
+    assert_eq!(run("--version"), Err(ConfigError::Version));
+    assert_eq!(run("--name x -version"), Err(ConfigError::Version));
+    for text in ["-h", "--help", "-help", "--name x --h"] {
+        assert_eq!(
+            run(text),
+            Err(ConfigError::Help(usage().to_string())),
+            "{text}"
+        );
+    }
+    assert!(usage().contains("--initial-cluster"));
 }
 
 #[test]
-fn environment_fills_what_the_command_line_left() {
-    let env = vec![
-        ("ETCD_NAME".to_string(), "e".to_string()),
-        ("ETCD_SNAPSHOT_COUNT".to_string(), "7".to_string()),
-        ("ETCD_NOT_A_FLAG".to_string(), "x".to_string()),
-        ("ETCDCTL_API".to_string(), "3".to_string()),
-    ];
-    let c = parse(&args("--max-txn-ops 9"), &env).unwrap();
-    assert_eq!(c.name, "e");
-    assert_eq!(c.snapshot_count, 7);
-    assert_eq!(c.max_txn_ops, 9);
-    assert!(c
-        .warnings
-        .iter()
-        .any(|w| w.contains("unrecognized environment variable ETCD_NOT_A_FLAG")));
-    assert!(!c.warnings.iter().any(|w| w.contains("ETCDCTL")));
-    let m = err("--name x", &[("ETCD_NAME", "y")]);
-    assert!(
-        m.contains("conflicting environment variable \"ETCD_NAME\""),
-        "{m}"
-    );
-    let m = err("", &[("ETCD_SNAPSHOT_COUNT", "many")]);
-    assert_eq!(
-        m,
-        "invalid value \"many\" for ETCD_SNAPSHOT_COUNT: parse error"
-    );
+fn flag_syntax_errors_use_go_wording() {
+    assert_eq!(err("--xyz"), "flag provided but not defined: -xyz");
+    assert_eq!(err("-xyz=1"), "flag provided but not defined: -xyz");
+    assert_eq!(err("--name"), "flag needs an argument: -name");
+    assert_eq!(err("---name x"), "bad flag syntax: ---name");
+    assert_eq!(err("--=x"), "bad flag syntax: --=x");
+    assert_eq!(err("stray"), "'stray' is not a valid flag");
+    assert_eq!(err("--name x -- y"), "'y' is not a valid flag");
 }
 
 #[test]
-fn a_config_file_replaces_flags_and_environment() {
-    let path = std::env::temp_dir().join(format!("keel-config-{}.yml", std::process::id()));
-    std::fs::write(
-        &path,
-        "# etcd config\nname: 'filed'\ndata-dir: /tmp/filed   # comment\n\
-         listen-client-urls: http://127.0.0.1:23790\nadvertise-client-urls: \"http://127.0.0.1:23790\"\n\
-         snapshot-count: 42\nheartbeat-interval: 50\nelection-timeout: 500\nwal-dir:\n\
-         initial-cluster-state: 'new'\nclient-transport-security:\n  cert-file: /c.pem\n  auto-tls: false\n\
-         enable-v2: true\n",
-    )
-    .unwrap();
-    let a = format!("--config-file {} --name ignored", path.display());
-    let c = parse(&args(&a), &[("ETCD_SNAPSHOT_COUNT".into(), "1".into())]).unwrap();
-    assert_eq!(c.name, "filed");
-    assert_eq!(c.data_dir, PathBuf::from("/tmp/filed"));
-    assert_eq!(c.snapshot_count, 42);
-    assert_eq!((c.heartbeat_interval_ms, c.election_timeout_ms), (50, 500));
-    assert_eq!(c.wal_dir, None);
-    assert!(c
-        .warnings
-        .iter()
-        .any(|w| w.contains("client-transport-security.cert-file")));
-    assert!(c.warnings.iter().any(|w| w.contains("enable-v2")));
-    std::fs::remove_file(&path).unwrap();
-    let m = err("--config-file /nonexistent/keel.yml", &[]);
-    assert!(
-        m.starts_with("cannot read config file /nonexistent/keel.yml"),
-        "{m}"
-    );
-}
-
-#[test]
-fn bad_values_get_etcds_messages() {
+fn bad_values_name_the_flag_and_value() {
     assert_eq!(
-        err("--bogus 1", &[]),
-        "flag provided but not defined: -bogus"
-    );
-    assert_eq!(
-        err("--snapshot-count abc", &[]),
+        err("--snapshot-count abc"),
         "invalid value \"abc\" for flag -snapshot-count: parse error"
     );
-    assert_eq!(err("--name", &[]), "flag needs an argument: -name");
-    assert!(err("--initial-cluster-state maybe", &[]).contains("valid values are"));
     assert_eq!(
-        err("--name x --initial-cluster y=http://localhost:2380", &[]),
+        err("--heartbeat-interval -1"),
+        "invalid value \"-1\" for flag -heartbeat-interval: parse error"
+    );
+    assert_eq!(
+        err("--max-concurrent-streams 4294967296"),
+        "invalid value \"4294967296\" for flag -max-concurrent-streams: value out of range"
+    );
+    assert_eq!(
+        err("--initial-cluster-state bogus"),
+        "invalid value \"bogus\" for flag -initial-cluster-state: \
+         invalid value (valid values are new, existing)"
+    );
+    assert_eq!(
+        err("--grpc-keepalive-min-time 5"),
+        "invalid value \"5\" for flag -grpc-keepalive-min-time: parse error"
+    );
+    assert_eq!(
+        err("--listen-client-urls ftp://1.2.3.4:1"),
+        "invalid value \"ftp://1.2.3.4:1\" for flag -listen-client-urls: \
+         URL scheme must be http, https, unix, or unixs: ftp://1.2.3.4:1"
+    );
+    assert_eq!(
+        err("--listen-peer-urls http://127.0.0.1"),
+        "invalid value \"http://127.0.0.1\" for flag -listen-peer-urls: \
+         URL address does not have the form \"host:port\": http://127.0.0.1"
+    );
+    assert_eq!(
+        err("--listen-peer-urls http://127.0.0.1:2380/x"),
+        "invalid value \"http://127.0.0.1:2380/x\" for flag -listen-peer-urls: \
+         URL must not contain a path: http://127.0.0.1:2380/x"
+    );
+}
+
+#[test]
+fn go_number_and_duration_syntax() {
+    assert_eq!(ok("--snapshot-count 0x10").snapshot_count, 16);
+    assert_eq!(ok("--snapshot-count 010").snapshot_count, 8);
+    assert_eq!(ok("--snapshot-count 0").snapshot_count, 100_000);
+    for good in ["0", "1h30m", "1.5s", "100ms", "-2us", "3µs"] {
+        assert_eq!(check_go_duration(good), Ok(()), "{good}");
+    }
+    for bad in ["", "5", "1x", "s", "1..2s", "."] {
+        assert!(check_go_duration(bad).is_err(), "{bad}");
+    }
+    assert_eq!(parse_go_int("-9223372036854775808"), Ok(i64::MIN));
+    assert!(parse_go_int("9223372036854775808").is_err());
+}
+
+#[test]
+fn url_parse_and_socket_addr() {
+    let v6 = url("http://[::1]:2379");
+    assert_eq!(v6.host, "::1");
+    assert_eq!(v6.to_string(), "http://[::1]:2379");
+    assert_eq!(v6.socket_addr().unwrap(), "[::1]:2379".parse().unwrap());
+    let any = url("HTTP://0.0.0.0:0");
+    assert_eq!(any.scheme, "http");
+    assert_eq!(any.socket_addr().unwrap(), "0.0.0.0:0".parse().unwrap());
+    assert_eq!(
+        url("https://example.com:443").to_string(),
+        "https://example.com:443"
+    );
+    assert_eq!(
+        url("https://example.com:443").socket_addr(),
+        Err("expected IP in URL for binding (https://example.com:443)".to_string())
+    );
+    assert!(url("unix://localhost:1").socket_addr().is_err());
+    assert!(Url::parse("localhost:2379")
+        .unwrap_err()
+        .starts_with("URL scheme must be"));
+    assert!(Url::parse("http://h:+80")
+        .unwrap_err()
+        .contains("invalid port"));
+    assert!(Url::parse("http://h:70000")
+        .unwrap_err()
+        .contains("invalid port"));
+    assert!(Url::parse("http://::1:80")
+        .unwrap_err()
+        .contains("host:port"));
+}
+
+#[test]
+fn listen_urls_must_be_ip_or_localhost() {
+    assert_eq!(
+        err("--listen-peer-urls http://example.com:2380"),
+        "--listen-peer-urls: expected IP in URL for binding (http://example.com:2380)"
+    );
+    assert_eq!(
+        err("--advertise-client-urls http://:2379"),
+        "--advertise-client-urls \"http://:2379\" must be \"host:port\" \
+         (unexpected empty host (http://:2379))"
+    );
+}
+
+#[test]
+fn listen_client_urls_without_advertise_is_an_error() {
+    assert_eq!(
+        err("--listen-client-urls http://127.0.0.1:3000"),
+        "--advertise-client-urls is required when --listen-client-urls is set explicitly"
+    );
+    let config = ok(
+        "--listen-client-urls http://127.0.0.1:3000,http://127.0.0.1:3000 \
+                     --advertise-client-urls http://127.0.0.1:3000",
+    );
+    assert_eq!(
+        config.listen_client_urls,
+        vec![url("http://127.0.0.1:3000")]
+    );
+}
+
+const E2E: &str = "--name test-0 --listen-client-urls http://localhost:20000 \
+    --advertise-client-urls http://localhost:20000 --listen-peer-urls http://localhost:20001 \
+    --initial-advertise-peer-urls http://localhost:20001 \
+    --initial-cluster test-0=http://localhost:20001 --initial-cluster-token new \
+    --data-dir /tmp/x --snapshot-count 100000 --experimental-initial-corrupt-check \
+    --peer-auto-tls";
+
+#[test]
+fn etcd_e2e_argv_parses_with_warnings() {
+    let config = ok(E2E);
+    assert_eq!(config.name, "test-0");
+    assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    assert_eq!(
+        config.listen_client_urls,
+        vec![url("http://localhost:20000")]
+    );
+    assert_eq!(config.listen_peer_urls, vec![url("http://localhost:20001")]);
+    assert_eq!(
+        config.initial_cluster,
+        vec![("test-0".to_string(), url("http://localhost:20001"))]
+    );
+    assert_eq!(config.initial_cluster_token, "new");
+    assert!(has_warning(&config, "--experimental-initial-corrupt-check"));
+    assert!(has_warning(
+        &config,
+        "--peer-auto-tls: TLS is not built yet; ignored"
+    ));
+    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+}
+
+#[test]
+fn etcd_e2e_argv_variants() {
+    let existing = ok(&format!("{E2E} --initial-cluster-state existing"));
+    assert_eq!(existing.initial_cluster_state, ClusterState::Existing);
+    assert!(has_warning(
+        &ok(&format!("{E2E} --enable-v2")),
+        "--enable-v2: the v2 API"
+    ));
+    let two = ok(&format!(
+        "{E2E} --listen-client-urls http://localhost:20000,http://127.0.0.1:20010"
+    ));
+    assert_eq!(
+        two.listen_client_urls,
+        vec![url("http://localhost:20000"), url("http://127.0.0.1:20010")]
+    );
+    let any = ok(&format!("{E2E} --listen-client-urls http://0.0.0.0:0"));
+    assert_eq!(any.listen_client_urls[0].socket_addr().unwrap().port(), 0);
+}
+
+#[test]
+fn every_etcd_34_flag_is_accepted() {
+    let cases = "--auth-token jwt --auth-token-ttl 5 --auto-compaction-mode revision \
+        --auto-compaction-retention 10 --auto-tls --backend-batch-interval 10ms \
+        --backend-batch-limit 5 --bcrypt-cost 4 --cert-file c --cipher-suites x \
+        --client-cert-allowed-hostname h --client-cert-auth --client-crl-file f --cors * \
+        --debug --discovery-fallback exit --discovery-proxy p --discovery-srv-name n \
+        --enable-grpc-gateway=false --enable-pprof --enable-v2 \
+        --experimental-backend-bbolt-freelist-type map --experimental-compaction-batch-limit 9 \
+        --experimental-corrupt-check-time 1m --experimental-enable-lease-checkpoint \
+        --experimental-enable-lease-checkpoint-persist --experimental-enable-v2v3 /v2 \
+        --experimental-initial-corrupt-check --experimental-peer-skip-client-san-verification \
+        --experimental-warning-apply-duration 1s \
+        --experimental-watch-progress-notify-interval 1m --force-new-cluster \
+        --grpc-keepalive-interval 1h --grpc-keepalive-min-time 1s --grpc-keepalive-timeout 1s \
+        --host-whitelist a,b --initial-election-tick-advance=false --key-file k \
+        --listen-client-http-urls http://127.0.0.1:9 --listen-metrics-urls http://127.0.0.1:8 \
+        --log-level debug --log-output stderr --log-outputs stderr --log-package-levels x \
+        --logger zap --max-concurrent-streams 10 --max-snapshots 1 --max-wals 1 \
+        --metrics extensive --next-cluster-version-compatible --peer-auto-tls \
+        --peer-cert-allowed-cn cn --peer-cert-allowed-hostname h --peer-cert-file c \
+        --peer-client-cert-auth --peer-crl-file f --peer-key-file k --peer-trusted-ca-file t \
+        --pre-vote --proxy-dial-timeout 1 --proxy-failure-wait 1 --proxy-read-timeout 1 \
+        --proxy-refresh-interval 1 --proxy-write-timeout 1 --strict-reconfig-check=false \
+        --tls-max-version TLS1.3 --tls-min-version TLS1.2 --trusted-ca-file t \
+        --unsafe-no-fsync --wal-dir /w --quota-backend-bytes 8589934592 \
+        --max-request-bytes 10 --max-txn-ops 2 --config --v --vv --force";
+    let config = ok(cases);
+    assert_eq!(config.wal_dir, Some(PathBuf::from("/w")));
+    assert_eq!(config.quota_backend_bytes, 8 << 30);
+    assert_eq!((config.max_request_bytes, config.max_txn_ops), (10, 2));
+    for flag in [
+        "--auth-token",
+        "--unsafe-no-fsync",
+        "--pre-vote",
+        "--strict-reconfig-check",
+    ] {
+        assert!(
+            has_warning(&config, &format!("{flag}:")),
+            "{flag}: {:?}",
+            config.warnings
+        );
+    }
+    assert!(has_warning(&config, "--vv: deprecated etcd flag; ignored"));
+    for silent in [
+        "--logger",
+        "--metrics",
+        "--max-wals",
+        "--enable-pprof",
+        "--cors",
+    ] {
+        assert!(!has_warning(&config, &format!("{silent}:")), "{silent}");
+    }
+    // Flags etcd rejects in combination or by value are rejected here too.
+    assert!(ok("--discovery http://d:1 --initial-cluster-state new").name == "default");
+    assert!(
+        ok("--proxy on --listen-client-urls http://127.0.0.1:1")
+            .warnings
+            .len()
+            == 1
+    );
+}
+
+#[test]
+fn unbuilt_features_are_still_validated_like_etcd() {
+    assert_eq!(
+        err("--auto-compaction-mode daily"),
+        "unknown auto-compaction-mode \"daily\""
+    );
+    assert_eq!(
+        err("--experimental-enable-lease-checkpoint-persist"),
+        "setting experimental-enable-lease-checkpoint-persist requires \
+         experimental-enable-lease-checkpoint"
+    );
+    assert!(err("--tls-min-version TLS1.0").contains("unexpected TLS version \"TLS1.0\""));
+    assert!(
+        err("--discovery http://d:1 --initial-cluster default=http://localhost:2380")
+            .starts_with("multiple discovery or bootstrap flags are set")
+    );
+    assert_eq!(
+        err("--proxy sometimes"),
+        "invalid value \"sometimes\" for flag -proxy: invalid value (valid values are off, \
+         readonly, on)"
+    );
+}
+
+#[test]
+fn name_alone_defaults_initial_cluster_to_advertise_urls() {
+    let config = ok(
+        "--name n1 --initial-advertise-peer-urls http://10.0.0.1:2380,http://10.0.0.2:2380 \
+                     --listen-peer-urls http://0.0.0.0:2380",
+    );
+    assert_eq!(
+        config.initial_cluster,
+        vec![
+            ("n1".to_string(), url("http://10.0.0.1:2380")),
+            ("n1".to_string(), url("http://10.0.0.2:2380")),
+        ]
+    );
+    assert_eq!(config.data_dir, PathBuf::from("n1.keel"));
+    // Without --name, etcd keeps "default=http://localhost:2380", which no longer
+    // matches the advertised URL.
+    assert_eq!(
+        err("--initial-advertise-peer-urls http://10.0.0.1:2380"),
+        "--initial-cluster has default=http://localhost:2380 but missing from \
+         --initial-advertise-peer-urls=http://10.0.0.1:2380"
+    );
+}
+
+#[test]
+fn initial_cluster_errors() {
+    assert_eq!(
+        err("--name x --initial-cluster y=http://localhost:2380"),
         "couldn't find local name \"x\" in the initial cluster configuration"
     );
     assert_eq!(
-        err("--heartbeat-interval 300", &[]),
-        "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]"
+        err("--initial-cluster default=http://localhost:2380,default=http://10.0.0.1:2380"),
+        "--initial-cluster has default=http://10.0.0.1:2380 but missing from \
+         --initial-advertise-peer-urls=http://localhost:2380"
     );
-    assert!(err("--election-timeout 60000 --heartbeat-interval 100", &[]).contains("is too long"));
-    assert!(err(
-        "--listen-client-urls ftp://x:1 --advertise-client-urls http://x:1",
-        &[]
-    )
-    .contains("parse error"));
-    assert!(err("--listen-client-urls http://127.0.0.1:1", &[])
-        .contains("--advertise-client-urls is required"));
-    assert!(err("--cores 0", &[]).contains("-cores"));
-    assert!(err("--grpc-keepalive-interval 2 hours", &[]).contains("parse error"));
-    assert!(
-        ok("--grpc-keepalive-interval 1h30m --grpc-keepalive-timeout 20s")
-            .warnings
-            .is_empty()
+    assert_eq!(
+        err("--initial-cluster default=http://localhost:2380,other=http://localhost:2380"),
+        "initial cluster default=http://localhost:2380,other=http://localhost:2380 has \
+         duplicate url"
     );
+    assert_eq!(
+        err("--initial-cluster default=ftp://h:1"),
+        "--initial-cluster \"default=ftp://h:1\": URL scheme must be http, https, unix, or \
+         unixs: ftp://h:1"
+    );
+    assert_eq!(
+        err("--initial-advertise-peer-urls http://localhost:2380,http://127.0.0.2:2380"),
+        "--initial-advertise-peer-urls has http://127.0.0.2:2380 but missing from \
+         --initial-cluster=default=http://localhost:2380,default=http://127.0.0.2:2380"
+    );
+    // localhost and 127.0.0.1 name the same peer, as etcd's resolver would find.
+    ok("--initial-cluster default=http://127.0.0.1:2380");
+    // Joining an existing cluster only needs this member listed.
+    let existing = ok("--initial-cluster-state existing \
+                       --initial-cluster default=http://10.0.0.9:2380,b=http://10.0.0.2:2380");
+    assert_eq!(existing.initial_cluster.len(), 2);
 }
 
 #[test]
-fn member_and_cluster_ids_match_etcds() {
-    let id = member_id(&["http://localhost:2380".to_string()], "etcd-cluster");
-    assert_eq!(id, 0x8e9e05c52164694d);
-    assert_eq!(cluster_id(&[id]), 0xcdf818194e3a8c32);
-    // Order of URLs and IDs does not matter.
-    let a = member_id(&["http://b:2".into(), "http://a:1".into()], "t");
-    let b = member_id(&["http://a:1".into(), "http://b:2".into()], "t");
-    assert_eq!(a, b);
-    assert_eq!(cluster_id(&[1, 2]), cluster_id(&[2, 1]));
+fn timeout_and_limit_errors() {
+    assert_eq!(
+        err("--heartbeat-interval 0"),
+        "--heartbeat-interval must be >0 (set to 0ms)"
+    );
+    assert_eq!(
+        err("--election-timeout 0"),
+        "--election-timeout must be >0 (set to 0ms)"
+    );
+    assert_eq!(
+        err("--heartbeat-interval 300"),
+        "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]"
+    );
+    assert_eq!(
+        err("--election-timeout 50001"),
+        "--election-timeout[50001ms] is too long, and should be set less than 50000ms"
+    );
+    assert_eq!(ok("--election-timeout 50000").election_timeout_ms, 50_000);
+    assert_eq!(
+        err("--max-request-bytes 0"),
+        "--max-request-bytes must be >0 (set to 0)"
+    );
+    assert_eq!(
+        err("--max-txn-ops 0"),
+        "--max-txn-ops must be >0 (set to 0)"
+    );
+    assert!(err("--quota-backend-bytes -1").starts_with("--quota-backend-bytes must be >=0"));
+}
+
+#[test]
+fn cores_must_fit_the_machine() {
+    assert_eq!(ok("--cores 2").cores, Some(2));
+    assert_eq!(ok("--cores 4").cores, Some(4));
+    let message = "--cores must be between 1 and the 4 available cores";
+    assert!(err("--cores 0").starts_with(message));
+    assert!(err("--cores 5").starts_with(message));
+}
+
+#[test]
+fn env_sets_unset_flags_and_the_command_line_wins() {
+    let vars = env(&[
+        ("ETCD_NAME", "from-env"),
+        ("ETCD_SNAPSHOT_COUNT", "42"),
+        ("ETCD_DATA_DIR", "/env"),
+        ("ETCD_ENABLE_V2", "true"),
+        ("ETCD_NOT_A_FLAG", "1"),
+        ("ETCD_WAL_DIR", ""),
+        ("ETCDCTL_API", "3"),
+        ("PATH", "/bin"),
+    ]);
+    let config = parse_with_cores(&args("--data-dir /cli"), &vars, CORES).unwrap();
+    assert_eq!(config.name, "from-env");
+    assert_eq!(config.snapshot_count, 42);
+    assert_eq!(config.data_dir, PathBuf::from("/cli"));
+    assert_eq!(config.wal_dir, None);
+    assert!(has_warning(&config, "--enable-v2"));
+    assert!(has_warning(
+        &config,
+        "unrecognized environment variable ETCD_NOT_A_FLAG=1"
+    ));
+    assert!(has_warning(
+        &config,
+        "\"ETCD_DATA_DIR\" is shadowed by corresponding command-line"
+    ));
+    assert!(!has_warning(&config, "ETCDCTL"));
+    // The empty ETCD_WAL_DIR is not used, so etcd calls it unrecognized too.
+    assert!(has_warning(
+        &config,
+        "unrecognized environment variable ETCD_WAL_DIR="
+    ));
+    assert_eq!(config.warnings.len(), 4, "{:?}", config.warnings);
+
+    let bad = env(&[("ETCD_SNAPSHOT_COUNT", "many")]);
+    assert_eq!(
+        parse_with_cores(&[], &bad, CORES),
+        Err(ConfigError::Invalid(
+            "invalid value \"many\" for ETCD_SNAPSHOT_COUNT: parse error".to_string()
+        ))
+    );
+    let cores = env(&[("ETCD_CORES", "2")]);
+    assert_eq!(parse_with_cores(&[], &cores, CORES).unwrap().cores, Some(2));
+}
+
+fn temp_file(tag: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("keel-config-{}-{tag}.yaml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+const YAML: &str = "\
+# etcd-style configuration
+name: 'node-a'
+data-dir: \"/var/lib/keel\"   # trailing comment
+wal-dir:
+snapshot-count: 5
+heartbeat-interval: 100
+election-timeout: 1000
+listen-peer-urls: http://10.0.0.1:2380
+listen-client-urls: http://10.0.0.1:2379,http://127.0.0.1:2379
+advertise-client-urls: http://10.0.0.1:2379
+initial-advertise-peer-urls: http://10.0.0.1:2380
+initial-cluster: node-a=http://10.0.0.1:2380,node-b=http://10.0.0.2:2380
+initial-cluster-token: 'it''s-a-token'
+initial-cluster-state: existing
+quota-backend-bytes: ~
+enable-v2: false
+log-outputs: [stderr]
+cipher-suites:
+  - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+  - TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+client-transport-security:
+  cert-file: /etc/c.pem
+  client-cert-auth: false
+  # nested comment
+peer-transport-security:
+  auto-tls: true
+unknown-key: 1
+";
+
+#[test]
+fn config_file_is_read_and_replaces_flags_and_env() {
+    let path = temp_file("full", YAML);
+    let vars = env(&[("ETCD_NAME", "ignored"), ("ETCD_SNAPSHOT_COUNT", "9")]);
+    let cli = args(&format!("--name ignored --config-file {path}"));
+    let config = parse_with_cores(&cli, &vars, CORES).unwrap();
+    assert_eq!(config.name, "node-a");
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/keel"));
+    assert_eq!(config.wal_dir, None);
+    assert_eq!(config.snapshot_count, 5);
+    assert_eq!(config.listen_client_urls.len(), 2);
+    assert_eq!(config.initial_cluster.len(), 2);
+    assert_eq!(config.initial_cluster_token, "it's-a-token");
+    assert_eq!(config.initial_cluster_state, ClusterState::Existing);
+    assert_eq!(config.quota_backend_bytes, 0);
+    assert!(has_warning(
+        &config,
+        "other command-line flags and environment variables"
+    ));
+    assert!(has_warning(
+        &config,
+        "--cipher-suites: TLS is not built yet"
+    ));
+    assert!(has_warning(
+        &config,
+        "client-transport-security.cert-file: TLS"
+    ));
+    assert!(has_warning(
+        &config,
+        "peer-transport-security.auto-tls: TLS"
+    ));
+    assert!(!has_warning(&config, "client-cert-auth"));
+    assert!(has_warning(&config, "unknown key unknown-key"));
+    assert_eq!(config.warnings.len(), 5, "{:?}", config.warnings);
+
+    // ETCD_CONFIG_FILE names the file when the flag is absent.
+    let vars = env(&[("ETCD_CONFIG_FILE", path.as_str())]);
+    assert_eq!(parse_with_cores(&[], &vars, CORES).unwrap().name, "node-a");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn config_file_errors() {
+    let missing = err("--config-file /nonexistent/keel.yaml");
+    assert!(missing.starts_with("cannot read config file /nonexistent/keel.yaml"));
+    let path = temp_file("bad-value", "snapshot-count: lots\n");
+    assert_eq!(
+        err(&format!("--config-file {path}")),
+        format!("config file {path}: invalid value \"lots\" for snapshot-count: parse error")
+    );
+    let path_block = temp_file("block", "name: |\n  x\n");
+    assert_eq!(
+        err(&format!("--config-file {path_block}")),
+        format!("config file {path_block}: line 1: block scalars are not supported")
+    );
+    let path_syntax = temp_file("syntax", "name x\n");
+    assert_eq!(
+        err(&format!("--config-file {path_syntax}")),
+        format!("config file {path_syntax}: line 1: expected \"key: value\"")
+    );
+    // The file still goes through the same validation as flags.
+    let path_cluster = temp_file(
+        "cluster",
+        "name: a\ninitial-cluster: b=http://localhost:2380\n",
+    );
+    assert_eq!(
+        err(&format!("--config-file {path_cluster}")),
+        "couldn't find local name \"a\" in the initial cluster configuration"
+    );
+    for path in [path, path_block, path_syntax, path_cluster] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn yaml_subset_flattens_nested_maps_and_lists() {
+    let text =
+        "a:\n  b: 1\n  c:\n    d: \"x\\ty\"\ne: # null\nf:\n- 1\n- '2'\ng: \"#not-comment\"\n";
+    let entries = yaml_entries(text).unwrap();
+    let expected: Vec<(String, Option<String>)> = vec![
+        ("a.b".into(), Some("1".into())),
+        ("a.c.d".into(), Some("x\ty".into())),
+        ("e".into(), None),
+        ("f".into(), Some("1,2".into())),
+        ("g".into(), Some("#not-comment".into())),
+    ];
+    assert_eq!(entries, expected);
+    assert!(yaml_entries("\tname: x\n").unwrap_err().contains("tabs"));
+    assert!(yaml_entries("- x\n")
+        .unwrap_err()
+        .contains("list item without a key"));
+    assert!(yaml_entries("name: 'x\n")
+        .unwrap_err()
+        .contains("unterminated"));
 }
