@@ -18,7 +18,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn connect(s: &Server) -> Client {
-    Client::connect([s.endpoint()], None).await.expect("connect")
+    Client::connect([s.endpoint()], None)
+        .await
+        .expect("connect")
 }
 
 fn keys(r: &etcd_client::GetResponse) -> Vec<String> {
@@ -42,7 +44,13 @@ fn range_options() {
     runtime().block_on(async {
         let mut c = connect(&s).await;
         // Revisions 2..=6: a=1, b=22, c=333, d=4444, a=55555.
-        for (k, v) in [("a", "1"), ("b", "22"), ("c", "333"), ("d", "4444"), ("a", "55555")] {
+        for (k, v) in [
+            ("a", "1"),
+            ("b", "22"),
+            ("c", "333"),
+            ("d", "4444"),
+            ("a", "55555"),
+        ] {
             c.put(k, v, None).await.unwrap();
         }
         let all = || GetOptions::new().with_all_keys();
@@ -52,27 +60,45 @@ fn range_options() {
         let r = c.get("", Some(all().with_limit(2))).await.unwrap();
         assert_eq!(keys(&r), ["a", "b"]);
         assert_eq!((r.count(), r.more()), (4, true));
-        let r = c.get("b", Some(GetOptions::new().with_range("d"))).await.unwrap();
+        let r = c
+            .get("b", Some(GetOptions::new().with_range("d")))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), ["b", "c"]);
-        let r = c.get("b", Some(GetOptions::new().with_from_key())).await.unwrap();
+        let r = c
+            .get("b", Some(GetOptions::new().with_from_key()))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), ["b", "c", "d"]);
         let r = c
-            .get("", Some(all().with_sort(SortTarget::Value, SortOrder::Descend)))
+            .get(
+                "",
+                Some(all().with_sort(SortTarget::Value, SortOrder::Descend)),
+            )
             .await
             .unwrap();
         assert_eq!(keys(&r), ["a", "d", "c", "b"]);
         let r = c
-            .get("", Some(all().with_sort(SortTarget::Mod, SortOrder::Ascend)))
+            .get(
+                "",
+                Some(all().with_sort(SortTarget::Mod, SortOrder::Ascend)),
+            )
             .await
             .unwrap();
         assert_eq!(keys(&r), ["b", "c", "d", "a"]);
         let r = c
-            .get("", Some(all().with_sort(SortTarget::Version, SortOrder::Descend)))
+            .get(
+                "",
+                Some(all().with_sort(SortTarget::Version, SortOrder::Descend)),
+            )
             .await
             .unwrap();
         assert_eq!(keys(&r)[0], "a");
         let r = c
-            .get("", Some(all().with_sort(SortTarget::Create, SortOrder::Descend)))
+            .get(
+                "",
+                Some(all().with_sort(SortTarget::Create, SortOrder::Descend)),
+            )
             .await
             .unwrap();
         assert_eq!(keys(&r), ["d", "c", "b", "a"]);
@@ -80,28 +106,55 @@ fn range_options() {
         assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
         let r = c.get("", Some(all().with_count_only())).await.unwrap();
         assert_eq!((r.kvs().len(), r.count()), (0, 4));
-        let r = c.get("a", Some(GetOptions::new().with_revision(2))).await.unwrap();
+        let r = c
+            .get("a", Some(GetOptions::new().with_revision(2)))
+            .await
+            .unwrap();
         assert_eq!(r.kvs()[0].value(), b"1");
-        assert_eq!(r.header().unwrap().revision(), 6, "the header has the current revision");
-        let r = c.get("", Some(all().with_min_mod_revision(4))).await.unwrap();
+        assert_eq!(
+            r.header().unwrap().revision(),
+            6,
+            "the header has the current revision"
+        );
+        let r = c
+            .get("", Some(all().with_min_mod_revision(4)))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), ["a", "c", "d"]);
-        let r = c.get("", Some(all().with_max_mod_revision(3))).await.unwrap();
+        let r = c
+            .get("", Some(all().with_max_mod_revision(3)))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), ["b"]);
-        let r = c.get("", Some(all().with_min_create_revision(4))).await.unwrap();
+        let r = c
+            .get("", Some(all().with_min_create_revision(4)))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), ["c", "d"]);
-        let r = c.get("", Some(all().with_max_create_revision(2))).await.unwrap();
+        let r = c
+            .get("", Some(all().with_max_create_revision(2)))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), ["a"]);
-        let r = c.get("a", Some(GetOptions::new().with_serializable())).await.unwrap();
+        let r = c
+            .get("a", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
         let kv = &r.kvs()[0];
         assert_eq!(
             (kv.create_revision(), kv.mod_revision(), kv.version()),
             (2, 6, 2)
         );
         let (code, msg) = grpc_status(
-            c.get("a", Some(GetOptions::new().with_revision(99))).await.unwrap_err(),
+            c.get("a", Some(GetOptions::new().with_revision(99)))
+                .await
+                .unwrap_err(),
         );
         assert_eq!(code, tonic::Code::OutOfRange);
-        assert_eq!(msg, "etcdserver: mvcc: required revision is a future revision");
+        assert_eq!(
+            msg,
+            "etcdserver: mvcc: required revision is a future revision"
+        );
         let (code, msg) = grpc_status(c.get("", None).await.unwrap_err());
         assert_eq!(code, tonic::Code::InvalidArgument);
         assert_eq!(msg, "etcdserver: key is not provided");
@@ -115,9 +168,14 @@ fn put_and_delete_options() {
         let mut c = connect(&s).await;
         let r = c.put("k", "v1", None).await.unwrap();
         assert!(r.prev_key().is_none());
-        let r = c.put("k", "v2", Some(PutOptions::new().with_prev_key())).await.unwrap();
+        let r = c
+            .put("k", "v2", Some(PutOptions::new().with_prev_key()))
+            .await
+            .unwrap();
         assert_eq!(r.prev_key().unwrap().value(), b"v1");
-        c.put("k", "", Some(PutOptions::new().with_ignore_value())).await.unwrap();
+        c.put("k", "", Some(PutOptions::new().with_ignore_value()))
+            .await
+            .unwrap();
         let r = c.get("k", None).await.unwrap();
         assert_eq!((r.kvs()[0].value(), r.kvs()[0].version()), (&b"v2"[..], 3));
         let (code, msg) = grpc_status(
@@ -125,7 +183,10 @@ fn put_and_delete_options() {
                 .await
                 .unwrap_err(),
         );
-        assert_eq!((code, msg.as_str()), (tonic::Code::InvalidArgument, "etcdserver: key not found"));
+        assert_eq!(
+            (code, msg.as_str()),
+            (tonic::Code::InvalidArgument, "etcdserver: key not found")
+        );
         let (_, msg) = grpc_status(
             c.put("k", "x", Some(PutOptions::new().with_ignore_value()))
                 .await
@@ -133,9 +194,13 @@ fn put_and_delete_options() {
         );
         assert_eq!(msg, "etcdserver: value is provided");
         let (_, msg) = grpc_status(
-            c.put("k", "x", Some(PutOptions::new().with_ignore_lease().with_lease(5)))
-                .await
-                .unwrap_err(),
+            c.put(
+                "k",
+                "x",
+                Some(PutOptions::new().with_ignore_lease().with_lease(5)),
+            )
+            .await
+            .unwrap_err(),
         );
         assert_eq!(msg, "etcdserver: lease is provided");
         let (_, msg) = grpc_status(c.put("", "x", None).await.unwrap_err());
@@ -144,7 +209,10 @@ fn put_and_delete_options() {
             c.put(k, k, None).await.unwrap();
         }
         let r = c
-            .delete("p/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+            .delete(
+                "p/",
+                Some(DeleteOptions::new().with_prefix().with_prev_key()),
+            )
             .await
             .unwrap();
         assert_eq!(r.deleted(), 2);
@@ -152,7 +220,10 @@ fn put_and_delete_options() {
         assert_eq!(r.prev_kvs()[1].key(), b"p/2");
         let r = c.delete("nothing", None).await.unwrap();
         assert_eq!(r.deleted(), 0);
-        let r = c.delete("", Some(DeleteOptions::new().with_all_keys())).await.unwrap();
+        let r = c
+            .delete("", Some(DeleteOptions::new().with_all_keys()))
+            .await
+            .unwrap();
         assert_eq!(r.deleted(), 2);
     });
 }
@@ -190,13 +261,21 @@ fn txn_compares_and_nesting() {
         assert!(r.succeeded());
         assert_eq!(r.header().unwrap().revision(), 3, "one revision per txn");
         let ops = r.op_responses();
-        let TxnOpResponse::Put(p) = &ops[0] else { panic!("put") };
+        let TxnOpResponse::Put(p) = &ops[0] else {
+            panic!("put")
+        };
         assert_eq!(p.prev_key().unwrap().value(), b"v");
-        let TxnOpResponse::Get(g) = &ops[1] else { panic!("get") };
+        let TxnOpResponse::Get(g) = &ops[1] else {
+            panic!("get")
+        };
         assert_eq!(g.kvs()[0].value(), b"v2", "a txn reads its own writes");
-        let TxnOpResponse::Txn(n) = &ops[2] else { panic!("txn") };
+        let TxnOpResponse::Txn(n) = &ops[2] else {
+            panic!("txn")
+        };
         assert!(!n.succeeded());
-        let TxnOpResponse::Delete(d) = &ops[3] else { panic!("delete") };
+        let TxnOpResponse::Delete(d) = &ops[3] else {
+            panic!("delete")
+        };
         assert_eq!(d.deleted(), 0);
         let r = c.get("inner", None).await.unwrap();
         assert_eq!(r.kvs()[0].mod_revision(), 3);
@@ -230,17 +309,28 @@ fn compaction_errors_and_headers() {
             revisions.push(r.header().unwrap().revision());
         }
         assert_eq!(revisions, [2, 3, 4, 5, 6]);
-        c.compact(4, Some(etcd_client::CompactionOptions::new().with_physical()))
-            .await
-            .unwrap();
+        c.compact(
+            4,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
         let (code, msg) = grpc_status(
-            c.get("k", Some(GetOptions::new().with_revision(3))).await.unwrap_err(),
+            c.get("k", Some(GetOptions::new().with_revision(3)))
+                .await
+                .unwrap_err(),
         );
         assert_eq!(code, tonic::Code::OutOfRange);
-        assert_eq!(msg, "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            msg,
+            "etcdserver: mvcc: required revision has been compacted"
+        );
         let (code, _) = grpc_status(c.compact(4, None).await.unwrap_err());
         assert_eq!(code, tonic::Code::OutOfRange);
-        let r = c.get("k", Some(GetOptions::new().with_revision(4))).await.unwrap();
+        let r = c
+            .get("k", Some(GetOptions::new().with_revision(4)))
+            .await
+            .unwrap();
         assert_eq!(r.kvs()[0].value(), b"v2");
         // Header IDs are the member's and the cluster's, the same everywhere.
         let status = c.status().await.unwrap();
@@ -255,7 +345,10 @@ fn compaction_errors_and_headers() {
         assert!(h.raft_term() >= 1);
         assert_eq!(m.name(), "it");
         assert_eq!(m.peer_urls(), [format!("http://127.0.0.1:{}", s.peer_port)]);
-        assert_eq!(m.client_urls(), [format!("http://127.0.0.1:{}", s.client_port)]);
+        assert_eq!(
+            m.client_urls(),
+            [format!("http://127.0.0.1:{}", s.client_port)]
+        );
         assert!(status.raft_index() >= status.raft_applied_index());
         assert!(status.db_size() > 0);
         assert!(status.version().starts_with("3.4"));
@@ -281,7 +374,10 @@ fn unbuilt_services_are_unimplemented() {
         assert_eq!(msg, "unknown service etcdserverpb.Lease");
         let (code, msg) = grpc_status(c.defragment().await.unwrap_err());
         assert_eq!(code, tonic::Code::Unimplemented);
-        assert_eq!(msg, "unknown method Defragment for service etcdserverpb.Maintenance");
+        assert_eq!(
+            msg,
+            "unknown method Defragment for service etcdserverpb.Maintenance"
+        );
         // The connection is still good.
         c.put("after", "x", None).await.unwrap();
     });

@@ -20,22 +20,30 @@ fn put_get_and_their_flags() {
     s.etcdctl(&["put", "foo", "bar2", "--prev-kv"])
         .expect_ok("OK\nfoo\nbar\n");
     s.etcdctl(&["get", "foo"]).expect_ok("foo\nbar2\n");
-    s.etcdctl(&["get", "foo", "--rev", "2"]).expect_ok("foo\nbar\n");
+    s.etcdctl(&["get", "foo", "--rev", "2"])
+        .expect_ok("foo\nbar\n");
     s.etcdctl(&["get", "nothing"]).expect_ok("");
     fill(&s);
     s.etcdctl(&["get", "--prefix", "k"])
         .expect_ok("k1\nv1\nk2\nv2\nk3\nv3\n");
     s.etcdctl(&["get", "k2", "--from-key"])
         .expect_ok("k2\nv2\nk3\nv3\n");
-    s.etcdctl(&["get", "k1", "k3"]).expect_ok("k1\nv1\nk2\nv2\n");
+    s.etcdctl(&["get", "k1", "k3"])
+        .expect_ok("k1\nv1\nk2\nv2\n");
     s.etcdctl(&["get", "--prefix", "k", "--limit", "2"])
         .expect_ok("k1\nv1\nk2\nv2\n");
     s.etcdctl(&["get", "--prefix", "k", "--keys-only"])
         .expect_ok("k1\n\nk2\n\nk3\n\n");
     s.etcdctl(&["get", "--prefix", "k", "--print-value-only"])
         .expect_ok("v1\nv2\nv3\n");
-    s.etcdctl(&["get", "--prefix", "k", "--sort-by=MODIFY", "--order=DESCEND"])
-        .expect_ok("k3\nv3\nk2\nv2\nk1\nv1\n");
+    s.etcdctl(&[
+        "get",
+        "--prefix",
+        "k",
+        "--sort-by=MODIFY",
+        "--order=DESCEND",
+    ])
+    .expect_ok("k3\nv3\nk2\nv2\nk1\nv1\n");
     s.etcdctl(&["get", "--prefix", "k", "--order=DESCEND"])
         .expect_ok("k3\nv3\nk2\nv2\nk1\nv1\n");
     s.etcdctl(&["get", "--prefix", "k", "--sort-by=VALUE", "--limit", "1"])
@@ -79,7 +87,11 @@ fn get_formats_json_and_fields() {
         "\"More\" : false\n",
         "\"Count\" : 1\n",
     ] {
-        assert!(fields.stdout.contains(line), "{line:?} missing: {}", fields.stdout);
+        assert!(
+            fields.stdout.contains(line),
+            "{line:?} missing: {}",
+            fields.stdout
+        );
     }
 }
 
@@ -108,8 +120,10 @@ fn txn_both_branches_from_stdin() {
     s.etcdctl_stdin(&["txn"], script)
         .expect_ok("FAILURE\n\nOK\n");
     s.etcdctl(&["get", "foo"]).expect_ok("foo\nqux\n");
-    let script = "mod(\"foo\") > \"0\"\nversion(\"foo\") = \"3\"\ncreate(\"foo\") = \"2\"\n\ndel foo\n\n\n";
-    s.etcdctl_stdin(&["txn"], script).expect_ok("SUCCESS\n\n1\n");
+    let script =
+        "mod(\"foo\") > \"0\"\nversion(\"foo\") = \"3\"\ncreate(\"foo\") = \"2\"\n\ndel foo\n\n\n";
+    s.etcdctl_stdin(&["txn"], script)
+        .expect_ok("SUCCESS\n\n1\n");
 }
 
 #[test]
@@ -122,7 +136,8 @@ fn compaction_and_compacted_reads() {
         .expect_ok("compacted revision 3\n");
     s.etcdctl(&["get", "foo", "--rev", "2"])
         .expect_err("etcdserver: mvcc: required revision has been compacted");
-    s.etcdctl(&["get", "foo", "--rev", "3"]).expect_ok("foo\nb\n");
+    s.etcdctl(&["get", "foo", "--rev", "3"])
+        .expect_ok("foo\nb\n");
     s.etcdctl(&["compaction", "3"])
         .expect_err("etcdserver: mvcc: required revision has been compacted");
     s.etcdctl(&["compaction", "--physical", "4"])
@@ -135,7 +150,10 @@ fn compaction_and_compacted_reads() {
 
 #[test]
 fn request_limits_give_etcds_errors() {
-    let s = Server::start("limits", &["--max-request-bytes", "1024", "--max-txn-ops", "2"]);
+    let s = Server::start(
+        "limits",
+        &["--max-request-bytes", "1024", "--max-txn-ops", "2"],
+    );
     let big = "x".repeat(2048);
     s.etcdctl(&["put", "big", &big])
         .expect_err("etcdserver: request is too large");
@@ -164,7 +182,10 @@ fn endpoint_and_member_commands() {
     s.etcdctl(&["member", "list"])
         .expect_ok(&format!("{id}, started, it, {peer}, {client}, false\n"));
     let table = s.etcdctl(&["member", "list", "-w", "table"]);
-    assert!(table.stdout.contains(&format!("| {id} | started |   it |")), "{table:?}");
+    assert!(
+        table.stdout.contains(&format!("| {id} | started |   it |")),
+        "{table:?}"
+    );
     let health = s.etcdctl(&["endpoint", "health"]);
     assert!(health.ok, "{health:?}");
     let text = format!("{}{}", health.stdout, health.stderr);
@@ -186,9 +207,20 @@ fn endpoint_and_member_commands() {
     assert_eq!(fields[5], "false");
     let json = s.etcdctl(&["endpoint", "status", "-w", "json"]);
     let id_dec = u64::from_str_radix(&id, 16).unwrap();
-    assert!(json.stdout.contains(&format!("\"member_id\":{id_dec}")), "{json:?}");
-    assert!(json.stdout.contains(&format!("\"leader\":{id_dec}")), "{json:?}");
-    for field in ["\"raftIndex\":", "\"raftTerm\":", "\"dbSize\":", "\"version\":\"3.4."] {
+    assert!(
+        json.stdout.contains(&format!("\"member_id\":{id_dec}")),
+        "{json:?}"
+    );
+    assert!(
+        json.stdout.contains(&format!("\"leader\":{id_dec}")),
+        "{json:?}"
+    );
+    for field in [
+        "\"raftIndex\":",
+        "\"raftTerm\":",
+        "\"dbSize\":",
+        "\"version\":\"3.4.",
+    ] {
         assert!(json.stdout.contains(field), "{field} missing: {json:?}");
     }
 }
