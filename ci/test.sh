@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, model, crash and recovery tests, the server driven by
-# etcdctl and the etcd-client crate (one build, reused), etcd's own e2e tests against
-# Keel, then a short smoke run of every fuzz target. Run from anywhere in the checkout.
+# etcdctl and the etcd-client crate (one build, reused), etcd's own e2e tests and the
+# Python and Node etcd3 clients against Keel, then a short smoke run of every fuzz target.
+# Run from anywhere in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,8 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-# etcd's e2e suite against the keel binary the test build just made.
+# etcd's e2e suite, then Python and Node clients, against the binary the test build made.
 ci/e2e.sh target/debug/keel
+ci/interop.sh target/debug/keel
 
 ci/fuzz-smoke.sh

@@ -108,7 +108,7 @@ fn kill9_under_write_load_loses_no_acknowledged_write() {
                         .unwrap();
                     assert!(killed.success());
                     let deadline = Instant::now() + Duration::from_secs(10);
-                    while Instant::now() < deadline && acked.borrow().len() > 0 {
+                    while Instant::now() < deadline && !acked.borrow().is_empty() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         if Rc::strong_count(&acked) == 1 {
                             break; // every writer has stopped

@@ -7,7 +7,7 @@
 //! answers UNIMPLEMENTED (the router's "unknown service" / "unknown method").
 
 use super::convert;
-use super::errors::status_from_mvcc;
+use super::errors::{status_from_mvcc, EtcdError};
 use crate::grpc::{Code, Router, Status};
 use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
@@ -51,7 +51,7 @@ fn encode<M: Message>(m: &M) -> Bytes {
 }
 
 fn request_too_large() -> Status {
-    Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+    EtcdError::RequestTooLarge.status()
 }
 
 fn unexpected_reply() -> Status {
@@ -80,6 +80,16 @@ impl Services {
             revision,
             raft_term,
         }
+    }
+
+    /// clientv3's `WithRequireLeader` sends `hasleader: true`: such a request fails at once
+    /// while this member knows of no leader, as etcd's interceptor does.
+    fn check_leader(&self, md: &HeaderMap) -> Result<(), Status> {
+        let required = md.get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
+        if required && self.client.known_leader() == 0 {
+            return Err(EtcdError::NoLeader.status());
+        }
+        Ok(())
     }
 
     async fn read(&self, op: Op, linearizable: bool) -> Result<(OpResponse, u64), Status> {
@@ -289,9 +299,12 @@ pub fn router(s: Rc<Services>) -> Router {
     macro_rules! unary {
         ($path:expr, $method:ident) => {{
             let s = s.clone();
-            r.unary($path, move |_md: HeaderMap, body: Bytes| {
+            r.unary($path, move |md: HeaderMap, body: Bytes| {
                 let s = s.clone();
-                async move { s.$method(body).await }
+                async move {
+                    s.check_leader(&md)?;
+                    s.$method(body).await
+                }
             });
         }};
     }
@@ -305,4 +318,43 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Cluster/MemberList", member_list);
     unary!("/grpc.health.v1.Health/Check", health_check);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::RaftSender;
+    use crate::runtime::mesh::CoreId;
+    use glommio::channels::local_channel;
+
+    #[test]
+    fn hasleader_requests_fail_while_no_leader_is_known() {
+        crate::runtime::block_on(async {
+            let (tx, _rx) = local_channel::new_bounded(4);
+            let client = Rc::new(RaftClient::new(
+                CoreId(0),
+                RaftSender::Local(Rc::new(tx)),
+                4,
+            ));
+            let header = HeaderInfo {
+                cluster_id: 1,
+                member_id: 2,
+            };
+            let s = Services::new(client.clone(), header, 1024, 128);
+            let mut md = HeaderMap::new();
+            assert!(s.check_leader(&md).is_ok(), "no hasleader: no check");
+            md.insert("hasleader", "true".parse().unwrap());
+            let err = s.check_leader(&md).unwrap_err();
+            assert_eq!(err.code, Code::Unavailable);
+            assert_eq!(err.message, "etcdserver: no leader");
+            // A reply naming a leader is enough to pass.
+            client.deliver(Reply {
+                seq: 0,
+                raft_term: 2,
+                leader: 7,
+                body: Err(Status::ok()),
+            });
+            assert!(s.check_leader(&md).is_ok());
+        });
+    }
 }

@@ -5,7 +5,8 @@
 //! Invariant: at most `inflight_max` requests wait for a reply; each waiter gets exactly
 //! one reply or is dropped with its handler (then the late reply is discarded).
 
-use crate::grpc::{Code, Status};
+use crate::api::errors::EtcdError;
+use crate::grpc::Status;
 use crate::runtime::mesh::{CoreId, Reply, ToRaft};
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
@@ -33,16 +34,18 @@ pub struct RaftClient {
     waiters: RefCell<HashMap<u64, Rc<RefCell<Slot>>>>,
     sender: RaftSender,
     inflight_max: usize,
+    /// The leader named by the latest reply (0: none known).
+    known_leader: Cell<u64>,
 }
 
 /// etcd's answer when a server cannot take more requests.
 pub fn too_many_requests() -> Status {
-    Status::new(Code::ResourceExhausted, "etcdserver: too many requests")
+    EtcdError::TooManyRequests.status()
 }
 
 /// etcd's answer once the server is shutting down.
 pub fn server_stopped() -> Status {
-    Status::new(Code::Unavailable, "etcdserver: server stopped")
+    EtcdError::Stopped.status()
 }
 
 impl RaftClient {
@@ -53,6 +56,7 @@ impl RaftClient {
             waiters: RefCell::new(HashMap::new()),
             sender,
             inflight_max,
+            known_leader: Cell::new(0),
         }
     }
 
@@ -84,8 +88,14 @@ impl RaftClient {
         Ok(reply)
     }
 
+    /// The leader as of the latest reply from the raft core (0: none).
+    pub fn known_leader(&self) -> u64 {
+        self.known_leader.get()
+    }
+
     /// Hands a reply from the raft core to its waiter (if it is still waiting).
     pub fn deliver(&self, reply: Reply) {
+        self.known_leader.set(reply.leader);
         let Some(slot) = self.waiters.borrow_mut().remove(&reply.seq) else {
             return;
         };

@@ -207,7 +207,7 @@ fn new_incarnation() -> u64 {
 }
 
 fn no_leader() -> Status {
-    Status::new(Code::Unavailable, "etcdserver: no leader")
+    crate::api::errors::EtcdError::NoLeader.status()
 }
 
 fn status_from_mvcc(e: &mvcc::Error) -> Status {
@@ -471,6 +471,7 @@ impl RaftCore {
             Reply {
                 seq,
                 raft_term: self.node.raft.term,
+                leader: self.node.raft.leader_id,
                 body,
             },
         );

@@ -63,6 +63,9 @@ pub struct Reply {
     pub seq: u64,
     /// The raft term when the reply was made (for the ResponseHeader).
     pub raft_term: u64,
+    /// The leader the raft core knew of (0: none), so every core knows it without asking
+    /// (for `hasleader` requests).
+    pub leader: u64,
     pub body: Result<ReplyBody, Status>,
 }
 

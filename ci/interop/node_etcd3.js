@@ -1,0 +1,42 @@
+// Node etcd3 (grpc-js) against a Keel endpoint: KV, txn-style if, errors, status, members.
+// usage: node node_etcd3.js HOST:PORT   (exit 0 and "node etcd3: N checks passed")
+const { Etcd3 } = require('etcd3');
+
+const client = new Etcd3({ hosts: `http://${process.argv[2]}` });
+let checks = 0;
+function check(cond, what) {
+  if (!cond) {
+    console.log(`node etcd3: FAILED: ${what}`);
+    process.exit(1);
+  }
+  checks += 1;
+}
+
+(async () => {
+  await client.put('js/a').value('1');
+  await client.put('js/b').value('2');
+  check((await client.get('js/a').string()) === '1', 'get js/a');
+  const keys = await client.getAll().prefix('js/').keys();
+  check(JSON.stringify(keys) === '["js/a","js/b"]', `prefix keys ${keys}`);
+  const res = await client.if('js/a', 'Value', '==', '1').then(client.put('js/a').value('one')).commit();
+  check(res.succeeded, 'txn succeeded');
+  check((await client.get('js/a').string()) === 'one', 'txn applied');
+  const del = await client.delete().key('js/b');
+  check(del.deleted === '1', `deleted ${del.deleted}`);
+  const status = await client.maintenance.status({});
+  check(status.version.startsWith('3.4'), `version ${status.version}`);
+  const members = await client.cluster.memberList({});
+  check(members.members.length === 1, 'one member');
+  let err = null;
+  try {
+    await client.get('js/a').revision(1000000).string();
+  } catch (e) {
+    err = e;
+  }
+  check(err && /future revision/.test(err.message), `future revision error: ${err && err.message}`);
+  console.log(`node etcd3: ${checks} checks passed`);
+  client.close();
+})().catch((e) => {
+  console.log(`node etcd3: FAILED: ${e.stack || e}`);
+  process.exit(1);
+});
