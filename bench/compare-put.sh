@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 DIR=${BENCH_DIR:-/tmp/keel-compare}
 CLIENTS=${CLIENTS:-1,64,256}
-cargo build --release -q --bin keel -p keel-bench
+cargo build --release -q -p keel --bin keel && cargo build --release -q -p keel-bench
 rm -rf "$DIR" && mkdir -p "$DIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
