@@ -1,16 +1,32 @@
-//! keel-bench: Keel's benchmarks. Today: storage micro-benchmarks (issue 2).
+//! keel-bench: Keel's benchmarks.
 //!
 //! ```text
+//! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
+//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|watch|watch-latency [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
-//! keel-bench put   --endpoint HOST:PORT [--clients 1,64] [--conns 1] [--total N] [--server-pid P]
 //! ```
-//! Every run prints the machine, the git revision and the settings beside the figures.
+//! Load flags mirror etcd's `benchmark` tool: `--endpoints --conns --clients --total
+//! --rate --key-size --val-size --key-space-size --sequential-keys`, plus `--duration S`,
+//! `--consistency l|s`, `--watchers W --streams S`, `--server-pid P`, `--json`,
+//! `--hdr-log FILE`. Every run prints the machine, the git revision and the settings.
 
-mod put;
+mod compare;
+mod grpc;
+mod load;
 mod store;
 mod util;
 mod wal;
+
+const USAGE: &str = "usage: keel-bench <mode> [flags]
+  compare          Keel and etcd 3.4 side by side: --keel BIN --etcd BIN --reps N --seconds S --quick --only a,b --out DIR
+  put | range | txn-put | txn-mixed | lease-keepalive | watch | watch-latency
+                   --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
+                   --key-size B --val-size B --key-space-size N --sequential-keys
+                   --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S (watch)
+                   --prefill (range) --server-pid P --json --hdr-log FILE --label L
+  wal              --syncs N --record-bytes B --batches 1,8,64,256 --prealloc zero|fallocate|none
+  store            --keys N --key-bytes K --val-bytes V --reads N";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,16 +35,17 @@ fn main() {
         None => ("help", vec![]),
     };
     let opts = util::Flags::parse(&rest);
-    util::print_run_header(cmd);
+    if !opts.has("json") {
+        util::print_run_header(cmd);
+    }
     match cmd {
         "wal" => wal::run(&opts),
         "store" => store::run(&opts),
-        "put" => put::run(&opts),
+        "compare" => compare::main(&opts),
+        "put" | "range" | "txn-put" | "txn-mixed" | "lease-keepalive" | "watch"
+        | "watch-latency" => load::main(cmd, &opts),
         _ => {
-            eprintln!(
-                "usage: keel-bench wal|store|put [--dir D] [flags]\n  wal:   --syncs N --record-bytes B \
-                 --batches 1,8,64,256\n  store: --keys N --key-bytes K --val-bytes V --reads N\n  put:   --endpoint HOST:PORT --clients 1,64 --conns 1 --total N --server-pid P"
-            );
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }

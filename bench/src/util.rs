@@ -17,7 +17,13 @@ impl Flags {
             };
             match name.split_once('=') {
                 Some((k, v)) => map.insert(k.to_string(), v.to_string()),
-                None => map.insert(name.to_string(), it.next().cloned().unwrap_or_default()),
+                // A flag followed by another flag (or nothing) is a boolean switch.
+                None => match it.clone().next() {
+                    Some(next) if !next.starts_with("--") => {
+                        map.insert(name.to_string(), it.next().cloned().unwrap_or_default())
+                    }
+                    _ => map.insert(name.to_string(), "true".to_string()),
+                },
             };
         }
         Flags(map)
@@ -30,6 +36,15 @@ impl Flags {
                 std::process::exit(2)
             })
         })
+    }
+
+    /// A boolean switch: given, and not `=false`.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.get(name).is_some_and(|v| v != "false")
+    }
+
+    pub fn opt(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
     }
 
     pub fn str(&self, name: &str, default: &str) -> String {

@@ -1,0 +1,375 @@
+//! `keel-bench compare`: Keel and etcd 3.4 side by side on this machine, same client, same
+//! flags, interleaved A/B/A/B, and the ratios Keel/etcd.
+//!
+//! ```text
+//! keel-bench compare [--keel target/release/keel] [--etcd /usr/bin/etcd] [--reps 3]
+//!                    [--seconds 3] [--out bench/results/NAME] [--quick] [--only put,range]
+//! ```
+//! Starts each server on loopback with a data dir under `OUT/data/`, prefills the key
+//! space for the read scenarios, then for every scenario runs every server once per
+//! repetition in turn. Writes `OUT/table.md` (medians and ratios), `OUT/runs.jsonl` (every
+//! run), `OUT/hgrm/*.hgrm` (latency distributions) and, when python3 with matplotlib is
+//! available, `OUT/*.png` (latency CDF per scenario, throughput against clients) through
+//! `bench/plot.py`. Without etcd installed it measures Keel alone.
+
+use crate::load::{self, LoadOptions, Report, Scenario};
+use crate::util::Flags;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(name: &'static str, binary: &str, out: &Path) -> Server {
+    let (client, peer) = (free_port(), free_port());
+    let data = out.join("data").join(name);
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(out.join("data")).unwrap();
+    let log_path = out.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let c = format!("http://127.0.0.1:{client}");
+    let p = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(binary)
+        .args(["--name", name, "--data-dir", data.to_str().unwrap()])
+        .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+        .args([
+            "--listen-peer-urls",
+            &p,
+            "--initial-advertise-peer-urls",
+            &p,
+        ])
+        .args(["--initial-cluster", &format!("{name}={p}")])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("ready to serve client requests")
+            && std::net::TcpStream::connect(("127.0.0.1", client)).is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start: see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server {
+        name,
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], client)),
+    }
+}
+
+/// One line of the matrix.
+struct Case {
+    name: String,
+    scenario: Scenario,
+    clients: usize,
+    watchers: usize,
+    rate: Option<f64>,
+}
+
+fn matrix(quick: bool) -> Vec<Case> {
+    let case = |scenario: Scenario, clients: usize| Case {
+        name: format!("{} c{clients}", scenario.name()),
+        scenario,
+        clients,
+        watchers: 0,
+        rate: None,
+    };
+    let watch = |watchers: usize, rate: Option<f64>| Case {
+        name: format!("watch w{watchers}"),
+        scenario: Scenario::Watch,
+        clients: 1,
+        watchers,
+        rate,
+    };
+    let mut m = vec![
+        case(Scenario::Put, 1),
+        case(Scenario::Put, 64),
+        case(Scenario::Put, 256),
+        case(Scenario::Range { serializable: true }, 64),
+        case(Scenario::Range { serializable: true }, 256),
+        case(
+            Scenario::Range {
+                serializable: false,
+            },
+            64,
+        ),
+        case(
+            Scenario::Range {
+                serializable: false,
+            },
+            256,
+        ),
+        case(Scenario::TxnPut, 64),
+        // One writer; a fixed put rate so every watcher count sees a delivery load the
+        // servers can sustain (about 100k–400k deliveries/s), and latency means something.
+        watch(1, None),
+        watch(100, Some(1000.0)),
+        watch(1000, Some(400.0)),
+        watch(10_000, Some(40.0)),
+        case(Scenario::LeaseKeepalive, 64),
+    ];
+    if quick {
+        m.retain(|c| c.clients != 256 && c.watchers != 10_000);
+    }
+    m
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[derive(Default)]
+struct Cell {
+    runs: Vec<Report>,
+}
+
+impl Cell {
+    fn ok(&self) -> Vec<&Report> {
+        self.runs
+            .iter()
+            .filter(|r| r.error_count() == 0 && r.requests > 0)
+            .collect()
+    }
+    fn med(&self, f: impl Fn(&Report) -> f64) -> f64 {
+        median(self.ok().into_iter().map(f).collect())
+    }
+    fn first_error(&self) -> Option<String> {
+        self.runs
+            .iter()
+            .flat_map(|r| r.errors.keys())
+            .next()
+            .map(|e| e.chars().take(60).collect())
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else if v >= 1000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn fmt_ms(us: f64) -> String {
+    if us.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        "-".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
+}
+
+pub fn main(flags: &Flags) {
+    let keel = flags.str("keel", "target/release/keel");
+    let etcd = flags.str("etcd", "/usr/bin/etcd");
+    let quick = flags.has("quick");
+    let reps = flags.u64("reps", if quick { 1 } else { 3 });
+    let seconds = flags.u64("seconds", if quick { 2 } else { 3 });
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = PathBuf::from(flags.str("out", &format!("bench/results/{stamp}")));
+    std::fs::create_dir_all(out.join("hgrm")).unwrap();
+    let mut servers = vec![start("keel", &keel, &out)];
+    if Path::new(&etcd).exists() {
+        servers.push(start("etcd", &etcd, &out));
+    } else {
+        println!("# {etcd} not found: measuring Keel alone");
+    }
+    let only: Vec<String> = flags
+        .opt("only")
+        .map(|s| s.split(',').map(String::from).collect())
+        .unwrap_or_default();
+    let cases: Vec<Case> = matrix(quick)
+        .into_iter()
+        .filter(|c| only.is_empty() || only.iter().any(|o| c.name.starts_with(o.as_str())))
+        .collect();
+    let key_space = 10_000;
+    let base = |s: &Server| LoadOptions {
+        endpoints: vec![s.addr],
+        conns: 1,
+        clients: 1,
+        total: u64::MAX,
+        duration: Some(Duration::from_secs(seconds)),
+        rate: None,
+        key_size: 8,
+        val_size: 256,
+        key_space,
+        sequential: false,
+        watchers: 0,
+        streams: 1,
+        server_pid: Some(s.child.id()),
+        quiet: true,
+    };
+    for s in &servers {
+        load::prefill(&base(s));
+    }
+    let started = Instant::now();
+    let mut cells: BTreeMap<(usize, &'static str), Cell> = BTreeMap::new();
+    let mut runs_jsonl = String::new();
+    for (ci, case) in cases.iter().enumerate() {
+        for rep in 0..reps {
+            for s in &servers {
+                let mut o = base(s);
+                o.clients = case.clients;
+                o.conns = if case.clients >= 64 { 4 } else { 1 };
+                o.rate = case.rate;
+                o.watchers = case.watchers;
+                o.streams = (case.watchers / 100).max(1);
+                let r = load::run(case.scenario, &o, s.name);
+                eprintln!(
+                    "[{:>4.0} s] {:<16} {} rep {}: {:.0}/s p50 {} µs p99 {} µs errors {}",
+                    started.elapsed().as_secs_f64(),
+                    case.name,
+                    s.name,
+                    rep + 1,
+                    r.throughput(),
+                    r.histogram.value_at_quantile(0.5),
+                    r.histogram.value_at_quantile(0.99),
+                    r.error_count()
+                );
+                let _ = writeln!(
+                    runs_jsonl,
+                    "{{\"case\":\"{}\",\"rep\":{rep},\"run\":{}}}",
+                    case.name,
+                    r.json()
+                );
+                let file = format!("{}-{}.hgrm", case.name.replace(' ', "-"), s.name);
+                std::fs::write(out.join("hgrm").join(file), r.hgrm()).unwrap();
+                cells.entry((ci, s.name)).or_default().runs.push(r);
+            }
+        }
+    }
+    std::fs::write(out.join("runs.jsonl"), &runs_jsonl).unwrap();
+    let table = render(&cases, &servers, &cells, reps, seconds);
+    std::fs::write(out.join("table.md"), &table).unwrap();
+    println!("{table}");
+    println!(
+        "results: {} ({:.0} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    plot(&out);
+}
+
+fn render(
+    cases: &[Case],
+    servers: &[Server],
+    cells: &BTreeMap<(usize, &'static str), Cell>,
+    reps: u64,
+    seconds: u64,
+) -> String {
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Keel (git {rev}) against {} on this machine: medians of {reps} interleaved runs of {seconds} s; same load generator; server CPU from /proc/PID/stat. Watch rows: deliveries/s and commit-to-delivery latency.\n",
+        if servers.len() > 1 { "etcd 3.4" } else { "nothing (etcd not installed)" }
+    );
+    t.push_str("| scenario | Keel req/s | etcd req/s | ratio | Keel p50 | etcd p50 | ratio | Keel p99 | etcd p99 | ratio | Keel CPU µs/req | etcd CPU µs/req | ratio | peak RSS Keel / etcd |\n");
+    t.push_str(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let empty = Cell::default();
+    for (ci, case) in cases.iter().enumerate() {
+        let k = cells.get(&(ci, "keel")).unwrap_or(&empty);
+        let e = cells.get(&(ci, "etcd")).unwrap_or(&empty);
+        let tp = |c: &Cell| c.med(|r| r.throughput());
+        let p50 = |c: &Cell| c.med(|r| r.histogram.value_at_quantile(0.5) as f64);
+        let p99 = |c: &Cell| c.med(|r| r.histogram.value_at_quantile(0.99) as f64);
+        let cpu = |c: &Cell| c.med(|r| r.server_cpu_us.unwrap_or(f64::NAN));
+        let rss = |c: &Cell| {
+            c.runs
+                .iter()
+                .filter_map(|r| r.server_rss_peak_kb)
+                .max()
+                .map_or("-".to_string(), |kb| format!("{} MiB", kb / 1024))
+        };
+        let note = |c: &Cell| match (c.ok().is_empty(), c.first_error()) {
+            (true, Some(err)) => format!("n/a ({err})"),
+            _ => fmt_num(tp(c)),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            case.name,
+            note(k),
+            note(e),
+            ratio(tp(k), tp(e)),
+            fmt_ms(p50(k)),
+            fmt_ms(p50(e)),
+            ratio(p50(k), p50(e)),
+            fmt_ms(p99(k)),
+            fmt_ms(p99(e)),
+            ratio(p99(k), p99(e)),
+            fmt_num(cpu(k)),
+            fmt_num(cpu(e)),
+            ratio(cpu(k), cpu(e)),
+            rss(k),
+            rss(e),
+        );
+    }
+    t
+}
+
+fn plot(out: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("plot.py");
+    match Command::new("python3").arg(&script).arg(out).status() {
+        Ok(s) if s.success() => {}
+        _ => println!(
+            "plots skipped: needs python3 with matplotlib (pip install matplotlib), then: \
+             python3 {} {}",
+            script.display(),
+            out.display()
+        ),
+    }
+}

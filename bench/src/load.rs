@@ -1,0 +1,699 @@
+//! The load generator: etcd's `benchmark` scenarios over plain gRPC, so the same client
+//! measures etcd and Keel.
+//!
+//! ```text
+//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|watch|watch-latency
+//!     --endpoints 127.0.0.1:2379[,...] --conns 1 --clients 1 --total 10000 | --duration 5
+//!     [--rate R] [--key-size 8] [--val-size 256] [--key-space-size 100000]
+//!     [--sequential-keys] [--consistency l|s] [--read-percent 80]
+//!     [--watchers 100] [--streams 10] [--server-pid P] [--json] [--hdr-log FILE]
+//! ```
+//! - Closed loop (no `--rate`): each client sends its next request when the last returns:
+//!   peak throughput.
+//! - Open loop (`--rate R` requests/s over all clients): request *i* is due at
+//!   `start + i/R`; its latency counts from when it was due, not when it was sent, so a
+//!   stalled server is charged for the requests it delayed (coordinated omission corrected,
+//!   as wrk2 and hdrhistogram intend).
+//! - Output: throughput, p50/p90/p99/p99.9/max in µs, errors by kind, the generator's own
+//!   CPU per request, and with `--server-pid` the server's CPU per request and peak RSS.
+
+use crate::grpc::{self, CallError, Conn, Stream};
+use crate::util::{self, Flags};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use keel::pb::etcdserverpb as pb;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Put,
+    Range { serializable: bool },
+    TxnPut,
+    TxnMixed { read_percent: u32 },
+    LeaseKeepalive,
+    Watch,
+}
+
+impl Scenario {
+    pub fn name(&self) -> String {
+        match self {
+            Scenario::Put => "put".into(),
+            Scenario::Range { serializable } => {
+                format!("range-{}", if *serializable { "s" } else { "l" })
+            }
+            Scenario::TxnPut => "txn-put".into(),
+            Scenario::TxnMixed { read_percent } => format!("txn-mixed-{read_percent}"),
+            Scenario::LeaseKeepalive => "lease-keepalive".into(),
+            Scenario::Watch => "watch".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub endpoints: Vec<SocketAddr>,
+    pub conns: usize,
+    pub clients: usize,
+    pub total: u64,
+    pub duration: Option<Duration>,
+    pub rate: Option<f64>,
+    pub key_size: usize,
+    pub val_size: usize,
+    pub key_space: u64,
+    pub sequential: bool,
+    pub watchers: usize,
+    pub streams: usize,
+    pub server_pid: Option<u32>,
+    /// Stop the progress line (for nested use, e.g. `compare`).
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub scenario: String,
+    pub label: String,
+    pub clients: usize,
+    pub requests: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    pub histogram: Histogram<u64>,
+    pub client_cpu_us: f64,
+    pub server_cpu_us: Option<f64>,
+    pub server_rss_peak_kb: Option<u64>,
+    /// Watch: events delivered (each counts as a request in `requests`).
+    pub deliveries: u64,
+}
+
+impl Report {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn print(&self) {
+        let server = match (self.server_cpu_us, self.server_rss_peak_kb) {
+            (Some(c), Some(r)) => format!(" | server cpu {c:.1} µs/req, peak rss {} MiB", r / 1024),
+            _ => String::new(),
+        };
+        println!(
+            "{} {} clients={} requests={} errors={} | {:.0} req/s | {} | client cpu {:.1} µs/req{server}",
+            self.label,
+            self.scenario,
+            self.clients,
+            self.requests,
+            self.error_count(),
+            self.throughput(),
+            util::percentiles_us(&self.histogram),
+            self.client_cpu_us,
+        );
+        if self.deliveries > 0 {
+            println!("  watch deliveries: {}", self.deliveries);
+        }
+        for (kind, n) in &self.errors {
+            println!("  error x{n}: {kind}");
+        }
+    }
+
+    pub fn json(&self) -> String {
+        let h = &self.histogram;
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", json_str(k)))
+            .collect();
+        format!(
+            "{{\"label\":{},\"scenario\":{},\"clients\":{},\"requests\":{},\"elapsed_s\":{:.3},\"throughput\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"client_cpu_us\":{:.2},\"server_cpu_us\":{},\"server_rss_peak_kb\":{},\"errors\":{{{}}}}}",
+            json_str(&self.label),
+            json_str(&self.scenario),
+            self.clients,
+            self.requests,
+            self.elapsed.as_secs_f64(),
+            self.throughput(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            self.client_cpu_us,
+            self.server_cpu_us.map_or("null".into(), |v| format!("{v:.2}")),
+            self.server_rss_peak_kb.map_or("null".into(), |v| v.to_string()),
+            errors.join(","),
+        )
+    }
+
+    /// The latency distribution in the `.hgrm` text format (HdrHistogram's percentile
+    /// output), which HdrHistogram's plotter and wrk2 tooling read.
+    pub fn hgrm(&self) -> String {
+        let h = &self.histogram;
+        let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+        for v in h.iter_quantiles(2) {
+            let q = v.quantile_iterated_to();
+            let inv = if q < 1.0 {
+                1.0 / (1.0 - q)
+            } else {
+                f64::INFINITY
+            };
+            out.push_str(&format!(
+                "{:12.3} {:14.12} {:10} {:14.2}\n",
+                v.value_iterated_to() as f64 / 1000.0,
+                q,
+                v.count_since_last_iteration(),
+                inv
+            ));
+        }
+        out.push_str(&format!(
+            "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n",
+            h.mean() / 1000.0,
+            h.stdev() / 1000.0,
+            h.max() as f64 / 1000.0,
+            h.len()
+        ));
+        out
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// CPU time (user + system, all threads) of a process in µs, from /proc/PID/stat.
+pub fn process_cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 1_000_000.0 / 100.0) // USER_HZ = 100
+}
+
+/// Peak resident set (VmHWM) of a process in KiB.
+pub fn process_rss_peak_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Shared by the clients of one run.
+struct Shared {
+    opts: LoadOptions,
+    scenario: Scenario,
+    next: Cell<u64>,
+    histogram: RefCell<Histogram<u64>>,
+    errors: RefCell<BTreeMap<String, u64>>,
+    start: Instant,
+    deadline: Option<Instant>,
+    value: Bytes,
+}
+
+impl Shared {
+    /// The next request number, or None when the run is over.
+    fn take(&self) -> Option<u64> {
+        let i = self.next.get();
+        if i >= self.opts.total || self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        self.next.set(i + 1);
+        Some(i)
+    }
+
+    fn key(&self, i: u64) -> Bytes {
+        let n = if self.opts.sequential {
+            i % self.opts.key_space
+        } else {
+            // A fixed permutation-ish spread (SplitMix64), no RNG state to share.
+            let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (x ^ (x >> 31)) % self.opts.key_space
+        };
+        let mut k = format!("{n:0width$}", width = self.opts.key_size);
+        k.truncate(self.opts.key_size.max(1));
+        Bytes::from(k.into_bytes())
+    }
+
+    fn record(&self, due: Instant, res: Result<(), CallError>) {
+        match res {
+            Ok(()) => {
+                let us = due.elapsed().as_micros() as u64;
+                let _ = self.histogram.borrow_mut().record(us.max(1));
+            }
+            Err(e) => *self.errors.borrow_mut().entry(e.to_string()).or_default() += 1,
+        }
+    }
+
+    /// When request `i` is due: now in a closed loop, on the rate's schedule otherwise.
+    async fn due(&self, i: u64) -> Instant {
+        let Some(rate) = self.opts.rate else {
+            return Instant::now();
+        };
+        let due = self.start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            glommio::timer::sleep(due - now).await;
+        }
+        due
+    }
+}
+
+/// One client's connection-level state for the request scenarios.
+struct Client {
+    conn: Conn,
+    lease: Option<(i64, Stream)>,
+}
+
+async fn one_request(s: &Shared, c: &mut Client, i: u64) -> Result<(), CallError> {
+    match s.scenario {
+        Scenario::Put => {
+            let req = pb::PutRequest {
+                key: s.key(i),
+                value: s.value.clone(),
+                ..Default::default()
+            };
+            grpc::unary::<_, pb::PutResponse>(&c.conn, "/etcdserverpb.KV/Put", &req).await?;
+        }
+        Scenario::Range { serializable } => {
+            let req = pb::RangeRequest {
+                key: s.key(i),
+                serializable,
+                ..Default::default()
+            };
+            grpc::unary::<_, pb::RangeResponse>(&c.conn, "/etcdserverpb.KV/Range", &req).await?;
+        }
+        Scenario::TxnPut => {
+            let put = pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: s.key(i),
+                    value: s.value.clone(),
+                    ..Default::default()
+                })),
+            };
+            let req = pb::TxnRequest {
+                success: vec![put],
+                ..Default::default()
+            };
+            grpc::unary::<_, pb::TxnResponse>(&c.conn, "/etcdserverpb.KV/Txn", &req).await?;
+        }
+        Scenario::TxnMixed { read_percent } => {
+            let read = (i.wrapping_mul(2_654_435_761) % 100) < read_percent as u64;
+            let op = if read {
+                pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: s.key(i),
+                    ..Default::default()
+                })
+            } else {
+                pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: s.key(i),
+                    value: s.value.clone(),
+                    ..Default::default()
+                })
+            };
+            let req = pb::TxnRequest {
+                success: vec![pb::RequestOp { request: Some(op) }],
+                ..Default::default()
+            };
+            grpc::unary::<_, pb::TxnResponse>(&c.conn, "/etcdserverpb.KV/Txn", &req).await?;
+        }
+        Scenario::LeaseKeepalive => {
+            if c.lease.is_none() {
+                let grant = pb::LeaseGrantRequest { ttl: 60, id: 0 };
+                let r: pb::LeaseGrantResponse =
+                    grpc::unary(&c.conn, "/etcdserverpb.Lease/LeaseGrant", &grant).await?;
+                let stream = Stream::open(&c.conn, "/etcdserverpb.Lease/LeaseKeepAlive").await?;
+                c.lease = Some((r.id, stream));
+            }
+            let (id, stream) = c.lease.as_mut().expect("lease set above");
+            stream.send(&pb::LeaseKeepAliveRequest { id: *id })?;
+            let _: pb::LeaseKeepAliveResponse = stream.recv().await?;
+        }
+        Scenario::Watch => unreachable!("watch runs its own loop"),
+    }
+    Ok(())
+}
+
+async fn connect_all(opts: &LoadOptions) -> Result<Vec<Conn>, CallError> {
+    let mut conns = Vec::new();
+    for i in 0..opts.conns.max(1) {
+        conns.push(grpc::connect(opts.endpoints[i % opts.endpoints.len()]).await?);
+    }
+    Ok(conns)
+}
+
+fn progress(shared: &Rc<Shared>, quiet: bool) -> Option<glommio::task::JoinHandle<()>> {
+    if quiet {
+        return None;
+    }
+    let shared = shared.clone();
+    Some(
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                let done = shared.histogram.borrow().len();
+                let secs = shared.start.elapsed().as_secs_f64();
+                let goal = match shared.deadline {
+                    Some(d) => format!("{:.0}/{:.0} s", secs, (d - shared.start).as_secs_f64()),
+                    None => format!("{done}/{}", shared.opts.total),
+                };
+                eprint!("\r  {goal}  {:.0} req/s   ", done as f64 / secs.max(1e-9));
+                let _ = std::io::stderr().flush();
+            }
+        })
+        .detach(),
+    )
+}
+
+/// Runs one scenario to completion and reports.
+pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
+    let opts = opts.clone();
+    let label = label.to_string();
+    keel::runtime::block_on(async move {
+        let conns = match connect_all(&opts).await {
+            Ok(c) => c,
+            Err(e) => return failed_report(scenario, &opts, &label, e),
+        };
+        let cpu0 = process_cpu_us(std::process::id()).unwrap_or(0.0);
+        let server0 = opts.server_pid.and_then(process_cpu_us);
+        let start = Instant::now();
+        let shared = Rc::new(Shared {
+            scenario,
+            next: Cell::new(0),
+            histogram: RefCell::new(util::histogram()),
+            errors: RefCell::new(BTreeMap::new()),
+            start,
+            deadline: opts.duration.map(|d| start + d),
+            value: Bytes::from(vec![b'v'; opts.val_size]),
+            opts: opts.clone(),
+        });
+        let ticker = progress(&shared, opts.quiet);
+        let deliveries = if scenario == Scenario::Watch {
+            run_watch(&shared, &conns).await
+        } else {
+            run_requests(&shared, &conns).await;
+            0
+        };
+        let elapsed = start.elapsed();
+        if let Some(t) = ticker {
+            t.cancel();
+            eprint!("\r{:60}\r", "");
+        }
+        let histogram = shared.histogram.borrow().clone();
+        let errors = shared.errors.borrow().clone();
+        let requests = histogram.len();
+        let attempts = (requests + errors.values().sum::<u64>()).max(1) as f64;
+        let per = |total: f64| total / attempts;
+        let cpu = process_cpu_us(std::process::id()).unwrap_or(0.0) - cpu0;
+        let server_cpu_us = match (server0, opts.server_pid.and_then(process_cpu_us)) {
+            (Some(a), Some(b)) => Some(per(b - a)),
+            _ => None,
+        };
+        Report {
+            scenario: scenario.name(),
+            label,
+            clients: opts.clients,
+            requests,
+            errors,
+            elapsed,
+            histogram,
+            client_cpu_us: per(cpu),
+            server_cpu_us,
+            server_rss_peak_kb: opts.server_pid.and_then(process_rss_peak_kb),
+            deliveries,
+        }
+    })
+}
+
+fn failed_report(scenario: Scenario, opts: &LoadOptions, label: &str, e: CallError) -> Report {
+    Report {
+        scenario: scenario.name(),
+        label: label.to_string(),
+        clients: opts.clients,
+        requests: 0,
+        errors: BTreeMap::from([(e.to_string(), 1)]),
+        elapsed: Duration::from_millis(1),
+        histogram: util::histogram(),
+        client_cpu_us: 0.0,
+        server_cpu_us: None,
+        server_rss_peak_kb: None,
+        deliveries: 0,
+    }
+}
+
+async fn run_requests(shared: &Rc<Shared>, conns: &[Conn]) {
+    let mut tasks = Vec::new();
+    for c in 0..shared.opts.clients.max(1) {
+        let shared = shared.clone();
+        let conn = conns[c % conns.len()].clone();
+        tasks.push(glommio::spawn_local(async move {
+            let mut client = Client { conn, lease: None };
+            let mut failures_in_a_row = 0;
+            while let Some(i) = shared.take() {
+                let due = shared.due(i).await;
+                let res = one_request(&shared, &mut client, i).await;
+                failures_in_a_row = if res.is_ok() {
+                    0
+                } else {
+                    failures_in_a_row + 1
+                };
+                if matches!(res, Err(CallError::Status(..))) {
+                    client.lease = None; // a broken keepalive stream is reopened
+                }
+                shared.record(due, res);
+                // A server that refuses everything (e.g. an unimplemented service) ends
+                // this client instead of spinning through `total` errors.
+                if failures_in_a_row >= 100 {
+                    break;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
+/// Watch fan-out: `watchers` watches on one key spread over `streams` streams; `clients`
+/// writers put to that key (closed loop, or at `rate`); each delivered event's value
+/// carries its send time, so the histogram is commit-to-client delivery latency.
+async fn run_watch(shared: &Rc<Shared>, conns: &[Conn]) -> u64 {
+    const KEY: &[u8] = b"keel-bench-watch";
+    let opts = &shared.opts;
+    let streams = opts.streams.clamp(1, opts.watchers.max(1));
+    let delivered = Rc::new(Cell::new(0u64));
+    let ready = Rc::new(Cell::new(0usize));
+    let done = Rc::new(Cell::new(false));
+    let mut watchers = Vec::new();
+    for s in 0..streams {
+        let per_stream = opts.watchers / streams + usize::from(s < opts.watchers % streams);
+        let (shared, delivered, ready, done) = (
+            shared.clone(),
+            delivered.clone(),
+            ready.clone(),
+            done.clone(),
+        );
+        let conn = conns[s % conns.len()].clone();
+        watchers.push(glommio::spawn_local(async move {
+            let res =
+                watch_stream(&shared, &conn, KEY, per_stream, &delivered, &ready, &done).await;
+            if let Err(e) = res {
+                *shared.errors.borrow_mut().entry(e.to_string()).or_default() += 1;
+                ready.set(ready.get() + per_stream); // don't hold the writers back
+            }
+        }));
+    }
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while ready.get() < opts.watchers && Instant::now() < wait_until {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if !shared.errors.borrow().is_empty() {
+        done.set(true);
+        return 0;
+    }
+    // Writers.
+    let mut writers = Vec::new();
+    for c in 0..opts.clients.max(1) {
+        let shared = shared.clone();
+        let conn = conns[c % conns.len()].clone();
+        writers.push(glommio::spawn_local(async move {
+            while let Some(i) = shared.take() {
+                shared.due(i).await;
+                let req = pb::PutRequest {
+                    key: Bytes::from_static(KEY),
+                    value: grpc::stamped_value(shared.opts.val_size),
+                    ..Default::default()
+                };
+                if let Err(e) =
+                    grpc::unary::<_, pb::PutResponse>(&conn, "/etcdserverpb.KV/Put", &req).await
+                {
+                    *shared
+                        .errors
+                        .borrow_mut()
+                        .entry(format!("put: {e}"))
+                        .or_default() += 1;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await;
+    }
+    // Wait (bounded) for the last deliveries.
+    let puts = shared.next.get();
+    let expected = puts * opts.watchers as u64;
+    let until = Instant::now() + Duration::from_secs(10);
+    while delivered.get() < expected && Instant::now() < until {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    done.set(true);
+    for w in watchers {
+        w.cancel().await;
+    }
+    if delivered.get() < expected {
+        *shared
+            .errors
+            .borrow_mut()
+            .entry("deliveries missing after 10 s".into())
+            .or_default() += expected - delivered.get();
+    }
+    delivered.get()
+}
+
+async fn watch_stream(
+    shared: &Shared,
+    conn: &Conn,
+    key: &'static [u8],
+    watches: usize,
+    delivered: &Cell<u64>,
+    ready: &Cell<usize>,
+    done: &Cell<bool>,
+) -> Result<(), CallError> {
+    let mut stream = Stream::open(conn, "/etcdserverpb.Watch/Watch").await?;
+    for _ in 0..watches {
+        stream.send(&pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: Bytes::from_static(key),
+                    ..Default::default()
+                },
+            )),
+        })?;
+    }
+    while !done.get() {
+        let r: pb::WatchResponse = stream.recv().await?;
+        if r.created {
+            ready.set(ready.get() + 1);
+        }
+        for ev in &r.events {
+            if let Some(kv) = &ev.kv {
+                let _ = shared
+                    .histogram
+                    .borrow_mut()
+                    .record(grpc::age_us(&kv.value).max(1));
+                delivered.set(delivered.get() + 1);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn options_from(flags: &Flags) -> LoadOptions {
+    let endpoints = flags
+        .str("endpoints", &flags.str("endpoint", "127.0.0.1:2379"))
+        .split(',')
+        .map(|e| {
+            e.trim()
+                .trim_start_matches("http://")
+                .parse()
+                .unwrap_or_else(|_| panic!("--endpoints: {e} is not host:port"))
+        })
+        .collect();
+    let duration = match flags.u64("duration", 0) {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    let rate = match flags.u64("rate", 0) {
+        0 => None,
+        r => Some(r as f64),
+    };
+    LoadOptions {
+        endpoints,
+        conns: flags.u64("conns", 1) as usize,
+        clients: flags.u64("clients", 1) as usize,
+        total: flags.u64("total", if duration.is_some() { u64::MAX } else { 10_000 }),
+        duration,
+        rate,
+        key_size: flags.u64("key-size", 8) as usize,
+        val_size: flags.u64("val-size", 256) as usize,
+        key_space: flags.u64("key-space-size", 100_000).max(1),
+        sequential: flags.has("sequential-keys"),
+        watchers: flags.u64("watchers", 100) as usize,
+        streams: flags.u64("streams", 10) as usize,
+        server_pid: match flags.u64("server-pid", 0) {
+            0 => None,
+            p => Some(p as u32),
+        },
+        quiet: flags.has("json"),
+    }
+}
+
+/// `keel-bench <scenario> ...`
+pub fn main(cmd: &str, flags: &Flags) {
+    let scenario = match cmd {
+        "put" => Scenario::Put,
+        "range" => Scenario::Range {
+            serializable: flags.str("consistency", "l") == "s",
+        },
+        "txn-put" => Scenario::TxnPut,
+        "txn-mixed" => Scenario::TxnMixed {
+            read_percent: flags.u64("read-percent", 80) as u32,
+        },
+        "lease-keepalive" => Scenario::LeaseKeepalive,
+        "watch" | "watch-latency" => Scenario::Watch,
+        _ => unreachable!("dispatched by main"),
+    };
+    let mut opts = options_from(flags);
+    if cmd == "watch-latency" && opts.rate.is_none() {
+        opts.rate = Some(100.0); // etcd's watch-latency puts at a fixed rate
+    }
+    if matches!(scenario, Scenario::Range { .. }) && flags.has("prefill") {
+        prefill(&opts);
+    }
+    let report = run(scenario, &opts, &flags.str("label", "endpoint"));
+    if flags.has("json") {
+        println!("{}", report.json());
+    } else {
+        report.print();
+    }
+    if let Some(path) = flags.opt("hdr-log") {
+        std::fs::write(&path, report.hgrm()).expect("write --hdr-log");
+    }
+}
+
+/// Puts every key of the key space once (so reads find data).
+pub fn prefill(opts: &LoadOptions) {
+    let mut o = opts.clone();
+    o.total = o.key_space;
+    o.duration = None;
+    o.rate = None;
+    o.sequential = true;
+    o.clients = o.clients.max(64);
+    o.quiet = true;
+    o.server_pid = None;
+    let r = run(Scenario::Put, &o, "prefill");
+    assert_eq!(r.error_count(), 0, "prefill failed: {:?}", r.errors);
+}
