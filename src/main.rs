@@ -38,7 +38,10 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         .iter()
         .map(|u| u.socket_addr())
         .collect::<Result<Vec<_>, _>>()?;
-    let member_dir = cfg.data_dir.join("member");
+    // Absolute paths: glommio opens directories with openat, which fails on relative ones
+    // (EBADF), and a relative data dir is the default (`./default.keel`).
+    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    let member_dir = cwd.join(&cfg.data_dir).join("member");
     let cores = cfg.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

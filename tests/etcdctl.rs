@@ -224,3 +224,13 @@ fn endpoint_and_member_commands() {
         assert!(json.stdout.contains(field), "{field} missing: {json:?}");
     }
 }
+
+/// Regression: glommio could not open the WAL's directory under a relative data dir, and
+/// the default one (`./default.keel`) is relative.
+#[test]
+fn relative_data_dir_works() {
+    let s = Server::start_relative("relative");
+    s.etcdctl(&["put", "k", "v"]).expect_ok("OK\n");
+    s.etcdctl(&["get", "k"]).expect_ok("k\nv\n");
+    assert!(s.dir.join("data/member/wal").is_dir());
+}

@@ -42,11 +42,23 @@ pub struct Server {
     pub peer_port: u16,
     extra: Vec<String>,
     starts: u32,
+    /// Run in `dir` with `--data-dir data` (relative), as a user typing a bare name would.
+    relative: bool,
 }
 
 impl Server {
     /// A fresh member with `extra` flags appended to the usual ones.
     pub fn start(tag: &str, extra: &[&str]) -> Server {
+        Server::start_with(tag, extra, false)
+    }
+
+    /// Like `start`, but the server's working directory is its temp dir and the data dir
+    /// is given relative to it.
+    pub fn start_relative(tag: &str) -> Server {
+        Server::start_with(tag, &[], true)
+    }
+
+    fn start_with(tag: &str, extra: &[&str], relative: bool) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "keel-it-{tag}-{}-{}",
             std::process::id(),
@@ -62,6 +74,7 @@ impl Server {
             peer_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
+            relative,
         };
         s.spawn_and_wait();
         s
@@ -90,7 +103,7 @@ impl Server {
             "--name",
             "it",
             "--data-dir",
-            self.data_dir.to_str().unwrap(),
+            if self.relative { "data" } else { self.data_dir.to_str().unwrap() },
             "--listen-client-urls",
             &client,
             "--advertise-client-urls",
@@ -129,6 +142,7 @@ impl Server {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
         let child = Command::new(server_binary())
+            .current_dir(&self.dir)
             .args(self.args())
             .env_remove("ETCD_NAME")
             .stdout(log.try_clone().unwrap())
