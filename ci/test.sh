@@ -21,4 +21,9 @@ fi
 ci/e2e.sh target/debug/keel
 ci/interop.sh target/debug/keel
 
+# The benchmark end to end (Keel and etcd, one short run per scenario): it must run, not
+# be fast; figures come from release builds on an idle machine (tuning.md).
+cargo run -q -p keel-bench -- compare --quick --seconds 1 --keel target/debug/keel \
+  --out target/bench-smoke | tail -n 14
+
 ci/fuzz-smoke.sh

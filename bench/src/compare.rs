@@ -216,10 +216,13 @@ pub fn main(flags: &Flags) {
     let out = PathBuf::from(flags.str("out", &format!("bench/results/{stamp}")));
     std::fs::create_dir_all(out.join("hgrm")).unwrap();
     let mut servers = vec![start("keel", &keel, &out)];
+    let with_etcd;
     if Path::new(&etcd).exists() {
         servers.push(start("etcd", &etcd, &out));
+        with_etcd = true;
     } else {
         println!("# {etcd} not found: measuring Keel alone");
+        with_etcd = false;
     }
     let only: Vec<String> = flags
         .opt("only")
@@ -286,7 +289,10 @@ pub fn main(flags: &Flags) {
         }
     }
     std::fs::write(out.join("runs.jsonl"), &runs_jsonl).unwrap();
-    let table = render(&cases, &servers, &cells, reps, seconds);
+    drop(servers);
+    // The data dirs are scratch (GBs after a long run); the logs stay beside the results.
+    let _ = std::fs::remove_dir_all(out.join("data"));
+    let table = render(&cases, with_etcd, &cells, reps, seconds);
     std::fs::write(out.join("table.md"), &table).unwrap();
     println!("{table}");
     println!(
@@ -299,7 +305,7 @@ pub fn main(flags: &Flags) {
 
 fn render(
     cases: &[Case],
-    servers: &[Server],
+    with_etcd: bool,
     cells: &BTreeMap<(usize, &'static str), Cell>,
     reps: u64,
     seconds: u64,
@@ -313,7 +319,7 @@ fn render(
     let _ = writeln!(
         t,
         "Keel (git {rev}) against {} on this machine: medians of {reps} interleaved runs of {seconds} s; same load generator; server CPU from /proc/PID/stat. Watch rows: deliveries/s and commit-to-delivery latency.\n",
-        if servers.len() > 1 { "etcd 3.4" } else { "nothing (etcd not installed)" }
+        if with_etcd { "etcd 3.4" } else { "nothing (etcd not installed)" }
     );
     t.push_str("| scenario | Keel req/s | etcd req/s | ratio | Keel p50 | etcd p50 | ratio | Keel p99 | etcd p99 | ratio | Keel CPU µs/req | etcd CPU µs/req | ratio | peak RSS Keel / etcd |\n");
     t.push_str(

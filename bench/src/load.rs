@@ -154,7 +154,7 @@ impl Report {
     pub fn hgrm(&self) -> String {
         let h = &self.histogram;
         let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-        for v in h.iter_quantiles(2) {
+        for v in h.iter_quantiles(10) {
             let q = v.quantile_iterated_to();
             let inv = if q < 1.0 {
                 1.0 / (1.0 - q)
@@ -696,4 +696,114 @@ pub fn prefill(opts: &LoadOptions) {
     o.server_pid = None;
     let r = run(Scenario::Put, &o, "prefill");
     assert_eq!(r.error_count(), 0, "prefill failed: {:?}", r.errors);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(sequential: bool, rate: Option<f64>) -> Shared {
+        let opts = LoadOptions {
+            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            conns: 1,
+            clients: 1,
+            total: 10,
+            duration: None,
+            rate,
+            key_size: 6,
+            val_size: 4,
+            key_space: 50,
+            sequential,
+            watchers: 0,
+            streams: 1,
+            server_pid: None,
+            quiet: true,
+        };
+        Shared {
+            opts,
+            scenario: Scenario::Put,
+            next: Cell::new(0),
+            histogram: RefCell::new(util::histogram()),
+            errors: RefCell::new(BTreeMap::new()),
+            start: Instant::now(),
+            deadline: None,
+            value: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn keys_stay_in_the_key_space_with_the_asked_size() {
+        let s = shared(false, None);
+        let keys: std::collections::HashSet<Bytes> = (0..5000).map(|i| s.key(i)).collect();
+        assert!(
+            keys.len() > 45 && keys.len() <= 50,
+            "{} distinct keys",
+            keys.len()
+        );
+        assert!(keys.iter().all(|k| k.len() == 6));
+        let s = shared(true, None);
+        assert_eq!(s.key(51), Bytes::from_static(b"000001"));
+    }
+
+    #[test]
+    fn total_bounds_the_run_and_errors_are_counted_by_kind() {
+        let s = shared(true, None);
+        let taken: Vec<u64> = std::iter::from_fn(|| s.take()).collect();
+        assert_eq!(taken, (0..10).collect::<Vec<_>>());
+        s.record(
+            Instant::now(),
+            Err(CallError::Status(12, "unknown service x".into())),
+        );
+        s.record(
+            Instant::now(),
+            Err(CallError::Status(12, "unknown service x".into())),
+        );
+        s.record(Instant::now(), Ok(()));
+        assert_eq!(s.errors.borrow().values().sum::<u64>(), 2);
+        assert_eq!(s.histogram.borrow().len(), 1);
+    }
+
+    #[test]
+    fn open_loop_latency_counts_from_the_due_time() {
+        // Request 5 at 1000/s is due 5 ms after the start: a late send is charged from then.
+        let s = shared(true, Some(1000.0));
+        keel::runtime::block_on(async move {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let due = s.due(5).await;
+            assert_eq!(due, s.start + Duration::from_millis(5));
+            s.record(due, Ok(()));
+            assert!(
+                s.histogram.borrow().max() >= 15_000,
+                "coordinated omission corrected"
+            );
+        });
+    }
+
+    #[test]
+    fn json_and_hgrm_outputs_are_well_formed() {
+        let mut h = util::histogram();
+        for v in [100, 200, 300, 10_000] {
+            h.record(v).unwrap();
+        }
+        let r = Report {
+            scenario: "put".into(),
+            label: "ke\"el".into(),
+            clients: 1,
+            requests: 4,
+            errors: BTreeMap::from([("a\\b".to_string(), 1)]),
+            elapsed: Duration::from_secs(1),
+            histogram: h,
+            client_cpu_us: 1.0,
+            server_cpu_us: None,
+            server_rss_peak_kb: None,
+            deliveries: 0,
+        };
+        let j = r.json();
+        assert!(j.contains("\"label\":\"ke\\\"el\""), "{j}");
+        assert!(j.contains("\"errors\":{\"a\\\\b\":1}"), "{j}");
+        assert!(j.contains("\"server_cpu_us\":null"));
+        let g = r.hgrm();
+        assert!(g.lines().any(|l| l.trim_start().starts_with("10.")), "{g}");
+        assert!(g.contains("Total count    =            4"), "{g}");
+    }
 }

@@ -110,3 +110,22 @@ pub fn percentiles_us(h: &Histogram<u64>) -> String {
         h.max()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_do_not_swallow_the_next_flag() {
+        let args: Vec<String> = ["--sequential-keys", "--clients", "4", "--json", "--x=false"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let f = Flags::parse(&args);
+        assert!(f.has("sequential-keys"));
+        assert_eq!(f.u64("clients", 1), 4);
+        assert!(f.has("json"));
+        assert!(!f.has("x"));
+        assert!(!f.has("missing"));
+    }
+}

@@ -103,7 +103,11 @@ impl Server {
             "--name",
             "it",
             "--data-dir",
-            if self.relative { "data" } else { self.data_dir.to_str().unwrap() },
+            if self.relative {
+                "data"
+            } else {
+                self.data_dir.to_str().unwrap()
+            },
             "--listen-client-urls",
             &client,
             "--advertise-client-urls",
