@@ -14,8 +14,9 @@ pub fn run(flags: &Flags) {
         "none" => Preallocation::None,
         _ => Preallocation::Fallocate,
     };
+    let dsync = flags.str("dsync", "on") != "off";
     let dir = flags.dir("wal");
-    println!("# preallocation {prealloc:?}");
+    println!("# preallocation {prealloc:?}, O_DSYNC writes {dsync}");
     println!(
         "# {syncs} syncs per batch size, {record_bytes}-byte entries, dir {}",
         dir.display()
@@ -25,8 +26,14 @@ pub fn run(flags: &Flags) {
     for (i, &batch) in batches.iter().enumerate() {
         let wal_dir = dir.join(format!("wal-{i}"));
         std::fs::create_dir_all(&wal_dir).unwrap();
-        let line =
-            keel::runtime::block_on(one(wal_dir, syncs, batch as usize, record_bytes, prealloc));
+        let line = keel::runtime::block_on(one(
+            wal_dir,
+            syncs,
+            batch as usize,
+            record_bytes,
+            prealloc,
+            dsync,
+        ));
         println!("{line}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -38,9 +45,11 @@ async fn one(
     batch: usize,
     record_bytes: usize,
     preallocation: Preallocation,
+    dsync_writes: bool,
 ) -> String {
     let opts = WalOptions {
         preallocation,
+        dsync_writes,
         ..WalOptions::default()
     };
     let mut wal = Wal::create(&dir, b"bench", opts).await.expect("wal create");

@@ -138,6 +138,11 @@ pub struct WalOptions {
     /// recovery accepts. Never lower it across restarts below the largest record written.
     pub batch_bytes_max: usize,
     pub preallocation: Preallocation,
+    /// Open segments with O_DSYNC: each batch write is durable when it completes, one
+    /// io_uring operation instead of a write and an fdatasync. Measured on the dev VM
+    /// (ext4, fallocated segment, 256-byte appends, 2,000 each, two runs): write +
+    /// fdatasync p50 219–233 µs, p99 447 µs; O_DSYNC write p50 143–162 µs, p99 271–349 µs.
+    pub dsync_writes: bool,
 }
 
 impl Default for WalOptions {
@@ -147,6 +152,7 @@ impl Default for WalOptions {
             batch_bytes_max: 4 << 20,
             // Chosen by measurement, see `Preallocation`.
             preallocation: Preallocation::Fallocate,
+            dsync_writes: true,
         }
     }
 }
@@ -333,7 +339,13 @@ impl Wal {
         let (preamble, crc) = encode_preamble(name, prev_crc, &metadata, hard_state, snapshot);
         let preamble_end_offset = preamble.len() as u64;
         let temp = segment::temp_path(dir, name.seq);
-        let file = segment::prepare(temp.clone(), opts.segment_bytes, opts.preallocation).await?;
+        let file = segment::prepare(
+            temp.clone(),
+            opts.segment_bytes,
+            opts.preallocation,
+            opts.dsync_writes,
+        )
+        .await?;
         let path = dir.join(name.file_name());
         segment::install(&file, &temp, &path, &dir_handle, preamble).await?;
         Ok(Wal {
@@ -426,7 +438,7 @@ impl Wal {
         let entries = replay.effective_log(&segments)?;
         let (last_info, last_scan) = segments.last().expect("at least one segment");
         let last_path = last_info.path.clone();
-        let file = segment::open_rw(&last_path).await?;
+        let file = segment::open_rw(&last_path, opts.dsync_writes).await?;
         let truncated_tail = match tail {
             Some((offset, bytes)) => {
                 zero_range(&file, &last_path, offset, bytes).await?;
@@ -642,6 +654,9 @@ impl Wal {
             let source = std::io::Error::other("injected fdatasync failure");
             return Err(io_error(&path, "fdatasync", source));
         }
+        if self.opts.dsync_writes {
+            return Ok(()); // the O_DSYNC write above is already durable
+        }
         self.file
             .fdatasync()
             .await
@@ -672,7 +687,12 @@ impl Wal {
             None => {
                 let temp = segment::temp_path(&self.dir, name.seq);
                 let opts = self.opts;
-                let file = segment::prepare(temp.clone(), opts.segment_bytes, opts.preallocation);
+                let file = segment::prepare(
+                    temp.clone(),
+                    opts.segment_bytes,
+                    opts.preallocation,
+                    opts.dsync_writes,
+                );
                 (temp.clone(), file.await?)
             }
         };
@@ -703,6 +723,7 @@ impl Wal {
             temp.clone(),
             self.opts.segment_bytes,
             self.opts.preallocation,
+            self.opts.dsync_writes,
         );
         self.next_segment = Some((temp, glommio::spawn_local(prepare)));
     }

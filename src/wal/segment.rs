@@ -90,14 +90,24 @@ pub async fn write_all_at(file: &BufferedFile, path: &Path, buf: Vec<u8>, pos: u
     Ok(())
 }
 
-/// Opens an existing segment for reading and appending.
-pub async fn open_rw(path: &Path) -> Result<BufferedFile> {
+/// Opens an existing segment for reading and appending; with `dsync`, every write is
+/// durable when it completes (O_DSYNC), so appends need no separate fdatasync.
+pub async fn open_rw(path: &Path, dsync: bool) -> Result<BufferedFile> {
     OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(dsync_flag(dsync))
         .buffered_open(path)
         .await
         .map_err(|e| io_error(path, "open", e))
+}
+
+fn dsync_flag(dsync: bool) -> i32 {
+    if dsync {
+        libc::O_DSYNC
+    } else {
+        0
+    }
 }
 
 /// Reads a whole segment file into memory.
@@ -143,12 +153,14 @@ pub async fn prepare(
     temp: PathBuf,
     segment_bytes: u64,
     preallocation: Preallocation,
+    dsync: bool,
 ) -> Result<BufferedFile> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
+        .custom_flags(dsync_flag(dsync))
         .buffered_open(&temp)
         .await
         .map_err(|e| io_error(&temp, "create", e))?;
