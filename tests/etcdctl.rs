@@ -234,3 +234,28 @@ fn relative_data_dir_works() {
     s.etcdctl(&["get", "k"]).expect_ok("k\nv\n");
     assert!(s.dir.join("data/member/wal").is_dir());
 }
+
+/// A bad flag value stops the binary at once with etcd's wording and exit status 2.
+#[test]
+fn bad_flag_values_exit_2_with_a_clear_message() {
+    if !common::is_keel() {
+        return; // etcd's exit status and text differ slightly
+    }
+    let out = std::process::Command::new(common::server_binary())
+        .args(["--snapshot-count", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value \"lots\" for flag -snapshot-count"),
+        "{err}"
+    );
+    let out = std::process::Command::new(common::server_binary())
+        .args(["--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("flag provided but not defined: -no-such-flag"));
+}

@@ -357,4 +357,36 @@ mod tests {
             assert!(s.check_leader(&md).is_ok());
         });
     }
+
+    #[test]
+    fn malformed_protobuf_is_an_error_for_that_call_not_a_panic() {
+        crate::runtime::block_on(async {
+            let (tx, _rx) = local_channel::new_bounded(4);
+            let client = Rc::new(RaftClient::new(
+                CoreId(0),
+                RaftSender::Local(Rc::new(tx)),
+                4,
+            ));
+            let header = HeaderInfo {
+                cluster_id: 1,
+                member_id: 2,
+            };
+            let s = Services::new(client, header, 1024, 128);
+            // Field 1 as a length-delimited value running past the end of the message.
+            let garbage = Bytes::from_static(&[0x0a, 0x7f, 0x01]);
+            for res in [
+                s.put(garbage.clone()).await,
+                s.range(garbage.clone()).await,
+                s.txn(garbage.clone()).await,
+                s.delete_range(garbage.clone()).await,
+            ] {
+                let err = res.unwrap_err();
+                assert_eq!(err.code, Code::Internal);
+                assert!(
+                    err.message.starts_with("grpc: error unmarshalling request"),
+                    "{err:?}"
+                );
+            }
+        });
+    }
 }
