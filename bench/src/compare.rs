@@ -205,6 +205,13 @@ fn ratio(a: f64, b: f64) -> String {
 
 pub fn main(flags: &Flags) {
     let keel = flags.str("keel", "target/release/keel");
+    if !Path::new(&keel).exists() && flags.opt("keel").is_none() {
+        // One command on a fresh checkout: build the server it compares.
+        let built = Command::new("cargo")
+            .args(["build", "--release", "-p", "keel", "--bin", "keel"])
+            .status();
+        assert!(built.is_ok_and(|s| s.success()), "cargo build --release --bin keel failed");
+    }
     let etcd = flags.str("etcd", "/usr/bin/etcd");
     let quick = flags.has("quick");
     let reps = flags.u64("reps", if quick { 1 } else { 3 });
@@ -369,6 +376,21 @@ fn render(
 
 fn plot(out: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("plot.py");
+    let has_matplotlib = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import matplotlib"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_matplotlib("python3") {
+        // PyPI is reachable from our machines; a failed install only skips the plots.
+        let _ = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "matplotlib"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     match Command::new("python3").arg(&script).arg(out).status() {
         Ok(s) if s.success() => {}
         _ => println!(
