@@ -24,6 +24,6 @@ ci/interop.sh target/debug/keel
 # The benchmark end to end (Keel and etcd, one short run per scenario): it must run, not
 # be fast; figures come from release builds on an idle machine (tuning.md).
 cargo run -q -p keel-bench -- compare --quick --seconds 1 --keel target/debug/keel \
-  --out target/bench-smoke | tail -n 14
+  --no-plots --out target/bench-smoke | tail -n 13
 
 ci/fuzz-smoke.sh
