@@ -210,7 +210,10 @@ pub fn main(flags: &Flags) {
         let built = Command::new("cargo")
             .args(["build", "--release", "-p", "keel", "--bin", "keel"])
             .status();
-        assert!(built.is_ok_and(|s| s.success()), "cargo build --release --bin keel failed");
+        assert!(
+            built.is_ok_and(|s| s.success()),
+            "cargo build --release --bin keel failed"
+        );
     }
     let etcd = flags.str("etcd", "/usr/bin/etcd");
     let quick = flags.has("quick");

@@ -82,6 +82,32 @@ impl Services {
         }
     }
 
+    /// The wire response for a store response, with this member's full header (the
+    /// revision is the store's; nested txn responses keep their own, as etcd's do).
+    fn encode_response(&self, res: OpResponse, term: u64) -> Bytes {
+        match res {
+            OpResponse::Range(r) => {
+                let h = self.header(r.header.revision, term);
+                encode(&convert::range_response(r, h))
+            }
+            OpResponse::Put(r) => {
+                let h = self.header(r.header.revision, term);
+                encode(&convert::put_response(r, h))
+            }
+            OpResponse::DeleteRange(r) => {
+                let h = self.header(r.header.revision, term);
+                encode(&convert::delete_range_response(r, h))
+            }
+            OpResponse::Txn(r) => {
+                let h = self.header(r.header.revision, term);
+                encode(&convert::txn_response(r, h))
+            }
+            OpResponse::Compaction(r) => encode(&pb::CompactionResponse {
+                header: Some(self.header(r.header.revision, term)),
+            }),
+        }
+    }
+
     /// clientv3's `WithRequireLeader` sends `hasleader: true`: such a request fails at once
     /// while this member knows of no leader, as etcd's interceptor does.
     fn check_leader(&self, md: &HeaderMap) -> Result<(), Status> {
@@ -122,33 +148,21 @@ impl Services {
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
         let linearizable = !req.serializable;
         let (res, term) = self.read(Op::Range(req), linearizable).await?;
-        let OpResponse::Range(r) = res else {
-            return Err(unexpected_reply());
-        };
-        let header = self.header(r.header.revision, term);
-        Ok(encode(&convert::range_response(r, header)))
+        Ok(self.encode_response(res, term))
     }
 
     pub async fn put(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::put_request(decode::<pb::PutRequest>(&body)?);
         mvcc::validate::check_put_request(&req).map_err(|e| status_from_mvcc(&e))?;
         let (res, term) = self.write(&Op::Put(req)).await?;
-        let OpResponse::Put(r) = res else {
-            return Err(unexpected_reply());
-        };
-        let header = self.header(r.header.revision, term);
-        Ok(encode(&convert::put_response(r, header)))
+        Ok(self.encode_response(res, term))
     }
 
     pub async fn delete_range(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::delete_range_request(decode::<pb::DeleteRangeRequest>(&body)?);
         mvcc::validate::check_delete_request(&req).map_err(|e| status_from_mvcc(&e))?;
         let (res, term) = self.write(&Op::DeleteRange(req)).await?;
-        let OpResponse::DeleteRange(r) = res else {
-            return Err(unexpected_reply());
-        };
-        let header = self.header(r.header.revision, term);
-        Ok(encode(&convert::delete_range_response(r, header)))
+        Ok(self.encode_response(res, term))
     }
 
     pub async fn txn(&self, body: Bytes) -> Result<Bytes, Status> {
@@ -163,23 +177,13 @@ impl Services {
         } else {
             self.write(&Op::Txn(req)).await?
         };
-        let OpResponse::Txn(r) = res else {
-            return Err(unexpected_reply());
-        };
-        let header = self.header(r.header.revision, term);
-        Ok(encode(&convert::txn_response(r, header)))
+        Ok(self.encode_response(res, term))
     }
 
     pub async fn compact(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::compaction_request(decode::<pb::CompactionRequest>(&body)?);
         let (res, term) = self.write(&Op::Compaction(req)).await?;
-        let OpResponse::Compaction(r) = res else {
-            return Err(unexpected_reply());
-        };
-        let header = self.header(r.header.revision, term);
-        Ok(encode(&pb::CompactionResponse {
-            header: Some(header),
-        }))
+        Ok(self.encode_response(res, term))
     }
 
     pub async fn status(&self, body: Bytes) -> Result<Bytes, Status> {
