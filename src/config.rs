@@ -62,6 +62,11 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Keel's own `--cores N`; `None` means all available cores.
     pub cores: Option<usize>,
+    /// Keel's own `--shard-split-keys k1,k2,…`: where the key-range shards split (empty:
+    /// chosen from the keys in the store at boot).
+    pub shard_split_keys: Vec<Vec<u8>>,
+    /// `--experimental-watch-progress-notify-interval` (etcd raises values under 100 ms).
+    pub watch_progress_notify_interval: std::time::Duration,
     /// Flags that were accepted but whose feature is not built (or is ignored).
     pub warnings: Vec<String>,
 }
@@ -355,7 +360,7 @@ const SPECS: &[Spec] = &[
         "experimental-watch-progress-notify-interval",
         Duration,
         "10m",
-        Warn(NOT_BUILT),
+        Keel,
     ),
     spec("force", Ignored, "", Silent),
     spec("force-new-cluster", Bool, "false", Warn(NOT_BUILT)),
@@ -449,6 +454,7 @@ const SPECS: &[Spec] = &[
     spec("quota-backend-bytes", Int, "0", Keel),
     spec("retry-interval", Ignored, "", Silent),
     spec("snapshot", Ignored, "", Silent),
+    spec("shard-split-keys", Str, "", Keel),
     spec("snapshot-count", Uint, "100000", Keel),
     spec("strict-reconfig-check", Bool, "true", Warn(NOT_BUILT)),
     spec("test.coverprofile", Ignored, "", Silent),
@@ -1059,8 +1065,58 @@ fn build(
         election_timeout_ms,
         quota_backend_bytes,
         cores,
+        shard_split_keys: raw(values, "shard-split-keys")
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().to_vec())
+            .collect(),
+        watch_progress_notify_interval: go_duration(raw(
+            values,
+            "experimental-watch-progress-notify-interval",
+        ))
+        .map(|d| {
+            if d.is_zero() {
+                d
+            } else {
+                d.max(std::time::Duration::from_millis(100))
+            }
+        })
+        .unwrap_or(std::time::Duration::from_secs(600)),
         warnings,
     })
+}
+
+/// A Go duration (already checked by `check_go_duration`) as a std Duration; negative
+/// values are zero.
+pub fn go_duration(value: &str) -> Option<std::time::Duration> {
+    if value.starts_with('-') {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut rest = value.strip_prefix('+').unwrap_or(value);
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let number: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[u..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
 }
 
 fn push_feature_warnings(values: &Values, warnings: &mut Vec<String>) {

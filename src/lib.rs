@@ -24,4 +24,6 @@ pub mod pb;
 pub mod raft;
 pub mod runtime;
 pub mod server;
+pub mod shard;
 pub mod wal;
+pub mod watch;

@@ -66,8 +66,11 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_count: cfg.snapshot_count,
             max_txn_ops: cfg.max_txn_ops,
+            shards: cores,
+            shard_splits: cfg.shard_split_keys.clone(),
         },
         cores,
+        watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
     })

@@ -2,8 +2,9 @@
 //! layer does, send it to the raft core, encode the reply with a full ResponseHeader.
 //!
 //! Runs on: every core, one `Services` per core (it holds that core's `RaftClient`).
-//! Served now: KV (Range, Put, DeleteRange, Txn, Compact), Maintenance.Status and HashKV,
-//! Cluster.MemberList, grpc.health.v1.Health/Check. Every other method of etcd's API
+//! Served now: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Maintenance.Status and
+//! HashKV, Cluster.MemberList, grpc.health.v1.Health/Check. Range goes to the key-range
+//! shards; writes and read-only Txn to the raft core. Every other method of etcd's API
 //! answers UNIMPLEMENTED (the router's "unknown service" / "unknown method").
 
 use super::convert;
@@ -13,6 +14,7 @@ use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::grpc::health::v1 as health;
 use crate::raft::RaftClient;
+use crate::shard::node::Node;
 use crate::runtime::mesh::{Reply, ReplyBody, ToRaft};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -31,6 +33,7 @@ pub const ETCD_VERSION: &str = "3.4.23";
 
 pub struct Services {
     client: Rc<RaftClient>,
+    node: Rc<Node>,
     header: HeaderInfo,
     max_request_bytes: usize,
     max_txn_ops: usize,
@@ -61,12 +64,14 @@ fn unexpected_reply() -> Status {
 impl Services {
     pub fn new(
         client: Rc<RaftClient>,
+        node: Rc<Node>,
         header: HeaderInfo,
         max_request_bytes: usize,
         max_txn_ops: usize,
     ) -> Services {
         Services {
             client,
+            node,
             header,
             max_request_bytes,
             max_txn_ops,
@@ -146,9 +151,10 @@ impl Services {
     pub async fn range(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
+        // Served by the key-range shards (see `shard::node`), not the raft core.
         let linearizable = !req.serializable;
-        let (res, term) = self.read(Op::Range(req), linearizable).await?;
-        Ok(self.encode_response(res, term))
+        let (res, term) = self.node.range(req, linearizable).await?;
+        Ok(self.encode_response(OpResponse::Range(res), term))
     }
 
     pub async fn put(&self, body: Bytes) -> Result<Bytes, Status> {
@@ -321,6 +327,12 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Maintenance/HashKV", hash_kv);
     unary!("/etcdserverpb.Cluster/MemberList", member_list);
     unary!("/grpc.health.v1.Health/Check", health_check);
+    let node = s.node.clone();
+    r.route_with_queue(
+        "/etcdserverpb.Watch/Watch",
+        Some(crate::watch::STREAM_QUEUE_MAX),
+        move |req, res| crate::watch::serve(node.clone(), req, res),
+    );
     r
 }
 
@@ -344,7 +356,8 @@ mod tests {
                 cluster_id: 1,
                 member_id: 2,
             };
-            let s = Services::new(client.clone(), header, 1024, 128);
+            let node = Node::new(CoreId(0), 1, client.clone());
+            let s = Services::new(client.clone(), node, header, 1024, 128);
             let mut md = HeaderMap::new();
             assert!(s.check_leader(&md).is_ok(), "no hasleader: no check");
             md.insert("hasleader", "true".parse().unwrap());
@@ -375,7 +388,8 @@ mod tests {
                 cluster_id: 1,
                 member_id: 2,
             };
-            let s = Services::new(client, header, 1024, 128);
+            let node = Node::new(CoreId(0), 1, client.clone());
+            let s = Services::new(client, node, header, 1024, 128);
             // Field 1 as a length-delimited value running past the end of the message.
             let garbage = Bytes::from_static(&[0x0a, 0x7f, 0x01]);
             for res in [

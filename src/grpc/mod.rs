@@ -30,7 +30,9 @@ pub mod server;
 pub mod status;
 pub mod timeout;
 
-pub use server::{serve, serve_connection, Config, Handler, Messages, Request, Responses, Router};
+pub use server::{
+    serve, serve_connection, Config, Handler, Messages, Request, Responses, Router, TrySendError,
+};
 pub use status::{Code, Status};
 
 #[cfg(test)]

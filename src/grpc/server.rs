@@ -152,7 +152,26 @@ pub struct Responses {
     sender: LocalSender<Bytes>,
 }
 
+/// Why `Responses::try_send` did not queue a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The queue is at its bound: the client reads slower than we send.
+    Full,
+    /// The call is gone.
+    Closed,
+}
+
 impl Responses {
+    /// Queues one response message if there is room now.
+    pub fn try_send(&self, message: Bytes) -> Result<(), TrySendError> {
+        if self.sender.is_full() {
+            return Err(TrySendError::Full);
+        }
+        self.sender
+            .try_send(message)
+            .map_err(|_| TrySendError::Closed)
+    }
+
     /// Queues one response message; fails once the call is gone (client reset, deadline).
     pub async fn send(&self, message: Bytes) -> Result<(), Status> {
         self.sender
@@ -168,7 +187,7 @@ pub type Handler = Box<dyn Fn(Request, Responses) -> BoxedLocal<Result<(), Statu
 /// Maps `/service/method` paths to handlers. One router per core (handlers are `!Send`).
 #[derive(Default)]
 pub struct Router {
-    handlers: HashMap<String, Handler>,
+    handlers: HashMap<String, (Handler, Option<usize>)>,
     services: HashSet<String>,
 }
 
@@ -183,10 +202,25 @@ impl Router {
         F: Fn(Request, Responses) -> Fut + 'static,
         Fut: std::future::Future<Output = Result<(), Status>> + 'static,
     {
+        self.route_with_queue(path, None, handler)
+    }
+
+    /// [`Router::route`] with its own bound on queued responses (streams that fan out
+    /// many small messages, like Watch, need a deeper queue than `Config` gives calls).
+    pub fn route_with_queue<F, Fut>(
+        &mut self,
+        path: &str,
+        queue: Option<usize>,
+        handler: F,
+    ) -> &mut Router
+    where
+        F: Fn(Request, Responses) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<(), Status>> + 'static,
+    {
         let (service, _method) = split_path(path).expect("route path is /service/method");
         self.services.insert(service.to_string());
         let handler: Handler = Box::new(move |req, res| Box::pin(handler(req, res)));
-        let previous = self.handlers.insert(path.to_string(), handler);
+        let previous = self.handlers.insert(path.to_string(), (handler, queue));
         assert!(previous.is_none(), "route {path} registered twice");
         self
     }
@@ -208,9 +242,9 @@ impl Router {
         })
     }
 
-    fn lookup(&self, path: &str) -> Result<&Handler, Status> {
-        if let Some(handler) = self.handlers.get(path) {
-            return Ok(handler);
+    fn lookup(&self, path: &str) -> Result<&(Handler, Option<usize>), Status> {
+        if let Some(route) = self.handlers.get(path) {
+            return Ok(route);
         }
         // grpc-go's wording, which etcd clients show to users.
         let Some((service, method)) = split_path(path) else {
@@ -368,8 +402,8 @@ async fn serve_stream(
         return reply_http(&mut respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
     let path = parts.uri.path().to_string();
-    let handler = match router.lookup(&path) {
-        Ok(handler) => handler,
+    let (handler, queue) = match router.lookup(&path) {
+        Ok(route) => route,
         Err(status) => return reply_trailers_only(&mut respond, &status),
     };
     let timeout = match parts.headers.get("grpc-timeout").map(|v| v.to_str()) {
@@ -391,7 +425,7 @@ async fn serve_stream(
         timeout,
         messages,
     };
-    let (sender, receiver) = local_channel::new_bounded(config.response_queue_max);
+    let (sender, receiver) = local_channel::new_bounded(queue.unwrap_or(config.response_queue_max));
     let handler_future = handler(request, Responses { sender });
     let call = async move {
         match timeout {

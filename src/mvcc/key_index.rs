@@ -399,6 +399,11 @@ impl KeyIndex {
         self.keys.len()
     }
 
+    /// Every key with history, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.order.iter().map(|k| k.as_bytes())
+    }
+
     pub fn history(&self, key: &[u8]) -> Option<&KeyHistory> {
         self.keys.get(KeyBytes::new(key))
     }

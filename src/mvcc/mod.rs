@@ -50,4 +50,4 @@ pub use kv::{decode_record, KeyValue, RecordKind};
 pub use read::{ReadView, Records};
 pub use request::*;
 pub use revision::Revision;
-pub use store::{Store, StoreOptions};
+pub use store::{Change, Store, StoreOptions};

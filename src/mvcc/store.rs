@@ -51,6 +51,39 @@ pub struct Store<B: Backend = Db> {
     max_txn_ops: usize,
     /// Reused buffer for encoding records on the write path.
     record_buf: Vec<u8>,
+    /// Every change applied since the last `take_changes`, when capturing (the raft core
+    /// ships them to the shard cores: index replicas and watch events).
+    changes: Option<Vec<Change>>,
+}
+
+/// One applied change, in revision order: what shard index replicas and watchers need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `kv` as stored at `rev`; `prev` is the record of the key's previous live value.
+    Put {
+        rev: Revision,
+        kv: KeyValue,
+        prev: Option<Revision>,
+    },
+    /// `key` deleted at `rev`; `prev` is the record of the value it had.
+    Delete {
+        rev: Revision,
+        key: Vec<u8>,
+        prev: Option<Revision>,
+    },
+    /// History at or below `revision` was compacted.
+    Compact { revision: i64 },
+}
+
+impl Change {
+    /// The key a Put or Delete changed.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Change::Put { kv, .. } => Some(&kv.key),
+            Change::Delete { key, .. } => Some(key),
+            Change::Compact { .. } => None,
+        }
+    }
 }
 
 /// One write transaction in progress.
@@ -126,6 +159,7 @@ impl<B: Backend> Store<B> {
             consistent_term: meta.consistent_term,
             max_txn_ops: options.max_txn_ops,
             record_buf: Vec::new(),
+            changes: None,
         };
         store.invariants();
         Ok(store)
@@ -159,6 +193,19 @@ impl<B: Backend> Store<B> {
 
     pub fn index(&self) -> &KeyIndex {
         &self.index
+    }
+
+    /// Starts (or stops) recording every applied change for [`Store::take_changes`].
+    pub fn capture_changes(&mut self, on: bool) {
+        self.changes = on.then(Vec::new);
+    }
+
+    /// The changes applied since the last call (empty when not capturing).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        match &mut self.changes {
+            Some(c) => std::mem::take(c),
+            None => Vec::new(),
+        }
     }
 
     // ---- reads ----------------------------------------------------------------------
@@ -221,6 +268,13 @@ impl<B: Backend> Store<B> {
             _ => req.lease,
         };
         let rev = txn.next_revision();
+        let prev_rev = match &self.changes {
+            Some(_) => self
+                .index
+                .get(&req.key, txn.read_revision())
+                .map(|at| at.modified),
+            None => None,
+        };
         // The index goes first (one lookup gives create_revision and version). If the
         // insert below fails the Db is poisoned and the store must be reopened, which
         // rebuilds the index from the tree.
@@ -237,6 +291,13 @@ impl<B: Backend> Store<B> {
         kv::encode_put_record(&record, &mut self.record_buf);
         txn.changes += 1;
         self.backend.insert(&rev.encode(), &self.record_buf)?;
+        if let Some(changes) = &mut self.changes {
+            changes.push(Change::Put {
+                rev,
+                kv: record.to_key_value(),
+                prev: prev_rev,
+            });
+        }
         let prev_kv = if req.prev_kv { prev } else { None };
         Ok(PutResponse {
             header: ResponseHeader { revision: rev.main },
@@ -265,11 +326,13 @@ impl<B: Backend> Store<B> {
             Vec::new()
         };
         let mut keys = Vec::new();
-        self.index.range(range, read_rev, |k, _| {
+        let mut prevs = Vec::new();
+        self.index.range(range, read_rev, |k, at| {
             keys.push(k.to_vec());
+            prevs.push(at.modified);
             true
         });
-        for key in &keys {
+        for (key, prev) in keys.iter().zip(prevs) {
             let rev = txn.next_revision();
             self.record_buf.clear();
             kv::encode_tombstone_record(key, rev.main, &mut self.record_buf);
@@ -277,6 +340,13 @@ impl<B: Backend> Store<B> {
             let deleted = self.index.tombstone(key, rev);
             assert!(deleted, "key listed as live could not be deleted");
             txn.changes += 1;
+            if let Some(changes) = &mut self.changes {
+                changes.push(Change::Delete {
+                    rev,
+                    key: key.clone(),
+                    prev: Some(prev),
+                });
+            }
         }
         let revision = if !keys.is_empty() || txn.changes > 0 {
             txn.begin + 1
@@ -469,6 +539,9 @@ impl<B: Backend> Store<B> {
             });
         }
         self.compact_revision = rev;
+        if let Some(changes) = &mut self.changes {
+            changes.push(Change::Compact { revision: rev });
+        }
         #[cfg(debug_assertions)]
         self.invariants();
         Ok(CompactionResponse {

@@ -29,7 +29,7 @@ pub mod log;
 pub use client::{RaftClient, RaftSender};
 
 use crate::grpc::{Code, Status};
-use crate::mvcc::db::TreeId;
+use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{self, Op, OpResponse, Store, StoreOptions};
 use crate::pb::keel::internal::Member as MemberRecord;
 use crate::runtime::mesh::{CoreId, MemberInfo, Reply, ReplyBody, StatusInfo, ToRaft};
@@ -74,6 +74,9 @@ pub struct RaftOptions {
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
+    /// Key-range shards (one per core) and configured split keys (empty: from the data).
+    pub shards: usize,
+    pub shard_splits: Vec<Vec<u8>>,
 }
 
 /// Errors that stop the member at boot: they name what is wrong and where.
@@ -89,12 +92,28 @@ impl std::fmt::Display for BootError {
 /// Where replies go: the raft core's own client directly, other cores by channel.
 pub trait ReplySink {
     fn send(&self, to: CoreId, reply: Reply);
+    /// One applied round for every core (see `mesh::Applied`); the replies inside go to
+    /// their cores after the round's changes.
+    fn applied(&self, round: Round);
+}
+
+/// What one `process_ready` applied.
+pub struct Round {
+    pub index: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub raft_term: u64,
+    pub changes: Vec<mvcc::Change>,
+    pub snapshot: ReadSnapshot,
+    pub replies: Vec<(CoreId, Reply)>,
+    pub splits: Option<std::sync::Arc<Vec<Vec<u8>>>>,
 }
 
 struct PendingRead {
     from: CoreId,
     seq: u64,
-    op: Op,
+    /// `None`: a bare ReadIndex, answered with the index (the shards serve the read).
+    op: Option<Op>,
 }
 
 pub struct RaftCore {
@@ -115,6 +134,12 @@ pub struct RaftCore {
     last_db_commit: Instant,
     next_tick: Instant,
     incarnation: u64,
+    /// Replies to writes applied this round; they travel with the round's changes.
+    round_replies: Vec<(CoreId, Reply)>,
+    /// The applied index the cores last heard of (`None`: not yet, send the first round).
+    broadcast_index: Option<u64>,
+    /// Shard split keys, sent with the first round.
+    splits: std::sync::Arc<Vec<Vec<u8>>>,
 }
 
 fn boot_err(what: impl std::fmt::Display) -> BootError {
@@ -264,6 +289,8 @@ impl RaftCore {
             RawNode::new(&config, log, &logger).map_err(|e| boot_err(format!("raft: {e}")))?;
         let snapshot_index = node.store().first_index_raw().saturating_sub(1);
         let now = Instant::now();
+        let splits = crate::shard::split_keys(store.index(), opts.shards, &opts.shard_splits);
+        store.capture_changes(true);
         Ok(RaftCore {
             node,
             store,
@@ -278,6 +305,9 @@ impl RaftCore {
             last_db_commit: now,
             next_tick: now + Duration::from_millis(opts.heartbeat_interval_ms),
             incarnation: new_incarnation(),
+            round_replies: Vec::new(),
+            broadcast_index: None,
+            splits: std::sync::Arc::new(splits),
             opts,
         })
     }
@@ -432,11 +462,22 @@ impl RaftCore {
                 linearizable,
             } => {
                 if linearizable {
-                    self.reads_waiting.push(PendingRead { from, seq, op });
+                    self.reads_waiting.push(PendingRead {
+                        from,
+                        seq,
+                        op: Some(op),
+                    });
                 } else {
                     let res = self.read(&op);
                     self.reply(out, from, seq, res);
                 }
+            }
+            ToRaft::ReadIndex { from, seq } => {
+                self.reads_waiting.push(PendingRead {
+                    from,
+                    seq,
+                    op: None,
+                });
             }
             ToRaft::Status { from, seq } => {
                 let info = self.status_info();
@@ -609,8 +650,32 @@ impl RaftCore {
             self.node.advance_apply();
         }
         self.store.publish();
+        self.broadcast(out);
         self.serve_indexed_reads(out);
         Ok(())
+    }
+
+    /// Sends the round's changes, published snapshot and write replies to every core,
+    /// when anything was applied (or the cores have not heard from the raft core yet).
+    fn broadcast(&mut self, out: &dyn ReplySink) {
+        if self.broadcast_index == Some(self.applied_index) && self.round_replies.is_empty() {
+            return;
+        }
+        let splits = match self.broadcast_index {
+            None => Some(self.splits.clone()),
+            Some(_) => None,
+        };
+        self.broadcast_index = Some(self.applied_index);
+        out.applied(Round {
+            index: self.applied_index,
+            revision: self.store.current_revision(),
+            compact_revision: self.store.compact_revision(),
+            raft_term: self.node.raft.term,
+            changes: self.store.take_changes(),
+            snapshot: self.store.backend().snapshot(),
+            replies: std::mem::take(&mut self.round_replies),
+            splits,
+        });
     }
 
     /// A member that is the only voter elects itself at once instead of waiting out an
@@ -674,9 +739,16 @@ impl RaftCore {
         };
         if let Some((member, incarnation, core, seq)) = decode_context(&e.context) {
             if member == self.opts.member_id && incarnation == self.incarnation {
-                self.reply(out, core, seq, res);
+                let reply = Reply {
+                    seq,
+                    raft_term: self.node.raft.term,
+                    leader: self.node.raft.leader_id,
+                    body: res,
+                };
+                self.round_replies.push((core, reply));
             }
         }
+        let _ = out;
         Ok(())
     }
 
@@ -709,9 +781,12 @@ impl RaftCore {
         let mut i = 0;
         while i < self.reads_indexed.len() {
             if self.reads_indexed[i].0 <= applied {
-                let (_, reads) = self.reads_indexed.swap_remove(i);
+                let (index, reads) = self.reads_indexed.swap_remove(i);
                 for r in reads {
-                    let res = self.read(&r.op);
+                    let res = match &r.op {
+                        Some(op) => self.read(op),
+                        None => Ok(ReplyBody::ReadIndex(index)),
+                    };
                     self.reply(out, r.from, r.seq, res);
                 }
             } else {

@@ -10,9 +10,11 @@
 //! are that deep, so the raft core's `try_send` of a reply never finds the channel full.
 
 use crate::grpc::Status;
-use crate::mvcc::{Op, OpResponse};
+use crate::mvcc::db::ReadSnapshot;
+use crate::mvcc::{Change, Op, OpResponse, RangeRequest, RangeResponse};
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use std::sync::Arc;
 
 /// A core's index in the executor set (0-based, also its CPU slot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +45,9 @@ pub enum ToRaft {
         seq: u64,
         revision: i64,
     },
+    /// A ReadIndex for a linearizable read served by the shards: replied with
+    /// `ReplyBody::ReadIndex(r)` once the leader confirmed `r` (batched with others).
+    ReadIndex { from: CoreId, seq: u64 },
 }
 
 impl ToRaft {
@@ -52,7 +57,8 @@ impl ToRaft {
             | ToRaft::Read { from, seq, .. }
             | ToRaft::Status { from, seq }
             | ToRaft::MemberList { from, seq }
-            | ToRaft::HashKv { from, seq, .. } => (from, seq),
+            | ToRaft::HashKv { from, seq, .. }
+            | ToRaft::ReadIndex { from, seq } => (from, seq),
         }
     }
 }
@@ -78,6 +84,46 @@ pub enum ReplyBody {
         hash: u32,
         compact_revision: i64,
         revision: i64,
+    },
+    ReadIndex(u64),
+}
+
+/// What the raft core applied in one round, sent to every core (one message per core per
+/// round): the changes in revision order, the published snapshot that holds them, the
+/// watermark they bring the core to, and the replies to this core's writes among them
+/// (in the same message so a client that got its reply reads its write on that core).
+pub struct Applied {
+    /// Raft index applied up to.
+    pub index: u64,
+    /// Store revision and compact revision after the round.
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub raft_term: u64,
+    pub changes: Arc<Vec<Change>>,
+    pub snapshot: ReadSnapshot,
+    pub replies: Vec<Reply>,
+    /// The shard split keys, in the first round only (the shards' boot).
+    pub splits: Option<Arc<Vec<Vec<u8>>>>,
+}
+
+/// Core-to-core messages (the raft core is core 0 and sends `Applied` this way too).
+pub enum CoreMsg {
+    Applied(Applied),
+    /// Serve `req` on the receiver's shard at `at_revision` once it has applied
+    /// `min_index`; reply `RangeReply` with the same `seq` to `from`.
+    Range {
+        from: CoreId,
+        seq: u64,
+        req: RangeRequest,
+        at_revision: i64,
+        min_index: u64,
+    },
+    RangeReply {
+        seq: u64,
+        /// The replying shard's applied index (so a caller that raced a compaction can
+        /// catch up and retry).
+        index: u64,
+        body: Result<RangeResponse, Status>,
     },
 }
 
@@ -111,7 +157,14 @@ pub struct CoreLinks {
     pub to_raft: Option<SharedSender<ToRaft>>,
     /// Replies from the raft core (`None` on the raft core).
     pub replies: Option<SharedReceiver<Reply>>,
+    /// To every other core.
+    pub peers_out: Vec<(CoreId, SharedSender<CoreMsg>)>,
+    /// From every other core.
+    pub peers_in: Vec<(CoreId, SharedReceiver<CoreMsg>)>,
 }
+
+/// Depth of each core-to-core channel (senders queue locally beyond it, never block).
+pub const PEER_CHANNEL_DEPTH: usize = 1024;
 
 /// The raft core's ends: one request receiver and one reply sender per other core.
 pub struct RaftLinks {
@@ -137,6 +190,8 @@ pub fn build(
                 core,
                 to_raft: None,
                 replies: None,
+                peers_out: Vec::new(),
+                peers_in: Vec::new(),
             });
             continue;
         }
@@ -148,7 +203,18 @@ pub fn build(
             core,
             to_raft: Some(req_tx),
             replies: Some(rep_rx),
+            peers_out: Vec::new(),
+            peers_in: Vec::new(),
         });
+    }
+    for a in 0..core_count {
+        for b in 0..core_count {
+            if a != b {
+                let (tx, rx) = shared_channel::new_bounded(PEER_CHANNEL_DEPTH);
+                cores[a].peers_out.push((CoreId(b as u16), tx));
+                cores[b].peers_in.push((CoreId(a as u16), rx));
+            }
+        }
     }
     (cores, raft)
 }

@@ -14,8 +14,12 @@
 
 use crate::api::{self, Services};
 use crate::grpc;
-use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
-use crate::runtime::mesh::{self, CoreId, CoreLinks, MemberInfo, RaftLinks, Reply, ToRaft};
+use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink, Round};
+use crate::runtime::mesh::{
+    self, Applied, CoreId, CoreLinks, CoreMsg, MemberInfo, RaftLinks, Reply, ToRaft,
+};
+use crate::shard::node::Node;
+use crate::watch::WatchConfig;
 use crate::runtime::{executor_builder, log};
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::ConnectedSender;
@@ -40,6 +44,7 @@ pub struct ServerOptions {
     pub cores: usize,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -76,10 +81,12 @@ fn install_signal_thread() {
         .expect("cannot start the signal thread");
 }
 
-/// Where the raft core's replies go.
+/// Where the raft core's replies and rounds go.
 struct Replies {
     local: Rc<RaftClient>,
     remote: RefCell<Vec<Option<ConnectedSender<Reply>>>>,
+    node: Rc<Node>,
+    cores: usize,
 }
 
 impl ReplySink for Replies {
@@ -92,6 +99,35 @@ impl ReplySink for Replies {
         if let Some(Some(tx)) = remote.get(to.0 as usize) {
             // The channel is as deep as the core's in-flight limit, so it has room.
             let _ = tx.try_send(reply);
+        }
+    }
+
+    fn applied(&self, round: Round) {
+        let mut replies: Vec<Vec<Reply>> = (0..self.cores).map(|_| Vec::new()).collect();
+        for (to, reply) in round.replies {
+            if let Some(r) = replies.get_mut(to.0 as usize) {
+                r.push(reply);
+            }
+        }
+        let changes = std::sync::Arc::new(round.changes);
+        // Other cores first (the sends only queue), then this core's own shard.
+        for (core, replies) in replies.into_iter().enumerate().rev() {
+            let applied = Applied {
+                index: round.index,
+                revision: round.revision,
+                compact_revision: round.compact_revision,
+                raft_term: round.raft_term,
+                changes: changes.clone(),
+                snapshot: round.snapshot.clone(),
+                replies,
+                splits: round.splits.clone(),
+            };
+            let to = CoreId(core as u16);
+            if to == self.node.core() {
+                self.node.handle(CoreMsg::Applied(applied));
+            } else {
+                self.node.send_applied(to, applied);
+            }
         }
     }
 }
@@ -178,9 +214,13 @@ async fn raft_core_main(
         RaftSender::Local(inbox_tx.clone()),
         REQUESTS_INFLIGHT_MAX,
     ));
+    let node = Node::new(link.core, opts.cores, client.clone());
+    node.connect(link.peers_out, link.peers_in);
     let replies = Rc::new(Replies {
         local: client.clone(),
         remote: RefCell::new((0..opts.cores).map(|_| None).collect()),
+        node: node.clone(),
+        cores: opts.cores,
     });
     for (peer, rep_tx) in raft_links.replies {
         let replies = replies.clone();
@@ -202,7 +242,7 @@ async fn raft_core_main(
         })
         .detach();
     }
-    if let Err(e) = listen(&opts, client) {
+    if let Err(e) = listen(&opts, client, node) {
         let _ = boot.send(Err(e.clone()));
         return Err(e);
     }
@@ -234,16 +274,36 @@ async fn core_main(opts: ServerOptions, link: CoreLinks) -> Result<(), String> {
         }
     })
     .detach();
-    listen(&opts, client)?;
+    let node = Node::new(link.core, opts.cores, client.clone());
+    node.connect(link.peers_out, link.peers_in);
+    listen(&opts, client, node)?;
     // Serve until the process exits (the raft core decides when).
     futures_lite::future::pending::<()>().await;
     Ok(())
 }
 
 /// Binds every client address on this core and serves each on its own task.
-fn listen(opts: &ServerOptions, client: Rc<RaftClient>) -> Result<(), String> {
+fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Result<(), String> {
+    node.hub.configure(WatchConfig {
+        cluster_id: opts.cluster_id,
+        member_id: opts.member_id,
+        fragment_bytes: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
+        progress_interval: opts.watch_progress_notify_interval,
+    });
+    let interval = opts.watch_progress_notify_interval;
+    if !interval.is_zero() {
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                node.hub.progress_tick(&node);
+            }
+        })
+        .detach();
+    }
     let services = Rc::new(Services::new(
         client,
+        node,
         api::HeaderInfo {
             cluster_id: opts.cluster_id,
             member_id: opts.member_id,

@@ -1,0 +1,274 @@
+//! Key-range shards: every core owns one contiguous key range, with a replica of the key
+//! index for that range (fed by the raft core's applied rounds) over which it serves
+//! Range from the published pages of the mmap'd revision tree.
+//!
+//! Runs on: every core (one `Shard` each, inside its [`node::Node`]).
+//!
+//! - Split keys are chosen by the raft core at boot from the keys in the store (equal
+//!   key counts per shard), or taken from `--shard-split-keys`; shard *i* owns
+//!   `[split[i-1], split[i])` (the first starts at "", the last is unbounded).
+//! - A replica applies exactly the Puts, Deletes and Compactions of its range, in the
+//!   raft core's order, so it equals the authoritative index restricted to the range.
+//! - A read at revision *r* is served by every shard the range touches, each once it has
+//!   applied the round holding *r*; the parts merge exactly ([`merge`]).
+
+pub mod node;
+
+use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::{
+    self, kv, Change, KeyIndex, KeyRange, RangeRequest, RangeResponse, ReadView, Revision,
+    SortOrder, SortTarget,
+};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Split keys for `shards` shards: the configured ones when they fit, else key-count
+/// quantiles of the keys in `index`, else (an empty store) evenly over printable ASCII.
+pub fn split_keys(index: &KeyIndex, shards: usize, configured: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let want = shards.saturating_sub(1);
+    if want == 0 {
+        return Vec::new();
+    }
+    if !configured.is_empty() {
+        let mut s: Vec<Vec<u8>> = configured.to_vec();
+        s.sort();
+        s.dedup();
+        s.retain(|k| !k.is_empty());
+        s.truncate(want);
+        return s;
+    }
+    let n = index.key_count();
+    if n >= shards * 2 {
+        let mut out = Vec::with_capacity(want);
+        let mut next = 1;
+        for (i, k) in index.keys().enumerate() {
+            if next <= want && i == n * next / shards {
+                out.push(k.to_vec());
+                next += 1;
+            }
+        }
+        out.dedup();
+        return out;
+    }
+    (1..=want)
+        .map(|i| vec![b' ' + ((0x7f - b' ') as usize * i / shards) as u8])
+        .collect()
+}
+
+/// The shard owning `key`.
+pub fn shard_of(splits: &[Vec<u8>], key: &[u8]) -> usize {
+    splits.partition_point(|s| s.as_slice() <= key)
+}
+
+/// The shards a request's `key` / `range_end` touches, in key order.
+pub fn shards_for(splits: &[Vec<u8>], key: &[u8], range_end: &[u8]) -> Range<usize> {
+    match KeyRange::new(key, range_end) {
+        KeyRange::Single(k) => {
+            let s = shard_of(splits, k);
+            s..s + 1
+        }
+        KeyRange::From(k) => shard_of(splits, k)..splits.len() + 1,
+        KeyRange::Between(k, e) if k < e => {
+            let last = splits.partition_point(|s| s.as_slice() < e);
+            shard_of(splits, k)..last + 1
+        }
+        KeyRange::Between(k, _) => {
+            let s = shard_of(splits, k);
+            s..s + 1
+        }
+    }
+}
+
+/// One core's key-range shard.
+pub struct Shard {
+    id: usize,
+    splits: Arc<Vec<Vec<u8>>>,
+    index: KeyIndex,
+    snapshot: ReadSnapshot,
+    applied_index: u64,
+    revision: i64,
+    compact_revision: i64,
+}
+
+impl Shard {
+    /// The shard `id`, its replica rebuilt from `snapshot` (the state at `applied_index`
+    /// and `revision`).
+    pub fn boot(
+        id: usize,
+        splits: Arc<Vec<Vec<u8>>>,
+        snapshot: ReadSnapshot,
+        applied_index: u64,
+        revision: i64,
+        compact_revision: i64,
+    ) -> Result<Shard, mvcc::Error> {
+        let mut index = KeyIndex::new();
+        for (k, v) in snapshot.range(TreeId::Revision, &[], &[]) {
+            let rev = Revision::decode(k).ok_or_else(|| mvcc::Error::Corrupt {
+                what: format!("revision tree key {k:02x?}"),
+            })?;
+            let (kind, record) = kv::decode_record_ref(v)?;
+            if shard_of(&splits, record.key) != id {
+                continue;
+            }
+            let tombstone = kind == kv::RecordKind::Tombstone;
+            index.restore(
+                record.key,
+                rev,
+                tombstone,
+                record.create_revision,
+                record.version,
+            );
+        }
+        index.finish_restore();
+        Ok(Shard {
+            id,
+            splits,
+            index,
+            snapshot,
+            applied_index,
+            revision,
+            compact_revision,
+        })
+    }
+
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    pub fn splits(&self) -> &Arc<Vec<Vec<u8>>> {
+        &self.splits
+    }
+
+    pub fn owns(&self, key: &[u8]) -> bool {
+        shard_of(&self.splits, key) == self.id
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.index.key_count()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    pub fn snapshot(&self) -> &ReadSnapshot {
+        &self.snapshot
+    }
+
+    /// Applies one round: the changes of this shard's range, then the new snapshot and
+    /// watermark.
+    pub fn apply(
+        &mut self,
+        changes: &[Change],
+        snapshot: ReadSnapshot,
+        applied_index: u64,
+        revision: i64,
+        compact_revision: i64,
+    ) {
+        for c in changes {
+            match c {
+                Change::Put { rev, kv, .. } if self.owns(&kv.key) => {
+                    self.index.put(&kv.key, *rev);
+                }
+                Change::Delete { rev, key, .. } if self.owns(key) => {
+                    self.index.tombstone(key, *rev);
+                }
+                Change::Compact { revision } => {
+                    self.index.compact(*revision);
+                }
+                _ => {}
+            }
+        }
+        self.snapshot = snapshot;
+        self.applied_index = applied_index;
+        self.revision = revision;
+        self.compact_revision = compact_revision;
+    }
+
+    /// This shard's part of a Range read at revision `at` (≤ its revision).
+    pub fn range(&self, req: &RangeRequest, at: i64) -> mvcc::Result<RangeResponse> {
+        let view = ReadView {
+            index: &self.index,
+            records: &self.snapshot,
+            compact_revision: self.compact_revision,
+        };
+        view.range(req, at)
+    }
+
+    /// The live value of `key` at revision `at`, if this shard owns it.
+    pub fn get(&self, key: &[u8], at: i64) -> mvcc::Result<Option<mvcc::KeyValue>> {
+        let view = ReadView {
+            index: &self.index,
+            records: &self.snapshot,
+            compact_revision: self.compact_revision,
+        };
+        view.load_key(key, at)
+    }
+}
+
+/// The request each shard of a multi-shard range gets: a VALUE sort needs the values
+/// even when only keys are asked for (they are dropped after the merge).
+pub fn part_request(req: &RangeRequest) -> RangeRequest {
+    let mut part = req.clone();
+    if part.keys_only && part.sort_target == SortTarget::Value {
+        part.keys_only = false;
+    }
+    part
+}
+
+/// Merges the shards' parts (in key order of the shards) into the one response a single
+/// index would give: each part is already pruned, sorted and cut at `limit`; the union's
+/// first `limit` after a stable sort are the answer, `more` if anything was left out.
+pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> RangeResponse {
+    let mut count = 0;
+    let mut more = false;
+    let mut kvs = Vec::new();
+    for p in parts {
+        count += p.count;
+        more |= p.more;
+        kvs.extend(p.kvs);
+    }
+    let mut order = req.sort_order;
+    if req.sort_target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    }
+    fn key(target: SortTarget, kv: &mvcc::KeyValue) -> (i64, &[u8]) {
+        match target {
+            SortTarget::Key => (0, kv.key.as_slice()),
+            SortTarget::Version => (kv.version, &[][..]),
+            SortTarget::Create => (kv.create_revision, &[][..]),
+            SortTarget::Mod => (kv.mod_revision, &[][..]),
+            SortTarget::Value => (0, kv.value.as_slice()),
+        }
+    }
+    let t = req.sort_target;
+    match order {
+        SortOrder::None => {}
+        SortOrder::Ascend => kvs.sort_by(|a, b| key(t, a).cmp(&key(t, b))),
+        SortOrder::Descend => kvs.sort_by(|a, b| key(t, b).cmp(&key(t, a))),
+    }
+    if req.limit > 0 && kvs.len() as i64 > req.limit {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
+    RangeResponse {
+        header: mvcc::ResponseHeader { revision },
+        kvs,
+        more,
+        count,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! `Node`: what one core runs besides its connections: its shard, its watch hub, its
+//! links to the other cores, and the read path that scatters a Range over the shards.
+//!
+//! Runs on: every core; one `Node` per core, shared by that core's tasks through `Rc`.
+//!
+//! Messages in (`CoreMsg`, FIFO per sending core): `Applied` rounds from the raft core
+//! (core 0) — applied to the shard, then matched against the watchers, then the round's
+//! write replies are delivered, in that order; `Range` parts to serve; `RangeReply`
+//! answers to this core's own parts. Messages out go through an unbounded local queue
+//! per destination, drained by a task into the bounded cross-core channel, so no caller
+//! (the raft core least of all) ever waits for another core.
+
+use super::{merge, part_request, shards_for, Shard};
+use crate::api::errors::status_from_mvcc;
+use crate::grpc::{Code, Status};
+use crate::mvcc::{self, RangeRequest, RangeResponse};
+use crate::raft::RaftClient;
+use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReplyBody, ToRaft};
+use crate::runtime::log;
+use crate::watch::Hub;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+/// The read watermark of a core: what its shard has applied.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watermark {
+    pub index: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub raft_term: u64,
+}
+
+type RangeResult = Result<RangeResponse, Status>;
+
+struct CallSlot {
+    result: Option<(u64, RangeResult)>,
+    waker: Option<Waker>,
+}
+
+pub struct Node {
+    core: CoreId,
+    shard: RefCell<Option<Shard>>,
+    watermark: Cell<Watermark>,
+    waiters: RefCell<Vec<Waker>>,
+    outbox: RefCell<Vec<Option<LocalSender<CoreMsg>>>>,
+    calls: RefCell<HashMap<u64, Rc<RefCell<CallSlot>>>>,
+    next_seq: Cell<u64>,
+    raft: Rc<RaftClient>,
+    pub hub: Hub,
+}
+
+impl Node {
+    pub fn new(core: CoreId, cores: usize, raft: Rc<RaftClient>) -> Rc<Node> {
+        Rc::new(Node {
+            core,
+            shard: RefCell::new(None),
+            watermark: Cell::new(Watermark::default()),
+            waiters: RefCell::new(Vec::new()),
+            outbox: RefCell::new((0..cores).map(|_| None).collect()),
+            calls: RefCell::new(HashMap::new()),
+            next_seq: Cell::new(1),
+            raft,
+            hub: Hub::new(),
+        })
+    }
+
+    pub fn core(&self) -> CoreId {
+        self.core
+    }
+
+    pub fn raft(&self) -> &Rc<RaftClient> {
+        &self.raft
+    }
+
+    /// What this core's shard has applied (all zero before the first round).
+    pub fn watermark(&self) -> Watermark {
+        self.watermark.get()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shard.borrow().is_some()
+    }
+
+    /// Runs `f` on the shard (which must be booted).
+    pub fn with_shard<T>(&self, f: impl FnOnce(&Shard) -> T) -> T {
+        f(self.shard.borrow().as_ref().expect("shard booted"))
+    }
+
+    /// Connects the links to the other cores: a task per incoming channel, and an
+    /// unbounded local queue plus a draining task per outgoing one.
+    pub fn connect(
+        self: &Rc<Node>,
+        peers_out: Vec<(CoreId, SharedSender<CoreMsg>)>,
+        peers_in: Vec<(CoreId, SharedReceiver<CoreMsg>)>,
+    ) {
+        for (to, tx) in peers_out {
+            let (local_tx, local_rx) = local_channel::new_unbounded();
+            self.outbox.borrow_mut()[to.0 as usize] = Some(local_tx);
+            glommio::spawn_local(async move {
+                let tx = tx.connect().await;
+                while let Some(msg) = local_rx.recv().await {
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .detach();
+        }
+        for (_, rx) in peers_in {
+            let node = self.clone();
+            glommio::spawn_local(async move {
+                let rx = rx.connect().await;
+                while let Some(msg) = rx.recv().await {
+                    node.handle(msg);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn send(&self, to: CoreId, msg: CoreMsg) {
+        if let Some(Some(tx)) = self.outbox.borrow().get(to.0 as usize) {
+            let _ = tx.try_send(msg);
+        }
+    }
+
+    /// Sends a round to another core (the raft core's side).
+    pub fn send_applied(&self, to: CoreId, applied: Applied) {
+        self.send(to, CoreMsg::Applied(applied));
+    }
+
+    /// Takes one message from another core (or the raft core's own round).
+    pub fn handle(self: &Rc<Node>, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Applied(a) => self.apply(a),
+            CoreMsg::Range {
+                from,
+                seq,
+                req,
+                at_revision,
+                min_index,
+            } => {
+                let node = self.clone();
+                glommio::spawn_local(async move {
+                    node.wait_applied(min_index).await;
+                    let body = node.serve_part(&req, at_revision);
+                    let index = node.watermark().index;
+                    node.send(from, CoreMsg::RangeReply { seq, index, body });
+                })
+                .detach();
+            }
+            CoreMsg::RangeReply { seq, index, body } => {
+                if let Some(slot) = self.calls.borrow_mut().remove(&seq) {
+                    let mut slot = slot.borrow_mut();
+                    slot.result = Some((index, body));
+                    if let Some(w) = slot.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(self: &Rc<Node>, a: Applied) {
+        {
+            let mut shard = self.shard.borrow_mut();
+            match shard.as_mut() {
+                Some(s) => s.apply(
+                    &a.changes,
+                    a.snapshot.clone(),
+                    a.index,
+                    a.revision,
+                    a.compact_revision,
+                ),
+                None => {
+                    // The first round: the snapshot already holds its changes.
+                    let Some(splits) = a.splits.clone() else {
+                        log::error("shard", "a round arrived before the shard's boot round");
+                        return;
+                    };
+                    match Shard::boot(
+                        self.core.0 as usize,
+                        splits,
+                        a.snapshot.clone(),
+                        a.index,
+                        a.revision,
+                        a.compact_revision,
+                    ) {
+                        Ok(s) => *shard = Some(s),
+                        Err(e) => {
+                            log::error("shard", &format!("cannot build the key index: {e}"));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let first = self.watermark.get().index == 0 && self.watermark.get().revision == 0;
+        self.watermark.set(Watermark {
+            index: a.index,
+            revision: a.revision,
+            compact_revision: a.compact_revision,
+            raft_term: a.raft_term,
+        });
+        if !first {
+            self.hub.on_applied(self, &a);
+        } else {
+            self.hub.on_boot(self);
+        }
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+        for reply in a.replies {
+            self.raft.deliver(reply);
+        }
+    }
+
+    /// Waits until this core's shard has applied raft index `index` (and has booted).
+    pub async fn wait_applied(&self, index: u64) {
+        poll_fn(|cx| {
+            if self.is_ready() && self.watermark.get().index >= index {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn serve_part(&self, req: &RangeRequest, at: i64) -> RangeResult {
+        self.with_shard(|s| s.range(req, at))
+            .map_err(|e| status_from_mvcc(&e))
+    }
+
+    /// etcd's Range over every shard the request touches: linearizable ones first wait
+    /// for a ReadIndex and for this core to apply up to it. Returns the response and the
+    /// raft term for the header.
+    pub async fn range(
+        self: &Rc<Node>,
+        req: RangeRequest,
+        linearizable: bool,
+    ) -> Result<(RangeResponse, u64), Status> {
+        let min_index = if linearizable {
+            let reply = self
+                .raft
+                .call(|from, seq| ToRaft::ReadIndex { from, seq })
+                .await?;
+            match reply.body? {
+                ReplyBody::ReadIndex(r) => r,
+                _ => return Err(Status::new(Code::Internal, "keel: unexpected reply")),
+            }
+        } else {
+            0
+        };
+        self.wait_applied(min_index).await;
+        let mut retried = false;
+        loop {
+            let mark = self.watermark();
+            match self.range_at(&req, mark).await {
+                // A shard ahead of this core compacted past the revision this core read
+                // at: catch up to that shard and read again, once.
+                Err((Some(index), status))
+                    if !retried && req.revision <= 0 && index > mark.index =>
+                {
+                    let _ = status;
+                    retried = true;
+                    self.wait_applied(index).await;
+                }
+                Err((_, status)) => return Err(status),
+                Ok(res) => return Ok((res, mark.raft_term)),
+            }
+        }
+    }
+
+    /// One read at this core's watermark `mark`.
+    async fn range_at(
+        self: &Rc<Node>,
+        req: &RangeRequest,
+        mark: Watermark,
+    ) -> Result<RangeResponse, (Option<u64>, Status)> {
+        let splits = self.with_shard(|s| s.splits().clone());
+        let shards = shards_for(&splits, &req.key, &req.range_end);
+        let me = self.core.0 as usize;
+        if shards.len() == 1 && shards.start == me {
+            return self.serve_part(req, mark.revision).map_err(|s| (None, s));
+        }
+        let part = if shards.len() == 1 {
+            req.clone()
+        } else {
+            part_request(req)
+        };
+        let mut pending = Vec::new();
+        let mut local = None;
+        for s in shards.clone() {
+            if s == me {
+                local = Some(self.serve_part(&part, mark.revision));
+            } else {
+                pending.push(self.call_part(CoreId(s as u16), part.clone(), mark));
+            }
+        }
+        let mut parts = Vec::with_capacity(shards.len());
+        let mut remote = Vec::with_capacity(pending.len());
+        for p in pending {
+            remote.push(p.await);
+        }
+        let mut remote = remote.into_iter();
+        for s in shards {
+            let (index, res) = if s == me {
+                (None, local.take().expect("local part"))
+            } else {
+                let (index, res) = remote.next().expect("remote part");
+                (Some(index), res)
+            };
+            match res {
+                Ok(r) => parts.push(r),
+                Err(status) => return Err((index, status)),
+            }
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        Ok(merge(req, parts, mark.revision))
+    }
+
+    /// Sends a part to shard `to` and returns a future for its reply. The message goes
+    /// out now (before the first poll), so the parts run in parallel.
+    fn call_part(
+        self: &Rc<Node>,
+        to: CoreId,
+        req: RangeRequest,
+        mark: Watermark,
+    ) -> impl std::future::Future<Output = (u64, RangeResult)> {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        let slot = Rc::new(RefCell::new(CallSlot {
+            result: None,
+            waker: None,
+        }));
+        self.calls.borrow_mut().insert(seq, slot.clone());
+        self.send(
+            to,
+            CoreMsg::Range {
+                from: self.core,
+                seq,
+                req,
+                at_revision: mark.revision,
+                min_index: mark.index,
+            },
+        );
+        let guard = CallGuard {
+            node: self.clone(),
+            seq,
+        };
+        async move {
+            let out = poll_fn(|cx| {
+                let mut slot = slot.borrow_mut();
+                match slot.result.take() {
+                    Some(r) => Poll::Ready(r),
+                    None => {
+                        slot.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            })
+            .await;
+            drop(guard);
+            out
+        }
+    }
+
+    /// The value `key` had at revision `at` (for a watch event's `prev_kv`), from the
+    /// shard that owns it.
+    pub async fn get_at(self: &Rc<Node>, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+        let req = RangeRequest {
+            key: key.to_vec(),
+            revision: at,
+            serializable: true,
+            ..RangeRequest::default()
+        };
+        let mark = self.watermark();
+        let res = self.range_at(&req, mark).await.ok()?;
+        res.kvs.into_iter().next()
+    }
+}
+
+struct CallGuard {
+    node: Rc<Node>,
+    seq: u64,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.node.calls.borrow_mut().remove(&self.seq);
+    }
+}

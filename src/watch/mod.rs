@@ -1,0 +1,760 @@
+//! Watch: etcd's Watch API on every core, fed by the raft core's applied rounds.
+//!
+//! Runs on: every core. A Watch stream lives on the core that accepted its connection;
+//! that core's `Hub` holds the stream's watchers and matches every applied round against
+//! them (each core receives every round), so a watch never waits on another core and
+//! ordering across shards is the raft core's order.
+//!
+//! A watcher is, as in etcd's watchableStore:
+//! - **pending** until its `created` reply is queued (nothing may precede it);
+//! - **unsynced** while it replays history (`start_revision` in the past, or after it fell
+//!   behind): its stream's catch-up task reads the published revision tree, at most
+//!   `CATCH_UP_REVISIONS_MAX` revisions per response, and makes it synced once it reaches
+//!   the core's watermark;
+//! - **synced**: live rounds go to it at once, one response per revision (all events of a
+//!   revision in one response), each event encoded once per core and copied into every
+//!   matching response. If its stream's queue is full (the client reads slower than the
+//!   writes come), it drops back to unsynced at the first revision it missed: it catches
+//!   up from history later, never silently skipping anything, and never making the write
+//!   path or other streams wait;
+//! - **compacted** once the history it needs is gone: it gets etcd's response with
+//!   `compact_revision` and `canceled`, and stays until the client cancels it.
+
+pub mod encode;
+mod service;
+
+pub use service::serve;
+
+use crate::grpc::{Responses, TrySendError};
+use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::{kv, Change, KeyRange, Revision};
+use crate::runtime::mesh::Applied;
+use crate::shard::node::Node;
+use bytes::Bytes;
+use encode::{event_field, events_response, header_field};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Duration;
+
+/// etcd's watchBatchMaxRevs: revisions per catch-up response.
+pub const CATCH_UP_REVISIONS_MAX: usize = 1000;
+/// Responses a Watch stream may have queued for its client (etcd: 128 per stream). Past
+/// it, watchers that cannot be sent to drop back to catching up from history.
+pub const STREAM_QUEUE_MAX: usize = 1024;
+
+/// Settings every core's hub shares.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    /// Responses over this size are split when the watcher asked for `fragment`
+    /// (etcd: `--max-request-bytes` + 512 KiB).
+    pub fragment_bytes: usize,
+    /// `--experimental-watch-progress-notify-interval` (0: never).
+    pub progress_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Pending,
+    Unsynced,
+    Synced,
+    Compacted,
+}
+
+#[derive(Clone, Debug)]
+struct Watcher {
+    stream: u64,
+    watch_id: i64,
+    key: Vec<u8>,
+    /// etcd's range_end as the client meant it: empty = one key, "\0" = from `key` on.
+    range_end: Vec<u8>,
+    filter_put: bool,
+    filter_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    state: State,
+    /// Unsynced: the first revision not yet delivered. Synced: the lowest revision it
+    /// wants (a `start_revision` in the future).
+    next_rev: i64,
+    /// Anything sent since the last progress tick.
+    sent: bool,
+}
+
+impl Watcher {
+    fn range(&self) -> KeyRange<'_> {
+        KeyRange::new(&self.key, &self.range_end)
+    }
+}
+
+struct Stream {
+    responses: Rc<Responses>,
+    /// Watch IDs in use on this stream → hub-wide watcher ids.
+    ids: BTreeMap<i64, u64>,
+    next_auto_id: i64,
+    /// Set when a watcher of this stream needs the catch-up task.
+    catch_up: bool,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: HashMap<u64, Stream>,
+    watchers: HashMap<u64, Watcher>,
+    /// Single-key watchers by key.
+    by_key: HashMap<Vec<u8>, Vec<u64>>,
+    /// Range and prefix watchers.
+    ranged: Vec<u64>,
+    next_stream: u64,
+    next_watcher: u64,
+}
+
+pub struct Hub {
+    inner: RefCell<Inner>,
+    config: RefCell<Option<WatchConfig>>,
+    /// Live deliveries and drops to catch-up, for the stats line.
+    pub delivered: Cell<u64>,
+    pub fell_behind: Cell<u64>,
+}
+
+/// What a create request asks for, after etcd's normalisation.
+pub struct CreateSpec {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub start_revision: i64,
+    pub watch_id: i64,
+    pub filter_put: bool,
+    pub filter_delete: bool,
+    pub prev_kv: bool,
+    pub progress_notify: bool,
+    pub fragment: bool,
+}
+
+/// etcd's watch errors (mvcc package wording).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateError {
+    EmptyRange,
+    DuplicateId,
+}
+
+impl CreateError {
+    pub fn message(&self) -> &'static str {
+        match self {
+            CreateError::EmptyRange => "mvcc: watcher range is empty",
+            CreateError::DuplicateId => "mvcc: duplicate watch ID provided on the WatchStream",
+        }
+    }
+}
+
+/// An event as a catch-up read sees it.
+struct EventRef<'a> {
+    key: &'a [u8],
+    delete: bool,
+    /// KeyValue wire bytes of the event's kv.
+    kv: &'a [u8],
+    /// A PUT that created the key (etcd attaches no prev_kv to those).
+    create: bool,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub {
+            inner: RefCell::new(Inner::default()),
+            config: RefCell::new(None),
+            delivered: Cell::new(0),
+            fell_behind: Cell::new(0),
+        }
+    }
+
+    pub fn configure(&self, config: WatchConfig) {
+        *self.config.borrow_mut() = Some(config);
+    }
+
+    fn config(&self) -> WatchConfig {
+        self.config.borrow().clone().expect("watch hub configured")
+    }
+
+    pub fn header(&self, node: &Node, revision: i64) -> Vec<u8> {
+        let c = self.config();
+        header_field(
+            c.cluster_id,
+            c.member_id,
+            revision,
+            node.watermark().raft_term,
+        )
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.inner.borrow().watchers.len()
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.inner.borrow().streams.len()
+    }
+
+    pub fn add_stream(&self, responses: Rc<Responses>) -> u64 {
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.next_stream;
+        inner.next_stream += 1;
+        inner.streams.insert(
+            id,
+            Stream {
+                responses,
+                ids: BTreeMap::new(),
+                next_auto_id: 0,
+                catch_up: false,
+                waker: None,
+            },
+        );
+        id
+    }
+
+    pub fn remove_stream(&self, stream: u64) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(s) = inner.streams.remove(&stream) else {
+            return;
+        };
+        for wid in s.ids.values() {
+            inner.unindex(*wid);
+        }
+    }
+
+    /// Adds a pending watcher; returns its watch ID.
+    pub fn create(&self, stream: u64, spec: CreateSpec) -> Result<i64, CreateError> {
+        if !spec.range_end.is_empty()
+            && spec.range_end != [0]
+            && spec.key.as_slice() >= spec.range_end.as_slice()
+        {
+            return Err(CreateError::EmptyRange);
+        }
+        let mut inner = self.inner.borrow_mut();
+        let next_watcher = inner.next_watcher;
+        let s = inner.streams.get_mut(&stream).expect("stream registered");
+        let watch_id = if spec.watch_id == 0 {
+            while s.ids.contains_key(&s.next_auto_id) {
+                s.next_auto_id += 1;
+            }
+            let id = s.next_auto_id;
+            s.next_auto_id += 1;
+            id
+        } else if s.ids.contains_key(&spec.watch_id) {
+            return Err(CreateError::DuplicateId);
+        } else {
+            spec.watch_id
+        };
+        s.ids.insert(watch_id, next_watcher);
+        inner.next_watcher += 1;
+        let w = Watcher {
+            stream,
+            watch_id,
+            key: spec.key,
+            range_end: spec.range_end,
+            filter_put: spec.filter_put,
+            filter_delete: spec.filter_delete,
+            prev_kv: spec.prev_kv,
+            progress_notify: spec.progress_notify,
+            fragment: spec.fragment,
+            state: State::Pending,
+            next_rev: spec.start_revision,
+            sent: false,
+        };
+        if w.range_end.is_empty() {
+            inner
+                .by_key
+                .entry(w.key.clone())
+                .or_default()
+                .push(next_watcher);
+        } else {
+            inner.ranged.push(next_watcher);
+        }
+        inner.watchers.insert(next_watcher, w);
+        Ok(watch_id)
+    }
+
+    /// The created reply is queued: from now on the watcher catches up, then goes live.
+    pub fn activate(&self, stream: u64, watch_id: i64) {
+        let mut inner = self.inner.borrow_mut();
+        let Some(&wid) = inner.streams.get(&stream).and_then(|s| s.ids.get(&watch_id)) else {
+            return;
+        };
+        if let Some(w) = inner.watchers.get_mut(&wid) {
+            if w.state == State::Pending {
+                w.state = State::Unsynced;
+                inner.kick(stream);
+            }
+        }
+    }
+
+    /// Cancels a watcher; false if the stream has no such watch ID.
+    pub fn cancel(&self, stream: u64, watch_id: i64) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        let Some(wid) = inner
+            .streams
+            .get_mut(&stream)
+            .and_then(|s| s.ids.remove(&watch_id))
+        else {
+            return false;
+        };
+        inner.unindex(wid);
+        true
+    }
+
+    /// The first round after boot: nothing to match (no watcher can exist yet).
+    pub fn on_boot(&self, _node: &Node) {}
+
+    /// Matches one applied round against the synced watchers and queues their responses.
+    pub fn on_applied(&self, node: &Node, a: &Applied) {
+        let has_watchers = !self.inner.borrow().watchers.is_empty();
+        if !has_watchers || a.changes.is_empty() {
+            return;
+        }
+        let raft_term = a.raft_term;
+        let config = self.config();
+        let mut inner = self.inner.borrow_mut();
+        let mut i = 0;
+        let changes = &a.changes[..];
+        while i < changes.len() {
+            // One revision: changes[i..j].
+            let main = match &changes[i] {
+                Change::Put { rev, .. } | Change::Delete { rev, .. } => rev.main,
+                Change::Compact { .. } => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let mut j = i + 1;
+            while j < changes.len()
+                && matches!(&changes[j], Change::Put { rev, .. } | Change::Delete { rev, .. } if rev.main == main)
+            {
+                j += 1;
+            }
+            inner.deliver_revision(
+                &changes[i..j],
+                main,
+                &a.snapshot,
+                &config,
+                raft_term,
+                self,
+            );
+            i = j;
+        }
+        let _ = node;
+    }
+
+    /// Progress notifications: synced watchers that asked for them and got nothing since
+    /// the last tick get an empty response at the current revision.
+    pub fn progress_tick(&self, node: &Node) {
+        let header = self.header(node, node.watermark().revision);
+        let mut inner = self.inner.borrow_mut();
+        let Inner {
+            watchers, streams, ..
+        } = &mut *inner;
+        for w in watchers.values_mut() {
+            if !w.progress_notify {
+                continue;
+            }
+            if w.state == State::Synced && !w.sent {
+                if let Some(s) = streams.get(&w.stream) {
+                    let msg = events_response(&header, w.watch_id, false, std::iter::empty());
+                    let _ = s.responses.try_send(Bytes::from(msg));
+                }
+            }
+            w.sent = false;
+        }
+    }
+
+    /// Waits until a watcher of `stream` needs catching up; false once the stream is gone.
+    pub async fn catch_up_wanted(&self, stream: u64) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            match inner.streams.get_mut(&stream) {
+                None => std::task::Poll::Ready(false),
+                Some(s) if s.catch_up => {
+                    s.catch_up = false;
+                    std::task::Poll::Ready(true)
+                }
+                Some(s) => {
+                    s.waker = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// One catch-up pass for `stream`: compaction notices, then up to
+    /// `CATCH_UP_REVISIONS_MAX` revisions of history for its unsynced watchers.
+    pub async fn catch_up(&self, node: &Rc<Node>, stream: u64) {
+        let mark = node.watermark();
+        let snapshot = node.with_shard(|s| s.snapshot().clone());
+        let (responses, todo) = {
+            let inner = self.inner.borrow();
+            let Some(s) = inner.streams.get(&stream) else {
+                return;
+            };
+            let todo: Vec<(u64, Watcher)> = s
+                .ids
+                .values()
+                .filter_map(|wid| inner.watchers.get(wid).map(|w| (*wid, w.clone())))
+                .filter(|(_, w)| w.state == State::Unsynced)
+                .collect();
+            (s.responses.clone(), todo)
+        };
+        if todo.is_empty() {
+            return;
+        }
+        // History below the compact revision is gone (etcd: strictly below).
+        let mut live = Vec::new();
+        for (wid, w) in todo {
+            if w.next_rev < mark.compact_revision && w.next_rev <= mark.revision {
+                let msg = crate::pb::etcdserverpb::WatchResponse {
+                    header: Some(self.pb_header(node, 0)),
+                    watch_id: w.watch_id,
+                    compact_revision: mark.compact_revision,
+                    canceled: true,
+                    ..Default::default()
+                };
+                if responses.send(encode_pb(&msg)).await.is_err() {
+                    return;
+                }
+                if let Some(w) = self.inner.borrow_mut().watchers.get_mut(&wid) {
+                    w.state = State::Compacted;
+                }
+            } else {
+                live.push((wid, w));
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        let from = live.iter().map(|(_, w)| w.next_rev).min().unwrap_or(mark.revision + 1);
+        let mut upto = mark.revision;
+        let mut per: Vec<Vec<Vec<u8>>> = vec![Vec::new(); live.len()];
+        if from <= mark.revision {
+            let start = Revision::new(from.max(0), 0).encode();
+            let mut revisions = 0usize;
+            let mut last_main = -1;
+            for (k, v) in snapshot.range(TreeId::Revision, &start, &[]) {
+                let Some(rev) = Revision::decode(k) else {
+                    continue;
+                };
+                if rev.main > mark.revision {
+                    break;
+                }
+                if rev.main != last_main {
+                    if revisions == CATCH_UP_REVISIONS_MAX {
+                        upto = last_main;
+                        break;
+                    }
+                    revisions += 1;
+                    last_main = rev.main;
+                }
+                let Ok((kind, record)) = kv::decode_record_ref(v) else {
+                    continue;
+                };
+                let e = EventRef {
+                    key: record.key,
+                    delete: kind == kv::RecordKind::Tombstone,
+                    kv: &v[1..],
+                    create: kind == kv::RecordKind::Put
+                        && record.create_revision == record.mod_revision,
+                };
+                for (n, (_, w)) in live.iter().enumerate() {
+                    if rev.main < w.next_rev || !wants(w, &e) {
+                        continue;
+                    }
+                    let prev = if w.prev_kv && !e.create {
+                        node.get_at(e.key, rev.main - 1).await.map(|kv| {
+                            let mut b = Vec::new();
+                            kv.encode(&mut b);
+                            b
+                        })
+                    } else {
+                        None
+                    };
+                    per[n].push(event_field(e.delete, e.kv, prev.as_deref()));
+                }
+            }
+        }
+        // etcd's catch-up responses carry the store's revision in the header.
+        let header = self.header(node, mark.revision);
+        let config = self.config();
+        for (n, (_, w)) in live.iter().enumerate() {
+            if per[n].is_empty() {
+                continue;
+            }
+            for msg in split_fragments(&header, w, &per[n], config.fragment_bytes) {
+                if responses.send(Bytes::from(msg)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let now = node.watermark().revision;
+        let mut inner = self.inner.borrow_mut();
+        let mut again = false;
+        for (n, (wid, old)) in live.iter().enumerate() {
+            let Some(w) = inner.watchers.get_mut(wid) else {
+                continue;
+            };
+            if w.state != State::Unsynced || w.next_rev != old.next_rev {
+                continue;
+            }
+            if !per[n].is_empty() {
+                w.sent = true;
+            }
+            w.next_rev = w.next_rev.max(upto + 1);
+            if w.next_rev > now {
+                w.state = State::Synced;
+            } else {
+                again = true;
+            }
+        }
+        if again {
+            inner.kick(stream);
+        }
+    }
+
+    pub fn pb_header(&self, node: &Node, revision: i64) -> crate::pb::etcdserverpb::ResponseHeader {
+        let c = self.config();
+        crate::pb::etcdserverpb::ResponseHeader {
+            cluster_id: c.cluster_id,
+            member_id: c.member_id,
+            revision,
+            raft_term: node.watermark().raft_term,
+        }
+    }
+}
+
+fn encode_pb<M: prost::Message>(m: &M) -> Bytes {
+    Bytes::from(m.encode_to_vec())
+}
+
+/// The watcher's range and filters accept the event.
+fn wants(w: &Watcher, e: &EventRef<'_>) -> bool {
+    if (e.delete && w.filter_delete) || (!e.delete && w.filter_put) {
+        return false;
+    }
+    w.range().contains(e.key)
+}
+
+/// The responses for one watcher's events: one, or (fragment asked, too big, more than
+/// one event) several, each but the last marked `fragment`, as etcd splits them.
+fn split_fragments(header: &[u8], w: &Watcher, events: &[Vec<u8>], limit: usize) -> Vec<Vec<u8>> {
+    let total: usize = events.iter().map(|e| e.len()).sum::<usize>() + header.len();
+    if !w.fragment || total < limit || events.len() < 2 {
+        return vec![events_response(
+            header,
+            w.watch_id,
+            false,
+            events.iter().map(|e| e.as_slice()),
+        )];
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start + 1;
+        let mut size = header.len() + events[start].len();
+        while end < events.len() && size + events[end].len() < limit {
+            size += events[end].len();
+            end += 1;
+        }
+        out.push((start, end));
+        start = end;
+    }
+    let last = out.len() - 1;
+    out.iter()
+        .enumerate()
+        .map(|(i, &(s, e))| {
+            events_response(
+                header,
+                w.watch_id,
+                i != last,
+                events[s..e].iter().map(|e| e.as_slice()),
+            )
+        })
+        .collect()
+}
+
+impl Inner {
+    fn unindex(&mut self, wid: u64) {
+        let Some(w) = self.watchers.remove(&wid) else {
+            return;
+        };
+        if w.range_end.is_empty() {
+            if let Some(v) = self.by_key.get_mut(&w.key) {
+                v.retain(|x| *x != wid);
+                if v.is_empty() {
+                    self.by_key.remove(&w.key);
+                }
+            }
+        } else {
+            self.ranged.retain(|x| *x != wid);
+        }
+    }
+
+    fn kick(&mut self, stream: u64) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.catch_up = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Queues, for every synced watcher the revision's events match, one response with
+    /// all of them; a watcher whose stream is full drops back to catching up.
+    fn deliver_revision(
+        &mut self,
+        changes: &[Change],
+        main: i64,
+        snapshot: &ReadSnapshot,
+        config: &WatchConfig,
+        raft_term: u64,
+        hub: &Hub,
+    ) {
+        // (watcher, change index) pairs, grouped by watcher below.
+        let mut hits: Vec<(u64, usize)> = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            let key = c.key().expect("put or delete");
+            if let Some(ws) = self.by_key.get(key) {
+                hits.extend(ws.iter().map(|w| (*w, i)));
+            }
+            for wid in &self.ranged {
+                if let Some(w) = self.watchers.get(wid) {
+                    if w.range().contains(key) {
+                        hits.push((*wid, i));
+                    }
+                }
+            }
+        }
+        if hits.is_empty() {
+            return;
+        }
+        hits.sort_by_key(|h| h.0);
+        let header = header_field(config.cluster_id, config.member_id, main, raft_term);
+        // Encoded once per revision: each event without, and (lazily) with prev_kv.
+        let mut plain: Vec<Option<Vec<u8>>> = vec![None; changes.len()];
+        let mut with_prev: Vec<Option<Vec<u8>>> = vec![None; changes.len()];
+        let mut kv_bytes = Vec::new();
+        let mut k = 0;
+        while k < hits.len() {
+            let wid = hits[k].0;
+            let mut end = k + 1;
+            while end < hits.len() && hits[end].0 == wid {
+                end += 1;
+            }
+            let group = &hits[k..end];
+            k = end;
+            let Some(w) = self.watchers.get(&wid) else {
+                continue;
+            };
+            if w.state != State::Synced || main < w.next_rev {
+                continue;
+            }
+            let mut events: Vec<&[u8]> = Vec::with_capacity(group.len());
+            for &(_, i) in group {
+                let c = &changes[i];
+                let (delete, prev) = match c {
+                    Change::Put { kv, prev, .. } => {
+                        (false, if kv.version == 1 { None } else { *prev })
+                    }
+                    Change::Delete { prev, .. } => (true, *prev),
+                    Change::Compact { .. } => continue,
+                };
+                if (delete && w.filter_delete) || (!delete && w.filter_put) {
+                    continue;
+                }
+                let slot = if w.prev_kv && prev.is_some() {
+                    &mut with_prev[i]
+                } else {
+                    &mut plain[i]
+                };
+                if slot.is_none() {
+                    kv_bytes.clear();
+                    match c {
+                        Change::Put { kv, .. } => kv.encode(&mut kv_bytes),
+                        Change::Delete { rev, key, .. } => crate::mvcc::KeyValue {
+                            key: key.clone(),
+                            mod_revision: rev.main,
+                            ..Default::default()
+                        }
+                        .encode(&mut kv_bytes),
+                        Change::Compact { .. } => {}
+                    }
+                    let prev_bytes = match (w.prev_kv, prev) {
+                        (true, Some(p)) => snapshot
+                            .get(TreeId::Revision, &p.encode())
+                            .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
+                            .map(|r| &r[1..]),
+                        _ => None,
+                    };
+                    *slot = Some(event_field(delete, &kv_bytes, prev_bytes));
+                }
+            }
+            // Second pass: the slots are filled; borrow them.
+            for &(_, i) in group {
+                let c = &changes[i];
+                let (delete, prev) = match c {
+                    Change::Put { kv, prev, .. } => {
+                        (false, if kv.version == 1 { None } else { *prev })
+                    }
+                    Change::Delete { prev, .. } => (true, *prev),
+                    Change::Compact { .. } => continue,
+                };
+                if (delete && w.filter_delete) || (!delete && w.filter_put) {
+                    continue;
+                }
+                let slot = if w.prev_kv && prev.is_some() {
+                    &with_prev[i]
+                } else {
+                    &plain[i]
+                };
+                events.push(slot.as_deref().expect("encoded above"));
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let Some(s) = self.streams.get(&w.stream) else {
+                continue;
+            };
+            let owned: Vec<Vec<u8>>;
+            let msgs = if w.fragment {
+                owned = events.iter().map(|e| e.to_vec()).collect();
+                split_fragments(&header, w, &owned, config.fragment_bytes)
+            } else {
+                vec![events_response(&header, w.watch_id, false, events.iter().copied())]
+            };
+            let mut full = false;
+            for m in msgs {
+                match s.responses.try_send(Bytes::from(m)) {
+                    Ok(()) => hub.delivered.set(hub.delivered.get() + 1),
+                    Err(TrySendError::Full) => {
+                        full = true;
+                        break;
+                    }
+                    Err(TrySendError::Closed) => break,
+                }
+            }
+            let stream = w.stream;
+            let w = self.watchers.get_mut(&wid).expect("watcher");
+            if full {
+                // Catch up from this revision on, from history.
+                w.state = State::Unsynced;
+                w.next_rev = main;
+                hub.fell_behind.set(hub.fell_behind.get() + 1);
+                self.kick(stream);
+            } else {
+                w.sent = true;
+            }
+        }
+    }
+}

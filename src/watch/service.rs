@@ -1,0 +1,161 @@
+//! `etcdserverpb.Watch/Watch`: one bidi stream, many watchers; requests are handled in
+//! order, and the stream's catch-up task runs beside the request loop.
+
+use super::{CreateError, CreateSpec, Hub};
+use crate::grpc::{Code, Request, Responses, Status};
+use crate::pb::etcdserverpb as pb;
+use crate::shard::node::Node;
+use bytes::Bytes;
+use prost::Message;
+use std::rc::Rc;
+
+struct StreamGuard<'a> {
+    hub: &'a Hub,
+    stream: u64,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.hub.remove_stream(self.stream);
+    }
+}
+
+fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
+    node.hub.pb_header(node, revision)
+}
+
+fn encode(m: &pb::WatchResponse) -> Bytes {
+    Bytes::from(m.encode_to_vec())
+}
+
+/// Serves one Watch stream until the client closes it or the call breaks.
+pub async fn serve(node: Rc<Node>, mut req: Request, res: Responses) -> Result<(), Status> {
+    node.wait_applied(0).await;
+    let res = Rc::new(res);
+    let hub = &node.hub;
+    let stream = hub.add_stream(res.clone());
+    let _guard = StreamGuard { hub, stream };
+    let catch_up_node = node.clone();
+    // Dropped (cancelled) with the stream.
+    let _catch_up = glommio::spawn_local(async move {
+        while catch_up_node.hub.catch_up_wanted(stream).await {
+            catch_up_node.hub.catch_up(&catch_up_node, stream).await;
+        }
+    });
+    while let Some(message) = req.messages.next().await {
+        let message = message?;
+        let request = pb::WatchRequest::decode(message).map_err(|e| {
+            Status::new(
+                Code::Internal,
+                format!("grpc: error unmarshalling request: {e}"),
+            )
+        })?;
+        use pb::watch_request::RequestUnion;
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(c)) => create(&node, stream, &res, c).await?,
+            Some(RequestUnion::CancelRequest(c)) => {
+                if hub.cancel(stream, c.watch_id) {
+                    let rev = node.watermark().revision;
+                    send(
+                        &res,
+                        pb::WatchResponse {
+                            header: Some(header(&node, rev)),
+                            watch_id: c.watch_id,
+                            canceled: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let rev = node.watermark().revision;
+                send(
+                    &res,
+                    pb::WatchResponse {
+                        header: Some(header(&node, rev)),
+                        watch_id: -1,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn send(res: &Responses, m: pb::WatchResponse) -> Result<(), Status> {
+    res.send(encode(&m)).await
+}
+
+async fn create(
+    node: &Rc<Node>,
+    stream: u64,
+    res: &Responses,
+    c: pb::WatchCreateRequest,
+) -> Result<(), Status> {
+    // etcd's normalisation: an empty key is "\0" (the smallest); range_end "\0" means
+    // every key from `key` on.
+    let key = if c.key.is_empty() {
+        vec![0]
+    } else {
+        c.key.to_vec()
+    };
+    let rev = node.watermark().revision;
+    let start_revision = if c.start_revision == 0 {
+        rev + 1
+    } else {
+        c.start_revision
+    };
+    let filter_put = c
+        .filters
+        .iter()
+        .any(|f| *f == pb::watch_create_request::FilterType::Noput as i32);
+    let filter_delete = c
+        .filters
+        .iter()
+        .any(|f| *f == pb::watch_create_request::FilterType::Nodelete as i32);
+    let spec = CreateSpec {
+        key,
+        range_end: c.range_end.to_vec(),
+        start_revision,
+        watch_id: c.watch_id,
+        filter_put,
+        filter_delete,
+        prev_kv: c.prev_kv,
+        progress_notify: c.progress_notify,
+        fragment: c.fragment,
+    };
+    match node.hub.create(stream, spec) {
+        Ok(watch_id) => {
+            send(
+                res,
+                pb::WatchResponse {
+                    header: Some(header(node, rev)),
+                    watch_id,
+                    created: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            node.hub.activate(stream, watch_id);
+        }
+        Err(e @ (CreateError::EmptyRange | CreateError::DuplicateId)) => {
+            send(
+                res,
+                pb::WatchResponse {
+                    header: Some(header(node, rev)),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: e.message().to_string(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
