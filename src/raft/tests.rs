@@ -14,6 +14,10 @@ impl ReplySink for Collect {
     fn send(&self, to: CoreId, reply: Reply) {
         self.0.borrow_mut().push((to, reply));
     }
+
+    fn applied(&self, round: Round) {
+        self.0.borrow_mut().extend(round.replies);
+    }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -40,6 +44,8 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         election_timeout_ms: 1000,
         snapshot_count: 100_000,
         max_txn_ops: 128,
+        shards: 1,
+        shard_splits: Vec::new(),
     }
 }
 

@@ -221,20 +221,41 @@ pub fn part_request(req: &RangeRequest) -> RangeRequest {
     if part.keys_only && part.sort_target == SortTarget::Value {
         part.keys_only = false;
     }
+    if sorts_first_keys_only(req) {
+        part.sort_target = SortTarget::Key;
+        part.limit = req.limit + 1;
+    }
     part
+}
+
+/// etcd's quirk: with a sort target but no sort order, no filter and a limit, it fetches
+/// the first `limit + 1` keys in key order and sorts only those (ascending).
+fn sorts_first_keys_only(req: &RangeRequest) -> bool {
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    req.sort_order == SortOrder::None
+        && req.sort_target != SortTarget::Key
+        && !filtered
+        && req.limit > 0
 }
 
 /// Merges the shards' parts (in key order of the shards) into the one response a single
 /// index would give: each part is already pruned, sorted and cut at `limit`; the union's
 /// first `limit` after a stable sort are the answer, `more` if anything was left out.
 pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> RangeResponse {
+    let first_keys = sorts_first_keys_only(req);
     let mut count = 0;
     let mut more = false;
     let mut kvs = Vec::new();
     for p in parts {
         count += p.count;
-        more |= p.more;
+        more |= p.more && !first_keys;
         kvs.extend(p.kvs);
+    }
+    if first_keys {
+        kvs.truncate(req.limit as usize + 1);
     }
     let mut order = req.sort_order;
     if req.sort_target != SortTarget::Key && order == SortOrder::None {
