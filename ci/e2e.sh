@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# etcd 3.4's own end-to-end tests against Keel: the tests listed in ci/e2e-issue3.txt
-# (KV, txn, compaction, member list, version) must all pass. Prints the pass count.
+# etcd 3.4's own end-to-end tests against Keel: the tests listed in ci/e2e-pass.txt
+# (KV, txn, compaction, member list, version, watch) must all pass. Prints the pass count.
 #
 #   ci/e2e.sh [path/to/keel]     (default: target/release/keel, built if missing)
 #
@@ -21,11 +21,11 @@ BIN=$(mktemp -d /tmp/keel-e2e-bin.XXXXXX)
 trap 'rm -rf "$BIN"' EXIT
 cp "$KEEL" "$BIN/etcd"
 ln -sf "$(command -v etcdctl)" "$BIN/etcdctl"
-LIST="$PWD/ci/e2e-issue3.txt"
+LIST="$PWD/ci/e2e-pass.txt"
 out=$(E2E_EACH=1 E2E_TEST_TIMEOUT=60s "$E2E_DIR/run-e2e.sh" "$BIN" "@$LIST" 2>&1) || true
 echo "$out" | tail -n 25
 summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' | tail -1)
 expected=$(grep -cvE '^\s*(#|$)' "$LIST")
-echo "e2e: $summary (of $expected listed in ci/e2e-issue3.txt)"
+echo "e2e: $summary (of $expected listed in ci/e2e-pass.txt)"
 passed=${summary%% passed*}
 [ "${passed:-0}" = "$expected" ] || { echo "e2e: FAILED"; exit 1; }

@@ -4,6 +4,7 @@
 //! ```text
 //! keel-bench compare [--keel target/release/keel] [--etcd /usr/bin/etcd] [--reps 3]
 //!                    [--seconds 3] [--out bench/results/NAME] [--quick] [--only put,range]
+//!                    [--scaling]   (also Keel with --cores 1, for the read rows)
 //! ```
 //! Starts each server on loopback with a data dir under `OUT/data/`, prefills the key
 //! space for the read scenarios, then for every scenario runs every server once per
@@ -42,7 +43,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(name: &'static str, binary: &str, out: &Path) -> Server {
+fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str]) -> Server {
     let (client, peer) = (free_port(), free_port());
     let data = out.join("data").join(name);
     let _ = std::fs::remove_dir_all(&data);
@@ -61,6 +62,7 @@ fn start(name: &'static str, binary: &str, out: &Path) -> Server {
             &p,
         ])
         .args(["--initial-cluster", &format!("{name}={p}")])
+        .args(extra)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
@@ -94,6 +96,7 @@ struct Case {
     scenario: Scenario,
     clients: usize,
     watchers: usize,
+    prefix: bool,
     rate: Option<f64>,
 }
 
@@ -103,6 +106,7 @@ fn matrix(quick: bool) -> Vec<Case> {
         scenario,
         clients,
         watchers: 0,
+        prefix: false,
         rate: None,
     };
     let watch = |watchers: usize, rate: Option<f64>| Case {
@@ -110,7 +114,13 @@ fn matrix(quick: bool) -> Vec<Case> {
         scenario: Scenario::Watch,
         clients: 1,
         watchers,
+        prefix: false,
         rate,
+    };
+    let watch_prefix = |watchers: usize, rate: Option<f64>| Case {
+        name: format!("watch-prefix w{watchers}"),
+        prefix: true,
+        ..watch(watchers, rate)
     };
     let mut m = vec![
         case(Scenario::Put, 1),
@@ -137,6 +147,8 @@ fn matrix(quick: bool) -> Vec<Case> {
         watch(100, Some(1000.0)),
         watch(1000, Some(400.0)),
         watch(10_000, Some(40.0)),
+        watch_prefix(1000, Some(400.0)),
+        watch_prefix(10_000, Some(40.0)),
         case(Scenario::LeaseKeepalive, 64),
     ];
     if quick {
@@ -225,10 +237,16 @@ pub fn main(flags: &Flags) {
         .as_secs();
     let out = PathBuf::from(flags.str("out", &format!("bench/results/{stamp}")));
     std::fs::create_dir_all(out.join("hgrm")).unwrap();
-    let mut servers = vec![start("keel", &keel, &out)];
+    let mut servers = vec![start("keel", &keel, &out, &[])];
+    // --scaling: Keel on one core too, for the read rows (shards and reads on every core
+    // against everything on one).
+    let scaling = flags.has("scaling");
+    if scaling {
+        servers.push(start("keel-1core", &keel, &out, &["--cores", "1"]));
+    }
     let with_etcd;
     if Path::new(&etcd).exists() {
-        servers.push(start("etcd", &etcd, &out));
+        servers.push(start("etcd", &etcd, &out, &[]));
         with_etcd = true;
     } else {
         println!("# {etcd} not found: measuring Keel alone");
@@ -256,6 +274,7 @@ pub fn main(flags: &Flags) {
         sequential: false,
         watchers: 0,
         streams: 1,
+        watch_prefix: false,
         server_pid: Some(s.child.id()),
         quiet: true,
     };
@@ -268,12 +287,17 @@ pub fn main(flags: &Flags) {
     for (ci, case) in cases.iter().enumerate() {
         for rep in 0..reps {
             for s in &servers {
+                let is_read = matches!(case.scenario, Scenario::Range { .. });
+                if s.name == "keel-1core" && !is_read {
+                    continue;
+                }
                 let mut o = base(s);
                 o.clients = case.clients;
                 o.conns = if case.clients >= 64 { 4 } else { 1 };
                 o.rate = case.rate;
                 o.watchers = case.watchers;
                 o.streams = (case.watchers / 100).max(1);
+                o.watch_prefix = case.prefix;
                 let r = load::run(case.scenario, &o, s.name);
                 eprintln!(
                     "[{:>4.0} s] {:<16} {} rep {}: {:.0}/s p50 {} µs p99 {} µs errors {}",
@@ -302,7 +326,10 @@ pub fn main(flags: &Flags) {
     drop(servers);
     // The data dirs are scratch (GBs after a long run); the logs stay beside the results.
     let _ = std::fs::remove_dir_all(out.join("data"));
-    let table = render(&cases, with_etcd, &cells, reps, seconds);
+    let mut table = render(&cases, with_etcd, &cells, reps, seconds);
+    if scaling {
+        table.push_str(&render_scaling(&cases, &cells));
+    }
     std::fs::write(out.join("table.md"), &table).unwrap();
     println!("{table}");
     println!(
@@ -372,6 +399,39 @@ fn render(
             ratio(cpu(k), cpu(e)),
             rss(k),
             rss(e),
+        );
+    }
+    t
+}
+
+/// Reads on Keel with every core against Keel on one core.
+fn render_scaling(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> String {
+    let mut t = String::from(
+        "\nReads, Keel on all cores (key-range shards on every core) against `--cores 1`:\n\n\
+         | scenario | all cores req/s | 1 core req/s | ratio | all p99 | 1 core p99 | all CPU µs/req | 1 core CPU µs/req |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let empty = Cell::default();
+    for (ci, case) in cases.iter().enumerate() {
+        if !matches!(case.scenario, Scenario::Range { .. }) {
+            continue;
+        }
+        let all = cells.get(&(ci, "keel")).unwrap_or(&empty);
+        let one = cells.get(&(ci, "keel-1core")).unwrap_or(&empty);
+        let tp = |c: &Cell| c.med(|r| r.throughput());
+        let p99 = |c: &Cell| c.med(|r| r.histogram.value_at_quantile(0.99) as f64);
+        let cpu = |c: &Cell| c.med(|r| r.server_cpu_us.unwrap_or(f64::NAN));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            case.name,
+            fmt_num(tp(all)),
+            fmt_num(tp(one)),
+            ratio(tp(all), tp(one)),
+            fmt_ms(p99(all)),
+            fmt_ms(p99(one)),
+            fmt_num(cpu(all)),
+            fmt_num(cpu(one)),
         );
     }
     t

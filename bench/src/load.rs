@@ -68,6 +68,8 @@ pub struct LoadOptions {
     pub sequential: bool,
     pub watchers: usize,
     pub streams: usize,
+    /// Watch: watchers watch a prefix and writers put random keys under it.
+    pub watch_prefix: bool,
     pub server_pid: Option<u32>,
     /// Stop the progress line (for nested use, e.g. `compare`).
     pub quiet: bool,
@@ -487,11 +489,13 @@ async fn run_requests(shared: &Rc<Shared>, conns: &[Conn]) {
     }
 }
 
-/// Watch fan-out: `watchers` watches on one key spread over `streams` streams; `clients`
-/// writers put to that key (closed loop, or at `rate`); each delivered event's value
-/// carries its send time, so the histogram is commit-to-client delivery latency.
+/// Watch fan-out: `watchers` watches on one key (or, with `watch_prefix`, on a prefix)
+/// spread over `streams` streams; `clients` writers put to that key (or to random keys
+/// under the prefix), closed loop or at `rate`; each delivered event's value carries its
+/// send time, so the histogram is commit-to-client delivery latency.
 async fn run_watch(shared: &Rc<Shared>, conns: &[Conn]) -> u64 {
     const KEY: &[u8] = b"keel-bench-watch";
+    const PREFIX: &[u8] = b"keel-bench-watch/";
     let opts = &shared.opts;
     let streams = opts.streams.clamp(1, opts.watchers.max(1));
     let delivered = Rc::new(Cell::new(0u64));
@@ -508,8 +512,13 @@ async fn run_watch(shared: &Rc<Shared>, conns: &[Conn]) -> u64 {
         );
         let conn = conns[s % conns.len()].clone();
         watchers.push(glommio::spawn_local(async move {
+            let key = if shared.opts.watch_prefix {
+                PREFIX
+            } else {
+                KEY
+            };
             let res =
-                watch_stream(&shared, &conn, KEY, per_stream, &delivered, &ready, &done).await;
+                watch_stream(&shared, &conn, key, per_stream, &delivered, &ready, &done).await;
             if let Err(e) = res {
                 *shared.errors.borrow_mut().entry(e.to_string()).or_default() += 1;
                 ready.set(ready.get() + per_stream); // don't hold the writers back
@@ -532,8 +541,15 @@ async fn run_watch(shared: &Rc<Shared>, conns: &[Conn]) -> u64 {
         writers.push(glommio::spawn_local(async move {
             while let Some(i) = shared.take() {
                 shared.due(i).await;
+                let key = if shared.opts.watch_prefix {
+                    let mut k = PREFIX.to_vec();
+                    k.extend_from_slice(format!("{:08}", i % shared.opts.key_space).as_bytes());
+                    Bytes::from(k)
+                } else {
+                    Bytes::from_static(KEY)
+                };
                 let req = pb::PutRequest {
-                    key: Bytes::from_static(KEY),
+                    key,
                     value: grpc::stamped_value(shared.opts.val_size),
                     ..Default::default()
                 };
@@ -588,6 +604,11 @@ async fn watch_stream(
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
                     key: Bytes::from_static(key),
+                    range_end: if shared.opts.watch_prefix {
+                        prefix_end(key)
+                    } else {
+                        Bytes::new()
+                    },
                     ..Default::default()
                 },
             )),
@@ -609,6 +630,18 @@ async fn watch_stream(
         }
     }
     Ok(())
+}
+
+/// etcd's prefix range end: the prefix with its last byte incremented.
+fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    Bytes::from_static(&[0])
 }
 
 pub fn options_from(flags: &Flags) -> LoadOptions {
@@ -643,6 +676,7 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
         sequential: flags.has("sequential-keys"),
         watchers: flags.u64("watchers", 100) as usize,
         streams: flags.u64("streams", 10) as usize,
+        watch_prefix: flags.has("prefix"),
         server_pid: match flags.u64("server-pid", 0) {
             0 => None,
             p => Some(p as u32),
@@ -716,6 +750,7 @@ mod tests {
             sequential,
             watchers: 0,
             streams: 1,
+            watch_prefix: false,
             server_pid: None,
             quiet: true,
         };

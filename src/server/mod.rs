@@ -18,9 +18,9 @@ use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink
 use crate::runtime::mesh::{
     self, Applied, CoreId, CoreLinks, CoreMsg, MemberInfo, RaftLinks, Reply, ToRaft,
 };
+use crate::runtime::{executor_builder, log};
 use crate::shard::node::Node;
 use crate::watch::WatchConfig;
-use crate::runtime::{executor_builder, log};
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::ConnectedSender;
 use glommio::net::TcpListener;

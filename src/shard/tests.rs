@@ -11,7 +11,10 @@ use crate::runtime::block_on;
 fn split_keys_follow_the_data() {
     let mut index = KeyIndex::new();
     for i in 0..100 {
-        index.put(format!("/registry/pods/{i:03}").as_bytes(), Revision::new(i + 2, 0));
+        index.put(
+            format!("/registry/pods/{i:03}").as_bytes(),
+            Revision::new(i + 2, 0),
+        );
     }
     let s = split_keys(&index, 4, &[]);
     assert_eq!(s.len(), 3);
@@ -54,7 +57,12 @@ impl Rng {
 }
 
 fn key(r: &mut Rng) -> Vec<u8> {
-    format!("{}{:02}", ["a", "k", "q", "z"][r.below(4) as usize], r.below(30)).into_bytes()
+    format!(
+        "{}{:02}",
+        ["a", "k", "q", "z"][r.below(4) as usize],
+        r.below(30)
+    )
+    .into_bytes()
 }
 
 #[test]
@@ -82,7 +90,11 @@ fn scattered_ranges_equal_the_single_store() {
                 let op = match r.below(10) {
                     0 => Op::DeleteRange(DeleteRangeRequest {
                         key: key(&mut r),
-                        range_end: if r.below(2) == 0 { Vec::new() } else { key(&mut r) },
+                        range_end: if r.below(2) == 0 {
+                            Vec::new()
+                        } else {
+                            key(&mut r)
+                        },
                         ..Default::default()
                     }),
                     _ => Op::Put(PutRequest {
@@ -119,7 +131,11 @@ fn scattered_ranges_equal_the_single_store() {
                         _ => Vec::new(),
                     },
                     limit: r.below(4) as i64 * 3,
-                    revision: if r.below(3) == 0 { current - r.below(8) as i64 } else { 0 },
+                    revision: if r.below(3) == 0 {
+                        current - r.below(8) as i64
+                    } else {
+                        0
+                    },
                     sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
                         [r.below(3) as usize],
                     sort_target: [
@@ -138,7 +154,11 @@ fn scattered_ranges_equal_the_single_store() {
                 }
                 let want = store.range(&req);
                 let touched = shards_for(&splits, &req.key, &req.range_end);
-                let part = if touched.len() == 1 { req.clone() } else { part_request(&req) };
+                let part = if touched.len() == 1 {
+                    req.clone()
+                } else {
+                    part_request(&req)
+                };
                 let parts: Result<Vec<_>, _> =
                     touched.map(|i| shards[i].range(&part, current)).collect();
                 let got = parts.map(|mut p| {

@@ -122,7 +122,10 @@ mod tests {
         let bytes = events_response(&header, -1, true, [&e1[..], &e2[..]].into_iter());
         let r = pb::WatchResponse::decode(&bytes[..]).unwrap();
         let h = r.header.unwrap();
-        assert_eq!((h.cluster_id, h.member_id, h.revision, h.raft_term), (7, 8, 5, 2));
+        assert_eq!(
+            (h.cluster_id, h.member_id, h.revision, h.raft_term),
+            (7, 8, 5, 2)
+        );
         assert_eq!(r.watch_id, -1);
         assert!(r.fragment);
         assert_eq!(r.events.len(), 2);

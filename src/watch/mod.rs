@@ -283,7 +283,11 @@ impl Hub {
     /// The created reply is queued: from now on the watcher catches up, then goes live.
     pub fn activate(&self, stream: u64, watch_id: i64) {
         let mut inner = self.inner.borrow_mut();
-        let Some(&wid) = inner.streams.get(&stream).and_then(|s| s.ids.get(&watch_id)) else {
+        let Some(&wid) = inner
+            .streams
+            .get(&stream)
+            .and_then(|s| s.ids.get(&watch_id))
+        else {
             return;
         };
         if let Some(w) = inner.watchers.get_mut(&wid) {
@@ -337,14 +341,7 @@ impl Hub {
             {
                 j += 1;
             }
-            inner.deliver_revision(
-                &changes[i..j],
-                main,
-                &a.snapshot,
-                &config,
-                raft_term,
-                self,
-            );
+            inner.deliver_revision(&changes[i..j], main, &a.snapshot, &config, raft_term, self);
             i = j;
         }
         let _ = node;
@@ -436,7 +433,11 @@ impl Hub {
         if live.is_empty() {
             return;
         }
-        let from = live.iter().map(|(_, w)| w.next_rev).min().unwrap_or(mark.revision + 1);
+        let from = live
+            .iter()
+            .map(|(_, w)| w.next_rev)
+            .min()
+            .unwrap_or(mark.revision + 1);
         let mut upto = mark.revision;
         let mut per: Vec<Vec<Vec<u8>>> = vec![Vec::new(); live.len()];
         if from <= mark.revision {
@@ -731,7 +732,12 @@ impl Inner {
                 owned = events.iter().map(|e| e.to_vec()).collect();
                 split_fragments(&header, w, &owned, config.fragment_bytes)
             } else {
-                vec![events_response(&header, w.watch_id, false, events.iter().copied())]
+                vec![events_response(
+                    &header,
+                    w.watch_id,
+                    false,
+                    events.iter().copied(),
+                )]
             };
             let mut full = false;
             for m in msgs {
