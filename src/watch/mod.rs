@@ -40,6 +40,10 @@ use std::time::Duration;
 
 /// etcd's watchBatchMaxRevs: revisions per catch-up response.
 pub const CATCH_UP_REVISIONS_MAX: usize = 1000;
+/// History bytes read per catch-up pass (whole revisions; a bigger revision goes alone).
+/// etcd has no such bound, and its 1000-revision responses can exceed what clients
+/// accept by default (4 MiB in grpc-go's and tonic's servers and clients).
+pub const CATCH_UP_BYTES_MAX: usize = 1 << 20;
 /// Responses a Watch stream may have queued for its client (etcd: 128 per stream). Past
 /// it, watchers that cannot be sent to drop back to catching up from history.
 pub const STREAM_QUEUE_MAX: usize = 1024;
@@ -97,6 +101,8 @@ struct Stream {
     next_auto_id: i64,
     /// Set when a watcher of this stream needs the catch-up task.
     catch_up: bool,
+    /// The stream's queue has overflowed at least once (logged the first time).
+    fell_behind: bool,
     waker: Option<Waker>,
 }
 
@@ -212,6 +218,7 @@ impl Hub {
                 ids: BTreeMap::new(),
                 next_auto_id: 0,
                 catch_up: false,
+                fell_behind: false,
                 waker: None,
             },
         );
@@ -443,6 +450,7 @@ impl Hub {
         if from <= mark.revision {
             let start = Revision::new(from.max(0), 0).encode();
             let mut revisions = 0usize;
+            let mut bytes = 0usize;
             let mut last_main = -1;
             for (k, v) in snapshot.range(TreeId::Revision, &start, &[]) {
                 let Some(rev) = Revision::decode(k) else {
@@ -452,13 +460,14 @@ impl Hub {
                     break;
                 }
                 if rev.main != last_main {
-                    if revisions == CATCH_UP_REVISIONS_MAX {
+                    if revisions == CATCH_UP_REVISIONS_MAX || bytes >= CATCH_UP_BYTES_MAX {
                         upto = last_main;
                         break;
                     }
                     revisions += 1;
                     last_main = rev.main;
                 }
+                bytes += v.len();
                 let Ok((kind, record)) = kv::decode_record_ref(v) else {
                     continue;
                 };
@@ -751,6 +760,20 @@ impl Inner {
                 }
             }
             let stream = w.stream;
+            if full {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if !s.fell_behind {
+                        s.fell_behind = true;
+                        crate::runtime::log::notice(
+                            "watch",
+                            &format!(
+                                "a watch stream's client reads slower than events arrive; \
+                                 its watchers catch up from history (from revision {main})"
+                            ),
+                        );
+                    }
+                }
+            }
             let w = self.watchers.get_mut(&wid).expect("watcher");
             if full {
                 // Catch up from this revision on, from history.

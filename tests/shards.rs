@@ -1,0 +1,155 @@
+//! Key-range shards through a real client: one server with two shards split at "m"
+//! (`--cores 2 --shard-split-keys m`) and one with a single shard (`--cores 1`) get the
+//! same writes; every Range — point reads on each shard, ranges across the split, every
+//! sort target and order, limits, historical revisions, keys-only, count-only, filters,
+//! serializable and linearizable — must answer the same on both.
+//! Keel only (the flags are Keel's); skipped with `KEEL_TEST_SERVER`.
+
+mod common;
+
+use common::{is_keel, Server};
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn key(r: &mut Rng) -> String {
+    let letters = b"adhlmnrtz";
+    format!("{}{:02}", letters[r.below(9) as usize] as char, r.below(12))
+}
+
+type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
+fn flat(r: &etcd_client::GetResponse) -> (Vec<Kv>, i64, bool, i64) {
+    let kvs = r
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+            )
+        })
+        .collect();
+    (kvs, r.count(), r.more(), r.header().unwrap().revision())
+}
+
+#[test]
+fn ranges_over_two_shards_equal_one_shard() {
+    if !is_keel() {
+        return;
+    }
+    // This machine may have fewer cores; --cores must not exceed them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        eprintln!("one core: nothing to split");
+        return;
+    }
+    let two = Server::start("shards-two", &["--cores", "2", "--shard-split-keys", "m"]);
+    let one = Server::start("shards-one", &["--cores", "1"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut a = Client::connect([two.endpoint()], None).await.unwrap();
+        let mut b = Client::connect([one.endpoint()], None).await.unwrap();
+        let mut r = Rng(0x2545f4914f6cdd1d);
+        let mut checked = 0;
+        for round in 0..20 {
+            for _ in 0..15 {
+                let k = key(&mut r);
+                if r.below(8) == 0 {
+                    a.delete(k.clone(), None).await.unwrap();
+                    b.delete(k, None).await.unwrap();
+                } else {
+                    let v = format!("v{}", r.below(100));
+                    a.put(k.clone(), v.clone(), None).await.unwrap();
+                    b.put(k, v, None).await.unwrap();
+                }
+            }
+            if round == 10 {
+                let rev = a.get("a", None).await.unwrap().header().unwrap().revision() - 20;
+                a.compact(rev, None).await.unwrap();
+                b.compact(rev, None).await.unwrap();
+            }
+            let current = a.get("a", None).await.unwrap().header().unwrap().revision();
+            for _ in 0..25 {
+                let start = key(&mut r);
+                let mut o = GetOptions::new();
+                let (k, desc) = match r.below(5) {
+                    0 => (start.clone(), "point".to_string()),
+                    1 => {
+                        o = o.with_from_key();
+                        (start.clone(), "from".into())
+                    }
+                    2 => {
+                        o = o.with_prefix();
+                        (start[..1].to_string(), "prefix".into())
+                    }
+                    3 => {
+                        o = o.with_all_keys();
+                        (String::new(), "all".into())
+                    }
+                    _ => {
+                        let end = key(&mut r);
+                        o = o.with_range(end.clone());
+                        (start.clone(), format!("range ..{end}"))
+                    }
+                };
+                let limit = [0, 1, 3, 7][r.below(4) as usize];
+                o = o.with_limit(limit);
+                let target = [
+                    SortTarget::Key,
+                    SortTarget::Version,
+                    SortTarget::Create,
+                    SortTarget::Mod,
+                    SortTarget::Value,
+                ][r.below(5) as usize];
+                let order =
+                    [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][r.below(3) as usize];
+                o = o.with_sort(target, order);
+                if r.below(3) == 0 {
+                    o = o.with_revision(current - r.below(15) as i64);
+                }
+                if r.below(4) == 0 {
+                    o = o.with_keys_only();
+                }
+                if r.below(8) == 0 {
+                    o = o.with_count_only();
+                }
+                if r.below(6) == 0 {
+                    o = o.with_min_mod_revision(current - 30);
+                }
+                if r.below(2) == 0 {
+                    o = o.with_serializable();
+                }
+                let got = a.get(k.clone(), Some(o.clone())).await;
+                let want = b.get(k.clone(), Some(o)).await;
+                match (got, want) {
+                    (Ok(g), Ok(w)) => {
+                        assert_eq!(
+                            flat(&g),
+                            flat(&w),
+                            "{k} {desc} limit {limit} {target:?} {order:?}"
+                        )
+                    }
+                    (Err(g), Err(w)) => assert_eq!(g.to_string(), w.to_string()),
+                    (g, w) => panic!("{k} {desc}: two shards {g:?}, one shard {w:?}"),
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 500);
+    });
+}
