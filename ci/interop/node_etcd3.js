@@ -1,4 +1,5 @@
-// Node etcd3 (grpc-js) against a Keel endpoint: KV, txn-style if, errors, status, members.
+// Node etcd3 (grpc-js) against a Keel endpoint: KV, txn-style if, errors, status, members,
+// watch.
 // usage: node node_etcd3.js HOST:PORT   (exit 0 and "node etcd3: N checks passed")
 const { Etcd3 } = require('etcd3');
 
@@ -34,6 +35,28 @@ function check(cond, what) {
     err = e;
   }
   check(err && /future revision/.test(err.message), `future revision error: ${err && err.message}`);
+  // Watch: live put and delete on a prefix, then history from a revision.
+  const watcher = await client.watch().prefix('js/w').create();
+  const seen = [];
+  const done = new Promise((resolve) => {
+    watcher.on('put', (kv) => { seen.push(`put ${kv.key.toString()}=${kv.value.toString()}`); if (seen.length === 2) resolve(); });
+    watcher.on('delete', (kv) => { seen.push(`delete ${kv.key.toString()}`); if (seen.length === 2) resolve(); });
+  });
+  await client.put('js/w1').value('v');
+  await client.delete().key('js/w1');
+  await Promise.race([done, new Promise((r) => setTimeout(r, 5000))]);
+  check(seen.join(',') === 'put js/w1=v,delete js/w1', `watch events ${seen}`);
+  await watcher.cancel();
+  const start = Number((await client.put('js/h').value('1')).header.revision);
+  await client.put('js/h').value('2');
+  const replay = await client.watch().key('js/h').startRevision(String(start)).create();
+  const values = [];
+  await Promise.race([
+    new Promise((resolve) => replay.on('put', (kv) => { values.push(kv.value.toString()); if (values.length === 2) resolve(); })),
+    new Promise((r) => setTimeout(r, 5000)),
+  ]);
+  check(values.join(',') === '1,2', `replayed ${values}`);
+  await replay.cancel();
   console.log(`node etcd3: ${checks} checks passed`);
   client.close();
 })().catch((e) => {

@@ -150,6 +150,24 @@ impl Messages {
 /// (the client is not reading). Dropping it (the handler returning) ends the response.
 pub struct Responses {
     sender: LocalSender<Bytes>,
+    /// Set for routes with their own queue bound: the channel is unbounded (it allocates
+    /// as it fills, not up front) and the bound is enforced here, the writer waking
+    /// senders that wait for room.
+    bound: Option<(usize, Rc<Room>)>,
+}
+
+/// Wakes a sender waiting for queue room when the writer takes a response.
+#[derive(Default)]
+pub struct Room {
+    wakers: std::cell::RefCell<Vec<std::task::Waker>>,
+}
+
+impl Room {
+    fn wake(&self) {
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
 }
 
 /// Why `Responses::try_send` did not queue a message.
@@ -164,7 +182,7 @@ pub enum TrySendError {
 impl Responses {
     /// Queues one response message if there is room now.
     pub fn try_send(&self, message: Bytes) -> Result<(), TrySendError> {
-        if self.sender.is_full() {
+        if self.is_full() {
             return Err(TrySendError::Full);
         }
         self.sender
@@ -172,8 +190,31 @@ impl Responses {
             .map_err(|_| TrySendError::Closed)
     }
 
+    fn is_full(&self) -> bool {
+        match &self.bound {
+            None => self.sender.is_full(),
+            Some((bound, _)) => self.sender.len() >= *bound,
+        }
+    }
+
+    /// Responses queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.sender.len()
+    }
+
     /// Queues one response message; fails once the call is gone (client reset, deadline).
     pub async fn send(&self, message: Bytes) -> Result<(), Status> {
+        if let Some((bound, room)) = &self.bound {
+            future::poll_fn(|cx| {
+                if self.sender.len() < *bound {
+                    Poll::Ready(())
+                } else {
+                    room.wakers.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
         self.sender
             .send(message)
             .await
@@ -425,8 +466,18 @@ async fn serve_stream(
         timeout,
         messages,
     };
-    let (sender, receiver) = local_channel::new_bounded(queue.unwrap_or(config.response_queue_max));
-    let handler_future = handler(request, Responses { sender });
+    let (sender, receiver, bound) = match queue {
+        None => {
+            let (tx, rx) = local_channel::new_bounded(config.response_queue_max);
+            (tx, rx, None)
+        }
+        Some(n) => {
+            let (tx, rx) = local_channel::new_unbounded();
+            (tx, rx, Some((*n, Rc::new(Room::default()))))
+        }
+    };
+    let room = bound.as_ref().map(|(_, r)| r.clone());
+    let handler_future = handler(request, Responses { sender, bound });
     let call = async move {
         match timeout {
             None => handler_future.await,
@@ -446,7 +497,7 @@ async fn serve_stream(
     // into h2 under flow control. If the stream breaks (client reset, connection gone),
     // the handler is dropped at once, even if it is parked waiting for events.
     let mut handler = Box::pin(async move { call.await.err().unwrap_or_else(Status::ok) });
-    let mut writer = Box::pin(write_responses(&mut respond, receiver));
+    let mut writer = Box::pin(write_responses(&mut respond, receiver, room));
     let mut status: Option<Status> = None;
     let mut written: Option<Result<Option<h2::SendStream<Bytes>>, ()>> = None;
     future::poll_fn(|cx| {
@@ -486,6 +537,7 @@ const COALESCE_BYTES_MAX: usize = 64 * 1024;
 async fn write_responses(
     respond: &mut h2::server::SendResponse<Bytes>,
     receiver: LocalReceiver<Bytes>,
+    room: Option<Rc<Room>>,
 ) -> Result<Option<h2::SendStream<Bytes>>, ()> {
     let mut send: Option<h2::SendStream<Bytes>> = None;
     loop {
@@ -519,6 +571,9 @@ async fn write_responses(
                 Some(Some(next)) => codec::encode_into(&mut batch, &next),
                 _ => break,
             }
+        }
+        if let Some(room) = &room {
+            room.wake();
         }
         let stream = send.as_mut().unwrap();
         send_flow_controlled(stream, batch.freeze()).await?;
