@@ -322,6 +322,42 @@ pub fn main(flags: &Flags) {
             }
         }
     }
+    // Memory per watcher: 10,000 idle watchers on 100 streams, and on 10,000 streams.
+    let mut memory = String::new();
+    if only.is_empty() || only.iter().any(|o| o.starts_with("watch")) {
+        memory.push_str(
+            "\nMemory of idle watchers (server RSS growth while they are open):\n\n\
+             | watchers | streams | server | RSS growth | bytes per watcher |\n| --- | --- | --- | --- | --- |\n",
+        );
+        for (watchers, streams) in [(10_000usize, 100usize), (2_000, 2_000)] {
+            for s in servers.iter().filter(|s| s.name != "keel-1core") {
+                let mut o = base(s);
+                o.watchers = watchers;
+                o.streams = streams;
+                o.conns = 4;
+                match load::watch_memory(&o, s.child.id()) {
+                    Ok(m) => {
+                        let _ = writeln!(
+                            memory,
+                            "| {} | {} | {} | {:.1} MiB | {:.0} |",
+                            watchers,
+                            m.streams,
+                            s.name,
+                            (m.rss_after_kb as f64 - m.rss_before_kb as f64) / 1024.0,
+                            m.bytes_per_watcher()
+                        );
+                    }
+                    Err(e) => {
+                        let _ = writeln!(
+                            memory,
+                            "| {watchers} | {streams} | {} | n/a ({e}) | |",
+                            s.name
+                        );
+                    }
+                }
+            }
+        }
+    }
     std::fs::write(out.join("runs.jsonl"), &runs_jsonl).unwrap();
     drop(servers);
     // The data dirs are scratch (GBs after a long run); the logs stay beside the results.
@@ -330,6 +366,7 @@ pub fn main(flags: &Flags) {
     if scaling {
         table.push_str(&render_scaling(&cases, &cells));
     }
+    table.push_str(&memory);
     std::fs::write(out.join("table.md"), &table).unwrap();
     println!("{table}");
     println!(

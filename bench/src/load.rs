@@ -842,3 +842,74 @@ mod tests {
         assert!(g.contains("Total count    =            4"), "{g}");
     }
 }
+
+/// Current resident set (VmRSS) of a process in KiB.
+pub fn process_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What `watchers` idle watchers on `streams` streams cost the server in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchMemory {
+    pub watchers: usize,
+    pub streams: usize,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+}
+
+impl WatchMemory {
+    /// Resident bytes per watcher, streams included.
+    pub fn bytes_per_watcher(&self) -> f64 {
+        (self.rss_after_kb as f64 - self.rss_before_kb as f64) * 1024.0 / self.watchers as f64
+    }
+}
+
+/// Opens `streams` Watch streams with `watchers` watchers in all (each on its own key
+/// under one prefix) and measures the server's resident set before and after, with the
+/// streams still open.
+pub fn watch_memory(opts: &LoadOptions, server_pid: u32) -> Result<WatchMemory, String> {
+    let opts = opts.clone();
+    keel::runtime::block_on(async move {
+        let conns = connect_all(&opts).await.map_err(|e| e.to_string())?;
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        let before = process_rss_kb(server_pid).ok_or("no /proc rss")?;
+        let streams = opts.streams.clamp(1, opts.watchers.max(1));
+        let mut open = Vec::new();
+        for s in 0..streams {
+            let per = opts.watchers / streams + usize::from(s < opts.watchers % streams);
+            let conn = &conns[s % conns.len()];
+            let mut stream = Stream::open(conn, "/etcdserverpb.Watch/Watch")
+                .await
+                .map_err(|e| e.to_string())?;
+            for w in 0..per {
+                stream
+                    .send(&pb::WatchRequest {
+                        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                            pb::WatchCreateRequest {
+                                key: Bytes::from(format!("keel-bench-mem/{s:05}/{w:05}")),
+                                ..Default::default()
+                            },
+                        )),
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            let mut created = 0;
+            while created < per {
+                let r: pb::WatchResponse = stream.recv().await.map_err(|e| e.to_string())?;
+                created += usize::from(r.created);
+            }
+            open.push(stream);
+        }
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        let after = process_rss_kb(server_pid).ok_or("no /proc rss")?;
+        drop(open);
+        Ok(WatchMemory {
+            watchers: opts.watchers,
+            streams,
+            rss_before_kb: before,
+            rss_after_kb: after,
+        })
+    })
+}

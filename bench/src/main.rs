@@ -20,10 +20,12 @@ mod wal;
 
 const USAGE: &str = "usage: keel-bench <mode> [flags]
   compare          Keel and etcd 3.4 side by side: --keel BIN --etcd BIN --reps N --seconds S --quick --only a,b --out DIR
+                   --scaling (also Keel on --cores 1 for the read rows)
+  watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
   put | range | txn-put | txn-mixed | lease-keepalive | watch | watch-latency
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
                    --key-size B --val-size B --key-space-size N --sequential-keys
-                   --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S (watch)
+                   --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S --prefix (watch)
                    --prefill (range) --server-pid P --json --hdr-log FILE --label L
   wal              --syncs N --record-bytes B --batches 1,8,64,256 --prealloc zero|fallocate|none
   store            --keys N --key-bytes K --val-bytes V --reads N";
@@ -42,6 +44,24 @@ fn main() {
         "wal" => wal::run(&opts),
         "store" => store::run(&opts),
         "compare" => compare::main(&opts),
+        "watch-memory" => {
+            let o = load::options_from(&opts);
+            let pid = opts.u64("server-pid", 0) as u32;
+            match load::watch_memory(&o, pid) {
+                Ok(m) => println!(
+                    "{} watchers on {} streams: server RSS {} → {} KiB, {:.0} bytes per watcher",
+                    m.watchers,
+                    m.streams,
+                    m.rss_before_kb,
+                    m.rss_after_kb,
+                    m.bytes_per_watcher()
+                ),
+                Err(e) => {
+                    eprintln!("watch-memory: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         "put" | "range" | "txn-put" | "txn-mixed" | "lease-keepalive" | "watch"
         | "watch-latency" => load::main(cmd, &opts),
         _ => {

@@ -377,7 +377,11 @@ pub async fn serve_connection(stream: TcpStream, router: Rc<Router>, config: Rc<
         .max_frame_size(config.frame_bytes_max)
         .max_header_list_size(config.header_list_bytes_max)
         .max_send_buffer_size(config.frame_bytes_max as usize * 4);
-    let Ok(mut connection) = builder.handshake::<_, Bytes>(stream.compat()).await else {
+    // h2 writes a frame header and its payload separately, so without a buffer every DATA
+    // frame costs two send(2)s and a tiny TCP segment (TCP_NODELAY is on). The buffer
+    // gathers what h2 writes between flushes into one send.
+    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream.compat());
+    let Ok(mut connection) = builder.handshake::<_, Bytes>(io).await else {
         return; // not HTTP/2 (or the client left): dropping the stream closes it.
     };
     // h2 answers PINGs and window updates while this loop polls the connection. After
@@ -528,6 +532,9 @@ async fn serve_stream(
     }
 }
 
+/// Bytes gathered per connection before a send(2).
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Queued response bytes written to h2 in one go.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
@@ -564,7 +571,14 @@ async fn write_responses(
         // Coalesce what the handler has already queued into one write: many small
         // messages (watch events, keepalives) would otherwise cost one DATA frame each,
         // and peers (h2 itself) close connections that send too many tiny frames.
-        let mut batch = BytesMut::new();
+        // Streams that fan out (Watch) get a full batch up front, so coalescing never
+        // reallocates; a unary reply gets exactly its size.
+        let capacity = if room.is_some() {
+            COALESCE_BYTES_MAX + message.len() + 5
+        } else {
+            message.len() + 5
+        };
+        let mut batch = BytesMut::with_capacity(capacity);
         codec::encode_into(&mut batch, &message);
         while batch.len() < COALESCE_BYTES_MAX {
             match future::poll_once(receiver.recv()).await {

@@ -68,9 +68,11 @@ enum State {
     Compacted,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Watcher {
     stream: u64,
+    /// The stream's response queue (so fan-out needs no stream lookup).
+    responses: Rc<Responses>,
     watch_id: i64,
     key: Vec<u8>,
     /// etcd's range_end as the client meant it: empty = one key, "\0" = from `key` on.
@@ -106,16 +108,75 @@ struct Stream {
     waker: Option<Waker>,
 }
 
+/// Watchers by a dense id (no hashing on the fan-out path); freed ids are reused.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<u64>,
+    len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, value: T) -> u64 {
+        self.len += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(value);
+                id
+            }
+            None => {
+                self.slots.push(Some(value));
+                (self.slots.len() - 1) as u64
+            }
+        }
+    }
+
+    fn get(&self, id: &u64) -> Option<&T> {
+        self.slots.get(*id as usize).and_then(|s| s.as_ref())
+    }
+
+    fn get_mut(&mut self, id: &u64) -> Option<&mut T> {
+        self.slots.get_mut(*id as usize).and_then(|s| s.as_mut())
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<T> {
+        let v = self.slots.get_mut(*id as usize)?.take()?;
+        self.free.push(*id);
+        self.len -= 1;
+        Some(v)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().filter_map(|s| s.as_mut())
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     streams: HashMap<u64, Stream>,
-    watchers: HashMap<u64, Watcher>,
+    watchers: Slab<Watcher>,
     /// Single-key watchers by key.
     by_key: HashMap<Vec<u8>, Vec<u64>>,
     /// Range and prefix watchers.
     ranged: Vec<u64>,
     next_stream: u64,
-    next_watcher: u64,
 }
 
 pub struct Hub {
@@ -244,7 +305,6 @@ impl Hub {
             return Err(CreateError::EmptyRange);
         }
         let mut inner = self.inner.borrow_mut();
-        let next_watcher = inner.next_watcher;
         let s = inner.streams.get_mut(&stream).expect("stream registered");
         let watch_id = if spec.watch_id == 0 {
             while s.ids.contains_key(&s.next_auto_id) {
@@ -258,10 +318,10 @@ impl Hub {
         } else {
             spec.watch_id
         };
-        s.ids.insert(watch_id, next_watcher);
-        inner.next_watcher += 1;
+        let responses = s.responses.clone();
         let w = Watcher {
             stream,
+            responses,
             watch_id,
             key: spec.key,
             range_end: spec.range_end,
@@ -274,16 +334,19 @@ impl Hub {
             next_rev: spec.start_revision,
             sent: false,
         };
-        if w.range_end.is_empty() {
-            inner
-                .by_key
-                .entry(w.key.clone())
-                .or_default()
-                .push(next_watcher);
-        } else {
-            inner.ranged.push(next_watcher);
+        let single = w.range_end.is_empty();
+        let key = single.then(|| w.key.clone());
+        let wid = inner.watchers.insert(w);
+        match key {
+            Some(key) => inner.by_key.entry(key).or_default().push(wid),
+            None => inner.ranged.push(wid),
         }
-        inner.watchers.insert(next_watcher, w);
+        inner
+            .streams
+            .get_mut(&stream)
+            .expect("stream registered")
+            .ids
+            .insert(watch_id, wid);
         Ok(watch_id)
     }
 
@@ -649,7 +712,10 @@ impl Inner {
         if hits.is_empty() {
             return;
         }
-        hits.sort_by_key(|h| h.0);
+        if changes.len() > 1 {
+            // Group each watcher's events (stable: in change order).
+            hits.sort_by_key(|h| h.0);
+        }
         let header = header_field(config.cluster_id, config.member_id, main, raft_term);
         // Encoded once per revision: each event without, and (lazily) with prev_kv.
         let mut plain: Vec<Option<Vec<u8>>> = vec![None; changes.len()];
@@ -733,9 +799,7 @@ impl Inner {
             if events.is_empty() {
                 continue;
             }
-            let Some(s) = self.streams.get(&w.stream) else {
-                continue;
-            };
+            let s = &w.responses;
             let owned: Vec<Vec<u8>>;
             let msgs = if w.fragment {
                 owned = events.iter().map(|e| e.to_vec()).collect();
@@ -750,7 +814,7 @@ impl Inner {
             };
             let mut full = false;
             for m in msgs {
-                match s.responses.try_send(Bytes::from(m)) {
+                match s.try_send(Bytes::from(m)) {
                     Ok(()) => hub.delivered.set(hub.delivered.get() + 1),
                     Err(TrySendError::Full) => {
                         full = true;
