@@ -26,6 +26,8 @@ struct Server {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    binary: String,
+    extra: Vec<String>,
 }
 
 impl Drop for Server {
@@ -44,11 +46,41 @@ fn free_port() -> u16 {
 }
 
 fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str]) -> Server {
+    start_with(name, binary, out, extra, true)
+}
+
+impl Server {
+    /// Stops it (SIGTERM) and starts it again on the same data: Keel then picks its
+    /// shard split keys from the keys the prefill wrote, as it would after a restart.
+    fn restart(self, out: &Path) -> Server {
+        let (name, binary, extra) = (self.name, self.binary.clone(), self.extra.clone());
+        let mut me = self;
+        let _ = Command::new("kill").arg(me.child.id().to_string()).status();
+        let _ = me.child.wait();
+        drop(me);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        start_with(name, &binary, out, &extra, false)
+    }
+}
+
+fn start_with(
+    name: &'static str,
+    binary: &str,
+    out: &Path,
+    extra: &[&str],
+    fresh: bool,
+) -> Server {
     let (client, peer) = (free_port(), free_port());
     let data = out.join("data").join(name);
-    let _ = std::fs::remove_dir_all(&data);
+    if fresh {
+        let _ = std::fs::remove_dir_all(&data);
+    }
     std::fs::create_dir_all(out.join("data")).unwrap();
-    let log_path = out.join(format!("{name}.log"));
+    let log_path = if fresh {
+        out.join(format!("{name}.log"))
+    } else {
+        out.join(format!("{name}-restarted.log"))
+    };
     let log = std::fs::File::create(&log_path).unwrap();
     let c = format!("http://127.0.0.1:{client}");
     let p = format!("http://127.0.0.1:{peer}");
@@ -87,6 +119,8 @@ fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str]) -> Server
         name,
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], client)),
+        binary: binary.to_string(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -278,9 +312,51 @@ pub fn main(flags: &Flags) {
         server_pid: Some(s.child.id()),
         quiet: true,
     };
+    // Memory per watcher, on the fresh servers: 10,000 idle watchers on 100 streams, and
+    // 2,000 watchers on a stream each.
+    let mut memory = String::new();
+    if only.is_empty() || only.iter().any(|o| o.starts_with("watch")) {
+        memory.push_str(
+            "\nMemory of idle watchers (server RSS growth while they are open):\n\n\
+             | watchers | streams | server | RSS growth | bytes per watcher |\n| --- | --- | --- | --- | --- |\n",
+        );
+        for (watchers, streams) in [(10_000usize, 100usize), (2_000, 2_000)] {
+            for s in servers.iter().filter(|s| s.name != "keel-1core") {
+                let mut o = base(s);
+                o.watchers = watchers;
+                o.streams = streams;
+                o.conns = 4;
+                match load::watch_memory(&o, s.child.id()) {
+                    Ok(m) => {
+                        let _ = writeln!(
+                            memory,
+                            "| {} | {} | {} | {:.1} MiB | {:.0} |",
+                            watchers,
+                            m.streams,
+                            s.name,
+                            (m.rss_after_kb as f64 - m.rss_before_kb as f64) / 1024.0,
+                            m.bytes_per_watcher()
+                        );
+                    }
+                    Err(e) => {
+                        let _ = writeln!(
+                            memory,
+                            "| {watchers} | {streams} | {} | n/a ({e}) | |",
+                            s.name
+                        );
+                    }
+                }
+            }
+        }
+    }
     for s in &servers {
         load::prefill(&base(s));
     }
+    // Keel chooses its shard split keys at boot from the keys it holds.
+    servers = servers
+        .into_iter()
+        .map(|s| if s.name.starts_with("keel") { s.restart(&out) } else { s })
+        .collect();
     let started = Instant::now();
     let mut cells: BTreeMap<(usize, &'static str), Cell> = BTreeMap::new();
     let mut runs_jsonl = String::new();
@@ -319,42 +395,6 @@ pub fn main(flags: &Flags) {
                 let file = format!("{}-{}.hgrm", case.name.replace(' ', "-"), s.name);
                 std::fs::write(out.join("hgrm").join(file), r.hgrm()).unwrap();
                 cells.entry((ci, s.name)).or_default().runs.push(r);
-            }
-        }
-    }
-    // Memory per watcher: 10,000 idle watchers on 100 streams, and on 10,000 streams.
-    let mut memory = String::new();
-    if only.is_empty() || only.iter().any(|o| o.starts_with("watch")) {
-        memory.push_str(
-            "\nMemory of idle watchers (server RSS growth while they are open):\n\n\
-             | watchers | streams | server | RSS growth | bytes per watcher |\n| --- | --- | --- | --- | --- |\n",
-        );
-        for (watchers, streams) in [(10_000usize, 100usize), (2_000, 2_000)] {
-            for s in servers.iter().filter(|s| s.name != "keel-1core") {
-                let mut o = base(s);
-                o.watchers = watchers;
-                o.streams = streams;
-                o.conns = 4;
-                match load::watch_memory(&o, s.child.id()) {
-                    Ok(m) => {
-                        let _ = writeln!(
-                            memory,
-                            "| {} | {} | {} | {:.1} MiB | {:.0} |",
-                            watchers,
-                            m.streams,
-                            s.name,
-                            (m.rss_after_kb as f64 - m.rss_before_kb as f64) / 1024.0,
-                            m.bytes_per_watcher()
-                        );
-                    }
-                    Err(e) => {
-                        let _ = writeln!(
-                            memory,
-                            "| {watchers} | {streams} | {} | n/a ({e}) | |",
-                            s.name
-                        );
-                    }
-                }
             }
         }
     }

@@ -10,10 +10,14 @@
 //! 2. Propose writes; queue linearizable reads and take one ReadIndex for all of them.
 //! 3. For each `Ready`: apply committed entries; append new entries and the hard state to
 //!    the WAL, and fdatasync once (only when raft says it must: new entries, term or
-//!    vote); `advance`; apply what became committed; reply to the proposers.
-//! 4. Serve reads whose ReadIndex is applied. Commit the db every `DB_COMMIT_INTERVAL`
-//!    (the WAL is what makes writes durable; the db commit bounds replay at restart), and
-//!    every `snapshot_count` entries mark a snapshot and release old WAL segments.
+//!    vote); `advance`; apply what became committed.
+//! 4. Publish the db and send every core the round (`ReplySink::applied`): the changes
+//!    for its shard and watchers, the snapshot that holds them, and the replies to its
+//!    writes, which it delivers after applying the round (so a client reads its write).
+//!    Answer ReadIndex requests whose index is applied. Commit the db every
+//!    `DB_COMMIT_INTERVAL` (the WAL is what makes writes durable; the db commit bounds
+//!    replay at restart), and every `snapshot_count` entries mark a snapshot and release
+//!    old WAL segments.
 //!
 //! Invariants:
 //! - A client hears about a write only after its entry is durable in the WAL (on a quorum,
@@ -609,7 +613,7 @@ impl RaftCore {
                 ));
             }
             let committed = rd.take_committed_entries();
-            self.apply(committed, out)?;
+            self.apply(committed)?;
             for rs in rd.take_read_states() {
                 let ctx = rs
                     .request_ctx
@@ -646,7 +650,7 @@ impl RaftCore {
                 self.node.mut_store().set_commit(commit);
             }
             self.send_messages(light.take_messages());
-            self.apply(light.take_committed_entries(), out)?;
+            self.apply(light.take_committed_entries())?;
             self.node.advance_apply();
         }
         self.store.publish();
@@ -696,10 +700,10 @@ impl RaftCore {
         debug_assert!(msgs.is_empty() || self.node.store().conf_state().voters.len() > 1);
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, out: &dyn ReplySink) -> Result<(), BootError> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), BootError> {
         for e in entries {
             match e.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(&e, out)?,
+                EntryType::EntryNormal => self.apply_normal(&e)?,
                 EntryType::EntryConfChange => self.apply_conf_change(&e)?,
                 EntryType::EntryConfChangeV2 => {
                     return Err(boot_err("raft: joint consensus entries are not built yet"))
@@ -710,7 +714,7 @@ impl RaftCore {
         Ok(())
     }
 
-    fn apply_normal(&mut self, e: &Entry, out: &dyn ReplySink) -> Result<(), BootError> {
+    fn apply_normal(&mut self, e: &Entry) -> Result<(), BootError> {
         if e.data.is_empty() {
             // A new leader's empty entry: nothing to apply but the index.
             if e.index > self.store.consistent_index() {
@@ -748,7 +752,6 @@ impl RaftCore {
                 self.round_replies.push((core, reply));
             }
         }
-        let _ = out;
         Ok(())
     }
 

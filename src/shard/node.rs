@@ -200,17 +200,16 @@ impl Node {
                 }
             }
         }
-        let first = self.watermark.get().index == 0 && self.watermark.get().revision == 0;
+        // The boot round's changes are already in its snapshot, and no watcher exists yet.
+        let booted = self.watermark.get().revision != 0;
         self.watermark.set(Watermark {
             index: a.index,
             revision: a.revision,
             compact_revision: a.compact_revision,
             raft_term: a.raft_term,
         });
-        if !first {
-            self.hub.on_applied(self, &a);
-        } else {
-            self.hub.on_boot(self);
+        if booted {
+            self.hub.on_applied(&a);
         }
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();

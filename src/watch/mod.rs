@@ -382,11 +382,8 @@ impl Hub {
         true
     }
 
-    /// The first round after boot: nothing to match (no watcher can exist yet).
-    pub fn on_boot(&self, _node: &Node) {}
-
     /// Matches one applied round against the synced watchers and queues their responses.
-    pub fn on_applied(&self, node: &Node, a: &Applied) {
+    pub fn on_applied(&self, a: &Applied) {
         let has_watchers = !self.inner.borrow().watchers.is_empty();
         if !has_watchers || a.changes.is_empty() {
             return;
@@ -414,7 +411,6 @@ impl Hub {
             inner.deliver_revision(&changes[i..j], main, &a.snapshot, &config, raft_term, self);
             i = j;
         }
-        let _ = node;
     }
 
     /// Progress notifications: synced watchers that asked for them and got nothing since
