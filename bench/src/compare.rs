@@ -28,6 +28,7 @@ struct Server {
     addr: SocketAddr,
     binary: String,
     extra: Vec<String>,
+    peer_port: u16,
 }
 
 impl Drop for Server {
@@ -46,7 +47,7 @@ fn free_port() -> u16 {
 }
 
 fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str]) -> Server {
-    start_with(name, binary, out, extra, true)
+    start_with(name, binary, out, extra, None)
 }
 
 impl Server {
@@ -54,12 +55,14 @@ impl Server {
     /// shard split keys from the keys the prefill wrote, as it would after a restart.
     fn restart(self, out: &Path) -> Server {
         let (name, binary, extra) = (self.name, self.binary.clone(), self.extra.clone());
+        // The same URLs: the member ID derives from them.
+        let ports = (self.addr.port(), self.peer_port);
         let mut me = self;
         let _ = Command::new("kill").arg(me.child.id().to_string()).status();
         let _ = me.child.wait();
         drop(me);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        start_with(name, &binary, out, &extra, false)
+        start_with(name, &binary, out, &extra, Some(ports))
     }
 }
 
@@ -68,9 +71,10 @@ fn start_with(
     binary: &str,
     out: &Path,
     extra: &[&str],
-    fresh: bool,
+    ports: Option<(u16, u16)>,
 ) -> Server {
-    let (client, peer) = (free_port(), free_port());
+    let fresh = ports.is_none();
+    let (client, peer) = ports.unwrap_or_else(|| (free_port(), free_port()));
     let data = out.join("data").join(name);
     if fresh {
         let _ = std::fs::remove_dir_all(&data);
@@ -121,6 +125,7 @@ fn start_with(
         addr: SocketAddr::from(([127, 0, 0, 1], client)),
         binary: binary.to_string(),
         extra: extra.iter().map(|s| s.to_string()).collect(),
+        peer_port: peer,
     }
 }
 

@@ -86,6 +86,9 @@ struct Replies {
     local: Rc<RaftClient>,
     remote: RefCell<Vec<Option<ConnectedSender<Reply>>>>,
     node: Rc<Node>,
+    /// This core's own rounds go through a queue to a task, so the raft loop goes on
+    /// (to its next WAL write and fdatasync) while the task fans the round out.
+    local_rounds: glommio::channels::local_channel::LocalSender<Applied>,
     cores: usize,
 }
 
@@ -124,7 +127,7 @@ impl ReplySink for Replies {
             };
             let to = CoreId(core as u16);
             if to == self.node.core() {
-                self.node.handle(CoreMsg::Applied(applied));
+                let _ = self.local_rounds.try_send(applied);
             } else {
                 self.node.send_applied(to, applied);
             }
@@ -230,10 +233,19 @@ async fn raft_core_main(
     ));
     let node = Node::new(link.core, opts.cores, client.clone());
     node.connect(link.peers_out, link.peers_in);
+    let (local_rounds, rounds) = local_channel::new_unbounded();
+    let round_node = node.clone();
+    glommio::spawn_local(async move {
+        while let Some(applied) = rounds.recv().await {
+            round_node.handle(CoreMsg::Applied(applied));
+        }
+    })
+    .detach();
     let replies = Rc::new(Replies {
         local: client.clone(),
         remote: RefCell::new((0..opts.cores).map(|_| None).collect()),
         node: node.clone(),
+        local_rounds,
         cores: opts.cores,
     });
     for (peer, rep_tx) in raft_links.replies {
