@@ -153,3 +153,36 @@ fn ranges_over_two_shards_equal_one_shard() {
         assert_eq!(checked, 500);
     });
 }
+
+/// Linearizable reads on other connections (so, on this machine, on other cores than the
+/// writer's) always see a write once it is acknowledged; serializable ones on the writer's
+/// own connection do too.
+#[test]
+fn acknowledged_writes_are_visible_to_linearizable_reads_everywhere() {
+    let s = Server::start("shards-lin", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut writer = Client::connect([s.endpoint()], None).await.unwrap();
+        let mut readers = Vec::new();
+        for _ in 0..6 {
+            readers.push(Client::connect([s.endpoint()], None).await.unwrap());
+        }
+        for i in 0..300u32 {
+            let key = format!("{}lin", (b'a' + (i % 26) as u8) as char);
+            let put = writer.put(key.clone(), i.to_string(), None).await.unwrap();
+            let rev = put.header().unwrap().revision();
+            let mine = writer
+                .get(key.clone(), Some(GetOptions::new().with_serializable()))
+                .await
+                .unwrap();
+            assert_eq!(mine.kvs()[0].value_str().unwrap(), i.to_string());
+            let r = &mut readers[i as usize % 6];
+            let got = r.get(key, None).await.unwrap();
+            assert!(got.header().unwrap().revision() >= rev);
+            assert_eq!(got.kvs()[0].value_str().unwrap(), i.to_string(), "read {i}");
+        }
+    });
+}

@@ -360,7 +360,13 @@ pub fn main(flags: &Flags) {
     // Keel chooses its shard split keys at boot from the keys it holds.
     servers = servers
         .into_iter()
-        .map(|s| if s.name.starts_with("keel") { s.restart(&out) } else { s })
+        .map(|s| {
+            if s.name.starts_with("keel") {
+                s.restart(&out)
+            } else {
+                s
+            }
+        })
         .collect();
     let started = Instant::now();
     let mut cells: BTreeMap<(usize, &'static str), Cell> = BTreeMap::new();

@@ -42,6 +42,15 @@ struct CallSlot {
     waker: Option<Waker>,
 }
 
+/// A linearizable read waiting for its ReadIndex.
+#[derive(Default)]
+struct IndexSlot {
+    result: Option<Result<u64, Status>>,
+    waker: Option<Waker>,
+}
+
+type IndexWaiter = Rc<RefCell<IndexSlot>>;
+
 pub struct Node {
     core: CoreId,
     shard: RefCell<Option<Shard>>,
@@ -51,6 +60,9 @@ pub struct Node {
     calls: RefCell<HashMap<u64, Rc<RefCell<CallSlot>>>>,
     next_seq: Cell<u64>,
     raft: Rc<RaftClient>,
+    /// Linearizable reads that arrived since this core last asked for a ReadIndex.
+    index_waiting: RefCell<Vec<IndexWaiter>>,
+    index_asking: Cell<bool>,
     pub hub: Hub,
 }
 
@@ -65,6 +77,8 @@ impl Node {
             calls: RefCell::new(HashMap::new()),
             next_seq: Cell::new(1),
             raft,
+            index_waiting: RefCell::new(Vec::new()),
+            index_asking: Cell::new(false),
             hub: Hub::new(),
         })
     }
@@ -246,14 +260,7 @@ impl Node {
         linearizable: bool,
     ) -> Result<(RangeResponse, u64), Status> {
         let min_index = if linearizable {
-            let reply = self
-                .raft
-                .call(|from, seq| ToRaft::ReadIndex { from, seq })
-                .await?;
-            match reply.body? {
-                ReplyBody::ReadIndex(r) => r,
-                _ => return Err(Status::new(Code::Internal, "keel: unexpected reply")),
-            }
+            self.read_index().await?
         } else {
             0
         };
@@ -273,6 +280,59 @@ impl Node {
                 }
                 Err((_, status)) => return Err(status),
                 Ok(res) => return Ok((res, mark.raft_term)),
+            }
+        }
+    }
+
+    /// A ReadIndex taken after this call began. The core asks the raft core once for
+    /// all the reads that arrived while its previous question was out (one cross-core
+    /// round trip per batch, not per read).
+    async fn read_index(self: &Rc<Node>) -> Result<u64, Status> {
+        let slot: IndexWaiter = Rc::default();
+        self.index_waiting.borrow_mut().push(slot.clone());
+        if !self.index_asking.get() {
+            self.index_asking.set(true);
+            let node = self.clone();
+            glommio::spawn_local(async move { node.ask_read_indexes().await }).detach();
+        }
+        poll_fn(|cx| {
+            let mut s = slot.borrow_mut();
+            match s.result.take() {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    async fn ask_read_indexes(self: Rc<Node>) {
+        loop {
+            let batch = std::mem::take(&mut *self.index_waiting.borrow_mut());
+            if batch.is_empty() {
+                self.index_asking.set(false);
+                return;
+            }
+            let result = match self
+                .raft
+                .call(|from, seq| ToRaft::ReadIndex { from, seq })
+                .await
+            {
+                Ok(reply) => match reply.body {
+                    Ok(ReplyBody::ReadIndex(r)) => Ok(r),
+                    Ok(_) => Err(Status::new(Code::Internal, "keel: unexpected reply")),
+                    Err(status) => Err(status),
+                },
+                Err(status) => Err(status),
+            };
+            for w in batch {
+                let mut w = w.borrow_mut();
+                w.result = Some(result.clone());
+                if let Some(k) = w.waker.take() {
+                    k.wake();
+                }
             }
         }
     }
