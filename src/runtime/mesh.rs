@@ -99,11 +99,31 @@ pub struct Applied {
     pub revision: i64,
     pub compact_revision: i64,
     pub raft_term: u64,
-    pub changes: Arc<Vec<Change>>,
+    /// In chunks (one per round; more when queued rounds were merged), each whole
+    /// revisions, in order.
+    pub changes: Vec<Arc<Vec<Change>>>,
     pub snapshot: ReadSnapshot,
     pub replies: Vec<Reply>,
     /// The shard split keys, in the first round only (the shards' boot).
     pub splits: Option<Arc<Vec<Vec<u8>>>>,
+}
+
+impl Applied {
+    /// Merges the round after this one into it (rounds queued for a busy core travel as
+    /// one): all changes in order, the later snapshot and watermark, all replies. Keeps
+    /// the number of distinct snapshots in flight bounded by the channel depth.
+    pub fn absorb(&mut self, later: Applied) {
+        self.index = later.index;
+        self.revision = later.revision;
+        self.compact_revision = later.compact_revision;
+        self.raft_term = later.raft_term;
+        self.changes.extend(later.changes);
+        self.snapshot = later.snapshot;
+        self.replies.extend(later.replies);
+        if self.splits.is_none() {
+            self.splits = later.splits;
+        }
+    }
 }
 
 /// Core-to-core messages (the raft core is core 0 and sends `Applied` this way too).
@@ -164,7 +184,9 @@ pub struct CoreLinks {
 }
 
 /// Depth of each core-to-core channel (senders queue locally beyond it, never block).
-pub const PEER_CHANNEL_DEPTH: usize = 1024;
+/// Each `Applied` in flight pins one published snapshot: cores × depth stays well under
+/// the Db's `EPOCH_SLOTS_MAX`.
+pub const PEER_CHANNEL_DEPTH: usize = 128;
 
 /// The raft core's ends: one request receiver and one reply sender per other core.
 pub struct RaftLinks {

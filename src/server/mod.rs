@@ -112,7 +112,7 @@ impl ReplySink for Replies {
                 r.push(reply);
             }
         }
-        let changes = std::sync::Arc::new(round.changes);
+        let changes = vec![std::sync::Arc::new(round.changes)];
         // Other cores first (the sends only queue), then this core's own shard.
         for (core, replies) in replies.into_iter().enumerate().rev() {
             let applied = Applied {
@@ -233,10 +233,14 @@ async fn raft_core_main(
     ));
     let node = Node::new(link.core, opts.cores, client.clone());
     node.connect(link.peers_out, link.peers_in);
-    let (local_rounds, rounds) = local_channel::new_unbounded();
+    let (local_rounds, rounds) = local_channel::new_unbounded::<Applied>();
     let round_node = node.clone();
     glommio::spawn_local(async move {
-        while let Some(applied) = rounds.recv().await {
+        while let Some(mut applied) = rounds.recv().await {
+            // Rounds that queued while this core was busy are handled as one.
+            while let Some(Some(later)) = futures_lite::future::poll_once(rounds.recv()).await {
+                applied.absorb(later);
+            }
             round_node.handle(CoreMsg::Applied(applied));
         }
     })

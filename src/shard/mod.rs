@@ -165,9 +165,9 @@ impl Shard {
 
     /// Applies one round: the changes of this shard's range, then the new snapshot and
     /// watermark.
-    pub fn apply(
+    pub fn apply<'c>(
         &mut self,
-        changes: &[Change],
+        changes: impl IntoIterator<Item = &'c Change>,
         snapshot: ReadSnapshot,
         applied_index: u64,
         revision: i64,

@@ -117,9 +117,29 @@ impl Node {
             self.outbox.borrow_mut()[to.0 as usize] = Some(local_tx);
             glommio::spawn_local(async move {
                 let tx = tx.connect().await;
-                while let Some(msg) = local_rx.recv().await {
+                while let Some(mut msg) = local_rx.recv().await {
+                    // Consecutive rounds queued for a busy core go as one.
+                    let mut after = None;
+                    if let CoreMsg::Applied(a) = &mut msg {
+                        while let Some(Some(next)) =
+                            futures_lite::future::poll_once(local_rx.recv()).await
+                        {
+                            match next {
+                                CoreMsg::Applied(b) => a.absorb(b),
+                                other => {
+                                    after = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     if tx.send(msg).await.is_err() {
                         break;
+                    }
+                    if let Some(m) = after {
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
                     }
                 }
             })
@@ -185,7 +205,7 @@ impl Node {
             let mut shard = self.shard.borrow_mut();
             match shard.as_mut() {
                 Some(s) => s.apply(
-                    &a.changes,
+                    a.changes.iter().flat_map(|c| c.iter()),
                     a.snapshot.clone(),
                     a.index,
                     a.revision,

@@ -186,3 +186,85 @@ fn scattered_ranges_equal_the_single_store() {
         assert!(checked >= 1800);
     });
 }
+
+#[test]
+fn merged_rounds_apply_like_separate_ones() {
+    use crate::runtime::mesh::Applied;
+    let dir = std::env::temp_dir().join(format!("keel-shard-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    block_on(async move {
+        let mut store = Store::open(&dir.join("db"), StoreOptions::default())
+            .await
+            .unwrap();
+        store.capture_changes(true);
+        store.publish();
+        let splits = Arc::new(vec![b"m".to_vec()]);
+        let boot = store.backend().snapshot();
+        let mut one = Shard::boot(0, splits.clone(), boot.clone(), 0, 1, 0).unwrap();
+        let mut merged = Shard::boot(0, splits, boot, 0, 1, 0).unwrap();
+        let mut rounds = Vec::new();
+        for round in 0..3u64 {
+            for k in ["a", "b", "c", "x"] {
+                let put = PutRequest {
+                    key: k.as_bytes().to_vec(),
+                    value: round.to_be_bytes().to_vec(),
+                    ..Default::default()
+                };
+                store.apply(&Op::Put(put)).unwrap();
+            }
+            if round == 1 {
+                store
+                    .apply(&Op::DeleteRange(DeleteRangeRequest {
+                        key: b"b".to_vec(),
+                        ..Default::default()
+                    }))
+                    .unwrap();
+                store.compact(store.current_revision() - 2).unwrap();
+            }
+            store.publish();
+            let a = Applied {
+                index: round + 1,
+                revision: store.current_revision(),
+                compact_revision: store.compact_revision(),
+                raft_term: 2,
+                changes: vec![Arc::new(store.take_changes())],
+                snapshot: store.backend().snapshot(),
+                replies: Vec::new(),
+                splits: None,
+            };
+            one.apply(
+                a.changes.iter().flat_map(|c| c.iter()),
+                a.snapshot.clone(),
+                a.index,
+                a.revision,
+                a.compact_revision,
+            );
+            rounds.push(a);
+        }
+        let mut all = rounds.remove(0);
+        for r in rounds {
+            all.absorb(r);
+        }
+        assert_eq!(all.changes.len(), 3);
+        assert_eq!(all.index, 3);
+        merged.apply(
+            all.changes.iter().flat_map(|c| c.iter()),
+            all.snapshot.clone(),
+            all.index,
+            all.revision,
+            all.compact_revision,
+        );
+        assert_eq!(merged.applied_index(), one.applied_index());
+        assert_eq!(merged.revision(), one.revision());
+        let every = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let at = store.current_revision();
+        assert_eq!(merged.range(&every, at), one.range(&every, at));
+        // a, b (put again after its delete) and c; x is on shard 1.
+        assert_eq!(merged.range(&every, at).unwrap().kvs.len(), 3);
+    });
+}

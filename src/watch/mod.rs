@@ -216,14 +216,10 @@ impl CreateError {
     }
 }
 
-/// An event as a catch-up read sees it.
+/// What a watcher's range and filters look at.
 struct EventRef<'a> {
     key: &'a [u8],
     delete: bool,
-    /// KeyValue wire bytes of the event's kv.
-    kv: &'a [u8],
-    /// A PUT that created the key (etcd attaches no prev_kv to those).
-    create: bool,
 }
 
 impl Default for Hub {
@@ -385,14 +381,29 @@ impl Hub {
     /// Matches one applied round against the synced watchers and queues their responses.
     pub fn on_applied(&self, a: &Applied) {
         let has_watchers = !self.inner.borrow().watchers.is_empty();
-        if !has_watchers || a.changes.is_empty() {
+        if !has_watchers || a.changes.iter().all(|c| c.is_empty()) {
             return;
         }
         let raft_term = a.raft_term;
         let config = self.config();
         let mut inner = self.inner.borrow_mut();
+        for chunk in &a.changes {
+            inner.deliver_chunk(chunk, &a.snapshot, &config, raft_term, self);
+        }
+    }
+}
+
+impl Inner {
+    /// One round's changes (whole revisions), revision by revision.
+    fn deliver_chunk(
+        &mut self,
+        changes: &[Change],
+        snapshot: &ReadSnapshot,
+        config: &WatchConfig,
+        raft_term: u64,
+        hub: &Hub,
+    ) {
         let mut i = 0;
-        let changes = &a.changes[..];
         while i < changes.len() {
             // One revision: changes[i..j].
             let main = match &changes[i] {
@@ -408,11 +419,13 @@ impl Hub {
             {
                 j += 1;
             }
-            inner.deliver_revision(&changes[i..j], main, &a.snapshot, &config, raft_term, self);
+            self.deliver_revision(&changes[i..j], main, snapshot, config, raft_term, hub);
             i = j;
         }
     }
+}
 
+impl Hub {
     /// Progress notifications: synced watchers that asked for them and got nothing since
     /// the last tick get an empty response at the current revision.
     pub fn progress_tick(&self, node: &Node) {
@@ -455,10 +468,11 @@ impl Hub {
     }
 
     /// One catch-up pass for `stream`: compaction notices, then up to
-    /// `CATCH_UP_REVISIONS_MAX` revisions of history for its unsynced watchers.
+    /// `CATCH_UP_REVISIONS_MAX` revisions (or `CATCH_UP_BYTES_MAX` bytes) of history for
+    /// its unsynced watchers. History is read in one go from the snapshot that matches the
+    /// core's watermark, and the snapshot is let go before anything waits (a snapshot
+    /// held across waits would keep pages from reuse and pin an epoch slot).
     pub async fn catch_up(&self, node: &Rc<Node>, stream: u64) {
-        let mark = node.watermark();
-        let snapshot = node.with_shard(|s| s.snapshot().clone());
         let (responses, todo) = {
             let inner = self.inner.borrow();
             let Some(s) = inner.streams.get(&stream) else {
@@ -476,82 +490,60 @@ impl Hub {
             return;
         }
         // History below the compact revision is gone (etcd: strictly below).
-        let mut live = Vec::new();
-        for (wid, w) in todo {
-            if w.next_rev < mark.compact_revision && w.next_rev <= mark.revision {
-                let msg = crate::pb::etcdserverpb::WatchResponse {
-                    header: Some(self.pb_header(node, 0)),
-                    watch_id: w.watch_id,
-                    compact_revision: mark.compact_revision,
-                    canceled: true,
-                    ..Default::default()
-                };
-                if responses.send(encode_pb(&msg)).await.is_err() {
-                    return;
-                }
-                if let Some(w) = self.inner.borrow_mut().watchers.get_mut(&wid) {
-                    w.state = State::Compacted;
-                }
-            } else {
-                live.push((wid, w));
-            }
-        }
-        if live.is_empty() {
-            return;
-        }
+        let mark = node.watermark();
+        let (compacted, live): (Vec<_>, Vec<_>) = todo
+            .into_iter()
+            .partition(|(_, w)| w.next_rev < mark.compact_revision && w.next_rev <= mark.revision);
         let from = live
             .iter()
             .map(|(_, w)| w.next_rev)
             .min()
             .unwrap_or(mark.revision + 1);
-        let mut upto = mark.revision;
+        let (history, upto) = if live.is_empty() || from > mark.revision {
+            (Vec::new(), mark.revision)
+        } else {
+            node.with_shard(|s| read_history(s.snapshot(), from, mark.revision))
+        };
+        for (wid, w) in &compacted {
+            let msg = crate::pb::etcdserverpb::WatchResponse {
+                header: Some(self.pb_header(node, 0)),
+                watch_id: w.watch_id,
+                compact_revision: mark.compact_revision,
+                canceled: true,
+                ..Default::default()
+            };
+            if responses.send(encode_pb(&msg)).await.is_err() {
+                return;
+            }
+            if let Some(now) = self.inner.borrow_mut().watchers.get_mut(wid) {
+                if now.state == State::Unsynced && now.next_rev == w.next_rev {
+                    now.state = State::Compacted;
+                }
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
         let mut per: Vec<Vec<Vec<u8>>> = vec![Vec::new(); live.len()];
-        if from <= mark.revision {
-            let start = Revision::new(from.max(0), 0).encode();
-            let mut revisions = 0usize;
-            let mut bytes = 0usize;
-            let mut last_main = -1;
-            for (k, v) in snapshot.range(TreeId::Revision, &start, &[]) {
-                let Some(rev) = Revision::decode(k) else {
+        for e in &history {
+            let ev = EventRef {
+                key: &e.key,
+                delete: e.delete,
+            };
+            for (n, (_, w)) in live.iter().enumerate() {
+                if e.main < w.next_rev || !wants(w, &ev) {
                     continue;
-                };
-                if rev.main > mark.revision {
-                    break;
                 }
-                if rev.main != last_main {
-                    if revisions == CATCH_UP_REVISIONS_MAX || bytes >= CATCH_UP_BYTES_MAX {
-                        upto = last_main;
-                        break;
-                    }
-                    revisions += 1;
-                    last_main = rev.main;
-                }
-                bytes += v.len();
-                let Ok((kind, record)) = kv::decode_record_ref(v) else {
-                    continue;
+                let prev = if w.prev_kv && !e.create {
+                    node.get_at(&e.key, e.main - 1).await.map(|kv| {
+                        let mut b = Vec::new();
+                        kv.encode(&mut b);
+                        b
+                    })
+                } else {
+                    None
                 };
-                let e = EventRef {
-                    key: record.key,
-                    delete: kind == kv::RecordKind::Tombstone,
-                    kv: &v[1..],
-                    create: kind == kv::RecordKind::Put
-                        && record.create_revision == record.mod_revision,
-                };
-                for (n, (_, w)) in live.iter().enumerate() {
-                    if rev.main < w.next_rev || !wants(w, &e) {
-                        continue;
-                    }
-                    let prev = if w.prev_kv && !e.create {
-                        node.get_at(e.key, rev.main - 1).await.map(|kv| {
-                            let mut b = Vec::new();
-                            kv.encode(&mut b);
-                            b
-                        })
-                    } else {
-                        None
-                    };
-                    per[n].push(event_field(e.delete, e.kv, prev.as_deref()));
-                }
+                per[n].push(event_field(e.delete, &e.kv, prev.as_deref()));
             }
         }
         // etcd's catch-up responses carry the store's revision in the header.
@@ -601,6 +593,54 @@ impl Hub {
             raft_term: node.watermark().raft_term,
         }
     }
+}
+
+/// One event read from history (owned: the snapshot is released before it is used).
+struct HistoryEvent {
+    main: i64,
+    key: Vec<u8>,
+    delete: bool,
+    /// KeyValue wire bytes.
+    kv: Vec<u8>,
+    /// A PUT that created the key (no prev_kv, as etcd).
+    create: bool,
+}
+
+/// The events of revisions `from..=to` (at most `CATCH_UP_REVISIONS_MAX` revisions and
+/// about `CATCH_UP_BYTES_MAX` bytes, whole revisions), and the last revision covered.
+fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEvent>, i64) {
+    let mut out = Vec::new();
+    let start = Revision::new(from.max(0), 0).encode();
+    let mut revisions = 0usize;
+    let mut bytes = 0usize;
+    let mut last_main = -1;
+    for (k, v) in snapshot.range(TreeId::Revision, &start, &[]) {
+        let Some(rev) = Revision::decode(k) else {
+            continue;
+        };
+        if rev.main > to {
+            break;
+        }
+        if rev.main != last_main {
+            if revisions == CATCH_UP_REVISIONS_MAX || bytes >= CATCH_UP_BYTES_MAX {
+                return (out, last_main);
+            }
+            revisions += 1;
+            last_main = rev.main;
+        }
+        bytes += v.len();
+        let Ok((kind, record)) = kv::decode_record_ref(v) else {
+            continue;
+        };
+        out.push(HistoryEvent {
+            main: rev.main,
+            key: record.key.to_vec(),
+            delete: kind == kv::RecordKind::Tombstone,
+            kv: v[1..].to_vec(),
+            create: kind == kv::RecordKind::Put && record.create_revision == record.mod_revision,
+        });
+    }
+    (out, to)
 }
 
 fn encode_pb<M: prost::Message>(m: &M) -> Bytes {
