@@ -2,7 +2,9 @@
 //!
 //! Topology: each core has one bounded mailbox to the raft core (`ToRaft`) and the raft
 //! core has one reply channel back to each core (`Reply`). On the raft core itself both
-//! directions are local channels. Messages are owned and `Send`: bytes and plain structs,
+//! directions are local channels. Besides, every ordered pair of cores has a bounded
+//! channel of `CoreMsg`: applied rounds (raft core → every core), Range parts and their
+//! replies (shard to shard); senders queue in a `shard::node::Outbox`, never waiting. Messages are owned and `Send`: bytes and plain structs,
 //! never `Rc` or references.
 //!
 //! Bounds: a core has at most `requests_inflight_max` requests waiting for a reply (its

@@ -88,7 +88,7 @@ struct Replies {
     node: Rc<Node>,
     /// This core's own rounds go through a queue to a task, so the raft loop goes on
     /// (to its next WAL write and fdatasync) while the task fans the round out.
-    local_rounds: glommio::channels::local_channel::LocalSender<Applied>,
+    local_rounds: Rc<crate::shard::node::Outbox>,
     cores: usize,
 }
 
@@ -127,7 +127,7 @@ impl ReplySink for Replies {
             };
             let to = CoreId(core as u16);
             if to == self.node.core() {
-                let _ = self.local_rounds.try_send(applied);
+                self.local_rounds.push(CoreMsg::Applied(applied));
             } else {
                 self.node.send_applied(to, applied);
             }
@@ -233,15 +233,13 @@ async fn raft_core_main(
     ));
     let node = Node::new(link.core, opts.cores, client.clone());
     node.connect(link.peers_out, link.peers_in);
-    let (local_rounds, rounds) = local_channel::new_unbounded::<Applied>();
+    // Rounds that queue while this core is busy merge into one (see `Outbox`).
+    let local_rounds = Rc::new(crate::shard::node::Outbox::default());
+    let rounds = local_rounds.clone();
     let round_node = node.clone();
     glommio::spawn_local(async move {
-        while let Some(mut applied) = rounds.recv().await {
-            // Rounds that queued while this core was busy are handled as one.
-            while let Some(Some(later)) = futures_lite::future::poll_once(rounds.recv()).await {
-                applied.absorb(later);
-            }
-            round_node.handle(CoreMsg::Applied(applied));
+        while let Some(msg) = rounds.pop().await {
+            round_node.handle(msg);
         }
     })
     .detach();

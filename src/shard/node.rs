@@ -18,7 +18,6 @@ use crate::raft::RaftClient;
 use crate::runtime::log;
 use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReplyBody, ToRaft};
 use crate::watch::Hub;
-use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -56,7 +55,7 @@ pub struct Node {
     shard: RefCell<Option<Shard>>,
     watermark: Cell<Watermark>,
     waiters: RefCell<Vec<Waker>>,
-    outbox: RefCell<Vec<Option<LocalSender<CoreMsg>>>>,
+    outbox: Vec<Rc<Outbox>>,
     calls: RefCell<HashMap<u64, Rc<RefCell<CallSlot>>>>,
     next_seq: Cell<u64>,
     raft: Rc<RaftClient>,
@@ -73,7 +72,7 @@ impl Node {
             shard: RefCell::new(None),
             watermark: Cell::new(Watermark::default()),
             waiters: RefCell::new(Vec::new()),
-            outbox: RefCell::new((0..cores).map(|_| None).collect()),
+            outbox: (0..cores).map(|_| Rc::new(Outbox::default())).collect(),
             calls: RefCell::new(HashMap::new()),
             next_seq: Cell::new(1),
             raft,
@@ -106,40 +105,19 @@ impl Node {
     }
 
     /// Connects the links to the other cores: a task per incoming channel, and an
-    /// unbounded local queue plus a draining task per outgoing one.
+    /// [`Outbox`] plus a draining task per outgoing one.
     pub fn connect(
         self: &Rc<Node>,
         peers_out: Vec<(CoreId, SharedSender<CoreMsg>)>,
         peers_in: Vec<(CoreId, SharedReceiver<CoreMsg>)>,
     ) {
         for (to, tx) in peers_out {
-            let (local_tx, local_rx) = local_channel::new_unbounded();
-            self.outbox.borrow_mut()[to.0 as usize] = Some(local_tx);
+            let outbox = self.outbox[to.0 as usize].clone();
             glommio::spawn_local(async move {
                 let tx = tx.connect().await;
-                while let Some(mut msg) = local_rx.recv().await {
-                    // Consecutive rounds queued for a busy core go as one.
-                    let mut after = None;
-                    if let CoreMsg::Applied(a) = &mut msg {
-                        while let Some(Some(next)) =
-                            futures_lite::future::poll_once(local_rx.recv()).await
-                        {
-                            match next {
-                                CoreMsg::Applied(b) => a.absorb(b),
-                                other => {
-                                    after = Some(other);
-                                    break;
-                                }
-                            }
-                        }
-                    }
+                while let Some(msg) = outbox.pop().await {
                     if tx.send(msg).await.is_err() {
                         break;
-                    }
-                    if let Some(m) = after {
-                        if tx.send(m).await.is_err() {
-                            break;
-                        }
                     }
                 }
             })
@@ -158,8 +136,8 @@ impl Node {
     }
 
     fn send(&self, to: CoreId, msg: CoreMsg) {
-        if let Some(Some(tx)) = self.outbox.borrow().get(to.0 as usize) {
-            let _ = tx.try_send(msg);
+        if let Some(outbox) = self.outbox.get(to.0 as usize) {
+            outbox.push(msg);
         }
     }
 
@@ -465,6 +443,50 @@ impl Node {
         let mark = self.watermark();
         let res = self.range_at(&req, mark).await.ok()?;
         res.kvs.into_iter().next()
+    }
+}
+
+/// Messages for one other core, waiting for room in the cross-core channel. Never
+/// blocks the sender (the raft core least of all); a round queued behind another round
+/// merges into it, so however long the other core is busy, at most one queued round
+/// (and one pinned snapshot) waits here beside the channel's.
+#[derive(Default)]
+pub struct Outbox {
+    queue: RefCell<std::collections::VecDeque<CoreMsg>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Outbox {
+    pub fn push(&self, msg: CoreMsg) {
+        let mut queue = self.queue.borrow_mut();
+        match (queue.back_mut(), msg) {
+            (Some(CoreMsg::Applied(last)), CoreMsg::Applied(next)) => last.absorb(next),
+            (_, msg) => queue.push_back(msg),
+        }
+        drop(queue);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// The next message (waits while there is none; never ends).
+    pub async fn pop(&self) -> Option<CoreMsg> {
+        poll_fn(|cx| match self.queue.borrow_mut().pop_front() {
+            Some(m) => Poll::Ready(Some(m)),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
