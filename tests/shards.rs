@@ -186,3 +186,49 @@ fn acknowledged_writes_are_visible_to_linearizable_reads_everywhere() {
         }
     });
 }
+
+/// What another connection (on this machine, often another core) sees right after a
+/// write is acknowledged: a serializable read at its revision is not "future", and a
+/// watch created from now starts after it (the created header already has it).
+#[test]
+fn other_connections_are_not_behind_an_acknowledged_write() {
+    let s = Server::start("shards-after", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut writer = Client::connect([s.endpoint()], None).await.unwrap();
+        let mut others = Vec::new();
+        for _ in 0..6 {
+            others.push(Client::connect([s.endpoint()], None).await.unwrap());
+        }
+        for i in 0..120usize {
+            let put = writer.put("after", i.to_string(), None).await.unwrap();
+            let rev = put.header().unwrap().revision();
+            let c = &mut others[i % 6];
+            let at = GetOptions::new().with_serializable().with_revision(rev);
+            let got = c.get("after", Some(at)).await.unwrap();
+            assert_eq!(got.kvs()[0].value_str().unwrap(), i.to_string());
+            let mut w = c.watch("after", None).await.unwrap();
+            let created = w.message().await.unwrap().unwrap();
+            assert!(created.created());
+            assert!(
+                created.header().unwrap().revision() >= rev,
+                "created before the write"
+            );
+            writer.put("after", "next", None).await.unwrap();
+            let r = tokio::time::timeout(std::time::Duration::from_secs(10), w.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                r.events()[0].kv().unwrap().value(),
+                b"next",
+                "iteration {i}"
+            );
+            w.cancel(created.watch_id()).await.unwrap();
+        }
+    });
+}

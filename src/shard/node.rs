@@ -263,6 +263,13 @@ impl Node {
             0
         };
         self.wait_applied(min_index).await;
+        if !linearizable && req.revision > self.watermark().revision {
+            // A revision this core has not applied yet may exist on the raft core (a
+            // write acknowledged on another core): catch up before calling it future,
+            // as a single etcd member, which applies before it answers, would.
+            let index = self.read_index().await?;
+            self.wait_applied(index).await;
+        }
         let mut retried = false;
         loop {
             let mark = self.watermark();
@@ -285,7 +292,7 @@ impl Node {
     /// A ReadIndex taken after this call began. The core asks the raft core once for
     /// all the reads that arrived while its previous question was out (one cross-core
     /// round trip per batch, not per read).
-    async fn read_index(self: &Rc<Node>) -> Result<u64, Status> {
+    pub async fn read_index(self: &Rc<Node>) -> Result<u64, Status> {
         let slot: IndexWaiter = Rc::default();
         self.index_waiting.borrow_mut().push(slot.clone());
         if !self.index_asking.get() {

@@ -103,6 +103,12 @@ async fn create(
     } else {
         c.key.to_vec()
     };
+    if c.start_revision == 0 || c.start_revision > node.watermark().revision {
+        // "From now" means after every write acknowledged so far, also on other cores;
+        // and a start this core has not reached may already be history elsewhere.
+        let index = node.read_index().await?;
+        node.wait_applied(index).await;
+    }
     let rev = node.watermark().revision;
     let start_revision = if c.start_revision == 0 {
         rev + 1
