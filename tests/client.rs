@@ -4,18 +4,11 @@
 
 mod common;
 
-use common::{is_keel, Server};
+use common::{is_keel, runtime, Server};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, Error, GetOptions, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn connect(s: &Server) -> Client {
     Client::connect([s.endpoint()], None)

@@ -4,19 +4,12 @@
 
 mod common;
 
-use common::{is_keel, wal_files, Server};
+use common::{is_keel, runtime, wal_files, Server};
 use etcd_client::{Client, GetOptions};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn all_kvs(c: &mut Client, prefix: &str) -> BTreeMap<String, (String, i64)> {
     let r = c

@@ -57,10 +57,7 @@ fn ranges_over_two_shards_equal_one_shard() {
     }
     let two = Server::start("shards-two", &["--cores", "2", "--shard-split-keys", "m"]);
     let one = Server::start("shards-one", &["--cores", "1"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let mut a = Client::connect([two.endpoint()], None).await.unwrap();
         let mut b = Client::connect([one.endpoint()], None).await.unwrap();
@@ -160,10 +157,7 @@ fn ranges_over_two_shards_equal_one_shard() {
 #[test]
 fn acknowledged_writes_are_visible_to_linearizable_reads_everywhere() {
     let s = Server::start("shards-lin", &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let mut writer = Client::connect([s.endpoint()], None).await.unwrap();
         let mut readers = Vec::new();
@@ -193,10 +187,7 @@ fn acknowledged_writes_are_visible_to_linearizable_reads_everywhere() {
 #[test]
 fn other_connections_are_not_behind_an_acknowledged_write() {
     let s = Server::start("shards-after", &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let mut writer = Client::connect([s.endpoint()], None).await.unwrap();
         let mut others = Vec::new();

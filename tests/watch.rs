@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::Server;
+use common::{runtime, Server};
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, Event, EventType, GetOptions, Txn, TxnOp,
     WatchFilterType, WatchOptions, WatchResponse, WatchStream,
@@ -20,13 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn connect(s: &Server) -> Client {
     Client::connect([s.endpoint()], None)

@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::Server;
+use common::{runtime, Server};
 use etcd_client::{
     Client, DeleteOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
     WatchResponseStream,
@@ -37,13 +37,6 @@ const WRITERS: u64 = 3;
 const STREAMS: usize = 8;
 const WATCHERS_PER_STREAM: usize = 5;
 const RPC: Duration = Duration::from_secs(10);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn connect(ep: &str) -> Client {
     timeout(RPC, Client::connect([ep], None))

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Server;
+use common::{runtime, Server};
 use keel::pb::etcdserverpb as pb;
 use pb::watch_request::RequestUnion;
 use std::pin::Pin;
@@ -86,13 +86,6 @@ impl Watch {
             .expect("stream ok")
             .expect("stream open")
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn create(key: &str) -> pb::WatchCreateRequest {

@@ -33,10 +33,7 @@ async fn revisions(ws: &mut WatchStream, n: usize) -> Vec<i64> {
 #[test]
 fn a_stalled_stream_delays_nobody_and_loses_nothing() {
     let s = Server::start("watch-slow", &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let connect = || Client::connect([s.endpoint()], None);
         let mut writer = connect().await.unwrap();

@@ -647,6 +647,16 @@ fn encode_pb<M: prost::Message>(m: &M) -> Bytes {
     Bytes::from(m.encode_to_vec())
 }
 
+/// A change as a watch event: whether it is a DELETE, and the record of the value before
+/// it (none for a PUT that created the key: etcd attaches no prev_kv there).
+fn event_kind(c: &Change) -> Option<(bool, Option<Revision>)> {
+    match c {
+        Change::Put { kv, prev, .. } => Some((false, if kv.version == 1 { None } else { *prev })),
+        Change::Delete { prev, .. } => Some((true, *prev)),
+        Change::Compact { .. } => None,
+    }
+}
+
 /// The watcher's range and filters accept the event.
 fn wants(w: &Watcher, e: &EventRef<'_>) -> bool {
     if (e.delete && w.filter_delete) || (!e.delete && w.filter_put) {
@@ -772,20 +782,20 @@ impl Inner {
             if w.state != State::Synced || main < w.next_rev {
                 continue;
             }
-            let mut events: Vec<&[u8]> = Vec::with_capacity(group.len());
+            // The watcher's events of this revision, each encoded once per revision (with
+            // or without prev_kv) and shared by every watcher that wants it.
+            let mut picks: Vec<(usize, bool)> = Vec::with_capacity(group.len());
             for &(_, i) in group {
                 let c = &changes[i];
-                let (delete, prev) = match c {
-                    Change::Put { kv, prev, .. } => {
-                        (false, if kv.version == 1 { None } else { *prev })
-                    }
-                    Change::Delete { prev, .. } => (true, *prev),
-                    Change::Compact { .. } => continue,
+                let Some((delete, prev)) = event_kind(c) else {
+                    continue;
                 };
                 if (delete && w.filter_delete) || (!delete && w.filter_put) {
                     continue;
                 }
-                let slot = if w.prev_kv && prev.is_some() {
+                let with = w.prev_kv && prev.is_some();
+                picks.push((i, with));
+                let slot = if with {
                     &mut with_prev[i]
                 } else {
                     &mut plain[i]
@@ -802,7 +812,7 @@ impl Inner {
                         .encode(&mut kv_bytes),
                         Change::Compact { .. } => {}
                     }
-                    let prev_bytes = match (w.prev_kv, prev) {
+                    let prev_bytes = match (with, prev) {
                         (true, Some(p)) => snapshot
                             .get(TreeId::Revision, &p.encode())
                             .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
@@ -812,26 +822,13 @@ impl Inner {
                     *slot = Some(event_field(delete, &kv_bytes, prev_bytes));
                 }
             }
-            // Second pass: the slots are filled; borrow them.
-            for &(_, i) in group {
-                let c = &changes[i];
-                let (delete, prev) = match c {
-                    Change::Put { kv, prev, .. } => {
-                        (false, if kv.version == 1 { None } else { *prev })
-                    }
-                    Change::Delete { prev, .. } => (true, *prev),
-                    Change::Compact { .. } => continue,
-                };
-                if (delete && w.filter_delete) || (!delete && w.filter_put) {
-                    continue;
-                }
-                let slot = if w.prev_kv && prev.is_some() {
-                    &with_prev[i]
-                } else {
-                    &plain[i]
-                };
-                events.push(slot.as_deref().expect("encoded above"));
-            }
+            let events: Vec<&[u8]> = picks
+                .iter()
+                .map(|&(i, with)| {
+                    let slot = if with { &with_prev[i] } else { &plain[i] };
+                    slot.as_deref().expect("encoded above")
+                })
+                .collect();
             if events.is_empty() {
                 continue;
             }

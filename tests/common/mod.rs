@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 
 pub const READY_TIME_MAX: Duration = Duration::from_secs(20);
 
+/// The tokio runtime the client tests drive their client crates on (one thread).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn server_binary() -> PathBuf {
     std::env::var_os("KEEL_TEST_SERVER")
         .map(PathBuf::from)
