@@ -197,9 +197,12 @@ impl Responses {
         }
     }
 
-    /// Responses queued and not yet taken by the writer.
-    pub fn queued(&self) -> usize {
-        self.sender.len()
+    /// How many more responses `try_send` would take now.
+    pub fn room(&self) -> usize {
+        match &self.bound {
+            None => usize::from(!self.sender.is_full()),
+            Some((bound, _)) => bound.saturating_sub(self.sender.len()),
+        }
     }
 
     /// Queues one response message; fails once the call is gone (client reset, deadline).

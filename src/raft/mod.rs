@@ -33,10 +33,10 @@ pub mod log;
 pub use client::{RaftClient, RaftSender};
 
 use crate::grpc::{Code, Status};
-use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::db::TreeId;
 use crate::mvcc::{self, Op, OpResponse, Store, StoreOptions};
 use crate::pb::keel::internal::Member as MemberRecord;
-use crate::runtime::mesh::{CoreId, MemberInfo, Reply, ReplyBody, StatusInfo, ToRaft};
+use crate::runtime::mesh::{Applied, CoreId, MemberInfo, Reply, ReplyBody, StatusInfo, ToRaft};
 use crate::wal::{self, Wal, WalOptions};
 use ::raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message as RaftMessage,
@@ -96,21 +96,9 @@ impl std::fmt::Display for BootError {
 /// Where replies go: the raft core's own client directly, other cores by channel.
 pub trait ReplySink {
     fn send(&self, to: CoreId, reply: Reply);
-    /// One applied round for every core (see `mesh::Applied`); the replies inside go to
-    /// their cores after the round's changes.
-    fn applied(&self, round: Round);
-}
-
-/// What one `process_ready` applied.
-pub struct Round {
-    pub index: u64,
-    pub revision: i64,
-    pub compact_revision: i64,
-    pub raft_term: u64,
-    pub changes: Vec<mvcc::Change>,
-    pub snapshot: ReadSnapshot,
-    pub replies: Vec<(CoreId, Reply)>,
-    pub splits: Option<std::sync::Arc<Vec<Vec<u8>>>>,
+    /// One applied round for every core (see `mesh::Applied`), and the replies to the
+    /// round's writes, each delivered by its core after it applied the round.
+    fn applied(&self, round: Applied, replies: Vec<(CoreId, Reply)>);
 }
 
 struct PendingRead {
@@ -670,16 +658,17 @@ impl RaftCore {
             Some(_) => None,
         };
         self.broadcast_index = Some(self.applied_index);
-        out.applied(Round {
+        let round = Applied {
             index: self.applied_index,
             revision: self.store.current_revision(),
             compact_revision: self.store.compact_revision(),
             raft_term: self.node.raft.term,
-            changes: self.store.take_changes(),
+            changes: vec![std::sync::Arc::new(self.store.take_changes())],
             snapshot: self.store.backend().snapshot(),
-            replies: std::mem::take(&mut self.round_replies),
+            replies: Vec::new(),
             splits,
-        });
+        };
+        out.applied(round, std::mem::take(&mut self.round_replies));
     }
 
     /// A member that is the only voter elects itself at once instead of waiting out an

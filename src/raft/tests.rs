@@ -15,8 +15,8 @@ impl ReplySink for Collect {
         self.0.borrow_mut().push((to, reply));
     }
 
-    fn applied(&self, round: Round) {
-        self.0.borrow_mut().extend(round.replies);
+    fn applied(&self, _round: Applied, replies: Vec<(CoreId, Reply)>) {
+        self.0.borrow_mut().extend(replies);
     }
 }
 

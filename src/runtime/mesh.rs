@@ -111,6 +111,21 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// The same round without replies, for another core (the changes and the snapshot
+    /// are shared, not copied).
+    pub fn share(&self) -> Applied {
+        Applied {
+            index: self.index,
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            raft_term: self.raft_term,
+            changes: self.changes.clone(),
+            snapshot: self.snapshot.clone(),
+            replies: Vec::new(),
+            splits: self.splits.clone(),
+        }
+    }
+
     /// Merges the round after this one into it (rounds queued for a busy core travel as
     /// one): all changes in order, the later snapshot and watermark, all replies. Keeps
     /// the number of distinct snapshots in flight bounded by the channel depth.

@@ -14,7 +14,7 @@
 
 use crate::api::{self, Services};
 use crate::grpc;
-use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink, Round};
+use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
 use crate::runtime::mesh::{
     self, Applied, CoreId, CoreLinks, CoreMsg, MemberInfo, RaftLinks, Reply, ToRaft,
 };
@@ -105,25 +105,18 @@ impl ReplySink for Replies {
         }
     }
 
-    fn applied(&self, round: Round) {
-        let mut replies: Vec<Vec<Reply>> = (0..self.cores).map(|_| Vec::new()).collect();
-        for (to, reply) in round.replies {
-            if let Some(r) = replies.get_mut(to.0 as usize) {
+    fn applied(&self, round: Applied, replies: Vec<(CoreId, Reply)>) {
+        let mut per_core: Vec<Vec<Reply>> = (0..self.cores).map(|_| Vec::new()).collect();
+        for (to, reply) in replies {
+            if let Some(r) = per_core.get_mut(to.0 as usize) {
                 r.push(reply);
             }
         }
-        let changes = vec![std::sync::Arc::new(round.changes)];
         // Other cores first (the sends only queue), then this core's own shard.
-        for (core, replies) in replies.into_iter().enumerate().rev() {
+        for (core, replies) in per_core.into_iter().enumerate().rev() {
             let applied = Applied {
-                index: round.index,
-                revision: round.revision,
-                compact_revision: round.compact_revision,
-                raft_term: round.raft_term,
-                changes: changes.clone(),
-                snapshot: round.snapshot.clone(),
                 replies,
-                splits: round.splits.clone(),
+                ..round.share()
             };
             let to = CoreId(core as u16);
             if to == self.node.core() {
@@ -316,7 +309,6 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         cluster_id: opts.cluster_id,
         member_id: opts.member_id,
         fragment_bytes: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
-        progress_interval: opts.watch_progress_notify_interval,
     });
     let interval = opts.watch_progress_notify_interval;
     if !interval.is_zero() {

@@ -6,9 +6,9 @@
 //! Messages in (`CoreMsg`, FIFO per sending core): `Applied` rounds from the raft core
 //! (core 0) — applied to the shard, then matched against the watchers, then the round's
 //! write replies are delivered, in that order; `Range` parts to serve; `RangeReply`
-//! answers to this core's own parts. Messages out go through an unbounded local queue
-//! per destination, drained by a task into the bounded cross-core channel, so no caller
-//! (the raft core least of all) ever waits for another core.
+//! answers to this core's own parts. Messages out go through an [`Outbox`] per
+//! destination, drained by a task into the bounded cross-core channel, so no caller (the
+//! raft core least of all) ever waits for another core.
 
 use super::{merge, part_request, shards_for, Shard};
 use crate::api::errors::status_from_mvcc;
@@ -36,19 +36,40 @@ pub struct Watermark {
 
 type RangeResult = Result<RangeResponse, Status>;
 
-struct CallSlot {
-    result: Option<(u64, RangeResult)>,
-    waker: Option<Waker>,
+/// A value one task fills and another waits for (a Range part's reply, a ReadIndex).
+struct Slot<T> {
+    value: RefCell<(Option<T>, Option<Waker>)>,
 }
 
-/// A linearizable read waiting for its ReadIndex.
-#[derive(Default)]
-struct IndexSlot {
-    result: Option<Result<u64, Status>>,
-    waker: Option<Waker>,
-}
+impl<T> Slot<T> {
+    fn new() -> Rc<Slot<T>> {
+        Rc::new(Slot {
+            value: RefCell::new((None, None)),
+        })
+    }
 
-type IndexWaiter = Rc<RefCell<IndexSlot>>;
+    fn fill(&self, value: T) {
+        let mut v = self.value.borrow_mut();
+        v.0 = Some(value);
+        if let Some(w) = v.1.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) -> T {
+        poll_fn(|cx| {
+            let mut v = self.value.borrow_mut();
+            match v.0.take() {
+                Some(value) => Poll::Ready(value),
+                None => {
+                    v.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
 
 pub struct Node {
     core: CoreId,
@@ -56,11 +77,11 @@ pub struct Node {
     watermark: Cell<Watermark>,
     waiters: RefCell<Vec<Waker>>,
     outbox: Vec<Rc<Outbox>>,
-    calls: RefCell<HashMap<u64, Rc<RefCell<CallSlot>>>>,
+    calls: RefCell<HashMap<u64, Rc<Slot<(u64, RangeResult)>>>>,
     next_seq: Cell<u64>,
     raft: Rc<RaftClient>,
     /// Linearizable reads that arrived since this core last asked for a ReadIndex.
-    index_waiting: RefCell<Vec<IndexWaiter>>,
+    index_waiting: RefCell<Vec<Rc<Slot<Result<u64, Status>>>>>,
     index_asking: Cell<bool>,
     pub hub: Hub,
 }
@@ -84,10 +105,6 @@ impl Node {
 
     pub fn core(&self) -> CoreId {
         self.core
-    }
-
-    pub fn raft(&self) -> &Rc<RaftClient> {
-        &self.raft
     }
 
     /// What this core's shard has applied (all zero before the first round).
@@ -157,25 +174,31 @@ impl Node {
                 at_revision,
                 min_index,
             } => {
+                if self.is_ready() && self.watermark().index >= min_index {
+                    // The usual case: served at once, no task.
+                    self.reply_part(from, seq, &req, at_revision);
+                    return;
+                }
                 let node = self.clone();
                 glommio::spawn_local(async move {
                     node.wait_applied(min_index).await;
-                    let body = node.serve_part(&req, at_revision);
-                    let index = node.watermark().index;
-                    node.send(from, CoreMsg::RangeReply { seq, index, body });
+                    node.reply_part(from, seq, &req, at_revision);
                 })
                 .detach();
             }
             CoreMsg::RangeReply { seq, index, body } => {
-                if let Some(slot) = self.calls.borrow_mut().remove(&seq) {
-                    let mut slot = slot.borrow_mut();
-                    slot.result = Some((index, body));
-                    if let Some(w) = slot.waker.take() {
-                        w.wake();
-                    }
+                let slot = self.calls.borrow_mut().remove(&seq);
+                if let Some(slot) = slot {
+                    slot.fill((index, body));
                 }
             }
         }
+    }
+
+    fn reply_part(&self, from: CoreId, seq: u64, req: &RangeRequest, at_revision: i64) {
+        let body = self.serve_part(req, at_revision);
+        let index = self.watermark().index;
+        self.send(from, CoreMsg::RangeReply { seq, index, body });
     }
 
     fn apply(self: &Rc<Node>, a: Applied) {
@@ -276,10 +299,7 @@ impl Node {
             match self.range_at(&req, mark).await {
                 // A shard ahead of this core compacted past the revision this core read
                 // at: catch up to that shard and read again, once.
-                Err((Some(index), status))
-                    if !retried && req.revision <= 0 && index > mark.index =>
-                {
-                    let _ = status;
+                Err((Some(index), _)) if !retried && req.revision <= 0 && index > mark.index => {
                     retried = true;
                     self.wait_applied(index).await;
                 }
@@ -293,24 +313,14 @@ impl Node {
     /// all the reads that arrived while its previous question was out (one cross-core
     /// round trip per batch, not per read).
     pub async fn read_index(self: &Rc<Node>) -> Result<u64, Status> {
-        let slot: IndexWaiter = Rc::default();
+        let slot = Slot::new();
         self.index_waiting.borrow_mut().push(slot.clone());
         if !self.index_asking.get() {
             self.index_asking.set(true);
             let node = self.clone();
             glommio::spawn_local(async move { node.ask_read_indexes().await }).detach();
         }
-        poll_fn(|cx| {
-            let mut s = slot.borrow_mut();
-            match s.result.take() {
-                Some(r) => Poll::Ready(r),
-                None => {
-                    s.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        slot.wait().await
     }
 
     async fn ask_read_indexes(self: Rc<Node>) {
@@ -333,11 +343,7 @@ impl Node {
                 Err(status) => Err(status),
             };
             for w in batch {
-                let mut w = w.borrow_mut();
-                w.result = Some(result.clone());
-                if let Some(k) = w.waker.take() {
-                    k.wake();
-                }
+                w.fill(result.clone());
             }
         }
     }
@@ -402,10 +408,7 @@ impl Node {
     ) -> impl std::future::Future<Output = (u64, RangeResult)> {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
-        let slot = Rc::new(RefCell::new(CallSlot {
-            result: None,
-            waker: None,
-        }));
+        let slot = Slot::new();
         self.calls.borrow_mut().insert(seq, slot.clone());
         self.send(
             to,
@@ -422,17 +425,7 @@ impl Node {
             seq,
         };
         async move {
-            let out = poll_fn(|cx| {
-                let mut slot = slot.borrow_mut();
-                match slot.result.take() {
-                    Some(r) => Poll::Ready(r),
-                    None => {
-                        slot.waker = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                }
-            })
-            .await;
+            let out = slot.wait().await;
             drop(guard);
             out
         }
@@ -486,14 +479,6 @@ impl Outbox {
             }
         })
         .await
-    }
-
-    pub fn len(&self) -> usize {
-        self.queue.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

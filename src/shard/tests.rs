@@ -189,7 +189,7 @@ fn scattered_ranges_equal_the_single_store() {
 
 #[test]
 fn merged_rounds_apply_like_separate_ones() {
-    use crate::runtime::mesh::Applied;
+    use crate::runtime::mesh::{Applied, CoreMsg};
     let dir = std::env::temp_dir().join(format!("keel-shard-merge-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -241,6 +241,27 @@ fn merged_rounds_apply_like_separate_ones() {
                 a.compact_revision,
             );
             rounds.push(a);
+        }
+        // An outbox merges a round into the round queued before it, never across
+        // another message.
+        let outbox = node::Outbox::default();
+        outbox.push(CoreMsg::Applied(rounds[0].share()));
+        outbox.push(CoreMsg::RangeReply {
+            seq: 1,
+            index: 1,
+            body: Err(crate::grpc::Status::ok()),
+        });
+        outbox.push(CoreMsg::Applied(rounds[1].share()));
+        outbox.push(CoreMsg::Applied(rounds[2].share()));
+        let queued = [outbox.pop().await, outbox.pop().await, outbox.pop().await];
+        match &queued {
+            [Some(CoreMsg::Applied(a)), Some(CoreMsg::RangeReply { .. }), Some(CoreMsg::Applied(b))] =>
+            {
+                assert_eq!((a.index, a.changes.len()), (1, 1));
+                assert_eq!((b.index, b.changes.len()), (3, 2));
+                assert_eq!(b.revision, rounds[2].revision);
+            }
+            _ => panic!("outbox order"),
         }
         let mut all = rounds.remove(0);
         for r in rounds {

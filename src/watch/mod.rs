@@ -25,18 +25,17 @@ mod service;
 
 pub use service::serve;
 
-use crate::grpc::{Responses, TrySendError};
+use crate::grpc::Responses;
 use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
 use crate::runtime::mesh::Applied;
 use crate::shard::node::Node;
 use bytes::Bytes;
 use encode::{event_field, events_response, header_field};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::task::Waker;
-use std::time::Duration;
 
 /// etcd's watchBatchMaxRevs: revisions per catch-up response.
 pub const CATCH_UP_REVISIONS_MAX: usize = 1000;
@@ -56,8 +55,6 @@ pub struct WatchConfig {
     /// Responses over this size are split when the watcher asked for `fragment`
     /// (etcd: `--max-request-bytes` + 512 KiB).
     pub fragment_bytes: usize,
-    /// `--experimental-watch-progress-notify-interval` (0: never).
-    pub progress_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,10 +152,6 @@ impl<T> Slab<T> {
         Some(v)
     }
 
-    fn len(&self) -> usize {
-        self.len
-    }
-
     fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -182,9 +175,6 @@ struct Inner {
 pub struct Hub {
     inner: RefCell<Inner>,
     config: RefCell<Option<WatchConfig>>,
-    /// Live deliveries and drops to catch-up, for the stats line.
-    pub delivered: Cell<u64>,
-    pub fell_behind: Cell<u64>,
 }
 
 /// What a create request asks for, after etcd's normalisation.
@@ -233,8 +223,6 @@ impl Hub {
         Hub {
             inner: RefCell::new(Inner::default()),
             config: RefCell::new(None),
-            delivered: Cell::new(0),
-            fell_behind: Cell::new(0),
         }
     }
 
@@ -254,14 +242,6 @@ impl Hub {
             revision,
             node.watermark().raft_term,
         )
-    }
-
-    pub fn watcher_count(&self) -> usize {
-        self.inner.borrow().watchers.len()
-    }
-
-    pub fn stream_count(&self) -> usize {
-        self.inner.borrow().streams.len()
     }
 
     pub fn add_stream(&self, responses: Rc<Responses>) -> u64 {
@@ -388,39 +368,7 @@ impl Hub {
         let config = self.config();
         let mut inner = self.inner.borrow_mut();
         for chunk in &a.changes {
-            inner.deliver_chunk(chunk, &a.snapshot, &config, raft_term, self);
-        }
-    }
-}
-
-impl Inner {
-    /// One round's changes (whole revisions), revision by revision.
-    fn deliver_chunk(
-        &mut self,
-        changes: &[Change],
-        snapshot: &ReadSnapshot,
-        config: &WatchConfig,
-        raft_term: u64,
-        hub: &Hub,
-    ) {
-        let mut i = 0;
-        while i < changes.len() {
-            // One revision: changes[i..j].
-            let main = match &changes[i] {
-                Change::Put { rev, .. } | Change::Delete { rev, .. } => rev.main,
-                Change::Compact { .. } => {
-                    i += 1;
-                    continue;
-                }
-            };
-            let mut j = i + 1;
-            while j < changes.len()
-                && matches!(&changes[j], Change::Put { rev, .. } | Change::Delete { rev, .. } if rev.main == main)
-            {
-                j += 1;
-            }
-            self.deliver_revision(&changes[i..j], main, snapshot, config, raft_term, hub);
-            i = j;
+            inner.deliver_chunk(chunk, &a.snapshot, &config, raft_term);
         }
     }
 }
@@ -431,18 +379,13 @@ impl Hub {
     pub fn progress_tick(&self, node: &Node) {
         let header = self.header(node, node.watermark().revision);
         let mut inner = self.inner.borrow_mut();
-        let Inner {
-            watchers, streams, ..
-        } = &mut *inner;
-        for w in watchers.values_mut() {
+        for w in inner.watchers.values_mut() {
             if !w.progress_notify {
                 continue;
             }
             if w.state == State::Synced && !w.sent {
-                if let Some(s) = streams.get(&w.stream) {
-                    let msg = events_response(&header, w.watch_id, false, std::iter::empty());
-                    let _ = s.responses.try_send(Bytes::from(msg));
-                }
+                let msg = events_response(&header, w.watch_id, false, std::iter::empty());
+                let _ = w.responses.try_send(Bytes::from(msg));
             }
             w.sent = false;
         }
@@ -553,7 +496,8 @@ impl Hub {
             if per[n].is_empty() {
                 continue;
             }
-            for msg in split_fragments(&header, w, &per[n], config.fragment_bytes) {
+            let events: Vec<&[u8]> = per[n].iter().map(Vec::as_slice).collect();
+            for msg in split_fragments(&header, w, &events, config.fragment_bytes) {
                 if responses.send(Bytes::from(msg)).await.is_err() {
                     return;
                 }
@@ -667,14 +611,14 @@ fn wants(w: &Watcher, e: &EventRef<'_>) -> bool {
 
 /// The responses for one watcher's events: one, or (fragment asked, too big, more than
 /// one event) several, each but the last marked `fragment`, as etcd splits them.
-fn split_fragments(header: &[u8], w: &Watcher, events: &[Vec<u8>], limit: usize) -> Vec<Vec<u8>> {
+fn split_fragments(header: &[u8], w: &Watcher, events: &[&[u8]], limit: usize) -> Vec<Vec<u8>> {
     let total: usize = events.iter().map(|e| e.len()).sum::<usize>() + header.len();
     if !w.fragment || total < limit || events.len() < 2 {
         return vec![events_response(
             header,
             w.watch_id,
             false,
-            events.iter().map(|e| e.as_slice()),
+            events.iter().copied(),
         )];
     }
     let mut out = Vec::new();
@@ -693,12 +637,7 @@ fn split_fragments(header: &[u8], w: &Watcher, events: &[Vec<u8>], limit: usize)
     out.iter()
         .enumerate()
         .map(|(i, &(s, e))| {
-            events_response(
-                header,
-                w.watch_id,
-                i != last,
-                events[s..e].iter().map(|e| e.as_slice()),
-            )
+            events_response(header, w.watch_id, i != last, events[s..e].iter().copied())
         })
         .collect()
 }
@@ -729,6 +668,35 @@ impl Inner {
         }
     }
 
+    /// One round's changes (whole revisions), revision by revision.
+    fn deliver_chunk(
+        &mut self,
+        changes: &[Change],
+        snapshot: &ReadSnapshot,
+        config: &WatchConfig,
+        raft_term: u64,
+    ) {
+        let mut i = 0;
+        while i < changes.len() {
+            // One revision: changes[i..j].
+            let main = match &changes[i] {
+                Change::Put { rev, .. } | Change::Delete { rev, .. } => rev.main,
+                Change::Compact { .. } => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let mut j = i + 1;
+            while j < changes.len()
+                && matches!(&changes[j], Change::Put { rev, .. } | Change::Delete { rev, .. } if rev.main == main)
+            {
+                j += 1;
+            }
+            self.deliver_revision(&changes[i..j], main, snapshot, config, raft_term);
+            i = j;
+        }
+    }
+
     /// Queues, for every synced watcher the revision's events match, one response with
     /// all of them; a watcher whose stream is full drops back to catching up.
     fn deliver_revision(
@@ -738,7 +706,6 @@ impl Inner {
         snapshot: &ReadSnapshot,
         config: &WatchConfig,
         raft_term: u64,
-        hub: &Hub,
     ) {
         // (watcher, change index) pairs, grouped by watcher below.
         let mut hits: Vec<(u64, usize)> = Vec::new();
@@ -801,15 +768,15 @@ impl Inner {
                     &mut plain[i]
                 };
                 if slot.is_none() {
+                    // The event's kv as a record (flag byte + KeyValue wire bytes).
                     kv_bytes.clear();
                     match c {
-                        Change::Put { kv, .. } => kv.encode(&mut kv_bytes),
-                        Change::Delete { rev, key, .. } => crate::mvcc::KeyValue {
-                            key: key.clone(),
-                            mod_revision: rev.main,
-                            ..Default::default()
+                        Change::Put { kv, .. } => {
+                            kv::encode_put_record(&kv.as_ref(), &mut kv_bytes)
                         }
-                        .encode(&mut kv_bytes),
+                        Change::Delete { rev, key, .. } => {
+                            kv::encode_tombstone_record(key, rev.main, &mut kv_bytes)
+                        }
                         Change::Compact { .. } => {}
                     }
                     let prev_bytes = match (with, prev) {
@@ -819,7 +786,7 @@ impl Inner {
                             .map(|r| &r[1..]),
                         _ => None,
                     };
-                    *slot = Some(event_field(delete, &kv_bytes, prev_bytes));
+                    *slot = Some(event_field(delete, &kv_bytes[1..], prev_bytes));
                 }
             }
             let events: Vec<&[u8]> = picks
@@ -832,55 +799,37 @@ impl Inner {
             if events.is_empty() {
                 continue;
             }
-            let s = &w.responses;
-            let owned: Vec<Vec<u8>>;
-            let msgs = if w.fragment {
-                owned = events.iter().map(|e| e.to_vec()).collect();
-                split_fragments(&header, w, &owned, config.fragment_bytes)
-            } else {
-                vec![events_response(
-                    &header,
-                    w.watch_id,
-                    false,
-                    events.iter().copied(),
-                )]
-            };
-            let mut full = false;
-            for m in msgs {
-                match s.try_send(Bytes::from(m)) {
-                    Ok(()) => hub.delivered.set(hub.delivered.get() + 1),
-                    Err(TrySendError::Full) => {
-                        full = true;
-                        break;
-                    }
-                    Err(TrySendError::Closed) => break,
+            let msgs = split_fragments(&header, w, &events, config.fragment_bytes);
+            // All of a revision or none of it: a fragment sent alone would come again
+            // with the whole revision once the watcher catches up.
+            let full = w.responses.room() < msgs.len();
+            if !full {
+                for m in msgs {
+                    let _ = w.responses.try_send(Bytes::from(m));
                 }
             }
             let stream = w.stream;
-            if full {
-                if let Some(s) = self.streams.get_mut(&stream) {
-                    if !s.fell_behind {
-                        s.fell_behind = true;
-                        crate::runtime::log::notice(
-                            "watch",
-                            &format!(
-                                "a watch stream's client reads slower than events arrive; \
-                                 its watchers catch up from history (from revision {main})"
-                            ),
-                        );
-                    }
+            let w = self.watchers.get_mut(&wid).expect("watcher");
+            if !full {
+                w.sent = true;
+                continue;
+            }
+            // Catch up from this revision on, from history.
+            w.state = State::Unsynced;
+            w.next_rev = main;
+            if let Some(s) = self.streams.get_mut(&stream) {
+                if !s.fell_behind {
+                    s.fell_behind = true;
+                    crate::runtime::log::notice(
+                        "watch",
+                        &format!(
+                            "a watch stream's client reads slower than events arrive; its \
+                             watchers catch up from history (from revision {main})"
+                        ),
+                    );
                 }
             }
-            let w = self.watchers.get_mut(&wid).expect("watcher");
-            if full {
-                // Catch up from this revision on, from history.
-                w.state = State::Unsynced;
-                w.next_rev = main;
-                hub.fell_behind.set(hub.fell_behind.get() + 1);
-                self.kick(stream);
-            } else {
-                w.sent = true;
-            }
+            self.kick(stream);
         }
     }
 }
