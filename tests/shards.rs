@@ -7,18 +7,8 @@
 
 mod common;
 
-use common::{is_keel, Server};
+use common::{is_keel, Rng, Server};
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn key(r: &mut Rng) -> String {
     let letters = b"adhlmnrtz";

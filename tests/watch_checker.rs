@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{runtime, Server};
+use common::{runtime, Rng, Server};
 use etcd_client::{
     Client, DeleteOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
     WatchResponseStream,
@@ -43,17 +43,6 @@ async fn connect(ep: &str) -> Client {
         .await
         .expect("connect within 10 s")
         .expect("connect")
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// One write as the writer saw it.

@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 
 pub const READY_TIME_MAX: Duration = Duration::from_secs(20);
 
+/// A seeded xorshift generator: the load and differential tests replay the same ops.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// The tokio runtime the client tests drive their client crates on (one thread).
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
