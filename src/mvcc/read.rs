@@ -184,7 +184,7 @@ fn prune(kvs: &mut Vec<KeyValue>, req: &RangeRequest) {
 
 /// etcd's sort: ascending by default when the target is not KEY (kvs arrive key-sorted).
 /// Our sort is stable, so ties keep key order; etcd's sort.Sort leaves ties unspecified.
-fn sort(kvs: &mut [KeyValue], req: &RangeRequest) {
+pub fn sort(kvs: &mut [KeyValue], req: &RangeRequest) {
     let mut order = req.sort_order;
     if req.sort_target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;

@@ -257,25 +257,8 @@ pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> Ra
     if first_keys {
         kvs.truncate(req.limit as usize + 1);
     }
-    let mut order = req.sort_order;
-    if req.sort_target != SortTarget::Key && order == SortOrder::None {
-        order = SortOrder::Ascend;
-    }
-    fn key(target: SortTarget, kv: &mvcc::KeyValue) -> (i64, &[u8]) {
-        match target {
-            SortTarget::Key => (0, kv.key.as_slice()),
-            SortTarget::Version => (kv.version, &[][..]),
-            SortTarget::Create => (kv.create_revision, &[][..]),
-            SortTarget::Mod => (kv.mod_revision, &[][..]),
-            SortTarget::Value => (0, kv.value.as_slice()),
-        }
-    }
-    let t = req.sort_target;
-    match order {
-        SortOrder::None => {}
-        SortOrder::Ascend => kvs.sort_by(|a, b| key(t, a).cmp(&key(t, b))),
-        SortOrder::Descend => kvs.sort_by(|a, b| key(t, b).cmp(&key(t, a))),
-    }
+    // The single-index sort (stable, so ties stay in key order as the parts arrive).
+    mvcc::read::sort(&mut kvs, req);
     if req.limit > 0 && kvs.len() as i64 > req.limit {
         kvs.truncate(req.limit as usize);
         more = true;
