@@ -73,6 +73,15 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
+        lease: keel::api::LeaseConfig::new(
+            me.id,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            cfg.election_timeout_ms,
+            cfg.heartbeat_interval_ms,
+        ),
     })
 }
 

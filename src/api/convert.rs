@@ -235,6 +235,22 @@ pub fn encode_raft_request(op: &mvcc::Op) -> Bytes {
             revision: c.revision,
             physical: c.physical,
         }),
+        mvcc::Op::LeaseGrant(g) => raft_request::Request::LeaseGrant(pb::LeaseGrantRequest {
+            id: g.id,
+            ttl: g.ttl,
+        }),
+        mvcc::Op::LeaseRevoke(r) => {
+            raft_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id: r.id })
+        }
+        mvcc::Op::LeaseCheckpoint(c) => {
+            raft_request::Request::LeaseCheckpoint(pb::LeaseCheckpointRequest {
+                checkpoints: c
+                    .checkpoints
+                    .iter()
+                    .map(|&(id, remaining_ttl)| pb::LeaseCheckpoint { id, remaining_ttl })
+                    .collect(),
+            })
+        }
         mvcc::Op::Range(_) => panic!("a Range is never proposed to raft"),
     };
     Bytes::from(
@@ -256,6 +272,24 @@ pub fn decode_raft_request(data: &[u8]) -> Result<mvcc::Op, String> {
             mvcc::Op::Txn(txn_request(t).map_err(|s| s.message)?)
         }
         Some(raft_request::Request::Compaction(c)) => mvcc::Op::Compaction(compaction_request(c)),
+        Some(raft_request::Request::LeaseGrant(g)) => {
+            mvcc::Op::LeaseGrant(mvcc::LeaseGrantRequest {
+                id: g.id,
+                ttl: g.ttl,
+            })
+        }
+        Some(raft_request::Request::LeaseRevoke(r)) => {
+            mvcc::Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id: r.id })
+        }
+        Some(raft_request::Request::LeaseCheckpoint(c)) => {
+            mvcc::Op::LeaseCheckpoint(mvcc::LeaseCheckpointRequest {
+                checkpoints: c
+                    .checkpoints
+                    .into_iter()
+                    .map(|c| (c.id, c.remaining_ttl))
+                    .collect(),
+            })
+        }
         None => return Err("empty RaftRequest".into()),
     })
 }
@@ -421,6 +455,14 @@ mod tests {
             mvcc::Op::Compaction(mvcc::CompactionRequest {
                 revision: 42,
                 physical: true,
+            }),
+            mvcc::Op::LeaseGrant(mvcc::LeaseGrantRequest {
+                id: 0x694d,
+                ttl: 60,
+            }),
+            mvcc::Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id: 0x694d }),
+            mvcc::Op::LeaseCheckpoint(mvcc::LeaseCheckpointRequest {
+                checkpoints: vec![(1, 30), (2, 5)],
             }),
         ] {
             let bytes = encode_raft_request(&op);

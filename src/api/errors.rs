@@ -219,6 +219,8 @@ pub fn status_from_mvcc(e: &mvcc::Error) -> Status {
         mvcc::Error::EmptyKey => EtcdError::EmptyKey,
         mvcc::Error::ValueProvided => EtcdError::ValueProvided,
         mvcc::Error::LeaseProvided => EtcdError::LeaseProvided,
+        mvcc::Error::LeaseNotFound => EtcdError::LeaseNotFound,
+        mvcc::Error::LeaseExists => EtcdError::LeaseExist,
         mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. } => {
             return Status::new(Code::Internal, format!("keel: {e}"))
         }

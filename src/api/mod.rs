@@ -4,10 +4,12 @@
 //! Runs on: every core. Pieces:
 //! - `convert`: prost messages ↔ MVCC request/response types; the raft log encoding.
 //! - `errors`: the one table of etcd's wire errors (code + exact message).
-//! - `services`: the handlers and the router of a core.
+//! - `services`: the handlers and the router of a core; `lease`: the Lease service.
 
 pub mod convert;
 pub mod errors;
+pub mod lease;
 pub mod services;
 
+pub use lease::LeaseConfig;
 pub use services::{router, HeaderInfo, Services};

@@ -9,6 +9,7 @@
 
 use super::convert;
 use super::errors::{status_from_mvcc, EtcdError};
+use super::lease::{LeaseConfig, LeaseIds, Renewer};
 use crate::grpc::{Code, Router, Status};
 use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
@@ -37,9 +38,12 @@ pub struct Services {
     header: HeaderInfo,
     max_request_bytes: usize,
     max_txn_ops: usize,
+    lease_config: LeaseConfig,
+    lease_ids: LeaseIds,
+    renewer: Rc<Renewer>,
 }
 
-fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
+pub(crate) fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
     // grpc-go's code and wording for a request that does not unmarshal.
     M::decode(body.clone()).map_err(|e| {
         Status::new(
@@ -49,7 +53,7 @@ fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
     })
 }
 
-fn encode<M: Message>(m: &M) -> Bytes {
+pub(crate) fn encode<M: Message>(m: &M) -> Bytes {
     Bytes::from(m.encode_to_vec())
 }
 
@@ -57,7 +61,7 @@ fn request_too_large() -> Status {
     EtcdError::RequestTooLarge.status()
 }
 
-fn unexpected_reply() -> Status {
+pub(crate) fn unexpected_reply() -> Status {
     Status::new(Code::Internal, "keel: unexpected reply from the raft core")
 }
 
@@ -68,14 +72,38 @@ impl Services {
         header: HeaderInfo,
         max_request_bytes: usize,
         max_txn_ops: usize,
+        lease_config: LeaseConfig,
     ) -> Services {
         Services {
+            renewer: Renewer::new(client.clone()),
             client,
             node,
             header,
             max_request_bytes,
             max_txn_ops,
+            lease_config,
+            lease_ids: LeaseIds::new(lease_config),
         }
+    }
+
+    pub(crate) fn client(&self) -> &Rc<RaftClient> {
+        &self.client
+    }
+
+    pub(crate) fn node(&self) -> &Rc<Node> {
+        &self.node
+    }
+
+    pub(crate) fn lease_config(&self) -> LeaseConfig {
+        self.lease_config
+    }
+
+    pub(crate) fn lease_ids(&self) -> &LeaseIds {
+        &self.lease_ids
+    }
+
+    pub(crate) fn renewer(&self) -> &Rc<Renewer> {
+        &self.renewer
     }
 
     pub fn header(&self, revision: i64, raft_term: u64) -> pb::ResponseHeader {
@@ -110,6 +138,11 @@ impl Services {
             OpResponse::Compaction(r) => encode(&pb::CompactionResponse {
                 header: Some(self.header(r.header.revision, term)),
             }),
+            OpResponse::LeaseGrant(_)
+            | OpResponse::LeaseRevoke(_)
+            | OpResponse::LeaseCheckpoint(_) => {
+                unreachable!("lease responses are encoded by the Lease service")
+            }
         }
     }
 
@@ -136,7 +169,7 @@ impl Services {
         op_reply(reply)
     }
 
-    async fn write(&self, op: &Op) -> Result<(OpResponse, u64), Status> {
+    pub(crate) async fn write(&self, op: &Op) -> Result<(OpResponse, u64), Status> {
         let data = convert::encode_raft_request(op);
         if data.len() > self.max_request_bytes {
             return Err(request_too_large());
@@ -327,6 +360,17 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Maintenance/HashKV", hash_kv);
     unary!("/etcdserverpb.Cluster/MemberList", member_list);
     unary!("/grpc.health.v1.Health/Check", health_check);
+    unary!("/etcdserverpb.Lease/LeaseGrant", lease_grant);
+    unary!("/etcdserverpb.Lease/LeaseRevoke", lease_revoke);
+    unary!("/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live);
+    unary!("/etcdserverpb.Lease/LeaseLeases", lease_leases);
+    {
+        let s = s.clone();
+        r.route("/etcdserverpb.Lease/LeaseKeepAlive", move |req, res| {
+            let s = s.clone();
+            async move { s.lease_keep_alive(req, res).await }
+        });
+    }
     let node = s.node.clone();
     r.route_with_queue(
         "/etcdserverpb.Watch/Watch",
@@ -357,7 +401,14 @@ mod tests {
                 member_id: 2,
             };
             let node = Node::new(CoreId(0), 1, client.clone());
-            let s = Services::new(client.clone(), node, header, 1024, 128);
+            let s = Services::new(
+                client.clone(),
+                node,
+                header,
+                1024,
+                128,
+                LeaseConfig::default(),
+            );
             let mut md = HeaderMap::new();
             assert!(s.check_leader(&md).is_ok(), "no hasleader: no check");
             md.insert("hasleader", "true".parse().unwrap());
@@ -389,7 +440,7 @@ mod tests {
                 member_id: 2,
             };
             let node = Node::new(CoreId(0), 1, client.clone());
-            let s = Services::new(client, node, header, 1024, 128);
+            let s = Services::new(client, node, header, 1024, 128, LeaseConfig::default());
             // Field 1 as a length-delimited value running past the end of the message.
             let garbage = Bytes::from_static(&[0x0a, 0x7f, 0x01]);
             for res in [

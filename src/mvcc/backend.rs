@@ -26,6 +26,11 @@ pub trait Backend {
     fn publish(&mut self);
     async fn commit(&mut self) -> db::Result<()>;
     fn check(&self) -> db::Result<()>;
+    /// The Lease tree (see `lease`): one record per lease, written in the same
+    /// transaction as the revisions of the entry that granted or revoked it.
+    fn lease_insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()>;
+    fn lease_remove(&mut self, key: &[u8]) -> db::Result<()>;
+    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8]));
 }
 
 impl Backend for Db {
@@ -73,6 +78,20 @@ impl Backend for Db {
     fn check(&self) -> db::Result<()> {
         Db::check(self)
     }
+
+    fn lease_insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()> {
+        Db::insert(self, TreeId::Lease, key, value)
+    }
+
+    fn lease_remove(&mut self, key: &[u8]) -> db::Result<()> {
+        Db::remove(self, TreeId::Lease, key).map(|_| ())
+    }
+
+    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (k, v) in Db::range(self, TreeId::Lease, &[], &[]) {
+            f(k, v);
+        }
+    }
 }
 
 /// An in-memory Backend: a working map and the last committed copy of it.
@@ -80,8 +99,10 @@ impl Backend for Db {
 pub struct MemBackend {
     working: BTreeMap<Vec<u8>, Vec<u8>>,
     meta: AppMeta,
+    leases: BTreeMap<Vec<u8>, Vec<u8>>,
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     durable_meta: AppMeta,
+    durable_leases: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl MemBackend {
@@ -94,8 +115,10 @@ impl MemBackend {
         MemBackend {
             working: self.durable.clone(),
             meta: self.durable_meta,
+            leases: self.durable_leases.clone(),
             durable: self.durable,
             durable_meta: self.durable_meta,
+            durable_leases: self.durable_leases,
         }
     }
 
@@ -156,10 +179,27 @@ impl Backend for MemBackend {
     async fn commit(&mut self) -> db::Result<()> {
         self.durable = self.working.clone();
         self.durable_meta = self.meta;
+        self.durable_leases = self.leases.clone();
         Ok(())
     }
 
     fn check(&self) -> db::Result<()> {
         Ok(())
+    }
+
+    fn lease_insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()> {
+        self.leases.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn lease_remove(&mut self, key: &[u8]) -> db::Result<()> {
+        self.leases.remove(key);
+        Ok(())
+    }
+
+    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (k, v) in &self.leases {
+            f(k, v);
+        }
     }
 }

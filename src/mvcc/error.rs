@@ -27,6 +27,10 @@ pub enum Error {
     ValueProvided,
     /// etcd `ErrGRPCLeaseProvided` (ignore_lease with a lease).
     LeaseProvided,
+    /// etcd `lease.ErrLeaseNotFound` (a put with, or a revoke of, a lease that is gone).
+    LeaseNotFound,
+    /// etcd `lease.ErrLeaseExists` (a grant of an ID in use).
+    LeaseExists,
     /// The storage below failed.
     Db(db::Error),
     /// A record in the Revision tree does not decode, or the index points at nothing.
@@ -46,6 +50,8 @@ impl Error {
             Error::EmptyKey => "etcdserver: key is not provided",
             Error::ValueProvided => "etcdserver: value is provided",
             Error::LeaseProvided => "etcdserver: lease is provided",
+            Error::LeaseNotFound => "etcdserver: requested lease not found",
+            Error::LeaseExists => "etcdserver: lease already exists",
             Error::Db(_) | Error::Corrupt { .. } => return None,
         })
     }

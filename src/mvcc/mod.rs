@@ -14,6 +14,7 @@
 //!   [`read`]: Range over an index and a record source (the store's working state on the
 //!   raft core, a `ReadSnapshot` on shard cores); [`validate`]: etcd's request checks;
 //!   [`request`]: the etcdserverpb-shaped request and response types.
+//! - [`lease`]: which leases exist and the keys attached to each (replicated state).
 //! - [`backend`]: the Revision tree and meta fields the store needs from `Db` (and an
 //!   in-memory stand-in for tests and the simulator).
 //!
@@ -32,6 +33,7 @@ pub mod db;
 pub mod error;
 pub mod key_index;
 pub mod kv;
+pub mod lease;
 pub mod read;
 pub mod request;
 pub mod revision;

@@ -65,6 +65,8 @@ struct Model {
     compact: i64,
     /// Records physically present, as the Revision tree should hold them.
     records: BTreeMap<Revision, Record>,
+    /// Granted leases: id → TTL.
+    leases: BTreeMap<i64, i64>,
 }
 
 /// A write transaction over the model.
@@ -106,6 +108,7 @@ impl Model {
             states: vec![State::new(), State::new()],
             compact: -1,
             records: BTreeMap::new(),
+            leases: BTreeMap::new(),
         }
     }
 
@@ -214,6 +217,9 @@ impl Model {
     }
 
     fn put(&self, tx: &mut Tx, req: &PutRequest) -> Result<PutResponse> {
+        if req.lease != 0 && !self.leases.contains_key(&req.lease) {
+            return Err(Error::LeaseNotFound);
+        }
         let prev = tx.state.get(&req.key).cloned();
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
@@ -366,10 +372,15 @@ impl Model {
         let current = &self.states[self.current() as usize];
         for op in ops {
             match op {
-                RequestOp::RequestPut(p) if puts && (p.ignore_value || p.ignore_lease) => {
-                    let gone = deleted.iter().any(|(k, e)| in_range(&p.key, k, e));
-                    if gone || !current.contains_key(&p.key) {
-                        return Err(Error::KeyNotFound);
+                RequestOp::RequestPut(p) if puts => {
+                    if p.ignore_value || p.ignore_lease {
+                        let gone = deleted.iter().any(|(k, e)| in_range(&p.key, k, e));
+                        if gone || !current.contains_key(&p.key) {
+                            return Err(Error::KeyNotFound);
+                        }
+                    }
+                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+                        return Err(Error::LeaseNotFound);
                     }
                 }
                 RequestOp::RequestDeleteRange(d) => {
@@ -433,6 +444,48 @@ impl Model {
         let out = self.put(&mut tx, req)?;
         self.end(tx);
         Ok(out)
+    }
+
+    fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if self.leases.contains_key(&req.id) {
+            return Err(Error::LeaseExists);
+        }
+        self.leases.insert(req.id, req.ttl);
+        Ok(LeaseGrantResponse {
+            header: ResponseHeader {
+                revision: self.current(),
+            },
+            id: req.id,
+            ttl: req.ttl,
+        })
+    }
+
+    /// Every key whose live value has the lease is deleted, in key order, in one revision.
+    fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        if self.leases.remove(&req.id).is_none() {
+            return Err(Error::LeaseNotFound);
+        }
+        let mut tx = self.begin();
+        let doomed: Vec<Vec<u8>> = tx
+            .state
+            .values()
+            .filter(|kv| kv.lease == req.id)
+            .map(|kv| kv.key.clone())
+            .collect();
+        for key in doomed {
+            self.delete(
+                &mut tx,
+                &DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                },
+            )?;
+        }
+        let revision = tx.read_rev();
+        self.end(tx);
+        Ok(LeaseRevokeResponse {
+            header: ResponseHeader { revision },
+        })
     }
 
     fn top_delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
@@ -781,8 +834,8 @@ impl Harness for DbHarness {
 /// assert the random mix really exercises the store (not just its error paths).
 #[derive(Default, Debug)]
 struct Stats {
-    ran: [u64; 8],
-    ok: [u64; 8],
+    ran: [u64; 9],
+    ok: [u64; 9],
     revision_bumps: u64,
 }
 
@@ -801,6 +854,7 @@ const COMPACT: usize = 4;
 const HASH: usize = 5;
 const REOPEN: usize = 6;
 const CRASH: usize = 7;
+const LEASE: usize = 8;
 
 async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut Stats) {
     let mut rng = Rng(seed);
@@ -810,6 +864,29 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut St
     for step in 0..steps {
         let ctx = format!("seed {seed} step {step}");
         let before = model.current();
+        if rng.chance(6) {
+            let id = rng.range_i64(1, 3);
+            if rng.chance(60) {
+                let req = LeaseGrantRequest {
+                    id,
+                    ttl: rng.range_i64(2, 100),
+                };
+                let out = store.lease_grant(&req);
+                assert_eq!(out, model.lease_grant(&req), "{ctx}: {req:?}");
+                stats.note(LEASE, &out);
+            } else {
+                let req = LeaseRevokeRequest { id };
+                let out = store.lease_revoke(&req);
+                assert_eq!(out, model.lease_revoke(&req), "{ctx}: {req:?}");
+                stats.note(LEASE, &out);
+            }
+            let mut ids: Vec<(i64, i64)> =
+                store.leases().iter().map(|(id, l)| (id, l.ttl)).collect();
+            ids.sort();
+            let want: Vec<(i64, i64)> = model.leases.iter().map(|(a, b)| (*a, *b)).collect();
+            assert_eq!(ids, want, "{ctx}: leases");
+            continue;
+        }
         match rng.below(100) {
             0..=27 => {
                 let k = if rng.chance(2) { vec![] } else { key(&mut rng) };
@@ -889,7 +966,7 @@ async fn run_seed<H: Harness>(h: &mut H, seed: u64, steps: usize, stats: &mut St
 }
 
 fn assert_mix_is_meaningful(stats: &Stats) {
-    for kind in [PUT, DELETE, RANGE, TXN, COMPACT, HASH] {
+    for kind in [PUT, DELETE, RANGE, TXN, COMPACT, HASH, LEASE] {
         let (ran, ok) = (stats.ran[kind], stats.ok[kind]);
         assert!(
             ok * 5 >= ran && ran > ok,

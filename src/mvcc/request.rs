@@ -174,6 +174,37 @@ pub struct CompactionResponse {
     pub header: ResponseHeader,
 }
 
+/// A lease to create: `id` chosen (never 0) and `ttl` already raised to the minimum by
+/// the member that proposed it, so applying it is deterministic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseGrantRequest {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseGrantResponse {
+    pub header: ResponseHeader,
+    pub id: i64,
+    pub ttl: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRevokeRequest {
+    pub id: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRevokeResponse {
+    pub header: ResponseHeader,
+}
+
+/// Remaining TTLs recorded by the leader (etcd's lease checkpoints): (id, seconds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseCheckpointRequest {
+    pub checkpoints: Vec<(i64, i64)>,
+}
+
 /// One raft-applied MVCC operation (what `Store::apply_at` takes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -182,6 +213,9 @@ pub enum Op {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compaction(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +225,9 @@ pub enum OpResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(ResponseHeader),
 }
 
 /// etcd's isTxnReadonly: no op other than Range in either branch (a nested txn counts

@@ -13,11 +13,13 @@ use super::db::{AppMeta, Db, DbOptions};
 use super::error::{Error, Result};
 use super::key_index::{KeyIndex, KeyRange};
 use super::kv::{self, KeyValue, KeyValueRef, RecordKind};
+use super::lease::{self, Leases};
 use super::read::ReadView;
 use super::request::*;
 use super::revision::Revision;
 use super::validate::{self, MAX_TXN_OPS_DEFAULT};
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Clone, Debug)]
@@ -54,6 +56,8 @@ pub struct Store<B: Backend = Db> {
     /// Every change applied since the last `take_changes`, when capturing (the raft core
     /// ships them to the shard cores: index replicas and watch events).
     changes: Option<Vec<Change>>,
+    /// Leases and their attached keys (the replicated half; expiry is the leader's).
+    leases: Leases,
 }
 
 /// One applied change, in revision order: what shard index replicas and watchers need.
@@ -126,7 +130,7 @@ impl<B: Backend> Store<B> {
     /// A store over `backend`, its key index rebuilt from the Revision tree.
     pub fn with_backend(backend: B, options: StoreOptions) -> Result<Store<B>> {
         let meta = backend.app_meta();
-        let (index, last_main) = rebuild_index(&backend)?;
+        let (index, last_main, key_leases) = rebuild_index(&backend)?;
         let fresh = meta.current_revision == 0 && last_main.is_none();
         let (current_revision, compact_revision) = if fresh {
             (REVISION_INITIAL, COMPACT_REVISION_NONE)
@@ -150,7 +154,22 @@ impl<B: Backend> Store<B> {
                 });
             }
         }
+        let mut leases = Leases::default();
+        let mut bad_lease = None;
+        backend.lease_scan(&mut |k, v| match lease::decode_record(k, v) {
+            Some((id, ttl, remaining)) => leases.insert(id, ttl, remaining),
+            None => bad_lease = Some(k.to_vec()),
+        });
+        if let Some(k) = bad_lease {
+            return Err(Error::Corrupt {
+                what: format!("lease record {k:02x?}"),
+            });
+        }
+        for (key, id) in key_leases {
+            leases.attach(&key, id);
+        }
         let store = Store {
+            leases,
             backend,
             index,
             current_revision,
@@ -250,6 +269,9 @@ impl<B: Backend> Store<B> {
     }
 
     fn put_in(&mut self, txn: &mut WriteTxn, req: &PutRequest) -> Result<PutResponse> {
+        if req.lease != 0 && !self.leases.contains(req.lease) {
+            return Err(Error::LeaseNotFound);
+        }
         let wants_prev = req.ignore_value || req.ignore_lease || req.prev_kv;
         let prev = if wants_prev {
             self.view().load_key(&req.key, txn.read_revision())?
@@ -291,6 +313,7 @@ impl<B: Backend> Store<B> {
         kv::encode_put_record(&record, &mut self.record_buf);
         txn.changes += 1;
         self.backend.insert(&rev.encode(), &self.record_buf)?;
+        self.leases.attach(&req.key, lease);
         if let Some(changes) = &mut self.changes {
             changes.push(Change::Put {
                 rev,
@@ -333,20 +356,7 @@ impl<B: Backend> Store<B> {
             true
         });
         for (key, prev) in keys.iter().zip(prevs) {
-            let rev = txn.next_revision();
-            self.record_buf.clear();
-            kv::encode_tombstone_record(key, rev.main, &mut self.record_buf);
-            self.backend.insert(&rev.encode(), &self.record_buf)?;
-            let deleted = self.index.tombstone(key, rev);
-            assert!(deleted, "key listed as live could not be deleted");
-            txn.changes += 1;
-            if let Some(changes) = &mut self.changes {
-                changes.push(Change::Delete {
-                    rev,
-                    key: key.clone(),
-                    prev: Some(prev),
-                });
-            }
+            self.tombstone_in(txn, key, prev)?;
         }
         let revision = if !keys.is_empty() || txn.changes > 0 {
             txn.begin + 1
@@ -357,6 +367,93 @@ impl<B: Backend> Store<B> {
             header: ResponseHeader { revision },
             deleted: keys.len() as i64,
             prev_kvs,
+        })
+    }
+
+    /// Deletes live `key` (whose live record is at `prev`) as the txn's next change.
+    fn tombstone_in(&mut self, txn: &mut WriteTxn, key: &[u8], prev: Revision) -> Result<()> {
+        let rev = txn.next_revision();
+        self.record_buf.clear();
+        kv::encode_tombstone_record(key, rev.main, &mut self.record_buf);
+        self.backend.insert(&rev.encode(), &self.record_buf)?;
+        let deleted = self.index.tombstone(key, rev);
+        assert!(deleted, "key listed as live could not be deleted");
+        self.leases.detach(key);
+        txn.changes += 1;
+        if let Some(changes) = &mut self.changes {
+            changes.push(Change::Delete {
+                rev,
+                key: key.to_vec(),
+                prev: Some(prev),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- leases -----------------------------------------------------------------------
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// etcd's lessor.Grant: a new lease with no keys; takes no revision.
+    pub fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if self.leases.contains(req.id) {
+            return Err(Error::LeaseExists);
+        }
+        self.backend
+            .lease_insert(&lease::lease_key(req.id), &lease::encode_record(req.ttl, 0))?;
+        self.leases.insert(req.id, req.ttl, 0);
+        Ok(LeaseGrantResponse {
+            header: ResponseHeader {
+                revision: self.current_revision,
+            },
+            id: req.id,
+            ttl: req.ttl,
+        })
+    }
+
+    /// etcd's lessor.Revoke: every attached key is deleted in one revision (in key order,
+    /// as etcd sorts them), then the lease is gone.
+    pub fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        let Some(gone) = self.leases.remove(req.id) else {
+            return Err(Error::LeaseNotFound);
+        };
+        let mut txn = self.begin();
+        let read_rev = txn.read_revision();
+        let mut out = Ok(());
+        for key in &gone.keys {
+            let Some(prev) = self.index.get(key, read_rev).map(|at| at.modified) else {
+                continue;
+            };
+            out = self.tombstone_in(&mut txn, key, prev);
+            if out.is_err() {
+                break;
+            }
+        }
+        let revision = txn.read_revision();
+        self.end(txn);
+        out?;
+        self.backend.lease_remove(&lease::lease_key(req.id))?;
+        Ok(LeaseRevokeResponse {
+            header: ResponseHeader { revision },
+        })
+    }
+
+    /// etcd's lease checkpoints: records each lease's remaining TTL so a new leader
+    /// resumes from it instead of the full TTL. Unknown leases are skipped.
+    pub fn lease_checkpoint(&mut self, req: &LeaseCheckpointRequest) -> Result<ResponseHeader> {
+        for &(id, remaining) in &req.checkpoints {
+            let Some(l) = self.leases.get(id) else {
+                continue;
+            };
+            let ttl = l.ttl;
+            self.backend
+                .lease_insert(&lease::lease_key(id), &lease::encode_record(ttl, remaining))?;
+            self.leases.set_remaining(id, remaining);
+        }
+        Ok(ResponseHeader {
+            revision: self.current_revision,
         })
     }
 
@@ -437,10 +534,15 @@ impl<B: Backend> Store<B> {
         let mut children = path.children.iter();
         for op in Self::branch(req, path) {
             match op {
-                RequestOp::RequestPut(p) if p.ignore_value || p.ignore_lease => {
-                    let gone = deleted.iter().any(|d| d.contains(&p.key));
-                    if gone || self.index.get(&p.key, self.current_revision).is_none() {
-                        return Err(Error::KeyNotFound);
+                RequestOp::RequestPut(p) => {
+                    if p.ignore_value || p.ignore_lease {
+                        let gone = deleted.iter().any(|d| d.contains(&p.key));
+                        if gone || self.index.get(&p.key, self.current_revision).is_none() {
+                            return Err(Error::KeyNotFound);
+                        }
+                    }
+                    if p.lease != 0 && !self.leases.contains(p.lease) {
+                        return Err(Error::LeaseNotFound);
                     }
                 }
                 RequestOp::RequestDeleteRange(d) => {
@@ -619,6 +721,9 @@ impl<B: Backend> Store<B> {
             Op::DeleteRange(r) => OpResponse::DeleteRange(self.delete_range(r)?),
             Op::Txn(r) => OpResponse::Txn(self.txn(r)?),
             Op::Compaction(r) => OpResponse::Compaction(self.compact(r.revision)?),
+            Op::LeaseGrant(r) => OpResponse::LeaseGrant(self.lease_grant(r)?),
+            Op::LeaseRevoke(r) => OpResponse::LeaseRevoke(self.lease_revoke(r)?),
+            Op::LeaseCheckpoint(r) => OpResponse::LeaseCheckpoint(self.lease_checkpoint(r)?),
         })
     }
 
@@ -649,7 +754,15 @@ impl<B: Backend> Store<B> {
         self.backend.check()?;
         self.invariants();
         self.index.invariants();
-        let (rebuilt, last) = rebuild_index(&self.backend)?;
+        let (rebuilt, last, key_leases) = rebuild_index(&self.backend)?;
+        self.leases.invariants();
+        for (key, id) in &key_leases {
+            if self.leases.contains(*id) && self.leases.lease_of(key) != Some(*id) {
+                return Err(Error::Corrupt {
+                    what: format!("key {key:02x?} is not attached to its lease {id:x}"),
+                });
+            }
+        }
         if let Some(key) = self.index.first_difference(&rebuilt) {
             return Err(Error::Corrupt {
                 what: format!("key index differs from the revision tree at key {key:02x?}"),
@@ -695,9 +808,14 @@ impl<B: Backend> Store<B> {
     }
 }
 
-/// Rebuilds the key index from the Revision tree; also returns the last main revision.
-fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
+/// What a scan of the Revision tree rebuilds: the key index, the last main revision,
+/// and the lease of every live key that has one.
+type Rebuilt = (KeyIndex, Option<i64>, HashMap<Vec<u8>, i64>);
+
+/// Rebuilds the key index from the Revision tree (see [`Rebuilt`]).
+fn rebuild_index<B: Backend>(backend: &B) -> Result<Rebuilt> {
     let mut index = KeyIndex::new();
+    let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut last: Option<Revision> = None;
     let mut failure = None;
     backend.scan(&[], &[], &mut |k, v| {
@@ -713,6 +831,11 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
             }
             let tombstone = kind == RecordKind::Tombstone;
             index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
+            if !tombstone && kv.lease != 0 {
+                key_leases.insert(kv.key.to_vec(), kv.lease);
+            } else if !key_leases.is_empty() {
+                key_leases.remove(kv.key);
+            }
             Ok(rev)
         };
         match step() {
@@ -729,7 +852,7 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<(KeyIndex, Option<i64>)> {
     index.finish_restore();
     match failure {
         Some(e) => Err(e),
-        None => Ok((index, last.map(|r| r.main))),
+        None => Ok((index, last.map(|r| r.main), key_leases)),
     }
 }
 

@@ -277,6 +277,9 @@ fn keys_only_count_only_and_history() {
 #[test]
 fn put_options() {
     let mut s = store();
+    for id in [7, 9] {
+        s.lease_grant(&LeaseGrantRequest { id, ttl: 10 }).unwrap();
+    }
     let p = |k: &str, v: &str| PutRequest {
         key: k.into(),
         value: v.into(),
@@ -847,4 +850,85 @@ fn perf_smoke_store_over_real_db() {
     let _ = std::fs::remove_dir_all(&dir);
     println!("real Db: puts/s {puts_per_s:.0}, point reads/s {reads_per_s:.0}");
     assert!(puts_per_s > 20_000.0 && reads_per_s > 50_000.0);
+}
+
+#[test]
+fn leases_gate_puts_and_revoke_deletes_their_keys_in_one_revision() {
+    let mut s = store();
+    let with_lease = |k: &str, lease: i64| PutRequest {
+        key: k.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    };
+    // A put with a lease that does not exist fails and writes nothing.
+    assert_eq!(s.put(&with_lease("a", 5)), Err(Error::LeaseNotFound));
+    assert_eq!(s.current_revision(), 1);
+    let g = s
+        .lease_grant(&LeaseGrantRequest { id: 5, ttl: 30 })
+        .unwrap();
+    assert_eq!((g.id, g.ttl, g.header.revision), (5, 30, 1));
+    assert_eq!(
+        s.lease_grant(&LeaseGrantRequest { id: 5, ttl: 30 }),
+        Err(Error::LeaseExists)
+    );
+    s.lease_grant(&LeaseGrantRequest { id: 6, ttl: 30 })
+        .unwrap();
+    s.put(&with_lease("c", 5)).unwrap();
+    s.put(&with_lease("a", 5)).unwrap();
+    s.put(&with_lease("b", 5)).unwrap();
+    s.put(&with_lease("b", 6)).unwrap(); // moves to lease 6
+    put(&mut s, "z", "no lease");
+    // A txn putting with a missing lease fails before writing anything.
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::RequestPut(with_lease("x", 0)),
+            RequestOp::RequestPut(with_lease("y", 8)),
+        ],
+        failure: vec![],
+    };
+    let before = s.current_revision();
+    assert_eq!(s.txn(&txn), Err(Error::LeaseNotFound));
+    assert_eq!(s.current_revision(), before);
+    // Reopened after a crash (from the last commit) or after a commit, the attachments
+    // are rebuilt from the records.
+    let s = crate::runtime::block_on(async move {
+        s.commit().await.unwrap();
+        s
+    });
+    let mut s = Store::with_backend(s.into_backend().crash(), StoreOptions::default()).unwrap();
+    s.check().unwrap();
+    let keys_of =
+        |s: &S, id| -> Vec<Vec<u8>> { s.leases().get(id).unwrap().keys.iter().cloned().collect() };
+    assert_eq!(keys_of(&s, 5), vec![b"a".to_vec(), b"c".to_vec()]);
+    assert_eq!(keys_of(&s, 6), vec![b"b".to_vec()]);
+    s.capture_changes(true);
+    let rev = s.current_revision();
+    let r = s.lease_revoke(&LeaseRevokeRequest { id: 5 }).unwrap();
+    assert_eq!(r.header.revision, rev + 1);
+    let changes = s.take_changes();
+    let deleted: Vec<(&[u8], i64, i64)> = changes
+        .iter()
+        .map(|c| match c {
+            super::Change::Delete { rev, key, .. } => (key.as_slice(), rev.main, rev.sub),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![(&b"a"[..], rev + 1, 0), (&b"c"[..], rev + 1, 1)]
+    );
+    assert_eq!(keys(&s.range(&rr("a", "\0")).unwrap()), vec!["b", "z"]);
+    assert!(s.leases().get(5).is_none());
+    assert_eq!(
+        s.lease_revoke(&LeaseRevokeRequest { id: 5 }),
+        Err(Error::LeaseNotFound)
+    );
+    // A lease without keys revokes without a revision.
+    s.put(&with_lease("b", 0)).unwrap();
+    let rev = s.current_revision();
+    let r = s.lease_revoke(&LeaseRevokeRequest { id: 6 }).unwrap();
+    assert_eq!(r.header.revision, rev);
+    s.check().unwrap();
 }

@@ -28,6 +28,7 @@
 //!   the consistent index of the entry that changed them.
 
 pub mod client;
+pub mod lessor;
 pub mod log;
 
 pub use client::{RaftClient, RaftSender};
@@ -43,6 +44,7 @@ use ::raft::eraftpb::{
 };
 use ::raft::{RawNode, StateRole};
 use glommio::channels::local_channel::LocalReceiver;
+use lessor::{Lessor, LEASE_REVOKE_PER_SECOND_MAX};
 use log::LogStore;
 use prost::Message as _;
 use protobuf::Message as _;
@@ -132,7 +134,14 @@ pub struct RaftCore {
     broadcast_index: Option<u64>,
     /// Shard split keys, sent with the first round.
     splits: std::sync::Arc<Vec<Vec<u8>>>,
+    /// Lease deadlines (while leader).
+    lessor: Lessor,
+    /// When expired leases were last looked for.
+    last_expiry_check: Instant,
 }
+
+/// How often the leader looks for expired leases (etcd checks every 500 ms).
+pub const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 fn boot_err(what: impl std::fmt::Display) -> BootError {
     BootError(what.to_string())
@@ -300,6 +309,8 @@ impl RaftCore {
             round_replies: Vec::new(),
             broadcast_index: None,
             splits: std::sync::Arc::new(splits),
+            lessor: Lessor::default(),
+            last_expiry_check: now,
             opts,
         })
     }
@@ -471,6 +482,58 @@ impl RaftCore {
                     op: None,
                 });
             }
+            ToRaft::LeaseRenew { from, seq, ids } => {
+                let res = if self.lessor.is_primary() {
+                    let now = Instant::now();
+                    let leases = self.store.leases();
+                    let ttls = ids
+                        .iter()
+                        .map(|&id| self.lessor.renew(leases, id, now).unwrap_or(0))
+                        .collect();
+                    Ok(ReplyBody::LeaseRenewed {
+                        revision: self.store.current_revision(),
+                        ttls,
+                    })
+                } else {
+                    // Forwarding keep-alives to another leader is issue 7.
+                    Err(no_leader())
+                };
+                self.reply(out, from, seq, res);
+            }
+            ToRaft::LeaseTimeToLive {
+                from,
+                seq,
+                id,
+                keys,
+            } => {
+                let revision = self.store.current_revision();
+                let body = match self.store.leases().get(id) {
+                    Some(l) => ReplyBody::LeaseTimeToLive {
+                        revision,
+                        ttl: self.lessor.remaining_s(id, l.ttl, Instant::now()),
+                        granted_ttl: l.ttl,
+                        keys: if keys {
+                            l.keys.iter().cloned().collect()
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                    None => ReplyBody::LeaseTimeToLive {
+                        revision,
+                        ttl: -1,
+                        granted_ttl: 0,
+                        keys: Vec::new(),
+                    },
+                };
+                self.reply(out, from, seq, Ok(body));
+            }
+            ToRaft::LeaseLeases { from, seq } => {
+                let body = ReplyBody::Leases {
+                    revision: self.store.current_revision(),
+                    ids: self.store.leases().iter().map(|(id, _)| id).collect(),
+                };
+                self.reply(out, from, seq, Ok(body));
+            }
             ToRaft::Status { from, seq } => {
                 let info = self.status_info();
                 self.reply(out, from, seq, Ok(ReplyBody::Status(info)));
@@ -564,6 +627,31 @@ impl RaftCore {
         while self.next_tick <= now {
             self.node.tick();
             self.next_tick += interval;
+        }
+    }
+
+    /// The leader proposes a revoke for each lease past its deadline (at most etcd's
+    /// revoke rate); a member that lost the lead stops timing leases.
+    pub fn expire_leases(&mut self, now: Instant) {
+        if self.node.raft.state != StateRole::Leader {
+            if self.lessor.is_primary() {
+                self.lessor.demote();
+            }
+            return;
+        }
+        if now.duration_since(self.last_expiry_check) < LEASE_EXPIRY_CHECK_INTERVAL {
+            return;
+        }
+        let limit =
+            LEASE_REVOKE_PER_SECOND_MAX * LEASE_EXPIRY_CHECK_INTERVAL.as_millis() as usize / 1000;
+        self.last_expiry_check = now;
+        for id in self.lessor.expired(now, limit) {
+            let op = Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id });
+            let data = crate::api::convert::encode_raft_request(&op);
+            // No context: nobody waits for the reply.
+            if self.node.propose(Vec::new(), data.to_vec()).is_err() {
+                break;
+            }
         }
     }
 
@@ -709,6 +797,13 @@ impl RaftCore {
             if e.index > self.store.consistent_index() {
                 self.store.set_consistent_index(e.index, e.term);
             }
+            // Once the leader has applied its term's first entry it times the leases,
+            // each extended by an election timeout (etcd's Promote).
+            if self.node.raft.state == StateRole::Leader && e.term == self.node.raft.term {
+                let extend = Duration::from_millis(self.opts.election_timeout_ms);
+                self.lessor
+                    .promote(self.store.leases(), extend, Instant::now());
+            }
             return Ok(());
         }
         let op = match crate::api::convert::decode_raft_request(&e.data) {
@@ -723,6 +818,11 @@ impl RaftCore {
         let Some(res) = self.store.apply_at(e.index, e.term, &op) else {
             return Ok(());
         };
+        match (&op, &res) {
+            (Op::LeaseGrant(g), Ok(_)) => self.lessor.granted(g.id, g.ttl, Instant::now()),
+            (Op::LeaseRevoke(r), Ok(_)) => self.lessor.revoked(r.id),
+            _ => {}
+        }
         let res = match res {
             Ok(r) => Ok(ReplyBody::Op(r)),
             Err(err @ (mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. })) => {
@@ -866,6 +966,7 @@ pub async fn run(
         }
         let now = Instant::now();
         core.tick_if_due(now);
+        core.expire_leases(now);
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;
     }

@@ -50,6 +50,23 @@ pub enum ToRaft {
     /// A ReadIndex for a linearizable read served by the shards: replied with
     /// `ReplyBody::ReadIndex(r)` once the leader confirmed `r` (batched with others).
     ReadIndex { from: CoreId, seq: u64 },
+    /// Lease keep-alives: each lease's deadline moves to now + TTL on the leader's clock,
+    /// without a raft proposal. Replied `ReplyBody::LeaseRenewed` (one TTL per ID, in
+    /// order; 0: the lease is gone). A core batches what its streams asked meanwhile.
+    LeaseRenew {
+        from: CoreId,
+        seq: u64,
+        ids: Vec<i64>,
+    },
+    /// Lease.LeaseTimeToLive: replied `ReplyBody::LeaseTimeToLive`.
+    LeaseTimeToLive {
+        from: CoreId,
+        seq: u64,
+        id: i64,
+        keys: bool,
+    },
+    /// Lease.LeaseLeases: replied `ReplyBody::Leases`.
+    LeaseLeases { from: CoreId, seq: u64 },
 }
 
 impl ToRaft {
@@ -60,7 +77,10 @@ impl ToRaft {
             | ToRaft::Status { from, seq }
             | ToRaft::MemberList { from, seq }
             | ToRaft::HashKv { from, seq, .. }
-            | ToRaft::ReadIndex { from, seq } => (from, seq),
+            | ToRaft::ReadIndex { from, seq }
+            | ToRaft::LeaseRenew { from, seq, .. }
+            | ToRaft::LeaseTimeToLive { from, seq, .. }
+            | ToRaft::LeaseLeases { from, seq } => (from, seq),
         }
     }
 }
@@ -88,6 +108,21 @@ pub enum ReplyBody {
         revision: i64,
     },
     ReadIndex(u64),
+    LeaseRenewed {
+        revision: i64,
+        ttls: Vec<i64>,
+    },
+    /// `ttl` -1: no such lease.
+    LeaseTimeToLive {
+        revision: i64,
+        ttl: i64,
+        granted_ttl: i64,
+        keys: Vec<Vec<u8>>,
+    },
+    Leases {
+        revision: i64,
+        ids: Vec<i64>,
+    },
 }
 
 /// What the raft core applied in one round, sent to every core (one message per core per

@@ -45,6 +45,8 @@ pub struct ServerOptions {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub watch_progress_notify_interval: std::time::Duration,
+    /// The minimum TTL and server-chosen IDs of leases.
+    pub lease: crate::api::LeaseConfig,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -321,6 +323,7 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         })
         .detach();
     }
+    let core = node.core().0 as usize;
     let services = Rc::new(Services::new(
         client,
         node,
@@ -330,6 +333,7 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         },
         opts.max_request_bytes,
         opts.max_txn_ops,
+        opts.lease.for_core(core, opts.cores),
     ));
     let router = Rc::new(api::router(services));
     let grpc_config = grpc::Config {

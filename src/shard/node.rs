@@ -37,18 +37,18 @@ pub struct Watermark {
 type RangeResult = Result<RangeResponse, Status>;
 
 /// A value one task fills and another waits for (a Range part's reply, a ReadIndex).
-struct Slot<T> {
+pub struct Slot<T> {
     value: RefCell<(Option<T>, Option<Waker>)>,
 }
 
 impl<T> Slot<T> {
-    fn new() -> Rc<Slot<T>> {
+    pub fn new() -> Rc<Slot<T>> {
         Rc::new(Slot {
             value: RefCell::new((None, None)),
         })
     }
 
-    fn fill(&self, value: T) {
+    pub fn fill(&self, value: T) {
         let mut v = self.value.borrow_mut();
         v.0 = Some(value);
         if let Some(w) = v.1.take() {
@@ -56,7 +56,7 @@ impl<T> Slot<T> {
         }
     }
 
-    async fn wait(&self) -> T {
+    pub async fn wait(&self) -> T {
         poll_fn(|cx| {
             let mut v = self.value.borrow_mut();
             match v.0.take() {
