@@ -4,8 +4,10 @@
 //! Runs on: every core. Pieces:
 //! - `convert`: prost messages ↔ MVCC request/response types; the raft log encoding.
 //! - `errors`: the one table of etcd's wire errors (code + exact message).
-//! - `services`: the handlers and the router of a core; `lease`: the Lease service.
+//! - `services`: the handlers and the router of a core; `lease`: the Lease service;
+//!   `concurrency`: the Lock and Election services.
 
+pub mod concurrency;
 pub mod convert;
 pub mod errors;
 pub mod lease;

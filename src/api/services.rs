@@ -2,8 +2,8 @@
 //! layer does, send it to the raft core, encode the reply with a full ResponseHeader.
 //!
 //! Runs on: every core, one `Services` per core (it holds that core's `RaftClient`).
-//! Served now: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Maintenance.Status and
-//! HashKV, Cluster.MemberList, grpc.health.v1.Health/Check. Range goes to the key-range
+//! Served now: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Lease, Lock, Election,
+//! Maintenance.Status and HashKV, Cluster.MemberList, grpc.health.v1.Health/Check. Range goes to the key-range
 //! shards; writes and read-only Txn to the raft core. Every other method of etcd's API
 //! answers UNIMPLEMENTED (the router's "unknown service" / "unknown method").
 
@@ -364,13 +364,26 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Lease/LeaseRevoke", lease_revoke);
     unary!("/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live);
     unary!("/etcdserverpb.Lease/LeaseLeases", lease_leases);
-    {
-        let s = s.clone();
-        r.route("/etcdserverpb.Lease/LeaseKeepAlive", move |req, res| {
+    unary!("/v3lockpb.Lock/Lock", lock);
+    unary!("/v3lockpb.Lock/Unlock", unlock);
+    unary!("/v3electionpb.Election/Campaign", campaign);
+    unary!("/v3electionpb.Election/Proclaim", proclaim);
+    unary!("/v3electionpb.Election/Leader", leader);
+    unary!("/v3electionpb.Election/Resign", resign);
+    macro_rules! stream {
+        ($path:expr, $method:ident) => {{
             let s = s.clone();
-            async move { s.lease_keep_alive(req, res).await }
-        });
+            r.route($path, move |req: crate::grpc::Request, res| {
+                let s = s.clone();
+                async move {
+                    s.check_leader(&req.metadata)?;
+                    s.$method(req, res).await
+                }
+            });
+        }};
     }
+    stream!("/etcdserverpb.Lease/LeaseKeepAlive", lease_keep_alive);
+    stream!("/v3electionpb.Election/Observe", observe);
     let node = s.node.clone();
     r.route_with_queue(
         "/etcdserverpb.Watch/Watch",

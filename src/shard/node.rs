@@ -84,6 +84,56 @@ pub struct Node {
     index_waiting: RefCell<Vec<Rc<Slot<Result<u64, Status>>>>>,
     index_asking: Cell<bool>,
     pub hub: Hub,
+    /// Key-range subscriptions of this core's Lock and Election calls.
+    subscriptions: RefCell<Vec<Rc<SubscriptionState>>>,
+}
+
+/// Subscribed changes queued beyond this are dropped and the subscriber told to re-read.
+pub const SUBSCRIPTION_QUEUE_MAX: usize = 4096;
+
+struct SubscriptionState {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    queue: RefCell<std::collections::VecDeque<mvcc::Change>>,
+    lost: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// The changes to a key range that this core applies after [`Node::subscribe`], in
+/// revision order (what the Lock and Election services wait on, instead of a watch).
+/// Dropping it unsubscribes.
+pub struct Subscription {
+    node: Rc<Node>,
+    state: Rc<SubscriptionState>,
+}
+
+impl Subscription {
+    /// The next change; `None` if changes were dropped because the subscriber fell more
+    /// than `SUBSCRIPTION_QUEUE_MAX` behind (it must read the state again).
+    pub async fn next(&self) -> Option<mvcc::Change> {
+        poll_fn(|cx| {
+            if self.state.lost.get() {
+                return Poll::Ready(None);
+            }
+            match self.state.queue.borrow_mut().pop_front() {
+                Some(c) => Poll::Ready(Some(c)),
+                None => {
+                    *self.state.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.node
+            .subscriptions
+            .borrow_mut()
+            .retain(|s| !Rc::ptr_eq(s, &self.state));
+    }
 }
 
 impl Node {
@@ -99,6 +149,7 @@ impl Node {
             raft,
             index_waiting: RefCell::new(Vec::new()),
             index_asking: Cell::new(false),
+            subscriptions: RefCell::new(Vec::new()),
             hub: Hub::new(),
         })
     }
@@ -245,12 +296,60 @@ impl Node {
         });
         if booted {
             self.hub.on_applied(&a);
+            self.feed_subscriptions(&a);
         }
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();
         }
         for reply in a.replies {
             self.raft.deliver(reply);
+        }
+    }
+
+    /// Subscribes to the changes to `[key, range_end)` (etcd's range rules) that this
+    /// core applies from now on.
+    pub fn subscribe(self: &Rc<Node>, key: &[u8], range_end: &[u8]) -> Subscription {
+        let state = Rc::new(SubscriptionState {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            queue: RefCell::new(Default::default()),
+            lost: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        self.subscriptions.borrow_mut().push(state.clone());
+        Subscription {
+            node: self.clone(),
+            state,
+        }
+    }
+
+    fn feed_subscriptions(&self, a: &Applied) {
+        let subs = self.subscriptions.borrow();
+        if subs.is_empty() {
+            return;
+        }
+        for sub in subs.iter() {
+            let range = mvcc::KeyRange::new(&sub.key, &sub.range_end);
+            let mut fed = false;
+            for change in a.changes.iter().flat_map(|c| c.iter()) {
+                let Some(k) = change.key() else { continue };
+                if !range.contains(k) || sub.lost.get() {
+                    continue;
+                }
+                let mut q = sub.queue.borrow_mut();
+                if q.len() >= SUBSCRIPTION_QUEUE_MAX {
+                    q.clear();
+                    sub.lost.set(true);
+                } else {
+                    q.push_back(change.clone());
+                }
+                fed = true;
+            }
+            if fed {
+                if let Some(w) = sub.waker.borrow_mut().take() {
+                    w.wake();
+                }
+            }
         }
     }
 
