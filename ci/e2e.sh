@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # etcd 3.4's own end-to-end tests against Keel: the tests listed in ci/e2e-pass.txt
-# (KV, txn, compaction, member list, version, watch, make-mirror) must all pass. Prints the pass count.
+# (KV, txn, compaction, member list, version, watch, make-mirror, lease, lock, elect) must all pass. Prints the pass count.
 #
 #   ci/e2e.sh [path/to/keel]     (default: target/release/keel, built if missing)
 #
