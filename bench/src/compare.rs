@@ -137,6 +137,10 @@ struct Case {
     watchers: usize,
     prefix: bool,
     rate: Option<f64>,
+    /// Leases kept alive in the background during the run.
+    keepalive_leases: usize,
+    /// Run length instead of `--seconds` (at least as long).
+    seconds_min: u64,
 }
 
 fn matrix(quick: bool) -> Vec<Case> {
@@ -147,6 +151,8 @@ fn matrix(quick: bool) -> Vec<Case> {
         watchers: 0,
         prefix: false,
         rate: None,
+        keepalive_leases: 0,
+        seconds_min: 0,
     };
     let watch = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch w{watchers}"),
@@ -155,6 +161,8 @@ fn matrix(quick: bool) -> Vec<Case> {
         watchers,
         prefix: false,
         rate,
+        keepalive_leases: 0,
+        seconds_min: 0,
     };
     let watch_prefix = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch-prefix w{watchers}"),
@@ -189,9 +197,23 @@ fn matrix(quick: bool) -> Vec<Case> {
         watch_prefix(1000, Some(400.0)),
         watch_prefix(10_000, Some(40.0)),
         case(Scenario::LeaseKeepalive, 64),
+        // Grant + put with the minimum TTL at etcd's revoke rate, long enough that leases
+        // expire (and are revoked) during most of the run.
+        Case {
+            name: "lease-churn r1000".into(),
+            rate: Some(1000.0),
+            seconds_min: 6,
+            ..case(Scenario::LeaseChurn, 16)
+        },
+        // Last: its leases stay granted (TTL 600 s) after the run.
+        Case {
+            name: "put c64 +100k leases".into(),
+            keepalive_leases: 100_000,
+            ..case(Scenario::Put, 64)
+        },
     ];
     if quick {
-        m.retain(|c| c.clients != 256 && c.watchers != 10_000);
+        m.retain(|c| c.clients != 256 && c.watchers != 10_000 && c.keepalive_leases == 0);
     }
     m
 }
@@ -316,6 +338,7 @@ pub fn main(flags: &Flags) {
         watch_prefix: false,
         server_pid: Some(s.child.id()),
         quiet: true,
+        keepalive_leases: 0,
     };
     // Memory per watcher, on the fresh servers: 10,000 idle watchers on 100 streams, and
     // 2,000 watchers on a stream each.
@@ -385,6 +408,10 @@ pub fn main(flags: &Flags) {
                 o.watchers = case.watchers;
                 o.streams = (case.watchers / 100).max(1);
                 o.watch_prefix = case.prefix;
+                o.keepalive_leases = case.keepalive_leases;
+                if case.seconds_min > seconds && !quick {
+                    o.duration = Some(Duration::from_secs(case.seconds_min));
+                }
                 let r = load::run(case.scenario, &o, s.name);
                 eprintln!(
                     "[{:>4.0} s] {:<16} {} rep {}: {:.0}/s p50 {} µs p99 {} µs errors {}",

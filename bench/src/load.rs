@@ -2,12 +2,18 @@
 //! measures etcd and Keel.
 //!
 //! ```text
-//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|watch|watch-latency
+//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency
 //!     --endpoints 127.0.0.1:2379[,...] --conns 1 --clients 1 --total 10000 | --duration 5
 //!     [--rate R] [--key-size 8] [--val-size 256] [--key-space-size 100000]
 //!     [--sequential-keys] [--consistency l|s] [--read-percent 80]
 //!     [--watchers 100] [--streams 10] [--server-pid P] [--json] [--hdr-log FILE]
+//!     [--keepalive-leases N]
 //! ```
+//! - `lease-churn`: each request grants a lease with the minimum TTL and puts a key with
+//!   it; the leases then expire on their own, so the server revokes as fast as it grants.
+//! - `--keepalive-leases N` (any request scenario): N leases (TTL 600 s) are granted
+//!   before the run and kept alive through it, each once per `KEEPALIVE_PERIOD`, as
+//!   clientv3 would for a 60 s TTL; the report is the foreground scenario's.
 //! - Closed loop (no `--rate`): each client sends its next request when the last returns:
 //!   peak throughput.
 //! - Open loop (`--rate R` requests/s over all clients): request *i* is due at
@@ -36,8 +42,13 @@ pub enum Scenario {
     TxnPut,
     TxnMixed { read_percent: u32 },
     LeaseKeepalive,
+    LeaseChurn,
     Watch,
 }
+
+/// How often each background lease is kept alive (clientv3 sends every TTL/3; 20 s is
+/// its period for a 60 s TTL).
+pub const KEEPALIVE_PERIOD: Duration = Duration::from_secs(20);
 
 impl Scenario {
     pub fn name(&self) -> String {
@@ -49,6 +60,7 @@ impl Scenario {
             Scenario::TxnPut => "txn-put".into(),
             Scenario::TxnMixed { read_percent } => format!("txn-mixed-{read_percent}"),
             Scenario::LeaseKeepalive => "lease-keepalive".into(),
+            Scenario::LeaseChurn => "lease-churn".into(),
             Scenario::Watch => "watch".into(),
         }
     }
@@ -73,6 +85,8 @@ pub struct LoadOptions {
     pub server_pid: Option<u32>,
     /// Stop the progress line (for nested use, e.g. `compare`).
     pub quiet: bool,
+    /// Leases granted before the run and kept alive during it (0: none).
+    pub keepalive_leases: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -344,6 +358,20 @@ async fn one_request(s: &Shared, c: &mut Client, i: u64) -> Result<(), CallError
             stream.send(&pb::LeaseKeepAliveRequest { id: *id })?;
             let _: pb::LeaseKeepAliveResponse = stream.recv().await?;
         }
+        Scenario::LeaseChurn => {
+            let grant = pb::LeaseGrantRequest { ttl: 1, id: 0 };
+            let r: pb::LeaseGrantResponse =
+                grpc::unary(&c.conn, "/etcdserverpb.Lease/LeaseGrant", &grant).await?;
+            let mut key = b"keel-bench-churn/".to_vec();
+            key.extend_from_slice(&s.key(i));
+            let req = pb::PutRequest {
+                key: key.into(),
+                value: s.value.clone(),
+                lease: r.id,
+                ..Default::default()
+            };
+            grpc::unary::<_, pb::PutResponse>(&c.conn, "/etcdserverpb.KV/Put", &req).await?;
+        }
         Scenario::Watch => unreachable!("watch runs its own loop"),
     }
     Ok(())
@@ -389,6 +417,14 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
             Ok(c) => c,
             Err(e) => return failed_report(scenario, &opts, &label, e),
         };
+        let background = if opts.keepalive_leases > 0 {
+            match grant_leases(&conns, opts.keepalive_leases).await {
+                Ok(ids) => Some(keep_alive(&conns, ids)),
+                Err(e) => return failed_report(scenario, &opts, &label, e),
+            }
+        } else {
+            None
+        };
         let cpu0 = process_cpu_us(std::process::id()).unwrap_or(0.0);
         let server0 = opts.server_pid.and_then(process_cpu_us);
         let start = Instant::now();
@@ -410,12 +446,20 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
             0
         };
         let elapsed = start.elapsed();
+        let mut errors = shared.errors.borrow().clone();
+        if let Some((tasks, failures)) = background {
+            for t in tasks {
+                t.cancel();
+            }
+            if failures.get() > 0 {
+                errors.insert("background keep-alive".into(), failures.get());
+            }
+        }
         if let Some(t) = ticker {
             t.cancel();
             eprint!("\r{:60}\r", "");
         }
         let histogram = shared.histogram.borrow().clone();
-        let errors = shared.errors.borrow().clone();
         let requests = histogram.len();
         let attempts = (requests + errors.values().sum::<u64>()).max(1) as f64;
         let per = |total: f64| total / attempts;
@@ -438,6 +482,75 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
             deliveries,
         }
     })
+}
+
+/// Grants `count` leases (TTL 600 s), 64 at a time.
+async fn grant_leases(conns: &[Conn], count: usize) -> Result<Vec<i64>, CallError> {
+    let ids = Rc::new(RefCell::new(Vec::with_capacity(count)));
+    let next = Rc::new(Cell::new(0usize));
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (conn, ids, next) = (conns[t % conns.len()].clone(), ids.clone(), next.clone());
+        tasks.push(glommio::spawn_local(async move {
+            while next.get() < count {
+                next.set(next.get() + 1);
+                let grant = pb::LeaseGrantRequest { ttl: 600, id: 0 };
+                let r: pb::LeaseGrantResponse =
+                    grpc::unary(&conn, "/etcdserverpb.Lease/LeaseGrant", &grant).await?;
+                ids.borrow_mut().push(r.id);
+            }
+            Ok::<(), CallError>(())
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let ids = ids.borrow().clone();
+    Ok(ids)
+}
+
+type Background = (Vec<glommio::task::JoinHandle<()>>, Rc<Cell<u64>>);
+
+/// Keeps every lease alive once per `KEEPALIVE_PERIOD`, spread evenly over the period,
+/// on 8 streams (clientv3 multiplexes a client's leases on one stream).
+fn keep_alive(conns: &[Conn], ids: Vec<i64>) -> Background {
+    const STREAMS: usize = 8;
+    let failures = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for s in 0..STREAMS {
+        let mine: Vec<i64> = ids.iter().skip(s).step_by(STREAMS).copied().collect();
+        let (conn, failures) = (conns[s % conns.len()].clone(), failures.clone());
+        tasks.push(
+            glommio::spawn_local(async move {
+                let Ok(mut stream) =
+                    Stream::open(&conn, "/etcdserverpb.Lease/LeaseKeepAlive").await
+                else {
+                    failures.set(failures.get() + 1);
+                    return;
+                };
+                let gap = KEEPALIVE_PERIOD / mine.len().max(1) as u32;
+                let start = Instant::now();
+                for (i, id) in mine.iter().cycle().enumerate() {
+                    let due = start + gap * i as u32;
+                    let now = Instant::now();
+                    if due > now {
+                        glommio::timer::sleep(due - now).await;
+                    }
+                    let ok = stream.send(&pb::LeaseKeepAliveRequest { id: *id }).is_ok()
+                        && matches!(
+                            stream.recv::<pb::LeaseKeepAliveResponse>().await,
+                            Ok(r) if r.ttl > 0
+                        );
+                    if !ok {
+                        failures.set(failures.get() + 1);
+                        return;
+                    }
+                }
+            })
+            .detach(),
+        );
+    }
+    (tasks, failures)
 }
 
 fn failed_report(scenario: Scenario, opts: &LoadOptions, label: &str, e: CallError) -> Report {
@@ -682,6 +795,7 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
             p => Some(p as u32),
         },
         quiet: flags.has("json"),
+        keepalive_leases: flags.u64("keepalive-leases", 0) as usize,
     }
 }
 
@@ -697,6 +811,7 @@ pub fn main(cmd: &str, flags: &Flags) {
             read_percent: flags.u64("read-percent", 80) as u32,
         },
         "lease-keepalive" => Scenario::LeaseKeepalive,
+        "lease-churn" => Scenario::LeaseChurn,
         "watch" | "watch-latency" => Scenario::Watch,
         _ => unreachable!("dispatched by main"),
     };
@@ -753,6 +868,7 @@ mod tests {
             watch_prefix: false,
             server_pid: None,
             quiet: true,
+            keepalive_leases: 0,
         };
         Shared {
             opts,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
-//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|watch|watch-latency [flags]
+//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
 //! ```
@@ -22,7 +22,7 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
   compare          Keel and etcd 3.4 side by side: --keel BIN --etcd BIN --reps N --seconds S --quick --only a,b --out DIR
                    --scaling (also Keel on --cores 1 for the read rows)
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
-  put | range | txn-put | txn-mixed | lease-keepalive | watch | watch-latency
+  put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
                    --key-size B --val-size B --key-space-size N --sequential-keys
                    --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S --prefix (watch)
@@ -62,7 +62,7 @@ fn main() {
                 }
             }
         }
-        "put" | "range" | "txn-put" | "txn-mixed" | "lease-keepalive" | "watch"
+        "put" | "range" | "txn-put" | "txn-mixed" | "lease-keepalive" | "lease-churn" | "watch"
         | "watch-latency" => load::main(cmd, &opts),
         _ => {
             eprintln!("{USAGE}");
