@@ -94,7 +94,7 @@ fn key(rng: &mut Rng) -> String {
 
 async fn writer(ep: String, id: u64, until: Instant, sh: Arc<Shared>) {
     let mut c = connect(&ep).await;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id + 1) * 0x1234_5678_9ABC_DEF1);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id + 1) * 0x1234_5678_9ABC_DEF1));
     let mut seq = 0u64;
     while Instant::now() < until {
         seq += 1;

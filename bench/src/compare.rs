@@ -339,6 +339,7 @@ pub fn main(flags: &Flags) {
         server_pid: Some(s.child.id()),
         quiet: true,
         keepalive_leases: 0,
+        keepalive_warmup: false,
     };
     // Memory per watcher, on the fresh servers: 10,000 idle watchers on 100 streams, and
     // 2,000 watchers on a stream each.
@@ -409,6 +410,7 @@ pub fn main(flags: &Flags) {
                 o.streams = (case.watchers / 100).max(1);
                 o.watch_prefix = case.prefix;
                 o.keepalive_leases = case.keepalive_leases;
+                o.keepalive_warmup = case.keepalive_leases > 0;
                 if case.seconds_min > seconds && !quick {
                     o.duration = Some(Duration::from_secs(case.seconds_min));
                 }

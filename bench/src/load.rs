@@ -7,13 +7,14 @@
 //!     [--rate R] [--key-size 8] [--val-size 256] [--key-space-size 100000]
 //!     [--sequential-keys] [--consistency l|s] [--read-percent 80]
 //!     [--watchers 100] [--streams 10] [--server-pid P] [--json] [--hdr-log FILE]
-//!     [--keepalive-leases N]
+//!     [--keepalive-leases N [--keepalive-warmup]]
 //! ```
 //! - `lease-churn`: each request grants a lease with the minimum TTL and puts a key with
 //!   it; the leases then expire on their own, so the server revokes as fast as it grants.
 //! - `--keepalive-leases N` (any request scenario): N leases (TTL 600 s) are granted
 //!   before the run and kept alive through it, each once per `KEEPALIVE_PERIOD`, as
-//!   clientv3 would for a 60 s TTL; the report is the foreground scenario's.
+//!   clientv3 would for a 60 s TTL; with `--keepalive-warmup` the measured run starts
+//!   after one period (steady state); the report is the foreground scenario's.
 //! - Closed loop (no `--rate`): each client sends its next request when the last returns:
 //!   peak throughput.
 //! - Open loop (`--rate R` requests/s over all clients): request *i* is due at
@@ -87,6 +88,8 @@ pub struct LoadOptions {
     pub quiet: bool,
     /// Leases granted before the run and kept alive during it (0: none).
     pub keepalive_leases: usize,
+    /// Keep them alive for one `KEEPALIVE_PERIOD` before the measured run starts.
+    pub keepalive_warmup: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -419,7 +422,14 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
         };
         let background = if opts.keepalive_leases > 0 {
             match grant_leases(&conns, opts.keepalive_leases).await {
-                Ok(ids) => Some(keep_alive(&conns, ids)),
+                Ok(ids) => {
+                    let b = keep_alive(&conns, ids);
+                    // Steady state: every lease kept alive once before the measured run.
+                    if opts.keepalive_warmup {
+                        glommio::timer::sleep(KEEPALIVE_PERIOD).await;
+                    }
+                    Some(b)
+                }
                 Err(e) => return failed_report(scenario, &opts, &label, e),
             }
         } else {
@@ -796,6 +806,7 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
         },
         quiet: flags.has("json"),
         keepalive_leases: flags.u64("keepalive-leases", 0) as usize,
+        keepalive_warmup: flags.has("keepalive-warmup"),
     }
 }
 
@@ -869,6 +880,7 @@ mod tests {
             server_pid: None,
             quiet: true,
             keepalive_leases: 0,
+            keepalive_warmup: false,
         };
         Shared {
             opts,

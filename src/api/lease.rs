@@ -3,10 +3,16 @@
 //!
 //! Runs on: every core. Grant and revoke are raft proposals (a revoke deletes the
 //! lease's keys in one revision). Keep-alives only move a deadline on the raft core's
-//! lessor: a core sends one `ToRaft::LeaseRenew` for every keep-alive its streams received
-//! while its previous one was out (`Renewer`), so the raft core sees one message per batch.
+//! lessor, in batches: see [`Renewer`] for when a core answers a keep-alive itself and
+//! when it waits for the leader.
 //!
-//! Invariants: a keep-alive stream answers its requests in order, one response each.
+//! Invariants:
+//! - A keep-alive stream answers its requests in order, one response each.
+//! - A keep-alive answered with a TTL renews the lease on the leader from the time its
+//!   core received it; one answered 0 found the lease gone or past its deadline, as
+//!   etcd's lessor would have. (One exception, bounded by cross-core delivery: a
+//!   keep-alive for a lease revoked on another connection, arriving before this core
+//!   applied that revoke, is answered with the TTL; the leader ignores the renewal.)
 
 use super::errors::EtcdError;
 use super::services::{decode, encode, unexpected_reply, Services};
@@ -14,12 +20,15 @@ use crate::grpc::{Request, Responses, Status};
 use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
 use crate::raft::RaftClient;
+use crate::runtime::mesh::Applied;
 use crate::runtime::mesh::{ReplyBody, ToRaft};
-use crate::shard::node::Slot;
+use crate::shard::node::{Node, Slot};
 use bytes::Bytes;
 use prost::Message;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// etcd's MaxLeaseTTL: a grant asking for more fails with "too large lease TTL".
 pub const LEASE_TTL_MAX_S: i64 = 9_000_000_000;
@@ -96,70 +105,187 @@ impl LeaseIds {
     }
 }
 
-type Renewed = Result<(Vec<i64>, i64, u64), Status>;
+/// When a keep-alive may be answered by its core without asking the raft core: the
+/// lease's last known deadline is at least this far ahead (the batched renewal reaches
+/// the leader long before that deadline could pass).
+pub const FAST_RENEW_MARGIN: Duration = Duration::from_secs(1);
+/// Keep-alives answered by their core reach the leader within this (one batch per core).
+pub const RENEW_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Batches a core's keep-alives: one `LeaseRenew` in flight at a time, carrying every
-/// keep-alive that arrived while the previous one was out.
+/// A core's view of the leases its streams keep alive: TTL and the deadline the leader
+/// last confirmed. Dropped when a round revokes the lease or the raft term changes.
+#[derive(Default)]
+pub struct LeaseCache {
+    known: RefCell<HashMap<i64, (i64, Instant)>>,
+    term: Cell<u64>,
+}
+
+impl LeaseCache {
+    /// The TTL to answer with at once, if the lease is known to live well past `now`.
+    pub fn fast(&self, id: i64, now: Instant) -> Option<i64> {
+        let known = self.known.borrow();
+        let &(ttl, deadline) = known.get(&id)?;
+        (now + FAST_RENEW_MARGIN < deadline).then_some(ttl)
+    }
+
+    fn learn(&self, id: i64, result: Option<(i64, Instant)>) {
+        let mut known = self.known.borrow_mut();
+        match result {
+            Some(r) => {
+                known.insert(id, r);
+            }
+            None => {
+                known.remove(&id);
+            }
+        }
+    }
+
+    /// A round this core applied: forget its revoked leases; a new term (leader) means
+    /// no deadline this core learnt is known to hold any more.
+    pub fn on_applied(&self, a: &Applied) {
+        if a.raft_term != self.term.get() {
+            self.term.set(a.raft_term);
+            self.known.borrow_mut().clear();
+            return;
+        }
+        if !a.revoked_leases.is_empty() {
+            let mut known = self.known.borrow_mut();
+            for id in a.revoked_leases.iter() {
+                known.remove(id);
+            }
+        }
+    }
+}
+
+type Renewed = Result<(Vec<i64>, i64, u64), Status>;
+/// Keep-alives (lease, receive time) of one stream batch and where their answer goes.
+type Waiting = (Vec<(i64, Instant)>, Rc<Slot<Renewed>>);
+
+/// A core's keep-alives. A lease whose deadline (as the leader last confirmed it) is
+/// more than `FAST_RENEW_MARGIN` ahead is answered at once and its renewal, stamped with
+/// the time it was received, sent to the raft core with the next batch (at most
+/// `RENEW_FLUSH_INTERVAL` later). Any other keep-alive (first of a lease on this core,
+/// near its deadline, after a revoke) waits for the leader's answer, which goes out at
+/// once with every renewal queued meanwhile: one `LeaseRenew` in flight at a time.
 pub struct Renewer {
     client: Rc<RaftClient>,
-    waiting: RefCell<Vec<(Vec<i64>, Rc<Slot<Renewed>>)>>,
+    node: Rc<Node>,
+    /// Renewals answered already, not yet sent: lease → latest receive time.
+    answered: RefCell<HashMap<i64, Instant>>,
+    /// Keep-alives waiting for the leader's answer.
+    waiting: RefCell<Vec<Waiting>>,
     asking: Cell<bool>,
+    flush_due: Cell<bool>,
 }
 
 impl Renewer {
-    pub fn new(client: Rc<RaftClient>) -> Rc<Renewer> {
+    pub fn new(client: Rc<RaftClient>, node: Rc<Node>) -> Rc<Renewer> {
         Rc::new(Renewer {
             client,
+            node,
+            answered: RefCell::new(HashMap::new()),
             waiting: RefCell::new(Vec::new()),
             asking: Cell::new(false),
+            flush_due: Cell::new(false),
         })
     }
 
-    /// Each lease's TTL after the renewal (0: gone), the store revision and raft term.
-    pub async fn renew(self: &Rc<Self>, ids: Vec<i64>) -> Renewed {
+    /// Each lease's TTL after the keep-alive (0: gone), the store revision and raft term.
+    pub async fn renew(self: &Rc<Self>, ids: &[i64]) -> Renewed {
+        let now = Instant::now();
+        let cache = &self.node.leases;
+        let fast: Option<Vec<i64>> = ids.iter().map(|&id| cache.fast(id, now)).collect();
+        if let Some(ttls) = fast {
+            {
+                let mut answered = self.answered.borrow_mut();
+                for &id in ids {
+                    answered.insert(id, now);
+                }
+            }
+            self.schedule_flush();
+            let mark = self.node.watermark();
+            return Ok((ttls, mark.revision, mark.raft_term));
+        }
         let slot = Slot::new();
-        self.waiting.borrow_mut().push((ids, slot.clone()));
+        let renewals = ids.iter().map(|&id| (id, now)).collect();
+        self.waiting.borrow_mut().push((renewals, slot.clone()));
+        self.kick();
+        slot.wait().await
+    }
+
+    fn kick(self: &Rc<Self>) {
         if !self.asking.get() {
             self.asking.set(true);
             let me = self.clone();
             glommio::spawn_local(async move { me.ask().await }).detach();
         }
-        slot.wait().await
+    }
+
+    fn schedule_flush(self: &Rc<Self>) {
+        if self.flush_due.get() {
+            return;
+        }
+        self.flush_due.set(true);
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(RENEW_FLUSH_INTERVAL).await;
+            me.flush_due.set(false);
+            if !me.answered.borrow().is_empty() {
+                me.kick();
+            }
+        })
+        .detach();
     }
 
     async fn ask(self: Rc<Self>) {
         loop {
             let batch = std::mem::take(&mut *self.waiting.borrow_mut());
-            if batch.is_empty() {
+            let answered = std::mem::take(&mut *self.answered.borrow_mut());
+            if batch.is_empty() && answered.is_empty() {
                 self.asking.set(false);
                 return;
             }
-            let ids: Vec<i64> = batch
-                .iter()
-                .flat_map(|(ids, _)| ids.iter().copied())
-                .collect();
-            let count = ids.len();
+            let mut renewals: Vec<(i64, Instant)> = answered.into_iter().collect();
+            let background = renewals.len();
+            renewals.extend(batch.iter().flat_map(|(r, _)| r.iter().copied()));
+            let count = renewals.len();
+            let ids: Vec<i64> = renewals.iter().map(|r| r.0).collect();
             let reply = self
                 .client
-                .call(|from, seq| ToRaft::LeaseRenew { from, seq, ids })
+                .call(|from, seq| ToRaft::LeaseRenew {
+                    from,
+                    seq,
+                    renewals,
+                })
                 .await;
             let result = reply.and_then(|r| match r.body {
-                Ok(ReplyBody::LeaseRenewed { revision, ttls }) if ttls.len() == count => {
-                    Ok((ttls, revision, r.raft_term))
+                Ok(ReplyBody::LeaseRenewed { revision, results }) if results.len() == count => {
+                    Ok((results, revision, r.raft_term))
                 }
                 Ok(_) => Err(unexpected_reply()),
                 Err(s) => Err(s),
             });
             match result {
-                Ok((ttls, revision, term)) => {
-                    let mut at = 0;
-                    for (ids, slot) in batch {
-                        let mine = ttls[at..at + ids.len()].to_vec();
-                        at += ids.len();
-                        slot.fill(Ok((mine, revision, term)));
+                Ok((results, revision, term)) => {
+                    for (id, r) in ids.iter().zip(&results) {
+                        self.node.leases.learn(*id, *r);
+                    }
+                    let mut at = background;
+                    for (renewals, slot) in batch {
+                        let ttls = results[at..at + renewals.len()]
+                            .iter()
+                            .map(|r| r.map_or(0, |(ttl, _)| ttl))
+                            .collect();
+                        at += renewals.len();
+                        slot.fill(Ok((ttls, revision, term)));
                     }
                 }
                 Err(status) => {
+                    // The answered ones cannot be taken back; the leader will time them
+                    // out if they never arrive. Forget them so the next keep-alive asks.
+                    for id in &ids {
+                        self.node.leases.learn(*id, None);
+                    }
                     for (_, slot) in batch {
                         slot.fill(Err(status.clone()));
                     }
@@ -271,7 +397,7 @@ impl Services {
                     None => break,
                 }
             }
-            let (ttls, revision, term) = self.renewer().renew(ids.clone()).await?;
+            let (ttls, revision, term) = self.renewer().renew(&ids).await?;
             let header = self.header(revision, term);
             for (id, ttl) in ids.into_iter().zip(ttls) {
                 let m = pb::LeaseKeepAliveResponse {

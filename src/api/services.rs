@@ -75,7 +75,7 @@ impl Services {
         lease_config: LeaseConfig,
     ) -> Services {
         Services {
-            renewer: Renewer::new(client.clone()),
+            renewer: Renewer::new(client.clone(), node.clone()),
             client,
             node,
             header,

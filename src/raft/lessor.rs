@@ -12,11 +12,14 @@
 //!   earliest deadline is always found by popping (stale entries are skipped or pushed
 //!   back with the lease's current deadline).
 //! - A lease past its deadline is offered for revocation at most once per
-//!   `REVOKE_RETRY_INTERVAL` until its revoke is applied.
+//!   `REVOKE_RETRY_INTERVAL` until its revoke is applied; once offered, no keep-alive
+//!   renews it (the revoke is on its way through raft).
+//! - A keep-alive counts from when its core received it: it renews a lease whose
+//!   deadline was still ahead then, to that time + TTL; a deadline never moves back.
 
 use crate::mvcc::lease::Leases;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// etcd's leaseRevokeRate: at most this many expired leases are revoked per second (the
@@ -31,6 +34,8 @@ pub struct Lessor {
     primary: bool,
     deadline: HashMap<i64, Instant>,
     heap: BinaryHeap<Reverse<(Instant, i64)>>,
+    /// Leases offered for revocation whose revoke has not applied yet.
+    offered: HashSet<i64>,
 }
 
 impl Lessor {
@@ -45,6 +50,7 @@ impl Lessor {
         self.primary = true;
         self.deadline.clear();
         self.heap.clear();
+        self.offered.clear();
         let mut timed: Vec<(Duration, i64)> = leases
             .iter()
             .map(|(id, l)| {
@@ -67,6 +73,7 @@ impl Lessor {
         self.primary = false;
         self.deadline.clear();
         self.heap.clear();
+        self.offered.clear();
     }
 
     fn set_deadline(&mut self, id: i64, at: Instant) {
@@ -84,21 +91,25 @@ impl Lessor {
     /// A revoke was applied.
     pub fn revoked(&mut self, id: i64) {
         self.deadline.remove(&id);
+        self.offered.remove(&id);
     }
 
-    /// A keep-alive: the lease's deadline moves to `now + ttl`. `None` if the lease is gone
-    /// or already past its deadline (its revoke is on its way), as etcd answers then.
-    /// Only on a primary.
-    pub fn renew(&mut self, leases: &Leases, id: i64, now: Instant) -> Option<i64> {
+    /// A keep-alive received at `received`: the lease's deadline moves to `received +
+    /// ttl`. `None` if the lease is gone, was past its deadline at `received`, or is
+    /// offered for revocation, as etcd answers then. Only on a primary.
+    pub fn renew(&mut self, leases: &Leases, id: i64, received: Instant) -> Option<(i64, Instant)> {
         debug_assert!(self.primary);
         let ttl = leases.get(id)?.ttl;
+        if self.offered.contains(&id) {
+            return None;
+        }
         let deadline = self.deadline.get_mut(&id)?;
-        if *deadline <= now {
+        if *deadline <= received {
             return None;
         }
         // The heap keeps the older (earlier) entry; popping it finds this deadline.
-        *deadline = now + secs_duration(ttl);
-        Some(ttl)
+        *deadline = (*deadline).max(received + secs_duration(ttl));
+        Some((ttl, *deadline))
     }
 
     /// Whole seconds left (truncated, as etcd reports them); the TTL when not primary.
@@ -137,6 +148,7 @@ impl Lessor {
                 continue;
             }
             out.push(id);
+            self.offered.insert(id);
             self.heap.push(Reverse((now + REVOKE_RETRY_INTERVAL, id)));
         }
         out
@@ -202,8 +214,11 @@ mod tests {
         assert_eq!(lessor.expired(t0 + Duration::from_secs(100), 10), vec![]);
         lessor.promote(&ls, Duration::from_secs(1), t0);
         assert_eq!(lessor.remaining_s(1, 5, t0), 6);
-        // Lease 1 renewed at 5 s: its deadline moves from 6 s to 10 s.
-        assert_eq!(lessor.renew(&ls, 1, t0 + Duration::from_secs(5)), Some(5));
+        // Lease 1 renewed at 5 s: its deadline moves from 6 s to 10 s; a keep-alive that
+        // was received earlier (and arrives later) does not move it back.
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(lessor.renew(&ls, 1, at(5)), Some((5, at(10))));
+        assert_eq!(lessor.renew(&ls, 1, at(4)), Some((5, at(10))));
         assert_eq!(lessor.expired(t0 + Duration::from_secs(7), 10), vec![]);
         assert_eq!(
             lessor.expired(t0 + Duration::from_millis(10_500), 10),
@@ -211,6 +226,8 @@ mod tests {
         );
         // Past its deadline a lease cannot be renewed, and is not offered again at once.
         assert_eq!(lessor.renew(&ls, 1, t0 + Duration::from_secs(11)), None);
+        // Offered for revocation: not even a keep-alive received in time renews it now.
+        assert_eq!(lessor.renew(&ls, 1, at(9)), None);
         assert_eq!(lessor.expired(t0 + Duration::from_secs(12), 10), vec![2]);
         assert_eq!(lessor.expired(t0 + Duration::from_secs(13), 10), vec![]);
         // Not revoked within the retry interval: offered again.

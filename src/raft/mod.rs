@@ -136,6 +136,8 @@ pub struct RaftCore {
     splits: std::sync::Arc<Vec<Vec<u8>>>,
     /// Lease deadlines (while leader).
     lessor: Lessor,
+    /// Leases revoked this round; they travel with the round.
+    round_revoked: Vec<i64>,
     /// When expired leases were last looked for.
     last_expiry_check: Instant,
 }
@@ -310,6 +312,7 @@ impl RaftCore {
             broadcast_index: None,
             splits: std::sync::Arc::new(splits),
             lessor: Lessor::default(),
+            round_revoked: Vec::new(),
             last_expiry_check: now,
             opts,
         })
@@ -482,17 +485,20 @@ impl RaftCore {
                     op: None,
                 });
             }
-            ToRaft::LeaseRenew { from, seq, ids } => {
+            ToRaft::LeaseRenew {
+                from,
+                seq,
+                renewals,
+            } => {
                 let res = if self.lessor.is_primary() {
-                    let now = Instant::now();
                     let leases = self.store.leases();
-                    let ttls = ids
+                    let results = renewals
                         .iter()
-                        .map(|&id| self.lessor.renew(leases, id, now).unwrap_or(0))
+                        .map(|&(id, received)| self.lessor.renew(leases, id, received))
                         .collect();
                     Ok(ReplyBody::LeaseRenewed {
                         revision: self.store.current_revision(),
-                        ttls,
+                        results,
                     })
                 } else {
                     // Forwarding keep-alives to another leader is issue 7.
@@ -755,6 +761,7 @@ impl RaftCore {
             snapshot: self.store.backend().snapshot(),
             replies: Vec::new(),
             splits,
+            revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.round_revoked)),
         };
         out.applied(round, std::mem::take(&mut self.round_replies));
     }
@@ -820,7 +827,10 @@ impl RaftCore {
         };
         match (&op, &res) {
             (Op::LeaseGrant(g), Ok(_)) => self.lessor.granted(g.id, g.ttl, Instant::now()),
-            (Op::LeaseRevoke(r), Ok(_)) => self.lessor.revoked(r.id),
+            (Op::LeaseRevoke(r), Ok(_)) => {
+                self.lessor.revoked(r.id);
+                self.round_revoked.push(r.id);
+            }
             _ => {}
         }
         let res = match res {

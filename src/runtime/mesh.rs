@@ -50,13 +50,14 @@ pub enum ToRaft {
     /// A ReadIndex for a linearizable read served by the shards: replied with
     /// `ReplyBody::ReadIndex(r)` once the leader confirmed `r` (batched with others).
     ReadIndex { from: CoreId, seq: u64 },
-    /// Lease keep-alives: each lease's deadline moves to now + TTL on the leader's clock,
-    /// without a raft proposal. Replied `ReplyBody::LeaseRenewed` (one TTL per ID, in
-    /// order; 0: the lease is gone). A core batches what its streams asked meanwhile.
+    /// Lease keep-alives, each with the time its core received it: the lease's deadline
+    /// moves to that time + TTL on the leader's clock, without a raft proposal. Replied
+    /// `ReplyBody::LeaseRenewed` (one result per renewal, in order). A core batches the
+    /// keep-alives its streams received meanwhile (see `api::lease::Renewer`).
     LeaseRenew {
         from: CoreId,
         seq: u64,
-        ids: Vec<i64>,
+        renewals: Vec<(i64, std::time::Instant)>,
     },
     /// Lease.LeaseTimeToLive: replied `ReplyBody::LeaseTimeToLive`.
     LeaseTimeToLive {
@@ -108,9 +109,11 @@ pub enum ReplyBody {
         revision: i64,
     },
     ReadIndex(u64),
+    /// Per renewal: the TTL and the new deadline, or `None` if the lease is gone (or
+    /// was past its deadline when the keep-alive arrived).
     LeaseRenewed {
         revision: i64,
-        ttls: Vec<i64>,
+        results: Vec<Option<(i64, std::time::Instant)>>,
     },
     /// `ttl` -1: no such lease.
     LeaseTimeToLive {
@@ -143,6 +146,8 @@ pub struct Applied {
     pub replies: Vec<Reply>,
     /// The shard split keys, in the first round only (the shards' boot).
     pub splits: Option<Arc<Vec<Vec<u8>>>>,
+    /// Leases revoked in the round (each core drops them from its keep-alive cache).
+    pub revoked_leases: Arc<Vec<i64>>,
 }
 
 impl Applied {
@@ -158,6 +163,7 @@ impl Applied {
             snapshot: self.snapshot.clone(),
             replies: Vec::new(),
             splits: self.splits.clone(),
+            revoked_leases: self.revoked_leases.clone(),
         }
     }
 
@@ -174,6 +180,11 @@ impl Applied {
         self.replies.extend(later.replies);
         if self.splits.is_none() {
             self.splits = later.splits;
+        }
+        if !later.revoked_leases.is_empty() {
+            let mut all = self.revoked_leases.to_vec();
+            all.extend(later.revoked_leases.iter());
+            self.revoked_leases = Arc::new(all);
         }
     }
 }

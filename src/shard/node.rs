@@ -35,6 +35,8 @@ pub struct Watermark {
 }
 
 type RangeResult = Result<RangeResponse, Status>;
+type RangeSlot = Rc<Slot<(u64, RangeResult)>>;
+type IndexSlot = Rc<Slot<Result<u64, Status>>>;
 
 /// A value one task fills and another waits for (a Range part's reply, a ReadIndex).
 pub struct Slot<T> {
@@ -77,13 +79,15 @@ pub struct Node {
     watermark: Cell<Watermark>,
     waiters: RefCell<Vec<Waker>>,
     outbox: Vec<Rc<Outbox>>,
-    calls: RefCell<HashMap<u64, Rc<Slot<(u64, RangeResult)>>>>,
+    calls: RefCell<HashMap<u64, RangeSlot>>,
     next_seq: Cell<u64>,
     raft: Rc<RaftClient>,
     /// Linearizable reads that arrived since this core last asked for a ReadIndex.
-    index_waiting: RefCell<Vec<Rc<Slot<Result<u64, Status>>>>>,
+    index_waiting: RefCell<Vec<IndexSlot>>,
     index_asking: Cell<bool>,
     pub hub: Hub,
+    /// Deadlines of the leases this core's streams keep alive.
+    pub leases: crate::api::lease::LeaseCache,
     /// Key-range subscriptions of this core's Lock and Election calls.
     subscriptions: RefCell<Vec<Rc<SubscriptionState>>>,
 }
@@ -150,6 +154,7 @@ impl Node {
             index_waiting: RefCell::new(Vec::new()),
             index_asking: Cell::new(false),
             subscriptions: RefCell::new(Vec::new()),
+            leases: Default::default(),
             hub: Hub::new(),
         })
     }
@@ -294,6 +299,7 @@ impl Node {
             compact_revision: a.compact_revision,
             raft_term: a.raft_term,
         });
+        self.leases.on_applied(&a);
         if booted {
             self.hub.on_applied(&a);
             self.feed_subscriptions(&a);

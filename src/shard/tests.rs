@@ -232,6 +232,7 @@ fn merged_rounds_apply_like_separate_ones() {
                 snapshot: store.backend().snapshot(),
                 replies: Vec::new(),
                 splits: None,
+                revoked_leases: Default::default(),
             };
             one.apply(
                 a.changes.iter().flat_map(|c| c.iter()),
