@@ -57,6 +57,42 @@ function check(cond, what) {
   ]);
   check(values.join(',') === '1,2', `replayed ${values}`);
   await replay.cancel();
+  // Leases: grant, attach, keep-alive, revoke; an expired lease deletes its key.
+  const lease = client.lease(30, { autoKeepAlive: false });
+  const id = await lease.grant();
+  await lease.put('js/l').value('leased');
+  const kv = (await client.get('js/l').exec()).kvs[0];
+  check(kv && kv.lease === id, `key attached to lease ${id}: ${kv && kv.lease}`);
+  const ka = await lease.keepaliveOnce();
+  check(ka.TTL === '30', `keepalive TTL ${ka.TTL}`);
+  const info = await client.leaseClient.leaseTimeToLive({ ID: id, keys: true });
+  check(Number(info.TTL) > 0 && info.grantedTTL === '30', `time to live ${info.TTL}/${info.grantedTTL}`);
+  check(info.keys.map(String).join() === 'js/l', `lease keys ${info.keys}`);
+  const listed = await client.leaseClient.leaseLeases({});
+  check(listed.leases.some((l) => l.ID === id), 'lease listed');
+  await lease.revoke();
+  check((await client.get('js/l').string()) === null, 'revoke deleted the key');
+  const short = client.lease(1, { autoKeepAlive: false });
+  await short.put('js/s').value('x');
+  let gone = false;
+  for (let i = 0; i < 50 && !gone; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    gone = (await client.get('js/s').string()) === null;
+  }
+  check(gone, 'expired lease deleted its key');
+  // The node client's own lock recipe (lease + txn on create revision).
+  const lock = client.lock('js-lock').ttl(10);
+  await lock.acquire();
+  let second = null;
+  try {
+    await client.lock('js-lock').ttl(10).acquire();
+  } catch (e) {
+    second = e;
+  }
+  check(second !== null, 'second lock refused while held');
+  await lock.release();
+  const again = await client.lock('js-lock').ttl(10).acquire();
+  await again.release();
   console.log(`node etcd3: ${checks} checks passed`);
   client.close();
 })().catch((e) => {

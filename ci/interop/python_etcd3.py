@@ -1,4 +1,5 @@
-"""Python etcd3 (grpcio) against a Keel endpoint: KV, txn, errors, status, members, watch.
+"""Python etcd3 (grpcio) against a Keel endpoint: KV, txn, errors, status, members, watch,
+leases and python-etcd3's own lock recipe.
 
 usage: python3 python_etcd3.py HOST PORT   (exit 0 and "python etcd3: N checks passed")
 """
@@ -59,4 +60,29 @@ cancel()
 kinds = [type(e).__name__ for e in got]
 check(kinds == ["PutEvent", "PutEvent", "DeleteEvent"], f"replayed kinds {kinds}")
 check([e.mod_revision for e in got] == [start, start + 1, start + 2], "replayed revisions")
+
+# Leases: grant, attach, refresh, time-to-live with keys, revoke deletes the key.
+lease = c.lease(30)
+check(lease.ttl == 30 and lease.id > 0, f"lease granted {lease.id} ttl {lease.ttl}")
+c.put("py/l", "leased", lease=lease)
+check(c.get("py/l")[1].lease_id == lease.id, "key attached to the lease")
+refreshed = list(lease.refresh())
+check(refreshed and refreshed[0].TTL == 30, f"keep-alive -> {refreshed}")
+check(0 < lease.remaining_ttl <= 30, f"remaining {lease.remaining_ttl}")
+check(lease.keys == [b"py/l"], f"lease keys {lease.keys}")
+check(c.get_lease_info(lease.id).grantedTTL == 30, "lease info")
+lease.revoke()
+check(c.get("py/l")[0] is None, "revoke deleted the key")
+short = c.lease(1)
+check(short.ttl == 2, f"minimum TTL: {short.ttl}")
+c.put("py/s", "x", lease=short)
+deadline = time.time() + 10
+while c.get("py/s")[0] is not None and time.time() < deadline:
+    time.sleep(0.2)
+check(c.get("py/s")[0] is None, "expired lease deleted its key")
+# (Only uncontended: python-etcd3's retry loop breaks on current tenacity releases.)
+with c.lock("py-lock", ttl=10) as lk:
+    check(lk.is_acquired(), "lock acquired")
+    check(c.get("py-lock")[0] is None, "lock key is under the lock prefix")
+check(not lk.is_acquired(), "lock released")
 print(f"python etcd3: {checks} checks passed")
