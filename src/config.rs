@@ -67,6 +67,9 @@ pub struct Config {
     pub shard_split_keys: Vec<Vec<u8>>,
     /// `--experimental-watch-progress-notify-interval` (etcd raises values under 100 ms).
     pub watch_progress_notify_interval: std::time::Duration,
+    /// `--experimental-enable-lease-checkpoint`: the leader records each lease's
+    /// remaining TTL this often (`None`: off).
+    pub lease_checkpoint_interval: Option<std::time::Duration>,
     /// Flags that were accepted but whose feature is not built (or is ignored).
     pub warnings: Vec<String>,
 }
@@ -325,17 +328,20 @@ const SPECS: &[Spec] = &[
         "0s",
         Warn("corruption checks are not built yet"),
     ),
-    spec(
-        "experimental-enable-lease-checkpoint",
-        Bool,
-        "false",
-        Warn("lease checkpoints are not built yet"),
-    ),
+    spec("experimental-enable-lease-checkpoint", Bool, "false", Keel),
+    // Checkpoints are always persisted in the Lease tree (3.5's persist flag's behaviour).
     spec(
         "experimental-enable-lease-checkpoint-persist",
         Bool,
         "false",
-        Warn("lease checkpoints are not built yet"),
+        Keel,
+    ),
+    // etcd 3.5's flag (3.4 fixes the interval at 5 minutes).
+    spec(
+        "experimental-lease-checkpoint-interval",
+        Duration,
+        "5m",
+        Keel,
     ),
     spec("experimental-enable-v2v3", Str, "", Warn(V2)),
     spec(
@@ -1082,6 +1088,15 @@ fn build(
             }
         })
         .unwrap_or(std::time::Duration::from_secs(600)),
+        lease_checkpoint_interval: (parse_go_bool(raw(
+            values,
+            "experimental-enable-lease-checkpoint",
+        )) == Ok(true))
+        .then(|| {
+            go_duration(raw(values, "experimental-lease-checkpoint-interval"))
+                .unwrap_or(std::time::Duration::from_secs(300))
+                .max(std::time::Duration::from_millis(100))
+        }),
         warnings,
     })
 }

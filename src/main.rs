@@ -68,6 +68,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             max_txn_ops: cfg.max_txn_ops,
             shards: cores,
             shard_splits: cfg.shard_split_keys.clone(),
+            lease_checkpoint_interval: cfg.lease_checkpoint_interval,
         },
         cores,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,

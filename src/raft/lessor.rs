@@ -36,9 +36,62 @@ pub struct Lessor {
     heap: BinaryHeap<Reverse<(Instant, i64)>>,
     /// Leases offered for revocation whose revoke has not applied yet.
     offered: HashSet<i64>,
+    /// etcd's lease checkpoints: how often remaining TTLs are recorded, and when next.
+    checkpoint_interval: Option<Duration>,
+    next_checkpoint: Option<Instant>,
 }
 
+/// etcd's maxLeaseCheckpointBatchSize: remaining TTLs recorded per raft entry at most.
+pub const CHECKPOINT_BATCH_MAX: usize = 1000;
+
 impl Lessor {
+    /// A lessor that checkpoints remaining TTLs every `interval` while primary.
+    pub fn with_checkpoints(interval: Option<Duration>) -> Lessor {
+        Lessor {
+            checkpoint_interval: interval,
+            ..Lessor::default()
+        }
+    }
+
+    pub fn checkpoints(&self) -> bool {
+        self.checkpoint_interval.is_some()
+    }
+
+    /// When due, the remaining TTL (whole seconds) of every lease that has more left than
+    /// a checkpoint interval, in batches of at most `CHECKPOINT_BATCH_MAX`: what the
+    /// leader records through raft so a new leader resumes from it instead of the full
+    /// TTL (etcd's checkpointing; leases about to expire need none).
+    pub fn due_checkpoints(&mut self, now: Instant) -> Vec<Vec<(i64, i64)>> {
+        let Some(interval) = self.checkpoint_interval else {
+            return Vec::new();
+        };
+        if !self.primary {
+            return Vec::new();
+        }
+        match self.next_checkpoint {
+            Some(at) if at > now => return Vec::new(),
+            None => {
+                self.next_checkpoint = Some(now + interval);
+                return Vec::new();
+            }
+            Some(_) => {}
+        }
+        self.next_checkpoint = Some(now + interval);
+        let mut all: Vec<(i64, i64)> = self
+            .deadline
+            .iter()
+            .filter(|(id, _)| !self.offered.contains(id))
+            .filter_map(|(&id, &at)| {
+                let left = at.saturating_duration_since(now);
+                (left > interval).then_some((id, left.as_secs() as i64))
+            })
+            .collect();
+        all.sort_unstable();
+        all.chunks(CHECKPOINT_BATCH_MAX)
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
     pub fn is_primary(&self) -> bool {
         self.primary
     }
@@ -51,6 +104,7 @@ impl Lessor {
         self.deadline.clear();
         self.heap.clear();
         self.offered.clear();
+        self.next_checkpoint = None;
         let mut timed: Vec<(Duration, i64)> = leases
             .iter()
             .map(|(id, l)| {
@@ -267,5 +321,30 @@ mod tests {
         }
         assert!(per_second.values().all(|&n| n <= 760), "{per_second:?}");
         assert!(per_second.len() >= 4, "{per_second:?}");
+    }
+
+    #[test]
+    fn checkpoints_record_remaining_ttls_of_long_leases_each_interval() {
+        let t0 = Instant::now();
+        let ls = leases(&[(1, 100), (2, 3)]);
+        let mut lessor = Lessor::with_checkpoints(Some(Duration::from_secs(10)));
+        lessor.promote(&ls, Duration::ZERO, t0);
+        // The first call schedules; checkpoints come one interval later.
+        assert!(lessor.due_checkpoints(t0).is_empty());
+        assert!(lessor
+            .due_checkpoints(t0 + Duration::from_secs(5))
+            .is_empty());
+        let due = lessor.due_checkpoints(t0 + Duration::from_secs(10));
+        // Lease 2 (3 s) needs none; lease 1 has 90 s left.
+        assert_eq!(due, vec![vec![(1, 90)]]);
+        assert!(lessor
+            .due_checkpoints(t0 + Duration::from_secs(11))
+            .is_empty());
+        // Off: never.
+        let mut off = Lessor::default();
+        off.promote(&ls, Duration::ZERO, t0);
+        assert!(off
+            .due_checkpoints(t0 + Duration::from_secs(100))
+            .is_empty());
     }
 }

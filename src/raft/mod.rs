@@ -83,6 +83,8 @@ pub struct RaftOptions {
     /// Key-range shards (one per core) and configured split keys (empty: from the data).
     pub shards: usize,
     pub shard_splits: Vec<Vec<u8>>,
+    /// Lease checkpoints (`None`: off).
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 /// Errors that stop the member at boot: they name what is wrong and where.
@@ -138,6 +140,8 @@ pub struct RaftCore {
     lessor: Lessor,
     /// Leases revoked this round; they travel with the round.
     round_revoked: Vec<i64>,
+    /// Lease checkpoints to propose (id, remaining TTL; 0 clears).
+    checkpoints_pending: Vec<(i64, i64)>,
     /// When expired leases were last looked for.
     last_expiry_check: Instant,
 }
@@ -311,8 +315,9 @@ impl RaftCore {
             round_replies: Vec::new(),
             broadcast_index: None,
             splits: std::sync::Arc::new(splits),
-            lessor: Lessor::default(),
+            lessor: Lessor::with_checkpoints(opts.lease_checkpoint_interval),
             round_revoked: Vec::new(),
+            checkpoints_pending: Vec::new(),
             last_expiry_check: now,
             opts,
         })
@@ -496,6 +501,17 @@ impl RaftCore {
                         .iter()
                         .map(|&(id, received)| self.lessor.renew(leases, id, received))
                         .collect();
+                    if self.lessor.checkpoints() {
+                        // A renewed lease starts from its full TTL again: clear a recorded
+                        // remaining TTL (one entry per lease per interval at most).
+                        for &(id, _) in &renewals {
+                            if leases.get(id).is_some_and(|l| l.remaining_ttl > 0)
+                                && !self.checkpoints_pending.contains(&(id, 0))
+                            {
+                                self.checkpoints_pending.push((id, 0));
+                            }
+                        }
+                    }
                     Ok(ReplyBody::LeaseRenewed {
                         revision: self.store.current_revision(),
                         results,
@@ -651,8 +667,22 @@ impl RaftCore {
         let limit =
             LEASE_REVOKE_PER_SECOND_MAX * LEASE_EXPIRY_CHECK_INTERVAL.as_millis() as usize / 1000;
         self.last_expiry_check = now;
-        for id in self.lessor.expired(now, limit) {
-            let op = Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id });
+        let mut ops: Vec<Op> = self
+            .lessor
+            .expired(now, limit)
+            .into_iter()
+            .map(|id| Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id }))
+            .collect();
+        let mut batches = self.lessor.due_checkpoints(now);
+        if !self.checkpoints_pending.is_empty() {
+            batches.push(std::mem::take(&mut self.checkpoints_pending));
+        }
+        ops.extend(
+            batches.into_iter().map(|checkpoints| {
+                Op::LeaseCheckpoint(mvcc::LeaseCheckpointRequest { checkpoints })
+            }),
+        );
+        for op in ops {
             let data = crate::api::convert::encode_raft_request(&op);
             // No context: nobody waits for the reply.
             if self.node.propose(Vec::new(), data.to_vec()).is_err() {

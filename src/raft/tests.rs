@@ -46,6 +46,7 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         max_txn_ops: 128,
         shards: 1,
         shard_splits: Vec::new(),
+        lease_checkpoint_interval: None,
     }
 }
 
