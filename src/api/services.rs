@@ -364,12 +364,28 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Lease/LeaseRevoke", lease_revoke);
     unary!("/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live);
     unary!("/etcdserverpb.Lease/LeaseLeases", lease_leases);
-    unary!("/v3lockpb.Lock/Lock", lock);
-    unary!("/v3lockpb.Lock/Unlock", unlock);
-    unary!("/v3electionpb.Election/Campaign", campaign);
-    unary!("/v3electionpb.Election/Proclaim", proclaim);
-    unary!("/v3electionpb.Election/Leader", leader);
-    unary!("/v3electionpb.Election/Resign", resign);
+    // etcd serves Lock and Election through its own client, whose errors reach the
+    // caller as gRPC code Unknown with etcd's message (e.g. a lock with an unknown lease).
+    macro_rules! unary_unknown {
+        ($path:expr, $method:ident) => {{
+            let s = s.clone();
+            r.unary($path, move |md: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move {
+                    s.check_leader(&md)?;
+                    s.$method(body)
+                        .await
+                        .map_err(|e| Status::new(Code::Unknown, e.message))
+                }
+            });
+        }};
+    }
+    unary_unknown!("/v3lockpb.Lock/Lock", lock);
+    unary_unknown!("/v3lockpb.Lock/Unlock", unlock);
+    unary_unknown!("/v3electionpb.Election/Campaign", campaign);
+    unary_unknown!("/v3electionpb.Election/Proclaim", proclaim);
+    unary_unknown!("/v3electionpb.Election/Leader", leader);
+    unary_unknown!("/v3electionpb.Election/Resign", resign);
     macro_rules! stream {
         ($path:expr, $method:ident) => {{
             let s = s.clone();
