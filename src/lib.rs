@@ -1,18 +1,31 @@
 //! Keel: an etcd v3-compatible, replicated, durable key-value store, thread-per-core.
 //!
-//! Data flow (the storage engine, issue 2; the server around it comes next):
+//! Data flow:
 //!
 //! ```text
-//!  proposal ──► raft core ──► wal::Wal::append + sync  (one write + one fdatasync per batch)
-//!                   │
-//!                   └──► mvcc::Store::apply (put / delete / txn / compact)
-//!                            ├─ mvcc::KeyIndex      key → generations of revisions (memory)
-//!                            └─ mvcc::db::Db        mmap'd copy-on-write B+trees
-//!                                  revision tree: Revision{main,sub} → KeyValue record
-//!                                  lease / member / auth / meta trees
-//!                  Db::publish  : dirty pages become visible to readers on other cores
-//!                  Db::commit   : fdatasync + meta page flip (durable; WAL replay starts
-//!                                 after the consistent index stored there)
+//!  client ──h2/gRPC──► core N (grpc::server, api::Services)
+//!    │ Range ────────► shard::node::Node: this core's shard, other shards' parts by
+//!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex
+//!    │ Watch ────────► watch::Hub of core N (events from the rounds core N applies)
+//!    │ LeaseKeepAlive► api::lease::Renewer: answered on core N when the leader's last
+//!    │                 confirmed deadline is far enough ahead, else asks; renewals reach
+//!    │                 the raft core in batches (ToRaft::LeaseRenew), no raft entry
+//!    │ Lock/Election ► api::concurrency: txns through raft, waits on core-local
+//!    │                 subscriptions (Node::subscribe) to key-range changes
+//!    └ Put/Delete/Txn/Compact/LeaseGrant/LeaseRevoke ──ToRaft::Propose──► raft core
+//!  raft core ──► wal::Wal::append + sync  (one write + one fdatasync per batch)
+//!      │         raft::lessor: lease deadlines; expired leases revoked through raft
+//!      └──► mvcc::Store::apply (put / delete / txn / compact / lease grant / revoke)
+//!               ├─ mvcc::KeyIndex      key → generations of revisions (memory)
+//!               ├─ mvcc::lease::Leases lease → TTL and attached keys (memory)
+//!               └─ mvcc::db::Db        mmap'd copy-on-write B+trees
+//!                     revision tree: Revision{main,sub} → KeyValue record
+//!                     lease / member / auth / meta trees
+//!      Db::publish, then one mesh::Applied per core (changes, snapshot, replies,
+//!      revoked leases): each core updates its shard, fans events out to its watchers,
+//!      then answers its clients' writes.
+//!      Db::commit: fdatasync + meta page flip every 100 ms (WAL replay starts after
+//!      the consistent index stored there).
 //! ```
 #![deny(unsafe_code)]
 
