@@ -5,7 +5,7 @@
 //! with the caller's lease; the holder is the key with the lowest create revision, and a
 //! waiter waits for the deletion of the key created just before its own (each waiter
 //! watches one predecessor, not the whole queue). The waits use a core-local
-//! [`Subscription`] taken before the read they follow, so no deletion is missed between
+//! `Subscription` (`shard::node`) taken before the read they follow, so no deletion is missed between
 //! the read and the wait.
 //!
 //! Invariants: a Lock or Campaign call that ends before it returns (the client went
