@@ -1,6 +1,6 @@
 //! Service discovery end to end, the way etcd users build it: a watcher on "/services/"
 //! (the `etcd-client` crate, on its own thread) opened before anything registers; five
-//! services, each a lease with a 3-s TTL, a key "/services/<name>" = address attached to
+//! services, each a lease with a 5-s TTL, a key "/services/<name>" = address attached to
 //! it, and a real `etcdctl lease keep-alive` child process keeping it alive. The watcher
 //! sees every join; two services are killed (kill -9 of their keep-alive process, by PID)
 //! and the watcher sees exactly their DELETE events once their leases expire, while the
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SERVICE_COUNT: usize = 5;
-const TTL_S: i64 = 3;
+const TTL_S: i64 = 5;
 const EXPIRY_SLACK: Duration = Duration::from_secs(5);
 
 /// One event as the watcher saw it: (type, key, value, lease, mod_revision).
