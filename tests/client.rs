@@ -4,31 +4,17 @@
 
 mod common;
 
-use common::{is_keel, runtime, Server};
+use common::{connect, grpc_status, is_keel, runtime, Server};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, Error, GetOptions, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-
-async fn connect(s: &Server) -> Client {
-    Client::connect([s.endpoint()], None)
-        .await
-        .expect("connect")
-}
 
 fn keys(r: &etcd_client::GetResponse) -> Vec<String> {
     r.kvs()
         .iter()
         .map(|kv| kv.key_str().unwrap().to_string())
         .collect()
-}
-
-#[track_caller]
-fn grpc_status(e: Error) -> (tonic::Code, String) {
-    match e {
-        Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("not a gRPC status: {other:?}"),
-    }
 }
 
 #[test]

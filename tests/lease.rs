@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{runtime, Server};
+use common::{connect, grpc_status, runtime, Server};
 use etcd_client::{
     Client, Compare, CompareOp, Error, EventType, GetOptions, LeaseGrantOptions,
     LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
@@ -29,20 +29,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const TTL_MIN_S: i64 = 2;
 /// How long after its TTL an expired lease's keys may take to go.
 const EXPIRY_SLACK: Duration = Duration::from_secs(5);
-
-async fn connect(s: &Server) -> Client {
-    Client::connect([s.endpoint()], None)
-        .await
-        .expect("connect")
-}
-
-#[track_caller]
-fn grpc_status(e: Error) -> (tonic::Code, String) {
-    match e {
-        Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("not a gRPC status: {other:?}"),
-    }
-}
 
 /// The lease ID in etcdctl's `lease <16 hex digits> granted with TTL(<ttl>s)` line.
 #[track_caller]

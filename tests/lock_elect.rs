@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{runtime, Server};
+use common::{connect, grpc_status, runtime, Server};
 use etcd_client::{
     Client, Error, GetOptions, LeaderKey, LeaseGrantOptions, LockOptions, ObserveStream,
     ProclaimOptions, ResignOptions,
@@ -24,20 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn connect(s: &Server) -> Client {
-    Client::connect([s.endpoint()], None)
-        .await
-        .expect("connect")
-}
-
-#[track_caller]
-fn grpc_status(e: Error) -> (tonic::Code, String) {
-    match e {
-        Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("not a gRPC status: {other:?}"),
-    }
-}
 
 /// An etcdctl child (same flags as `Server::etcdctl`) whose stdout and stderr are
 /// collected by threads. Dropping it kills it, by its own PID.

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{runtime, Server};
+use common::{connect, runtime, Server};
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, Event, EventType, GetOptions, Txn, TxnOp,
     WatchFilterType, WatchOptions, WatchResponse, WatchStream,
@@ -20,12 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn connect(s: &Server) -> Client {
-    Client::connect([s.endpoint()], None)
-        .await
-        .expect("connect")
-}
 
 /// The next response on `ws`, within 10 s.
 #[track_caller]

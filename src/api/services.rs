@@ -339,14 +339,18 @@ fn txn_serializable(req: &mvcc::TxnRequest) -> bool {
 /// The routes of one core.
 pub fn router(s: Rc<Services>) -> Router {
     let mut r = Router::new();
+    // `$map` turns a handler's error into the one on the wire.
     macro_rules! unary {
-        ($path:expr, $method:ident) => {{
+        ($path:expr, $method:ident) => {
+            unary!($path, $method, |e: Status| e)
+        };
+        ($path:expr, $method:ident, $map:expr) => {{
             let s = s.clone();
             r.unary($path, move |md: HeaderMap, body: Bytes| {
                 let s = s.clone();
                 async move {
                     s.check_leader(&md)?;
-                    s.$method(body).await
+                    s.$method(body).await.map_err($map)
                 }
             });
         }};
@@ -366,26 +370,13 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Lease/LeaseLeases", lease_leases);
     // etcd serves Lock and Election through its own client, whose errors reach the
     // caller as gRPC code Unknown with etcd's message (e.g. a lock with an unknown lease).
-    macro_rules! unary_unknown {
-        ($path:expr, $method:ident) => {{
-            let s = s.clone();
-            r.unary($path, move |md: HeaderMap, body: Bytes| {
-                let s = s.clone();
-                async move {
-                    s.check_leader(&md)?;
-                    s.$method(body)
-                        .await
-                        .map_err(|e| Status::new(Code::Unknown, e.message))
-                }
-            });
-        }};
-    }
-    unary_unknown!("/v3lockpb.Lock/Lock", lock);
-    unary_unknown!("/v3lockpb.Lock/Unlock", unlock);
-    unary_unknown!("/v3electionpb.Election/Campaign", campaign);
-    unary_unknown!("/v3electionpb.Election/Proclaim", proclaim);
-    unary_unknown!("/v3electionpb.Election/Leader", leader);
-    unary_unknown!("/v3electionpb.Election/Resign", resign);
+    let unknown = |e: Status| Status::new(Code::Unknown, e.message);
+    unary!("/v3lockpb.Lock/Lock", lock, unknown);
+    unary!("/v3lockpb.Lock/Unlock", unlock, unknown);
+    unary!("/v3electionpb.Election/Campaign", campaign, unknown);
+    unary!("/v3electionpb.Election/Proclaim", proclaim, unknown);
+    unary!("/v3electionpb.Election/Leader", leader, unknown);
+    unary!("/v3electionpb.Election/Resign", resign, unknown);
     macro_rules! stream {
         ($path:expr, $method:ident) => {{
             let s = s.clone();

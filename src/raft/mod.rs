@@ -505,9 +505,7 @@ impl RaftCore {
                         // A renewed lease starts from its full TTL again: clear a recorded
                         // remaining TTL (one entry per lease per interval at most).
                         for &(id, _) in &renewals {
-                            if leases.get(id).is_some_and(|l| l.remaining_ttl > 0)
-                                && !self.checkpoints_pending.contains(&(id, 0))
-                            {
+                            if leases.get(id).is_some_and(|l| l.remaining_ttl > 0) {
                                 self.checkpoints_pending.push((id, 0));
                             }
                         }
@@ -675,7 +673,10 @@ impl RaftCore {
             .collect();
         let mut batches = self.lessor.due_checkpoints(now);
         if !self.checkpoints_pending.is_empty() {
-            batches.push(std::mem::take(&mut self.checkpoints_pending));
+            let mut clears = std::mem::take(&mut self.checkpoints_pending);
+            clears.sort_unstable();
+            clears.dedup();
+            batches.push(clears);
         }
         ops.extend(
             batches.into_iter().map(|checkpoints| {

@@ -13,6 +13,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// An etcd-client connection to `s`.
+pub async fn connect(s: &Server) -> etcd_client::Client {
+    etcd_client::Client::connect([s.endpoint()], None)
+        .await
+        .expect("connect")
+}
+
+/// The gRPC code and message of a client error that must be a gRPC status.
+#[track_caller]
+pub fn grpc_status(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("not a gRPC status: {other:?}"),
+    }
+}
+
 pub const READY_TIME_MAX: Duration = Duration::from_secs(20);
 
 /// A seeded xorshift generator: the load and differential tests replay the same ops.
