@@ -33,6 +33,11 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
     })?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cluster_id = config::cluster_id(&ids);
+    let listen_peer_addrs = cfg
+        .listen_peer_urls
+        .iter()
+        .map(|u| u.socket_addr())
+        .collect::<Result<Vec<_>, _>>()?;
     let listen_client_addrs = cfg
         .listen_client_urls
         .iter()
@@ -52,7 +57,8 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         member_id: me.id,
         cluster_id,
         listen_client_addrs,
-        advertise_client_urls: advertise,
+        listen_peer_addrs,
+        advertise_client_urls: advertise.clone(),
         raft: RaftOptions {
             member_id: me.id,
             cluster_id,
@@ -69,6 +75,13 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             shards: cores,
             shard_splits: cfg.shard_split_keys.clone(),
             lease_checkpoint_interval: cfg.lease_checkpoint_interval,
+            join_existing: cfg.initial_cluster_state == config::ClusterState::Existing,
+            advertise_peer_urls: cfg
+                .initial_advertise_peer_urls
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+            publish: Some((cfg.name.clone(), advertise)),
         },
         cores,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
@@ -84,6 +97,27 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             cfg.heartbeat_interval_ms,
         ),
     })
+}
+
+/// Boots this process again (same PID, arguments and environment) on a db a snapshot
+/// from the leader replaced; every inherited descriptor but stdio is closed first.
+#[allow(unsafe_code)]
+fn reexec() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for fd in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+            if fd > 2 {
+                // SAFETY: only sets the close-on-exec flag of a descriptor number.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec()
 }
 
 fn main() -> ExitCode {
@@ -132,7 +166,12 @@ fn main() -> ExitCode {
         ),
     );
     match server::run(opts) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(keel::raft::Exit::Stopped | keel::raft::Exit::Removed) => ExitCode::SUCCESS,
+        Ok(keel::raft::Exit::Restart) => {
+            let err = reexec();
+            eprintln!("keel: cannot restart on the installed snapshot: {err}");
+            ExitCode::from(1)
+        }
         Err(msg) => {
             log::error("etcdmain", &msg);
             eprintln!("keel: {msg}");

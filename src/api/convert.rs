@@ -261,9 +261,82 @@ pub fn encode_raft_request(op: &mvcc::Op) -> Bytes {
     )
 }
 
-pub fn decode_raft_request(data: &[u8]) -> Result<mvcc::Op, String> {
+/// A membership record change carried by a normal raft entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MemberEntry {
+    /// New peer URLs for a member (Cluster.MemberUpdate).
+    Update { id: u64, peer_urls: Vec<String> },
+    /// A member's name and client URLs (published once it has a leader).
+    Attributes {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+}
+
+/// What a normal raft entry carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EntryOp {
+    Op(mvcc::Op),
+    Member(MemberEntry),
+}
+
+pub fn encode_member_entry(m: &MemberEntry) -> Bytes {
+    let request = match m {
+        MemberEntry::Update { id, peer_urls } => {
+            raft_request::Request::MemberUpdate(pb::MemberUpdateRequest {
+                id: *id,
+                peer_ur_ls: peer_urls.clone(),
+            })
+        }
+        MemberEntry::Attributes {
+            id,
+            name,
+            client_urls,
+        } => raft_request::Request::MemberAttributes(
+            crate::pb::keel::internal::MemberAttributes {
+                id: *id,
+                name: name.clone(),
+                client_urls: client_urls.clone(),
+            },
+        ),
+    };
+    Bytes::from(
+        RaftRequest {
+            request: Some(request),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// Decodes a normal raft entry: a store write or a membership record change.
+pub fn decode_entry(data: &[u8]) -> Result<EntryOp, String> {
     let req = RaftRequest::decode(data).map_err(|e| e.to_string())?;
     Ok(match req.request {
+        Some(raft_request::Request::MemberUpdate(u)) => EntryOp::Member(MemberEntry::Update {
+            id: u.id,
+            peer_urls: u.peer_ur_ls,
+        }),
+        Some(raft_request::Request::MemberAttributes(a)) => {
+            EntryOp::Member(MemberEntry::Attributes {
+                id: a.id,
+                name: a.name,
+                client_urls: a.client_urls,
+            })
+        }
+        other => EntryOp::Op(store_op(other)?),
+    })
+}
+
+pub fn decode_raft_request(data: &[u8]) -> Result<mvcc::Op, String> {
+    match decode_entry(data)? {
+        EntryOp::Op(op) => Ok(op),
+        EntryOp::Member(_) => Err("a membership entry, not a store write".into()),
+    }
+}
+
+fn store_op(request: Option<raft_request::Request>) -> Result<mvcc::Op, String> {
+    Ok(match request {
         Some(raft_request::Request::Put(r)) => mvcc::Op::Put(put_request(r)),
         Some(raft_request::Request::DeleteRange(r)) => {
             mvcc::Op::DeleteRange(delete_range_request(r))
@@ -290,6 +363,9 @@ pub fn decode_raft_request(data: &[u8]) -> Result<mvcc::Op, String> {
                     .collect(),
             })
         }
+        Some(
+            raft_request::Request::MemberUpdate(_) | raft_request::Request::MemberAttributes(_),
+        ) => unreachable!("decode_entry takes membership entries"),
         None => return Err("empty RaftRequest".into()),
     })
 }

@@ -21,6 +21,9 @@ pub struct LogStore {
     snapshot_index: u64,
     snapshot_term: u64,
     entries: Vec<Entry>,
+    /// The applied (index, term) the db holds: what a raft snapshot for a lagging
+    /// follower describes (the transport streams the db itself).
+    applied: (u64, u64),
 }
 
 impl LogStore {
@@ -37,7 +40,13 @@ impl LogStore {
             snapshot_index,
             snapshot_term,
             entries: Vec::new(),
+            applied: (snapshot_index, snapshot_term),
         }
+    }
+
+    /// The applied state a snapshot sent now would hold.
+    pub fn set_snapshot_source(&mut self, index: u64, term: u64) {
+        self.applied = (index, term);
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -170,12 +179,20 @@ impl ::raft::Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> ::raft::Result<Snapshot> {
-        // Sending the db file to a lagging follower is issue 7; until then raft is told the
-        // snapshot is not ready and retries later.
-        Err(::raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> ::raft::Result<Snapshot> {
+        // Only the metadata: the transport streams the published db with the message.
+        let (index, term) = self.applied;
+        if index == 0 || index < request_index {
+            return Err(::raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 

@@ -28,8 +28,10 @@
 //!   the consistent index of the entry that changed them.
 
 pub mod client;
+mod cluster;
 pub mod lessor;
 pub mod log;
+pub mod transport;
 
 pub use client::{RaftClient, RaftSender};
 
@@ -48,9 +50,11 @@ use lessor::{Lessor, LEASE_REVOKE_PER_SECOND_MAX};
 use log::LogStore;
 use prost::Message as _;
 use protobuf::Message as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+use transport::Transport;
 
 /// How often the db is committed (fdatasync + meta flip) while writes arrive. etcd's
 /// backend commits every 100 ms too.
@@ -85,6 +89,25 @@ pub struct RaftOptions {
     pub shard_splits: Vec<Vec<u8>>,
     /// Lease checkpoints (`None`: off).
     pub lease_checkpoint_interval: Option<Duration>,
+    /// `--initial-cluster-state existing`: a new data dir joins a running cluster (its IDs
+    /// and members come from the peers), and a restart takes its IDs from the WAL.
+    pub join_existing: bool,
+    /// This member's advertised peer URLs (to find itself among a joined cluster's members).
+    pub advertise_peer_urls: Vec<String>,
+    /// The name and client URLs this member publishes through raft once it has a leader
+    /// (`None`: publish nothing, as in the unit tests).
+    pub publish: Option<(String, Vec<String>)>,
+}
+
+/// How the raft loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// This member was removed from the cluster.
+    Removed,
+    /// A snapshot from the leader replaced the db: boot again on it.
+    Restart,
 }
 
 /// Errors that stop the member at boot: they name what is wrong and where.
@@ -108,6 +131,8 @@ pub trait ReplySink {
 struct PendingRead {
     from: CoreId,
     seq: u64,
+    /// When the read gives up ("request timed out").
+    deadline: Instant,
     /// `None`: a bare ReadIndex, answered with the index (the shards serve the read).
     op: Option<Op>,
 }
@@ -119,8 +144,8 @@ pub struct RaftCore {
     opts: RaftOptions,
     /// Linearizable reads waiting for a ReadIndex to be requested.
     reads_waiting: Vec<PendingRead>,
-    /// ReadIndex context → the reads it serves.
-    reads_requested: HashMap<u64, Vec<PendingRead>>,
+    /// ReadIndex context → when it was asked and the reads it serves.
+    reads_requested: HashMap<u64, (Instant, Vec<PendingRead>)>,
     /// (read index, reads) whose index is known, waiting for apply to reach it.
     reads_indexed: Vec<(u64, Vec<PendingRead>)>,
     next_read_ctx: u64,
@@ -144,6 +169,28 @@ pub struct RaftCore {
     checkpoints_pending: Vec<(i64, i64)>,
     /// When expired leases were last looked for.
     last_expiry_check: Instant,
+    /// The peer transport (`None` in unit tests of a single member).
+    transport: Option<Rc<Transport>>,
+    /// Proposals of this member waiting to be applied: when each gives up.
+    proposals: HashMap<(CoreId, u64), Instant>,
+    proposal_deadlines: VecDeque<(Instant, CoreId, u64)>,
+    /// Leader side: requests followers forwarded, by the local sequence number they got
+    /// (their replies go back to (member, their id)).
+    forwarded: HashMap<u64, (u64, u64)>,
+    next_forwarded_seq: u64,
+    /// Follower side: requests this member forwarded to the leader.
+    forwarding: HashMap<u64, cluster::Forwarding>,
+    next_forward_id: u64,
+    /// A MoveLeader waiting for its transferee to lead: (from, seq, target, deadline).
+    move_leader: Option<(CoreId, u64, u64, Instant)>,
+    /// This member's attributes are applied (it announced itself); when it last proposed them.
+    published: bool,
+    publish_proposed: Option<Instant>,
+    on_published: Option<Box<dyn FnOnce()>>,
+    exit: Option<Exit>,
+    /// The (index, term) of a snapshot installed as the db, to mark in the WAL.
+    installed_snapshot: Option<(u64, u64)>,
+    request_timeout: Duration,
 }
 
 /// How often the leader looks for expired leases (etcd checks every 500 ms).
@@ -242,6 +289,10 @@ fn no_leader() -> Status {
     crate::api::errors::EtcdError::NoLeader.status()
 }
 
+fn not_for_learner() -> Status {
+    crate::api::errors::EtcdError::NotSupportedForLearner.status()
+}
+
 fn status_from_mvcc(e: &mvcc::Error) -> Status {
     crate::api::errors::status_from_mvcc(e)
 }
@@ -249,7 +300,7 @@ fn status_from_mvcc(e: &mvcc::Error) -> Status {
 impl RaftCore {
     /// Opens the member's WAL and db (or creates them for a new member), checks they
     /// agree, and builds the `RawNode` at the db's consistent index.
-    pub async fn open(opts: RaftOptions) -> Result<RaftCore, BootError> {
+    pub async fn open(mut opts: RaftOptions) -> Result<RaftCore, BootError> {
         let wal_exists = Wal::exists(&opts.wal_dir);
         let db_exists = opts.db_path.exists();
         if db_exists && !wal_exists {
@@ -274,8 +325,11 @@ impl RaftCore {
             .check()
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
         let (wal, log) = if wal_exists {
-            Self::recover(&opts, &mut store).await?
+            Self::recover(&mut opts, &mut store).await?
         } else {
+            if opts.join_existing {
+                Self::join(&mut opts).await?;
+            }
             Self::bootstrap(&opts).await?
         };
         let applied = store.consistent_index();
@@ -292,8 +346,10 @@ impl RaftCore {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let node =
+        let mut node =
             RawNode::new(&config, log, &logger).map_err(|e| boot_err(format!("raft: {e}")))?;
+        node.mut_store()
+            .set_snapshot_source(applied, store.consistent_term());
         let snapshot_index = node.store().first_index_raw().saturating_sub(1);
         let now = Instant::now();
         let splits = crate::shard::split_keys(store.index(), opts.shards, &opts.shard_splits);
@@ -319,6 +375,21 @@ impl RaftCore {
             round_revoked: Vec::new(),
             checkpoints_pending: Vec::new(),
             last_expiry_check: now,
+            transport: None,
+            proposals: HashMap::new(),
+            proposal_deadlines: VecDeque::new(),
+            forwarded: HashMap::new(),
+            next_forwarded_seq: 1,
+            forwarding: HashMap::new(),
+            next_forward_id: 1,
+            move_leader: None,
+            published: false,
+            publish_proposed: None,
+            on_published: None,
+            exit: None,
+            installed_snapshot: None,
+            // etcd's request timeout: 5 s plus two election timeouts.
+            request_timeout: Duration::from_millis(5000 + 2 * opts.election_timeout_ms),
             opts,
         })
     }
@@ -368,9 +439,52 @@ impl RaftCore {
         Ok((wal, log))
     }
 
+    /// A new member of a running cluster (`--initial-cluster-state existing`): its member
+    /// and cluster IDs come from the peers, which must already list its peer URLs (added
+    /// with MemberAdd); it starts with an empty log and learns everything from the leader.
+    async fn join(opts: &mut RaftOptions) -> Result<(), BootError> {
+        let mine: Vec<String> = opts.advertise_peer_urls.clone();
+        let others: Vec<Vec<std::net::SocketAddr>> = opts
+            .initial_members
+            .iter()
+            .filter(|m| !m.peer_urls.iter().any(|u| mine.contains(u)))
+            .map(|m| transport::peer_addrs(&m.peer_urls))
+            .collect();
+        let info = transport::fetch_cluster_info(&others)
+            .await
+            .map_err(|e| boot_err(format!("cannot join the cluster: {e}")))?;
+        let mut wanted = mine.clone();
+        wanted.sort();
+        let me = info.members.iter().find(|m| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls == wanted
+        });
+        let Some(me) = me else {
+            return Err(boot_err(format!(
+                "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: PeerURLs: no match \
+                 found for existing member (add it with `etcdctl member add` first)",
+                info.cluster_id,
+                info.members
+                    .iter()
+                    .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )));
+        };
+        opts.member_id = me.id;
+        opts.cluster_id = info.cluster_id;
+        // The membership arrives with the log (or a snapshot) from the leader.
+        opts.initial_members.clear();
+        Ok(())
+    }
+
     /// An existing member: replay the WAL after its snapshot marker on top of the db.
-    async fn recover(opts: &RaftOptions, store: &mut Store) -> Result<(Wal, LogStore), BootError> {
-        let (wal, rec) = Wal::open(&opts.wal_dir, WalOptions::default())
+    async fn recover(
+        opts: &mut RaftOptions,
+        store: &mut Store,
+    ) -> Result<(Wal, LogStore), BootError> {
+        let (mut wal, rec) = Wal::open(&opts.wal_dir, WalOptions::default())
             .await
             .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
         if let Some((file, offset, bytes)) = &rec.truncated_tail {
@@ -380,7 +494,12 @@ impl RaftCore {
             );
         }
         match decode_metadata(&rec.metadata) {
-            Some((member, _)) if member == opts.member_id => {}
+            // A restarted member is who its WAL says (a member that joined got its ID
+            // from the cluster, not from the flags).
+            Some((member, cluster)) if member == opts.member_id || opts.join_existing => {
+                opts.member_id = member;
+                opts.cluster_id = cluster;
+            }
             Some((member, _)) => {
                 return Err(boot_err(format!(
                     "{}: the WAL belongs to member {member:x}, not {:x} (wrong --name or \
@@ -409,11 +528,25 @@ impl RaftCore {
                 rec.snapshot.index
             )));
         }
-        if applied > last_wal_index {
-            return Err(boot_err(format!(
-                "{}: db applied index {applied} is past the WAL's last entry {last_wal_index}",
-                opts.db_path.display()
-            )));
+        // A db ahead of the WAL is a snapshot from the leader that was installed before
+        // its WAL marker was written: the log starts after it.
+        let db_ahead = applied > last_wal_index;
+        if db_ahead {
+            crate::runtime::log::notice(
+                "etcdserver",
+                &format!(
+                    "{}: db applied index {applied} is past the WAL's last entry \
+                     {last_wal_index}: starting from the installed snapshot",
+                    opts.db_path.display()
+                ),
+            );
+            wal.save_snapshot_marker(wal::SnapshotMarker {
+                index: applied,
+                term: store.consistent_term(),
+            });
+            wal.sync()
+                .await
+                .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
         }
         let conf_state = match store.backend().get(TreeId::Meta, META_CONF_STATE_KEY) {
             Some(bytes) => ConfState::parse_from_bytes(bytes)
@@ -423,11 +556,15 @@ impl RaftCore {
         // Applying implies committed; the commit in the hard state may lag (it is written
         // lazily with the next batch), so raise it to what the db has applied.
         let hs = HardState {
-            term: rec.hard_state.term,
+            term: rec.hard_state.term.max(store.consistent_term()),
             vote: rec.hard_state.vote,
             commit: rec.hard_state.commit.max(applied),
             ..Default::default()
         };
+        if db_ahead {
+            let log = LogStore::new(hs, conf_state, applied, store.consistent_term());
+            return Ok((wal, log));
+        }
         let snapshot_term = if rec.snapshot.index == 0 {
             0
         } else {
@@ -443,6 +580,10 @@ impl RaftCore {
         self.opts.member_id
     }
 
+    pub fn cluster_id(&self) -> u64 {
+        self.opts.cluster_id
+    }
+
     pub fn term(&self) -> u64 {
         self.node.raft.term
     }
@@ -456,7 +597,9 @@ impl RaftCore {
         match msg {
             ToRaft::Propose { from, seq, data } => {
                 let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
-                if self.node.raft.leader_id == ::raft::INVALID_ID {
+                if self.is_learner() {
+                    self.reply(out, from, seq, Err(not_for_learner()));
+                } else if self.node.raft.leader_id == ::raft::INVALID_ID {
                     self.reply(out, from, seq, Err(no_leader()));
                 } else if let Err(e) = self.node.propose(ctx, data.to_vec()) {
                     let status = match e {
@@ -464,6 +607,8 @@ impl RaftCore {
                         e => Status::new(Code::Internal, format!("raft: {e}")),
                     };
                     self.reply(out, from, seq, Err(status));
+                } else {
+                    self.track_proposal(from, seq);
                 }
             }
             ToRaft::Read {
@@ -472,10 +617,14 @@ impl RaftCore {
                 op,
                 linearizable,
             } => {
-                if linearizable {
+                if linearizable && self.is_learner() {
+                    self.reply(out, from, seq, Err(not_for_learner()));
+                } else if linearizable {
+                    let deadline = Instant::now() + self.request_timeout;
                     self.reads_waiting.push(PendingRead {
                         from,
                         seq,
+                        deadline,
                         op: Some(op),
                     });
                 } else {
@@ -484,9 +633,15 @@ impl RaftCore {
                 }
             }
             ToRaft::ReadIndex { from, seq } => {
+                if self.is_learner() {
+                    self.reply(out, from, seq, Err(not_for_learner()));
+                    return;
+                }
+                let deadline = Instant::now() + self.request_timeout;
                 self.reads_waiting.push(PendingRead {
                     from,
                     seq,
+                    deadline,
                     op: None,
                 });
             }
@@ -494,8 +649,51 @@ impl RaftCore {
                 from,
                 seq,
                 renewals,
+            } if !self.lessor.is_primary() => self.forward_lease_renew(out, from, seq, renewals),
+            ToRaft::LeaseTimeToLive {
+                from,
+                seq,
+                id,
+                keys,
+            } if self.node.raft.state != StateRole::Leader => {
+                self.forward_time_to_live(out, from, seq, id, keys)
+            }
+            ToRaft::Member { from, seq, op } => self.member_change(out, from, seq, op),
+            ToRaft::MoveLeader { from, seq, target } => self.move_leader(out, from, seq, target),
+            ToRaft::Peer(msgs) => {
+                for m in msgs {
+                    // Stale or foreign messages are refused by raft; nothing to answer.
+                    let _ = self.node.step(m);
+                }
+            }
+            ToRaft::Forwarded { member, fwd } => self.handle_forwarded(out, member, fwd),
+            ToRaft::ForwardReply(r) => self.handle_forward_reply(out, r),
+            ToRaft::Unreachable(id) => self.node.report_unreachable(id),
+            ToRaft::SnapshotReport { to, ok } => self.node.report_snapshot(
+                to,
+                if ok {
+                    ::raft::SnapshotStatus::Finish
+                } else {
+                    ::raft::SnapshotStatus::Failure
+                },
+            ),
+            ToRaft::SnapshotInstalled { index, term } => {
+                self.installed_snapshot = Some((index, term));
+                self.exit = Some(Exit::Restart);
+            }
+            ToRaft::Removed => {
+                crate::runtime::log::error(
+                    "etcdserver",
+                    "the member has been permanently removed from the cluster",
+                );
+                self.exit = Some(Exit::Removed);
+            }
+            ToRaft::LeaseRenew {
+                from,
+                seq,
+                renewals,
             } => {
-                let res = if self.lessor.is_primary() {
+                let res = {
                     let leases = self.store.leases();
                     let results = renewals
                         .iter()
@@ -514,9 +712,6 @@ impl RaftCore {
                         revision: self.store.current_revision(),
                         results,
                     })
-                } else {
-                    // Forwarding keep-alives to another leader is issue 7.
-                    Err(no_leader())
                 };
                 self.reply(out, from, seq, res);
             }
@@ -581,16 +776,40 @@ impl RaftCore {
         }
     }
 
-    fn reply(&self, out: &dyn ReplySink, to: CoreId, seq: u64, body: Result<ReplyBody, Status>) {
-        out.send(
-            to,
-            Reply {
-                seq,
-                raft_term: self.node.raft.term,
-                leader: self.node.raft.leader_id,
-                body,
-            },
-        );
+    fn reply(
+        &mut self,
+        out: &dyn ReplySink,
+        to: CoreId,
+        seq: u64,
+        body: Result<ReplyBody, Status>,
+    ) {
+        let reply = Reply {
+            seq,
+            raft_term: self.node.raft.term,
+            leader: self.node.raft.leader_id,
+            body,
+        };
+        if to == cluster::FORWARDED {
+            self.reply_forwarded(reply);
+        } else {
+            out.send(to, reply);
+        }
+    }
+
+    fn is_learner(&self) -> bool {
+        self.node
+            .store()
+            .conf_state()
+            .learners
+            .contains(&self.opts.member_id)
+    }
+
+    /// Remembers a proposal of this member, to answer "request timed out" if it is never
+    /// applied (raft dropped it, or the leader it went to died).
+    fn track_proposal(&mut self, from: CoreId, seq: u64) {
+        let deadline = Instant::now() + self.request_timeout;
+        self.proposals.insert((from, seq), deadline);
+        self.proposal_deadlines.push_back((deadline, from, seq));
     }
 
     fn read(&mut self, op: &Op) -> Result<ReplyBody, Status> {
@@ -705,7 +924,7 @@ impl RaftCore {
         self.next_read_ctx += 1;
         self.node.read_index(ctx.to_le_bytes().to_vec());
         let reads = std::mem::take(&mut self.reads_waiting);
-        self.reads_requested.insert(ctx, reads);
+        self.reads_requested.insert(ctx, (Instant::now(), reads));
     }
 
     /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
@@ -721,9 +940,13 @@ impl RaftCore {
             let mut rd = self.node.ready();
             self.send_messages(rd.take_messages());
             if !rd.snapshot().is_empty() {
-                return Err(boot_err(
-                    "raft: installing a snapshot from a peer is not built yet (issue 7)",
-                ));
+                // Snapshots from the leader are installed by the transport as a new db
+                // and the member restarts on it; raft only sees their message when it
+                // holds nothing new.
+                return Err(boot_err(format!(
+                    "raft: unexpected snapshot at index {} in a ready",
+                    rd.snapshot().get_metadata().index
+                )));
             }
             let committed = rd.take_committed_entries();
             self.apply(committed)?;
@@ -734,7 +957,7 @@ impl RaftCore {
                     .try_into()
                     .map(u64::from_le_bytes)
                     .unwrap_or(0);
-                if let Some(reads) = self.reads_requested.remove(&ctx) {
+                if let Some((_, reads)) = self.reads_requested.remove(&ctx) {
                     self.reads_indexed.push((rs.index, reads));
                 }
             }
@@ -767,8 +990,16 @@ impl RaftCore {
             self.node.advance_apply();
         }
         self.store.publish();
+        self.node
+            .mut_store()
+            .set_snapshot_source(self.applied_index, self.store.consistent_term());
+        if let Some(t) = &self.transport {
+            t.set_applied_index(self.applied_index);
+        }
         self.broadcast(out);
         self.serve_indexed_reads(out);
+        self.check_move_leader(out);
+        self.maybe_publish();
         Ok(())
     }
 
@@ -783,6 +1014,15 @@ impl RaftCore {
             Some(_) => None,
         };
         self.broadcast_index = Some(self.applied_index);
+        let mut replies = std::mem::take(&mut self.round_replies);
+        if replies.iter().any(|(to, _)| *to == cluster::FORWARDED) {
+            let (fwd, local): (Vec<_>, Vec<_>) =
+                replies.into_iter().partition(|(to, _)| *to == cluster::FORWARDED);
+            for (_, r) in fwd {
+                self.reply_forwarded(r);
+            }
+            replies = local;
+        }
         let round = Applied {
             index: self.applied_index,
             revision: self.store.current_revision(),
@@ -794,7 +1034,7 @@ impl RaftCore {
             splits,
             revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.round_revoked)),
         };
-        out.applied(round, std::mem::take(&mut self.round_replies));
+        out.applied(round, replies);
     }
 
     /// A member that is the only voter elects itself at once instead of waiting out an
@@ -810,9 +1050,22 @@ impl RaftCore {
         }
     }
 
-    fn send_messages(&mut self, msgs: Vec<RaftMessage>) {
-        // Peers are issue 7: a single member has no one to send to.
-        debug_assert!(msgs.is_empty() || self.node.store().conf_state().voters.len() > 1);
+    fn send_messages(&mut self, mut msgs: Vec<RaftMessage>) {
+        let Some(t) = &self.transport else { return };
+        // A snapshot message travels with the db on its own connection.
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot)
+        {
+            let (snaps, rest): (Vec<_>, Vec<_>) = msgs
+                .into_iter()
+                .partition(|m| m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot);
+            for m in snaps {
+                t.send_snapshot(m, self.store.backend().snapshot());
+            }
+            msgs = rest;
+        }
+        t.send(msgs);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), BootError> {
@@ -844,8 +1097,9 @@ impl RaftCore {
             }
             return Ok(());
         }
-        let op = match crate::api::convert::decode_raft_request(&e.data) {
-            Ok(op) => op,
+        let op = match crate::api::convert::decode_entry(&e.data) {
+            Ok(crate::api::convert::EntryOp::Op(op)) => op,
+            Ok(crate::api::convert::EntryOp::Member(m)) => return self.apply_member_entry(e, m),
             Err(what) => {
                 return Err(boot_err(format!(
                     "raft entry {} does not decode: {what}",
@@ -871,17 +1125,7 @@ impl RaftCore {
             }
             Err(err) => Err(status_from_mvcc(&err)),
         };
-        if let Some((member, incarnation, core, seq)) = decode_context(&e.context) {
-            if member == self.opts.member_id && incarnation == self.incarnation {
-                let reply = Reply {
-                    seq,
-                    raft_term: self.node.raft.term,
-                    leader: self.node.raft.leader_id,
-                    body: res,
-                };
-                self.round_replies.push((core, reply));
-            }
-        }
+        self.reply_to_entry(e, res);
         Ok(())
     }
 
@@ -895,18 +1139,79 @@ impl RaftCore {
             .node
             .apply_conf_change(&cc)
             .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
-        let backend = self.store.backend_mut();
         let cs_bytes = cs.write_to_bytes().expect("ConfState encodes");
         let key = cc.node_id.to_be_bytes();
+        // The record: the proposer's, merged into the existing one for a promotion (which
+        // keeps the published name and client URLs).
+        let mut record = MemberRecord::decode(&cc.context[..]).unwrap_or_default();
+        record.id = cc.node_id;
+        if let Some(old) = self
+            .store
+            .backend()
+            .get(TreeId::Member, &key)
+            .and_then(|v| MemberRecord::decode(v).ok())
+        {
+            record = MemberRecord {
+                is_learner: cc.get_change_type() == ConfChangeType::AddLearnerNode,
+                ..old
+            };
+        }
+        let backend = self.store.backend_mut();
         let res = match cc.get_change_type() {
-            ConfChangeType::RemoveNode => backend.remove(TreeId::Member, &key).map(|_| ()),
-            _ => backend.insert(TreeId::Member, &key, &cc.context),
+            ConfChangeType::RemoveNode => backend
+                .remove(TreeId::Member, &key)
+                .and_then(|_| backend.insert(TreeId::Meta, &cluster::removed_key(cc.node_id), &[])),
+            _ => backend.insert(TreeId::Member, &key, &record.encode_to_vec()),
         }
         .and_then(|_| backend.insert(TreeId::Meta, META_CONF_STATE_KEY, &cs_bytes));
         res.map_err(|err| boot_err(format!("db: {err}")))?;
         self.node.mut_store().set_conf_state(cs);
         self.store.set_consistent_index(e.index, e.term);
+        let removed = cc.get_change_type() == ConfChangeType::RemoveNode;
+        crate::runtime::log::info(
+            "etcdserver/membership",
+            &format!(
+                "{} member {:x} ({}) in cluster {:x}",
+                match cc.get_change_type() {
+                    ConfChangeType::AddNode => "added or promoted",
+                    ConfChangeType::AddLearnerNode => "added learner",
+                    ConfChangeType::RemoveNode => "removed",
+                },
+                cc.node_id,
+                record.peer_urls.join(","),
+                self.opts.cluster_id
+            ),
+        );
+        self.membership_changed();
+        if removed && cc.node_id == self.opts.member_id {
+            crate::runtime::log::error(
+                "etcdserver",
+                "the member has been permanently removed from the cluster",
+            );
+            self.exit = Some(Exit::Removed);
+        }
+        let member = (!removed).then(|| cluster::member_info(&record));
+        self.reply_to_entry(e, Ok(ReplyBody::MemberChanged {
+            member,
+            members: self.members(),
+        }));
         Ok(())
+    }
+
+    /// Queues the reply to an applied entry when this member (this boot) proposed it.
+    fn reply_to_entry(&mut self, e: &Entry, body: Result<ReplyBody, Status>) {
+        if let Some((member, incarnation, core, seq)) = decode_context(&e.context) {
+            if member == self.opts.member_id && incarnation == self.incarnation {
+                self.proposals.remove(&(core, seq));
+                let reply = Reply {
+                    seq,
+                    raft_term: self.node.raft.term,
+                    leader: self.node.raft.leader_id,
+                    body,
+                };
+                self.round_replies.push((core, reply));
+            }
+        }
     }
 
     fn serve_indexed_reads(&mut self, out: &dyn ReplySink) {
@@ -973,10 +1278,19 @@ impl RaftCore {
     /// Answers every queued request with `status` (at shutdown).
     pub fn fail_pending(&mut self, out: &dyn ReplySink, status: &Status) {
         let mut all: Vec<PendingRead> = std::mem::take(&mut self.reads_waiting);
-        all.extend(self.reads_requested.drain().flat_map(|(_, r)| r));
+        all.extend(self.reads_requested.drain().flat_map(|(_, (_, r))| r));
         all.extend(self.reads_indexed.drain(..).flat_map(|(_, r)| r));
         for r in all {
             self.reply(out, r.from, r.seq, Err(status.clone()));
+        }
+        let proposals: Vec<(CoreId, u64)> = self.proposals.drain().map(|(k, _)| k).collect();
+        for (from, seq) in proposals {
+            self.reply(out, from, seq, Err(status.clone()));
+        }
+        let forwarding: Vec<cluster::Forwarding> =
+            self.forwarding.drain().map(|(_, f)| f).collect();
+        for f in forwarding {
+            self.reply(out, f.from, f.seq, Err(status.clone()));
         }
     }
 }
@@ -987,9 +1301,9 @@ pub async fn run(
     inbox: LocalReceiver<ToRaft>,
     out: &dyn ReplySink,
     stop: impl Fn() -> bool,
-) -> Result<(), BootError> {
+) -> Result<Exit, BootError> {
     core.process_ready(out).await?;
-    while !stop() {
+    while !stop() && core.exit.is_none() {
         let wait = core.next_tick().saturating_duration_since(Instant::now());
         let first = futures_lite::future::or(async { inbox.recv().await }, async {
             glommio::timer::sleep(wait).await;
@@ -1008,12 +1322,19 @@ pub async fn run(
         let now = Instant::now();
         core.tick_if_due(now);
         core.expire_leases(now);
+        core.expire_requests(out, now);
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;
     }
     core.fail_pending(out, &client::server_stopped());
+    let exit = core.exit.take().unwrap_or(Exit::Stopped);
+    if exit == Exit::Restart {
+        // The db file was replaced under the store: never commit the old one again.
+        core.mark_installed_snapshot().await?;
+        return Ok(exit);
+    }
     core.maybe_commit(Instant::now(), true).await?;
-    Ok(())
+    Ok(exit)
 }
 
 #[cfg(test)]

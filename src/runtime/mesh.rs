@@ -68,22 +68,45 @@ pub enum ToRaft {
     },
     /// Lease.LeaseLeases: replied `ReplyBody::Leases`.
     LeaseLeases { from: CoreId, seq: u64 },
+    /// A membership change (decided by the leader; a follower forwards it): replied
+    /// `ReplyBody::MemberChanged` once applied.
+    Member {
+        from: CoreId,
+        seq: u64,
+        op: MemberOp,
+    },
+    /// Maintenance.MoveLeader (on the leader only): replied `ReplyBody::Done` once
+    /// `target` leads.
+    MoveLeader { from: CoreId, seq: u64, target: u64 },
+
+    // From the peer transport (the raft core's own tasks; no reply).
+    /// Raft messages from a peer.
+    Peer(Vec<::raft::eraftpb::Message>),
+    /// A request a follower forwarded to this member (as leader).
+    Forwarded {
+        member: u64,
+        fwd: crate::pb::keel::internal::Forward,
+    },
+    /// The leader's answer to a request this member forwarded.
+    ForwardReply(crate::pb::keel::internal::ForwardReply),
+    /// A peer could not be reached (raft probes it again).
+    Unreachable(u64),
+    /// Whether a snapshot reached `to`.
+    SnapshotReport { to: u64, ok: bool },
+    /// A snapshot from the leader is in place as the db (at this raft index and term):
+    /// restart on it.
+    SnapshotInstalled { index: u64, term: u64 },
+    /// A peer said this member was removed from the cluster.
+    Removed,
 }
 
-impl ToRaft {
-    pub fn origin(&self) -> (CoreId, u64) {
-        match *self {
-            ToRaft::Propose { from, seq, .. }
-            | ToRaft::Read { from, seq, .. }
-            | ToRaft::Status { from, seq }
-            | ToRaft::MemberList { from, seq }
-            | ToRaft::HashKv { from, seq, .. }
-            | ToRaft::ReadIndex { from, seq }
-            | ToRaft::LeaseRenew { from, seq, .. }
-            | ToRaft::LeaseTimeToLive { from, seq, .. }
-            | ToRaft::LeaseLeases { from, seq } => (from, seq),
-        }
-    }
+/// A membership change, as etcd's Cluster service asks for it.
+#[derive(Debug, Clone)]
+pub enum MemberOp {
+    Add { peer_urls: Vec<String>, learner: bool },
+    Remove { id: u64 },
+    Update { id: u64, peer_urls: Vec<String> },
+    Promote { id: u64 },
 }
 
 /// Sender: the raft core. Receiver: the `RaftClient` of the core that sent the request.
@@ -103,6 +126,13 @@ pub enum ReplyBody {
     Op(OpResponse),
     Status(StatusInfo),
     Members(Vec<MemberInfo>),
+    /// After a membership change: the member it concerned (added) and the new list.
+    MemberChanged {
+        member: Option<MemberInfo>,
+        members: Vec<MemberInfo>,
+    },
+    /// Done, nothing to say (MoveLeader).
+    Done,
     HashKv {
         hash: u32,
         compact_revision: i64,

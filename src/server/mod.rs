@@ -14,7 +14,8 @@
 
 use crate::api::{self, Services};
 use crate::grpc;
-use crate::raft::{self, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
+use crate::raft::transport::Transport;
+use crate::raft::{self, Exit, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
 use crate::runtime::mesh::{
     self, Applied, CoreId, CoreLinks, CoreMsg, MemberInfo, RaftLinks, Reply, ToRaft,
 };
@@ -39,6 +40,8 @@ pub struct ServerOptions {
     pub member_id: u64,
     pub cluster_id: u64,
     pub listen_client_addrs: Vec<SocketAddr>,
+    /// `--listen-peer-urls`: raft messages from the other members.
+    pub listen_peer_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub raft: RaftOptions,
     pub cores: usize,
@@ -143,13 +146,14 @@ fn tune_malloc() {
     }
 }
 
-/// Boots the member and serves until a signal stops it.
-pub fn run(opts: ServerOptions) -> Result<(), String> {
+/// Boots the member and serves until a signal stops it (or it is removed from the
+/// cluster, or must boot again on a snapshot from the leader).
+pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     tune_malloc();
     install_signal_thread();
     let raft_core = CoreId(0);
     let (links, raft_links) = mesh::build(opts.cores, raft_core, REQUESTS_INFLIGHT_MAX);
-    let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<(u64, u64), String>>();
     let mut links = links.into_iter();
     let raft_core_links = links.next().expect("at least one core");
     let raft_opts = opts.clone();
@@ -157,7 +161,11 @@ pub fn run(opts: ServerOptions) -> Result<(), String> {
         .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_links, boot_tx))
         .map_err(|e| format!("cannot start the raft core: {e}"))?;
     match boot_rx.recv() {
-        Ok(Ok(())) => {}
+        // A member that joined or restarted learns its IDs at boot.
+        Ok(Ok((member_id, cluster_id))) => {
+            opts.member_id = member_id;
+            opts.cluster_id = cluster_id;
+        }
         Ok(Err(e)) => {
             let _ = raft_handle.join();
             return Err(e);
@@ -171,14 +179,15 @@ pub fn run(opts: ServerOptions) -> Result<(), String> {
             .spawn(move || core_main(core_opts, link))
             .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
     }
-    announce(&opts);
     match raft_handle.join() {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(exit)) => Ok(exit),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(format!("raft core: {e}")),
     }
 }
 
+/// etcd's readiness lines (the e2e suite and the test harness wait for them), printed once
+/// this member's attributes are applied through raft.
 fn announce(opts: &ServerOptions) {
     log::info("etcdserver/api", "enabled capabilities for version 3.4");
     log::info(
@@ -203,15 +212,18 @@ async fn raft_core_main(
     opts: ServerOptions,
     link: CoreLinks,
     raft_links: RaftLinks,
-    boot: std::sync::mpsc::Sender<Result<(), String>>,
-) -> Result<(), String> {
-    let core = match RaftCore::open(opts.raft.clone()).await {
+    boot: std::sync::mpsc::Sender<Result<(u64, u64), String>>,
+) -> Result<Exit, String> {
+    let mut opts = opts;
+    let mut core = match RaftCore::open(opts.raft.clone()).await {
         Ok(core) => core,
         Err(e) => {
             let _ = boot.send(Err(e.0.clone()));
             return Err(e.0);
         }
     };
+    opts.member_id = core.member_id();
+    opts.cluster_id = core.cluster_id();
     log::info(
         "etcdserver",
         &format!(
@@ -221,6 +233,20 @@ async fn raft_core_main(
     );
     let (inbox_tx, inbox_rx) = local_channel::new_bounded(REQUESTS_INFLIGHT_MAX * opts.cores);
     let inbox_tx = Rc::new(inbox_tx);
+    let snap_dir = opts
+        .raft
+        .db_path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let transport = Transport::new(core.member_id(), inbox_tx.clone(), snap_dir);
+    if let Err(e) = transport.listen(&opts.listen_peer_addrs) {
+        let _ = boot.send(Err(e.clone()));
+        return Err(e);
+    }
+    core.attach_transport(transport);
+    let announce_opts = opts.clone();
+    core.set_on_published(Box::new(move || announce(&announce_opts)));
     let client = Rc::new(RaftClient::new(
         link.core,
         RaftSender::Local(inbox_tx.clone()),
@@ -269,7 +295,7 @@ async fn raft_core_main(
         let _ = boot.send(Err(e.clone()));
         return Err(e);
     }
-    let _ = boot.send(Ok(()));
+    let _ = boot.send(Ok((opts.member_id, opts.cluster_id)));
     let result = raft::run(core, inbox_rx, &*replies, stopping).await;
     result.map_err(|e| e.0)
 }

@@ -1,0 +1,736 @@
+//! The raft core's cluster side: membership changes (decided by the leader), requests a
+//! follower forwards to the leader over the peer transport, leader transfer, publishing
+//! this member's attributes, and the timeouts of requests that never complete.
+//!
+//! Runs on: the raft core (methods of `RaftCore`).
+//!
+//! Invariants:
+//! - Every request a core sent gets exactly one reply: applied, refused, or "request
+//!   timed out" after etcd's request timeout (5 s + 2 election timeouts), whichever
+//!   comes first; a late apply after a timeout finds no waiter and is dropped.
+//! - A forwarded request is handled by the leader exactly as a local one (with
+//!   `FORWARDED` as its core); a leader never forwards again, so nothing ping-pongs.
+
+use super::{
+    boot_err, encode_context, member_record, no_leader, BootError, Exit, PendingRead, RaftCore,
+    ReplySink,
+};
+use crate::api::convert::MemberEntry;
+use crate::api::errors::EtcdError;
+use crate::grpc::{Code, Status};
+use crate::mvcc::db::TreeId;
+use crate::pb::etcdserverpb as pb;
+use crate::pb::keel::internal::{
+    forward, forward_reply, Forward, ForwardReply, LeaseRenew, LeaseRenewed,
+    Member as MemberRecord, MemberChanged,
+};
+use crate::runtime::mesh::{CoreId, MemberInfo, MemberOp, Reply, ReplyBody, ToRaft};
+use crate::wal;
+use ::raft::eraftpb::{ConfChange, ConfChangeType};
+use ::raft::StateRole;
+use prost::Message as _;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The "core" of requests forwarded by another member (their replies go back to it).
+pub const FORWARDED: CoreId = CoreId(u16::MAX);
+/// The "core" of this member's own attributes entry (applying it of this boot means
+/// published; nobody waits for a reply).
+const PUBLISH: CoreId = CoreId(u16::MAX - 1);
+/// A ReadIndex not answered within this is asked again (etcd's readIndexRetryTime).
+pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// A published attributes entry not applied within this is proposed again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(1);
+/// etcd's readiness bar for promoting a learner: its log matches 90% of the leader's.
+const LEARNER_READY_PERCENT: f64 = 0.9;
+const REMOVED_PREFIX: &[u8] = b"removed/";
+
+/// A request this member forwarded to the leader, waiting for its answer.
+pub struct Forwarding {
+    pub from: CoreId,
+    pub seq: u64,
+    deadline: Instant,
+}
+
+/// The Meta tree key that marks `id` as removed for good.
+pub fn removed_key(id: u64) -> Vec<u8> {
+    let mut k = REMOVED_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn member_info(m: &MemberRecord) -> MemberInfo {
+    MemberInfo {
+        id: m.id,
+        name: m.name.clone(),
+        peer_urls: m.peer_urls.clone(),
+        client_urls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+fn timed_out() -> Status {
+    EtcdError::Timeout.status()
+}
+
+fn leader_transfer_timed_out() -> Status {
+    Status::new(
+        Code::Unavailable,
+        "etcdserver: request timed out, leader transfer took too long",
+    )
+}
+
+/// etcd's ID for a member added at runtime: its peer URLs and the time, hashed as the
+/// initial members' are.
+fn new_member_id(peer_urls: &[String]) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    crate::config::member_id(peer_urls, &now.to_string())
+}
+
+// ---- forwarded replies on the wire ----------------------------------------------------
+
+fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardReply {
+    let now = Instant::now();
+    let reply = match body {
+        Err(s) => {
+            return ForwardReply {
+                id,
+                code: s.code as u32,
+                message: s.message,
+                reply: None,
+            }
+        }
+        Ok(ReplyBody::LeaseRenewed { revision, results }) => {
+            forward_reply::Reply::LeaseRenewed(LeaseRenewed {
+                revision,
+                ttl: results.iter().map(|r| r.map_or(0, |(ttl, _)| ttl)).collect(),
+                remaining_us: results
+                    .iter()
+                    .map(|r| {
+                        r.map_or(0, |(_, deadline)| {
+                            deadline.saturating_duration_since(now).as_micros() as u64
+                        })
+                    })
+                    .collect(),
+            })
+        }
+        Ok(ReplyBody::LeaseTimeToLive {
+            revision,
+            ttl,
+            granted_ttl,
+            keys,
+        }) => forward_reply::Reply::LeaseTimeToLive(pb::LeaseTimeToLiveResponse {
+            header: Some(pb::ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            id: 0,
+            ttl,
+            granted_ttl,
+            keys: keys.into_iter().map(Into::into).collect(),
+        }),
+        Ok(ReplyBody::MemberChanged { member, members }) => {
+            forward_reply::Reply::MemberChanged(MemberChanged {
+                member: member.as_ref().map(member_record),
+                members: members.iter().map(member_record).collect(),
+            })
+        }
+        Ok(other) => {
+            return ForwardReply {
+                id,
+                code: Code::Internal as u32,
+                message: format!("keel: no wire form for a forwarded {other:?}"),
+                reply: None,
+            }
+        }
+    };
+    ForwardReply {
+        id,
+        code: 0,
+        message: String::new(),
+        reply: Some(reply),
+    }
+}
+
+fn decode_forward_reply(r: ForwardReply) -> Result<ReplyBody, Status> {
+    if r.code != 0 {
+        return Err(Status::new(Code::from_u32(r.code), r.message));
+    }
+    let now = Instant::now();
+    match r.reply {
+        Some(forward_reply::Reply::LeaseRenewed(l)) => Ok(ReplyBody::LeaseRenewed {
+            revision: l.revision,
+            results: l
+                .ttl
+                .iter()
+                .zip(l.remaining_us.iter())
+                .map(|(&ttl, &us)| (ttl != 0).then(|| (ttl, now + Duration::from_micros(us))))
+                .collect(),
+        }),
+        Some(forward_reply::Reply::LeaseTimeToLive(t)) => Ok(ReplyBody::LeaseTimeToLive {
+            revision: t.header.map_or(0, |h| h.revision),
+            ttl: t.ttl,
+            granted_ttl: t.granted_ttl,
+            keys: t.keys.into_iter().map(|k| k.to_vec()).collect(),
+        }),
+        Some(forward_reply::Reply::MemberChanged(m)) => Ok(ReplyBody::MemberChanged {
+            member: m.member.as_ref().map(member_info),
+            members: m.members.iter().map(member_info).collect(),
+        }),
+        None => Err(Status::new(Code::Internal, "keel: empty forwarded reply")),
+    }
+}
+
+impl RaftCore {
+    /// Connects the raft core to its peers.
+    pub fn attach_transport(&mut self, t: Rc<super::Transport>) {
+        self.transport = Some(t);
+        self.membership_changed();
+    }
+
+    /// Called once this member's attributes are applied (it is part of the cluster and
+    /// serves): the boot path announces readiness there.
+    pub fn set_on_published(&mut self, f: Box<dyn FnOnce()>) {
+        self.on_published = Some(f);
+    }
+
+    fn removed_ids(&self) -> HashSet<u64> {
+        let end = {
+            let mut e = REMOVED_PREFIX.to_vec();
+            *e.last_mut().expect("prefix") += 1;
+            e
+        };
+        self.store
+            .backend()
+            .range(TreeId::Meta, REMOVED_PREFIX, &end)
+            .filter_map(|(k, _)| k[REMOVED_PREFIX.len()..].try_into().ok())
+            .map(u64::from_be_bytes)
+            .collect()
+    }
+
+    /// Tells the transport about the members (after boot and every change).
+    pub(super) fn membership_changed(&mut self) {
+        let Some(t) = &self.transport else { return };
+        let view = super::transport::ClusterView {
+            cluster_id: self.opts.cluster_id,
+            members: self.members().iter().map(member_record).collect(),
+            removed: self.removed_ids(),
+            applied_index: self.applied_index,
+        };
+        t.update(view);
+    }
+
+    /// The leader to forward to, if it is another member.
+    fn forward_target(&self) -> Option<u64> {
+        let leader = self.node.raft.leader_id;
+        (leader != ::raft::INVALID_ID && leader != self.opts.member_id && self.transport.is_some())
+            .then_some(leader)
+    }
+
+    fn send_forward(
+        &mut self,
+        out: &dyn ReplySink,
+        from: CoreId,
+        seq: u64,
+        request: forward::Request,
+    ) {
+        let Some(leader) = self.forward_target().filter(|_| from != FORWARDED) else {
+            self.reply(out, from, seq, Err(no_leader()));
+            return;
+        };
+        let id = self.next_forward_id;
+        self.next_forward_id += 1;
+        let fwd = Forward {
+            id,
+            request: Some(request),
+        };
+        let sent = self
+            .transport
+            .as_ref()
+            .is_some_and(|t| t.send_forward(leader, &fwd));
+        if !sent {
+            self.reply(out, from, seq, Err(no_leader()));
+            return;
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        self.forwarding
+            .insert(id, Forwarding { from, seq, deadline });
+    }
+
+    /// Keep-alives on a member that does not time leases go to the leader, each with how
+    /// long ago its core received it.
+    pub(super) fn forward_lease_renew(
+        &mut self,
+        out: &dyn ReplySink,
+        from: CoreId,
+        seq: u64,
+        renewals: Vec<(i64, Instant)>,
+    ) {
+        let now = Instant::now();
+        let request = forward::Request::LeaseRenew(LeaseRenew {
+            ids: renewals.iter().map(|&(id, _)| id).collect(),
+            age_us: renewals
+                .iter()
+                .map(|&(_, at)| now.saturating_duration_since(at).as_micros() as u64)
+                .collect(),
+        });
+        self.send_forward(out, from, seq, request);
+    }
+
+    pub(super) fn forward_time_to_live(
+        &mut self,
+        out: &dyn ReplySink,
+        from: CoreId,
+        seq: u64,
+        id: i64,
+        keys: bool,
+    ) {
+        let request =
+            forward::Request::LeaseTimeToLive(pb::LeaseTimeToLiveRequest { id, keys });
+        self.send_forward(out, from, seq, request);
+    }
+
+    /// A request another member forwarded: handled as a local one from `FORWARDED`.
+    pub(super) fn handle_forwarded(&mut self, out: &dyn ReplySink, member: u64, fwd: Forward) {
+        let seq = self.next_forwarded_seq;
+        self.next_forwarded_seq += 1;
+        self.forwarded.insert(seq, (member, fwd.id));
+        let from = FORWARDED;
+        let now = Instant::now();
+        let msg = match fwd.request {
+            Some(forward::Request::LeaseRenew(r)) => ToRaft::LeaseRenew {
+                from,
+                seq,
+                renewals: r
+                    .ids
+                    .iter()
+                    .zip(r.age_us.iter())
+                    .map(|(&id, &age)| {
+                        let at = now
+                            .checked_sub(Duration::from_micros(age))
+                            .unwrap_or(now);
+                        (id, at)
+                    })
+                    .collect(),
+            },
+            Some(forward::Request::LeaseTimeToLive(t)) => ToRaft::LeaseTimeToLive {
+                from,
+                seq,
+                id: t.id,
+                keys: t.keys,
+            },
+            Some(forward::Request::MemberAdd(a)) => ToRaft::Member {
+                from,
+                seq,
+                op: MemberOp::Add {
+                    peer_urls: a.peer_ur_ls,
+                    learner: a.is_learner,
+                },
+            },
+            Some(forward::Request::MemberRemove(r)) => ToRaft::Member {
+                from,
+                seq,
+                op: MemberOp::Remove { id: r.id },
+            },
+            Some(forward::Request::MemberUpdate(u)) => ToRaft::Member {
+                from,
+                seq,
+                op: MemberOp::Update {
+                    id: u.id,
+                    peer_urls: u.peer_ur_ls,
+                },
+            },
+            Some(forward::Request::MemberPromote(p)) => ToRaft::Member {
+                from,
+                seq,
+                op: MemberOp::Promote { id: p.id },
+            },
+            None => {
+                self.reply(
+                    out,
+                    from,
+                    seq,
+                    Err(Status::new(Code::Internal, "keel: empty forwarded request")),
+                );
+                return;
+            }
+        };
+        self.handle(msg, out);
+    }
+
+    /// Sends the reply to a forwarded request back to the member that forwarded it.
+    pub(super) fn reply_forwarded(&mut self, reply: Reply) {
+        let Some((member, id)) = self.forwarded.remove(&reply.seq) else {
+            return;
+        };
+        let r = encode_forward_reply(id, reply.body);
+        if let Some(t) = &self.transport {
+            t.send_forward_reply(member, &r);
+        }
+    }
+
+    pub(super) fn handle_forward_reply(&mut self, out: &dyn ReplySink, r: ForwardReply) {
+        let Some(f) = self.forwarding.remove(&r.id) else {
+            return;
+        };
+        let body = decode_forward_reply(r);
+        self.reply(out, f.from, f.seq, body);
+    }
+
+    // ---- membership --------------------------------------------------------------------
+
+    /// A membership change: the leader checks it against the current members and
+    /// proposes it; a follower forwards it to the leader.
+    pub(super) fn member_change(
+        &mut self,
+        out: &dyn ReplySink,
+        from: CoreId,
+        seq: u64,
+        op: MemberOp,
+    ) {
+        if self.node.raft.state != StateRole::Leader {
+            let request = match op {
+                MemberOp::Add { peer_urls, learner } => {
+                    forward::Request::MemberAdd(pb::MemberAddRequest {
+                        peer_ur_ls: peer_urls,
+                        is_learner: learner,
+                    })
+                }
+                MemberOp::Remove { id } => {
+                    forward::Request::MemberRemove(pb::MemberRemoveRequest { id })
+                }
+                MemberOp::Update { id, peer_urls } => {
+                    forward::Request::MemberUpdate(pb::MemberUpdateRequest {
+                        id,
+                        peer_ur_ls: peer_urls,
+                    })
+                }
+                MemberOp::Promote { id } => {
+                    forward::Request::MemberPromote(pb::MemberPromoteRequest { id })
+                }
+            };
+            self.send_forward(out, from, seq, request);
+            return;
+        }
+        match self.propose_member_change(from, seq, op) {
+            Ok(()) => self.track_proposal(from, seq),
+            Err(status) => self.reply(out, from, seq, Err(status)),
+        }
+    }
+
+    fn propose_member_change(&mut self, from: CoreId, seq: u64, op: MemberOp) -> Result<(), Status> {
+        let members = self.members();
+        let find = |id: u64| members.iter().find(|m| m.id == id);
+        let url_taken = |urls: &[String], except: u64| {
+            members
+                .iter()
+                .any(|m| m.id != except && m.peer_urls.iter().any(|u| urls.contains(u)))
+        };
+        let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
+        let mut cc = ConfChange::default();
+        match op {
+            MemberOp::Add { peer_urls, learner } => {
+                if url_taken(&peer_urls, 0) {
+                    return Err(EtcdError::PeerUrlExist.status());
+                }
+                if learner && members.iter().filter(|m| m.is_learner).count() >= 1 {
+                    return Err(EtcdError::TooManyLearners.status());
+                }
+                let mut id = new_member_id(&peer_urls);
+                while id == 0 || find(id).is_some() || self.removed_ids().contains(&id) {
+                    id = id.wrapping_add(1);
+                }
+                cc.set_change_type(if learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                });
+                cc.node_id = id;
+                cc.context = MemberRecord {
+                    id,
+                    name: String::new(),
+                    peer_urls,
+                    client_urls: Vec::new(),
+                    is_learner: learner,
+                }
+                .encode_to_vec()
+                .into();
+            }
+            MemberOp::Remove { id } => {
+                if find(id).is_none() {
+                    return Err(EtcdError::MemberNotFound.status());
+                }
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = id;
+            }
+            MemberOp::Promote { id } => {
+                let Some(m) = find(id) else {
+                    return Err(EtcdError::MemberNotFound.status());
+                };
+                if !m.is_learner {
+                    return Err(EtcdError::MemberNotLearner.status());
+                }
+                let prs = self.node.raft.prs();
+                let leader_match = prs.get(self.opts.member_id).map_or(0, |p| p.matched);
+                let learner_match = prs.get(id).map_or(0, |p| p.matched);
+                if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
+                    return Err(EtcdError::LearnerNotReady.status());
+                }
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = id;
+            }
+            MemberOp::Update { id, peer_urls } => {
+                if find(id).is_none() {
+                    return Err(EtcdError::MemberNotFound.status());
+                }
+                if url_taken(&peer_urls, id) {
+                    return Err(EtcdError::PeerUrlExist.status());
+                }
+                let data = crate::api::convert::encode_member_entry(&MemberEntry::Update {
+                    id,
+                    peer_urls,
+                });
+                return self
+                    .node
+                    .propose(ctx, data.to_vec())
+                    .map_err(|_| no_leader());
+            }
+        }
+        self.node
+            .propose_conf_change(ctx, cc)
+            .map_err(|e| match e {
+                ::raft::Error::ProposalDropped => no_leader(),
+                e => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
+            })
+    }
+
+    /// Applies a membership record entry (peer URL update or published attributes).
+    pub(super) fn apply_member_entry(
+        &mut self,
+        e: &::raft::eraftpb::Entry,
+        m: MemberEntry,
+    ) -> Result<(), BootError> {
+        if e.index <= self.store.consistent_index() {
+            return Ok(());
+        }
+        let id = match &m {
+            MemberEntry::Update { id, .. } | MemberEntry::Attributes { id, .. } => *id,
+        };
+        let key = id.to_be_bytes();
+        let record = self
+            .store
+            .backend()
+            .get(TreeId::Member, &key)
+            .and_then(|v| MemberRecord::decode(v).ok());
+        // A record for a member removed meanwhile is not brought back.
+        if let Some(mut record) = record {
+            match m {
+                MemberEntry::Update { peer_urls, .. } => record.peer_urls = peer_urls,
+                MemberEntry::Attributes {
+                    name, client_urls, ..
+                } => {
+                    record.name = name;
+                    record.client_urls = client_urls;
+                }
+            }
+            self.store
+                .backend_mut()
+                .insert(TreeId::Member, &key, &record.encode_to_vec())
+                .map_err(|err| boot_err(format!("db: {err}")))?;
+        }
+        self.store.set_consistent_index(e.index, e.term);
+        self.membership_changed();
+        let ours = super::decode_context(&e.context).is_some_and(|(member, inc, core, _)| {
+            member == self.opts.member_id && inc == self.incarnation && core == PUBLISH
+        });
+        if ours {
+            if !self.published {
+                self.published = true;
+                if let Some(f) = self.on_published.take() {
+                    f();
+                }
+            }
+            return Ok(());
+        }
+        let members = self.members();
+        self.reply_to_entry(e, Ok(ReplyBody::MemberChanged { member: None, members }));
+        Ok(())
+    }
+
+    /// Proposes this member's name and client URLs once it knows a leader (and again if
+    /// they were not applied within a second), as etcd publishes them at every start.
+    pub(super) fn maybe_publish(&mut self) {
+        if self.published || self.node.raft.leader_id == ::raft::INVALID_ID {
+            return;
+        }
+        let Some((name, client_urls)) = self.opts.publish.clone() else {
+            return;
+        };
+        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term()
+        {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .publish_proposed
+            .is_some_and(|at| now.duration_since(at) < PUBLISH_RETRY)
+        {
+            return;
+        }
+        self.publish_proposed = Some(now);
+        let data = crate::api::convert::encode_member_entry(&MemberEntry::Attributes {
+            id: self.opts.member_id,
+            name,
+            client_urls,
+        });
+        // Applying it (from this boot) marks this member published.
+        let ctx = encode_context(self.opts.member_id, self.incarnation, PUBLISH, 0);
+        let _ = self.node.propose(ctx, data.to_vec());
+    }
+
+    // ---- leader transfer ---------------------------------------------------------------
+
+    pub(super) fn move_leader(&mut self, out: &dyn ReplySink, from: CoreId, seq: u64, target: u64) {
+        if self.node.raft.state != StateRole::Leader {
+            self.reply(out, from, seq, Err(EtcdError::NotLeader.status()));
+            return;
+        }
+        if !self.node.store().conf_state().voters.contains(&target) {
+            self.reply(out, from, seq, Err(EtcdError::BadLeaderTransferee.status()));
+            return;
+        }
+        if target == self.opts.member_id {
+            self.reply(out, from, seq, Ok(ReplyBody::Done));
+            return;
+        }
+        if let Some((f, s, _, _)) = self.move_leader.take() {
+            self.reply(out, f, s, Err(leader_transfer_timed_out()));
+        }
+        self.node.transfer_leader(target);
+        self.move_leader = Some((from, seq, target, Instant::now() + self.request_timeout));
+    }
+
+    pub(super) fn check_move_leader(&mut self, out: &dyn ReplySink) {
+        let Some((from, seq, target, deadline)) = self.move_leader else {
+            return;
+        };
+        if self.node.raft.leader_id == target {
+            self.move_leader = None;
+            self.reply(out, from, seq, Ok(ReplyBody::Done));
+        } else if Instant::now() >= deadline {
+            self.move_leader = None;
+            self.reply(out, from, seq, Err(leader_transfer_timed_out()));
+        }
+    }
+
+    // ---- timeouts ----------------------------------------------------------------------
+
+    /// Answers "request timed out" to what waited too long, and asks again for ReadIndex
+    /// answers that did not come (lost with a leader).
+    pub fn expire_requests(&mut self, out: &dyn ReplySink, now: Instant) {
+        while let Some(&(deadline, from, seq)) = self.proposal_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.proposal_deadlines.pop_front();
+            if self.proposals.get(&(from, seq)) == Some(&deadline) {
+                self.proposals.remove(&(from, seq));
+                self.reply(out, from, seq, Err(timed_out()));
+            }
+        }
+        let stale: Vec<u64> = self
+            .reads_requested
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= READ_INDEX_RETRY)
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, reads)) = self.reads_requested.remove(&ctx) {
+                self.reads_waiting.extend(reads);
+            }
+        }
+        if self.reads_waiting.iter().any(|r| r.deadline <= now) {
+            let (late, keep): (Vec<PendingRead>, Vec<PendingRead>) =
+                std::mem::take(&mut self.reads_waiting)
+                    .into_iter()
+                    .partition(|r| r.deadline <= now);
+            self.reads_waiting = keep;
+            for r in late {
+                self.reply(out, r.from, r.seq, Err(timed_out()));
+            }
+        }
+        let late: Vec<u64> = self
+            .forwarding
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            if let Some(f) = self.forwarding.remove(&id) {
+                self.reply(out, f.from, f.seq, Err(timed_out()));
+            }
+        }
+    }
+
+    /// After a snapshot replaced the db: the WAL marks it, so the restarted member's log
+    /// starts after it.
+    pub(super) async fn mark_installed_snapshot(&mut self) -> Result<(), BootError> {
+        let Some((index, term)) = self.installed_snapshot.take() else {
+            return Ok(());
+        };
+        self.wal
+            .save_snapshot_marker(wal::SnapshotMarker { index, term });
+        self.wal
+            .sync()
+            .await
+            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))
+    }
+
+    /// Why the loop should end, if it should.
+    pub fn exit_reason(&self) -> Option<&Exit> {
+        self.exit.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_replies_round_trip() {
+        let now = Instant::now();
+        let body = ReplyBody::LeaseRenewed {
+            revision: 9,
+            results: vec![Some((10, now + Duration::from_secs(10))), None],
+        };
+        let r = encode_forward_reply(3, Ok(body));
+        assert_eq!(r.id, 3);
+        match decode_forward_reply(r).unwrap() {
+            ReplyBody::LeaseRenewed { revision, results } => {
+                assert_eq!(revision, 9);
+                assert_eq!(results.len(), 2);
+                let (ttl, deadline) = results[0].unwrap();
+                assert_eq!(ttl, 10);
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(left > Duration::from_secs(9) && left <= Duration::from_secs(10));
+                assert!(results[1].is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = encode_forward_reply(4, Err(EtcdError::MemberNotFound.status()));
+        let s = decode_forward_reply(err).unwrap_err();
+        assert_eq!(s.code, Code::NotFound);
+        assert_eq!(s.message, "etcdserver: member not found");
+    }
+
+    #[test]
+    fn removed_keys_sort_under_their_prefix() {
+        let k = removed_key(0xabcd);
+        assert!(k.starts_with(REMOVED_PREFIX));
+        assert_eq!(&k[REMOVED_PREFIX.len()..], &0xabcdu64.to_be_bytes());
+    }
+}
