@@ -15,7 +15,7 @@ use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::grpc::health::v1 as health;
 use crate::raft::RaftClient;
-use crate::runtime::mesh::{Reply, ReplyBody, ToRaft};
+use crate::runtime::mesh::{MemberInfo, MemberOp, Reply, ReplyBody, ToRaft};
 use crate::shard::node::Node;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -289,16 +289,94 @@ impl Services {
         };
         Ok(encode(&pb::MemberListResponse {
             header: Some(self.header(0, term)),
-            members: members
-                .into_iter()
-                .map(|m| pb::Member {
-                    id: m.id,
-                    name: m.name,
-                    peer_ur_ls: m.peer_urls,
-                    client_ur_ls: m.client_urls,
-                    is_learner: m.is_learner,
-                })
-                .collect(),
+            members: members.into_iter().map(pb_member).collect(),
+        }))
+    }
+
+    /// A membership change through the raft core (the leader decides it); the reply lists
+    /// the members after it is applied.
+    async fn member_change(
+        &self,
+        op: MemberOp,
+    ) -> Result<(Option<pb::Member>, Vec<pb::Member>, u64), Status> {
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::Member { from, seq, op })
+            .await?;
+        let term = reply.raft_term;
+        let ReplyBody::MemberChanged { member, members } = reply.body? else {
+            return Err(unexpected_reply());
+        };
+        Ok((
+            member.map(pb_member),
+            members.into_iter().map(pb_member).collect(),
+            term,
+        ))
+    }
+
+    pub async fn member_add(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = decode::<pb::MemberAddRequest>(&body)?;
+        for u in &req.peer_ur_ls {
+            crate::config::Url::parse(u)
+                .map_err(|e| Status::new(Code::InvalidArgument, format!("etcdserver: {e}")))?;
+        }
+        let op = MemberOp::Add {
+            peer_urls: req.peer_ur_ls,
+            learner: req.is_learner,
+        };
+        let (member, members, term) = self.member_change(op).await?;
+        Ok(encode(&pb::MemberAddResponse {
+            header: Some(self.header(0, term)),
+            member,
+            members,
+        }))
+    }
+
+    pub async fn member_remove(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = decode::<pb::MemberRemoveRequest>(&body)?;
+        let (_, members, term) = self.member_change(MemberOp::Remove { id: req.id }).await?;
+        Ok(encode(&pb::MemberRemoveResponse {
+            header: Some(self.header(0, term)),
+            members,
+        }))
+    }
+
+    pub async fn member_update(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = decode::<pb::MemberUpdateRequest>(&body)?;
+        let op = MemberOp::Update {
+            id: req.id,
+            peer_urls: req.peer_ur_ls,
+        };
+        let (_, members, term) = self.member_change(op).await?;
+        Ok(encode(&pb::MemberUpdateResponse {
+            header: Some(self.header(0, term)),
+            members,
+        }))
+    }
+
+    pub async fn member_promote(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = decode::<pb::MemberPromoteRequest>(&body)?;
+        let (_, members, term) = self.member_change(MemberOp::Promote { id: req.id }).await?;
+        Ok(encode(&pb::MemberPromoteResponse {
+            header: Some(self.header(0, term)),
+            members,
+        }))
+    }
+
+    /// Maintenance.MoveLeader: only the leader can hand over (etcd's "not leader" elsewhere).
+    pub async fn move_leader(&self, body: Bytes) -> Result<Bytes, Status> {
+        let req = decode::<pb::MoveLeaderRequest>(&body)?;
+        let target = req.target_id;
+        let reply = self
+            .client
+            .call(|from, seq| ToRaft::MoveLeader { from, seq, target })
+            .await?;
+        let term = reply.raft_term;
+        let ReplyBody::Done = reply.body? else {
+            return Err(unexpected_reply());
+        };
+        Ok(encode(&pb::MoveLeaderResponse {
+            header: Some(self.header(0, term)),
         }))
     }
 
@@ -363,6 +441,11 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Maintenance/Status", status);
     unary!("/etcdserverpb.Maintenance/HashKV", hash_kv);
     unary!("/etcdserverpb.Cluster/MemberList", member_list);
+    unary!("/etcdserverpb.Cluster/MemberAdd", member_add);
+    unary!("/etcdserverpb.Cluster/MemberRemove", member_remove);
+    unary!("/etcdserverpb.Cluster/MemberUpdate", member_update);
+    unary!("/etcdserverpb.Cluster/MemberPromote", member_promote);
+    unary!("/etcdserverpb.Maintenance/MoveLeader", move_leader);
     unary!("/grpc.health.v1.Health/Check", health_check);
     unary!("/etcdserverpb.Lease/LeaseGrant", lease_grant);
     unary!("/etcdserverpb.Lease/LeaseRevoke", lease_revoke);
@@ -477,5 +560,15 @@ mod tests {
                 );
             }
         });
+    }
+}
+
+fn pb_member(m: MemberInfo) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
     }
 }

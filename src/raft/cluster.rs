@@ -215,9 +215,13 @@ impl RaftCore {
     /// Tells the transport about the members (after boot and every change).
     pub(super) fn membership_changed(&mut self) {
         let Some(t) = &self.transport else { return };
+        let mut members = self.members();
+        if members.is_empty() {
+            members = self.seed_members.clone();
+        }
         let view = super::transport::ClusterView {
             cluster_id: self.opts.cluster_id,
-            members: self.members().iter().map(member_record).collect(),
+            members: members.iter().map(member_record).collect(),
             removed: self.removed_ids(),
             applied_index: self.applied_index,
         };

@@ -169,8 +169,12 @@ pub struct RaftCore {
     checkpoints_pending: Vec<(i64, i64)>,
     /// When expired leases were last looked for.
     last_expiry_check: Instant,
+    /// The leader as of the last `Ready` (0: none), for logging its changes.
+    known_leader: u64,
     /// The peer transport (`None` in unit tests of a single member).
     transport: Option<Rc<Transport>>,
+    /// The members a joining member was told of, until its log brings the membership.
+    seed_members: Vec<MemberInfo>,
     /// Proposals of this member waiting to be applied: when each gives up.
     proposals: HashMap<(CoreId, u64), Instant>,
     proposal_deadlines: VecDeque<(Instant, CoreId, u64)>,
@@ -324,11 +328,12 @@ impl RaftCore {
         store
             .check()
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
+        let mut seed_members = Vec::new();
         let (wal, log) = if wal_exists {
             Self::recover(&mut opts, &mut store).await?
         } else {
             if opts.join_existing {
-                Self::join(&mut opts).await?;
+                seed_members = Self::join(&mut opts).await?;
             }
             Self::bootstrap(&opts).await?
         };
@@ -375,7 +380,9 @@ impl RaftCore {
             round_revoked: Vec::new(),
             checkpoints_pending: Vec::new(),
             last_expiry_check: now,
+            known_leader: 0,
             transport: None,
+            seed_members,
             proposals: HashMap::new(),
             proposal_deadlines: VecDeque::new(),
             forwarded: HashMap::new(),
@@ -442,7 +449,7 @@ impl RaftCore {
     /// A new member of a running cluster (`--initial-cluster-state existing`): its member
     /// and cluster IDs come from the peers, which must already list its peer URLs (added
     /// with MemberAdd); it starts with an empty log and learns everything from the leader.
-    async fn join(opts: &mut RaftOptions) -> Result<(), BootError> {
+    async fn join(opts: &mut RaftOptions) -> Result<Vec<MemberInfo>, BootError> {
         let mine: Vec<String> = opts.advertise_peer_urls.clone();
         let others: Vec<Vec<std::net::SocketAddr>> = opts
             .initial_members
@@ -474,9 +481,10 @@ impl RaftCore {
         };
         opts.member_id = me.id;
         opts.cluster_id = info.cluster_id;
-        // The membership arrives with the log (or a snapshot) from the leader.
+        // The membership arrives with the log (or a snapshot) from the leader; until then
+        // the transport knows the peers from their answer.
         opts.initial_members.clear();
-        Ok(())
+        Ok(info.members.iter().map(cluster::member_info).collect())
     }
 
     /// An existing member: replay the WAL after its snapshot marker on top of the db.
@@ -938,6 +946,9 @@ impl RaftCore {
                 break;
             }
             let mut rd = self.node.ready();
+            if let Some(ss) = rd.ss() {
+                self.leader_changed(ss.leader_id, out);
+            }
             self.send_messages(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 // Snapshots from the leader are installed by the transport as a new db
@@ -1001,6 +1012,36 @@ impl RaftCore {
         self.check_move_leader(out);
         self.maybe_publish();
         Ok(())
+    }
+
+    /// Logs a leader change as etcd does, and fails this member's proposals still waiting:
+    /// those forwarded to a leader that is gone would only time out later (etcd's
+    /// "possibly due to previous leader failure"; they may or may not have been applied).
+    fn leader_changed(&mut self, leader: u64, out: &dyn ReplySink) {
+        if leader == self.known_leader {
+            return;
+        }
+        let me = self.opts.member_id;
+        let term = self.node.raft.term;
+        if leader == ::raft::INVALID_ID {
+            crate::runtime::log::info(
+                "raft",
+                &format!("raft.node: {me:x} lost leader {:x} at term {term}", self.known_leader),
+            );
+        } else {
+            crate::runtime::log::info(
+                "raft",
+                &format!("raft.node: {me:x} elected leader {leader:x} at term {term}"),
+            );
+        }
+        let old = std::mem::replace(&mut self.known_leader, leader);
+        if old != ::raft::INVALID_ID && old != me && !self.proposals.is_empty() {
+            let waiting: Vec<(CoreId, u64)> = self.proposals.drain().map(|(k, _)| k).collect();
+            let status = crate::api::errors::EtcdError::TimeoutDueToLeaderFail.status();
+            for (from, seq) in waiting {
+                self.reply(out, from, seq, Err(status.clone()));
+            }
+        }
     }
 
     /// Sends the round's changes, published snapshot and write replies to every core,
