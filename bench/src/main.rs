@@ -11,6 +11,7 @@
 //! `--consistency l|s`, `--watchers W --streams S`, `--server-pid P`, `--json`,
 //! `--hdr-log FILE`. Every run prints the machine, the git revision and the settings.
 
+mod cluster;
 mod compare;
 mod grpc;
 mod load;
@@ -26,7 +27,7 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
                    --key-size B --val-size B --key-space-size N --sequential-keys
                    --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S --prefix (watch)
-                   --prefill (range) --server-pid P --json --hdr-log FILE --label L
+                   --prefill (range) --server-pid P[,P] --json --hdr-log FILE --label L
   wal              --syncs N --record-bytes B --batches 1,8,64,256 --prealloc zero|fallocate|none
   store            --keys N --key-bytes K --val-bytes V --reads N";
 
