@@ -219,6 +219,11 @@ impl Cluster {
         }
     }
 
+    /// Member `i`'s process, to kill at a moment of the caller's choosing (then `restart`).
+    pub fn take_child(&mut self, i: usize) -> Option<Child> {
+        self.members[i].child.take()
+    }
+
     /// Starts member `i` again on its data dir, with its first flags.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
         self.kill9(i);
