@@ -159,10 +159,12 @@ fn one(cluster: &mut Cluster, timing: Timing) -> Result<Sample, String> {
                         let done = Instant::now();
                         match kill_at.get() {
                             None if ok => ok_before.set(ok_before.get() + 1),
-                            Some(k) if ok && sent >= k => {
-                                if first_write.get().is_none_or(|f| done < f) {
-                                    first_write.set(Some(done));
-                                }
+                            Some(k)
+                                if ok
+                                    && sent >= k
+                                    && first_write.get().is_none_or(|f| done < f) =>
+                            {
+                                first_write.set(Some(done))
                             }
                             _ => {}
                         }
