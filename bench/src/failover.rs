@@ -111,7 +111,8 @@ fn one(cluster: &mut Cluster, timing: Timing) -> Result<Sample, String> {
         .filter(|&i| i != leader)
         .map(|i| cluster.endpoint(i))
         .collect();
-    let mut victim = cluster.take_child(leader).ok_or("leader not running")?;
+    // Killed (and reaped) however the measurement ends, before the restart below.
+    let mut victim = KillOnDrop(cluster.take_child(leader).ok_or("leader not running")?);
     let deadline = timing.leader_deadline();
     let res = keel::runtime::block_on(async move {
         let kill_at: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
@@ -180,10 +181,10 @@ fn one(cluster: &mut Cluster, timing: Timing) -> Result<Sample, String> {
             stop.set(true);
             return Err("no put succeeded before the kill".to_string());
         }
-        let _ = victim.kill();
+        let _ = victim.0.kill();
         let killed = Instant::now();
         kill_at.set(Some(killed));
-        let _ = victim.wait();
+        let _ = victim.0.wait();
         let mut pollers: Vec<Poller> = survivors.iter().map(|&a| Poller::new(a)).collect();
         let mut new_leader = None;
         while new_leader.is_none() || first_write.get().is_none() {
@@ -224,6 +225,15 @@ fn one(cluster: &mut Cluster, timing: Timing) -> Result<Sample, String> {
     // Back to full strength for the next repetition.
     cluster.restart(leader)?;
     res
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
