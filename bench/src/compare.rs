@@ -12,6 +12,14 @@
 //! run), `OUT/hgrm/*.hgrm` (latency distributions) and, when python3 with matplotlib is
 //! available, `OUT/*.png` (latency CDF per scenario, throughput against clients) through
 //! `bench/plot.py`. Without etcd installed it measures Keel alone.
+//!
+//! Cases ending "3m" run after the others, once the single servers are stopped: each run
+//! starts a fresh 3-member cluster of one system (`crate::cluster`: etcd's clustering
+//! flags, `--heartbeat-interval/--election-timeout/--snapshot-count` as given, etcd's
+//! defaults otherwise), waits until every member's Maintenance.Status names the same
+//! leader, spreads the connections round-robin over the members and kills them after.
+//! Only one system's members run at a time: on two cores three members already share
+//! them. A system that forms no cluster gets n/a rows with the reason, tried once.
 
 use crate::cluster::{Cluster, Timing};
 use crate::load::{self, LoadOptions, Report, Scenario};
