@@ -12,7 +12,16 @@
 //! run), `OUT/hgrm/*.hgrm` (latency distributions) and, when python3 with matplotlib is
 //! available, `OUT/*.png` (latency CDF per scenario, throughput against clients) through
 //! `bench/plot.py`. Without etcd installed it measures Keel alone.
+//!
+//! Cases ending "3m" run after the others, once the single servers are stopped: each run
+//! starts a fresh 3-member cluster of one system (`crate::cluster`: etcd's clustering
+//! flags, `--heartbeat-interval/--election-timeout/--snapshot-count` as given, etcd's
+//! defaults otherwise), waits until every member's Maintenance.Status names the same
+//! leader, spreads the connections round-robin over the members and kills them after.
+//! Only one system's members run at a time: on two cores three members already share
+//! them. A system that forms no cluster gets n/a rows with the reason, tried once.
 
+use crate::cluster::{Cluster, Timing};
 use crate::load::{self, LoadOptions, Report, Scenario};
 use crate::util::Flags;
 use std::collections::BTreeMap;
@@ -141,6 +150,9 @@ struct Case {
     keepalive_leases: usize,
     /// Run length instead of `--seconds` (at least as long).
     seconds_min: u64,
+    /// 1: the long-running single servers; more: a fresh cluster of that many members
+    /// per run, one system at a time (`crate::cluster`).
+    members: usize,
 }
 
 fn matrix(quick: bool) -> Vec<Case> {
@@ -153,6 +165,7 @@ fn matrix(quick: bool) -> Vec<Case> {
         rate: None,
         keepalive_leases: 0,
         seconds_min: 0,
+        members: 1,
     };
     let watch = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch w{watchers}"),
@@ -163,6 +176,7 @@ fn matrix(quick: bool) -> Vec<Case> {
         rate,
         keepalive_leases: 0,
         seconds_min: 0,
+        members: 1,
     };
     let watch_prefix = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch-prefix w{watchers}"),
@@ -211,9 +225,19 @@ fn matrix(quick: bool) -> Vec<Case> {
             keepalive_leases: 100_000,
             ..case(Scenario::Put, 64)
         },
+        // Three members, clients spread over them: replication's cost.
+        Case {
+            name: "put c64 3m".into(),
+            members: 3,
+            ..case(Scenario::Put, 64)
+        },
     ];
     if quick {
-        m.retain(|c| c.clients != 256 && c.watchers != 10_000 && c.keepalive_leases == 0);
+        // Not the clusters: six process starts and two elections (several seconds; until
+        // Keel elects, its whole leader deadline) in a run meant to take half a minute.
+        m.retain(|c| {
+            c.clients != 256 && c.watchers != 10_000 && c.keepalive_leases == 0 && c.members == 1
+        });
     }
     m
 }
@@ -292,26 +316,16 @@ pub fn main(flags: &Flags) {
     let quick = flags.has("quick");
     let reps = flags.u64("reps", if quick { 1 } else { 3 });
     let seconds = flags.u64("seconds", if quick { 2 } else { 3 });
+    let timing = Timing::from_flags(flags);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let out = PathBuf::from(flags.str("out", &format!("bench/results/{stamp}")));
     std::fs::create_dir_all(out.join("hgrm")).unwrap();
-    let mut servers = vec![start("keel", &keel, &out, &[])];
-    // --scaling: Keel on one core too, for the read rows (shards and reads on every core
-    // against everything on one).
-    let scaling = flags.has("scaling");
-    if scaling {
-        servers.push(start("keel-1core", &keel, &out, &["--cores", "1"]));
-    }
-    let with_etcd;
-    if Path::new(&etcd).exists() {
-        servers.push(start("etcd", &etcd, &out, &[]));
-        with_etcd = true;
-    } else {
+    let with_etcd = Path::new(&etcd).exists();
+    if !with_etcd {
         println!("# {etcd} not found: measuring Keel alone");
-        with_etcd = false;
     }
     let only: Vec<String> = flags
         .opt("only")
@@ -321,9 +335,23 @@ pub fn main(flags: &Flags) {
         .into_iter()
         .filter(|c| only.is_empty() || only.iter().any(|o| c.name.starts_with(o.as_str())))
         .collect();
+    // --scaling: Keel on one core too, for the read rows (shards and reads on every core
+    // against everything on one).
+    let scaling = flags.has("scaling");
+    // The single servers stay up through the single-member cases; clusters come after.
+    let mut servers = Vec::new();
+    if cases.iter().any(|c| c.members == 1) {
+        servers.push(start("keel", &keel, &out, &[]));
+        if scaling {
+            servers.push(start("keel-1core", &keel, &out, &["--cores", "1"]));
+        }
+        if with_etcd {
+            servers.push(start("etcd", &etcd, &out, &[]));
+        }
+    }
     let key_space = 10_000;
-    let base = |s: &Server| LoadOptions {
-        endpoints: vec![s.addr],
+    let base = |endpoints: &[SocketAddr], pids: &[u32]| LoadOptions {
+        endpoints: endpoints.to_vec(),
         conns: 1,
         clients: 1,
         total: u64::MAX,
@@ -336,10 +364,30 @@ pub fn main(flags: &Flags) {
         watchers: 0,
         streams: 1,
         watch_prefix: false,
-        server_pid: Some(s.child.id()),
+        server_pids: pids.to_vec(),
         quiet: true,
         keepalive_leases: 0,
         keepalive_warmup: false,
+    };
+    let single = |s: &Server| base(&[s.addr], &[s.child.id()]);
+    // The case's load on top of `base`.
+    let load_of = |case: &Case, mut o: LoadOptions| {
+        o.clients = case.clients;
+        // Connections spread round-robin over the endpoints, clients over connections.
+        o.conns = if case.clients >= 64 { 4 } else { 1 };
+        if case.members > 1 {
+            o.conns = case.members * if case.clients >= 64 { 2 } else { 1 };
+        }
+        o.rate = case.rate;
+        o.watchers = case.watchers;
+        o.streams = (case.watchers / 100).max(1);
+        o.watch_prefix = case.prefix;
+        o.keepalive_leases = case.keepalive_leases;
+        o.keepalive_warmup = case.keepalive_leases > 0;
+        if case.seconds_min > seconds && !quick {
+            o.duration = Some(Duration::from_secs(case.seconds_min));
+        }
+        o
     };
     // Memory per watcher, on the fresh servers: 10,000 idle watchers on 100 streams, and
     // 2,000 watchers on a stream each.
@@ -351,7 +399,7 @@ pub fn main(flags: &Flags) {
         );
         for (watchers, streams) in [(10_000usize, 100usize), (2_000, 2_000)] {
             for s in servers.iter().filter(|s| s.name != "keel-1core") {
-                let mut o = base(s);
+                let mut o = single(s);
                 o.watchers = watchers;
                 o.streams = streams;
                 o.conns = 4;
@@ -379,7 +427,7 @@ pub fn main(flags: &Flags) {
         }
     }
     for s in &servers {
-        load::prefill(&base(s));
+        load::prefill(&single(s));
     }
     // Keel chooses its shard split keys at boot from the keys it holds.
     servers = servers
@@ -395,51 +443,70 @@ pub fn main(flags: &Flags) {
     let started = Instant::now();
     let mut cells: BTreeMap<(usize, &'static str), Cell> = BTreeMap::new();
     let mut runs_jsonl = String::new();
-    for (ci, case) in cases.iter().enumerate() {
+    let mut record = |ci: usize, case: &Case, rep: u64, name: &'static str, r: Report| {
+        eprintln!(
+            "[{:>4.0} s] {:<16} {} rep {}: {:.0}/s p50 {} µs p99 {} µs errors {}",
+            started.elapsed().as_secs_f64(),
+            case.name,
+            name,
+            rep + 1,
+            r.throughput(),
+            r.histogram.value_at_quantile(0.5),
+            r.histogram.value_at_quantile(0.99),
+            r.error_count()
+        );
+        let _ = writeln!(
+            runs_jsonl,
+            "{{\"case\":\"{}\",\"rep\":{rep},\"run\":{}}}",
+            case.name,
+            r.json()
+        );
+        let file = format!("{}-{name}.hgrm", case.name.replace(' ', "-"));
+        std::fs::write(out.join("hgrm").join(file), r.hgrm()).unwrap();
+        cells.entry((ci, name)).or_default().runs.push(r);
+    };
+    for (ci, case) in cases.iter().enumerate().filter(|(_, c)| c.members == 1) {
         for rep in 0..reps {
             for s in &servers {
                 let is_read = matches!(case.scenario, Scenario::Range { .. });
                 if s.name == "keel-1core" && !is_read {
                     continue;
                 }
-                let mut o = base(s);
-                o.clients = case.clients;
-                o.conns = if case.clients >= 64 { 4 } else { 1 };
-                o.rate = case.rate;
-                o.watchers = case.watchers;
-                o.streams = (case.watchers / 100).max(1);
-                o.watch_prefix = case.prefix;
-                o.keepalive_leases = case.keepalive_leases;
-                o.keepalive_warmup = case.keepalive_leases > 0;
-                if case.seconds_min > seconds && !quick {
-                    o.duration = Some(Duration::from_secs(case.seconds_min));
-                }
-                let r = load::run(case.scenario, &o, s.name);
-                eprintln!(
-                    "[{:>4.0} s] {:<16} {} rep {}: {:.0}/s p50 {} µs p99 {} µs errors {}",
-                    started.elapsed().as_secs_f64(),
-                    case.name,
-                    s.name,
-                    rep + 1,
-                    r.throughput(),
-                    r.histogram.value_at_quantile(0.5),
-                    r.histogram.value_at_quantile(0.99),
-                    r.error_count()
-                );
-                let _ = writeln!(
-                    runs_jsonl,
-                    "{{\"case\":\"{}\",\"rep\":{rep},\"run\":{}}}",
-                    case.name,
-                    r.json()
-                );
-                let file = format!("{}-{}.hgrm", case.name.replace(' ', "-"), s.name);
-                std::fs::write(out.join("hgrm").join(file), r.hgrm()).unwrap();
-                cells.entry((ci, s.name)).or_default().runs.push(r);
+                let r = load::run(case.scenario, &load_of(case, single(s)), s.name);
+                record(ci, case, rep, s.name, r);
+            }
+        }
+    }
+    drop(servers);
+    // Clusters: on a 2-core machine three members of one system already share the cores,
+    // so each run gets a fresh cluster of one system while nothing else of ours runs.
+    let mut systems = vec![("keel", keel.as_str())];
+    if with_etcd {
+        systems.push(("etcd", etcd.as_str()));
+    }
+    // A system that could not form a cluster is not tried again (each try waits out the
+    // leader deadline); its rows say why.
+    let mut broken: BTreeMap<&'static str, String> = BTreeMap::new();
+    for (ci, case) in cases.iter().enumerate().filter(|(_, c)| c.members > 1) {
+        for rep in 0..reps {
+            for &(name, binary) in &systems {
+                let o = load_of(case, base(&[], &[]));
+                let r = match broken.get(name) {
+                    Some(e) => load::failed_report(case.scenario, &o, name, e),
+                    None => match run_cluster(name, binary, &out, case, timing, o.clone()) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            broken.insert(name, e.clone());
+                            load::failed_report(case.scenario, &o, name, e)
+                        }
+                    },
+                };
+                record(ci, case, rep, name, r);
             }
         }
     }
     std::fs::write(out.join("runs.jsonl"), &runs_jsonl).unwrap();
-    drop(servers);
     // The data dirs are scratch (GBs after a long run); the logs stay beside the results.
     let _ = std::fs::remove_dir_all(out.join("data"));
     let mut table = render(&cases, with_etcd, &cells, reps, seconds);
@@ -455,6 +522,26 @@ pub fn main(flags: &Flags) {
         started.elapsed().as_secs_f64()
     );
     plot(&out);
+}
+
+/// One run of `case` on a fresh cluster of `system`: started, a leader awaited, the load
+/// spread over the members, all stopped.
+fn run_cluster(
+    system: &'static str,
+    binary: &str,
+    out: &Path,
+    case: &Case,
+    timing: Timing,
+    mut o: LoadOptions,
+) -> Result<Report, String> {
+    let mut cluster = Cluster::start(system, binary, out, case.members, timing)?;
+    cluster.wait_leader()?;
+    o.endpoints = cluster.endpoints();
+    if matches!(case.scenario, Scenario::Range { .. }) {
+        load::prefill(&o);
+    }
+    o.server_pids = cluster.pids();
+    Ok(load::run(case.scenario, &o, system))
 }
 
 fn render(
@@ -475,6 +562,13 @@ fn render(
         "Keel (git {rev}) against {} on this machine: medians of {reps} interleaved runs of {seconds} s; same load generator; server CPU from /proc/PID/stat. Watch rows: deliveries/s and commit-to-delivery latency.\n",
         if with_etcd { "etcd 3.4" } else { "nothing (etcd not installed)" }
     );
+    if let Some(c) = cases.iter().find(|c| c.members > 1) {
+        let _ = writeln!(
+            t,
+            "Rows ending \"{}m\": a fresh {}-member cluster per run (one system at a time), clients round-robin over the members; CPU and peak RSS are the members' sums.\n",
+            c.members, c.members
+        );
+    }
     t.push_str("| scenario | Keel req/s | etcd req/s | ratio | Keel p50 | etcd p50 | ratio | Keel p99 | etcd p99 | ratio | Keel CPU µs/req | etcd CPU µs/req | ratio | peak RSS Keel / etcd |\n");
     t.push_str(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",

@@ -6,7 +6,7 @@
 //!     --endpoints 127.0.0.1:2379[,...] --conns 1 --clients 1 --total 10000 | --duration 5
 //!     [--rate R] [--key-size 8] [--val-size 256] [--key-space-size 100000]
 //!     [--sequential-keys] [--consistency l|s] [--read-percent 80]
-//!     [--watchers 100] [--streams 10] [--server-pid P] [--json] [--hdr-log FILE]
+//!     [--watchers 100] [--streams 10] [--server-pid P[,P]] [--json] [--hdr-log FILE]
 //!     [--keepalive-leases N [--keepalive-warmup]]
 //! ```
 //! - `lease-churn`: each request grants a lease with the minimum TTL and puts a key with
@@ -22,7 +22,8 @@
 //!   stalled server is charged for the requests it delayed (coordinated omission corrected,
 //!   as wrk2 and hdrhistogram intend).
 //! - Output: throughput, p50/p90/p99/p99.9/max in µs, errors by kind, the generator's own
-//!   CPU per request, and with `--server-pid` the server's CPU per request and peak RSS.
+//!   CPU per request, and with `--server-pid` the server's CPU per request and peak RSS
+//!   (`--server-pid P,P,P`: a cluster's members, summed).
 
 use crate::grpc::{self, CallError, Conn, Stream};
 use crate::util::{self, Flags};
@@ -83,7 +84,9 @@ pub struct LoadOptions {
     pub streams: usize,
     /// Watch: watchers watch a prefix and writers put random keys under it.
     pub watch_prefix: bool,
-    pub server_pid: Option<u32>,
+    /// The server's processes (a cluster's members): CPU per request is their sum, peak
+    /// RSS the sum of their peaks.
+    pub server_pids: Vec<u32>,
     /// Stop the progress line (for nested use, e.g. `compare`).
     pub quiet: bool,
     /// Leases granted before the run and kept alive during it (0: none).
@@ -220,6 +223,14 @@ pub fn process_cpu_us(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks * 1_000_000.0 / 100.0) // USER_HZ = 100
+}
+
+/// `f` summed over the processes; None without processes or when one has gone.
+fn servers_sum<T: std::iter::Sum<T>>(pids: &[u32], f: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| f(p)).sum()
 }
 
 /// Peak resident set (VmHWM) of a process in KiB.
@@ -436,7 +447,7 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
             None
         };
         let cpu0 = process_cpu_us(std::process::id()).unwrap_or(0.0);
-        let server0 = opts.server_pid.and_then(process_cpu_us);
+        let server0 = servers_sum(&opts.server_pids, process_cpu_us);
         let start = Instant::now();
         let shared = Rc::new(Shared {
             scenario,
@@ -474,7 +485,7 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
         let attempts = (requests + errors.values().sum::<u64>()).max(1) as f64;
         let per = |total: f64| total / attempts;
         let cpu = process_cpu_us(std::process::id()).unwrap_or(0.0) - cpu0;
-        let server_cpu_us = match (server0, opts.server_pid.and_then(process_cpu_us)) {
+        let server_cpu_us = match (server0, servers_sum(&opts.server_pids, process_cpu_us)) {
             (Some(a), Some(b)) => Some(per(b - a)),
             _ => None,
         };
@@ -488,7 +499,7 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
             histogram,
             client_cpu_us: per(cpu),
             server_cpu_us,
-            server_rss_peak_kb: opts.server_pid.and_then(process_rss_peak_kb),
+            server_rss_peak_kb: servers_sum(&opts.server_pids, process_rss_peak_kb),
             deliveries,
         }
     })
@@ -563,7 +574,12 @@ fn keep_alive(conns: &[Conn], ids: Vec<i64>) -> Background {
     (tasks, failures)
 }
 
-fn failed_report(scenario: Scenario, opts: &LoadOptions, label: &str, e: CallError) -> Report {
+pub fn failed_report(
+    scenario: Scenario,
+    opts: &LoadOptions,
+    label: &str,
+    e: impl std::fmt::Display,
+) -> Report {
     Report {
         scenario: scenario.name(),
         label: label.to_string(),
@@ -800,10 +816,14 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
         watchers: flags.u64("watchers", 100) as usize,
         streams: flags.u64("streams", 10) as usize,
         watch_prefix: flags.has("prefix"),
-        server_pid: match flags.u64("server-pid", 0) {
-            0 => None,
-            p => Some(p as u32),
-        },
+        server_pids: flags
+            .opt("server-pid")
+            .map(|v| {
+                v.split(',')
+                    .map(|p| p.trim().parse().expect("--server-pid: PID[,PID]"))
+                    .collect()
+            })
+            .unwrap_or_default(),
         quiet: flags.has("json"),
         keepalive_leases: flags.u64("keepalive-leases", 0) as usize,
         keepalive_warmup: flags.has("keepalive-warmup"),
@@ -853,7 +873,7 @@ pub fn prefill(opts: &LoadOptions) {
     o.sequential = true;
     o.clients = o.clients.max(64);
     o.quiet = true;
-    o.server_pid = None;
+    o.server_pids = Vec::new();
     let r = run(Scenario::Put, &o, "prefill");
     assert_eq!(r.error_count(), 0, "prefill failed: {:?}", r.errors);
 }
@@ -877,7 +897,7 @@ mod tests {
             watchers: 0,
             streams: 1,
             watch_prefix: false,
-            server_pid: None,
+            server_pids: Vec::new(),
             quiet: true,
             keepalive_leases: 0,
             keepalive_warmup: false,

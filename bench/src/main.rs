@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
+//! keel-bench failover [--reps 5] [--election-timeout 1000]   leader kill in a 3-member cluster
 //! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
@@ -11,7 +12,9 @@
 //! `--consistency l|s`, `--watchers W --streams S`, `--server-pid P`, `--json`,
 //! `--hdr-log FILE`. Every run prints the machine, the git revision and the settings.
 
+mod cluster;
 mod compare;
+mod failover;
 mod grpc;
 mod load;
 mod store;
@@ -21,12 +24,15 @@ mod wal;
 const USAGE: &str = "usage: keel-bench <mode> [flags]
   compare          Keel and etcd 3.4 side by side: --keel BIN --etcd BIN --reps N --seconds S --quick --only a,b --out DIR
                    --scaling (also Keel on --cores 1 for the read rows)
+                   cases ending \"3m\" run on 3-member clusters: --heartbeat-interval MS --election-timeout MS --snapshot-count N
+  failover         SIGKILL a 3-member cluster's leader, time to a new leader and to writes: --keel BIN --etcd BIN
+                   --reps N --members N --heartbeat-interval MS --election-timeout MS --only keel|etcd --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
   put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
                    --key-size B --val-size B --key-space-size N --sequential-keys
                    --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S --prefix (watch)
-                   --prefill (range) --server-pid P --json --hdr-log FILE --label L
+                   --prefill (range) --server-pid P[,P] --json --hdr-log FILE --label L
   wal              --syncs N --record-bytes B --batches 1,8,64,256 --prealloc zero|fallocate|none
   store            --keys N --key-bytes K --val-bytes V --reads N";
 
@@ -44,6 +50,7 @@ fn main() {
         "wal" => wal::run(&opts),
         "store" => store::run(&opts),
         "compare" => compare::main(&opts),
+        "failover" => failover::main(&opts),
         "watch-memory" => {
             let o = load::options_from(&opts);
             let pid = opts.u64("server-pid", 0) as u32;
