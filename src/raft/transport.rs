@@ -448,6 +448,10 @@ impl Transport {
     async fn read_stream(&self, mut s: TcpStream, from: u64) -> std::io::Result<()> {
         loop {
             let (kind, payload) = read_frame(&mut s).await?;
+            if self.view.borrow().removed.contains(&from) {
+                // Closing makes the sender dial again, and its handshake tells it.
+                return Ok(());
+            }
             let msg = match kind {
                 KIND_RAFT => {
                     let mut msgs = Vec::new();
