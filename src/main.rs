@@ -33,9 +33,18 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
     })?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cluster_id = config::cluster_id(&ids);
+    // Peer TLS is not built: an https peer URL is never served in plaintext (a single
+    // member needs no peer traffic; a cluster on https peer URLs cannot form, and says so).
+    for u in cfg.listen_peer_urls.iter().filter(|u| u.scheme == "https") {
+        log::warning(
+            "etcdmain",
+            &format!("peer TLS is not supported yet: not listening on {u}"),
+        );
+    }
     let listen_peer_addrs = cfg
         .listen_peer_urls
         .iter()
+        .filter(|u| u.scheme != "https")
         .map(|u| u.socket_addr())
         .collect::<Result<Vec<_>, _>>()?;
     let listen_client_addrs = cfg

@@ -131,10 +131,12 @@ fn invalid(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// The socket addresses of peer URLs (`http://host:port`).
+/// The socket addresses of plaintext peer URLs (`http://host:port`). Peer TLS is not
+/// built, so an `https` peer is never dialled (raft then sees it unreachable).
 pub fn peer_addrs(urls: &[String]) -> Vec<SocketAddr> {
     urls.iter()
         .filter_map(|u| crate::config::Url::parse(u).ok())
+        .filter(|u| u.scheme == "http")
         .filter_map(|u| u.socket_addr().ok())
         .collect()
 }
