@@ -47,6 +47,9 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         shards: 1,
         shard_splits: Vec::new(),
         lease_checkpoint_interval: None,
+        join_existing: false,
+        advertise_peer_urls: Vec::new(),
+        publish: None,
     }
 }
 
