@@ -348,14 +348,14 @@ fn member_ids_cluster_id_member_list_and_endpoint_status() {
 
     // The same through the gRPC Status call.
     runtime().block_on(async {
-        for i in 0..3 {
+        for (i, id) in expected.iter().enumerate() {
             let s: StatusResponse = c.status(i).await.unwrap();
             assert_eq!(s.leader(), leaders[0]);
             assert_eq!(s.raft_term(), terms[0]);
             assert!(!s.is_learner());
             assert!(s.errors().is_empty(), "{:?}", s.errors());
             let h = s.header().unwrap();
-            assert_eq!((h.cluster_id(), h.member_id()), (cluster_id, expected[i]));
+            assert_eq!((h.cluster_id(), h.member_id()), (cluster_id, *id));
         }
     });
 
