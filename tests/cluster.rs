@@ -137,8 +137,9 @@ async fn assert_converged(
     c.assert_hash_kv_equal(among, rev).await;
 }
 
-/// Background writers, each on its own thread-free task in one thread: puts of unique
-/// keys `<prefix>/w<n>/<i>` through one endpoint each, recording the acknowledged ones.
+/// Background writers: tasks on a thread of their own (the test's thread stays free for
+/// etcdctl and process control), each putting unique keys `<prefix>/w<n>/<i>` through one
+/// endpoint and recording the acknowledged ones.
 struct Load {
     stop: Arc<AtomicBool>,
     acked_count: Arc<AtomicUsize>,
@@ -658,33 +659,25 @@ fn parse_member_add(stdout: &str, name: &str, peer: &str, cluster_id: u64) -> (u
     (id, ic.to_string())
 }
 
-/// The member list table of `c`'s members `among` as etcdctl prints it (ID order);
-/// `unstarted` members have no name or client URLs yet.
-fn member_table(c: &Cluster, among: &[usize], learner: &[usize], unstarted: &[usize]) -> String {
+/// The member list table etcdctl prints for `c`'s members `among` (all started; those in
+/// `learner` are learners) plus `more` rows (ID, row): ID order, IDs as `%x`.
+fn member_table(c: &Cluster, among: &[usize], learner: &[usize], more: &[(u64, String)]) -> String {
     let mut rows: Vec<(u64, String)> = among
         .iter()
         .map(|&i| {
             let m = &c.members[i];
-            let row = if unstarted.contains(&i) {
-                format!(
-                    "{}, unstarted, , {}, , {}\n",
-                    hex(c.ids[i]),
-                    m.peer_url(),
-                    learner.contains(&i)
-                )
-            } else {
-                format!(
-                    "{}, started, {}, {}, {}, {}\n",
-                    hex(c.ids[i]),
-                    c.names[i],
-                    m.peer_url(),
-                    m.client_url(),
-                    learner.contains(&i)
-                )
-            };
+            let row = format!(
+                "{}, started, {}, {}, {}, {}\n",
+                hex(c.ids[i]),
+                c.names[i],
+                m.peer_url(),
+                m.client_url(),
+                learner.contains(&i)
+            );
             (c.ids[i], row)
         })
         .collect();
+    rows.extend(more.iter().cloned());
     rows.sort();
     rows.into_iter().map(|(_, r)| r).collect()
 }
@@ -765,11 +758,9 @@ fn membership_changes_under_load() {
     let want: Vec<String> = listed.into_iter().map(|(_, s)| s).collect();
     assert_eq!(initial_cluster, want.join(","));
     // Listed as an unstarted learner until it runs.
-    let mut table = member_table(&c, &[0, 1, 2], &[], &[]);
-    table.push_str(&format!("{}, unstarted, , {peer3}, , true\n", hex(id3)));
-    let mut rows: Vec<&str> = table.lines().collect();
-    rows.sort_by_key(|r| u64::from_str_radix(r.split(',').next().unwrap(), 16).unwrap());
-    let table: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    // (no name and no client URLs yet).
+    let unstarted = (id3, format!("{}, unstarted, , {peer3}, , true\n", hex(id3)));
+    let table = member_table(&c, &[0, 1, 2], &[], &[unstarted]);
     wait_member_table(&c, &[0, 1, 2], &table);
 
     // Errors, with the cluster healthy (the add above proves it).
