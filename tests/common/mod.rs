@@ -81,6 +81,9 @@ pub struct Server {
     starts: u32,
     /// Run in `dir` with `--data-dir data` (relative), as a user typing a bare name would.
     relative: bool,
+    /// The whole flag list, when the caller builds it (cluster members); else the
+    /// single-member flags of `args()`.
+    explicit: Option<Vec<String>>,
 }
 
 impl Server {
@@ -96,6 +99,16 @@ impl Server {
     }
 
     fn start_with(tag: &str, extra: &[&str], relative: bool) -> Server {
+        let mut s = Server::unstarted(tag);
+        s.extra = extra.iter().map(|s| s.to_string()).collect();
+        s.relative = relative;
+        s.spawn_and_wait();
+        s
+    }
+
+    /// A member with its temp dir and free ports, not started: the caller sets its flags
+    /// (`set_args`), then `spawn`s it and `wait_ready`s.
+    pub fn unstarted(tag: &str) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "keel-it-{tag}-{}-{}",
             std::process::id(),
@@ -103,18 +116,34 @@ impl Server {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Server {
+        Server {
             child: None,
             data_dir: dir.join("data"),
             dir,
             client_port: free_port(),
             peer_port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
             starts: 0,
-            relative,
-        };
-        s.spawn_and_wait();
-        s
+            relative: false,
+            explicit: None,
+        }
+    }
+
+    /// Every later start uses exactly `args`.
+    pub fn set_args(&mut self, args: Vec<String>) {
+        self.explicit = Some(args);
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn endpoint(&self) -> String {
@@ -134,6 +163,9 @@ impl Server {
     }
 
     fn args(&self) -> Vec<String> {
+        if let Some(a) = &self.explicit {
+            return a.clone();
+        }
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut a: Vec<String> = [
@@ -179,7 +211,8 @@ impl Server {
         None
     }
 
-    fn spawn(&mut self) {
+    /// Starts the binary without waiting for it.
+    pub fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
         let child = Command::new(server_binary())
@@ -195,7 +228,13 @@ impl Server {
 
     fn spawn_and_wait(&mut self) {
         self.spawn();
-        let deadline = Instant::now() + READY_TIME_MAX;
+        self.wait_ready(READY_TIME_MAX);
+    }
+
+    /// Waits (at most `max`) until the started server says it serves clients and accepts
+    /// connections; panics with its log if it exits or is not ready in time.
+    pub fn wait_ready(&mut self, max: Duration) {
+        let deadline = Instant::now() + max;
         loop {
             if self.log().contains("ready to serve client requests")
                 && std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
@@ -331,4 +370,262 @@ pub fn wal_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Flags that make elections quick on loopback while tolerating a loaded 2-core machine
+/// (etcd's defaults are 100 ms and 1000 ms).
+pub const FAST_ELECTIONS: [&str; 4] = ["--heartbeat-interval", "100", "--election-timeout", "1000"];
+
+/// How long a cluster test waits for anything that must eventually happen (ready, a
+/// leader, a member catching up) before failing.
+pub const LIVENESS: Duration = Duration::from_secs(30);
+
+/// N members `m0..` on loopback, started with etcd's static-bootstrap flags
+/// (`--initial-cluster m0=…,m1=… --initial-cluster-state new`). Members added at runtime
+/// (`add_member`) join with `--initial-cluster-state existing`. Dropping the cluster kills
+/// every member it started, by PID.
+pub struct Cluster {
+    pub members: Vec<Server>,
+    /// `m0`, `m1`, ... by index.
+    pub names: Vec<String>,
+    /// Member IDs by index, as the servers report them (`MemberList`).
+    pub ids: Vec<u64>,
+    pub token: String,
+    /// Flags every member gets after the bootstrap ones.
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` members with `extra` flags each, then waits until every one is ready.
+    pub fn start(tag: &str, n: usize, extra: &[&str]) -> Cluster {
+        let token = format!("keel-it-{tag}");
+        let mut members: Vec<Server> = (0..n)
+            .map(|i| Server::unstarted(&format!("{tag}-m{i}")))
+            .collect();
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(&members)
+            .map(|(name, m)| format!("{name}={}", m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for (name, m) in names.iter().zip(members.iter_mut()) {
+            let args = member_args(m, name, &initial_cluster, "new", &token, &extra);
+            m.set_args(args);
+        }
+        // Every member first: none is ready before a quorum is up.
+        for m in members.iter_mut() {
+            m.spawn();
+        }
+        for m in members.iter_mut() {
+            m.wait_ready(LIVENESS);
+        }
+        let mut c = Cluster {
+            members,
+            names,
+            ids: Vec::new(),
+            token,
+            extra,
+        };
+        let list = runtime().block_on(async {
+            let mut cl = c.client(0).await;
+            cl.member_list().await.expect("member list")
+        });
+        c.ids = c
+            .members
+            .iter()
+            .map(|m| {
+                list.members()
+                    .iter()
+                    .find(|x| x.peer_urls() == [m.peer_url()])
+                    .unwrap_or_else(|| panic!("{} not in {list:?}", m.peer_url()))
+                    .id()
+            })
+            .collect();
+        c
+    }
+
+    pub fn member(&mut self, i: usize) -> &mut Server {
+        &mut self.members[i]
+    }
+
+    /// `127.0.0.1:<client port>` of every member, by index.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// The endpoints of `members`, comma-separated, for etcdctl's `--endpoints`.
+    pub fn endpoints_flag(&self, members: &[usize]) -> String {
+        let e: Vec<String> = members
+            .iter()
+            .map(|&i| self.members[i].endpoint())
+            .collect();
+        format!("--endpoints={}", e.join(","))
+    }
+
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|&x| x == id)
+    }
+
+    /// Indices of the members whose process runs.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    /// A client of member `i` alone, with bounded connect and request times.
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(15));
+        etcd_client::Client::connect([self.members[i].endpoint()], Some(opts))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn status(
+        &self,
+        i: usize,
+    ) -> Result<etcd_client::StatusResponse, etcd_client::Error> {
+        self.client(i).await.status().await
+    }
+
+    /// Waits until every member in `among` names the same leader, one of `among`, and
+    /// returns its index.
+    pub async fn wait_leader(&self, among: &[usize]) -> usize {
+        let deadline = Instant::now() + LIVENESS;
+        let mut last = Vec::new();
+        loop {
+            last.clear();
+            for &i in among {
+                last.push(self.status(i).await.map(|s| s.leader()).ok());
+            }
+            if let Some(Some(l)) = last.first() {
+                if *l != 0 && last.iter().all(|x| *x == Some(*l)) {
+                    if let Some(li) = self.index_of(*l).filter(|li| among.contains(li)) {
+                        return li;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no common leader among members {among:?} in {LIVENESS:?}; last seen {last:?} (ids {:?})",
+                self.ids
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every member in `among` reports the same revision and raft applied
+    /// index twice in a row (no writes may be running), and returns that revision.
+    pub async fn wait_caught_up(&self, among: &[usize]) -> i64 {
+        let deadline = Instant::now() + LIVENESS;
+        let mut prev = None;
+        loop {
+            let mut seen = Vec::new();
+            for &i in among {
+                seen.push(self.status(i).await.ok().map(|s| {
+                    (
+                        s.header().map_or(0, |h| h.revision()),
+                        s.raft_applied_index(),
+                    )
+                }));
+            }
+            let same = seen.iter().all(|s| s.is_some() && *s == seen[0]);
+            if same && prev.as_ref() == Some(&seen) {
+                return seen[0].unwrap().0;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members {among:?} did not converge in {LIVENESS:?}: (revision, applied index) {seen:?}"
+            );
+            prev = Some(seen);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// HashKV at `rev` on every member in `among`; asserts they are all equal.
+    pub async fn assert_hash_kv_equal(&self, among: &[usize], rev: i64) -> u32 {
+        let mut hashes = Vec::new();
+        for &i in among {
+            let h = self
+                .client(i)
+                .await
+                .hash_kv(rev)
+                .await
+                .unwrap_or_else(|e| panic!("hash_kv({rev}) on m{i}: {e}"));
+            hashes.push((i, h.hash(), h.header().map_or(0, |h| h.revision())));
+        }
+        assert!(
+            hashes.iter().all(|h| h.1 == hashes[0].1),
+            "HashKV at revision {rev} differs: (member, hash, revision) {hashes:?}"
+        );
+        hashes[0].1
+    }
+
+    /// Starts a member already added with `etcdctl member add` as `name`, joining with
+    /// `--initial-cluster-state existing` and the `initial_cluster` etcdctl printed, and
+    /// waits until it is ready. Returns its index.
+    pub fn add_member(
+        &mut self,
+        server: Server,
+        name: &str,
+        id: u64,
+        initial_cluster: &str,
+    ) -> usize {
+        let mut m = server;
+        let args = member_args(
+            &m,
+            name,
+            initial_cluster,
+            "existing",
+            &self.token,
+            &self.extra,
+        );
+        m.set_args(args);
+        m.spawn();
+        m.wait_ready(LIVENESS);
+        self.members.push(m);
+        self.names.push(name.to_string());
+        self.ids.push(id);
+        self.members.len() - 1
+    }
+}
+
+fn member_args(
+    m: &Server,
+    name: &str,
+    initial_cluster: &str,
+    state: &str,
+    token: &str,
+    extra: &[String],
+) -> Vec<String> {
+    let (client, peer) = (m.client_url(), m.peer_url());
+    let mut a: Vec<String> = [
+        "--name",
+        name,
+        "--data-dir",
+        m.data_dir.to_str().unwrap(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-token",
+        token,
+        "--initial-cluster-state",
+        state,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().cloned());
+    a
 }
