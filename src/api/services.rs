@@ -243,7 +243,12 @@ impl Services {
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
-            errors: Vec::new(),
+            // etcd reports a member without a leader this way (its alarms come here too).
+            errors: if s.leader == 0 {
+                vec![EtcdError::NoLeader.status().message]
+            } else {
+                Vec::new()
+            },
             db_size_in_use: s.db_size_in_use_bytes,
             is_learner: s.is_learner,
             ..Default::default()

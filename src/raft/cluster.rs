@@ -636,6 +636,12 @@ impl RaftCore {
     /// Answers "request timed out" to what waited too long, and asks again for ReadIndex
     /// answers that did not come (lost with a leader).
     pub fn expire_requests(&mut self, out: &dyn ReplySink, now: Instant) {
+        while self.held.front().is_some_and(|h| h.3 <= now) {
+            let (from, seq, _, _) = self.held.pop_front().expect("checked");
+            // etcd's raft takes no proposal without a leader; the caller's context ends.
+            let status = Status::new(Code::Unknown, "context deadline exceeded");
+            self.reply(out, from, seq, Err(status));
+        }
         while let Some(&(deadline, from, seq)) = self.proposal_deadlines.front() {
             if deadline > now {
                 break;

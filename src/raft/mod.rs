@@ -169,6 +169,8 @@ pub struct RaftCore {
     checkpoints_pending: Vec<(i64, i64)>,
     /// When expired leases were last looked for.
     last_expiry_check: Instant,
+    /// Writes waiting for a leader: (core, seq, entry, deadline), in arrival order.
+    held: VecDeque<(CoreId, u64, bytes::Bytes, Instant)>,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
     known_leader: u64,
     /// The peer transport (`None` in unit tests of a single member).
@@ -293,6 +295,24 @@ fn no_leader() -> Status {
     crate::api::errors::EtcdError::NoLeader.status()
 }
 
+/// The core and sequence number of a client request (`None`: peer and transport input).
+fn client_request_origin(msg: &ToRaft) -> Option<(CoreId, u64)> {
+    match *msg {
+        ToRaft::Propose { from, seq, .. }
+        | ToRaft::Read { from, seq, .. }
+        | ToRaft::Status { from, seq }
+        | ToRaft::MemberList { from, seq }
+        | ToRaft::HashKv { from, seq, .. }
+        | ToRaft::ReadIndex { from, seq }
+        | ToRaft::LeaseRenew { from, seq, .. }
+        | ToRaft::LeaseTimeToLive { from, seq, .. }
+        | ToRaft::LeaseLeases { from, seq }
+        | ToRaft::Member { from, seq, .. }
+        | ToRaft::MoveLeader { from, seq, .. } => Some((from, seq)),
+        _ => None,
+    }
+}
+
 fn not_for_learner() -> Status {
     crate::api::errors::EtcdError::NotSupportedForLearner.status()
 }
@@ -380,6 +400,7 @@ impl RaftCore {
             round_revoked: Vec::new(),
             checkpoints_pending: Vec::new(),
             last_expiry_check: now,
+            held: VecDeque::new(),
             known_leader: 0,
             transport: None,
             seed_members,
@@ -602,22 +623,26 @@ impl RaftCore {
 
     /// Takes one request from a core.
     pub fn handle(&mut self, msg: ToRaft, out: &dyn ReplySink) {
+        // A learner serves Status and serializable reads only (etcd's interceptor).
+        if let Some((from, seq)) = client_request_origin(&msg) {
+            let allowed = matches!(
+                msg,
+                ToRaft::Status { .. }
+                    | ToRaft::Read {
+                        linearizable: false,
+                        ..
+                    }
+            );
+            if !allowed && self.is_learner() {
+                self.reply(out, from, seq, Err(not_for_learner()));
+                return;
+            }
+        }
         match msg {
             ToRaft::Propose { from, seq, data } => {
-                let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
-                if self.is_learner() {
-                    self.reply(out, from, seq, Err(not_for_learner()));
-                } else if self.node.raft.leader_id == ::raft::INVALID_ID {
-                    self.reply(out, from, seq, Err(no_leader()));
-                } else if let Err(e) = self.node.propose(ctx, data.to_vec()) {
-                    let status = match e {
-                        ::raft::Error::ProposalDropped => no_leader(),
-                        e => Status::new(Code::Internal, format!("raft: {e}")),
-                    };
-                    self.reply(out, from, seq, Err(status));
-                } else {
-                    self.track_proposal(from, seq);
-                }
+                let deadline = Instant::now() + self.request_timeout;
+                self.held.push_back((from, seq, data, deadline));
+                self.propose_held(out);
             }
             ToRaft::Read {
                 from,
@@ -625,9 +650,7 @@ impl RaftCore {
                 op,
                 linearizable,
             } => {
-                if linearizable && self.is_learner() {
-                    self.reply(out, from, seq, Err(not_for_learner()));
-                } else if linearizable {
+                if linearizable {
                     let deadline = Instant::now() + self.request_timeout;
                     self.reads_waiting.push(PendingRead {
                         from,
@@ -641,10 +664,6 @@ impl RaftCore {
                 }
             }
             ToRaft::ReadIndex { from, seq } => {
-                if self.is_learner() {
-                    self.reply(out, from, seq, Err(not_for_learner()));
-                    return;
-                }
                 let deadline = Instant::now() + self.request_timeout;
                 self.reads_waiting.push(PendingRead {
                     from,
@@ -812,6 +831,29 @@ impl RaftCore {
             .contains(&self.opts.member_id)
     }
 
+    /// Proposes the writes that wait for a leader (all of them, once one is known). Like
+    /// etcd, a write waits while there is no leader and gives up at the request timeout.
+    fn propose_held(&mut self, out: &dyn ReplySink) {
+        while self.node.raft.leader_id != ::raft::INVALID_ID {
+            let Some((from, seq, data, deadline)) = self.held.pop_front() else {
+                break;
+            };
+            let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
+            match self.node.propose(ctx, data.to_vec()) {
+                Ok(()) => self.track_proposal(from, seq),
+                // A leader transfer in progress: wait for its outcome.
+                Err(::raft::Error::ProposalDropped) => {
+                    self.held.push_front((from, seq, data, deadline));
+                    break;
+                }
+                Err(e) => {
+                    let status = Status::new(Code::Internal, format!("raft: {e}"));
+                    self.reply(out, from, seq, Err(status));
+                }
+            }
+        }
+    }
+
     /// Remembers a proposal of this member, to answer "request timed out" if it is never
     /// applied (raft dropped it, or the leader it went to died).
     fn track_proposal(&mut self, from: CoreId, seq: u64) {
@@ -941,6 +983,7 @@ impl RaftCore {
             // Applying the bootstrap conf changes can make this member the only voter, and
             // a new leader's first commit unblocks ReadIndex: check both every round.
             self.campaign_if_alone();
+            self.propose_held(out);
             self.request_read_index();
             if !self.node.has_ready() {
                 break;
@@ -1323,6 +1366,10 @@ impl RaftCore {
         all.extend(self.reads_indexed.drain(..).flat_map(|(_, r)| r));
         for r in all {
             self.reply(out, r.from, r.seq, Err(status.clone()));
+        }
+        let held: Vec<(CoreId, u64)> = self.held.drain(..).map(|h| (h.0, h.1)).collect();
+        for (from, seq) in held {
+            self.reply(out, from, seq, Err(status.clone()));
         }
         let proposals: Vec<(CoreId, u64)> = self.proposals.drain().map(|(k, _)| k).collect();
         for (from, seq) in proposals {
