@@ -69,6 +69,7 @@ pub const FRAME_BYTES_MAX: usize = 512 << 20;
 pub const PEER_QUEUE_MAX: usize = 8192;
 /// Db records per snapshot chunk, by bytes.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+const STREAM_READ_BUFFER_BYTES: usize = 256 << 10;
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -97,6 +98,8 @@ pub struct Transport {
     inbox: Rc<LocalSender<ToRaft>>,
     /// `member/snap`: where received snapshots are built.
     snap_dir: PathBuf,
+    /// A snapshot is being received (one at a time: they share `db.recv`).
+    receiving: Cell<bool>,
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -111,7 +114,9 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+async fn read_frame(
+    s: &mut (impl futures_lite::AsyncRead + Unpin),
+) -> std::io::Result<(u8, Vec<u8>)> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -203,6 +208,7 @@ impl Transport {
             peers: RefCell::new(HashMap::new()),
             inbox,
             snap_dir,
+            receiving: Cell::new(false),
         })
     }
 
@@ -442,12 +448,22 @@ impl Transport {
                     .await?;
                 Ok(())
             }
-            PURPOSE_SNAPSHOT => self.receive_snapshot(s, hello.from).await,
+            PURPOSE_SNAPSHOT => {
+                if self.receiving.replace(true) {
+                    // Another one is arriving: this sender fails and raft retries later.
+                    return Err(invalid("a snapshot is already being received"));
+                }
+                let res = self.receive_snapshot(s, hello.from).await;
+                self.receiving.set(false);
+                res
+            }
             _ => self.read_stream(s, hello.from).await,
         }
     }
 
-    async fn read_stream(&self, mut s: TcpStream, from: u64) -> std::io::Result<()> {
+    async fn read_stream(&self, s: TcpStream, from: u64) -> std::io::Result<()> {
+        // Buffered: a batch of small frames costs one read, not two per frame.
+        let mut s = futures_lite::io::BufReader::with_capacity(STREAM_READ_BUFFER_BYTES, s);
         loop {
             let (kind, payload) = read_frame(&mut s).await?;
             if self.view.borrow().removed.contains(&from) {
