@@ -114,7 +114,10 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
 fn reexec() -> std::io::Error {
     use std::os::unix::process::CommandExt;
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        for fd in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        for fd in dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
             if fd > 2 {
                 // SAFETY: only sets the close-on-exec flag of a descriptor number.
                 unsafe {

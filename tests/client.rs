@@ -6,8 +6,8 @@ mod common;
 
 use common::{connect, grpc_status, is_keel, runtime, Server};
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, Error, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 
 fn keys(r: &etcd_client::GetResponse) -> Vec<String> {

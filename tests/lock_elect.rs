@@ -15,8 +15,8 @@ mod common;
 
 use common::{connect, grpc_status, runtime, Server};
 use etcd_client::{
-    Client, Error, GetOptions, LeaderKey, LeaseGrantOptions, LockOptions, ObserveStream,
-    ProclaimOptions, ResignOptions,
+    GetOptions, LeaderKey, LeaseGrantOptions, LockOptions, ObserveStream, ProclaimOptions,
+    ResignOptions,
 };
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};

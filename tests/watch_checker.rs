@@ -540,15 +540,12 @@ async fn reader(
     ws
 }
 
+/// key -> (value, create, mod, version)
+type KeyState = BTreeMap<String, (String, i64, i64, i64)>;
+
 /// The full expected events per revision, with create/version/prev from replaying history.
-fn expand(
-    history: &BTreeMap<i64, Vec<Rec>>,
-) -> (
-    BTreeMap<i64, Vec<Ev>>,
-    BTreeMap<String, (String, i64, i64, i64)>,
-) {
-    // key -> (value, create, mod, version)
-    let mut state: BTreeMap<String, (String, i64, i64, i64)> = BTreeMap::new();
+fn expand(history: &BTreeMap<i64, Vec<Rec>>) -> (BTreeMap<i64, Vec<Ev>>, KeyState) {
+    let mut state: KeyState = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (&rev, recs) in history {
         let mut evs = Vec::new();

@@ -293,13 +293,11 @@ pub fn encode_member_entry(m: &MemberEntry) -> Bytes {
             id,
             name,
             client_urls,
-        } => raft_request::Request::MemberAttributes(
-            crate::pb::keel::internal::MemberAttributes {
-                id: *id,
-                name: name.clone(),
-                client_urls: client_urls.clone(),
-            },
-        ),
+        } => raft_request::Request::MemberAttributes(crate::pb::keel::internal::MemberAttributes {
+            id: *id,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        }),
     };
     Bytes::from(
         RaftRequest {

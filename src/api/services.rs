@@ -488,6 +488,16 @@ pub fn router(s: Rc<Services>) -> Router {
     r
 }
 
+fn pb_member(m: MemberInfo) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,15 +575,5 @@ mod tests {
                 );
             }
         });
-    }
-}
-
-fn pb_member(m: MemberInfo) -> pb::Member {
-    pb::Member {
-        id: m.id,
-        name: m.name,
-        peer_ur_ls: m.peer_urls,
-        client_ur_ls: m.client_urls,
-        is_learner: m.is_learner,
     }
 }

@@ -107,7 +107,10 @@ fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardRepl
         Ok(ReplyBody::LeaseRenewed { revision, results }) => {
             forward_reply::Reply::LeaseRenewed(LeaseRenewed {
                 revision,
-                ttl: results.iter().map(|r| r.map_or(0, |(ttl, _)| ttl)).collect(),
+                ttl: results
+                    .iter()
+                    .map(|r| r.map_or(0, |(ttl, _)| ttl))
+                    .collect(),
                 remaining_us: results
                     .iter()
                     .map(|r| {
@@ -261,8 +264,14 @@ impl RaftCore {
             return;
         }
         let deadline = Instant::now() + self.request_timeout;
-        self.forwarding
-            .insert(id, Forwarding { from, seq, deadline });
+        self.forwarding.insert(
+            id,
+            Forwarding {
+                from,
+                seq,
+                deadline,
+            },
+        );
     }
 
     /// Keep-alives on a member that does not time leases go to the leader, each with how
@@ -293,8 +302,7 @@ impl RaftCore {
         id: i64,
         keys: bool,
     ) {
-        let request =
-            forward::Request::LeaseTimeToLive(pb::LeaseTimeToLiveRequest { id, keys });
+        let request = forward::Request::LeaseTimeToLive(pb::LeaseTimeToLiveRequest { id, keys });
         self.send_forward(out, from, seq, request);
     }
 
@@ -314,9 +322,7 @@ impl RaftCore {
                     .iter()
                     .zip(r.age_us.iter())
                     .map(|(&id, &age)| {
-                        let at = now
-                            .checked_sub(Duration::from_micros(age))
-                            .unwrap_or(now);
+                        let at = now.checked_sub(Duration::from_micros(age)).unwrap_or(now);
                         (id, at)
                     })
                     .collect(),
@@ -426,7 +432,12 @@ impl RaftCore {
         }
     }
 
-    fn propose_member_change(&mut self, from: CoreId, seq: u64, op: MemberOp) -> Result<(), Status> {
+    fn propose_member_change(
+        &mut self,
+        from: CoreId,
+        seq: u64,
+        op: MemberOp,
+    ) -> Result<(), Status> {
         let members = self.members();
         let find = |id: u64| members.iter().find(|m| m.id == id);
         let url_taken = |urls: &[String], except: u64| {
@@ -504,12 +515,10 @@ impl RaftCore {
                     .map_err(|_| no_leader());
             }
         }
-        self.node
-            .propose_conf_change(ctx, cc)
-            .map_err(|e| match e {
-                ::raft::Error::ProposalDropped => no_leader(),
-                e => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
-            })
+        self.node.propose_conf_change(ctx, cc).map_err(|e| match e {
+            ::raft::Error::ProposalDropped => no_leader(),
+            e => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
+        })
     }
 
     /// Applies a membership record entry (peer URL update or published attributes).
@@ -561,7 +570,13 @@ impl RaftCore {
             return Ok(());
         }
         let members = self.members();
-        self.reply_to_entry(e, Ok(ReplyBody::MemberChanged { member: None, members }));
+        self.reply_to_entry(
+            e,
+            Ok(ReplyBody::MemberChanged {
+                member: None,
+                members,
+            }),
+        );
         Ok(())
     }
 
@@ -574,8 +589,7 @@ impl RaftCore {
         let Some((name, client_urls)) = self.opts.publish.clone() else {
             return;
         };
-        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term()
-        {
+        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term() {
             return;
         }
         let now = Instant::now();

@@ -1069,7 +1069,10 @@ impl RaftCore {
         if leader == ::raft::INVALID_ID {
             crate::runtime::log::info(
                 "raft",
-                &format!("raft.node: {me:x} lost leader {:x} at term {term}", self.known_leader),
+                &format!(
+                    "raft.node: {me:x} lost leader {:x} at term {term}",
+                    self.known_leader
+                ),
             );
         } else {
             crate::runtime::log::info(
@@ -1100,8 +1103,9 @@ impl RaftCore {
         self.broadcast_index = Some(self.applied_index);
         let mut replies = std::mem::take(&mut self.round_replies);
         if replies.iter().any(|(to, _)| *to == cluster::FORWARDED) {
-            let (fwd, local): (Vec<_>, Vec<_>) =
-                replies.into_iter().partition(|(to, _)| *to == cluster::FORWARDED);
+            let (fwd, local): (Vec<_>, Vec<_>) = replies
+                .into_iter()
+                .partition(|(to, _)| *to == cluster::FORWARDED);
             for (_, r) in fwd {
                 self.reply_forwarded(r);
             }
@@ -1275,10 +1279,13 @@ impl RaftCore {
             self.exit = Some(Exit::Removed);
         }
         let member = (!removed).then(|| cluster::member_info(&record));
-        self.reply_to_entry(e, Ok(ReplyBody::MemberChanged {
-            member,
-            members: self.members(),
-        }));
+        self.reply_to_entry(
+            e,
+            Ok(ReplyBody::MemberChanged {
+                member,
+                members: self.members(),
+            }),
+        );
         Ok(())
     }
 

@@ -227,7 +227,10 @@ impl Transport {
                             glommio::spawn_local(async move {
                                 if let Err(e) = me.serve(conn).await {
                                     if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                                        log::info("rafthttp", &format!("peer connection closed: {e}"));
+                                        log::info(
+                                            "rafthttp",
+                                            &format!("peer connection closed: {e}"),
+                                        );
                                     }
                                 }
                             })
@@ -372,10 +375,7 @@ impl Transport {
                     }
                     Err(e) => {
                         if !reported {
-                            log::warning(
-                                "rafthttp",
-                                &format!("peer {id:x} became inactive: {e}"),
-                            );
+                            log::warning("rafthttp", &format!("peer {id:x} became inactive: {e}"));
                         }
                         reported = true;
                     }
@@ -479,8 +479,8 @@ impl Transport {
                         if rest.len() < 4 + len {
                             return Err(invalid("truncated raft message"));
                         }
-                        let m = RaftMessage::parse_from_bytes(&rest[4..4 + len])
-                            .map_err(invalid)?;
+                        let m =
+                            RaftMessage::parse_from_bytes(&rest[4..4 + len]).map_err(invalid)?;
                         msgs.push(m);
                         rest = &rest[4 + len..];
                     }
@@ -505,8 +505,15 @@ impl Transport {
     /// whether it arrived.
     pub fn send_snapshot(self: &Rc<Self>, msg: RaftMessage, snap: ReadSnapshot) {
         let to = msg.to;
-        let Some(addrs) = self.peers.borrow().get(&to).map(|p| p.addrs.borrow().clone()) else {
-            let _ = self.inbox.try_send(ToRaft::SnapshotReport { to, ok: false });
+        let Some(addrs) = self
+            .peers
+            .borrow()
+            .get(&to)
+            .map(|p| p.addrs.borrow().clone())
+        else {
+            let _ = self
+                .inbox
+                .try_send(ToRaft::SnapshotReport { to, ok: false });
             return;
         };
         let me = self.clone();
@@ -651,7 +658,10 @@ fn insert_records(db: &mut Db, payload: &[u8]) -> std::io::Result<()> {
 }
 
 /// The records of one snapshot chunk; a truncated or unknown record refuses the chunk.
-fn parse_records(mut rest: &[u8]) -> std::io::Result<Vec<(TreeId, &[u8], &[u8])>> {
+/// One db record of a snapshot chunk: its tree, key and value.
+type Record<'a> = (TreeId, &'a [u8], &'a [u8]);
+
+fn parse_records(mut rest: &[u8]) -> std::io::Result<Vec<Record<'_>>> {
     fn take<'a>(rest: &mut &'a [u8], n: usize) -> std::io::Result<&'a [u8]> {
         if rest.len() < n {
             return Err(invalid("truncated snapshot record"));
@@ -719,7 +729,12 @@ mod tests {
         };
         let b = decode_app_meta(&encode_app_meta(&a)).unwrap();
         assert_eq!(
-            (b.consistent_index, b.consistent_term, b.current_revision, b.compact_revision),
+            (
+                b.consistent_index,
+                b.consistent_term,
+                b.current_revision,
+                b.compact_revision
+            ),
             (7, 3, 99, -1)
         );
         assert!(decode_app_meta(&[0; 31]).is_err());

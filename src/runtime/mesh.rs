@@ -103,10 +103,20 @@ pub enum ToRaft {
 /// A membership change, as etcd's Cluster service asks for it.
 #[derive(Debug, Clone)]
 pub enum MemberOp {
-    Add { peer_urls: Vec<String>, learner: bool },
-    Remove { id: u64 },
-    Update { id: u64, peer_urls: Vec<String> },
-    Promote { id: u64 },
+    Add {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+    Promote {
+        id: u64,
+    },
 }
 
 /// Sender: the raft core. Receiver: the `RaftClient` of the core that sent the request.

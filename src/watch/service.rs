@@ -53,21 +53,20 @@ pub async fn serve(node: Rc<Node>, mut req: Request, res: Responses) -> Result<(
         use pb::watch_request::RequestUnion;
         match request.request_union {
             Some(RequestUnion::CreateRequest(c)) => create(&node, stream, &res, c).await?,
-            Some(RequestUnion::CancelRequest(c)) => {
-                if hub.cancel(stream, c.watch_id) {
-                    let rev = node.watermark().revision;
-                    send(
-                        &res,
-                        pb::WatchResponse {
-                            header: Some(header(&node, rev)),
-                            watch_id: c.watch_id,
-                            canceled: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                }
+            Some(RequestUnion::CancelRequest(c)) if hub.cancel(stream, c.watch_id) => {
+                let rev = node.watermark().revision;
+                send(
+                    &res,
+                    pb::WatchResponse {
+                        header: Some(header(&node, rev)),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
             }
+            Some(RequestUnion::CancelRequest(_)) => {}
             Some(RequestUnion::ProgressRequest(_)) => {
                 let rev = node.watermark().revision;
                 send(
@@ -117,12 +116,10 @@ async fn create(
     };
     let filter_put = c
         .filters
-        .iter()
-        .any(|f| *f == pb::watch_create_request::FilterType::Noput as i32);
+        .contains(&(pb::watch_create_request::FilterType::Noput as i32));
     let filter_delete = c
         .filters
-        .iter()
-        .any(|f| *f == pb::watch_create_request::FilterType::Nodelete as i32);
+        .contains(&(pb::watch_create_request::FilterType::Nodelete as i32));
     let spec = CreateSpec {
         key,
         range_end: c.range_end.to_vec(),
