@@ -12,8 +12,14 @@
 //!    │                 the raft core in batches (ToRaft::LeaseRenew), no raft entry
 //!    │ Lock/Election ► api::concurrency: txns through raft, waits on core-local
 //!    │                 subscriptions (Node::subscribe) to key-range changes
+//!    │ Member*/MoveLeader ──ToRaft::Member / MoveLeader──► raft core (the leader decides)
 //!    └ Put/Delete/Txn/Compact/LeaseGrant/LeaseRevoke ──ToRaft::Propose──► raft core
 //!  raft core ──► wal::Wal::append + sync  (one write + one fdatasync per batch)
+//!      │◄──────► raft::transport (peer port): raft message batches to and from the other
+//!      │         members; a follower's proposals and ReadIndex go to the leader inside
+//!      │         raft, its keep-alives, TimeToLive and membership changes as forwarded
+//!      │         requests (raft::cluster); a lagging member gets the db streamed in
+//!      │         chunks and boots again on it
 //!      │         raft::lessor: lease deadlines; expired leases revoked through raft
 //!      └──► mvcc::Store::apply (put / delete / txn / compact / lease grant / revoke)
 //!               ├─ mvcc::KeyIndex      key → generations of revisions (memory)

@@ -19,9 +19,19 @@
 //!    replay at restart), and every `snapshot_count` entries mark a snapshot and release
 //!    old WAL segments.
 //!
+//! Peers (`transport.rs`, `cluster.rs`): raft messages leave through the transport after
+//! each `Ready` (entries go out before this member's own fdatasync, so the leader's and the
+//! followers' syncs overlap); a follower's writes and ReadIndex reach the leader inside
+//! raft, and the requests raft has no message for (keep-alives, TimeToLive, membership
+//! changes) are forwarded. A follower too far behind the leader's log gets a snapshot: the
+//! leader streams its published db, the follower builds it beside its own, moves it into
+//! place, marks it in the WAL and boots again on it (the same path as a restart, so the
+//! shards, watchers and lease caches of every core start from it; clients of that member
+//! reconnect). This differs from etcd, which swaps the backend in place.
+//!
 //! Invariants:
-//! - A client hears about a write only after its entry is durable in the WAL (on a quorum,
-//!   once there are peers) and applied.
+//! - A client hears about a write only after its entry is durable in the WAL on a quorum
+//!   and applied on the member it asked.
 //! - Entries are applied in index order, each once: `Store::apply_at` skips indexes at or
 //!   below the db's consistent index, and raft starts with `applied` = that index.
 //! - The raft conf state and the member records are written in the same db transaction as
