@@ -844,6 +844,8 @@ impl RaftCore {
     /// Proposes the writes that wait for a leader (all of them, once one is known). Like
     /// etcd, a write waits while there is no leader and gives up at the request timeout.
     fn propose_held(&mut self, out: &dyn ReplySink) {
+        // First settle proposals sent to a leader that is gone (see `leader_changed`).
+        self.leader_changed(self.node.raft.leader_id, out);
         while self.node.raft.leader_id != ::raft::INVALID_ID {
             let Some((from, seq, data, deadline)) = self.held.pop_front() else {
                 break;
@@ -999,9 +1001,6 @@ impl RaftCore {
                 break;
             }
             let mut rd = self.node.ready();
-            if let Some(ss) = rd.ss() {
-                self.leader_changed(ss.leader_id, out);
-            }
             self.send_messages(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 // Snapshots from the leader are installed by the transport as a new db
