@@ -210,6 +210,23 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_describes_the_applied_state() {
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3];
+        let mut log = LogStore::new(HardState::default(), cs, 0, 0);
+        // Nothing applied yet: raft is told to retry later.
+        assert!(log.snapshot(0, 2).is_err());
+        log.set_snapshot_source(42, 3);
+        let snap = log.snapshot(40, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, 42);
+        assert_eq!(snap.get_metadata().term, 3);
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+        assert!(snap.data.is_empty(), "the db travels beside the message");
+        // Asked for more than is applied: not yet.
+        assert!(log.snapshot(43, 2).is_err());
+    }
+
+    #[test]
     fn append_overwrites_the_suffix_and_compact_keeps_the_term() {
         let mut log = LogStore::new(HardState::default(), ConfState::default(), 0, 0);
         log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
