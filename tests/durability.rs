@@ -210,3 +210,21 @@ fn a_damaged_db_is_refused_naming_the_file() {
         "the message names the db: {log}"
     );
 }
+
+#[test]
+fn a_second_server_on_a_used_port_exits_with_etcds_bind_error() {
+    let first = Server::start("dur-port-a", &[]);
+    let mut second = Server::unstarted("dur-port-b");
+    // The first server's client port: both run, so without the check the kernel would
+    // share it between them (every core binds with SO_REUSEPORT).
+    second.client_port = first.client_port;
+    let (code, log) = second
+        .run_expecting_exit(Duration::from_secs(10))
+        .expect("the second server stops at once");
+    assert_ne!(code, 0);
+    let want = format!("listen tcp 127.0.0.1:{}: bind: ", first.client_port);
+    assert!(
+        log.contains(&want) && log.to_lowercase().contains("address already in use"),
+        "{log}"
+    );
+}

@@ -149,6 +149,7 @@ fn tune_malloc() {
 /// Boots the member and serves until a signal stops it (or it is removed from the
 /// cluster, or must boot again on a snapshot from the leader).
 pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
+    check_addresses_free(&opts)?;
     tune_malloc();
     install_signal_thread();
     let raft_core = CoreId(0);
@@ -184,6 +185,21 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
         Ok(Err(e)) => Err(e),
         Err(e) => Err(format!("raft core: {e}")),
     }
+}
+
+/// Fails like etcd when another process holds a client or peer address. Every core binds
+/// with SO_REUSEPORT, which would otherwise let a second server on the same port share
+/// its connections silently: a plain bind first tells.
+fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
+    for addr in opts.listen_client_addrs.iter().chain(&opts.listen_peer_addrs) {
+        if addr.port() == 0 {
+            continue;
+        }
+        std::net::TcpListener::bind(addr)
+            .map(drop)
+            .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+    }
+    Ok(())
 }
 
 /// etcd's readiness lines (the e2e suite and the test harness wait for them), printed once
