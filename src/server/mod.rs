@@ -195,11 +195,51 @@ fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
         if addr.port() == 0 {
             continue;
         }
-        std::net::TcpListener::bind(addr)
-            .map(drop)
-            .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            // A plain bind also fails on TIME_WAIT remnants of a previous run; only a
+            // socket listening there now is a conflict.
+            if e.kind() != std::io::ErrorKind::AddrInUse || listening_on(addr) {
+                return Err(format!("listen tcp {addr}: bind: {e}"));
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether some socket listens on `addr`'s port at its IP or a wildcard, per
+/// /proc/net/tcp{,6} (state 0A is LISTEN; IPv4 addresses are printed as the in-memory
+/// word, so 127.0.0.1 reads 0100007F).
+fn listening_on(addr: &SocketAddr) -> bool {
+    let mut found = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A")) = (cols.get(1), cols.get(3)) else {
+                continue;
+            };
+            let Some((ip_hex, port_hex)) = local.split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
+                continue;
+            }
+            let ip_matches = match (ip_hex.len(), addr.ip()) {
+                (8, std::net::IpAddr::V4(want)) => u32::from_str_radix(ip_hex, 16)
+                    .map(|w| {
+                        let ip = std::net::Ipv4Addr::from(w.to_le_bytes());
+                        ip == want || ip.is_unspecified() || want.is_unspecified()
+                    })
+                    .unwrap_or(true),
+                // IPv6 (or a v4 address on a v6 socket): the port decides.
+                _ => true,
+            };
+            found |= ip_matches;
+        }
+    }
+    found
 }
 
 /// etcd's readiness lines (the e2e suite and the test harness wait for them), printed once
