@@ -62,6 +62,10 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Keel's own `--cores N`; `None` means all available cores.
     pub cores: Option<usize>,
+    /// Keel's own `--cpu-list c0,c1,…`: the CPU each core's executor is pinned to (core i
+    /// on the i-th; empty: core i on CPU i). Several members on one machine use it to
+    /// keep their raft cores apart.
+    pub cpu_list: Vec<usize>,
     /// Keel's own `--shard-split-keys k1,k2,…`: where the key-range shards split (empty:
     /// chosen from the keys in the store at boot).
     pub shard_split_keys: Vec<Vec<u8>>,
@@ -298,6 +302,7 @@ const SPECS: &[Spec] = &[
     spec("config", Ignored, "", Silent),
     spec("config-file", Str, "", Keel),
     spec("cores", Uint, "", Keel),
+    spec("cpu-list", Str, "", Keel),
     spec("cors", Str, "*", Silent),
     spec("data-dir", Str, "", Keel),
     spec("debug", Bool, "false", Silent),
@@ -1049,10 +1054,23 @@ fn build(
              supported"
         ));
     };
-    let cores = match values.get("cores") {
+    let mut cores = match values.get("cores") {
         None => None,
         Some(_) => Some(check_cores(uint_value(values, "cores")?, cores_available)?),
     };
+    let cpu_list = cpu_list(raw(values, "cpu-list"), cores_available)?;
+    if !cpu_list.is_empty() {
+        match cores {
+            Some(n) if n > cpu_list.len() => {
+                return invalid(format!(
+                    "--cpu-list names {} CPUs for --cores {n}",
+                    cpu_list.len()
+                ))
+            }
+            Some(_) => {}
+            None => cores = Some(cpu_list.len()),
+        }
+    }
     Ok(Config {
         name,
         data_dir,
@@ -1071,6 +1089,7 @@ fn build(
         election_timeout_ms,
         quota_backend_bytes,
         cores,
+        cpu_list,
         shard_split_keys: raw(values, "shard-split-keys")
             .split(',')
             .filter(|k| !k.is_empty())
@@ -1232,6 +1251,25 @@ fn positive(values: &Values, name: &'static str) -> Result<usize, ConfigError> {
     }
 }
 
+/// `--cpu-list 1,0`: distinct CPU numbers below the available count.
+fn cpu_list(value: &str, cores_available: usize) -> Result<Vec<usize>, ConfigError> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in value.split(',') {
+        match part.trim().parse::<usize>() {
+            Ok(n) if n < cores_available && !out.contains(&n) => out.push(n),
+            _ => {
+                return invalid(format!(
+                    "--cpu-list must list distinct CPUs below {cores_available} (set to {value:?})"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn check_cores(cores: u64, cores_available: usize) -> Result<usize, ConfigError> {
     match usize::try_from(cores) {
         Ok(n) if (1..=cores_available).contains(&n) => Ok(n),
@@ -1362,6 +1400,7 @@ Member:
   --max-request-bytes '1572864'         largest client request accepted
   --quota-backend-bytes '0'             database size limit (0 means 2 GiB)
   --cores N                             cores to run on (default: all available)
+  --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)
 
 Clustering:
   --initial-advertise-peer-urls 'http://localhost:2380'

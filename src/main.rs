@@ -93,6 +93,11 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             publish: Some((cfg.name.clone(), advertise)),
         },
         cores,
+        cpus: if cfg.cpu_list.is_empty() {
+            (0..cores).collect()
+        } else {
+            cfg.cpu_list[..cores].to_vec()
+        },
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,

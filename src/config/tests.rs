@@ -493,6 +493,20 @@ fn cores_must_fit_the_machine() {
 }
 
 #[test]
+fn cpu_list_pins_cores_and_sets_their_count() {
+    let c = ok("--cpu-list 1,0");
+    assert_eq!((c.cpu_list.clone(), c.cores), (vec![1, 0], Some(2)));
+    let c = ok("--cores 1 --cpu-list 3,2");
+    assert_eq!((c.cpu_list.clone(), c.cores), (vec![3, 2], Some(1)));
+    assert!(ok("").cpu_list.is_empty());
+    let message = "--cpu-list must list distinct CPUs below 4";
+    assert!(err("--cpu-list 4").starts_with(message));
+    assert!(err("--cpu-list 1,1").starts_with(message));
+    assert!(err("--cpu-list x").starts_with(message));
+    assert!(err("--cores 3 --cpu-list 0,1").starts_with("--cpu-list names 2 CPUs for --cores 3"));
+}
+
+#[test]
 fn env_sets_unset_flags_and_the_command_line_wins() {
     let vars = env(&[
         ("ETCD_NAME", "from-env"),

@@ -45,6 +45,8 @@ pub struct ServerOptions {
     pub advertise_client_urls: Vec<String>,
     pub raft: RaftOptions,
     pub cores: usize,
+    /// The CPU of each core (`cpus[i]` for core i).
+    pub cpus: Vec<usize>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub watch_progress_notify_interval: std::time::Duration,
@@ -158,7 +160,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     let mut links = links.into_iter();
     let raft_core_links = links.next().expect("at least one core");
     let raft_opts = opts.clone();
-    let raft_handle = executor_builder("keel-core-0", Placement::Fixed(0))
+    let raft_handle = executor_builder("keel-core-0", Placement::Fixed(opts.cpus[0]))
         .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_links, boot_tx))
         .map_err(|e| format!("cannot start the raft core: {e}"))?;
     match boot_rx.recv() {
@@ -176,7 +178,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     for link in links {
         let core_opts = opts.clone();
         let cpu = link.core.0 as usize;
-        executor_builder(&format!("keel-core-{cpu}"), Placement::Fixed(cpu))
+        executor_builder(&format!("keel-core-{cpu}"), Placement::Fixed(core_opts.cpus[cpu]))
             .spawn(move || core_main(core_opts, link))
             .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
     }
