@@ -12,8 +12,7 @@
 //!   `FORWARDED` as its core); a leader never forwards again, so nothing ping-pongs.
 
 use super::{
-    boot_err, encode_context, member_record, no_leader, BootError, Exit, PendingRead, RaftCore,
-    ReplySink,
+    boot_err, encode_context, member_record, no_leader, BootError, PendingRead, RaftCore, ReplySink,
 };
 use crate::api::convert::MemberEntry;
 use crate::api::errors::EtcdError;
@@ -712,11 +711,6 @@ impl RaftCore {
             .sync()
             .await
             .map_err(|e| boot_err(format!("WAL: {e}; stopping")))
-    }
-
-    /// Why the loop should end, if it should.
-    pub fn exit_reason(&self) -> Option<&Exit> {
-        self.exit.as_ref()
     }
 }
 

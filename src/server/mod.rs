@@ -178,9 +178,12 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     for link in links {
         let core_opts = opts.clone();
         let cpu = link.core.0 as usize;
-        executor_builder(&format!("keel-core-{cpu}"), Placement::Fixed(core_opts.cpus[cpu]))
-            .spawn(move || core_main(core_opts, link))
-            .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
+        executor_builder(
+            &format!("keel-core-{cpu}"),
+            Placement::Fixed(core_opts.cpus[cpu]),
+        )
+        .spawn(move || core_main(core_opts, link))
+        .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
     }
     match raft_handle.join() {
         Ok(Ok(exit)) => Ok(exit),
@@ -193,7 +196,11 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
 /// with SO_REUSEPORT, which would otherwise let a second server on the same port share
 /// its connections silently: a plain bind first tells.
 fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
-    for addr in opts.listen_client_addrs.iter().chain(&opts.listen_peer_addrs) {
+    for addr in opts
+        .listen_client_addrs
+        .iter()
+        .chain(&opts.listen_peer_addrs)
+    {
         if addr.port() == 0 {
             continue;
         }
