@@ -135,18 +135,8 @@ impl Cluster {
             .map_err(|e| format!("{}: {e}", m.log.display()))?;
         let c = format!("http://{}", m.client);
         let p = format!("http://{}", m.peer);
-        let child = Command::new(&self.binary)
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(self.data.join(&m.name))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &self.initial_cluster])
+        let data = self.data.join(&m.name);
+        let child = member_command(&self.binary, &m.name, &data, &c, &p, &self.initial_cluster)
             .args([
                 "--initial-cluster-token",
                 &format!("keel-bench-{}", self.system),
@@ -359,6 +349,28 @@ impl Poller {
             r
         })
     }
+}
+
+/// A server started with etcd's flags for one member: name, data dir, client and peer
+/// URLs (listen = advertise) and the initial cluster; the caller adds the rest.
+pub fn member_command(
+    binary: &str,
+    name: &str,
+    data: &std::path::Path,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.args(["--name", name])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", initial_cluster]);
+    cmd
 }
 
 #[cfg(test)]

@@ -97,16 +97,7 @@ fn start_with(
     let log = std::fs::File::create(&log_path).unwrap();
     let c = format!("http://127.0.0.1:{client}");
     let p = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(binary)
-        .args(["--name", name, "--data-dir", data.to_str().unwrap()])
-        .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-        .args([
-            "--listen-peer-urls",
-            &p,
-            "--initial-advertise-peer-urls",
-            &p,
-        ])
-        .args(["--initial-cluster", &format!("{name}={p}")])
+    let child = crate::cluster::member_command(binary, name, &data, &c, &p, &format!("{name}={p}"))
         .args(extra)
         .stdout(log.try_clone().unwrap())
         .stderr(log)

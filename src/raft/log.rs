@@ -211,8 +211,10 @@ mod tests {
 
     #[test]
     fn a_snapshot_describes_the_applied_state() {
-        let mut cs = ConfState::default();
-        cs.voters = vec![1, 2, 3];
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
         let mut log = LogStore::new(HardState::default(), cs, 0, 0);
         // Nothing applied yet: raft is told to retry later.
         assert!(log.snapshot(0, 2).is_err());

@@ -204,16 +204,30 @@ fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
         if addr.port() == 0 {
             continue;
         }
-        if let Err(e) = std::net::TcpListener::bind(addr) {
+        // A member restarted at once can find its previous life's listener still open
+        // for a moment (io_uring tears a ring down after the process exits): wait for it.
+        let deadline = std::time::Instant::now() + ADDRESS_RELEASE_WAIT;
+        loop {
+            let Err(e) = std::net::TcpListener::bind(addr) else {
+                break;
+            };
             // A plain bind also fails on TIME_WAIT remnants of a previous run; only a
             // socket listening there now is a conflict.
-            if e.kind() != std::io::ErrorKind::AddrInUse || listening_on(addr) {
+            let busy = e.kind() != std::io::ErrorKind::AddrInUse || listening_on(addr);
+            if !busy {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
                 return Err(format!("listen tcp {addr}: bind: {e}"));
             }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
     Ok(())
 }
+
+/// How long boot waits for a listener on its address to go away before failing.
+const ADDRESS_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether some socket listens on `addr`'s port at its IP or a wildcard, per
 /// /proc/net/tcp{,6} (state 0A is LISTEN; IPv4 addresses are printed as the in-memory

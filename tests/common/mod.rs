@@ -166,35 +166,13 @@ impl Server {
         if let Some(a) = &self.explicit {
             return a.clone();
         }
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut a: Vec<String> = [
-            "--name",
-            "it",
-            "--data-dir",
-            if self.relative {
-                "data"
-            } else {
-                self.data_dir.to_str().unwrap()
-            },
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("it={peer}"),
-            "--initial-cluster-token",
-            "keel-it",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(self.extra.iter().cloned());
-        a
+        let data = if self.relative {
+            "data"
+        } else {
+            self.data_dir.to_str().unwrap()
+        };
+        let cluster = format!("it={}", self.peer_url());
+        member_args(self, "it", data, &cluster, "new", "keel-it", &self.extra)
     }
 
     /// Starts the binary and returns its exit status if it stops within `wait`.
@@ -411,7 +389,8 @@ impl Cluster {
             .join(",");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for (name, m) in names.iter().zip(members.iter_mut()) {
-            let args = member_args(m, name, &initial_cluster, "new", &token, &extra);
+            let data = m.data_dir.to_str().unwrap().to_string();
+            let args = member_args(m, name, &data, &initial_cluster, "new", &token, &extra);
             m.set_args(args);
         }
         // Every member first: none is ready before a quorum is up.
@@ -576,9 +555,11 @@ impl Cluster {
         initial_cluster: &str,
     ) -> usize {
         let mut m = server;
+        let data = m.data_dir.to_str().unwrap().to_string();
         let args = member_args(
             &m,
             name,
+            &data,
             initial_cluster,
             "existing",
             &self.token,
@@ -594,9 +575,11 @@ impl Cluster {
     }
 }
 
+/// etcd's flags for one member on `m`'s ports and data dir.
 fn member_args(
     m: &Server,
     name: &str,
+    data_dir: &str,
     initial_cluster: &str,
     state: &str,
     token: &str,
@@ -607,7 +590,7 @@ fn member_args(
         "--name",
         name,
         "--data-dir",
-        m.data_dir.to_str().unwrap(),
+        data_dir,
         "--listen-client-urls",
         &client,
         "--advertise-client-urls",
