@@ -1053,3 +1053,27 @@ fn quorum_loss_fails_writes_and_linearizable_reads_and_recovers() {
         }
     });
 }
+
+#[test]
+fn a_wiped_member_restarted_as_new_is_refused() {
+    let mut c = Cluster::start("cl-wiped", 3, &FAST_ELECTIONS);
+    let rt = runtime();
+    rt.block_on(c.wait_leader(&[0, 1, 2]));
+    // Its data dir is lost; it comes back with the same flags (--initial-cluster-state
+    // new) while the others run and list it as started: etcd refuses to start over.
+    let m = c.member(2);
+    m.kill9();
+    std::fs::remove_dir_all(&m.data_dir).unwrap();
+    let (code, log) = m
+        .run_expecting_exit(LIVENESS)
+        .expect("the wiped member refuses to start");
+    assert_ne!(code, 0, "{log}");
+    let id = c.ids[2];
+    assert!(
+        log.contains(&format!("member {id:x} has already been bootstrapped")),
+        "{log}"
+    );
+    // The others still serve (once they agree on a leader: m2 may have led).
+    rt.block_on(c.wait_leader(&[0, 1]));
+    c.members[0].etcdctl(&["put", "after-wipe", "v"]).expect_ok("OK\n");
+}

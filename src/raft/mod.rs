@@ -364,6 +364,8 @@ impl RaftCore {
         } else {
             if opts.join_existing {
                 seed_members = Self::join(&mut opts).await?;
+            } else {
+                Self::check_not_bootstrapped(&opts).await?;
             }
             Self::bootstrap(&opts).await?
         };
@@ -477,6 +479,37 @@ impl RaftCore {
         Ok((wal, log))
     }
 
+    /// A new data dir with `--initial-cluster-state new` while the cluster already runs
+    /// with this member in it (its data dir was wiped, say): refused, as etcd refuses it,
+    /// because starting over would forget the votes it cast. One quick ask of each peer;
+    /// silence (a cluster starting up) lets the boot go on.
+    async fn check_not_bootstrapped(opts: &RaftOptions) -> Result<(), BootError> {
+        let mine = &opts.advertise_peer_urls;
+        let others: Vec<Vec<std::net::SocketAddr>> = opts
+            .initial_members
+            .iter()
+            .filter(|m| m.id != opts.member_id && !m.peer_urls.iter().any(|u| mine.contains(u)))
+            .map(|m| transport::peer_addrs(&m.peer_urls))
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let Ok(info) = transport::fetch_cluster_info(&others, 1).await else {
+            return Ok(());
+        };
+        let started = info
+            .members
+            .iter()
+            .any(|m| m.id == opts.member_id && !m.client_urls.is_empty());
+        if started && info.cluster_id == opts.cluster_id {
+            return Err(boot_err(format!(
+                "member {:x} has already been bootstrapped",
+                opts.member_id
+            )));
+        }
+        Ok(())
+    }
+
     /// A new member of a running cluster (`--initial-cluster-state existing`): its member
     /// and cluster IDs come from the peers, which must already list its peer URLs (added
     /// with MemberAdd); it starts with an empty log and learns everything from the leader.
@@ -488,7 +521,7 @@ impl RaftCore {
             .filter(|m| !m.peer_urls.iter().any(|u| mine.contains(u)))
             .map(|m| transport::peer_addrs(&m.peer_urls))
             .collect();
-        let info = transport::fetch_cluster_info(&others)
+        let info = transport::fetch_cluster_info(&others, 30)
             .await
             .map_err(|e| boot_err(format!("cannot join the cluster: {e}")))?;
         let mut wanted = mine.clone();

@@ -171,13 +171,19 @@ async fn handshake(addrs: &[SocketAddr], hello: &Hello) -> std::io::Result<(TcpS
 
 /// Asks the members at `addrs` (each a member's peer addresses) for the cluster's ID and
 /// members; the first that answers wins. For `--initial-cluster-state existing`.
-pub async fn fetch_cluster_info(addrs: &[Vec<SocketAddr>]) -> Result<ClusterInfo, String> {
+pub async fn fetch_cluster_info(
+    addrs: &[Vec<SocketAddr>],
+    attempts: usize,
+) -> Result<ClusterInfo, String> {
     let hello = Hello {
         purpose: PURPOSE_CLUSTER_INFO,
         ..Default::default()
     };
     let mut errors = Vec::new();
-    for _attempt in 0..30 {
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+        }
         for a in addrs {
             match handshake(a, &hello).await {
                 Ok((mut s, 0)) => match read_frame(&mut s).await {
@@ -191,7 +197,6 @@ pub async fn fetch_cluster_info(addrs: &[Vec<SocketAddr>]) -> Result<ClusterInfo
                 Err(e) => errors.push(format!("{a:?}: {e}")),
             }
         }
-        glommio::timer::sleep(Duration::from_millis(200)).await;
     }
     errors.truncate(4);
     Err(format!(
