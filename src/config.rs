@@ -74,6 +74,8 @@ pub struct Config {
     /// `--experimental-enable-lease-checkpoint`: the leader records each lease's
     /// remaining TTL this often (`None`: off).
     pub lease_checkpoint_interval: Option<std::time::Duration>,
+    /// `--strict-reconfig-check`: refuse membership changes that could cost the quorum.
+    pub strict_reconfig_check: bool,
     /// Flags that were accepted but whose feature is not built (or is ignored).
     pub warnings: Vec<String>,
 }
@@ -467,7 +469,7 @@ const SPECS: &[Spec] = &[
     spec("snapshot", Ignored, "", Silent),
     spec("shard-split-keys", Str, "", Keel),
     spec("snapshot-count", Uint, "100000", Keel),
-    spec("strict-reconfig-check", Bool, "true", Warn(NOT_BUILT)),
+    spec("strict-reconfig-check", Bool, "true", Keel),
     spec("test.coverprofile", Ignored, "", Silent),
     spec("test.outputdir", Ignored, "", Silent),
     spec("tls-max-version", Str, "", Warn(TLS)),
@@ -1116,6 +1118,7 @@ fn build(
                 .unwrap_or(std::time::Duration::from_secs(300))
                 .max(std::time::Duration::from_millis(100))
         }),
+        strict_reconfig_check: parse_go_bool(raw(values, "strict-reconfig-check")) != Ok(false),
         warnings,
     })
 }
@@ -1421,7 +1424,7 @@ Accepted for etcd compatibility (a warning is printed when the feature is not bu
   bootstrap: --discovery --discovery-fallback --discovery-proxy --discovery-srv
        --discovery-srv-name --force-new-cluster
   v2 and proxy: --enable-v2 --experimental-enable-v2v3 --proxy --proxy-*
-  other: --auto-compaction-mode --auto-compaction-retention --strict-reconfig-check
+  other: --auto-compaction-mode --auto-compaction-retention
        --pre-vote --initial-election-tick-advance --max-concurrent-streams
        --grpc-keepalive-* --listen-client-http-urls --listen-metrics-urls
        --unsafe-no-fsync --next-cluster-version-compatible --experimental-*

@@ -91,6 +91,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
                 .map(|u| u.to_string())
                 .collect(),
             publish: Some((cfg.name.clone(), advertise)),
+            strict_reconfig_check: cfg.strict_reconfig_check,
         },
         cores,
         cpus: if cfg.cpu_list.is_empty() {

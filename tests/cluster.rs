@@ -1075,5 +1075,32 @@ fn a_wiped_member_restarted_as_new_is_refused() {
     );
     // The others still serve (once they agree on a leader: m2 may have led).
     rt.block_on(c.wait_leader(&[0, 1]));
-    c.members[0].etcdctl(&["put", "after-wipe", "v"]).expect_ok("OK\n");
+    c.members[0]
+        .etcdctl(&["put", "after-wipe", "v"])
+        .expect_ok("OK\n");
+}
+
+#[test]
+fn strict_reconfig_refuses_a_removal_that_leaves_no_connected_quorum() {
+    let mut c = Cluster::start("cl-strict", 3, &FAST_ELECTIONS);
+    let rt = runtime();
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (down, other) = (followers[0], followers[1]);
+    c.member(down).stop();
+    // etcd counts a peer as connected for 5 s after its last message; Keel for an
+    // election timeout. Past both, removing the other follower would leave the leader
+    // alone in a two-voter cluster: refused (etcd's --strict-reconfig-check, on by default).
+    std::thread::sleep(Duration::from_secs(6));
+    let ep = c.endpoints()[leader].clone();
+    let out = c.members[leader].etcdctl(&[
+        &format!("--endpoints={ep}"),
+        "member",
+        "remove",
+        &hex(c.ids[other]),
+    ]);
+    out.expect_err("etcdserver: unhealthy cluster");
+    // Nothing changed: still three members.
+    let list = c.members[leader].etcdctl(&["member", "list"]);
+    assert_eq!(list.stdout.lines().count(), 3, "{list:?}");
 }

@@ -93,6 +93,11 @@ impl RaftClient {
         self.known_leader.get()
     }
 
+    /// The leader named by the latest round from the raft core.
+    pub fn set_known_leader(&self, leader: u64) {
+        self.known_leader.set(leader);
+    }
+
     /// Hands a reply from the raft core to its waiter (if it is still waiting).
     pub fn deliver(&self, reply: Reply) {
         self.known_leader.set(reply.leader);

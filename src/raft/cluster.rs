@@ -444,6 +444,7 @@ impl RaftCore {
                 .iter()
                 .any(|m| m.id != except && m.peer_urls.iter().any(|u| urls.contains(u)))
         };
+        self.check_reconfig(&op, &members)?;
         let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
         let mut cc = ConfChange::default();
         match op {
@@ -518,6 +519,73 @@ impl RaftCore {
             ::raft::Error::ProposalDropped => no_leader(),
             e => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
         })
+    }
+
+    /// etcd's `--strict-reconfig-check` (on by default): a voter is added or promoted only
+    /// if enough members have started (published) to keep a quorum of the larger
+    /// cluster, and no change may leave fewer connected voters than a quorum.
+    fn check_reconfig(&self, op: &MemberOp, members: &[MemberInfo]) -> Result<(), Status> {
+        if !self.opts.strict_reconfig_check {
+            return Ok(());
+        }
+        let voters: Vec<&MemberInfo> = members.iter().filter(|m| !m.is_learner).collect();
+        // etcd's "started": the member has a name (initial members from the flags, added
+        // ones once they published).
+        let nstarted = voters.iter().filter(|m| !m.name.is_empty()).count();
+        let prs = self.node.raft.prs();
+        let active =
+            |id: u64| id == self.opts.member_id || prs.get(id).is_some_and(|p| p.recent_active);
+        let nactive = voters.iter().filter(|m| active(m.id)).count();
+        let quorum = |n: usize| n / 2 + 1;
+        let not_enough_started = || EtcdError::MemberNotEnoughStarted.status();
+        let unhealthy = || EtcdError::Unhealthy.status();
+        match op {
+            MemberOp::Add { learner: true, .. } | MemberOp::Update { .. } => Ok(()),
+            MemberOp::Add { learner: false, .. } => {
+                let n = voters.len() + 1;
+                // A one-member cluster may grow to two (its new member starts next).
+                if !(nstarted == 1 && n == 2) && nstarted < quorum(n) {
+                    return Err(not_enough_started());
+                }
+                // Connected now: a quorum of the current voters.
+                if nactive < quorum(voters.len()) {
+                    return Err(unhealthy());
+                }
+                Ok(())
+            }
+            MemberOp::Promote { .. } => {
+                let n = voters.len() + 1;
+                if nstarted + 1 < quorum(n) {
+                    return Err(not_enough_started());
+                }
+                if nactive < quorum(voters.len()) {
+                    return Err(unhealthy());
+                }
+                Ok(())
+            }
+            MemberOp::Remove { id } => {
+                if !voters.iter().any(|m| m.id == *id) {
+                    return Ok(());
+                }
+                let left = voters.len() - 1;
+                let started_left = nstarted - usize::from(!self.member_name_empty(members, *id));
+                if left > 0 && started_left < quorum(left) {
+                    return Err(not_enough_started());
+                }
+                let active_left = nactive - usize::from(active(*id));
+                if left > 0 && active_left < quorum(left) {
+                    return Err(unhealthy());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn member_name_empty(&self, members: &[MemberInfo], id: u64) -> bool {
+        members
+            .iter()
+            .find(|m| m.id == id)
+            .is_none_or(|m| m.name.is_empty())
     }
 
     /// Applies a membership record entry (peer URL update or published attributes).

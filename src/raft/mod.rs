@@ -107,6 +107,9 @@ pub struct RaftOptions {
     /// The name and client URLs this member publishes through raft once it has a leader
     /// (`None`: publish nothing, as in the unit tests).
     pub publish: Option<(String, Vec<String>)>,
+    /// `--strict-reconfig-check`: the leader refuses membership changes that could cost
+    /// the quorum (etcd's default).
+    pub strict_reconfig_check: bool,
 }
 
 /// How the raft loop ended.
@@ -169,6 +172,8 @@ pub struct RaftCore {
     round_replies: Vec<(CoreId, Reply)>,
     /// The applied index the cores last heard of (`None`: not yet, send the first round).
     broadcast_index: Option<u64>,
+    /// The leader the cores last heard of (a change alone makes a round).
+    broadcast_leader: u64,
     /// Shard split keys, sent with the first round.
     splits: std::sync::Arc<Vec<Vec<u8>>>,
     /// Lease deadlines (while leader).
@@ -407,6 +412,7 @@ impl RaftCore {
             incarnation: new_incarnation(),
             round_replies: Vec::new(),
             broadcast_index: None,
+            broadcast_leader: 0,
             splits: std::sync::Arc::new(splits),
             lessor: Lessor::with_checkpoints(opts.lease_checkpoint_interval),
             round_revoked: Vec::new(),
@@ -1135,9 +1141,14 @@ impl RaftCore {
     /// Sends the round's changes, published snapshot and write replies to every core,
     /// when anything was applied (or the cores have not heard from the raft core yet).
     fn broadcast(&mut self, out: &dyn ReplySink) {
-        if self.broadcast_index == Some(self.applied_index) && self.round_replies.is_empty() {
+        let leader = self.node.raft.leader_id;
+        if self.broadcast_index == Some(self.applied_index)
+            && self.round_replies.is_empty()
+            && self.broadcast_leader == leader
+        {
             return;
         }
+        self.broadcast_leader = leader;
         let splits = match self.broadcast_index {
             None => Some(self.splits.clone()),
             Some(_) => None,
@@ -1158,6 +1169,7 @@ impl RaftCore {
             revision: self.store.current_revision(),
             compact_revision: self.store.compact_revision(),
             raft_term: self.node.raft.term,
+            leader,
             changes: vec![std::sync::Arc::new(self.store.take_changes())],
             snapshot: self.store.backend().snapshot(),
             replies: Vec::new(),

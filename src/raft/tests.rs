@@ -50,6 +50,7 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         join_existing: false,
         advertise_peer_urls: Vec::new(),
         publish: None,
+        strict_reconfig_check: true,
     }
 }
 

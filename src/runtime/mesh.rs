@@ -179,6 +179,9 @@ pub struct Applied {
     pub revision: i64,
     pub compact_revision: i64,
     pub raft_term: u64,
+    /// The leader as the raft core knows it (0: none): every core learns it from the
+    /// rounds, so `hasleader` requests are judged right on a core that never asked.
+    pub leader: u64,
     /// In chunks (one per round; more when queued rounds were merged), each whole
     /// revisions, in order.
     pub changes: Vec<Arc<Vec<Change>>>,
@@ -199,6 +202,7 @@ impl Applied {
             revision: self.revision,
             compact_revision: self.compact_revision,
             raft_term: self.raft_term,
+            leader: self.leader,
             changes: self.changes.clone(),
             snapshot: self.snapshot.clone(),
             replies: Vec::new(),
@@ -215,6 +219,7 @@ impl Applied {
         self.revision = later.revision;
         self.compact_revision = later.compact_revision;
         self.raft_term = later.raft_term;
+        self.leader = later.leader;
         self.changes.extend(later.changes);
         self.snapshot = later.snapshot;
         self.replies.extend(later.replies);

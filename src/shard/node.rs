@@ -258,6 +258,7 @@ impl Node {
     }
 
     fn apply(self: &Rc<Node>, a: Applied) {
+        self.raft.set_known_leader(a.leader);
         {
             let mut shard = self.shard.borrow_mut();
             match shard.as_mut() {
