@@ -341,11 +341,12 @@ fn every_etcd_34_flag_is_accepted() {
     assert_eq!(config.wal_dir, Some(PathBuf::from("/w")));
     assert_eq!(config.quota_backend_bytes, 8 << 30);
     assert_eq!((config.max_request_bytes, config.max_txn_ops), (10, 2));
+    assert!(!config.strict_reconfig_check);
+    assert!(ok("").strict_reconfig_check, "on by default, as in etcd");
     for flag in [
         "--auth-token",
         "--unsafe-no-fsync",
         "--pre-vote",
-        "--strict-reconfig-check",
     ] {
         assert!(
             has_warning(&config, &format!("{flag}:")),
