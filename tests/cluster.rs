@@ -14,7 +14,8 @@ mod common;
 
 use common::{grpc_status, runtime, Cluster, Server, FAST_ELECTIONS, LIVENESS};
 use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, StatusResponse, Txn, TxnOp, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, StatusResponse,
+    Txn, TxnOp, WatchOptions,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1103,4 +1104,92 @@ fn strict_reconfig_refuses_a_removal_that_leaves_no_connected_quorum() {
     // Nothing changed: still three members.
     let list = c.members[leader].etcdctl(&["member", "list"]);
     assert_eq!(list.stdout.lines().count(), 3, "{list:?}");
+}
+
+#[test]
+fn leases_through_followers_are_kept_alive_and_expire_on_the_leaders_clock() {
+    let c = Cluster::start("cl-lease", 3, &FAST_ELECTIONS);
+    let rt = runtime();
+    rt.block_on(async {
+        let leader = c.wait_leader(&[0, 1, 2]).await;
+        let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let (f, g) = (followers[0], followers[1]);
+        // Granted on one follower, used on the other, kept alive through the second one
+        // for over twice its TTL: keep-alives reach the leader, which times leases.
+        let ttl = 3;
+        let id = c.client(f).await.lease_grant(ttl, None).await.unwrap().id();
+        let mut cg = c.client(g).await;
+        cg.put("lease/kept", "v", Some(PutOptions::new().with_lease(id)))
+            .await
+            .unwrap();
+        let (mut keeper, mut responses) = cg.lease_keep_alive(id).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(2 * ttl as u64 + 1);
+        while Instant::now() < until {
+            keeper.keep_alive().await.unwrap();
+            let r = responses
+                .message()
+                .await
+                .unwrap()
+                .expect("a keep-alive answer");
+            assert_eq!((r.id(), r.ttl()), (id, ttl), "{r:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // TimeToLive asked on a follower: the leader's remaining time and the key.
+        let t = c
+            .client(f)
+            .await
+            .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .unwrap();
+        assert_eq!(t.granted_ttl(), ttl);
+        assert!(t.ttl() > 0 && t.ttl() <= ttl, "{t:?}");
+        assert_eq!(t.keys(), [b"lease/kept".to_vec()]);
+        let kept = c.client(f).await.get("lease/kept", None).await.unwrap();
+        assert_eq!(
+            kept.kvs().len(),
+            1,
+            "the key outlived 2 TTLs while kept alive"
+        );
+        // Left alone, it expires and its key goes on every member.
+        drop(keeper);
+        drop(responses);
+        let deadline = Instant::now() + LIVENESS;
+        loop {
+            let mut gone = true;
+            for i in 0..3 {
+                let r = c.client(i).await.get("lease/kept", None).await.unwrap();
+                gone &= r.kvs().is_empty();
+            }
+            if gone {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the lease never expired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let t = c
+            .client(g)
+            .await
+            .lease_time_to_live(id, None)
+            .await
+            .unwrap();
+        assert_eq!(t.ttl(), -1, "{t:?}");
+        // Revoked through a follower: gone at once, everywhere.
+        let id2 = c.client(g).await.lease_grant(60, None).await.unwrap().id();
+        c.client(f).await.lease_revoke(id2).await.unwrap();
+        let t = c
+            .client(leader)
+            .await
+            .lease_time_to_live(id2, None)
+            .await
+            .unwrap();
+        assert_eq!(t.ttl(), -1, "{t:?}");
+        let e = c.client(f).await.lease_revoke(id2).await.unwrap_err();
+        assert_eq!(
+            grpc_status(e),
+            (
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found".to_string()
+            )
+        );
+    });
 }

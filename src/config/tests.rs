@@ -343,11 +343,7 @@ fn every_etcd_34_flag_is_accepted() {
     assert_eq!((config.max_request_bytes, config.max_txn_ops), (10, 2));
     assert!(!config.strict_reconfig_check);
     assert!(ok("").strict_reconfig_check, "on by default, as in etcd");
-    for flag in [
-        "--auth-token",
-        "--unsafe-no-fsync",
-        "--pre-vote",
-    ] {
+    for flag in ["--auth-token", "--unsafe-no-fsync", "--pre-vote"] {
         assert!(
             has_warning(&config, &format!("{flag}:")),
             "{flag}: {:?}",
