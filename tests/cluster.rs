@@ -832,6 +832,18 @@ fn membership_changes_under_load() {
                 "etcdserver: rpc not supported for learner".to_string()
             )
         );
+        // Nor streams: etcd's stream interceptor refuses Watch and LeaseKeepAlive.
+        let e = match cl.watch("member/", None).await {
+            Ok(mut stream) => stream.message().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(
+            grpc_status(e),
+            (
+                tonic::Code::Unavailable,
+                "etcdserver: rpc not supported for learner".to_string()
+            )
+        );
     });
     load.wait_progress(100, "with a learner");
 

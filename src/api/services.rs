@@ -146,6 +146,15 @@ impl Services {
         }
     }
 
+    /// A learner serves no stream (Watch, LeaseKeepAlive, Observe), as etcd's stream
+    /// interceptor refuses them.
+    fn check_stream(&self) -> Result<(), Status> {
+        if self.client.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner.status());
+        }
+        Ok(())
+    }
+
     /// clientv3's `WithRequireLeader` sends `hasleader: true`: such a request fails at once
     /// while this member knows of no leader, as etcd's interceptor does.
     fn check_leader(&self, md: &HeaderMap) -> Result<(), Status> {
@@ -471,6 +480,7 @@ pub fn router(s: Rc<Services>) -> Router {
             r.route($path, move |req: crate::grpc::Request, res| {
                 let s = s.clone();
                 async move {
+                    s.check_stream()?;
                     s.check_leader(&req.metadata)?;
                     s.$method(req, res).await
                 }
@@ -480,10 +490,18 @@ pub fn router(s: Rc<Services>) -> Router {
     stream!("/etcdserverpb.Lease/LeaseKeepAlive", lease_keep_alive);
     stream!("/v3electionpb.Election/Observe", observe);
     let node = s.node.clone();
+    let watch_s = s.clone();
     r.route_with_queue(
         "/etcdserverpb.Watch/Watch",
         Some(crate::watch::STREAM_QUEUE_MAX),
-        move |req, res| crate::watch::serve(node.clone(), req, res),
+        move |req, res| {
+            let refused = watch_s.check_stream();
+            let node = node.clone();
+            async move {
+                refused?;
+                crate::watch::serve(node, req, res).await
+            }
+        },
     );
     r
 }

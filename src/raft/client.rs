@@ -36,6 +36,7 @@ pub struct RaftClient {
     inflight_max: usize,
     /// The leader named by the latest reply (0: none known).
     known_leader: Cell<u64>,
+    learner: Cell<bool>,
 }
 
 /// etcd's answer when a server cannot take more requests.
@@ -57,6 +58,7 @@ impl RaftClient {
             sender,
             inflight_max,
             known_leader: Cell::new(0),
+            learner: Cell::new(false),
         }
     }
 
@@ -96,6 +98,15 @@ impl RaftClient {
     /// The leader named by the latest round from the raft core.
     pub fn set_known_leader(&self, leader: u64) {
         self.known_leader.set(leader);
+    }
+
+    /// Whether this member is a learner, as of the latest round.
+    pub fn set_learner(&self, learner: bool) {
+        self.learner.set(learner);
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.learner.get()
     }
 
     /// Hands a reply from the raft core to its waiter (if it is still waiting).

@@ -172,8 +172,8 @@ pub struct RaftCore {
     round_replies: Vec<(CoreId, Reply)>,
     /// The applied index the cores last heard of (`None`: not yet, send the first round).
     broadcast_index: Option<u64>,
-    /// The leader the cores last heard of (a change alone makes a round).
-    broadcast_leader: u64,
+    /// The leader and learner flag the cores last heard of (a change alone makes a round).
+    broadcast_leader: (u64, bool),
     /// Shard split keys, sent with the first round.
     splits: std::sync::Arc<Vec<Vec<u8>>>,
     /// Lease deadlines (while leader).
@@ -412,7 +412,7 @@ impl RaftCore {
             incarnation: new_incarnation(),
             round_replies: Vec::new(),
             broadcast_index: None,
-            broadcast_leader: 0,
+            broadcast_leader: (0, false),
             splits: std::sync::Arc::new(splits),
             lessor: Lessor::with_checkpoints(opts.lease_checkpoint_interval),
             round_revoked: Vec::new(),
@@ -1142,13 +1142,14 @@ impl RaftCore {
     /// when anything was applied (or the cores have not heard from the raft core yet).
     fn broadcast(&mut self, out: &dyn ReplySink) {
         let leader = self.node.raft.leader_id;
+        let learner = self.is_learner();
         if self.broadcast_index == Some(self.applied_index)
             && self.round_replies.is_empty()
-            && self.broadcast_leader == leader
+            && self.broadcast_leader == (leader, learner)
         {
             return;
         }
-        self.broadcast_leader = leader;
+        self.broadcast_leader = (leader, learner);
         let splits = match self.broadcast_index {
             None => Some(self.splits.clone()),
             Some(_) => None,
@@ -1170,6 +1171,7 @@ impl RaftCore {
             compact_revision: self.store.compact_revision(),
             raft_term: self.node.raft.term,
             leader,
+            learner,
             changes: vec![std::sync::Arc::new(self.store.take_changes())],
             snapshot: self.store.backend().snapshot(),
             replies: Vec::new(),

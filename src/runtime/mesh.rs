@@ -182,6 +182,8 @@ pub struct Applied {
     /// The leader as the raft core knows it (0: none): every core learns it from the
     /// rounds, so `hasleader` requests are judged right on a core that never asked.
     pub leader: u64,
+    /// This member is a learner (its cores refuse streams, as etcd's interceptor does).
+    pub learner: bool,
     /// In chunks (one per round; more when queued rounds were merged), each whole
     /// revisions, in order.
     pub changes: Vec<Arc<Vec<Change>>>,
@@ -203,6 +205,7 @@ impl Applied {
             compact_revision: self.compact_revision,
             raft_term: self.raft_term,
             leader: self.leader,
+            learner: self.learner,
             changes: self.changes.clone(),
             snapshot: self.snapshot.clone(),
             replies: Vec::new(),
@@ -220,6 +223,7 @@ impl Applied {
         self.compact_revision = later.compact_revision;
         self.raft_term = later.raft_term;
         self.leader = later.leader;
+        self.learner = later.learner;
         self.changes.extend(later.changes);
         self.snapshot = later.snapshot;
         self.replies.extend(later.replies);

@@ -259,6 +259,7 @@ impl Node {
 
     fn apply(self: &Rc<Node>, a: Applied) {
         self.raft.set_known_leader(a.leader);
+        self.raft.set_learner(a.learner);
         {
             let mut shard = self.shard.borrow_mut();
             match shard.as_mut() {

@@ -229,6 +229,7 @@ fn merged_rounds_apply_like_separate_ones() {
                 compact_revision: store.compact_revision(),
                 raft_term: 2,
                 leader: 1,
+                learner: false,
                 changes: vec![Arc::new(store.take_changes())],
                 snapshot: store.backend().snapshot(),
                 replies: Vec::new(),
