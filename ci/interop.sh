@@ -22,17 +22,52 @@ PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA" "$DATA.log"' EXIT
 for _ in $(seq 100); do grep -q "ready to serve" "$DATA.log" && break; sleep 0.1; done
 status=0
-if command -v pip >/dev/null && command -v python3 >/dev/null; then
-  [ -d "$WORK/py/etcd3" ] || pip install -q --target "$WORK/py" etcd3 >/dev/null 2>&1
-  PYTHONPATH="$WORK/py" timeout 60 python3 ci/interop/python_etcd3.py 127.0.0.1 "$PORT" || status=1
+# Both clients against one server: $1 = the client port.
+run_clients() {
+  if command -v pip >/dev/null && command -v python3 >/dev/null; then
+    [ -d "$WORK/py/etcd3" ] || pip install -q --target "$WORK/py" etcd3 >/dev/null 2>&1
+    PYTHONPATH="$WORK/py" KEEL_MEMBERS=${KEEL_MEMBERS:-1} timeout 60 python3 ci/interop/python_etcd3.py 127.0.0.1 "$1" || status=1
+  else
+    echo "interop: python3/pip missing; Python etcd3 skipped"
+  fi
+  if command -v npm >/dev/null && command -v node >/dev/null; then
+    [ -d "$WORK/node/node_modules/etcd3" ] ||
+      (mkdir -p "$WORK/node" && cd "$WORK/node" && npm install -s --no-audit --no-fund etcd3@1 >/dev/null 2>&1)
+    NODE_PATH="$WORK/node/node_modules" KEEL_MEMBERS=${KEEL_MEMBERS:-1} timeout 60 node ci/interop/node_etcd3.js "127.0.0.1:$1" || status=1
+  else
+    echo "interop: node/npm missing; Node etcd3 skipped"
+  fi
+}
+run_clients "$PORT"
+kill $PID; wait $PID 2>/dev/null || true
+
+# The same clients against a follower of a 3-member cluster: their writes, leases,
+# keep-alives and locks go through it to the leader.
+read -r -a P <<<"$(python3 -c 'import socket
+ss=[socket.socket() for _ in range(6)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))')"
+CLUSTER="m0=http://127.0.0.1:${P[3]},m1=http://127.0.0.1:${P[4]},m2=http://127.0.0.1:${P[5]}"
+PIDS=()
+for i in 0 1 2; do
+  c=${P[$i]}; p=${P[$((i + 3))]}
+  "$KEEL" --name "m$i" --data-dir "$DATA/m$i" --listen-client-urls "http://127.0.0.1:$c" \
+    --advertise-client-urls "http://127.0.0.1:$c" --listen-peer-urls "http://127.0.0.1:$p" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$p" --initial-cluster "$CLUSTER" \
+    >"$DATA.m$i.log" 2>&1 &
+  PIDS+=($!)
+done
+trap 'kill ${PIDS[*]} 2>/dev/null; wait ${PIDS[*]} 2>/dev/null; rm -rf "$DATA" "$DATA".*' EXIT
+for i in 0 1 2; do
+  for _ in $(seq 200); do grep -q "ready to serve" "$DATA.m$i.log" && break; sleep 0.1; done
+done
+EPS="127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}"
+FOLLOWER=$(etcdctl --endpoints="$EPS" endpoint status 2>/dev/null |
+  awk -F', ' '$5 == "false" { print $1; exit }')
+if [ -n "$FOLLOWER" ]; then
+  echo "interop: against follower $FOLLOWER of a 3-member cluster"
+  KEEL_MEMBERS=3 run_clients "${FOLLOWER##*:}"
 else
-  echo "interop: python3/pip missing; Python etcd3 skipped"
-fi
-if command -v npm >/dev/null && command -v node >/dev/null; then
-  [ -d "$WORK/node/node_modules/etcd3" ] ||
-    (mkdir -p "$WORK/node" && cd "$WORK/node" && npm install -s --no-audit --no-fund etcd3@1 >/dev/null 2>&1)
-  NODE_PATH="$WORK/node/node_modules" timeout 60 node ci/interop/node_etcd3.js "127.0.0.1:$PORT" || status=1
-else
-  echo "interop: node/npm missing; Node etcd3 skipped"
+  echo "interop: the 3-member cluster elected no leader"; status=1
 fi
 exit $status
