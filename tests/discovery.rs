@@ -12,10 +12,8 @@
 
 mod common;
 
-use common::{runtime, Server};
+use common::{runtime, Server, Spawned};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,8 +123,7 @@ struct Service {
     name: String,
     addr: String,
     lease_hex: String,
-    keep_alive: Child,
-    out: Arc<Mutex<String>>,
+    keep_alive: Spawned,
 }
 
 impl Service {
@@ -146,41 +143,17 @@ impl Service {
             addr,
         ])
         .expect_ok("OK\n");
-        let mut keep_alive = Command::new("etcdctl")
-            .arg(format!("--endpoints={}", s.endpoint()))
-            .args(["lease", "keep-alive", &lease_hex])
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcdctl is installed");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut stdout = keep_alive.stdout.take().unwrap();
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let svc = Service {
+        let keep_alive = s.etcdctl_spawn(&["lease", "keep-alive", &lease_hex]);
+        keep_alive.wait_for(
+            &format!("lease {lease_hex} keepalived with TTL({TTL_S})\n"),
+            WAIT,
+        );
+        Service {
             name: name.to_string(),
             addr: addr.to_string(),
             lease_hex,
             keep_alive,
-            out,
-        };
-        svc.wait_output(&format!(
-            "lease {} keepalived with TTL({TTL_S})\n",
-            svc.lease_hex
-        ));
-        svc
+        }
     }
 
     fn key(&self) -> String {
@@ -193,33 +166,16 @@ impl Service {
 
     #[track_caller]
     fn wait_output(&self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.out.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "{}'s keep-alive printed no {text:?}: {:?}",
-                self.name,
-                self.out.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.keep_alive.wait_for(text, WAIT);
     }
 
     fn running(&mut self) -> bool {
-        self.keep_alive.try_wait().unwrap().is_none()
+        self.keep_alive.running()
     }
 
     /// kill -9 of this service's keep-alive process, by its PID.
     fn kill9(&mut self) {
-        self.keep_alive.kill().unwrap();
-        self.keep_alive.wait().unwrap();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.keep_alive.kill();
-        let _ = self.keep_alive.wait();
+        self.keep_alive.kill9();
     }
 }
 

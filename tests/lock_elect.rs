@@ -18,119 +18,10 @@ use etcd_client::{
     GetOptions, LeaderKey, LeaseGrantOptions, LockOptions, ObserveStream, ProclaimOptions,
     ResignOptions,
 };
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// An etcdctl child (same flags as `Server::etcdctl`) whose stdout and stderr are
-/// collected by threads. Dropping it kills it, by its own PID.
-struct Ctl {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
-}
-
-impl Ctl {
-    fn spawn(s: &Server, args: &[&str]) -> Ctl {
-        let mut child = Command::new("etcdctl")
-            .arg(format!("--endpoints={}", s.endpoint()))
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl is installed");
-        let collect = |mut from: Box<dyn Read + Send>| {
-            let sink = Arc::new(Mutex::new(String::new()));
-            let to = sink.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = from.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    to.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-            sink
-        };
-        let out = collect(Box::new(child.stdout.take().unwrap()));
-        let err = collect(Box::new(child.stderr.take().unwrap()));
-        Ctl { child, out, err }
-    }
-
-    fn stdout(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-
-    /// Waits (10 s at most, or `wait`) until stdout has `n` lines; returns stdout.
-    #[track_caller]
-    fn wait_lines(&self, n: usize, wait: Duration) -> String {
-        let deadline = Instant::now() + wait;
-        loop {
-            let o = self.stdout();
-            if o.matches('\n').count() >= n {
-                return o;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcdctl printed no {n} lines in {wait:?}: {o:?}, stderr {:?}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Sends `sig` (a name for kill(1)) to this child only.
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-
-    /// Waits (10 s at most) for the child to exit.
-    #[track_caller]
-    fn exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(100));
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcdctl did not exit: {:?} {:?}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The keys under `prefix` with their (lease, create_revision), in key order.
 fn keys_under(s: &Server, prefix: &str) -> Vec<(String, i64, i64)> {
@@ -186,7 +77,7 @@ fn key_lease(key: &str) -> String {
 #[test]
 fn etcdctl_lock_waits_for_the_holder_to_unlock_on_sigint() {
     let s = Server::start("le-lock", &[]);
-    let mut a = Ctl::spawn(&s, &["lock", "mylock"]);
+    let mut a = s.etcdctl_spawn(&["lock", "mylock"]);
     let out = a.wait_lines(2, WAIT);
     // The key, then its (empty) value.
     let key_a = out.strip_suffix("\n\n").expect(&out).to_string();
@@ -201,7 +92,7 @@ fn etcdctl_lock_waits_for_the_holder_to_unlock_on_sigint() {
     s.etcdctl(&["get", &key_a])
         .expect_ok(&format!("{key_a}\n\n"));
 
-    let mut b = Ctl::spawn(&s, &["lock", "mylock"]);
+    let mut b = s.etcdctl_spawn(&["lock", "mylock"]);
     // B has put its own key and now waits behind A's.
     let keys = wait_keys(&s, "mylock/", 2);
     let (key_b, lease_b, rev_b) = keys.iter().find(|k| k.0 != key_a).unwrap().clone();
@@ -233,12 +124,12 @@ fn etcdctl_lock_waits_for_the_holder_to_unlock_on_sigint() {
 fn etcdctl_lock_holder_killed_releases_when_its_session_expires() {
     let s = Server::start("le-lock-kill", &[]);
     let ttl_s = 5;
-    let mut a = Ctl::spawn(&s, &["lock", &format!("--ttl={ttl_s}"), "mylock"]);
+    let mut a = s.etcdctl_spawn(&["lock", &format!("--ttl={ttl_s}"), "mylock"]);
     let key_a = a.wait_lines(2, WAIT).trim_end().to_string();
     let lease_a = key_lease(&key_a);
     let t = s.etcdctl(&["lease", "timetolive", &lease_a]);
     assert!(t.stdout.contains("granted with TTL(5s)"), "{t:?}");
-    let mut b = Ctl::spawn(&s, &["lock", "mylock"]);
+    let mut b = s.etcdctl_spawn(&["lock", "mylock"]);
     wait_keys(&s, "mylock/", 2);
 
     // kill -9: no unlock; A's key goes only when its session lease expires.
@@ -294,8 +185,8 @@ fn etcdctl_lock_runs_a_command_holding_the_lock() {
 #[test]
 fn etcdctl_elect_campaign_listen_and_failover() {
     let s = Server::start("le-elect", &[]);
-    let listen = Ctl::spawn(&s, &["elect", "-l", "ele"]);
-    let mut a = Ctl::spawn(&s, &["elect", "ele", "p1"]);
+    let listen = s.etcdctl_spawn(&["elect", "-l", "ele"]);
+    let mut a = s.etcdctl_spawn(&["elect", "ele", "p1"]);
     let out_a = a.wait_lines(2, WAIT);
     let (key_a, val) = out_a.trim_end().split_once('\n').expect(&out_a);
     assert_eq!(val, "p1");
@@ -311,10 +202,10 @@ fn etcdctl_elect_campaign_listen_and_failover() {
     );
 
     // B waits behind A; a second listener started now prints the current leader.
-    let mut b = Ctl::spawn(&s, &["elect", "ele", "p2"]);
+    let mut b = s.etcdctl_spawn(&["elect", "ele", "p2"]);
     let keys = wait_keys(&s, "ele/", 2);
     let key_b = keys.iter().find(|k| k.0 != key_a).unwrap().0.clone();
-    let late = Ctl::spawn(&s, &["elect", "-l", "ele"]);
+    let late = s.etcdctl_spawn(&["elect", "-l", "ele"]);
     assert_eq!(late.wait_lines(2, WAIT), out_a);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(b.stdout(), "");
@@ -329,7 +220,7 @@ fn etcdctl_elect_campaign_listen_and_failover() {
 
     // C waits; B is killed (no resign). Its key stays until its session lease (60 s)
     // ends, which revoking the lease stands in for; then C leads.
-    let c = Ctl::spawn(&s, &["elect", "ele", "p3"]);
+    let c = s.etcdctl_spawn(&["elect", "ele", "p3"]);
     let keys = wait_keys(&s, "ele/", 2);
     let key_c = keys.iter().find(|k| k.0 != key_b).unwrap().0.clone();
     b.child.kill().unwrap();

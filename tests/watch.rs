@@ -9,14 +9,11 @@
 
 mod common;
 
-use common::{connect, runtime, Server};
+use common::{connect, runtime, Server, Spawned};
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, Event, EventType, GetOptions, Txn, TxnOp,
     WatchFilterType, WatchOptions, WatchResponse, WatchStream,
 };
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -645,54 +642,25 @@ fn progress_requests_and_progress_notify() {
 // ---------------------------------------------------------------------------------------
 // etcdctl watch
 
-/// An `etcdctl watch ...` child whose stdout is collected by a thread.
-struct Watcher {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
+/// An `etcdctl watch ...` child (see `common::Spawned`).
+struct Watcher(Spawned);
 
 impl Watcher {
     fn spawn(s: &Server, args: &[&str]) -> Watcher {
-        let mut child = Command::new("etcdctl")
-            .arg(format!("--endpoints={}", s.endpoint()))
-            .arg("watch")
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl is installed");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().unwrap();
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            if !s.is_empty() {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&format!("<stderr>{s}</stderr>"));
-            }
-        });
-        Watcher { child, out }
+        let mut all = vec!["watch"];
+        all.extend_from_slice(args);
+        Watcher(s.etcdctl_spawn(&all))
     }
 
+    /// Stdout, then stderr (if any) marked `<stderr>…</stderr>`, so an exact comparison
+    /// also fails on an error message.
     fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
+        let (out, err) = (self.0.stdout(), self.0.stderr());
+        if err.is_empty() {
+            out
+        } else {
+            format!("{out}<stderr>{err}</stderr>")
+        }
     }
 
     /// Waits (10 s at most) until the output contains `text`; returns the output.
@@ -752,17 +720,7 @@ impl Watcher {
     }
 
     fn stdin(&mut self, line: &str) {
-        let i = self.child.stdin.as_mut().unwrap();
-        i.write_all(line.as_bytes()).unwrap();
-        i.flush().unwrap();
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        // Only this child, by its own PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.stdin(line);
     }
 }
 
@@ -803,7 +761,7 @@ fn etcdctl_watch_rev_replays() {
     let mut w = Watcher::spawn(&s, &["--rev", "2", "key"]);
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(st) = w.child.try_wait().unwrap() {
+        if let Some(st) = w.0.child.try_wait().unwrap() {
             break st;
         }
         assert!(

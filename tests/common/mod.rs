@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An etcd-client connection to `s`.
@@ -269,6 +270,23 @@ impl Server {
         self.etcdctl_stdin(args, "")
     }
 
+    /// Starts etcdctl (API v3) against this server without waiting for it: for the
+    /// commands that keep running (watch, lock, elect, lease keep-alive).
+    pub fn etcdctl_spawn(&self, args: &[&str]) -> Spawned {
+        let mut child = Command::new("etcdctl")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl is installed (ci/deps.sh installs Debian's etcd-client)");
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        Spawned { child, out, err }
+    }
+
     pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Ctl {
         let mut child = Command::new("etcdctl")
             .arg(format!("--endpoints={}", self.endpoint()))
@@ -298,6 +316,129 @@ impl Drop for Server {
         } else {
             eprintln!("server dir kept: {}", self.dir.display());
         }
+    }
+}
+
+/// A thread that appends everything `from` yields to the returned string.
+fn collect(mut from: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let sink = Arc::new(Mutex::new(String::new()));
+    let to = sink.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            to.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    sink
+}
+
+/// A running etcdctl child (`Server::etcdctl_spawn`) whose stdout and stderr threads
+/// collect. Dropping it kills it, by its own PID.
+pub struct Spawned {
+    pub child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+/// How long a `Spawned` wait lasts at most unless told otherwise.
+pub const SPAWNED_WAIT: Duration = Duration::from_secs(10);
+
+impl Spawned {
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Waits (`wait` at most) until stdout contains `text`; returns stdout.
+    #[track_caller]
+    pub fn wait_for(&self, text: &str, wait: Duration) -> String {
+        self.wait_until(wait, &format!("no {text:?}"), |o| o.contains(text))
+    }
+
+    /// Waits (`wait` at most) until stdout has `n` lines; returns stdout.
+    #[track_caller]
+    pub fn wait_lines(&self, n: usize, wait: Duration) -> String {
+        self.wait_until(wait, &format!("no {n} lines"), |o| {
+            o.matches('\n').count() >= n
+        })
+    }
+
+    #[track_caller]
+    fn wait_until(&self, wait: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let o = self.stdout();
+            if done(&o) {
+                return o;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcdctl printed {what} in {wait:?}: {o:?}, stderr {:?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends `sig` (a name for kill(1)) to this child only.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// kill -9 of this child, by its PID; returns once it is gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits (`SPAWNED_WAIT` at most) for the child to exit.
+    #[track_caller]
+    pub fn exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + SPAWNED_WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcdctl did not exit: {:?} {:?}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes `line` to the child's stdin (etcdctl watch -i).
+    pub fn stdin(&mut self, line: &str) {
+        let i = self.child.stdin.as_mut().unwrap();
+        i.write_all(line.as_bytes()).unwrap();
+        i.flush().unwrap();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
