@@ -90,6 +90,70 @@ fn new_member_id(peer_urls: &[String]) -> u64 {
     crate::config::member_id(peer_urls, &now.to_string())
 }
 
+// ---- forwarded keep-alives on the wire ---------------------------------------------------
+
+/// Keep-alives with their receive times, as ages at `now` (clocks differ between members;
+/// an age does not).
+fn renewals_to_wire(renewals: &[(i64, Instant)], now: Instant) -> LeaseRenew {
+    LeaseRenew {
+        ids: renewals.iter().map(|&(id, _)| id).collect(),
+        age_us: renewals
+            .iter()
+            .map(|&(_, at)| now.saturating_duration_since(at).as_micros() as u64)
+            .collect(),
+    }
+}
+
+/// The leader's side: each keep-alive's receive time on its own clock.
+fn renewals_from_wire(r: &LeaseRenew, now: Instant) -> Vec<(i64, Instant)> {
+    r.ids
+        .iter()
+        .zip(r.age_us.iter())
+        .map(|(&id, &age)| {
+            let at = now.checked_sub(Duration::from_micros(age)).unwrap_or(now);
+            (id, at)
+        })
+        .collect()
+}
+
+// ---- forwarded membership changes on the wire ------------------------------------------
+
+fn forward_request(op: MemberOp) -> forward::Request {
+    match op {
+        MemberOp::Add { peer_urls, learner } => forward::Request::MemberAdd(pb::MemberAddRequest {
+            peer_ur_ls: peer_urls,
+            is_learner: learner,
+        }),
+        MemberOp::Remove { id } => forward::Request::MemberRemove(pb::MemberRemoveRequest { id }),
+        MemberOp::Update { id, peer_urls } => {
+            forward::Request::MemberUpdate(pb::MemberUpdateRequest {
+                id,
+                peer_ur_ls: peer_urls,
+            })
+        }
+        MemberOp::Promote { id } => {
+            forward::Request::MemberPromote(pb::MemberPromoteRequest { id })
+        }
+    }
+}
+
+/// The membership change a forwarded request carries (`None`: not a membership change).
+fn member_op(request: forward::Request) -> Option<MemberOp> {
+    Some(match request {
+        forward::Request::MemberAdd(a) => MemberOp::Add {
+            peer_urls: a.peer_ur_ls,
+            learner: a.is_learner,
+        },
+        forward::Request::MemberRemove(r) => MemberOp::Remove { id: r.id },
+        forward::Request::MemberUpdate(u) => MemberOp::Update {
+            id: u.id,
+            peer_urls: u.peer_ur_ls,
+        },
+        forward::Request::MemberPromote(p) => MemberOp::Promote { id: p.id },
+        forward::Request::LeaseRenew(_) | forward::Request::LeaseTimeToLive(_) => return None,
+    })
+}
+
 // ---- forwarded replies on the wire ----------------------------------------------------
 
 fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardReply {
@@ -282,14 +346,7 @@ impl RaftCore {
         seq: u64,
         renewals: Vec<(i64, Instant)>,
     ) {
-        let now = Instant::now();
-        let request = forward::Request::LeaseRenew(LeaseRenew {
-            ids: renewals.iter().map(|&(id, _)| id).collect(),
-            age_us: renewals
-                .iter()
-                .map(|&(_, at)| now.saturating_duration_since(at).as_micros() as u64)
-                .collect(),
-        });
+        let request = forward::Request::LeaseRenew(renewals_to_wire(&renewals, Instant::now()));
         self.send_forward(out, from, seq, request);
     }
 
@@ -316,15 +373,7 @@ impl RaftCore {
             Some(forward::Request::LeaseRenew(r)) => ToRaft::LeaseRenew {
                 from,
                 seq,
-                renewals: r
-                    .ids
-                    .iter()
-                    .zip(r.age_us.iter())
-                    .map(|(&id, &age)| {
-                        let at = now.checked_sub(Duration::from_micros(age)).unwrap_or(now);
-                        (id, at)
-                    })
-                    .collect(),
+                renewals: renewals_from_wire(&r, now),
             },
             Some(forward::Request::LeaseTimeToLive(t)) => ToRaft::LeaseTimeToLive {
                 from,
@@ -332,31 +381,9 @@ impl RaftCore {
                 id: t.id,
                 keys: t.keys,
             },
-            Some(forward::Request::MemberAdd(a)) => ToRaft::Member {
-                from,
-                seq,
-                op: MemberOp::Add {
-                    peer_urls: a.peer_ur_ls,
-                    learner: a.is_learner,
-                },
-            },
-            Some(forward::Request::MemberRemove(r)) => ToRaft::Member {
-                from,
-                seq,
-                op: MemberOp::Remove { id: r.id },
-            },
-            Some(forward::Request::MemberUpdate(u)) => ToRaft::Member {
-                from,
-                seq,
-                op: MemberOp::Update {
-                    id: u.id,
-                    peer_urls: u.peer_ur_ls,
-                },
-            },
-            Some(forward::Request::MemberPromote(p)) => ToRaft::Member {
-                from,
-                seq,
-                op: MemberOp::Promote { id: p.id },
+            Some(r) => match member_op(r) {
+                Some(op) => ToRaft::Member { from, seq, op },
+                None => unreachable!("lease requests are matched above"),
             },
             None => {
                 self.reply(
@@ -402,27 +429,7 @@ impl RaftCore {
         op: MemberOp,
     ) {
         if self.node.raft.state != StateRole::Leader {
-            let request = match op {
-                MemberOp::Add { peer_urls, learner } => {
-                    forward::Request::MemberAdd(pb::MemberAddRequest {
-                        peer_ur_ls: peer_urls,
-                        is_learner: learner,
-                    })
-                }
-                MemberOp::Remove { id } => {
-                    forward::Request::MemberRemove(pb::MemberRemoveRequest { id })
-                }
-                MemberOp::Update { id, peer_urls } => {
-                    forward::Request::MemberUpdate(pb::MemberUpdateRequest {
-                        id,
-                        peer_ur_ls: peer_urls,
-                    })
-                }
-                MemberOp::Promote { id } => {
-                    forward::Request::MemberPromote(pb::MemberPromoteRequest { id })
-                }
-            };
-            self.send_forward(out, from, seq, request);
+            self.send_forward(out, from, seq, forward_request(op));
             return;
         }
         match self.propose_member_change(from, seq, op) {
@@ -811,6 +818,43 @@ mod tests {
         let s = decode_forward_reply(err).unwrap_err();
         assert_eq!(s.code, Code::NotFound);
         assert_eq!(s.message, "etcdserver: member not found");
+    }
+
+    #[test]
+    fn a_forwarded_keep_alive_keeps_its_age() {
+        let now = Instant::now();
+        let sent = [(7, now - Duration::from_millis(30)), (8, now)];
+        let wire = renewals_to_wire(&sent, now);
+        assert_eq!(wire.age_us, vec![30_000, 0]);
+        // Received 5 ms later on the leader's clock: each stamp moves back by its age.
+        let later = now + Duration::from_millis(5);
+        let got = renewals_from_wire(&wire, later);
+        assert_eq!(
+            got,
+            vec![(7, later - Duration::from_millis(30)), (8, later)]
+        );
+    }
+
+    #[test]
+    fn forwarded_membership_changes_round_trip() {
+        let ops = [
+            MemberOp::Add {
+                peer_urls: vec!["http://a:1".into()],
+                learner: true,
+            },
+            MemberOp::Remove { id: 3 },
+            MemberOp::Update {
+                id: 4,
+                peer_urls: vec!["http://b:2".into()],
+            },
+            MemberOp::Promote { id: 5 },
+        ];
+        for op in ops {
+            let back = member_op(forward_request(op.clone())).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{op:?}"));
+        }
+        let renew = forward::Request::LeaseRenew(LeaseRenew::default());
+        assert!(member_op(renew).is_none());
     }
 
     #[test]

@@ -117,19 +117,48 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 async fn read_frame(
     s: &mut (impl futures_lite::AsyncRead + Unpin),
 ) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     if len == 0 || len > FRAME_BYTES_MAX {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("peer frame of {len} bytes"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await?;
-    let kind = buf.remove(0);
-    Ok((kind, buf))
+    let mut payload = vec![0u8; len - 1];
+    s.read_exact(&mut payload).await?;
+    Ok((head[4], payload))
+}
+
+/// The messages of a `RAFT` frame's payload.
+fn parse_raft_frame(mut rest: &[u8]) -> std::io::Result<Vec<RaftMessage>> {
+    let mut msgs = Vec::new();
+    while !rest.is_empty() {
+        let len = rest
+            .get(..4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .filter(|&len| rest.len() >= 4 + len)
+            .ok_or_else(|| invalid("truncated raft message"))?;
+        msgs.push(RaftMessage::parse_from_bytes(&rest[4..4 + len]).map_err(invalid)?);
+        rest = &rest[4 + len..];
+    }
+    Ok(msgs)
+}
+
+/// Appends one `RAFT` frame holding `msgs` to `out`, each message encoded in place.
+fn push_raft_frame(out: &mut Vec<u8>, msgs: &[RaftMessage]) {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, KIND_RAFT]);
+    for m in msgs {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        m.write_to_vec(out).expect("raft message encodes");
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 fn invalid(what: impl std::fmt::Display) -> std::io::Error {
@@ -397,13 +426,7 @@ impl Transport {
             let msgs = std::mem::take(&mut *peer.raft.borrow_mut());
             let mut buf = std::mem::take(&mut *peer.frames.borrow_mut());
             if !msgs.is_empty() {
-                let mut payload = Vec::new();
-                for m in &msgs {
-                    let bytes = m.write_to_bytes().expect("raft message encodes");
-                    payload.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                    payload.extend_from_slice(&bytes);
-                }
-                push_frame(&mut buf, KIND_RAFT, &payload);
+                push_raft_frame(&mut buf, &msgs);
             }
             if buf.is_empty() {
                 continue;
@@ -476,21 +499,7 @@ impl Transport {
                 return Ok(());
             }
             let msg = match kind {
-                KIND_RAFT => {
-                    let mut msgs = Vec::new();
-                    let mut rest = &payload[..];
-                    while rest.len() >= 4 {
-                        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-                        if rest.len() < 4 + len {
-                            return Err(invalid("truncated raft message"));
-                        }
-                        let m =
-                            RaftMessage::parse_from_bytes(&rest[4..4 + len]).map_err(invalid)?;
-                        msgs.push(m);
-                        rest = &rest[4 + len..];
-                    }
-                    ToRaft::Peer(msgs)
-                }
+                KIND_RAFT => ToRaft::Peer(parse_raft_frame(&payload)?),
                 KIND_FORWARD => ToRaft::Forwarded {
                     member: from,
                     fwd: Forward::decode(&payload[..]).map_err(invalid)?,
@@ -757,5 +766,22 @@ mod tests {
         assert!(parse_records(&chunk[..chunk.len() - 1]).is_err());
         assert!(parse_records(&[TREE_COUNT as u8, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert_eq!(frame(9, b"ab"), vec![0, 0, 0, 3, 9, b'a', b'b']);
+    }
+
+    #[test]
+    fn a_raft_frame_holds_its_messages_length_prefixed() {
+        let m = RaftMessage {
+            to: 7,
+            commit: 42,
+            ..Default::default()
+        };
+        let mut out = vec![1, 2];
+        push_raft_frame(&mut out, &[m.clone(), m.clone()]);
+        let frame = &out[2..];
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!((len, frame[4]), (frame.len() - 4, KIND_RAFT));
+        assert_eq!(parse_raft_frame(&frame[5..]).unwrap(), vec![m.clone(), m]);
+        assert!(parse_raft_frame(&frame[5..frame.len() - 1]).is_err());
+        assert!(parse_raft_frame(&[0, 0]).is_err());
     }
 }
