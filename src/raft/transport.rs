@@ -603,7 +603,7 @@ impl Transport {
         }
         let msg = RaftMessage::parse_from_bytes(&payload).map_err(invalid)?;
         let path = self.snap_dir.join("db.recv");
-        let _ = std::fs::remove_file(&path);
+        let _ = glommio::io::remove(&path).await;
         let mut db = Db::open(&path, DbOptions::default())
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -622,7 +622,7 @@ impl Transport {
         if app.consistent_index <= applied {
             // Nothing new: let raft answer the message from the log it has.
             drop(db);
-            let _ = std::fs::remove_file(&path);
+            let _ = glommio::io::remove(&path).await;
             s.write_all(&[0]).await?;
             let _ = self.inbox.send(ToRaft::Peer(vec![msg])).await;
             return Ok(());
@@ -634,7 +634,7 @@ impl Transport {
         db.close()
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        install(&path, &self.snap_dir.join("db"))?;
+        install(&path, &self.snap_dir.join("db")).await?;
         log::notice(
             "etcdserver",
             &format!(
@@ -655,10 +655,12 @@ impl Transport {
 }
 
 /// Moves the received db over the live one, durably (rename, then the directory fsync).
-fn install(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::rename(from, to)?;
+async fn install(from: &Path, to: &Path) -> std::io::Result<()> {
+    let io = |e: glommio::GlommioError<()>| std::io::Error::other(e.to_string());
+    glommio::io::rename(from, to).await.map_err(io)?;
     if let Some(dir) = to.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        let d = glommio::io::Directory::open(dir).await.map_err(io)?;
+        d.sync().await.map_err(io)?;
     }
     Ok(())
 }
