@@ -7,6 +7,7 @@
 //! - `codec`:   5-byte length-prefixed messages, receive limit.
 //! - `status`:  `Code`, `Status`, `grpc-status` / percent-encoded `grpc-message`.
 //! - `timeout`: `grpc-timeout` values.
+//! - `client`:  the client side (bench, chaos harness): connect, unary calls, bidi streams.
 //! - `server`:  accept loop, connection task, stream task, `Router`, `Request`, `Responses`.
 //!
 //! Runs on: every core. Each core binds the client address with SO_REUSEPORT, accepts its
@@ -25,6 +26,7 @@
 //! - h2 spawns nothing: the connection future is driven by a `glommio::spawn_local` task;
 //!   h2's PING replies and window updates happen while that task polls it.
 
+pub mod client;
 pub mod codec;
 pub mod server;
 pub mod status;

@@ -1,0 +1,186 @@
+//! A small gRPC client over h2 on glommio: unary calls and bidi streams, enough to drive
+//! etcd and Keel alike (the benchmark's load generator, the chaos harness's clients). It
+//! encodes with prost and never allocates more than the messages. Cheap on purpose: on a
+//! 2-core machine the client competes with the server.
+//!
+//! Runs on: the glommio executor of whoever calls it (not on a server core).
+
+use bytes::{Buf, Bytes, BytesMut};
+use glommio::net::TcpStream;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use crate::grpc::codec;
+use prost::Message;
+use std::net::SocketAddr;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+/// How a call failed: the gRPC status (code and message), or a transport error.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CallError {
+    Status(u32, String),
+    Transport(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Status(code, msg) => write!(f, "grpc-status {code}: {msg}"),
+            CallError::Transport(e) => write!(f, "transport: {e}"),
+        }
+    }
+}
+
+fn transport(e: impl std::fmt::Display) -> CallError {
+    CallError::Transport(e.to_string())
+}
+
+pub type Conn = SendRequest<Bytes>;
+
+pub async fn connect(addr: SocketAddr) -> Result<Conn, CallError> {
+    let stream = TcpStream::connect(addr).await.map_err(transport)?;
+    stream.set_nodelay(true).ok();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_concurrent_reset_streams(1024)
+        .handshake(stream.compat())
+        .await
+        .map_err(transport)?;
+    glommio::spawn_local(async move {
+        let _ = connection.await;
+    })
+    .detach();
+    Ok(client)
+}
+
+fn request(path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://keel{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("static request parts")
+}
+
+fn status_of(trailers: Option<&http::HeaderMap>) -> Result<(), CallError> {
+    let Some(t) = trailers else {
+        return Err(CallError::Status(2, "no trailers".into()));
+    };
+    let code: u32 = t
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    if code == 0 {
+        return Ok(());
+    }
+    let msg = t
+        .get("grpc-message")
+        .map(|v| crate::grpc::status::percent_decode(v.as_bytes()))
+        .unwrap_or_default();
+    Err(CallError::Status(code, msg))
+}
+
+/// One unary call: `M` in, `R` out.
+pub async fn unary<M: Message, R: Message + Default>(
+    conn: &Conn,
+    path: &str,
+    message: &M,
+) -> Result<R, CallError> {
+    let mut ready = conn.clone().ready().await.map_err(transport)?;
+    let (response, mut send) = ready
+        .send_request(request(path), false)
+        .map_err(transport)?;
+    send.send_data(codec::encode(&message.encode_to_vec()), true)
+        .map_err(transport)?;
+    let response = response.await.map_err(transport)?;
+    // A Trailers-Only error response carries grpc-status in its headers.
+    if response.headers().contains_key("grpc-status") {
+        status_of(Some(response.headers()))?;
+    }
+    let mut body = response.into_body();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(transport)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.map_err(transport)?;
+    status_of(trailers.as_ref())?;
+    if buf.len() < 5 {
+        return Err(CallError::Status(13, "empty response".into()));
+    }
+    buf.advance(5);
+    R::decode(buf.freeze()).map_err(transport)
+}
+
+/// A bidi stream: send messages, receive decoded ones in order. The response headers are
+/// awaited on the first `recv`, since grpc-go servers send them with the first message.
+pub struct Stream {
+    send: SendStream<Bytes>,
+    response: Option<h2::client::ResponseFuture>,
+    recv: Option<RecvStream>,
+    buf: BytesMut,
+}
+
+impl Stream {
+    pub async fn open(conn: &Conn, path: &str) -> Result<Stream, CallError> {
+        let mut ready = conn.clone().ready().await.map_err(transport)?;
+        let (response, send) = ready
+            .send_request(request(path), false)
+            .map_err(transport)?;
+        Ok(Stream {
+            send,
+            response: Some(response),
+            recv: None,
+            buf: BytesMut::new(),
+        })
+    }
+
+    pub fn send<M: Message>(&mut self, m: &M) -> Result<(), CallError> {
+        self.send
+            .send_data(codec::encode(&m.encode_to_vec()), false)
+            .map_err(transport)
+    }
+
+    async fn body(&mut self) -> Result<&mut RecvStream, CallError> {
+        if let Some(f) = self.response.take() {
+            let response = f.await.map_err(transport)?;
+            if response.headers().contains_key("grpc-status") {
+                status_of(Some(response.headers()))?;
+            }
+            self.recv = Some(response.into_body());
+        }
+        self.recv
+            .as_mut()
+            .ok_or_else(|| CallError::Transport("stream already failed".into()))
+    }
+
+    /// The next message, or the call's final status when the server ends it.
+    pub async fn recv<R: Message + Default>(&mut self) -> Result<R, CallError> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let msg = self.buf.split_to(len).freeze();
+                    return R::decode(msg).map_err(transport);
+                }
+            }
+            let body = self.body().await?;
+            match body.data().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(transport)?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => {
+                    let trailers = body.trailers().await.map_err(transport)?;
+                    status_of(trailers.as_ref())?;
+                    return Err(CallError::Status(0, "stream ended".into()));
+                }
+            }
+        }
+    }
+}
