@@ -1,0 +1,21 @@
+//! `keel-chaos run …` starts a cluster in network namespaces, injects faults while clients
+//! record every operation, and checks the outcome; `keel-chaos check HISTORY.jsonl` checks
+//! a recorded history alone.
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: keel-chaos run --server BIN [--members 3|5] [--duration SECONDS] [--seed N] \
+         [--faults kill,partition,pause,member,disk,clock] [--clients N] [--out DIR]\n       \
+         keel-chaos check HISTORY.jsonl"
+    );
+    std::process::exit(2);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("check") => chaos::check::command(&args[1..]),
+        _ => usage(),
+    };
+    std::process::exit(code);
+}
