@@ -55,7 +55,8 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
     // Absolute paths: glommio opens directories with openat, which fails on relative ones
     // (EBADF), and a relative data dir is the default (`./default.keel`).
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-    let member_dir = cwd.join(&cfg.data_dir).join("member");
+    let data_dir = cwd.join(&cfg.data_dir);
+    let member_dir = data_dir.join("member");
     let cores = cfg.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -63,6 +64,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
     });
     Ok(ServerOptions {
         name: cfg.name.clone(),
+        data_dir,
         member_id: me.id,
         cluster_id,
         listen_client_addrs,
@@ -73,8 +75,8 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             cluster_id,
             wal_dir: cfg
                 .wal_dir
-                .clone()
-                .unwrap_or_else(|| member_dir.join("wal")),
+                .as_ref()
+                .map_or_else(|| member_dir.join("wal"), |w| cwd.join(w)),
             db_path: member_dir.join("snap").join("db"),
             initial_members: members.clone(),
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,

@@ -4,6 +4,9 @@
 //! Runs on: the main thread (boot and shutdown only; it never serves requests).
 //!
 //! Order at boot:
+//! 0. The data dir (and a `--wal-dir` outside it) is created if missing and locked
+//!    ([`dir_lock`]): a second process on it fails here, before it opens or writes any
+//!    file in it and before the address checks.
 //! 1. Signals are blocked in the main thread before any executor starts, so every thread
 //!    inherits the mask and only the signal thread (`sigwait`) ever sees them.
 //! 2. The raft core opens the WAL and db (recovering or bootstrapping) and reports the
@@ -11,6 +14,8 @@
 //! 3. Every core (the raft core included) binds the client addresses and serves.
 //! 4. On SIGINT/SIGTERM the raft core stops taking requests, answers what is queued with
 //!    "server stopped", commits the db and returns; the process then exits 0.
+
+pub mod dir_lock;
 
 use crate::api::{self, Services};
 use crate::grpc;
@@ -37,6 +42,8 @@ pub const REQUESTS_INFLIGHT_MAX: usize = 8192;
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub name: String,
+    /// `--data-dir`, absolute; locked for the life of the process.
+    pub data_dir: std::path::PathBuf,
     pub member_id: u64,
     pub cluster_id: u64,
     pub listen_client_addrs: Vec<SocketAddr>,
@@ -151,6 +158,11 @@ fn tune_malloc() {
 /// Boots the member and serves until a signal stops it (or it is removed from the
 /// cluster, or must boot again on a snapshot from the leader).
 pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
+    let locks = dir_lock::lock_member_dirs(&opts.data_dir, &opts.raft.wal_dir)
+        .map_err(|e| e.to_string())?;
+    for lock in locks {
+        lock.keep_for_process_life();
+    }
     check_addresses_free(&opts)?;
     tune_malloc();
     install_signal_thread();
