@@ -37,6 +37,7 @@
 
 pub mod api;
 pub mod config;
+pub mod failpoint;
 pub mod grpc;
 pub mod mvcc;
 pub mod pb;

@@ -167,6 +167,10 @@ fn main() -> ExitCode {
     for w in &cfg.warnings {
         log::warning("etcdmain", w);
     }
+    if let Err(e) = keel::failpoint::arm_from_env() {
+        eprintln!("keel: {e}");
+        return ExitCode::from(2);
+    }
     let opts = match server_options(&cfg) {
         Ok(opts) => opts,
         Err(msg) => {

@@ -10,6 +10,7 @@
 use super::convert;
 use super::errors::{status_from_mvcc, EtcdError};
 use super::lease::{LeaseConfig, LeaseIds, Renewer};
+use crate::failpoint;
 use crate::grpc::{Code, Router, Status};
 use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
@@ -194,7 +195,7 @@ impl Services {
         let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
         // Served by the key-range shards (see `shard::node`), not the raft core.
-        let linearizable = !req.serializable;
+        let linearizable = served_linearizable(!req.serializable);
         let (res, term) = self.node.range(req, linearizable).await?;
         Ok(self.encode_response(OpResponse::Range(res), term))
     }
@@ -220,7 +221,7 @@ impl Services {
         let (res, term) = if mvcc::is_txn_readonly(&req) {
             // etcd serves a read-only txn without raft; linearizable unless every range in
             // it is serializable.
-            let linearizable = !txn_serializable(&req);
+            let linearizable = served_linearizable(!txn_serializable(&req));
             self.read(Op::Txn(req), linearizable).await?
         } else {
             self.write(&Op::Txn(req)).await?
@@ -419,6 +420,13 @@ fn op_reply(reply: Reply) -> Result<(OpResponse, u64), Status> {
         ReplyBody::Op(r) => Ok((r, term)),
         _ => Err(unexpected_reply()),
     }
+}
+
+/// Whether a KV read the client asked to be linearizable is served as one: always, unless
+/// the `stale-read` failpoint (a deliberately broken Keel, to prove the chaos harness
+/// catches stale reads) serves it from the local store without a ReadIndex.
+fn served_linearizable(requested: bool) -> bool {
+    requested && !failpoint::is_on(failpoint::Point::StaleRead)
 }
 
 fn txn_serializable(req: &mvcc::TxnRequest) -> bool {

@@ -30,6 +30,9 @@
 //!   [`Error::Poisoned`]. An fsync is never retried (the page cache can no longer be
 //!   trusted to hold what we wrote). `sync` and `release_to` count as poisoned until they
 //!   return `Ok`, so dropping their futures half-way (cancellation) poisons too.
+//! - The `wal-write` and `wal-fsync` failpoints ([`crate::failpoint`], feature
+//!   `failpoints`) fail a segment write and the call that makes it durable as a disk would,
+//!   so the log is poisoned like above.
 //! - Every record is checked before it is written (debug builds decode each batch back) and
 //!   when it is replayed (crc, lengths, types, padding).
 //!
@@ -654,13 +657,7 @@ impl Wal {
             let source = std::io::Error::other("injected fdatasync failure");
             return Err(io_error(&path, "fdatasync", source));
         }
-        if self.opts.dsync_writes {
-            return Ok(()); // the O_DSYNC write above is already durable
-        }
-        self.file
-            .fdatasync()
-            .await
-            .map_err(|e| io_error(&path, "fdatasync", e))
+        segment::fdatasync(&self.file, &path, self.opts.dsync_writes).await
     }
 
     /// Finishes the current segment (its unused tail stays zero) and starts the next one.

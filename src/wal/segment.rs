@@ -2,6 +2,7 @@
 //! directory fsync), and whole-file reads at open. All I/O goes through glommio.
 
 use super::{Error, Preallocation, Result};
+use crate::failpoint::{self, Point};
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,9 @@ pub fn list_dir(dir: &Path) -> Result<(Vec<SegmentName>, Vec<PathBuf>)> {
 /// happens when the disk is full, and the caller poisons the log either way.
 pub async fn write_all_at(file: &BufferedFile, path: &Path, buf: Vec<u8>, pos: u64) -> Result<()> {
     let len = buf.len();
+    if let Some(e) = failpoint::check_io(Point::WalWrite) {
+        return Err(io_error(path, "write", e)); // nothing reached the file
+    }
     let written = file
         .write_at(buf, pos)
         .await
@@ -88,6 +92,22 @@ pub async fn write_all_at(file: &BufferedFile, path: &Path, buf: Vec<u8>, pos: u
         return Err(io_error(path, "write", source));
     }
     Ok(())
+}
+
+/// Makes what was written to a segment durable: an fdatasync, or nothing for a file opened
+/// with O_DSYNC (`dsync`), whose writes were durable when they completed. The `wal-fsync`
+/// failpoint fails whichever of the two made the data durable, after the write, as a
+/// failed flush to the disk would: the bytes may or may not be on the disk.
+pub async fn fdatasync(file: &BufferedFile, path: &Path, dsync: bool) -> Result<()> {
+    if let Some(e) = failpoint::check_io(Point::WalFsync) {
+        return Err(io_error(path, if dsync { "write" } else { "fdatasync" }, e));
+    }
+    if dsync {
+        return Ok(());
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| io_error(path, "fdatasync", e))
 }
 
 /// Opens an existing segment for reading and appending; with `dsync`, every write is
@@ -183,9 +203,8 @@ pub async fn install(
     preamble: Vec<u8>,
 ) -> Result<()> {
     write_all_at(file, temp, preamble, 0).await?;
-    file.fdatasync()
-        .await
-        .map_err(|e| io_error(temp, "fdatasync", e))?;
+    // `install` does not know whether `file` was opened O_DSYNC: always fdatasync.
+    fdatasync(file, temp, false).await?;
     glommio::io::rename(temp, path)
         .await
         .map_err(|e| io_error(path, "rename", e))?;

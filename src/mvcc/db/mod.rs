@@ -84,7 +84,8 @@
 //! - Pages freed by a transaction are reused only once that transaction is durable and
 //!   no live `ReadSnapshot` is older than it.
 //! - After a failed write or fdatasync the `Db` refuses every further write
-//!   (`Error::Poisoned`); it never retries an fsync.
+//!   (`Error::Poisoned`); it never retries an fsync. The `db-fsync` failpoint
+//!   ([`crate::failpoint`], feature `failpoints`) fails an fdatasync the same way.
 
 mod btree;
 mod epoch;
@@ -531,6 +532,11 @@ impl Db {
                     source: std::io::Error::other("injected"),
                 });
             }
+        }
+        if let Some(source) = crate::failpoint::check_io(crate::failpoint::Point::DbFsync) {
+            self.w.poisoned = true;
+            let path = self.w.path.clone();
+            return Err(Error::Io { path, op, source });
         }
         if let Err(e) = self.file.fdatasync().await {
             // Never retried: after a failed fsync the page cache state is unknown.
