@@ -1,41 +1,49 @@
 #!/usr/bin/env bash
 # etcd 3.4's own end-to-end tests against Keel: the tests listed in ci/e2e-pass.txt
 # (KV, txn, compaction, member list/add/update/remove, version, watch, make-mirror, lease,
-# lock, elect, multi-peer clusters, move-leader) must all pass. Prints the pass count.
+# lock, elect, multi-peer clusters) plus the plaintext move-leader scenarios must all
+# pass. Prints the pass count; exits non-zero if anything it needs is missing or if fewer
+# tests pass than are listed.
 #
 #   ci/e2e.sh [path/to/keel]     (default: target/release/keel, built if missing)
 #
-# The runner lives in the workplace's shared tools (../shared/tools/etcd-e2e, or
-# $KEEL_E2E_DIR); it compiles the suite from Debian's golang-etcd-server-dev with
-# golang-go and runs it against BIN_DIR/etcd (= Keel) and BIN_DIR/etcdctl (Debian's).
-# Measured on the 2-core dev VM: ~15 s of tests after a ~90 s one-time suite build.
+# ci/e2e-runner.sh compiles the suite from Debian's golang-etcd-server-dev with golang-go
+# (ci/deps.sh installs both, and etcd-client and curl) and runs it against a directory
+# holding Keel as `etcd` and Debian's `etcdctl`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEEL=${1:-target/release/keel}
-E2E_DIR=${KEEL_E2E_DIR:-$(cd ../shared/tools/etcd-e2e 2>/dev/null && pwd || true)}
-if [ -z "$E2E_DIR" ] || [ ! -x "$E2E_DIR/run-e2e.sh" ]; then
-  echo "e2e: etcd-e2e runner not found (set KEEL_E2E_DIR); skipped"
-  exit 0
+
+missing=()
+command -v go >/dev/null || missing+=("go (golang-go)")
+[ -d /usr/share/gocode/src/go.etcd.io/etcd/tests/e2e ] || missing+=("etcd's e2e sources (golang-etcd-server-dev)")
+command -v etcdctl >/dev/null || missing+=("etcdctl (etcd-client)")
+command -v curl >/dev/null || missing+=("curl")
+if [ ${#missing[@]} -gt 0 ]; then
+  printf 'e2e: FAILED: missing %s\n' "${missing[@]}" >&2
+  echo "e2e: run ci/deps.sh to install them" >&2
+  exit 1
 fi
 [ -x "$KEEL" ] || cargo build --release --bin keel
+
 BIN=$(mktemp -d /tmp/keel-e2e-bin.XXXXXX)
 trap 'rm -rf "$BIN"' EXIT
 cp "$KEEL" "$BIN/etcd"
-ln -sf "$(command -v etcdctl)" "$BIN/etcdctl"
-LIST="$PWD/ci/e2e-pass.txt"
-out=$(E2E_EACH=1 E2E_TEST_TIMEOUT=60s "$E2E_DIR/run-e2e.sh" "$BIN" "@$LIST" 2>&1) || true
-echo "$out" | tail -n 25
-summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' | tail -1)
-expected=$(grep -cvE '^\s*(#|$)' "$LIST")
-echo "e2e: $summary (of $expected listed in ci/e2e-pass.txt)"
-passed=${summary%% passed*}
-# Subtests cannot be listed (the list selects top-level tests, one process each): the
-# plaintext move-leader scenarios (two fresh 3-member clusters) run as one regex.
+ln -s "$(command -v etcdctl)" "$BIN/etcdctl"
+
+LIST=ci/e2e-pass.txt
+# Subtests cannot be listed in the file (it holds top-level tests, one process each): the
+# plaintext move-leader scenarios (two fresh 3-member clusters) run as one more entry.
 SUB='TestCtlV3MoveLeaderScenarios/Insecure'
-sub_out=$(E2E_TEST_TIMEOUT=120s "$E2E_DIR/run-e2e.sh" "$BIN" "$SUB" 2>&1) || true
-echo "$sub_out" | tail -n 5
-sub=$(echo "$sub_out" | grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' | tail -1)
-echo "e2e: $SUB: $sub"
-total=$(( ${passed:-0} + ${sub%% passed*} ))
-echo "e2e: $total passed of $((expected + 1)) (incl. $SUB)"
-[ "${passed:-0}" = "$expected" ] && [ "${sub%% passed*}" = 1 ] || { echo "e2e: FAILED"; exit 1; }
+expected=$(( $(sed 's/#.*//' "$LIST" | grep -c '[^[:space:]]') + 1 ))
+
+rc=0
+ci/e2e-runner.sh "$BIN" --timeout 60s "@$LIST" --timeout 120s "$SUB" 2>&1 | tee "$BIN/runner.log" || rc=$?
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$BIN/runner.log" | tail -n 1 || true)
+passed=${summary%% passed*}
+passed=${passed:-0}
+echo "e2e: $passed passed of $expected ($LIST plus $SUB)"
+if [ "$rc" -ne 0 ] || [ "$passed" -lt "$expected" ]; then
+  echo "e2e: FAILED (runner exit $rc, ${summary:-no summary})" >&2
+  exit 1
+fi
