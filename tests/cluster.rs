@@ -1096,6 +1096,58 @@ fn a_wiped_member_restarted_as_new_is_refused() {
         .expect_ok("OK\n");
 }
 
+/// Found by keel-chaos (seed 3): a leader asked to remove itself panicked in raft-rs
+/// (`advance` looked up its own progress, which the removal had dropped) instead of
+/// answering and leaving. etcd answers the removal, steps away and exits; the rest elect a
+/// leader and go on.
+#[test]
+fn the_leader_removing_itself_answers_and_leaves() {
+    let mut c = Cluster::start("cl-self-remove", 3, &FAST_ELECTIONS);
+    let rt = runtime();
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let cluster_id = keel::config::cluster_id(&c.ids);
+    // Writes through every member while the leader applies its own removal (the panic
+    // needed new entries in the Ready that carried the removal).
+    let endpoints = c.endpoints();
+    let writers = (0..12)
+        .map(|w| Writer {
+            endpoint: endpoints[w % 3].clone(),
+            stop_on_error: false,
+        })
+        .collect();
+    let load = Load::start("self-remove", writers, 100_000, Duration::ZERO);
+    load.wait_progress(200, "before the removal");
+    // etcd's strict reconfig check counts a peer only once it has been connected for 5 s.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = c.members[leader].etcdctl(&["member", "remove", &hex(c.ids[leader])]);
+    out.expect_ok(&format!(
+        "Member {} removed from cluster {}\n",
+        hex16(c.ids[leader]),
+        hex16(cluster_id)
+    ));
+    let code = c.members[leader]
+        .wait_exit(LIVENESS)
+        .expect("the removed leader exits");
+    let log = c.members[leader].log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("the member has been permanently removed from the cluster"),
+        "{log}"
+    );
+    if common::is_keel() {
+        assert_eq!(code, 0, "{log}");
+    }
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    rt.block_on(c.wait_leader(&rest));
+    load.wait_progress(200, "after the removal");
+    print_errors("the_leader_removing_itself_answers_and_leaves", &load.finish());
+    c.members[rest[0]]
+        .etcdctl(&["put", "after-self-removal", "v"])
+        .expect_ok("OK\n");
+    let list = c.members[rest[1]].etcdctl(&["member", "list"]);
+    assert_eq!(list.stdout.lines().count(), 2, "{list:?}");
+}
+
 #[test]
 fn strict_reconfig_refuses_a_removal_that_leaves_no_connected_quorum() {
     let mut c = Cluster::start("cl-strict", 3, &FAST_ELECTIONS);

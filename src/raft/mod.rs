@@ -1030,7 +1030,10 @@ impl RaftCore {
 
     /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
     pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
-        loop {
+        // A member that applied its own removal stops driving raft (raft-rs keeps no
+        // progress for a removed leader, and `advance` would look it up): it answers what
+        // it applied and leaves.
+        while self.exit != Some(Exit::Removed) {
             // Applying the bootstrap conf changes can make this member the only voter, and
             // a new leader's first commit unblocks ReadIndex: check both every round.
             self.campaign_if_alone();
@@ -1052,6 +1055,9 @@ impl RaftCore {
             }
             let committed = rd.take_committed_entries();
             self.apply(committed)?;
+            if self.exit == Some(Exit::Removed) {
+                break;
+            }
             for rs in rd.take_read_states() {
                 let ctx = rs
                     .request_ctx

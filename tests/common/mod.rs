@@ -260,6 +260,20 @@ impl Server {
         }
     }
 
+    /// Waits up to `max` for the running server to exit by itself: its exit code, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, max: Duration) -> Option<i32> {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill before restart");
         self.spawn_and_wait();
