@@ -544,7 +544,7 @@ mod tests {
                 cluster_id: 1,
                 member_id: 2,
             };
-            let node = Node::new(CoreId(0), 1, client.clone());
+            let node = Node::new(CoreId(0), 1, client.clone(), Default::default());
             let s = Services::new(
                 client.clone(),
                 node,
@@ -583,7 +583,7 @@ mod tests {
                 cluster_id: 1,
                 member_id: 2,
             };
-            let node = Node::new(CoreId(0), 1, client.clone());
+            let node = Node::new(CoreId(0), 1, client.clone(), Default::default());
             let s = Services::new(client, node, header, 1024, 128, LeaseConfig::default());
             // Field 1 as a length-delimited value running past the end of the message.
             let garbage = Bytes::from_static(&[0x0a, 0x7f, 0x01]);

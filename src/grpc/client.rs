@@ -5,11 +5,11 @@
 //!
 //! Runs on: the glommio executor of whoever calls it (not on a server core).
 
+use crate::grpc::codec;
 use bytes::{Buf, Bytes, BytesMut};
 use glommio::net::TcpStream;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
-use crate::grpc::codec;
 use prost::Message;
 use std::net::SocketAddr;
 use tokio_util::compat::FuturesAsyncReadCompatExt;

@@ -7,6 +7,11 @@
 //! replies (shard to shard); senders queue in a `shard::node::Outbox`, never waiting. Messages are owned and `Send`: bytes and plain structs,
 //! never `Rc` or references.
 //!
+//! One value is shared instead of sent: the [`RoundMark`], the applied index of the last
+//! round the raft core sent out (written by the raft core before it sends the round, read
+//! by any core before it serves a serializable read), so no core serves a read older than
+//! one another core may already have served.
+//!
 //! Bounds: a core has at most `requests_inflight_max` requests waiting for a reply (its
 //! `RaftClient` refuses more with etcd's "too many requests"), and both channel directions
 //! are that deep, so the raft core's `try_send` of a reply never finds the channel full.
@@ -16,7 +21,28 @@ use crate::mvcc::db::ReadSnapshot;
 use crate::mvcc::{Change, Op, OpResponse, RangeRequest, RangeResponse};
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// The applied index of the newest round the raft core has sent to the cores.
+///
+/// Writer: the raft core, before it sends the round (`publish`). Readers: every core,
+/// before serving a serializable read: a core first applies up to this index, so a read
+/// anywhere on the member is never older than what any core has served (a reply to a
+/// write, another client's read). The rounds themselves still travel as messages; this is
+/// only their high-water mark. Never decreases within a process.
+#[derive(Clone, Debug, Default)]
+pub struct RoundMark(Arc<AtomicU64>);
+
+impl RoundMark {
+    pub fn publish(&self, index: u64) {
+        self.0.fetch_max(index, Ordering::Release);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// A core's index in the executor set (0-based, also its CPU slot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -293,6 +319,8 @@ pub struct CoreLinks {
     pub peers_out: Vec<(CoreId, SharedSender<CoreMsg>)>,
     /// From every other core.
     pub peers_in: Vec<(CoreId, SharedReceiver<CoreMsg>)>,
+    /// The member's round mark (one, shared by every core).
+    pub round_mark: RoundMark,
 }
 
 /// Depth of each core-to-core channel (senders queue locally beyond it, never block).
@@ -313,6 +341,7 @@ pub fn build(
     requests_inflight_max: usize,
 ) -> (Vec<CoreLinks>, RaftLinks) {
     let mut cores = Vec::with_capacity(core_count);
+    let round_mark = RoundMark::default();
     let mut raft = RaftLinks {
         requests: Vec::new(),
         replies: Vec::new(),
@@ -326,6 +355,7 @@ pub fn build(
                 replies: None,
                 peers_out: Vec::new(),
                 peers_in: Vec::new(),
+                round_mark: round_mark.clone(),
             });
             continue;
         }
@@ -339,6 +369,7 @@ pub fn build(
             replies: Some(rep_rx),
             peers_out: Vec::new(),
             peers_in: Vec::new(),
+            round_mark: round_mark.clone(),
         });
     }
     for a in 0..core_count {

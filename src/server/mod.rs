@@ -104,6 +104,7 @@ struct Replies {
     /// (to its next WAL write and fdatasync) while the task fans the round out.
     local_rounds: Rc<crate::shard::node::Outbox>,
     cores: usize,
+    round_mark: crate::runtime::mesh::RoundMark,
 }
 
 impl ReplySink for Replies {
@@ -126,6 +127,9 @@ impl ReplySink for Replies {
                 r.push(reply);
             }
         }
+        // The mark first: no core may serve a serializable read from this round before
+        // every core is held to it.
+        self.round_mark.publish(round.index);
         // Other cores first (the sends only queue), then this core's own shard.
         for (core, replies) in per_core.into_iter().enumerate().rev() {
             let applied = Applied {
@@ -343,7 +347,12 @@ async fn raft_core_main(
         RaftSender::Local(inbox_tx.clone()),
         REQUESTS_INFLIGHT_MAX,
     ));
-    let node = Node::new(link.core, opts.cores, client.clone());
+    let node = Node::new(
+        link.core,
+        opts.cores,
+        client.clone(),
+        link.round_mark.clone(),
+    );
     node.connect(link.peers_out, link.peers_in);
     // Rounds that queue while this core is busy merge into one (see `Outbox`).
     let local_rounds = Rc::new(crate::shard::node::Outbox::default());
@@ -361,6 +370,7 @@ async fn raft_core_main(
         node: node.clone(),
         local_rounds,
         cores: opts.cores,
+        round_mark: link.round_mark.clone(),
     });
     for (peer, rep_tx) in raft_links.replies {
         let replies = replies.clone();
@@ -414,7 +424,12 @@ async fn core_main(opts: ServerOptions, link: CoreLinks) -> Result<(), String> {
         }
     })
     .detach();
-    let node = Node::new(link.core, opts.cores, client.clone());
+    let node = Node::new(
+        link.core,
+        opts.cores,
+        client.clone(),
+        link.round_mark.clone(),
+    );
     node.connect(link.peers_out, link.peers_in);
     listen(&opts, client, node)?;
     // Serve until the process exits (the raft core decides when).

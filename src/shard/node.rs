@@ -16,7 +16,7 @@ use crate::grpc::{Code, Status};
 use crate::mvcc::{self, RangeRequest, RangeResponse};
 use crate::raft::RaftClient;
 use crate::runtime::log;
-use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReplyBody, ToRaft};
+use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReplyBody, RoundMark, ToRaft};
 use crate::watch::Hub;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use std::cell::{Cell, RefCell};
@@ -75,6 +75,8 @@ impl<T> Slot<T> {
 
 pub struct Node {
     core: CoreId,
+    /// The member's newest round sent out (see `mesh::RoundMark`).
+    round_mark: RoundMark,
     shard: RefCell<Option<Shard>>,
     watermark: Cell<Watermark>,
     waiters: RefCell<Vec<Waker>>,
@@ -141,9 +143,15 @@ impl Drop for Subscription {
 }
 
 impl Node {
-    pub fn new(core: CoreId, cores: usize, raft: Rc<RaftClient>) -> Rc<Node> {
+    pub fn new(
+        core: CoreId,
+        cores: usize,
+        raft: Rc<RaftClient>,
+        round_mark: RoundMark,
+    ) -> Rc<Node> {
         Rc::new(Node {
             core,
+            round_mark,
             shard: RefCell::new(None),
             watermark: Cell::new(Watermark::default()),
             waiters: RefCell::new(Vec::new()),
@@ -380,7 +388,8 @@ impl Node {
     }
 
     /// etcd's Range over every shard the request touches: linearizable ones first wait
-    /// for a ReadIndex and for this core to apply up to it. Returns the response and the
+    /// for a ReadIndex and for this core to apply up to it; serializable ones for this
+    /// core to apply the member's newest round sent out (`RoundMark`). Returns the response and the
     /// raft term for the header.
     pub async fn range(
         self: &Rc<Node>,
@@ -390,7 +399,10 @@ impl Node {
         let min_index = if linearizable {
             self.read_index().await?
         } else {
-            0
+            // Not older than any round another core may have served from (a reply to a
+            // write, another client's read): one member's serializable reads never go
+            // back, as etcd's single store guarantees.
+            self.round_mark.get()
         };
         self.wait_applied(min_index).await;
         if !linearizable && req.revision > self.watermark().revision {

@@ -292,3 +292,81 @@ fn merged_rounds_apply_like_separate_ones() {
         assert_eq!(merged.range(&every, at).unwrap().kvs.len(), 3);
     });
 }
+
+/// Found by keel-chaos: two clients of one member, on different cores, saw serializable
+/// reads go back in revision (a core a round behind another served the second read). A
+/// core now applies the member's newest round sent out (`RoundMark`) before it serves a
+/// serializable read.
+#[test]
+fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
+    use crate::raft::{RaftClient, RaftSender};
+    use crate::runtime::mesh::{Applied, CoreId, CoreMsg, RoundMark};
+    use glommio::channels::local_channel;
+    use std::rc::Rc;
+    let dir = std::env::temp_dir().join(format!("keel-shard-mark-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    block_on(async move {
+        let mut store = Store::open(&dir.join("db"), StoreOptions::default())
+            .await
+            .unwrap();
+        store.capture_changes(true);
+        store.publish();
+        let mut round = |index: u64, value: &str, splits: Option<Arc<Vec<Vec<u8>>>>| {
+            store
+                .apply(&Op::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                }))
+                .unwrap();
+            store.publish();
+            Applied {
+                index,
+                revision: store.current_revision(),
+                compact_revision: 0,
+                raft_term: 2,
+                leader: 1,
+                learner: false,
+                changes: vec![Arc::new(store.take_changes())],
+                snapshot: store.backend().snapshot(),
+                replies: Vec::new(),
+                splits,
+                revoked_leases: Default::default(),
+            }
+        };
+        let first = round(1, "one", Some(Arc::new(Vec::new())));
+        let second = round(2, "two", None);
+        let (tx, _rx) = local_channel::new_bounded(4);
+        let client = Rc::new(RaftClient::new(
+            CoreId(0),
+            RaftSender::Local(Rc::new(tx)),
+            4,
+        ));
+        let mark = RoundMark::default();
+        let node = node::Node::new(CoreId(0), 1, client, mark.clone());
+        mark.publish(1);
+        node.handle(CoreMsg::Applied(first));
+        let get = RangeRequest {
+            key: b"k".to_vec(),
+            serializable: true,
+            ..Default::default()
+        };
+        let (r, _) = node.range(get.clone(), false).await.unwrap();
+        assert_eq!(r.kvs[0].value, b"one");
+        // Round 2 went out to every core (another may already serve it); this core's
+        // copy is still in flight: the read waits for it rather than answer round 1.
+        mark.publish(2);
+        let mut read = Box::pin(node.range(get, false));
+        assert!(
+            futures_lite::future::poll_once(&mut read).await.is_none(),
+            "served from a round older than one another core may have served"
+        );
+        node.handle(CoreMsg::Applied(second));
+        let (r, _) = read.await.unwrap();
+        assert_eq!(
+            (r.kvs[0].value.as_slice(), r.header.revision),
+            (&b"two"[..], 3)
+        );
+    });
+}
