@@ -342,13 +342,6 @@ impl RaftCore {
     pub async fn open(mut opts: RaftOptions) -> Result<RaftCore, BootError> {
         let wal_exists = Wal::exists(&opts.wal_dir);
         let db_exists = opts.db_path.exists();
-        if db_exists && !wal_exists {
-            return Err(boot_err(format!(
-                "{} exists but there is no WAL in {}: refusing to start on a partial data dir",
-                opts.db_path.display(),
-                opts.wal_dir.display()
-            )));
-        }
         if let Some(parent) = opts.db_path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| boot_err(format!("cannot create {}: {e}", parent.display())))?;
@@ -363,6 +356,25 @@ impl RaftCore {
         store
             .check()
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
+        if db_exists && !wal_exists {
+            // A first boot that failed after creating the db and before its WAL (a disk
+            // error, a crash) leaves a db that never applied an entry: boot as new on it.
+            // A db that applied entries has lost its WAL: refuse.
+            if store.consistent_index() != 0 {
+                return Err(boot_err(format!(
+                    "{} exists but there is no WAL in {}: refusing to start on a partial data dir",
+                    opts.db_path.display(),
+                    opts.wal_dir.display()
+                )));
+            }
+            crate::runtime::log::warning(
+                "etcdserver",
+                &format!(
+                    "{} was created by a first boot that never made its WAL: booting as new",
+                    opts.db_path.display()
+                ),
+            );
+        }
         let mut seed_members = Vec::new();
         let (wal, log) = if wal_exists {
             Self::recover(&mut opts, &mut store).await?

@@ -75,6 +75,45 @@ async fn turn(core: &mut RaftCore, out: &Collect) {
     core.process_ready(out).await.unwrap();
 }
 
+/// Found by the failpoints (a WAL fsync failing during a new member's first boot): the db
+/// was made, the WAL was not, and every later start refused the "partial data dir". A db
+/// that never applied an entry boots as new; one that did still refuses without its WAL.
+#[test]
+fn a_first_boot_that_died_before_its_wal_boots_again_and_a_lost_wal_is_refused() {
+    let dir = temp_dir("first-boot");
+    block_on({
+        let dir = dir.clone();
+        async move {
+            // What the failed first boot left: an empty db, no WAL.
+            let opts = options(&dir, 0x77);
+            std::fs::create_dir_all(opts.db_path.parent().unwrap()).unwrap();
+            drop(
+                Store::open(&opts.db_path, StoreOptions::default())
+                    .await
+                    .unwrap(),
+            );
+            assert!(!Wal::exists(&opts.wal_dir));
+            let out = Collect(RefCell::new(Vec::new()));
+            let mut core = RaftCore::open(opts).await.unwrap();
+            turn(&mut core, &out).await;
+            assert_eq!(core.node.raft.state, StateRole::Leader);
+            core.maybe_commit(Instant::now(), true).await.unwrap();
+        }
+    });
+    // The member applied entries; its WAL goes missing: refused.
+    std::fs::remove_dir_all(dir.join("member/wal")).unwrap();
+    let err = block_on({
+        let dir = dir.clone();
+        async move { RaftCore::open(options(&dir, 0x77)).await.err().unwrap() }
+    });
+    assert!(
+        err.0.contains("refusing to start on a partial data dir"),
+        "{}",
+        err.0
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
     let dir = temp_dir("restart");
