@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh Debian machine, only when missing:
 # etcdctl (etcd-client) for the interop tests, etcd (etcd-server) to compare against,
 # golang-go + golang-etcd-server-dev + curl for etcd's own e2e suite, protoc for the
-# etcd-client crate's build.
+# etcd-client crate's build, iproute2, iptables, nftables, faketime and fiu-utils for
+# keel-chaos.
 set -euo pipefail
 need=()
 command -v etcdctl >/dev/null || need+=(etcd-client)
@@ -12,6 +13,12 @@ command -v go >/dev/null || need+=(golang-go)
 command -v curl >/dev/null || need+=(curl)
 # The etcd-client crate (tests) compiles etcd's protos with protoc at build time.
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# keel-chaos (ci/chaos.sh): network namespaces, partitions, clock skew, failing fsyncs.
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v nft >/dev/null || need+=(nftables)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
+command -v fiu-run >/dev/null || need+=(fiu-utils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

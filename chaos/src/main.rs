@@ -5,7 +5,8 @@
 fn usage() -> ! {
     eprintln!(
         "usage: keel-chaos run --server BIN [--members 3|5] [--duration SECONDS] [--seed N] \
-         [--faults kill,partition,pause,member,disk,clock] [--clients N] [--out DIR]\n       \
+         [--faults kill,partition,pause,member,disk,clock,stray|all] [--clients N] [--out DIR] \
+         [--server-arg ARG]... [--server-env NAME=VALUE]...\n       \
          keel-chaos check HISTORY.jsonl"
     );
     std::process::exit(2);
@@ -15,6 +16,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("check") => chaos::check::command(&args[1..]),
+        Some("run") => match chaos::run::parse(&args[1..]) {
+            Ok(opts) => chaos::run::run(opts),
+            Err(e) => {
+                eprintln!("keel-chaos run: {e}");
+                usage()
+            }
+        },
         _ => usage(),
     };
     std::process::exit(code);
