@@ -1140,7 +1140,10 @@ fn the_leader_removing_itself_answers_and_leaves() {
     let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     rt.block_on(c.wait_leader(&rest));
     load.wait_progress(200, "after the removal");
-    print_errors("the_leader_removing_itself_answers_and_leaves", &load.finish());
+    print_errors(
+        "the_leader_removing_itself_answers_and_leaves",
+        &load.finish(),
+    );
     c.members[rest[0]]
         .etcdctl(&["put", "after-self-removal", "v"])
         .expect_ok("OK\n");

@@ -1,8 +1,8 @@
 //! The gRPC client (`keel::grpc::client`) and the time-stamped values that measure watch
 //! latency end to end.
 
-pub use keel::grpc::client::{connect, unary, CallError, Conn, Stream};
 use bytes::Bytes;
+pub use keel::grpc::client::{connect, unary, CallError, Conn, Stream};
 
 /// Bytes of a value that carries its send time (ns since the UNIX epoch) in its first
 /// 8 bytes, padded to `size` bytes: how watch latency is measured end to end.
