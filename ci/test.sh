@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, model, crash and recovery tests, the server driven by
-# etcdctl and the etcd-client crate (one build, reused), etcd's own e2e tests and the
-# Python and Node etcd3 clients against Keel, then a short smoke run of every fuzz target.
+# etcdctl and the etcd-client crate (one build, reused), keel-chaos's short fault-injection
+# run, etcd's own e2e tests and the Python and Node etcd3 clients against Keel, then a
+# short smoke run of every fuzz target.
 # Run from anywhere in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# keel-chaos, the short mode: a seeded run with every fault kind must be clean, and a
+# deliberately broken Keel must be caught (needs root; about 4 minutes with its build).
+ci/chaos.sh
 
 # etcd's e2e suite, then Python and Node clients, against the binary the test build made.
 ci/e2e.sh target/debug/keel
