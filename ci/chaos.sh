@@ -21,6 +21,8 @@ cp target/debug/keel target/debug/keel-failpoints
 cargo build -q --bin keel
 
 out=target/chaos
+# A run that died leaves its tmpfs mounted under its data dir: unmount before cleaning.
+grep -o " $PWD/$out/[^ ]*" /proc/mounts | while read -r m; do umount -l "$m" || true; done
 rm -rf "$out"
 mkdir -p "$out"
 chaos=target/debug/keel-chaos
