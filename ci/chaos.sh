@@ -22,7 +22,7 @@ cargo build -q --bin keel
 
 out=target/chaos
 # A run that died leaves its tmpfs mounted under its data dir: unmount before cleaning.
-grep -o " $PWD/$out/[^ ]*" /proc/mounts | while read -r m; do umount -l "$m" || true; done
+{ grep -o " $PWD/$out/[^ ]*" /proc/mounts || true; } | while read -r m; do umount -l "$m" || true; done
 rm -rf "$out"
 mkdir -p "$out"
 chaos=target/debug/keel-chaos
