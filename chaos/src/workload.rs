@@ -180,6 +180,14 @@ async fn sleep_ms(ms: u64) {
     glommio::timer::sleep(Duration::from_millis(ms)).await;
 }
 
+#[derive(Clone, Copy)]
+enum Role {
+    Register,
+    Watcher,
+    Lease,
+    Lock,
+}
+
 /// Runs the workload until `stop` is set and every task has finished; returns what it
 /// recorded. Call on the workload thread.
 pub async fn run(plan: Plan, stop: Arc<AtomicBool>, progress: Arc<Progress>) -> Recording {
@@ -197,39 +205,27 @@ pub async fn run(plan: Plan, stop: Arc<AtomicBool>, progress: Arc<Progress>) -> 
     });
     let mut tasks = Vec::new();
     let slot_of = |i: usize| plan.slots[i % plan.slots.len()];
-    for i in 0..plan.clients {
-        let rng = Rng::fork(plan.seed, 100 + i as u64);
-        tasks.push(glommio::spawn_local(register_client(
-            shared.clone(),
-            i,
-            slot_of(i),
-            rng,
-        )));
-    }
     let watchers = plan.clients.div_ceil(3).max(2);
-    for i in 0..watchers {
-        let rng = Rng::fork(plan.seed, 1000 + i as u64);
-        tasks.push(glommio::spawn_local(watcher(
-            shared.clone(),
-            slot_of(i + 1),
-            rng,
-        )));
-    }
-    for i in 0..2 {
-        let rng = Rng::fork(plan.seed, 2000 + i as u64);
-        tasks.push(glommio::spawn_local(lease_client(
-            shared.clone(),
-            slot_of(i + 2),
-            rng,
-        )));
-    }
-    for i in 0..2 {
-        let rng = Rng::fork(plan.seed, 3000 + i as u64);
-        tasks.push(glommio::spawn_local(lock_client(
-            shared.clone(),
-            slot_of(i),
-            rng,
-        )));
+    // (role, how many, RNG stream base, first slot offset)
+    let roles = [
+        (Role::Register, plan.clients, 100, 0),
+        (Role::Watcher, watchers, 1000, 1),
+        (Role::Lease, 2, 2000, 2),
+        (Role::Lock, 2, 3000, 0),
+    ];
+    for (role, count, stream, offset) in roles {
+        for i in 0..count {
+            let rng = Rng::fork(plan.seed, stream + i as u64);
+            let (sh, slot) = (shared.clone(), slot_of(i + offset));
+            tasks.push(glommio::spawn_local(async move {
+                match role {
+                    Role::Register => register_client(sh, i, slot, rng).await,
+                    Role::Watcher => watcher(sh, slot, rng).await,
+                    Role::Lease => lease_client(sh, slot, rng).await,
+                    Role::Lock => lock_client(sh, slot, rng).await,
+                }
+            }));
+        }
     }
     for t in tasks {
         t.await;

@@ -187,18 +187,30 @@ fn scattered_ranges_equal_the_single_store() {
     });
 }
 
+/// An empty temp dir of this test process.
+fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-shard-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A new store in `dir` that keeps its changes for rounds, its empty state published.
+async fn capturing_store(dir: &std::path::Path) -> Store {
+    let mut store = Store::open(&dir.join("db"), StoreOptions::default())
+        .await
+        .unwrap();
+    store.capture_changes(true);
+    store.publish();
+    store
+}
+
 #[test]
 fn merged_rounds_apply_like_separate_ones() {
     use crate::runtime::mesh::{Applied, CoreMsg};
-    let dir = std::env::temp_dir().join(format!("keel-shard-merge-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("merge");
     block_on(async move {
-        let mut store = Store::open(&dir.join("db"), StoreOptions::default())
-            .await
-            .unwrap();
-        store.capture_changes(true);
-        store.publish();
+        let mut store = capturing_store(&dir).await;
         let splits = Arc::new(vec![b"m".to_vec()]);
         let boot = store.backend().snapshot();
         let mut one = Shard::boot(0, splits.clone(), boot.clone(), 0, 1, 0).unwrap();
@@ -303,15 +315,9 @@ fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
     use crate::runtime::mesh::{Applied, CoreId, CoreMsg, RoundMark};
     use glommio::channels::local_channel;
     use std::rc::Rc;
-    let dir = std::env::temp_dir().join(format!("keel-shard-mark-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("mark");
     block_on(async move {
-        let mut store = Store::open(&dir.join("db"), StoreOptions::default())
-            .await
-            .unwrap();
-        store.capture_changes(true);
-        store.publish();
+        let mut store = capturing_store(&dir).await;
         let mut round = |index: u64, value: &str, splits: Option<Arc<Vec<Vec<u8>>>>| {
             store
                 .apply(&Op::Put(PutRequest {
