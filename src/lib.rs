@@ -5,7 +5,8 @@
 //! ```text
 //!  client ──h2/gRPC──► core N (grpc::server, api::Services)
 //!    │ Range ────────► shard::node::Node: this core's shard, other shards' parts by
-//!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex
+//!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex,
+//!    │                 serializable ones for the newest round sent out (mesh::RoundMark)
 //!    │ Watch ────────► watch::Hub of core N (events from the rounds core N applies)
 //!    │ LeaseKeepAlive► api::lease::Renewer: answered on core N when the leader's last
 //!    │                 confirmed deadline is far enough ahead, else asks; renewals reach
