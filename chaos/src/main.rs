@@ -7,7 +7,7 @@ fn usage() -> ! {
         "usage: keel-chaos run --server BIN [--members 3|5] [--duration SECONDS] [--seed N] \
          [--faults kill,partition,pause,member,disk,clock,stray|all] [--clients N] [--out DIR] \
          [--server-arg ARG]... [--server-env NAME=VALUE]...\n       \
-         keel-chaos check HISTORY.jsonl"
+         keel-chaos check [--states-max N] HISTORY.jsonl"
     );
     std::process::exit(2);
 }
