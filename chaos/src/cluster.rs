@@ -108,6 +108,8 @@ pub struct Cluster {
     pub exits: Vec<(usize, ExitStatus, Instant)>,
     /// Environment every start carries (a fault's environment is added to it).
     pub base_env: Vec<(String, String)>,
+    /// (slot, when): every start of a member process (a new process life).
+    pub starts: Vec<(usize, Instant)>,
 }
 
 /// `keel` or `etcd`, from what `BIN --version` prints.
@@ -206,6 +208,7 @@ impl Cluster {
             out: out.to_path_buf(),
             exits: Vec::new(),
             base_env: Vec::new(),
+            starts: Vec::new(),
         })
     }
 
@@ -286,6 +289,7 @@ impl Cluster {
         );
         self.note(slot, &what);
         let child = cmd.spawn().map_err(|e| format!("spawn m{slot}: {e}"))?;
+        self.starts.push((slot, Instant::now()));
         let m = &mut self.members[slot];
         m.child = Some(child);
         m.lives += 1;

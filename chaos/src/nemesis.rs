@@ -116,8 +116,6 @@ pub struct Nemesis {
     held: Vec<usize>,
     /// Slots removed and not yet added back.
     pending_readd: Vec<usize>,
-    /// (slot, ns): when each slot's data dir was wiped (a new member from then on).
-    pub wipes: Vec<(usize, i64)>,
     /// What is in force now, for the progress line.
     pub current: String,
 }
@@ -134,7 +132,6 @@ impl Nemesis {
             findings: Vec::new(),
             held: Vec::new(),
             pending_readd: Vec::new(),
-            wipes: Vec::new(),
             current: "none".into(),
         }
     }
@@ -468,7 +465,6 @@ impl Nemesis {
             self.cluster.kill(slot);
         }
         self.cluster.wipe(slot, initial.join(","))?;
-        self.wipes.push((slot, sys::ns_since(self.origin)));
         self.cluster.members[slot].id = id;
         self.cluster.members[slot].in_cluster = true;
         self.held.retain(|&h| h != slot);

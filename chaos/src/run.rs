@@ -293,7 +293,13 @@ async fn drive(
     let judged = history.is_some();
     let history = history.unwrap_or_else(|| FinalHistory::new(Vec::new()));
     let findings = if judged {
-        verify::check_all(&history, &rec, &nemesis.wipes, first_revision)
+        let lives: Vec<(usize, i64)> = nemesis
+            .cluster
+            .starts
+            .iter()
+            .map(|(slot, at)| (*slot, at.saturating_duration_since(origin).as_nanos() as i64))
+            .collect();
+        verify::check_all(&history, &rec, &lives, first_revision)
     } else {
         verify::Findings::default()
     };
