@@ -810,3 +810,20 @@ fn fill(path: &std::path::Path) -> Result<u64, String> {
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_lists() {
+        assert_eq!(parse_faults("all").unwrap().len(), 7);
+        assert!(parse_faults("none").unwrap().is_empty());
+        assert_eq!(
+            parse_faults("kill, pause,kill").unwrap(),
+            vec![FaultKind::Kill, FaultKind::Pause]
+        );
+        let err = parse_faults("kill,flood").unwrap_err();
+        assert!(err.contains("unknown fault \"flood\""), "{err}");
+    }
+}

@@ -297,7 +297,12 @@ async fn drive(
             .cluster
             .starts
             .iter()
-            .map(|(slot, at)| (*slot, at.saturating_duration_since(origin).as_nanos() as i64))
+            .map(|(slot, at)| {
+                (
+                    *slot,
+                    at.saturating_duration_since(origin).as_nanos() as i64,
+                )
+            })
             .collect();
         verify::check_all(&history, &rec, &lives, first_revision)
     } else {
@@ -713,4 +718,43 @@ pub fn parse(args: &[String]) -> Result<RunOptions, String> {
         return Err("--server BIN is required (a keel or etcd binary)".into());
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn flags() {
+        let o = parse(&args(
+            "--server /bin/keel --members 5 --duration=30 --seed 9 --faults kill,pause \
+             --clients 4 --out /tmp/x --server-env KEEL_FAILPOINTS=stale-read=on",
+        ))
+        .unwrap();
+        assert_eq!(o.server, PathBuf::from("/bin/keel"));
+        assert_eq!(
+            (o.members, o.duration.as_secs(), o.seed, o.clients),
+            (5, 30, 9, 4)
+        );
+        assert_eq!(o.faults, vec![FaultKind::Kill, FaultKind::Pause]);
+        assert_eq!(o.out, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(
+            o.server_env,
+            vec![("KEEL_FAILPOINTS".to_string(), "stale-read=on".to_string())]
+        );
+        // Every fault kind by default.
+        assert_eq!(parse(&args("--server x")).unwrap().faults.len(), 7);
+        for bad in [
+            "",
+            "--server x --members 4",
+            "--server x --seed y",
+            "--server x --bogus 1",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
 }
