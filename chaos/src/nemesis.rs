@@ -389,11 +389,18 @@ impl Nemesis {
     }
 
     async fn remove_member(&mut self) -> Result<Vec<Heal>, String> {
+        let (s, leader) = self.target().await?;
+        self.remove(s, leader).await?;
+        Ok(vec![Heal::Readd(s)])
+    }
+
+    /// Removes slot `s` from the cluster (when every member runs) and waits for its
+    /// process to leave.
+    async fn remove(&mut self, s: usize, leader: bool) -> Result<(), String> {
         let live = self.voters_live();
         if live.len() < self.in_cluster().len() || live.len() < 2 {
             return Err("a member is down: removing another could cost the quorum".into());
         }
-        let (s, leader) = self.target().await?;
         let id = self.cluster.members[s].id;
         if id == 0 {
             return Err(format!("m{s}'s member ID is unknown"));
@@ -424,7 +431,7 @@ impl Nemesis {
             if leader { " (leader)" } else { "" }
         ));
         self.wait_exit(s, Duration::from_secs(5)).await;
-        Ok(vec![Heal::Readd(s)])
+        Ok(())
     }
 
     /// Whether `id` is still listed, asking for up to 10 s (true if no one answers).
@@ -441,6 +448,17 @@ impl Nemesis {
 
     /// MemberAdd for `slot` (as a learner or a voter), wipe its data dir, start it.
     async fn add(&mut self, slot: usize, learner: bool) -> Result<u64, String> {
+        self.add_with(slot, learner, None).await
+    }
+
+    /// `add`, filling the slot's disk with `ballast` (after the wipe, before the start)
+    /// when given: the new member's first boot meets a full disk.
+    async fn add_with(
+        &mut self,
+        slot: usize,
+        learner: bool,
+        ballast: Option<&std::path::Path>,
+    ) -> Result<u64, String> {
         let r: pb::MemberAddResponse = self
             .member_call(
                 slot,
@@ -468,7 +486,23 @@ impl Nemesis {
         self.cluster.members[slot].id = id;
         self.cluster.members[slot].in_cluster = true;
         self.held.retain(|&h| h != slot);
+        let filled = match ballast.map(fill) {
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(e)) => {
+                self.log(format!("cannot fill m{slot}'s disk: {e}"));
+                None
+            }
+            None => None,
+        };
         self.cluster.start(slot, Vec::new())?;
+        if let Some(bytes) = filled {
+            self.cluster.members[slot].exit_expected = true;
+            self.held.push(slot);
+            self.log(format!(
+                "m{slot}'s disk was filled ({} MiB) before its first boot",
+                bytes >> 20
+            ));
+        }
         Ok(id)
     }
 
@@ -539,6 +573,28 @@ impl Nemesis {
                 .clone()
                 .expect("mounted")
                 .join("ballast");
+            if self.rng.chance(0.3) {
+                // A replacement member whose disk is full at its first boot: it must stop
+                // or wait, and boot once the disk has room.
+                self.remove(s, false).await?;
+                return match self.add_with(s, false, Some(&ballast)).await {
+                    Ok(id) => {
+                        self.current = format!("m{s} new on a full disk");
+                        self.log(format!(
+                            "add m{s} back as a new member ({id:x}) on a full disk"
+                        ));
+                        Ok(vec![Heal::Unfill(s, ballast)])
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&ballast);
+                        self.log(format!("re-adding m{s} failed (retrying): {e}"));
+                        if !self.pending_readd.contains(&s) {
+                            self.pending_readd.push(s);
+                        }
+                        Ok(Vec::new())
+                    }
+                };
+            }
             let filled = fill(&ballast)?;
             self.cluster.members[s].exit_expected = true;
             self.held.push(s);
