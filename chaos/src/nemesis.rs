@@ -446,6 +446,31 @@ impl Nemesis {
         true
     }
 
+    /// Waits (bounded) until every live member but `slot` lists member `id` in its own
+    /// (serializable) member list.
+    async fn wait_listed(&self, slot: usize, id: u64) {
+        let until = Instant::now() + Duration::from_secs(10);
+        for other in self.cluster.live().into_iter().filter(|&s| s != slot) {
+            while Instant::now() < until {
+                let r: Result<pb::MemberListResponse, _> =
+                    crate::rpc::Endpoint::new(crate::cluster::client_addr(other))
+                        .unary(
+                            "/etcdserverpb.Cluster/MemberList",
+                            pb::MemberListRequest {
+                                linearizable: false,
+                            },
+                            Duration::from_secs(1),
+                        )
+                        .await;
+                if r.is_ok_and(|l| l.members.iter().any(|m| m.id == id)) {
+                    break;
+                }
+                // Not `self.wait`: tending may re-add, which waits here.
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// MemberAdd for `slot` (as a learner or a voter), wipe its data dir, start it.
     async fn add(&mut self, slot: usize, learner: bool) -> Result<u64, String> {
         self.add_with(slot, learner, None).await
@@ -494,6 +519,11 @@ impl Nemesis {
             }
             None => None,
         };
+        // A new member learns the cluster from whichever peer answers first, as etcd's
+        // does; one that has not applied the MemberAdd yet makes it refuse to start
+        // ("no match found for existing member"), in etcd too. Start it once every live
+        // member lists it (found by seed 22 of the long mode).
+        self.wait_listed(slot, id).await;
         self.cluster.start(slot, Vec::new())?;
         if let Some(bytes) = filled {
             self.cluster.members[slot].exit_expected = true;
