@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod disk;
 pub mod history;
 pub mod nemesis;
 pub mod net;
