@@ -38,6 +38,7 @@
 
 pub mod api;
 pub mod config;
+pub mod durable_dir;
 pub mod failpoint;
 pub mod grpc;
 pub mod mvcc;

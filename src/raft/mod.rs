@@ -343,7 +343,7 @@ impl RaftCore {
         let wal_exists = Wal::exists(&opts.wal_dir);
         let db_exists = opts.db_path.exists();
         if let Some(parent) = opts.db_path.parent() {
-            std::fs::create_dir_all(parent)
+            crate::durable_dir::create_dir_all(parent, 0o700)
                 .map_err(|e| boot_err(format!("cannot create {}: {e}", parent.display())))?;
         }
         let store_opts = StoreOptions {

@@ -8,7 +8,7 @@
 //! repair a torn WAL tail. etcd refuses this by locking its files (bbolt `flock`s the db,
 //! the WAL segments are locked with OFD locks); Keel locks the directory itself, so no lock
 //! file is added to the data dir:
-//! - the dir is created if missing (mode 0700, as etcd does), opened `O_RDONLY |
+//! - the dir is created if missing (mode 0700, as etcd does; durably, `durable_dir`), opened `O_RDONLY |
 //!   O_DIRECTORY | O_CLOEXEC` and locked with `flock(LOCK_EX | LOCK_NB)`
 //!   (`File::try_lock`), so a second process fails at once instead of waiting;
 //! - the holder is named by its PID, found in `/proc/locks` by the directory's
@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -100,11 +100,8 @@ impl DirLock {
                 source,
             }
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io("create"))?;
+        // Durably: a data dir whose entry a power cut drops boots as a new member.
+        crate::durable_dir::create_dir_all(dir, 0o700).map_err(io("create"))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY)

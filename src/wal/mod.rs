@@ -293,17 +293,10 @@ impl Wal {
                 dir: dir.to_path_buf(),
             });
         }
-        // Boot-time: make the directory chain, then fsync the parent so the entry survives.
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let parent_handle = Directory::open(parent)
-                .await
-                .map_err(|e| io_error(parent, "open", e))?;
-            parent_handle
-                .sync()
-                .await
-                .map_err(|e| io_error(parent, "directory fsync", e))?;
-        }
+        // Boot-time: make the directory chain, each new entry fsynced in its parent so the
+        // chain survives a power cut (`durable_dir`).
+        crate::durable_dir::create_dir_all(dir, 0o700)
+            .map_err(|e| io_error(dir, "create directory", e))?;
         let dir_handle = Directory::open(dir)
             .await
             .map_err(|e| io_error(dir, "open", e))?;
