@@ -18,6 +18,7 @@ pub mod disk;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod powercut;
 pub mod record;
 pub mod rng;
 pub mod rpc;

@@ -1,12 +1,16 @@
 //! `keel-chaos run …` starts a cluster in network namespaces, injects faults while clients
 //! record every operation, and checks the outcome; `keel-chaos check HISTORY.jsonl` checks
-//! a recorded history alone.
+//! a recorded history alone; `keel-chaos powercut …` cuts the power under members whose
+//! data dirs live on a disk that forgets what was not synced.
 
 fn usage() -> ! {
     eprintln!(
         "usage: keel-chaos run --server BIN [--members 3|5] [--duration SECONDS] [--seed N] \
          [--faults kill,partition,pause,member,disk,clock,stray|all] [--clients N] [--out DIR] \
          [--server-arg ARG]... [--server-env NAME=VALUE]...\n       \
+         keel-chaos powercut --server BIN [--members 1|3] [--cuts N] [--seed S] \
+         [--loss all|prefix|torn|subset|mixed] [--writers N] [--out DIR] [--server-arg ARG]... \
+         [--server-env NAME=VALUE]...\n       \
          keel-chaos check [--states-max N] HISTORY.jsonl"
     );
     std::process::exit(2);
@@ -20,6 +24,13 @@ fn main() {
             Ok(opts) => chaos::run::run(opts),
             Err(e) => {
                 eprintln!("keel-chaos run: {e}");
+                usage()
+            }
+        },
+        Some("powercut") => match chaos::powercut::parse(&args[1..]) {
+            Ok(opts) => chaos::powercut::run(opts),
+            Err(e) => {
+                eprintln!("keel-chaos powercut: {e}");
                 usage()
             }
         },

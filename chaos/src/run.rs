@@ -50,8 +50,9 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
+/// SIGINT and SIGTERM end the run early (and cleanly: members killed, mounts undone).
 #[allow(unsafe_code)]
-fn catch_interrupts() {
+pub fn catch_interrupts() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -59,15 +60,14 @@ fn catch_interrupts() {
     }
 }
 
-#[allow(unsafe_code)]
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// Whether SIGINT or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
 }
 
 /// Runs the whole thing; returns the process exit code (0 only when clean).
 pub fn run(opts: RunOptions) -> i32 {
-    if !is_root() {
+    if !sys::is_root() {
         eprintln!("keel-chaos run: needs root (network namespaces, iptables, tmpfs mounts)");
         return 2;
     }

@@ -122,3 +122,9 @@ pub fn free_bytes(path: &Path) -> Result<u64, String> {
 pub fn ns_since(origin: std::time::Instant) -> i64 {
     origin.elapsed().as_nanos() as i64
 }
+
+#[allow(unsafe_code)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

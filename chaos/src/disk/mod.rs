@@ -91,6 +91,42 @@ struct State {
     model: Model,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
+    /// The name each inode was last looked up, created or renamed by (for [`Arm`]).
+    names: HashMap<Ino, std::ffi::OsString>,
+    arm: Option<Arm>,
+}
+
+/// A power cut that comes at the `left`th durability request (fsync, fdatasync, directory
+/// fsync, O_DSYNC write) from now on a file whose name ends with `suffix` (any file when
+/// `None`): the request is refused and nothing of it becomes durable.
+struct Arm {
+    left: u64,
+    suffix: Option<String>,
+}
+
+impl State {
+    fn named(&mut self, ino: Ino, name: &OsStr) {
+        self.names.insert(ino, name.to_os_string());
+    }
+
+    /// Whether this durability request on `ino` is the one the power goes off at.
+    fn trips(&mut self, ino: Ino) -> bool {
+        let Some(arm) = self.arm.as_mut() else {
+            return false;
+        };
+        if let Some(suffix) = &arm.suffix {
+            let name = self.names.get(&ino).map(|n| n.as_bytes()).unwrap_or(b"");
+            if !name.ends_with(suffix.as_bytes()) {
+                return false;
+            }
+        }
+        arm.left = arm.left.saturating_sub(1);
+        if arm.left == 0 {
+            self.arm = None;
+            return true;
+        }
+        false
+    }
 }
 
 struct Shared {
@@ -193,7 +229,14 @@ impl State {
 
 impl Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.with(|s| s.model.lookup(parent.0, name)));
+        self.entry(
+            reply,
+            self.with(|s| {
+                let a = s.model.lookup(parent.0, name)?;
+                s.named(a.ino, name);
+                Ok(a)
+            }),
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -260,8 +303,11 @@ impl Filesystem for Fs {
             return reply.error(Errno::EPERM);
         }
         let r = self.with(|s| {
-            s.model
-                .create(parent.0, name, mode as u16, req.uid(), req.gid())
+            let a = s
+                .model
+                .create(parent.0, name, mode as u16, req.uid(), req.gid())?;
+            s.named(a.ino, name);
+            Ok(a)
         });
         self.entry(reply, r);
     }
@@ -276,8 +322,11 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         let r = self.with(|s| {
-            s.model
-                .mkdir(parent.0, name, mode as u16, req.uid(), req.gid())
+            let a = s
+                .model
+                .mkdir(parent.0, name, mode as u16, req.uid(), req.gid())?;
+            s.named(a.ino, name);
+            Ok(a)
         });
         self.entry(reply, r);
     }
@@ -328,7 +377,11 @@ impl Filesystem for Fs {
             reply,
             self.with(|s| {
                 s.model
-                    .rename(parent.0, name, newparent.0, newname, noreplace)
+                    .rename(parent.0, name, newparent.0, newname, noreplace)?;
+                if let Ok(a) = s.model.lookup(newparent.0, newname) {
+                    s.named(a.ino, newname);
+                }
+                Ok(())
             }),
         );
     }
@@ -394,6 +447,10 @@ impl Filesystem for Fs {
             let from_cache = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
             let opened = s.handles.get(&fh.0).map_or(0, |h| h.flags);
             let dsync = !from_cache && (flags.0 | opened) & libc::O_DSYNC != 0;
+            if dsync && s.trips(ino.0) {
+                self.0.frozen.store(true, Ordering::SeqCst);
+                return Err(libc::EIO);
+            }
             let n = s.model.write(ino.0, offset, data, dsync)?;
             let st = &self.0.stats;
             st.writes.fetch_add(1, Ordering::Relaxed);
@@ -448,6 +505,10 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let r = self.with(|s| {
+            if s.trips(ino.0) {
+                self.0.frozen.store(true, Ordering::SeqCst);
+                return Err(libc::EIO);
+            }
             s.model.fsync(ino.0)?;
             self.0.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -525,6 +586,10 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let r = self.with(|s| {
+            if s.trips(ino.0) {
+                self.0.frozen.store(true, Ordering::SeqCst);
+                return Err(libc::EIO);
+            }
             s.model.fsync(ino.0)?;
             self.0.stats.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -575,6 +640,7 @@ impl Filesystem for Fs {
             let a = s
                 .model
                 .create(parent.0, name, mode as u16, req.uid(), req.gid())?;
+            s.named(a.ino, name);
             s.model.open(a.ino)?;
             Ok((a.clone(), s.new_handle(a.ino, flags, None)))
         });
@@ -785,6 +851,8 @@ impl Disk {
                 model,
                 handles: HashMap::new(),
                 next_fh: 1,
+                names: HashMap::new(),
+                arm: None,
             }),
             frozen: AtomicBool::new(false),
             stats: self.stats.clone(),
@@ -812,6 +880,26 @@ impl Disk {
             let _g = live.shared.lock();
             live.shared.frozen.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Arms a power cut at the `n`th durability request from now (fsync, fdatasync,
+    /// directory fsync, O_DSYNC write) on a file whose name ends with `suffix` (any file
+    /// when `None`): that request fails with EIO, nothing of it becomes durable, and the
+    /// disk is frozen from then on ([`Disk::frozen`] tells when).
+    pub fn arm(&self, n: u64, suffix: Option<&str>) {
+        if let Some(live) = &self.live {
+            live.shared.lock().arm = Some(Arm {
+                left: n.max(1),
+                suffix: suffix.map(str::to_string),
+            });
+        }
+    }
+
+    /// Whether the power is off (by [`Disk::freeze`] or an armed cut).
+    pub fn frozen(&self) -> bool {
+        self.live
+            .as_ref()
+            .is_none_or(|l| l.shared.frozen.load(Ordering::SeqCst))
     }
 
     /// Power back on, after the processes using the disk have exited: detaches the old
