@@ -974,6 +974,9 @@ async fn drive(
             }
         }
         lost_total += f.lost.len();
+        if f.lost.is_empty() && judged.is_ok() {
+            load.model.borrow_mut().prune();
+        }
         let m = load.model.borrow();
         if cut % 10 == 0 || cut == opts.cuts || !f.lost.is_empty() {
             println!(
@@ -1004,6 +1007,26 @@ async fn drive(
 }
 
 impl Model {
+    /// Forgets what no later check can use (after a clean check): a key's writes before
+    /// its last acknowledged one, except acknowledged ones above the compaction (the
+    /// history check still looks for them). Keeps the checks' cost flat over a long run.
+    fn prune(&mut self) {
+        let compacted = self.compacted;
+        for ops in self.keys.values_mut() {
+            let Some(last) = ops
+                .iter()
+                .rposition(|o| matches!(o.outcome, Outcome::Acked(_)))
+            else {
+                continue;
+            };
+            let mut i = 0;
+            ops.retain(|o| {
+                i += 1;
+                i - 1 >= last || matches!(o.outcome, Outcome::Acked(r) if r > compacted)
+            });
+        }
+    }
+
     /// A copy for the checks (which await while holding it).
     fn clone_for_check(&self) -> Model {
         Model {
@@ -1137,6 +1160,29 @@ mod tests {
             judge_key(&ops, Some(&got("b", 3))).is_err(),
             "a failed compare wrote nothing"
         );
+    }
+
+    #[test]
+    fn pruning_keeps_what_the_checks_still_use() {
+        let mut m = Model {
+            compacted: 6,
+            ..Model::default()
+        };
+        m.keys.insert(
+            "k".into(),
+            vec![
+                op(Some("a"), Outcome::Acked(5)),
+                op(Some("b"), Outcome::Unknown),
+                op(Some("c"), Outcome::Acked(8)),
+                op(Some("d"), Outcome::Acked(9)),
+                op(Some("e"), Outcome::Unknown),
+            ],
+        );
+        m.prune();
+        let left: Vec<_> = m.keys["k"].iter().map(|o| o.value.clone().unwrap()).collect();
+        assert_eq!(left, ["c", "d", "e"]);
+        assert!(judge_key(&m.keys["k"], Some(&got("d", 9))).is_ok());
+        assert!(judge_key(&m.keys["k"], Some(&got("c", 8))).is_err());
     }
 
     #[test]
