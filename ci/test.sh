@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, model, crash and recovery tests, the server driven by
 # etcdctl and the etcd-client crate (one build, reused), keel-chaos's short fault-injection
-# run, etcd's own e2e tests and the Python and Node etcd3 clients against Keel, then a
+# run and power-cut run, etcd's own e2e tests and the Python and Node etcd3 clients against Keel, then a
 # short smoke run of every fuzz target.
 # Run from anywhere in the checkout.
 set -euo pipefail
@@ -21,6 +21,11 @@ fi
 # keel-chaos, the short mode: a seeded run with every fault kind must be clean, and a
 # deliberately broken Keel must be caught (needs root; about 4 minutes with its build).
 ci/chaos.sh
+
+# keel-chaos powercut, the short mode: power cuts on the forgetful FUSE disk must lose
+# nothing Keel acknowledged, and the two mutants that skip a sync must be caught (needs
+# root and /dev/fuse; about 4 minutes with the mutants' builds).
+ci/powercut.sh
 
 # etcd's e2e suite, then Python and Node clients, against the binary the test build made.
 ci/e2e.sh target/debug/keel

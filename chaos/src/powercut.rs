@@ -32,6 +32,36 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// When the power goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// After a random time of load.
+    Time,
+    /// At the Nth durability request (fsync, fdatasync, directory fsync, O_DSYNC write)
+    /// on any file of the member's disk.
+    Any,
+    /// At one of the db's first few durability requests from now.
+    Db,
+    /// At one of the WAL segments' durability requests.
+    Wal,
+    /// Each cut picks: time 2/5, any, db, wal 1/5 each.
+    Mixed,
+}
+
+impl std::str::FromStr for At {
+    type Err = String;
+    fn from_str(s: &str) -> Result<At, String> {
+        Ok(match s {
+            "time" => At::Time,
+            "any" => At::Any,
+            "db" => At::Db,
+            "wal" => At::Wal,
+            "mixed" => At::Mixed,
+            _ => return Err(format!("--at: {s}: want time, any, db, wal or mixed")),
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub server: PathBuf,
@@ -39,6 +69,7 @@ pub struct Options {
     pub cuts: u64,
     pub seed: u64,
     pub loss: Loss,
+    pub at: At,
     pub writers: usize,
     pub out: Option<PathBuf>,
     pub server_args: Vec<String>,
@@ -793,12 +824,13 @@ async fn drive(
     out: &std::path::Path,
 ) -> i32 {
     println!(
-        "keel-chaos powercut: {} member(s) of {} ({system:?}), seed {}, {} cuts, loss {:?}, {} writers, out {}",
+        "keel-chaos powercut: {} member(s) of {} ({system:?}), seed {}, {} cuts, loss {:?}, at {:?}, {} writers, out {}",
         opts.members,
         opts.server.display(),
         opts.seed,
         opts.cuts,
         opts.loss,
+        opts.at,
         opts.writers,
         out.display()
     );
@@ -842,14 +874,17 @@ async fn drive(
         } else {
             vec![*rng.pick(&all)]
         };
-        let at_sync = rng.chance(0.5);
-        let how = if at_sync {
+        let at = match opts.at {
+            At::Mixed => *rng.pick(&[At::Time, At::Time, At::Any, At::Db, At::Wal]),
+            a => a,
+        };
+        let how = if at != At::Time {
             // Any file's Nth durability request, or one of the db's (rare: a commit
             // every batch interval) or the WAL's. Keel and etcd name them alike.
-            let (suffix, n) = match rng.below(3) {
-                0 => (None, rng.range(1, 300)),
-                1 => (Some("db"), rng.range(1, 6)),
-                _ => (Some(".wal"), rng.range(1, 100)),
+            let (suffix, n) = match at {
+                At::Db => (Some("db"), rng.range(1, 6)),
+                At::Wal => (Some(".wal"), rng.range(1, 100)),
+                _ => (None, rng.range(1, 300)),
             };
             let d = *rng.pick(&targets);
             glommio::timer::sleep(Duration::from_millis(rng.range(20, 200))).await;
@@ -1048,6 +1083,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         cuts: 20,
         seed: 1,
         loss: Loss::Mixed,
+        at: At::Mixed,
         writers: 6,
         out: None,
         server_args: Vec::new(),
@@ -1080,6 +1116,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--cuts" => o.cuts = number(value()?)?.max(1),
             "--seed" => o.seed = number(value()?)?,
             "--loss" => o.loss = value()?.parse()?,
+            "--at" => o.at = value()?.parse()?,
             "--writers" => o.writers = (number(value()?)? as usize).max(1),
             "--out" => o.out = Some(PathBuf::from(value()?)),
             "--server-arg" => o.server_args.push(value()?),
@@ -1179,7 +1216,10 @@ mod tests {
             ],
         );
         m.prune();
-        let left: Vec<_> = m.keys["k"].iter().map(|o| o.value.clone().unwrap()).collect();
+        let left: Vec<_> = m.keys["k"]
+            .iter()
+            .map(|o| o.value.clone().unwrap())
+            .collect();
         assert_eq!(left, ["c", "d", "e"]);
         assert!(judge_key(&m.keys["k"], Some(&got("d", 9))).is_ok());
         assert!(judge_key(&m.keys["k"], Some(&got("c", 8))).is_err());
