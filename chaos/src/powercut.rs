@@ -1057,7 +1057,7 @@ impl Model {
             let mut i = 0;
             ops.retain(|o| {
                 i += 1;
-                i - 1 >= last || matches!(o.outcome, Outcome::Acked(r) if r > compacted)
+                i > last || matches!(o.outcome, Outcome::Acked(r) if r > compacted)
             });
         }
     }
