@@ -70,6 +70,9 @@ pub struct Options {
     pub seed: u64,
     pub loss: Loss,
     pub at: At,
+    /// The disk's journal mode: a file fsync also keeps every pending directory change
+    /// (ext4 does this in practice; Linux does not promise it).
+    pub journal: bool,
     pub writers: usize,
     pub out: Option<PathBuf>,
     pub server_args: Vec<String>,
@@ -790,7 +793,10 @@ pub fn run(opts: Options) -> i32 {
             .expect("data dir has a parent")
             .to_path_buf();
         match Disk::mount(&mountpoint) {
-            Ok(d) => disks.push(d),
+            Ok(mut d) => {
+                d.set_journal(opts.journal);
+                disks.push(d)
+            }
             Err(e) => {
                 eprintln!("keel-chaos powercut: {e}");
                 return 2;
@@ -824,13 +830,14 @@ async fn drive(
     out: &std::path::Path,
 ) -> i32 {
     println!(
-        "keel-chaos powercut: {} member(s) of {} ({system:?}), seed {}, {} cuts, loss {:?}, at {:?}, {} writers, out {}",
+        "keel-chaos powercut: {} member(s) of {} ({system:?}), seed {}, {} cuts, loss {:?}, at {:?}, dirs {}, {} writers, out {}",
         opts.members,
         opts.server.display(),
         opts.seed,
         opts.cuts,
         opts.loss,
         opts.at,
+        if opts.journal { "journal" } else { "strict" },
         opts.writers,
         out.display()
     );
@@ -1084,6 +1091,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         seed: 1,
         loss: Loss::Mixed,
         at: At::Mixed,
+        journal: false,
         writers: 6,
         out: None,
         server_args: Vec::new(),
@@ -1117,6 +1125,13 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--seed" => o.seed = number(value()?)?,
             "--loss" => o.loss = value()?.parse()?,
             "--at" => o.at = value()?.parse()?,
+            "--dirs" => {
+                o.journal = match value()?.as_str() {
+                    "strict" => false,
+                    "journal" => true,
+                    v => return Err(format!("--dirs: {v}: want strict or journal")),
+                }
+            }
             "--writers" => o.writers = (number(value()?)? as usize).max(1),
             "--out" => o.out = Some(PathBuf::from(value()?)),
             "--server-arg" => o.server_args.push(value()?),

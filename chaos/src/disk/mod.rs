@@ -882,6 +882,16 @@ impl Disk {
         }
     }
 
+    /// Journal mode (see [`model::Model::journal`]): a file's fsync also makes every
+    /// pending directory change durable, as ext4's journal commit does in practice.
+    pub fn set_journal(&mut self, on: bool) {
+        if let Some(live) = &self.live {
+            live.shared.lock().model.journal = on;
+        } else if let Some(m) = self.parked.as_mut() {
+            m.journal = on;
+        }
+    }
+
     /// Arms a power cut at the `n`th durability request from now (fsync, fdatasync,
     /// directory fsync, O_DSYNC write) on a file whose name ends with `suffix` (any file
     /// when `None`): that request fails with EIO, nothing of it becomes durable, and the

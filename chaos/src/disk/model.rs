@@ -557,6 +557,10 @@ impl Inode {
 pub struct Model {
     nodes: BTreeMap<Ino, Inode>,
     next: Ino,
+    /// An ext4-like journal: fsync or fdatasync of a file also makes every pending
+    /// directory change durable (ext4 commits the whole running transaction, which holds
+    /// them). More than Linux promises; off by default (strict, see the module doc).
+    pub journal: bool,
 }
 
 impl Default for Model {
@@ -592,6 +596,7 @@ impl Model {
         Model {
             nodes: BTreeMap::from([(ROOT, root)]),
             next: ROOT + 1,
+            journal: false,
         }
     }
 
@@ -996,7 +1001,20 @@ impl Model {
     /// durable.
     pub fn fsync(&mut self, ino: Ino) -> Res<()> {
         match &mut self.node_mut(ino)?.node {
-            Node::File(f) => f.sync(),
+            Node::File(f) => {
+                f.sync();
+                if self.journal {
+                    let dirs: Vec<Ino> = self
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| matches!(&n.node, Node::Dir(d) if !d.pending.is_empty()))
+                        .map(|(&i, _)| i)
+                        .collect();
+                    for d in dirs {
+                        self.fsync(d)?;
+                    }
+                }
+            }
             Node::Symlink(_) => {}
             Node::Dir(d) => {
                 let ops = std::mem::take(&mut d.pending);

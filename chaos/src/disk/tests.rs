@@ -212,6 +212,25 @@ fn dsync_write_is_durable_at_once_and_keeps_its_place() {
 }
 
 #[test]
+fn with_a_journal_a_file_fsync_also_keeps_every_pending_name() {
+    let mut m = Model::new();
+    m.journal = true;
+    let d = m.mkdir(ROOT, OsStr::new("d"), 0o755, 0, 0).unwrap().ino;
+    let f = m.create(d, OsStr::new("a"), 0o644, 0, 0).unwrap().ino;
+    m.write(f, 0, b"data", false).unwrap();
+    let g = m.create(ROOT, OsStr::new("b"), 0o644, 0, 0).unwrap().ino;
+    m.write(g, 0, b"unsynced", false).unwrap();
+    m.fsync(f).unwrap();
+    cut(&mut m, Loss::All, 1);
+    assert_eq!(
+        content(&m, "d/a").expect("d/a kept by the journal commit"),
+        b"data"
+    );
+    // b's name was in the same transaction; its data was not synced.
+    assert_eq!(content(&m, "b").unwrap(), b"");
+}
+
+#[test]
 fn file_name_is_durable_only_with_the_dir_fsync() {
     for loss in LOSSES {
         for seed in 0..10 {
