@@ -116,6 +116,8 @@ struct Model {
     leases: BTreeSet<i64>,
     /// The highest acknowledged compaction.
     compacted: i64,
+    /// The highest compaction ever sent (acknowledged or not).
+    compact_sent: i64,
     /// Acknowledged writes (puts, deletes, txns that wrote, lease grants, compactions).
     acked: u64,
     /// The highest revision any acknowledgement carried.
@@ -351,6 +353,10 @@ async fn compact(load: &Load, ep: &mut Endpoint) {
     if revision <= load.model.borrow().compacted {
         return;
     }
+    {
+        let mut m = load.model.borrow_mut();
+        m.compact_sent = m.compact_sent.max(revision);
+    }
     let r: Result<pb::CompactionResponse, _> = ep
         .unary(
             "/etcdserverpb.KV/Compact",
@@ -489,19 +495,30 @@ async fn check_history(
     current: i64,
     f: &mut Findings,
 ) -> Result<(), String> {
-    // Revision 1 is the empty store's: no event.
-    let mut start = (model.compacted + 1).max(2);
+    // The store's compaction C is the acknowledged one or a later one whose answer never
+    // came. A compaction at C drops the tombstones at C, so revision C itself may have no
+    // event left: watch from the acknowledged compaction (canceled, naming C, when C is
+    // above it) and check the revisions above the floor. Revision 1 is the empty store's.
+    let mut floor = model.compacted.max(1);
     let events = loop {
-        match watch_range(slot, start, current).await? {
+        if floor >= current {
+            return Ok(());
+        }
+        match watch_range(slot, floor, current).await? {
             Ok(events) => break events,
-            Err(compacted) if compacted >= start => start = compacted + 1,
-            Err(compacted) => {
-                return Err(format!(
-                    "watch from {start} canceled as compacted at {compacted}"
-                ))
+            Err(c) if c > floor => {
+                if c > model.compact_sent {
+                    f.lost.push(format!(
+                        "the store is compacted at {c}, above any compaction requested ({})",
+                        model.compact_sent
+                    ));
+                }
+                floor = c;
             }
+            Err(c) => return Err(format!("watch from {floor} canceled as compacted at {c}")),
         }
     };
+    let start = floor + 1;
     let mut at: BTreeMap<i64, Vec<(String, Option<String>)>> = BTreeMap::new();
     for (rev, key, value) in events {
         at.entry(rev).or_default().push((key, value));
@@ -1075,6 +1092,7 @@ impl Model {
             keys: self.keys.clone(),
             leases: self.leases.clone(),
             compacted: self.compacted,
+            compact_sent: self.compact_sent,
             acked: self.acked,
             max_acked_rev: self.max_acked_rev,
             seen_rev: self.seen_rev,
