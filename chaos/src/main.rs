@@ -9,7 +9,7 @@ fn usage() -> ! {
          [--faults kill,partition,pause,member,disk,clock,stray|all] [--clients N] [--out DIR] \
          [--server-arg ARG]... [--server-env NAME=VALUE]...\n       \
          keel-chaos powercut --server BIN [--members 1|3] [--cuts N] [--seed S] \
-         [--loss all|prefix|torn|subset|mixed] [--at time|any|db|wal|mixed] [--dirs strict|journal] [--writers N] [--out DIR] [--server-arg ARG]... \
+         [--loss all|prefix|torn|subset|mixed] [--at time|any|db|wal|mixed] [--dirs strict|journal] [--whom all|one|mixed] [--writers N] [--out DIR] [--server-arg ARG]... \
          [--server-env NAME=VALUE]...\n       \
          keel-chaos check [--states-max N] HISTORY.jsonl"
     );

@@ -32,6 +32,14 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Whose power goes (3 members).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whom {
+    All,
+    One,
+    Mixed,
+}
+
 /// When the power goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum At {
@@ -73,6 +81,8 @@ pub struct Options {
     /// The disk's journal mode: a file fsync also keeps every pending directory change
     /// (ext4 does this in practice; Linux does not promise it).
     pub journal: bool,
+    /// With 3 members: cut all at once, one, or either (3 in 4 all at once).
+    pub whom: Whom,
     pub writers: usize,
     pub out: Option<PathBuf>,
     pub server_args: Vec<String>,
@@ -893,7 +903,12 @@ async fn drive(
             tasks.push(glommio::spawn_local(writer(load.clone(), w, slot, wrng, cut)).detach());
         }
         // Whom, and when.
-        let targets: Vec<usize> = if opts.members == 1 || rng.chance(0.75) {
+        let all_at_once = match opts.whom {
+            Whom::All => true,
+            Whom::One => false,
+            Whom::Mixed => rng.chance(0.75),
+        };
+        let targets: Vec<usize> = if opts.members == 1 || all_at_once {
             all.clone()
         } else {
             vec![*rng.pick(&all)]
@@ -1110,6 +1125,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         loss: Loss::Mixed,
         at: At::Mixed,
         journal: false,
+        whom: Whom::Mixed,
         writers: 6,
         out: None,
         server_args: Vec::new(),
@@ -1143,6 +1159,14 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--seed" => o.seed = number(value()?)?,
             "--loss" => o.loss = value()?.parse()?,
             "--at" => o.at = value()?.parse()?,
+            "--whom" => {
+                o.whom = match value()?.as_str() {
+                    "all" => Whom::All,
+                    "one" => Whom::One,
+                    "mixed" => Whom::Mixed,
+                    v => return Err(format!("--whom: {v}: want all, one or mixed")),
+                }
+            }
             "--dirs" => {
                 o.journal = match value()?.as_str() {
                     "strict" => false,
