@@ -704,21 +704,6 @@ async fn converge(slots: &[usize]) -> Result<i64, String> {
     ))
 }
 
-async fn hash_kvs(slots: &[usize], revision: i64) -> Vec<(usize, Result<u32, String>)> {
-    let mut out = Vec::new();
-    for &s in slots {
-        let r: Result<pb::HashKvResponse, _> = Endpoint::new(client_addr(s))
-            .unary(
-                "/etcdserverpb.Maintenance/HashKV",
-                pb::HashKvRequest { revision },
-                Duration::from_secs(10),
-            )
-            .await;
-        out.push((s, r.map(|r| r.hash).map_err(|e| e.to_string())));
-    }
-    out
-}
-
 /// The last `n` lines of a member's log.
 fn log_tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -1018,7 +1003,7 @@ async fn drive(
             check_history(&model, 0, rev.max(current), &mut f).await?;
             check_leases_and_compaction(&model, 0, &mut f).await?;
             if opts.members > 1 {
-                let hashes = hash_kvs(&all, current).await;
+                let hashes = crate::run::hash_kvs(&all, current).await;
                 let first = hashes[0].1.clone();
                 if hashes.iter().any(|(_, h)| *h != first || h.is_err()) {
                     f.lost

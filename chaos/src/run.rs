@@ -635,7 +635,8 @@ async fn fetch_history(slot: usize, last: i64) -> Result<Vec<HEvent>, String> {
     Ok(events)
 }
 
-async fn hash_kvs(slots: &[usize], revision: i64) -> Vec<(usize, Result<u32, String>)> {
+/// HashKV of every slot at `revision` (each its own connection).
+pub async fn hash_kvs(slots: &[usize], revision: i64) -> Vec<(usize, Result<u32, String>)> {
     let mut out = Vec::new();
     for &s in slots {
         let r: Result<pb::HashKvResponse, _> = Endpoint::new(client_addr(s))
