@@ -3,7 +3,7 @@
 # etcdctl (etcd-client) for the interop tests, etcd (etcd-server) to compare against,
 # golang-go + golang-etcd-server-dev + curl for etcd's own e2e suite, protoc for the
 # etcd-client crate's build, iproute2, iptables, nftables, faketime and fiu-utils for
-# keel-chaos.
+# keel-chaos, cargo-fuzz for the fuzz smoke run; checks python3/pip and node/npm.
 set -euo pipefail
 need=()
 command -v etcdctl >/dev/null || need+=(etcd-client)
@@ -25,3 +25,12 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# cargo-fuzz drives ci/fuzz-smoke.sh (built once into ~/.cargo/bin, about 2 minutes).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "deps: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+# python3/pip and node/npm carry ci/interop.sh's clients (Python and Node etcd3).
+for tool in python3 pip node npm; do
+  command -v "$tool" >/dev/null || { echo "deps: FAILED: $tool is missing (ci/interop.sh needs it)" >&2; exit 1; }
+done

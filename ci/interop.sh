@@ -4,7 +4,7 @@
 #
 #   ci/interop.sh [path/to/keel]      (default target/debug/keel)
 #
-# Installs the clients into target/interop (PyPI, npm) on first use. Skips a client whose
+# Installs the clients into target/interop (PyPI, npm) on first use. Fails when a client's
 # toolchain (python3+pip, node+npm) is missing, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,14 +28,14 @@ run_clients() {
     [ -d "$WORK/py/etcd3" ] || pip install -q --target "$WORK/py" etcd3 >/dev/null 2>&1
     PYTHONPATH="$WORK/py" KEEL_MEMBERS=${KEEL_MEMBERS:-1} timeout 60 python3 ci/interop/python_etcd3.py 127.0.0.1 "$1" || status=1
   else
-    echo "interop: python3/pip missing; Python etcd3 skipped"
+    echo "interop: FAILED: python3/pip missing (ci/deps.sh checks for them)"; status=1
   fi
   if command -v npm >/dev/null && command -v node >/dev/null; then
     [ -d "$WORK/node/node_modules/etcd3" ] ||
       (mkdir -p "$WORK/node" && cd "$WORK/node" && npm install -s --no-audit --no-fund etcd3@1 >/dev/null 2>&1)
     NODE_PATH="$WORK/node/node_modules" KEEL_MEMBERS=${KEEL_MEMBERS:-1} timeout 60 node ci/interop/node_etcd3.js "127.0.0.1:$1" || status=1
   else
-    echo "interop: node/npm missing; Node etcd3 skipped"
+    echo "interop: FAILED: node/npm missing (ci/deps.sh checks for them)"; status=1
   fi
 }
 run_clients "$PORT"
