@@ -41,6 +41,7 @@ pub mod config;
 pub mod durable_dir;
 pub mod failpoint;
 pub mod grpc;
+pub mod lease;
 pub mod mvcc;
 pub mod pb;
 pub mod raft;

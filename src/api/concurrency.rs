@@ -13,12 +13,13 @@
 //! the fencing token (strictly larger for each later holder).
 
 use super::convert;
+use super::errors::EtcdError;
 use super::services::{decode, encode, Services};
-use crate::grpc::{Code, Request, Responses, Status};
+use crate::grpc::{Request, Responses, Status};
 use crate::mvcc::{
-    self, Change, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Op, OpResponse,
-    PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget,
-    TargetUnion, TxnRequest, TxnResponse,
+    self, Change, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Op, PutRequest,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TargetUnion,
+    TxnRequest, TxnResponse,
 };
 use crate::pb::v3electionpb as epb;
 use crate::pb::v3lockpb as lpb;
@@ -29,20 +30,22 @@ use std::rc::Rc;
 /// default session TTL).
 pub const SESSION_TTL_DEFAULT_S: i64 = 60;
 
-fn election_error(message: &str) -> Status {
-    Status::new(Code::Unknown, message)
+/// A failed create-if-absent txn reads the key that exists: its absence is a Keel bug.
+fn key_missing_from_txn() -> Status {
+    let e = crate::runtime::ServerError::Internal("the txn's failure branch read no key".into());
+    Status::from(e)
 }
 
 fn no_leader() -> Status {
-    election_error("election: no leader")
+    EtcdError::ElectionNoLeader.status()
 }
 
 fn not_leader() -> Status {
-    election_error("election: not leader")
+    EtcdError::ElectionNotLeader.status()
 }
 
 fn missing_leader_key() -> Status {
-    election_error("\"leader\" field must be provided")
+    EtcdError::ElectionMissingLeaderKey.status()
 }
 
 /// etcd's GetPrefixRangeEnd: the end of the range of keys starting with `prefix`.
@@ -138,10 +141,8 @@ impl Drop for Withdraw {
 
 impl Services {
     async fn txn_op(&self, txn: TxnRequest) -> Result<(TxnResponse, u64), Status> {
-        match self.write(&Op::Txn(txn)).await? {
-            (OpResponse::Txn(t), term) => Ok((t, term)),
-            _ => Err(super::services::unexpected_reply()),
-        }
+        let (res, term) = self.write(&Op::Txn(txn)).await?;
+        Ok((res.into_txn(), term))
     }
 
     /// A lease for a call that brought none (etcd's NewSession grants one).
@@ -215,7 +216,7 @@ impl Services {
                 .and_then(range_of)
                 .and_then(|r| r.kvs.first())
                 .map(|kv| kv.create_revision)
-                .ok_or_else(super::services::unexpected_reply)?
+                .ok_or_else(key_missing_from_txn)?
         };
         let owner = resp.responses.get(1).and_then(range_of);
         let held = owner
@@ -247,10 +248,7 @@ impl Services {
             ..Default::default()
         });
         let (res, term) = self.write(&op).await?;
-        let revision = match res {
-            OpResponse::DeleteRange(d) => d.header.revision,
-            _ => return Err(super::services::unexpected_reply()),
-        };
+        let revision = res.into_delete_range().header.revision;
         Ok(encode(&lpb::UnlockResponse {
             header: Some(self.header(revision, term)),
         }))
@@ -282,7 +280,7 @@ impl Services {
                 .first()
                 .and_then(range_of)
                 .and_then(|r| r.kvs.first())
-                .ok_or_else(super::services::unexpected_reply)?;
+                .ok_or_else(key_missing_from_txn)?;
             leader_revision = kv.create_revision;
             if kv.value != req.value {
                 if let Err(e) = self

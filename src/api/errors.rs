@@ -4,6 +4,7 @@
 
 use crate::grpc::{Code, Status};
 use crate::mvcc;
+use crate::runtime::ServerError;
 
 /// Every server-side error etcd 3.4 puts on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,17 @@ pub enum EtcdError {
     Corrupt,
     NotSupportedForLearner,
     BadLeaderTransferee,
+    /// Not one of etcd's `rpctypes` errors, but etcd's own string for a MoveLeader whose
+    /// transferee does not take over in time.
+    LeaderTransferTimedOut,
+    /// grpc-go's answer for a request whose context ended (etcd's for a write that found
+    /// no leader until its deadline).
+    DeadlineExceeded,
+    /// The Election service's errors (etcd's `v3election` package answers them with
+    /// code Unknown).
+    ElectionNoLeader,
+    ElectionNotLeader,
+    ElectionMissingLeaderKey,
 }
 
 impl EtcdError {
@@ -197,6 +209,14 @@ impl EtcdError {
                 Code::FailedPrecondition,
                 "etcdserver: bad leader transferee",
             ),
+            LeaderTransferTimedOut => (
+                Code::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
+            ),
+            DeadlineExceeded => (Code::Unknown, "context deadline exceeded"),
+            ElectionNoLeader => (Code::Unknown, "election: no leader"),
+            ElectionNotLeader => (Code::Unknown, "election: not leader"),
+            ElectionMissingLeaderKey => (Code::Unknown, "\"leader\" field must be provided"),
         }
     }
 
@@ -226,6 +246,45 @@ pub fn status_from_mvcc(e: &mvcc::Error) -> Status {
         }
     };
     known.status()
+}
+
+/// The wire error for an error of the layers below the services.
+pub fn status_from_server(e: &ServerError) -> Status {
+    let known = match e {
+        ServerError::NoLeader => EtcdError::NoLeader,
+        ServerError::NotLeader => EtcdError::NotLeader,
+        ServerError::NotSupportedForLearner => EtcdError::NotSupportedForLearner,
+        ServerError::TooManyRequests => EtcdError::TooManyRequests,
+        ServerError::Stopped => EtcdError::Stopped,
+        ServerError::Timeout => EtcdError::Timeout,
+        ServerError::TimeoutDueToLeaderFail => EtcdError::TimeoutDueToLeaderFail,
+        ServerError::DeadlineExceeded => EtcdError::DeadlineExceeded,
+        ServerError::LeaderTransferTimedOut => EtcdError::LeaderTransferTimedOut,
+        ServerError::BadLeaderTransferee => EtcdError::BadLeaderTransferee,
+        ServerError::PeerUrlExist => EtcdError::PeerUrlExist,
+        ServerError::TooManyLearners => EtcdError::TooManyLearners,
+        ServerError::MemberNotFound => EtcdError::MemberNotFound,
+        ServerError::MemberNotLearner => EtcdError::MemberNotLearner,
+        ServerError::LearnerNotReady => EtcdError::LearnerNotReady,
+        ServerError::MemberNotEnoughStarted => EtcdError::MemberNotEnoughStarted,
+        ServerError::Unhealthy => EtcdError::Unhealthy,
+        ServerError::Mvcc(e) => return status_from_mvcc(e),
+        // etcd passes raft's refusal on with its "etcdserver: " prefix.
+        ServerError::ConfChangeRefused(why) => {
+            return Status::new(Code::FailedPrecondition, format!("etcdserver: {why}"))
+        }
+        ServerError::ProposalRefused(why) => {
+            return Status::new(Code::Internal, format!("raft: {why}"))
+        }
+        ServerError::Internal(why) => return Status::new(Code::Internal, format!("keel: {why}")),
+    };
+    known.status()
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        status_from_server(&e)
+    }
 }
 
 #[cfg(test)]

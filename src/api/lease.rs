@@ -15,13 +15,13 @@
 //!   applied that revoke, is answered with the TTL; the leader ignores the renewal.)
 
 use super::errors::EtcdError;
-use super::services::{decode, encode, unexpected_reply, Services};
+use super::services::{decode, encode, Services};
 use crate::grpc::{Request, Responses, Status};
-use crate::mvcc::{self, Op, OpResponse};
+use crate::mvcc::{self, Op};
 use crate::pb::etcdserverpb as pb;
 use crate::raft::RaftClient;
-use crate::runtime::mesh::Applied;
-use crate::runtime::mesh::{ReplyBody, ToRaft};
+use crate::runtime::mesh::{LeaseList, LeaseRenewed, LeaseTtl, ToRaft};
+use crate::runtime::ServerError;
 use crate::shard::node::{Node, Slot};
 use bytes::Bytes;
 use prost::Message;
@@ -105,57 +105,10 @@ impl LeaseIds {
     }
 }
 
-/// When a keep-alive may be answered by its core without asking the raft core: the
-/// lease's last known deadline is at least this far ahead (the batched renewal reaches
-/// the leader long before that deadline could pass).
-pub const FAST_RENEW_MARGIN: Duration = Duration::from_secs(1);
+pub use crate::lease::{LeaseCache, FAST_RENEW_MARGIN};
+
 /// Keep-alives answered by their core reach the leader within this (one batch per core).
 pub const RENEW_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
-
-/// A core's view of the leases its streams keep alive: TTL and the deadline the leader
-/// last confirmed. Dropped when a round revokes the lease or the raft term changes.
-#[derive(Default)]
-pub struct LeaseCache {
-    known: RefCell<HashMap<i64, (i64, Instant)>>,
-    term: Cell<u64>,
-}
-
-impl LeaseCache {
-    /// The TTL to answer with at once, if the lease is known to live well past `now`.
-    pub fn fast(&self, id: i64, now: Instant) -> Option<i64> {
-        let known = self.known.borrow();
-        let &(ttl, deadline) = known.get(&id)?;
-        (now + FAST_RENEW_MARGIN < deadline).then_some(ttl)
-    }
-
-    fn learn(&self, id: i64, result: Option<(i64, Instant)>) {
-        let mut known = self.known.borrow_mut();
-        match result {
-            Some(r) => {
-                known.insert(id, r);
-            }
-            None => {
-                known.remove(&id);
-            }
-        }
-    }
-
-    /// A round this core applied: forget its revoked leases; a new term (leader) means
-    /// no deadline this core learnt is known to hold any more.
-    pub fn on_applied(&self, a: &Applied) {
-        if a.raft_term != self.term.get() {
-            self.term.set(a.raft_term);
-            self.known.borrow_mut().clear();
-            return;
-        }
-        if !a.revoked_leases.is_empty() {
-            let mut known = self.known.borrow_mut();
-            for id in a.revoked_leases.iter() {
-                known.remove(id);
-            }
-        }
-    }
-}
 
 type Renewed = Result<(Vec<i64>, i64, u64), Status>;
 /// Keep-alives (lease, receive time) of one stream batch and where their answer goes.
@@ -252,18 +205,20 @@ impl Renewer {
             let ids: Vec<i64> = renewals.iter().map(|r| r.0).collect();
             let reply = self
                 .client
-                .call(|from, seq| ToRaft::LeaseRenew {
-                    from,
-                    seq,
-                    renewals,
-                })
-                .await;
-            let result = reply.and_then(|r| match r.body {
-                Ok(ReplyBody::LeaseRenewed { revision, results }) if results.len() == count => {
-                    Ok((results, revision, r.raft_term))
+                .call(|to| ToRaft::LeaseRenew { to, renewals })
+                .await
+                .map_err(Status::from);
+            let result = reply.and_then(|a| {
+                let LeaseRenewed { revision, results } = a.value;
+                // One result per renewal (the peer wire could break it; a local one cannot).
+                if results.len() != count {
+                    let e = ServerError::Internal(format!(
+                        "{} keep-alive results for {count} renewals",
+                        results.len()
+                    ));
+                    return Err(Status::from(e));
                 }
-                Ok(_) => Err(unexpected_reply()),
-                Err(s) => Err(s),
+                Ok((results, revision, a.raft_term))
             });
             match result {
                 Ok((results, revision, term)) => {
@@ -309,9 +264,7 @@ impl Services {
         let ttl = req.ttl.max(self.lease_config().min_ttl_s);
         let op = Op::LeaseGrant(mvcc::LeaseGrantRequest { id, ttl });
         let (res, term) = self.write(&op).await?;
-        let OpResponse::LeaseGrant(r) = res else {
-            return Err(unexpected_reply());
-        };
+        let r = res.into_lease_grant();
         Ok(encode(&pb::LeaseGrantResponse {
             header: Some(self.header(r.header.revision, term)),
             id: r.id,
@@ -324,9 +277,7 @@ impl Services {
         let req = decode::<pb::LeaseRevokeRequest>(&body)?;
         let op = Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id: req.id });
         let (res, term) = self.write(&op).await?;
-        let OpResponse::LeaseRevoke(r) = res else {
-            return Err(unexpected_reply());
-        };
+        let r = res.into_lease_revoke();
         Ok(encode(&pb::LeaseRevokeResponse {
             header: Some(self.header(r.header.revision, term)),
         }))
@@ -334,25 +285,21 @@ impl Services {
 
     pub async fn lease_time_to_live(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::LeaseTimeToLiveRequest>(&body)?;
-        let reply = self
+        let a = self
             .client()
-            .call(|from, seq| ToRaft::LeaseTimeToLive {
-                from,
-                seq,
+            .call(|to| ToRaft::LeaseTimeToLive {
+                to,
                 id: req.id,
                 keys: req.keys,
             })
             .await?;
-        let term = reply.raft_term;
-        let ReplyBody::LeaseTimeToLive {
+        let term = a.raft_term;
+        let LeaseTtl {
             revision,
             ttl,
             granted_ttl,
             keys,
-        } = reply.body?
-        else {
-            return Err(unexpected_reply());
-        };
+        } = a.value;
         Ok(encode(&pb::LeaseTimeToLiveResponse {
             header: Some(self.header(revision, term)),
             id: req.id,
@@ -364,14 +311,9 @@ impl Services {
 
     pub async fn lease_leases(&self, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::LeaseLeasesRequest>(&body)?;
-        let reply = self
-            .client()
-            .call(|from, seq| ToRaft::LeaseLeases { from, seq })
-            .await?;
-        let term = reply.raft_term;
-        let ReplyBody::Leases { revision, ids } = reply.body? else {
-            return Err(unexpected_reply());
-        };
+        let a = self.client().call(|to| ToRaft::LeaseLeases { to }).await?;
+        let term = a.raft_term;
+        let LeaseList { revision, ids } = a.value;
         Ok(encode(&pb::LeaseLeasesResponse {
             header: Some(self.header(revision, term)),
             leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),

@@ -16,7 +16,9 @@ use crate::mvcc::{self, Op, OpResponse};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::grpc::health::v1 as health;
 use crate::raft::RaftClient;
-use crate::runtime::mesh::{MemberInfo, MemberOp, Reply, ReplyBody, ToRaft};
+use crate::runtime::mesh::{
+    HashKv, LeaderMoved, MemberChanged, MemberInfo, MemberOp, Members, StatusInfo, ToRaft,
+};
 use crate::shard::node::Node;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -60,10 +62,6 @@ pub(crate) fn encode<M: Message>(m: &M) -> Bytes {
 
 fn request_too_large() -> Status {
     EtcdError::RequestTooLarge.status()
-}
-
-pub(crate) fn unexpected_reply() -> Status {
-    Status::new(Code::Internal, "keel: unexpected reply from the raft core")
 }
 
 impl Services {
@@ -167,28 +165,24 @@ impl Services {
     }
 
     async fn read(&self, op: Op, linearizable: bool) -> Result<(OpResponse, u64), Status> {
-        let reply = self
+        let a = self
             .client
-            .call(|from, seq| ToRaft::Read {
-                from,
-                seq,
+            .call(|to| ToRaft::Read {
+                to,
                 op,
                 linearizable,
             })
             .await?;
-        op_reply(reply)
+        Ok((a.value, a.raft_term))
     }
 
     pub(crate) async fn write(&self, op: &Op) -> Result<(OpResponse, u64), Status> {
-        let data = convert::encode_raft_request(op);
+        let data = crate::raft::entry::encode_raft_request(op);
         if data.len() > self.max_request_bytes {
             return Err(request_too_large());
         }
-        let reply = self
-            .client
-            .call(|from, seq| ToRaft::Propose { from, seq, data })
-            .await?;
-        op_reply(reply)
+        let a = self.client.call(|to| ToRaft::Propose { to, data }).await?;
+        Ok((a.value, a.raft_term))
     }
 
     pub async fn range(&self, body: Bytes) -> Result<Bytes, Status> {
@@ -237,14 +231,11 @@ impl Services {
 
     pub async fn status(&self, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::StatusRequest>(&body)?;
-        let reply = self
+        let a = self
             .client
-            .call(|from, seq| ToRaft::Status { from, seq })
+            .call::<StatusInfo>(|to| ToRaft::Status { to })
             .await?;
-        let term = reply.raft_term;
-        let ReplyBody::Status(s) = reply.body? else {
-            return Err(unexpected_reply());
-        };
+        let (s, term) = (a.value, a.raft_term);
         Ok(encode(&pb::StatusResponse {
             header: Some(self.header(s.revision, term)),
             version: ETCD_VERSION.to_string(),
@@ -267,23 +258,19 @@ impl Services {
 
     pub async fn hash_kv(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::HashKvRequest>(&body)?;
-        let reply = self
+        let a = self
             .client
-            .call(|from, seq| ToRaft::HashKv {
-                from,
-                seq,
+            .call(|to| ToRaft::HashKv {
+                to,
                 revision: req.revision,
             })
             .await?;
-        let term = reply.raft_term;
-        let ReplyBody::HashKv {
+        let term = a.raft_term;
+        let HashKv {
             hash,
             compact_revision,
             revision,
-        } = reply.body?
-        else {
-            return Err(unexpected_reply());
-        };
+        } = a.value;
         Ok(encode(&pb::HashKvResponse {
             header: Some(self.header(revision, term)),
             hash,
@@ -294,14 +281,8 @@ impl Services {
 
     pub async fn member_list(&self, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::MemberListRequest>(&body)?;
-        let reply = self
-            .client
-            .call(|from, seq| ToRaft::MemberList { from, seq })
-            .await?;
-        let term = reply.raft_term;
-        let ReplyBody::Members(members) = reply.body? else {
-            return Err(unexpected_reply());
-        };
+        let a = self.client.call(|to| ToRaft::MemberList { to }).await?;
+        let (Members(members), term) = (a.value, a.raft_term);
         Ok(encode(&pb::MemberListResponse {
             header: Some(self.header(0, term)),
             members: members.into_iter().map(pb_member).collect(),
@@ -314,14 +295,8 @@ impl Services {
         &self,
         op: MemberOp,
     ) -> Result<(Option<pb::Member>, Vec<pb::Member>, u64), Status> {
-        let reply = self
-            .client
-            .call(|from, seq| ToRaft::Member { from, seq, op })
-            .await?;
-        let term = reply.raft_term;
-        let ReplyBody::MemberChanged { member, members } = reply.body? else {
-            return Err(unexpected_reply());
-        };
+        let a = self.client.call(|to| ToRaft::Member { to, op }).await?;
+        let (MemberChanged { member, members }, term) = (a.value, a.raft_term);
         Ok((
             member.map(pb_member),
             members.into_iter().map(pb_member).collect(),
@@ -382,14 +357,11 @@ impl Services {
     pub async fn move_leader(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::MoveLeaderRequest>(&body)?;
         let target = req.target_id;
-        let reply = self
+        let a = self
             .client
-            .call(|from, seq| ToRaft::MoveLeader { from, seq, target })
+            .call::<LeaderMoved>(|to| ToRaft::MoveLeader { to, target })
             .await?;
-        let term = reply.raft_term;
-        let ReplyBody::Done = reply.body? else {
-            return Err(unexpected_reply());
-        };
+        let term = a.raft_term;
         Ok(encode(&pb::MoveLeaderResponse {
             header: Some(self.header(0, term)),
         }))
@@ -398,11 +370,11 @@ impl Services {
     /// grpc.health.v1: SERVING once this member is serving (its raft core answers).
     pub async fn health_check(&self, body: Bytes) -> Result<Bytes, Status> {
         decode::<health::HealthCheckRequest>(&body)?;
-        let reply = self
+        let a = self
             .client
-            .call(|from, seq| ToRaft::Status { from, seq })
-            .await?;
-        let serving = matches!(reply.body, Ok(ReplyBody::Status(ref s)) if s.leader != 0);
+            .call::<StatusInfo>(|to| ToRaft::Status { to })
+            .await;
+        let serving = matches!(a, Ok(ref a) if a.value.leader != 0);
         let status = if serving {
             health::health_check_response::ServingStatus::Serving
         } else {
@@ -411,14 +383,6 @@ impl Services {
         Ok(encode(&health::HealthCheckResponse {
             status: status as i32,
         }))
-    }
-}
-
-fn op_reply(reply: Reply) -> Result<(OpResponse, u64), Status> {
-    let term = reply.raft_term;
-    match reply.body? {
-        ReplyBody::Op(r) => Ok((r, term)),
-        _ => Err(unexpected_reply()),
     }
 }
 
@@ -560,11 +524,11 @@ mod tests {
             assert_eq!(err.code, Code::Unavailable);
             assert_eq!(err.message, "etcdserver: no leader");
             // A reply naming a leader is enough to pass.
-            client.deliver(Reply {
+            client.deliver(crate::runtime::mesh::Reply {
                 seq: 0,
                 raft_term: 2,
                 leader: 7,
-                body: Err(Status::ok()),
+                body: Err(crate::runtime::ServerError::Stopped),
             });
             assert!(s.check_leader(&md).is_ok());
         });

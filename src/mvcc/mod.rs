@@ -39,6 +39,7 @@ pub mod request;
 pub mod revision;
 pub mod store;
 pub mod validate;
+pub mod wire;
 
 #[cfg(test)]
 mod model_test;

@@ -230,6 +230,31 @@ pub enum OpResponse {
     LeaseCheckpoint(ResponseHeader),
 }
 
+macro_rules! op_response_kinds {
+    ($($fn:ident: $variant:ident($ty:ty)),* $(,)?) => {
+        impl OpResponse {$(
+            /// The response to an `Op` of the same kind: the store answers every op with
+            /// its own kind, so another is a Keel bug.
+            pub fn $fn(self) -> $ty {
+                match self {
+                    OpResponse::$variant(r) => r,
+                    other => unreachable!(
+                        "the store answered with {other:?} where {} was due",
+                        stringify!($variant)
+                    ),
+                }
+            }
+        )*}
+    };
+}
+
+op_response_kinds! {
+    into_txn: Txn(TxnResponse),
+    into_delete_range: DeleteRange(DeleteRangeResponse),
+    into_lease_grant: LeaseGrant(LeaseGrantResponse),
+    into_lease_revoke: LeaseRevoke(LeaseRevokeResponse),
+}
+
 /// etcd's isTxnReadonly: no op other than Range in either branch (a nested txn counts
 /// as a write). Read-only txns can be served without going through raft.
 pub fn is_txn_readonly(r: &TxnRequest) -> bool {

@@ -5,9 +5,8 @@
 //! Invariant: at most `inflight_max` requests wait for a reply; each waiter gets exactly
 //! one reply or is dropped with its handler (then the late reply is discarded).
 
-use crate::api::errors::EtcdError;
-use crate::grpc::Status;
-use crate::runtime::mesh::{CoreId, Reply, ToRaft};
+use crate::runtime::mesh::{CoreId, Reply, ReplyKind, ReplyTo, ToRaft};
+use crate::runtime::ServerError;
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
 use std::cell::{Cell, RefCell};
@@ -39,14 +38,11 @@ pub struct RaftClient {
     learner: Cell<bool>,
 }
 
-/// etcd's answer when a server cannot take more requests.
-pub fn too_many_requests() -> Status {
-    EtcdError::TooManyRequests.status()
-}
-
-/// etcd's answer once the server is shutting down.
-pub fn server_stopped() -> Status {
-    EtcdError::Stopped.status()
+/// A reply of the kind asked for, with the raft term it was made in.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    pub raft_term: u64,
 }
 
 impl RaftClient {
@@ -66,28 +62,36 @@ impl RaftClient {
         self.core
     }
 
-    /// Sends the request `make(core, seq)` builds and waits for its reply. A full mailbox
-    /// is pushed back to the client at once, never buffered.
-    pub async fn call(&self, make: impl FnOnce(CoreId, u64) -> ToRaft) -> Result<Reply, Status> {
+    /// Sends the request `make(reply_to)` builds and waits for its reply, whose kind the
+    /// request names. A full mailbox is pushed back to the client at once, never buffered.
+    pub async fn call<T: ReplyKind>(
+        &self,
+        make: impl FnOnce(ReplyTo<T>) -> ToRaft,
+    ) -> Result<Answer<T>, ServerError> {
         if self.waiters.borrow().len() >= self.inflight_max {
-            return Err(too_many_requests());
+            return Err(ServerError::TooManyRequests);
         }
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         let slot = Rc::new(RefCell::new(Slot::default()));
         self.waiters.borrow_mut().insert(seq, slot.clone());
         let guard = WaiterGuard { client: self, seq };
-        let msg = make(self.core, seq);
+        let msg = make(ReplyTo::new(self.core, seq));
         let sent = match &self.sender {
             RaftSender::Local(tx) => tx.try_send(msg).is_ok(),
             RaftSender::Shared(tx) => tx.try_send(msg).is_ok(),
         };
         if !sent {
-            return Err(too_many_requests());
+            return Err(ServerError::TooManyRequests);
         }
         let reply = WaitReply { slot }.await;
         drop(guard);
-        Ok(reply)
+        let raft_term = reply.raft_term;
+        let value = T::unwrap(reply.body?).ok_or_else(|| {
+            debug_assert!(false, "a reply of another kind than its request's");
+            ServerError::Internal("a reply of another kind than its request's".into())
+        })?;
+        Ok(Answer { value, raft_term })
     }
 
     /// The leader as of the latest reply from the raft core (0: none).

@@ -11,19 +11,22 @@
 //! - A forwarded request is handled by the leader exactly as a local one (with
 //!   `FORWARDED` as its core); a leader never forwards again, so nothing ping-pongs.
 
+use super::entry::{self, MemberEntry};
 use super::{
-    boot_err, encode_context, member_record, no_leader, BootError, PendingRead, RaftCore, ReplySink,
+    boot_err, encode_context, member_record, BootError, LeaderTransfer, PendingRead, RaftCore,
+    ReplySink,
 };
-use crate::api::convert::MemberEntry;
-use crate::api::errors::EtcdError;
-use crate::grpc::{Code, Status};
 use crate::mvcc::db::TreeId;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::keel::internal::{
-    forward, forward_reply, Forward, ForwardReply, LeaseRenew, LeaseRenewed,
-    Member as MemberRecord, MemberChanged,
+    forward, forward_reply, Forward, ForwardReply, LeaseRenew, LeaseRenewed as WireLeaseRenewed,
+    Member as MemberRecord, MemberChanged as WireMemberChanged,
 };
-use crate::runtime::mesh::{CoreId, MemberInfo, MemberOp, Reply, ReplyBody, ToRaft};
+use crate::runtime::mesh::{
+    CoreId, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
+    Reply, ReplyBody, ReplyTo, ToRaft,
+};
+use crate::runtime::ServerError;
 use crate::wal;
 use ::raft::eraftpb::{ConfChange, ConfChangeType};
 use ::raft::StateRole;
@@ -47,9 +50,26 @@ const REMOVED_PREFIX: &[u8] = b"removed/";
 
 /// A request this member forwarded to the leader, waiting for its answer.
 pub struct Forwarding {
-    pub from: CoreId,
-    pub seq: u64,
+    waiter: ForwardWaiter,
     deadline: Instant,
+}
+
+/// Who waits for a forwarded request's answer; its kind says which answer the leader's
+/// reply must carry (another is refused, never handed on).
+enum ForwardWaiter {
+    LeaseRenew(ReplyTo<LeaseRenewed>),
+    LeaseTimeToLive(ReplyTo<LeaseTtl>),
+    Member(ReplyTo<MemberChanged>),
+}
+
+impl Forwarding {
+    pub fn origin(&self) -> Origin {
+        match self.waiter {
+            ForwardWaiter::LeaseRenew(to) => to.origin(),
+            ForwardWaiter::LeaseTimeToLive(to) => to.origin(),
+            ForwardWaiter::Member(to) => to.origin(),
+        }
+    }
 }
 
 /// The Meta tree key that marks `id` as removed for good.
@@ -67,17 +87,6 @@ pub fn member_info(m: &MemberRecord) -> MemberInfo {
         client_urls: m.client_urls.clone(),
         is_learner: m.is_learner,
     }
-}
-
-fn timed_out() -> Status {
-    EtcdError::Timeout.status()
-}
-
-fn leader_transfer_timed_out() -> Status {
-    Status::new(
-        Code::Unavailable,
-        "etcdserver: request timed out, leader transfer took too long",
-    )
 }
 
 /// etcd's ID for a member added at runtime: its peer URLs and the time, hashed as the
@@ -156,19 +165,20 @@ fn member_op(request: forward::Request) -> Option<MemberOp> {
 
 // ---- forwarded replies on the wire ----------------------------------------------------
 
-fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardReply {
+fn encode_forward_reply(id: u64, body: Result<ReplyBody, ServerError>) -> ForwardReply {
     let now = Instant::now();
     let reply = match body {
-        Err(s) => {
+        Err(e) => {
+            let (code, message) = e.peer_code();
             return ForwardReply {
                 id,
-                code: s.code as u32,
-                message: s.message,
+                code,
+                message,
                 reply: None,
-            }
+            };
         }
-        Ok(ReplyBody::LeaseRenewed { revision, results }) => {
-            forward_reply::Reply::LeaseRenewed(LeaseRenewed {
+        Ok(ReplyBody::LeaseRenewed(LeaseRenewed { revision, results })) => {
+            forward_reply::Reply::LeaseRenewed(WireLeaseRenewed {
                 revision,
                 ttl: results
                     .iter()
@@ -184,12 +194,12 @@ fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardRepl
                     .collect(),
             })
         }
-        Ok(ReplyBody::LeaseTimeToLive {
+        Ok(ReplyBody::LeaseTtl(LeaseTtl {
             revision,
             ttl,
             granted_ttl,
             keys,
-        }) => forward_reply::Reply::LeaseTimeToLive(pb::LeaseTimeToLiveResponse {
+        })) => forward_reply::Reply::LeaseTimeToLive(pb::LeaseTimeToLiveResponse {
             header: Some(pb::ResponseHeader {
                 revision,
                 ..Default::default()
@@ -199,19 +209,21 @@ fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardRepl
             granted_ttl,
             keys: keys.into_iter().map(Into::into).collect(),
         }),
-        Ok(ReplyBody::MemberChanged { member, members }) => {
-            forward_reply::Reply::MemberChanged(MemberChanged {
+        Ok(ReplyBody::MemberChanged(MemberChanged { member, members })) => {
+            forward_reply::Reply::MemberChanged(WireMemberChanged {
                 member: member.as_ref().map(member_record),
                 members: members.iter().map(member_record).collect(),
             })
         }
         Ok(other) => {
+            let e = ServerError::Internal(format!("no wire form for a forwarded {other:?}"));
+            let (code, message) = e.peer_code();
             return ForwardReply {
                 id,
-                code: Code::Internal as u32,
-                message: format!("keel: no wire form for a forwarded {other:?}"),
+                code,
+                message,
                 reply: None,
-            }
+            };
         }
     };
     ForwardReply {
@@ -222,33 +234,32 @@ fn encode_forward_reply(id: u64, body: Result<ReplyBody, Status>) -> ForwardRepl
     }
 }
 
-fn decode_forward_reply(r: ForwardReply) -> Result<ReplyBody, Status> {
+/// The leader's answer: an error, or the reply `body` (checked against what the waiter
+/// asked for by `deliver_forward_reply`).
+fn decode_forward_reply(r: ForwardReply) -> Result<forward_reply::Reply, ServerError> {
     if r.code != 0 {
-        return Err(Status::new(Code::from_u32(r.code), r.message));
+        return Err(ServerError::from_peer_code(r.code, r.message));
     }
-    let now = Instant::now();
-    match r.reply {
-        Some(forward_reply::Reply::LeaseRenewed(l)) => Ok(ReplyBody::LeaseRenewed {
-            revision: l.revision,
-            results: l
-                .ttl
-                .iter()
-                .zip(l.remaining_us.iter())
-                .map(|(&ttl, &us)| (ttl != 0).then(|| (ttl, now + Duration::from_micros(us))))
-                .collect(),
-        }),
-        Some(forward_reply::Reply::LeaseTimeToLive(t)) => Ok(ReplyBody::LeaseTimeToLive {
-            revision: t.header.map_or(0, |h| h.revision),
-            ttl: t.ttl,
-            granted_ttl: t.granted_ttl,
-            keys: t.keys.into_iter().map(|k| k.to_vec()).collect(),
-        }),
-        Some(forward_reply::Reply::MemberChanged(m)) => Ok(ReplyBody::MemberChanged {
-            member: m.member.as_ref().map(member_info),
-            members: m.members.iter().map(member_info).collect(),
-        }),
-        None => Err(Status::new(Code::Internal, "keel: empty forwarded reply")),
+    r.reply
+        .ok_or_else(|| ServerError::Internal("empty forwarded reply".into()))
+}
+
+fn lease_renewed_from_wire(l: WireLeaseRenewed, now: Instant) -> LeaseRenewed {
+    LeaseRenewed {
+        revision: l.revision,
+        results: l
+            .ttl
+            .iter()
+            .zip(l.remaining_us.iter())
+            .map(|(&ttl, &us)| (ttl != 0).then(|| (ttl, now + Duration::from_micros(us))))
+            .collect(),
     }
+}
+
+fn wrong_forward_reply(what: &str) -> ServerError {
+    ServerError::Internal(format!(
+        "the leader answered a forwarded {what} with another kind"
+    ))
 }
 
 impl RaftCore {
@@ -304,13 +315,18 @@ impl RaftCore {
     fn send_forward(
         &mut self,
         out: &dyn ReplySink,
-        from: CoreId,
-        seq: u64,
+        waiter: ForwardWaiter,
         request: forward::Request,
     ) {
-        let Some(leader) = self.forward_target().filter(|_| from != FORWARDED) else {
-            self.reply(out, from, seq, Err(no_leader()));
-            return;
+        let origin = Forwarding {
+            waiter,
+            deadline: Instant::now(),
+        };
+        let Some(leader) = self
+            .forward_target()
+            .filter(|_| origin.origin().from != FORWARDED)
+        else {
+            return self.fail(out, origin.origin(), ServerError::NoLeader);
         };
         let id = self.next_forward_id;
         self.next_forward_id += 1;
@@ -323,18 +339,11 @@ impl RaftCore {
             .as_ref()
             .is_some_and(|t| t.send_forward(leader, &fwd));
         if !sent {
-            self.reply(out, from, seq, Err(no_leader()));
-            return;
+            return self.fail(out, origin.origin(), ServerError::NoLeader);
         }
         let deadline = Instant::now() + self.request_timeout;
-        self.forwarding.insert(
-            id,
-            Forwarding {
-                from,
-                seq,
-                deadline,
-            },
-        );
+        self.forwarding
+            .insert(id, Forwarding { deadline, ..origin });
     }
 
     /// Keep-alives on a member that does not time leases go to the leader, each with how
@@ -342,24 +351,22 @@ impl RaftCore {
     pub(super) fn forward_lease_renew(
         &mut self,
         out: &dyn ReplySink,
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<LeaseRenewed>,
         renewals: Vec<(i64, Instant)>,
     ) {
         let request = forward::Request::LeaseRenew(renewals_to_wire(&renewals, Instant::now()));
-        self.send_forward(out, from, seq, request);
+        self.send_forward(out, ForwardWaiter::LeaseRenew(to), request);
     }
 
     pub(super) fn forward_time_to_live(
         &mut self,
         out: &dyn ReplySink,
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<LeaseTtl>,
         id: i64,
         keys: bool,
     ) {
         let request = forward::Request::LeaseTimeToLive(pb::LeaseTimeToLiveRequest { id, keys });
-        self.send_forward(out, from, seq, request);
+        self.send_forward(out, ForwardWaiter::LeaseTimeToLive(to), request);
     }
 
     /// A request another member forwarded: handled as a local one from `FORWARDED`.
@@ -367,32 +374,31 @@ impl RaftCore {
         let seq = self.next_forwarded_seq;
         self.next_forwarded_seq += 1;
         self.forwarded.insert(seq, (member, fwd.id));
-        let from = FORWARDED;
         let now = Instant::now();
         let msg = match fwd.request {
             Some(forward::Request::LeaseRenew(r)) => ToRaft::LeaseRenew {
-                from,
-                seq,
+                to: ReplyTo::new(FORWARDED, seq),
                 renewals: renewals_from_wire(&r, now),
             },
             Some(forward::Request::LeaseTimeToLive(t)) => ToRaft::LeaseTimeToLive {
-                from,
-                seq,
+                to: ReplyTo::new(FORWARDED, seq),
                 id: t.id,
                 keys: t.keys,
             },
             Some(r) => match member_op(r) {
-                Some(op) => ToRaft::Member { from, seq, op },
+                Some(op) => ToRaft::Member {
+                    to: ReplyTo::new(FORWARDED, seq),
+                    op,
+                },
                 None => unreachable!("lease requests are matched above"),
             },
             None => {
-                self.reply(
-                    out,
-                    from,
+                let origin = Origin {
+                    from: FORWARDED,
                     seq,
-                    Err(Status::new(Code::Internal, "keel: empty forwarded request")),
-                );
-                return;
+                };
+                let e = ServerError::Internal("empty forwarded request".into());
+                return self.fail(out, origin, e);
             }
         };
         self.handle(msg, out);
@@ -409,12 +415,46 @@ impl RaftCore {
         }
     }
 
+    /// The leader's answer to a request this member forwarded, handed to its waiter if it
+    /// is of the kind the waiter asked for.
     pub(super) fn handle_forward_reply(&mut self, out: &dyn ReplySink, r: ForwardReply) {
         let Some(f) = self.forwarding.remove(&r.id) else {
             return;
         };
         let body = decode_forward_reply(r);
-        self.reply(out, f.from, f.seq, body);
+        let now = Instant::now();
+        use forward_reply::Reply as W;
+        match f.waiter {
+            ForwardWaiter::LeaseRenew(to) => {
+                let res = body.and_then(|b| match b {
+                    W::LeaseRenewed(l) => Ok(lease_renewed_from_wire(l, now)),
+                    _ => Err(wrong_forward_reply("keep-alive")),
+                });
+                self.respond(out, to, res);
+            }
+            ForwardWaiter::LeaseTimeToLive(to) => {
+                let res = body.and_then(|b| match b {
+                    W::LeaseTimeToLive(t) => Ok(LeaseTtl {
+                        revision: t.header.map_or(0, |h| h.revision),
+                        ttl: t.ttl,
+                        granted_ttl: t.granted_ttl,
+                        keys: t.keys.into_iter().map(|k| k.to_vec()).collect(),
+                    }),
+                    _ => Err(wrong_forward_reply("TimeToLive")),
+                });
+                self.respond(out, to, res);
+            }
+            ForwardWaiter::Member(to) => {
+                let res = body.and_then(|b| match b {
+                    W::MemberChanged(m) => Ok(MemberChanged {
+                        member: m.member.as_ref().map(member_info),
+                        members: m.members.iter().map(member_info).collect(),
+                    }),
+                    _ => Err(wrong_forward_reply("membership change")),
+                });
+                self.respond(out, to, res);
+            }
+        }
     }
 
     // ---- membership --------------------------------------------------------------------
@@ -424,26 +464,22 @@ impl RaftCore {
     pub(super) fn member_change(
         &mut self,
         out: &dyn ReplySink,
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<MemberChanged>,
         op: MemberOp,
     ) {
         if self.node.raft.state != StateRole::Leader {
-            self.send_forward(out, from, seq, forward_request(op));
-            return;
+            let request = forward_request(op);
+            return self.send_forward(out, ForwardWaiter::Member(to), request);
         }
-        match self.propose_member_change(from, seq, op) {
-            Ok(()) => self.track_proposal(from, seq),
-            Err(status) => self.reply(out, from, seq, Err(status)),
+        match self.propose_member_change(to.origin(), op) {
+            Ok(()) => self.track_proposal(to.origin()),
+            Err(e) => self.respond(out, to, Err(e)),
         }
     }
 
-    fn propose_member_change(
-        &mut self,
-        from: CoreId,
-        seq: u64,
-        op: MemberOp,
-    ) -> Result<(), Status> {
+    /// Checks a membership change against the members and proposes it: a conf change, or
+    /// (for new peer URLs) a member entry. Applying it answers `origin` (`MemberChanged`).
+    fn propose_member_change(&mut self, origin: Origin, op: MemberOp) -> Result<(), ServerError> {
         let members = self.members();
         let find = |id: u64| members.iter().find(|m| m.id == id);
         let url_taken = |urls: &[String], except: u64| {
@@ -452,15 +488,15 @@ impl RaftCore {
                 .any(|m| m.id != except && m.peer_urls.iter().any(|u| urls.contains(u)))
         };
         self.check_reconfig(&op, &members)?;
-        let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
+        let ctx = encode_context(self.opts.member_id, self.incarnation, origin);
         let mut cc = ConfChange::default();
         match op {
             MemberOp::Add { peer_urls, learner } => {
                 if url_taken(&peer_urls, 0) {
-                    return Err(EtcdError::PeerUrlExist.status());
+                    return Err(ServerError::PeerUrlExist);
                 }
                 if learner && members.iter().filter(|m| m.is_learner).count() >= 1 {
-                    return Err(EtcdError::TooManyLearners.status());
+                    return Err(ServerError::TooManyLearners);
                 }
                 let mut id = new_member_id(&peer_urls);
                 while id == 0 || find(id).is_some() || self.removed_ids().contains(&id) {
@@ -484,54 +520,51 @@ impl RaftCore {
             }
             MemberOp::Remove { id } => {
                 if find(id).is_none() {
-                    return Err(EtcdError::MemberNotFound.status());
+                    return Err(ServerError::MemberNotFound);
                 }
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = id;
             }
             MemberOp::Promote { id } => {
                 let Some(m) = find(id) else {
-                    return Err(EtcdError::MemberNotFound.status());
+                    return Err(ServerError::MemberNotFound);
                 };
                 if !m.is_learner {
-                    return Err(EtcdError::MemberNotLearner.status());
+                    return Err(ServerError::MemberNotLearner);
                 }
                 let prs = self.node.raft.prs();
                 let leader_match = prs.get(self.opts.member_id).map_or(0, |p| p.matched);
                 let learner_match = prs.get(id).map_or(0, |p| p.matched);
                 if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
-                    return Err(EtcdError::LearnerNotReady.status());
+                    return Err(ServerError::LearnerNotReady);
                 }
                 cc.set_change_type(ConfChangeType::AddNode);
                 cc.node_id = id;
             }
             MemberOp::Update { id, peer_urls } => {
                 if find(id).is_none() {
-                    return Err(EtcdError::MemberNotFound.status());
+                    return Err(ServerError::MemberNotFound);
                 }
                 if url_taken(&peer_urls, id) {
-                    return Err(EtcdError::PeerUrlExist.status());
+                    return Err(ServerError::PeerUrlExist);
                 }
-                let data = crate::api::convert::encode_member_entry(&MemberEntry::Update {
-                    id,
-                    peer_urls,
-                });
+                let data = entry::encode_member_entry(&MemberEntry::Update { id, peer_urls });
                 return self
                     .node
                     .propose(ctx, data.to_vec())
-                    .map_err(|_| no_leader());
+                    .map_err(|_| ServerError::NoLeader);
             }
         }
         self.node.propose_conf_change(ctx, cc).map_err(|e| match e {
-            ::raft::Error::ProposalDropped => no_leader(),
-            e => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
+            ::raft::Error::ProposalDropped => ServerError::NoLeader,
+            e => ServerError::ConfChangeRefused(e.to_string()),
         })
     }
 
     /// etcd's `--strict-reconfig-check` (on by default): a voter is added or promoted only
     /// if enough members have started (published) to keep a quorum of the larger
     /// cluster, and no change may leave fewer connected voters than a quorum.
-    fn check_reconfig(&self, op: &MemberOp, members: &[MemberInfo]) -> Result<(), Status> {
+    fn check_reconfig(&self, op: &MemberOp, members: &[MemberInfo]) -> Result<(), ServerError> {
         if !self.opts.strict_reconfig_check {
             return Ok(());
         }
@@ -544,8 +577,8 @@ impl RaftCore {
             |id: u64| id == self.opts.member_id || prs.get(id).is_some_and(|p| p.recent_active);
         let nactive = voters.iter().filter(|m| active(m.id)).count();
         let quorum = |n: usize| n / 2 + 1;
-        let not_enough_started = || EtcdError::MemberNotEnoughStarted.status();
-        let unhealthy = || EtcdError::Unhealthy.status();
+        let not_enough_started = || ServerError::MemberNotEnoughStarted;
+        let unhealthy = || ServerError::Unhealthy;
         match op {
             MemberOp::Add { learner: true, .. } | MemberOp::Update { .. } => Ok(()),
             MemberOp::Add { learner: false, .. } => {
@@ -631,8 +664,8 @@ impl RaftCore {
         }
         self.store.set_consistent_index(e.index, e.term);
         self.membership_changed();
-        let ours = super::decode_context(&e.context).is_some_and(|(member, inc, core, _)| {
-            member == self.opts.member_id && inc == self.incarnation && core == PUBLISH
+        let ours = super::decode_context(&e.context).is_some_and(|(member, inc, origin)| {
+            member == self.opts.member_id && inc == self.incarnation && origin.from == PUBLISH
         });
         if ours {
             if !self.published {
@@ -646,7 +679,7 @@ impl RaftCore {
         let members = self.members();
         self.reply_to_entry(
             e,
-            Ok(ReplyBody::MemberChanged {
+            Ok(MemberChanged {
                 member: None,
                 members,
             }),
@@ -674,48 +707,59 @@ impl RaftCore {
             return;
         }
         self.publish_proposed = Some(now);
-        let data = crate::api::convert::encode_member_entry(&MemberEntry::Attributes {
+        let data = entry::encode_member_entry(&MemberEntry::Attributes {
             id: self.opts.member_id,
             name,
             client_urls,
         });
         // Applying it (from this boot) marks this member published.
-        let ctx = encode_context(self.opts.member_id, self.incarnation, PUBLISH, 0);
+        let publish = Origin {
+            from: PUBLISH,
+            seq: 0,
+        };
+        let ctx = encode_context(self.opts.member_id, self.incarnation, publish);
         let _ = self.node.propose(ctx, data.to_vec());
     }
 
     // ---- leader transfer ---------------------------------------------------------------
 
-    pub(super) fn move_leader(&mut self, out: &dyn ReplySink, from: CoreId, seq: u64, target: u64) {
+    pub(super) fn move_leader(
+        &mut self,
+        out: &dyn ReplySink,
+        to: ReplyTo<LeaderMoved>,
+        target: u64,
+    ) {
         if self.node.raft.state != StateRole::Leader {
-            self.reply(out, from, seq, Err(EtcdError::NotLeader.status()));
-            return;
+            return self.respond(out, to, Err(ServerError::NotLeader));
         }
         if !self.node.store().conf_state().voters.contains(&target) {
-            self.reply(out, from, seq, Err(EtcdError::BadLeaderTransferee.status()));
-            return;
+            return self.respond(out, to, Err(ServerError::BadLeaderTransferee));
         }
         if target == self.opts.member_id {
-            self.reply(out, from, seq, Ok(ReplyBody::Done));
-            return;
+            return self.respond(out, to, Ok(LeaderMoved));
         }
-        if let Some((f, s, _, _)) = self.move_leader.take() {
-            self.reply(out, f, s, Err(leader_transfer_timed_out()));
+        if let Some(earlier) = self.move_leader.take() {
+            self.respond(out, earlier.to, Err(ServerError::LeaderTransferTimedOut));
         }
         self.node.transfer_leader(target);
-        self.move_leader = Some((from, seq, target, Instant::now() + self.request_timeout));
+        self.move_leader = Some(LeaderTransfer {
+            to,
+            target,
+            deadline: Instant::now() + self.request_timeout,
+        });
     }
 
     pub(super) fn check_move_leader(&mut self, out: &dyn ReplySink) {
-        let Some((from, seq, target, deadline)) = self.move_leader else {
+        let Some(t) = &self.move_leader else {
             return;
         };
+        let (to, target, deadline) = (t.to, t.target, t.deadline);
         if self.node.raft.leader_id == target {
             self.move_leader = None;
-            self.reply(out, from, seq, Ok(ReplyBody::Done));
+            self.respond(out, to, Ok(LeaderMoved));
         } else if Instant::now() >= deadline {
             self.move_leader = None;
-            self.reply(out, from, seq, Err(leader_transfer_timed_out()));
+            self.respond(out, to, Err(ServerError::LeaderTransferTimedOut));
         }
     }
 
@@ -724,20 +768,19 @@ impl RaftCore {
     /// Answers "request timed out" to what waited too long, and asks again for ReadIndex
     /// answers that did not come (lost with a leader).
     pub fn expire_requests(&mut self, out: &dyn ReplySink, now: Instant) {
-        while self.held.front().is_some_and(|h| h.3 <= now) {
-            let (from, seq, _, _) = self.held.pop_front().expect("checked");
+        while self.held.front().is_some_and(|h| h.deadline <= now) {
+            let h = self.held.pop_front().expect("checked");
             // etcd's raft takes no proposal without a leader; the caller's context ends.
-            let status = Status::new(Code::Unknown, "context deadline exceeded");
-            self.reply(out, from, seq, Err(status));
+            self.fail(out, h.to.origin(), ServerError::DeadlineExceeded);
         }
-        while let Some(&(deadline, from, seq)) = self.proposal_deadlines.front() {
+        while let Some(&(deadline, origin)) = self.proposal_deadlines.front() {
             if deadline > now {
                 break;
             }
             self.proposal_deadlines.pop_front();
-            if self.proposals.get(&(from, seq)) == Some(&deadline) {
-                self.proposals.remove(&(from, seq));
-                self.reply(out, from, seq, Err(timed_out()));
+            if self.proposals.get(&origin) == Some(&deadline) {
+                self.proposals.remove(&origin);
+                self.fail(out, origin, ServerError::Timeout);
             }
         }
         let stale: Vec<u64> = self
@@ -758,7 +801,7 @@ impl RaftCore {
                     .partition(|r| r.deadline <= now);
             self.reads_waiting = keep;
             for r in late {
-                self.reply(out, r.from, r.seq, Err(timed_out()));
+                self.fail(out, r.origin(), ServerError::Timeout);
             }
         }
         let late: Vec<u64> = self
@@ -769,7 +812,7 @@ impl RaftCore {
             .collect();
         for id in late {
             if let Some(f) = self.forwarding.remove(&id) {
-                self.reply(out, f.from, f.seq, Err(timed_out()));
+                self.fail(out, f.origin(), ServerError::Timeout);
             }
         }
     }
@@ -796,14 +839,15 @@ mod tests {
     #[test]
     fn forwarded_replies_round_trip() {
         let now = Instant::now();
-        let body = ReplyBody::LeaseRenewed {
+        let body = ReplyBody::LeaseRenewed(LeaseRenewed {
             revision: 9,
             results: vec![Some((10, now + Duration::from_secs(10))), None],
-        };
+        });
         let r = encode_forward_reply(3, Ok(body));
         assert_eq!(r.id, 3);
         match decode_forward_reply(r).unwrap() {
-            ReplyBody::LeaseRenewed { revision, results } => {
+            forward_reply::Reply::LeaseRenewed(l) => {
+                let LeaseRenewed { revision, results } = lease_renewed_from_wire(l, now);
                 assert_eq!(revision, 9);
                 assert_eq!(results.len(), 2);
                 let (ttl, deadline) = results[0].unwrap();
@@ -814,10 +858,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err = encode_forward_reply(4, Err(EtcdError::MemberNotFound.status()));
-        let s = decode_forward_reply(err).unwrap_err();
-        assert_eq!(s.code, Code::NotFound);
-        assert_eq!(s.message, "etcdserver: member not found");
+        let err = encode_forward_reply(4, Err(ServerError::MemberNotFound));
+        let e = decode_forward_reply(err).unwrap_err();
+        assert!(matches!(e, ServerError::MemberNotFound), "{e:?}");
+        let err =
+            encode_forward_reply(5, Err(ServerError::Mvcc(crate::mvcc::Error::LeaseNotFound)));
+        let e = decode_forward_reply(err).unwrap_err();
+        assert!(
+            matches!(e, ServerError::Mvcc(crate::mvcc::Error::LeaseNotFound)),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -39,17 +39,21 @@
 
 pub mod client;
 mod cluster;
+pub mod entry;
 pub mod lessor;
 pub mod log;
 pub mod transport;
 
 pub use client::{RaftClient, RaftSender};
 
-use crate::grpc::{Code, Status};
 use crate::mvcc::db::TreeId;
 use crate::mvcc::{self, Op, OpResponse, Store, StoreOptions};
 use crate::pb::keel::internal::Member as MemberRecord;
-use crate::runtime::mesh::{Applied, CoreId, MemberInfo, Reply, ReplyBody, StatusInfo, ToRaft};
+use crate::runtime::mesh::{
+    Applied, CoreId, HashKv, LeaseList, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, Members,
+    Origin, ReadIndex, Reply, ReplyKind, ReplyTo, StatusInfo, ToRaft,
+};
+use crate::runtime::ServerError;
 use crate::wal::{self, Wal, WalOptions};
 use ::raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message as RaftMessage,
@@ -142,12 +146,41 @@ pub trait ReplySink {
 }
 
 struct PendingRead {
-    from: CoreId,
-    seq: u64,
     /// When the read gives up ("request timed out").
     deadline: Instant,
-    /// `None`: a bare ReadIndex, answered with the index (the shards serve the read).
-    op: Option<Op>,
+    waiter: ReadWaiter,
+}
+
+/// Who waits for a ReadIndex, and what to answer once it is applied.
+enum ReadWaiter {
+    /// A read the raft core serves itself.
+    Op(ReplyTo<OpResponse>, Op),
+    /// A bare ReadIndex, answered with the index (the shards serve the read).
+    Index(ReplyTo<ReadIndex>),
+}
+
+impl PendingRead {
+    fn origin(&self) -> Origin {
+        match &self.waiter {
+            ReadWaiter::Op(to, _) => to.origin(),
+            ReadWaiter::Index(to) => to.origin(),
+        }
+    }
+}
+
+/// A write waiting for a leader to propose it to.
+struct HeldProposal {
+    to: ReplyTo<OpResponse>,
+    data: bytes::Bytes,
+    /// When it gives up ("context deadline exceeded").
+    deadline: Instant,
+}
+
+/// A MoveLeader waiting for its transferee to lead.
+struct LeaderTransfer {
+    to: ReplyTo<crate::runtime::mesh::LeaderMoved>,
+    target: u64,
+    deadline: Instant,
 }
 
 pub struct RaftCore {
@@ -184,8 +217,8 @@ pub struct RaftCore {
     checkpoints_pending: Vec<(i64, i64)>,
     /// When expired leases were last looked for.
     last_expiry_check: Instant,
-    /// Writes waiting for a leader: (core, seq, entry, deadline), in arrival order.
-    held: VecDeque<(CoreId, u64, bytes::Bytes, Instant)>,
+    /// Writes waiting for a leader, in arrival order.
+    held: VecDeque<HeldProposal>,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
     known_leader: u64,
     /// The peer transport (`None` in unit tests of a single member).
@@ -193,8 +226,8 @@ pub struct RaftCore {
     /// The members a joining member was told of, until its log brings the membership.
     seed_members: Vec<MemberInfo>,
     /// Proposals of this member waiting to be applied: when each gives up.
-    proposals: HashMap<(CoreId, u64), Instant>,
-    proposal_deadlines: VecDeque<(Instant, CoreId, u64)>,
+    proposals: HashMap<Origin, Instant>,
+    proposal_deadlines: VecDeque<(Instant, Origin)>,
     /// Leader side: requests followers forwarded, by the local sequence number they got
     /// (their replies go back to (member, their id)).
     forwarded: HashMap<u64, (u64, u64)>,
@@ -202,8 +235,7 @@ pub struct RaftCore {
     /// Follower side: requests this member forwarded to the leader.
     forwarding: HashMap<u64, cluster::Forwarding>,
     next_forward_id: u64,
-    /// A MoveLeader waiting for its transferee to lead: (from, seq, target, deadline).
-    move_leader: Option<(CoreId, u64, u64, Instant)>,
+    move_leader: Option<LeaderTransfer>,
     /// This member's attributes are applied (it announced itself); when it last proposed them.
     published: bool,
     publish_proposed: Option<Instant>,
@@ -276,18 +308,18 @@ fn member_record(m: &MemberInfo) -> MemberRecord {
 /// The proposer of an entry, in its context: member ID, boot incarnation, core, sequence
 /// number. The incarnation keeps a replayed entry from an earlier boot from answering a
 /// request of this boot that happens to reuse its (core, seq).
-fn encode_context(member_id: u64, incarnation: u64, core: CoreId, seq: u64) -> Vec<u8> {
+fn encode_context(member_id: u64, incarnation: u64, origin: Origin) -> Vec<u8> {
     let mut c = Vec::with_capacity(CONTEXT_BYTES);
     c.extend_from_slice(&member_id.to_le_bytes());
     c.extend_from_slice(&incarnation.to_le_bytes());
-    c.extend_from_slice(&core.0.to_le_bytes());
-    c.extend_from_slice(&seq.to_le_bytes());
+    c.extend_from_slice(&origin.from.0.to_le_bytes());
+    c.extend_from_slice(&origin.seq.to_le_bytes());
     c
 }
 
 const CONTEXT_BYTES: usize = 26;
 
-fn decode_context(c: &[u8]) -> Option<(u64, u64, CoreId, u64)> {
+fn decode_context(c: &[u8]) -> Option<(u64, u64, Origin)> {
     if c.len() != CONTEXT_BYTES {
         return None;
     }
@@ -295,7 +327,11 @@ fn decode_context(c: &[u8]) -> Option<(u64, u64, CoreId, u64)> {
     let incarnation = u64::from_le_bytes(c[8..16].try_into().ok()?);
     let core = u16::from_le_bytes(c[16..18].try_into().ok()?);
     let seq = u64::from_le_bytes(c[18..].try_into().ok()?);
-    Some((member, incarnation, CoreId(core), seq))
+    let origin = Origin {
+        from: CoreId(core),
+        seq,
+    };
+    Some((member, incarnation, origin))
 }
 
 /// A number that differs between boots of this member: nanoseconds since the epoch.
@@ -306,34 +342,21 @@ fn new_incarnation() -> u64 {
         .unwrap_or(0)
 }
 
-fn no_leader() -> Status {
-    crate::api::errors::EtcdError::NoLeader.status()
-}
-
-/// The core and sequence number of a client request (`None`: peer and transport input).
-fn client_request_origin(msg: &ToRaft) -> Option<(CoreId, u64)> {
-    match *msg {
-        ToRaft::Propose { from, seq, .. }
-        | ToRaft::Read { from, seq, .. }
-        | ToRaft::Status { from, seq }
-        | ToRaft::MemberList { from, seq }
-        | ToRaft::HashKv { from, seq, .. }
-        | ToRaft::ReadIndex { from, seq }
-        | ToRaft::LeaseRenew { from, seq, .. }
-        | ToRaft::LeaseTimeToLive { from, seq, .. }
-        | ToRaft::LeaseLeases { from, seq }
-        | ToRaft::Member { from, seq, .. }
-        | ToRaft::MoveLeader { from, seq, .. } => Some((from, seq)),
-        _ => None,
-    }
-}
-
-fn not_for_learner() -> Status {
-    crate::api::errors::EtcdError::NotSupportedForLearner.status()
-}
-
-fn status_from_mvcc(e: &mvcc::Error) -> Status {
-    crate::api::errors::status_from_mvcc(e)
+/// The sender of a client request (`None`: peer and transport input).
+fn client_request_origin(msg: &ToRaft) -> Option<Origin> {
+    Some(match msg {
+        ToRaft::Propose { to, .. } | ToRaft::Read { to, .. } => to.origin(),
+        ToRaft::Status { to } => to.origin(),
+        ToRaft::MemberList { to } => to.origin(),
+        ToRaft::HashKv { to, .. } => to.origin(),
+        ToRaft::ReadIndex { to } => to.origin(),
+        ToRaft::LeaseRenew { to, .. } => to.origin(),
+        ToRaft::LeaseTimeToLive { to, .. } => to.origin(),
+        ToRaft::LeaseLeases { to } => to.origin(),
+        ToRaft::Member { to, .. } => to.origin(),
+        ToRaft::MoveLeader { to, .. } => to.origin(),
+        _ => return None,
+    })
 }
 
 impl RaftCore {
@@ -685,7 +708,7 @@ impl RaftCore {
     /// Takes one request from a core.
     pub fn handle(&mut self, msg: ToRaft, out: &dyn ReplySink) {
         // A learner serves Status and serializable reads only (etcd's interceptor).
-        if let Some((from, seq)) = client_request_origin(&msg) {
+        if let Some(origin) = client_request_origin(&msg) {
             let allowed = matches!(
                 msg,
                 ToRaft::Status { .. }
@@ -695,59 +718,70 @@ impl RaftCore {
                     }
             );
             if !allowed && self.is_learner() {
-                self.reply(out, from, seq, Err(not_for_learner()));
+                self.fail(out, origin, ServerError::NotSupportedForLearner);
                 return;
             }
         }
         match msg {
-            ToRaft::Propose { from, seq, data } => {
+            ToRaft::Propose { to, data } => {
                 let deadline = Instant::now() + self.request_timeout;
-                self.held.push_back((from, seq, data, deadline));
+                self.held.push_back(HeldProposal { to, data, deadline });
                 self.propose_held(out);
             }
             ToRaft::Read {
-                from,
-                seq,
+                to,
                 op,
                 linearizable,
             } => {
                 if linearizable {
                     let deadline = Instant::now() + self.request_timeout;
                     self.reads_waiting.push(PendingRead {
-                        from,
-                        seq,
                         deadline,
-                        op: Some(op),
+                        waiter: ReadWaiter::Op(to, op),
                     });
                 } else {
                     let res = self.read(&op);
-                    self.reply(out, from, seq, res);
+                    self.respond(out, to, res);
                 }
             }
-            ToRaft::ReadIndex { from, seq } => {
+            ToRaft::ReadIndex { to } => {
                 let deadline = Instant::now() + self.request_timeout;
                 self.reads_waiting.push(PendingRead {
-                    from,
-                    seq,
                     deadline,
-                    op: None,
+                    waiter: ReadWaiter::Index(to),
                 });
             }
-            ToRaft::LeaseRenew {
-                from,
-                seq,
-                renewals,
-            } if !self.lessor.is_primary() => self.forward_lease_renew(out, from, seq, renewals),
-            ToRaft::LeaseTimeToLive {
-                from,
-                seq,
-                id,
-                keys,
-            } if self.node.raft.state != StateRole::Leader => {
-                self.forward_time_to_live(out, from, seq, id, keys)
+            ToRaft::LeaseRenew { to, renewals } => self.lease_renew(out, to, renewals),
+            ToRaft::LeaseTimeToLive { to, id, keys } => self.lease_time_to_live(out, to, id, keys),
+            ToRaft::LeaseLeases { to } => {
+                let body = LeaseList {
+                    revision: self.store.current_revision(),
+                    ids: self.store.leases().iter().map(|(id, _)| id).collect(),
+                };
+                self.respond(out, to, Ok(body));
             }
-            ToRaft::Member { from, seq, op } => self.member_change(out, from, seq, op),
-            ToRaft::MoveLeader { from, seq, target } => self.move_leader(out, from, seq, target),
+            ToRaft::Status { to } => {
+                let info = self.status_info();
+                self.respond(out, to, Ok(info));
+            }
+            ToRaft::MemberList { to } => {
+                let members = self.members();
+                self.respond(out, to, Ok(Members(members)));
+            }
+            ToRaft::HashKv { to, revision } => {
+                let res = self
+                    .store
+                    .hash_kv(revision)
+                    .map(|(hash, compact_revision)| HashKv {
+                        hash,
+                        compact_revision,
+                        revision: self.store.current_revision(),
+                    })
+                    .map_err(ServerError::from);
+                self.respond(out, to, res);
+            }
+            ToRaft::Member { to, op } => self.member_change(out, to, op),
+            ToRaft::MoveLeader { to, target } => self.move_leader(out, to, target),
             ToRaft::Peer(msgs) => {
                 for m in msgs {
                     // Stale or foreign messages are refused by raft; nothing to answer.
@@ -776,107 +810,92 @@ impl RaftCore {
                 );
                 self.exit = Some(Exit::Removed);
             }
-            ToRaft::LeaseRenew {
-                from,
-                seq,
-                renewals,
-            } => {
-                let res = {
-                    let leases = self.store.leases();
-                    let results = renewals
-                        .iter()
-                        .map(|&(id, received)| self.lessor.renew(leases, id, received))
-                        .collect();
-                    if self.lessor.checkpoints() {
-                        // A renewed lease starts from its full TTL again: clear a recorded
-                        // remaining TTL (one entry per lease per interval at most).
-                        for &(id, _) in &renewals {
-                            if leases.get(id).is_some_and(|l| l.remaining_ttl > 0) {
-                                self.checkpoints_pending.push((id, 0));
-                            }
-                        }
-                    }
-                    Ok(ReplyBody::LeaseRenewed {
-                        revision: self.store.current_revision(),
-                        results,
-                    })
-                };
-                self.reply(out, from, seq, res);
-            }
-            ToRaft::LeaseTimeToLive {
-                from,
-                seq,
-                id,
-                keys,
-            } => {
-                let revision = self.store.current_revision();
-                let body = match self.store.leases().get(id) {
-                    Some(l) => ReplyBody::LeaseTimeToLive {
-                        revision,
-                        ttl: self.lessor.remaining_s(id, l.ttl, Instant::now()),
-                        granted_ttl: l.ttl,
-                        keys: if keys {
-                            l.keys.iter().cloned().collect()
-                        } else {
-                            Vec::new()
-                        },
-                    },
-                    None => ReplyBody::LeaseTimeToLive {
-                        revision,
-                        ttl: -1,
-                        granted_ttl: 0,
-                        keys: Vec::new(),
-                    },
-                };
-                self.reply(out, from, seq, Ok(body));
-            }
-            ToRaft::LeaseLeases { from, seq } => {
-                let body = ReplyBody::Leases {
-                    revision: self.store.current_revision(),
-                    ids: self.store.leases().iter().map(|(id, _)| id).collect(),
-                };
-                self.reply(out, from, seq, Ok(body));
-            }
-            ToRaft::Status { from, seq } => {
-                let info = self.status_info();
-                self.reply(out, from, seq, Ok(ReplyBody::Status(info)));
-            }
-            ToRaft::MemberList { from, seq } => {
-                let members = self.members();
-                self.reply(out, from, seq, Ok(ReplyBody::Members(members)));
-            }
-            ToRaft::HashKv {
-                from,
-                seq,
-                revision,
-            } => {
-                let res = self
-                    .store
-                    .hash_kv(revision)
-                    .map(|(hash, compact_revision)| ReplyBody::HashKv {
-                        hash,
-                        compact_revision,
-                        revision: self.store.current_revision(),
-                    })
-                    .map_err(|e| status_from_mvcc(&e));
-                self.reply(out, from, seq, res);
-            }
         }
     }
 
-    fn reply(
+    /// Keep-alives: the leader (which times the leases) renews them; another member asks
+    /// the leader.
+    fn lease_renew(
         &mut self,
         out: &dyn ReplySink,
-        to: CoreId,
-        seq: u64,
-        body: Result<ReplyBody, Status>,
+        to: ReplyTo<LeaseRenewed>,
+        renewals: Vec<(i64, Instant)>,
     ) {
-        let reply = Reply {
-            seq,
-            raft_term: self.node.raft.term,
-            leader: self.node.raft.leader_id,
-            body,
+        if !self.lessor.is_primary() {
+            return self.forward_lease_renew(out, to, renewals);
+        }
+        let leases = self.store.leases();
+        let results = renewals
+            .iter()
+            .map(|&(id, received)| self.lessor.renew(leases, id, received))
+            .collect();
+        if self.lessor.checkpoints() {
+            // A renewed lease starts from its full TTL again: clear a recorded remaining
+            // TTL (one entry per lease per interval at most).
+            for &(id, _) in &renewals {
+                if leases.get(id).is_some_and(|l| l.remaining_ttl > 0) {
+                    self.checkpoints_pending.push((id, 0));
+                }
+            }
+        }
+        let body = LeaseRenewed {
+            revision: self.store.current_revision(),
+            results,
         };
+        self.respond(out, to, Ok(body));
+    }
+
+    /// Lease.LeaseTimeToLive: the leader's deadline decides (a follower asks the leader).
+    fn lease_time_to_live(
+        &mut self,
+        out: &dyn ReplySink,
+        to: ReplyTo<LeaseTtl>,
+        id: i64,
+        keys: bool,
+    ) {
+        if self.node.raft.state != StateRole::Leader {
+            return self.forward_time_to_live(out, to, id, keys);
+        }
+        let revision = self.store.current_revision();
+        let body = match self.store.leases().get(id) {
+            Some(l) => LeaseTtl {
+                revision,
+                ttl: self.lessor.remaining_s(id, l.ttl, Instant::now()),
+                granted_ttl: l.ttl,
+                keys: if keys {
+                    l.keys.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            None => LeaseTtl {
+                revision,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        };
+        self.respond(out, to, Ok(body));
+    }
+
+    /// Answers `to` (a local core, or the member that forwarded the request).
+    fn respond<T: ReplyKind>(
+        &mut self,
+        out: &dyn ReplySink,
+        to: ReplyTo<T>,
+        body: Result<T, ServerError>,
+    ) {
+        let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
+        self.send_reply(out, to.from, reply);
+    }
+
+    /// Answers `origin` with an error.
+    fn fail(&mut self, out: &dyn ReplySink, origin: Origin, e: ServerError) {
+        let reply = origin.fail(e, self.node.raft.term, self.node.raft.leader_id);
+        self.send_reply(out, origin.from, reply);
+    }
+
+    fn send_reply(&mut self, out: &dyn ReplySink, to: CoreId, reply: Reply) {
         if to == cluster::FORWARDED {
             self.reply_forwarded(reply);
         } else {
@@ -898,40 +917,38 @@ impl RaftCore {
         // First settle proposals sent to a leader that is gone (see `leader_changed`).
         self.leader_changed(self.node.raft.leader_id, out);
         while self.node.raft.leader_id != ::raft::INVALID_ID {
-            let Some((from, seq, data, deadline)) = self.held.pop_front() else {
+            let Some(h) = self.held.pop_front() else {
                 break;
             };
-            let ctx = encode_context(self.opts.member_id, self.incarnation, from, seq);
-            match self.node.propose(ctx, data.to_vec()) {
-                Ok(()) => self.track_proposal(from, seq),
+            let origin = h.to.origin();
+            let ctx = encode_context(self.opts.member_id, self.incarnation, origin);
+            match self.node.propose(ctx, h.data.to_vec()) {
+                Ok(()) => self.track_proposal(origin),
                 // A leader transfer in progress: wait for its outcome.
                 Err(::raft::Error::ProposalDropped) => {
-                    self.held.push_front((from, seq, data, deadline));
+                    self.held.push_front(h);
                     break;
                 }
-                Err(e) => {
-                    let status = Status::new(Code::Internal, format!("raft: {e}"));
-                    self.reply(out, from, seq, Err(status));
-                }
+                Err(e) => self.fail(out, origin, ServerError::ProposalRefused(e.to_string())),
             }
         }
     }
 
     /// Remembers a proposal of this member, to answer "request timed out" if it is never
     /// applied (raft dropped it, or the leader it went to died).
-    fn track_proposal(&mut self, from: CoreId, seq: u64) {
+    fn track_proposal(&mut self, origin: Origin) {
         let deadline = Instant::now() + self.request_timeout;
-        self.proposals.insert((from, seq), deadline);
-        self.proposal_deadlines.push_back((deadline, from, seq));
+        self.proposals.insert(origin, deadline);
+        self.proposal_deadlines.push_back((deadline, origin));
     }
 
-    fn read(&mut self, op: &Op) -> Result<ReplyBody, Status> {
+    fn read(&mut self, op: &Op) -> Result<OpResponse, ServerError> {
         let res = match op {
             Op::Range(r) => self.store.range(r).map(OpResponse::Range),
             Op::Txn(t) => self.store.txn(t).map(OpResponse::Txn),
             _ => unreachable!("only Range and read-only Txn are reads"),
         };
-        res.map(ReplyBody::Op).map_err(|e| status_from_mvcc(&e))
+        res.map_err(ServerError::from)
     }
 
     pub fn status_info(&self) -> StatusInfo {
@@ -1016,7 +1033,7 @@ impl RaftCore {
             }),
         );
         for op in ops {
-            let data = crate::api::convert::encode_raft_request(&op);
+            let data = entry::encode_raft_request(&op);
             // No context: nobody waits for the reply.
             if self.node.propose(Vec::new(), data.to_vec()).is_err() {
                 break;
@@ -1148,10 +1165,9 @@ impl RaftCore {
         }
         let old = std::mem::replace(&mut self.known_leader, leader);
         if old != ::raft::INVALID_ID && old != me && !self.proposals.is_empty() {
-            let waiting: Vec<(CoreId, u64)> = self.proposals.drain().map(|(k, _)| k).collect();
-            let status = crate::api::errors::EtcdError::TimeoutDueToLeaderFail.status();
-            for (from, seq) in waiting {
-                self.reply(out, from, seq, Err(status.clone()));
+            let waiting: Vec<Origin> = self.proposals.drain().map(|(k, _)| k).collect();
+            for origin in waiting {
+                self.fail(out, origin, ServerError::TimeoutDueToLeaderFail);
             }
         }
     }
@@ -1259,9 +1275,9 @@ impl RaftCore {
             }
             return Ok(());
         }
-        let op = match crate::api::convert::decode_entry(&e.data) {
-            Ok(crate::api::convert::EntryOp::Op(op)) => op,
-            Ok(crate::api::convert::EntryOp::Member(m)) => return self.apply_member_entry(e, m),
+        let op = match entry::decode_entry(&e.data) {
+            Ok(entry::EntryOp::Op(op)) => op,
+            Ok(entry::EntryOp::Member(m)) => return self.apply_member_entry(e, m),
             Err(what) => {
                 return Err(boot_err(format!(
                     "raft entry {} does not decode: {what}",
@@ -1281,13 +1297,13 @@ impl RaftCore {
             _ => {}
         }
         let res = match res {
-            Ok(r) => Ok(ReplyBody::Op(r)),
+            Ok(r) => Ok(r),
             Err(err @ (mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. })) => {
                 return Err(boot_err(format!("applying entry {}: {err}", e.index)))
             }
-            Err(err) => Err(status_from_mvcc(&err)),
+            Err(err) => Err(ServerError::Mvcc(err)),
         };
-        self.reply_to_entry(e, res);
+        self.reply_to_entry::<OpResponse>(e, res);
         Ok(())
     }
 
@@ -1353,28 +1369,21 @@ impl RaftCore {
             self.exit = Some(Exit::Removed);
         }
         let member = (!removed).then(|| cluster::member_info(&record));
-        self.reply_to_entry(
-            e,
-            Ok(ReplyBody::MemberChanged {
-                member,
-                members: self.members(),
-            }),
-        );
+        let members = self.members();
+        self.reply_to_entry(e, Ok(MemberChanged { member, members }));
         Ok(())
     }
 
-    /// Queues the reply to an applied entry when this member (this boot) proposed it.
-    fn reply_to_entry(&mut self, e: &Entry, body: Result<ReplyBody, Status>) {
-        if let Some((member, incarnation, core, seq)) = decode_context(&e.context) {
+    /// Queues the reply to an applied entry when this member (this boot) proposed it. The
+    /// entry's kind gives the reply's: a store write answers `Propose` with an
+    /// `OpResponse`, a membership entry answers `Member` with `MemberChanged`.
+    fn reply_to_entry<T: ReplyKind>(&mut self, e: &Entry, body: Result<T, ServerError>) {
+        if let Some((member, incarnation, origin)) = decode_context(&e.context) {
             if member == self.opts.member_id && incarnation == self.incarnation {
-                self.proposals.remove(&(core, seq));
-                let reply = Reply {
-                    seq,
-                    raft_term: self.node.raft.term,
-                    leader: self.node.raft.leader_id,
-                    body,
-                };
-                self.round_replies.push((core, reply));
+                self.proposals.remove(&origin);
+                let to = ReplyTo::<T>::new(origin.from, origin.seq);
+                let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
+                self.round_replies.push((origin.from, reply));
             }
         }
     }
@@ -1386,11 +1395,13 @@ impl RaftCore {
             if self.reads_indexed[i].0 <= applied {
                 let (index, reads) = self.reads_indexed.swap_remove(i);
                 for r in reads {
-                    let res = match &r.op {
-                        Some(op) => self.read(op),
-                        None => Ok(ReplyBody::ReadIndex(index)),
-                    };
-                    self.reply(out, r.from, r.seq, res);
+                    match r.waiter {
+                        ReadWaiter::Op(to, op) => {
+                            let res = self.read(&op);
+                            self.respond(out, to, res);
+                        }
+                        ReadWaiter::Index(to) => self.respond(out, to, Ok(ReadIndex(index))),
+                    }
                 }
             } else {
                 i += 1;
@@ -1440,26 +1451,27 @@ impl RaftCore {
         Ok(())
     }
 
-    /// Answers every queued request with `status` (at shutdown).
-    pub fn fail_pending(&mut self, out: &dyn ReplySink, status: &Status) {
-        let mut all: Vec<PendingRead> = std::mem::take(&mut self.reads_waiting);
-        all.extend(self.reads_requested.drain().flat_map(|(_, (_, r))| r));
-        all.extend(self.reads_indexed.drain(..).flat_map(|(_, r)| r));
-        for r in all {
-            self.reply(out, r.from, r.seq, Err(status.clone()));
-        }
-        let held: Vec<(CoreId, u64)> = self.held.drain(..).map(|h| (h.0, h.1)).collect();
-        for (from, seq) in held {
-            self.reply(out, from, seq, Err(status.clone()));
-        }
-        let proposals: Vec<(CoreId, u64)> = self.proposals.drain().map(|(k, _)| k).collect();
-        for (from, seq) in proposals {
-            self.reply(out, from, seq, Err(status.clone()));
-        }
-        let forwarding: Vec<cluster::Forwarding> =
-            self.forwarding.drain().map(|(_, f)| f).collect();
-        for f in forwarding {
-            self.reply(out, f.from, f.seq, Err(status.clone()));
+    /// Answers every queued request with etcd's "server stopped" (at shutdown).
+    pub fn fail_pending(&mut self, out: &dyn ReplySink) {
+        let mut origins: Vec<Origin> = Vec::new();
+        origins.extend(self.reads_waiting.drain(..).map(|r| r.origin()));
+        origins.extend(
+            self.reads_requested
+                .drain()
+                .flat_map(|(_, (_, r))| r)
+                .map(|r| r.origin()),
+        );
+        origins.extend(
+            self.reads_indexed
+                .drain(..)
+                .flat_map(|(_, r)| r)
+                .map(|r| r.origin()),
+        );
+        origins.extend(self.held.drain(..).map(|h| h.to.origin()));
+        origins.extend(self.proposals.drain().map(|(k, _)| k));
+        origins.extend(self.forwarding.drain().map(|(_, f)| f.origin()));
+        for origin in origins {
+            self.fail(out, origin, ServerError::Stopped);
         }
     }
 }
@@ -1495,7 +1507,7 @@ pub async fn run(
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;
     }
-    core.fail_pending(out, &client::server_stopped());
+    core.fail_pending(out);
     let exit = core.exit.take().unwrap_or(Exit::Stopped);
     if exit == Exit::Restart {
         // The db file was replaced under the store: never commit the old one again.

@@ -55,7 +55,7 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
 }
 
 fn put(key: &str, value: &str) -> Bytes {
-    crate::api::convert::encode_raft_request(&Op::Put(PutRequest {
+    super::entry::encode_raft_request(&Op::Put(PutRequest {
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
         ..Default::default()
@@ -129,8 +129,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
                 let data = put(&format!("k{i}"), "v");
                 core.handle(
                     ToRaft::Propose {
-                        from: CoreId(0),
-                        seq: i,
+                        to: ReplyTo::new(CoreId(0), i),
                         data,
                     },
                     &out,
@@ -141,15 +140,14 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             assert_eq!(replies.len(), 10, "one reply per proposal");
             for (i, (_, r)) in replies.iter().enumerate() {
                 assert_eq!(r.seq, i as u64);
-                let Ok(ReplyBody::Op(OpResponse::Put(p))) = &r.body else {
+                let Ok(crate::runtime::mesh::ReplyBody::Op(OpResponse::Put(p))) = &r.body else {
                     panic!("not a put reply: {:?}", r.body);
                 };
                 assert_eq!(p.header.revision, i as i64 + 2);
             }
             // A linearizable read waits for a ReadIndex, then sees every write.
             let read = ToRaft::Read {
-                from: CoreId(1),
-                seq: 99,
+                to: ReplyTo::new(CoreId(1), 99),
                 op: range("k9"),
                 linearizable: true,
             };
@@ -159,7 +157,8 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             let replies = out.0.take();
             assert_eq!(replies.len(), 1);
             assert_eq!(replies[0].0, CoreId(1));
-            let Ok(ReplyBody::Op(OpResponse::Range(r))) = &replies[0].1.body else {
+            let Ok(crate::runtime::mesh::ReplyBody::Op(OpResponse::Range(r))) = &replies[0].1.body
+            else {
                 panic!("not a range reply");
             };
             assert_eq!(r.kvs.len(), 1);
@@ -178,8 +177,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             let data = put("after", "restart");
             core.handle(
                 ToRaft::Propose {
-                    from: CoreId(0),
-                    seq: 1,
+                    to: ReplyTo::new(CoreId(0), 1),
                     data,
                 },
                 &out,
@@ -221,8 +219,7 @@ fn snapshots_release_the_wal_and_recovery_resumes_after_them() {
                 let data = put(&format!("k{i}"), "v");
                 core.handle(
                     ToRaft::Propose {
-                        from: CoreId(0),
-                        seq: i,
+                        to: ReplyTo::new(CoreId(0), i),
                         data,
                     },
                     &out,

@@ -16,11 +16,12 @@
 //! `RaftClient` refuses more with etcd's "too many requests"), and both channel directions
 //! are that deep, so the raft core's `try_send` of a reply never finds the channel full.
 
-use crate::grpc::Status;
+use super::error::ServerError;
 use crate::mvcc::db::ReadSnapshot;
 use crate::mvcc::{Change, Op, OpResponse, RangeRequest, RangeResponse};
 use bytes::Bytes;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -48,62 +49,134 @@ impl RoundMark {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CoreId(pub u16);
 
-/// Sender: a request handler on core `from`, through its `RaftClient`.
-/// Receiver: the raft core. Reply: exactly one `Reply` with the same `seq`, to `from`.
+/// Who waits for a reply of type `T`: a request handler on core `from`, by sequence number.
+///
+/// A request carries one and the raft core answers through it (`reply`), which takes a
+/// `T` and nothing else: the kind of a reply follows from the kind of the request. The
+/// raft core keeps the untyped `Origin` only where it answers with an error.
+pub struct ReplyTo<T> {
+    pub from: CoreId,
+    pub seq: u64,
+    kind: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ReplyTo<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for ReplyTo<T> {}
+
+impl<T> std::fmt::Debug for ReplyTo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplyTo({:?}, {})", self.from, self.seq)
+    }
+}
+
+impl<T: ReplyKind> ReplyTo<T> {
+    /// For the `RaftClient` that sends the request, and for the raft core where a request
+    /// travels through the raft log (the entry's context names its proposer; the entry's
+    /// kind names the reply: an `Op` answers a write, a member entry a membership change).
+    pub fn new(from: CoreId, seq: u64) -> ReplyTo<T> {
+        ReplyTo {
+            from,
+            seq,
+            kind: PhantomData,
+        }
+    }
+
+    pub fn origin(self) -> Origin {
+        Origin {
+            from: self.from,
+            seq: self.seq,
+        }
+    }
+
+    /// The reply, stamped with the raft term and leader the raft core knows.
+    pub fn reply(self, body: Result<T, ServerError>, raft_term: u64, leader: u64) -> Reply {
+        Reply {
+            seq: self.seq,
+            raft_term,
+            leader,
+            body: body.map(T::wrap),
+        }
+    }
+}
+
+/// A request's sender without its reply type: where an error (which every request may
+/// get) goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub from: CoreId,
+    pub seq: u64,
+}
+
+impl Origin {
+    pub fn fail(self, e: ServerError, raft_term: u64, leader: u64) -> Reply {
+        Reply {
+            seq: self.seq,
+            raft_term,
+            leader,
+            body: Err(e),
+        }
+    }
+}
+
+/// Sender: a request handler on core `to.from`, through its `RaftClient`.
+/// Receiver: the raft core. Reply: exactly one `Reply` through `to` (an error through
+/// its `Origin`).
 #[derive(Debug)]
 pub enum ToRaft {
     /// A write: an encoded `keel.internal.RaftRequest`, proposed to raft; replied after
     /// it is committed (durable) and applied, with the store's response.
-    Propose { from: CoreId, seq: u64, data: Bytes },
+    Propose {
+        to: ReplyTo<OpResponse>,
+        data: Bytes,
+    },
     /// A Range or read-only Txn. Linearizable: served once the store has applied up to a
     /// ReadIndex taken after the request arrived (batched). Serializable: served at once.
     Read {
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<OpResponse>,
         op: Op,
         linearizable: bool,
     },
     /// Maintenance.Status: raft and db state.
-    Status { from: CoreId, seq: u64 },
+    Status { to: ReplyTo<StatusInfo> },
     /// Cluster.MemberList.
-    MemberList { from: CoreId, seq: u64 },
+    MemberList { to: ReplyTo<Members> },
     /// Maintenance.HashKV at `revision` (0 = current).
-    HashKv {
-        from: CoreId,
-        seq: u64,
-        revision: i64,
-    },
-    /// A ReadIndex for a linearizable read served by the shards: replied with
-    /// `ReplyBody::ReadIndex(r)` once the leader confirmed `r` (batched with others).
-    ReadIndex { from: CoreId, seq: u64 },
+    HashKv { to: ReplyTo<HashKv>, revision: i64 },
+    /// A ReadIndex for a linearizable read served by the shards, replied once the leader
+    /// confirmed it (batched with others).
+    ReadIndex { to: ReplyTo<ReadIndex> },
     /// Lease keep-alives, each with the time its core received it: the lease's deadline
-    /// moves to that time + TTL on the leader's clock, without a raft proposal. Replied
-    /// `ReplyBody::LeaseRenewed` (one result per renewal, in order). A core batches the
-    /// keep-alives its streams received meanwhile (see `api::lease::Renewer`).
+    /// moves to that time + TTL on the leader's clock, without a raft proposal. One
+    /// result per renewal, in order. A core batches the keep-alives its streams received
+    /// meanwhile (see `api::lease::Renewer`).
     LeaseRenew {
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<LeaseRenewed>,
         renewals: Vec<(i64, std::time::Instant)>,
     },
-    /// Lease.LeaseTimeToLive: replied `ReplyBody::LeaseTimeToLive`.
+    /// Lease.LeaseTimeToLive.
     LeaseTimeToLive {
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<LeaseTtl>,
         id: i64,
         keys: bool,
     },
-    /// Lease.LeaseLeases: replied `ReplyBody::Leases`.
-    LeaseLeases { from: CoreId, seq: u64 },
-    /// A membership change (decided by the leader; a follower forwards it): replied
-    /// `ReplyBody::MemberChanged` once applied.
+    /// Lease.LeaseLeases.
+    LeaseLeases { to: ReplyTo<LeaseList> },
+    /// A membership change (decided by the leader; a follower forwards it), replied once
+    /// applied.
     Member {
-        from: CoreId,
-        seq: u64,
+        to: ReplyTo<MemberChanged>,
         op: MemberOp,
     },
-    /// Maintenance.MoveLeader (on the leader only): replied `ReplyBody::Done` once
-    /// `target` leads.
-    MoveLeader { from: CoreId, seq: u64, target: u64 },
+    /// Maintenance.MoveLeader (on the leader only), replied once `target` leads.
+    MoveLeader {
+        to: ReplyTo<LeaderMoved>,
+        target: u64,
+    },
 
     // From the peer transport (the raft core's own tasks; no reply).
     /// Raft messages from a peer.
@@ -154,44 +227,108 @@ pub struct Reply {
     /// The leader the raft core knew of (0: none), so every core knows it without asking
     /// (for `hasleader` requests).
     pub leader: u64,
-    pub body: Result<ReplyBody, Status>,
+    pub body: Result<ReplyBody, ServerError>,
 }
 
+/// Cluster.MemberList's answer.
+#[derive(Debug)]
+pub struct Members(pub Vec<MemberInfo>);
+
+/// After a membership change: the member it concerned (added) and the new list.
+#[derive(Debug)]
+pub struct MemberChanged {
+    pub member: Option<MemberInfo>,
+    pub members: Vec<MemberInfo>,
+}
+
+/// MoveLeader's answer: the transferee leads.
+#[derive(Debug)]
+pub struct LeaderMoved;
+
+#[derive(Debug)]
+pub struct HashKv {
+    pub hash: u32,
+    pub compact_revision: i64,
+    pub revision: i64,
+}
+
+/// The read index the leader confirmed.
+#[derive(Debug)]
+pub struct ReadIndex(pub u64);
+
+/// Per renewal: the TTL and the new deadline, or `None` if the lease is gone (or was past
+/// its deadline when the keep-alive arrived).
+#[derive(Debug)]
+pub struct LeaseRenewed {
+    pub revision: i64,
+    pub results: Vec<Option<(i64, std::time::Instant)>>,
+}
+
+/// `ttl` -1: no such lease.
+#[derive(Debug)]
+pub struct LeaseTtl {
+    pub revision: i64,
+    pub ttl: i64,
+    pub granted_ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub struct LeaseList {
+    pub revision: i64,
+    pub ids: Vec<i64>,
+}
+
+/// A reply's payload, one variant per kind of request.
 #[derive(Debug)]
 pub enum ReplyBody {
     Op(OpResponse),
     Status(StatusInfo),
-    Members(Vec<MemberInfo>),
-    /// After a membership change: the member it concerned (added) and the new list.
-    MemberChanged {
-        member: Option<MemberInfo>,
-        members: Vec<MemberInfo>,
-    },
-    /// Done, nothing to say (MoveLeader).
-    Done,
-    HashKv {
-        hash: u32,
-        compact_revision: i64,
-        revision: i64,
-    },
-    ReadIndex(u64),
-    /// Per renewal: the TTL and the new deadline, or `None` if the lease is gone (or
-    /// was past its deadline when the keep-alive arrived).
-    LeaseRenewed {
-        revision: i64,
-        results: Vec<Option<(i64, std::time::Instant)>>,
-    },
-    /// `ttl` -1: no such lease.
-    LeaseTimeToLive {
-        revision: i64,
-        ttl: i64,
-        granted_ttl: i64,
-        keys: Vec<Vec<u8>>,
-    },
-    Leases {
-        revision: i64,
-        ids: Vec<i64>,
-    },
+    Members(Members),
+    MemberChanged(MemberChanged),
+    LeaderMoved(LeaderMoved),
+    HashKv(HashKv),
+    ReadIndex(ReadIndex),
+    LeaseRenewed(LeaseRenewed),
+    LeaseTtl(LeaseTtl),
+    LeaseList(LeaseList),
+}
+
+/// A payload type of `ReplyBody`: what `ReplyTo<T>` carries.
+pub trait ReplyKind: Sized {
+    fn wrap(self) -> ReplyBody;
+    /// The payload of a body made by `wrap` (`None` for another kind: never, as only
+    /// `ReplyTo<Self>` makes replies to a request that waits for `Self`).
+    fn unwrap(body: ReplyBody) -> Option<Self>;
+}
+
+macro_rules! reply_kinds {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl ReplyKind for $ty {
+            fn wrap(self) -> ReplyBody {
+                ReplyBody::$variant(self)
+            }
+            fn unwrap(body: ReplyBody) -> Option<Self> {
+                match body {
+                    ReplyBody::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+reply_kinds! {
+    Op(OpResponse),
+    Status(StatusInfo),
+    Members(Members),
+    MemberChanged(MemberChanged),
+    LeaderMoved(LeaderMoved),
+    HashKv(HashKv),
+    ReadIndex(ReadIndex),
+    LeaseRenewed(LeaseRenewed),
+    LeaseTtl(LeaseTtl),
+    LeaseList(LeaseList),
 }
 
 /// What the raft core applied in one round, sent to every core (one message per core per
@@ -281,7 +418,7 @@ pub enum CoreMsg {
         /// The replying shard's applied index (so a caller that raced a compaction can
         /// catch up and retry).
         index: u64,
-        body: Result<RangeResponse, Status>,
+        body: Result<RangeResponse, ServerError>,
     },
 }
 

@@ -11,12 +11,11 @@
 //! raft core least of all) ever waits for another core.
 
 use super::{merge, part_request, shards_for, Shard};
-use crate::api::errors::status_from_mvcc;
-use crate::grpc::{Code, Status};
 use crate::mvcc::{self, RangeRequest, RangeResponse};
 use crate::raft::RaftClient;
 use crate::runtime::log;
-use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReplyBody, RoundMark, ToRaft};
+use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReadIndex, RoundMark, ToRaft};
+use crate::runtime::ServerError;
 use crate::watch::Hub;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use std::cell::{Cell, RefCell};
@@ -34,9 +33,9 @@ pub struct Watermark {
     pub raft_term: u64,
 }
 
-type RangeResult = Result<RangeResponse, Status>;
+type RangeResult = Result<RangeResponse, ServerError>;
 type RangeSlot = Rc<Slot<(u64, RangeResult)>>;
-type IndexSlot = Rc<Slot<Result<u64, Status>>>;
+type IndexSlot = Rc<Slot<Result<u64, ServerError>>>;
 
 /// A value one task fills and another waits for (a Range part's reply, a ReadIndex).
 pub struct Slot<T> {
@@ -89,7 +88,7 @@ pub struct Node {
     index_asking: Cell<bool>,
     pub hub: Hub,
     /// Deadlines of the leases this core's streams keep alive.
-    pub leases: crate::api::lease::LeaseCache,
+    pub leases: crate::lease::LeaseCache,
     /// Key-range subscriptions of this core's Lock and Election calls.
     subscriptions: RefCell<Vec<Rc<SubscriptionState>>>,
 }
@@ -384,7 +383,7 @@ impl Node {
 
     fn serve_part(&self, req: &RangeRequest, at: i64) -> RangeResult {
         self.with_shard(|s| s.range(req, at))
-            .map_err(|e| status_from_mvcc(&e))
+            .map_err(ServerError::from)
     }
 
     /// etcd's Range over every shard the request touches: linearizable ones first wait
@@ -395,7 +394,7 @@ impl Node {
         self: &Rc<Node>,
         req: RangeRequest,
         linearizable: bool,
-    ) -> Result<(RangeResponse, u64), Status> {
+    ) -> Result<(RangeResponse, u64), ServerError> {
         let min_index = if linearizable {
             self.read_index().await?
         } else {
@@ -431,7 +430,7 @@ impl Node {
     /// A ReadIndex taken after this call began. The core asks the raft core once for
     /// all the reads that arrived while its previous question was out (one cross-core
     /// round trip per batch, not per read).
-    pub async fn read_index(self: &Rc<Node>) -> Result<u64, Status> {
+    pub async fn read_index(self: &Rc<Node>) -> Result<u64, ServerError> {
         let slot = Slot::new();
         self.index_waiting.borrow_mut().push(slot.clone());
         if !self.index_asking.get() {
@@ -449,18 +448,11 @@ impl Node {
                 self.index_asking.set(false);
                 return;
             }
-            let result = match self
+            let result = self
                 .raft
-                .call(|from, seq| ToRaft::ReadIndex { from, seq })
+                .call::<ReadIndex>(|to| ToRaft::ReadIndex { to })
                 .await
-            {
-                Ok(reply) => match reply.body {
-                    Ok(ReplyBody::ReadIndex(r)) => Ok(r),
-                    Ok(_) => Err(Status::new(Code::Internal, "keel: unexpected reply")),
-                    Err(status) => Err(status),
-                },
-                Err(status) => Err(status),
-            };
+                .map(|a| a.value.0);
             for w in batch {
                 w.fill(result.clone());
             }
@@ -472,7 +464,7 @@ impl Node {
         self: &Rc<Node>,
         req: &RangeRequest,
         mark: Watermark,
-    ) -> Result<RangeResponse, (Option<u64>, Status)> {
+    ) -> Result<RangeResponse, (Option<u64>, ServerError)> {
         let splits = self.with_shard(|s| s.splits().clone());
         let shards = shards_for(&splits, &req.key, &req.range_end);
         let me = self.core.0 as usize;

@@ -264,7 +264,7 @@ fn merged_rounds_apply_like_separate_ones() {
         outbox.push(CoreMsg::RangeReply {
             seq: 1,
             index: 1,
-            body: Err(crate::grpc::Status::ok()),
+            body: Err(crate::runtime::ServerError::Stopped),
         });
         outbox.push(CoreMsg::Applied(rounds[1].share()));
         outbox.push(CoreMsg::Applied(rounds[2].share()));
