@@ -6,7 +6,7 @@ use super::status::{Code, Status};
 use super::timeout;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, BoxedLocal};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::{TcpListener, TcpStream};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::collections::{HashMap, HashSet};
@@ -146,82 +146,11 @@ impl Messages {
     }
 }
 
-/// Where a handler sends response messages. Bounded: `send` waits while the queue is full
-/// (the client is not reading). Dropping it (the handler returning) ends the response.
-pub struct Responses {
-    sender: LocalSender<Bytes>,
-    /// Set for routes with their own queue bound: the channel is unbounded (it allocates
-    /// as it fills, not up front) and the bound is enforced here, the writer waking
-    /// senders that wait for room.
-    bound: Option<(usize, Rc<Room>)>,
-}
+pub use crate::runtime::responses::{Closed, Responses, Room, TrySendError};
 
-/// Wakes a sender waiting for queue room when the writer takes a response.
-#[derive(Default)]
-pub struct Room {
-    wakers: std::cell::RefCell<Vec<std::task::Waker>>,
-}
-
-impl Room {
-    fn wake(&self) {
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-}
-
-/// Why `Responses::try_send` did not queue a message.
-#[derive(Debug, PartialEq, Eq)]
-pub enum TrySendError {
-    /// The queue is at its bound: the client reads slower than we send.
-    Full,
-    /// The call is gone.
-    Closed,
-}
-
-impl Responses {
-    /// Queues one response message if there is room now.
-    pub fn try_send(&self, message: Bytes) -> Result<(), TrySendError> {
-        if self.is_full() {
-            return Err(TrySendError::Full);
-        }
-        self.sender
-            .try_send(message)
-            .map_err(|_| TrySendError::Closed)
-    }
-
-    fn is_full(&self) -> bool {
-        match &self.bound {
-            None => self.sender.is_full(),
-            Some((bound, _)) => self.sender.len() >= *bound,
-        }
-    }
-
-    /// How many more responses `try_send` would take now.
-    pub fn room(&self) -> usize {
-        match &self.bound {
-            None => usize::from(!self.sender.is_full()),
-            Some((bound, _)) => bound.saturating_sub(self.sender.len()),
-        }
-    }
-
-    /// Queues one response message; fails once the call is gone (client reset, deadline).
-    pub async fn send(&self, message: Bytes) -> Result<(), Status> {
-        if let Some((bound, room)) = &self.bound {
-            future::poll_fn(|cx| {
-                if self.sender.len() < *bound {
-                    Poll::Ready(())
-                } else {
-                    room.wakers.borrow_mut().push(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-            .await;
-        }
-        self.sender
-            .send(message)
-            .await
-            .map_err(|_| Status::new(Code::Cancelled, "grpc: the call is closed"))
+impl From<Closed> for Status {
+    fn from(_: Closed) -> Status {
+        Status::new(Code::Cancelled, "grpc: the call is closed")
     }
 }
 
@@ -281,7 +210,7 @@ impl Router {
             async move {
                 let message = req.messages.single().await?;
                 let reply = handler(std::mem::take(&mut req.metadata), message).await?;
-                res.send(reply).await
+                Ok(res.send(reply).await?)
             }
         })
     }
@@ -484,7 +413,7 @@ async fn serve_stream(
         }
     };
     let room = bound.as_ref().map(|(_, r)| r.clone());
-    let handler_future = handler(request, Responses { sender, bound });
+    let handler_future = handler(request, Responses::new(sender, bound));
     let call = async move {
         match timeout {
             None => handler_future.await,

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod log;
 pub mod mesh;
+pub mod responses;
 
 pub use error::ServerError;
 

@@ -25,10 +25,10 @@ mod service;
 
 pub use service::serve;
 
-use crate::grpc::Responses;
 use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
 use crate::runtime::mesh::Applied;
+use crate::runtime::responses::Responses;
 use crate::shard::node::Node;
 use bytes::Bytes;
 use encode::{event_field, events_response, header_field};

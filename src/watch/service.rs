@@ -86,7 +86,7 @@ pub async fn serve(node: Rc<Node>, mut req: Request, res: Responses) -> Result<(
 }
 
 async fn send(res: &Responses, m: pb::WatchResponse) -> Result<(), Status> {
-    res.send(encode(&m)).await
+    Ok(res.send(encode(&m)).await?)
 }
 
 async fn create(

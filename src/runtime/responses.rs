@@ -1,0 +1,98 @@
+//! `Responses`: the queue between a streaming call's handler (a Watch stream, keep-alives)
+//! and the connection task that writes to the client. The gRPC layer makes one per call;
+//! the watch hub fills them without knowing about gRPC.
+//!
+//! Runs on: the connection's core. Invariant: at most `bound` messages wait (when a bound
+//! is set); `try_send` never waits, `send` waits for room.
+
+use bytes::Bytes;
+use futures_lite::future;
+use glommio::channels::local_channel::LocalSender;
+use std::rc::Rc;
+use std::task::Poll;
+
+/// The call is gone (client reset, deadline): nothing more can be sent on it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed;
+
+/// Where a handler sends response messages. Bounded: `send` waits while the queue is full
+/// (the client is not reading). Dropping it (the handler returning) ends the response.
+pub struct Responses {
+    sender: LocalSender<Bytes>,
+    /// Set for routes with their own queue bound: the channel is unbounded (it allocates
+    /// as it fills, not up front) and the bound is enforced here, the writer waking
+    /// senders that wait for room.
+    bound: Option<(usize, Rc<Room>)>,
+}
+
+/// Wakes a sender waiting for queue room when the writer takes a response.
+#[derive(Default)]
+pub struct Room {
+    wakers: std::cell::RefCell<Vec<std::task::Waker>>,
+}
+
+impl Room {
+    pub fn wake(&self) {
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Why `Responses::try_send` did not queue a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The queue is at its bound: the client reads slower than we send.
+    Full,
+    /// The call is gone.
+    Closed,
+}
+
+impl Responses {
+    /// `bound`: the route's own queue bound and the waker set its writer wakes (the
+    /// channel is then unbounded); `None`: the channel's own bound.
+    pub fn new(sender: LocalSender<Bytes>, bound: Option<(usize, Rc<Room>)>) -> Responses {
+        Responses { sender, bound }
+    }
+
+    /// Queues one response message if there is room now.
+    pub fn try_send(&self, message: Bytes) -> Result<(), TrySendError> {
+        if self.is_full() {
+            return Err(TrySendError::Full);
+        }
+        self.sender
+            .try_send(message)
+            .map_err(|_| TrySendError::Closed)
+    }
+
+    fn is_full(&self) -> bool {
+        match &self.bound {
+            None => self.sender.is_full(),
+            Some((bound, _)) => self.sender.len() >= *bound,
+        }
+    }
+
+    /// How many more responses `try_send` would take now.
+    pub fn room(&self) -> usize {
+        match &self.bound {
+            None => usize::from(!self.sender.is_full()),
+            Some((bound, _)) => bound.saturating_sub(self.sender.len()),
+        }
+    }
+
+    /// Queues one response message; fails once the call is gone (client reset, deadline).
+    pub async fn send(&self, message: Bytes) -> Result<(), Closed> {
+        if let Some((bound, room)) = &self.bound {
+            future::poll_fn(|cx| {
+                if self.sender.len() < *bound {
+                    Poll::Ready(())
+                } else {
+                    room.wakers.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+        self.sender.send(message).await.map_err(|_| Closed)
+    }
+}
