@@ -12,6 +12,7 @@ pub mod convert;
 pub mod errors;
 pub mod lease;
 pub mod services;
+pub mod watch;
 
 pub use lease::LeaseConfig;
 pub use services::{router, HeaderInfo, Services};

@@ -471,7 +471,7 @@ pub fn router(s: Rc<Services>) -> Router {
             let node = node.clone();
             async move {
                 refused?;
-                crate::watch::serve(node, req, res).await
+                super::watch::serve(node, req, res).await
             }
         },
     );

@@ -45,6 +45,15 @@ impl RoundMark {
     }
 }
 
+/// The read watermark of a core: what its shard has applied (from the rounds).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watermark {
+    pub index: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub raft_term: u64,
+}
+
 /// A core's index in the executor set (0-based, also its CPU slot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CoreId(pub u16);

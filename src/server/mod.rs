@@ -450,7 +450,7 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(interval).await;
-                node.hub.progress_tick(&node);
+                node.hub.progress_tick(node.watermark());
             }
         })
         .detach();

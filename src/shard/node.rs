@@ -24,14 +24,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-/// The read watermark of a core: what its shard has applied.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Watermark {
-    pub index: u64,
-    pub revision: i64,
-    pub compact_revision: i64,
-    pub raft_term: u64,
-}
+pub use crate::runtime::mesh::Watermark;
 
 type RangeResult = Result<RangeResponse, ServerError>;
 type RangeSlot = Rc<Slot<(u64, RangeResult)>>;
@@ -545,6 +538,10 @@ impl Node {
     /// The value `key` had at revision `at` (for a watch event's `prev_kv`), from the
     /// shard that owns it.
     pub async fn get_at(self: &Rc<Node>, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+        self.value_at(key, at).await
+    }
+
+    async fn value_at(self: &Rc<Node>, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
         let req = RangeRequest {
             key: key.to_vec(),
             revision: at,
@@ -601,5 +598,20 @@ struct CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.node.calls.borrow_mut().remove(&self.seq);
+    }
+}
+
+/// What the watch hub reads from its core, handed to it per call (the node owns the hub).
+impl crate::watch::Source for Rc<Node> {
+    fn watermark(&self) -> Watermark {
+        Node::watermark(self)
+    }
+
+    fn snapshot(&self) -> crate::mvcc::db::ReadSnapshot {
+        self.with_shard(|s| s.snapshot().clone())
+    }
+
+    async fn value_at(&self, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+        Node::value_at(self, key, at).await
     }
 }

@@ -21,15 +21,12 @@
 //!   `compact_revision` and `canceled`, and stays until the client cancels it.
 
 pub mod encode;
-mod service;
-
-pub use service::serve;
 
 use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
 use crate::runtime::mesh::Applied;
+use crate::runtime::mesh::Watermark;
 use crate::runtime::responses::Responses;
-use crate::shard::node::Node;
 use bytes::Bytes;
 use encode::{event_field, events_response, header_field};
 use std::cell::RefCell;
@@ -43,6 +40,19 @@ pub const CATCH_UP_REVISIONS_MAX: usize = 1000;
 /// etcd has no such bound, and its 1000-revision responses can exceed what clients
 /// accept by default (4 MiB in grpc-go's and tonic's servers and clients).
 pub const CATCH_UP_BYTES_MAX: usize = 1 << 20;
+/// What the hub reads from the core it runs on, handed to the calls that need it: the
+/// node owns the hub, and the hub never holds the node.
+#[allow(async_fn_in_trait)]
+pub trait Source {
+    /// What the core's shard has applied.
+    fn watermark(&self) -> Watermark;
+    /// The published state at that watermark (history is read from it).
+    fn snapshot(&self) -> ReadSnapshot;
+    /// The value `key` had at revision `at` (an event's `prev_kv`), from the shard that
+    /// owns the key.
+    async fn value_at(&self, key: &[u8], at: i64) -> Option<crate::mvcc::KeyValue>;
+}
+
 /// Responses a Watch stream may have queued for its client (etcd: 128 per stream). Past
 /// it, watchers that cannot be sent to drop back to catching up from history.
 pub const STREAM_QUEUE_MAX: usize = 1024;
@@ -234,14 +244,9 @@ impl Hub {
         self.config.borrow().clone().expect("watch hub configured")
     }
 
-    pub fn header(&self, node: &Node, revision: i64) -> Vec<u8> {
+    pub fn header(&self, raft_term: u64, revision: i64) -> Vec<u8> {
         let c = self.config();
-        header_field(
-            c.cluster_id,
-            c.member_id,
-            revision,
-            node.watermark().raft_term,
-        )
+        header_field(c.cluster_id, c.member_id, revision, raft_term)
     }
 
     pub fn add_stream(&self, responses: Rc<Responses>) -> u64 {
@@ -376,8 +381,8 @@ impl Hub {
 impl Hub {
     /// Progress notifications: synced watchers that asked for them and got nothing since
     /// the last tick get an empty response at the current revision.
-    pub fn progress_tick(&self, node: &Node) {
-        let header = self.header(node, node.watermark().revision);
+    pub fn progress_tick(&self, mark: Watermark) {
+        let header = self.header(mark.raft_term, mark.revision);
         let mut inner = self.inner.borrow_mut();
         for w in inner.watchers.values_mut() {
             if !w.progress_notify {
@@ -415,7 +420,7 @@ impl Hub {
     /// its unsynced watchers. History is read in one go from the snapshot that matches the
     /// core's watermark, and the snapshot is let go before anything waits (a snapshot
     /// held across waits would keep pages from reuse and pin an epoch slot).
-    pub async fn catch_up(&self, node: &Rc<Node>, stream: u64) {
+    pub async fn catch_up<S: Source>(&self, node: &S, stream: u64) {
         let (responses, todo) = {
             let inner = self.inner.borrow();
             let Some(s) = inner.streams.get(&stream) else {
@@ -445,11 +450,11 @@ impl Hub {
         let (history, upto) = if live.is_empty() || from > mark.revision {
             (Vec::new(), mark.revision)
         } else {
-            node.with_shard(|s| read_history(s.snapshot(), from, mark.revision))
+            read_history(&node.snapshot(), from, mark.revision)
         };
         for (wid, w) in &compacted {
             let msg = crate::pb::etcdserverpb::WatchResponse {
-                header: Some(self.pb_header(node, 0)),
+                header: Some(self.pb_header(mark.raft_term, 0)),
                 watch_id: w.watch_id,
                 compact_revision: mark.compact_revision,
                 canceled: true,
@@ -478,7 +483,7 @@ impl Hub {
                     continue;
                 }
                 let prev = if w.prev_kv && !e.create {
-                    node.get_at(&e.key, e.main - 1).await.map(|kv| {
+                    node.value_at(&e.key, e.main - 1).await.map(|kv| {
                         let mut b = Vec::new();
                         kv.encode(&mut b);
                         b
@@ -490,7 +495,7 @@ impl Hub {
             }
         }
         // etcd's catch-up responses carry the store's revision in the header.
-        let header = self.header(node, mark.revision);
+        let header = self.header(mark.raft_term, mark.revision);
         let config = self.config();
         for (n, (_, w)) in live.iter().enumerate() {
             if per[n].is_empty() {
@@ -528,13 +533,17 @@ impl Hub {
         }
     }
 
-    pub fn pb_header(&self, node: &Node, revision: i64) -> crate::pb::etcdserverpb::ResponseHeader {
+    pub fn pb_header(
+        &self,
+        raft_term: u64,
+        revision: i64,
+    ) -> crate::pb::etcdserverpb::ResponseHeader {
         let c = self.config();
         crate::pb::etcdserverpb::ResponseHeader {
             cluster_id: c.cluster_id,
             member_id: c.member_id,
             revision,
-            raft_term: node.watermark().raft_term,
+            raft_term,
         }
     }
 }

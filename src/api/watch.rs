@@ -1,10 +1,10 @@
 //! `etcdserverpb.Watch/Watch`: one bidi stream, many watchers; requests are handled in
 //! order, and the stream's catch-up task runs beside the request loop.
 
-use super::{CreateError, CreateSpec, Hub};
 use crate::grpc::{Code, Request, Responses, Status};
 use crate::pb::etcdserverpb as pb;
 use crate::shard::node::Node;
+use crate::watch::{CreateError, CreateSpec, Hub};
 use bytes::Bytes;
 use prost::Message;
 use std::rc::Rc;
@@ -21,7 +21,7 @@ impl Drop for StreamGuard<'_> {
 }
 
 fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
-    node.hub.pb_header(node, revision)
+    node.hub.pb_header(node.watermark().raft_term, revision)
 }
 
 fn encode(m: &pb::WatchResponse) -> Bytes {
