@@ -31,7 +31,7 @@ use crate::wal;
 use ::raft::eraftpb::{ConfChange, ConfChangeType};
 use ::raft::StateRole;
 use prost::Message as _;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,28 @@ const PUBLISH_RETRY: Duration = Duration::from_secs(1);
 /// etcd's readiness bar for promoting a learner: its log matches 90% of the leader's.
 const LEARNER_READY_PERCENT: f64 = 0.9;
 const REMOVED_PREFIX: &[u8] = b"removed/";
+
+/// Requests forwarded between this member and the leader.
+pub struct Forwards {
+    /// Leader side: requests followers forwarded, by the local sequence number they got
+    /// (their replies go back to (member, their id)).
+    pub from_followers: HashMap<u64, (u64, u64)>,
+    pub next_follower_seq: u64,
+    /// Follower side: requests this member forwarded to the leader, by forward id.
+    pub to_leader: HashMap<u64, Forwarding>,
+    pub next_leader_id: u64,
+}
+
+impl Default for Forwards {
+    fn default() -> Forwards {
+        Forwards {
+            from_followers: HashMap::new(),
+            next_follower_seq: 1,
+            to_leader: HashMap::new(),
+            next_leader_id: 1,
+        }
+    }
+}
 
 /// A request this member forwarded to the leader, waiting for its answer.
 pub struct Forwarding {
@@ -272,7 +294,7 @@ impl RaftCore {
     /// Called once this member's attributes are applied (it is part of the cluster and
     /// serves): the boot path announces readiness there.
     pub fn set_on_published(&mut self, f: Box<dyn FnOnce()>) {
-        self.on_published = Some(f);
+        self.publish.on_done = Some(f);
     }
 
     fn removed_ids(&self) -> HashSet<u64> {
@@ -328,8 +350,8 @@ impl RaftCore {
         else {
             return self.fail(out, origin.origin(), ServerError::NoLeader);
         };
-        let id = self.next_forward_id;
-        self.next_forward_id += 1;
+        let id = self.forwards.next_leader_id;
+        self.forwards.next_leader_id += 1;
         let fwd = Forward {
             id,
             request: Some(request),
@@ -342,7 +364,8 @@ impl RaftCore {
             return self.fail(out, origin.origin(), ServerError::NoLeader);
         }
         let deadline = Instant::now() + self.request_timeout;
-        self.forwarding
+        self.forwards
+            .to_leader
             .insert(id, Forwarding { deadline, ..origin });
     }
 
@@ -371,9 +394,9 @@ impl RaftCore {
 
     /// A request another member forwarded: handled as a local one from `FORWARDED`.
     pub(super) fn handle_forwarded(&mut self, out: &dyn ReplySink, member: u64, fwd: Forward) {
-        let seq = self.next_forwarded_seq;
-        self.next_forwarded_seq += 1;
-        self.forwarded.insert(seq, (member, fwd.id));
+        let seq = self.forwards.next_follower_seq;
+        self.forwards.next_follower_seq += 1;
+        self.forwards.from_followers.insert(seq, (member, fwd.id));
         let now = Instant::now();
         let msg = match fwd.request {
             Some(forward::Request::LeaseRenew(r)) => ToRaft::LeaseRenew {
@@ -406,7 +429,7 @@ impl RaftCore {
 
     /// Sends the reply to a forwarded request back to the member that forwarded it.
     pub(super) fn reply_forwarded(&mut self, reply: Reply) {
-        let Some((member, id)) = self.forwarded.remove(&reply.seq) else {
+        let Some((member, id)) = self.forwards.from_followers.remove(&reply.seq) else {
             return;
         };
         let r = encode_forward_reply(id, reply.body);
@@ -418,7 +441,7 @@ impl RaftCore {
     /// The leader's answer to a request this member forwarded, handed to its waiter if it
     /// is of the kind the waiter asked for.
     pub(super) fn handle_forward_reply(&mut self, out: &dyn ReplySink, r: ForwardReply) {
-        let Some(f) = self.forwarding.remove(&r.id) else {
+        let Some(f) = self.forwards.to_leader.remove(&r.id) else {
             return;
         };
         let body = decode_forward_reply(r);
@@ -668,9 +691,9 @@ impl RaftCore {
             member == self.opts.member_id && inc == self.incarnation && origin.from == PUBLISH
         });
         if ours {
-            if !self.published {
-                self.published = true;
-                if let Some(f) = self.on_published.take() {
+            if !self.publish.done {
+                self.publish.done = true;
+                if let Some(f) = self.publish.on_done.take() {
                     f();
                 }
             }
@@ -690,7 +713,7 @@ impl RaftCore {
     /// Proposes this member's name and client URLs once it knows a leader (and again if
     /// they were not applied within a second), as etcd publishes them at every start.
     pub(super) fn maybe_publish(&mut self) {
-        if self.published || self.node.raft.leader_id == ::raft::INVALID_ID {
+        if self.publish.done || self.node.raft.leader_id == ::raft::INVALID_ID {
             return;
         }
         let Some((name, client_urls)) = self.opts.publish.clone() else {
@@ -701,12 +724,13 @@ impl RaftCore {
         }
         let now = Instant::now();
         if self
-            .publish_proposed
+            .publish
+            .proposed_at
             .is_some_and(|at| now.duration_since(at) < PUBLISH_RETRY)
         {
             return;
         }
-        self.publish_proposed = Some(now);
+        self.publish.proposed_at = Some(now);
         let data = entry::encode_member_entry(&MemberEntry::Attributes {
             id: self.opts.member_id,
             name,
@@ -768,50 +792,52 @@ impl RaftCore {
     /// Answers "request timed out" to what waited too long, and asks again for ReadIndex
     /// answers that did not come (lost with a leader).
     pub fn expire_requests(&mut self, out: &dyn ReplySink, now: Instant) {
-        while self.held.front().is_some_and(|h| h.deadline <= now) {
-            let h = self.held.pop_front().expect("checked");
+        while self.writes.held.front().is_some_and(|h| h.deadline <= now) {
+            let h = self.writes.held.pop_front().expect("checked");
             // etcd's raft takes no proposal without a leader; the caller's context ends.
             self.fail(out, h.to.origin(), ServerError::DeadlineExceeded);
         }
-        while let Some(&(deadline, origin)) = self.proposal_deadlines.front() {
+        while let Some(&(deadline, origin)) = self.writes.deadlines.front() {
             if deadline > now {
                 break;
             }
-            self.proposal_deadlines.pop_front();
-            if self.proposals.get(&origin) == Some(&deadline) {
-                self.proposals.remove(&origin);
+            self.writes.deadlines.pop_front();
+            if self.writes.waiting.get(&origin) == Some(&deadline) {
+                self.writes.waiting.remove(&origin);
                 self.fail(out, origin, ServerError::Timeout);
             }
         }
         let stale: Vec<u64> = self
-            .reads_requested
+            .reads
+            .requested
             .iter()
             .filter(|(_, (at, _))| now.duration_since(*at) >= READ_INDEX_RETRY)
             .map(|(&ctx, _)| ctx)
             .collect();
         for ctx in stale {
-            if let Some((_, reads)) = self.reads_requested.remove(&ctx) {
-                self.reads_waiting.extend(reads);
+            if let Some((_, reads)) = self.reads.requested.remove(&ctx) {
+                self.reads.waiting.extend(reads);
             }
         }
-        if self.reads_waiting.iter().any(|r| r.deadline <= now) {
+        if self.reads.waiting.iter().any(|r| r.deadline <= now) {
             let (late, keep): (Vec<PendingRead>, Vec<PendingRead>) =
-                std::mem::take(&mut self.reads_waiting)
+                std::mem::take(&mut self.reads.waiting)
                     .into_iter()
                     .partition(|r| r.deadline <= now);
-            self.reads_waiting = keep;
+            self.reads.waiting = keep;
             for r in late {
                 self.fail(out, r.origin(), ServerError::Timeout);
             }
         }
         let late: Vec<u64> = self
-            .forwarding
+            .forwards
+            .to_leader
             .iter()
             .filter(|(_, f)| f.deadline <= now)
             .map(|(&id, _)| id)
             .collect();
         for id in late {
-            if let Some(f) = self.forwarding.remove(&id) {
+            if let Some(f) = self.forwards.to_leader.remove(&id) {
                 self.fail(out, f.origin(), ServerError::Timeout);
             }
         }

@@ -37,12 +37,17 @@
 //! - The raft conf state and the member records are written in the same db transaction as
 //!   the consistent index of the entry that changed them.
 
+mod apply;
+mod boot;
 pub mod client;
 mod cluster;
 pub mod entry;
+mod leases;
 pub mod lessor;
 pub mod log;
+mod reads;
 pub mod transport;
+mod writes;
 
 pub use client::{RaftClient, RaftSender};
 
@@ -69,6 +74,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use transport::Transport;
+
+use boot::to_wal_entry;
+use leases::LeaseDuty;
+pub use leases::LEASE_EXPIRY_CHECK_INTERVAL;
+use reads::{PendingRead, ReadQueue, ReadWaiter};
+use writes::{decode_context, encode_context, HeldProposal, Writes};
 
 /// How often the db is committed (fdatasync + meta flip) while writes arrive. etcd's
 /// backend commits every 100 ms too.
@@ -145,35 +156,25 @@ pub trait ReplySink {
     fn applied(&self, round: Applied, replies: Vec<(CoreId, Reply)>);
 }
 
-struct PendingRead {
-    /// When the read gives up ("request timed out").
-    deadline: Instant,
-    waiter: ReadWaiter,
+/// What the next round to the cores carries, and what they last heard.
+struct Round {
+    /// Replies to writes applied this round; they travel with the round's changes.
+    replies: Vec<(CoreId, Reply)>,
+    /// The applied index the cores last heard of (`None`: not yet, send the first round).
+    sent_index: Option<u64>,
+    /// The leader and learner flag the cores last heard of (a change alone makes a round).
+    sent_leader: (u64, bool),
+    /// Shard split keys, sent with the first round.
+    splits: std::sync::Arc<Vec<Vec<u8>>>,
 }
 
-/// Who waits for a ReadIndex, and what to answer once it is applied.
-enum ReadWaiter {
-    /// A read the raft core serves itself.
-    Op(ReplyTo<OpResponse>, Op),
-    /// A bare ReadIndex, answered with the index (the shards serve the read).
-    Index(ReplyTo<ReadIndex>),
-}
-
-impl PendingRead {
-    fn origin(&self) -> Origin {
-        match &self.waiter {
-            ReadWaiter::Op(to, _) => to.origin(),
-            ReadWaiter::Index(to) => to.origin(),
-        }
-    }
-}
-
-/// A write waiting for a leader to propose it to.
-struct HeldProposal {
-    to: ReplyTo<OpResponse>,
-    data: bytes::Bytes,
-    /// When it gives up ("context deadline exceeded").
-    deadline: Instant,
+/// This member's announcement of its name and client URLs (etcd's publish).
+struct Publish {
+    /// Applied (from this boot).
+    done: bool,
+    /// When it was last proposed.
+    proposed_at: Option<Instant>,
+    on_done: Option<Box<dyn FnOnce()>>,
 }
 
 /// A MoveLeader waiting for its transferee to lead.
@@ -188,111 +189,39 @@ pub struct RaftCore {
     store: Store,
     wal: Wal,
     opts: RaftOptions,
-    /// Linearizable reads waiting for a ReadIndex to be requested.
-    reads_waiting: Vec<PendingRead>,
-    /// ReadIndex context → when it was asked and the reads it serves.
-    reads_requested: HashMap<u64, (Instant, Vec<PendingRead>)>,
-    /// (read index, reads) whose index is known, waiting for apply to reach it.
-    reads_indexed: Vec<(u64, Vec<PendingRead>)>,
-    next_read_ctx: u64,
+    /// Linearizable reads and ReadIndex requests.
+    reads: ReadQueue,
     applied_index: u64,
     snapshot_index: u64,
     db_committed_index: u64,
     last_db_commit: Instant,
     next_tick: Instant,
     incarnation: u64,
-    /// Replies to writes applied this round; they travel with the round's changes.
-    round_replies: Vec<(CoreId, Reply)>,
-    /// The applied index the cores last heard of (`None`: not yet, send the first round).
-    broadcast_index: Option<u64>,
-    /// The leader and learner flag the cores last heard of (a change alone makes a round).
-    broadcast_leader: (u64, bool),
-    /// Shard split keys, sent with the first round.
-    splits: std::sync::Arc<Vec<Vec<u8>>>,
-    /// Lease deadlines (while leader).
-    lessor: Lessor,
-    /// Leases revoked this round; they travel with the round.
-    round_revoked: Vec<i64>,
-    /// Lease checkpoints to propose (id, remaining TTL; 0 clears).
-    checkpoints_pending: Vec<(i64, i64)>,
-    /// When expired leases were last looked for.
-    last_expiry_check: Instant,
-    /// Writes waiting for a leader, in arrival order.
-    held: VecDeque<HeldProposal>,
+    /// What the next round to the cores carries, and what they last heard.
+    round: Round,
+    /// Lease deadlines and the lease entries the leader owes.
+    leases: LeaseDuty,
+    /// This member's writes: waiting for a leader, and proposed but not yet applied.
+    writes: Writes,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
     known_leader: u64,
     /// The peer transport (`None` in unit tests of a single member).
     transport: Option<Rc<Transport>>,
     /// The members a joining member was told of, until its log brings the membership.
     seed_members: Vec<MemberInfo>,
-    /// Proposals of this member waiting to be applied: when each gives up.
-    proposals: HashMap<Origin, Instant>,
-    proposal_deadlines: VecDeque<(Instant, Origin)>,
-    /// Leader side: requests followers forwarded, by the local sequence number they got
-    /// (their replies go back to (member, their id)).
-    forwarded: HashMap<u64, (u64, u64)>,
-    next_forwarded_seq: u64,
-    /// Follower side: requests this member forwarded to the leader.
-    forwarding: HashMap<u64, cluster::Forwarding>,
-    next_forward_id: u64,
+    /// Requests forwarded between this member and the leader.
+    forwards: cluster::Forwards,
     move_leader: Option<LeaderTransfer>,
-    /// This member's attributes are applied (it announced itself); when it last proposed them.
-    published: bool,
-    publish_proposed: Option<Instant>,
-    on_published: Option<Box<dyn FnOnce()>>,
+    /// This member's announcement of its name and client URLs.
+    publish: Publish,
     exit: Option<Exit>,
     /// The (index, term) of a snapshot installed as the db, to mark in the WAL.
     installed_snapshot: Option<(u64, u64)>,
     request_timeout: Duration,
 }
 
-/// How often the leader looks for expired leases (etcd checks every 500 ms).
-pub const LEASE_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-
 fn boot_err(what: impl std::fmt::Display) -> BootError {
     BootError(what.to_string())
-}
-
-/// The WAL metadata of a Keel member: member ID and cluster ID, 8 bytes each, big-endian
-/// (what etcd keeps in its WAL metadata too).
-fn encode_metadata(member_id: u64, cluster_id: u64) -> Vec<u8> {
-    let mut m = member_id.to_be_bytes().to_vec();
-    m.extend_from_slice(&cluster_id.to_be_bytes());
-    m
-}
-
-fn decode_metadata(m: &[u8]) -> Option<(u64, u64)> {
-    if m.len() != 16 {
-        return None;
-    }
-    Some((
-        u64::from_be_bytes(m[..8].try_into().ok()?),
-        u64::from_be_bytes(m[8..].try_into().ok()?),
-    ))
-}
-
-fn to_wal_entry(e: &Entry) -> wal::Entry {
-    wal::Entry {
-        entry_type: e.get_entry_type() as u8,
-        term: e.term,
-        index: e.index,
-        data: e.data.to_vec(),
-        context: e.context.to_vec(),
-    }
-}
-
-fn from_wal_entry(e: wal::Entry) -> Entry {
-    let mut out = Entry::default();
-    out.set_entry_type(match e.entry_type {
-        1 => EntryType::EntryConfChange,
-        2 => EntryType::EntryConfChangeV2,
-        _ => EntryType::EntryNormal,
-    });
-    out.term = e.term;
-    out.index = e.index;
-    out.data = e.data.into();
-    out.context = e.context.into();
-    out
 }
 
 fn member_record(m: &MemberInfo) -> MemberRecord {
@@ -303,43 +232,6 @@ fn member_record(m: &MemberInfo) -> MemberRecord {
         client_urls: m.client_urls.clone(),
         is_learner: m.is_learner,
     }
-}
-
-/// The proposer of an entry, in its context: member ID, boot incarnation, core, sequence
-/// number. The incarnation keeps a replayed entry from an earlier boot from answering a
-/// request of this boot that happens to reuse its (core, seq).
-fn encode_context(member_id: u64, incarnation: u64, origin: Origin) -> Vec<u8> {
-    let mut c = Vec::with_capacity(CONTEXT_BYTES);
-    c.extend_from_slice(&member_id.to_le_bytes());
-    c.extend_from_slice(&incarnation.to_le_bytes());
-    c.extend_from_slice(&origin.from.0.to_le_bytes());
-    c.extend_from_slice(&origin.seq.to_le_bytes());
-    c
-}
-
-const CONTEXT_BYTES: usize = 26;
-
-fn decode_context(c: &[u8]) -> Option<(u64, u64, Origin)> {
-    if c.len() != CONTEXT_BYTES {
-        return None;
-    }
-    let member = u64::from_le_bytes(c[..8].try_into().ok()?);
-    let incarnation = u64::from_le_bytes(c[8..16].try_into().ok()?);
-    let core = u16::from_le_bytes(c[16..18].try_into().ok()?);
-    let seq = u64::from_le_bytes(c[18..].try_into().ok()?);
-    let origin = Origin {
-        from: CoreId(core),
-        seq,
-    };
-    Some((member, incarnation, origin))
-}
-
-/// A number that differs between boots of this member: nanoseconds since the epoch.
-fn new_incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// The sender of a client request (`None`: peer and transport input).
@@ -360,333 +252,46 @@ fn client_request_origin(msg: &ToRaft) -> Option<Origin> {
 }
 
 impl RaftCore {
-    /// Opens the member's WAL and db (or creates them for a new member), checks they
-    /// agree, and builds the `RawNode` at the db's consistent index.
-    pub async fn open(mut opts: RaftOptions) -> Result<RaftCore, BootError> {
-        let wal_exists = Wal::exists(&opts.wal_dir);
-        let db_exists = opts.db_path.exists();
-        if let Some(parent) = opts.db_path.parent() {
-            crate::durable_dir::create_dir_all(parent, 0o700)
-                .map_err(|e| boot_err(format!("cannot create {}: {e}", parent.display())))?;
-        }
-        let store_opts = StoreOptions {
-            max_txn_ops: opts.max_txn_ops,
-            ..StoreOptions::default()
-        };
-        let mut store = Store::open(&opts.db_path, store_opts)
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
-        store
-            .check()
-            .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
-        if db_exists && !wal_exists {
-            // A first boot that failed after creating the db and before its WAL (a disk
-            // error, a crash) leaves a db that never applied an entry: boot as new on it.
-            // A db that applied entries has lost its WAL: refuse.
-            if store.consistent_index() != 0 {
-                return Err(boot_err(format!(
-                    "{} exists but there is no WAL in {}: refusing to start on a partial data dir",
-                    opts.db_path.display(),
-                    opts.wal_dir.display()
-                )));
-            }
-            crate::runtime::log::warning(
-                "etcdserver",
-                &format!(
-                    "{} was created by a first boot that never made its WAL: booting as new",
-                    opts.db_path.display()
-                ),
-            );
-        }
-        let mut seed_members = Vec::new();
-        let (wal, log) = if wal_exists {
-            Self::recover(&mut opts, &mut store).await?
-        } else {
-            if opts.join_existing {
-                seed_members = Self::join(&mut opts).await?;
-            } else {
-                Self::check_not_bootstrapped(&opts).await?;
-            }
-            Self::bootstrap(&opts).await?
-        };
-        let applied = store.consistent_index();
-        let config = ::raft::Config {
-            id: opts.member_id,
-            heartbeat_tick: 1,
-            election_tick: (opts.election_timeout_ms / opts.heartbeat_interval_ms.max(1)).max(2)
-                as usize,
-            applied,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            pre_vote: true,
-            check_quorum: true,
-            ..Default::default()
-        };
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let mut node =
-            RawNode::new(&config, log, &logger).map_err(|e| boot_err(format!("raft: {e}")))?;
-        node.mut_store()
-            .set_snapshot_source(applied, store.consistent_term());
-        let snapshot_index = node.store().first_index_raw().saturating_sub(1);
-        let now = Instant::now();
-        let splits = crate::shard::split_keys(store.index(), opts.shards, &opts.shard_splits);
-        store.capture_changes(true);
-        Ok(RaftCore {
-            node,
-            store,
-            wal,
-            reads_waiting: Vec::new(),
-            reads_requested: HashMap::new(),
-            reads_indexed: Vec::new(),
-            next_read_ctx: 1,
-            applied_index: applied,
-            snapshot_index,
-            db_committed_index: applied,
-            last_db_commit: now,
-            next_tick: now + Duration::from_millis(opts.heartbeat_interval_ms),
-            incarnation: new_incarnation(),
-            round_replies: Vec::new(),
-            broadcast_index: None,
-            broadcast_leader: (0, false),
-            splits: std::sync::Arc::new(splits),
-            lessor: Lessor::with_checkpoints(opts.lease_checkpoint_interval),
-            round_revoked: Vec::new(),
-            checkpoints_pending: Vec::new(),
-            last_expiry_check: now,
-            held: VecDeque::new(),
-            known_leader: 0,
-            transport: None,
-            seed_members,
-            proposals: HashMap::new(),
-            proposal_deadlines: VecDeque::new(),
-            forwarded: HashMap::new(),
-            next_forwarded_seq: 1,
-            forwarding: HashMap::new(),
-            next_forward_id: 1,
-            move_leader: None,
-            published: false,
-            publish_proposed: None,
-            on_published: None,
-            exit: None,
-            installed_snapshot: None,
-            // etcd's request timeout: 5 s plus two election timeouts.
-            request_timeout: Duration::from_millis(5000 + 2 * opts.election_timeout_ms),
-            opts,
-        })
-    }
-
-    /// A new member: a WAL whose first entries add every initial member (one ConfChange
-    /// each, committed at term 1, as etcd bootstraps), so replay rebuilds the membership.
-    async fn bootstrap(opts: &RaftOptions) -> Result<(Wal, LogStore), BootError> {
-        let metadata = encode_metadata(opts.member_id, opts.cluster_id);
-        let mut wal = Wal::create(&opts.wal_dir, &metadata, WalOptions::default())
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
-        let mut entries = Vec::new();
-        for (i, m) in opts.initial_members.iter().enumerate() {
-            let mut cc = ConfChange::default();
-            cc.set_change_type(if m.is_learner {
-                ConfChangeType::AddLearnerNode
-            } else {
-                ConfChangeType::AddNode
-            });
-            cc.node_id = m.id;
-            cc.context = member_record(m).encode_to_vec().into();
-            let mut e = Entry::default();
-            e.set_entry_type(EntryType::EntryConfChange);
-            e.term = 1;
-            e.index = i as u64 + 1;
-            e.data = cc.write_to_bytes().expect("ConfChange encodes").into();
-            entries.push(e);
-        }
-        let hs = HardState {
-            term: 1,
-            vote: 0,
-            commit: entries.len() as u64,
-            ..Default::default()
-        };
-        let wal_entries: Vec<wal::Entry> = entries.iter().map(to_wal_entry).collect();
-        wal.append_entries(&wal_entries);
-        wal.set_hard_state(wal::HardState {
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-        });
-        wal.sync()
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
-        let mut log = LogStore::new(hs, ConfState::default(), 0, 0);
-        log.append(&entries);
-        Ok((wal, log))
-    }
-
-    /// A new data dir with `--initial-cluster-state new` while the cluster already runs
-    /// with this member in it (its data dir was wiped, say): refused, as etcd refuses it,
-    /// because starting over would forget the votes it cast. One quick ask of each peer;
-    /// silence (a cluster starting up) lets the boot go on.
-    async fn check_not_bootstrapped(opts: &RaftOptions) -> Result<(), BootError> {
-        let mine = &opts.advertise_peer_urls;
-        let others: Vec<Vec<std::net::SocketAddr>> = opts
-            .initial_members
+    /// What holds at the end of every loop turn (checked in debug builds and tests).
+    #[cfg(debug_assertions)]
+    pub fn invariants(&self) {
+        let committed = self.node.raft.raft_log.committed;
+        assert!(self.applied_index <= committed, "applied past the commit");
+        let consistent = self.store.consistent_index();
+        assert!(
+            self.db_committed_index <= consistent,
+            "the db committed past apply"
+        );
+        assert!(
+            consistent <= self.applied_index,
+            "the db holds unapplied entries"
+        );
+        assert!(
+            self.snapshot_index <= self.db_committed_index,
+            "a snapshot past the db"
+        );
+        // Every read whose index was applied has been answered.
+        assert!(self
+            .reads
+            .indexed
             .iter()
-            .filter(|m| m.id != opts.member_id && !m.peer_urls.iter().any(|u| mine.contains(u)))
-            .map(|m| transport::peer_addrs(&m.peer_urls))
-            .collect();
-        if others.is_empty() {
-            return Ok(());
-        }
-        let Ok(info) = transport::fetch_cluster_info(&others, 1).await else {
-            return Ok(());
-        };
-        let started = info
-            .members
-            .iter()
-            .any(|m| m.id == opts.member_id && !m.client_urls.is_empty());
-        if started && info.cluster_id == opts.cluster_id {
-            return Err(boot_err(format!(
-                "member {:x} has already been bootstrapped",
-                opts.member_id
-            )));
-        }
-        Ok(())
-    }
-
-    /// A new member of a running cluster (`--initial-cluster-state existing`): its member
-    /// and cluster IDs come from the peers, which must already list its peer URLs (added
-    /// with MemberAdd); it starts with an empty log and learns everything from the leader.
-    async fn join(opts: &mut RaftOptions) -> Result<Vec<MemberInfo>, BootError> {
-        let mine: Vec<String> = opts.advertise_peer_urls.clone();
-        let others: Vec<Vec<std::net::SocketAddr>> = opts
-            .initial_members
-            .iter()
-            .filter(|m| !m.peer_urls.iter().any(|u| mine.contains(u)))
-            .map(|m| transport::peer_addrs(&m.peer_urls))
-            .collect();
-        let info = transport::fetch_cluster_info(&others, 30)
-            .await
-            .map_err(|e| boot_err(format!("cannot join the cluster: {e}")))?;
-        let mut wanted = mine.clone();
-        wanted.sort();
-        let me = info.members.iter().find(|m| {
-            let mut urls = m.peer_urls.clone();
-            urls.sort();
-            urls == wanted
-        });
-        let Some(me) = me else {
-            return Err(boot_err(format!(
-                "error validating peerURLs {{ClusterID:{:x} Members:[{}]}}: PeerURLs: no match \
-                 found for existing member (add it with `etcdctl member add` first)",
-                info.cluster_id,
-                info.members
-                    .iter()
-                    .map(|m| format!("{:x}={}", m.id, m.peer_urls.join(",")))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )));
-        };
-        opts.member_id = me.id;
-        opts.cluster_id = info.cluster_id;
-        // The membership arrives with the log (or a snapshot) from the leader; until then
-        // the transport knows the peers from their answer.
-        opts.initial_members.clear();
-        Ok(info.members.iter().map(cluster::member_info).collect())
-    }
-
-    /// An existing member: replay the WAL after its snapshot marker on top of the db.
-    async fn recover(
-        opts: &mut RaftOptions,
-        store: &mut Store,
-    ) -> Result<(Wal, LogStore), BootError> {
-        let (mut wal, rec) = Wal::open(&opts.wal_dir, WalOptions::default())
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
-        if let Some((file, offset, bytes)) = &rec.truncated_tail {
-            eprintln!(
-                "keel: WAL torn tail repaired: {bytes} bytes zeroed at {}:{offset}",
-                file.display()
-            );
-        }
-        match decode_metadata(&rec.metadata) {
-            // A restarted member is who its WAL says (a member that joined got its ID
-            // from the cluster, not from the flags).
-            Some((member, cluster)) if member == opts.member_id || opts.join_existing => {
-                opts.member_id = member;
-                opts.cluster_id = cluster;
-            }
-            Some((member, _)) => {
-                return Err(boot_err(format!(
-                    "{}: the WAL belongs to member {member:x}, not {:x} (wrong --name or \
-                     --initial-cluster for this data dir?)",
-                    opts.wal_dir.display(),
-                    opts.member_id
-                )))
-            }
-            None => {
-                return Err(boot_err(format!(
-                    "{}: WAL metadata is not a Keel member's",
-                    opts.wal_dir.display()
-                )))
-            }
-        }
-        let applied = store.consistent_index();
-        let last_wal_index = rec
-            .entries
-            .last()
-            .map(|e| e.index)
-            .unwrap_or(rec.snapshot.index);
-        if applied < rec.snapshot.index {
-            return Err(boot_err(format!(
-                "{}: db applied index {applied} is behind the WAL snapshot at {}",
-                opts.db_path.display(),
-                rec.snapshot.index
-            )));
-        }
-        // A db ahead of the WAL is a snapshot from the leader that was installed before
-        // its WAL marker was written: the log starts after it.
-        let db_ahead = applied > last_wal_index;
-        if db_ahead {
-            crate::runtime::log::notice(
-                "etcdserver",
-                &format!(
-                    "{}: db applied index {applied} is past the WAL's last entry \
-                     {last_wal_index}: starting from the installed snapshot",
-                    opts.db_path.display()
-                ),
-            );
-            wal.save_snapshot_marker(wal::SnapshotMarker {
-                index: applied,
-                term: store.consistent_term(),
-            });
-            wal.sync()
-                .await
-                .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
-        }
-        let conf_state = match store.backend().get(TreeId::Meta, META_CONF_STATE_KEY) {
-            Some(bytes) => ConfState::parse_from_bytes(bytes)
-                .map_err(|e| boot_err(format!("{}: conf state: {e}", opts.db_path.display())))?,
-            None => ConfState::default(),
-        };
-        // Applying implies committed; the commit in the hard state may lag (it is written
-        // lazily with the next batch), so raise it to what the db has applied.
-        let hs = HardState {
-            term: rec.hard_state.term.max(store.consistent_term()),
-            vote: rec.hard_state.vote,
-            commit: rec.hard_state.commit.max(applied),
-            ..Default::default()
-        };
-        if db_ahead {
-            let log = LogStore::new(hs, conf_state, applied, store.consistent_term());
-            return Ok((wal, log));
-        }
-        let snapshot_term = if rec.snapshot.index == 0 {
-            0
-        } else {
-            rec.snapshot.term
-        };
-        let mut log = LogStore::new(hs, conf_state, rec.snapshot.index, snapshot_term);
-        let entries: Vec<Entry> = rec.entries.into_iter().map(from_wal_entry).collect();
-        log.append(&entries);
-        Ok((wal, log))
+            .all(|(i, _)| *i > self.applied_index));
+        // The round went out: no reply waits for the next one.
+        assert!(
+            self.round.replies.is_empty(),
+            "replies left behind by the round"
+        );
+        self.writes.invariants();
+        assert!(self
+            .forwards
+            .to_leader
+            .keys()
+            .all(|id| *id < self.forwards.next_leader_id));
+        assert!(self
+            .forwards
+            .from_followers
+            .keys()
+            .all(|seq| *seq < self.forwards.next_follower_seq));
     }
 
     pub fn member_id(&self) -> u64 {
@@ -725,7 +330,9 @@ impl RaftCore {
         match msg {
             ToRaft::Propose { to, data } => {
                 let deadline = Instant::now() + self.request_timeout;
-                self.held.push_back(HeldProposal { to, data, deadline });
+                self.writes
+                    .held
+                    .push_back(HeldProposal { to, data, deadline });
                 self.propose_held(out);
             }
             ToRaft::Read {
@@ -735,7 +342,7 @@ impl RaftCore {
             } => {
                 if linearizable {
                     let deadline = Instant::now() + self.request_timeout;
-                    self.reads_waiting.push(PendingRead {
+                    self.reads.waiting.push(PendingRead {
                         deadline,
                         waiter: ReadWaiter::Op(to, op),
                     });
@@ -746,7 +353,7 @@ impl RaftCore {
             }
             ToRaft::ReadIndex { to } => {
                 let deadline = Instant::now() + self.request_timeout;
-                self.reads_waiting.push(PendingRead {
+                self.reads.waiting.push(PendingRead {
                     deadline,
                     waiter: ReadWaiter::Index(to),
                 });
@@ -813,71 +420,6 @@ impl RaftCore {
         }
     }
 
-    /// Keep-alives: the leader (which times the leases) renews them; another member asks
-    /// the leader.
-    fn lease_renew(
-        &mut self,
-        out: &dyn ReplySink,
-        to: ReplyTo<LeaseRenewed>,
-        renewals: Vec<(i64, Instant)>,
-    ) {
-        if !self.lessor.is_primary() {
-            return self.forward_lease_renew(out, to, renewals);
-        }
-        let leases = self.store.leases();
-        let results = renewals
-            .iter()
-            .map(|&(id, received)| self.lessor.renew(leases, id, received))
-            .collect();
-        if self.lessor.checkpoints() {
-            // A renewed lease starts from its full TTL again: clear a recorded remaining
-            // TTL (one entry per lease per interval at most).
-            for &(id, _) in &renewals {
-                if leases.get(id).is_some_and(|l| l.remaining_ttl > 0) {
-                    self.checkpoints_pending.push((id, 0));
-                }
-            }
-        }
-        let body = LeaseRenewed {
-            revision: self.store.current_revision(),
-            results,
-        };
-        self.respond(out, to, Ok(body));
-    }
-
-    /// Lease.LeaseTimeToLive: the leader's deadline decides (a follower asks the leader).
-    fn lease_time_to_live(
-        &mut self,
-        out: &dyn ReplySink,
-        to: ReplyTo<LeaseTtl>,
-        id: i64,
-        keys: bool,
-    ) {
-        if self.node.raft.state != StateRole::Leader {
-            return self.forward_time_to_live(out, to, id, keys);
-        }
-        let revision = self.store.current_revision();
-        let body = match self.store.leases().get(id) {
-            Some(l) => LeaseTtl {
-                revision,
-                ttl: self.lessor.remaining_s(id, l.ttl, Instant::now()),
-                granted_ttl: l.ttl,
-                keys: if keys {
-                    l.keys.iter().cloned().collect()
-                } else {
-                    Vec::new()
-                },
-            },
-            None => LeaseTtl {
-                revision,
-                ttl: -1,
-                granted_ttl: 0,
-                keys: Vec::new(),
-            },
-        };
-        self.respond(out, to, Ok(body));
-    }
-
     /// Answers `to` (a local core, or the member that forwarded the request).
     fn respond<T: ReplyKind>(
         &mut self,
@@ -909,46 +451,6 @@ impl RaftCore {
             .conf_state()
             .learners
             .contains(&self.opts.member_id)
-    }
-
-    /// Proposes the writes that wait for a leader (all of them, once one is known). Like
-    /// etcd, a write waits while there is no leader and gives up at the request timeout.
-    fn propose_held(&mut self, out: &dyn ReplySink) {
-        // First settle proposals sent to a leader that is gone (see `leader_changed`).
-        self.leader_changed(self.node.raft.leader_id, out);
-        while self.node.raft.leader_id != ::raft::INVALID_ID {
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
-            let origin = h.to.origin();
-            let ctx = encode_context(self.opts.member_id, self.incarnation, origin);
-            match self.node.propose(ctx, h.data.to_vec()) {
-                Ok(()) => self.track_proposal(origin),
-                // A leader transfer in progress: wait for its outcome.
-                Err(::raft::Error::ProposalDropped) => {
-                    self.held.push_front(h);
-                    break;
-                }
-                Err(e) => self.fail(out, origin, ServerError::ProposalRefused(e.to_string())),
-            }
-        }
-    }
-
-    /// Remembers a proposal of this member, to answer "request timed out" if it is never
-    /// applied (raft dropped it, or the leader it went to died).
-    fn track_proposal(&mut self, origin: Origin) {
-        let deadline = Instant::now() + self.request_timeout;
-        self.proposals.insert(origin, deadline);
-        self.proposal_deadlines.push_back((deadline, origin));
-    }
-
-    fn read(&mut self, op: &Op) -> Result<OpResponse, ServerError> {
-        let res = match op {
-            Op::Range(r) => self.store.range(r).map(OpResponse::Range),
-            Op::Txn(t) => self.store.txn(t).map(OpResponse::Txn),
-            _ => unreachable!("only Range and read-only Txn are reads"),
-        };
-        res.map_err(ServerError::from)
     }
 
     pub fn status_info(&self) -> StatusInfo {
@@ -999,477 +501,27 @@ impl RaftCore {
         }
     }
 
-    /// The leader proposes a revoke for each lease past its deadline (at most etcd's
-    /// revoke rate); a member that lost the lead stops timing leases.
-    pub fn expire_leases(&mut self, now: Instant) {
-        if self.node.raft.state != StateRole::Leader {
-            if self.lessor.is_primary() {
-                self.lessor.demote();
-            }
-            return;
-        }
-        if now.duration_since(self.last_expiry_check) < LEASE_EXPIRY_CHECK_INTERVAL {
-            return;
-        }
-        let limit =
-            LEASE_REVOKE_PER_SECOND_MAX * LEASE_EXPIRY_CHECK_INTERVAL.as_millis() as usize / 1000;
-        self.last_expiry_check = now;
-        let mut ops: Vec<Op> = self
-            .lessor
-            .expired(now, limit)
-            .into_iter()
-            .map(|id| Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id }))
-            .collect();
-        let mut batches = self.lessor.due_checkpoints(now);
-        if !self.checkpoints_pending.is_empty() {
-            let mut clears = std::mem::take(&mut self.checkpoints_pending);
-            clears.sort_unstable();
-            clears.dedup();
-            batches.push(clears);
-        }
-        ops.extend(
-            batches.into_iter().map(|checkpoints| {
-                Op::LeaseCheckpoint(mvcc::LeaseCheckpointRequest { checkpoints })
-            }),
-        );
-        for op in ops {
-            let data = entry::encode_raft_request(&op);
-            // No context: nobody waits for the reply.
-            if self.node.propose(Vec::new(), data.to_vec()).is_err() {
-                break;
-            }
-        }
-    }
-
-    /// One ReadIndex for every linearizable read queued since the last one.
-    fn request_read_index(&mut self) {
-        if self.reads_waiting.is_empty() || self.node.raft.leader_id == ::raft::INVALID_ID {
-            return;
-        }
-        // raft-rs drops a ReadIndex on a leader that has not committed in its term yet.
-        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term() {
-            return;
-        }
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
-        self.node.read_index(ctx.to_le_bytes().to_vec());
-        let reads = std::mem::take(&mut self.reads_waiting);
-        self.reads_requested.insert(ctx, (Instant::now(), reads));
-    }
-
-    /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
-    pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
-        // A member that applied its own removal stops driving raft (raft-rs keeps no
-        // progress for a removed leader, and `advance` would look it up): it answers what
-        // it applied and leaves.
-        while self.exit != Some(Exit::Removed) {
-            // Applying the bootstrap conf changes can make this member the only voter, and
-            // a new leader's first commit unblocks ReadIndex: check both every round.
-            self.campaign_if_alone();
-            self.propose_held(out);
-            self.request_read_index();
-            if !self.node.has_ready() {
-                break;
-            }
-            let mut rd = self.node.ready();
-            self.send_messages(rd.take_messages());
-            if !rd.snapshot().is_empty() {
-                // Snapshots from the leader are installed by the transport as a new db
-                // and the member restarts on it; raft only sees their message when it
-                // holds nothing new.
-                return Err(boot_err(format!(
-                    "raft: unexpected snapshot at index {} in a ready",
-                    rd.snapshot().get_metadata().index
-                )));
-            }
-            let committed = rd.take_committed_entries();
-            self.apply(committed)?;
-            if self.exit == Some(Exit::Removed) {
-                break;
-            }
-            for rs in rd.take_read_states() {
-                let ctx = rs
-                    .request_ctx
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_le_bytes)
-                    .unwrap_or(0);
-                if let Some((_, reads)) = self.reads_requested.remove(&ctx) {
-                    self.reads_indexed.push((rs.index, reads));
-                }
-            }
-            if !rd.entries().is_empty() {
-                let ents: Vec<wal::Entry> = rd.entries().iter().map(to_wal_entry).collect();
-                self.wal.append_entries(&ents);
-                self.node.mut_store().append(rd.entries());
-            }
-            if let Some(hs) = rd.hs() {
-                self.wal.set_hard_state(wal::HardState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    commit: hs.commit,
-                });
-                self.node.mut_store().set_hard_state(hs.clone());
-            }
-            if rd.must_sync() {
-                self.wal
-                    .sync()
-                    .await
-                    .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
-            }
-            self.send_messages(rd.take_persisted_messages());
-            let mut light = self.node.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                self.node.mut_store().set_commit(commit);
-            }
-            self.send_messages(light.take_messages());
-            self.apply(light.take_committed_entries())?;
-            self.node.advance_apply();
-        }
-        self.store.publish();
-        self.node
-            .mut_store()
-            .set_snapshot_source(self.applied_index, self.store.consistent_term());
-        if let Some(t) = &self.transport {
-            t.set_applied_index(self.applied_index);
-        }
-        self.broadcast(out);
-        self.serve_indexed_reads(out);
-        self.check_move_leader(out);
-        self.maybe_publish();
-        Ok(())
-    }
-
-    /// Logs a leader change as etcd does, and fails this member's proposals still waiting:
-    /// those forwarded to a leader that is gone would only time out later (etcd's
-    /// "possibly due to previous leader failure"; they may or may not have been applied).
-    fn leader_changed(&mut self, leader: u64, out: &dyn ReplySink) {
-        if leader == self.known_leader {
-            return;
-        }
-        let me = self.opts.member_id;
-        let term = self.node.raft.term;
-        if leader == ::raft::INVALID_ID {
-            crate::runtime::log::info(
-                "raft",
-                &format!(
-                    "raft.node: {me:x} lost leader {:x} at term {term}",
-                    self.known_leader
-                ),
-            );
-        } else {
-            crate::runtime::log::info(
-                "raft",
-                &format!("raft.node: {me:x} elected leader {leader:x} at term {term}"),
-            );
-        }
-        let old = std::mem::replace(&mut self.known_leader, leader);
-        if old != ::raft::INVALID_ID && old != me && !self.proposals.is_empty() {
-            let waiting: Vec<Origin> = self.proposals.drain().map(|(k, _)| k).collect();
-            for origin in waiting {
-                self.fail(out, origin, ServerError::TimeoutDueToLeaderFail);
-            }
-        }
-    }
-
-    /// Sends the round's changes, published snapshot and write replies to every core,
-    /// when anything was applied (or the cores have not heard from the raft core yet).
-    fn broadcast(&mut self, out: &dyn ReplySink) {
-        let leader = self.node.raft.leader_id;
-        let learner = self.is_learner();
-        if self.broadcast_index == Some(self.applied_index)
-            && self.round_replies.is_empty()
-            && self.broadcast_leader == (leader, learner)
-        {
-            return;
-        }
-        self.broadcast_leader = (leader, learner);
-        let splits = match self.broadcast_index {
-            None => Some(self.splits.clone()),
-            Some(_) => None,
-        };
-        self.broadcast_index = Some(self.applied_index);
-        let mut replies = std::mem::take(&mut self.round_replies);
-        if replies.iter().any(|(to, _)| *to == cluster::FORWARDED) {
-            let (fwd, local): (Vec<_>, Vec<_>) = replies
-                .into_iter()
-                .partition(|(to, _)| *to == cluster::FORWARDED);
-            for (_, r) in fwd {
-                self.reply_forwarded(r);
-            }
-            replies = local;
-        }
-        let round = Applied {
-            index: self.applied_index,
-            revision: self.store.current_revision(),
-            compact_revision: self.store.compact_revision(),
-            raft_term: self.node.raft.term,
-            leader,
-            learner,
-            changes: vec![std::sync::Arc::new(self.store.take_changes())],
-            snapshot: self.store.backend().snapshot(),
-            replies: Vec::new(),
-            splits,
-            revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.round_revoked)),
-        };
-        out.applied(round, replies);
-    }
-
-    /// A member that is the only voter elects itself at once instead of waiting out an
-    /// election timeout (etcd fast-forwards its ticks for the same reason).
-    fn campaign_if_alone(&mut self) {
-        let cs = self.node.store().conf_state();
-        if cs.voters.len() == 1
-            && cs.voters[0] == self.opts.member_id
-            && self.node.raft.state != StateRole::Leader
-            && self.node.raft.state != StateRole::Candidate
-        {
-            let _ = self.node.campaign();
-        }
-    }
-
-    fn send_messages(&mut self, mut msgs: Vec<RaftMessage>) {
-        let Some(t) = &self.transport else { return };
-        // A snapshot message travels with the db on its own connection.
-        if msgs
-            .iter()
-            .any(|m| m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot)
-        {
-            let (snaps, rest): (Vec<_>, Vec<_>) = msgs
-                .into_iter()
-                .partition(|m| m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot);
-            for m in snaps {
-                t.send_snapshot(m, self.store.backend().snapshot());
-            }
-            msgs = rest;
-        }
-        t.send(msgs);
-    }
-
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), BootError> {
-        for e in entries {
-            match e.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(&e)?,
-                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
-                EntryType::EntryConfChangeV2 => {
-                    return Err(boot_err("raft: joint consensus entries are not built yet"))
-                }
-            }
-            self.applied_index = e.index;
-        }
-        Ok(())
-    }
-
-    fn apply_normal(&mut self, e: &Entry) -> Result<(), BootError> {
-        if e.data.is_empty() {
-            // A new leader's empty entry: nothing to apply but the index.
-            if e.index > self.store.consistent_index() {
-                self.store.set_consistent_index(e.index, e.term);
-            }
-            // Once the leader has applied its term's first entry it times the leases,
-            // each extended by an election timeout (etcd's Promote).
-            if self.node.raft.state == StateRole::Leader && e.term == self.node.raft.term {
-                let extend = Duration::from_millis(self.opts.election_timeout_ms);
-                self.lessor
-                    .promote(self.store.leases(), extend, Instant::now());
-            }
-            return Ok(());
-        }
-        let op = match entry::decode_entry(&e.data) {
-            Ok(entry::EntryOp::Op(op)) => op,
-            Ok(entry::EntryOp::Member(m)) => return self.apply_member_entry(e, m),
-            Err(what) => {
-                return Err(boot_err(format!(
-                    "raft entry {} does not decode: {what}",
-                    e.index
-                )))
-            }
-        };
-        let Some(res) = self.store.apply_at(e.index, e.term, &op) else {
-            return Ok(());
-        };
-        match (&op, &res) {
-            (Op::LeaseGrant(g), Ok(_)) => self.lessor.granted(g.id, g.ttl, Instant::now()),
-            (Op::LeaseRevoke(r), Ok(_)) => {
-                self.lessor.revoked(r.id);
-                self.round_revoked.push(r.id);
-            }
-            _ => {}
-        }
-        let res = match res {
-            Ok(r) => Ok(r),
-            Err(err @ (mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. })) => {
-                return Err(boot_err(format!("applying entry {}: {err}", e.index)))
-            }
-            Err(err) => Err(ServerError::Mvcc(err)),
-        };
-        self.reply_to_entry::<OpResponse>(e, res);
-        Ok(())
-    }
-
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), BootError> {
-        if e.index <= self.store.consistent_index() {
-            return Ok(());
-        }
-        let cc = ConfChange::parse_from_bytes(&e.data)
-            .map_err(|err| boot_err(format!("raft entry {}: conf change: {err}", e.index)))?;
-        let cs = self
-            .node
-            .apply_conf_change(&cc)
-            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
-        let cs_bytes = cs.write_to_bytes().expect("ConfState encodes");
-        let key = cc.node_id.to_be_bytes();
-        // The record: the proposer's, merged into the existing one for a promotion (which
-        // keeps the published name and client URLs).
-        let mut record = MemberRecord::decode(&cc.context[..]).unwrap_or_default();
-        record.id = cc.node_id;
-        if let Some(old) = self
-            .store
-            .backend()
-            .get(TreeId::Member, &key)
-            .and_then(|v| MemberRecord::decode(v).ok())
-        {
-            record = MemberRecord {
-                is_learner: cc.get_change_type() == ConfChangeType::AddLearnerNode,
-                ..old
-            };
-        }
-        let backend = self.store.backend_mut();
-        let res = match cc.get_change_type() {
-            ConfChangeType::RemoveNode => backend
-                .remove(TreeId::Member, &key)
-                .and_then(|_| backend.insert(TreeId::Meta, &cluster::removed_key(cc.node_id), &[])),
-            _ => backend.insert(TreeId::Member, &key, &record.encode_to_vec()),
-        }
-        .and_then(|_| backend.insert(TreeId::Meta, META_CONF_STATE_KEY, &cs_bytes));
-        res.map_err(|err| boot_err(format!("db: {err}")))?;
-        self.node.mut_store().set_conf_state(cs);
-        self.store.set_consistent_index(e.index, e.term);
-        let removed = cc.get_change_type() == ConfChangeType::RemoveNode;
-        crate::runtime::log::info(
-            "etcdserver/membership",
-            &format!(
-                "{} member {:x} ({}) in cluster {:x}",
-                match cc.get_change_type() {
-                    ConfChangeType::AddNode => "added or promoted",
-                    ConfChangeType::AddLearnerNode => "added learner",
-                    ConfChangeType::RemoveNode => "removed",
-                },
-                cc.node_id,
-                record.peer_urls.join(","),
-                self.opts.cluster_id
-            ),
-        );
-        self.membership_changed();
-        if removed && cc.node_id == self.opts.member_id {
-            crate::runtime::log::error(
-                "etcdserver",
-                "the member has been permanently removed from the cluster",
-            );
-            self.exit = Some(Exit::Removed);
-        }
-        let member = (!removed).then(|| cluster::member_info(&record));
-        let members = self.members();
-        self.reply_to_entry(e, Ok(MemberChanged { member, members }));
-        Ok(())
-    }
-
-    /// Queues the reply to an applied entry when this member (this boot) proposed it. The
-    /// entry's kind gives the reply's: a store write answers `Propose` with an
-    /// `OpResponse`, a membership entry answers `Member` with `MemberChanged`.
-    fn reply_to_entry<T: ReplyKind>(&mut self, e: &Entry, body: Result<T, ServerError>) {
-        if let Some((member, incarnation, origin)) = decode_context(&e.context) {
-            if member == self.opts.member_id && incarnation == self.incarnation {
-                self.proposals.remove(&origin);
-                let to = ReplyTo::<T>::new(origin.from, origin.seq);
-                let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
-                self.round_replies.push((origin.from, reply));
-            }
-        }
-    }
-
-    fn serve_indexed_reads(&mut self, out: &dyn ReplySink) {
-        let applied = self.applied_index;
-        let mut i = 0;
-        while i < self.reads_indexed.len() {
-            if self.reads_indexed[i].0 <= applied {
-                let (index, reads) = self.reads_indexed.swap_remove(i);
-                for r in reads {
-                    match r.waiter {
-                        ReadWaiter::Op(to, op) => {
-                            let res = self.read(&op);
-                            self.respond(out, to, res);
-                        }
-                        ReadWaiter::Index(to) => self.respond(out, to, Ok(ReadIndex(index))),
-                    }
-                }
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    /// Commits the db when it is due, then marks a snapshot and releases WAL segments when
-    /// `snapshot_count` entries have been applied since the last one.
-    pub async fn maybe_commit(&mut self, now: Instant, force: bool) -> Result<(), BootError> {
-        let dirty = self.store.consistent_index() > self.db_committed_index;
-        let due = now.duration_since(self.last_db_commit) >= DB_COMMIT_INTERVAL
-            || self.store.consistent_index() - self.db_committed_index >= DB_COMMIT_ENTRIES_MAX;
-        if !dirty || !(due || force) {
-            return Ok(());
-        }
-        self.store
-            .commit()
-            .await
-            .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
-        self.db_committed_index = self.store.consistent_index();
-        self.last_db_commit = now;
-        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1) {
-            self.snapshot().await?;
-        }
-        Ok(())
-    }
-
-    async fn snapshot(&mut self) -> Result<(), BootError> {
-        let index = self.db_committed_index;
-        let term = self.store.consistent_term();
-        self.wal
-            .save_snapshot_marker(wal::SnapshotMarker { index, term });
-        self.wal
-            .sync()
-            .await
-            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
-        self.snapshot_index = index;
-        let keep_from = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES);
-        if keep_from > self.node.store().first_index_raw() {
-            self.node.mut_store().compact(keep_from - 1);
-        }
-        self.wal
-            .release_to(keep_from)
-            .await
-            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
-        Ok(())
-    }
-
     /// Answers every queued request with etcd's "server stopped" (at shutdown).
     pub fn fail_pending(&mut self, out: &dyn ReplySink) {
         let mut origins: Vec<Origin> = Vec::new();
-        origins.extend(self.reads_waiting.drain(..).map(|r| r.origin()));
+        origins.extend(self.reads.waiting.drain(..).map(|r| r.origin()));
         origins.extend(
-            self.reads_requested
+            self.reads
+                .requested
                 .drain()
                 .flat_map(|(_, (_, r))| r)
                 .map(|r| r.origin()),
         );
         origins.extend(
-            self.reads_indexed
+            self.reads
+                .indexed
                 .drain(..)
                 .flat_map(|(_, r)| r)
                 .map(|r| r.origin()),
         );
-        origins.extend(self.held.drain(..).map(|h| h.to.origin()));
-        origins.extend(self.proposals.drain().map(|(k, _)| k));
-        origins.extend(self.forwarding.drain().map(|(_, f)| f.origin()));
+        origins.extend(self.writes.held.drain(..).map(|h| h.to.origin()));
+        origins.extend(self.writes.waiting.drain().map(|(k, _)| k));
+        origins.extend(self.forwards.to_leader.drain().map(|(_, f)| f.origin()));
         for origin in origins {
             self.fail(out, origin, ServerError::Stopped);
         }
@@ -1506,6 +558,10 @@ pub async fn run(
         core.expire_requests(out, now);
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;
+        #[cfg(debug_assertions)]
+        if core.exit.is_none() {
+            core.invariants();
+        }
     }
     core.fail_pending(out);
     let exit = core.exit.take().unwrap_or(Exit::Stopped);

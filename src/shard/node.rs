@@ -295,6 +295,12 @@ impl Node {
         }
         // The boot round's changes are already in its snapshot, and no watcher exists yet.
         let booted = self.watermark.get().revision != 0;
+        // Rounds arrive in order: a core's watermark never goes back.
+        debug_assert!(
+            a.index >= self.watermark.get().index,
+            "a round older than the last"
+        );
+        debug_assert!(a.revision >= self.watermark.get().revision);
         self.watermark.set(Watermark {
             index: a.index,
             revision: a.revision,
@@ -312,6 +318,26 @@ impl Node {
         for reply in a.replies {
             self.raft.deliver(reply);
         }
+        #[cfg(debug_assertions)]
+        self.invariants();
+    }
+
+    /// What holds between rounds (checked after each round in debug builds and tests).
+    #[cfg(debug_assertions)]
+    pub fn invariants(&self) {
+        let mark = self.watermark.get();
+        assert!(
+            mark.compact_revision <= mark.revision,
+            "compacted past the revision"
+        );
+        assert!(
+            self.index_asking.get() || self.index_waiting.borrow().is_empty(),
+            "reads wait for a ReadIndex nobody asks for"
+        );
+        for s in self.subscriptions.borrow().iter() {
+            assert!(s.queue.borrow().len() <= SUBSCRIPTION_QUEUE_MAX);
+        }
+        self.hub.invariants();
     }
 
     /// Subscribes to the changes to `[key, range_end)` (etcd's range rules) that this

@@ -166,6 +166,11 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
+    #[cfg(debug_assertions)]
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().flatten()
+    }
+
     fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.slots.iter_mut().filter_map(|s| s.as_mut())
     }
@@ -649,6 +654,36 @@ fn split_fragments(header: &[u8], w: &Watcher, events: &[&[u8]], limit: usize) -
             events_response(header, w.watch_id, i != last, events[s..e].iter().copied())
         })
         .collect()
+}
+
+impl Hub {
+    /// What holds between calls (checked after each applied round in debug builds and
+    /// tests): every stream's watch IDs name live watchers of that stream, and every
+    /// watcher belongs to a live stream.
+    #[cfg(debug_assertions)]
+    pub fn invariants(&self) {
+        let inner = self.inner.borrow();
+        for (sid, s) in &inner.streams {
+            for (watch_id, wid) in &s.ids {
+                let w = inner
+                    .watchers
+                    .get(wid)
+                    .expect("a stream names a live watcher");
+                assert_eq!(w.stream, *sid, "a watcher on the stream that names it");
+                assert_eq!(w.watch_id, *watch_id);
+            }
+        }
+        for w in inner.watchers.values() {
+            let s = inner
+                .streams
+                .get(&w.stream)
+                .expect("a watcher's stream is live");
+            assert!(
+                s.ids.contains_key(&w.watch_id),
+                "a watcher its stream knows"
+            );
+        }
+    }
 }
 
 impl Inner {

@@ -1,0 +1,385 @@
+//! The raft core's `Ready` handling: append and sync the WAL, send messages, apply
+//! committed entries to the store in log order, reply to this member's proposals, send
+//! every core its round, and commit the db and mark snapshots when due.
+//!
+//! Runs on: the raft core. Invariants: entries are applied in index order, each once
+//! (`Store::apply_at` skips what the db already holds); a reply leaves only with the
+//! round that applied its entry.
+
+use super::*;
+
+impl RaftCore {
+    /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
+    pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
+        // A member that applied its own removal stops driving raft (raft-rs keeps no
+        // progress for a removed leader, and `advance` would look it up): it answers what
+        // it applied and leaves.
+        while self.exit != Some(Exit::Removed) {
+            // Applying the bootstrap conf changes can make this member the only voter, and
+            // a new leader's first commit unblocks ReadIndex: check both every round.
+            self.campaign_if_alone();
+            self.propose_held(out);
+            self.request_read_index();
+            if !self.node.has_ready() {
+                break;
+            }
+            let mut rd = self.node.ready();
+            self.send_messages(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                // Snapshots from the leader are installed by the transport as a new db
+                // and the member restarts on it; raft only sees their message when it
+                // holds nothing new.
+                return Err(boot_err(format!(
+                    "raft: unexpected snapshot at index {} in a ready",
+                    rd.snapshot().get_metadata().index
+                )));
+            }
+            let committed = rd.take_committed_entries();
+            self.apply(committed)?;
+            if self.exit == Some(Exit::Removed) {
+                break;
+            }
+            for rs in rd.take_read_states() {
+                let ctx = rs
+                    .request_ctx
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
+                if let Some((_, reads)) = self.reads.requested.remove(&ctx) {
+                    self.reads.indexed.push((rs.index, reads));
+                }
+            }
+            if !rd.entries().is_empty() {
+                let ents: Vec<wal::Entry> = rd.entries().iter().map(to_wal_entry).collect();
+                self.wal.append_entries(&ents);
+                self.node.mut_store().append(rd.entries());
+            }
+            if let Some(hs) = rd.hs() {
+                self.wal.set_hard_state(wal::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                });
+                self.node.mut_store().set_hard_state(hs.clone());
+            }
+            if rd.must_sync() {
+                self.wal
+                    .sync()
+                    .await
+                    .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+            }
+            self.send_messages(rd.take_persisted_messages());
+            let mut light = self.node.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.node.mut_store().set_commit(commit);
+            }
+            self.send_messages(light.take_messages());
+            self.apply(light.take_committed_entries())?;
+            self.node.advance_apply();
+        }
+        self.store.publish();
+        self.node
+            .mut_store()
+            .set_snapshot_source(self.applied_index, self.store.consistent_term());
+        if let Some(t) = &self.transport {
+            t.set_applied_index(self.applied_index);
+        }
+        self.broadcast(out);
+        self.serve_indexed_reads(out);
+        self.check_move_leader(out);
+        self.maybe_publish();
+        Ok(())
+    }
+
+    /// Logs a leader change as etcd does, and fails this member's proposals still waiting:
+    /// those forwarded to a leader that is gone would only time out later (etcd's
+    /// "possibly due to previous leader failure"; they may or may not have been applied).
+    pub(super) fn leader_changed(&mut self, leader: u64, out: &dyn ReplySink) {
+        if leader == self.known_leader {
+            return;
+        }
+        let me = self.opts.member_id;
+        let term = self.node.raft.term;
+        if leader == ::raft::INVALID_ID {
+            crate::runtime::log::info(
+                "raft",
+                &format!(
+                    "raft.node: {me:x} lost leader {:x} at term {term}",
+                    self.known_leader
+                ),
+            );
+        } else {
+            crate::runtime::log::info(
+                "raft",
+                &format!("raft.node: {me:x} elected leader {leader:x} at term {term}"),
+            );
+        }
+        let old = std::mem::replace(&mut self.known_leader, leader);
+        if old != ::raft::INVALID_ID && old != me && !self.writes.waiting.is_empty() {
+            let waiting: Vec<Origin> = self.writes.waiting.drain().map(|(k, _)| k).collect();
+            for origin in waiting {
+                self.fail(out, origin, ServerError::TimeoutDueToLeaderFail);
+            }
+        }
+    }
+
+    /// Sends the round's changes, published snapshot and write replies to every core,
+    /// when anything was applied (or the cores have not heard from the raft core yet).
+    pub(super) fn broadcast(&mut self, out: &dyn ReplySink) {
+        let leader = self.node.raft.leader_id;
+        let learner = self.is_learner();
+        if self.round.sent_index == Some(self.applied_index)
+            && self.round.replies.is_empty()
+            && self.round.sent_leader == (leader, learner)
+        {
+            return;
+        }
+        self.round.sent_leader = (leader, learner);
+        let splits = match self.round.sent_index {
+            None => Some(self.round.splits.clone()),
+            Some(_) => None,
+        };
+        self.round.sent_index = Some(self.applied_index);
+        let mut replies = std::mem::take(&mut self.round.replies);
+        if replies.iter().any(|(to, _)| *to == cluster::FORWARDED) {
+            let (fwd, local): (Vec<_>, Vec<_>) = replies
+                .into_iter()
+                .partition(|(to, _)| *to == cluster::FORWARDED);
+            for (_, r) in fwd {
+                self.reply_forwarded(r);
+            }
+            replies = local;
+        }
+        let round = Applied {
+            index: self.applied_index,
+            revision: self.store.current_revision(),
+            compact_revision: self.store.compact_revision(),
+            raft_term: self.node.raft.term,
+            leader,
+            learner,
+            changes: vec![std::sync::Arc::new(self.store.take_changes())],
+            snapshot: self.store.backend().snapshot(),
+            replies: Vec::new(),
+            splits,
+            revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.leases.round_revoked)),
+        };
+        out.applied(round, replies);
+    }
+
+    /// A member that is the only voter elects itself at once instead of waiting out an
+    /// election timeout (etcd fast-forwards its ticks for the same reason).
+    pub(super) fn campaign_if_alone(&mut self) {
+        let cs = self.node.store().conf_state();
+        if cs.voters.len() == 1
+            && cs.voters[0] == self.opts.member_id
+            && self.node.raft.state != StateRole::Leader
+            && self.node.raft.state != StateRole::Candidate
+        {
+            let _ = self.node.campaign();
+        }
+    }
+
+    pub(super) fn send_messages(&mut self, mut msgs: Vec<RaftMessage>) {
+        let Some(t) = &self.transport else { return };
+        // A snapshot message travels with the db on its own connection.
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot)
+        {
+            let (snaps, rest): (Vec<_>, Vec<_>) = msgs
+                .into_iter()
+                .partition(|m| m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot);
+            for m in snaps {
+                t.send_snapshot(m, self.store.backend().snapshot());
+            }
+            msgs = rest;
+        }
+        t.send(msgs);
+    }
+
+    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), BootError> {
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(&e)?,
+                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
+                EntryType::EntryConfChangeV2 => {
+                    return Err(boot_err("raft: joint consensus entries are not built yet"))
+                }
+            }
+            self.applied_index = e.index;
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_normal(&mut self, e: &Entry) -> Result<(), BootError> {
+        if e.data.is_empty() {
+            // A new leader's empty entry: nothing to apply but the index.
+            if e.index > self.store.consistent_index() {
+                self.store.set_consistent_index(e.index, e.term);
+            }
+            // Once the leader has applied its term's first entry it times the leases,
+            // each extended by an election timeout (etcd's Promote).
+            if self.node.raft.state == StateRole::Leader && e.term == self.node.raft.term {
+                let extend = Duration::from_millis(self.opts.election_timeout_ms);
+                self.leases
+                    .lessor
+                    .promote(self.store.leases(), extend, Instant::now());
+            }
+            return Ok(());
+        }
+        let op = match entry::decode_entry(&e.data) {
+            Ok(entry::EntryOp::Op(op)) => op,
+            Ok(entry::EntryOp::Member(m)) => return self.apply_member_entry(e, m),
+            Err(what) => {
+                return Err(boot_err(format!(
+                    "raft entry {} does not decode: {what}",
+                    e.index
+                )))
+            }
+        };
+        let Some(res) = self.store.apply_at(e.index, e.term, &op) else {
+            return Ok(());
+        };
+        match (&op, &res) {
+            (Op::LeaseGrant(g), Ok(_)) => self.leases.lessor.granted(g.id, g.ttl, Instant::now()),
+            (Op::LeaseRevoke(r), Ok(_)) => {
+                self.leases.lessor.revoked(r.id);
+                self.leases.round_revoked.push(r.id);
+            }
+            _ => {}
+        }
+        let res = match res {
+            Ok(r) => Ok(r),
+            Err(err @ (mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. })) => {
+                return Err(boot_err(format!("applying entry {}: {err}", e.index)))
+            }
+            Err(err) => Err(ServerError::Mvcc(err)),
+        };
+        self.reply_to_entry::<OpResponse>(e, res);
+        Ok(())
+    }
+
+    pub(super) fn apply_conf_change(&mut self, e: &Entry) -> Result<(), BootError> {
+        if e.index <= self.store.consistent_index() {
+            return Ok(());
+        }
+        let cc = ConfChange::parse_from_bytes(&e.data)
+            .map_err(|err| boot_err(format!("raft entry {}: conf change: {err}", e.index)))?;
+        let cs = self
+            .node
+            .apply_conf_change(&cc)
+            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
+        let cs_bytes = cs.write_to_bytes().expect("ConfState encodes");
+        let key = cc.node_id.to_be_bytes();
+        // The record: the proposer's, merged into the existing one for a promotion (which
+        // keeps the published name and client URLs).
+        let mut record = MemberRecord::decode(&cc.context[..]).unwrap_or_default();
+        record.id = cc.node_id;
+        if let Some(old) = self
+            .store
+            .backend()
+            .get(TreeId::Member, &key)
+            .and_then(|v| MemberRecord::decode(v).ok())
+        {
+            record = MemberRecord {
+                is_learner: cc.get_change_type() == ConfChangeType::AddLearnerNode,
+                ..old
+            };
+        }
+        let backend = self.store.backend_mut();
+        let res = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => backend
+                .remove(TreeId::Member, &key)
+                .and_then(|_| backend.insert(TreeId::Meta, &cluster::removed_key(cc.node_id), &[])),
+            _ => backend.insert(TreeId::Member, &key, &record.encode_to_vec()),
+        }
+        .and_then(|_| backend.insert(TreeId::Meta, META_CONF_STATE_KEY, &cs_bytes));
+        res.map_err(|err| boot_err(format!("db: {err}")))?;
+        self.node.mut_store().set_conf_state(cs);
+        self.store.set_consistent_index(e.index, e.term);
+        let removed = cc.get_change_type() == ConfChangeType::RemoveNode;
+        crate::runtime::log::info(
+            "etcdserver/membership",
+            &format!(
+                "{} member {:x} ({}) in cluster {:x}",
+                match cc.get_change_type() {
+                    ConfChangeType::AddNode => "added or promoted",
+                    ConfChangeType::AddLearnerNode => "added learner",
+                    ConfChangeType::RemoveNode => "removed",
+                },
+                cc.node_id,
+                record.peer_urls.join(","),
+                self.opts.cluster_id
+            ),
+        );
+        self.membership_changed();
+        if removed && cc.node_id == self.opts.member_id {
+            crate::runtime::log::error(
+                "etcdserver",
+                "the member has been permanently removed from the cluster",
+            );
+            self.exit = Some(Exit::Removed);
+        }
+        let member = (!removed).then(|| cluster::member_info(&record));
+        let members = self.members();
+        self.reply_to_entry(e, Ok(MemberChanged { member, members }));
+        Ok(())
+    }
+
+    /// Queues the reply to an applied entry when this member (this boot) proposed it. The
+    /// entry's kind gives the reply's: a store write answers `Propose` with an
+    /// `OpResponse`, a membership entry answers `Member` with `MemberChanged`.
+    pub(super) fn reply_to_entry<T: ReplyKind>(&mut self, e: &Entry, body: Result<T, ServerError>) {
+        if let Some((member, incarnation, origin)) = decode_context(&e.context) {
+            if member == self.opts.member_id && incarnation == self.incarnation {
+                self.writes.waiting.remove(&origin);
+                let to = ReplyTo::<T>::new(origin.from, origin.seq);
+                let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
+                self.round.replies.push((origin.from, reply));
+            }
+        }
+    }
+
+    /// Commits the db when it is due, then marks a snapshot and releases WAL segments when
+    /// `snapshot_count` entries have been applied since the last one.
+    pub async fn maybe_commit(&mut self, now: Instant, force: bool) -> Result<(), BootError> {
+        let dirty = self.store.consistent_index() > self.db_committed_index;
+        let due = now.duration_since(self.last_db_commit) >= DB_COMMIT_INTERVAL
+            || self.store.consistent_index() - self.db_committed_index >= DB_COMMIT_ENTRIES_MAX;
+        if !dirty || !(due || force) {
+            return Ok(());
+        }
+        self.store
+            .commit()
+            .await
+            .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
+        self.db_committed_index = self.store.consistent_index();
+        self.last_db_commit = now;
+        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1) {
+            self.snapshot().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn snapshot(&mut self) -> Result<(), BootError> {
+        let index = self.db_committed_index;
+        let term = self.store.consistent_term();
+        self.wal
+            .save_snapshot_marker(wal::SnapshotMarker { index, term });
+        self.wal
+            .sync()
+            .await
+            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+        self.snapshot_index = index;
+        let keep_from = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES);
+        if keep_from > self.node.store().first_index_raw() {
+            self.node.mut_store().compact(keep_from - 1);
+        }
+        self.wal
+            .release_to(keep_from)
+            .await
+            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+        Ok(())
+    }
+}
