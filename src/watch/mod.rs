@@ -21,6 +21,7 @@
 //!   `compact_revision` and `canceled`, and stays until the client cancels it.
 
 pub mod encode;
+mod interval;
 mod service;
 
 pub use service::serve;
