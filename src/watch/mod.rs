@@ -19,8 +19,16 @@
 //!   path or other streams wait;
 //! - **compacted** once the history it needs is gone: it gets etcd's response with
 //!   `compact_revision` and `canceled`, and stays until the client cancels it.
+//!
+//! Matching a change: single-key watchers are found by key in a hash map, range, prefix
+//! and from-key watchers in an interval index (`interval.rs`), so a change costs about
+//! the index's depth, O(log n), plus the watchers it matches, not a scan of every range
+//! watcher. Within a revision of one change, the matched watchers are served single-key
+//! ones first, each group in creation order (the order the scan gave); a revision of
+//! several changes serves them by watcher id.
 
 pub mod encode;
+mod interval;
 
 use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
@@ -29,6 +37,7 @@ use crate::runtime::mesh::Watermark;
 use crate::runtime::responses::Responses;
 use bytes::Bytes;
 use encode::{event_field, events_response, header_field};
+use interval::IntervalIndex;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -40,6 +49,7 @@ pub const CATCH_UP_REVISIONS_MAX: usize = 1000;
 /// etcd has no such bound, and its 1000-revision responses can exceed what clients
 /// accept by default (4 MiB in grpc-go's and tonic's servers and clients).
 pub const CATCH_UP_BYTES_MAX: usize = 1 << 20;
+
 /// What the hub reads from the core it runs on, handed to the calls that need it: the
 /// node owns the hub, and the hub never holds the node.
 #[allow(async_fn_in_trait)]
@@ -95,6 +105,8 @@ struct Watcher {
     next_rev: i64,
     /// Anything sent since the last progress tick.
     sent: bool,
+    /// Creation order on this core's hub (watcher ids are reused; this is not).
+    seq: u64,
 }
 
 impl Watcher {
@@ -182,9 +194,11 @@ struct Inner {
     watchers: Slab<Watcher>,
     /// Single-key watchers by key.
     by_key: HashMap<Vec<u8>, Vec<u64>>,
-    /// Range and prefix watchers.
-    ranged: Vec<u64>,
+    /// Range, prefix and from-key watchers, by their key range.
+    ranged: IntervalIndex,
     next_stream: u64,
+    /// The next watcher's `seq`.
+    next_seq: u64,
 }
 
 pub struct Hub {
@@ -319,13 +333,16 @@ impl Hub {
             state: State::Pending,
             next_rev: spec.start_revision,
             sent: false,
+            seq: inner.next_seq,
         };
-        let single = w.range_end.is_empty();
-        let key = single.then(|| w.key.clone());
+        inner.next_seq += 1;
+        let inner = &mut *inner;
         let wid = inner.watchers.insert(w);
-        match key {
-            Some(key) => inner.by_key.entry(key).or_default().push(wid),
-            None => inner.ranged.push(wid),
+        let w = inner.watchers.get(&wid).expect("just inserted");
+        if w.range_end.is_empty() {
+            inner.by_key.entry(w.key.clone()).or_default().push(wid);
+        } else {
+            inner.ranged.insert(w.range(), wid);
         }
         inner
             .streams
@@ -333,6 +350,7 @@ impl Hub {
             .expect("stream registered")
             .ids
             .insert(watch_id, wid);
+        inner.invariants();
         Ok(watch_id)
     }
 
@@ -687,6 +705,14 @@ impl Hub {
 }
 
 impl Inner {
+    /// Checked after every watcher added or removed, in debug builds.
+    fn invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(self.by_key.len() + self.ranged.len() <= self.watchers.len);
+    }
+
     fn unindex(&mut self, wid: u64) {
         let Some(w) = self.watchers.remove(&wid) else {
             return;
@@ -699,8 +725,10 @@ impl Inner {
                 }
             }
         } else {
-            self.ranged.retain(|x| *x != wid);
+            let found = self.ranged.remove(&w.key, wid);
+            assert!(found, "range watcher {wid} not in the interval index");
         }
+        self.invariants();
     }
 
     fn kick(&mut self, stream: u64) {
@@ -758,12 +786,14 @@ impl Inner {
             if let Some(ws) = self.by_key.get(key) {
                 hits.extend(ws.iter().map(|w| (*w, i)));
             }
-            for wid in &self.ranged {
-                if let Some(w) = self.watchers.get(wid) {
-                    if w.range().contains(key) {
-                        hits.push((*wid, i));
-                    }
-                }
+            let ranged_from = hits.len();
+            self.ranged
+                .for_each_containing(key, |wid| hits.push((wid, i)));
+            if changes.len() == 1 {
+                // The index gives key order; serve range watchers in creation order, as
+                // the scan it replaced did (several changes are regrouped by id below).
+                let watchers = &self.watchers;
+                hits[ranged_from..].sort_unstable_by_key(|h| watchers.get(&h.0).map(|w| w.seq));
             }
         }
         if hits.is_empty() {
