@@ -1,3 +1,5 @@
+use super::file::yaml_entries;
+use super::go::{check_go_duration, parse_go_int};
 use super::*;
 
 const CORES: usize = 4;
@@ -193,9 +195,13 @@ fn go_number_and_duration_syntax() {
     for good in ["0", "1h30m", "1.5s", "100ms", "-2us", "3µs"] {
         assert_eq!(check_go_duration(good), Ok(()), "{good}");
     }
-    for bad in ["", "5", "1x", "s", "1..2s", "."] {
+    for bad in ["", "5", "1x", "s", "1..2s", ".", "3000000h"] {
         assert!(check_go_duration(bad).is_err(), "{bad}");
     }
+    // Go's longest duration is about 2562047h; past it Go refuses, and nothing panics.
+    assert_eq!(check_go_duration("2562047h"), Ok(()));
+    assert_eq!(go_duration("9999999999999999999999h"), None);
+    assert_eq!(go_duration("-1s"), Some(std::time::Duration::ZERO));
     assert_eq!(parse_go_int("-9223372036854775808"), Ok(i64::MIN));
     assert!(parse_go_int("9223372036854775808").is_err());
 }
