@@ -42,7 +42,7 @@ pub(super) fn build(
     cores_available: usize,
     mut warnings: Vec<String>,
 ) -> Result<Config, ConfigError> {
-    push_feature_warnings(values, &mut warnings);
+    push_feature_warnings(values, source, &mut warnings);
     check_unbuilt_features(values)?;
     let name = raw(values, "name").to_string();
     let data_dir = match raw(values, "data-dir") {
@@ -203,21 +203,27 @@ fn lease_checkpoint_interval(values: &Values) -> Option<Duration> {
     })
 }
 
+/// Whether `value` is etcd's default for a flag of `kind`: compared as the value it
+/// means, so `5000000000ns` from a file is the default `5s`.
 fn is_default(kind: Kind, value: &str, default: &str) -> bool {
-    if kind == Kind::Bool {
-        parse_go_bool(value).ok() == parse_go_bool(default).ok()
-    } else {
-        value.trim() == default
+    match kind {
+        Kind::Bool => parse_go_bool(value).ok() == parse_go_bool(default).ok(),
+        Kind::Duration => go_duration(value) == go_duration(default),
+        Kind::Uint | Kind::Uint32 => {
+            parse_go_uint(value, 64).ok() == parse_go_uint(default, 64).ok()
+        }
+        Kind::Int => parse_go_int(value).ok() == parse_go_int(default).ok(),
+        _ => value.trim() == default,
     }
 }
 
-fn push_feature_warnings(values: &Values, warnings: &mut Vec<String>) {
+fn push_feature_warnings(values: &Values, source: &Source, warnings: &mut Vec<String>) {
     for spec in SPECS {
         let (Effect::Warn(reason), Some(value)) = (spec.effect, values.get(spec.name)) else {
             continue;
         };
         if !is_default(spec.kind, value, spec.default) {
-            warnings.push(format!("--{}: {reason}; ignored", spec.name));
+            warnings.push(format!("{}: {reason}; ignored", source.label(spec.name)));
         }
     }
 }

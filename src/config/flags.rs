@@ -21,15 +21,17 @@ const NOT_BUILT: &str = "not built yet";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Str,
+    /// Comma-separated strings (etcd's `StringsValue`); a config file may give a YAML list.
+    List,
     Bool,
     /// Go `uint`/`uint64` (64 bits).
     Uint,
     Uint32,
     /// Go `int`/`int64`.
     Int,
-    /// Go `time.Duration` (`1m30s`).
+    /// Go `time.Duration`: `1m30s` on the command line, nanoseconds or `1m30s` in a file.
     Duration,
-    /// Comma-separated URLs.
+    /// Comma-separated URLs; a config file may give a YAML list.
     Urls,
     Choice(&'static [&'static str]),
     /// etcd's `IgnoredFlag`: parsed like a boolean, value thrown away.
@@ -64,10 +66,11 @@ const fn spec(name: &'static str, kind: Kind, default: &'static str, effect: Eff
 }
 
 use Effect::{Keel, Silent, Warn};
-use Kind::{Bool, Choice, Duration, Ignored, Int, Str, Uint, Uint32, Urls};
+use Kind::{Bool, Choice, Duration, Ignored, Int, List, Str, Uint, Uint32, Urls};
 
-/// Every etcd 3.4 server flag plus Keel's `--cores`, sorted by name so that
-/// environment variables are applied in etcd's order.
+/// Every etcd 3.4 server flag, etcd 3.5's TLS and lease-checkpoint flags, and Keel's own
+/// (`--cores`, `--cpu-list`, `--shard-split-keys`), sorted by name so that environment
+/// variables are applied in etcd's order.
 pub(super) const SPECS: &[Spec] = &[
     spec("advertise-client-urls", Urls, "http://localhost:2379", Keel),
     spec("auth-token", Str, "simple", Warn(AUTH)),
@@ -89,18 +92,20 @@ pub(super) const SPECS: &[Spec] = &[
     spec("backend-batch-limit", Int, "0", Silent),
     spec("bcrypt-cost", Uint, "10", Warn(AUTH)),
     spec("cert-file", Str, "", Warn(TLS)),
-    spec("cipher-suites", Str, "", Warn(TLS)),
-    spec("client-cert-allowed-hostname", Str, "", Warn(TLS)),
+    spec("cipher-suites", List, "", Warn(TLS)),
+    spec("client-cert-allowed-hostname", List, "", Warn(TLS)),
     spec("client-cert-auth", Bool, "false", Warn(TLS)),
+    spec("client-cert-file", Str, "", Warn(TLS)),
     spec("client-crl-file", Str, "", Warn(TLS)),
+    spec("client-key-file", Str, "", Warn(TLS)),
     spec("cluster-active-size", Ignored, "", Silent),
     spec("cluster-remove-delay", Ignored, "", Silent),
     spec("cluster-sync-interval", Ignored, "", Silent),
     spec("config", Ignored, "", Silent),
     spec("config-file", Str, "", Keel),
     spec("cores", Uint, "", Keel),
-    spec("cpu-list", Str, "", Keel),
-    spec("cors", Str, "*", Silent),
+    spec("cpu-list", List, "", Keel),
+    spec("cors", List, "*", Silent),
     spec("data-dir", Str, "", Keel),
     spec("debug", Bool, "false", Silent),
     spec("discovery", Str, "", Warn(DISCOVERY)),
@@ -176,7 +181,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("grpc-keepalive-min-time", Duration, "5s", Warn(NOT_BUILT)),
     spec("grpc-keepalive-timeout", Duration, "20s", Warn(NOT_BUILT)),
     spec("heartbeat-interval", Uint, "100", Keel),
-    spec("host-whitelist", Str, "*", Silent),
+    spec("host-whitelist", List, "*", Silent),
     spec(
         "initial-advertise-peer-urls",
         Urls,
@@ -214,7 +219,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("listen-peer-urls", Urls, "http://localhost:2380", Keel),
     spec("log-level", Str, "info", Silent),
     spec("log-output", Str, "default", Silent),
-    spec("log-outputs", Str, "default", Silent),
+    spec("log-outputs", List, "default", Silent),
     spec("log-package-levels", Str, "", Silent),
     spec("logger", Str, "capnslog", Silent),
     spec(
@@ -238,10 +243,12 @@ pub(super) const SPECS: &[Spec] = &[
         Warn(NOT_BUILT),
     ),
     spec("peer-auto-tls", Bool, "false", Warn(TLS)),
-    spec("peer-cert-allowed-cn", Str, "", Warn(TLS)),
-    spec("peer-cert-allowed-hostname", Str, "", Warn(TLS)),
+    spec("peer-cert-allowed-cn", List, "", Warn(TLS)),
+    spec("peer-cert-allowed-hostname", List, "", Warn(TLS)),
     spec("peer-cert-file", Str, "", Warn(TLS)),
     spec("peer-client-cert-auth", Bool, "false", Warn(TLS)),
+    spec("peer-client-cert-file", Str, "", Warn(TLS)),
+    spec("peer-client-key-file", Str, "", Warn(TLS)),
     spec("peer-crl-file", Str, "", Warn(TLS)),
     spec("peer-election-timeout", Ignored, "", Silent),
     spec("peer-heartbeat-interval", Ignored, "", Silent),
@@ -261,8 +268,9 @@ pub(super) const SPECS: &[Spec] = &[
     spec("proxy-write-timeout", Uint, "5000", Warn(PROXY)),
     spec("quota-backend-bytes", Int, "0", Keel),
     spec("retry-interval", Ignored, "", Silent),
+    spec("self-signed-cert-validity", Uint, "1", Warn(TLS)),
     spec("snapshot", Ignored, "", Silent),
-    spec("shard-split-keys", Str, "", Keel),
+    spec("shard-split-keys", List, "", Keel),
     spec("snapshot-count", Uint, "100000", Keel),
     spec("strict-reconfig-check", Bool, "true", Keel),
     spec("test.coverprofile", Ignored, "", Silent),
@@ -284,7 +292,7 @@ pub(super) fn find_spec(name: &str) -> Option<&'static Spec> {
 /// Checks a value the way the matching Go `flag.Value::Set` would.
 pub(super) fn check_value(kind: Kind, value: &str) -> Result<(), ValueError> {
     match kind {
-        Str | Ignored => Ok(()),
+        Str | List | Ignored => Ok(()),
         Bool => parse_go_bool(value).map(|_| ()),
         Uint => parse_go_uint(value, 64).map(|_| ()),
         Uint32 => parse_go_uint(value, 32).map(|_| ()),
@@ -307,8 +315,10 @@ Usage:
   keel [flags]            start a Keel member (etcd v3 API)
   keel --version          print the version
   keel -h | --help        print this text
-  keel --config-file PATH read all settings from an etcd-style YAML file;
-                          flags and ETCD_* variables are then ignored
+  keel --config-file PATH read all settings from an etcd YAML config file (etcd's
+                          etcd.conf.yml keys, with client-transport-security and
+                          peer-transport-security sections); flags and ETCD_*
+                          variables are then ignored
 
 Every flag can also be set as ETCD_<FLAG> (upper case, '-' as '_'); a flag given
 on the command line wins.
@@ -339,10 +349,11 @@ Clustering:
 
 Accepted for etcd compatibility (a warning is printed when the feature is not built):
   TLS: --cert-file --key-file --trusted-ca-file --client-cert-auth --client-crl-file
-       --client-cert-allowed-hostname --auto-tls --peer-cert-file --peer-key-file
-       --peer-trusted-ca-file --peer-client-cert-auth --peer-crl-file --peer-auto-tls
-       --peer-cert-allowed-cn --peer-cert-allowed-hostname --cipher-suites
-       --tls-min-version --tls-max-version
+       --client-cert-allowed-hostname --client-cert-file --client-key-file --auto-tls
+       --peer-cert-file --peer-key-file --peer-trusted-ca-file --peer-client-cert-auth
+       --peer-crl-file --peer-auto-tls --peer-cert-allowed-cn --peer-cert-allowed-hostname
+       --peer-client-cert-file --peer-client-key-file --cipher-suites --tls-min-version
+       --tls-max-version --self-signed-cert-validity
   auth: --auth-token --bcrypt-cost --auth-token-ttl
   bootstrap: --discovery --discovery-fallback --discovery-proxy --discovery-srv
        --discovery-srv-name --force-new-cluster

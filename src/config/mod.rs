@@ -22,7 +22,8 @@
 //! variables; otherwise a flag given on the command line wins over `ETCD_<FLAG>`.
 //! Every other etcd 3.4 server flag is accepted so that scripts written for etcd
 //! start Keel unchanged; flags whose feature Keel lacks add a line to
-//! `Config::warnings` when set to a non-default value.
+//! `Config::warnings` when set to a non-default value, whether they come from a flag,
+//! a variable or the file (the file's TLS sections set the TLS flags' values).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +37,8 @@ mod flags;
 mod go;
 mod url;
 
+#[cfg(test)]
+mod file_tests;
 #[cfg(test)]
 mod tests;
 
@@ -120,12 +123,28 @@ fn invalid<T>(message: impl Into<String>) -> Result<T, ConfigError> {
 type Values = BTreeMap<&'static str, String>;
 
 /// Where the values came from: etcd applies some rules to one source only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Source {
     /// The command line and `ETCD_*` variables.
     Args,
-    /// A config file.
-    File,
+    /// A config file; `labels` names the file key that set a flag where it is not the
+    /// flag's own name.
+    File {
+        labels: BTreeMap<&'static str, String>,
+    },
+}
+
+impl Source {
+    /// How a warning names the setting of flag `name`.
+    fn label(&self, name: &'static str) -> String {
+        match self {
+            Source::File { labels } => labels
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| format!("--{name}")),
+            Source::Args => format!("--{name}"),
+        }
+    }
 }
 
 /// Parses the server's arguments (without argv[0]) and environment.
@@ -172,6 +191,10 @@ fn parse_with_cores(
     }
     let text = std::fs::read_to_string(&path)
         .map_err(|e| ConfigError::Invalid(format!("cannot read config file {path}: {e}")))?;
-    let values = file::values_from_yaml(&path, &text, &mut warnings)?;
-    build::build(&values, &Source::File, cores_available, warnings)
+    let from_file = file::read(&path, &text, &mut warnings)
+        .map_err(|e| ConfigError::Invalid(format!("config file {path}: {e}")))?;
+    let source = Source::File {
+        labels: from_file.labels,
+    };
+    build::build(&from_file.values, &source, cores_available, warnings)
 }
