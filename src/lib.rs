@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  client ──h2/gRPC──► core N (grpc::server, api::Services)
-//!    │ Range ────────► shard::node::Node: this core's shard, other shards' parts by
+//!    │ Range ────────► node::Node: this core's shard, other shards' parts by
 //!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex,
 //!    │                 serializable ones for the newest round sent out (mesh::RoundMark)
 //!    │ Watch ────────► watch::Hub of core N (events from the rounds core N applies)
@@ -42,7 +42,9 @@ pub mod durable_dir;
 pub mod failpoint;
 pub mod grpc;
 pub mod lease;
+pub mod mesh;
 pub mod mvcc;
+pub mod node;
 pub mod pb;
 pub mod raft;
 pub mod runtime;

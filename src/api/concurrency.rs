@@ -5,7 +5,7 @@
 //! with the caller's lease; the holder is the key with the lowest create revision, and a
 //! waiter waits for the deletion of the key created just before its own (each waiter
 //! watches one predecessor, not the whole queue). The waits use a core-local
-//! `Subscription` (`shard::node`) taken before the read they follow, so no deletion is missed between
+//! `Subscription` (`node`) taken before the read they follow, so no deletion is missed between
 //! the read and the wait.
 //!
 //! Invariants: a Lock or Campaign call that ends before it returns (the client went
@@ -32,7 +32,7 @@ pub const SESSION_TTL_DEFAULT_S: i64 = 60;
 
 /// A failed create-if-absent txn reads the key that exists: its absence is a Keel bug.
 fn key_missing_from_txn() -> Status {
-    let e = crate::runtime::ServerError::Internal("the txn's failure branch read no key".into());
+    let e = crate::mesh::ServerError::Internal("the txn's failure branch read no key".into());
     Status::from(e)
 }
 

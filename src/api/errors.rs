@@ -3,8 +3,8 @@
 //! back into typed errors), so they are spelled exactly as etcd spells them.
 
 use crate::grpc::{Code, Status};
+use crate::mesh::ServerError;
 use crate::mvcc;
-use crate::runtime::ServerError;
 
 /// Every server-side error etcd 3.4 puts on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

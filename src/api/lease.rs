@@ -17,12 +17,12 @@
 use super::errors::EtcdError;
 use super::services::{decode, encode, Services};
 use crate::grpc::{Request, Responses, Status};
+use crate::mesh::ServerError;
+use crate::mesh::{LeaseList, LeaseRenewed, LeaseTtl, ToRaft};
 use crate::mvcc::{self, Op};
+use crate::node::{Node, Slot};
 use crate::pb::etcdserverpb as pb;
 use crate::raft::RaftClient;
-use crate::runtime::mesh::{LeaseList, LeaseRenewed, LeaseTtl, ToRaft};
-use crate::runtime::ServerError;
-use crate::shard::node::{Node, Slot};
 use bytes::Bytes;
 use prost::Message;
 use std::cell::{Cell, RefCell};

@@ -12,14 +12,14 @@ use super::errors::{status_from_mvcc, EtcdError};
 use super::lease::{LeaseConfig, LeaseIds, Renewer};
 use crate::failpoint;
 use crate::grpc::{Code, Router, Status};
+use crate::mesh::{
+    HashKv, LeaderMoved, MemberChanged, MemberInfo, MemberOp, Members, StatusInfo, ToRaft,
+};
 use crate::mvcc::{self, Op, OpResponse};
+use crate::node::Node;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::grpc::health::v1 as health;
 use crate::raft::RaftClient;
-use crate::runtime::mesh::{
-    HashKv, LeaderMoved, MemberChanged, MemberInfo, MemberOp, Members, StatusInfo, ToRaft,
-};
-use crate::shard::node::Node;
 use bytes::Bytes;
 use http::HeaderMap;
 use prost::Message;
@@ -188,7 +188,7 @@ impl Services {
     pub async fn range(&self, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
-        // Served by the key-range shards (see `shard::node`), not the raft core.
+        // Served by the key-range shards (see `node`), not the raft core.
         let linearizable = served_linearizable(!req.serializable);
         let (res, term) = self.node.range(req, linearizable).await?;
         Ok(self.encode_response(OpResponse::Range(res), term))
@@ -491,8 +491,8 @@ fn pb_member(m: MemberInfo) -> pb::Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::CoreId;
     use crate::raft::RaftSender;
-    use crate::runtime::mesh::CoreId;
     use glommio::channels::local_channel;
 
     #[test]
@@ -524,11 +524,11 @@ mod tests {
             assert_eq!(err.code, Code::Unavailable);
             assert_eq!(err.message, "etcdserver: no leader");
             // A reply naming a leader is enough to pass.
-            client.deliver(crate::runtime::mesh::Reply {
+            client.deliver(crate::mesh::Reply {
                 seq: 0,
                 raft_term: 2,
                 leader: 7,
-                body: Err(crate::runtime::ServerError::Stopped),
+                body: Err(crate::mesh::ServerError::Stopped),
             });
             assert!(s.check_leader(&md).is_ok());
         });

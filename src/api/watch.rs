@@ -2,8 +2,8 @@
 //! order, and the stream's catch-up task runs beside the request loop.
 
 use crate::grpc::{Code, Request, Responses, Status};
+use crate::node::Node;
 use crate::pb::etcdserverpb as pb;
-use crate::shard::node::Node;
 use crate::watch::{CreateError, CreateSpec, Hub};
 use bytes::Bytes;
 use prost::Message;

@@ -1,14 +1,14 @@
 //! A core's lease cache: what each core knows of the leases its keep-alive streams renew,
 //! so most keep-alives are answered on their own core without a round trip.
 //!
-//! Runs on: every core (each owns one, inside its `shard::node::Node`). Fed by the
+//! Runs on: every core (each owns one, inside its `node::Node`). Fed by the
 //! replies of the raft core (`learn`) and by its applied rounds (`on_applied`).
 //!
 //! Invariant: a cached deadline is one the current leader confirmed in the current raft
 //! term; a new term or a revoke drops it, so a fast answer never outlives a lease the
 //! leader let expire by more than `FAST_RENEW_MARGIN` minus the renewal's trip.
 
-use crate::runtime::mesh::Applied;
+use crate::mesh::Applied;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

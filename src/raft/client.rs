@@ -5,8 +5,8 @@
 //! Invariant: at most `inflight_max` requests wait for a reply; each waiter gets exactly
 //! one reply or is dropped with its handler (then the late reply is discarded).
 
-use crate::runtime::mesh::{CoreId, Reply, ReplyKind, ReplyTo, ToRaft};
-use crate::runtime::ServerError;
+use crate::mesh::ServerError;
+use crate::mesh::{CoreId, Reply, ReplyKind, ReplyTo, ToRaft};
 use glommio::channels::local_channel::LocalSender;
 use glommio::channels::shared_channel::ConnectedSender;
 use std::cell::{Cell, RefCell};

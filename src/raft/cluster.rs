@@ -16,17 +16,17 @@ use super::{
     boot_err, encode_context, member_record, BootError, LeaderTransfer, PendingRead, RaftCore,
     ReplySink,
 };
+use crate::mesh::ServerError;
+use crate::mesh::{
+    CoreId, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
+    Reply, ReplyBody, ReplyTo, ToRaft,
+};
 use crate::mvcc::db::TreeId;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::keel::internal::{
     forward, forward_reply, Forward, ForwardReply, LeaseRenew, LeaseRenewed as WireLeaseRenewed,
     Member as MemberRecord, MemberChanged as WireMemberChanged,
 };
-use crate::runtime::mesh::{
-    CoreId, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
-    Reply, ReplyBody, ReplyTo, ToRaft,
-};
-use crate::runtime::ServerError;
 use crate::wal;
 use ::raft::eraftpb::{ConfChange, ConfChangeType};
 use ::raft::StateRole;

@@ -2,7 +2,7 @@
 //! to the MVCC store in log order, and answering the cores that asked.
 //!
 //! Runs on: the raft core only. Other cores reach it through `RaftClient` messages
-//! (`runtime::mesh`).
+//! (`mesh`).
 //!
 //! One turn of the loop:
 //! 1. Wait for a request or the next tick; then drain what else is queued (bounded), so
@@ -51,14 +51,14 @@ mod writes;
 
 pub use client::{RaftClient, RaftSender};
 
-use crate::mvcc::db::TreeId;
-use crate::mvcc::{self, Op, OpResponse, Store, StoreOptions};
-use crate::pb::keel::internal::Member as MemberRecord;
-use crate::runtime::mesh::{
+use crate::mesh::ServerError;
+use crate::mesh::{
     Applied, CoreId, HashKv, LeaseList, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, Members,
     Origin, ReadIndex, Reply, ReplyKind, ReplyTo, StatusInfo, ToRaft,
 };
-use crate::runtime::ServerError;
+use crate::mvcc::db::TreeId;
+use crate::mvcc::{self, Op, OpResponse, Store, StoreOptions};
+use crate::pb::keel::internal::Member as MemberRecord;
 use crate::wal::{self, Wal, WalOptions};
 use ::raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message as RaftMessage,
@@ -179,7 +179,7 @@ struct Publish {
 
 /// A MoveLeader waiting for its transferee to lead.
 struct LeaderTransfer {
-    to: ReplyTo<crate::runtime::mesh::LeaderMoved>,
+    to: ReplyTo<crate::mesh::LeaderMoved>,
     target: u64,
     deadline: Instant,
 }

@@ -140,7 +140,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             assert_eq!(replies.len(), 10, "one reply per proposal");
             for (i, (_, r)) in replies.iter().enumerate() {
                 assert_eq!(r.seq, i as u64);
-                let Ok(crate::runtime::mesh::ReplyBody::Op(OpResponse::Put(p))) = &r.body else {
+                let Ok(crate::mesh::ReplyBody::Op(OpResponse::Put(p))) = &r.body else {
                     panic!("not a put reply: {:?}", r.body);
                 };
                 assert_eq!(p.header.revision, i as i64 + 2);
@@ -157,8 +157,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             let replies = out.0.take();
             assert_eq!(replies.len(), 1);
             assert_eq!(replies[0].0, CoreId(1));
-            let Ok(crate::runtime::mesh::ReplyBody::Op(OpResponse::Range(r))) = &replies[0].1.body
-            else {
+            let Ok(crate::mesh::ReplyBody::Op(OpResponse::Range(r))) = &replies[0].1.body else {
                 panic!("not a range reply");
             };
             assert_eq!(r.kvs.len(), 1);

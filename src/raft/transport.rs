@@ -23,10 +23,10 @@
 //! - A member in the removed set is told so at its handshake and its messages are never
 //!   read; it stops itself when it hears that.
 
+use crate::mesh::ToRaft;
 use crate::mvcc::db::{AppMeta, Db, DbOptions, ReadSnapshot, TreeId, TREE_COUNT};
 use crate::pb::keel::internal::{ClusterInfo, Forward, ForwardReply, Hello, Member};
 use crate::runtime::log;
-use crate::runtime::mesh::ToRaft;
 use ::raft::eraftpb::Message as RaftMessage;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};

@@ -4,12 +4,8 @@
 //! registered I/O memory of all of them stays within `ulimit -l` (8 MiB on our machines;
 //! glommio's own default of 10 MiB per executor would not fit).
 
-pub mod error;
 pub mod log;
-pub mod mesh;
 pub mod responses;
-
-pub use error::ServerError;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use std::future::Future;

@@ -19,13 +19,13 @@ pub mod dir_lock;
 
 use crate::api::{self, Services};
 use crate::grpc;
-use crate::raft::transport::Transport;
-use crate::raft::{self, Exit, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
-use crate::runtime::mesh::{
+use crate::mesh::{
     self, Applied, CoreId, CoreLinks, CoreMsg, MemberInfo, RaftLinks, Reply, ToRaft,
 };
+use crate::node::Node;
+use crate::raft::transport::Transport;
+use crate::raft::{self, Exit, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
 use crate::runtime::{executor_builder, log};
-use crate::shard::node::Node;
 use crate::watch::WatchConfig;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::ConnectedSender;
@@ -102,9 +102,9 @@ struct Replies {
     node: Rc<Node>,
     /// This core's own rounds go through a queue to a task, so the raft loop goes on
     /// (to its next WAL write and fdatasync) while the task fans the round out.
-    local_rounds: Rc<crate::shard::node::Outbox>,
+    local_rounds: Rc<crate::node::Outbox>,
     cores: usize,
-    round_mark: crate::runtime::mesh::RoundMark,
+    round_mark: crate::mesh::RoundMark,
 }
 
 impl ReplySink for Replies {
@@ -355,7 +355,7 @@ async fn raft_core_main(
     );
     node.connect(link.peers_out, link.peers_in);
     // Rounds that queue while this core is busy merge into one (see `Outbox`).
-    let local_rounds = Rc::new(crate::shard::node::Outbox::default());
+    let local_rounds = Rc::new(crate::node::Outbox::default());
     let rounds = local_rounds.clone();
     let round_node = node.clone();
     glommio::spawn_local(async move {

@@ -2,7 +2,7 @@
 //! index for that range (fed by the raft core's applied rounds) over which it serves
 //! Range from the published pages of the mmap'd revision tree.
 //!
-//! Runs on: every core (one `Shard` each, inside its [`node::Node`]).
+//! Runs on: every core (one `Shard` each, inside its `node::Node`).
 //!
 //! - Split keys are chosen by the raft core at boot from the keys in the store (equal
 //!   key counts per shard), or taken from `--shard-split-keys`; shard *i* owns
@@ -11,8 +11,6 @@
 //!   raft core's order, so it equals the authoritative index restricted to the range.
 //! - A read at revision *r* is served by every shard the range touches, each once it has
 //!   applied the round holding *r*; the parts merge exactly ([`merge`]).
-
-pub mod node;
 
 use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{

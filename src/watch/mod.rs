@@ -30,10 +30,10 @@
 pub mod encode;
 mod interval;
 
+use crate::mesh::Applied;
+use crate::mesh::Watermark;
 use crate::mvcc::db::{ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
-use crate::runtime::mesh::Applied;
-use crate::runtime::mesh::Watermark;
 use crate::runtime::responses::Responses;
 use bytes::Bytes;
 use encode::{event_field, events_response, header_field};

@@ -4,7 +4,7 @@
 //! core has one reply channel back to each core (`Reply`). On the raft core itself both
 //! directions are local channels. Besides, every ordered pair of cores has a bounded
 //! channel of `CoreMsg`: applied rounds (raft core → every core), Range parts and their
-//! replies (shard to shard); senders queue in a `shard::node::Outbox`, never waiting. Messages are owned and `Send`: bytes and plain structs,
+//! replies (shard to shard); senders queue in a `node::Outbox`, never waiting. Messages are owned and `Send`: bytes and plain structs,
 //! never `Rc` or references.
 //!
 //! One value is shared instead of sent: the [`RoundMark`], the applied index of the last
@@ -16,10 +16,12 @@
 //! `RaftClient` refuses more with etcd's "too many requests"), and both channel directions
 //! are that deep, so the raft core's `try_send` of a reply never finds the channel full.
 
-use super::error::ServerError;
+pub mod error;
+
 use crate::mvcc::db::ReadSnapshot;
 use crate::mvcc::{Change, Op, OpResponse, RangeRequest, RangeResponse};
 use bytes::Bytes;
+pub use error::ServerError;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};

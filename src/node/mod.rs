@@ -10,12 +10,12 @@
 //! destination, drained by a task into the bounded cross-core channel, so no caller (the
 //! raft core least of all) ever waits for another core.
 
-use super::{merge, part_request, shards_for, Shard};
+use crate::mesh::ServerError;
+use crate::mesh::{Applied, CoreId, CoreMsg, ReadIndex, RoundMark, ToRaft};
 use crate::mvcc::{self, RangeRequest, RangeResponse};
 use crate::raft::RaftClient;
 use crate::runtime::log;
-use crate::runtime::mesh::{Applied, CoreId, CoreMsg, ReadIndex, RoundMark, ToRaft};
-use crate::runtime::ServerError;
+use crate::shard::{merge, part_request, shards_for, Shard};
 use crate::watch::Hub;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use std::cell::{Cell, RefCell};
@@ -24,7 +24,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-pub use crate::runtime::mesh::Watermark;
+pub use crate::mesh::Watermark;
 
 type RangeResult = Result<RangeResponse, ServerError>;
 type RangeSlot = Rc<Slot<(u64, RangeResult)>>;
@@ -641,3 +641,6 @@ impl crate::watch::Source for Rc<Node> {
         Node::value_at(self, key, at).await
     }
 }
+
+#[cfg(test)]
+mod tests;
