@@ -1,27 +1,52 @@
 //! Keel: an etcd v3-compatible, replicated, durable key-value store, thread-per-core.
 //!
+//! Layers, each naming only the ones below it (`tests/layers.rs` checks it):
+//!
+//! ```text
+//!  server                boot: a pinned executor per core, listeners, signals, shutdown
+//!  api                   the services: decode, checks, etcd's wire errors (api::errors is
+//!                        the one table), the Watch, Lease, Lock and Election streams
+//!  node                  each core's node: its shard, watch hub, lease cache, links to the
+//!                        other cores, the read path (ReadIndex batching, scatter/merge)
+//!  raft                  the raft core: boot, writes, reads, leases, apply, membership,
+//!                        forwarding, peers (raft/mod.rs lists its parts)
+//!  shard, watch, lease   per-core state: index replica and range merge, watch hub and its
+//!                        interval index, lease cache
+//!  mesh                  the cross-core messages (each request with its typed reply) and
+//!                        ServerError, the errors they carry
+//!  mvcc, wal             the store (key index, revision B+tree file) and the log
+//!  runtime, grpc, config, pb, durable_dir, failpoint
+//!                        executors and response queues, the gRPC transport, flags, messages
+//! ```
+//!
 //! Data flow:
 //!
 //! ```text
 //!  client ──h2/gRPC──► core N (grpc::server, api::Services)
 //!    │ Range ────────► node::Node: this core's shard, other shards' parts by
-//!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex,
-//!    │                 serializable ones for the newest round sent out (mesh::RoundMark)
-//!    │ Watch ────────► watch::Hub of core N (events from the rounds core N applies)
-//!    │ LeaseKeepAlive► api::lease::Renewer: answered on core N when the leader's last
-//!    │                 confirmed deadline is far enough ahead, else asks; renewals reach
-//!    │                 the raft core in batches (ToRaft::LeaseRenew), no raft entry
+//!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex
+//!    │                 (ToRaft::ReadIndex), serializable ones for the newest round sent
+//!    │                 out (mesh::RoundMark)
+//!    │ Watch ────────► api::watch: the stream; watch::Hub of core N matches the rounds
+//!    │                 core N applies (single keys by hash, ranges by interval index)
+//!    │ LeaseKeepAlive► api::lease::Renewer: answered on core N when lease::LeaseCache
+//!    │                 knows the leader's deadline is far enough ahead, else asks;
+//!    │                 renewals reach the raft core in batches (ToRaft::LeaseRenew), no
+//!    │                 raft entry
 //!    │ Lock/Election ► api::concurrency: txns through raft, waits on core-local
 //!    │                 subscriptions (Node::subscribe) to key-range changes
 //!    │ Member*/MoveLeader ──ToRaft::Member / MoveLeader──► raft core (the leader decides)
 //!    └ Put/Delete/Txn/Compact/LeaseGrant/LeaseRevoke ──ToRaft::Propose──► raft core
+//!      (each request carries a mesh::ReplyTo<T>; the answer is a T or a ServerError,
+//!      which api::errors turns into etcd's code and string)
 //!  raft core ──► wal::Wal::append + sync  (one write + one fdatasync per batch)
 //!      │◄──────► raft::transport (peer port): raft message batches to and from the other
 //!      │         members; a follower's proposals and ReadIndex go to the leader inside
 //!      │         raft, its keep-alives, TimeToLive and membership changes as forwarded
 //!      │         requests (raft::cluster); a lagging member gets the db streamed in
 //!      │         chunks and boots again on it
-//!      │         raft::lessor: lease deadlines; expired leases revoked through raft
+//!      │         raft::leases + raft::lessor: lease deadlines; expired leases revoked
+//!      │         through raft
 //!      └──► mvcc::Store::apply (put / delete / txn / compact / lease grant / revoke)
 //!               ├─ mvcc::KeyIndex      key → generations of revisions (memory)
 //!               ├─ mvcc::lease::Leases lease → TTL and attached keys (memory)
@@ -29,8 +54,8 @@
 //!                     revision tree: Revision{main,sub} → KeyValue record
 //!                     lease / member / auth / meta trees
 //!      Db::publish, then one mesh::Applied per core (changes, snapshot, replies,
-//!      revoked leases): each core updates its shard, fans events out to its watchers,
-//!      then answers its clients' writes.
+//!      revoked leases): each core's node updates its shard, fans events out to its
+//!      watchers, then answers its clients' writes.
 //!      Db::commit: fdatasync + meta page flip every 100 ms (WAL replay starts after
 //!      the consistent index stored there).
 //! ```

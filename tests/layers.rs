@@ -70,7 +70,13 @@ fn no_module_names_a_higher_layer() {
     let mut checked = 0;
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_str().unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
         let module = first.trim_end_matches(".rs");
         if module == "lib" || module == "main" {
             continue;
@@ -84,7 +90,11 @@ fn no_module_names_a_higher_layer() {
                     continue;
                 }
                 let Some(theirs) = layer_of(name) else {
-                    panic!("src/{} line {}: crate::{name} has no layer", rel.display(), n + 1);
+                    panic!(
+                        "src/{} line {}: crate::{name} has no layer",
+                        rel.display(),
+                        n + 1
+                    );
                 };
                 if theirs >= own {
                     violations.push(format!(
@@ -96,13 +106,23 @@ fn no_module_names_a_higher_layer() {
             }
         }
     }
-    assert!(checked > 100, "only {checked} references found: is the scan broken?");
-    assert!(violations.is_empty(), "upward references:\n{}", violations.join("\n"));
+    assert!(
+        checked > 100,
+        "only {checked} references found: is the scan broken?"
+    );
+    assert!(
+        violations.is_empty(),
+        "upward references:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_scan_sees_references() {
-    assert_eq!(referenced("use crate::api::errors; // crate::raft"), vec!["api"]);
+    assert_eq!(
+        referenced("use crate::api::errors; // crate::raft"),
+        vec!["api"]
+    );
     assert_eq!(
         referenced("let x = crate::mesh::Applied::x(crate::mvcc::Y);"),
         vec!["mesh", "mvcc"]

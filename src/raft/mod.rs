@@ -29,7 +29,20 @@
 //! shards, watchers and lease caches of every core start from it; clients of that member
 //! reconnect). This differs from etcd, which swaps the backend in place.
 //!
-//! Invariants:
+//! Parts, each with its state in a named struct of `RaftCore`:
+//! - `boot.rs`: open, bootstrap, join, recover (before the loop).
+//! - `writes.rs` (`Writes`): writes held without a leader, proposed ones until applied.
+//! - `reads.rs` (`ReadQueue`): linearizable reads and ReadIndex batches.
+//! - `leases.rs` (`LeaseDuty`, over `lessor.rs`): keep-alives, TimeToLive, expiry.
+//! - `apply.rs` (`Round`): `Ready`, apply, the rounds to the cores, db commits, snapshots.
+//! - `cluster.rs` (`Forwards`): membership, forwarding to the leader, leader transfer,
+//!   request timeouts; `transport.rs`: the peer port; `entry.rs`: the log's entry codec.
+//! - `mod.rs`: `handle` (one request in, routed to its part) and the loop (`run`).
+//!
+//! Every request names its reply type (`mesh::ReplyTo<T>`); `respond` takes only a `T`,
+//! `fail` a `ServerError` (what the services turn into etcd's wire errors).
+//!
+//! Invariants (`RaftCore::invariants`, checked every loop turn in debug builds and tests):
 //! - A client hears about a write only after its entry is durable in the WAL on a quorum
 //!   and applied on the member it asked.
 //! - Entries are applied in index order, each once: `Store::apply_at` skips indexes at or
