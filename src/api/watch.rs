@@ -4,14 +4,14 @@
 use crate::grpc::{Code, Request, Responses, Status};
 use crate::node::Node;
 use crate::pb::etcdserverpb as pb;
-use crate::watch::{CreateError, CreateSpec, Hub};
+use crate::watch::{CreateError, CreateSpec, Hub, StreamId};
 use bytes::Bytes;
 use prost::Message;
 use std::rc::Rc;
 
 struct StreamGuard<'a> {
     hub: &'a Hub,
-    stream: u64,
+    stream: StreamId,
 }
 
 impl Drop for StreamGuard<'_> {
@@ -91,7 +91,7 @@ async fn send(res: &Responses, m: pb::WatchResponse) -> Result<(), Status> {
 
 async fn create(
     node: &Rc<Node>,
-    stream: u64,
+    stream: StreamId,
     res: &Responses,
     c: pb::WatchCreateRequest,
 ) -> Result<(), Status> {

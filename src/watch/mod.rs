@@ -87,7 +87,7 @@ enum State {
 
 #[derive(Clone)]
 struct Watcher {
-    stream: u64,
+    stream: StreamId,
     /// The stream's response queue (so fan-out needs no stream lookup).
     responses: Rc<Responses>,
     watch_id: i64,
@@ -115,10 +115,14 @@ impl Watcher {
     }
 }
 
+/// A Watch stream on this core's hub (one gRPC Watch call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamId(pub u64);
+
 struct Stream {
     responses: Rc<Responses>,
     /// Watch IDs in use on this stream → hub-wide watcher ids.
-    ids: BTreeMap<i64, u64>,
+    ids: BTreeMap<i64, WatcherId>,
     next_auto_id: i64,
     /// Set when a watcher of this stream needs the catch-up task.
     catch_up: bool,
@@ -127,10 +131,15 @@ struct Stream {
     waker: Option<Waker>,
 }
 
+/// A watcher on this core's hub: its slot in the `Slab` (reused once freed; the
+/// client's watch ID is per stream, `Stream::ids`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct WatcherId(u64);
+
 /// Watchers by a dense id (no hashing on the fan-out path); freed ids are reused.
 struct Slab<T> {
     slots: Vec<Option<T>>,
-    free: Vec<u64>,
+    free: Vec<WatcherId>,
     len: usize,
 }
 
@@ -145,30 +154,30 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    fn insert(&mut self, value: T) -> u64 {
+    fn insert(&mut self, value: T) -> WatcherId {
         self.len += 1;
         match self.free.pop() {
             Some(id) => {
-                self.slots[id as usize] = Some(value);
+                self.slots[id.0 as usize] = Some(value);
                 id
             }
             None => {
                 self.slots.push(Some(value));
-                (self.slots.len() - 1) as u64
+                WatcherId((self.slots.len() - 1) as u64)
             }
         }
     }
 
-    fn get(&self, id: &u64) -> Option<&T> {
-        self.slots.get(*id as usize).and_then(|s| s.as_ref())
+    fn get(&self, id: &WatcherId) -> Option<&T> {
+        self.slots.get(id.0 as usize).and_then(|s| s.as_ref())
     }
 
-    fn get_mut(&mut self, id: &u64) -> Option<&mut T> {
-        self.slots.get_mut(*id as usize).and_then(|s| s.as_mut())
+    fn get_mut(&mut self, id: &WatcherId) -> Option<&mut T> {
+        self.slots.get_mut(id.0 as usize).and_then(|s| s.as_mut())
     }
 
-    fn remove(&mut self, id: &u64) -> Option<T> {
-        let v = self.slots.get_mut(*id as usize)?.take()?;
+    fn remove(&mut self, id: &WatcherId) -> Option<T> {
+        let v = self.slots.get_mut(id.0 as usize)?.take()?;
         self.free.push(*id);
         self.len -= 1;
         Some(v)
@@ -190,10 +199,10 @@ impl<T> Slab<T> {
 
 #[derive(Default)]
 struct Inner {
-    streams: HashMap<u64, Stream>,
+    streams: HashMap<StreamId, Stream>,
     watchers: Slab<Watcher>,
     /// Single-key watchers by key.
-    by_key: HashMap<Vec<u8>, Vec<u64>>,
+    by_key: HashMap<Vec<u8>, Vec<WatcherId>>,
     /// Range, prefix and from-key watchers, by their key range.
     ranged: IntervalIndex,
     next_stream: u64,
@@ -268,9 +277,9 @@ impl Hub {
         header_field(c.cluster_id, c.member_id, revision, raft_term)
     }
 
-    pub fn add_stream(&self, responses: Rc<Responses>) -> u64 {
+    pub fn add_stream(&self, responses: Rc<Responses>) -> StreamId {
         let mut inner = self.inner.borrow_mut();
-        let id = inner.next_stream;
+        let id = StreamId(inner.next_stream);
         inner.next_stream += 1;
         inner.streams.insert(
             id,
@@ -286,7 +295,7 @@ impl Hub {
         id
     }
 
-    pub fn remove_stream(&self, stream: u64) {
+    pub fn remove_stream(&self, stream: StreamId) {
         let mut inner = self.inner.borrow_mut();
         let Some(s) = inner.streams.remove(&stream) else {
             return;
@@ -297,7 +306,7 @@ impl Hub {
     }
 
     /// Adds a pending watcher; returns its watch ID.
-    pub fn create(&self, stream: u64, spec: CreateSpec) -> Result<i64, CreateError> {
+    pub fn create(&self, stream: StreamId, spec: CreateSpec) -> Result<i64, CreateError> {
         if !spec.range_end.is_empty()
             && spec.range_end != [0]
             && spec.key.as_slice() >= spec.range_end.as_slice()
@@ -342,7 +351,7 @@ impl Hub {
         if w.range_end.is_empty() {
             inner.by_key.entry(w.key.clone()).or_default().push(wid);
         } else {
-            inner.ranged.insert(w.range(), wid);
+            inner.ranged.insert(w.range(), wid.0);
         }
         inner
             .streams
@@ -355,7 +364,7 @@ impl Hub {
     }
 
     /// The created reply is queued: from now on the watcher catches up, then goes live.
-    pub fn activate(&self, stream: u64, watch_id: i64) {
+    pub fn activate(&self, stream: StreamId, watch_id: i64) {
         let mut inner = self.inner.borrow_mut();
         let Some(&wid) = inner
             .streams
@@ -373,7 +382,7 @@ impl Hub {
     }
 
     /// Cancels a watcher; false if the stream has no such watch ID.
-    pub fn cancel(&self, stream: u64, watch_id: i64) -> bool {
+    pub fn cancel(&self, stream: StreamId, watch_id: i64) -> bool {
         let mut inner = self.inner.borrow_mut();
         let Some(wid) = inner
             .streams
@@ -420,7 +429,7 @@ impl Hub {
     }
 
     /// Waits until a watcher of `stream` needs catching up; false once the stream is gone.
-    pub async fn catch_up_wanted(&self, stream: u64) -> bool {
+    pub async fn catch_up_wanted(&self, stream: StreamId) -> bool {
         std::future::poll_fn(|cx| {
             let mut inner = self.inner.borrow_mut();
             match inner.streams.get_mut(&stream) {
@@ -443,13 +452,13 @@ impl Hub {
     /// its unsynced watchers. History is read in one go from the snapshot that matches the
     /// core's watermark, and the snapshot is let go before anything waits (a snapshot
     /// held across waits would keep pages from reuse and pin an epoch slot).
-    pub async fn catch_up<S: Source>(&self, node: &S, stream: u64) {
+    pub async fn catch_up<S: Source>(&self, node: &S, stream: StreamId) {
         let (responses, todo) = {
             let inner = self.inner.borrow();
             let Some(s) = inner.streams.get(&stream) else {
                 return;
             };
-            let todo: Vec<(u64, Watcher)> = s
+            let todo: Vec<(WatcherId, Watcher)> = s
                 .ids
                 .values()
                 .filter_map(|wid| inner.watchers.get(wid).map(|w| (*wid, w.clone())))
@@ -713,7 +722,7 @@ impl Inner {
         assert!(self.by_key.len() + self.ranged.len() <= self.watchers.len);
     }
 
-    fn unindex(&mut self, wid: u64) {
+    fn unindex(&mut self, wid: WatcherId) {
         let Some(w) = self.watchers.remove(&wid) else {
             return;
         };
@@ -725,13 +734,13 @@ impl Inner {
                 }
             }
         } else {
-            let found = self.ranged.remove(&w.key, wid);
-            assert!(found, "range watcher {wid} not in the interval index");
+            let found = self.ranged.remove(&w.key, wid.0);
+            assert!(found, "range watcher {wid:?} not in the interval index");
         }
         self.invariants();
     }
 
-    fn kick(&mut self, stream: u64) {
+    fn kick(&mut self, stream: StreamId) {
         if let Some(s) = self.streams.get_mut(&stream) {
             s.catch_up = true;
             if let Some(w) = s.waker.take() {
@@ -780,7 +789,7 @@ impl Inner {
         raft_term: u64,
     ) {
         // (watcher, change index) pairs, grouped by watcher below.
-        let mut hits: Vec<(u64, usize)> = Vec::new();
+        let mut hits: Vec<(WatcherId, usize)> = Vec::new();
         for (i, c) in changes.iter().enumerate() {
             let key = c.key().expect("put or delete");
             if let Some(ws) = self.by_key.get(key) {
@@ -788,7 +797,7 @@ impl Inner {
             }
             let ranged_from = hits.len();
             self.ranged
-                .for_each_containing(key, |wid| hits.push((wid, i)));
+                .for_each_containing(key, |wid| hits.push((WatcherId(wid), i)));
             if changes.len() == 1 {
                 // The index gives key order; serve range watchers in creation order, as
                 // the scan it replaced did (several changes are regrouped by id below).
