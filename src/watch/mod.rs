@@ -643,6 +643,31 @@ fn event_kind(c: &Change) -> Option<(bool, Option<Revision>)> {
 }
 
 /// The watcher's range and filters accept the event.
+/// One event as the `events` field of a WatchResponse: the change's kv as a record, and
+/// the previous value (`prev`'s record in `snapshot`) when asked and still a put.
+fn encode_event(
+    c: &Change,
+    delete: bool,
+    prev: Option<Revision>,
+    snapshot: &ReadSnapshot,
+    kv_bytes: &mut Vec<u8>,
+) -> Vec<u8> {
+    // The event's kv as a record (flag byte + KeyValue wire bytes).
+    kv_bytes.clear();
+    match c {
+        Change::Put { kv, .. } => kv::encode_put_record(&kv.as_ref(), kv_bytes),
+        Change::Delete { rev, key, .. } => kv::encode_tombstone_record(key, rev.main, kv_bytes),
+        Change::Compact { .. } => {}
+    }
+    let prev_bytes = prev.and_then(|p| {
+        snapshot
+            .get(TreeId::Revision, &p.encode())
+            .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
+            .map(|r| &r[1..])
+    });
+    event_field(delete, &kv_bytes[1..], prev_bytes)
+}
+
 fn wants(w: &Watcher, e: &EventRef<'_>) -> bool {
     if (e.delete && w.filter_delete) || (!e.delete && w.filter_put) {
         return false;
@@ -788,29 +813,9 @@ impl Inner {
         config: &WatchConfig,
         raft_term: u64,
     ) {
-        // (watcher, change index) pairs, grouped by watcher below.
-        let mut hits: Vec<(WatcherId, usize)> = Vec::new();
-        for (i, c) in changes.iter().enumerate() {
-            let key = c.key().expect("put or delete");
-            if let Some(ws) = self.by_key.get(key) {
-                hits.extend(ws.iter().map(|w| (*w, i)));
-            }
-            let ranged_from = hits.len();
-            self.ranged
-                .for_each_containing(key, |wid| hits.push((WatcherId(wid), i)));
-            if changes.len() == 1 {
-                // The index gives key order; serve range watchers in creation order, as
-                // the scan it replaced did (several changes are regrouped by id below).
-                let watchers = &self.watchers;
-                hits[ranged_from..].sort_unstable_by_key(|h| watchers.get(&h.0).map(|w| w.seq));
-            }
-        }
+        let hits = self.match_changes(changes);
         if hits.is_empty() {
             return;
-        }
-        if changes.len() > 1 {
-            // Group each watcher's events (stable: in change order).
-            hits.sort_by_key(|h| h.0);
         }
         let header = header_field(config.cluster_id, config.member_id, main, raft_term);
         // Encoded once per revision: each event without, and (lazily) with prev_kv.
@@ -851,25 +856,8 @@ impl Inner {
                     &mut plain[i]
                 };
                 if slot.is_none() {
-                    // The event's kv as a record (flag byte + KeyValue wire bytes).
-                    kv_bytes.clear();
-                    match c {
-                        Change::Put { kv, .. } => {
-                            kv::encode_put_record(&kv.as_ref(), &mut kv_bytes)
-                        }
-                        Change::Delete { rev, key, .. } => {
-                            kv::encode_tombstone_record(key, rev.main, &mut kv_bytes)
-                        }
-                        Change::Compact { .. } => {}
-                    }
-                    let prev_bytes = match (with, prev) {
-                        (true, Some(p)) => snapshot
-                            .get(TreeId::Revision, &p.encode())
-                            .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
-                            .map(|r| &r[1..]),
-                        _ => None,
-                    };
-                    *slot = Some(event_field(delete, &kv_bytes[1..], prev_bytes));
+                    let prev = prev.filter(|_| with);
+                    *slot = Some(encode_event(c, delete, prev, snapshot, &mut kv_bytes));
                 }
             }
             let events: Vec<&[u8]> = picks
@@ -891,28 +879,59 @@ impl Inner {
                     let _ = w.responses.try_send(Bytes::from(m));
                 }
             }
-            let stream = w.stream;
-            let w = self.watchers.get_mut(&wid).expect("watcher");
-            if !full {
-                w.sent = true;
-                continue;
+            if full {
+                self.fall_behind(wid, main);
+            } else {
+                self.watchers.get_mut(&wid).expect("watcher").sent = true;
             }
-            // Catch up from this revision on, from history.
-            w.state = State::Unsynced;
-            w.next_rev = main;
-            if let Some(s) = self.streams.get_mut(&stream) {
-                if !s.fell_behind {
-                    s.fell_behind = true;
-                    crate::runtime::log::notice(
-                        "watch",
-                        &format!(
-                            "a watch stream's client reads slower than events arrive; its \
-                             watchers catch up from history (from revision {main})"
-                        ),
-                    );
-                }
-            }
-            self.kick(stream);
         }
+    }
+
+    /// The (watcher, change index) pairs of a revision's changes: single keys by hash,
+    /// ranges by the interval index; grouped by watcher when there are several changes.
+    fn match_changes(&self, changes: &[Change]) -> Vec<(WatcherId, usize)> {
+        let mut hits: Vec<(WatcherId, usize)> = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            let key = c.key().expect("put or delete");
+            if let Some(ws) = self.by_key.get(key) {
+                hits.extend(ws.iter().map(|w| (*w, i)));
+            }
+            let ranged_from = hits.len();
+            self.ranged
+                .for_each_containing(key, |wid| hits.push((WatcherId(wid), i)));
+            if changes.len() == 1 {
+                // The index gives key order; serve range watchers in creation order, as
+                // the scan it replaced did (several changes are regrouped by id below).
+                let watchers = &self.watchers;
+                hits[ranged_from..].sort_unstable_by_key(|h| watchers.get(&h.0).map(|w| w.seq));
+            }
+        }
+        if changes.len() > 1 {
+            // Group each watcher's events (stable: in change order).
+            hits.sort_by_key(|h| h.0);
+        }
+        hits
+    }
+
+    /// A watcher whose client reads slower than events arrive: it catches up from history
+    /// from revision `main` on (its stream's catch-up task is kicked).
+    fn fall_behind(&mut self, wid: WatcherId, main: i64) {
+        let w = self.watchers.get_mut(&wid).expect("watcher");
+        w.state = State::Unsynced;
+        w.next_rev = main;
+        let stream = w.stream;
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if !s.fell_behind {
+                s.fell_behind = true;
+                crate::runtime::log::notice(
+                    "watch",
+                    &format!(
+                        "a watch stream's client reads slower than events arrive; its \
+                         watchers catch up from history (from revision {main})"
+                    ),
+                );
+            }
+        }
+        self.kick(stream);
     }
 }
