@@ -638,7 +638,11 @@ impl RaftCore {
                 .await
                 .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
         }
-        let conf_state = match store.backend().get(TreeId::Meta, META_CONF_STATE_KEY) {
+        let conf_state = match store
+            .backend()
+            .get(TreeId::Meta, META_CONF_STATE_KEY)
+            .map_err(boot_err)?
+        {
             Some(bytes) => ConfState::parse_from_bytes(bytes)
                 .map_err(|e| boot_err(format!("{}: conf state: {e}", opts.db_path.display())))?,
             None => ConfState::default(),
@@ -842,8 +846,9 @@ impl RaftCore {
                 self.reply(out, from, seq, Ok(ReplyBody::Status(info)));
             }
             ToRaft::MemberList { from, seq } => {
-                let members = self.members();
-                self.reply(out, from, seq, Ok(ReplyBody::Members(members)));
+                let members = self.members().map(ReplyBody::Members);
+                let body = members.map_err(|e| crate::api::errors::status_from_db(&e));
+                self.reply(out, from, seq, body);
             }
             ToRaft::HashKv {
                 from,
@@ -953,19 +958,22 @@ impl RaftCore {
         }
     }
 
-    pub fn members(&self) -> Vec<MemberInfo> {
-        self.store
-            .backend()
-            .range(TreeId::Member, &[], &[])
-            .filter_map(|(_, v)| MemberRecord::decode(v).ok())
-            .map(|m| MemberInfo {
+    /// The members in the Member tree; `db::Error::Corrupt` if a page of it is damaged.
+    pub fn members(&self) -> Result<Vec<MemberInfo>, mvcc::db::Error> {
+        let mut out = Vec::new();
+        for entry in self.store.backend().range(TreeId::Member, &[], &[]) {
+            let Ok(m) = MemberRecord::decode(entry?.1) else {
+                continue;
+            };
+            out.push(MemberInfo {
                 id: m.id,
                 name: m.name,
                 peer_urls: m.peer_urls,
                 client_urls: m.client_urls,
                 is_learner: m.is_learner,
-            })
-            .collect()
+            });
+        }
+        Ok(out)
     }
 
     /// When the next tick is due.
@@ -1311,6 +1319,7 @@ impl RaftCore {
             .store
             .backend()
             .get(TreeId::Member, &key)
+            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?
             .and_then(|v| MemberRecord::decode(v).ok())
         {
             record = MemberRecord {
@@ -1353,13 +1362,10 @@ impl RaftCore {
             self.exit = Some(Exit::Removed);
         }
         let member = (!removed).then(|| cluster::member_info(&record));
-        self.reply_to_entry(
-            e,
-            Ok(ReplyBody::MemberChanged {
-                member,
-                members: self.members(),
-            }),
-        );
+        let members = self
+            .members()
+            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
+        self.reply_to_entry(e, Ok(ReplyBody::MemberChanged { member, members }));
         Ok(())
     }
 

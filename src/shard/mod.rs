@@ -102,7 +102,8 @@ impl Shard {
         compact_revision: i64,
     ) -> Result<Shard, mvcc::Error> {
         let mut index = KeyIndex::new();
-        for (k, v) in snapshot.range(TreeId::Revision, &[], &[]) {
+        for entry in snapshot.range(TreeId::Revision, &[], &[]) {
+            let (k, v) = entry?;
             let rev = Revision::decode(k).ok_or_else(|| mvcc::Error::Corrupt {
                 what: format!("revision tree key {k:02x?}"),
             })?;

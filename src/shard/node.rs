@@ -552,7 +552,11 @@ impl Node {
 
     /// The value `key` had at revision `at` (for a watch event's `prev_kv`), from the
     /// shard that owns it.
-    pub async fn get_at(self: &Rc<Node>, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+    pub async fn get_at(
+        self: &Rc<Node>,
+        key: &[u8],
+        at: i64,
+    ) -> Result<Option<mvcc::KeyValue>, Status> {
         let req = RangeRequest {
             key: key.to_vec(),
             revision: at,
@@ -560,8 +564,8 @@ impl Node {
             ..RangeRequest::default()
         };
         let mark = self.watermark();
-        let res = self.range_at(&req, mark).await.ok()?;
-        res.kvs.into_iter().next()
+        let res = self.range_at(&req, mark).await.map_err(|(_, s)| s)?;
+        Ok(res.kvs.into_iter().next())
     }
 }
 

@@ -18,7 +18,10 @@
 //!   up from history later, never silently skipping anything, and never making the write
 //!   path or other streams wait;
 //! - **compacted** once the history it needs is gone: it gets etcd's response with
-//!   `compact_revision` and `canceled`, and stays until the client cancels it.
+//!   `compact_revision` and `canceled`, and stays until the client cancels it;
+//! - **canceled** if a page its events need fails its check (bit rot, reported by
+//!   `db::corruption_found`): it gets `canceled` with etcd's corrupt error as the reason
+//!   ("etcdserver: corrupt cluster") and nothing more, never an event with wrong data.
 
 pub mod encode;
 mod service;
@@ -26,7 +29,7 @@ mod service;
 pub use service::serve;
 
 use crate::grpc::Responses;
-use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::db::{self, ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
 use crate::runtime::mesh::Applied;
 use crate::shard::node::Node;
@@ -63,6 +66,7 @@ enum State {
     Unsynced,
     Synced,
     Compacted,
+    Canceled,
 }
 
 #[derive(Clone)]
@@ -442,10 +446,17 @@ impl Hub {
             .map(|(_, w)| w.next_rev)
             .min()
             .unwrap_or(mark.revision + 1);
-        let (history, upto) = if live.is_empty() || from > mark.revision {
-            (Vec::new(), mark.revision)
+        let read = if live.is_empty() || from > mark.revision {
+            Ok((Vec::new(), mark.revision))
         } else {
             node.with_shard(|s| read_history(s.snapshot(), from, mark.revision))
+        };
+        let (history, upto) = match read {
+            Ok(read) => read,
+            Err(_) => {
+                let ids: Vec<(u64, i64)> = live.iter().map(|(id, w)| (*id, w.next_rev)).collect();
+                return self.cancel_corrupt(node, &responses, &ids).await;
+            }
         };
         for (wid, w) in &compacted {
             let msg = crate::pb::etcdserverpb::WatchResponse {
@@ -478,11 +489,18 @@ impl Hub {
                     continue;
                 }
                 let prev = if w.prev_kv && !e.create {
-                    node.get_at(&e.key, e.main - 1).await.map(|kv| {
-                        let mut b = Vec::new();
-                        kv.encode(&mut b);
-                        b
-                    })
+                    match node.get_at(&e.key, e.main - 1).await {
+                        Ok(kv) => kv.map(|kv| {
+                            let mut b = Vec::new();
+                            kv.encode(&mut b);
+                            b
+                        }),
+                        Err(s) if s.code == crate::grpc::Code::DataLoss => {
+                            let ids = [(live[n].0, live[n].1.next_rev)];
+                            return self.cancel_corrupt(node, &responses, &ids).await;
+                        }
+                        Err(_) => None,
+                    }
                 } else {
                     None
                 };
@@ -528,6 +546,31 @@ impl Hub {
         }
     }
 
+    /// Cancels the unsynced watchers `ids` (with the `next_rev` they had) because a page
+    /// their history needs failed its check: etcd's corrupt error as the cancel reason.
+    async fn cancel_corrupt(&self, node: &Rc<Node>, responses: &Responses, ids: &[(u64, i64)]) {
+        let reason = crate::api::errors::EtcdError::Corrupt.wire().1;
+        for &(wid, next_rev) in ids {
+            let watch_id = match self.inner.borrow_mut().watchers.get_mut(&wid) {
+                Some(w) if w.state == State::Unsynced && w.next_rev == next_rev => {
+                    w.state = State::Canceled;
+                    w.watch_id
+                }
+                _ => continue,
+            };
+            let msg = crate::pb::etcdserverpb::WatchResponse {
+                header: Some(self.pb_header(node, 0)),
+                watch_id,
+                canceled: true,
+                cancel_reason: reason.to_string(),
+                ..Default::default()
+            };
+            if responses.send(encode_pb(&msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn pb_header(&self, node: &Node, revision: i64) -> crate::pb::etcdserverpb::ResponseHeader {
         let c = self.config();
         crate::pb::etcdserverpb::ResponseHeader {
@@ -551,14 +594,20 @@ struct HistoryEvent {
 }
 
 /// The events of revisions `from..=to` (at most `CATCH_UP_REVISIONS_MAX` revisions and
-/// about `CATCH_UP_BYTES_MAX` bytes, whole revisions), and the last revision covered.
-fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEvent>, i64) {
+/// about `CATCH_UP_BYTES_MAX` bytes, whole revisions), and the last revision covered;
+/// `db::Error::Corrupt` if a page of that history fails its check.
+fn read_history(
+    snapshot: &ReadSnapshot,
+    from: i64,
+    to: i64,
+) -> Result<(Vec<HistoryEvent>, i64), db::Error> {
     let mut out = Vec::new();
     let start = Revision::new(from.max(0), 0).encode();
     let mut revisions = 0usize;
     let mut bytes = 0usize;
     let mut last_main = -1;
-    for (k, v) in snapshot.range(TreeId::Revision, &start, &[]) {
+    for entry in snapshot.range(TreeId::Revision, &start, &[]) {
+        let (k, v) = entry?;
         let Some(rev) = Revision::decode(k) else {
             continue;
         };
@@ -567,7 +616,7 @@ fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEven
         }
         if rev.main != last_main {
             if revisions == CATCH_UP_REVISIONS_MAX || bytes >= CATCH_UP_BYTES_MAX {
-                return (out, last_main);
+                return Ok((out, last_main));
             }
             revisions += 1;
             last_main = rev.main;
@@ -584,7 +633,7 @@ fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEven
             create: kind == kv::RecordKind::Put && record.create_revision == record.mod_revision,
         });
     }
-    (out, to)
+    Ok((out, to))
 }
 
 fn encode_pb<M: prost::Message>(m: &M) -> Bytes {
@@ -698,7 +747,8 @@ impl Inner {
     }
 
     /// Queues, for every synced watcher the revision's events match, one response with
-    /// all of them; a watcher whose stream is full drops back to catching up.
+    /// all of them; a watcher whose stream is full drops back to catching up, and so does
+    /// one whose prev_kv is on a page that fails its check (catching up cancels it).
     fn deliver_revision(
         &mut self,
         changes: &[Change],
@@ -752,6 +802,7 @@ impl Inner {
             // The watcher's events of this revision, each encoded once per revision (with
             // or without prev_kv) and shared by every watcher that wants it.
             let mut picks: Vec<(usize, bool)> = Vec::with_capacity(group.len());
+            let mut corrupt = false;
             for &(_, i) in group {
                 let c = &changes[i];
                 let Some((delete, prev)) = event_kind(c) else {
@@ -780,10 +831,15 @@ impl Inner {
                         Change::Compact { .. } => {}
                     }
                     let prev_bytes = match (with, prev) {
-                        (true, Some(p)) => snapshot
-                            .get(TreeId::Revision, &p.encode())
-                            .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
-                            .map(|r| &r[1..]),
+                        (true, Some(p)) => match snapshot.get(TreeId::Revision, &p.encode()) {
+                            Ok(r) => r
+                                .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
+                                .map(|r| &r[1..]),
+                            Err(_) => {
+                                corrupt = true;
+                                break;
+                            }
+                        },
                         _ => None,
                     };
                     *slot = Some(event_field(delete, &kv_bytes[1..], prev_bytes));
@@ -802,7 +858,7 @@ impl Inner {
             let msgs = split_fragments(&header, w, &events, config.fragment_bytes);
             // All of a revision or none of it: a fragment sent alone would come again
             // with the whole revision once the watcher catches up.
-            let full = w.responses.room() < msgs.len();
+            let full = corrupt || w.responses.room() < msgs.len();
             if !full {
                 for m in msgs {
                     let _ = w.responses.try_send(Bytes::from(m));
