@@ -74,7 +74,8 @@ impl<R: Records> ReadView<'_, R> {
         let fetch_max = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
             usize::MAX
         } else {
-            req.limit as usize + 1
+            // Saturating: `limit` may be i64::MAX (and usize narrower than i64).
+            usize::try_from(req.limit).map_or(usize::MAX, |l| l.saturating_add(1))
         };
         // keys_only drops values after sorting (a VALUE sort still needs them).
         let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
@@ -105,6 +106,7 @@ impl<R: Records> ReadView<'_, R> {
         sort(&mut kvs, req);
         let mut more = false;
         if req.limit > 0 && kvs.len() as i64 > req.limit {
+            // limit < kvs.len(), so it fits a usize.
             kvs.truncate(req.limit as usize);
             more = true;
         }

@@ -460,3 +460,50 @@ fn range_over_a_corrupt_page_answers_etcds_corrupt_error() {
         assert_eq!(shards[0].range(&count, current).unwrap().count, 100);
     });
 }
+
+/// `part_request` asked each shard for `limit + 1` keys, which overflowed (a panic in
+/// debug builds, a negative limit in release) for `limit = i64::MAX` with a sort target
+/// but no sort order across shards.
+#[test]
+fn range_limit_i64_max_with_sort_across_shards_does_not_overflow() {
+    let dir = fresh_dir("limit-max");
+    block_on(async move {
+        let mut store = capturing_store(&dir).await;
+        for (i, k) in ["a1", "b2", "m3", "q4", "z5", "z6"].iter().enumerate() {
+            let req = PutRequest {
+                key: k.as_bytes().to_vec(),
+                value: format!("{}", 9 - i).into_bytes(),
+                ..Default::default()
+            };
+            store.put(&req).unwrap();
+        }
+        store.publish();
+        let splits = Arc::new(vec![b"m".to_vec(), b"z".to_vec()]);
+        let snap = store.backend().snapshot();
+        let current = store.current_revision();
+        let shards: Vec<Shard> = (0..3)
+            .map(|i| Shard::boot(i, splits.clone(), snap.clone(), 1, current, 0).unwrap())
+            .collect();
+        for target in [SortTarget::Value, SortTarget::Version, SortTarget::Mod] {
+            let req = RangeRequest {
+                key: b"a".to_vec(),
+                range_end: vec![0],
+                limit: i64::MAX,
+                sort_target: target,
+                sort_order: SortOrder::None,
+                ..Default::default()
+            };
+            let part = part_request(&req);
+            assert_eq!(part.limit, i64::MAX);
+            let parts: Vec<_> = shards
+                .iter()
+                .map(|s| s.range(&part, current).unwrap())
+                .collect();
+            let got = merge(&req, parts, current);
+            let want = store.range(&req).unwrap();
+            assert_eq!(got.kvs, want.kvs, "{target:?}");
+            assert_eq!((got.count, got.more), (6, false));
+            assert_eq!((want.count, want.more), (6, false));
+        }
+    });
+}
