@@ -2,14 +2,15 @@
 //! file damaged on disk (written through the file, which the server's shared mapping sees
 //! at once, as pages read back after the page cache dropped them). Reads over them answer
 //! etcd's corrupt error (DataLoss, "etcdserver: corrupt cluster") and the member keeps
-//! serving; the log names the file and offset. A write over them stops the member with a
-//! message naming the file and offset, never a panic.
+//! serving; a watch replaying that history is canceled with the same error; the log names
+//! the file and offset. A write over them stops the member with a message naming the file
+//! and offset, never a panic.
 //! Keel only (it damages Keel's file format); skipped with `KEEL_TEST_SERVER`.
 
 mod common;
 
 use common::{grpc_status, is_keel, Server};
-use etcd_client::{GetOptions, SortOrder, SortTarget};
+use etcd_client::{GetOptions, SortOrder, SortTarget, WatchOptions};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -67,6 +68,26 @@ fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
                 "get {key:?}"
             );
         }
+        // A watch that replays history over the rotten pages is canceled with the error.
+        let mut events = c
+            .watch(
+                "a",
+                Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+            )
+            .await
+            .unwrap();
+        let canceled = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), events.message())
+                .await
+                .expect("a watch response")
+                .unwrap()
+                .expect("the stream stays open");
+            assert!(msg.events().is_empty(), "events read from rotten pages");
+            if msg.canceled() {
+                break msg;
+            }
+        };
+        assert_eq!(canceled.cancel_reason(), "etcdserver: corrupt cluster");
         assert!(
             s.is_running(),
             "a corrupt read stopped the member:\n{}",

@@ -455,7 +455,7 @@ impl Hub {
             Ok(read) => read,
             Err(_) => {
                 let ids: Vec<(u64, i64)> = live.iter().map(|(id, w)| (*id, w.next_rev)).collect();
-                return self.cancel_corrupt(node, &responses, &ids).await;
+                return self.cancel_corrupt(node, stream, &responses, &ids).await;
             }
         };
         for (wid, w) in &compacted {
@@ -497,7 +497,7 @@ impl Hub {
                         }),
                         Err(s) if s.code == crate::grpc::Code::DataLoss => {
                             let ids = [(live[n].0, live[n].1.next_rev)];
-                            return self.cancel_corrupt(node, &responses, &ids).await;
+                            return self.cancel_corrupt(node, stream, &responses, &ids).await;
                         }
                         Err(_) => None,
                     }
@@ -548,7 +548,14 @@ impl Hub {
 
     /// Cancels the unsynced watchers `ids` (with the `next_rev` they had) because a page
     /// their history needs failed its check: etcd's corrupt error as the cancel reason.
-    async fn cancel_corrupt(&self, node: &Rc<Node>, responses: &Responses, ids: &[(u64, i64)]) {
+    /// The stream's other unsynced watchers get another catch-up pass.
+    async fn cancel_corrupt(
+        &self,
+        node: &Rc<Node>,
+        stream: u64,
+        responses: &Responses,
+        ids: &[(u64, i64)],
+    ) {
         let reason = crate::api::errors::EtcdError::Corrupt.wire().1;
         for &(wid, next_rev) in ids {
             let watch_id = match self.inner.borrow_mut().watchers.get_mut(&wid) {
@@ -569,6 +576,7 @@ impl Hub {
                 return;
             }
         }
+        self.inner.borrow_mut().kick(stream);
     }
 
     pub fn pb_header(&self, node: &Node, revision: i64) -> crate::pb::etcdserverpb::ResponseHeader {
