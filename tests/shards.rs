@@ -213,3 +213,39 @@ fn other_connections_are_not_behind_an_acknowledged_write() {
         }
     });
 }
+
+/// `--limit 9223372036854775807 --sort-by=VALUE` across shards: each shard was asked for
+/// `limit + 1` keys, which overflowed i64 (a panic in a debug build). The answer must be
+/// every key, as with no limit, and the member must keep serving.
+#[test]
+fn range_limit_i64_max_with_sort_across_shards_does_not_overflow() {
+    if !is_keel() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = if cores >= 2 { "2" } else { "1" };
+    let s = Server::start(
+        "shards-limit-max",
+        &["--cores", cores, "--shard-split-keys", "m"],
+    );
+    let rt = common::runtime();
+    rt.block_on(async {
+        let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+        for (i, k) in ["a1", "a2", "b3", "m4", "q5", "z6"].iter().enumerate() {
+            c.put(*k, format!("{}", 9 - i), None).await.unwrap();
+        }
+        for target in [SortTarget::Value, SortTarget::Create, SortTarget::Version] {
+            let sorted = |limit| {
+                GetOptions::new()
+                    .with_all_keys()
+                    .with_sort(target, SortOrder::None)
+                    .with_limit(limit)
+            };
+            let max = c.get("", Some(sorted(i64::MAX))).await.unwrap();
+            let all = c.get("", Some(sorted(0))).await.unwrap();
+            assert_eq!(flat(&max), flat(&all), "{target:?}");
+            assert_eq!(max.kvs().len(), 6);
+            assert!(!max.more());
+        }
+    });
+}

@@ -4,7 +4,7 @@
 
 use crate::grpc::{Code, Status};
 use crate::mesh::ServerError;
-use crate::mvcc;
+use crate::mvcc::{self, db};
 
 /// Every server-side error etcd 3.4 puts on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,9 +226,18 @@ impl EtcdError {
     }
 }
 
-/// The wire error for an MVCC error. Storage failures (`Db`, `Corrupt`) are not etcd
-/// operating errors; they reach a client only if the member is about to stop, as
-/// `Internal` with the cause.
+/// The wire error for a storage error: a page that failed its check on read (or a record
+/// that does not decode) is etcd's `ErrCorrupt`; the others (I/O, a poisoned or full db)
+/// reach a client only if the member is about to stop, as `Internal` with the cause.
+pub fn status_from_db(e: &db::Error) -> Status {
+    match e {
+        db::Error::Corrupt { .. } => EtcdError::Corrupt.status(),
+        _ => Status::new(Code::Internal, format!("keel: {e}")),
+    }
+}
+
+/// The wire error for an MVCC error: etcd's operating errors as etcd spells them, storage
+/// errors as [`status_from_db`] says.
 pub fn status_from_mvcc(e: &mvcc::Error) -> Status {
     let known = match e {
         mvcc::Error::Compacted => EtcdError::Compacted,
@@ -241,9 +250,8 @@ pub fn status_from_mvcc(e: &mvcc::Error) -> Status {
         mvcc::Error::LeaseProvided => EtcdError::LeaseProvided,
         mvcc::Error::LeaseNotFound => EtcdError::LeaseNotFound,
         mvcc::Error::LeaseExists => EtcdError::LeaseExist,
-        mvcc::Error::Db(_) | mvcc::Error::Corrupt { .. } => {
-            return Status::new(Code::Internal, format!("keel: {e}"))
-        }
+        mvcc::Error::Db(e) => return status_from_db(e),
+        mvcc::Error::Corrupt { .. } => EtcdError::Corrupt,
     };
     known.status()
 }
@@ -277,6 +285,7 @@ pub fn status_from_server(e: &ServerError) -> Status {
             return Status::new(Code::Internal, format!("raft: {why}"))
         }
         ServerError::Internal(why) => return Status::new(Code::Internal, format!("keel: {why}")),
+        ServerError::Corrupt(_) => EtcdError::Corrupt,
     };
     known.status()
 }
@@ -318,6 +327,26 @@ mod tests {
             // The mvcc layer's own string is already etcd's for these.
             assert_eq!(s.message, e.to_string());
         }
+    }
+
+    #[test]
+    fn corruption_is_etcds_corrupt_and_other_storage_errors_internal() {
+        let corrupt = db::Error::Corrupt {
+            path: "/data/member/snap/db".into(),
+            offset: 8192,
+            what: "checksum mismatch".into(),
+        };
+        for s in [
+            status_from_mvcc(&mvcc::Error::Db(corrupt)),
+            status_from_mvcc(&mvcc::Error::Corrupt {
+                what: "record does not decode".into(),
+            }),
+        ] {
+            assert_eq!(s.code, Code::DataLoss);
+            assert_eq!(s.message, "etcdserver: corrupt cluster");
+        }
+        let s = status_from_mvcc(&mvcc::Error::Db(db::Error::Poisoned));
+        assert_eq!(s.code, Code::Internal);
     }
 
     #[test]

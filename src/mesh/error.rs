@@ -52,6 +52,9 @@ pub enum ServerError {
     ConfChangeRefused(String),
     /// raft refused a proposal (its reason).
     ProposalRefused(String),
+    /// Storage that failed its check (a page or record damaged after boot), as text: what
+    /// a `Mvcc` corruption becomes when copied or sent to a peer.
+    Corrupt(String),
     /// A broken exchange between cores or members: a Keel bug or a peer of another
     /// version. The text says which.
     Internal(String),
@@ -81,11 +84,19 @@ impl Clone for ServerError {
             MemberNotEnoughStarted => MemberNotEnoughStarted,
             Unhealthy => Unhealthy,
             Mvcc(e) if e.etcd_message().is_some() => Mvcc(copy_operating(e)),
+            Mvcc(e) if is_corrupt(e) => Corrupt(e.to_string()),
             Mvcc(e) => Internal(e.to_string()),
+            Corrupt(what) => Corrupt(what.clone()),
             ConfChangeRefused(why) => ConfChangeRefused(why.clone()),
             ProposalRefused(why) => ProposalRefused(why.clone()),
             Internal(why) => Internal(why.clone()),
         }
+    }
+}
+
+impl From<mvcc::db::Error> for ServerError {
+    fn from(e: mvcc::db::Error) -> ServerError {
+        ServerError::Mvcc(mvcc::Error::Db(e))
     }
 }
 
@@ -102,6 +113,7 @@ impl fmt::Display for ServerError {
             ServerError::ConfChangeRefused(why) => write!(f, "membership change refused: {why}"),
             ServerError::ProposalRefused(why) => write!(f, "raft: {why}"),
             ServerError::Internal(why) => write!(f, "keel: {why}"),
+            ServerError::Corrupt(what) => write!(f, "corrupt: {what}"),
             other => write!(f, "{other:?}"),
         }
     }
@@ -112,7 +124,24 @@ impl std::error::Error for ServerError {}
 /// The peer codes of the mvcc operating errors start here (below: `ServerError`'s own).
 const MVCC_CODE_BASE: u32 = 100;
 
+/// A storage error that is damage (a page or record failing its check), not I/O.
+fn is_corrupt(e: &mvcc::Error) -> bool {
+    matches!(
+        e,
+        mvcc::Error::Corrupt { .. } | mvcc::Error::Db(mvcc::db::Error::Corrupt { .. })
+    )
+}
+
 impl ServerError {
+    /// Damaged storage found by a read: etcd's "corrupt cluster".
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            ServerError::Corrupt(_) => true,
+            ServerError::Mvcc(e) => is_corrupt(e),
+            _ => false,
+        }
+    }
+
     /// Keel's peer form: a non-zero code and a detail text. Stable across versions: codes
     /// are only ever added.
     pub fn peer_code(&self) -> (u32, String) {
@@ -138,6 +167,8 @@ impl ServerError {
             ConfChangeRefused(why) => return (18, why.clone()),
             ProposalRefused(why) => return (19, why.clone()),
             Internal(why) => return (20, why.clone()),
+            Corrupt(what) => return (21, what.clone()),
+            Mvcc(e) if is_corrupt(e) => return (21, e.to_string()),
             Mvcc(e) => match mvcc_peer_code(e) {
                 Some(c) => MVCC_CODE_BASE + c,
                 None => return (20, e.to_string()),
@@ -170,6 +201,7 @@ impl ServerError {
             18 => ConfChangeRefused(detail),
             19 => ProposalRefused(detail),
             20 => Internal(detail),
+            21 => Corrupt(detail),
             c if c > MVCC_CODE_BASE => match mvcc_from_peer_code(c - MVCC_CODE_BASE) {
                 Some(e) => Mvcc(e),
                 None => Internal(format!("unknown error code {code} from a peer: {detail}")),
@@ -250,6 +282,7 @@ mod tests {
             ServerError::ConfChangeRefused("why".into()),
             ServerError::ProposalRefused("because".into()),
             ServerError::Internal("bug".into()),
+            ServerError::Corrupt("page 7".into()),
         ];
         for e in all {
             let (code, detail) = e.peer_code();

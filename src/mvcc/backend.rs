@@ -2,26 +2,34 @@
 //! fields), as a trait so the store logic also runs over [`MemBackend`] in tests and in
 //! the deterministic simulator, where no io_uring or file is wanted.
 
-use super::db::{self, AppMeta, Db, TreeId};
+use super::db::{self, AppMeta, Db, TreeId, VerifiedPages};
 use std::collections::BTreeMap;
 
 /// Revision-tree storage with Db's semantics: writes go to a working state that the
-/// writer reads back; `commit` makes it durable.
+/// writer reads back; `commit` makes it durable. Reads fail with `db::Error::Corrupt`
+/// when a page they visit fails its check (see `db`'s module doc).
 #[allow(async_fn_in_trait)] // single-threaded by design: the raft core owns the store.
 pub trait Backend {
     fn app_meta(&self) -> AppMeta;
     fn set_app_meta(&mut self, meta: AppMeta);
     fn insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()>;
-    fn get(&self, key: &[u8]) -> Option<&[u8]>;
+    /// The record under `key`; `memo` carries the pages already verified by the same
+    /// read operation (see `db::VerifiedPages`).
+    fn get(&self, memo: &VerifiedPages, key: &[u8]) -> db::Result<Option<&[u8]>>;
     /// Calls `f` on entries with `start <= key < end` (`end` empty = unbounded),
     /// ascending, until it returns false.
-    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool);
-    /// Keeps only the entries in `[start, end)` for which `keep` is true.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> db::Result<()>;
+    /// Keeps only the entries in `[start, end)` whose key `keep` accepts.
     fn retain(
         &mut self,
         start: &[u8],
         end: &[u8],
-        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> db::Result<u64>;
     fn publish(&mut self);
     async fn commit(&mut self) -> db::Result<()>;
@@ -30,7 +38,7 @@ pub trait Backend {
     /// transaction as the revisions of the entry that granted or revoked it.
     fn lease_insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()>;
     fn lease_remove(&mut self, key: &[u8]) -> db::Result<()>;
-    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> db::Result<()>;
 }
 
 impl Backend for Db {
@@ -46,23 +54,30 @@ impl Backend for Db {
         Db::insert(self, TreeId::Revision, key, value)
     }
 
-    fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        Db::get(self, TreeId::Revision, key)
+    fn get(&self, memo: &VerifiedPages, key: &[u8]) -> db::Result<Option<&[u8]>> {
+        Db::get_in(self, memo, TreeId::Revision, key)
     }
 
-    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) {
-        for (k, v) in Db::range(self, TreeId::Revision, start, end) {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> db::Result<()> {
+        for entry in Db::range(self, TreeId::Revision, start, end) {
+            let (k, v) = entry?;
             if !f(k, v) {
-                return;
+                break;
             }
         }
+        Ok(())
     }
 
     fn retain(
         &mut self,
         start: &[u8],
         end: &[u8],
-        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> db::Result<u64> {
         Db::retain(self, TreeId::Revision, start, end, keep)
     }
@@ -87,10 +102,12 @@ impl Backend for Db {
         Db::remove(self, TreeId::Lease, key).map(|_| ())
     }
 
-    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        for (k, v) in Db::range(self, TreeId::Lease, &[], &[]) {
+    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> db::Result<()> {
+        for entry in Db::range(self, TreeId::Lease, &[], &[]) {
+            let (k, v) = entry?;
             f(k, v);
         }
+        Ok(())
     }
 }
 
@@ -145,31 +162,34 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.working.get(key).map(Vec::as_slice)
+    fn get(&self, _memo: &VerifiedPages, key: &[u8]) -> db::Result<Option<&[u8]>> {
+        Ok(self.working.get(key).map(Vec::as_slice))
     }
 
-    fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> db::Result<()> {
         for (k, v) in self.working.range(start.to_vec()..) {
-            if !end.is_empty() && k.as_slice() >= end {
-                return;
-            }
-            if !f(k, v) {
-                return;
+            if (!end.is_empty() && k.as_slice() >= end) || !f(k, v) {
+                break;
             }
         }
+        Ok(())
     }
 
     fn retain(
         &mut self,
         start: &[u8],
         end: &[u8],
-        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> db::Result<u64> {
         let before = self.working.len();
-        self.working.retain(|k, v| {
+        self.working.retain(|k, _| {
             let inside = k.as_slice() >= start && (end.is_empty() || k.as_slice() < end);
-            !inside || keep(k, v)
+            !inside || keep(k)
         });
         Ok((before - self.working.len()) as u64)
     }
@@ -197,9 +217,10 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+    fn lease_scan(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> db::Result<()> {
         for (k, v) in &self.leases {
             f(k, v);
         }
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! code.
 
 use super::backend::Backend;
-use super::db::{ReadSnapshot, TreeId};
+use super::db::{self, ReadSnapshot, TreeId, VerifiedPages};
 use super::error::{Error, Result};
 use super::key_index::{KeyIndex, KeyRange};
 use super::kv::{self, KeyValue, RecordKind};
@@ -15,19 +15,20 @@ use std::cmp::Ordering;
 
 /// Where the records a `ReadView` reads come from.
 pub trait Records {
-    /// The record stored under an encoded revision.
-    fn record(&self, revision_key: &[u8]) -> Option<&[u8]>;
+    /// The record stored under an encoded revision. `memo`: the pages this read
+    /// operation has verified already (one per `ReadView` call).
+    fn record(&self, memo: &VerifiedPages, revision_key: &[u8]) -> db::Result<Option<&[u8]>>;
 }
 
 impl<B: Backend> Records for B {
-    fn record(&self, revision_key: &[u8]) -> Option<&[u8]> {
-        self.get(revision_key)
+    fn record(&self, memo: &VerifiedPages, revision_key: &[u8]) -> db::Result<Option<&[u8]>> {
+        self.get(memo, revision_key)
     }
 }
 
 impl Records for ReadSnapshot {
-    fn record(&self, revision_key: &[u8]) -> Option<&[u8]> {
-        self.get(TreeId::Revision, revision_key)
+    fn record(&self, memo: &VerifiedPages, revision_key: &[u8]) -> db::Result<Option<&[u8]>> {
+        self.get_in(memo, TreeId::Revision, revision_key)
     }
 }
 
@@ -73,7 +74,8 @@ impl<R: Records> ReadView<'_, R> {
         let fetch_max = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
             usize::MAX
         } else {
-            req.limit as usize + 1
+            // Saturating: `limit` may be i64::MAX (and usize narrower than i64).
+            usize::try_from(req.limit).map_or(usize::MAX, |l| l.saturating_add(1))
         };
         // keys_only drops values after sorting (a VALUE sort still needs them).
         let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
@@ -83,10 +85,11 @@ impl<R: Records> ReadView<'_, R> {
         };
         let mut count = 0i64;
         let mut failure = None;
+        let memo = VerifiedPages::default();
         self.index.range(range, rev, |_, at| {
             count += 1;
             if kvs.len() < fetch_max {
-                match self.load(at.modified, skip_values) {
+                match self.load_in(&memo, at.modified, skip_values) {
                     Ok(kv) => kvs.push(kv),
                     Err(e) => {
                         failure = Some(e);
@@ -103,6 +106,7 @@ impl<R: Records> ReadView<'_, R> {
         sort(&mut kvs, req);
         let mut more = false;
         if req.limit > 0 && kvs.len() as i64 > req.limit {
+            // limit < kvs.len(), so it fits a usize.
             kvs.truncate(req.limit as usize);
             more = true;
         }
@@ -119,7 +123,12 @@ impl<R: Records> ReadView<'_, R> {
 
     /// The record at `rev`, which the index says is a put.
     pub fn load(&self, rev: Revision, keys_only: bool) -> Result<KeyValue> {
-        let Some(bytes) = self.records.record(&rev.encode()) else {
+        self.load_in(&VerifiedPages::default(), rev, keys_only)
+    }
+
+    /// [`ReadView::load`] as one of the loads of one read operation.
+    fn load_in(&self, memo: &VerifiedPages, rev: Revision, keys_only: bool) -> Result<KeyValue> {
+        let Some(bytes) = self.records.record(memo, &rev.encode())? else {
             return Err(Error::Corrupt {
                 what: format!("index points at missing {rev:?}"),
             });
@@ -148,8 +157,9 @@ impl<R: Records> ReadView<'_, R> {
     pub fn load_range(&self, range: KeyRange<'_>, rev: i64) -> Result<Vec<KeyValue>> {
         let mut out = Vec::new();
         let mut failure = None;
-        self.index
-            .range(range, rev, |_, at| match self.load(at.modified, false) {
+        let memo = VerifiedPages::default();
+        self.index.range(range, rev, |_, at| {
+            match self.load_in(&memo, at.modified, false) {
                 Ok(kv) => {
                     out.push(kv);
                     true
@@ -158,7 +168,8 @@ impl<R: Records> ReadView<'_, R> {
                     failure = Some(e);
                     false
                 }
-            });
+            }
+        });
         match failure {
             Some(e) => Err(e),
             None => Ok(out),

@@ -159,7 +159,7 @@ impl<B: Backend> Store<B> {
         backend.lease_scan(&mut |k, v| match lease::decode_record(k, v) {
             Some((id, ttl, remaining)) => leases.insert(id, ttl, remaining),
             None => bad_lease = Some(k.to_vec()),
-        });
+        })?;
         if let Some(k) = bad_lease {
             return Err(Error::Corrupt {
                 what: format!("lease record {k:02x?}"),
@@ -628,7 +628,7 @@ impl<B: Backend> Store<B> {
         let end = Revision::new(rev + 1, 0).encode();
         let mut bad_key = None;
         self.backend
-            .retain(&[], &end, &mut |k, _| match Revision::decode(k) {
+            .retain(&[], &end, &mut |k| match Revision::decode(k) {
                 Some(r) => keep.binary_search(&r).is_ok(),
                 None => {
                     bad_key = Some(k.to_vec());
@@ -682,7 +682,7 @@ impl<B: Backend> Store<B> {
                 hasher.update(v);
                 true
             },
-        );
+        )?;
         Ok((hasher.finalize(), self.compact_revision))
     }
 
@@ -795,7 +795,7 @@ impl<B: Backend> Store<B> {
                 });
             }
             ok
-        });
+        })?;
         failure.map_or(Ok(()), Err)
     }
 
@@ -848,7 +848,7 @@ fn rebuild_index<B: Backend>(backend: &B) -> Result<Rebuilt> {
                 false
             }
         }
-    });
+    })?;
     index.finish_restore();
     match failure {
         Some(e) => Err(e),

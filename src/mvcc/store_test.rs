@@ -737,7 +737,7 @@ fn check_and_open_detect_a_damaged_revision_tree() {
         .retain(
             &Revision::new(3, 0).encode(),
             &Revision::new(4, 0).encode(),
-            &mut |_, _| false,
+            &mut |_| false,
         )
         .unwrap();
     assert!(matches!(s.check(), Err(Error::Corrupt { .. })));

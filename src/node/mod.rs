@@ -563,11 +563,19 @@ impl Node {
 
     /// The value `key` had at revision `at` (for a watch event's `prev_kv`), from the
     /// shard that owns it.
-    pub async fn get_at(self: &Rc<Node>, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+    pub async fn get_at(
+        self: &Rc<Node>,
+        key: &[u8],
+        at: i64,
+    ) -> Result<Option<mvcc::KeyValue>, ServerError> {
         self.value_at(key, at).await
     }
 
-    async fn value_at(self: &Rc<Node>, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+    async fn value_at(
+        self: &Rc<Node>,
+        key: &[u8],
+        at: i64,
+    ) -> Result<Option<mvcc::KeyValue>, ServerError> {
         let req = RangeRequest {
             key: key.to_vec(),
             revision: at,
@@ -575,8 +583,8 @@ impl Node {
             ..RangeRequest::default()
         };
         let mark = self.watermark();
-        let res = self.range_at(&req, mark).await.ok()?;
-        res.kvs.into_iter().next()
+        let res = self.range_at(&req, mark).await.map_err(|(_, s)| s)?;
+        Ok(res.kvs.into_iter().next())
     }
 }
 
@@ -637,7 +645,7 @@ impl crate::watch::Source for Rc<Node> {
         self.with_shard(|s| s.snapshot().clone())
     }
 
-    async fn value_at(&self, key: &[u8], at: i64) -> Option<mvcc::KeyValue> {
+    async fn value_at(&self, key: &[u8], at: i64) -> Result<Option<mvcc::KeyValue>, ServerError> {
         Node::value_at(self, key, at).await
     }
 }

@@ -280,6 +280,7 @@ impl RaftCore {
             .store
             .backend()
             .get(TreeId::Member, &key)
+            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?
             .and_then(|v| MemberRecord::decode(v).ok())
         {
             record = MemberRecord {
@@ -322,7 +323,9 @@ impl RaftCore {
             self.exit = Some(Exit::Removed);
         }
         let member = (!removed).then(|| cluster::member_info(&record));
-        let members = self.members();
+        let members = self
+            .members()
+            .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
         self.reply_to_entry(e, Ok(MemberChanged { member, members }));
         Ok(())
     }

@@ -367,7 +367,11 @@ impl RaftCore {
                 .await
                 .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
         }
-        let conf_state = match store.backend().get(TreeId::Meta, META_CONF_STATE_KEY) {
+        let conf_state = match store
+            .backend()
+            .get(TreeId::Meta, META_CONF_STATE_KEY)
+            .map_err(boot_err)?
+        {
             Some(bytes) => ConfState::parse_from_bytes(bytes)
                 .map_err(|e| boot_err(format!("{}: conf state: {e}", opts.db_path.display())))?,
             None => ConfState::default(),

@@ -21,7 +21,7 @@ use crate::mesh::{
     CoreId, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
     Reply, ReplyBody, ReplyTo, ToRaft,
 };
-use crate::mvcc::db::TreeId;
+use crate::mvcc::db::{self, TreeId};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::keel::internal::{
     forward, forward_reply, Forward, ForwardReply, LeaseRenew, LeaseRenewed as WireLeaseRenewed,
@@ -297,31 +297,40 @@ impl RaftCore {
         self.publish.on_done = Some(f);
     }
 
-    fn removed_ids(&self) -> HashSet<u64> {
+    fn removed_ids(&self) -> Result<HashSet<u64>, db::Error> {
         let end = {
             let mut e = REMOVED_PREFIX.to_vec();
             *e.last_mut().expect("prefix") += 1;
             e
         };
-        self.store
+        let mut ids = HashSet::new();
+        for entry in self
+            .store
             .backend()
             .range(TreeId::Meta, REMOVED_PREFIX, &end)
-            .filter_map(|(k, _)| k[REMOVED_PREFIX.len()..].try_into().ok())
-            .map(u64::from_be_bytes)
-            .collect()
+        {
+            if let Ok(id) = entry?.0[REMOVED_PREFIX.len()..].try_into() {
+                ids.insert(u64::from_be_bytes(id));
+            }
+        }
+        Ok(ids)
     }
 
     /// Tells the transport about the members (after boot and every change).
     pub(super) fn membership_changed(&mut self) {
         let Some(t) = &self.transport else { return };
-        let mut members = self.members();
+        // A corrupt page was reported (`db::corruption_found`); the transport keeps the
+        // members it knows.
+        let (Ok(mut members), Ok(removed)) = (self.members(), self.removed_ids()) else {
+            return;
+        };
         if members.is_empty() {
             members = self.seed_members.clone();
         }
         let view = super::transport::ClusterView {
             cluster_id: self.opts.cluster_id,
             members: members.iter().map(member_record).collect(),
-            removed: self.removed_ids(),
+            removed,
             applied_index: self.applied_index,
         };
         t.update(view);
@@ -503,7 +512,8 @@ impl RaftCore {
     /// Checks a membership change against the members and proposes it: a conf change, or
     /// (for new peer URLs) a member entry. Applying it answers `origin` (`MemberChanged`).
     fn propose_member_change(&mut self, origin: Origin, op: MemberOp) -> Result<(), ServerError> {
-        let members = self.members();
+        let members = self.members()?;
+        let removed = self.removed_ids()?;
         let find = |id: u64| members.iter().find(|m| m.id == id);
         let url_taken = |urls: &[String], except: u64| {
             members
@@ -522,7 +532,7 @@ impl RaftCore {
                     return Err(ServerError::TooManyLearners);
                 }
                 let mut id = new_member_id(&peer_urls);
-                while id == 0 || find(id).is_some() || self.removed_ids().contains(&id) {
+                while id == 0 || find(id).is_some() || removed.contains(&id) {
                     id = id.wrapping_add(1);
                 }
                 cc.set_change_type(if learner {
@@ -668,6 +678,7 @@ impl RaftCore {
             .store
             .backend()
             .get(TreeId::Member, &key)
+            .map_err(|err| boot_err(format!("applying entry {}: {err}", e.index)))?
             .and_then(|v| MemberRecord::decode(v).ok());
         // A record for a member removed meanwhile is not brought back.
         if let Some(mut record) = record {
@@ -699,7 +710,9 @@ impl RaftCore {
             }
             return Ok(());
         }
-        let members = self.members();
+        let members = self
+            .members()
+            .map_err(|err| boot_err(format!("applying entry {}: {err}", e.index)))?;
         self.reply_to_entry(
             e,
             Ok(MemberChanged {

@@ -385,8 +385,8 @@ impl RaftCore {
                 self.respond(out, to, Ok(info));
             }
             ToRaft::MemberList { to } => {
-                let members = self.members();
-                self.respond(out, to, Ok(Members(members)));
+                let members = self.members().map(Members).map_err(ServerError::from);
+                self.respond(out, to, members);
             }
             ToRaft::HashKv { to, revision } => {
                 let res = self
@@ -485,19 +485,22 @@ impl RaftCore {
         }
     }
 
-    pub fn members(&self) -> Vec<MemberInfo> {
-        self.store
-            .backend()
-            .range(TreeId::Member, &[], &[])
-            .filter_map(|(_, v)| MemberRecord::decode(v).ok())
-            .map(|m| MemberInfo {
+    /// The members in the Member tree; `db::Error::Corrupt` if a page of it is damaged.
+    pub fn members(&self) -> Result<Vec<MemberInfo>, mvcc::db::Error> {
+        let mut out = Vec::new();
+        for entry in self.store.backend().range(TreeId::Member, &[], &[]) {
+            let Ok(m) = MemberRecord::decode(entry?.1) else {
+                continue;
+            };
+            out.push(MemberInfo {
                 id: m.id,
                 name: m.name,
                 peer_urls: m.peer_urls,
                 client_urls: m.client_urls,
                 is_learner: m.is_learner,
-            })
-            .collect()
+            });
+        }
+        Ok(out)
     }
 
     /// When the next tick is due.

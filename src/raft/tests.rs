@@ -124,7 +124,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             let mut core = RaftCore::open(options(&dir, 0x8e9e)).await.unwrap();
             turn(&mut core, &out).await;
             assert_eq!(core.node.raft.state, StateRole::Leader);
-            assert_eq!(core.members().len(), 1);
+            assert_eq!(core.members().unwrap().len(), 1);
             for i in 0..10u64 {
                 let data = put(&format!("k{i}"), "v");
                 core.handle(
@@ -191,7 +191,10 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
         async move {
             let core = RaftCore::open(options(&dir, 0x8e9e)).await.unwrap();
             assert_eq!(core.store().current_revision(), 12);
-            assert_eq!(core.members()[0].client_urls, vec!["http://localhost:2379"]);
+            assert_eq!(
+                core.members().unwrap()[0].client_urls,
+                vec!["http://localhost:2379"]
+            );
         }
     });
     // Another member's data dir is refused, naming both IDs.

@@ -574,7 +574,9 @@ impl Transport {
         let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 4096);
         for t in 0..TREE_COUNT {
             let tree = TreeId::ALL[t];
-            for (k, v) in snap.range(tree, &[], &[]) {
+            for entry in snap.range(tree, &[], &[]) {
+                // A damaged page fails the send (reported by `db::corruption_found`).
+                let (k, v) = entry.map_err(std::io::Error::other)?;
                 push_record(&mut chunk, t, k, v);
                 if chunk.len() >= SNAPSHOT_CHUNK_BYTES {
                     s.write_all(&frame(KIND_SNAP_CHUNK, &chunk)).await?;

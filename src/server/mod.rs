@@ -443,6 +443,7 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         cluster_id: opts.cluster_id,
         member_id: opts.member_id,
         fragment_bytes: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
+        corrupt_reason: crate::api::errors::EtcdError::Corrupt.wire().1,
     });
     let interval = opts.watch_progress_notify_interval;
     if !interval.is_zero() {

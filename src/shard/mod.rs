@@ -100,7 +100,8 @@ impl Shard {
         compact_revision: i64,
     ) -> Result<Shard, mvcc::Error> {
         let mut index = KeyIndex::new();
-        for (k, v) in snapshot.range(TreeId::Revision, &[], &[]) {
+        for entry in snapshot.range(TreeId::Revision, &[], &[]) {
+            let (k, v) = entry?;
             let rev = Revision::decode(k).ok_or_else(|| mvcc::Error::Corrupt {
                 what: format!("revision tree key {k:02x?}"),
             })?;
@@ -221,7 +222,9 @@ pub fn part_request(req: &RangeRequest) -> RangeRequest {
     }
     if sorts_first_keys_only(req) {
         part.sort_target = SortTarget::Key;
-        part.limit = req.limit + 1;
+        // One more than asked, to know whether there is more; a limit of i64::MAX
+        // already covers every key.
+        part.limit = req.limit.saturating_add(1);
     }
     part
 }
@@ -239,6 +242,11 @@ fn sorts_first_keys_only(req: &RangeRequest) -> bool {
         && req.limit > 0
 }
 
+/// A positive request limit as a length (saturating where usize is narrower than i64).
+fn limit_len(limit: i64) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
 /// Merges the shards' parts (in key order of the shards) into the one response a single
 /// index would give: each part is already pruned, sorted and cut at `limit`; the union's
 /// first `limit` after a stable sort are the answer, `more` if anything was left out.
@@ -253,12 +261,12 @@ pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> Ra
         kvs.extend(p.kvs);
     }
     if first_keys {
-        kvs.truncate(req.limit as usize + 1);
+        kvs.truncate(limit_len(req.limit).saturating_add(1));
     }
     // The single-index sort (stable, so ties stay in key order as the parts arrive).
     mvcc::read::sort(&mut kvs, req);
     if req.limit > 0 && kvs.len() as i64 > req.limit {
-        kvs.truncate(req.limit as usize);
+        kvs.truncate(limit_len(req.limit));
         more = true;
     }
     if req.keys_only {

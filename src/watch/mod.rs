@@ -18,7 +18,10 @@
 //!   up from history later, never silently skipping anything, and never making the write
 //!   path or other streams wait;
 //! - **compacted** once the history it needs is gone: it gets etcd's response with
-//!   `compact_revision` and `canceled`, and stays until the client cancels it.
+//!   `compact_revision` and `canceled`, and stays until the client cancels it;
+//! - **canceled** if a page its events need fails its check (bit rot, reported by
+//!   `db::corruption_found`): it gets `canceled` with etcd's corrupt error as the reason
+//!   ("etcdserver: corrupt cluster") and nothing more, never an event with wrong data.
 //!
 //! Matching a change: single-key watchers are found by key in a hash map, range, prefix
 //! and from-key watchers in an interval index (`interval.rs`), so a change costs about
@@ -32,7 +35,7 @@ mod interval;
 
 use crate::mesh::Applied;
 use crate::mesh::Watermark;
-use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::db::{self, ReadSnapshot, TreeId};
 use crate::mvcc::{kv, Change, KeyRange, Revision};
 use crate::runtime::responses::Responses;
 use bytes::Bytes;
@@ -60,7 +63,11 @@ pub trait Source {
     fn snapshot(&self) -> ReadSnapshot;
     /// The value `key` had at revision `at` (an event's `prev_kv`), from the shard that
     /// owns the key.
-    async fn value_at(&self, key: &[u8], at: i64) -> Option<crate::mvcc::KeyValue>;
+    async fn value_at(
+        &self,
+        key: &[u8],
+        at: i64,
+    ) -> Result<Option<crate::mvcc::KeyValue>, crate::mesh::ServerError>;
 }
 
 /// Responses a Watch stream may have queued for its client (etcd: 128 per stream). Past
@@ -75,6 +82,9 @@ pub struct WatchConfig {
     /// Responses over this size are split when the watcher asked for `fragment`
     /// (etcd: `--max-request-bytes` + 512 KiB).
     pub fragment_bytes: usize,
+    /// The cancel reason of a watcher whose history fails its check (etcd's corrupt
+    /// error, from the services' table).
+    pub corrupt_reason: &'static str,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +93,7 @@ enum State {
     Unsynced,
     Synced,
     Compacted,
+    Canceled,
 }
 
 #[derive(Clone)]
@@ -479,10 +490,18 @@ impl Hub {
             .map(|(_, w)| w.next_rev)
             .min()
             .unwrap_or(mark.revision + 1);
-        let (history, upto) = if live.is_empty() || from > mark.revision {
-            (Vec::new(), mark.revision)
+        let read = if live.is_empty() || from > mark.revision {
+            Ok((Vec::new(), mark.revision))
         } else {
             read_history(&node.snapshot(), from, mark.revision)
+        };
+        let (history, upto) = match read {
+            Ok(read) => read,
+            Err(_) => {
+                let ids: Vec<(WatcherId, i64)> =
+                    live.iter().map(|(id, w)| (*id, w.next_rev)).collect();
+                return self.cancel_corrupt(node, stream, &responses, &ids).await;
+            }
         };
         for (wid, w) in &compacted {
             let msg = crate::pb::etcdserverpb::WatchResponse {
@@ -515,11 +534,18 @@ impl Hub {
                     continue;
                 }
                 let prev = if w.prev_kv && !e.create {
-                    node.value_at(&e.key, e.main - 1).await.map(|kv| {
-                        let mut b = Vec::new();
-                        kv.encode(&mut b);
-                        b
-                    })
+                    match node.value_at(&e.key, e.main - 1).await {
+                        Ok(kv) => kv.map(|kv| {
+                            let mut b = Vec::new();
+                            kv.encode(&mut b);
+                            b
+                        }),
+                        Err(e) if e.is_corruption() => {
+                            let ids = [(live[n].0, live[n].1.next_rev)];
+                            return self.cancel_corrupt(node, stream, &responses, &ids).await;
+                        }
+                        Err(_) => None,
+                    }
                 } else {
                     None
                 };
@@ -565,6 +591,39 @@ impl Hub {
         }
     }
 
+    /// Cancels the unsynced watchers `ids` (with the `next_rev` they had) because a page
+    /// their history needs failed its check: etcd's corrupt error as the cancel reason.
+    /// The stream's other unsynced watchers get another catch-up pass.
+    async fn cancel_corrupt<S: Source>(
+        &self,
+        node: &S,
+        stream: StreamId,
+        responses: &Responses,
+        ids: &[(WatcherId, i64)],
+    ) {
+        let reason = self.config().corrupt_reason;
+        for &(wid, next_rev) in ids {
+            let watch_id = match self.inner.borrow_mut().watchers.get_mut(&wid) {
+                Some(w) if w.state == State::Unsynced && w.next_rev == next_rev => {
+                    w.state = State::Canceled;
+                    w.watch_id
+                }
+                _ => continue,
+            };
+            let msg = crate::pb::etcdserverpb::WatchResponse {
+                header: Some(self.pb_header(node.watermark().raft_term, 0)),
+                watch_id,
+                canceled: true,
+                cancel_reason: reason.to_string(),
+                ..Default::default()
+            };
+            if responses.send(encode_pb(&msg)).await.is_err() {
+                return;
+            }
+        }
+        self.inner.borrow_mut().kick(stream);
+    }
+
     pub fn pb_header(
         &self,
         raft_term: u64,
@@ -592,14 +651,20 @@ struct HistoryEvent {
 }
 
 /// The events of revisions `from..=to` (at most `CATCH_UP_REVISIONS_MAX` revisions and
-/// about `CATCH_UP_BYTES_MAX` bytes, whole revisions), and the last revision covered.
-fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEvent>, i64) {
+/// about `CATCH_UP_BYTES_MAX` bytes, whole revisions), and the last revision covered;
+/// `db::Error::Corrupt` if a page of that history fails its check.
+fn read_history(
+    snapshot: &ReadSnapshot,
+    from: i64,
+    to: i64,
+) -> Result<(Vec<HistoryEvent>, i64), db::Error> {
     let mut out = Vec::new();
     let start = Revision::new(from.max(0), 0).encode();
     let mut revisions = 0usize;
     let mut bytes = 0usize;
     let mut last_main = -1;
-    for (k, v) in snapshot.range(TreeId::Revision, &start, &[]) {
+    for entry in snapshot.range(TreeId::Revision, &start, &[]) {
+        let (k, v) = entry?;
         let Some(rev) = Revision::decode(k) else {
             continue;
         };
@@ -608,7 +673,7 @@ fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEven
         }
         if rev.main != last_main {
             if revisions == CATCH_UP_REVISIONS_MAX || bytes >= CATCH_UP_BYTES_MAX {
-                return (out, last_main);
+                return Ok((out, last_main));
             }
             revisions += 1;
             last_main = rev.main;
@@ -625,7 +690,7 @@ fn read_history(snapshot: &ReadSnapshot, from: i64, to: i64) -> (Vec<HistoryEven
             create: kind == kv::RecordKind::Put && record.create_revision == record.mod_revision,
         });
     }
-    (out, to)
+    Ok((out, to))
 }
 
 fn encode_pb<M: prost::Message>(m: &M) -> Bytes {
@@ -651,7 +716,7 @@ fn encode_event(
     prev: Option<Revision>,
     snapshot: &ReadSnapshot,
     kv_bytes: &mut Vec<u8>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, db::Error> {
     // The event's kv as a record (flag byte + KeyValue wire bytes).
     kv_bytes.clear();
     match c {
@@ -659,13 +724,14 @@ fn encode_event(
         Change::Delete { rev, key, .. } => kv::encode_tombstone_record(key, rev.main, kv_bytes),
         Change::Compact { .. } => {}
     }
-    let prev_bytes = prev.and_then(|p| {
-        snapshot
-            .get(TreeId::Revision, &p.encode())
+    let prev_bytes = match prev {
+        Some(p) => snapshot
+            .get(TreeId::Revision, &p.encode())?
             .filter(|r| r.first() == Some(&(kv::RecordKind::Put as u8)))
-            .map(|r| &r[1..])
-    });
-    event_field(delete, &kv_bytes[1..], prev_bytes)
+            .map(|r| &r[1..]),
+        None => None,
+    };
+    Ok(event_field(delete, &kv_bytes[1..], prev_bytes))
 }
 
 fn wants(w: &Watcher, e: &EventRef<'_>) -> bool {
@@ -804,7 +870,8 @@ impl Inner {
     }
 
     /// Queues, for every synced watcher the revision's events match, one response with
-    /// all of them; a watcher whose stream is full drops back to catching up.
+    /// all of them; a watcher whose stream is full drops back to catching up, and so does
+    /// one whose prev_kv is on a page that fails its check (catching up cancels it).
     fn deliver_revision(
         &mut self,
         changes: &[Change],
@@ -840,6 +907,7 @@ impl Inner {
             // The watcher's events of this revision, each encoded once per revision (with
             // or without prev_kv) and shared by every watcher that wants it.
             let mut picks: Vec<(usize, bool)> = Vec::with_capacity(group.len());
+            let mut corrupt = false;
             for &(_, i) in group {
                 let c = &changes[i];
                 let Some((delete, prev)) = event_kind(c) else {
@@ -857,8 +925,21 @@ impl Inner {
                 };
                 if slot.is_none() {
                     let prev = prev.filter(|_| with);
-                    *slot = Some(encode_event(c, delete, prev, snapshot, &mut kv_bytes));
+                    match encode_event(c, delete, prev, snapshot, &mut kv_bytes) {
+                        Ok(event) => *slot = Some(event),
+                        Err(_) => {
+                            // Never an event with wrong data: the watcher catches up from
+                            // history, meets the damage there and is canceled.
+                            picks.pop();
+                            corrupt = true;
+                            break;
+                        }
+                    }
                 }
+            }
+            if corrupt {
+                self.fall_behind(wid, main);
+                continue;
             }
             let events: Vec<&[u8]> = picks
                 .iter()
@@ -873,7 +954,7 @@ impl Inner {
             let msgs = split_fragments(&header, w, &events, config.fragment_bytes);
             // All of a revision or none of it: a fragment sent alone would come again
             // with the whole revision once the watcher catches up.
-            let full = w.responses.room() < msgs.len();
+            let full = corrupt || w.responses.room() < msgs.len();
             if !full {
                 for m in msgs {
                     let _ = w.responses.try_send(Bytes::from(m));

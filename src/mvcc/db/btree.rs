@@ -7,6 +7,7 @@
 use super::map::{Map, MapWriter};
 use super::page::{self, ValRef, HEADER_BYTES, HEIGHT_MAX, KIND_BRANCH, KIND_LEAF};
 use super::{Error, Result, PAGE_BYTES};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ pub struct Writer {
     pub reuse_bound: u64,
     /// First pages written in the working txn, sealed (checksummed) at publish.
     pub dirty: Vec<u64>,
+    /// The same pages as a bitmap, minus those freed since: what reads trust unverified.
+    pub dirty_pages: DirtyPages,
     pub grow_step_pages: u64,
     pub poisoned: bool,
     pub changed: bool,
@@ -65,6 +68,7 @@ impl Writer {
             pending: VecDeque::new(),
             reuse_bound: 0,
             dirty: Vec::new(),
+            dirty_pages: DirtyPages::default(),
             grow_step_pages: 1,
             poisoned: false,
             changed: false,
@@ -147,6 +151,7 @@ impl Writer {
             }
         };
         self.dirty.push(id);
+        self.dirty_pages.insert(id);
         self.changed = true;
         Ok(id)
     }
@@ -185,9 +190,10 @@ impl Writer {
 
     /// Frees `n` pages starting at `id`, now unreachable from the working state.
     pub fn free(&mut self, id: u64, n: u64) {
-        if page::txn(self.map.map().page(id)) == self.txn {
+        if self.dirty_pages.contains(id) {
             // Never published: no reader or durable meta can reach it. Clearing its txn
             // tells `seal_dirty` that this allocation is gone.
+            self.dirty_pages.remove(id);
             page::set_txn(self.map.page_mut(id), id, 0);
             for p in (id..id + n).rev() {
                 self.free_now.push(p);
@@ -198,9 +204,33 @@ impl Writer {
         self.changed = true;
     }
 
-    /// Returns a writable copy of page `id` (itself if already dirty).
+    /// The working view's pages: dirty ones trusted, published ones verified.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            map: self.map.map(),
+            txn_max: self.txn,
+            dirty: Some(&self.dirty_pages),
+        }
+    }
+
+    fn corrupt(&self, b: BadPage) -> Error {
+        Error::bad_page(&self.path, b)
+    }
+
+    /// Verifies page `id` at `level` of the working view before the writer reads or
+    /// copies it (a no-op for its own dirty pages).
+    fn verify_node(&self, id: u64, level: usize) -> Result<()> {
+        let memo = VerifiedPages::default();
+        match self.reader().node(id, level, &memo) {
+            Ok(_) => Ok(()),
+            Err(b) => Err(self.corrupt(b)),
+        }
+    }
+
+    /// Returns a writable copy of page `id` (itself if already dirty). A published page
+    /// must have been verified by the caller: the copy is sealed again at publish.
     fn make_writable(&mut self, id: u64) -> Result<u64> {
-        if page::txn(self.map.map().page(id)) == self.txn {
+        if self.dirty_pages.contains(id) {
             return Ok(id);
         }
         let new = self.alloc(1)?;
@@ -228,16 +258,20 @@ impl Writer {
         Ok(node)
     }
 
-    fn descend(&self, root: &TreeRoot, key: &[u8], path: &mut Path) -> u64 {
-        let map = self.map.map();
+    /// The path to `key`'s leaf, every page on it verified; returns the leaf id.
+    fn descend(&self, root: &TreeRoot, key: &[u8], path: &mut Path) -> Result<u64> {
+        let r = self.reader();
+        let memo = VerifiedPages::default();
+        let levels = root.height as usize - 1;
         let mut id = root.page;
-        for entry in path.iter_mut().take(root.height as usize - 1) {
-            let p = map.page(id);
+        for (l, entry) in path.iter_mut().take(levels).enumerate() {
+            let p = r.node(id, levels - l, &memo).map_err(|b| self.corrupt(b))?;
             let i = page::branch_search(p, key);
             *entry = (id, i);
             id = page::branch_child(p, i);
         }
-        id
+        r.node(id, 0, &memo).map_err(|b| self.corrupt(b))?;
+        Ok(id)
     }
 
     fn free_value(&mut self, run: Option<(u64, u64)>) {
@@ -283,7 +317,7 @@ impl Writer {
             };
         }
         let mut path: Path = [(0, 0); HEIGHT_MAX];
-        let leaf0 = self.descend(root, key, &mut path);
+        let leaf0 = self.descend(root, key, &mut path)?;
         let found = page::leaf_search(self.map.map().page(leaf0), key);
         let vref = if val.len() > page::INLINE_VALUE_BYTES_MAX {
             let n = page::overflow_run_pages(val.len());
@@ -454,11 +488,21 @@ impl Writer {
             return Ok(false);
         }
         let mut path: Path = [(0, 0); HEIGHT_MAX];
-        let leaf0 = self.descend(root, key, &mut path);
+        let leaf0 = self.descend(root, key, &mut path)?;
         let Ok(i) = page::leaf_search(self.map.map().page(leaf0), key) else {
             return Ok(false);
         };
-        let leaf = self.cow_path(root, &mut path)?;
+        let result = self.remove_at(root, &mut path, i);
+        if result.is_err() {
+            // A sibling failed its check (or the map filled) half way: like a failed
+            // `retain`, the working state can no longer be published.
+            self.poisoned = true;
+        }
+        result.map(|()| true)
+    }
+
+    fn remove_at(&mut self, root: &mut TreeRoot, path: &mut Path, i: usize) -> Result<()> {
+        let leaf = self.cow_path(root, path)?;
         let (k, v) = page::leaf_cell(self.map.map().page(leaf), i);
         let vlen = match v {
             ValRef::Inline(b) => b.len(),
@@ -473,7 +517,7 @@ impl Writer {
         let mut alive = levels;
         if page::count(self.map.map().page(leaf)) == 0 {
             self.free(leaf, 1);
-            alive = self.remove_up(root, &path, levels);
+            alive = self.remove_up(root, path, levels);
         } else if levels > 0 && page::used_bytes(self.map.map().page(leaf)) < PAGE_BYTES / 4 {
             self.merge_child(&path[levels - 1])?;
         }
@@ -483,8 +527,7 @@ impl Writer {
                 self.merge_child(&path[l - 1])?;
             }
         }
-        self.collapse_root(root);
-        Ok(true)
+        self.collapse_root(root)
     }
 
     /// The child at path level `l` was freed: remove it from its parent, upward.
@@ -510,13 +553,17 @@ impl Writer {
         }
     }
 
-    fn collapse_root(&mut self, root: &mut TreeRoot) {
+    /// Replaces a root branch with one child by that child, repeatedly. The child may
+    /// be a published page off the path: it is verified before it is read.
+    fn collapse_root(&mut self, root: &mut TreeRoot) -> Result<()> {
         while root.height > 1 && page::count(self.map.map().page(root.page)) == 1 {
             let child = page::branch_child(self.map.map().page(root.page), 0);
+            self.verify_node(child, root.height as usize - 2)?;
             self.free(root.page, 1);
             root.page = child;
             root.height -= 1;
         }
+        Ok(())
     }
 
     /// Merges the child at `parent[i]` with a sibling if both fit in one page; `parent`
@@ -531,6 +578,10 @@ impl Writer {
         }
         let l = if i + 1 < n { i } else { i - 1 };
         let (left, right) = (page::branch_child(pp, l), page::branch_child(pp, l + 1));
+        // Siblings off the path may be published pages: verify before reading or copying.
+        let level = page::level(pp).saturating_sub(1);
+        self.verify_node(left, level)?;
+        self.verify_node(right, level)?;
         let rp = map.page(right);
         let is_branch = page::kind(rp) == KIND_BRANCH;
         let mut used = page::used_bytes(map.page(left)) + page::used_bytes(rp);
@@ -571,7 +622,7 @@ impl Writer {
         root: &mut TreeRoot,
         start: &[u8],
         end: &[u8],
-        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<u64> {
         if self.poisoned {
             return Err(Error::Poisoned);
@@ -590,7 +641,7 @@ impl Writer {
         root: &mut TreeRoot,
         start: &[u8],
         end: &[u8],
-        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<u64> {
         if root.page == 0 {
             return Ok(0);
@@ -653,8 +704,13 @@ impl Writer {
         id: u64,
         level: usize,
         (lo, hi, parent): (&[u8], Option<&[u8]>, u64),
-        keep: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<()> {
+        // Leaves outside the range are not read at all (no page faults, no checksum).
+        let overlaps = (r.end.is_empty() || lo < r.end) && hi.is_none_or(|h| h > r.start);
+        if level > 0 || overlaps {
+            self.verify_node(id, level)?;
+        }
         let p = map.page(id);
         if level > 0 {
             r.branches.push(id);
@@ -672,17 +728,15 @@ impl Writer {
             }
             return Ok(());
         }
-        // Leaves outside the range are not read at all (no page faults).
-        let overlaps = (r.end.is_empty() || lo < r.end) && hi.is_none_or(|h| h > r.start);
         let n = if overlaps { page::count(p) } else { 0 };
         let mut drop_bits = [0u64; PAGE_BYTES / 64];
         let mut drops = 0;
         for j in 0..n {
-            let (k, v) = page::leaf_cell(p, j);
+            let k = page::leaf_key(p, j);
             if k < r.start || (!r.end.is_empty() && k >= r.end) {
                 continue;
             }
-            if !keep(k, value_bytes(map, v)) {
+            if !keep(k) {
                 drop_bits[j / 64] |= 1 << (j % 64);
                 drops += 1;
             }
@@ -835,6 +889,10 @@ impl Writer {
             page::seal(self.map.pages_mut(id, n));
             covered_end = id + n;
         }
+        for &id in &dirty {
+            self.dirty_pages.remove(id);
+        }
+        debug_assert!(self.dirty_pages.is_empty());
         dirty.clear();
         self.dirty = dirty;
     }
@@ -894,16 +952,6 @@ pub fn value_len(v: ValRef) -> usize {
     }
 }
 
-#[inline]
-pub fn value_bytes<'a>(map: &'a Map, v: ValRef<'a>) -> &'a [u8] {
-    match v {
-        ValRef::Inline(b) => b,
-        ValRef::Overflow { page: o, len } => {
-            map.bytes(o * PAGE_BYTES as u64 + HEADER_BYTES as u64, len)
-        }
-    }
-}
-
 /// The first 8 bytes of a 16-byte key (a Revision key's `main`) as a number, for
 /// interpolating where a key sits in a page.
 #[inline]
@@ -926,20 +974,200 @@ fn interpolate(bounds: Option<(u64, u64)>, target: Option<u64>, n: usize) -> usi
     }
 }
 
+/// A page that failed its check when read after open: where it is and what was wrong.
+/// The caller turns it into `Error::Corrupt` naming the file.
+#[derive(Debug)]
+pub struct BadPage {
+    pub offset: u64,
+    pub what: String,
+}
+
+type ReadResult<T> = std::result::Result<T, BadPage>;
+
+fn bad(id: u64, what: impl Into<String>) -> BadPage {
+    BadPage {
+        offset: id.wrapping_mul(PAGE_BYTES as u64),
+        what: what.into(),
+    }
+}
+
+/// The writer's pages of the working txn (allocated since the last publish, not sealed
+/// yet): a bitmap by page id, so "is this page dirty?" never trusts a page header, which
+/// damage may have changed. Only the first page of an overflow run is recorded.
+#[derive(Default)]
+pub struct DirtyPages {
+    bits: Vec<u64>,
+}
+
+impl DirtyPages {
+    #[inline]
+    pub fn contains(&self, id: u64) -> bool {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        self.bits.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    pub fn insert(&mut self, id: u64) {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        self.bits[w] |= 1 << b;
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        if let Some(x) = self.bits.get_mut(w) {
+            *x &= !(1 << b);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&x| x == 0)
+    }
+}
+
+/// The pages one read operation has verified: the last page verified at each level.
+/// Create one per operation (a get, a `ReadView` call) over one view that does not change
+/// meanwhile (a snapshot, or the writer between two writes), never keep one longer: a
+/// page it names is trusted without its checksum.
+#[derive(Default)]
+pub struct VerifiedPages {
+    last: [Cell<u64>; HEIGHT_MAX],
+}
+
+/// How a read reaches pages: every page it visits that is not one of the writer's dirty
+/// pages is verified (checksum and header) before any of its bytes is used, unless the
+/// same operation verified it already (`VerifiedPages`).
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub map: &'a Map,
+    /// No page of this view carries a newer txn (a snapshot's txn, or the working txn).
+    pub txn_max: u64,
+    /// The writer's unsealed pages, trusted as they are; `None` for a snapshot, which
+    /// reaches only sealed pages.
+    pub dirty: Option<&'a DirtyPages>,
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    fn is_dirty(&self, id: u64) -> bool {
+        self.dirty.is_some_and(|d| d.contains(id))
+    }
+
+    /// Leaf (level 0) or branch page `id`, verified.
+    #[inline]
+    pub fn node(&self, id: u64, level: usize, memo: &VerifiedPages) -> ReadResult<&'a [u8]> {
+        let p = match id.checked_mul(PAGE_BYTES as u64) {
+            Some(off) if id >= 2 => self.map.try_bytes(off, PAGE_BYTES),
+            _ => None,
+        }
+        .ok_or_else(|| bad(id, format!("page id {id} outside the file")))?;
+        let seen = memo.last.get(level);
+        if seen.is_some_and(|s| s.get() == id) || self.is_dirty(id) {
+            return Ok(p);
+        }
+        verify_node(p, id, level, self.txn_max).map_err(|what| bad(id, what))?;
+        if let Some(s) = seen {
+            s.set(id);
+        }
+        Ok(p)
+    }
+
+    /// The value bytes of the overflow run at `id` holding a value of `len` bytes,
+    /// verified (checksum over the whole run, header).
+    pub fn overflow(&self, id: u64, len: usize) -> ReadResult<&'a [u8]> {
+        let pages = page::overflow_run_pages(len);
+        let run = match id.checked_mul(PAGE_BYTES as u64) {
+            Some(off) if id >= 2 => self.map.try_bytes(off, pages as usize * PAGE_BYTES),
+            _ => None,
+        }
+        .ok_or_else(|| bad(id, format!("overflow run {id}+{pages} outside the file")))?;
+        if !self.is_dirty(id) {
+            verify_overflow(run, id, len, self.txn_max).map_err(|what| bad(id, what))?;
+        }
+        Ok(&run[HEADER_BYTES..HEADER_BYTES + len])
+    }
+
+    #[inline]
+    fn value(&self, v: ValRef<'a>) -> ReadResult<&'a [u8]> {
+        match v {
+            ValRef::Inline(b) => Ok(b),
+            ValRef::Overflow { page: o, len } => self.overflow(o, len),
+        }
+    }
+}
+
+/// Checks a sealed leaf or branch page before it is read: its checksum, then that it is
+/// the page its parent points at (id, kind, level), not empty, and not newer than the view.
+#[inline]
+fn verify_node(p: &[u8], id: u64, level: usize, txn_max: u64) -> std::result::Result<(), String> {
+    if !page::crc_ok(p) {
+        return Err("checksum mismatch".into());
+    }
+    let kind = if level == 0 { KIND_LEAF } else { KIND_BRANCH };
+    if page::kind(p) != kind || page::level(p) != level || page::page_id(p) != id {
+        return Err(format!(
+            "page kind {} level {} id {} where kind {kind} level {level} expected",
+            page::kind(p),
+            page::level(p),
+            page::page_id(p)
+        ));
+    }
+    if page::count(p) == 0 || page::txn(p) > txn_max {
+        return Err(format!(
+            "{} cells, txn {} (view txn {txn_max})",
+            page::count(p),
+            page::txn(p)
+        ));
+    }
+    Ok(())
+}
+
+fn verify_overflow(
+    run: &[u8],
+    id: u64,
+    len: usize,
+    txn_max: u64,
+) -> std::result::Result<(), String> {
+    if !page::crc_ok(run) {
+        return Err("overflow run checksum mismatch".into());
+    }
+    let pages = page::overflow_run_pages(len);
+    let header_ok = page::kind(run) == page::KIND_OVERFLOW
+        && page::page_id(run) == id
+        && page::overflow_len(run) == len
+        && page::overflow_pages(run) == pages
+        && page::txn(run) <= txn_max;
+    if !header_ok {
+        return Err(format!(
+            "overflow run header (kind {}, id {}, {} bytes) does not match a {len}-byte value",
+            page::kind(run),
+            page::page_id(run),
+            page::overflow_len(run)
+        ));
+    }
+    Ok(())
+}
+
 /// Point lookup from `root`. For 16-byte keys each page is entered at the slot its
 /// parent's separators predict (revisions are dense), which reads one or two cells per
 /// page instead of log2(cells): each of those reads is a cache miss on a cold page.
 #[inline]
-pub fn get<'a>(map: &'a Map, root: &TreeRoot, key: &[u8]) -> Option<&'a [u8]> {
+pub fn get<'a>(
+    r: Reader<'a>,
+    memo: &VerifiedPages,
+    root: &TreeRoot,
+    key: &[u8],
+) -> ReadResult<Option<&'a [u8]>> {
     if root.page == 0 {
-        return None;
+        return Ok(None);
     }
     let target = key_word(key);
     // The current page's key range [lo, hi) as words, from its parent's separators.
     let mut bounds: Option<(u64, u64)> = None;
     let mut id = root.page;
-    for _ in 1..root.height {
-        let p = map.page(id);
+    for level in (1..root.height as usize).rev() {
+        let p = r.node(id, level, memo)?;
         let n = page::count(p);
         let i = page::branch_search_from(p, key, interpolate(bounds, target, n));
         bounds = match (bounds, target) {
@@ -958,15 +1186,19 @@ pub fn get<'a>(map: &'a Map, root: &TreeRoot, key: &[u8]) -> Option<&'a [u8]> {
         };
         id = page::branch_child(p, i);
     }
-    let p = map.page(id);
+    let p = r.node(id, 0, memo)?;
     let guess = interpolate(bounds, target, page::count(p));
-    let i = page::leaf_search_from(p, key, guess).ok()?;
-    Some(value_bytes(map, page::leaf_cell(p, i).1))
+    match page::leaf_search_from(p, key, guess) {
+        Ok(i) => r.value(page::leaf_cell(p, i).1).map(Some),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Ascending iterator over `[start, end)` (`end` empty = unbounded). No allocation.
+/// Every page is verified when the iterator enters it; a page that fails ends the
+/// iteration with its error.
 pub struct Iter<'a> {
-    map: &'a Map,
+    r: Reader<'a>,
     stack: [(u64, usize); HEIGHT_MAX],
     depth: usize,
     end: [u8; super::KEY_BYTES_MAX],
@@ -974,12 +1206,14 @@ pub struct Iter<'a> {
     bounded: bool,
     end_inclusive: bool,
     done: bool,
+    /// The page that failed while positioning at `start`, reported by the first `next`.
+    failed: Option<BadPage>,
 }
 
 impl<'a> Iter<'a> {
-    pub fn new(map: &'a Map, root: &TreeRoot, start: &[u8], end: &[u8]) -> Iter<'a> {
+    pub fn new(r: Reader<'a>, root: &TreeRoot, start: &[u8], end: &[u8]) -> Iter<'a> {
         let mut it = Iter {
-            map,
+            r,
             stack: [(0, 0); HEIGHT_MAX],
             depth: root.height as usize,
             end: [0; super::KEY_BYTES_MAX],
@@ -989,66 +1223,101 @@ impl<'a> Iter<'a> {
             // `key < end` is `key <= end[..KEY_BYTES_MAX]`.
             end_inclusive: end.len() > super::KEY_BYTES_MAX,
             done: root.page == 0,
+            failed: None,
         };
         it.end[..it.end_len].copy_from_slice(&end[..it.end_len]);
         if it.done {
             return it;
         }
-        let mut id = root.page;
-        for l in 0..it.depth - 1 {
-            let p = map.page(id);
-            let i = page::branch_search(p, start);
-            it.stack[l] = (id, i);
-            id = page::branch_child(p, i);
+        if let Err(e) = it.seek(root.page, start) {
+            it.failed = Some(e);
         }
-        let i = match page::leaf_search(map.page(id), start) {
-            Ok(i) | Err(i) => i,
-        };
-        it.stack[it.depth - 1] = (id, i);
         it
     }
-}
 
-impl<'a> Iterator for Iter<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
+    /// Positions the stack at the first key `>= start`.
+    fn seek(&mut self, root: u64, start: &[u8]) -> ReadResult<()> {
+        let memo = VerifiedPages::default();
+        let mut id = root;
+        for l in 0..self.depth - 1 {
+            let p = self.r.node(id, self.depth - 1 - l, &memo)?;
+            let i = page::branch_search(p, start);
+            self.stack[l] = (id, i);
+            id = page::branch_child(p, i);
         }
+        let i = match page::leaf_search(self.r.node(id, 0, &memo)?, start) {
+            Ok(i) | Err(i) => i,
+        };
+        self.stack[self.depth - 1] = (id, i);
+        Ok(())
+    }
+
+    /// A page on the stack: verified when it was pushed.
+    #[inline]
+    fn stacked(&self, l: usize) -> &'a [u8] {
+        self.r.map.page(self.stack[l].0)
+    }
+
+    /// The next entry, or `None` at the end.
+    fn step(&mut self) -> ReadResult<Option<(&'a [u8], &'a [u8])>> {
         let leaf_l = self.depth - 1;
         loop {
-            let (id, i) = self.stack[leaf_l];
-            let p = self.map.page(id);
+            let i = self.stack[leaf_l].1;
+            let p = self.stacked(leaf_l);
             if i < page::count(p) {
                 let (k, v) = page::leaf_cell(p, i);
                 let end = &self.end[..self.end_len];
                 if self.bounded && (k > end || (k == end && !self.end_inclusive)) {
-                    self.done = true;
-                    return None;
+                    return Ok(None);
                 }
                 self.stack[leaf_l].1 += 1;
-                return Some((k, value_bytes(self.map, v)));
+                return Ok(Some((k, self.r.value(v)?)));
             }
             // Climb to the first ancestor with a next child, then go down its left edge.
             let mut l = leaf_l;
             loop {
                 if l == 0 {
-                    self.done = true;
-                    return None;
+                    return Ok(None);
                 }
                 l -= 1;
-                let (bid, bi) = self.stack[l];
-                if bi + 1 < page::count(self.map.page(bid)) {
+                let bi = self.stack[l].1;
+                if bi + 1 < page::count(self.stacked(l)) {
                     self.stack[l].1 = bi + 1;
                     break;
                 }
             }
+            let memo = VerifiedPages::default();
             while l < leaf_l {
-                let (bid, bi) = self.stack[l];
-                let child = page::branch_child(self.map.page(bid), bi);
+                let bi = self.stack[l].1;
+                let child = page::branch_child(self.stacked(l), bi);
                 l += 1;
+                self.r.node(child, leaf_l - l, &memo)?;
                 self.stack[l] = (child, 0);
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = ReadResult<(&'a [u8], &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(kv)) => Some(Ok(kv)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
             }
         }
     }

@@ -14,22 +14,26 @@
 use super::PAGE_BYTES;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Map {
     raw: MmapRaw,
+    /// The mapped file, for errors that name it.
+    path: PathBuf,
     map_bytes: u64,
     /// Current file length; only grows. Accesses beyond it would raise SIGBUS.
     file_bytes: AtomicU64,
 }
 
 impl Map {
-    pub fn new(file: &File, map_bytes: u64, file_bytes: u64) -> std::io::Result<Map> {
+    pub fn new(file: &File, path: &Path, map_bytes: u64, file_bytes: u64) -> std::io::Result<Map> {
         assert!(file_bytes <= map_bytes);
         let raw = MmapOptions::new().len(map_bytes as usize).map_raw(file)?;
         Ok(Map {
             raw,
+            path: path.to_path_buf(),
             map_bytes,
             file_bytes: AtomicU64::new(file_bytes),
         })
@@ -41,6 +45,21 @@ impl Map {
 
     pub fn map_bytes(&self) -> u64 {
         self.map_bytes
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `len` bytes at `offset` of the file, or `None` if the range is not inside the file
+    /// (for page ids read from the file after open, which damage may have changed).
+    #[inline]
+    pub fn try_bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len as u64)?;
+        if end > self.file_bytes() {
+            return None;
+        }
+        Some(self.bytes(offset, len))
     }
 
     /// `len` bytes at `offset` of the file.

@@ -70,15 +70,15 @@ fn value_for(rng: &mut Rng) -> Vec<u8> {
     (0..len).map(|i| b.wrapping_add(i as u8)).collect()
 }
 
-fn keep_rule(k: &[u8], v: &[u8]) -> bool {
-    !(k.iter().map(|&b| b as usize).sum::<usize>() + v.len()).is_multiple_of(3)
+fn keep_rule(k: &[u8]) -> bool {
+    !(k.iter().map(|&b| b as usize).sum::<usize>() + k.len()).is_multiple_of(3)
 }
 
 fn assert_same(db: &Db, model: &Model) {
     for t in TreeId::ALL {
         let m = &model[t as usize];
         assert_eq!(db.len(t), m.len() as u64, "len of {t:?}");
-        let got: Vec<_> = db.range(t, &[], &[]).collect();
+        let got: Vec<_> = db.range(t, &[], &[]).map(Result::unwrap).collect();
         assert_eq!(got.len(), m.len(), "range length of {t:?}");
         for ((gk, gv), (mk, mv)) in got.iter().zip(m.iter()) {
             assert_eq!(gk, &&mk[..]);
@@ -91,7 +91,7 @@ fn assert_snapshot(snap: &ReadSnapshot, model: &Model) {
     for t in TreeId::ALL {
         let m = &model[t as usize];
         assert_eq!(snap.len(t), m.len() as u64);
-        let got: Vec<_> = snap.range(t, &[], &[]).collect();
+        let got: Vec<_> = snap.range(t, &[], &[]).map(Result::unwrap).collect();
         let want: Vec<_> = m.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         assert_eq!(got, want, "snapshot of {t:?}");
     }
@@ -107,6 +107,7 @@ fn check_range(rng: &mut Rng, db: &Db, model: &Model) {
     };
     let got: Vec<_> = db
         .range(t, &a, &b)
+        .map(Result::unwrap)
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
     let want: Vec<_> = model[t as usize]
@@ -141,14 +142,14 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
                 0..=54 => {
                     let (k, v) = (key_for(&mut rng), value_for(&mut rng));
                     db.insert(tree, &k, &v).unwrap();
-                    assert_eq!(db.get(tree, &k), Some(&v[..]));
+                    assert_eq!(db.get(tree, &k).unwrap(), Some(&v[..]));
                     model[t].insert(k, v);
                 }
                 55..=79 => {
                     let k = key_for(&mut rng);
                     let had = model[t].remove(&k).is_some();
                     assert_eq!(db.remove(tree, &k).unwrap(), had, "remove {k:?}");
-                    assert_eq!(db.get(tree, &k), None);
+                    assert_eq!(db.get(tree, &k).unwrap(), None);
                 }
                 80..=82 => {
                     let (mut a, mut b) = (key_for(&mut rng), key_for(&mut rng));
@@ -160,7 +161,7 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
                     }
                     let removed = db.retain(tree, &a, &b, &mut keep_rule).unwrap();
                     let before = model[t].len();
-                    model[t].retain(|k, v| *k < a || (!b.is_empty() && *k >= b) || keep_rule(k, v));
+                    model[t].retain(|k, _| *k < a || (!b.is_empty() && *k >= b) || keep_rule(k));
                     assert_eq!(removed as usize, before - model[t].len(), "retain count");
                 }
                 83..=89 => db.publish(),
@@ -202,7 +203,10 @@ fn run_model(seed: u64, steps: usize, key_space: u64) -> u32 {
             for (snap, m) in &snaps {
                 let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
                 let k = key_for(&mut rng);
-                assert_eq!(snap.get(t, &k), m[t as usize].get(&k).map(|v| &v[..]));
+                assert_eq!(
+                    snap.get(t, &k).unwrap(),
+                    m[t as usize].get(&k).map(|v| &v[..])
+                );
             }
             height_max = height_max.max(db.roots.iter().map(|r| r.height).max().unwrap());
             if step % 64 == 0 {
@@ -263,7 +267,10 @@ fn model_sequential_appends_pack_leaves() {
             s.pages_in_use <= leaves + leaves / 20 + 2,
             "{s:?} for {leaves} leaves"
         );
-        let got: Vec<_> = db.range(TreeId::Revision, &[], &[]).collect();
+        let got: Vec<_> = db
+            .range(TreeId::Revision, &[], &[])
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(got.len() as u64, n);
         let _ = std::fs::remove_file(&path);
     });
@@ -528,7 +535,7 @@ fn resealed_damage_is_detected_or_readable() {
             Ok(db) => {
                 let _ = db.check();
                 for t in TreeId::ALL {
-                    let n = db.range(t, &[], &[]).count();
+                    let n = db.range(t, &[], &[]).map(Result::unwrap).count();
                     assert_eq!(n as u64, db.len(t));
                 }
                 readable += 1;
@@ -578,12 +585,16 @@ fn snapshot_survives_reuse_and_crosses_threads() {
         let reader = std::thread::spawn(move || {
             for _ in 0..50 {
                 assert_eq!(thread_snap.len(TreeId::Revision), 2000);
-                for (i, (k, v)) in thread_snap.range(TreeId::Revision, &[], &[]).enumerate() {
+                for (i, (k, v)) in thread_snap
+                    .range(TreeId::Revision, &[], &[])
+                    .map(Result::unwrap)
+                    .enumerate()
+                {
                     assert_eq!(k, &(i as u64).to_be_bytes()[..]);
                     assert_eq!(v, &[1u8; 100][..]);
                 }
                 assert_eq!(
-                    thread_snap.get(TreeId::Auth, b"big"),
+                    thread_snap.get(TreeId::Auth, b"big").unwrap(),
                     Some(&vec![9u8; 20_000][..])
                 );
             }
@@ -606,11 +617,11 @@ fn snapshot_survives_reuse_and_crosses_threads() {
         );
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(
-                snap.get(TreeId::Revision, k),
+                snap.get(TreeId::Revision, k).unwrap(),
                 Some(&[1u8; 100][..]),
                 "key {i}"
             );
-            assert_eq!(db.get(TreeId::Revision, k), Some(&[39u8; 100][..]));
+            assert_eq!(db.get(TreeId::Revision, k).unwrap(), Some(&[39u8; 100][..]));
         }
         reader.join().unwrap();
         drop(snap);
@@ -629,7 +640,10 @@ fn snapshot_survives_reuse_and_crosses_threads() {
             db.commit().await.unwrap();
             // Snapshots taken and dropped at once do not hold pages back.
             let s = db.snapshot();
-            assert_eq!(s.get(TreeId::Revision, &keys[5]), Some(&[round; 100][..]));
+            assert_eq!(
+                s.get(TreeId::Revision, &keys[5]).unwrap(),
+                Some(&[round; 100][..])
+            );
         }
         db.check().unwrap();
         assert!(file_after_first > 0);
@@ -661,9 +675,12 @@ fn compaction_keeps_file_within_twice_payload() {
             }
             // Compaction at `main`: drop every revision that is not its key's latest.
             let end = Revision::new(main, 0).encode();
-            db.retain(TreeId::Revision, &[], &end, &mut |k, v| {
-                let id = u64::from_be_bytes(v[..8].try_into().unwrap());
-                Revision::decode(k) == Some(latest[id as usize])
+            let mut latest_set = latest.clone();
+            latest_set.sort();
+            db.retain(TreeId::Revision, &[], &end, &mut |k| {
+                latest_set
+                    .binary_search(&Revision::decode(k).unwrap())
+                    .is_ok()
             })
             .unwrap();
             db.commit().await.unwrap();
@@ -705,19 +722,23 @@ fn limits_and_long_range_ends() {
         // `end` longer than any key: the longest key that is its prefix is still < end.
         let got: Vec<_> = db
             .range(TreeId::Meta, b"", &long)
+            .map(Result::unwrap)
             .map(|(k, _)| k.len())
             .collect();
         assert_eq!(got, vec![1, KEY_BYTES_MAX]);
         assert!(!db.remove(TreeId::Meta, &long).unwrap());
         db.insert(TreeId::Meta, b"", b"empty key").unwrap();
-        assert_eq!(db.get(TreeId::Meta, b""), Some(&b"empty key"[..]));
-        assert_eq!(db.range(TreeId::Meta, b"", b"").count(), 4);
+        assert_eq!(db.get(TreeId::Meta, b"").unwrap(), Some(&b"empty key"[..]));
+        assert_eq!(
+            db.range(TreeId::Meta, b"", b"").map(Result::unwrap).count(),
+            4
+        );
         db.commit().await.unwrap();
         db.check().unwrap();
         assert_eq!(db.stats().file_bytes % PAGE_BYTES as u64, 0);
         drop(db);
         let db = Db::open(&path, options).await.unwrap();
-        assert_eq!(db.get(TreeId::Meta, &max_key), Some(&b"max"[..]));
+        assert_eq!(db.get(TreeId::Meta, &max_key).unwrap(), Some(&b"max"[..]));
         let _ = std::fs::remove_file(&path);
     });
 }
@@ -814,7 +835,7 @@ fn removing_everything_frees_every_page() {
         }
         db.commit().await.unwrap();
         let removed = db
-            .retain(TreeId::Revision, &[], &[], &mut |_, _| false)
+            .retain(TreeId::Revision, &[], &[], &mut |_| false)
             .unwrap();
         assert_eq!(removed, 3000);
         assert_eq!(db.roots[TreeId::Revision as usize], TreeRoot::default());
@@ -844,7 +865,7 @@ fn retain_of_a_prefix_rewrites_only_its_pages() {
         let end = Revision::new(1001, 0).encode();
         // Keep every 7th revision below 1001: the first leaves are rewritten packed.
         let removed = db
-            .retain(TreeId::Revision, &[], &end, &mut |k, _| {
+            .retain(TreeId::Revision, &[], &end, &mut |k| {
                 Revision::decode(k).unwrap().main % 7 == 0
             })
             .unwrap();
@@ -857,6 +878,7 @@ fn retain_of_a_prefix_rewrites_only_its_pages() {
         assert_eq!(db.len(TreeId::Revision), (n - 1000 + 1000 / 7) as u64);
         let first: Vec<_> = db
             .range(TreeId::Revision, &[], &[])
+            .map(Result::unwrap)
             .take(3)
             .map(|(k, _)| Revision::decode(k))
             .collect();
@@ -882,7 +904,7 @@ fn snapshots_stream_to_a_reader_thread_while_pages_are_reused() {
                 // slowly, so the writer runs ahead and frees (and would reuse) its pages.
                 assert_eq!(snap.len(TreeId::Revision), 500);
                 for _ in 0..3 {
-                    for (k, v) in snap.range(TreeId::Revision, &[], &[]) {
+                    for (k, v) in snap.range(TreeId::Revision, &[], &[]).map(Result::unwrap) {
                         assert_eq!(k.len(), 8);
                         assert!(v.iter().all(|&b| b == round), "round {round}");
                         assert_eq!(v.len(), 64 + round as usize * 10);
@@ -978,6 +1000,7 @@ fn bench_appends_and_point_gets() {
         for _ in 0..n {
             found += snap
                 .get(TreeId::Revision, &rng.below(n).to_be_bytes())
+                .unwrap()
                 .is_some() as u64;
         }
         let gets = t0.elapsed();
@@ -990,4 +1013,415 @@ fn bench_appends_and_point_gets() {
         );
         let _ = std::fs::remove_file(&path);
     });
+}
+
+// ---- bit rot after open ---------------------------------------------------------------
+
+/// Writes `bytes` at `offset` of the file through a second handle. The mapping is shared
+/// with the page cache, so the open `Db` sees them at once: a page read back damaged from
+/// the disk after the page cache dropped it.
+fn write_through(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// The first page of the overflow run or the page itself that holds byte `offset` of a
+/// clean image, for checking where an error points.
+fn page_start_of(clean: &[u8], offset: u64) -> impl Fn(u64) -> bool + '_ {
+    let id = offset / PAGE_BYTES as u64;
+    move |reported: u64| {
+        if reported == id * PAGE_BYTES as u64 {
+            return true;
+        }
+        let at = reported as usize;
+        let first = &clean[at..at + PAGE_BYTES];
+        page::kind(first) == page::KIND_OVERFLOW
+            && reported / PAGE_BYTES as u64 + page::overflow_pages(first) > id
+    }
+}
+
+/// A read's answer as owned bytes, and a whole range's entries.
+type Got = Result<Option<Vec<u8>>>;
+type Entries = Vec<Result<(Vec<u8>, Vec<u8>)>>;
+
+/// Every read through `get` and `range` either answers as `model` says or fails with `Corrupt`, for
+/// which `blame` must hold; never a panic, never wrong data. Returns the errors seen.
+fn reads_are_right_or_corrupt(
+    get: &dyn Fn(TreeId, &[u8]) -> Got,
+    range: &dyn Fn(TreeId) -> Entries,
+    model: &Model,
+    blame: &dyn Fn(&Error) -> bool,
+) -> usize {
+    let mut errors = 0;
+    for t in TreeId::ALL {
+        let m = &model[t as usize];
+        for (k, v) in m {
+            match get(t, k) {
+                Ok(got) => assert_eq!(got.as_ref(), Some(v), "get {k:?} of {t:?}"),
+                Err(e) => {
+                    assert!(blame(&e), "get {k:?} of {t:?}: {e}");
+                    errors += 1;
+                }
+            }
+        }
+        let got = range(t);
+        let ok = got.iter().take_while(|r| r.is_ok()).count();
+        assert!(got.len() <= ok + 1, "range of {t:?} goes on after an error");
+        for (r, (mk, mv)) in got.iter().zip(m.iter()) {
+            match r {
+                Ok((k, v)) => assert_eq!((k, v), (mk, mv), "range of {t:?}"),
+                Err(e) => {
+                    assert!(blame(e), "range of {t:?}: {e}");
+                    errors += 1;
+                }
+            }
+        }
+        if got.len() == ok {
+            assert_eq!(ok, m.len(), "range of {t:?} ended early without an error");
+        }
+    }
+    errors
+}
+
+fn snapshot_get(snap: &ReadSnapshot) -> impl Fn(TreeId, &[u8]) -> Got + '_ {
+    move |t, k| snap.get(t, k).map(|v| v.map(<[u8]>::to_vec))
+}
+
+fn snapshot_range(snap: &ReadSnapshot) -> impl Fn(TreeId) -> Entries + '_ {
+    move |t| {
+        snap.range(t, &[], &[])
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect()
+    }
+}
+
+fn writer_get(db: &Db) -> impl Fn(TreeId, &[u8]) -> Got + '_ {
+    move |t, k| db.get(t, k).map(|v| v.map(<[u8]>::to_vec))
+}
+
+fn writer_range(db: &Db) -> impl Fn(TreeId) -> Entries + '_ {
+    move |t| {
+        db.range(t, &[], &[])
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect()
+    }
+}
+
+/// A page damaged after open (written through the file) is an error on the reads that
+/// visit it: `get`, `range`, the writer's own reads and writes, and `check`, each naming
+/// the file and the page's offset; a read elsewhere still answers, and repairing the
+/// page makes it readable again. Nothing panics.
+#[test]
+fn flipped_page_after_open_is_corrupt_on_read() {
+    let path = tmp_path("rot");
+    let (_, model) = build_for_flips(&path);
+    block_on(async move {
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let snap = db.snapshot();
+        // A leaf of the Revision tree: the leftmost one, and its first key.
+        let root = db.roots[TreeId::Revision as usize];
+        assert!(root.height >= 2, "want a branch above the leaf: {root:?}");
+        let map = db.w.map.map().clone();
+        let mut leaf = root.page;
+        for _ in 1..root.height {
+            leaf = page::branch_child(map.page(leaf), 0);
+        }
+        let key = page::leaf_key(map.page(leaf), 0).to_vec();
+        let last_key = model[TreeId::Revision as usize]
+            .keys()
+            .last()
+            .unwrap()
+            .clone();
+        let offset = leaf * PAGE_BYTES as u64;
+        let clean = map.page(leaf)[3000];
+        let before = corruptions_found();
+        write_through(&path, offset + 3000, &[clean ^ 0x08]);
+
+        let is_this_page = |e: &Error| {
+            matches!(e, Error::Corrupt { path: p, offset: o, what }
+                if p == &path && *o == offset && what.contains("checksum"))
+        };
+        let e = snap.get(TreeId::Revision, &key).unwrap_err();
+        assert!(is_this_page(&e), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert!(e.to_string().contains(&format!("offset {offset}")), "{e}");
+        let e = db.get(TreeId::Revision, &key).unwrap_err();
+        assert!(is_this_page(&e), "{e}");
+        // The range stops at the damaged leaf: one error, then nothing.
+        let got: Vec<_> = snap.range(TreeId::Revision, &[], &[]).collect();
+        assert_eq!(got.len(), 1);
+        assert!(is_this_page(got[0].as_ref().unwrap_err()));
+        // A key in another leaf still reads.
+        let want = &model[TreeId::Revision as usize][&last_key];
+        assert_eq!(
+            snap.get(TreeId::Revision, &last_key).unwrap(),
+            Some(&want[..])
+        );
+        // The writer refuses to copy the damaged page into a new version of it.
+        let e = db.insert(TreeId::Revision, &key, b"new").unwrap_err();
+        assert!(is_this_page(&e), "{e}");
+        let e = db.remove(TreeId::Revision, &key).unwrap_err();
+        assert!(is_this_page(&e), "{e}");
+        assert!(matches!(db.check(), Err(Error::Corrupt { offset: o, .. }) if o == offset));
+        assert!(corruptions_found() >= before + 5);
+
+        write_through(&path, offset + 3000, &[clean]);
+        let want = &model[TreeId::Revision as usize][&key];
+        assert_eq!(snap.get(TreeId::Revision, &key).unwrap(), Some(&want[..]));
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// Every page of the file in turn, a byte flipped after open: every get and range of
+/// every tree, through a snapshot and through the writer, answers right or fails with
+/// `Corrupt` naming that page (or the overflow run it belongs to).
+#[test]
+fn flip_in_any_page_after_open_is_detected_or_harmless_on_read() {
+    let path = tmp_path("rot-every");
+    let (_, model) = build_for_flips(&path);
+    let clean = std::fs::read(&path).unwrap();
+    block_on(async move {
+        let db = Db::open(&path, small_options()).await.unwrap();
+        let snap = db.snapshot();
+        let mut rng = Rng(23);
+        let mut detected = 0;
+        for id in 2..db.w.high_water {
+            let offset = id * PAGE_BYTES as u64 + rng.below(PAGE_BYTES as u64);
+            let byte = clean[offset as usize];
+            write_through(&path, offset, &[byte ^ (1 << rng.below(8))]);
+            let here = page_start_of(&clean, offset);
+            let blame = |e: &Error| matches!(e, Error::Corrupt { offset: o, .. } if here(*o));
+            let errors = reads_are_right_or_corrupt(
+                &snapshot_get(&snap),
+                &snapshot_range(&snap),
+                &model,
+                &blame,
+            ) + reads_are_right_or_corrupt(
+                &writer_get(&db),
+                &writer_range(&db),
+                &model,
+                &blame,
+            );
+            detected += (errors > 0) as usize;
+            write_through(&path, offset, &[byte]);
+        }
+        // Most pages of this file are reachable.
+        assert!(
+            detected * 2 > db.w.high_water as usize,
+            "{detected} detected"
+        );
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// Bit rot fuzzing: random bytes of random pages overwritten after open, then random
+/// reads and writes. Nothing panics; a read answers as the model says or fails with
+/// `Corrupt`; a failed write leaves the Db usable (or, after a remove or retain that had
+/// begun changing it, poisoned). `KEEL_BITROT_SEEDS` runs more seeds.
+#[test]
+fn random_bit_rot_never_panics_and_never_reads_wrong_data() {
+    let path = tmp_path("rot-fuzz");
+    let (_, clean_model) = build_for_flips(&path);
+    let clean = std::fs::read(&path).unwrap();
+    let seeds: u64 = std::env::var("KEEL_BITROT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    let (mut corrupt, mut poisoned) = (0, 0);
+    for seed in 0..seeds {
+        std::fs::write(&path, &clean).unwrap();
+        let path = path.clone();
+        let mut model = clean_model.clone();
+        let (c, p) = block_on(async move {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9) + 1);
+            let mut db = Db::open(&path, small_options()).await.unwrap();
+            let pages = db.w.file_pages();
+            for _ in 0..1 + rng.below(4) {
+                let id = 2 + rng.below(pages - 2);
+                let off = match rng.below(3) {
+                    0 => rng.below(64),  // the header
+                    1 => rng.below(256), // the slot array
+                    _ => rng.below(PAGE_BYTES as u64),
+                };
+                write_through(&path, id * PAGE_BYTES as u64 + off, &[rng.next() as u8]);
+            }
+            let mut snap = db.snapshot();
+            let mut snap_model = model.clone();
+            let (mut corrupt, mut poisoned) = (0, false);
+            let any = |e: &Error| matches!(e, Error::Corrupt { .. });
+            for _ in 0..60 {
+                let t = TreeId::ALL[rng.below(TREE_COUNT as u64) as usize];
+                let k = key_for(&mut rng);
+                match rng.below(10) {
+                    0..=2 => match snap.get(t, &k) {
+                        Ok(v) => assert_eq!(v, snap_model[t as usize].get(&k).map(|v| &v[..])),
+                        Err(e) => {
+                            assert!(any(&e), "{e}");
+                            corrupt += 1;
+                        }
+                    },
+                    3 => {
+                        corrupt += reads_are_right_or_corrupt(
+                            &snapshot_get(&snap),
+                            &snapshot_range(&snap),
+                            &snap_model,
+                            &any,
+                        );
+                    }
+                    4 if !poisoned => {
+                        corrupt += reads_are_right_or_corrupt(
+                            &writer_get(&db),
+                            &writer_range(&db),
+                            &model,
+                            &any,
+                        );
+                    }
+                    5 | 6 => {
+                        let v = value_for(&mut rng);
+                        match db.insert(t, &k, &v) {
+                            Ok(()) => {
+                                model[t as usize].insert(k, v);
+                            }
+                            Err(Error::Poisoned) => assert!(poisoned),
+                            Err(e) => {
+                                assert!(any(&e), "{e}");
+                                corrupt += 1;
+                            }
+                        }
+                    }
+                    7 => match db.remove(t, &k) {
+                        Ok(had) => {
+                            assert_eq!(had, model[t as usize].remove(&k).is_some());
+                        }
+                        Err(Error::Poisoned) => assert!(poisoned),
+                        Err(e) => {
+                            assert!(any(&e), "{e}");
+                            corrupt += 1;
+                            poisoned = db.w.poisoned;
+                        }
+                    },
+                    8 => {
+                        let end = key_for(&mut rng);
+                        let (a, b) = if k <= end { (k, end) } else { (end, k) };
+                        match db.retain(t, &a, &b, &mut keep_rule) {
+                            Ok(_) => {
+                                model[t as usize].retain(|k, _| *k < a || *k >= b || keep_rule(k))
+                            }
+                            Err(Error::Poisoned) => assert!(poisoned),
+                            Err(e) => {
+                                assert!(any(&e), "{e}");
+                                corrupt += 1;
+                                poisoned = true;
+                            }
+                        }
+                    }
+                    _ => {
+                        db.publish();
+                        if !poisoned {
+                            snap = db.snapshot();
+                            snap_model = model.clone();
+                        }
+                    }
+                }
+            }
+            let _ = db.check();
+            (corrupt, poisoned)
+        });
+        corrupt += c;
+        poisoned += p as usize;
+    }
+    // Most seeds hit a reachable page.
+    assert!(
+        corrupt > seeds as usize,
+        "{corrupt} corrupt reads in {seeds} seeds"
+    );
+    eprintln!("{seeds} seeds: {corrupt} corrupt reads, {poisoned} poisoned");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// What verifying pages on read costs, A/B in one process (run with `cargo test
+/// --release --lib -- --ignored read_verification_cost --nocapture`): the same random
+/// point gets (alone, and 100 sharing one `VerifiedPages` as a Range's lookups do) and
+/// full scans through the snapshot's reader, which verifies every page, and through one
+/// that takes every page for the writer's own dirty page, which verifies none.
+/// Interleaved rounds; the best of each is printed.
+#[test]
+#[ignore]
+fn read_verification_cost() {
+    use super::btree::{self, DirtyPages, Reader};
+    for n in [100_000u64, 1_000_000] {
+        block_on(async move {
+            let path = tmp_path(&format!("verify-cost-{n}"));
+            let mut db = Db::open(&path, DbOptions::default()).await.unwrap();
+            let value = [7u8; 256];
+            for i in 0..n {
+                let rev = Revision::new(i as i64 + 1, 0).encode();
+                db.insert(TreeId::Revision, &rev, &value).unwrap();
+                if i % 1000 == 999 {
+                    db.publish();
+                }
+            }
+            db.commit().await.unwrap();
+            let snap = db.snapshot();
+            let root = snap.roots[TreeId::Revision as usize];
+            let mut all = DirtyPages::default();
+            for id in 0..db.w.high_water {
+                all.insert(id);
+            }
+            let readers = [
+                ("verified", snap.reader()),
+                (
+                    "trusted",
+                    Reader {
+                        map: &snap.map,
+                        txn_max: snap.txn,
+                        dirty: Some(&all),
+                    },
+                ),
+            ];
+            let mut rng = Rng(5);
+            let keys: Vec<_> = (0..1_000_000)
+                .map(|_| Revision::new(rng.below(n) as i64 + 1, 0).encode())
+                .collect();
+            let mut best = [[f64::MAX; 3]; 2];
+            for _round in 0..5 {
+                for (m, (_, r)) in readers.iter().enumerate() {
+                    let t = std::time::Instant::now();
+                    for k in &keys {
+                        let memo = VerifiedPages::default();
+                        assert!(btree::get(*r, &memo, &root, k).unwrap().is_some());
+                    }
+                    best[m][0] = best[m][0].min(t.elapsed().as_nanos() as f64 / 1e6);
+                    let t = std::time::Instant::now();
+                    for chunk in keys.chunks(100) {
+                        let memo = VerifiedPages::default();
+                        for k in chunk {
+                            assert!(btree::get(*r, &memo, &root, k).unwrap().is_some());
+                        }
+                    }
+                    best[m][1] = best[m][1].min(t.elapsed().as_nanos() as f64 / 1e6);
+                    let t = std::time::Instant::now();
+                    let count = btree::Iter::new(*r, &root, &[], &[]).count() as u64;
+                    assert_eq!(count, n);
+                    best[m][2] = best[m][2].min(t.elapsed().as_nanos() as f64 / n as f64);
+                }
+            }
+            println!(
+                "{n} keys of 256 B, height {}, file {} MiB:",
+                root.height,
+                db.stats().file_bytes >> 20
+            );
+            for (m, (name, _)) in readers.iter().enumerate() {
+                println!(
+                    "  {name:>8}: point get {:.0} ns, get as 1 of 100 in a Range {:.0} ns, \
+                     scan {:.0} ns/entry",
+                    best[m][0], best[m][1], best[m][2]
+                );
+            }
+            let _ = std::fs::remove_file(&path);
+        });
+    }
 }

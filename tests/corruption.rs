@@ -1,0 +1,110 @@
+//! Bit rot after boot, through a real server and client: pages of the running member's db
+//! file damaged on disk (written through the file, which the server's shared mapping sees
+//! at once, as pages read back after the page cache dropped them). Reads over them answer
+//! etcd's corrupt error (DataLoss, "etcdserver: corrupt cluster") and the member keeps
+//! serving; a watch replaying that history is canceled with the same error; the log names
+//! the file and offset. A write over them stops the member with a message naming the file
+//! and offset, never a panic.
+//! Keel only (it damages Keel's file format); skipped with `KEEL_TEST_SERVER`.
+
+mod common;
+
+use common::{grpc_status, is_keel, Server};
+use etcd_client::{GetOptions, SortOrder, SortTarget, WatchOptions};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+const PAGE_BYTES: u64 = 4096;
+
+/// Flips one byte in every page of `db` but the two meta pages.
+fn rot_every_page(db: &std::path::Path) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(db)
+        .unwrap();
+    for id in 2..f.metadata().unwrap().len() / PAGE_BYTES {
+        let at = id * PAGE_BYTES + 200;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    }
+}
+
+#[test]
+fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
+    if !is_keel() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = if cores >= 2 { "2" } else { "1" };
+    let mut s = Server::start("rot", &["--cores", cores, "--shard-split-keys", "m"]);
+    let rt = common::runtime();
+    rt.block_on(async {
+        let mut c = common::connect(&s).await;
+        for i in 0..200 {
+            let key = format!("{}{i:03}", ["a", "p"][i % 2]);
+            c.put(key, vec![b'v'; 300], None).await.unwrap();
+        }
+        // Everything applied and published before the pages rot.
+        c.get("a000", None).await.unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let db = s.data_dir.join("member/snap/db");
+        rot_every_page(&db);
+
+        let all = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Value, SortOrder::None)
+            .with_limit(10);
+        for (key, opts) in [
+            ("a000", None),
+            ("p001", Some(GetOptions::new().with_serializable())),
+            ("", Some(all)),
+        ] {
+            let e = c.get(key, opts).await.unwrap_err();
+            assert_eq!(
+                grpc_status(e),
+                (tonic::Code::DataLoss, "etcdserver: corrupt cluster".into()),
+                "get {key:?}"
+            );
+        }
+        // A watch that replays history over the rotten pages is canceled with the error.
+        let mut events = c
+            .watch(
+                "a",
+                Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+            )
+            .await
+            .unwrap();
+        let canceled = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), events.message())
+                .await
+                .expect("a watch response")
+                .unwrap()
+                .expect("the stream stays open");
+            assert!(msg.events().is_empty(), "events read from rotten pages");
+            if msg.canceled() {
+                break msg;
+            }
+        };
+        assert_eq!(canceled.cancel_reason(), "etcdserver: corrupt cluster");
+        assert!(
+            s.is_running(),
+            "a corrupt read stopped the member:\n{}",
+            s.log()
+        );
+        let log = s.log();
+        assert!(
+            log.contains(&format!("db file {} is corrupt at offset", db.display())),
+            "{log}"
+        );
+
+        // The raft core's apply meets the damage: the member stops, saying where.
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.put("a000", "x", None)).await;
+    });
+    let code = s.wait_exit(Duration::from_secs(10));
+    let log = s.log();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("applying entry"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
