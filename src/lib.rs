@@ -75,5 +75,7 @@ pub mod raft;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+#[cfg(test)]
+pub(crate) mod test_rng;
 pub mod wal;
 pub mod watch;

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("runtime", 0),
     ("config", 0),
     ("durable_dir", 0),
+    ("test_rng", 0),
     ("failpoint", 1),
     ("grpc", 1),
     // Storage and log.

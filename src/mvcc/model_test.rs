@@ -20,30 +20,9 @@ use super::request::*;
 use super::revision::Revision;
 use super::store::{Store, StoreOptions};
 use super::validate;
+use crate::test_rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn range_i64(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-}
 
 const MAX_TXN_OPS: usize = 6;
 const KEYS: [&[u8]; 8] = [b"a", b"aa", b"ab", b"b", b"ba", b"c", b"d", b"\x00x"];

@@ -2,28 +2,11 @@
 //! serializable read waits for the newest round sent to any core.
 
 use super::*;
-use crate::mvcc::{DeleteRangeRequest, Op, PutRequest, Store, StoreOptions};
+use crate::mvcc::{DeleteRangeRequest, Op, PutRequest};
 use crate::runtime::block_on;
+use crate::shard::tests::{capturing_store, fresh_dir};
 use crate::shard::Shard;
 use std::sync::Arc;
-
-/// An empty temp dir of this test process.
-fn fresh_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-shard-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A new store in `dir` that keeps its changes for rounds, its empty state published.
-async fn capturing_store(dir: &std::path::Path) -> Store {
-    let mut store = Store::open(&dir.join("db"), StoreOptions::default())
-        .await
-        .unwrap();
-    store.capture_changes(true);
-    store.publish();
-    store
-}
 
 #[test]
 fn merged_rounds_apply_like_separate_ones() {

@@ -281,4 +281,4 @@ pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> Ra
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -187,7 +187,7 @@ fn scattered_ranges_equal_the_single_store() {
     });
 }
 /// An empty temp dir of this test process.
-fn fresh_dir(tag: &str) -> std::path::PathBuf {
+pub(crate) fn fresh_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-shard-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -195,7 +195,7 @@ fn fresh_dir(tag: &str) -> std::path::PathBuf {
 }
 
 /// A new store in `dir` that keeps its changes for rounds, its empty state published.
-async fn capturing_store(dir: &std::path::Path) -> Store {
+pub(crate) async fn capturing_store(dir: &std::path::Path) -> Store {
     let mut store = Store::open(&dir.join("db"), StoreOptions::default())
         .await
         .unwrap();

@@ -7,23 +7,9 @@ use crate::runtime::block_on;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::test_rng::Rng;
+
 type Model = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn tmp_path(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("keel-db-test-{}-{name}", std::process::id()));
