@@ -563,14 +563,6 @@ impl Node {
 
     /// The value `key` had at revision `at` (for a watch event's `prev_kv`), from the
     /// shard that owns it.
-    pub async fn get_at(
-        self: &Rc<Node>,
-        key: &[u8],
-        at: i64,
-    ) -> Result<Option<mvcc::KeyValue>, ServerError> {
-        self.value_at(key, at).await
-    }
-
     async fn value_at(
         self: &Rc<Node>,
         key: &[u8],
