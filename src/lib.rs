@@ -77,5 +77,6 @@ pub mod server;
 pub mod shard;
 #[cfg(test)]
 pub(crate) mod test_rng;
+pub mod tls;
 pub mod wal;
 pub mod watch;

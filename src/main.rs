@@ -6,7 +6,9 @@
 use keel::config::{self, Config, ConfigError};
 use keel::raft::RaftOptions;
 use keel::runtime::log;
-use keel::server::{self, ServerOptions};
+use keel::raft::transport::{PeerListen, PeerTarget};
+use keel::server::{self, ClientListen, ServerOptions};
+use keel::tls;
 use std::process::ExitCode;
 
 fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
@@ -33,25 +35,33 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
     })?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cluster_id = config::cluster_id(&ids);
-    // Peer TLS is not built: an https peer URL is never served in plaintext (a single
-    // member needs no peer traffic; a cluster on https peer URLs cannot form, and says so).
-    for u in cfg.listen_peer_urls.iter().filter(|u| u.scheme == "https") {
-        log::warning(
-            "etcdmain",
-            &format!("peer TLS is not supported yet: not listening on {u}"),
-        );
-    }
-    let listen_peer_addrs = cfg
+    let listen_peers = cfg
         .listen_peer_urls
         .iter()
-        .filter(|u| u.scheme != "https")
-        .map(|u| u.socket_addr())
-        .collect::<Result<Vec<_>, _>>()?;
-    let listen_client_addrs = cfg
-        .listen_client_urls
-        .iter()
-        .map(|u| u.socket_addr())
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|u| {
+            let tls = is_tls(u);
+            if u.scheme.starts_with("unix") {
+                // etcd listens on the path `host:port` (relative to the working directory).
+                let path = format!("{}:{}", u.host, u.port);
+                Ok(PeerListen { target: PeerTarget::Unix(path.into()), tls })
+            } else {
+                Ok(PeerListen { target: PeerTarget::Tcp(u.socket_addr()?), tls })
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut listen_clients: Vec<ClientListen> = Vec::new();
+    for u in &cfg.listen_client_urls {
+        let addr = u.socket_addr()?;
+        let tls = is_tls(u);
+        // The same address as http and https: one listener that serves both (etcd too).
+        match listen_clients.iter_mut().find(|l| l.addr == addr) {
+            Some(l) => {
+                l.tls |= tls;
+                l.plain |= !tls;
+            }
+            None => listen_clients.push(ClientListen { addr, plain: !tls, tls }),
+        }
+    }
     // Absolute paths: glommio opens directories with openat, which fails on relative ones
     // (EBADF), and a relative data dir is the default (`./default.keel`).
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
@@ -62,15 +72,58 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    let client_tls = tls_side(
+        cfg,
+        &cfg.client_tls,
+        &cfg.listen_client_urls,
+        data_dir.join("fixtures").join("client"),
+        false,
+    )?;
+    let peer_tls = tls_side(
+        cfg,
+        &cfg.peer_tls,
+        &cfg.listen_peer_urls,
+        data_dir.join("fixtures").join("peer"),
+        true,
+    )?;
+    let any_https_client = cfg.listen_client_urls.iter().any(is_tls);
+    if let Some(u) = cfg.listen_client_urls.iter().find(|u| is_tls(u)) {
+        if client_tls.is_none() {
+            return Err(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with \
+                 HTTPS scheme"
+            ));
+        }
+    }
+    if let Some(u) = cfg.listen_peer_urls.iter().find(|u| is_tls(u)) {
+        if peer_tls.is_none() {
+            return Err(format!(
+                "cannot listen on TLS for {}:{}: KeyFile and CertFile are not presented",
+                u.host, u.port
+            ));
+        }
+    }
+    for u in cfg.listen_client_urls.iter().filter(|u| !is_tls(u)) {
+        if client_tls.is_some() || !cfg.client_tls.cert_file.is_empty() {
+            log::warning(
+                "embed",
+                &format!("scheme is HTTP while key and cert files are present; ignoring key and cert files (client-url {u})"),
+            );
+        }
+    }
     Ok(ServerOptions {
         name: cfg.name.clone(),
+        client_tls: if any_https_client { client_tls } else { None },
+        peer_tls,
+        tls_ready: Default::default(),
         data_dir,
         member_id: me.id,
         cluster_id,
-        listen_client_addrs,
-        listen_peer_addrs,
+        listen_clients,
+        listen_peers,
         advertise_client_urls: advertise.clone(),
         raft: RaftOptions {
+            peer_tls: None,
             member_id: me.id,
             cluster_id,
             wal_dir: cfg
@@ -114,6 +167,57 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             cfg.heartbeat_interval_ms,
         ),
     })
+}
+
+fn is_tls(u: &config::Url) -> bool {
+    u.scheme == "https" || u.scheme == "unixs"
+}
+
+/// One side's TLS settings from its flags: `None` when it has no certificate and no
+/// auto-TLS (the side is then plaintext only).
+fn tls_side(
+    cfg: &Config,
+    flags: &config::TlsFlags,
+    listen: &[config::Url],
+    auto_dir: std::path::PathBuf,
+    peer: bool,
+) -> Result<Option<tls::Side>, String> {
+    let which = if peer { "peer" } else { "client" };
+    let info = tls::TlsInfo {
+        cert_file: flags.cert_file.clone().into(),
+        key_file: flags.key_file.clone().into(),
+        client_cert_file: flags.client_cert_file.clone().into(),
+        client_key_file: flags.client_key_file.clone().into(),
+        trusted_ca_file: flags.trusted_ca_file.clone().into(),
+        client_cert_auth: flags.client_cert_auth,
+        crl_file: flags.crl_file.clone().into(),
+        allowed_cn: flags.allowed_cn.clone(),
+        allowed_hostname: flags.allowed_hostname.clone(),
+        self_signed: false,
+        versions: tls::Versions {
+            min_tls13: cfg.tls_min_tls13,
+            max_tls12: cfg.tls_max_tls12,
+            cipher_suites: cfg.cipher_suites.clone(),
+        },
+    };
+    if !info.is_empty() {
+        if flags.auto_tls {
+            log::warning("embed", &format!("ignoring {which} auto TLS since certs given"));
+        }
+        return Ok(Some(tls::Side { info, auto: None }));
+    }
+    if !flags.auto_tls {
+        return Ok(None);
+    }
+    Ok(Some(tls::Side {
+        info,
+        auto: Some(tls::Auto {
+            dir: auto_dir,
+            hosts: listen.iter().map(|u| u.host.clone()).collect(),
+            validity_years: cfg.self_signed_cert_validity,
+            client_auth: peer,
+        }),
+    }))
 }
 
 /// Boots this process again (same PID, arguments and environment) on a db a snapshot

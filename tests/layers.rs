@@ -13,7 +13,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("durable_dir", 0),
     ("test_rng", 0),
     ("failpoint", 1),
-    ("grpc", 1),
+    ("tls", 1),
+    ("grpc", 2),
     // Storage and log.
     ("mvcc", 2),
     ("wal", 2),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::cluster::initial_cluster;
 use super::flags::{find_spec, Effect, Kind, SPECS};
 use super::go::{go_duration, parse_go_bool, parse_go_int, parse_go_uint, parse_url_list};
-use super::{invalid, ClusterState, Config, ConfigError, Source, Url, Values};
+use super::{invalid, ClusterState, Config, ConfigError, Source, TlsFlags, Url, Values};
 
 /// etcd refuses election timeouts above this (`maxElectionMs`).
 const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
@@ -99,6 +99,34 @@ pub(super) fn build(
         watch_progress_notify_interval: watch_progress_notify_interval(values),
         lease_checkpoint_interval: lease_checkpoint_interval(values),
         strict_reconfig_check: parse_go_bool(raw(values, "strict-reconfig-check")) != Ok(false),
+        client_tls: TlsFlags {
+            cert_file: raw(values, "cert-file").to_string(),
+            key_file: raw(values, "key-file").to_string(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            trusted_ca_file: raw(values, "trusted-ca-file").to_string(),
+            client_cert_auth: is_true(values, "client-cert-auth"),
+            crl_file: raw(values, "client-crl-file").to_string(),
+            allowed_cn: Vec::new(),
+            allowed_hostname: list(values, "client-cert-allowed-hostname"),
+            auto_tls: is_true(values, "auto-tls"),
+        },
+        peer_tls: TlsFlags {
+            cert_file: raw(values, "peer-cert-file").to_string(),
+            key_file: raw(values, "peer-key-file").to_string(),
+            client_cert_file: raw(values, "peer-client-cert-file").to_string(),
+            client_key_file: raw(values, "peer-client-key-file").to_string(),
+            trusted_ca_file: raw(values, "peer-trusted-ca-file").to_string(),
+            client_cert_auth: is_true(values, "peer-client-cert-auth"),
+            crl_file: raw(values, "peer-crl-file").to_string(),
+            allowed_cn: list(values, "peer-cert-allowed-cn"),
+            allowed_hostname: list(values, "peer-cert-allowed-hostname"),
+            auto_tls: is_true(values, "peer-auto-tls"),
+        },
+        cipher_suites: list(values, "cipher-suites"),
+        tls_min_tls13: raw(values, "tls-min-version") == "TLS1.3",
+        tls_max_tls12: raw(values, "tls-max-version") == "TLS1.2",
+        self_signed_cert_validity: self_signed_cert_validity(values)?,
         warnings,
     })
 }
@@ -179,6 +207,24 @@ fn cores(
     }
 }
 
+/// A comma-separated (or YAML list) flag's items.
+fn list(values: &Values, name: &'static str) -> Vec<String> {
+    raw(values, name)
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn self_signed_cert_validity(values: &Values) -> Result<u32, ConfigError> {
+    match u32::try_from(uint_value(values, "self-signed-cert-validity")?) {
+        Ok(0) => invalid("--self-signed-cert-validity must be >0 (set to 0)"),
+        Ok(n) if n <= 100 => Ok(n),
+        _ => invalid("--self-signed-cert-validity is too large"),
+    }
+}
+
 fn shard_split_keys(values: &Values) -> Vec<Vec<u8>> {
     raw(values, "shard-split-keys")
         .split(',')
@@ -242,6 +288,15 @@ fn check_unbuilt_features(values: &Values) -> Result<(), ConfigError> {
             "setting experimental-enable-lease-checkpoint-persist requires \
              experimental-enable-lease-checkpoint",
         );
+    }
+    if !raw(values, "peer-cert-allowed-cn").is_empty()
+        && !raw(values, "peer-cert-allowed-hostname").is_empty()
+    {
+        return invalid(format!(
+            "AllowedCN and AllowedHostname are mutually exclusive (cn={:?}, hostname={:?})",
+            raw(values, "peer-cert-allowed-cn"),
+            raw(values, "peer-cert-allowed-hostname")
+        ));
     }
     for name in ["tls-min-version", "tls-max-version"] {
         let version = raw(values, name);

@@ -28,7 +28,7 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span, SpannedEventReceiver, Tag};
 
-use super::flags::{check_value, find_spec, Effect, Kind, Spec, TLS};
+use super::flags::{check_value, find_spec, Kind, Spec, TLS, TLS_FLAGS};
 use super::go::ValueError;
 use super::Values;
 
@@ -189,11 +189,7 @@ pub(super) fn read(
 /// Flags etcd's config file has no top-level key for: the TLS files and switches (set in
 /// the transport-security sections), and the flags about the command line itself.
 fn is_flag_only(spec: &Spec) -> bool {
-    let tls_in_sections = spec.effect == Effect::Warn(TLS)
-        && !matches!(
-            spec.name,
-            "cipher-suites" | "tls-min-version" | "tls-max-version" | "self-signed-cert-validity"
-        );
+    let tls_in_sections = TLS_FLAGS.contains(&spec.name);
     tls_in_sections || spec.kind == Kind::Ignored || matches!(spec.name, "config-file" | "version")
 }
 

@@ -10,7 +10,33 @@ pub(super) const DEFAULT_NAME: &str = "default";
 pub(super) const DEFAULT_INITIAL_CLUSTER: &str = "default=http://localhost:2380";
 
 /// Why a flag is accepted but ignored (the line `Config::warnings` gets).
-pub(super) const TLS: &str = "TLS is not built yet";
+/// Why `client-transport-security.allowed-cn` and a few TLS flags are ignored.
+pub(super) const TLS: &str = "not used by Keel";
+
+/// The TLS flags: set from the config file's two transport-security sections only, never
+/// from a top-level key (`is_flag_only`).
+pub(super) const TLS_FLAGS: &[&str] = &[
+    "auto-tls",
+    "cert-file",
+    "client-cert-allowed-hostname",
+    "client-cert-auth",
+    "client-cert-file",
+    "client-crl-file",
+    "client-key-file",
+    "experimental-peer-skip-client-san-verification",
+    "key-file",
+    "peer-auto-tls",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "peer-cert-file",
+    "peer-client-cert-auth",
+    "peer-client-cert-file",
+    "peer-client-key-file",
+    "peer-crl-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "trusted-ca-file",
+];
 const AUTH: &str = "auth is not built yet";
 const V2: &str = "the v2 API is not built";
 const DISCOVERY: &str = "discovery is not built; use --initial-cluster";
@@ -87,16 +113,16 @@ pub(super) const SPECS: &[Spec] = &[
         "0",
         Warn("auto-compaction is not built yet"),
     ),
-    spec("auto-tls", Bool, "false", Warn(TLS)),
+    spec("auto-tls", Bool, "false", Keel),
     spec("backend-batch-interval", Duration, "", Silent),
     spec("backend-batch-limit", Int, "0", Silent),
     spec("bcrypt-cost", Uint, "10", Warn(AUTH)),
-    spec("cert-file", Str, "", Warn(TLS)),
-    spec("cipher-suites", List, "", Warn(TLS)),
-    spec("client-cert-allowed-hostname", List, "", Warn(TLS)),
-    spec("client-cert-auth", Bool, "false", Warn(TLS)),
+    spec("cert-file", Str, "", Keel),
+    spec("cipher-suites", List, "", Keel),
+    spec("client-cert-allowed-hostname", List, "", Keel),
+    spec("client-cert-auth", Bool, "false", Keel),
     spec("client-cert-file", Str, "", Warn(TLS)),
-    spec("client-crl-file", Str, "", Warn(TLS)),
+    spec("client-crl-file", Str, "", Keel),
     spec("client-key-file", Str, "", Warn(TLS)),
     spec("cluster-active-size", Ignored, "", Silent),
     spec("cluster-remove-delay", Ignored, "", Silent),
@@ -202,7 +228,7 @@ pub(super) const SPECS: &[Spec] = &[
         "true",
         Warn(NOT_BUILT),
     ),
-    spec("key-file", Str, "", Warn(TLS)),
+    spec("key-file", Str, "", Keel),
     spec(
         "listen-client-http-urls",
         Urls,
@@ -242,18 +268,18 @@ pub(super) const SPECS: &[Spec] = &[
         "false",
         Warn(NOT_BUILT),
     ),
-    spec("peer-auto-tls", Bool, "false", Warn(TLS)),
-    spec("peer-cert-allowed-cn", List, "", Warn(TLS)),
-    spec("peer-cert-allowed-hostname", List, "", Warn(TLS)),
-    spec("peer-cert-file", Str, "", Warn(TLS)),
-    spec("peer-client-cert-auth", Bool, "false", Warn(TLS)),
-    spec("peer-client-cert-file", Str, "", Warn(TLS)),
-    spec("peer-client-key-file", Str, "", Warn(TLS)),
-    spec("peer-crl-file", Str, "", Warn(TLS)),
+    spec("peer-auto-tls", Bool, "false", Keel),
+    spec("peer-cert-allowed-cn", List, "", Keel),
+    spec("peer-cert-allowed-hostname", List, "", Keel),
+    spec("peer-cert-file", Str, "", Keel),
+    spec("peer-client-cert-auth", Bool, "false", Keel),
+    spec("peer-client-cert-file", Str, "", Keel),
+    spec("peer-client-key-file", Str, "", Keel),
+    spec("peer-crl-file", Str, "", Keel),
     spec("peer-election-timeout", Ignored, "", Silent),
     spec("peer-heartbeat-interval", Ignored, "", Silent),
-    spec("peer-key-file", Str, "", Warn(TLS)),
-    spec("peer-trusted-ca-file", Str, "", Warn(TLS)),
+    spec("peer-key-file", Str, "", Keel),
+    spec("peer-trusted-ca-file", Str, "", Keel),
     spec("pre-vote", Bool, "false", Warn(NOT_BUILT)),
     spec(
         "proxy",
@@ -268,16 +294,16 @@ pub(super) const SPECS: &[Spec] = &[
     spec("proxy-write-timeout", Uint, "5000", Warn(PROXY)),
     spec("quota-backend-bytes", Int, "0", Keel),
     spec("retry-interval", Ignored, "", Silent),
-    spec("self-signed-cert-validity", Uint, "1", Warn(TLS)),
+    spec("self-signed-cert-validity", Uint, "1", Keel),
     spec("snapshot", Ignored, "", Silent),
     spec("shard-split-keys", List, "", Keel),
     spec("snapshot-count", Uint, "100000", Keel),
     spec("strict-reconfig-check", Bool, "true", Keel),
     spec("test.coverprofile", Ignored, "", Silent),
     spec("test.outputdir", Ignored, "", Silent),
-    spec("tls-max-version", Str, "", Warn(TLS)),
-    spec("tls-min-version", Str, "TLS1.2", Warn(TLS)),
-    spec("trusted-ca-file", Str, "", Warn(TLS)),
+    spec("tls-max-version", Str, "", Keel),
+    spec("tls-min-version", Str, "TLS1.2", Keel),
+    spec("trusted-ca-file", Str, "", Keel),
     spec("unsafe-no-fsync", Bool, "false", Warn(NOT_BUILT)),
     spec("v", Ignored, "", Silent),
     spec("version", Bool, "false", Keel),
@@ -347,13 +373,23 @@ Clustering:
   --advertise-client-urls 'http://localhost:2379'
                                         required when --listen-client-urls is given
 
+Client TLS (https:// client URLs):
+  --cert-file, --key-file               the server certificate and its key (PEM)
+  --trusted-ca-file                     CA for client certificates (then one is required)
+  --client-cert-auth                    require a client certificate; its CN is the user
+  --client-crl-file                     refuse the client certificates this CRL revokes
+  --client-cert-allowed-hostname        a client certificate must be valid for this name
+  --auto-tls                            self-signed certificate in <data-dir>/fixtures/client
+Peer TLS (https:// or unixs:// peer URLs): --peer-cert-file --peer-key-file
+  --peer-trusted-ca-file --peer-client-cert-auth --peer-crl-file --peer-cert-allowed-cn
+  --peer-cert-allowed-hostname --peer-client-cert-file --peer-client-key-file --peer-auto-tls
+Both: --cipher-suites (Go names of TLS 1.2 ECDHE AEAD suites) --tls-min-version
+  --tls-max-version (TLS1.2, TLS1.3) --self-signed-cert-validity (years)
+Certificate files are read again (at most once a second) on new connections, so a
+rotated certificate is served without a restart.
+
 Accepted for etcd compatibility (a warning is printed when the feature is not built):
-  TLS: --cert-file --key-file --trusted-ca-file --client-cert-auth --client-crl-file
-       --client-cert-allowed-hostname --client-cert-file --client-key-file --auto-tls
-       --peer-cert-file --peer-key-file --peer-trusted-ca-file --peer-client-cert-auth
-       --peer-crl-file --peer-auto-tls --peer-cert-allowed-cn --peer-cert-allowed-hostname
-       --peer-client-cert-file --peer-client-key-file --cipher-suites --tls-min-version
-       --tls-max-version --self-signed-cert-validity
+  TLS: --client-cert-file --client-key-file (Keel never dials its own client URLs)
   auth: --auth-token --bcrypt-cost --auth-token-ttl
   bootstrap: --discovery --discovery-fallback --discovery-proxy --discovery-srv
        --discovery-srv-name --force-new-cluster

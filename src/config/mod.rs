@@ -83,8 +83,36 @@ pub struct Config {
     pub lease_checkpoint_interval: Option<std::time::Duration>,
     /// `--strict-reconfig-check`: refuse membership changes that could cost the quorum.
     pub strict_reconfig_check: bool,
+    /// `--cert-file` … `--auto-tls`: TLS on the client URLs.
+    pub client_tls: TlsFlags,
+    /// `--peer-cert-file` … `--peer-auto-tls`: TLS on the peer URLs.
+    pub peer_tls: TlsFlags,
+    /// `--cipher-suites` (Go names; empty: the TLS stack's defaults).
+    pub cipher_suites: Vec<String>,
+    /// `--tls-min-version TLS1.3`.
+    pub tls_min_tls13: bool,
+    /// `--tls-max-version TLS1.2`.
+    pub tls_max_tls12: bool,
+    /// `--self-signed-cert-validity`, in years.
+    pub self_signed_cert_validity: u32,
     /// Flags that were accepted but whose feature is not built (or is ignored).
     pub warnings: Vec<String>,
+}
+
+/// One side's TLS flags, as given (files unread).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFlags {
+    pub cert_file: String,
+    pub key_file: String,
+    /// The certificate shown when dialing (peers only; default: `cert_file`).
+    pub client_cert_file: String,
+    pub client_key_file: String,
+    pub trusted_ca_file: String,
+    pub client_cert_auth: bool,
+    pub crl_file: String,
+    pub allowed_cn: Vec<String>,
+    pub allowed_hostname: Vec<String>,
+    pub auto_tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

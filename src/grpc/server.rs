@@ -7,7 +7,9 @@ use super::timeout;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, BoxedLocal};
 use glommio::channels::local_channel::{self, LocalReceiver};
-use glommio::net::{TcpListener, TcpStream};
+use crate::runtime::log;
+use crate::tls::stream::{Mode, Plain};
+use glommio::net::TcpListener;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -71,6 +73,9 @@ pub struct Request {
     /// From `grpc-timeout`; the server already enforces it around the handler.
     pub timeout: Option<Duration>,
     pub messages: Messages,
+    /// The Common Name of the client certificate the connection was verified with
+    /// (`--client-cert-auth` on a TLS client URL), for auth to take as the user.
+    pub common_name: Option<Rc<str>>,
 }
 
 impl Request {
@@ -259,10 +264,12 @@ fn h2_status(e: &h2::Error) -> Status {
 /// bind the same address and the kernel spreads connections across cores.
 pub async fn serve(
     listener: TcpListener,
+    mode: Mode,
     router: Rc<Router>,
     config: Config,
 ) -> std::io::Result<()> {
     let config = Rc::new(config);
+    let mode = Rc::new(mode);
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -274,7 +281,26 @@ pub async fn serve(
             Err(e) => return Err(e.into()),
         };
         let _ = stream.set_nodelay(true);
-        glommio::spawn_local(serve_connection(stream, router.clone(), config.clone())).detach();
+        let (mode, router, config) = (mode.clone(), router.clone(), config.clone());
+        glommio::spawn_local(async move {
+            let plain = Plain::Tcp(stream);
+            let from = plain.peer_text();
+            match mode.accept(plain).await {
+                Ok(accepted) => {
+                    let cn = match &*mode {
+                        Mode::Tls(a) | Mode::Both(a) if a.client_cert_auth() => accepted.common_name,
+                        _ => None,
+                    };
+                    serve_connection(accepted.stream, cn, router, config).await
+                }
+                // A failed handshake closes this connection only (etcd logs it the same way).
+                Err(e) => log::warning(
+                    "embed",
+                    &format!("rejected connection from {from:?} (error {:?}, ServerName \"\")", e.to_string()),
+                ),
+            }
+        })
+        .detach();
     }
 }
 
@@ -300,7 +326,14 @@ mod libc_errno {
 
 /// Serves one HTTP/2 connection until the client goes away or breaks the protocol.
 /// A handshake or protocol error closes this connection only.
-pub async fn serve_connection(stream: TcpStream, router: Rc<Router>, config: Rc<Config>) {
+pub async fn serve_connection<S>(
+    stream: S,
+    common_name: Option<Rc<str>>,
+    router: Rc<Router>,
+    config: Rc<Config>,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(config.concurrent_streams_max)
@@ -332,8 +365,9 @@ pub async fn serve_connection(stream: TcpStream, router: Rc<Router>, config: Rc<
         };
         let router = router.clone();
         let config = config.clone();
+        let common_name = common_name.clone();
         glommio::spawn_local(async move {
-            serve_stream(request, respond, &router, &config).await;
+            serve_stream(request, respond, common_name, &router, &config).await;
         })
         .detach();
     }
@@ -363,6 +397,7 @@ async fn keepalive(ping_pong: Option<&mut h2::PingPong>, config: &Config) {
 async fn serve_stream(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
+    common_name: Option<Rc<str>>,
     router: &Router,
     config: &Config,
 ) {
@@ -401,6 +436,7 @@ async fn serve_stream(
         metadata: parts.headers,
         timeout,
         messages,
+        common_name,
     };
     let (sender, receiver, bound) = match queue {
         None => {

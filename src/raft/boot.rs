@@ -232,7 +232,7 @@ impl RaftCore {
     /// silence (a cluster starting up) lets the boot go on.
     pub(super) async fn check_not_bootstrapped(opts: &RaftOptions) -> Result<(), BootError> {
         let mine = &opts.advertise_peer_urls;
-        let others: Vec<Vec<std::net::SocketAddr>> = opts
+        let others: Vec<Vec<crate::config::Url>> = opts
             .initial_members
             .iter()
             .filter(|m| m.id != opts.member_id && !m.peer_urls.iter().any(|u| mine.contains(u)))
@@ -241,7 +241,8 @@ impl RaftCore {
         if others.is_empty() {
             return Ok(());
         }
-        let Ok(info) = transport::fetch_cluster_info(&others, 1).await else {
+        let connector = opts.peer_tls.as_ref().map(crate::tls::stream::Connector::new);
+        let Ok(info) = transport::fetch_cluster_info(&others, 1, connector.as_ref()).await else {
             return Ok(());
         };
         let started = info
@@ -262,13 +263,14 @@ impl RaftCore {
     /// with MemberAdd); it starts with an empty log and learns everything from the leader.
     pub(super) async fn join(opts: &mut RaftOptions) -> Result<Vec<MemberInfo>, BootError> {
         let mine: Vec<String> = opts.advertise_peer_urls.clone();
-        let others: Vec<Vec<std::net::SocketAddr>> = opts
+        let others: Vec<Vec<crate::config::Url>> = opts
             .initial_members
             .iter()
             .filter(|m| !m.peer_urls.iter().any(|u| mine.contains(u)))
             .map(|m| transport::peer_addrs(&m.peer_urls))
             .collect();
-        let info = transport::fetch_cluster_info(&others, 30)
+        let connector = opts.peer_tls.as_ref().map(crate::tls::stream::Connector::new);
+        let info = transport::fetch_cluster_info(&others, 30, connector.as_ref())
             .await
             .map_err(|e| boot_err(format!("cannot join the cluster: {e}")))?;
         let mut wanted = mine.clone();

@@ -110,6 +110,8 @@ const META_CONF_STATE_KEY: &[u8] = b"raft_conf_state";
 /// Where the member's files live and who it is.
 #[derive(Clone, Debug)]
 pub struct RaftOptions {
+    /// Peer TLS (certificates read at boot): dialing https / unixs peer URLs uses it.
+    pub peer_tls: Option<crate::tls::Material>,
     pub member_id: u64,
     pub cluster_id: u64,
     /// `data_dir/member/wal` unless `--wal-dir` says otherwise.

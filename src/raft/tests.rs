@@ -29,6 +29,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 fn options(dir: &Path, member_id: u64) -> RaftOptions {
     RaftOptions {
+        peer_tls: None,
         member_id,
         cluster_id: 7,
         wal_dir: dir.join("member/wal"),

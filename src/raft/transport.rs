@@ -1,5 +1,6 @@
 //! The peer transport: raft messages, forwarded requests and raft snapshots between
-//! members, over plain TCP on `--listen-peer-urls`.
+//! members, on `--listen-peer-urls`: TCP or unix sockets, plain (`http`, `unix`) or TLS
+//! (`https`, `unixs`, with the peer certificates; see `crate::tls`).
 //!
 //! Runs on: the raft core only (its tasks share the raft core's executor; nothing here
 //! blocks it: sends only queue, sockets are glommio's).
@@ -30,7 +31,9 @@ use crate::runtime::log;
 use ::raft::eraftpb::Message as RaftMessage;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::net::{TcpListener, TcpStream};
+use crate::config::Url;
+use crate::tls::stream::{Acceptor, Connector, Mode, Plain, Stream};
+use glommio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use prost::Message as _;
 use protobuf::Message as _;
 use std::cell::{Cell, RefCell};
@@ -73,6 +76,24 @@ const STREAM_READ_BUFFER_BYTES: usize = 256 << 10;
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
+enum PeerListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl PeerListener {
+    async fn accept(&self) -> std::io::Result<Plain> {
+        match self {
+            PeerListener::Tcp(l) => {
+                let s = l.accept().await.map_err(std::io::Error::from)?;
+                let _ = s.set_nodelay(true);
+                Ok(Plain::Tcp(s))
+            }
+            PeerListener::Unix(l) => Ok(Plain::Unix(l.accept().await.map_err(std::io::Error::from)?)),
+        }
+    }
+}
+
 /// What the acceptors need to know about the cluster, kept current by the raft core.
 #[derive(Default)]
 pub struct ClusterView {
@@ -83,8 +104,24 @@ pub struct ClusterView {
     pub applied_index: u64,
 }
 
+/// Where a peer listener binds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerTarget {
+    Tcp(SocketAddr),
+    /// `unix://host:port`: the socket file `host:port`, relative to the working directory.
+    Unix(PathBuf),
+}
+
+/// One `--listen-peer-urls` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerListen {
+    pub target: PeerTarget,
+    /// `https` or `unixs`.
+    pub tls: bool,
+}
+
 struct Peer {
-    addrs: RefCell<Vec<SocketAddr>>,
+    addrs: RefCell<Vec<Url>>,
     raft: RefCell<Vec<RaftMessage>>,
     frames: RefCell<Vec<u8>>,
     doorbell: LocalSender<()>,
@@ -100,6 +137,8 @@ pub struct Transport {
     snap_dir: PathBuf,
     /// A snapshot is being received (one at a time: they share `db.recv`).
     receiving: Cell<bool>,
+    /// Dials https / unixs peer URLs (`None`: no peer TLS configured).
+    connector: Option<Rc<Connector>>,
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -165,44 +204,79 @@ fn invalid(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// The socket addresses of plaintext peer URLs (`http://host:port`). Peer TLS is not
-/// built, so an `https` peer is never dialled (raft then sees it unreachable).
-pub fn peer_addrs(urls: &[String]) -> Vec<SocketAddr> {
+/// The peer URLs this member can dial: IP or `localhost` hosts, and unix sockets.
+pub fn peer_addrs(urls: &[String]) -> Vec<Url> {
     urls.iter()
-        .filter_map(|u| crate::config::Url::parse(u).ok())
-        .filter(|u| u.scheme == "http")
-        .filter_map(|u| u.socket_addr().ok())
+        .filter_map(|u| Url::parse(u).ok())
+        .filter(|u| u.scheme.starts_with("unix") || u.socket_addr().is_ok())
         .collect()
 }
 
-async fn dial(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+async fn dial_one(url: &Url, connector: Option<&Connector>) -> std::io::Result<Stream> {
+    let plain = if url.scheme.starts_with("unix") {
+        let path = format!("{}:{}", url.host, url.port);
+        let connect = async { UnixStream::connect(&path).await.map_err(std::io::Error::from) };
+        let timeout = async {
+            glommio::timer::sleep(DIAL_TIMEOUT).await;
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timeout"))
+        };
+        Plain::Unix(futures_lite::future::or(connect, timeout).await?)
+    } else {
+        let addr = url.socket_addr().map_err(std::io::Error::other)?;
+        let s = TcpStream::connect_timeout(addr, DIAL_TIMEOUT)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        Plain::Tcp(s)
+    };
+    if url.scheme == "https" || url.scheme == "unixs" {
+        let Some(connector) = connector else {
+            return Err(std::io::Error::other(format!(
+                "{url}: peer TLS is not configured (--peer-cert-file, --peer-key-file or \
+                 --peer-auto-tls)"
+            )));
+        };
+        return connector.connect(&url.host, plain).await;
+    }
+    Ok(Stream::Plain(plain))
+}
+
+async fn dial(addrs: &[Url], connector: Option<&Connector>) -> std::io::Result<Stream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no peer address");
-    for addr in addrs {
-        match TcpStream::connect_timeout(addr, DIAL_TIMEOUT).await {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = std::io::Error::other(e.to_string()),
+    for url in addrs {
+        match dial_one(url, connector).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
         }
     }
     Err(last)
 }
 
-/// Dials `addrs`, says hello and reads the acceptor's answer.
-async fn handshake(addrs: &[SocketAddr], hello: &Hello) -> std::io::Result<(TcpStream, u8)> {
-    let mut s = dial(addrs).await?;
-    s.write_all(&frame(0, &hello.encode_to_vec())).await?;
+/// Dials `addrs`, says hello and reads the acceptor's answer. A peer that refuses our
+/// certificate tells so with a TLS alert on that first read (TLS 1.3 checks the client's
+/// certificate after the dialer's side of the handshake is done).
+async fn handshake(
+    addrs: &[Url],
+    hello: &Hello,
+    connector: Option<&Connector>,
+) -> std::io::Result<(Stream, u8)> {
+    let tls_words = |e: std::io::Error| std::io::Error::new(e.kind(), crate::tls::error_text(&e));
+    let mut s = dial(addrs, connector).await?;
+    s.write_all(&frame(0, &hello.encode_to_vec()))
+        .await
+        .map_err(tls_words)?;
+    s.flush().await.map_err(tls_words)?;
     let mut answer = [0u8; 1];
-    s.read_exact(&mut answer).await?;
+    s.read_exact(&mut answer).await.map_err(tls_words)?;
     Ok((s, answer[0]))
 }
 
 /// Asks the members at `addrs` (each a member's peer addresses) for the cluster's ID and
 /// members; the first that answers wins. For `--initial-cluster-state existing`.
 pub async fn fetch_cluster_info(
-    addrs: &[Vec<SocketAddr>],
+    addrs: &[Vec<Url>],
     attempts: usize,
+    connector: Option<&Connector>,
 ) -> Result<ClusterInfo, String> {
     let hello = Hello {
         purpose: PURPOSE_CLUSTER_INFO,
@@ -214,7 +288,7 @@ pub async fn fetch_cluster_info(
             glommio::timer::sleep(Duration::from_millis(200)).await;
         }
         for a in addrs {
-            match handshake(a, &hello).await {
+            match handshake(a, &hello, connector).await {
                 Ok((mut s, 0)) => match read_frame(&mut s).await {
                     Ok((KIND_CLUSTER_INFO, payload)) => {
                         return ClusterInfo::decode(&payload[..]).map_err(|e| e.to_string())
@@ -235,7 +309,12 @@ pub async fn fetch_cluster_info(
 }
 
 impl Transport {
-    pub fn new(me: u64, inbox: Rc<LocalSender<ToRaft>>, snap_dir: PathBuf) -> Rc<Transport> {
+    pub fn new(
+        me: u64,
+        inbox: Rc<LocalSender<ToRaft>>,
+        snap_dir: PathBuf,
+        connector: Option<Connector>,
+    ) -> Rc<Transport> {
         Rc::new(Transport {
             me,
             view: RefCell::new(ClusterView::default()),
@@ -243,22 +322,57 @@ impl Transport {
             inbox,
             snap_dir,
             receiving: Cell::new(false),
+            connector: connector.map(Rc::new),
         })
     }
 
     /// Binds the peer listeners and serves each on its own task.
-    pub fn listen(self: &Rc<Self>, addrs: &[SocketAddr]) -> Result<(), String> {
-        for addr in addrs {
-            let listener =
-                TcpListener::bind(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+    pub fn listen(
+        self: &Rc<Self>,
+        listens: &[PeerListen],
+        acceptor: Option<Rc<Acceptor>>,
+    ) -> Result<(), String> {
+        for l in listens {
+            let mode = match (&acceptor, l.tls) {
+                (Some(a), true) => Mode::Tls(a.clone()),
+                _ => Mode::Plain,
+            };
+            let listener = match &l.target {
+                PeerTarget::Tcp(addr) => PeerListener::Tcp(
+                    TcpListener::bind(addr)
+                        .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?,
+                ),
+                PeerTarget::Unix(path) => {
+                    // A socket file left by a previous run would fail the bind.
+                    let _ = std::fs::remove_file(path);
+                    PeerListener::Unix(UnixListener::bind(path).map_err(|e| {
+                        format!("listen unix {}: bind: {e}", path.display())
+                    })?)
+                }
+            };
             let me = self.clone();
             glommio::spawn_local(async move {
                 loop {
                     match listener.accept().await {
-                        Ok(conn) => {
-                            let _ = conn.set_nodelay(true);
+                        Ok(plain) => {
                             let me = me.clone();
+                            let mode = mode.clone();
                             glommio::spawn_local(async move {
+                                let from = plain.peer_text();
+                                let conn = match mode.accept(plain).await {
+                                    Ok(accepted) => accepted.stream,
+                                    Err(e) => {
+                                        log::warning(
+                                            "rafthttp",
+                                            &format!(
+                                                "rejected connection from {from:?} (error {:?}, \
+                                                 ServerName \"\")",
+                                                e.to_string()
+                                            ),
+                                        );
+                                        return;
+                                    }
+                                };
                                 if let Err(e) = me.serve(conn).await {
                                     if e.kind() != std::io::ErrorKind::UnexpectedEof {
                                         log::info(
@@ -286,7 +400,7 @@ impl Transport {
     /// peers to send to: every member but this one.
     pub fn update(self: &Rc<Self>, view: ClusterView) {
         let mut peers = self.peers.borrow_mut();
-        let wanted: HashMap<u64, Vec<SocketAddr>> = view
+        let wanted: HashMap<u64, Vec<Url>> = view
             .members
             .iter()
             .filter(|m| m.id != self.me)
@@ -374,7 +488,7 @@ impl Transport {
     /// One peer's writer: connects (again after any failure), then writes whatever queued
     /// since the last write in one go.
     async fn writer(self: Rc<Self>, id: u64, peer: Rc<Peer>, doorbell: LocalReceiver<()>) {
-        let mut conn: Option<TcpStream> = None;
+        let mut conn: Option<Stream> = None;
         let mut reported = false;
         while !peer.stopped.get() {
             let queued = !peer.raft.borrow().is_empty() || !peer.frames.borrow().is_empty();
@@ -386,7 +500,13 @@ impl Transport {
             }
             if conn.is_none() {
                 let addrs = peer.addrs.borrow().clone();
-                match handshake(&addrs, &self.hello(id, PURPOSE_STREAM)).await {
+                match handshake(
+                    &addrs,
+                    &self.hello(id, PURPOSE_STREAM),
+                    self.connector.as_deref(),
+                )
+                .await
+                {
                     Ok((s, 0)) => {
                         if reported {
                             log::info("rafthttp", &format!("peer {id:x} became active"));
@@ -432,7 +552,11 @@ impl Transport {
                 continue;
             }
             let s = conn.as_mut().expect("connected above");
-            if let Err(e) = s.write_all(&buf).await {
+            let written = match s.write_all(&buf).await {
+                Ok(()) => s.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 log::warning("rafthttp", &format!("lost the stream to peer {id:x}: {e}"));
                 conn = None;
                 let _ = self.inbox.try_send(ToRaft::Unreachable(id));
@@ -441,7 +565,7 @@ impl Transport {
     }
 
     /// One accepted connection.
-    async fn serve(self: Rc<Self>, mut s: TcpStream) -> std::io::Result<()> {
+    async fn serve(self: Rc<Self>, mut s: Stream) -> std::io::Result<()> {
         let (kind, payload) = read_frame(&mut s).await?;
         if kind != 0 {
             return Err(invalid("peer connection without hello"));
@@ -460,6 +584,7 @@ impl Transport {
             }
         };
         s.write_all(&[answer as u8]).await?;
+        s.flush().await?;
         if answer != Handshake::Ok {
             return Ok(());
         }
@@ -474,6 +599,7 @@ impl Transport {
                 };
                 s.write_all(&frame(KIND_CLUSTER_INFO, &info.encode_to_vec()))
                     .await?;
+                s.flush().await?;
                 Ok(())
             }
             PURPOSE_SNAPSHOT => {
@@ -489,7 +615,7 @@ impl Transport {
         }
     }
 
-    async fn read_stream(&self, s: TcpStream, from: u64) -> std::io::Result<()> {
+    async fn read_stream(&self, s: Stream, from: u64) -> std::io::Result<()> {
         // Buffered: a batch of small frames costs one read, not two per frame.
         let mut s = futures_lite::io::BufReader::with_capacity(STREAM_READ_BUFFER_BYTES, s);
         loop {
@@ -561,11 +687,16 @@ impl Transport {
 
     async fn stream_snapshot(
         &self,
-        addrs: &[SocketAddr],
+        addrs: &[Url],
         msg: &RaftMessage,
         snap: &ReadSnapshot,
     ) -> std::io::Result<bool> {
-        let (mut s, answer) = handshake(addrs, &self.hello(msg.to, PURPOSE_SNAPSHOT)).await?;
+        let (mut s, answer) = handshake(
+            addrs,
+            &self.hello(msg.to, PURPOSE_SNAPSHOT),
+            self.connector.as_deref(),
+        )
+        .await?;
         if answer != 0 {
             return Ok(false);
         }
@@ -590,6 +721,7 @@ impl Transport {
         }
         s.write_all(&frame(KIND_SNAP_END, &encode_app_meta(&snap.app_meta())))
             .await?;
+        s.flush().await?;
         let mut answer = [0u8; 1];
         s.read_exact(&mut answer).await?;
         Ok(answer[0] == 0)
@@ -598,7 +730,7 @@ impl Transport {
     /// Receives one snapshot: a db newer than what this member applied is built beside
     /// the live one, made durable and moved into place; then the raft core restarts the
     /// member on it (`ToRaft::SnapshotInstalled`).
-    async fn receive_snapshot(&self, mut s: TcpStream, from: u64) -> std::io::Result<()> {
+    async fn receive_snapshot(&self, mut s: Stream, from: u64) -> std::io::Result<()> {
         let (kind, payload) = read_frame(&mut s).await?;
         if kind != KIND_SNAP_MESSAGE {
             return Err(invalid("snapshot stream without its message"));
@@ -626,6 +758,7 @@ impl Transport {
             drop(db);
             let _ = glommio::io::remove(&path).await;
             s.write_all(&[0]).await?;
+            s.flush().await?;
             let _ = self.inbox.send(ToRaft::Peer(vec![msg])).await;
             return Ok(());
         }
@@ -645,6 +778,7 @@ impl Transport {
             ),
         );
         s.write_all(&[0]).await?;
+        s.flush().await?;
         let _ = self
             .inbox
             .send(ToRaft::SnapshotInstalled {

@@ -23,7 +23,8 @@ use crate::mesh::{
     self, Applied, CoreId, CoreLinks, CoreMsg, MemberInfo, RaftLinks, Reply, ToRaft,
 };
 use crate::node::Node;
-use crate::raft::transport::Transport;
+use crate::raft::transport::{PeerListen, PeerTarget, Transport};
+use crate::tls;
 use crate::raft::{self, Exit, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
 use crate::runtime::{executor_builder, log};
 use crate::watch::WatchConfig;
@@ -46,9 +47,16 @@ pub struct ServerOptions {
     pub data_dir: std::path::PathBuf,
     pub member_id: u64,
     pub cluster_id: u64,
-    pub listen_client_addrs: Vec<SocketAddr>,
+    /// `--listen-client-urls`, one entry per address (http, https or both on it).
+    pub listen_clients: Vec<ClientListen>,
     /// `--listen-peer-urls`: raft messages from the other members.
-    pub listen_peer_addrs: Vec<SocketAddr>,
+    pub listen_peers: Vec<PeerListen>,
+    /// TLS of the client URLs (`None`: no https client URL).
+    pub client_tls: Option<tls::Side>,
+    /// TLS of the peer URLs and of dialing peers.
+    pub peer_tls: Option<tls::Side>,
+    /// The TLS configs, read at boot (after the data dir is locked) from the sides above.
+    pub tls_ready: TlsReady,
     pub advertise_client_urls: Vec<String>,
     pub raft: RaftOptions,
     pub cores: usize,
@@ -59,6 +67,58 @@ pub struct ServerOptions {
     pub watch_progress_notify_interval: std::time::Duration,
     /// The minimum TTL and server-chosen IDs of leases.
     pub lease: crate::api::LeaseConfig,
+}
+
+/// A client address and what it speaks.
+#[derive(Clone, Debug)]
+pub struct ClientListen {
+    pub addr: SocketAddr,
+    pub plain: bool,
+    pub tls: bool,
+}
+
+/// The configs both TLS sides were built into at boot.
+#[derive(Clone, Debug, Default)]
+pub struct TlsReady {
+    pub client: Option<(tls::TlsInfo, tls::Material)>,
+    pub peer: Option<(tls::TlsInfo, tls::Material)>,
+}
+
+/// Makes auto-TLS pairs and reads every certificate file (on this thread, before any
+/// executor): a missing or bad file stops the boot with a message naming it.
+fn prepare_tls(opts: &mut ServerOptions) -> Result<(), String> {
+    if let Some(side) = &opts.client_tls {
+        let (info, material) = side.prepare().map_err(|e| format!("client TLS: {e}"))?;
+        log::info(
+            "embed",
+            &format!(
+                "ClientTLS: cert = {}, key = {}, trusted-ca = {}, client-cert-auth = {}, crl-file = {}",
+                info.cert_file.display(),
+                info.key_file.display(),
+                info.trusted_ca_file.display(),
+                info.client_cert_auth,
+                info.crl_file.display()
+            ),
+        );
+        opts.tls_ready.client = Some((info, material));
+    }
+    if let Some(side) = &opts.peer_tls {
+        let (info, material) = side.prepare().map_err(|e| format!("peer TLS: {e}"))?;
+        log::info(
+            "embed",
+            &format!(
+                "peerTLS: cert = {}, key = {}, trusted-ca = {}, client-cert-auth = {}, crl-file = {}",
+                info.cert_file.display(),
+                info.key_file.display(),
+                info.trusted_ca_file.display(),
+                info.client_cert_auth,
+                info.crl_file.display()
+            ),
+        );
+        opts.raft.peer_tls = Some(material.clone());
+        opts.tls_ready.peer = Some((info, material));
+    }
+    Ok(())
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -167,6 +227,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     for lock in locks {
         lock.keep_for_process_life();
     }
+    prepare_tls(&mut opts)?;
     check_addresses_free(&opts)?;
     tune_malloc();
     install_signal_thread();
@@ -212,11 +273,11 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
 /// with SO_REUSEPORT, which would otherwise let a second server on the same port share
 /// its connections silently: a plain bind first tells.
 fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
-    for addr in opts
-        .listen_client_addrs
-        .iter()
-        .chain(&opts.listen_peer_addrs)
-    {
+    let peer_addrs = opts.listen_peers.iter().filter_map(|p| match &p.target {
+        PeerTarget::Tcp(addr) => Some(addr),
+        PeerTarget::Unix(_) => None,
+    });
+    for addr in opts.listen_clients.iter().map(|l| &l.addr).chain(peer_addrs) {
         if addr.port() == 0 {
             continue;
         }
@@ -295,11 +356,17 @@ fn announce(opts: &ServerOptions) {
         ),
     );
     log::notice("embed", "ready to serve client requests");
-    for addr in &opts.listen_client_addrs {
-        log::notice(
-            "embed",
-            &format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
-        );
+    for l in &opts.listen_clients {
+        let addr = l.addr;
+        if l.tls {
+            log::info("embed", &format!("serving client traffic securely on {addr}"));
+        }
+        if l.plain {
+            log::notice(
+                "embed",
+                &format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
+            );
+        }
     }
 }
 
@@ -334,8 +401,18 @@ async fn raft_core_main(
         .parent()
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
-    let transport = Transport::new(core.member_id(), inbox_tx.clone(), snap_dir);
-    if let Err(e) = transport.listen(&opts.listen_peer_addrs) {
+    let peer_acceptor = opts
+        .tls_ready
+        .peer
+        .as_ref()
+        .map(|(info, material)| tls::stream::Acceptor::new(info.clone(), material.clone()));
+    let transport = Transport::new(
+        core.member_id(),
+        inbox_tx.clone(),
+        snap_dir,
+        opts.raft.peer_tls.as_ref().map(tls::stream::Connector::new),
+    );
+    if let Err(e) = transport.listen(&opts.listen_peers, peer_acceptor) {
         let _ = boot.send(Err(e.clone()));
         return Err(e);
     }
@@ -473,13 +550,25 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         message_bytes_max: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
         ..grpc::Config::default()
     };
-    for addr in &opts.listen_client_addrs {
+    // One acceptor per core: it re-reads the certificate files on this core's connections.
+    let acceptor = opts
+        .tls_ready
+        .client
+        .as_ref()
+        .map(|(info, material)| tls::stream::Acceptor::new(info.clone(), material.clone()));
+    for l in &opts.listen_clients {
+        let addr = l.addr;
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        let mode = match (&acceptor, l.plain, l.tls) {
+            (Some(a), true, true) => tls::stream::Mode::Both(a.clone()),
+            (Some(a), false, true) => tls::stream::Mode::Tls(a.clone()),
+            _ => tls::stream::Mode::Plain,
+        };
         let router = router.clone();
         let config = grpc_config.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = grpc::serve(listener, router, config).await {
+            if let Err(e) = grpc::serve(listener, mode, router, config).await {
                 log::error("embed", &format!("client listener stopped: {e}"));
             }
         })
