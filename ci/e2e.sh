@@ -32,13 +32,13 @@ cp "$KEEL" "$BIN/etcd"
 ln -s "$(command -v etcdctl)" "$BIN/etcdctl"
 
 LIST=ci/e2e-pass.txt
-# Subtests cannot be listed in the file (it holds top-level tests, one process each): the
-# plaintext move-leader scenarios (two fresh 3-member clusters) run as one more entry.
-SUB='TestCtlV3MoveLeaderScenarios/Insecure'
+# The move-leader scenarios (plaintext and mutual TLS: fresh 3-member clusters) need a
+# longer timeout than the list: one more entry.
+SUB='TestCtlV3MoveLeaderScenarios'
 expected=$(( $(sed 's/#.*//' "$LIST" | grep -c '[^[:space:]]') + 1 ))
 
 rc=0
-ci/e2e-runner.sh "$BIN" --timeout 60s "@$LIST" --timeout 120s "$SUB" 2>&1 | tee "$BIN/runner.log" || rc=$?
+ci/e2e-runner.sh "$BIN" --timeout 60s "@$LIST" --timeout 240s "$SUB" 2>&1 | tee "$BIN/runner.log" || rc=$?
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$BIN/runner.log" | tail -n 1 || true)
 passed=${summary%% passed*}
 passed=${passed:-0}

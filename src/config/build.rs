@@ -165,6 +165,9 @@ fn member_urls(values: &Values, source: &Source) -> Result<MemberUrls, ConfigErr
         "listen-client-http-urls",
     ] {
         for url in url_list(values, name).unwrap_or_default() {
+            if name == "listen-peer-urls" && url.scheme.starts_with("unix") {
+                continue; // a socket file, bound as given
+            }
             url.socket_addr()
                 .map_err(|e| ConfigError::Invalid(format!("--{name}: {e}")))?;
         }
