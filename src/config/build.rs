@@ -292,15 +292,6 @@ fn check_unbuilt_features(values: &Values) -> Result<(), ConfigError> {
              experimental-enable-lease-checkpoint",
         );
     }
-    if !raw(values, "peer-cert-allowed-cn").is_empty()
-        && !raw(values, "peer-cert-allowed-hostname").is_empty()
-    {
-        return invalid(format!(
-            "AllowedCN and AllowedHostname are mutually exclusive (cn={:?}, hostname={:?})",
-            raw(values, "peer-cert-allowed-cn"),
-            raw(values, "peer-cert-allowed-hostname")
-        ));
-    }
     for name in ["tls-min-version", "tls-max-version"] {
         let version = raw(values, name);
         if !matches!(version, "" | "TLS1.2" | "TLS1.3") {

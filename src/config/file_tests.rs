@@ -89,8 +89,15 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         watch_progress_notify_interval: Duration::from_secs(600),
         lease_checkpoint_interval: None,
         strict_reconfig_check: false,
+        // The sample's TLS sections name no files and switch nothing on.
+        client_tls: TlsFlags::default(),
+        peer_tls: TlsFlags::default(),
+        cipher_suites: Vec::new(),
+        tls_min_tls13: false,
+        tls_max_tls12: false,
+        self_signed_cert_validity: 1,
         // Everything else in the sample is etcd's default, or has no effect (logging,
-        // pprof), or is TLS switched off.
+        // pprof).
         warnings: vec![
             "--auto-compaction-retention: auto-compaction is not built yet; ignored".to_string(),
             "--enable-v2: the v2 API is not built; ignored".to_string(),
@@ -127,17 +134,18 @@ fn etcd_34_and_36_sample_lines_parse() {
         "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
     );
     let config = from_file("sample-36", &text).unwrap();
-    let tls: Vec<&String> = config
-        .warnings
-        .iter()
-        .filter(|w| w.contains("TLS is not built"))
-        .collect();
     assert_eq!(
-        tls,
+        config.cipher_suites,
         [
-            "--cipher-suites: TLS is not built yet; ignored",
-            "--tls-max-version: TLS is not built yet; ignored"
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
         ]
+    );
+    assert!(!config.tls_min_tls13 && !config.tls_max_tls12);
+    assert!(
+        !config.warnings.iter().any(|w| w.contains("TLS") || w.contains("tls")),
+        "{:?}",
+        config.warnings
     );
 }
 
@@ -247,7 +255,7 @@ fn tls_sections_set_the_tls_flags() {
     assert_eq!(
         warnings,
         [
-            "client-transport-security.allowed-cn: TLS is not built yet; ignored",
+            "client-transport-security.allowed-cn: not used by Keel; ignored",
             "config file f.yml: unknown key client-transport-security.crl-file; ignored",
         ]
     );
@@ -271,7 +279,7 @@ fn tls_sections_give_the_same_config_as_the_tls_flags() {
         format!("{key}:{rest}")
     };
     let mut expected_warnings = vec![
-        "client-transport-security.allowed-cn: TLS is not built yet; ignored".to_string(),
+        "client-transport-security.allowed-cn: not used by Keel; ignored".to_string(),
         format!(
             "config file {}: unknown key client-transport-security.crl-file; ignored",
             std::env::temp_dir()
@@ -281,11 +289,13 @@ fn tls_sections_give_the_same_config_as_the_tls_flags() {
     ];
     expected_warnings.extend(flags.warnings.iter().map(file_key));
     assert_eq!(file.warnings, expected_warnings);
-    assert_eq!(
-        flags.warnings.len(),
-        TLS_FLAGS.len() - 1,
-        "auto-tls=false is the default"
-    );
+    assert!(flags.warnings.is_empty(), "{:?}", flags.warnings);
+    assert_eq!(file.peer_tls.allowed_cn, ["etcd-peer", "etcd-peer-2"]);
+    assert_eq!(file.peer_tls.allowed_hostname, ["peer.example"]);
+    assert_eq!(file.peer_tls.client_cert_file, "/c/peer-client.pem");
+    assert!(file.peer_tls.auto_tls && file.peer_tls.client_cert_auth);
+    assert_eq!(file.client_tls.trusted_ca_file, "/c/ca.pem");
+    assert!(file.client_tls.client_cert_auth && !file.client_tls.auto_tls);
     let without_warnings = |config: Config| Config {
         warnings: Vec::new(),
         ..config

@@ -197,6 +197,13 @@ pub struct Material {
 
 impl Material {
     pub fn build(info: &TlsInfo, files: &Files) -> Result<Material, String> {
+        if !info.allowed_cn.is_empty() && !info.allowed_hostname.is_empty() {
+            return Err(format!(
+                "AllowedCN and AllowedHostname are mutually exclusive (cn={:?}, hostname={:?})",
+                info.allowed_cn.join(","),
+                info.allowed_hostname.join(",")
+            ));
+        }
         let provider = Arc::new(provider(&info.versions)?);
         let versions = protocol_versions(&info.versions)?;
         let certs = parse_certs(&info.cert_file, files.get(&info.cert_file))?;
