@@ -15,8 +15,11 @@
 //!  mesh                  the cross-core messages (each request with its typed reply) and
 //!                        ServerError, the errors they carry
 //!  mvcc, wal             the store (key index, revision B+tree file) and the log
-//!  runtime, grpc, config, pb, durable_dir, failpoint
-//!                        executors and response queues, the gRPC transport, flags, messages
+//!  grpc                  the gRPC transport, over tls::stream sockets
+//!  tls, failpoint        TLS (rustls): configs from certificate files, plain/TLS sockets,
+//!                        acceptors with handshake timeout and file reload; fault injection
+//!  runtime, config, pb, durable_dir
+//!                        executors and response queues, flags, messages, messages
 //! ```
 //!
 //! Data flow:

@@ -492,11 +492,27 @@ pub fn error_text(e: &std::io::Error) -> String {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
             format!("tls: {other}")
         }
-        rustls::Error::InvalidCertificate(c) => format!("tls: bad certificate: {c}"),
+        rustls::Error::InvalidCertificate(c) => certificate_error_text(c),
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
             format!("tls: first record does not look like a TLS handshake ({tls})")
         }
         other => format!("tls: {other}"),
+    }
+}
+
+/// A refused certificate, in Go's x509 words where it has them.
+fn certificate_error_text(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match c {
+        C::Revoked => "tls: certificate revoked (listed in the CRL)".into(),
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            format!("x509: certificate has expired or is not yet valid ({c})")
+        }
+        C::UnknownIssuer => "x509: certificate signed by unknown authority".into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            format!("x509: certificate is not valid for the requested name ({c})")
+        }
+        other => format!("tls: bad certificate: {other}"),
     }
 }
 
