@@ -204,7 +204,6 @@ fn handshake(server: TlsInfo, client: TlsInfo) -> Result<Option<String>, String>
             Ok(a) => Ok(a.common_name.map(|cn| cn.to_string())),
             Err(e) => Err(e.to_string()),
         };
-        drop(res.as_ref().ok());
         dial.cancel().await;
         res
     })
