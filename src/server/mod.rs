@@ -88,37 +88,35 @@ pub struct TlsReady {
 /// executor): a missing or bad file stops the boot with a message naming it.
 fn prepare_tls(opts: &mut ServerOptions) -> Result<(), String> {
     if let Some(side) = &opts.client_tls {
-        let (info, material) = side.prepare().map_err(|e| format!("client TLS: {e}"))?;
-        log::info(
-            "embed",
-            &format!(
-                "ClientTLS: cert = {}, key = {}, trusted-ca = {}, client-cert-auth = {}, crl-file = {}",
-                info.cert_file.display(),
-                info.key_file.display(),
-                info.trusted_ca_file.display(),
-                info.client_cert_auth,
-                info.crl_file.display()
-            ),
-        );
-        opts.tls_ready.client = Some((info, material));
+        opts.tls_ready.client = Some(prepare_side(side, "client", "ClientTLS")?);
     }
     if let Some(side) = &opts.peer_tls {
-        let (info, material) = side.prepare().map_err(|e| format!("peer TLS: {e}"))?;
-        log::info(
-            "embed",
-            &format!(
-                "peerTLS: cert = {}, key = {}, trusted-ca = {}, client-cert-auth = {}, crl-file = {}",
-                info.cert_file.display(),
-                info.key_file.display(),
-                info.trusted_ca_file.display(),
-                info.client_cert_auth,
-                info.crl_file.display()
-            ),
-        );
+        let (info, material) = prepare_side(side, "peer", "peerTLS")?;
         opts.raft.peer_tls = Some(material.clone());
         opts.tls_ready.peer = Some((info, material));
     }
     Ok(())
+}
+
+/// One side's files read and checked, logged as etcd logs them.
+fn prepare_side(
+    side: &tls::Side,
+    which: &str,
+    label: &str,
+) -> Result<(tls::TlsInfo, tls::Material), String> {
+    let (info, material) = side.prepare().map_err(|e| format!("{which} TLS: {e}"))?;
+    log::info(
+        "embed",
+        &format!(
+            "{label}: cert = {}, key = {}, trusted-ca = {}, client-cert-auth = {}, crl-file = {}",
+            info.cert_file.display(),
+            info.key_file.display(),
+            info.trusted_ca_file.display(),
+            info.client_cert_auth,
+            info.crl_file.display()
+        ),
+    );
+    Ok((info, material))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
