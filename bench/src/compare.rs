@@ -5,6 +5,7 @@
 //! keel-bench compare [--keel target/release/keel] [--etcd /usr/bin/etcd] [--reps 3]
 //!                    [--seconds 3] [--out bench/results/NAME] [--quick] [--only put,range]
 //!                    [--scaling]   (also Keel with --cores 1, for the read rows)
+//!                    [--skip a,b] [--no-tls | --tls-only] [--tls-kx x25519|p384] [--no-plots]
 //! ```
 //! Starts each server on loopback with a data dir under `OUT/data/`, prefills the key
 //! space for the read scenarios, then for every scenario runs every server once per
@@ -12,6 +13,17 @@
 //! run), `OUT/hgrm/*.hgrm` (latency distributions) and, when python3 with matplotlib is
 //! available, `OUT/*.png` (latency CDF per scenario, throughput against clients) through
 //! `bench/plot.py`. Without etcd installed it measures Keel alone.
+//!
+//! Cases ending "tls" run on a second pair of servers, started with the same
+//! certificates (a CA, a server and a client certificate made with rcgen into
+//! `OUT/data/tls/`, removed with the data dirs)
+//! and `--cert-file --key-file --trusted-ca-file --client-cert-auth` on https client URLs;
+//! the load generator presents the client certificate. Each runs interleaved with its
+//! plaintext twin (per repetition: the plain servers, then the TLS ones), and `table.md`
+//! gets a TLS table beside the main one (p99.9, Keel's CPU per request over TLS against
+//! plaintext). `new-conns` rows open a connection per request (a full TLS handshake each
+//! over TLS: session resumption off). The client offers X25519 first, as etcd's Go clients
+//! do (`--tls-kx p384`: rustls' default order, P-384 first).
 //!
 //! Cases ending "3m" run after the others, once the single servers are stopped: each run
 //! starts a fresh 3-member cluster of one system (`crate::cluster`: etcd's clustering
@@ -32,7 +44,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Server {
+    /// Its data dir and log file name.
     name: &'static str,
+    /// Over mutual TLS (https client URLs, the run's certificates in `extra`).
+    tls: bool,
     child: Child,
     addr: SocketAddr,
     binary: String,
@@ -55,15 +70,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str]) -> Server {
-    start_with(name, binary, out, extra, None)
+fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str], tls: bool) -> Server {
+    start_with(name, binary, out, extra, None, tls)
 }
 
 impl Server {
+    /// The system it is, as rows and cells name it ("keel-tls" is "keel" in a tls row).
+    fn system(&self) -> &'static str {
+        self.name.strip_suffix("-tls").unwrap_or(self.name)
+    }
+
     /// Stops it (SIGTERM) and starts it again on the same data: Keel then picks its
     /// shard split keys from the keys the prefill wrote, as it would after a restart.
     fn restart(self, out: &Path) -> Server {
-        let (name, binary, extra) = (self.name, self.binary.clone(), self.extra.clone());
+        let (name, binary, extra, tls) =
+            (self.name, self.binary.clone(), self.extra.clone(), self.tls);
         // The same URLs: the member ID derives from them.
         let ports = (self.addr.port(), self.peer_port);
         let mut me = self;
@@ -71,7 +92,7 @@ impl Server {
         let _ = me.child.wait();
         drop(me);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        start_with(name, &binary, out, &extra, Some(ports))
+        start_with(name, &binary, out, &extra, Some(ports), tls)
     }
 }
 
@@ -81,6 +102,7 @@ fn start_with(
     out: &Path,
     extra: &[&str],
     ports: Option<(u16, u16)>,
+    tls: bool,
 ) -> Server {
     let fresh = ports.is_none();
     let (client, peer) = ports.unwrap_or_else(|| (free_port(), free_port()));
@@ -95,7 +117,10 @@ fn start_with(
         out.join(format!("{name}-restarted.log"))
     };
     let log = std::fs::File::create(&log_path).unwrap();
-    let c = format!("http://127.0.0.1:{client}");
+    let c = format!(
+        "{}://127.0.0.1:{client}",
+        if tls { "https" } else { "http" }
+    );
     let p = format!("http://127.0.0.1:{peer}");
     let child = crate::cluster::member_command(binary, name, &data, &c, &p, &format!("{name}={p}"))
         .args(extra)
@@ -121,6 +146,7 @@ fn start_with(
     }
     Server {
         name,
+        tls,
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], client)),
         binary: binary.to_string(),
@@ -130,6 +156,7 @@ fn start_with(
 }
 
 /// One line of the matrix.
+#[derive(Clone)]
 struct Case {
     name: String,
     scenario: Scenario,
@@ -144,9 +171,26 @@ struct Case {
     /// 1: the long-running single servers; more: a fresh cluster of that many members
     /// per run, one system at a time (`crate::cluster`).
     members: usize,
+    /// Over mutual TLS, on the TLS pair of servers; named like its plaintext twin + " tls".
+    tls: bool,
 }
 
-fn matrix(quick: bool) -> Vec<Case> {
+impl Case {
+    /// Its name without " tls": a row and its TLS twin run interleaved.
+    fn base(&self) -> &str {
+        self.name.strip_suffix(" tls").unwrap_or(&self.name)
+    }
+}
+
+/// Which rows: plaintext, over TLS, or both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    Both,
+    No,
+    Only,
+}
+
+fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
     let case = |scenario: Scenario, clients: usize| Case {
         name: format!("{} c{clients}", scenario.name()),
         scenario,
@@ -157,6 +201,7 @@ fn matrix(quick: bool) -> Vec<Case> {
         keepalive_leases: 0,
         seconds_min: 0,
         members: 1,
+        tls: false,
     };
     let watch = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch w{watchers}"),
@@ -168,6 +213,7 @@ fn matrix(quick: bool) -> Vec<Case> {
         keepalive_leases: 0,
         seconds_min: 0,
         members: 1,
+        tls: false,
     };
     let watch_prefix = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch-prefix w{watchers}"),
@@ -223,11 +269,53 @@ fn matrix(quick: bool) -> Vec<Case> {
             ..case(Scenario::Put, 64)
         },
     ];
+    // A connection per request (connect, one Range, close): over TLS, a full handshake
+    // each. Before the lease row, whose 100k leases stay granted.
+    let leases = m
+        .iter()
+        .position(|c| c.keepalive_leases > 0)
+        .unwrap_or(m.len());
+    m.insert(leases, case(Scenario::NewConns, 16));
+    // The TLS rows: each right after its plaintext twin (they run interleaved).
+    let over_tls = [
+        "put c1",
+        "put c64",
+        "put c256",
+        "range-s c256",
+        "watch w1000",
+        "new-conns c16",
+    ];
+    let mut all = Vec::new();
+    for c in m {
+        let twin = over_tls.contains(&c.name.as_str()).then(|| Case {
+            name: format!("{} tls", c.name),
+            tls: true,
+            ..c.clone()
+        });
+        all.push(c);
+        all.extend(twin);
+    }
+    let mut m = all;
+    match tls {
+        Tls::Both => {}
+        Tls::No => m.retain(|c| !c.tls),
+        Tls::Only => m.retain(|c| c.tls),
+    }
     if quick {
         // Not the clusters: six process starts and two elections (several seconds; until
         // Keel elects, its whole leader deadline) in a run meant to take half a minute.
+        // Over TLS only put c64 and new connections (they exercise both dial paths), and
+        // plaintext new connections not at all.
         m.retain(|c| {
-            c.clients != 256 && c.watchers != 10_000 && c.keepalive_leases == 0 && c.members == 1
+            c.clients != 256
+                && c.watchers != 10_000
+                && c.keepalive_leases == 0
+                && c.members == 1
+                && (if c.tls {
+                    c.name == "put c64 tls" || c.scenario == Scenario::NewConns
+                } else {
+                    c.scenario != Scenario::NewConns
+                })
         });
     }
     m
@@ -322,22 +410,56 @@ pub fn main(flags: &Flags) {
         .opt("only")
         .map(|s| s.split(',').map(String::from).collect())
         .unwrap_or_default();
-    let cases: Vec<Case> = matrix(quick)
+    // --skip a,b: leave out the rows whose names start so (e.g. "put c64 +" and "put c64 3m"
+    // with --only "put c64").
+    let skip: Vec<String> = flags
+        .opt("skip")
+        .map(|s| s.split(',').map(String::from).collect())
+        .unwrap_or_default();
+    let tls_rows = if flags.has("no-tls") {
+        Tls::No
+    } else if flags.has("tls-only") {
+        Tls::Only
+    } else {
+        Tls::Both
+    };
+    let cases: Vec<Case> = matrix(quick, tls_rows)
         .into_iter()
         .filter(|c| only.is_empty() || only.iter().any(|o| c.name.starts_with(o.as_str())))
+        .filter(|c| !skip.iter().any(|o| c.name.starts_with(o.as_str())))
         .collect();
     // --scaling: Keel on one core too, for the read rows (shards and reads on every core
     // against everything on one).
     let scaling = flags.has("scaling");
     // The single servers stay up through the single-member cases; clusters come after.
     let mut servers = Vec::new();
-    if cases.iter().any(|c| c.members == 1) {
-        servers.push(start("keel", &keel, &out, &[]));
+    if cases.iter().any(|c| c.members == 1 && !c.tls) {
+        servers.push(start("keel", &keel, &out, &[], false));
         if scaling {
-            servers.push(start("keel-1core", &keel, &out, &["--cores", "1"]));
+            servers.push(start("keel-1core", &keel, &out, &["--cores", "1"], false));
         }
         if with_etcd {
-            servers.push(start("etcd", &etcd, &out, &[]));
+            servers.push(start("etcd", &etcd, &out, &[], false));
+        }
+    }
+    // The TLS rows: a second pair of servers, both with the same certificates (made for
+    // this run), mutual TLS on their client URLs.
+    let mut client_tls = None;
+    if cases.iter().any(|c| c.members == 1 && c.tls) {
+        // In the scratch data dir, removed with it at the end: no keys left in results.
+        let certs =
+            crate::certs::Certs::make(&out.join("data").join("tls")).expect("make certificates");
+        let kx = crate::certs::Kx::parse(&flags.str("tls-kx", "x25519"));
+        client_tls = Some(
+            certs
+                .client_material(kx)
+                .expect("load the client certificate"),
+        );
+        let flags = certs.server_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        servers.push(start("keel-tls", &keel, &out, &flags, true));
+        if with_etcd {
+            servers.push(start("etcd-tls", &etcd, &out, &flags, true));
         }
     }
     let key_space = 10_000;
@@ -359,8 +481,12 @@ pub fn main(flags: &Flags) {
         quiet: true,
         keepalive_leases: 0,
         keepalive_warmup: false,
+        tls: None,
     };
-    let single = |s: &Server| base(&[s.addr], &[s.child.id()]);
+    let single = |s: &Server| LoadOptions {
+        tls: if s.tls { client_tls.clone() } else { None },
+        ..base(&[s.addr], &[s.child.id()])
+    };
     // The case's load on top of `base`.
     let load_of = |case: &Case, mut o: LoadOptions| {
         o.clients = case.clients;
@@ -389,7 +515,7 @@ pub fn main(flags: &Flags) {
              | watchers | streams | server | RSS growth | bytes per watcher |\n| --- | --- | --- | --- | --- |\n",
         );
         for (watchers, streams) in [(10_000usize, 100usize), (2_000, 2_000)] {
-            for s in servers.iter().filter(|s| s.name != "keel-1core") {
+            for s in servers.iter().filter(|s| s.name != "keel-1core" && !s.tls) {
                 let mut o = single(s);
                 o.watchers = watchers;
                 o.streams = streams;
@@ -456,15 +582,34 @@ pub fn main(flags: &Flags) {
         std::fs::write(out.join("hgrm").join(file), r.hgrm()).unwrap();
         cells.entry((ci, name)).or_default().runs.push(r);
     };
-    for (ci, case) in cases.iter().enumerate().filter(|(_, c)| c.members == 1) {
+    // A row and its TLS twin run interleaved: for each repetition, the plaintext servers
+    // then the TLS ones.
+    let singles: Vec<(usize, &Case)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.members == 1)
+        .collect();
+    let mut done = vec![false; cases.len()];
+    for &(first, case) in &singles {
+        if done[first] {
+            continue;
+        }
+        let group: Vec<(usize, &Case)> = singles
+            .iter()
+            .copied()
+            .filter(|(_, c)| c.base() == case.base())
+            .collect();
         for rep in 0..reps {
-            for s in &servers {
-                let is_read = matches!(case.scenario, Scenario::Range { .. });
-                if s.name == "keel-1core" && !is_read {
-                    continue;
+            for &(ci, case) in &group {
+                done[ci] = true;
+                for s in servers.iter().filter(|s| s.tls == case.tls) {
+                    let is_read = matches!(case.scenario, Scenario::Range { .. });
+                    if s.name == "keel-1core" && !is_read {
+                        continue;
+                    }
+                    let r = load::run(case.scenario, &load_of(case, single(s)), s.name);
+                    record(ci, case, rep, s.system(), r);
                 }
-                let r = load::run(case.scenario, &load_of(case, single(s)), s.name);
-                record(ci, case, rep, s.name, r);
             }
         }
     }
@@ -505,6 +650,9 @@ pub fn main(flags: &Flags) {
         table.push_str(&render_scaling(&cases, &cells));
     }
     table.push_str(&memory);
+    if cases.iter().any(|c| c.tls) {
+        table.push_str(&render_tls(&cases, &cells));
+    }
     std::fs::write(out.join("table.md"), &table).unwrap();
     println!("{table}");
     println!(
@@ -512,6 +660,9 @@ pub fn main(flags: &Flags) {
         out.display(),
         started.elapsed().as_secs_f64()
     );
+    if flags.has("no-plots") {
+        return;
+    }
     plot(&out);
 }
 
@@ -601,6 +752,60 @@ fn render(
             ratio(cpu(k), cpu(e)),
             rss(k),
             rss(e),
+        );
+    }
+    t
+}
+
+/// The TLS rows: Keel against etcd, both over mutual TLS, with p99.9, and what TLS costs
+/// Keel per request against the same row in plaintext.
+fn render_tls(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> String {
+    let mut t = String::from(
+        "\nOver mutual TLS (both servers with the same certificates: ECDSA P-256, TLS 1.3, the \
+         client's key exchange as --tls-kx says, X25519 by default; \
+         new-conns: conns/s, each a full handshake + one Range + close), and Keel's CPU \
+         per request over TLS against plaintext:\n\n\
+         | scenario | Keel TLS req/s | etcd TLS req/s | ratio | Keel p50 / p99 / p99.9 | etcd p50 / p99 / p99.9 | Keel CPU µs/req | etcd CPU µs/req | ratio | Keel plaintext CPU µs/req | Keel TLS / plaintext CPU |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let empty = Cell::default();
+    let tp = |c: &Cell| c.med(|r| r.throughput());
+    let q = |c: &Cell, q: f64| c.med(|r| r.histogram.value_at_quantile(q) as f64);
+    let cpu = |c: &Cell| c.med(|r| r.server_cpu_us.unwrap_or(f64::NAN));
+    let lat = |c: &Cell| {
+        format!(
+            "{} / {} / {}",
+            fmt_ms(q(c, 0.5)),
+            fmt_ms(q(c, 0.99)),
+            fmt_ms(q(c, 0.999))
+        )
+    };
+    for (ci, case) in cases.iter().enumerate().filter(|(_, c)| c.tls) {
+        let k = cells.get(&(ci, "keel")).unwrap_or(&empty);
+        let e = cells.get(&(ci, "etcd")).unwrap_or(&empty);
+        let plain = cases
+            .iter()
+            .position(|c| !c.tls && c.name == case.base())
+            .and_then(|pi| cells.get(&(pi, "keel")))
+            .unwrap_or(&empty);
+        let note = |c: &Cell| match (c.ok().is_empty(), c.first_error()) {
+            (true, Some(err)) => format!("n/a ({err})"),
+            _ => fmt_num(tp(c)),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            case.name,
+            note(k),
+            note(e),
+            ratio(tp(k), tp(e)),
+            lat(k),
+            lat(e),
+            fmt_num(cpu(k)),
+            fmt_num(cpu(e)),
+            ratio(cpu(k), cpu(e)),
+            fmt_num(cpu(plain)),
+            ratio(cpu(k), cpu(plain)),
         );
     }
     t

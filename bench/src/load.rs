@@ -24,28 +24,43 @@
 //! - Output: throughput, p50/p90/p99/p99.9/max in µs, errors by kind, the generator's own
 //!   CPU per request, and with `--server-pid` the server's CPU per request and peak RSS
 //!   (`--server-pid P,P,P`: a cluster's members, summed).
+//! - TLS (`--cacert CA --cert C --key K`, etcd's benchmark flags): every connection is
+//!   mutual TLS, the client offering X25519 first as Go clients do (`--tls-kx p384`:
+//!   rustls' own order, P-384 first). `new-conns` dials a connection per request; over TLS each is a full
+//!   handshake (the client config has session resumption disabled, and a resumed
+//!   handshake would count as an error).
 
 use crate::grpc::{self, CallError, Conn, Stream};
 use crate::util::{self, Flags};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use keel::pb::etcdserverpb as pb;
+use keel::tls::stream::{Connector, Plain};
+use keel::tls::Material;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     Put,
-    Range { serializable: bool },
+    Range {
+        serializable: bool,
+    },
     TxnPut,
-    TxnMixed { read_percent: u32 },
+    TxnMixed {
+        read_percent: u32,
+    },
     LeaseKeepalive,
     LeaseChurn,
     Watch,
+    /// Each request is a new connection: TCP connect, the TLS handshake (a full one: no
+    /// session resumption) when the run is over TLS, h2, one Range of one key, close.
+    NewConns,
 }
 
 /// How often each background lease is kept alive (clientv3 sends every TTL/3; 20 s is
@@ -64,6 +79,7 @@ impl Scenario {
             Scenario::LeaseKeepalive => "lease-keepalive".into(),
             Scenario::LeaseChurn => "lease-churn".into(),
             Scenario::Watch => "watch".into(),
+            Scenario::NewConns => "new-conns".into(),
         }
     }
 }
@@ -93,6 +109,8 @@ pub struct LoadOptions {
     pub keepalive_leases: usize,
     /// Keep them alive for one `KEEPALIVE_PERIOD` before the measured run starts.
     pub keepalive_warmup: bool,
+    /// TLS: the client's certificate, key and trusted CA (`crate::certs`); None: plaintext.
+    pub tls: Option<Arc<Material>>,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +268,8 @@ struct Shared {
     start: Instant,
     deadline: Option<Instant>,
     value: Bytes,
+    /// `NewConns` over TLS: a client config that never resumes a session.
+    fresh: Option<Connector>,
 }
 
 impl Shared {
@@ -387,14 +407,58 @@ async fn one_request(s: &Shared, c: &mut Client, i: u64) -> Result<(), CallError
             grpc::unary::<_, pb::PutResponse>(&c.conn, "/etcdserverpb.KV/Put", &req).await?;
         }
         Scenario::Watch => unreachable!("watch runs its own loop"),
+        Scenario::NewConns => {
+            let addr = s.opts.endpoints[i as usize % s.opts.endpoints.len()];
+            let conn = new_conn(addr, s.fresh.as_ref()).await?;
+            let req = pb::RangeRequest {
+                key: s.key(i),
+                serializable: true,
+                ..Default::default()
+            };
+            grpc::unary::<_, pb::RangeResponse>(&conn, "/etcdserverpb.KV/Range", &req).await?;
+            // Dropping the last handle ends the h2 connection: GOAWAY, close_notify, close.
+        }
     }
     Ok(())
 }
 
+/// A connection of its own for `NewConns`: over TLS, a full handshake with `fresh`
+/// (a resumed one is an error: the row measures full handshakes).
+async fn new_conn(addr: SocketAddr, fresh: Option<&Connector>) -> Result<Conn, CallError> {
+    let Some(connector) = fresh else {
+        return grpc::connect(addr).await;
+    };
+    let tcp = glommio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+    tcp.set_nodelay(true).ok();
+    let stream = connector
+        .connect(&addr.ip().to_string(), Plain::Tcp(tcp))
+        .await
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+    if let keel::tls::stream::Stream::Client(tls) = &stream {
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            return Err(CallError::Transport("TLS session resumed".into()));
+        }
+    }
+    grpc::handshake(stream).await
+}
+
+/// `material`'s client config with session resumption off: every handshake is full.
+pub fn full_handshakes(material: &Material) -> Connector {
+    let mut m = material.clone();
+    let mut config = (*m.client).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    m.client = Arc::new(config);
+    Connector::new(&m)
+}
+
 async fn connect_all(opts: &LoadOptions) -> Result<Vec<Conn>, CallError> {
+    let connector = opts.tls.as_deref().map(Connector::new);
     let mut conns = Vec::new();
     for i in 0..opts.conns.max(1) {
-        conns.push(grpc::connect(opts.endpoints[i % opts.endpoints.len()]).await?);
+        let addr = opts.endpoints[i % opts.endpoints.len()];
+        conns.push(grpc::connect_with(addr, connector.as_ref()).await?);
     }
     Ok(conns)
 }
@@ -457,6 +521,7 @@ pub fn run(scenario: Scenario, opts: &LoadOptions, label: &str) -> Report {
             start,
             deadline: opts.duration.map(|d| start + d),
             value: Bytes::from(vec![b'v'; opts.val_size]),
+            fresh: opts.tls.as_deref().map(full_handshakes),
             opts: opts.clone(),
         });
         let ticker = progress(&shared, opts.quiet);
@@ -790,6 +855,7 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
         .map(|e| {
             e.trim()
                 .trim_start_matches("http://")
+                .trim_start_matches("https://")
                 .parse()
                 .unwrap_or_else(|_| panic!("--endpoints: {e} is not host:port"))
         })
@@ -827,6 +893,12 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
         quiet: flags.has("json"),
         keepalive_leases: flags.u64("keepalive-leases", 0) as usize,
         keepalive_warmup: flags.has("keepalive-warmup"),
+        tls: flags.opt("cert").map(|cert| {
+            let (key, ca) = (flags.str("key", ""), flags.str("cacert", ""));
+            let kx = crate::certs::Kx::parse(&flags.str("tls-kx", "x25519"));
+            crate::certs::client_material(cert.as_ref(), key.as_ref(), ca.as_ref(), kx)
+                .unwrap_or_else(|e| panic!("--cert/--key/--cacert: {e}"))
+        }),
     }
 }
 
@@ -844,6 +916,7 @@ pub fn main(cmd: &str, flags: &Flags) {
         "lease-keepalive" => Scenario::LeaseKeepalive,
         "lease-churn" => Scenario::LeaseChurn,
         "watch" | "watch-latency" => Scenario::Watch,
+        "new-conns" => Scenario::NewConns,
         _ => unreachable!("dispatched by main"),
     };
     let mut opts = options_from(flags);
@@ -901,6 +974,7 @@ mod tests {
             quiet: true,
             keepalive_leases: 0,
             keepalive_warmup: false,
+            tls: None,
         };
         Shared {
             opts,
@@ -911,6 +985,7 @@ mod tests {
             start: Instant::now(),
             deadline: None,
             value: Bytes::new(),
+            fresh: None,
         }
     }
 
@@ -960,6 +1035,66 @@ mod tests {
                 "coordinated omission corrected"
             );
         });
+    }
+
+    /// Over TLS, `new-conns` dials with `full_handshakes`: never resumed, where the
+    /// ordinary client config would resume the second connection to the same server.
+    #[test]
+    fn new_connections_do_full_handshakes() {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("keel-bench-resume-{}", std::process::id()));
+        let certs = crate::certs::Certs::make(&dir).unwrap();
+        let client = certs.client_material(crate::certs::Kx::X25519).unwrap();
+        let server_info = keel::tls::TlsInfo {
+            cert_file: certs.server_cert.clone(),
+            key_file: certs.server_key.clone(),
+            trusted_ca_file: certs.ca.clone(),
+            client_cert_auth: true,
+            ..Default::default()
+        };
+        let server = server_info.load().unwrap();
+        let kinds = keel::runtime::block_on(async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let acceptor = keel::tls::stream::Acceptor::new(server_info, server);
+            glommio::spawn_local(async move {
+                loop {
+                    let tcp = listener.accept().await.unwrap();
+                    let mut s = acceptor.accept(Plain::Tcp(tcp)).await.unwrap().stream;
+                    // A byte after the handshake, so the client reads (and keeps) the
+                    // session tickets sent before it; then wait for the client's close.
+                    s.write_all(b"x").await.unwrap();
+                    s.flush().await.unwrap();
+                    let mut buf = [0u8; 64];
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                }
+            })
+            .detach();
+            let mut kinds = Vec::new();
+            for connector in [full_handshakes(&client), Connector::new(&client)] {
+                for _ in 0..2 {
+                    let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
+                    let mut s = connector
+                        .connect("127.0.0.1", Plain::Tcp(tcp))
+                        .await
+                        .unwrap();
+                    let mut byte = [0u8; 1];
+                    s.read_exact(&mut byte).await.unwrap();
+                    let keel::tls::stream::Stream::Client(tls) = &s else {
+                        panic!("not a TLS client stream")
+                    };
+                    kinds.push(tls.get_ref().1.handshake_kind());
+                    s.close().await.unwrap();
+                }
+            }
+            kinds
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(
+            kinds,
+            vec![Some(Full), Some(Full), Some(Full), Some(Resumed)]
+        );
     }
 
     #[test]

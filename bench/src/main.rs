@@ -3,15 +3,16 @@
 //! ```text
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
 //! keel-bench failover [--reps 5] [--election-timeout 1000]   leader kill in a 3-member cluster
-//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency [flags]
+//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency|new-conns [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
 //! ```
 //! Load flags mirror etcd's `benchmark` tool: `--endpoints --conns --clients --total
 //! --rate --key-size --val-size --key-space-size --sequential-keys`, plus `--duration S`,
 //! `--consistency l|s`, `--watchers W --streams S`, `--server-pid P`, `--json`,
-//! `--hdr-log FILE`. Every run prints the machine, the git revision and the settings.
+//! `--hdr-log FILE`, and `--cacert --cert --key` for mutual TLS. Every run prints the machine, the git revision and the settings.
 
+mod certs;
 mod cluster;
 mod compare;
 mod failover;
@@ -22,14 +23,16 @@ mod util;
 mod wal;
 
 const USAGE: &str = "usage: keel-bench <mode> [flags]
-  compare          Keel and etcd 3.4 side by side: --keel BIN --etcd BIN --reps N --seconds S --quick --only a,b --out DIR
-                   --scaling (also Keel on --cores 1 for the read rows)
+  compare          Keel and etcd 3.4 side by side: --keel BIN --etcd BIN --reps N --seconds S --quick --only a,b --skip a,b --out DIR
+                   --scaling (also Keel on --cores 1 for the read rows) --no-plots
+                   rows ending \"tls\" run on a second pair of servers over mutual TLS: --no-tls | --tls-only --tls-kx x25519|p384
                    cases ending \"3m\" run on 3-member clusters: --heartbeat-interval MS --election-timeout MS --snapshot-count N
   failover         SIGKILL a 3-member cluster's leader, time to a new leader and to writes: --keel BIN --etcd BIN
                    --reps N --members N --heartbeat-interval MS --election-timeout MS --only keel|etcd --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
-  put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency
+  put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
+                   --cacert CA --cert CERT --key KEY --tls-kx x25519|p384 (mutual TLS; new-conns: full handshakes)
                    --key-size B --val-size B --key-space-size N --sequential-keys
                    --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S --prefix (watch)
                    --prefill (range) --server-pid P[,P] --json --hdr-log FILE --label L
@@ -70,7 +73,7 @@ fn main() {
             }
         }
         "put" | "range" | "txn-put" | "txn-mixed" | "lease-keepalive" | "lease-churn" | "watch"
-        | "watch-latency" => load::main(cmd, &opts),
+        | "watch-latency" | "new-conns" => load::main(cmd, &opts),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -3,10 +3,15 @@
 //! encodes with prost and never allocates more than the messages. Cheap on purpose: on a
 //! 2-core machine the client competes with the server.
 //!
+//! Plaintext (`connect`) or TLS (`connect_tls`, `connect_with`: rustls through
+//! `tls::stream::Connector`, e.g. mutual TLS with a client certificate).
+//!
 //! Runs on: the glommio executor of whoever calls it (not on a server core).
 
 use crate::grpc::codec;
+use crate::tls::stream::{Connector, Plain};
 use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
@@ -36,14 +41,55 @@ fn transport(e: impl std::fmt::Display) -> CallError {
 
 pub type Conn = SendRequest<Bytes>;
 
+/// A plaintext connection (h2 with prior knowledge).
 pub async fn connect(addr: SocketAddr) -> Result<Conn, CallError> {
     let stream = TcpStream::connect(addr).await.map_err(transport)?;
     stream.set_nodelay(true).ok();
+    handshake(stream).await
+}
+
+/// A TLS connection: TCP, then the TLS handshake with `connector`'s client config (its
+/// certificate, its trusted CA, ALPN h2; `host` is checked against the server's
+/// certificate), then h2 over it. A config with resumption disabled makes every call a
+/// full handshake.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    connector: &Connector,
+    host: &str,
+) -> Result<Conn, CallError> {
+    let tcp = TcpStream::connect(addr).await.map_err(transport)?;
+    tcp.set_nodelay(true).ok();
+    let stream = connector
+        .connect(host, Plain::Tcp(tcp))
+        .await
+        .map_err(transport)?;
+    handshake(stream).await
+}
+
+/// Either of the above: TLS when a connector is given (the server name checked is the
+/// address's IP).
+pub async fn connect_with(
+    addr: SocketAddr,
+    connector: Option<&Connector>,
+) -> Result<Conn, CallError> {
+    match connector {
+        Some(c) => connect_tls(addr, c, &addr.ip().to_string()).await,
+        None => connect(addr).await,
+    }
+}
+
+/// h2 over a connected socket (plain, or TLS already shaken hands); the connection's driver
+/// runs as a detached task on the caller's executor and ends (closing the socket) once
+/// every handle to it is dropped.
+pub async fn handshake<S>(io: S) -> Result<Conn, CallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
         .max_concurrent_reset_streams(1024)
-        .handshake(stream.compat())
+        .handshake(io.compat())
         .await
         .map_err(transport)?;
     glommio::spawn_local(async move {
