@@ -34,6 +34,6 @@ ci/interop.sh target/debug/keel
 # The benchmark end to end (Keel and etcd, one short run per scenario): it must run, not
 # be fast; figures come from release builds on an idle machine (tuning.md).
 cargo run -q -p keel-bench -- compare --quick --seconds 1 --keel target/debug/keel \
-  --no-plots --out target/bench-smoke | tail -n 13
+  --no-plots --out target/bench-smoke | tail -n 40
 
 ci/fuzz-smoke.sh
