@@ -316,8 +316,17 @@ impl ServerCertVerifier for AnyServerCert {
 
 /// A client config trusting `ca_pem` (or any server, when `None`), showing `identity`.
 fn client_config(ca_pem: Option<&str>, identity: Option<&Pair>) -> Arc<ClientConfig> {
+    client_config_versions(ca_pem, identity, rustls::DEFAULT_VERSIONS)
+}
+
+/// Like `client_config`, offering only `versions`.
+fn client_config_versions(
+    ca_pem: Option<&str>,
+    identity: Option<&Pair>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap();
     let builder = match ca_pem {
         Some(pem) => {
@@ -724,22 +733,35 @@ fn bad_client_certificates_are_refused_and_the_member_keeps_serving() {
         assert!(!ctl.ok, "etcdctl with {what} was served: {ctl:?}");
         wait_rejection_with(&s, before, word);
 
-        // A raw client sees the refusal on its own connection, which the server closes.
-        let seen = probe(s.client_port, client_config(Some(&p.ca.pem), cert));
-        let (from, err) = match seen {
-            Ok(pr) => (pr.from, pr.answer.expect_err("refused client answered")),
-            Err(e) => e,
-        };
-        let line = rejected_line(&s, &from);
-        eprintln!("{what}: {line}");
-        assert!(line.to_lowercase().contains(word), "{what}: {line}");
-        // The alert, or the closed socket when the server's close overtakes it.
-        assert!(
-            ["alert", "closed", "reset", "Broken pipe"]
-                .iter()
-                .any(|w| err.contains(w)),
-            "{what}: the client saw {err:?}"
-        );
+        // A raw client sees the refusal on its own connection, which the server closes:
+        // with TLS 1.3 after its side of the handshake is done (an alert on its first
+        // read), with TLS 1.2 during the handshake.
+        for (version, versions) in [
+            ("TLS 1.3", &[&rustls::version::TLS13][..]),
+            ("TLS 1.2", &[&rustls::version::TLS12][..]),
+        ] {
+            let seen = probe(
+                s.client_port,
+                client_config_versions(Some(&p.ca.pem), cert, versions),
+            );
+            let (from, err) = match seen {
+                Ok(pr) => (pr.from, pr.answer.expect_err("refused client answered")),
+                Err(e) => e,
+            };
+            let line = rejected_line(&s, &from);
+            eprintln!("{what} ({version}): {line}");
+            assert!(
+                line.to_lowercase().contains(word),
+                "{what} ({version}): {line}"
+            );
+            // The alert, or the closed socket when the server's close overtakes it.
+            assert!(
+                ["alert", "closed", "reset", "Broken pipe"]
+                    .iter()
+                    .any(|w| err.contains(w)),
+                "{what} ({version}): the client saw {err:?}"
+            );
+        }
         w.check(&s, what);
     }
     // The good certificate is served, and is who the member thinks it is.
@@ -1396,6 +1418,45 @@ fn peer_tls_cluster_survives_a_leader_kill() {
             .filter(|l| l.contains("rejected connection") && !l.contains(&from))
             .collect();
         assert!(refused.is_empty(), "m{i} refused peers: {refused:#?}");
+    }
+}
+
+#[test]
+fn a_peer_url_as_http_and_https_on_one_port_or_on_the_client_port_stops_the_boot() {
+    // Client URLs on one port share a listener (http_and_https_on_one_port); peer URLs do
+    // not: two listeners on one port would split its connections between them.
+    let p = Pki::new("peer-dup");
+    let peer = p.pair("peer", "keel-peer", 0x9ee4, Kind::Member);
+    let tls = [
+        "--peer-cert-file",
+        peer.cert(),
+        "--peer-key-file",
+        peer.key(),
+    ];
+    let mut s = Server::unstarted("peer-dup");
+    let port = s.peer_port;
+    let client = s.client_url();
+    let cases = [
+        (
+            "http and https peer URLs on one port",
+            format!("http://127.0.0.1:{port},https://127.0.0.1:{port}"),
+        ),
+        ("a peer URL on the client port", client.clone()),
+    ];
+    for (what, listen_peers) in cases {
+        let mut args = single_member_args(&s, &client, &client);
+        let i = args.iter().position(|a| a == "--listen-peer-urls").unwrap();
+        args[i + 1] = listen_peers;
+        args.extend(tls.iter().map(|s| s.to_string()));
+        s.set_args(args);
+        let (code, log) = s
+            .run_expecting_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{what}: the server did not exit:\n{}", s.log()));
+        assert_ne!(code, 0, "{what}: exit code 0:\n{log}");
+        assert!(
+            log.contains("bind: address already in use"),
+            "{what}: the message lacks the bind error:\n{log}"
+        );
     }
 }
 
