@@ -1145,6 +1145,47 @@ fn rotated_certificate_files_are_served_without_a_restart() {
     w.check(&s, "the fix");
 }
 
+#[test]
+fn a_rewritten_crl_refuses_the_newly_revoked_certificate_on_new_connections() {
+    let p = Pki::new("crl-rotate");
+    let (server, alice) = (p.server(), p.alice());
+    let bob = p.pair("bob", "bob", 0xb0b, Kind::Client);
+    let crl = p.file("crl.pem", &p.ca.crl(&[MALLORY_SERIAL]));
+    let mut flags = mtls_server_flags(&p, &server);
+    flags.extend([
+        "--client-crl-file".to_string(),
+        crl.to_str().unwrap().to_string(),
+    ]);
+    let s = Server::start_https(
+        "crl-rotate",
+        &strs(&ctl_flags(&p, Some(&alice))),
+        &strs(&flags),
+    );
+    let bob_probe = || probe(s.client_port, client_config(Some(&p.ca.pem), Some(&bob)));
+    assert_eq!(bob_probe().unwrap().answer, Ok(()), "bob served at first");
+    let mut w = Written::new("crl/");
+    w.check(&s, "start");
+
+    replace_file(&crl, &p.ca.crl(&[MALLORY_SERIAL, 0xb0b]));
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..4 {
+        let (from, err) = match bob_probe() {
+            Ok(pr) => (
+                pr.from,
+                pr.answer.expect_err("bob served after his revocation"),
+            ),
+            Err(e) => e,
+        };
+        let line = rejected_line(&s, &from);
+        assert!(
+            line.to_lowercase().contains("revoked"),
+            "probe {i}: {line} (client saw {err})"
+        );
+    }
+    // Alice, not revoked, is still served.
+    w.check(&s, "the new CRL");
+}
+
 /// The flags of a single member listening for clients on `listen` (a comma-separated list)
 /// and advertising `advertise`.
 fn single_member_args(s: &Server, listen: &str, advertise: &str) -> Vec<String> {
@@ -1416,6 +1457,80 @@ fn peer_tls_cluster_survives_a_leader_kill() {
         let refused: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("rejected connection") && !l.contains(&from))
+            .collect();
+        assert!(refused.is_empty(), "m{i} refused peers: {refused:#?}");
+    }
+}
+
+#[test]
+fn rotated_peer_certificates_are_shown_on_new_peer_connections() {
+    // Every member shows the same peer certificate files. They are rotated to a new
+    // certificate and the old one is revoked; a member killed and restarted then gets new
+    // connections from the others, which must come with the new certificate.
+    let p = Pki::new("peer-rotate");
+    let old = p.pair("peer", "keel-peer-old", 0x01d, Kind::Member);
+    let new = p.pair("peer-next", "keel-peer-new", 0x2e3, Kind::Member);
+    let crl = p.file("peer-crl.pem", &p.ca.crl(&[MALLORY_SERIAL]));
+    let mut extra: Vec<String> = [
+        "--peer-cert-file",
+        old.cert(),
+        "--peer-key-file",
+        old.key(),
+        "--peer-trusted-ca-file",
+        p.ca(),
+        "--peer-client-cert-auth",
+        "--peer-crl-file",
+        crl.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    extra.extend(FAST_ELECTIONS.iter().map(|s| s.to_string()));
+    let mut c = Cluster::start_peer_scheme("peer-rotate", 3, &strs(&extra), "https");
+    let rt = runtime();
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let victim = (leader + 1) % 3;
+    rt.block_on(put_retrying(&c, leader, "pr/before", "1"));
+
+    replace_file(&old.cert, &new.cert_pem);
+    replace_file(&old.key, &new.key_pem);
+    replace_file(&crl, &p.ca.crl(&[MALLORY_SERIAL, 0x01d]));
+    std::thread::sleep(Duration::from_millis(1500));
+    // New connections to the peer port get the new certificate.
+    let pr = probe(
+        c.members[leader].peer_port,
+        client_config(Some(&p.ca.pem), Some(&new)),
+    )
+    .unwrap();
+    assert_eq!(
+        pr.certs[0], new.der,
+        "the leader's peer port shows the new certificate"
+    );
+
+    c.member(victim).kill9();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    rt.block_on(async {
+        c.wait_leader(&rest).await;
+        put_retrying(&c, rest[0], "pr/during", "2").await;
+    });
+    c.member(victim).restart();
+    rt.block_on(async {
+        let rev = c.wait_caught_up(&[0, 1, 2]).await;
+        c.assert_hash_kv_equal(&[0, 1, 2], rev).await;
+        assert_eq!(
+            serializable_values(&c, victim, "pr/").await,
+            vec![
+                ("pr/before".to_string(), "1".to_string()),
+                ("pr/during".to_string(), "2".to_string())
+            ]
+        );
+    });
+    // No member was refused for showing the revoked certificate.
+    for (i, m) in c.members.iter().enumerate() {
+        let log = m.log();
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("rejected connection"))
             .collect();
         assert!(refused.is_empty(), "m{i} refused peers: {refused:#?}");
     }
