@@ -2,9 +2,10 @@
 //! every kind of bad client (certificates expired, untrusted, revoked or missing; plaintext
 //! on a TLS port and TLS on a plaintext one; a truncated, garbage or stalled handshake)
 //! refused on its own connection while the member keeps serving everyone else, bad
-//! certificate files stopping the boot with the file named, certificate rotation without a
-//! restart, http and https on one port, auto-TLS, and peer TLS (a 3-member cluster that
-//! survives a kill -9 of its leader) and unix peer URLs.
+//! certificate files stopping the boot with the file named, certificate and CRL rotation
+//! without a restart, http and https on one port, auto-TLS, and peer TLS (a 3-member
+//! cluster that survives a kill -9 of its leader; rotated peer certificates used on new
+//! peer connections), a peer URL twice on one port refused, and unix peer URLs.
 //!
 //! Every certificate is made here with rcgen (a CA, server and client certificates, an
 //! expired one, one from another CA, a CRL) into a temp dir. The raw probes speak TLS with
@@ -13,7 +14,8 @@
 //!
 //! `KEEL_TEST_SERVER=/usr/bin/etcd cargo nextest run --test tls` runs the same tests
 //! against etcd 3.4; the few Keel-only checks (etcd has no handshake timeout, reads a CRL
-//! file only per connection, logs no reload) say so where they are skipped.
+//! file only per connection, fails handshakes while a rewritten key does not match, logs
+//! no reload) say so where they are skipped.
 
 mod common;
 
@@ -1215,6 +1217,8 @@ fn single_member_args(s: &Server, listen: &str, advertise: &str) -> Vec<String> 
     .collect()
 }
 
+/// (Against etcd 3.4 the first plaintext call on the shared port sometimes times out,
+/// as it does while another connection there has sent nothing yet.)
 #[test]
 fn http_and_https_on_one_port() {
     let p = Pki::new("both");
