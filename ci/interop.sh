@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Clients nobody here wrote, beyond etcdctl and etcd-client (those run in `cargo test`):
-# Python etcd3 (grpcio) and Node etcd3 (grpc-js) against a Keel member on loopback.
+# Python etcd3 (grpcio) and Node etcd3 (grpc-js) against a Keel member on loopback: in
+# plaintext, over mutual TLS (certificates made here with openssl; --client-cert-auth), and
+# through a follower of a 3-member cluster.
 #
 #   ci/interop.sh [path/to/keel]      (default target/debug/keel)
 #
@@ -19,7 +21,7 @@ DATA=$(mktemp -d /tmp/keel-interop.XXXXXX)
   --initial-advertise-peer-urls "http://127.0.0.1:$PEER" \
   --initial-cluster "default=http://127.0.0.1:$PEER" >"$DATA.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA" "$DATA.log"' EXIT
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DATA" "$DATA".*' EXIT
 for _ in $(seq 100); do grep -q "ready to serve" "$DATA.log" && break; sleep 0.1; done
 status=0
 # Both clients against one server: $1 = the client port.
@@ -41,6 +43,50 @@ run_clients() {
 run_clients "$PORT"
 kill $PID; wait $PID 2>/dev/null || true
 
+# The same clients over mutual TLS: a CA, a server certificate for localhost / 127.0.0.1
+# and a client certificate, all ECDSA P-256 (PKCS#8 keys), made with openssl.
+PKI="$DATA/pki"
+mkdir -p "$PKI"
+make_certs() {
+  local d=$1 who
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/O=keel interop/CN=keel interop CA" -keyout "$d/ca-key.pem" -out "$d/ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    "extendedKeyUsage=serverAuth,clientAuth" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    >"$d/server.ext"
+  printf '%s\n' "extendedKeyUsage=clientAuth" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    >"$d/client.ext"
+  for who in server client; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/O=keel interop/CN=keel-interop-$who" -keyout "$d/$who-key.pem" -out "$d/$who.csr"
+    openssl x509 -req -in "$d/$who.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" \
+      -CAcreateserial -days 2 -extfile "$d/$who.ext" -out "$d/$who.pem"
+  done
+}
+if make_certs "$PKI" >"$DATA.pki.log" 2>&1; then
+  TPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  TPEER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$KEEL" --data-dir "$DATA/tls" --listen-client-urls "https://127.0.0.1:$TPORT" \
+    --advertise-client-urls "https://127.0.0.1:$TPORT" --listen-peer-urls "http://127.0.0.1:$TPEER" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$TPEER" \
+    --initial-cluster "default=http://127.0.0.1:$TPEER" \
+    --cert-file "$PKI/server.pem" --key-file "$PKI/server-key.pem" \
+    --trusted-ca-file "$PKI/ca.pem" --client-cert-auth >"$DATA.tls.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do grep -q "ready to serve" "$DATA.tls.log" && break; sleep 0.1; done
+  echo "interop: over mutual TLS (--client-cert-auth)"
+  KEEL_TLS_DIR="$PKI" run_clients "$TPORT"
+  if ! grep -q "rejected connection from" "$DATA.tls.log"; then
+    echo "interop: FAILED: the TLS member logged no refusal of the certificate-less client"
+    status=1
+  fi
+  kill $PID; wait $PID 2>/dev/null || true
+else
+  echo "interop: FAILED: openssl could not make the test certificates:"; cat "$DATA.pki.log"; status=1
+fi
+
 # The same clients against a follower of a 3-member cluster: their writes, leases,
 # keep-alives and locks go through it to the leader.
 read -r -a P <<<"$(python3 -c 'import socket
@@ -57,7 +103,7 @@ for i in 0 1 2; do
     >"$DATA.m$i.log" 2>&1 &
   PIDS+=($!)
 done
-trap 'kill ${PIDS[*]} 2>/dev/null; wait ${PIDS[*]} 2>/dev/null; rm -rf "$DATA" "$DATA".*' EXIT
+trap 'kill ${PIDS[*]} 2>/dev/null || true; wait ${PIDS[*]} 2>/dev/null || true; rm -rf "$DATA" "$DATA".*' EXIT
 for i in 0 1 2; do
   for _ in $(seq 200); do grep -q "ready to serve" "$DATA.m$i.log" && break; sleep 0.1; done
 done

@@ -1,9 +1,21 @@
 // Node etcd3 (grpc-js) against a Keel endpoint: KV, txn-style if, errors, status, members,
 // watch.
 // usage: node node_etcd3.js HOST:PORT   (exit 0 and "node etcd3: N checks passed")
+// With KEEL_TLS_DIR set, over mutual TLS: ca.pem, client.pem and client-key.pem from there.
+const fs = require('fs');
 const { Etcd3 } = require('etcd3');
 
-const client = new Etcd3({ hosts: `http://${process.argv[2]}` });
+const tls = process.env.KEEL_TLS_DIR;
+const client = new Etcd3(tls
+  ? {
+    hosts: `https://${process.argv[2]}`,
+    credentials: {
+      rootCertificate: fs.readFileSync(`${tls}/ca.pem`),
+      certChain: fs.readFileSync(`${tls}/client.pem`),
+      privateKey: fs.readFileSync(`${tls}/client-key.pem`),
+    },
+  }
+  : { hosts: `http://${process.argv[2]}` });
 let checks = 0;
 function check(cond, what) {
   if (!cond) {
@@ -93,7 +105,7 @@ function check(cond, what) {
   await lock.release();
   const again = await client.lock('js-lock').ttl(10).acquire();
   await again.release();
-  console.log(`node etcd3: ${checks} checks passed`);
+  console.log(`node etcd3: ${checks} checks passed${tls ? ' (mutual TLS)' : ''}`);
   client.close();
 })().catch((e) => {
   console.log(`node etcd3: FAILED: ${e.stack || e}`);

@@ -2,6 +2,9 @@
 leases and python-etcd3's own lock recipe.
 
 usage: python3 python_etcd3.py HOST PORT   (exit 0 and "python etcd3: N checks passed")
+
+With KEEL_TLS_DIR set, over mutual TLS: ca.pem, client.pem and client-key.pem from that
+directory; then a client without a certificate must be refused.
 """
 import os
 import sys
@@ -12,7 +15,15 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 import etcd3  # noqa: E402
 
 host, port = sys.argv[1], int(sys.argv[2])
-c = etcd3.client(host=host, port=port, timeout=10)
+tls = os.environ.get("KEEL_TLS_DIR")
+creds = {}
+if tls:
+    creds = dict(
+        ca_cert=f"{tls}/ca.pem",
+        cert_cert=f"{tls}/client.pem",
+        cert_key=f"{tls}/client-key.pem",
+    )
+c = etcd3.client(host=host, port=port, timeout=10, **creds)
 checks = 0
 
 
@@ -85,4 +96,15 @@ with c.lock("py-lock", ttl=10) as lk:
     check(lk.is_acquired(), "lock acquired")
     check(c.get("py-lock")[0] is None, "lock key is under the lock prefix")
 check(not lk.is_acquired(), "lock released")
-print(f"python etcd3: {checks} checks passed")
+if tls:
+    # Trusting the server but showing no certificate: refused (--client-cert-auth).
+    bare = etcd3.client(host=host, port=port, timeout=5, ca_cert=f"{tls}/ca.pem")
+    try:
+        bare.get("py/a")
+        refused = None
+    except Exception as e:  # ConnectionFailedError or a gRPC error, depending on timing
+        refused = e
+    check(refused is not None, "a client without a certificate was served")
+    # And the member still serves the good client.
+    check(c.get("py/a")[0] == b"one", "served after the refusal")
+print(f"python etcd3: {checks} checks passed{' (mutual TLS)' if tls else ''}")

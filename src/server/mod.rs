@@ -270,12 +270,34 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
 /// Fails like etcd when another process holds a client or peer address. Every core binds
 /// with SO_REUSEPORT, which would otherwise let a second server on the same port share
 /// its connections silently: a plain bind first tells.
+/// Whether two listeners on `a` and `b` would take the same connections.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
     let peer_addrs = opts.listen_peers.iter().filter_map(|p| match &p.target {
         PeerTarget::Tcp(addr) => Some(addr),
         PeerTarget::Unix(_) => None,
     });
-    for addr in opts.listen_clients.iter().map(|l| &l.addr).chain(peer_addrs) {
+    // Client URLs on one address are merged (http and https share a listener); any other
+    // two listeners on one address would share its connections through SO_REUSEPORT
+    // (a peer URL listed as http and https, a peer URL on a client port): refused, as
+    // etcd's second bind fails.
+    let addrs: Vec<&SocketAddr> = opts
+        .listen_clients
+        .iter()
+        .map(|l| &l.addr)
+        .chain(peer_addrs)
+        .collect();
+    for (i, addr) in addrs.iter().enumerate() {
+        if addr.port() != 0 && addrs[..i].iter().any(|other| overlaps(addr, other)) {
+            return Err(format!("listen tcp {addr}: bind: address already in use"));
+        }
+    }
+    for addr in addrs {
         if addr.port() == 0 {
             continue;
         }

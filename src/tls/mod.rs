@@ -5,8 +5,9 @@
 //!   `--client-cert-auth`, `--client-crl-file`, allowed CN / hostname, auto-TLS) and the
 //!   versions and cipher suites both sides share.
 //! - [`Material`]: what the files held, read and checked (at boot, then again whenever a
-//!   file changes: [`stream::Acceptor`] re-reads them at most once a second, on the next
-//!   handshake, so a rotated certificate is served without a restart).
+//!   file changes: [`stream::Acceptor`] and [`stream::Connector`] re-read them at most once
+//!   a second, on the next handshake, so a rotated certificate is served and shown to
+//!   peers without a restart).
 //! - [`stream`]: the accept side (handshake with a timeout, the verified client's Common
 //!   Name) and the dial side, and [`stream::Stream`], the one socket type the gRPC server
 //!   and the peer transport read and write (plain or TLS, TCP or unix).
@@ -193,6 +194,8 @@ pub struct Material {
     pub server: Arc<rustls::ServerConfig>,
     pub client: Arc<rustls::ClientConfig>,
     pub files: Files,
+    /// The settings it was built from (to build it again when the files change).
+    pub info: TlsInfo,
 }
 
 impl Material {
@@ -283,6 +286,7 @@ impl Material {
             server: Arc::new(server),
             client: Arc::new(client),
             files: files.clone(),
+            info: info.clone(),
         })
     }
 }

@@ -146,60 +146,87 @@ impl Mode {
     }
 }
 
-/// One side's TLS acceptor on one core. Holds the configs built from the files; on a new
-/// connection at least [`RELOAD_INTERVAL`] after the last look, reads the files again
-/// (on glommio's blocking pool) and rebuilds when they changed. A file caught half
-/// rewritten keeps the old config until the next look.
-pub struct Acceptor {
-    info: TlsInfo,
+/// One side's configs, built from its files: on a handshake at least [`RELOAD_INTERVAL`]
+/// after the last look, the files are read again (on glommio's blocking pool) and the
+/// configs rebuilt when they changed. A file caught half rewritten keeps the old configs
+/// until the next look.
+struct Reloading {
     material: RefCell<Material>,
     checked: Cell<Instant>,
     checking: Cell<bool>,
 }
 
-impl Acceptor {
-    pub fn new(info: TlsInfo, material: Material) -> Rc<Acceptor> {
-        Rc::new(Acceptor {
-            info,
+impl Reloading {
+    fn new(material: Material) -> Reloading {
+        Reloading {
             material: RefCell::new(material),
             checked: Cell::new(Instant::now()),
             checking: Cell::new(false),
+        }
+    }
+
+    fn info(&self) -> TlsInfo {
+        self.material.borrow().info.clone()
+    }
+
+    /// Looks at the files again if it is time to.
+    async fn refresh(&self) {
+        if self.checked.get().elapsed() < RELOAD_INTERVAL || self.checking.get() {
+            return;
+        }
+        self.checking.set(true);
+        let info = self.info();
+        let read = glommio::executor()
+            .spawn_blocking(move || info.read_files())
+            .await;
+        self.checked.set(Instant::now());
+        self.checking.set(false);
+        let Ok(files) = read else {
+            return;
+        };
+        if files == self.material.borrow().files {
+            return;
+        }
+        let info = self.info();
+        match Material::build(&info, &files) {
+            Ok(m) => {
+                crate::runtime::log::info(
+                    "embed",
+                    &format!("reloaded TLS certificate files ({})", info.cert_file.display()),
+                );
+                *self.material.borrow_mut() = m;
+            }
+            Err(e) => crate::runtime::log::warning(
+                "embed",
+                &format!("keeping the current TLS certificate: {e}"),
+            ),
+        }
+    }
+}
+
+/// One side's TLS acceptor on one core, its configs [`Reloading`] from the files.
+pub struct Acceptor {
+    client_cert_auth: bool,
+    files: Reloading,
+}
+
+impl Acceptor {
+    pub fn new(info: TlsInfo, material: Material) -> Rc<Acceptor> {
+        debug_assert_eq!(info, material.info);
+        Rc::new(Acceptor {
+            client_cert_auth: info.client_cert_auth,
+            files: Reloading::new(material),
         })
     }
 
     /// Whether client certificates are checked and their CN is the caller's identity.
     pub fn client_cert_auth(&self) -> bool {
-        self.info.client_cert_auth
+        self.client_cert_auth
     }
 
     async fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        if self.checked.get().elapsed() >= RELOAD_INTERVAL && !self.checking.get() {
-            self.checking.set(true);
-            let info = self.info.clone();
-            let read = glommio::executor()
-                .spawn_blocking(move || info.read_files())
-                .await;
-            self.checked.set(Instant::now());
-            self.checking.set(false);
-            if let Ok(files) = read {
-                if files != self.material.borrow().files {
-                    match Material::build(&self.info, &files) {
-                        Ok(m) => {
-                            crate::runtime::log::info(
-                                "embed",
-                                &format!("reloaded TLS certificate files ({})", self.info.cert_file.display()),
-                            );
-                            *self.material.borrow_mut() = m;
-                        }
-                        Err(e) => crate::runtime::log::warning(
-                            "embed",
-                            &format!("keeping the current TLS certificate: {e}"),
-                        ),
-                    }
-                }
-            }
-        }
-        self.material.borrow().server.clone()
+        self.files.refresh().await;
+        self.files.material.borrow().server.clone()
     }
 
     /// The handshake, cut after [`HANDSHAKE_TIMEOUT`].
@@ -222,15 +249,16 @@ impl Acceptor {
     }
 }
 
-/// Dials with one side's client config (the peer transport).
+/// Dials with one side's client config (the peer transport), [`Reloading`] it from the
+/// files: a rotated certificate (or CA) is used on the next connection, as etcd does.
 pub struct Connector {
-    config: Arc<rustls::ClientConfig>,
+    files: Reloading,
 }
 
 impl Connector {
     pub fn new(material: &Material) -> Connector {
         Connector {
-            config: material.client.clone(),
+            files: Reloading::new(material.clone()),
         }
     }
 
@@ -239,9 +267,11 @@ impl Connector {
     pub async fn connect(&self, host: &str, plain: Plain) -> io::Result<Stream> {
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        self.files.refresh().await;
+        let config = self.files.material.borrow().client.clone();
         let tls = with_timeout(
             HANDSHAKE_TIMEOUT,
-            TlsConnector::from(self.config.clone()).connect(name, plain),
+            TlsConnector::from(config).connect(name, plain),
         )
         .await
         .map_err(|e| io::Error::new(e.kind(), super::error_text(&e)))?;

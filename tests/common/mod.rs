@@ -64,7 +64,7 @@ pub fn is_keel() -> bool {
     std::env::var_os("KEEL_TEST_SERVER").is_none()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -85,6 +85,12 @@ pub struct Server {
     /// The whole flag list, when the caller builds it (cluster members); else the
     /// single-member flags of `args()`.
     explicit: Option<Vec<String>>,
+    /// The scheme of the client URL (`http`, or `https` for a TLS member).
+    pub client_scheme: String,
+    /// The scheme of the peer URL (`http`, `https`, `unix`, `unixs`).
+    pub peer_scheme: String,
+    /// Flags every etcdctl run against this server gets (TLS: `--cacert`, `--cert`, ...).
+    pub ctl_flags: Vec<String>,
 }
 
 impl Server {
@@ -107,6 +113,22 @@ impl Server {
         s
     }
 
+    /// A fresh member serving clients on an `https://` URL (its TLS flags in `extra`);
+    /// etcdctl runs against it get `ctl_flags` (e.g. `--cacert`, `--cert`, `--key`).
+    pub fn start_https(tag: &str, ctl_flags: &[&str], extra: &[&str]) -> Server {
+        let mut s = Server::unstarted(tag);
+        s.client_scheme = "https".into();
+        s.ctl_flags = ctl_flags.iter().map(|s| s.to_string()).collect();
+        s.set_extra(extra);
+        s.spawn_and_wait();
+        s
+    }
+
+    /// The flags appended to the single-member ones on every later start.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// A member with its temp dir and free ports, not started: the caller sets its flags
     /// (`set_args`), then `spawn`s it and `wait_ready`s.
     pub fn unstarted(tag: &str) -> Server {
@@ -127,6 +149,9 @@ impl Server {
             starts: 0,
             relative: false,
             explicit: None,
+            client_scheme: "http".into(),
+            peer_scheme: "http".into(),
+            ctl_flags: Vec::new(),
         }
     }
 
@@ -136,11 +161,20 @@ impl Server {
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+    }
+
+    /// What etcdctl's `--endpoints` gets: `127.0.0.1:port`, or the URL when not http.
+    pub fn ctl_endpoint(&self) -> String {
+        if self.client_scheme == "http" {
+            self.endpoint()
+        } else {
+            self.client_url()
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -287,23 +321,16 @@ impl Server {
     /// Starts etcdctl (API v3) against this server without waiting for it: for the
     /// commands that keep running (watch, lock, elect, lease keep-alive).
     pub fn etcdctl_spawn(&self, args: &[&str]) -> Spawned {
-        let mut child = Command::new("etcdctl")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl is installed (ci/deps.sh installs Debian's etcd-client)");
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
-        Spawned { child, out, err }
+        let mut all = vec![format!("--endpoints={}", self.ctl_endpoint())];
+        all.extend(self.ctl_flags.iter().cloned());
+        all.extend(args.iter().map(|s| s.to_string()));
+        etcdctl_bare_spawn(&all.iter().map(|s| s.as_str()).collect::<Vec<_>>())
     }
 
     pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Ctl {
         let mut child = Command::new("etcdctl")
-            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg(format!("--endpoints={}", self.ctl_endpoint()))
+            .args(&self.ctl_flags)
             .args(args)
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::piped())
@@ -320,6 +347,33 @@ impl Server {
         let out = child.wait_with_output().unwrap();
         Ctl::from(out)
     }
+}
+
+/// Starts etcdctl (API v3) with `args` alone, without waiting for it.
+pub fn etcdctl_bare_spawn(args: &[&str]) -> Spawned {
+    let mut child = Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (ci/deps.sh installs Debian's etcd-client)");
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    Spawned { child, out, err }
+}
+
+/// Runs etcdctl (API v3) with `args` alone (the caller gives `--endpoints` and any TLS
+/// flags).
+pub fn etcdctl_bare(args: &[&str]) -> Ctl {
+    let out = Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::null())
+        .output()
+        .expect("etcdctl is installed (ci/deps.sh installs Debian's etcd-client)");
+    Ctl::from(out)
 }
 
 impl Drop for Server {
@@ -531,9 +585,19 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members with `extra` flags each, then waits until every one is ready.
     pub fn start(tag: &str, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_peer_scheme(tag, n, extra, "http")
+    }
+
+    /// Like `start`, with peer URLs of `peer_scheme` (`https` with the peer TLS flags in
+    /// `extra`); clients still use plaintext.
+    pub fn start_peer_scheme(tag: &str, n: usize, extra: &[&str], peer_scheme: &str) -> Cluster {
         let token = format!("keel-it-{tag}");
         let mut members: Vec<Server> = (0..n)
-            .map(|i| Server::unstarted(&format!("{tag}-m{i}")))
+            .map(|i| {
+                let mut m = Server::unstarted(&format!("{tag}-m{i}"));
+                m.peer_scheme = peer_scheme.to_string();
+                m
+            })
             .collect();
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let initial_cluster = names
