@@ -887,12 +887,14 @@ fn stalled_handshakes_are_cut_by_the_server() {
     let p = Pki::new("stall");
     let (server, alice) = (p.server(), p.alice());
     let both_port = free_port();
+    let plain_port = free_port();
     let mut s = Server::unstarted("stall");
     s.client_scheme = "https".into();
     s.ctl_flags = ctl_flags(&p, Some(&alice));
     // A TLS-only port, and one that serves both (its first byte tells).
     let urls = format!(
-        "{},http://127.0.0.1:{both_port},https://127.0.0.1:{both_port}",
+        "{},http://127.0.0.1:{both_port},https://127.0.0.1:{both_port},\
+         http://127.0.0.1:{plain_port}",
         s.client_url()
     );
     let mut args = single_member_args(&s, &urls, &s.client_url());
@@ -947,6 +949,10 @@ fn stalled_handshakes_are_cut_by_the_server() {
         assert!(line.contains("timed out"), "{line}");
     }
     drop((silent_tls, silent_both, half));
+    // A plaintext client that never sends the HTTP/2 preface is cut after the same time.
+    let mut silent_plain = connect(plain_port);
+    let took = wait_closed(&mut silent_plain).1;
+    eprintln!("silent plaintext connection closed by the server after {took:?}");
     w.check(&s, "stalled connections cut");
 }
 

@@ -346,8 +346,14 @@ pub async fn serve_connection<S>(
     // frame costs two send(2)s and a tiny TCP segment (TCP_NODELAY is on). The buffer
     // gathers what h2 writes between flushes into one send.
     let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream.compat());
-    let Ok(mut connection) = builder.handshake::<_, Bytes>(io).await else {
-        return; // not HTTP/2 (or the client left): dropping the stream closes it.
+    // A client that never sends the HTTP/2 preface is cut like a stalled TLS handshake, so
+    // silent connections cannot pile up.
+    let handshake = future::or(async { builder.handshake::<_, Bytes>(io).await.ok() }, async {
+        glommio::timer::sleep(crate::tls::stream::HANDSHAKE_TIMEOUT).await;
+        None
+    });
+    let Some(mut connection) = handshake.await else {
+        return; // not HTTP/2, silent, or the client left: dropping the stream closes it.
     };
     // h2 answers PINGs and window updates while this loop polls the connection. After
     // `keepalive_interval` without a new stream the server PINGs the client itself; a
