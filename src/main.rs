@@ -4,9 +4,9 @@
 //! as etcd does with `./default.etcd`.
 
 use keel::config::{self, Config, ConfigError};
+use keel::raft::transport::{PeerListen, PeerTarget};
 use keel::raft::RaftOptions;
 use keel::runtime::log;
-use keel::raft::transport::{PeerListen, PeerTarget};
 use keel::server::{self, ClientListen, ServerOptions};
 use keel::tls;
 use std::process::ExitCode;
@@ -43,9 +43,15 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             if u.scheme.starts_with("unix") {
                 // etcd listens on the path `host:port` (relative to the working directory).
                 let path = format!("{}:{}", u.host, u.port);
-                Ok(PeerListen { target: PeerTarget::Unix(path.into()), tls })
+                Ok(PeerListen {
+                    target: PeerTarget::Unix(path.into()),
+                    tls,
+                })
             } else {
-                Ok(PeerListen { target: PeerTarget::Tcp(u.socket_addr()?), tls })
+                Ok(PeerListen {
+                    target: PeerTarget::Tcp(u.socket_addr()?),
+                    tls,
+                })
             }
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -59,7 +65,11 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
                 l.tls |= tls;
                 l.plain |= !tls;
             }
-            None => listen_clients.push(ClientListen { addr, plain: !tls, tls }),
+            None => listen_clients.push(ClientListen {
+                addr,
+                plain: !tls,
+                tls,
+            }),
         }
     }
     // Absolute paths: glommio opens directories with openat, which fails on relative ones
@@ -202,7 +212,10 @@ fn tls_side(
     };
     if !info.is_empty() {
         if flags.auto_tls {
-            log::warning("embed", &format!("ignoring {which} auto TLS since certs given"));
+            log::warning(
+                "embed",
+                &format!("ignoring {which} auto TLS since certs given"),
+            );
         }
         return Ok(Some(tls::Side { info, auto: None }));
     }

@@ -143,7 +143,10 @@ fn etcd_34_and_36_sample_lines_parse() {
     );
     assert!(!config.tls_min_tls13 && !config.tls_max_tls12);
     assert!(
-        !config.warnings.iter().any(|w| w.contains("TLS") || w.contains("tls")),
+        !config
+            .warnings
+            .iter()
+            .any(|w| w.contains("TLS") || w.contains("tls")),
         "{:?}",
         config.warnings
     );

@@ -53,7 +53,9 @@ impl Url {
     /// etcd: binding must not depend on DNS.
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         if self.scheme.starts_with("unix") {
-            return Err(format!("unix sockets are served on peer URLs only ({self})"));
+            return Err(format!(
+                "unix sockets are served on peer URLs only ({self})"
+            ));
         }
         let ip = if self.host == "localhost" {
             IpAddr::V4(Ipv4Addr::LOCALHOST)

@@ -4,11 +4,11 @@
 use super::codec::{self, Decoder};
 use super::status::{Code, Status};
 use super::timeout;
+use crate::runtime::log;
+use crate::tls::stream::{Mode, Plain};
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, BoxedLocal};
 use glommio::channels::local_channel::{self, LocalReceiver};
-use crate::runtime::log;
-use crate::tls::stream::{Mode, Plain};
 use glommio::net::TcpListener;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::collections::{HashMap, HashSet};
@@ -288,7 +288,9 @@ pub async fn serve(
             match mode.accept(plain).await {
                 Ok(accepted) => {
                     let cn = match &*mode {
-                        Mode::Tls(a) | Mode::Both(a) if a.client_cert_auth() => accepted.common_name,
+                        Mode::Tls(a) | Mode::Both(a) if a.client_cert_auth() => {
+                            accepted.common_name
+                        }
                         _ => None,
                     };
                     serve_connection(accepted.stream, cn, router, config).await
@@ -296,7 +298,10 @@ pub async fn serve(
                 // A failed handshake closes this connection only (etcd logs it the same way).
                 Err(e) => log::warning(
                     "embed",
-                    &format!("rejected connection from {from:?} (error {:?}, ServerName \"\")", e.to_string()),
+                    &format!(
+                        "rejected connection from {from:?} (error {:?}, ServerName \"\")",
+                        e.to_string()
+                    ),
                 ),
             }
         })
@@ -348,10 +353,13 @@ pub async fn serve_connection<S>(
     let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream.compat());
     // A client that never sends the HTTP/2 preface is cut like a stalled TLS handshake, so
     // silent connections cannot pile up.
-    let handshake = future::or(async { builder.handshake::<_, Bytes>(io).await.ok() }, async {
-        glommio::timer::sleep(crate::tls::stream::HANDSHAKE_TIMEOUT).await;
-        None
-    });
+    let handshake = future::or(
+        async { builder.handshake::<_, Bytes>(io).await.ok() },
+        async {
+            glommio::timer::sleep(crate::tls::stream::HANDSHAKE_TIMEOUT).await;
+            None
+        },
+    );
     let Some(mut connection) = handshake.await else {
         return; // not HTTP/2, silent, or the client left: dropping the stream closes it.
     };

@@ -126,7 +126,13 @@ fn start(config: Config) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     glommio::spawn_local(async move {
-        let _ = serve(listener, crate::tls::stream::Mode::Plain, Rc::new(router()), config).await;
+        let _ = serve(
+            listener,
+            crate::tls::stream::Mode::Plain,
+            Rc::new(router()),
+            config,
+        )
+        .await;
     })
     .detach();
     addr

@@ -241,7 +241,10 @@ impl RaftCore {
         if others.is_empty() {
             return Ok(());
         }
-        let connector = opts.peer_tls.as_ref().map(crate::tls::stream::Connector::new);
+        let connector = opts
+            .peer_tls
+            .as_ref()
+            .map(crate::tls::stream::Connector::new);
         let Ok(info) = transport::fetch_cluster_info(&others, 1, connector.as_ref()).await else {
             return Ok(());
         };
@@ -269,7 +272,10 @@ impl RaftCore {
             .filter(|m| !m.peer_urls.iter().any(|u| mine.contains(u)))
             .map(|m| transport::peer_addrs(&m.peer_urls))
             .collect();
-        let connector = opts.peer_tls.as_ref().map(crate::tls::stream::Connector::new);
+        let connector = opts
+            .peer_tls
+            .as_ref()
+            .map(crate::tls::stream::Connector::new);
         let info = transport::fetch_cluster_info(&others, 30, connector.as_ref())
             .await
             .map_err(|e| boot_err(format!("cannot join the cluster: {e}")))?;

@@ -24,15 +24,15 @@
 //! - A member in the removed set is told so at its handshake and its messages are never
 //!   read; it stops itself when it hears that.
 
+use crate::config::Url;
 use crate::mesh::ToRaft;
 use crate::mvcc::db::{AppMeta, Db, DbOptions, ReadSnapshot, TreeId, TREE_COUNT};
 use crate::pb::keel::internal::{ClusterInfo, Forward, ForwardReply, Hello, Member};
 use crate::runtime::log;
+use crate::tls::stream::{Acceptor, Connector, Mode, Plain, Stream};
 use ::raft::eraftpb::Message as RaftMessage;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use crate::config::Url;
-use crate::tls::stream::{Acceptor, Connector, Mode, Plain, Stream};
 use glommio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use prost::Message as _;
 use protobuf::Message as _;
@@ -89,7 +89,9 @@ impl PeerListener {
                 let _ = s.set_nodelay(true);
                 Ok(Plain::Tcp(s))
             }
-            PeerListener::Unix(l) => Ok(Plain::Unix(l.accept().await.map_err(std::io::Error::from)?)),
+            PeerListener::Unix(l) => {
+                Ok(Plain::Unix(l.accept().await.map_err(std::io::Error::from)?))
+            }
         }
     }
 }
@@ -215,10 +217,17 @@ pub fn peer_addrs(urls: &[String]) -> Vec<Url> {
 async fn dial_one(url: &Url, connector: Option<&Connector>) -> std::io::Result<Stream> {
     let plain = if url.scheme.starts_with("unix") {
         let path = format!("{}:{}", url.host, url.port);
-        let connect = async { UnixStream::connect(&path).await.map_err(std::io::Error::from) };
+        let connect = async {
+            UnixStream::connect(&path)
+                .await
+                .map_err(std::io::Error::from)
+        };
         let timeout = async {
             glommio::timer::sleep(DIAL_TIMEOUT).await;
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timeout"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "dial timeout",
+            ))
         };
         Plain::Unix(futures_lite::future::or(connect, timeout).await?)
     } else {
@@ -339,15 +348,15 @@ impl Transport {
             };
             let listener = match &l.target {
                 PeerTarget::Tcp(addr) => PeerListener::Tcp(
-                    TcpListener::bind(addr)
-                        .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?,
+                    TcpListener::bind(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?,
                 ),
                 PeerTarget::Unix(path) => {
                     // A socket file left by a previous run would fail the bind.
                     let _ = std::fs::remove_file(path);
-                    PeerListener::Unix(UnixListener::bind(path).map_err(|e| {
-                        format!("listen unix {}: bind: {e}", path.display())
-                    })?)
+                    PeerListener::Unix(
+                        UnixListener::bind(path)
+                            .map_err(|e| format!("listen unix {}: bind: {e}", path.display()))?,
+                    )
                 }
             };
             let me = self.clone();

@@ -24,9 +24,9 @@ use crate::mesh::{
 };
 use crate::node::Node;
 use crate::raft::transport::{PeerListen, PeerTarget, Transport};
-use crate::tls;
 use crate::raft::{self, Exit, RaftClient, RaftCore, RaftOptions, RaftSender, ReplySink};
 use crate::runtime::{executor_builder, log};
+use crate::tls;
 use crate::watch::WatchConfig;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::ConnectedSender;
@@ -379,12 +379,17 @@ fn announce(opts: &ServerOptions) {
     for l in &opts.listen_clients {
         let addr = l.addr;
         if l.tls {
-            log::info("embed", &format!("serving client traffic securely on {addr}"));
+            log::info(
+                "embed",
+                &format!("serving client traffic securely on {addr}"),
+            );
         }
         if l.plain {
             log::notice(
                 "embed",
-                &format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
+                &format!(
+                    "serving insecure client requests on {addr}, this is strongly discouraged!"
+                ),
             );
         }
     }

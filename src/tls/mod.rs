@@ -156,11 +156,19 @@ impl Side {
     pub fn prepare(&self) -> Result<(TlsInfo, Material), String> {
         let mut info = self.info.clone();
         if let Some(auto) = &self.auto {
-            let made = auto::self_cert(&auto.dir, &auto.hosts, auto.validity_years, auto.client_auth)?;
+            let made = auto::self_cert(
+                &auto.dir,
+                &auto.hosts,
+                auto.validity_years,
+                auto.client_auth,
+            )?;
             if made.created {
                 crate::runtime::log::info(
                     "embed",
-                    &format!("created self-signed certificate {}", made.cert_file.display()),
+                    &format!(
+                        "created self-signed certificate {}",
+                        made.cert_file.display()
+                    ),
                 );
             }
             info.cert_file = made.cert_file;
@@ -223,38 +231,41 @@ impl Material {
         let roots = if info.trusted_ca_file.as_os_str().is_empty() {
             None
         } else {
-            Some(parse_roots(&info.trusted_ca_file, files.get(&info.trusted_ca_file))?)
+            Some(parse_roots(
+                &info.trusted_ca_file,
+                files.get(&info.trusted_ca_file),
+            )?)
         };
 
         // Server side.
-        let client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> =
-            if info.requires_client_cert() {
-                let roots = match &roots {
-                    Some(r) => r.clone(),
-                    None => system_roots(),
-                };
-                let mut builder =
-                    WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-                if !info.crl_file.as_os_str().is_empty() {
-                    let crls = parse_crls(&info.crl_file, files.get(&info.crl_file))?;
-                    // etcd looks the certificate's serial up in the CRL: only the client's
-                    // own certificate is checked, and a CRL past its next update still counts.
-                    builder = builder
-                        .with_crls(crls)
-                        .only_check_end_entity_revocation()
-                        .allow_unknown_revocation_status();
-                }
-                let inner = builder
-                    .build()
-                    .map_err(|e| format!("{}: {e}", info.trusted_ca_file.display()))?;
-                Arc::new(verify::AllowedNames::new(
-                    inner,
-                    info.allowed_cn.clone(),
-                    info.allowed_hostname.clone(),
-                ))
-            } else {
-                WebPkiClientVerifier::no_client_auth()
+        let client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = if info
+            .requires_client_cert()
+        {
+            let roots = match &roots {
+                Some(r) => r.clone(),
+                None => system_roots(),
             };
+            let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            if !info.crl_file.as_os_str().is_empty() {
+                let crls = parse_crls(&info.crl_file, files.get(&info.crl_file))?;
+                // etcd looks the certificate's serial up in the CRL: only the client's
+                // own certificate is checked, and a CRL past its next update still counts.
+                builder = builder
+                    .with_crls(crls)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            }
+            let inner = builder
+                .build()
+                .map_err(|e| format!("{}: {e}", info.trusted_ca_file.display()))?;
+            Arc::new(verify::AllowedNames::new(
+                inner,
+                info.allowed_cn.clone(),
+                info.allowed_hostname.clone(),
+            ))
+        } else {
+            WebPkiClientVerifier::no_client_auth()
+        };
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| format!("TLS versions: {e}"))?
@@ -327,7 +338,8 @@ impl Clone for CertifiedParts {
 
 /// The ring provider with only the suites `versions` allows.
 fn provider(versions: &Versions) -> Result<CryptoProvider, String> {
-    #[allow(deprecated)] // the ring provider has no post-quantum key exchange; it is what builds here
+    #[allow(deprecated)]
+    // the ring provider has no post-quantum key exchange; it is what builds here
     let mut provider = rustls::crypto::ring::default_provider();
     // Go's order (X25519 first, as etcd and etcdctl offer): ring's default puts P-384
     // first, which costs a dialer ~2.5x the CPU per full handshake (tuning.md, issue 17).
@@ -339,9 +351,11 @@ fn provider(versions: &Versions) -> Result<CryptoProvider, String> {
         return Ok(provider);
     }
     if versions.min_tls13 {
-        return Err("cipher suites cannot be configured with TLS1.3 as the minimum version \
+        return Err(
+            "cipher suites cannot be configured with TLS1.3 as the minimum version \
                     (TLS 1.3 suites are not configurable)"
-            .into());
+                .into(),
+        );
     }
     let mut chosen: Vec<SupportedCipherSuite> = provider
         .cipher_suites
@@ -359,8 +373,12 @@ fn provider(versions: &Versions) -> Result<CryptoProvider, String> {
 /// A Go TLS 1.2 cipher suite name, as `--cipher-suites` takes it.
 pub fn cipher_suite(name: &str) -> Result<SupportedCipherSuite, String> {
     Ok(match name {
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => {
+            suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        }
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => {
+            suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        }
         "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => suites::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => suites::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"
@@ -398,9 +416,9 @@ pub fn cipher_suite(name: &str) -> Result<SupportedCipherSuite, String> {
 
 fn protocol_versions(v: &Versions) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
     match (v.min_tls13, v.max_tls12) {
-        (true, true) => Err(
-            "min version (TLS1.3) is greater than max version (TLS1.2)".to_string(),
-        ),
+        (true, true) => {
+            Err("min version (TLS1.3) is greater than max version (TLS1.2)".to_string())
+        }
         (true, false) => Ok(vec![&rustls::version::TLS13]),
         (false, true) => Ok(vec![&rustls::version::TLS12]),
         (false, false) => Ok(vec![&rustls::version::TLS13, &rustls::version::TLS12]),

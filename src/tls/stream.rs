@@ -56,13 +56,21 @@ macro_rules! delegate_plain {
 }
 
 impl AsyncRead for Plain {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         delegate_plain!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Plain {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate_plain!(self, s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -74,13 +82,21 @@ impl AsyncWrite for Plain {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -131,13 +147,21 @@ impl Mode {
     /// connection only.
     pub async fn accept(&self, plain: Plain) -> io::Result<Accepted> {
         let acceptor = match self {
-            Mode::Plain => return Ok(Accepted { stream: Stream::Plain(plain), common_name: None }),
+            Mode::Plain => {
+                return Ok(Accepted {
+                    stream: Stream::Plain(plain),
+                    common_name: None,
+                })
+            }
             Mode::Tls(a) => a,
             Mode::Both(a) => {
                 let mut first = [0u8; 1];
                 let peeked = with_timeout(HANDSHAKE_TIMEOUT, plain.peek(&mut first)).await?;
                 if peeked == 0 || first[0] != TLS_HANDSHAKE_RECORD {
-                    return Ok(Accepted { stream: Stream::Plain(plain), common_name: None });
+                    return Ok(Accepted {
+                        stream: Stream::Plain(plain),
+                        common_name: None,
+                    });
                 }
                 a
             }
@@ -192,7 +216,10 @@ impl Reloading {
             Ok(m) => {
                 crate::runtime::log::info(
                     "embed",
-                    &format!("reloaded TLS certificate files ({})", info.cert_file.display()),
+                    &format!(
+                        "reloaded TLS certificate files ({})",
+                        info.cert_file.display()
+                    ),
                 );
                 *self.material.borrow_mut() = m;
             }
@@ -285,7 +312,10 @@ async fn with_timeout<T>(
 ) -> io::Result<T> {
     futures_lite::future::or(fut, async move {
         glommio::timer::sleep(limit).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "tls: handshake timed out"))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "tls: handshake timed out",
+        ))
     })
     .await
 }

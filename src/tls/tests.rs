@@ -27,12 +27,16 @@ fn ca_and_leaf(cn: &str) -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ca");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ca");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     let leaf = params.signed_by(&key, &issuer).unwrap();
     (ca.pem(), leaf.pem(), key.serialize_pem())
 }
@@ -62,14 +66,20 @@ fn missing_files_are_named() {
     let mut i = info(&dir, &ca, &cert, &key);
     i.key_file = dir.0.join("nope.pem");
     let err = i.load().unwrap_err();
-    assert!(err.contains("nope.pem") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("nope.pem") && err.contains("no such file"),
+        "{err}"
+    );
     let err = TlsInfo {
         cert_file: i.cert_file.clone(),
         ..Default::default()
     }
     .load()
     .unwrap_err();
-    assert!(err.starts_with("KeyFile and CertFile must both be present"), "{err}");
+    assert!(
+        err.starts_with("KeyFile and CertFile must both be present"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,17 +88,28 @@ fn a_key_of_another_certificate_is_refused() {
     let (ca, cert, _) = ca_and_leaf("example.com");
     let (_, _, other_key) = ca_and_leaf("other");
     let err = info(&dir, &ca, &cert, &other_key).load().unwrap_err();
-    assert!(err.contains("private key does not match public key"), "{err}");
+    assert!(
+        err.contains("private key does not match public key"),
+        "{err}"
+    );
 }
 
 #[test]
 fn garbage_files_are_refused() {
     let dir = Dir::new("garbage");
     let (ca, cert, key) = ca_and_leaf("example.com");
-    let err = info(&dir, &ca, "not a certificate", &key).load().unwrap_err();
-    assert!(err.contains("failed to find any PEM data in certificate input"), "{err}");
+    let err = info(&dir, &ca, "not a certificate", &key)
+        .load()
+        .unwrap_err();
+    assert!(
+        err.contains("failed to find any PEM data in certificate input"),
+        "{err}"
+    );
     let err = info(&dir, &ca, &cert, "junk").load().unwrap_err();
-    assert!(err.contains("failed to find any PEM data in key input"), "{err}");
+    assert!(
+        err.contains("failed to find any PEM data in key input"),
+        "{err}"
+    );
     let err = info(&dir, "junk", &cert, &key).load().unwrap_err();
     assert!(err.contains("ca.pem"), "{err}");
 }
@@ -132,7 +153,9 @@ impl Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "ca");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ca");
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
@@ -150,7 +173,9 @@ impl Pki {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let serial = rcgen::SerialNumber::from_slice(&serial.to_be_bytes());
         params.serial_number = Some(serial.clone());
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -187,7 +212,10 @@ fn handshake(server: TlsInfo, client: TlsInfo) -> Result<Option<String>, String>
         let dial = glommio::spawn_local(async move {
             let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
             let connector = stream::Connector::new(&client_material);
-            let mut s = match connector.connect("localhost", stream::Plain::Tcp(tcp)).await {
+            let mut s = match connector
+                .connect("localhost", stream::Plain::Tcp(tcp))
+                .await
+            {
                 Ok(s) => s,
                 Err(_) => return,
             };
@@ -240,8 +268,14 @@ fn a_revoked_client_is_refused_and_others_are_not() {
     let mut server = files(&dir, "server", &pki.ca_pem, &scert, &skey);
     server.client_cert_auth = true;
     server.crl_file = dir.write("crl.pem", &pki.crl(&bad_serial));
-    let refused = handshake(server.clone(), files(&dir, "bad", &pki.ca_pem, &bad, &bad_key));
-    assert!(refused.as_ref().is_err_and(|e| e.contains("revoked")), "{refused:?}");
+    let refused = handshake(
+        server.clone(),
+        files(&dir, "bad", &pki.ca_pem, &bad, &bad_key),
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("revoked")),
+        "{refused:?}"
+    );
     let accepted = handshake(server, files(&dir, "good", &pki.ca_pem, &good, &good_key));
     assert_eq!(accepted, Ok(Some("alice".to_string())));
 }
@@ -262,7 +296,10 @@ fn allowed_cn_and_hostname_are_enforced() {
         Err("tls: client certificate authentication failed".to_string())
     );
     server.allowed_cn = vec!["peer-1".into(), "peer-2".into()];
-    assert_eq!(handshake(server.clone(), client.clone()), Ok(Some("peer-2".into())));
+    assert_eq!(
+        handshake(server.clone(), client.clone()),
+        Ok(Some("peer-2".into()))
+    );
     server.allowed_cn = vec![];
     server.allowed_hostname = vec!["other.example".into()];
     assert!(handshake(server.clone(), client.clone()).is_err());
