@@ -4,8 +4,9 @@
 //! are ECDSA P-256, as cfssl makes by default for etcd deployments.
 //!
 //! The load generator's client config offers X25519 first, as Go clients (clientv3,
-//! etcdctl) do; rustls' ring provider would offer P-384 first, and both servers then do
-//! a P-384 key exchange (slow in ring and in Go 1.19 alike): `--tls-kx p384` measures that.
+//! etcdctl) do and as Keel's `tls::Material` does; rustls' ring provider's own order puts
+//! P-384 first, and both servers then do a P-384 key exchange (slow in ring and in Go 1.19
+//! alike): `--tls-kx p384` measures that.
 
 use keel::tls::{Material, TlsInfo};
 use std::path::{Path, PathBuf};
@@ -102,8 +103,8 @@ pub enum Kx {
     /// X25519, then P-256, then P-384: Go's order, so what etcd's clients (clientv3,
     /// etcdctl, grpc-go) send. The default.
     X25519,
-    /// rustls' ring provider's own default order (P-384, X25519, P-256), as Keel's
-    /// `tls::Material` client config has it.
+    /// rustls' ring provider's own default order (P-384, X25519, P-256), which Keel's
+    /// `tls::Material` used before issue 17's measurements moved it to Go's order.
     RustlsDefault,
 }
 
@@ -136,19 +137,18 @@ pub fn client_material(
         ..Default::default()
     }
     .load()?;
-    if kx == Kx::X25519 {
-        material.client = Arc::new(go_order_client(cert, key, ca)?);
+    if kx == Kx::RustlsDefault {
+        material.client = Arc::new(ring_order_client(cert, key, ca)?);
     }
     Ok(Arc::new(material))
 }
 
 /// The client config `Material::build` makes (ring, TLS 1.3 and 1.2, the CA as the only
-/// root, the client certificate, ALPN h2), with the key exchange groups in Go's order:
-/// a rustls config's provider cannot be changed once built, so this builds it again.
-fn go_order_client(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientConfig, String> {
+/// root, the client certificate, ALPN h2), with ring's own key exchange order (P-384
+/// first): a rustls config's provider cannot be changed once built, so this builds it again.
+fn ring_order_client(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientConfig, String> {
     #[allow(deprecated)] // as keel::tls: ring has no post-quantum key exchange
     use rustls::crypto::ring::default_provider;
-    use rustls::crypto::ring::kx_group;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -164,8 +164,7 @@ fn go_order_client(cert: &Path, key: &Path, ca: &Path) -> Result<rustls::ClientC
     let key = PrivateKeyDer::from_pem_slice(&read(key)?)
         .map_err(|e| format!("{}: {e}", key.display()))?;
     #[allow(deprecated)]
-    let mut provider = default_provider();
-    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    let provider = default_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
