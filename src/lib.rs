@@ -65,6 +65,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod durable_dir;
 pub mod failpoint;

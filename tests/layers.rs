@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 0),
     ("durable_dir", 0),
     ("test_rng", 0),
+    ("auth", 1),
     ("failpoint", 1),
     ("tls", 1),
     ("grpc", 2),
