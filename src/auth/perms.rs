@@ -28,13 +28,12 @@ pub struct Grant {
     pub range_end: Vec<u8>,
 }
 
-/// Why a grant is refused (etcd's errors, for the auth service to send).
+/// Why a grant is refused (the Auth service maps each to etcd's error when it is built).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantError {
-    /// "etcdserver: permission of empty key is not granted" (ErrPermissionNotGiven's cousin
-    /// in 3.5: an empty key).
+    /// The grant's key is empty.
     EmptyKey,
-    /// "etcdserver: invalid auth management" for an empty range (`range_end <= key`).
+    /// The grant's range is empty (`range_end <= key`, and not `"\0"`).
     EmptyRange,
 }
 
