@@ -1056,7 +1056,7 @@ mod tests {
         let kinds = keel::runtime::block_on(async move {
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let acceptor = keel::tls::stream::Acceptor::new(server_info, server);
+            let acceptor = keel::tls::stream::Acceptor::new(server);
             glommio::spawn_local(async move {
                 loop {
                     let tcp = listener.accept().await.unwrap();

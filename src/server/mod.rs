@@ -77,11 +77,10 @@ pub struct ClientListen {
     pub tls: bool,
 }
 
-/// The configs both TLS sides were built into at boot.
+/// The client side's TLS configs, built at boot (the peer side's are `raft.peer_tls`).
 #[derive(Clone, Debug, Default)]
 pub struct TlsReady {
-    pub client: Option<(tls::TlsInfo, tls::Material)>,
-    pub peer: Option<(tls::TlsInfo, tls::Material)>,
+    pub client: Option<tls::Material>,
 }
 
 /// Makes auto-TLS pairs and reads every certificate file (on this thread, before any
@@ -91,20 +90,15 @@ fn prepare_tls(opts: &mut ServerOptions) -> Result<(), String> {
         opts.tls_ready.client = Some(prepare_side(side, "client", "ClientTLS")?);
     }
     if let Some(side) = &opts.peer_tls {
-        let (info, material) = prepare_side(side, "peer", "peerTLS")?;
-        opts.raft.peer_tls = Some(material.clone());
-        opts.tls_ready.peer = Some((info, material));
+        opts.raft.peer_tls = Some(prepare_side(side, "peer", "peerTLS")?);
     }
     Ok(())
 }
 
 /// One side's files read and checked, logged as etcd logs them.
-fn prepare_side(
-    side: &tls::Side,
-    which: &str,
-    label: &str,
-) -> Result<(tls::TlsInfo, tls::Material), String> {
-    let (info, material) = side.prepare().map_err(|e| format!("{which} TLS: {e}"))?;
+fn prepare_side(side: &tls::Side, which: &str, label: &str) -> Result<tls::Material, String> {
+    let material = side.prepare().map_err(|e| format!("{which} TLS: {e}"))?;
+    let info = &material.info;
     log::info(
         "embed",
         &format!(
@@ -116,7 +110,7 @@ fn prepare_side(
             info.crl_file.display()
         ),
     );
-    Ok((info, material))
+    Ok(material)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -427,10 +421,10 @@ async fn raft_core_main(
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     let peer_acceptor = opts
-        .tls_ready
-        .peer
+        .raft
+        .peer_tls
         .as_ref()
-        .map(|(info, material)| tls::stream::Acceptor::new(info.clone(), material.clone()));
+        .map(|material| tls::stream::Acceptor::new(material.clone()));
     let transport = Transport::new(
         core.member_id(),
         inbox_tx.clone(),
@@ -580,7 +574,7 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         .tls_ready
         .client
         .as_ref()
-        .map(|(info, material)| tls::stream::Acceptor::new(info.clone(), material.clone()));
+        .map(|material| tls::stream::Acceptor::new(material.clone()));
     for l in &opts.listen_clients {
         let addr = l.addr;
         let listener =

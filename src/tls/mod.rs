@@ -38,23 +38,13 @@ const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The TLS versions and TLS 1.2 cipher suites both listeners and the dialer use
 /// (`--tls-min-version`, `--tls-max-version`, `--cipher-suites`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Versions {
     pub min_tls13: bool,
     pub max_tls12: bool,
     /// Go names of the TLS 1.2 suites allowed; empty: all of them. TLS 1.3 suites are not
     /// configurable (as in Go).
     pub cipher_suites: Vec<String>,
-}
-
-impl Default for Versions {
-    fn default() -> Versions {
-        Versions {
-            min_tls13: false,
-            max_tls12: false,
-            cipher_suites: Vec::new(),
-        }
-    }
 }
 
 /// One side's TLS settings (client URLs or peer URLs).
@@ -153,7 +143,7 @@ pub struct Auto {
 impl Side {
     /// At boot, on the main thread: makes the auto-TLS pair if needed, then reads and
     /// checks every file. The error names the file.
-    pub fn prepare(&self) -> Result<(TlsInfo, Material), String> {
+    pub fn prepare(&self) -> Result<Material, String> {
         let mut info = self.info.clone();
         if let Some(auto) = &self.auto {
             let made = auto::self_cert(
@@ -175,8 +165,7 @@ impl Side {
             info.key_file = made.key_file;
             info.self_signed = true;
         }
-        let material = info.load()?;
-        Ok((info, material))
+        info.load()
     }
 }
 

@@ -238,10 +238,9 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(info: TlsInfo, material: Material) -> Rc<Acceptor> {
-        debug_assert_eq!(info, material.info);
+    pub fn new(material: Material) -> Rc<Acceptor> {
         Rc::new(Acceptor {
-            client_cert_auth: info.client_cert_auth,
+            client_cert_auth: material.info.client_cert_auth,
             files: Reloading::new(material),
         })
     }

@@ -206,7 +206,7 @@ fn handshake(server: TlsInfo, client: TlsInfo) -> Result<Option<String>, String>
     crate::runtime::block_on(async move {
         let server_material = server.load().unwrap();
         let client_material = client.load().unwrap();
-        let acceptor = stream::Acceptor::new(server.clone(), server_material);
+        let acceptor = stream::Acceptor::new(server_material);
         let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let dial = glommio::spawn_local(async move {
