@@ -176,7 +176,32 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             cfg.election_timeout_ms,
             cfg.heartbeat_interval_ms,
         ),
+        auth: keel::api::AuthConfig {
+            client_cert_auth: cfg.client_tls.client_cert_auth,
+            bcrypt_cost: cfg.bcrypt_cost,
+            jwt: jwt_provider(&cfg.auth_token)?,
+        },
+        auth_token_ttl: std::time::Duration::from_secs(cfg.auth_token_ttl_s),
     })
+}
+
+/// `--auth-token jwt,…`: the signing keys read now, so a bad option or key file stops the
+/// boot naming it (`simple`: `None`).
+fn jwt_provider(
+    auth_token: &str,
+) -> Result<Option<std::sync::Arc<keel::auth::jwt::JwtProvider>>, String> {
+    let Some(options) = auth_token.strip_prefix("jwt") else {
+        return Ok(None);
+    };
+    let options = options.strip_prefix(',').unwrap_or(options);
+    let opts = keel::auth::jwt::parse_options(options)
+        .map_err(|e| format!("failed to create token provider: {e}"))?;
+    for key in &opts.unknown_keys {
+        keel::runtime::log::warning("auth", &format!("unknown JWT options: {key}"));
+    }
+    let provider = keel::auth::jwt::JwtProvider::new(&opts)
+        .map_err(|e| format!("failed to create token provider: {e}"))?;
+    Ok(Some(std::sync::Arc::new(provider)))
 }
 
 fn is_tls(u: &config::Url) -> bool {

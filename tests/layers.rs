@@ -12,25 +12,26 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 0),
     ("durable_dir", 0),
     ("test_rng", 0),
-    ("auth", 1),
     ("failpoint", 1),
     ("tls", 1),
     ("grpc", 2),
     // Storage and log.
     ("mvcc", 2),
     ("wal", 2),
+    // Users, roles, permissions and tokens (checks requests, which are mvcc's types).
+    ("auth", 3),
     // The cross-core messages and the errors they carry.
-    ("mesh", 3),
+    ("mesh", 4),
     // Per-core state: shard index replicas, watch hubs, lease caches.
-    ("shard", 4),
-    ("watch", 4),
-    ("lease", 4),
+    ("shard", 5),
+    ("watch", 5),
+    ("lease", 5),
     // The core: the raft core, then each core's node (which talks to it).
-    ("raft", 5),
-    ("node", 6),
+    ("raft", 6),
+    ("node", 7),
     // The services, then boot.
-    ("api", 7),
-    ("server", 8),
+    ("api", 8),
+    ("server", 9),
 ];
 
 fn layer_of(module: &str) -> Option<u32> {

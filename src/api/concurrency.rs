@@ -13,9 +13,10 @@
 //! the fencing token (strictly larger for each later holder).
 
 use super::convert;
-use super::errors::EtcdError;
+use super::errors::{status_from_auth, EtcdError};
 use super::services::{decode, encode, Services};
-use crate::grpc::{Request, Responses, Status};
+use crate::auth::Caller;
+use crate::grpc::{Call, Request, Responses, Status};
 use crate::mvcc::{
     self, Change, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Op, PutRequest,
     RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TargetUnion,
@@ -113,6 +114,7 @@ fn range_of(r: &ResponseOp) -> Option<&RangeResponse> {
 /// cleanup of a Lock or Campaign whose caller went away.
 struct Withdraw {
     services: Rc<Services>,
+    caller: Caller,
     key: Vec<u8>,
     revision: i64,
     armed: bool,
@@ -132,28 +134,29 @@ impl Drop for Withdraw {
             })],
             failure: vec![],
         };
+        let caller = std::mem::take(&mut self.caller);
         glommio::spawn_local(async move {
-            let _ = s.write(&Op::Txn(txn)).await;
+            let _ = s.write(&Op::Txn(txn), &caller).await;
         })
         .detach();
     }
 }
 
 impl Services {
-    async fn txn_op(&self, txn: TxnRequest) -> Result<(TxnResponse, u64), Status> {
-        let (res, term) = self.write(&Op::Txn(txn)).await?;
+    async fn txn_op(&self, txn: TxnRequest, caller: &Caller) -> Result<(TxnResponse, u64), Status> {
+        let (res, term) = self.write(&Op::Txn(txn), caller).await?;
         Ok((res.into_txn(), term))
     }
 
     /// A lease for a call that brought none (etcd's NewSession grants one).
-    async fn session_lease(&self, lease: i64) -> Result<i64, Status> {
+    async fn session_lease(&self, lease: i64, caller: &Caller) -> Result<i64, Status> {
         if lease != 0 {
             return Ok(lease);
         }
         let id = self.lease_ids().next();
         let ttl = SESSION_TTL_DEFAULT_S.max(self.lease_config().min_ttl_s);
         let op = Op::LeaseGrant(mvcc::LeaseGrantRequest { id, ttl });
-        self.write(&op).await?;
+        self.write(&op, caller).await?;
         Ok(id)
     }
 
@@ -164,8 +167,10 @@ impl Services {
         &self,
         prefix: &[u8],
         max_create_revision: i64,
+        caller: &Caller,
     ) -> Result<(i64, u64), Status> {
         let end = prefix_end(prefix);
+        self.check_prefix_read(prefix, caller).await?;
         loop {
             let sub = self.node().subscribe(prefix, &end);
             let req = top_by_create(prefix, false, max_create_revision);
@@ -183,9 +188,10 @@ impl Services {
         }
     }
 
-    pub async fn lock(self: &Rc<Self>, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn lock(self: &Rc<Self>, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<lpb::LockRequest>(&body)?;
-        let lease = self.session_lease(req.lease).await?;
+        let caller = self.caller(call).await?;
+        let lease = self.session_lease(req.lease, &caller).await?;
         let prefix = prefix_of(&req.name);
         let key = member_key(&prefix, lease);
         let owner = RequestOp::RequestRange(top_by_create(&prefix, true, 0));
@@ -207,7 +213,7 @@ impl Services {
                 owner,
             ],
         };
-        let (resp, term) = self.txn_op(txn).await?;
+        let (resp, term) = self.txn_op(txn, &caller).await?;
         let my_revision = if resp.succeeded {
             resp.header.revision
         } else {
@@ -227,11 +233,12 @@ impl Services {
         } else {
             let mut withdraw = Withdraw {
                 services: self.clone(),
+                caller: caller.clone(),
                 key: key.clone(),
                 revision: my_revision,
                 armed: true,
             };
-            let out = self.wait_deletes(&prefix, my_revision - 1).await;
+            let out = self.wait_deletes(&prefix, my_revision - 1, &caller).await;
             withdraw.armed = out.is_err();
             out?
         };
@@ -241,22 +248,24 @@ impl Services {
         }))
     }
 
-    pub async fn unlock(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn unlock(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<lpb::UnlockRequest>(&body)?;
+        let caller = self.caller(call).await?;
         let op = Op::DeleteRange(DeleteRangeRequest {
             key: req.key.to_vec(),
             ..Default::default()
         });
-        let (res, term) = self.write(&op).await?;
+        let (res, term) = self.write(&op, &caller).await?;
         let revision = res.into_delete_range().header.revision;
         Ok(encode(&lpb::UnlockResponse {
             header: Some(self.header(revision, term)),
         }))
     }
 
-    pub async fn campaign(self: &Rc<Self>, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn campaign(self: &Rc<Self>, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<epb::CampaignRequest>(&body)?;
-        let lease = self.session_lease(req.lease).await?;
+        let caller = self.caller(call).await?;
+        let lease = self.session_lease(req.lease, &caller).await?;
         let prefix = prefix_of(&req.name);
         let key = member_key(&prefix, lease);
         let txn = TxnRequest {
@@ -272,7 +281,7 @@ impl Services {
                 ..Default::default()
             })],
         };
-        let (resp, term) = self.txn_op(txn).await?;
+        let (resp, term) = self.txn_op(txn, &caller).await?;
         let mut leader_revision = resp.header.revision;
         if !resp.succeeded {
             let kv = resp
@@ -284,21 +293,24 @@ impl Services {
             leader_revision = kv.create_revision;
             if kv.value != req.value {
                 if let Err(e) = self
-                    .proclaim_as(&key, leader_revision, lease, &req.value)
+                    .proclaim_as(&key, leader_revision, lease, &req.value, &caller)
                     .await
                 {
-                    let _ = self.resign_as(&key, leader_revision).await;
+                    let _ = self.resign_as(&key, leader_revision, &caller).await;
                     return Err(e);
                 }
             }
         }
         let mut withdraw = Withdraw {
             services: self.clone(),
+            caller: caller.clone(),
             key: key.clone(),
             revision: leader_revision,
             armed: true,
         };
-        let out = self.wait_deletes(&prefix, leader_revision - 1).await;
+        let out = self
+            .wait_deletes(&prefix, leader_revision - 1, &caller)
+            .await;
         withdraw.armed = false;
         out?;
         Ok(encode(&epb::CampaignResponse {
@@ -318,6 +330,7 @@ impl Services {
         revision: i64,
         lease: i64,
         value: &[u8],
+        caller: &Caller,
     ) -> Result<(TxnResponse, u64), Status> {
         let txn = TxnRequest {
             compare: vec![create_revision_is(key, revision)],
@@ -329,14 +342,19 @@ impl Services {
             })],
             failure: vec![],
         };
-        let (resp, term) = self.txn_op(txn).await?;
+        let (resp, term) = self.txn_op(txn, caller).await?;
         if !resp.succeeded {
             return Err(not_leader());
         }
         Ok((resp, term))
     }
 
-    async fn resign_as(&self, key: &[u8], revision: i64) -> Result<(TxnResponse, u64), Status> {
+    async fn resign_as(
+        &self,
+        key: &[u8],
+        revision: i64,
+        caller: &Caller,
+    ) -> Result<(TxnResponse, u64), Status> {
         let txn = TxnRequest {
             compare: vec![create_revision_is(key, revision)],
             success: vec![RequestOp::RequestDeleteRange(DeleteRangeRequest {
@@ -345,32 +363,47 @@ impl Services {
             })],
             failure: vec![],
         };
-        self.txn_op(txn).await
+        self.txn_op(txn, caller).await
     }
 
-    pub async fn proclaim(&self, body: Bytes) -> Result<Bytes, Status> {
+    /// The Election and Lock reads of a prefix are the caller's: READ on it.
+    async fn check_prefix_read(&self, prefix: &[u8], caller: &Caller) -> Result<(), Status> {
+        if !self.node().auth_view().enabled {
+            return Ok(());
+        }
+        self.current_view()
+            .await
+            .check_read(caller, prefix, &prefix_end(prefix))
+            .map_err(status_from_auth)
+    }
+
+    pub async fn proclaim(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<epb::ProclaimRequest>(&body)?;
+        let caller = self.caller(call).await?;
         let leader = req.leader.ok_or_else(missing_leader_key)?;
         let (resp, term) = self
-            .proclaim_as(&leader.key, leader.rev, leader.lease, &req.value)
+            .proclaim_as(&leader.key, leader.rev, leader.lease, &req.value, &caller)
             .await?;
         Ok(encode(&epb::ProclaimResponse {
             header: Some(self.header(resp.header.revision, term)),
         }))
     }
 
-    pub async fn resign(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn resign(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<epb::ResignRequest>(&body)?;
+        let caller = self.caller(call).await?;
         let leader = req.leader.ok_or_else(missing_leader_key)?;
-        let (resp, term) = self.resign_as(&leader.key, leader.rev).await?;
+        let (resp, term) = self.resign_as(&leader.key, leader.rev, &caller).await?;
         Ok(encode(&epb::ResignResponse {
             header: Some(self.header(resp.header.revision, term)),
         }))
     }
 
-    pub async fn leader(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn leader(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<epb::LeaderRequest>(&body)?;
+        let caller = self.caller(call).await?;
         let prefix = prefix_of(&req.name);
+        self.check_prefix_read(&prefix, &caller).await?;
         let (resp, term) = self
             .node()
             .range(top_by_create(&prefix, true, 0), true)
@@ -387,7 +420,9 @@ impl Services {
     pub async fn observe(&self, mut req: Request, res: Responses) -> Result<(), Status> {
         let message = req.messages.single().await?;
         let name = decode::<epb::LeaderRequest>(&message)?.name;
+        let caller = self.caller(&req.call()).await?;
         let prefix = prefix_of(&name);
+        self.check_prefix_read(&prefix, &caller).await?;
         let end = prefix_end(&prefix);
         let send = |revision: i64, kv: mvcc::KeyValue| {
             let term = self.node().watermark().raft_term;

@@ -2,6 +2,7 @@
 //! etcd 3.4's `rpctypes` defines them. Clients match these strings (clientv3 turns them
 //! back into typed errors), so they are spelled exactly as etcd spells them.
 
+use crate::auth::AuthError;
 use crate::grpc::{Code, Status};
 use crate::mesh::ServerError;
 use crate::mvcc::{self, db};
@@ -48,6 +49,7 @@ pub enum EtcdError {
     InvalidAuthToken,
     InvalidAuthMgmt,
     AuthOldRevision,
+    PermissionNotGiven,
     NoLeader,
     NotLeader,
     LeaderChanged,
@@ -181,6 +183,7 @@ impl EtcdError {
                 Code::InvalidArgument,
                 "etcdserver: revision of auth store is old",
             ),
+            PermissionNotGiven => (Code::InvalidArgument, "etcdserver: permission not given"),
             NoLeader => (Code::Unavailable, "etcdserver: no leader"),
             NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
             LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
@@ -277,6 +280,7 @@ pub fn status_from_server(e: &ServerError) -> Status {
         ServerError::MemberNotEnoughStarted => EtcdError::MemberNotEnoughStarted,
         ServerError::Unhealthy => EtcdError::Unhealthy,
         ServerError::Mvcc(e) => return status_from_mvcc(e),
+        ServerError::Auth(e) => return status_from_auth(*e),
         // etcd passes raft's refusal on with its "etcdserver: " prefix.
         ServerError::ConfChangeRefused(why) => {
             return Status::new(Code::FailedPrecondition, format!("etcdserver: {why}"))
@@ -288,6 +292,36 @@ pub fn status_from_server(e: &ServerError) -> Status {
         ServerError::Corrupt(_) => EtcdError::Corrupt,
     };
     known.status()
+}
+
+/// The wire error for an auth refusal (etcd's `rpctypes` mapping of `auth.Err…`).
+pub fn status_from_auth(e: AuthError) -> Status {
+    let known = match e {
+        AuthError::RootUserNotExist => EtcdError::RootUserNotExist,
+        AuthError::RootRoleNotExist => EtcdError::RootRoleNotExist,
+        AuthError::UserAlreadyExist => EtcdError::UserAlreadyExist,
+        AuthError::UserEmpty => EtcdError::UserEmpty,
+        AuthError::UserNotFound => EtcdError::UserNotFound,
+        AuthError::RoleAlreadyExist => EtcdError::RoleAlreadyExist,
+        AuthError::RoleNotFound => EtcdError::RoleNotFound,
+        AuthError::RoleEmpty => EtcdError::RoleEmpty,
+        AuthError::RoleNotGranted => EtcdError::RoleNotGranted,
+        AuthError::PermissionNotGranted => EtcdError::PermissionNotGranted,
+        AuthError::InvalidAuthMgmt => EtcdError::InvalidAuthMgmt,
+        AuthError::PermissionNotGiven => EtcdError::PermissionNotGiven,
+        AuthError::PermissionDenied => EtcdError::PermissionDenied,
+        AuthError::AuthOldRevision => EtcdError::AuthOldRevision,
+        AuthError::AuthNotEnabled => EtcdError::AuthNotEnabled,
+        AuthError::AuthFailed => EtcdError::AuthFailed,
+        AuthError::InvalidAuthToken => EtcdError::InvalidAuthToken,
+    };
+    known.status()
+}
+
+/// etcd's Defragment, Snapshot, Hash and HashKV return the auth store's own error
+/// unmapped: gRPC code Unknown with the `auth: …` text.
+pub fn status_unmapped_auth(e: AuthError) -> Status {
+    Status::new(Code::Unknown, e.text())
 }
 
 impl From<ServerError> for Status {

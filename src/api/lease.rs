@@ -14,8 +14,10 @@
 //!   keep-alive for a lease revoked on another connection, arriving before this core
 //!   applied that revoke, is answered with the TTL; the leader ignores the renewal.)
 
-use super::errors::EtcdError;
+use super::errors::{status_from_auth, EtcdError};
 use super::services::{decode, encode, Services};
+use crate::auth::Caller;
+use crate::grpc::Call;
 use crate::grpc::{Request, Responses, Status};
 use crate::mesh::ServerError;
 use crate::mesh::{LeaseList, LeaseRenewed, LeaseTtl, ToRaft};
@@ -251,8 +253,9 @@ impl Renewer {
 }
 
 impl Services {
-    pub async fn lease_grant(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn lease_grant(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::LeaseGrantRequest>(&body)?;
+        let caller = self.user(call).await?;
         if req.ttl > LEASE_TTL_MAX_S {
             return Err(EtcdError::LeaseTtlTooLarge.status());
         }
@@ -263,7 +266,7 @@ impl Services {
         };
         let ttl = req.ttl.max(self.lease_config().min_ttl_s);
         let op = Op::LeaseGrant(mvcc::LeaseGrantRequest { id, ttl });
-        let (res, term) = self.write(&op).await?;
+        let (res, term) = self.write(&op, &caller).await?;
         let r = res.into_lease_grant();
         Ok(encode(&pb::LeaseGrantResponse {
             header: Some(self.header(r.header.revision, term)),
@@ -273,18 +276,55 @@ impl Services {
         }))
     }
 
-    pub async fn lease_revoke(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn lease_revoke(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::LeaseRevokeRequest>(&body)?;
+        // Any user here; WRITE on the lease's keys at apply.
+        let caller = self.user(call).await?;
         let op = Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id: req.id });
-        let (res, term) = self.write(&op).await?;
+        let (res, term) = self.write(&op, &caller).await?;
         let r = res.into_lease_revoke();
         Ok(encode(&pb::LeaseRevokeResponse {
             header: Some(self.header(r.header.revision, term)),
         }))
     }
 
-    pub async fn lease_time_to_live(&self, body: Bytes) -> Result<Bytes, Status> {
+    /// The keys attached to a lease (none if it is gone), as the leader knows them.
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Status> {
+        let a = self
+            .client()
+            .call(|to| ToRaft::LeaseTimeToLive { to, id, keys: true })
+            .await?;
+        Ok(a.value.keys)
+    }
+
+    /// While auth is on, a caller other than root needs `perm` on every key attached
+    /// to each lease (CVE-2023-32082, CVE-2026-33413).
+    async fn check_lease_keys(
+        &self,
+        caller: &Caller,
+        ids: &[i64],
+        write: bool,
+    ) -> Result<(), Status> {
+        let view = self.current_view().await;
+        if !view.enabled || view.is_admin(caller) {
+            return Ok(());
+        }
+        for &id in ids {
+            for key in self.lease_keys(id).await? {
+                let checked = if write {
+                    view.check_write(caller, &key, b"")
+                } else {
+                    view.check_read(caller, &key, b"")
+                };
+                checked.map_err(status_from_auth)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn lease_time_to_live(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::LeaseTimeToLiveRequest>(&body)?;
+        let caller = self.user(call).await?;
         let a = self
             .client()
             .call(|to| ToRaft::LeaseTimeToLive {
@@ -300,6 +340,15 @@ impl Services {
             granted_ttl,
             keys,
         } = a.value;
+        if req.keys {
+            let view = self.current_view().await;
+            if !view.is_admin(&caller) {
+                for key in &keys {
+                    view.check_read(&caller, key, b"")
+                        .map_err(status_from_auth)?;
+                }
+            }
+        }
         Ok(encode(&pb::LeaseTimeToLiveResponse {
             header: Some(self.header(revision, term)),
             id: req.id,
@@ -309,11 +358,13 @@ impl Services {
         }))
     }
 
-    pub async fn lease_leases(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn lease_leases(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::LeaseLeasesRequest>(&body)?;
+        let caller = self.user(call).await?;
         let a = self.client().call(|to| ToRaft::LeaseLeases { to }).await?;
         let term = a.raft_term;
         let LeaseList { revision, ids } = a.value;
+        self.check_lease_keys(&caller, &ids, false).await?;
         Ok(encode(&pb::LeaseLeasesResponse {
             header: Some(self.header(revision, term)),
             leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
@@ -323,6 +374,7 @@ impl Services {
     /// One LeaseKeepAlive stream: every request answered in order with the lease's TTL
     /// (0 once it is gone). Requests already received are renewed as one batch.
     pub async fn lease_keep_alive(&self, mut req: Request, res: Responses) -> Result<(), Status> {
+        let call = req.call();
         loop {
             let Some(first) = req.messages.next().await else {
                 return Ok(());
@@ -338,6 +390,11 @@ impl Services {
                     }
                     None => break,
                 }
+            }
+            // Each keep-alive is the caller's, with WRITE on the lease's keys.
+            if self.node().auth_view().enabled {
+                let caller = self.user(&call).await?;
+                self.check_lease_keys(&caller, &ids, true).await?;
             }
             let (ttls, revision, term) = self.renewer().renew(&ids).await?;
             let header = self.header(revision, term);

@@ -7,6 +7,7 @@
 //! - `services`: the handlers and the router of a core; `lease`: the Lease service;
 //!   `concurrency`: the Lock and Election services.
 
+pub mod auth;
 pub mod concurrency;
 pub mod convert;
 pub mod errors;
@@ -14,5 +15,6 @@ pub mod lease;
 pub mod services;
 pub mod watch;
 
+pub use auth::AuthConfig;
 pub use lease::LeaseConfig;
 pub use services::{router, HeaderInfo, Services};

@@ -7,11 +7,13 @@
 //! shards; writes and read-only Txn to the raft core. Every other method of etcd's API
 //! answers UNIMPLEMENTED (the router's "unknown service" / "unknown method").
 
+use super::auth::AuthConfig;
 use super::convert;
-use super::errors::{status_from_mvcc, EtcdError};
+use super::errors::{status_from_auth, status_from_mvcc, status_unmapped_auth, EtcdError};
 use super::lease::{LeaseConfig, LeaseIds, Renewer};
+use crate::auth::Caller;
 use crate::failpoint;
-use crate::grpc::{Code, Router, Status};
+use crate::grpc::{Call, Code, Router, Status};
 use crate::mesh::{
     HashKv, LeaderMoved, MemberChanged, MemberInfo, MemberOp, Members, StatusInfo, ToRaft,
 };
@@ -44,6 +46,7 @@ pub struct Services {
     lease_config: LeaseConfig,
     lease_ids: LeaseIds,
     renewer: Rc<Renewer>,
+    pub(crate) auth: AuthConfig,
 }
 
 pub(crate) fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
@@ -82,7 +85,14 @@ impl Services {
             max_txn_ops,
             lease_config,
             lease_ids: LeaseIds::new(lease_config),
+            auth: AuthConfig::default(),
         }
+    }
+
+    /// How this member authenticates callers (default: simple tokens, no CN users).
+    pub fn with_auth(mut self, auth: AuthConfig) -> Services {
+        self.auth = auth;
+        self
     }
 
     pub(crate) fn client(&self) -> &Rc<RaftClient> {
@@ -176,8 +186,13 @@ impl Services {
         Ok((a.value, a.raft_term))
     }
 
-    pub(crate) async fn write(&self, op: &Op) -> Result<(OpResponse, u64), Status> {
-        let data = crate::raft::entry::encode_raft_request(op);
+    /// A write proposed as `caller`'s (checked at apply against the auth state then).
+    pub(crate) async fn write(
+        &self,
+        op: &Op,
+        caller: &Caller,
+    ) -> Result<(OpResponse, u64), Status> {
+        let data = crate::raft::entry::encode_request_as(op, caller);
         if data.len() > self.max_request_bytes {
             return Err(request_too_large());
         }
@@ -185,52 +200,76 @@ impl Services {
         Ok((a.value, a.raft_term))
     }
 
-    pub async fn range(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn range(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
+        let caller = self.caller(call).await?;
+        let view = self.node.auth_view();
+        if view.enabled {
+            self.current_view()
+                .await
+                .check_read(&caller, &req.key, &req.range_end)
+                .map_err(status_from_auth)?;
+        }
         // Served by the key-range shards (see `node`), not the raft core.
         let linearizable = served_linearizable(!req.serializable);
         let (res, term) = self.node.range(req, linearizable).await?;
         Ok(self.encode_response(OpResponse::Range(res), term))
     }
 
-    pub async fn put(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn put(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::put_request(decode::<pb::PutRequest>(&body)?);
         mvcc::validate::check_put_request(&req).map_err(|e| status_from_mvcc(&e))?;
-        let (res, term) = self.write(&Op::Put(req)).await?;
+        let caller = self.caller(call).await?;
+        let (res, term) = self.write(&Op::Put(req), &caller).await?;
         Ok(self.encode_response(res, term))
     }
 
-    pub async fn delete_range(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn delete_range(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::delete_range_request(decode::<pb::DeleteRangeRequest>(&body)?);
         mvcc::validate::check_delete_request(&req).map_err(|e| status_from_mvcc(&e))?;
-        let (res, term) = self.write(&Op::DeleteRange(req)).await?;
+        let caller = self.caller(call).await?;
+        let (res, term) = self.write(&Op::DeleteRange(req), &caller).await?;
         Ok(self.encode_response(res, term))
     }
 
-    pub async fn txn(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn txn(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::txn_request(decode::<pb::TxnRequest>(&body)?)?;
         mvcc::validate::check_txn_request(&req, self.max_txn_ops as i64)
             .map_err(|e| status_from_mvcc(&e))?;
+        let caller = self.caller(call).await?;
         let (res, term) = if mvcc::is_txn_readonly(&req) {
+            let op = Op::Txn(req);
+            if self.node.auth_view().enabled {
+                // Served without raft: checked here, every compare and range.
+                self.current_view()
+                    .await
+                    .check_op(&caller, &op, &|_| Vec::new())
+                    .map_err(status_from_auth)?;
+            }
+            let Op::Txn(req) = op else {
+                unreachable!("built above")
+            };
             // etcd serves a read-only txn without raft; linearizable unless every range in
             // it is serializable.
             let linearizable = served_linearizable(!txn_serializable(&req));
             self.read(Op::Txn(req), linearizable).await?
         } else {
-            self.write(&Op::Txn(req)).await?
+            self.write(&Op::Txn(req), &caller).await?
         };
         Ok(self.encode_response(res, term))
     }
 
-    pub async fn compact(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn compact(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = convert::compaction_request(decode::<pb::CompactionRequest>(&body)?);
-        let (res, term) = self.write(&Op::Compaction(req)).await?;
+        let caller = self.admin(call).await?;
+        let (res, term) = self.write(&Op::Compaction(req), &caller).await?;
         Ok(self.encode_response(res, term))
     }
 
-    pub async fn status(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn status(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::StatusRequest>(&body)?;
+        self.user(call).await?;
         let a = self
             .client
             .call::<StatusInfo>(|to| ToRaft::Status { to })
@@ -256,8 +295,14 @@ impl Services {
         }))
     }
 
-    pub async fn hash_kv(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn hash_kv(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::HashKvRequest>(&body)?;
+        // etcd answers HashKV's auth refusals unmapped (code Unknown, "auth: …").
+        let caller = self.caller(call).await?;
+        self.current_view()
+            .await
+            .check_admin(&caller)
+            .map_err(status_unmapped_auth)?;
         let a = self
             .client
             .call(|to| ToRaft::HashKv {
@@ -279,8 +324,9 @@ impl Services {
         }))
     }
 
-    pub async fn member_list(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn member_list(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::MemberListRequest>(&body)?;
+        self.user(call).await?;
         let a = self.client.call(|to| ToRaft::MemberList { to }).await?;
         let (Members(members), term) = (a.value, a.raft_term);
         Ok(encode(&pb::MemberListResponse {
@@ -304,8 +350,9 @@ impl Services {
         ))
     }
 
-    pub async fn member_add(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn member_add(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::MemberAddRequest>(&body)?;
+        self.admin(call).await?;
         for u in &req.peer_ur_ls {
             crate::config::Url::parse(u)
                 .map_err(|e| Status::new(Code::InvalidArgument, format!("etcdserver: {e}")))?;
@@ -322,8 +369,9 @@ impl Services {
         }))
     }
 
-    pub async fn member_remove(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn member_remove(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::MemberRemoveRequest>(&body)?;
+        self.admin(call).await?;
         let (_, members, term) = self.member_change(MemberOp::Remove { id: req.id }).await?;
         Ok(encode(&pb::MemberRemoveResponse {
             header: Some(self.header(0, term)),
@@ -331,8 +379,9 @@ impl Services {
         }))
     }
 
-    pub async fn member_update(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn member_update(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::MemberUpdateRequest>(&body)?;
+        self.admin(call).await?;
         let op = MemberOp::Update {
             id: req.id,
             peer_urls: req.peer_ur_ls,
@@ -344,8 +393,9 @@ impl Services {
         }))
     }
 
-    pub async fn member_promote(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn member_promote(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::MemberPromoteRequest>(&body)?;
+        self.admin(call).await?;
         let (_, members, term) = self.member_change(MemberOp::Promote { id: req.id }).await?;
         Ok(encode(&pb::MemberPromoteResponse {
             header: Some(self.header(0, term)),
@@ -354,8 +404,9 @@ impl Services {
     }
 
     /// Maintenance.MoveLeader: only the leader can hand over (etcd's "not leader" elsewhere).
-    pub async fn move_leader(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn move_leader(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::MoveLeaderRequest>(&body)?;
+        self.admin(call).await?;
         let target = req.target_id;
         let a = self
             .client
@@ -368,7 +419,7 @@ impl Services {
     }
 
     /// grpc.health.v1: SERVING once this member is serving (its raft core answers).
-    pub async fn health_check(&self, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn health_check(&self, _call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<health::HealthCheckRequest>(&body)?;
         let a = self
             .client
@@ -410,11 +461,11 @@ pub fn router(s: Rc<Services>) -> Router {
         };
         ($path:expr, $method:ident, $map:expr) => {{
             let s = s.clone();
-            r.unary($path, move |md: HeaderMap, body: Bytes| {
+            r.unary($path, move |call: Call, body: Bytes| {
                 let s = s.clone();
                 async move {
-                    s.check_leader(&md)?;
-                    s.$method(body).await.map_err($map)
+                    s.check_leader(&call.metadata)?;
+                    s.$method(&call, body).await.map_err($map)
                 }
             });
         }};
@@ -437,6 +488,32 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Lease/LeaseRevoke", lease_revoke);
     unary!("/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live);
     unary!("/etcdserverpb.Lease/LeaseLeases", lease_leases);
+    unary!("/etcdserverpb.Auth/AuthEnable", auth_enable);
+    unary!("/etcdserverpb.Auth/AuthDisable", auth_disable);
+    unary!("/etcdserverpb.Auth/AuthStatus", auth_status);
+    unary!("/etcdserverpb.Auth/Authenticate", authenticate);
+    unary!("/etcdserverpb.Auth/UserAdd", user_add);
+    unary!("/etcdserverpb.Auth/UserGet", user_get);
+    unary!("/etcdserverpb.Auth/UserList", user_list);
+    unary!("/etcdserverpb.Auth/UserDelete", user_delete);
+    unary!(
+        "/etcdserverpb.Auth/UserChangePassword",
+        user_change_password
+    );
+    unary!("/etcdserverpb.Auth/UserGrantRole", user_grant_role);
+    unary!("/etcdserverpb.Auth/UserRevokeRole", user_revoke_role);
+    unary!("/etcdserverpb.Auth/RoleAdd", role_add);
+    unary!("/etcdserverpb.Auth/RoleGet", role_get);
+    unary!("/etcdserverpb.Auth/RoleList", role_list);
+    unary!("/etcdserverpb.Auth/RoleDelete", role_delete);
+    unary!(
+        "/etcdserverpb.Auth/RoleGrantPermission",
+        role_grant_permission
+    );
+    unary!(
+        "/etcdserverpb.Auth/RoleRevokePermission",
+        role_revoke_permission
+    );
     // etcd serves Lock and Election through its own client, whose errors reach the
     // caller as gRPC code Unknown with etcd's message (e.g. a lock with an unknown lease).
     let unknown = |e: Status| Status::new(Code::Unknown, e.message);
@@ -469,9 +546,10 @@ pub fn router(s: Rc<Services>) -> Router {
         move |req, res| {
             let refused = watch_s.check_stream();
             let node = node.clone();
+            let auth = watch_s.auth.clone();
             async move {
                 refused?;
-                super::watch::serve(node, req, res).await
+                super::watch::serve(node, auth, req, res).await
             }
         },
     );
@@ -551,11 +629,12 @@ mod tests {
             let s = Services::new(client, node, header, 1024, 128, LeaseConfig::default());
             // Field 1 as a length-delimited value running past the end of the message.
             let garbage = Bytes::from_static(&[0x0a, 0x7f, 0x01]);
+            let call = Call::default();
             for res in [
-                s.put(garbage.clone()).await,
-                s.range(garbage.clone()).await,
-                s.txn(garbage.clone()).await,
-                s.delete_range(garbage.clone()).await,
+                s.put(&call, garbage.clone()).await,
+                s.range(&call, garbage.clone()).await,
+                s.txn(&call, garbage.clone()).await,
+                s.delete_range(&call, garbage.clone()).await,
             ] {
                 let err = res.unwrap_err();
                 assert_eq!(err.code, Code::Internal);

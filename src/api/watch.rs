@@ -1,7 +1,9 @@
 //! `etcdserverpb.Watch/Watch`: one bidi stream, many watchers; requests are handled in
 //! order, and the stream's catch-up task runs beside the request loop.
 
-use crate::grpc::{Code, Request, Responses, Status};
+use super::auth::{resolve_caller, AuthConfig};
+use super::errors::status_from_auth;
+use crate::grpc::{Call, Code, Request, Responses, Status};
 use crate::node::Node;
 use crate::pb::etcdserverpb as pb;
 use crate::watch::{CreateError, CreateSpec, Hub, StreamId};
@@ -29,8 +31,14 @@ fn encode(m: &pb::WatchResponse) -> Bytes {
 }
 
 /// Serves one Watch stream until the client closes it or the call breaks.
-pub async fn serve(node: Rc<Node>, mut req: Request, res: Responses) -> Result<(), Status> {
+pub async fn serve(
+    node: Rc<Node>,
+    auth: AuthConfig,
+    mut req: Request,
+    res: Responses,
+) -> Result<(), Status> {
     node.wait_applied(0).await;
+    let call = req.call();
     let res = Rc::new(res);
     let hub = &node.hub;
     let stream = hub.add_stream(res.clone());
@@ -52,7 +60,32 @@ pub async fn serve(node: Rc<Node>, mut req: Request, res: Responses) -> Result<(
         })?;
         use pb::watch_request::RequestUnion;
         match request.request_union {
-            Some(RequestUnion::CreateRequest(c)) => create(&node, stream, &res, c).await?,
+            Some(RequestUnion::CreateRequest(c)) => {
+                // Checked once, at create, with the stream's credentials (etcd's rule: a
+                // refused watch is created and cancelled at once; the stream stays open).
+                if let Err(refused) = check_create(&node, &auth, &call, &c).await {
+                    let rev = node.watermark().revision;
+                    let reason = format!(
+                        "rpc error: code = {} desc = {}",
+                        refused.code.go_name(),
+                        refused.message
+                    );
+                    send(
+                        &res,
+                        pb::WatchResponse {
+                            header: Some(header(&node, rev)),
+                            watch_id: -1,
+                            created: true,
+                            canceled: true,
+                            cancel_reason: reason,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    continue;
+                }
+                create(&node, stream, &res, c).await?
+            }
             Some(RequestUnion::CancelRequest(c)) if hub.cancel(stream, c.watch_id) => {
                 let rev = node.watermark().revision;
                 send(
@@ -83,6 +116,25 @@ pub async fn serve(node: Rc<Node>, mut req: Request, res: Responses) -> Result<(
         }
     }
     Ok(())
+}
+
+/// READ on the watched range as the client asked for it (an empty key is etcd's `"\0"`;
+/// a `"\0"` end is a range to the end of the key space, GHSA-xg4h-6gfc-h4m8).
+async fn check_create(
+    node: &Node,
+    auth: &AuthConfig,
+    call: &Call,
+    c: &pb::WatchCreateRequest,
+) -> Result<(), Status> {
+    if !node.auth_view().enabled {
+        return Ok(());
+    }
+    let caller = resolve_caller(node, auth, call).await?;
+    node.wait_applied(node.round_mark()).await;
+    let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
+    node.auth_view()
+        .check_read(&caller, key, &c.range_end)
+        .map_err(status_from_auth)
 }
 
 async fn send(res: &Responses, m: pb::WatchResponse) -> Result<(), Status> {

@@ -25,9 +25,40 @@ pub enum AuthError {
     InvalidAuthMgmt,
     /// A grant with an empty key or an empty range.
     PermissionNotGiven,
+    /// The user may not do what it asked (or is unknown).
+    PermissionDenied,
+    /// The request carries an auth revision older than the store's.
+    AuthOldRevision,
+    /// Authenticate while auth is off.
+    AuthNotEnabled,
+    /// Wrong user name or password (or a user without one).
+    AuthFailed,
+    /// A token this member does not know (or no longer).
+    InvalidAuthToken,
 }
 
 impl AuthError {
+    /// Every kind, in a fixed order (the peer wire numbers them by it: only append).
+    pub const ALL: [AuthError; 17] = [
+        AuthError::RootUserNotExist,
+        AuthError::RootRoleNotExist,
+        AuthError::UserAlreadyExist,
+        AuthError::UserEmpty,
+        AuthError::UserNotFound,
+        AuthError::RoleAlreadyExist,
+        AuthError::RoleNotFound,
+        AuthError::RoleEmpty,
+        AuthError::RoleNotGranted,
+        AuthError::PermissionNotGranted,
+        AuthError::InvalidAuthMgmt,
+        AuthError::PermissionNotGiven,
+        AuthError::PermissionDenied,
+        AuthError::AuthOldRevision,
+        AuthError::AuthNotEnabled,
+        AuthError::AuthFailed,
+        AuthError::InvalidAuthToken,
+    ];
+
     /// etcd's text for it (`auth.Err…`).
     pub fn text(self) -> &'static str {
         match self {
@@ -43,6 +74,11 @@ impl AuthError {
             AuthError::PermissionNotGranted => "auth: permission is not granted to the role",
             AuthError::InvalidAuthMgmt => "auth: invalid auth management",
             AuthError::PermissionNotGiven => "auth: permission not given",
+            AuthError::PermissionDenied => "auth: permission denied",
+            AuthError::AuthOldRevision => "auth: revision in header is old",
+            AuthError::AuthNotEnabled => "auth: authentication is not enabled",
+            AuthError::AuthFailed => "auth: authentication failed, invalid user ID or password",
+            AuthError::InvalidAuthToken => "auth: invalid auth token",
         }
     }
 }

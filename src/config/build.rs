@@ -76,6 +76,26 @@ pub(super) fn build(
     let quota_backend_bytes = quota_backend_bytes(values)?;
     let cpu_list = cpu_list(raw(values, "cpu-list"), cores_available)?;
     let cores = cores(values, cores_available, &cpu_list)?;
+    let auth_token = raw(values, "auth-token").to_string();
+    match auth_token.split(',').next().unwrap_or("") {
+        "simple" | "jwt" => {}
+        other => {
+            return invalid(format!("unknown token type: {other}"));
+        }
+    }
+    let auth_token_ttl_s = match uint_value(values, "auth-token-ttl")? {
+        0 => 300,
+        ttl => ttl,
+    };
+    let bcrypt_cost = match uint_value(values, "bcrypt-cost")? {
+        cost @ 4..=31 => cost as u32,
+        cost => {
+            warnings.push(format!(
+                "--bcrypt-cost {cost} is out of range [4, 31]; using the default, 10"
+            ));
+            10
+        }
+    };
     Ok(Config {
         name,
         data_dir,
@@ -127,6 +147,9 @@ pub(super) fn build(
         tls_min_tls13: raw(values, "tls-min-version") == "TLS1.3",
         tls_max_tls12: raw(values, "tls-max-version") == "TLS1.2",
         self_signed_cert_validity: self_signed_cert_validity(values)?,
+        auth_token,
+        auth_token_ttl_s,
+        bcrypt_cost,
         warnings,
     })
 }

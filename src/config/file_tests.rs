@@ -96,6 +96,9 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         tls_min_tls13: false,
         tls_max_tls12: false,
         self_signed_cert_validity: 1,
+        auth_token: "simple".to_string(),
+        auth_token_ttl_s: 300,
+        bcrypt_cost: 10,
         // Everything else in the sample is etcd's default, or has no effect (logging,
         // pprof).
         warnings: vec![

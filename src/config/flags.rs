@@ -37,7 +37,6 @@ pub(super) const TLS_FLAGS: &[&str] = &[
     "peer-trusted-ca-file",
     "trusted-ca-file",
 ];
-const AUTH: &str = "auth is not built yet";
 const V2: &str = "the v2 API is not built";
 const DISCOVERY: &str = "discovery is not built; use --initial-cluster";
 const PROXY: &str = "the v2 proxy is not built";
@@ -99,8 +98,8 @@ use Kind::{Bool, Choice, Duration, Ignored, Int, List, Str, Uint, Uint32, Urls};
 /// variables are applied in etcd's order.
 pub(super) const SPECS: &[Spec] = &[
     spec("advertise-client-urls", Urls, "http://localhost:2379", Keel),
-    spec("auth-token", Str, "simple", Warn(AUTH)),
-    spec("auth-token-ttl", Uint, "300", Warn(AUTH)),
+    spec("auth-token", Str, "simple", Keel),
+    spec("auth-token-ttl", Uint, "300", Keel),
     spec(
         "auto-compaction-mode",
         Str,
@@ -116,7 +115,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("auto-tls", Bool, "false", Keel),
     spec("backend-batch-interval", Duration, "", Silent),
     spec("backend-batch-limit", Int, "0", Silent),
-    spec("bcrypt-cost", Uint, "10", Warn(AUTH)),
+    spec("bcrypt-cost", Uint, "10", Keel),
     spec("cert-file", Str, "", Keel),
     spec("cipher-suites", List, "", Keel),
     spec("client-cert-allowed-hostname", List, "", Keel),

@@ -95,6 +95,13 @@ pub struct Config {
     pub tls_max_tls12: bool,
     /// `--self-signed-cert-validity`, in years.
     pub self_signed_cert_validity: u32,
+    /// `--auth-token`: `simple` or `jwt,pub-key=…,priv-key=…,sign-method=…[,ttl=…]`
+    /// (the JWT options are read by `auth::jwt` at boot).
+    pub auth_token: String,
+    /// `--auth-token-ttl`: seconds a simple token lives without use.
+    pub auth_token_ttl_s: u64,
+    /// `--bcrypt-cost` (4..=31; anything else is etcd's default, 10, with a warning).
+    pub bcrypt_cost: u32,
     /// Flags that were accepted but whose feature is not built (or is ignored).
     pub warnings: Vec<String>,
 }

@@ -313,6 +313,20 @@ fn etcd_e2e_argv_variants() {
 }
 
 #[test]
+fn auth_flags_are_read_with_etcds_defaults_and_bounds() {
+    let c = ok("");
+    assert_eq!(
+        (c.auth_token.as_str(), c.auth_token_ttl_s, c.bcrypt_cost),
+        ("simple", 300, 10)
+    );
+    let c = ok("--bcrypt-cost 40 --auth-token-ttl 0");
+    assert_eq!((c.bcrypt_cost, c.auth_token_ttl_s), (10, 300));
+    assert!(has_warning(&c, "--bcrypt-cost 40 is out of range"));
+    let e = err("--auth-token bogus");
+    assert!(e.contains("unknown token type: bogus"), "{e}");
+}
+
+#[test]
 fn every_etcd_34_flag_is_accepted() {
     let cases = "--auth-token jwt --auth-token-ttl 5 --auto-compaction-mode revision \
         --auto-compaction-retention 10 --auto-tls --backend-batch-interval 10ms \
@@ -345,7 +359,9 @@ fn every_etcd_34_flag_is_accepted() {
     assert_eq!((config.max_request_bytes, config.max_txn_ops), (10, 2));
     assert!(!config.strict_reconfig_check);
     assert!(ok("").strict_reconfig_check, "on by default, as in etcd");
-    for flag in ["--auth-token", "--unsafe-no-fsync", "--pre-vote"] {
+    assert_eq!(config.auth_token, "jwt");
+    assert_eq!((config.auth_token_ttl_s, config.bcrypt_cost), (5, 4));
+    for flag in ["--unsafe-no-fsync", "--pre-vote"] {
         assert!(
             has_warning(&config, &format!("{flag}:")),
             "{flag}: {:?}",

@@ -33,7 +33,8 @@ pub mod status;
 pub mod timeout;
 
 pub use server::{
-    serve, serve_connection, Config, Handler, Messages, Request, Responses, Router, TrySendError,
+    serve, serve_connection, Call, Config, Handler, Messages, Request, Responses, Router,
+    TrySendError,
 };
 pub use status::{Code, Status};
 

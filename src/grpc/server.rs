@@ -93,6 +93,32 @@ impl Request {
     pub fn requires_leader(&self) -> bool {
         self.metadata_str("hasleader") == Some("true")
     }
+
+    /// Who calls: the metadata and certificate name, without the messages.
+    pub fn call(&self) -> Call {
+        Call {
+            metadata: self.metadata.clone(),
+            common_name: self.common_name.clone(),
+        }
+    }
+}
+
+/// What a handler knows of its caller besides the message: the gRPC metadata and the
+/// verified client certificate's Common Name (see [`Request::common_name`]).
+#[derive(Clone, Debug, Default)]
+pub struct Call {
+    pub metadata: HeaderMap,
+    pub common_name: Option<Rc<str>>,
+}
+
+impl Call {
+    /// The auth token: etcd's `token` metadata, else the gateway's `authorization`
+    /// (without a `Bearer ` prefix, as etcd 3.5 takes it).
+    pub fn token(&self) -> Option<&str> {
+        let get = |k: &str| self.metadata.get(k).and_then(|v| v.to_str().ok());
+        get("token")
+            .or_else(|| get("authorization").map(|t| t.strip_prefix("Bearer ").unwrap_or(t)))
+    }
 }
 
 /// The request messages of a call, decoded from DATA frames as the handler asks for them
@@ -206,7 +232,7 @@ impl Router {
     /// Registers a unary handler: one message in, one message out.
     pub fn unary<F, Fut>(&mut self, path: &str, handler: F) -> &mut Router
     where
-        F: Fn(HeaderMap, Bytes) -> Fut + 'static,
+        F: Fn(Call, Bytes) -> Fut + 'static,
         Fut: std::future::Future<Output = Result<Bytes, Status>> + 'static,
     {
         let handler = Rc::new(handler);
@@ -214,7 +240,11 @@ impl Router {
             let handler = handler.clone();
             async move {
                 let message = req.messages.single().await?;
-                let reply = handler(std::mem::take(&mut req.metadata), message).await?;
+                let call = Call {
+                    metadata: std::mem::take(&mut req.metadata),
+                    common_name: req.common_name.take(),
+                };
+                let reply = handler(call, message).await?;
                 Ok(res.send(reply).await?)
             }
         })

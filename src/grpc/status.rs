@@ -27,6 +27,15 @@ pub enum Code {
 }
 
 impl Code {
+    /// grpc-go's name of the code (`codes.Code.String()`), as in "rpc error: code = …".
+    pub fn go_name(self) -> String {
+        match self {
+            Code::Ok => "OK".into(),
+            Code::Cancelled => "Canceled".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
     /// The code for a wire number; unknown numbers map to `Unknown` as grpc-go does.
     pub fn from_u32(n: u32) -> Code {
         use Code::*;

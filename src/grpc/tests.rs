@@ -31,8 +31,9 @@ fn router() -> Router {
     });
     router.unary(
         "/test.Echo/Token",
-        |metadata: HeaderMap, _message| async move {
-            let token = metadata
+        |call: crate::grpc::server::Call, _message| async move {
+            let token = call
+                .metadata
                 .get("token")
                 .map(|v| v.as_bytes().to_vec())
                 .unwrap_or_default();

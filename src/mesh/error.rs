@@ -48,6 +48,8 @@ pub enum ServerError {
     Unhealthy,
     /// The store refused or failed the operation.
     Mvcc(mvcc::Error),
+    /// Auth refused the request (or the Auth call failed).
+    Auth(crate::auth::AuthError),
     /// raft refused a membership change (its reason).
     ConfChangeRefused(String),
     /// raft refused a proposal (its reason).
@@ -83,6 +85,7 @@ impl Clone for ServerError {
             LearnerNotReady => LearnerNotReady,
             MemberNotEnoughStarted => MemberNotEnoughStarted,
             Unhealthy => Unhealthy,
+            Auth(e) => Auth(*e),
             Mvcc(e) if e.etcd_message().is_some() => Mvcc(copy_operating(e)),
             Mvcc(e) if is_corrupt(e) => Corrupt(e.to_string()),
             Mvcc(e) => Internal(e.to_string()),
@@ -110,6 +113,7 @@ impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Mvcc(e) => write!(f, "{e}"),
+            ServerError::Auth(e) => f.write_str(e.text()),
             ServerError::ConfChangeRefused(why) => write!(f, "membership change refused: {why}"),
             ServerError::ProposalRefused(why) => write!(f, "raft: {why}"),
             ServerError::Internal(why) => write!(f, "keel: {why}"),
@@ -123,6 +127,8 @@ impl std::error::Error for ServerError {}
 
 /// The peer codes of the mvcc operating errors start here (below: `ServerError`'s own).
 const MVCC_CODE_BASE: u32 = 100;
+/// The peer codes of auth errors start here.
+const AUTH_CODE_BASE: u32 = 200;
 
 /// A storage error that is damage (a page or record failing its check), not I/O.
 fn is_corrupt(e: &mvcc::Error) -> bool {
@@ -169,6 +175,13 @@ impl ServerError {
             Internal(why) => return (20, why.clone()),
             Corrupt(what) => return (21, what.clone()),
             Mvcc(e) if is_corrupt(e) => return (21, e.to_string()),
+            Auth(e) => {
+                let i = crate::auth::AuthError::ALL
+                    .iter()
+                    .position(|k| k == e)
+                    .expect("every AuthError is listed");
+                AUTH_CODE_BASE + 1 + i as u32
+            }
             Mvcc(e) => match mvcc_peer_code(e) {
                 Some(c) => MVCC_CODE_BASE + c,
                 None => return (20, e.to_string()),
@@ -202,6 +215,12 @@ impl ServerError {
             19 => ProposalRefused(detail),
             20 => Internal(detail),
             21 => Corrupt(detail),
+            c if c > AUTH_CODE_BASE => {
+                match crate::auth::AuthError::ALL.get((c - AUTH_CODE_BASE - 1) as usize) {
+                    Some(e) => Auth(*e),
+                    None => Internal(format!("unknown error code {code} from a peer: {detail}")),
+                }
+            }
             c if c > MVCC_CODE_BASE => match mvcc_from_peer_code(c - MVCC_CODE_BASE) {
                 Some(e) => Mvcc(e),
                 None => Internal(format!("unknown error code {code} from a peer: {detail}")),
@@ -283,6 +302,8 @@ mod tests {
             ServerError::ProposalRefused("because".into()),
             ServerError::Internal("bug".into()),
             ServerError::Corrupt("page 7".into()),
+            ServerError::Auth(crate::auth::AuthError::PermissionDenied),
+            ServerError::Auth(crate::auth::AuthError::InvalidAuthToken),
         ];
         for e in all {
             let (code, detail) = e.peer_code();

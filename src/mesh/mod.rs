@@ -18,6 +18,8 @@
 
 pub mod error;
 
+use crate::auth::tokens::TokenEvent;
+use crate::auth::{AuthOutcome, AuthView};
 use crate::mvcc::db::ReadSnapshot;
 use crate::mvcc::{Change, Op, OpResponse, RangeRequest, RangeResponse};
 use bytes::Bytes;
@@ -143,6 +145,12 @@ pub enum ToRaft {
     /// it is committed (durable) and applied, with the store's response.
     Propose {
         to: ReplyTo<OpResponse>,
+        data: Bytes,
+    },
+    /// An Auth call: an encoded `keel.internal.RaftRequest`, proposed to raft like a
+    /// write; replied once applied, with its outcome.
+    ProposeAuth {
+        to: ReplyTo<AuthOutcome>,
         data: Bytes,
     },
     /// A Range or read-only Txn. Linearizable: served once the store has applied up to a
@@ -334,6 +342,7 @@ reply_kinds! {
     LeaseRenewed(LeaseRenewed),
     LeaseTtl(LeaseTtl),
     LeaseList(LeaseList),
+    Auth(AuthOutcome),
 }
 
 /// What the raft core applied in one round, sent to every core (one message per core per
@@ -361,6 +370,31 @@ pub struct Applied {
     pub splits: Option<Arc<Vec<Vec<u8>>>>,
     /// Leases revoked in the round (each core drops them from its keep-alive cache).
     pub revoked_leases: Arc<Vec<i64>>,
+    /// Auth changes of the round: the new view, token assignments and drops.
+    pub auth: AuthRound,
+}
+
+/// What a round changed in auth, for every core's checks and token table.
+#[derive(Clone, Debug, Default)]
+pub struct AuthRound {
+    /// The view after the round (`None`: unchanged). The first round always has one.
+    pub view: Option<Arc<AuthView>>,
+    /// Token events in apply order.
+    pub tokens: Arc<Vec<TokenEvent>>,
+}
+
+impl AuthRound {
+    /// This round followed by `later`.
+    fn absorb(&mut self, later: AuthRound) {
+        if later.view.is_some() {
+            self.view = later.view;
+        }
+        if !later.tokens.is_empty() {
+            let mut all = self.tokens.to_vec();
+            all.extend(later.tokens.iter().cloned());
+            self.tokens = Arc::new(all);
+        }
+    }
 }
 
 impl Applied {
@@ -379,6 +413,7 @@ impl Applied {
             replies: Vec::new(),
             splits: self.splits.clone(),
             revoked_leases: self.revoked_leases.clone(),
+            auth: self.auth.clone(),
         }
     }
 
@@ -403,6 +438,7 @@ impl Applied {
             all.extend(later.revoked_leases.iter());
             self.revoked_leases = Arc::new(all);
         }
+        self.auth.absorb(later.auth);
     }
 }
 

@@ -10,6 +10,8 @@
 //! destination, drained by a task into the bounded cross-core channel, so no caller (the
 //! raft core least of all) ever waits for another core.
 
+use crate::auth::tokens::SimpleTokens;
+use crate::auth::AuthView;
 use crate::mesh::ServerError;
 use crate::mesh::{Applied, CoreId, CoreMsg, ReadIndex, RoundMark, ToRaft};
 use crate::mvcc::{self, RangeRequest, RangeResponse};
@@ -84,7 +86,20 @@ pub struct Node {
     pub leases: crate::lease::LeaseCache,
     /// Key-range subscriptions of this core's Lock and Election calls.
     subscriptions: RefCell<Vec<Rc<SubscriptionState>>>,
+    /// The auth view and simple tokens as of the last round.
+    auth: RefCell<CoreAuth>,
 }
+
+/// A core's auth: the view its checks read and its simple-token table.
+struct CoreAuth {
+    view: std::sync::Arc<AuthView>,
+    tokens: SimpleTokens,
+    last_sweep: std::time::Instant,
+}
+
+/// How long a request with a simple token from a raft index this core has not applied
+/// yet waits for it (etcd waits for the index until the request's deadline).
+pub const TOKEN_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Subscribed changes queued beyond this are dropped and the subscriber told to re-read.
 pub const SUBSCRIPTION_QUEUE_MAX: usize = 4096;
@@ -156,7 +171,43 @@ impl Node {
             subscriptions: RefCell::new(Vec::new()),
             leases: Default::default(),
             hub: Hub::new(),
+            auth: RefCell::new(CoreAuth {
+                view: Default::default(),
+                tokens: SimpleTokens::new(crate::auth::tokens::DEFAULT_TTL),
+                last_sweep: std::time::Instant::now(),
+            }),
         })
+    }
+
+    /// The member's newest round sent out (see `mesh::RoundMark`).
+    pub fn round_mark(&self) -> u64 {
+        self.round_mark.get()
+    }
+
+    /// `--auth-token-ttl` (before the first round).
+    pub fn set_token_ttl(&self, ttl: std::time::Duration) {
+        self.auth.borrow_mut().tokens.set_ttl(ttl);
+    }
+
+    /// The auth view this core checks requests against.
+    pub fn auth_view(&self) -> std::sync::Arc<AuthView> {
+        self.auth.borrow().view.clone()
+    }
+
+    /// The user of a simple token, once this core has applied the index it was assigned
+    /// at (waiting at most [`TOKEN_INDEX_WAIT`]); `None`: not a live token here.
+    pub async fn simple_token_user(&self, token: &str) -> Option<String> {
+        let index = crate::auth::tokens::simple_token_index(token)?;
+        if self.watermark.get().index < index {
+            let wait = self.wait_applied(index);
+            let timeout = async {
+                glommio::timer::sleep(TOKEN_INDEX_WAIT).await;
+            };
+            futures_lite::future::or(wait, timeout).await;
+        }
+        let now = std::time::Instant::now();
+        let mut auth = self.auth.borrow_mut();
+        auth.tokens.lookup(token, now).map(str::to_string)
     }
 
     pub fn core(&self) -> CoreId {
@@ -308,6 +359,7 @@ impl Node {
             raft_term: a.raft_term,
         });
         self.leases.on_applied(&a);
+        self.apply_auth(&a.auth);
         if booted {
             self.hub.on_applied(&a);
             self.feed_subscriptions(&a);
@@ -320,6 +372,21 @@ impl Node {
         }
         #[cfg(debug_assertions)]
         self.invariants();
+    }
+
+    fn apply_auth(&self, round: &crate::mesh::AuthRound) {
+        let mut auth = self.auth.borrow_mut();
+        if let Some(v) = &round.view {
+            auth.view = v.clone();
+        }
+        let now = std::time::Instant::now();
+        for ev in round.tokens.iter() {
+            auth.tokens.apply(ev, now);
+        }
+        if now.duration_since(auth.last_sweep) >= std::time::Duration::from_secs(1) {
+            auth.last_sweep = now;
+            auth.tokens.sweep(now);
+        }
     }
 
     /// What holds between rounds (checked after each round in debug builds and tests).

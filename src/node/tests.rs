@@ -50,6 +50,7 @@ fn merged_rounds_apply_like_separate_ones() {
                 replies: Vec::new(),
                 splits: None,
                 revoked_leases: Default::default(),
+                auth: Default::default(),
             };
             one.apply(
                 a.changes.iter().flat_map(|c| c.iter()),
@@ -142,6 +143,7 @@ fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
                 replies: Vec::new(),
                 splits,
                 revoked_leases: Default::default(),
+                auth: Default::default(),
             }
         };
         let first = round(1, "one", Some(Arc::new(Vec::new())));

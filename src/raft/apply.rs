@@ -140,6 +140,7 @@ impl RaftCore {
             None => Some(self.round.splits.clone()),
             Some(_) => None,
         };
+        let splits_first = splits.is_some();
         self.round.sent_index = Some(self.applied_index);
         let mut replies = std::mem::take(&mut self.round.replies);
         if replies.iter().any(|(to, _)| *to == cluster::FORWARDED) {
@@ -163,6 +164,7 @@ impl RaftCore {
             replies: Vec::new(),
             splits,
             revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.leases.round_revoked)),
+            auth: self.auth.take_round(splits_first),
         };
         out.applied(round, replies);
     }
@@ -228,9 +230,8 @@ impl RaftCore {
             }
             return Ok(());
         }
-        let op = match entry::decode_entry(&e.data) {
-            Ok(entry::EntryOp::Op(op)) => op,
-            Ok(entry::EntryOp::Member(m)) => return self.apply_member_entry(e, m),
+        let decoded = match entry::decode_entry(&e.data) {
+            Ok(d) => d,
             Err(what) => {
                 return Err(boot_err(format!(
                     "raft entry {} does not decode: {what}",
@@ -238,6 +239,22 @@ impl RaftCore {
                 )))
             }
         };
+        let caller = decoded.caller;
+        let op = match decoded.op {
+            entry::EntryOp::Op(op) => op,
+            entry::EntryOp::Member(m) => return self.apply_member_entry(e, m),
+            entry::EntryOp::Auth(a) => return self.apply_auth_entry(e, caller.as_ref(), &a),
+        };
+        if e.index <= self.store.consistent_index() {
+            return Ok(());
+        }
+        // A client's write is checked against the auth state as of its place in the log,
+        // with the auth revision it was proposed under (etcd's authApplierV3).
+        if let Err(denied) = self.auth_check_op(caller.as_ref(), &op) {
+            self.store.set_consistent_index(e.index, e.term);
+            self.reply_to_entry::<OpResponse>(e, Err(denied));
+            return Ok(());
+        }
         let Some(res) = self.store.apply_at(e.index, e.term, &op) else {
             return Ok(());
         };

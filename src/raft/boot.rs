@@ -130,7 +130,9 @@ impl RaftCore {
         let now = Instant::now();
         let splits = crate::shard::split_keys(store.index(), opts.shards, &opts.shard_splits);
         store.capture_changes(true);
+        let auth = auth::AuthDuty::load(&store)?;
         Ok(RaftCore {
+            auth,
             node,
             store,
             wal,

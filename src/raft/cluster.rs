@@ -808,7 +808,7 @@ impl RaftCore {
         while self.writes.held.front().is_some_and(|h| h.deadline <= now) {
             let h = self.writes.held.pop_front().expect("checked");
             // etcd's raft takes no proposal without a leader; the caller's context ends.
-            self.fail(out, h.to.origin(), ServerError::DeadlineExceeded);
+            self.fail(out, h.origin, ServerError::DeadlineExceeded);
         }
         while let Some(&(deadline, origin)) = self.writes.deadlines.front() {
             if deadline > now {

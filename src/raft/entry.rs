@@ -1,20 +1,22 @@
 //! The raft log's entry encoding: a normal entry is a `keel.internal.RaftRequest` holding
-//! etcd's own request message (a store write) or a membership record change.
+//! etcd's own request message (a store write, an Auth call) or a membership record change,
+//! and, for a client's request, who asked (`AuthHeader`).
 //!
 //! Runs on: the raft core (decode at apply) and every core (encode a write before proposing
-//! it). Invariant: `decode_entry(&encode_raft_request(op)) == EntryOp::Op(op)` for every
-//! write op, so a replayed entry applies exactly what was proposed.
+//! it). Invariant: `decode_entry(&encode_request_as(op, caller))` gives back `op` and
+//! `caller` for every write op and Auth call, so a replayed entry applies exactly what was
+//! proposed, checked as it was.
 
+use crate::auth::perms::Grant;
+use crate::auth::{AuthOp, Caller};
 use crate::mvcc::{self, wire};
 use crate::pb::etcdserverpb as pb;
-use crate::pb::keel::internal::{raft_request, RaftRequest};
+use crate::pb::keel::internal::{self as internal, raft_request, RaftRequest};
 use bytes::Bytes;
 use prost::Message;
 
-/// The raft log entry for a write. Reads are never proposed (they take a ReadIndex), so
-/// `Op::Range` here is a programmer error.
-pub fn encode_raft_request(op: &mvcc::Op) -> Bytes {
-    let request = match op {
+fn store_request(op: &mvcc::Op) -> raft_request::Request {
+    match op {
         mvcc::Op::Put(r) => raft_request::Request::Put(wire::pb_put_request(r)),
         mvcc::Op::DeleteRange(r) => {
             raft_request::Request::DeleteRange(wire::pb_delete_range_request(r))
@@ -41,13 +43,160 @@ pub fn encode_raft_request(op: &mvcc::Op) -> Bytes {
             })
         }
         mvcc::Op::Range(_) => panic!("a Range is never proposed to raft"),
-    };
+    }
+}
+
+fn encode(request: raft_request::Request, caller: Option<&Caller>) -> Bytes {
     Bytes::from(
         RaftRequest {
+            header: caller.map(|c| internal::AuthHeader {
+                username: c.user.clone(),
+                auth_revision: c.revision,
+            }),
             request: Some(request),
         }
         .encode_to_vec(),
     )
+}
+
+/// The raft log entry for a write the member makes itself (lease expiry, checkpoints):
+/// no caller, so auth does not check it. Reads are never proposed (they take a
+/// ReadIndex), so `Op::Range` here is a programmer error.
+pub fn encode_raft_request(op: &mvcc::Op) -> Bytes {
+    encode(store_request(op), None)
+}
+
+/// The raft log entry for a client's write, checked at apply as `caller`'s.
+pub fn encode_request_as(op: &mvcc::Op, caller: &Caller) -> Bytes {
+    encode(store_request(op), Some(caller))
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+/// The raft log entry for an Auth call by `caller`.
+pub fn encode_auth(op: &AuthOp, caller: &Caller) -> Bytes {
+    use raft_request::Request as R;
+    let request = match op {
+        AuthOp::Enable => R::AuthEnable(pb::AuthEnableRequest {}),
+        AuthOp::Disable => R::AuthDisable(pb::AuthDisableRequest {}),
+        AuthOp::Authenticate {
+            name,
+            token_prefix,
+            checked_revision,
+        } => R::Authenticate(internal::Authenticate {
+            name: s(name),
+            simple_token_prefix: s(token_prefix),
+            checked_revision: *checked_revision,
+        }),
+        AuthOp::UserAdd {
+            name,
+            password_hash,
+            no_password,
+        } => R::UserAdd(pb::AuthUserAddRequest {
+            name: s(name),
+            password: String::new(),
+            options: Some(crate::pb::authpb::UserAddOptions {
+                no_password: *no_password,
+            }),
+            hashed_password: String::from_utf8_lossy(password_hash).into_owned(),
+        }),
+        AuthOp::UserDelete { name } => R::UserDelete(pb::AuthUserDeleteRequest { name: s(name) }),
+        AuthOp::UserChangePassword {
+            name,
+            password_hash,
+        } => R::UserChangePassword(pb::AuthUserChangePasswordRequest {
+            name: s(name),
+            password: String::new(),
+            hashed_password: String::from_utf8_lossy(password_hash).into_owned(),
+        }),
+        AuthOp::UserGrantRole { user, role } => R::UserGrantRole(pb::AuthUserGrantRoleRequest {
+            user: s(user),
+            role: s(role),
+        }),
+        AuthOp::UserRevokeRole { user, role } => R::UserRevokeRole(pb::AuthUserRevokeRoleRequest {
+            name: s(user),
+            role: s(role),
+        }),
+        AuthOp::RoleAdd { name } => R::RoleAdd(pb::AuthRoleAddRequest { name: s(name) }),
+        AuthOp::RoleDelete { name } => R::RoleDelete(pb::AuthRoleDeleteRequest { role: s(name) }),
+        AuthOp::RoleGrantPermission { role, grant } => {
+            R::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                name: s(role),
+                perm: Some(crate::auth::ops::pb_permission(grant)),
+            })
+        }
+        AuthOp::RoleRevokePermission {
+            role,
+            key,
+            range_end,
+        } => R::RoleRevokePermission(pb::AuthRoleRevokePermissionRequest {
+            role: s(role),
+            key: Bytes::copy_from_slice(key),
+            range_end: Bytes::copy_from_slice(range_end),
+        }),
+        AuthOp::UserGet { name } => R::UserGet(pb::AuthUserGetRequest { name: s(name) }),
+        AuthOp::UserList => R::UserList(pb::AuthUserListRequest {}),
+        AuthOp::RoleGet { role } => R::RoleGet(pb::AuthRoleGetRequest { role: s(role) }),
+        AuthOp::RoleList => R::RoleList(pb::AuthRoleListRequest {}),
+    };
+    encode(request, Some(caller))
+}
+
+fn auth_op(request: raft_request::Request) -> Result<AuthOp, String> {
+    use raft_request::Request as R;
+    Ok(match request {
+        R::AuthEnable(_) => AuthOp::Enable,
+        R::AuthDisable(_) => AuthOp::Disable,
+        R::Authenticate(a) => AuthOp::Authenticate {
+            name: a.name,
+            token_prefix: a.simple_token_prefix,
+            checked_revision: a.checked_revision,
+        },
+        R::UserAdd(u) => AuthOp::UserAdd {
+            name: u.name,
+            password_hash: u.hashed_password.into_bytes(),
+            no_password: u.options.is_some_and(|o| o.no_password),
+        },
+        R::UserDelete(u) => AuthOp::UserDelete { name: u.name },
+        R::UserChangePassword(u) => AuthOp::UserChangePassword {
+            name: u.name,
+            password_hash: u.hashed_password.into_bytes(),
+        },
+        R::UserGrantRole(g) => AuthOp::UserGrantRole {
+            user: g.user,
+            role: g.role,
+        },
+        R::UserRevokeRole(r) => AuthOp::UserRevokeRole {
+            user: r.name,
+            role: r.role,
+        },
+        R::RoleAdd(r) => AuthOp::RoleAdd { name: r.name },
+        R::RoleDelete(r) => AuthOp::RoleDelete { name: r.role },
+        R::RoleGrantPermission(g) => {
+            let p = g.perm.unwrap_or_default();
+            AuthOp::RoleGrantPermission {
+                role: g.name,
+                grant: Grant {
+                    perm: crate::auth::ops::perm_type_from(p.perm_type)
+                        .ok_or("a permission of unknown type")?,
+                    key: p.key.to_vec(),
+                    range_end: p.range_end.to_vec(),
+                },
+            }
+        }
+        R::RoleRevokePermission(r) => AuthOp::RoleRevokePermission {
+            role: r.role,
+            key: r.key.to_vec(),
+            range_end: r.range_end.to_vec(),
+        },
+        R::UserGet(u) => AuthOp::UserGet { name: u.name },
+        R::UserList(_) => AuthOp::UserList,
+        R::RoleGet(r) => AuthOp::RoleGet { role: r.role },
+        R::RoleList(_) => AuthOp::RoleList,
+        _ => return Err("not an auth request".into()),
+    })
 }
 
 /// A membership record change carried by a normal raft entry.
@@ -68,6 +217,14 @@ pub enum MemberEntry {
 pub enum EntryOp {
     Op(mvcc::Op),
     Member(MemberEntry),
+    Auth(AuthOp),
+}
+
+/// A decoded entry and who asked for it (`None`: the member itself).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub op: EntryOp,
+    pub caller: Option<Caller>,
 }
 
 pub fn encode_member_entry(m: &MemberEntry) -> Bytes {
@@ -88,37 +245,55 @@ pub fn encode_member_entry(m: &MemberEntry) -> Bytes {
             client_urls: client_urls.clone(),
         }),
     };
-    Bytes::from(
-        RaftRequest {
-            request: Some(request),
-        }
-        .encode_to_vec(),
-    )
+    encode(request, None)
 }
 
-/// Decodes a normal raft entry: a store write or a membership record change.
-pub fn decode_entry(data: &[u8]) -> Result<EntryOp, String> {
+/// Decodes a normal raft entry: a store write, an Auth call or a membership record
+/// change, with its caller.
+pub fn decode_entry(data: &[u8]) -> Result<Decoded, String> {
+    use raft_request::Request as R;
     let req = RaftRequest::decode(data).map_err(|e| e.to_string())?;
-    Ok(match req.request {
-        Some(raft_request::Request::MemberUpdate(u)) => EntryOp::Member(MemberEntry::Update {
+    let caller = req.header.map(|h| Caller {
+        user: h.username,
+        revision: h.auth_revision,
+    });
+    let op = match req.request {
+        Some(R::MemberUpdate(u)) => EntryOp::Member(MemberEntry::Update {
             id: u.id,
             peer_urls: u.peer_ur_ls,
         }),
-        Some(raft_request::Request::MemberAttributes(a)) => {
-            EntryOp::Member(MemberEntry::Attributes {
-                id: a.id,
-                name: a.name,
-                client_urls: a.client_urls,
-            })
-        }
+        Some(R::MemberAttributes(a)) => EntryOp::Member(MemberEntry::Attributes {
+            id: a.id,
+            name: a.name,
+            client_urls: a.client_urls,
+        }),
+        Some(
+            r @ (R::AuthEnable(_)
+            | R::AuthDisable(_)
+            | R::Authenticate(_)
+            | R::UserAdd(_)
+            | R::UserDelete(_)
+            | R::UserChangePassword(_)
+            | R::UserGrantRole(_)
+            | R::UserRevokeRole(_)
+            | R::RoleAdd(_)
+            | R::RoleDelete(_)
+            | R::RoleGrantPermission(_)
+            | R::RoleRevokePermission(_)
+            | R::UserGet(_)
+            | R::UserList(_)
+            | R::RoleGet(_)
+            | R::RoleList(_)),
+        ) => EntryOp::Auth(auth_op(r)?),
         other => EntryOp::Op(store_op(other)?),
-    })
+    };
+    Ok(Decoded { op, caller })
 }
 
 pub fn decode_raft_request(data: &[u8]) -> Result<mvcc::Op, String> {
-    match decode_entry(data)? {
+    match decode_entry(data)?.op {
         EntryOp::Op(op) => Ok(op),
-        EntryOp::Member(_) => Err("a membership entry, not a store write".into()),
+        _ => Err("not a store write".into()),
     }
 }
 
@@ -152,9 +327,7 @@ fn store_op(request: Option<raft_request::Request>) -> Result<mvcc::Op, String> 
                     .collect(),
             })
         }
-        Some(
-            raft_request::Request::MemberUpdate(_) | raft_request::Request::MemberAttributes(_),
-        ) => unreachable!("decode_entry takes membership entries"),
+        Some(_) => return Err("not a store write".into()),
         None => return Err("empty RaftRequest".into()),
     })
 }
@@ -254,6 +427,68 @@ mod tests {
             assert_eq!(decode_raft_request(&bytes).unwrap(), op);
         }
         assert!(decode_raft_request(&[]).is_err());
+        let caller = Caller {
+            user: "alice".into(),
+            revision: 7,
+        };
+        let op = mvcc::Op::Put(mvcc::PutRequest::default());
+        let d = decode_entry(&encode_request_as(&op, &caller)).unwrap();
+        assert_eq!(d.op, EntryOp::Op(op.clone()));
+        assert_eq!(d.caller, Some(caller.clone()));
+        assert_eq!(
+            decode_entry(&encode_raft_request(&op)).unwrap().caller,
+            None
+        );
+        for a in [
+            AuthOp::Enable,
+            AuthOp::Disable,
+            AuthOp::Authenticate {
+                name: "u".into(),
+                token_prefix: "p".into(),
+                checked_revision: 3,
+            },
+            AuthOp::UserAdd {
+                name: "u".into(),
+                password_hash: b"$2a$10$x".to_vec(),
+                no_password: true,
+            },
+            AuthOp::UserDelete { name: "u".into() },
+            AuthOp::UserChangePassword {
+                name: "u".into(),
+                password_hash: b"h".to_vec(),
+            },
+            AuthOp::UserGrantRole {
+                user: "u".into(),
+                role: "r".into(),
+            },
+            AuthOp::UserRevokeRole {
+                user: "u".into(),
+                role: "r".into(),
+            },
+            AuthOp::RoleAdd { name: "r".into() },
+            AuthOp::RoleDelete { name: "r".into() },
+            AuthOp::RoleGrantPermission {
+                role: "r".into(),
+                grant: crate::auth::state::grant(
+                    crate::auth::perms::PermType::ReadWrite,
+                    b"a",
+                    b"\0",
+                ),
+            },
+            AuthOp::RoleRevokePermission {
+                role: "r".into(),
+                key: b"a".to_vec(),
+                range_end: b"b".to_vec(),
+            },
+            AuthOp::UserGet { name: "u".into() },
+            AuthOp::UserList,
+            AuthOp::RoleGet { role: "r".into() },
+            AuthOp::RoleList,
+        ] {
+            let d = decode_entry(&encode_auth(&a, &caller)).unwrap();
+            assert_eq!(d.op, EntryOp::Auth(a));
+            assert_eq!(d.caller, Some(caller.clone()));
+        }
         assert!(decode_raft_request(&[0xff, 0xff]).is_err());
     }
 }

@@ -51,6 +51,7 @@
 //!   the consistent index of the entry that changed them.
 
 mod apply;
+mod auth;
 mod boot;
 pub mod client;
 mod cluster;
@@ -92,7 +93,7 @@ use boot::to_wal_entry;
 use leases::LeaseDuty;
 pub use leases::LEASE_EXPIRY_CHECK_INTERVAL;
 use reads::{PendingRead, ReadQueue, ReadWaiter};
-use writes::{decode_context, encode_context, HeldProposal, Writes};
+use writes::{decode_context, encode_context, Writes};
 
 /// How often the db is committed (fdatasync + meta flip) while writes arrive. etcd's
 /// backend commits every 100 ms too.
@@ -216,6 +217,8 @@ pub struct RaftCore {
     round: Round,
     /// Lease deadlines and the lease entries the leader owes.
     leases: LeaseDuty,
+    /// Users, roles and permissions; what the next round owes the cores.
+    auth: auth::AuthDuty,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
     writes: Writes,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
@@ -253,6 +256,7 @@ fn member_record(m: &MemberInfo) -> MemberRecord {
 fn client_request_origin(msg: &ToRaft) -> Option<Origin> {
     Some(match msg {
         ToRaft::Propose { to, .. } | ToRaft::Read { to, .. } => to.origin(),
+        ToRaft::ProposeAuth { to, .. } => to.origin(),
         ToRaft::Status { to } => to.origin(),
         ToRaft::MemberList { to } => to.origin(),
         ToRaft::HashKv { to, .. } => to.origin(),
@@ -343,13 +347,8 @@ impl RaftCore {
             }
         }
         match msg {
-            ToRaft::Propose { to, data } => {
-                let deadline = Instant::now() + self.request_timeout;
-                self.writes
-                    .held
-                    .push_back(HeldProposal { to, data, deadline });
-                self.propose_held(out);
-            }
+            ToRaft::Propose { to, data } => self.hold_proposal(out, to.origin(), data),
+            ToRaft::ProposeAuth { to, data } => self.hold_proposal(out, to.origin(), data),
             ToRaft::Read {
                 to,
                 op,
@@ -537,7 +536,7 @@ impl RaftCore {
                 .flat_map(|(_, r)| r)
                 .map(|r| r.origin()),
         );
-        origins.extend(self.writes.held.drain(..).map(|h| h.to.origin()));
+        origins.extend(self.writes.held.drain(..).map(|h| h.origin));
         origins.extend(self.writes.waiting.drain().map(|(k, _)| k));
         origins.extend(self.forwards.to_leader.drain().map(|(_, f)| f.origin()));
         for origin in origins {

@@ -20,7 +20,8 @@ pub(super) struct Writes {
 
 /// A write waiting for a leader to propose it to.
 pub(super) struct HeldProposal {
-    pub(super) to: ReplyTo<OpResponse>,
+    /// Who waits (a store write's `Propose` or an Auth call's `ProposeAuth`).
+    pub(super) origin: Origin,
     pub(super) data: bytes::Bytes,
     /// When it gives up ("context deadline exceeded").
     pub(super) deadline: Instant,
@@ -56,6 +57,23 @@ pub(super) fn decode_context(c: &[u8]) -> Option<(u64, u64, Origin)> {
 }
 
 impl RaftCore {
+    /// Takes a client's write (or Auth call): proposed at once when a leader is known,
+    /// else held until one is (or its deadline).
+    pub(super) fn hold_proposal(
+        &mut self,
+        out: &dyn ReplySink,
+        origin: Origin,
+        data: bytes::Bytes,
+    ) {
+        let deadline = Instant::now() + self.request_timeout;
+        self.writes.held.push_back(HeldProposal {
+            origin,
+            data,
+            deadline,
+        });
+        self.propose_held(out);
+    }
+
     /// Proposes the writes that wait for a leader (all of them, once one is known). Like
     /// etcd, a write waits while there is no leader and gives up at the request timeout.
     pub(super) fn propose_held(&mut self, out: &dyn ReplySink) {
@@ -65,7 +83,7 @@ impl RaftCore {
             let Some(h) = self.writes.held.pop_front() else {
                 break;
             };
-            let origin = h.to.origin();
+            let origin = h.origin;
             let ctx = encode_context(self.opts.member_id, self.incarnation, origin);
             match self.node.propose(ctx, h.data.to_vec()) {
                 Ok(()) => self.track_proposal(origin),
@@ -94,7 +112,7 @@ impl Writes {
     pub(super) fn invariants(&self) {
         for h in &self.held {
             assert!(
-                !self.waiting.contains_key(&h.to.origin()),
+                !self.waiting.contains_key(&h.origin),
                 "held and proposed at once"
             );
         }

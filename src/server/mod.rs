@@ -67,6 +67,10 @@ pub struct ServerOptions {
     pub watch_progress_notify_interval: std::time::Duration,
     /// The minimum TTL and server-chosen IDs of leases.
     pub lease: crate::api::LeaseConfig,
+    /// How callers are authenticated (tokens, certificate names, bcrypt cost).
+    pub auth: crate::api::AuthConfig,
+    /// `--auth-token-ttl`.
+    pub auth_token_ttl: std::time::Duration,
 }
 
 /// A client address and what it speaks.
@@ -553,17 +557,21 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         .detach();
     }
     let core = node.core().0 as usize;
-    let services = Rc::new(Services::new(
-        client,
-        node,
-        api::HeaderInfo {
-            cluster_id: opts.cluster_id,
-            member_id: opts.member_id,
-        },
-        opts.max_request_bytes,
-        opts.max_txn_ops,
-        opts.lease.for_core(core, opts.cores),
-    ));
+    node.set_token_ttl(opts.auth_token_ttl);
+    let services = Rc::new(
+        Services::new(
+            client,
+            node,
+            api::HeaderInfo {
+                cluster_id: opts.cluster_id,
+                member_id: opts.member_id,
+            },
+            opts.max_request_bytes,
+            opts.max_txn_ops,
+            opts.lease.for_core(core, opts.cores),
+        )
+        .with_auth(opts.auth.clone()),
+    );
     let router = Rc::new(api::router(services));
     let grpc_config = grpc::Config {
         message_bytes_max: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,

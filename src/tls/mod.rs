@@ -247,10 +247,17 @@ impl Material {
             let inner = builder
                 .build()
                 .map_err(|e| format!("{}: {e}", info.trusted_ca_file.display()))?;
+            // The CA certificates themselves, which Go also accepts as a client's own.
+            let anchors = if info.trusted_ca_file.as_os_str().is_empty() {
+                Vec::new()
+            } else {
+                parse_certs(&info.trusted_ca_file, files.get(&info.trusted_ca_file))?
+            };
             Arc::new(verify::AllowedNames::new(
                 inner,
                 info.allowed_cn.clone(),
                 info.allowed_hostname.clone(),
+                anchors,
             ))
         } else {
             WebPkiClientVerifier::no_client_auth()
