@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Clients nobody here wrote, beyond etcdctl and etcd-client (those run in `cargo test`):
 # Python etcd3 (grpcio) and Node etcd3 (grpc-js) against a Keel member on loopback: in
-# plaintext, over mutual TLS (certificates made here with openssl; --client-cert-auth), and
-# through a follower of a 3-member cluster.
+# plaintext, logging in with a user and password once auth is on, over mutual TLS
+# (certificates made here with openssl; --client-cert-auth), and through a follower of a
+# 3-member cluster.
 #
 #   ci/interop.sh [path/to/keel]      (default target/debug/keel)
 #
@@ -41,6 +42,24 @@ run_clients() {
   fi
 }
 run_clients "$PORT"
+
+# Logging in with a user and password once auth is on: user `interop` may use keys under
+# auth/ only. $1 = etcdctl's flags for the member.
+enable_auth() {
+  local E="etcdctl $1"
+  $E user add root:root-pw >/dev/null && $E user grant-role root root >/dev/null &&
+    $E role add interop >/dev/null &&
+    $E role grant-permission interop readwrite --prefix auth/ >/dev/null &&
+    $E user add interop:interop-pw >/dev/null && $E user grant-role interop interop >/dev/null &&
+    $E auth enable >/dev/null
+}
+# Node here; Python (grpcio sends call credentials only over TLS) on the TLS member below.
+if enable_auth "--endpoints=127.0.0.1:$PORT"; then
+  echo "interop: with auth on (user interop, prefix auth/)"
+  NODE_PATH="$WORK/node/node_modules" timeout 60 node ci/interop/node_auth.js "127.0.0.1:$PORT" || status=1
+else
+  echo "interop: FAILED: etcdctl could not set auth up"; status=1
+fi
 kill $PID; wait $PID 2>/dev/null || true
 
 # The same clients over mutual TLS: a CA, a server certificate for localhost / 127.0.0.1
@@ -81,6 +100,13 @@ if make_certs "$PKI" >"$DATA.pki.log" 2>&1; then
   if ! grep -q "rejected connection from" "$DATA.tls.log"; then
     echo "interop: FAILED: the TLS member logged no refusal of the certificate-less client"
     status=1
+  fi
+  # With auth on, a token beats the certificate's CN (which names no user here).
+  if enable_auth "--endpoints=https://127.0.0.1:$TPORT --cacert=$PKI/ca.pem --cert=$PKI/client.pem --key=$PKI/client-key.pem"; then
+    echo "interop: with auth on over mutual TLS (user interop, prefix auth/)"
+    PYTHONPATH="$WORK/py" KEEL_TLS_DIR="$PKI" timeout 60 python3 ci/interop/python_auth.py 127.0.0.1 "$TPORT" || status=1
+  else
+    echo "interop: FAILED: etcdctl could not set auth up over TLS"; status=1
   fi
   kill $PID; wait $PID 2>/dev/null || true
 else

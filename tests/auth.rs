@@ -702,7 +702,7 @@ async fn wait_caught_up_as_root(c: &Cluster) {
 }
 
 #[test]
-fn auth_survives_restart_and_reaches_followers_learners_and_snapshot_catch_up() {
+fn cluster_auth_survives_restart_and_reaches_followers_learners_and_snapshot_catch_up() {
     let mut flags = FAST_ELECTIONS.to_vec();
     flags.extend(FAST_BCRYPT);
     flags.extend(["--snapshot-count", "100"]);
@@ -837,7 +837,7 @@ fn auth_survives_restart_and_reaches_followers_learners_and_snapshot_catch_up() 
         // A learner runs no Authenticate (a proposal), but a simple token is made by the
         // entry's apply on every member, the learner too: alice's token from a voter
         // reads her keys here, and only hers.
-        let mut root = connect_as(&c.members[0].endpoint(), "root", ROOT_PW)
+        let root = connect_as(&c.members[0].endpoint(), "root", ROOT_PW)
             .await
             .unwrap();
         let token = root

@@ -5,7 +5,8 @@
 //! keel-bench compare [--keel target/release/keel] [--etcd /usr/bin/etcd] [--reps 3]
 //!                    [--seconds 3] [--out bench/results/NAME] [--quick] [--only put,range]
 //!                    [--scaling]   (also Keel with --cores 1, for the read rows)
-//!                    [--skip a,b] [--no-tls | --tls-only] [--tls-kx x25519|p384] [--no-plots]
+//!                    [--skip a,b] [--no-tls | --tls-only] [--tls-kx x25519|p384] [--no-auth]
+//!                    [--no-plots]
 //! ```
 //! Starts each server on loopback with a data dir under `OUT/data/`, prefills the key
 //! space for the read scenarios, then for every scenario runs every server once per
@@ -24,6 +25,12 @@
 //! plaintext). `new-conns` rows open a connection per request (a full TLS handshake each
 //! over TLS: session resumption off). The client offers X25519 first, as etcd's Go clients
 //! do (`--tls-kx p384`: rustls' default order, P-384 first).
+//!
+//! Cases ending "auth" run on a third pair of servers (plaintext) with auth on: the load
+//! generator logs in as a user whose one role grants READWRITE on one key range holding
+//! every key the scenarios write, and every call carries its token, interleaved with the
+//! plain twin; `authenticate c16 auth` logs in over and over (bcrypt at etcd's default
+//! cost, 10). `--no-auth` leaves them out.
 //!
 //! Cases ending "3m" run after the others, once the single servers are stopped: each run
 //! starts a fresh 3-member cluster of one system (`crate::cluster`: etcd's clustering
@@ -48,6 +55,8 @@ struct Server {
     name: &'static str,
     /// Over mutual TLS (https client URLs, the run's certificates in `extra`).
     tls: bool,
+    /// Auth on (`AUTH_USER` holding READWRITE on the bench's keys).
+    auth: bool,
     child: Child,
     addr: SocketAddr,
     binary: String,
@@ -75,16 +84,23 @@ fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str], tls: bool
 }
 
 impl Server {
-    /// The system it is, as rows and cells name it ("keel-tls" is "keel" in a tls row).
+    /// The system it is, as rows and cells name it ("keel-tls" is "keel" in a tls row,
+    /// "keel-auth" in an auth row).
     fn system(&self) -> &'static str {
-        self.name.strip_suffix("-tls").unwrap_or(self.name)
+        let n = self.name.strip_suffix("-tls").unwrap_or(self.name);
+        n.strip_suffix("-auth").unwrap_or(n)
     }
 
     /// Stops it (SIGTERM) and starts it again on the same data: Keel then picks its
     /// shard split keys from the keys the prefill wrote, as it would after a restart.
     fn restart(self, out: &Path) -> Server {
-        let (name, binary, extra, tls) =
-            (self.name, self.binary.clone(), self.extra.clone(), self.tls);
+        let (name, binary, extra, tls, auth) = (
+            self.name,
+            self.binary.clone(),
+            self.extra.clone(),
+            self.tls,
+            self.auth,
+        );
         // The same URLs: the member ID derives from them.
         let ports = (self.addr.port(), self.peer_port);
         let mut me = self;
@@ -92,7 +108,9 @@ impl Server {
         let _ = me.child.wait();
         drop(me);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        start_with(name, &binary, out, &extra, Some(ports), tls)
+        let mut s = start_with(name, &binary, out, &extra, Some(ports), tls);
+        s.auth = auth;
+        s
     }
 }
 
@@ -147,6 +165,7 @@ fn start_with(
     Server {
         name,
         tls,
+        auth: false,
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], client)),
         binary: binary.to_string(),
@@ -173,14 +192,23 @@ struct Case {
     members: usize,
     /// Over mutual TLS, on the TLS pair of servers; named like its plaintext twin + " tls".
     tls: bool,
+    /// On the pair of servers with auth on, as `AUTH_USER`; named like its twin + " auth".
+    auth: bool,
 }
 
 impl Case {
-    /// Its name without " tls": a row and its TLS twin run interleaved.
+    /// Its name without " tls" or " auth": a row and its twins run interleaved.
     fn base(&self) -> &str {
-        self.name.strip_suffix(" tls").unwrap_or(&self.name)
+        let n = self.name.strip_suffix(" tls").unwrap_or(&self.name);
+        n.strip_suffix(" auth").unwrap_or(n)
     }
 }
+
+/// The user the auth rows run as, and its grant: READWRITE on one key range that holds
+/// every key the scenarios write ("0…" to "keel-bench-…"), so each request is checked
+/// against one interval, as with a prefix grant.
+const AUTH_USER: (&str, &str) = ("bench", "bench-pw");
+const AUTH_RANGE: (&[u8], &[u8]) = (b"0", b"l");
 
 /// Which rows: plaintext, over TLS, or both.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -190,7 +218,7 @@ enum Tls {
     Only,
 }
 
-fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
+fn matrix(quick: bool, tls: Tls, with_auth: bool) -> Vec<Case> {
     let case = |scenario: Scenario, clients: usize| Case {
         name: format!("{} c{clients}", scenario.name()),
         scenario,
@@ -202,6 +230,7 @@ fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
         seconds_min: 0,
         members: 1,
         tls: false,
+        auth: false,
     };
     let watch = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch w{watchers}"),
@@ -214,6 +243,7 @@ fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
         seconds_min: 0,
         members: 1,
         tls: false,
+        auth: false,
     };
     let watch_prefix = |watchers: usize, rate: Option<f64>| Case {
         name: format!("watch-prefix w{watchers}"),
@@ -285,6 +315,9 @@ fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
         "watch w1000",
         "new-conns c16",
     ];
+    // The auth rows: each right after its twins; then Authenticate alone (bcrypt at etcd's
+    // cost, 10, and a raft entry per call).
+    let over_auth = ["put c64", "range-s c256", "txn-put c64", "watch w1000"];
     let mut all = Vec::new();
     for c in m {
         let twin = over_tls.contains(&c.name.as_str()).then(|| Case {
@@ -292,14 +325,35 @@ fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
             tls: true,
             ..c.clone()
         });
+        let auth_twin = over_auth.contains(&c.name.as_str()).then(|| Case {
+            name: format!("{} auth", c.name),
+            auth: true,
+            ..c.clone()
+        });
         all.push(c);
         all.extend(twin);
+        all.extend(auth_twin);
     }
+    let leases = all
+        .iter()
+        .position(|c| c.keepalive_leases > 0)
+        .unwrap_or(all.len());
+    all.insert(
+        leases,
+        Case {
+            name: "authenticate c16 auth".into(),
+            auth: true,
+            ..case(Scenario::Authenticate, 16)
+        },
+    );
     let mut m = all;
     match tls {
         Tls::Both => {}
         Tls::No => m.retain(|c| !c.tls),
         Tls::Only => m.retain(|c| c.tls),
+    }
+    if !with_auth {
+        m.retain(|c| !c.auth);
     }
     if quick {
         // Not the clusters: six process starts and two elections (several seconds; until
@@ -316,6 +370,7 @@ fn matrix(quick: bool, tls: Tls) -> Vec<Case> {
                 } else {
                     c.scenario != Scenario::NewConns
                 })
+                && (!c.auth || c.name == "put c64 auth" || c.scenario == Scenario::Authenticate)
         });
     }
     m
@@ -423,7 +478,7 @@ pub fn main(flags: &Flags) {
     } else {
         Tls::Both
     };
-    let cases: Vec<Case> = matrix(quick, tls_rows)
+    let cases: Vec<Case> = matrix(quick, tls_rows, !flags.has("no-auth"))
         .into_iter()
         .filter(|c| only.is_empty() || only.iter().any(|o| c.name.starts_with(o.as_str())))
         .filter(|c| !skip.iter().any(|o| c.name.starts_with(o.as_str())))
@@ -433,7 +488,7 @@ pub fn main(flags: &Flags) {
     let scaling = flags.has("scaling");
     // The single servers stay up through the single-member cases; clusters come after.
     let mut servers = Vec::new();
-    if cases.iter().any(|c| c.members == 1 && !c.tls) {
+    if cases.iter().any(|c| c.members == 1 && !c.tls && !c.auth) {
         servers.push(start("keel", &keel, &out, &[], false));
         if scaling {
             servers.push(start("keel-1core", &keel, &out, &["--cores", "1"], false));
@@ -462,6 +517,21 @@ pub fn main(flags: &Flags) {
             servers.push(start("etcd-tls", &etcd, &out, &flags, true));
         }
     }
+    // The auth rows: a third pair, plaintext, auth on (etcd's bcrypt cost; tokens that
+    // outlive the run).
+    if cases.iter().any(|c| c.members == 1 && c.auth) {
+        let flags = ["--auth-token-ttl", "36000"];
+        let mut pair = vec![start("keel-auth", &keel, &out, &flags, false)];
+        if with_etcd {
+            pair.push(start("etcd-auth", &etcd, &out, &flags, false));
+        }
+        for mut s in pair {
+            load::enable_auth(s.addr, AUTH_USER, AUTH_RANGE.0, AUTH_RANGE.1)
+                .unwrap_or_else(|e| panic!("{}: enable auth: {e}", s.name));
+            s.auth = true;
+            servers.push(s);
+        }
+    }
     let key_space = 10_000;
     let base = |endpoints: &[SocketAddr], pids: &[u32]| LoadOptions {
         endpoints: endpoints.to_vec(),
@@ -482,9 +552,24 @@ pub fn main(flags: &Flags) {
         keepalive_leases: 0,
         keepalive_warmup: false,
         tls: None,
+        token: None,
+        user: None,
+    };
+    // The auth servers' tokens (taken again after their restart).
+    let tokens: std::cell::RefCell<BTreeMap<&'static str, String>> = Default::default();
+    let log_in = |servers: &[Server]| {
+        for s in servers.iter().filter(|s| s.auth) {
+            let token = load::authenticate(s.addr, AUTH_USER)
+                .unwrap_or_else(|e| panic!("{}: authenticate: {e}", s.name));
+            tokens.borrow_mut().insert(s.name, token);
+        }
     };
     let single = |s: &Server| LoadOptions {
         tls: if s.tls { client_tls.clone() } else { None },
+        token: tokens.borrow().get(s.name).cloned(),
+        user: s
+            .auth
+            .then(|| (AUTH_USER.0.to_string(), AUTH_USER.1.to_string())),
         ..base(&[s.addr], &[s.child.id()])
     };
     // The case's load on top of `base`.
@@ -515,7 +600,10 @@ pub fn main(flags: &Flags) {
              | watchers | streams | server | RSS growth | bytes per watcher |\n| --- | --- | --- | --- | --- |\n",
         );
         for (watchers, streams) in [(10_000usize, 100usize), (2_000, 2_000)] {
-            for s in servers.iter().filter(|s| s.name != "keel-1core" && !s.tls) {
+            for s in servers
+                .iter()
+                .filter(|s| s.name != "keel-1core" && !s.tls && !s.auth)
+            {
                 let mut o = single(s);
                 o.watchers = watchers;
                 o.streams = streams;
@@ -543,6 +631,7 @@ pub fn main(flags: &Flags) {
             }
         }
     }
+    log_in(&servers);
     for s in &servers {
         load::prefill(&single(s));
     }
@@ -557,6 +646,8 @@ pub fn main(flags: &Flags) {
             }
         })
         .collect();
+    // Keel's simple tokens live in memory: a restarted member knows none.
+    log_in(&servers);
     let started = Instant::now();
     let mut cells: BTreeMap<(usize, &'static str), Cell> = BTreeMap::new();
     let mut runs_jsonl = String::new();
@@ -602,7 +693,10 @@ pub fn main(flags: &Flags) {
         for rep in 0..reps {
             for &(ci, case) in &group {
                 done[ci] = true;
-                for s in servers.iter().filter(|s| s.tls == case.tls) {
+                for s in servers
+                    .iter()
+                    .filter(|s| s.tls == case.tls && s.auth == case.auth)
+                {
                     let is_read = matches!(case.scenario, Scenario::Range { .. });
                     if s.name == "keel-1core" && !is_read {
                         continue;
@@ -652,6 +746,9 @@ pub fn main(flags: &Flags) {
     table.push_str(&memory);
     if cases.iter().any(|c| c.tls) {
         table.push_str(&render_tls(&cases, &cells));
+    }
+    if cases.iter().any(|c| c.auth) {
+        table.push_str(&render_auth(&cases, &cells));
     }
     std::fs::write(out.join("table.md"), &table).unwrap();
     println!("{table}");
@@ -760,13 +857,44 @@ fn render(
 /// The TLS rows: Keel against etcd, both over mutual TLS, with p99.9, and what TLS costs
 /// Keel per request against the same row in plaintext.
 fn render_tls(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> String {
-    let mut t = String::from(
+    render_twins(
+        cases,
+        cells,
+        |c| c.tls,
+        "TLS",
         "\nOver mutual TLS (both servers with the same certificates: ECDSA P-256, TLS 1.3, the \
          client's key exchange as --tls-kx says, X25519 by default; \
-         new-conns: conns/s, each a full handshake + one Range + close), and Keel's CPU \
-         per request over TLS against plaintext:\n\n\
-         | scenario | Keel TLS req/s | etcd TLS req/s | ratio | Keel p50 / p99 / p99.9 | etcd p50 / p99 / p99.9 | Keel CPU µs/req | etcd CPU µs/req | ratio | Keel plaintext CPU µs/req | Keel TLS / plaintext CPU |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         new-conns: conns/s, each a full handshake + one Range + close), and Keel over TLS \
+         against Keel in plaintext:\n\n",
+    )
+}
+
+fn render_auth(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> String {
+    render_twins(
+        cases,
+        cells,
+        |c| c.auth,
+        "auth",
+        "\nWith auth on (a user whose one role grants READWRITE on one key range holding the \
+         bench's keys; every call carries its simple token; authenticate: logins/s, bcrypt \
+         cost 10), and Keel with auth against Keel without:\n\n",
+    )
+}
+
+/// The rows `pick` selects (TLS or auth twins), against etcd's and against Keel's plain
+/// twin of each.
+fn render_twins(
+    cases: &[Case],
+    cells: &BTreeMap<(usize, &'static str), Cell>,
+    pick: fn(&Case) -> bool,
+    what: &str,
+    intro: &str,
+) -> String {
+    let mut t = String::from(intro);
+    let _ = writeln!(
+        t,
+        "| scenario | Keel {what} req/s | etcd {what} req/s | ratio | Keel p50 / p99 / p99.9 | etcd p50 / p99 / p99.9 | Keel CPU µs/req | etcd CPU µs/req | ratio | Keel plain req/s | Keel {what} / plain req/s | Keel plain CPU µs/req | Keel {what} / plain CPU |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let empty = Cell::default();
     let tp = |c: &Cell| c.med(|r| r.throughput());
@@ -780,12 +908,12 @@ fn render_tls(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> 
             fmt_ms(q(c, 0.999))
         )
     };
-    for (ci, case) in cases.iter().enumerate().filter(|(_, c)| c.tls) {
+    for (ci, case) in cases.iter().enumerate().filter(|(_, c)| pick(c)) {
         let k = cells.get(&(ci, "keel")).unwrap_or(&empty);
         let e = cells.get(&(ci, "etcd")).unwrap_or(&empty);
         let plain = cases
             .iter()
-            .position(|c| !c.tls && c.name == case.base())
+            .position(|c| !c.tls && !c.auth && c.name == case.base())
             .and_then(|pi| cells.get(&(pi, "keel")))
             .unwrap_or(&empty);
         let note = |c: &Cell| match (c.ok().is_empty(), c.first_error()) {
@@ -794,7 +922,7 @@ fn render_tls(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> 
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             case.name,
             note(k),
             note(e),
@@ -804,6 +932,8 @@ fn render_tls(cases: &[Case], cells: &BTreeMap<(usize, &'static str), Cell>) -> 
             fmt_num(cpu(k)),
             fmt_num(cpu(e)),
             ratio(cpu(k), cpu(e)),
+            fmt_num(tp(plain)),
+            ratio(tp(k), tp(plain)),
             fmt_num(cpu(plain)),
             ratio(cpu(k), cpu(plain)),
         );

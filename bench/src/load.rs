@@ -61,6 +61,9 @@ pub enum Scenario {
     /// Each request is a new connection: TCP connect, the TLS handshake (a full one: no
     /// session resumption) when the run is over TLS, h2, one Range of one key, close.
     NewConns,
+    /// Each request is an Authenticate of the run's user (`LoadOptions::user`): a bcrypt
+    /// check and a raft proposal on the server.
+    Authenticate,
 }
 
 /// How often each background lease is kept alive (clientv3 sends every TTL/3; 20 s is
@@ -80,6 +83,7 @@ impl Scenario {
             Scenario::LeaseChurn => "lease-churn".into(),
             Scenario::Watch => "watch".into(),
             Scenario::NewConns => "new-conns".into(),
+            Scenario::Authenticate => "authenticate".into(),
         }
     }
 }
@@ -111,6 +115,10 @@ pub struct LoadOptions {
     pub keepalive_warmup: bool,
     /// TLS: the client's certificate, key and trusted CA (`crate::certs`); None: plaintext.
     pub tls: Option<Arc<Material>>,
+    /// Auth: the token every call carries (`token` metadata), for a server with auth on.
+    pub token: Option<String>,
+    /// Auth: the user and password `Authenticate` logs in as.
+    pub user: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -407,6 +415,16 @@ async fn one_request(s: &Shared, c: &mut Client, i: u64) -> Result<(), CallError
             grpc::unary::<_, pb::PutResponse>(&c.conn, "/etcdserverpb.KV/Put", &req).await?;
         }
         Scenario::Watch => unreachable!("watch runs its own loop"),
+        Scenario::Authenticate => {
+            let (name, password) = s.opts.user.clone().unwrap_or_default();
+            let req = pb::AuthenticateRequest { name, password };
+            grpc::unary::<_, pb::AuthenticateResponse>(
+                &c.conn,
+                "/etcdserverpb.Auth/Authenticate",
+                &req,
+            )
+            .await?;
+        }
         Scenario::NewConns => {
             let addr = s.opts.endpoints[i as usize % s.opts.endpoints.len()];
             let conn = new_conn(addr, s.fresh.as_ref()).await?;
@@ -458,9 +476,106 @@ async fn connect_all(opts: &LoadOptions) -> Result<Vec<Conn>, CallError> {
     let mut conns = Vec::new();
     for i in 0..opts.conns.max(1) {
         let addr = opts.endpoints[i % opts.endpoints.len()];
-        conns.push(grpc::connect_with(addr, connector.as_ref()).await?);
+        let conn = grpc::connect_with(addr, connector.as_ref()).await?;
+        conns.push(match &opts.token {
+            Some(t) => conn.with_token(t),
+            None => conn,
+        });
     }
     Ok(conns)
+}
+
+/// Turns auth on at `addr` (etcd's steps: user root with role root, then auth enable) with
+/// `user` holding READWRITE on `[key, range_end)`. Both servers get the same calls.
+pub fn enable_auth(
+    addr: SocketAddr,
+    user: (&str, &str),
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<(), CallError> {
+    let (user, password) = (user.0.to_string(), user.1.to_string());
+    let (key, range_end) = (key.to_vec(), range_end.to_vec());
+    keel::runtime::block_on(async move {
+        let conn = grpc::connect(addr).await?;
+        let call = |path: &'static str| format!("/etcdserverpb.Auth/{path}");
+        let _: pb::AuthUserAddResponse = grpc::unary(
+            &conn,
+            &call("UserAdd"),
+            &pb::AuthUserAddRequest {
+                name: "root".into(),
+                password: "bench-root".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let _: pb::AuthUserGrantRoleResponse = grpc::unary(
+            &conn,
+            &call("UserGrantRole"),
+            &pb::AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            },
+        )
+        .await?;
+        let _: pb::AuthRoleAddResponse = grpc::unary(
+            &conn,
+            &call("RoleAdd"),
+            &pb::AuthRoleAddRequest {
+                name: "bench".into(),
+            },
+        )
+        .await?;
+        let perm = keel::pb::authpb::Permission {
+            perm_type: keel::pb::authpb::permission::Type::Readwrite as i32,
+            key: key.into(),
+            range_end: range_end.into(),
+        };
+        let _: pb::AuthRoleGrantPermissionResponse = grpc::unary(
+            &conn,
+            &call("RoleGrantPermission"),
+            &pb::AuthRoleGrantPermissionRequest {
+                name: "bench".into(),
+                perm: Some(perm),
+            },
+        )
+        .await?;
+        let _: pb::AuthUserAddResponse = grpc::unary(
+            &conn,
+            &call("UserAdd"),
+            &pb::AuthUserAddRequest {
+                name: user.clone(),
+                password,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let _: pb::AuthUserGrantRoleResponse = grpc::unary(
+            &conn,
+            &call("UserGrantRole"),
+            &pb::AuthUserGrantRoleRequest {
+                user,
+                role: "bench".into(),
+            },
+        )
+        .await?;
+        let _: pb::AuthEnableResponse =
+            grpc::unary(&conn, &call("AuthEnable"), &pb::AuthEnableRequest {}).await?;
+        Ok(())
+    })
+}
+
+/// A token for `user` at `addr`.
+pub fn authenticate(addr: SocketAddr, user: (&str, &str)) -> Result<String, CallError> {
+    let req = pb::AuthenticateRequest {
+        name: user.0.into(),
+        password: user.1.into(),
+    };
+    keel::runtime::block_on(async move {
+        let conn = grpc::connect(addr).await?;
+        let r: pb::AuthenticateResponse =
+            grpc::unary(&conn, "/etcdserverpb.Auth/Authenticate", &req).await?;
+        Ok(r.token)
+    })
 }
 
 fn progress(shared: &Rc<Shared>, quiet: bool) -> Option<glommio::task::JoinHandle<()>> {
@@ -899,6 +1014,12 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
             crate::certs::client_material(cert.as_ref(), key.as_ref(), ca.as_ref(), kx)
                 .unwrap_or_else(|e| panic!("--cert/--key/--cacert: {e}"))
         }),
+        token: None,
+        // --user name:password, as etcd's benchmark: every call carries its token.
+        user: flags.opt("user").map(|u| match u.split_once(':') {
+            Some((n, p)) => (n.to_string(), p.to_string()),
+            None => (u.to_string(), String::new()),
+        }),
     }
 }
 
@@ -917,9 +1038,15 @@ pub fn main(cmd: &str, flags: &Flags) {
         "lease-churn" => Scenario::LeaseChurn,
         "watch" | "watch-latency" => Scenario::Watch,
         "new-conns" => Scenario::NewConns,
+        "authenticate" => Scenario::Authenticate,
         _ => unreachable!("dispatched by main"),
     };
     let mut opts = options_from(flags);
+    if let (Some((n, p)), false) = (&opts.user, scenario == Scenario::Authenticate) {
+        let token = authenticate(opts.endpoints[0], (n, p))
+            .unwrap_or_else(|e| panic!("--user {n}: authenticate: {e}"));
+        opts.token = Some(token);
+    }
     if cmd == "watch-latency" && opts.rate.is_none() {
         opts.rate = Some(100.0); // etcd's watch-latency puts at a fixed rate
     }
@@ -975,6 +1102,8 @@ mod tests {
             keepalive_leases: 0,
             keepalive_warmup: false,
             tls: None,
+            token: None,
+            user: None,
         };
         Shared {
             opts,

@@ -3,7 +3,7 @@
 //! ```text
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
 //! keel-bench failover [--reps 5] [--election-timeout 1000]   leader kill in a 3-member cluster
-//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency|new-conns [flags]
+//! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency|new-conns|authenticate [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
 //! ```
@@ -30,9 +30,10 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
   failover         SIGKILL a 3-member cluster's leader, time to a new leader and to writes: --keel BIN --etcd BIN
                    --reps N --members N --heartbeat-interval MS --election-timeout MS --only keel|etcd --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
-  put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns
+  put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns | authenticate
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
                    --cacert CA --cert CERT --key KEY --tls-kx x25519|p384 (mutual TLS; new-conns: full handshakes)
+                   --user NAME:PASSWORD (auth: calls carry its token; authenticate: logs in as it)
                    --key-size B --val-size B --key-space-size N --sequential-keys
                    --consistency l|s (range) --read-percent P (txn-mixed) --watchers W --streams S --prefix (watch)
                    --prefill (range) --server-pid P[,P] --json --hdr-log FILE --label L
@@ -73,7 +74,7 @@ fn main() {
             }
         }
         "put" | "range" | "txn-put" | "txn-mixed" | "lease-keepalive" | "lease-churn" | "watch"
-        | "watch-latency" | "new-conns" => load::main(cmd, &opts),
+        | "watch-latency" | "new-conns" | "authenticate" => load::main(cmd, &opts),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

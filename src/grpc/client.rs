@@ -39,7 +39,23 @@ fn transport(e: impl std::fmt::Display) -> CallError {
     CallError::Transport(e.to_string())
 }
 
-pub type Conn = SendRequest<Bytes>;
+/// One h2 connection, and the auth token its calls carry (`token` metadata, as etcd's
+/// clients send it) if it has one.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    send: SendRequest<Bytes>,
+    token: Option<std::sync::Arc<str>>,
+}
+
+impl Conn {
+    /// The same connection, its calls carrying `token`.
+    pub fn with_token(&self, token: &str) -> Conn {
+        Conn {
+            send: self.send.clone(),
+            token: Some(token.into()),
+        }
+    }
+}
 
 /// A plaintext connection (h2 with prior knowledge).
 pub async fn connect(addr: SocketAddr) -> Result<Conn, CallError> {
@@ -96,17 +112,23 @@ where
         let _ = connection.await;
     })
     .detach();
-    Ok(client)
+    Ok(Conn {
+        send: client,
+        token: None,
+    })
 }
 
-fn request(path: &str) -> http::Request<()> {
-    http::Request::builder()
+fn request(path: &str, token: Option<&str>) -> http::Request<()> {
+    let mut b = http::Request::builder()
         .method("POST")
         .uri(format!("http://keel{path}"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("static request parts")
+        .header("te", "trailers");
+    if let Some(t) = token {
+        b = b.header("token", t);
+    }
+    // A token that is no header value is left off: the server then sees no user.
+    b.body(()).unwrap_or_else(|_| request(path, None))
 }
 
 fn status_of(trailers: Option<&http::HeaderMap>) -> Result<(), CallError> {
@@ -134,9 +156,9 @@ pub async fn unary<M: Message, R: Message + Default>(
     path: &str,
     message: &M,
 ) -> Result<R, CallError> {
-    let mut ready = conn.clone().ready().await.map_err(transport)?;
+    let mut ready = conn.send.clone().ready().await.map_err(transport)?;
     let (response, mut send) = ready
-        .send_request(request(path), false)
+        .send_request(request(path, conn.token.as_deref()), false)
         .map_err(transport)?;
     send.send_data(codec::encode(&message.encode_to_vec()), true)
         .map_err(transport)?;
@@ -172,9 +194,9 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(conn: &Conn, path: &str) -> Result<Stream, CallError> {
-        let mut ready = conn.clone().ready().await.map_err(transport)?;
+        let mut ready = conn.send.clone().ready().await.map_err(transport)?;
         let (response, send) = ready
-            .send_request(request(path), false)
+            .send_request(request(path, conn.token.as_deref()), false)
             .map_err(transport)?;
         Ok(Stream {
             send,

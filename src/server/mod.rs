@@ -233,7 +233,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     let mut links = links.into_iter();
     let raft_core_links = links.next().expect("at least one core");
     let raft_opts = opts.clone();
-    let raft_handle = executor_builder("keel-core-0", Placement::Fixed(opts.cpus[0]))
+    let raft_handle = core_executor("keel-core-0", opts.cpus[0], opts.cores)
         .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_links, boot_tx))
         .map_err(|e| format!("cannot start the raft core: {e}"))?;
     match boot_rx.recv() {
@@ -251,9 +251,10 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     for link in links {
         let core_opts = opts.clone();
         let cpu = link.core.0 as usize;
-        executor_builder(
+        core_executor(
             &format!("keel-core-{cpu}"),
-            Placement::Fixed(core_opts.cpus[cpu]),
+            core_opts.cpus[cpu],
+            core_opts.cores,
         )
         .spawn(move || core_main(core_opts, link))
         .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
@@ -263,6 +264,14 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
         Ok(Err(e)) => Err(e),
         Err(e) => Err(format!("raft core: {e}")),
     }
+}
+
+/// A core's executor, pinned to `cpu`. Its blocking pool (bcrypt for Auth, certificate
+/// reads) has a thread per core, unpinned: the password checks of one connection's
+/// logins can use every CPU, as etcd's goroutines do, and none of it runs on an executor.
+fn core_executor(name: &str, cpu: usize, cores: usize) -> glommio::LocalExecutorBuilder {
+    executor_builder(name, Placement::Fixed(cpu))
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(cores.max(1)))
 }
 
 /// Fails like etcd when another process holds a client or peer address. Every core binds
