@@ -14,6 +14,8 @@
 //!                        interval index, lease cache
 //!  mesh                  the cross-core messages (each request with its typed reply) and
 //!                        ServerError, the errors they carry
+//!  auth                  users, roles, key-range permissions, tokens (simple, JWT): the
+//!                        state the raft core applies, the view every core checks against
 //!  mvcc, wal             the store (key index, revision B+tree file) and the log
 //!  grpc                  the gRPC transport, over tls::stream sockets
 //!  tls, failpoint        TLS (rustls): configs from certificate files, plain/TLS sockets,
@@ -38,6 +40,11 @@
 //!    │                 raft entry
 //!    │ Lock/Election ► api::concurrency: txns through raft, waits on core-local
 //!    │                 subscriptions (Node::subscribe) to key-range changes
+//!    │ Auth ────────► api::auth: bcrypt on the blocking pool, then ToRaft::ProposeAuth;
+//!    │                 every call's caller (token / certificate CN) resolved on its core
+//!    │                 and checked against the core's auth::AuthView (reads, watches,
+//!    │                 admin calls); writes carry the caller in their entry, checked at
+//!    │                 apply against the raft core's auth state
 //!    │ Member*/MoveLeader ──ToRaft::Member / MoveLeader──► raft core (the leader decides)
 //!    └ Put/Delete/Txn/Compact/LeaseGrant/LeaseRevoke ──ToRaft::Propose──► raft core
 //!      (each request carries a mesh::ReplyTo<T>; the answer is a T or a ServerError,

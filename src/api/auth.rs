@@ -17,6 +17,7 @@ use crate::mesh::ToRaft;
 use crate::node::Node;
 use crate::pb::etcdserverpb as pb;
 use bytes::Bytes;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// etcd's bcrypt cost (`--bcrypt-cost`).
@@ -63,10 +64,13 @@ pub async fn resolve_caller(
     config: &AuthConfig,
     call: &Call,
 ) -> Result<Caller, Status> {
-    let view = node.auth_view();
-    if !view.enabled {
+    if !node.auth_enabled() {
         return Ok(Caller::anonymous());
     }
+    // The revision a caller carries is this core's: first catch up with every round the
+    // member sent out, so a write is not proposed under a revision already replaced.
+    node.wait_applied(node.round_mark()).await;
+    let view = node.auth_view();
     if let Some(token) = call.token() {
         let found = match &config.jwt {
             Some(jwt) => jwt.info(token, unix_now()),
@@ -146,7 +150,7 @@ impl Services {
 
     /// This core's view, once it has applied every round another core may have served
     /// from (so a grant acknowledged anywhere on this member is seen here).
-    pub(crate) async fn current_view(&self) -> Arc<AuthView> {
+    pub(crate) async fn current_view(&self) -> Rc<AuthView> {
         let node = self.node();
         node.wait_applied(node.round_mark()).await;
         node.auth_view()

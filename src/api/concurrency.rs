@@ -368,7 +368,7 @@ impl Services {
 
     /// The Election and Lock reads of a prefix are the caller's: READ on it.
     async fn check_prefix_read(&self, prefix: &[u8], caller: &Caller) -> Result<(), Status> {
-        if !self.node().auth_view().enabled {
+        if !self.node().auth_enabled() {
             return Ok(());
         }
         self.current_view()

@@ -392,7 +392,7 @@ impl Services {
                 }
             }
             // Each keep-alive is the caller's, with WRITE on the lease's keys.
-            if self.node().auth_view().enabled {
+            if self.node().auth_enabled() {
                 let caller = self.user(&call).await?;
                 self.check_lease_keys(&caller, &ids, true).await?;
             }

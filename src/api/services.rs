@@ -204,8 +204,7 @@ impl Services {
         let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
         let caller = self.caller(call).await?;
-        let view = self.node.auth_view();
-        if view.enabled {
+        if self.node.auth_enabled() {
             self.current_view()
                 .await
                 .check_read(&caller, &req.key, &req.range_end)
@@ -239,17 +238,13 @@ impl Services {
             .map_err(|e| status_from_mvcc(&e))?;
         let caller = self.caller(call).await?;
         let (res, term) = if mvcc::is_txn_readonly(&req) {
-            let op = Op::Txn(req);
-            if self.node.auth_view().enabled {
+            if self.node.auth_enabled() {
                 // Served without raft: checked here, every compare and range.
                 self.current_view()
                     .await
-                    .check_op(&caller, &op, &|_| Vec::new())
+                    .check_txn(&caller, &req)
                     .map_err(status_from_auth)?;
             }
-            let Op::Txn(req) = op else {
-                unreachable!("built above")
-            };
             // etcd serves a read-only txn without raft; linearizable unless every range in
             // it is serializable.
             let linearizable = served_linearizable(!txn_serializable(&req));

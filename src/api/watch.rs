@@ -126,7 +126,7 @@ async fn check_create(
     call: &Call,
     c: &pb::WatchCreateRequest,
 ) -> Result<(), Status> {
-    if !node.auth_view().enabled {
+    if !node.auth_enabled() {
         return Ok(());
     }
     let caller = resolve_caller(node, auth, call).await?;

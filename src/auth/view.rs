@@ -153,6 +153,18 @@ impl AuthView {
         }
     }
 
+    /// A read-only Txn served without raft: READ on every compare and range, at any depth.
+    pub fn check_txn(&self, caller: &Caller, t: &TxnRequest) -> Result<(), AuthError> {
+        match self.subject(caller)? {
+            Some(u) if !u.admin => Walk {
+                u,
+                lease_keys: &|_| Vec::new(),
+            }
+            .txn(t),
+            _ => Ok(()),
+        }
+    }
+
     /// Everything a KV request (or Compact, lease grant / revoke) needs, walked as the
     /// module doc says. `lease_keys(id)` lists the keys attached to a lease (the raft core
     /// knows them; a core checking a read-only request never needs them).

@@ -92,7 +92,9 @@ pub struct Node {
 
 /// A core's auth: the view its checks read and its simple-token table.
 struct CoreAuth {
-    view: std::sync::Arc<AuthView>,
+    /// This core's own copy (an `Rc`: a request's clone never touches a cache line another
+    /// core uses, as an `Arc`'s count would).
+    view: Rc<AuthView>,
     tokens: SimpleTokens,
     last_sweep: std::time::Instant,
 }
@@ -190,8 +192,13 @@ impl Node {
     }
 
     /// The auth view this core checks requests against.
-    pub fn auth_view(&self) -> std::sync::Arc<AuthView> {
+    pub fn auth_view(&self) -> Rc<AuthView> {
         self.auth.borrow().view.clone()
+    }
+
+    /// Whether auth is on (as of this core's last round); no clone.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.borrow().view.enabled
     }
 
     /// The user of a simple token, once this core has applied the index it was assigned
@@ -377,7 +384,7 @@ impl Node {
     fn apply_auth(&self, round: &crate::mesh::AuthRound) {
         let mut auth = self.auth.borrow_mut();
         if let Some(v) = &round.view {
-            auth.view = v.clone();
+            auth.view = Rc::new(AuthView::clone(v));
         }
         let now = std::time::Instant::now();
         for ev in round.tokens.iter() {
