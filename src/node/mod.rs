@@ -204,14 +204,22 @@ impl Node {
     /// The user of a simple token, once this core has applied the index it was assigned
     /// at (waiting at most [`TOKEN_INDEX_WAIT`]); `None`: not a live token here.
     pub async fn simple_token_user(&self, token: &str) -> Option<String> {
-        let index = crate::auth::tokens::simple_token_index(token)?;
-        if self.watermark.get().index < index {
-            let wait = self.wait_applied(index);
-            let timeout = async {
-                glommio::timer::sleep(TOKEN_INDEX_WAIT).await;
-            };
-            futures_lite::future::or(wait, timeout).await;
+        if let Some(user) = self.token_user_now(token) {
+            return Some(user);
         }
+        let index = crate::auth::tokens::simple_token_index(token)?;
+        if self.watermark.get().index >= index {
+            return None;
+        }
+        let wait = self.wait_applied(index);
+        let timeout = async {
+            glommio::timer::sleep(TOKEN_INDEX_WAIT).await;
+        };
+        futures_lite::future::or(wait, timeout).await;
+        self.token_user_now(token)
+    }
+
+    fn token_user_now(&self, token: &str) -> Option<String> {
         let now = std::time::Instant::now();
         let mut auth = self.auth.borrow_mut();
         auth.tokens.lookup(token, now).map(str::to_string)
