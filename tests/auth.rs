@@ -1,10 +1,12 @@
 //! Auth against the real server binary: etcdctl's user / role / auth commands and their
 //! output, the etcd-client crate logging in with a user and password, tokens (simple and
-//! JWT) and their invalidation, client-certificate users, and one test per published etcd
+//! JWT) and their invalidation, and one test per published etcd
 //! RBAC bypass (nested txns, prev_kv and leases inside txns, from-key watches, lease
 //! time-to-live keys, admin-only maintenance and cluster calls, password length, passwords
 //! in logs and files), plus combinations etcd did not publish: checks on a follower, on a
-//! learner, after a restart and after a snapshot catch-up.
+//! learner, across a leader change, after a restart and after a snapshot catch-up.
+//! Client-certificate users are etcd's own e2e tests (`TestCtlV3AuthCertCN*`, ci/e2e.sh)
+//! and ci/interop.sh (Python over mutual TLS).
 //!
 //! `KEEL_TEST_SERVER=/usr/bin/etcd cargo nextest run --test auth` runs them against etcd
 //! 3.4.23, which predates the 2026 permission fixes: the checks of those fixes are Keel's
@@ -702,7 +704,7 @@ async fn wait_caught_up_as_root(c: &Cluster) {
 }
 
 #[test]
-fn cluster_auth_survives_restart_and_reaches_followers_learners_and_snapshot_catch_up() {
+fn cluster_auth_holds_on_followers_learners_leader_change_restart_and_snapshot_catch_up() {
     let mut flags = FAST_ELECTIONS.to_vec();
     flags.extend(FAST_BCRYPT);
     flags.extend(["--snapshot-count", "100"]);
@@ -769,6 +771,33 @@ fn cluster_auth_survives_restart_and_reaches_followers_learners_and_snapshot_cat
         c.members[behind].log().contains(applied),
         "no snapshot catch-up"
     );
+    // Across a leader change (root moves the lead to another member): the new leader
+    // checks writes at apply with the same state.
+    rt.block_on(async {
+        let mut any = connect_as(&c.members[0].endpoint(), "root", ROOT_PW)
+            .await
+            .unwrap();
+        let leader_id = any.status().await.unwrap().leader();
+        let from = c.index_of(leader_id).expect("a leader among the members");
+        let to = (from + 1) % 3;
+        let mut root = connect_as(&c.members[from].endpoint(), "root", ROOT_PW)
+            .await
+            .unwrap();
+        root.move_leader(c.ids[to]).await.unwrap();
+        let mut alice = connect_as(&c.members[to].endpoint(), "alice", ALICE_PW)
+            .await
+            .unwrap();
+        alice.put("a1", "after-move", None).await.unwrap();
+        assert_eq!(
+            grpc_status(alice.put("b", "x", None).await.unwrap_err()),
+            denied()
+        );
+        assert_eq!(
+            any.status().await.unwrap().leader(),
+            c.ids[to],
+            "the lead moved"
+        );
+    });
     // Every member restarted, one at a time: auth is still on, with the same users.
     for i in 0..3 {
         c.member(i).stop();

@@ -498,25 +498,25 @@ pub fn enable_auth(
     keel::runtime::block_on(async move {
         let conn = grpc::connect(addr).await?;
         let call = |path: &'static str| format!("/etcdserverpb.Auth/{path}");
-        let _: pb::AuthUserAddResponse = grpc::unary(
-            &conn,
-            &call("UserAdd"),
-            &pb::AuthUserAddRequest {
-                name: "root".into(),
-                password: "bench-root".into(),
+        let add_user = |name: String, password: String| {
+            let req = pb::AuthUserAddRequest {
+                name,
+                password,
                 ..Default::default()
-            },
-        )
-        .await?;
-        let _: pb::AuthUserGrantRoleResponse = grpc::unary(
-            &conn,
-            &call("UserGrantRole"),
-            &pb::AuthUserGrantRoleRequest {
-                user: "root".into(),
-                role: "root".into(),
-            },
-        )
-        .await?;
+            };
+            let (conn, path) = (conn.clone(), call("UserAdd"));
+            async move { grpc::unary::<_, pb::AuthUserAddResponse>(&conn, &path, &req).await }
+        };
+        let grant = |user: String, role: &'static str| {
+            let req = pb::AuthUserGrantRoleRequest {
+                user,
+                role: role.into(),
+            };
+            let (conn, path) = (conn.clone(), call("UserGrantRole"));
+            async move { grpc::unary::<_, pb::AuthUserGrantRoleResponse>(&conn, &path, &req).await }
+        };
+        add_user("root".into(), "bench-root".into()).await?;
+        grant("root".into(), "root").await?;
         let _: pb::AuthRoleAddResponse = grpc::unary(
             &conn,
             &call("RoleAdd"),
@@ -539,25 +539,8 @@ pub fn enable_auth(
             },
         )
         .await?;
-        let _: pb::AuthUserAddResponse = grpc::unary(
-            &conn,
-            &call("UserAdd"),
-            &pb::AuthUserAddRequest {
-                name: user.clone(),
-                password,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let _: pb::AuthUserGrantRoleResponse = grpc::unary(
-            &conn,
-            &call("UserGrantRole"),
-            &pb::AuthUserGrantRoleRequest {
-                user,
-                role: "bench".into(),
-            },
-        )
-        .await?;
+        add_user(user.clone(), password).await?;
+        grant(user, "bench").await?;
         let _: pb::AuthEnableResponse =
             grpc::unary(&conn, &call("AuthEnable"), &pb::AuthEnableRequest {}).await?;
         Ok(())

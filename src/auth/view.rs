@@ -134,10 +134,7 @@ impl AuthView {
         key: &[u8],
         range_end: &[u8],
     ) -> Result<(), AuthError> {
-        match self.subject(caller)? {
-            Some(u) => allow(u.admin || u.perms.can_read(key, range_end)),
-            None => Ok(()),
-        }
+        self.check_keys(caller, |p| p.can_read(key, range_end))
     }
 
     /// WRITE on `[key, range_end)`.
@@ -147,8 +144,16 @@ impl AuthView {
         key: &[u8],
         range_end: &[u8],
     ) -> Result<(), AuthError> {
+        self.check_keys(caller, |p| p.can_write(key, range_end))
+    }
+
+    fn check_keys(
+        &self,
+        caller: &Caller,
+        allowed: impl FnOnce(&UserPerms) -> bool,
+    ) -> Result<(), AuthError> {
         match self.subject(caller)? {
-            Some(u) => allow(u.admin || u.perms.can_write(key, range_end)),
+            Some(u) => allow(u.admin || allowed(&u.perms)),
             None => Ok(()),
         }
     }
