@@ -523,6 +523,12 @@ fn passwords_are_bounded_and_never_stored_or_logged() {
         }
     }
     assert!(found.is_empty(), "the plaintext password is in {found:?}");
+    // What is stored is a bcrypt hash as Go writes them ($2a$, the cost given).
+    let db = std::fs::read(s.data_dir.join("member").join("snap").join("db")).unwrap();
+    assert!(
+        db.windows(7).any(|w| w == b"$2a$04$"),
+        "no $2a$04$ bcrypt hash in the db"
+    );
     assert!(!s.log().contains(secret));
 }
 
@@ -792,11 +798,16 @@ fn cluster_auth_holds_on_followers_learners_leader_change_restart_and_snapshot_c
             grpc_status(alice.put("b", "x", None).await.unwrap_err()),
             denied()
         );
-        assert_eq!(
-            any.status().await.unwrap().leader(),
-            c.ids[to],
-            "the lead moved"
-        );
+        // Every member hears of the new leader soon after MoveLeader returns (on the old
+        // leader, once the target leads).
+        let deadline = std::time::Instant::now() + common::LIVENESS;
+        while any.status().await.unwrap().leader() != c.ids[to] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lead did not move"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     });
     // Every member restarted, one at a time: auth is still on, with the same users.
     for i in 0..3 {

@@ -121,8 +121,10 @@ async fn hash_password(password: Password, cost: u32) -> Result<Vec<u8>, Status>
     }
     glommio::executor()
         .spawn_blocking(move || {
-            bcrypt::hash(&password.0, cost)
-                .map(String::into_bytes)
+            // `$2a$`, as Go's bcrypt (and so etcd) writes them: a db moved between etcd
+            // and Keel keeps working both ways.
+            bcrypt::hash_with_result(&password.0, cost)
+                .map(|h| h.format_for_version(bcrypt::Version::TwoA).into_bytes())
                 .map_err(|e| Status::new(Code::Unknown, format!("bcrypt: {e}")))
         })
         .await
@@ -275,9 +277,14 @@ impl Services {
             };
             let token = match (token, &self.auth.jwt) {
                 (Some(t), _) => t,
-                (None, Some(jwt)) => jwt
-                    .assign(&user, revision, unix_now())
-                    .map_err(|e| Status::new(Code::Unknown, e))?,
+                // Signing (RSA: a millisecond or more) runs on the blocking pool too.
+                (None, Some(jwt)) => {
+                    let jwt = jwt.clone();
+                    glommio::executor()
+                        .spawn_blocking(move || jwt.assign(&user, revision, unix_now()))
+                        .await
+                        .map_err(|e| Status::new(Code::Unknown, e))?
+                }
                 (None, None) => return Err(Status::new(Code::Internal, "keel: no token was made")),
             };
             return Ok(encode(&pb::AuthenticateResponse {
