@@ -14,8 +14,11 @@ cd "$(dirname "$0")/.."
 KEEL=${1:-target/debug/keel}
 WORK=$PWD/target/interop
 mkdir -p "$WORK"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PEER=$((PORT + 1))
+# Two free ports, each from the kernel (PORT + 1 may be some connection's ephemeral port).
+read -r PORT PEER <<<"$(python3 -c 'import socket
+ss=[socket.socket() for _ in range(2)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))')"
 DATA=$(mktemp -d /tmp/keel-interop.XXXXXX)
 "$KEEL" --data-dir "$DATA" --listen-client-urls "http://127.0.0.1:$PORT" \
   --advertise-client-urls "http://127.0.0.1:$PORT" --listen-peer-urls "http://127.0.0.1:$PEER" \
@@ -46,7 +49,7 @@ run_clients "$PORT"
 # Logging in with a user and password once auth is on: user `interop` may use keys under
 # auth/ only. $1 = etcdctl's flags for the member.
 enable_auth() {
-  local E="etcdctl $1"
+  local E="timeout 30 etcdctl --dial-timeout=5s --command-timeout=10s $1"
   $E user add root:root-pw >/dev/null && $E user grant-role root root >/dev/null &&
     $E role add interop >/dev/null &&
     $E role grant-permission interop readwrite --prefix auth/ >/dev/null &&
