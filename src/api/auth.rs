@@ -64,13 +64,14 @@ pub async fn resolve_caller(
     config: &AuthConfig,
     call: &Call,
 ) -> Result<Caller, Status> {
+    // First catch up with every round the member sent out: whether auth is on, and the
+    // revision a caller carries, are then never older than what another core has served
+    // (a write is not proposed under a revision already replaced). One load and compare
+    // when caught up.
+    node.wait_applied(node.round_mark()).await;
     if !node.auth_enabled() {
         return Ok(Caller::anonymous());
     }
-    // The revision a caller carries is this core's: first catch up with every round the
-    // member sent out, so a write is not proposed under a revision already replaced.
-    node.wait_applied(node.round_mark()).await;
-    let view = node.auth_view();
     if let Some(token) = call.token() {
         let found = match &config.jwt {
             Some(jwt) => jwt.info(token, unix_now()),
@@ -88,11 +89,19 @@ pub async fn resolve_caller(
         if let Some(cn) = &call.common_name {
             return Ok(Caller {
                 user: cn.to_string(),
-                revision: view.revision,
+                revision: node.auth_view().revision,
             });
         }
     }
     Ok(Caller::anonymous())
+}
+
+/// An applied Auth call answered with another call's outcome: a Keel bug, not the client's.
+fn odd_outcome() -> Status {
+    Status::new(
+        Code::Internal,
+        "keel: an Auth call got the outcome of another kind",
+    )
 }
 
 /// A password moved out of its request, zeroed when dropped.
@@ -145,13 +154,15 @@ async fn password_matches(password: Password, hash: Vec<u8>) -> bool {
 }
 
 impl Services {
-    /// The caller of `call` (see [`resolve_caller`]).
+    /// The caller of `call` (see [`resolve_caller`]); this core's view is then as current as
+    /// the member's rounds, so checks read `node().auth_view()` directly.
     pub(crate) async fn caller(&self, call: &Call) -> Result<Caller, Status> {
         resolve_caller(self.node(), &self.auth, call).await
     }
 
     /// This core's view, once it has applied every round another core may have served
-    /// from (so a grant acknowledged anywhere on this member is seen here).
+    /// from (so a grant acknowledged anywhere on this member is seen here): for calls that
+    /// resolve no caller (Authenticate).
     pub(crate) async fn current_view(&self) -> Rc<AuthView> {
         let node = self.node();
         node.wait_applied(node.round_mark()).await;
@@ -161,8 +172,10 @@ impl Services {
     /// The caller, which must hold role `root` (while auth is on).
     pub(crate) async fn admin(&self, call: &Call) -> Result<Caller, Status> {
         let caller = self.caller(call).await?;
-        let view = self.current_view().await;
-        view.check_admin(&caller).map_err(status_from_auth)?;
+        self.node()
+            .auth_view()
+            .check_admin(&caller)
+            .map_err(status_from_auth)?;
         Ok(caller)
     }
 
@@ -185,11 +198,20 @@ impl Services {
         Ok((a.value, a.raft_term))
     }
 
+    /// An Auth call by `call`'s caller: its outcome and the response header.
+    async fn auth_query(
+        &self,
+        call: &Call,
+        op: AuthOp,
+    ) -> Result<(AuthOutcome, pb::ResponseHeader), Status> {
+        let caller = self.caller(call).await?;
+        let (out, term) = self.auth_call(op, &caller).await?;
+        Ok((out, self.header(self.node().watermark().revision, term)))
+    }
+
     /// An Auth call answered with a bare header.
     async fn auth_done(&self, call: &Call, op: AuthOp) -> Result<pb::ResponseHeader, Status> {
-        let caller = self.caller(call).await?;
-        let (_, term) = self.auth_call(op, &caller).await?;
-        Ok(self.header(self.node().watermark().revision, term))
+        Ok(self.auth_query(call, op).await?.1)
     }
 
     pub async fn auth_enable(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
@@ -212,7 +234,7 @@ impl Services {
     pub async fn auth_status(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::AuthStatusRequest>(&body)?;
         self.admin(call).await?;
-        let view = self.current_view().await;
+        let view = self.node().auth_view();
         Ok(encode(&pb::AuthStatusResponse {
             header: Some(self.header(
                 self.node().watermark().revision,
@@ -270,10 +292,7 @@ impl Services {
                 term,
             ) = out
             else {
-                return Err(Status::new(
-                    Code::Internal,
-                    "keel: Authenticate answered oddly",
-                ));
+                return Err(odd_outcome());
             };
             let token = match (token, &self.auth.jwt) {
                 (Some(t), _) => t,
@@ -368,30 +387,27 @@ impl Services {
 
     pub async fn user_get(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::AuthUserGetRequest>(&body)?;
-        let caller = self.caller(call).await?;
-        let (out, term) = self
-            .auth_call(AuthOp::UserGet { name: req.name }, &caller)
-            .await?;
-        let AuthOutcome::Roles(roles) = out else {
-            return Err(Status::new(Code::Internal, "keel: UserGet answered oddly"));
-        };
-        Ok(encode(&pb::AuthUserGetResponse {
-            header: Some(self.header(self.node().watermark().revision, term)),
-            roles,
-        }))
+        match self
+            .auth_query(call, AuthOp::UserGet { name: req.name })
+            .await?
+        {
+            (AuthOutcome::Roles(roles), header) => Ok(encode(&pb::AuthUserGetResponse {
+                header: Some(header),
+                roles,
+            })),
+            _ => Err(odd_outcome()),
+        }
     }
 
     pub async fn user_list(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::AuthUserListRequest>(&body)?;
-        let caller = self.caller(call).await?;
-        let (out, term) = self.auth_call(AuthOp::UserList, &caller).await?;
-        let AuthOutcome::Names(users) = out else {
-            return Err(Status::new(Code::Internal, "keel: UserList answered oddly"));
-        };
-        Ok(encode(&pb::AuthUserListResponse {
-            header: Some(self.header(self.node().watermark().revision, term)),
-            users,
-        }))
+        match self.auth_query(call, AuthOp::UserList).await? {
+            (AuthOutcome::Names(users), header) => Ok(encode(&pb::AuthUserListResponse {
+                header: Some(header),
+                users,
+            })),
+            _ => Err(odd_outcome()),
+        }
     }
 
     pub async fn role_add(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
@@ -449,29 +465,26 @@ impl Services {
 
     pub async fn role_get(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         let req = decode::<pb::AuthRoleGetRequest>(&body)?;
-        let caller = self.caller(call).await?;
-        let (out, term) = self
-            .auth_call(AuthOp::RoleGet { role: req.role }, &caller)
-            .await?;
-        let AuthOutcome::Grants(grants) = out else {
-            return Err(Status::new(Code::Internal, "keel: RoleGet answered oddly"));
-        };
-        Ok(encode(&pb::AuthRoleGetResponse {
-            header: Some(self.header(self.node().watermark().revision, term)),
-            perm: grants.iter().map(crate::auth::ops::pb_permission).collect(),
-        }))
+        match self
+            .auth_query(call, AuthOp::RoleGet { role: req.role })
+            .await?
+        {
+            (AuthOutcome::Grants(grants), header) => Ok(encode(&pb::AuthRoleGetResponse {
+                header: Some(header),
+                perm: grants.iter().map(crate::auth::ops::pb_permission).collect(),
+            })),
+            _ => Err(odd_outcome()),
+        }
     }
 
     pub async fn role_list(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
         decode::<pb::AuthRoleListRequest>(&body)?;
-        let caller = self.caller(call).await?;
-        let (out, term) = self.auth_call(AuthOp::RoleList, &caller).await?;
-        let AuthOutcome::Names(roles) = out else {
-            return Err(Status::new(Code::Internal, "keel: RoleList answered oddly"));
-        };
-        Ok(encode(&pb::AuthRoleListResponse {
-            header: Some(self.header(self.node().watermark().revision, term)),
-            roles,
-        }))
+        match self.auth_query(call, AuthOp::RoleList).await? {
+            (AuthOutcome::Names(roles), header) => Ok(encode(&pb::AuthRoleListResponse {
+                header: Some(header),
+                roles,
+            })),
+            _ => Err(odd_outcome()),
+        }
     }
 }

@@ -371,8 +371,8 @@ impl Services {
         if !self.node().auth_enabled() {
             return Ok(());
         }
-        self.current_view()
-            .await
+        self.node()
+            .auth_view()
             .check_read(caller, prefix, &prefix_end(prefix))
             .map_err(status_from_auth)
     }

@@ -295,8 +295,8 @@ impl Services {
         let req = decode::<pb::HashKvRequest>(&body)?;
         // etcd answers HashKV's auth refusals unmapped (code Unknown, "auth: …").
         let caller = self.caller(call).await?;
-        self.current_view()
-            .await
+        self.node
+            .auth_view()
             .check_admin(&caller)
             .map_err(status_unmapped_auth)?;
         let a = self

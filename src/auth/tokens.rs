@@ -31,28 +31,23 @@ pub enum TokenEvent {
 pub fn token_prefix() -> String {
     use ring::rand::SecureRandom;
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut bytes = [0u8; 16];
-    // The system CSPRNG does not fail on Linux once booted; a failure would leave zeros,
-    // which is why it is refused loudly instead.
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system random source works");
-    // 256 % 52 != 0: reject the high bytes so every letter is equally likely.
+    let rng = ring::rand::SystemRandom::new();
     let mut out = String::with_capacity(16);
-    let mut pool = bytes.to_vec();
     while out.len() < 16 {
-        for b in pool.drain(..) {
-            if (b as usize) < 52 * 4 && out.len() < 16 {
-                out.push(LETTERS[b as usize % 52] as char);
-            }
-        }
-        if out.len() < 16 {
-            let mut more = [0u8; 16];
-            ring::rand::SystemRandom::new()
-                .fill(&mut more)
-                .expect("the system random source works");
-            pool.extend_from_slice(&more);
-        }
+        let mut bytes = [0u8; 32];
+        // Linux's getrandom does not fail once booted; zeros instead would be a weak token,
+        // so a failure stops loudly.
+        rng.fill(&mut bytes)
+            .expect("the system random source works");
+        // 208 = 4 × 52: bytes above it are dropped so every letter is equally likely.
+        let want = 16 - out.len();
+        out.extend(
+            bytes
+                .iter()
+                .filter(|&&b| b < 208)
+                .map(|&b| LETTERS[b as usize % 52] as char)
+                .take(want),
+        );
     }
     out
 }

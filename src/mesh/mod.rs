@@ -379,8 +379,9 @@ pub struct Applied {
 pub struct AuthRound {
     /// The view after the round (`None`: unchanged). The first round always has one.
     pub view: Option<Arc<AuthView>>,
-    /// Token events in apply order.
-    pub tokens: Arc<Vec<TokenEvent>>,
+    /// Token events in apply order (`None`: none; most rounds, which then allocate
+    /// nothing for auth).
+    pub tokens: Option<Arc<Vec<TokenEvent>>>,
 }
 
 impl AuthRound {
@@ -389,11 +390,14 @@ impl AuthRound {
         if later.view.is_some() {
             self.view = later.view;
         }
-        if !later.tokens.is_empty() {
-            let mut all = self.tokens.to_vec();
-            all.extend(later.tokens.iter().cloned());
-            self.tokens = Arc::new(all);
-        }
+        self.tokens = match (self.tokens.take(), later.tokens) {
+            (Some(mine), Some(theirs)) => {
+                let mut all = mine.to_vec();
+                all.extend(theirs.iter().cloned());
+                Some(Arc::new(all))
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
     }
 }
 

@@ -395,7 +395,7 @@ impl Node {
             auth.view = Rc::new(AuthView::clone(v));
         }
         let now = std::time::Instant::now();
-        for ev in round.tokens.iter() {
+        for ev in round.tokens.iter().flat_map(|t| t.iter()) {
             auth.tokens.apply(ev, now);
         }
         if now.duration_since(auth.last_sweep) >= std::time::Duration::from_secs(1) {

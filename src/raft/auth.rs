@@ -47,7 +47,7 @@ impl AuthDuty {
         self.view_changed = false;
         AuthRound {
             view,
-            tokens: Arc::new(std::mem::take(&mut self.tokens)),
+            tokens: (!self.tokens.is_empty()).then(|| Arc::new(std::mem::take(&mut self.tokens))),
         }
     }
 }
