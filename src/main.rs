@@ -182,6 +182,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             jwt: jwt_provider(&cfg.auth_token)?,
         },
         auth_token_ttl: std::time::Duration::from_secs(cfg.auth_token_ttl_s),
+        quota_backend_bytes: cfg.quota_backend_bytes,
     })
 }
 

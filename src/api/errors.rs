@@ -279,6 +279,7 @@ pub fn status_from_server(e: &ServerError) -> Status {
         ServerError::LearnerNotReady => EtcdError::LearnerNotReady,
         ServerError::MemberNotEnoughStarted => EtcdError::MemberNotEnoughStarted,
         ServerError::Unhealthy => EtcdError::Unhealthy,
+        ServerError::NoSpace => EtcdError::NoSpace,
         ServerError::Mvcc(e) => return status_from_mvcc(e),
         ServerError::Auth(e) => return status_from_auth(*e),
         // etcd passes raft's refusal on with its "etcdserver: " prefix.

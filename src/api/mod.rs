@@ -12,6 +12,7 @@ pub mod concurrency;
 pub mod convert;
 pub mod errors;
 pub mod lease;
+pub mod maintenance;
 pub mod services;
 pub mod watch;
 

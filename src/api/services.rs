@@ -47,6 +47,8 @@ pub struct Services {
     lease_ids: LeaseIds,
     renewer: Rc<Renewer>,
     pub(crate) auth: AuthConfig,
+    /// `--quota-backend-bytes` (0 given: etcd's 2 GiB).
+    quota_bytes: u64,
 }
 
 pub(crate) fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
@@ -86,7 +88,22 @@ impl Services {
             lease_config,
             lease_ids: LeaseIds::new(lease_config),
             auth: AuthConfig::default(),
+            quota_bytes: super::maintenance::DEFAULT_QUOTA_BYTES,
         }
+    }
+
+    /// `--quota-backend-bytes` (0: etcd's default, 2 GiB).
+    pub fn with_quota(mut self, bytes: u64) -> Services {
+        self.quota_bytes = if bytes == 0 {
+            super::maintenance::DEFAULT_QUOTA_BYTES
+        } else {
+            bytes
+        };
+        self
+    }
+
+    pub(crate) fn quota_bytes(&self) -> u64 {
+        self.quota_bytes
     }
 
     /// How this member authenticates callers (default: simple tokens, no CN users).
@@ -196,6 +213,7 @@ impl Services {
         if data.len() > self.max_request_bytes {
             return Err(request_too_large());
         }
+        self.check_quota(op).await?;
         let a = self.client.call(|to| ToRaft::Propose { to, data }).await?;
         Ok((a.value, a.raft_term))
     }
@@ -473,6 +491,8 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.KV/Compact", compact);
     unary!("/etcdserverpb.Maintenance/Status", status);
     unary!("/etcdserverpb.Maintenance/HashKV", hash_kv);
+    unary!("/etcdserverpb.Maintenance/Alarm", alarm);
+    unary!("/etcdserverpb.Maintenance/Hash", hash);
     unary!("/etcdserverpb.Cluster/MemberList", member_list);
     unary!("/etcdserverpb.Cluster/MemberAdd", member_add);
     unary!("/etcdserverpb.Cluster/MemberRemove", member_remove);
@@ -534,6 +554,14 @@ pub fn router(s: Rc<Services>) -> Router {
     }
     stream!("/etcdserverpb.Lease/LeaseKeepAlive", lease_keep_alive);
     stream!("/v3electionpb.Election/Observe", observe);
+    {
+        // Not refused on a learner (etcd serves Snapshot there too).
+        let s = s.clone();
+        r.route("/etcdserverpb.Maintenance/Snapshot", move |req, res| {
+            let s = s.clone();
+            async move { s.snapshot(req, res).await }
+        });
+    }
     let node = s.node.clone();
     let watch_s = s.clone();
     r.route_with_queue(

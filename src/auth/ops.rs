@@ -270,8 +270,8 @@ impl AuthState {
 /// Keys of the db's auth tree.
 pub const KEY_ENABLED: &[u8] = b"enabled";
 pub const KEY_REVISION: &[u8] = b"revision";
-const USER_PREFIX: &[u8] = b"user/";
-const ROLE_PREFIX: &[u8] = b"role/";
+pub const USER_PREFIX: &[u8] = b"user/";
+pub const ROLE_PREFIX: &[u8] = b"role/";
 
 fn perm_type(p: PermType) -> i32 {
     match p {

@@ -46,6 +46,8 @@ pub enum ServerError {
     MemberNotEnoughStarted,
     /// etcd `ErrUnhealthy`.
     Unhealthy,
+    /// etcd `ErrNoSpace`: the NOSPACE alarm is active or the db reached its quota.
+    NoSpace,
     /// The store refused or failed the operation.
     Mvcc(mvcc::Error),
     /// Auth refused the request (or the Auth call failed).
@@ -85,6 +87,7 @@ impl Clone for ServerError {
             LearnerNotReady => LearnerNotReady,
             MemberNotEnoughStarted => MemberNotEnoughStarted,
             Unhealthy => Unhealthy,
+            NoSpace => NoSpace,
             Auth(e) => Auth(*e),
             Mvcc(e) if e.etcd_message().is_some() => Mvcc(copy_operating(e)),
             Mvcc(e) if is_corrupt(e) => Corrupt(e.to_string()),
@@ -170,6 +173,7 @@ impl ServerError {
             LearnerNotReady => 15,
             MemberNotEnoughStarted => 16,
             Unhealthy => 17,
+            NoSpace => 22,
             ConfChangeRefused(why) => return (18, why.clone()),
             ProposalRefused(why) => return (19, why.clone()),
             Internal(why) => return (20, why.clone()),
@@ -215,6 +219,7 @@ impl ServerError {
             19 => ProposalRefused(detail),
             20 => Internal(detail),
             21 => Corrupt(detail),
+            22 => NoSpace,
             c if c > AUTH_CODE_BASE => {
                 match crate::auth::AuthError::ALL.get((c - AUTH_CODE_BASE - 1) as usize) {
                     Some(e) => Auth(*e),
@@ -298,6 +303,7 @@ mod tests {
             ServerError::LearnerNotReady,
             ServerError::MemberNotEnoughStarted,
             ServerError::Unhealthy,
+            ServerError::NoSpace,
             ServerError::ConfChangeRefused("why".into()),
             ServerError::ProposalRefused("because".into()),
             ServerError::Internal("bug".into()),

@@ -160,6 +160,12 @@ pub enum ToRaft {
         op: Op,
         linearizable: bool,
     },
+    /// Maintenance.Alarm: an encoded `keel.internal.RaftRequest` (an AlarmRequest),
+    /// proposed like a write; replied once applied, with the alarms it concerns.
+    ProposeAlarm {
+        to: ReplyTo<AlarmList>,
+        data: Bytes,
+    },
     /// Maintenance.Status: raft and db state.
     Status { to: ReplyTo<StatusInfo> },
     /// Cluster.MemberList.
@@ -343,6 +349,7 @@ reply_kinds! {
     LeaseTtl(LeaseTtl),
     LeaseList(LeaseList),
     Auth(AuthOutcome),
+    Alarms(AlarmList),
 }
 
 /// What the raft core applied in one round, sent to every core (one message per core per
@@ -372,7 +379,30 @@ pub struct Applied {
     pub revoked_leases: Arc<Vec<i64>>,
     /// Auth changes of the round: the new view, token assignments and drops.
     pub auth: AuthRound,
+    /// The cluster's active alarms after the round (shared; a new list only when they
+    /// change).
+    pub alarms: Arc<Vec<Alarm>>,
+    /// The db file's size after the round (what `--quota-backend-bytes` is checked
+    /// against, as etcd checks its bbolt file's size).
+    pub db_bytes: u64,
 }
+
+/// One active alarm: the member it was raised for and etcd's `AlarmType` number
+/// (1 NOSPACE, 2 CORRUPT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Alarm {
+    pub member: u64,
+    pub kind: i32,
+}
+
+/// etcd's `AlarmType` numbers.
+pub const ALARM_NOSPACE: i32 = 1;
+pub const ALARM_CORRUPT: i32 = 2;
+
+/// Maintenance.Alarm's answer: the alarms the request concerns (GET: all active;
+/// ACTIVATE: the one raised; DEACTIVATE: the one cleared, none if it was not active).
+#[derive(Debug, Default)]
+pub struct AlarmList(pub Vec<Alarm>);
 
 /// What a round changed in auth, for every core's checks and token table.
 #[derive(Clone, Debug, Default)]
@@ -418,6 +448,8 @@ impl Applied {
             splits: self.splits.clone(),
             revoked_leases: self.revoked_leases.clone(),
             auth: self.auth.clone(),
+            alarms: self.alarms.clone(),
+            db_bytes: self.db_bytes,
         }
     }
 
@@ -443,6 +475,8 @@ impl Applied {
             self.revoked_leases = Arc::new(all);
         }
         self.auth.absorb(later.auth);
+        self.alarms = later.alarms;
+        self.db_bytes = later.db_bytes;
     }
 }
 

@@ -24,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 pub use crate::mesh::Watermark;
@@ -88,6 +89,9 @@ pub struct Node {
     subscriptions: RefCell<Vec<Rc<SubscriptionState>>>,
     /// The auth view and simple tokens as of the last round.
     auth: RefCell<CoreAuth>,
+    /// The cluster's active alarms and the db file's size, as of the last round.
+    alarms: RefCell<Arc<Vec<crate::mesh::Alarm>>>,
+    db_bytes: Cell<u64>,
 }
 
 /// A core's auth: the view its checks read and its simple-token table.
@@ -178,7 +182,24 @@ impl Node {
                 tokens: SimpleTokens::new(crate::auth::tokens::DEFAULT_TTL),
                 last_sweep: std::time::Instant::now(),
             }),
+            alarms: RefCell::new(Arc::new(Vec::new())),
+            db_bytes: Cell::new(0),
         })
+    }
+
+    /// The cluster's active alarms as of this core's last round.
+    pub fn alarms(&self) -> Arc<Vec<crate::mesh::Alarm>> {
+        self.alarms.borrow().clone()
+    }
+
+    /// Whether an alarm of etcd type `kind` is active (for any member); no clone.
+    pub fn alarm_active(&self, kind: i32) -> bool {
+        self.alarms.borrow().iter().any(|a| a.kind == kind)
+    }
+
+    /// The db file's size as of this core's last round (the quota check's base).
+    pub fn db_bytes(&self) -> u64 {
+        self.db_bytes.get()
     }
 
     /// The member's newest round sent out (see `mesh::RoundMark`).
@@ -375,6 +396,10 @@ impl Node {
         });
         self.leases.on_applied(&a);
         self.apply_auth(&a.auth);
+        if !Arc::ptr_eq(&self.alarms.borrow(), &a.alarms) {
+            *self.alarms.borrow_mut() = a.alarms.clone();
+        }
+        self.db_bytes.set(a.db_bytes);
         if booted {
             self.hub.on_applied(&a);
             self.feed_subscriptions(&a);

@@ -51,6 +51,8 @@ fn merged_rounds_apply_like_separate_ones() {
                 splits: None,
                 revoked_leases: Default::default(),
                 auth: Default::default(),
+                alarms: Default::default(),
+                db_bytes: 0,
             };
             one.apply(
                 a.changes.iter().flat_map(|c| c.iter()),
@@ -144,6 +146,8 @@ fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
                 splits,
                 revoked_leases: Default::default(),
                 auth: Default::default(),
+                alarms: Default::default(),
+                db_bytes: 0,
             }
         };
         let first = round(1, "one", Some(Arc::new(Vec::new())));

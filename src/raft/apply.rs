@@ -165,6 +165,8 @@ impl RaftCore {
             splits,
             revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.leases.round_revoked)),
             auth: self.auth.take_round(splits_first),
+            alarms: self.alarms.list.clone(),
+            db_bytes: self.store.backend().stats().file_bytes,
         };
         out.applied(round, replies);
     }
@@ -244,13 +246,18 @@ impl RaftCore {
             entry::EntryOp::Op(op) => op,
             entry::EntryOp::Member(m) => return self.apply_member_entry(e, m),
             entry::EntryOp::Auth(a) => return self.apply_auth_entry(e, caller.as_ref(), &a),
+            entry::EntryOp::Alarm(a) => return self.apply_alarm_entry(e, &a),
         };
         if e.index <= self.store.consistent_index() {
             return Ok(());
         }
         // A client's write is checked against the auth state as of its place in the log,
         // with the auth revision it was proposed under (etcd's authApplierV3).
-        if let Err(denied) = self.auth_check_op(caller.as_ref(), &op) {
+        // Then the alarms (etcd's capped and corrupt appliers sit below auth).
+        if let Err(denied) = self
+            .auth_check_op(caller.as_ref(), &op)
+            .and_then(|()| self.alarm_check_op(&op))
+        {
             self.store.set_consistent_index(e.index, e.term);
             self.reply_to_entry::<OpResponse>(e, Err(denied));
             return Ok(());

@@ -131,8 +131,10 @@ impl RaftCore {
         let splits = crate::shard::split_keys(store.index(), opts.shards, &opts.shard_splits);
         store.capture_changes(true);
         let auth = auth::AuthDuty::load(&store)?;
+        let alarms = alarm::AlarmDuty::load(&store)?;
         Ok(RaftCore {
             auth,
+            alarms,
             node,
             store,
             wal,

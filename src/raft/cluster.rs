@@ -95,6 +95,12 @@ impl Forwarding {
 }
 
 /// The Meta tree key that marks `id` as removed for good.
+/// The member ID a Meta-tree key records as removed, if it is such a record.
+pub fn removed_id(k: &[u8]) -> Option<u64> {
+    let rest = k.strip_prefix(REMOVED_PREFIX)?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
 pub fn removed_key(id: u64) -> Vec<u8> {
     let mut k = REMOVED_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());

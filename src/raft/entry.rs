@@ -75,6 +75,12 @@ fn s(v: &str) -> String {
     v.to_string()
 }
 
+/// The raft log entry for a Maintenance.Alarm call (`None`: the member's own, e.g. the
+/// NOSPACE alarm it raises at the quota).
+pub fn encode_alarm(req: &pb::AlarmRequest, caller: Option<&Caller>) -> Bytes {
+    encode(raft_request::Request::Alarm(req.clone()), caller)
+}
+
 /// The raft log entry for an Auth call by `caller`.
 pub fn encode_auth(op: &AuthOp, caller: &Caller) -> Bytes {
     use raft_request::Request as R;
@@ -218,6 +224,8 @@ pub enum EntryOp {
     Op(mvcc::Op),
     Member(MemberEntry),
     Auth(AuthOp),
+    /// Maintenance.Alarm: GET, ACTIVATE or DEACTIVATE (enum numbers checked at apply).
+    Alarm(pb::AlarmRequest),
 }
 
 /// A decoded entry and who asked for it (`None`: the member itself).
@@ -285,6 +293,7 @@ pub fn decode_entry(data: &[u8]) -> Result<Decoded, String> {
             | R::RoleGet(_)
             | R::RoleList(_)),
         ) => EntryOp::Auth(auth_op(r)?),
+        Some(R::Alarm(a)) => EntryOp::Alarm(a),
         other => EntryOp::Op(store_op(other)?),
     };
     Ok(Decoded { op, caller })

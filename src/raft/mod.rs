@@ -51,6 +51,8 @@
 //!   the consistent index of the entry that changed them.
 
 mod apply;
+mod alarm;
+pub mod etcd_db;
 mod auth;
 mod boot;
 pub mod client;
@@ -219,6 +221,8 @@ pub struct RaftCore {
     leases: LeaseDuty,
     /// Users, roles and permissions; what the next round owes the cores.
     auth: auth::AuthDuty,
+    /// The cluster's active alarms.
+    alarms: alarm::AlarmDuty,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
     writes: Writes,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
@@ -257,6 +261,7 @@ fn client_request_origin(msg: &ToRaft) -> Option<Origin> {
     Some(match msg {
         ToRaft::Propose { to, .. } | ToRaft::Read { to, .. } => to.origin(),
         ToRaft::ProposeAuth { to, .. } => to.origin(),
+        ToRaft::ProposeAlarm { to, .. } => to.origin(),
         ToRaft::Status { to } => to.origin(),
         ToRaft::MemberList { to } => to.origin(),
         ToRaft::HashKv { to, .. } => to.origin(),
@@ -349,6 +354,7 @@ impl RaftCore {
         match msg {
             ToRaft::Propose { to, data } => self.hold_proposal(out, to.origin(), data),
             ToRaft::ProposeAuth { to, data } => self.hold_proposal(out, to.origin(), data),
+            ToRaft::ProposeAlarm { to, data } => self.hold_proposal(out, to.origin(), data),
             ToRaft::Read {
                 to,
                 op,

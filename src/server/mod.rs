@@ -71,6 +71,8 @@ pub struct ServerOptions {
     pub auth: crate::api::AuthConfig,
     /// `--auth-token-ttl`.
     pub auth_token_ttl: std::time::Duration,
+    /// `--quota-backend-bytes` (0: etcd's default, 2 GiB).
+    pub quota_backend_bytes: u64,
 }
 
 /// A client address and what it speaks.
@@ -579,7 +581,8 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
             opts.max_txn_ops,
             opts.lease.for_core(core, opts.cores),
         )
-        .with_auth(opts.auth.clone()),
+        .with_auth(opts.auth.clone())
+        .with_quota(opts.quota_backend_bytes),
     );
     let router = Rc::new(api::router(services));
     let grpc_config = grpc::Config {
