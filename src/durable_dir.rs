@@ -60,6 +60,20 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     std::fs::File::open(parent)?.sync_all()
 }
 
+/// fsyncs a directory itself (its entries: files renamed into or out of it).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes a small file and makes it and its directory entry durable.
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    sync_parent(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

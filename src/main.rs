@@ -285,6 +285,15 @@ fn reexec() -> std::io::Error {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(result) = keel::server::tools::run(&args) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("Error: {msg}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let cfg = match config::parse(&args, &env) {
         Ok(cfg) => cfg,

@@ -289,6 +289,11 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Decodes bare `mvccpb.KeyValue` wire bytes (no record flag), as etcd stores them.
+pub fn decode_key_value_bytes(bytes: &[u8]) -> Result<KeyValueRef<'_>, CodecError> {
+    decode_key_value_ref(bytes, 0)
+}
+
 fn decode_key_value(bytes: &[u8], base: usize) -> Result<KeyValue, CodecError> {
     decode_key_value_ref(bytes, base).map(|kv| kv.to_key_value())
 }

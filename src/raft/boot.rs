@@ -62,6 +62,11 @@ impl RaftCore {
     /// Opens the member's WAL and db (or creates them for a new member), checks they
     /// agree, and builds the `RawNode` at the db's consistent index.
     pub async fn open(mut opts: RaftOptions) -> Result<RaftCore, BootError> {
+        // A data dir `etcdctl snapshot restore` made for etcd: becomes Keel's first.
+        restore::finish_import(&opts)?;
+        if restore::is_bbolt_file(&opts.db_path) {
+            restore::import_etcd_data_dir(&opts).await?;
+        }
         let wal_exists = Wal::exists(&opts.wal_dir);
         let db_exists = opts.db_path.exists();
         if let Some(parent) = opts.db_path.parent() {
@@ -188,43 +193,13 @@ impl RaftCore {
     /// A new member: a WAL whose first entries add every initial member (one ConfChange
     /// each, committed at term 1, as etcd bootstraps), so replay rebuilds the membership.
     pub(super) async fn bootstrap(opts: &RaftOptions) -> Result<(Wal, LogStore), BootError> {
-        let metadata = encode_metadata(opts.member_id, opts.cluster_id);
-        let mut wal = Wal::create(&opts.wal_dir, &metadata, WalOptions::default())
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
-        let mut entries = Vec::new();
-        for (i, m) in opts.initial_members.iter().enumerate() {
-            let mut cc = ConfChange::default();
-            cc.set_change_type(if m.is_learner {
-                ConfChangeType::AddLearnerNode
-            } else {
-                ConfChangeType::AddNode
-            });
-            cc.node_id = m.id;
-            cc.context = member_record(m).encode_to_vec().into();
-            let mut e = Entry::default();
-            e.set_entry_type(EntryType::EntryConfChange);
-            e.term = 1;
-            e.index = i as u64 + 1;
-            e.data = cc.write_to_bytes().expect("ConfChange encodes").into();
-            entries.push(e);
-        }
-        let hs = HardState {
-            term: 1,
-            vote: 0,
-            commit: entries.len() as u64,
-            ..Default::default()
-        };
-        let wal_entries: Vec<wal::Entry> = entries.iter().map(to_wal_entry).collect();
-        wal.append_entries(&wal_entries);
-        wal.set_hard_state(wal::HardState {
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-        });
-        wal.sync()
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
+        let (wal, entries, hs) = restore::write_bootstrap_wal(
+            &opts.wal_dir,
+            opts.member_id,
+            opts.cluster_id,
+            &opts.initial_members,
+        )
+        .await?;
         let mut log = LogStore::new(hs, ConfState::default(), 0, 0);
         log.append(&entries);
         Ok((wal, log))

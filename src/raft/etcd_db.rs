@@ -438,3 +438,129 @@ impl Export {
         Ok(all)
     }
 }
+
+/// What an import brought into a Keel db.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// The store's revision and compaction mark (etcd's: the newest revision key, and
+    /// `finishedCompactRev`).
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Records of the `key` bucket (every revision, tombstones too).
+    pub revisions: u64,
+    pub leases: u64,
+    pub users: u64,
+    pub roles: u64,
+    pub alarms: u64,
+    pub auth_enabled: bool,
+}
+
+/// Writes the content of an etcd bbolt db (made by etcd or by Keel's `Export`) into an
+/// empty Keel db: revisions, leases, auth, alarms and the compaction mark. Membership is
+/// not imported (a restore writes the new cluster's), nor the consistent index (the
+/// restored member's log starts over). The caller commits.
+pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, Error> {
+    let mut out = Imported::default();
+    for tree in TreeId::ALL {
+        if !db.is_empty(tree) {
+            return Err(Error::Bad(format!(
+                "the db to import into is not empty (tree {tree:?})"
+            )));
+        }
+    }
+    let names = reader.bucket_names()?;
+    if !names.iter().any(|n| n == b"key") {
+        return Err(Error::Bad(
+            "not an etcd db: it has no \"key\" bucket".into(),
+        ));
+    }
+    let mut record = Vec::new();
+    reader.for_each(b"key", &mut |k, v| {
+        let (rev, tombstone) = parse_etcd_revision_key(k).ok_or_else(|| {
+            bbolt::Error::Invalid(format!("bucket key: {k:?} is not a revision"))
+        })?;
+        let kv = kv::decode_key_value_bytes(v).map_err(|e| {
+            bbolt::Error::Invalid(format!("bucket key: revision {}: {e}", rev.main))
+        })?;
+        record.clear();
+        if tombstone {
+            kv::encode_tombstone_record(&kv.key, rev.main, &mut record);
+        } else {
+            kv::encode_put_record(&kv, &mut record);
+        }
+        db.insert(TreeId::Revision, &rev.encode(), &record)
+            .map_err(|e| bbolt::Error::Invalid(format!("keel db: {e}")))?;
+        out.revisions += 1;
+        out.revision = out.revision.max(rev.main);
+        Ok(())
+    })?;
+    reader.for_each(b"lease", &mut |k, v| {
+        let l = LeasePb::decode(v)
+            .map_err(|e| bbolt::Error::Invalid(format!("bucket lease: {e}")))?;
+        let rec = crate::mvcc::lease::encode_record(l.ttl, l.remaining_ttl);
+        db.insert(TreeId::Lease, &crate::mvcc::lease::lease_key(l.id), &rec)
+            .map_err(|e| bbolt::Error::Invalid(format!("keel db: {e}")))?;
+        let _ = k;
+        out.leases += 1;
+        Ok(())
+    })?;
+    let mut auth: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    reader.for_each(b"auth", &mut |k, v| {
+        if k == b"authEnabled" {
+            out.auth_enabled = v == [1];
+            auth.push((crate::auth::ops::KEY_ENABLED.to_vec(), vec![out.auth_enabled as u8]));
+        } else if k == b"authRevision" {
+            auth.push((crate::auth::ops::KEY_REVISION.to_vec(), v.to_vec()));
+        }
+        Ok(())
+    })?;
+    reader.for_each(b"authUsers", &mut |k, v| {
+        auth.push(([crate::auth::ops::USER_PREFIX, k].concat(), v.to_vec()));
+        out.users += 1;
+        Ok(())
+    })?;
+    reader.for_each(b"authRoles", &mut |k, v| {
+        auth.push(([crate::auth::ops::ROLE_PREFIX, k].concat(), v.to_vec()));
+        out.roles += 1;
+        Ok(())
+    })?;
+    // Checked the way boot reads it, so a restore never leaves a db that refuses to boot.
+    crate::auth::AuthState::from_records(auth.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        .map_err(|e| Error::Bad(format!("auth buckets: {e}")))?;
+    for (k, v) in &auth {
+        db.insert(TreeId::Auth, k, v)?;
+    }
+    let mut alarms = Vec::new();
+    reader.for_each(b"alarm", &mut |k, _| {
+        let a = crate::pb::etcdserverpb::AlarmMember::decode(k)
+            .map_err(|e| bbolt::Error::Invalid(format!("bucket alarm: {e}")))?;
+        alarms.push(crate::mesh::Alarm {
+            member: a.member_id,
+            kind: a.alarm,
+        });
+        Ok(())
+    })?;
+    for a in alarms {
+        db.insert(TreeId::Meta, &super::alarm::alarm_meta_key(a), &[])?;
+        out.alarms += 1;
+    }
+    let mut finished = 0i64;
+    reader.for_each(b"meta", &mut |k, v| {
+        if k == b"finishedCompactRev" {
+            let (rev, _) = parse_etcd_revision_key(v).ok_or_else(|| {
+                bbolt::Error::Invalid("meta finishedCompactRev is not a revision".into())
+            })?;
+            finished = rev.main;
+        }
+        Ok(())
+    })?;
+    out.compact_revision = finished;
+    out.revision = out.revision.max(finished);
+    db.set_app_meta(AppMeta {
+        consistent_index: 0,
+        consistent_term: 0,
+        current_revision: out.revision,
+        compact_revision: out.compact_revision,
+    });
+    Ok(out)
+}

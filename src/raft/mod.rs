@@ -62,6 +62,7 @@ mod leases;
 pub mod lessor;
 pub mod log;
 mod reads;
+pub mod restore;
 pub mod transport;
 mod writes;
 

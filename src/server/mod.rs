@@ -16,6 +16,7 @@
 //!    "server stopped", commits the db and returns; the process then exits 0.
 
 pub mod dir_lock;
+pub mod tools;
 
 use crate::api::{self, Services};
 use crate::grpc;
