@@ -20,8 +20,9 @@
 //!  grpc                  the gRPC transport, over tls::stream sockets
 //!  tls, failpoint        TLS (rustls): configs from certificate files, plain/TLS sockets,
 //!                        acceptors with handshake timeout and file reload; fault injection
-//!  runtime, config, pb, durable_dir
-//!                        executors and response queues, flags, messages, messages
+//!  runtime, config, pb, durable_dir, etcd_wal
+//!                        executors and response queues, flags, messages, directories,
+//!                        what an etcd WAL says about membership
 //! ```
 //!
 //! Data flow:
@@ -75,6 +76,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod durable_dir;
+pub mod etcd_wal;
 pub mod failpoint;
 pub mod grpc;
 pub mod lease;

@@ -202,6 +202,21 @@ impl Services {
         }))
     }
 
+    /// Maintenance.Defragment: this member's db shrinks to its live pages, moved in slices
+    /// on the raft core between rounds (no stall; see `raft::defrag`). Admin only, with
+    /// etcd's unmapped auth errors.
+    pub async fn defragment(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
+        decode::<pb::DefragmentRequest>(&body)?;
+        self.admin_unmapped(call).await?;
+        let a = self
+            .client()
+            .call::<crate::mesh::Defragmented>(|to| ToRaft::Defrag { to })
+            .await?;
+        Ok(encode(&pb::DefragmentResponse {
+            header: Some(self.header(self.node().watermark().revision, a.raft_term)),
+        }))
+    }
+
     /// The admin check of Defragment, Snapshot and Hash: etcd returns its auth errors
     /// unmapped (code Unknown, "auth: …").
     pub(crate) async fn admin_unmapped(&self, call: &Call) -> Result<Caller, Status> {

@@ -493,6 +493,7 @@ pub fn router(s: Rc<Services>) -> Router {
     unary!("/etcdserverpb.Maintenance/HashKV", hash_kv);
     unary!("/etcdserverpb.Maintenance/Alarm", alarm);
     unary!("/etcdserverpb.Maintenance/Hash", hash);
+    unary!("/etcdserverpb.Maintenance/Defragment", defragment);
     unary!("/etcdserverpb.Cluster/MemberList", member_list);
     unary!("/etcdserverpb.Cluster/MemberAdd", member_add);
     unary!("/etcdserverpb.Cluster/MemberRemove", member_remove);

@@ -166,6 +166,9 @@ pub enum ToRaft {
         to: ReplyTo<AlarmList>,
         data: Bytes,
     },
+    /// Maintenance.Defragment: replied once the db is defragmented (moved in slices
+    /// between rounds; reads and writes go on).
+    Defrag { to: ReplyTo<Defragmented> },
     /// Maintenance.Status: raft and db state.
     Status { to: ReplyTo<StatusInfo> },
     /// Cluster.MemberList.
@@ -350,6 +353,7 @@ reply_kinds! {
     LeaseList(LeaseList),
     Auth(AuthOutcome),
     Alarms(AlarmList),
+    Defragmented(Defragmented),
 }
 
 /// What the raft core applied in one round, sent to every core (one message per core per
@@ -398,6 +402,13 @@ pub struct Alarm {
 /// etcd's `AlarmType` numbers.
 pub const ALARM_NOSPACE: i32 = 1;
 pub const ALARM_CORRUPT: i32 = 2;
+
+/// Maintenance.Defragment's answer: the db file's size before and after.
+#[derive(Debug, Default)]
+pub struct Defragmented {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+}
 
 /// Maintenance.Alarm's answer: the alarms the request concerns (GET: all active;
 /// ACTIVATE: the one raised; DEACTIVATE: the one cleared, none if it was not active).

@@ -129,12 +129,17 @@ impl RaftCore {
     pub(super) fn broadcast(&mut self, out: &dyn ReplySink) {
         let leader = self.node.raft.leader_id;
         let learner = self.is_learner();
+        let db_bytes = self.store.backend().file_bytes();
         if self.round.sent_index == Some(self.applied_index)
             && self.round.replies.is_empty()
             && self.round.sent_leader == (leader, learner)
+            && self.round.sent_db_bytes == db_bytes
+            && !self.round.refresh
         {
             return;
         }
+        self.round.refresh = false;
+        self.round.sent_db_bytes = db_bytes;
         self.round.sent_leader = (leader, learner);
         let splits = match self.round.sent_index {
             None => Some(self.round.splits.clone()),
@@ -166,7 +171,7 @@ impl RaftCore {
             revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.leases.round_revoked)),
             auth: self.auth.take_round(splits_first),
             alarms: self.alarms.list.clone(),
-            db_bytes: self.store.backend().stats().file_bytes,
+            db_bytes,
         };
         out.applied(round, replies);
     }

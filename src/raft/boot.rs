@@ -140,6 +140,7 @@ impl RaftCore {
         Ok(RaftCore {
             auth,
             alarms,
+            defrag: Default::default(),
             node,
             store,
             wal,
@@ -159,6 +160,8 @@ impl RaftCore {
                 replies: Vec::new(),
                 sent_index: None,
                 sent_leader: (0, false),
+                sent_db_bytes: 0,
+                refresh: false,
                 splits: std::sync::Arc::new(splits),
             },
             leases: LeaseDuty {

@@ -54,6 +54,7 @@ mod apply;
 mod alarm;
 pub mod etcd_db;
 mod auth;
+mod defrag;
 mod boot;
 pub mod client;
 mod cluster;
@@ -185,6 +186,12 @@ struct Round {
     sent_leader: (u64, bool),
     /// Shard split keys, sent with the first round.
     splits: std::sync::Arc<Vec<Vec<u8>>>,
+    /// The db file's size the cores last heard of (a change alone makes a round, so a
+    /// defragmentation's shrink reaches their quota checks at once).
+    sent_db_bytes: u64,
+    /// Send a round even with nothing new applied: the cores then drop their older
+    /// snapshots (a defragmentation waits for their pins to go before it cuts the file).
+    refresh: bool,
 }
 
 /// This member's announcement of its name and client URLs (etcd's publish).
@@ -224,6 +231,8 @@ pub struct RaftCore {
     auth: auth::AuthDuty,
     /// The cluster's active alarms.
     alarms: alarm::AlarmDuty,
+    /// Defragment calls and the defragmentation they wait for.
+    defrag: defrag::DefragDuty,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
     writes: Writes,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
@@ -263,6 +272,7 @@ fn client_request_origin(msg: &ToRaft) -> Option<Origin> {
         ToRaft::Propose { to, .. } | ToRaft::Read { to, .. } => to.origin(),
         ToRaft::ProposeAuth { to, .. } => to.origin(),
         ToRaft::ProposeAlarm { to, .. } => to.origin(),
+        ToRaft::Defrag { to } => to.origin(),
         ToRaft::Status { to } => to.origin(),
         ToRaft::MemberList { to } => to.origin(),
         ToRaft::HashKv { to, .. } => to.origin(),
@@ -388,6 +398,7 @@ impl RaftCore {
                 };
                 self.respond(out, to, Ok(body));
             }
+            ToRaft::Defrag { to } => self.start_defrag(to),
             ToRaft::Status { to } => {
                 let info = self.status_info();
                 self.respond(out, to, Ok(info));
@@ -561,7 +572,11 @@ pub async fn run(
 ) -> Result<Exit, BootError> {
     core.process_ready(out).await?;
     while !stop() && core.exit.is_none() {
-        let wait = core.next_tick().saturating_duration_since(Instant::now());
+        let next = match core.defrag.due() {
+            Some(t) => t.min(core.next_tick()),
+            None => core.next_tick(),
+        };
+        let wait = next.saturating_duration_since(Instant::now());
         let first = futures_lite::future::or(async { inbox.recv().await }, async {
             glommio::timer::sleep(wait).await;
             None
@@ -582,6 +597,7 @@ pub async fn run(
         core.expire_requests(out, now);
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;
+        core.defrag_turn(out).await?;
         #[cfg(debug_assertions)]
         if core.exit.is_none() {
             core.invariants();

@@ -1,0 +1,115 @@
+//! Maintenance.Defragment on the raft core: the db moves its live pages from the end of
+//! the file into free pages near its start, a slice per loop turn between rounds, commits
+//! each slice, and cuts the file once nothing can reach the cut pages (`mvcc::db`'s
+//! "Defragmentation"). Unlike etcd, which holds every lock while it copies its db into a
+//! new file (a write stall for the whole copy), reads and writes go on meanwhile.
+//!
+//! Runs on: the raft core. Invariant: every waiter gets one reply, once a step reports
+//! the defragmentation done (or the db fails).
+
+use super::*;
+use crate::mesh::Defragmented;
+
+/// Pages a loop turn moves at most (1 MiB with 4 KiB pages): the pause a turn adds.
+const DEFRAG_STEP_PAGES: u64 = 256;
+/// The pause before the next step when one made no progress (a pinned snapshot holds
+/// the pages it waits for).
+const DEFRAG_IDLE_RETRY: Duration = Duration::from_millis(20);
+
+/// The Defragment calls waiting for the current defragmentation.
+#[derive(Default)]
+pub(super) struct DefragDuty {
+    waiting: Vec<ReplyTo<Defragmented>>,
+    started_bytes: u64,
+    started: Option<Instant>,
+    next_step: Option<Instant>,
+    moved_pages: u64,
+}
+
+impl DefragDuty {
+    pub(super) fn active(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// When the loop must run again for the next step (`None`: no defrag running).
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.active().then(|| self.next_step.unwrap_or_else(Instant::now))
+    }
+}
+
+impl RaftCore {
+    pub(super) fn start_defrag(&mut self, to: ReplyTo<Defragmented>) {
+        if !self.defrag.active() {
+            self.defrag.started_bytes = self.store.backend().stats().file_bytes;
+            self.defrag.started = Some(Instant::now());
+            self.defrag.moved_pages = 0;
+            self.defrag.next_step = None;
+            crate::runtime::log::info(
+                "mvcc/backend",
+                &format!(
+                    "defragmenting (db {} bytes, in use {} bytes)",
+                    self.defrag.started_bytes,
+                    self.store.backend().stats().pages_in_use * mvcc::db::PAGE_BYTES as u64
+                ),
+            );
+        }
+        self.defrag.waiting.push(to);
+    }
+
+    /// One slice of a running defragmentation: move, publish, commit; replies once done.
+    pub(super) async fn defrag_turn(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
+        let now = Instant::now();
+        if !self.defrag.active() || self.defrag.next_step.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        let res = self.store.backend_mut().defrag_step(DEFRAG_STEP_PAGES);
+        let p = match res {
+            Ok(p) => p,
+            Err(e) => {
+                let waiting = std::mem::take(&mut self.defrag.waiting);
+                for to in waiting {
+                    self.respond(out, to, Err(ServerError::Internal(format!("defragment: {e}"))));
+                }
+                return Err(boot_err(format!("db defragment: {e}; stopping")));
+            }
+        };
+        self.defrag.moved_pages += p.moved_pages;
+        // The moved pages are in the working state like a write's: publish them for the
+        // cores' next round and make them durable (the commit also cuts the file).
+        self.store.publish();
+        self.store
+            .commit()
+            .await
+            .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
+        self.db_committed_index = self.store.consistent_index();
+        self.last_db_commit = now;
+        self.defrag.next_step = (p.moved_pages == 0 && !p.done).then(|| now + DEFRAG_IDLE_RETRY);
+        // The cores move to the new snapshot and release the old one's pins, which the
+        // reuse of moved-away pages and the file's cut wait for.
+        self.round.refresh = true;
+        self.broadcast(out);
+        if p.done {
+            let after = self.store.backend().stats().file_bytes;
+            let took = self.defrag.started.map(|t| t.elapsed()).unwrap_or_default();
+            crate::runtime::log::info(
+                "mvcc/backend",
+                &format!(
+                    "finished defragmenting: db {} → {} bytes, {} pages moved, took {:?}",
+                    self.defrag.started_bytes, after, self.defrag.moved_pages, took
+                ),
+            );
+            let waiting = std::mem::take(&mut self.defrag.waiting);
+            for to in waiting {
+                self.respond(
+                    out,
+                    to,
+                    Ok(Defragmented {
+                        before_bytes: self.defrag.started_bytes,
+                        after_bytes: after,
+                    }),
+                );
+            }
+        }
+        Ok(())
+    }
+}
