@@ -11,6 +11,7 @@ pub mod auth;
 pub mod concurrency;
 pub mod convert;
 pub mod errors;
+pub mod http;
 pub mod lease;
 pub mod maintenance;
 pub mod services;

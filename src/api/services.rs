@@ -468,6 +468,7 @@ fn txn_serializable(req: &mvcc::TxnRequest) -> bool {
 /// The routes of one core.
 pub fn router(s: Rc<Services>) -> Router {
     let mut r = Router::new();
+    r.set_http1(super::http::handler(s.clone()));
     // `$map` turns a handler's error into the one on the wire.
     macro_rules! unary {
         ($path:expr, $method:ident) => {

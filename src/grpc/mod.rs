@@ -28,6 +28,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod http1;
 pub mod server;
 pub mod status;
 pub mod timeout;

@@ -193,11 +193,20 @@ pub type Handler = Box<dyn Fn(Request, Responses) -> BoxedLocal<Result<(), Statu
 pub struct Router {
     handlers: HashMap<String, (Handler, Option<usize>)>,
     services: HashSet<String>,
+    /// What answers HTTP/1.1 requests on the same port (`None`: 404 to all).
+    http1: Option<super::http1::HttpHandler>,
 }
 
 impl Router {
     pub fn new() -> Router {
         Router::default()
+    }
+
+    /// Serves HTTP/1.1 requests on the gRPC port with `handler` (etcd serves `/health`,
+    /// `/version`, `/metrics` and its JSON gateway beside gRPC on a client URL).
+    pub fn set_http1(&mut self, handler: super::http1::HttpHandler) -> &mut Router {
+        self.http1 = Some(handler);
+        self
     }
 
     /// Registers a handler for any call shape (unary, server-streaming, bidi).
@@ -369,6 +378,37 @@ pub async fn serve_connection<S>(
 ) where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
+    // HTTP/2's preface, or an HTTP/1.1 request (etcd serves both on a client URL).
+    let mut stream = stream;
+    let mut first = Vec::with_capacity(64);
+    while first.len() < 4 {
+        let mut b = [0u8; 64];
+        let n = future::or(
+            async { futures_lite::AsyncReadExt::read(&mut stream, &mut b).await.ok() },
+            async {
+                glommio::timer::sleep(crate::tls::stream::HANDSHAKE_TIMEOUT).await;
+                None
+            },
+        )
+        .await;
+        match n {
+            Some(n) if n > 0 => first.extend_from_slice(&b[..n]),
+            _ => return, // silent or gone
+        }
+        if !super::http1::H2_PREFACE_START.starts_with(&first[..first.len().min(4)]) {
+            break;
+        }
+    }
+    if !first.starts_with(&super::http1::H2_PREFACE_START[..4]) {
+        let handler = router.http1.clone();
+        super::http1::serve(stream, first, handler, crate::tls::stream::HANDSHAKE_TIMEOUT).await;
+        return;
+    }
+    let stream = Prefixed {
+        prefix: first,
+        at: 0,
+        inner: stream,
+    };
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(config.concurrent_streams_max)
@@ -414,6 +454,66 @@ pub async fn serve_connection<S>(
             serve_stream(request, respond, common_name, &router, &config).await;
         })
         .detach();
+    }
+}
+
+/// A stream whose first bytes were read already: they are read again first.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: futures_lite::AsyncRead + Unpin> futures_lite::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.len());
+            let at = self.at;
+            buf[..n].copy_from_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 

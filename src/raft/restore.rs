@@ -3,9 +3,11 @@
 //! (the migration path etcd → Keel).
 //!
 //! A restore writes a new Keel data dir: the db with the snapshot's revisions, leases,
-//! auth and alarms (consistent index 0), and a WAL that bootstraps the new cluster's
-//! membership (one conf change per member, committed, term 1) — what etcd's restore
-//! writes for etcd. The member then boots as a restarted member whose log starts at 1.
+//! auth and alarms, and the new cluster's membership as if its bootstrap conf changes
+//! (one per member, term 1) were applied, at consistent index n; and a WAL whose
+//! snapshot marker is at n — what etcd's restore writes for etcd (a raft snapshot at
+//! the n conf changes). The member then boots as a restarted member whose log starts
+//! after n, so a member added later is sent the db.
 //!
 //! Runs on: a glommio executor (the Db and WAL are glommio files): the `keel` command's
 //! own, or the raft core's at boot, before it serves anything.
@@ -76,20 +78,46 @@ pub async fn restore(db_bytes: &[u8], target: &RestoreTarget) -> Result<etcd_db:
         .await
         .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
     let imported = etcd_db::import(&reader, &mut db).map_err(|e| e.to_string())?;
+    // The new membership as applied, at index n (one bootstrap conf change per member),
+    // and a WAL whose snapshot marker is there: the log starts after it, so a member that
+    // joins later gets the db sent (the restored data is in no log entry).
+    let n = target.members.len() as u64;
+    let mut cs = ConfState::default();
+    for m in &target.members {
+        db.insert(TreeId::Member, &m.id.to_be_bytes(), &member_record(m).encode_to_vec())
+            .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
+        if m.is_learner {
+            cs.learners.push(m.id);
+        } else {
+            cs.voters.push(m.id);
+        }
+    }
+    let cs_bytes = cs.write_to_bytes().expect("ConfState encodes");
+    db.insert(TreeId::Meta, META_CONF_STATE_KEY, &cs_bytes)
+        .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
+    let mut app = db.app_meta();
+    app.consistent_index = n;
+    app.consistent_term = 1;
+    db.set_app_meta(app);
     db.commit()
         .await
         .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
     db.close()
         .await
         .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
-    write_bootstrap_wal(
-        &target.wal_dir,
-        target.member_id,
-        target.cluster_id,
-        &target.members,
-    )
-    .await
-    .map_err(|e| e.0)?;
+    let metadata = boot::encode_metadata(target.member_id, target.cluster_id);
+    let mut wal = Wal::create(&target.wal_dir, &metadata, WalOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", target.wal_dir.display()))?;
+    wal.set_hard_state(wal::HardState {
+        term: 1,
+        vote: 0,
+        commit: n,
+    });
+    wal.save_snapshot_marker(wal::SnapshotMarker { index: n, term: 1 });
+    wal.sync()
+        .await
+        .map_err(|e| format!("{}: {e}", target.wal_dir.display()))?;
     Ok(imported)
 }
 

@@ -1,0 +1,256 @@
+//! HTTP/1.1 on the gRPC port, as etcd serves both on one client URL: a connection whose
+//! first bytes are not the HTTP/2 preface is read as HTTP/1.1 requests (one at a time,
+//! keep-alive as the client asks) and handed to the router's HTTP/1 handler (`/health`,
+//! `/version`, …). Bounded: a request head of at most 16 KiB, a body of at most
+//! `BODY_BYTES_MAX`, a head that does not arrive within the handshake timeout closes the
+//! connection.
+//!
+//! Runs on: the core that accepted the connection.
+
+use bytes::Bytes;
+use futures_lite::future::BoxedLocal;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::rc::Rc;
+
+/// The HTTP/2 connection preface's first bytes (RFC 9113 §3.4).
+pub const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+const HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest request body read (etcd's gateway limits its bodies too).
+pub const BODY_BYTES_MAX: usize = 4 << 20;
+
+/// One HTTP/1.1 request.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    /// The raw query (after `?`), empty if none.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl HttpRequest {
+    /// A header's value by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The values of a query parameter (`a=1&a=2` gives both), percent-decoding only
+    /// `%2C`/`%2c` (a comma) and `+`, which is all etcd's parameters need.
+    pub fn query_values(&self, key: &str) -> Vec<String> {
+        self.query
+            .split('&')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == key).then(|| v.replace("%2C", ",").replace("%2c", ",").replace('+', " "))
+            })
+            .collect()
+    }
+}
+
+/// An HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(status: u16, body: impl Into<Bytes>) -> HttpResponse {
+        HttpResponse {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+
+    pub fn text(status: u16, body: impl Into<Bytes>) -> HttpResponse {
+        HttpResponse {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// What serves the HTTP/1.1 requests of a port.
+pub type HttpHandler = Rc<dyn Fn(HttpRequest) -> BoxedLocal<HttpResponse>>;
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// A parsed request head: the request and the body length it announces.
+fn parse_head(head: &[u8]) -> Result<(HttpRequest, usize, bool), &'static str> {
+    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().ok_or("empty request")?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("malformed request line");
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Err("malformed request line");
+    }
+    let mut headers = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (n, v) = line.split_once(':').ok_or("malformed header")?;
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let req = HttpRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: Bytes::new(),
+    };
+    if req
+        .header("transfer-encoding")
+        .is_some_and(|t| !t.eq_ignore_ascii_case("identity"))
+    {
+        return Err("chunked request bodies are not supported");
+    }
+    let len = match req.header("content-length") {
+        Some(l) => l.parse::<usize>().map_err(|_| "bad content-length")?,
+        None => 0,
+    };
+    let close = req
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        || version == "HTTP/1.0";
+    Ok((req, len, close))
+}
+
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    r: &HttpResponse,
+    close: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    let mut all = Vec::with_capacity(head.len() + r.body.len());
+    all.extend_from_slice(head.as_bytes());
+    all.extend_from_slice(&r.body);
+    stream.write_all(&all).await?;
+    stream.flush().await
+}
+
+/// Serves HTTP/1.1 requests on `stream`, whose first bytes (already read) are `first`.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    first: Vec<u8>,
+    handler: Option<HttpHandler>,
+    timeout: std::time::Duration,
+) {
+    let mut buf = first;
+    loop {
+        // Read a whole head.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > HEAD_BYTES_MAX {
+                let r = HttpResponse::text(400, "request head too large\n");
+                let _ = write_response(&mut stream, &r, true).await;
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = futures_lite::future::or(
+                async { stream.read(&mut chunk).await.ok() },
+                async {
+                    glommio::timer::sleep(timeout).await;
+                    None
+                },
+            )
+            .await;
+            match n {
+                Some(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        };
+        let (mut req, len, close) = match parse_head(&buf[..head_end]) {
+            Ok(p) => p,
+            Err(why) => {
+                let r = HttpResponse::text(400, format!("{why}\n"));
+                let _ = write_response(&mut stream, &r, true).await;
+                return;
+            }
+        };
+        if len > BODY_BYTES_MAX {
+            let r = HttpResponse::text(413, "request body too large\n");
+            let _ = write_response(&mut stream, &r, true).await;
+            return;
+        }
+        let mut rest = buf.split_off(head_end);
+        while rest.len() < len {
+            let mut chunk = vec![0u8; (len - rest.len()).min(64 * 1024)];
+            match stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        buf = rest.split_off(len);
+        req.body = Bytes::from(rest);
+        let resp = match &handler {
+            Some(h) => h(req).await,
+            None => HttpResponse::text(404, "404 page not found\n"),
+        };
+        if write_response(&mut stream, &resp, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_or_fail_cleanly() {
+        let (r, len, close) =
+            parse_head(b"GET /health?serializable=true&exclude=NOSPACE HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/health"));
+        assert_eq!(r.query_values("exclude"), vec!["NOSPACE".to_string()]);
+        assert_eq!(r.query_values("serializable"), vec!["true".to_string()]);
+        assert_eq!((len, close), (0, false));
+        let (_, len, close) = parse_head(
+            b"POST /v3/kv/range HTTP/1.0\r\ncontent-length: 12\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((len, close), (12, true));
+        for bad in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET health HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno-colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\ncontent-length: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"\xff\xfe / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err(), "{bad:?}");
+        }
+    }
+}
