@@ -20,9 +20,10 @@
 //!  grpc                  the gRPC transport, over tls::stream sockets
 //!  tls, failpoint        TLS (rustls): configs from certificate files, plain/TLS sockets,
 //!                        acceptors with handshake timeout and file reload; fault injection
-//!  runtime, config, pb, durable_dir, etcd_wal
+//!  runtime, config, pb, durable_dir, bbolt, etcd_wal
 //!                        executors and response queues, flags, messages, directories,
-//!                        what an etcd WAL says about membership
+//!                        etcd's bbolt db files (read, streamed write), what an etcd
+//!                        WAL says about membership
 //! ```
 //!
 //! Data flow:
@@ -74,6 +75,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bbolt;
 pub mod config;
 pub mod durable_dir;
 pub mod etcd_wal;

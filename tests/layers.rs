@@ -7,11 +7,12 @@ use std::path::Path;
 /// Each top-level module and its layer (higher layers may name lower ones only).
 const LAYERS: &[(&str, u32)] = &[
     // Leaves: generated messages, executors and response queues, flags, directories,
-    // etcd WAL membership.
+    // bbolt files, etcd WAL membership.
     ("pb", 0),
     ("runtime", 0),
     ("config", 0),
     ("durable_dir", 0),
+    ("bbolt", 0),
     ("etcd_wal", 0),
     ("test_rng", 0),
     ("failpoint", 1),
