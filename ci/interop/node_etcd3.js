@@ -6,7 +6,7 @@ const fs = require('fs');
 const { Etcd3 } = require('etcd3');
 
 const tls = process.env.KEEL_TLS_DIR;
-const client = new Etcd3(tls
+const options = () => (tls
   ? {
     hosts: `https://${process.argv[2]}`,
     credentials: {
@@ -16,6 +16,7 @@ const client = new Etcd3(tls
     },
   }
   : { hosts: `http://${process.argv[2]}` });
+const client = new Etcd3(options());
 let checks = 0;
 function check(cond, what) {
   if (!cond) {
@@ -105,6 +106,38 @@ function check(cond, what) {
   await lock.release();
   const again = await client.lock('js-lock').ttl(10).acquire();
   await again.release();
+  // Maintenance (issue 19): hash, defragment, snapshot, alarms.
+  const h = await client.maintenance.hash();
+  check(typeof h.hash === 'number', 'hash');
+  await client.maintenance.defragment();
+  const chunks = [];
+  await new Promise((resolve, reject) => {
+    client.maintenance.snapshot().then((stream) => {
+      stream.on('data', (m) => chunks.push(Buffer.from(m.blob)));
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    }, reject);
+  });
+  const blob = Buffer.concat(chunks);
+  check(blob.length % 512 === 32, `snapshot size ${blob.length}`);
+  const sha = require('crypto').createHash('sha256').update(blob.subarray(0, blob.length - 32)).digest();
+  check(sha.equals(blob.subarray(blob.length - 32)), 'snapshot sha256 trailer');
+  const raised = await client.maintenance.alarm({ action: 'Activate', memberID: '0', alarm: 'Nospace' });
+  check(raised.alarms.length === 1, 'alarm raised');
+  // A client of its own for the refused put: the client's circuit breaker opens on errors.
+  const doomed = new Etcd3(options());
+  let refused = null;
+  try {
+    await doomed.put('js/nospace').value('x');
+  } catch (e) {
+    refused = e;
+  }
+  doomed.close();
+  check(refused !== null && /space exceeded/.test(String(refused)), `put under NOSPACE: ${refused}`);
+  await client.maintenance.alarm({ action: 'Deactivate', memberID: '0', alarm: 'Nospace' });
+  const left = await client.maintenance.alarm({ action: 'Get', memberID: '0', alarm: 'None' });
+  check(left.alarms.length === 0, 'alarm disarmed');
+  await client.put('js/nospace').value('x');
   console.log(`node etcd3: ${checks} checks passed${tls ? ' (mutual TLS)' : ''}`);
   client.close();
 })().catch((e) => {

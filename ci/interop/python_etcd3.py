@@ -96,6 +96,28 @@ with c.lock("py-lock", ttl=10) as lk:
     check(lk.is_acquired(), "lock acquired")
     check(c.get("py-lock")[0] is None, "lock key is under the lock prefix")
 check(not lk.is_acquired(), "lock released")
+# Maintenance (issue 19): hash, defragment, snapshot, alarms.
+check(isinstance(c.hash(), int), "hash")
+c.defragment()
+import io, hashlib
+snap = io.BytesIO()
+c.snapshot(snap)
+blob = snap.getvalue()
+check(len(blob) % 512 == 32, f"snapshot size {len(blob)} is pages + sha256")
+check(hashlib.sha256(blob[:-32]).digest() == blob[-32:], "snapshot sha256 trailer")
+raised = c.create_alarm()
+check(len(raised) == 1, f"alarm raised: {raised}")
+check(len(list(c.list_alarms())) >= 1, "alarm listed")
+try:
+    c.put("py/nospace", "x")
+    refused = None
+except Exception as e:
+    refused = e
+check(refused is not None and "space exceeded" in str(refused), f"put under NOSPACE: {refused!r}")
+c.disarm_alarm()
+check(list(c.list_alarms()) == [], "alarm disarmed")
+c.put("py/nospace", "x")
+check(c.get("py/nospace")[0] == b"x", "put after disarm")
 if tls:
     # Trusting the server but showing no certificate: refused (--client-cert-auth).
     bare = etcd3.client(host=host, port=port, timeout=5, ca_cert=f"{tls}/ca.pem")
