@@ -50,15 +50,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server {
+pub(crate) struct Server {
     /// Its data dir and log file name.
     name: &'static str,
     /// Over mutual TLS (https client URLs, the run's certificates in `extra`).
     tls: bool,
     /// Auth on (`AUTH_USER` holding READWRITE on the bench's keys).
     auth: bool,
-    child: Child,
-    addr: SocketAddr,
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     binary: String,
     extra: Vec<String>,
     peer_port: u16,
@@ -79,7 +79,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(name: &'static str, binary: &str, out: &Path, extra: &[&str], tls: bool) -> Server {
+pub(crate) fn start(
+    name: &'static str,
+    binary: &str,
+    out: &Path,
+    extra: &[&str],
+    tls: bool,
+) -> Server {
     start_with(name, binary, out, extra, None, tls)
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
 //! keel-bench failover [--reps 5] [--election-timeout 1000]   leader kill in a 3-member cluster
+//! keel-bench maintenance [--only defrag,snapshot] [--db-mib 1024] [--quick]   Defragment / Snapshot under put load
 //! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency|new-conns|authenticate [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
@@ -18,6 +19,7 @@ mod compare;
 mod failover;
 mod grpc;
 mod load;
+mod maintenance;
 mod store;
 mod util;
 mod wal;
@@ -29,6 +31,8 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    cases ending \"3m\" run on 3-member clusters: --heartbeat-interval MS --election-timeout MS --snapshot-count N
   failover         SIGKILL a 3-member cluster's leader, time to a new leader and to writes: --keel BIN --etcd BIN
                    --reps N --members N --heartbeat-interval MS --election-timeout MS --only keel|etcd --out DIR
+  maintenance      Defragment and Snapshot under put load, Keel then etcd on a filled db: --keel BIN --etcd BIN
+                   --only defrag,snapshot --db-mib 1024 --val-size 4000 --seconds 10 --clients 64 --quick --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
   put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns | authenticate
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
@@ -55,6 +59,7 @@ fn main() {
         "store" => store::run(&opts),
         "compare" => compare::main(&opts),
         "failover" => failover::main(&opts),
+        "maintenance" => maintenance::main(&opts),
         "watch-memory" => {
             let o = load::options_from(&opts);
             let pid = opts.u64("server-pid", 0) as u32;
