@@ -2,7 +2,11 @@
 //!
 //! The file is mapped once, shared and writable, with `map_bytes_max` bytes reserved so
 //! the address never changes (no remap, ever). Bytes past the end of the file are never
-//! touched: every access is checked against `file_bytes`, which only grows.
+//! touched: every access is checked against `file_bytes`. It grows with the file; it
+//! shrinks (defragmentation, `Db::commit`) only past pages no published root, live
+//! snapshot or on-disk meta can reach, and the file itself is cut only later, once every
+//! snapshot that might still hold the larger bound is gone (see `mod.rs`), so a check
+//! made against the old bound never lets a read touch a cut page.
 //!
 //! Invariant the `unsafe` below relies on (kept by `Db`'s allocator, see `mod.rs`):
 //! the writer mutates a page only while no published root and no live `ReadSnapshot`
@@ -23,7 +27,8 @@ pub struct Map {
     /// The mapped file, for errors that name it.
     path: PathBuf,
     map_bytes: u64,
-    /// Current file length; only grows. Accesses beyond it would raise SIGBUS.
+    /// The usable file length: accesses beyond it are refused. The file on disk is at
+    /// least this long (longer between a shrink and the cut that follows it).
     file_bytes: AtomicU64,
 }
 
@@ -75,7 +80,8 @@ impl Map {
         );
         // SAFETY: the range lies inside the mapping (file_bytes <= map_bytes) and inside
         // the file, so the memory is valid for reads for as long as `self` lives (the
-        // mapping is only unmapped on drop, and the file never shrinks while mapped).
+        // mapping is only unmapped on drop, and the file is cut only past a bound that
+        // every reader alive when the bound was lowered has dropped, see the module doc).
         // No `&mut` to these bytes exists while this `&` lives: the writer only mutates
         // pages unreachable from every published root and live snapshot (module doc),
         // and callers only read pages reachable from one of those or from the writer's
@@ -106,6 +112,13 @@ impl MapWriter {
     /// Records that the file is now `bytes` long (after it was extended).
     pub fn set_file_bytes(&mut self, bytes: u64) {
         assert!(bytes >= self.map.file_bytes() && bytes <= self.map.map_bytes);
+        self.map.file_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// Lowers the usable length to `bytes` (defragmentation freed the pages past it).
+    /// The caller cuts the file only once no reader can hold the old bound (module doc).
+    pub fn shrink_file_bytes(&mut self, bytes: u64) {
+        assert!(bytes <= self.map.file_bytes() && bytes.is_multiple_of(PAGE_BYTES as u64));
         self.map.file_bytes.store(bytes, Ordering::Release);
     }
 

@@ -168,6 +168,18 @@ pub fn set_txn(p: &mut [u8], id: u64, txn: u64) {
     put_u64(p, 16, txn);
 }
 
+/// Points leaf cell `i`, which holds an overflow value, at the run starting at `run`
+/// (defragmentation moved the run).
+pub fn set_leaf_overflow_page(p: &mut [u8], i: usize, run: u64) {
+    let off = slot(p, i);
+    let klen = u16_at(p, off);
+    assert!(
+        u32_at(p, off + 2) & OVERFLOW_FLAG != 0,
+        "cell {i} holds no overflow value"
+    );
+    put_u64(p, off + LEAF_CELL_HEADER_BYTES + klen, run);
+}
+
 /// Computes and stores the checksum of a page or overflow run.
 pub fn seal(run: &mut [u8]) {
     let crc = crc32fast::hash(&run[4..]);

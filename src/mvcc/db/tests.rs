@@ -1411,3 +1411,386 @@ fn read_verification_cost() {
         });
     }
 }
+
+// ---- file size and defragmentation -------------------------------------------------
+
+#[test]
+fn empty_file_is_small_and_grows_with_its_data() {
+    block_on(async {
+        let path = tmp_path("small-file");
+        let mut db = Db::open(&path, DbOptions::default()).await.unwrap();
+        assert!(db.file_bytes() <= 64 * 1024, "{}", db.file_bytes());
+        assert_eq!(db.file_bytes(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!(db.in_use_bytes(), 2 * PAGE_BYTES as u64);
+        assert_eq!(db.snapshot().file_bytes(), db.file_bytes());
+        let mut sizes = Vec::new();
+        for round in 0..40u64 {
+            for i in 0..500u64 {
+                let k = (round * 500 + i).to_be_bytes();
+                db.insert(TreeId::Revision, &k, &[round as u8; 200])
+                    .unwrap();
+            }
+            db.commit().await.unwrap();
+            let s = db.stats();
+            assert_eq!(s.file_bytes, db.file_bytes());
+            assert_eq!(s.in_use_bytes, (s.pages_in_use + 2) * PAGE_BYTES as u64);
+            // Steps proportional to the data: the file is at most about twice it.
+            assert!(
+                s.file_bytes <= 2 * s.in_use_bytes + 64 * 1024,
+                "round {round}: {s:?}"
+            );
+            sizes.push(s.file_bytes);
+        }
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
+        db.close().await.unwrap();
+        let db = Db::open(&path, DbOptions::default()).await.unwrap();
+        assert_eq!(db.file_bytes(), *sizes.last().unwrap());
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn defrag_of_a_compact_file_is_a_noop() {
+    block_on(async {
+        let path = tmp_path("defrag-compact");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        for i in 0..3000u64 {
+            db.insert(TreeId::Revision, &i.to_be_bytes(), &[1; 100])
+                .unwrap();
+        }
+        db.insert(TreeId::Lease, b"big", &[2; 9000]).unwrap();
+        db.commit().await.unwrap();
+        let (file, txn) = (db.file_bytes(), db.published.txn);
+        let p = db.defrag_step(16).unwrap();
+        assert!(p.done, "{p:?}");
+        assert_eq!((p.moved_pages, p.copied_pages, p.file_bytes), (0, 0, file));
+        assert!(p.target_bytes >= db.in_use_bytes());
+        db.commit().await.unwrap();
+        assert_eq!(db.published.txn, txn, "a no-op defrag changed nothing");
+        let all = db.defrag_all().await.unwrap();
+        assert!(all.done && all.moved_pages == 0, "{all:?}");
+        assert_eq!(db.file_bytes(), file);
+        db.check().unwrap();
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn defrag_when_poisoned_is_refused() {
+    block_on(async {
+        let path = tmp_path("defrag-poisoned");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        db.insert(TreeId::Meta, b"k", b"v").unwrap();
+        db.commit().await.unwrap();
+        db.faults.sync_fail_at = Some(db.faults.sync_count + 1);
+        db.insert(TreeId::Meta, b"k2", b"v").unwrap();
+        assert!(db.commit().await.is_err());
+        assert!(matches!(db.defrag_step(10), Err(Error::Poisoned)));
+        assert!(matches!(db.defrag_all().await, Err(Error::Poisoned)));
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// The highest page id `snap` can reach (walks its trees).
+fn snapshot_page_max(db: &Db, snap: &ReadSnapshot) -> u64 {
+    let hw = db.w.high_water.max(db.published.high_water);
+    let mut seen = vec![0u64; (hw as usize).div_ceil(64)];
+    let mut lim = btree::WalkLimits {
+        high_water: hw,
+        txn_max: snap.txn,
+        crc_below_txn: u64::MAX,
+        seen: &mut seen,
+    };
+    for root in &snap.roots {
+        btree::check_tree(&snap.map, root, &mut lim).unwrap();
+    }
+    let (w, word) = seen
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, &x)| x != 0)
+        .unwrap();
+    w as u64 * 64 + 63 - word.leading_zeros() as u64
+}
+
+/// A file filled with ~50k entries (some overflow values), ~90% removed, defragmented
+/// in small slices interleaved with writes, publishes and commits, while a snapshot taken
+/// before is read on another thread; crash images taken on the way all open to their
+/// last commit; at the end the file is near the live size and reopens the same.
+#[test]
+fn defrag_in_slices_beside_writes_readers_and_crashes() {
+    KEY_SPACE.with(|k| k.set(1 << 40));
+    let path = tmp_path("defrag-slices");
+    let (model, images) = {
+        let path = path.clone();
+        block_on(async move {
+            let mut images: Vec<(PathBuf, Model)> = Vec::new();
+            let mut rng = Rng(4242);
+            let mut db = Db::open(&path, small_options()).await.unwrap();
+            let mut model = empty_model();
+            for _ in 0..10 {
+                fill(&mut db, &mut model, &mut rng, 5000);
+                db.commit().await.unwrap();
+            }
+            let entries: u64 = model.iter().map(|m| m.len() as u64).sum();
+            assert!(entries > 45_000, "{entries}");
+            for t in TreeId::ALL {
+                let doomed: Vec<Vec<u8>> = model[t as usize]
+                    .keys()
+                    .filter(|_| !rng.chance(10))
+                    .cloned()
+                    .collect();
+                for k in doomed {
+                    assert!(db.remove(t, &k).unwrap());
+                    model[t as usize].remove(&k);
+                }
+                db.commit().await.unwrap();
+            }
+            db.commit().await.unwrap();
+            db.check().unwrap();
+            let before = db.stats();
+            assert!(before.file_bytes > 5 * before.in_use_bytes, "{before:?}");
+
+            // A snapshot of the fragmented state, read on another thread throughout.
+            let snap = db.snapshot();
+            let snap_model = model.clone();
+            let snap_page_max = snapshot_page_max(&db, &snap);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reader = {
+                let (snap, want, stop) = (snap.clone(), snap_model.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut rounds = 0;
+                    while !stop.load(Ordering::Relaxed) || rounds == 0 {
+                        assert_snapshot(&snap, &want);
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            };
+            let mut committed = model.clone();
+            let mut total_moved = 0;
+            let mut done = false;
+            let mut snap = Some(snap);
+            let mut steps = 0;
+            let (mut last_file_bytes, mut cut_images) = (db.file_bytes(), 0);
+            for step in 0..5000u64 {
+                steps = step + 1;
+                let p = db.defrag_step(32).unwrap();
+                total_moved += p.moved_pages;
+                if p.done {
+                    done = true;
+                    break;
+                }
+                // Writes between slices: new keys, overwrites, removes.
+                fill(&mut db, &mut model, &mut rng, 5);
+                for _ in 0..3 {
+                    let t = TreeId::ALL[rng.below(5) as usize];
+                    let k = model[t as usize]
+                        .keys()
+                        .nth(rng.below(50) as usize)
+                        .cloned();
+                    if let Some(k) = k {
+                        assert!(db.remove(t, &k).unwrap());
+                        model[t as usize].remove(&k);
+                    }
+                }
+                if step % 23 == 3 && images.len() < 16 {
+                    // Crash after a publish, before its commit: the last commit opens.
+                    db.publish();
+                    let img = tmp_path(&format!("defrag-img{}", images.len()));
+                    std::fs::copy(&path, &img).unwrap();
+                    images.push((img, committed.clone()));
+                }
+                let cut = db.file_bytes() < last_file_bytes;
+                last_file_bytes = db.file_bytes();
+                if (step % 29 == 5 || cut) && images.len() < 16 {
+                    cut_images += cut as u32;
+                    // Crash after the data sync, before the meta page is written.
+                    let img = tmp_path(&format!("defrag-img{}", images.len()));
+                    let img2 = img.clone();
+                    db.faults.before_meta = Some(Box::new(move |p: &Path| {
+                        std::fs::copy(p, &img2).unwrap();
+                    }));
+                    images.push((img, committed.clone()));
+                }
+                db.commit().await.unwrap();
+                db.faults.before_meta = None;
+                committed = model.clone();
+                if let Some(s) = &snap {
+                    // The file is never cut below what the snapshot reaches.
+                    let end = std::fs::metadata(&path).unwrap().len();
+                    assert!(end > snap_page_max * PAGE_BYTES as u64, "step {step}");
+                    assert!(db.file_bytes() > snap_page_max * PAGE_BYTES as u64);
+                    if step % 50 == 0 {
+                        assert_snapshot(s, &snap_model);
+                    }
+                    if step == 150 {
+                        assert_snapshot(s, &snap_model);
+                        snap = None;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                if step % 100 == 0 {
+                    db.check().unwrap();
+                    assert_same(&db, &model);
+                }
+            }
+            assert!(done, "defrag never finished");
+            assert!(cut_images > 0, "no crash image right after a cut");
+            assert!(snap.is_none());
+            let rounds = reader.join().unwrap();
+            assert!(rounds > 0);
+            db.commit().await.unwrap();
+            db.check().unwrap();
+            assert_same(&db, &model);
+            let after = db.stats();
+            let on_disk = std::fs::metadata(&path).unwrap().len();
+            assert_eq!(on_disk, after.file_bytes);
+            assert!(total_moved > 0);
+            println!(
+                "defrag: {} -> {} bytes (in use {} -> {}), moved {total_moved} pages in {steps} steps",
+                before.file_bytes, after.file_bytes, before.in_use_bytes, after.in_use_bytes
+            );
+            let top = snapshot_page_max(&db, &db.snapshot());
+            assert!(
+                after.file_bytes <= after.in_use_bytes + after.in_use_bytes / 8 + 128 * 1024,
+                "{after:?}, high-water {}, highest live page {top} kind {} txn {} (txn now {})",
+                db.w.high_water,
+                page::kind(db.w.map.map().page(top)),
+                page::txn(db.w.map.map().page(top)),
+                db.w.txn,
+            );
+            // Another full defrag has nothing left to do.
+            let again = db.defrag_all().await.unwrap();
+            assert!(again.done, "{again:?}");
+            assert!(db.file_bytes() <= after.file_bytes);
+            db.close().await.unwrap();
+            let db = Db::open(&path, small_options()).await.unwrap();
+            db.check().unwrap();
+            assert_same(&db, &model);
+            (model, images)
+        })
+    };
+    assert!(!images.is_empty());
+    for (image, want) in &images {
+        let db = open_image(image);
+        assert_same(&db, want);
+        db.check().unwrap();
+        drop(db);
+        let _ = std::fs::remove_file(image);
+    }
+    let db = open_image(&path);
+    assert_same(&db, &model);
+    drop(db);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A defragmentation that cannot finish while a snapshot pins the pages it waits for:
+/// `defrag_all` reports not done and the file keeps what the snapshot reaches; once the
+/// snapshot is dropped it finishes, and a reopen sees the same data.
+#[test]
+fn defrag_all_waits_for_a_pinned_snapshot() {
+    block_on(async {
+        let path = tmp_path("defrag-pinned");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let mut model = empty_model();
+        for i in 0..20_000u64 {
+            let v = vec![i as u8; if i % 97 == 0 { 5000 } else { 150 }];
+            db.insert(TreeId::Revision, &i.to_be_bytes(), &v).unwrap();
+            model[0].insert(i.to_be_bytes().to_vec(), v);
+        }
+        db.commit().await.unwrap();
+        for i in (0..20_000u64).filter(|i| i % 10 != 0) {
+            db.remove(TreeId::Revision, &i.to_be_bytes()).unwrap();
+            model[0].remove(&i.to_be_bytes()[..]);
+        }
+        db.commit().await.unwrap();
+        let snap = db.snapshot();
+        let page_max = snapshot_page_max(&db, &snap);
+        let before = db.file_bytes();
+        let p = db.defrag_all().await.unwrap();
+        assert!(!p.done, "{p:?}");
+        assert!(db.file_bytes() > page_max * PAGE_BYTES as u64);
+        assert_snapshot(&snap, &model);
+        drop(snap);
+        let p = db.defrag_all().await.unwrap();
+        assert!(p.done, "{p:?}");
+        let in_use = db.in_use_bytes();
+        assert!(before > 2 * in_use, "{before} {in_use}");
+        assert!(
+            db.file_bytes() <= in_use + in_use / 8 + 128 * 1024,
+            "{before} -> {p:?}, in use {in_use}"
+        );
+        db.check().unwrap();
+        assert_same(&db, &model);
+        drop(db); // no close: a crash after the last commit
+        let db = Db::open(&path, small_options()).await.unwrap();
+        db.check().unwrap();
+        assert_same(&db, &model);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// Numbers for the module doc (release: `cargo nextest run --release -p keel --lib
+/// defrag_cost --run-ignored only --no-capture`): a ~200 MB file of which a compaction
+/// (`retain`, which repacks the leaves it rewrites) dropped 90%, defragmented with three
+/// step budgets; each step is followed by a commit, like the raft core does.
+#[test]
+#[ignore]
+fn defrag_cost() {
+    for budget in [256u64, 1024, 4096] {
+        block_on(async move {
+            let path = tmp_path(&format!("defrag-cost-{budget}"));
+            let mut db = Db::open(&path, DbOptions::default()).await.unwrap();
+            let n = 400_000u64;
+            for i in 0..n {
+                let len = if i % 100 == 0 { 6000 } else { 400 };
+                let rev = Revision::new(i as i64 + 1, 0).encode();
+                db.insert(TreeId::Revision, &rev, &vec![i as u8; len])
+                    .unwrap();
+                if i % 10_000 == 9_999 {
+                    db.commit().await.unwrap();
+                }
+            }
+            // Compaction keeps one revision in ten, spread over the whole key range.
+            let mut rng = Rng(3);
+            db.retain(TreeId::Revision, &[], &[], &mut |_| rng.chance(10))
+                .unwrap();
+            db.commit().await.unwrap();
+            db.commit().await.unwrap();
+            let before = db.stats();
+            let live = db.len(TreeId::Revision);
+            let t0 = std::time::Instant::now();
+            let (mut steps, mut moved) = (0, 0);
+            let (mut step_max, mut commit_max) = (0f64, 0f64);
+            loop {
+                let t = std::time::Instant::now();
+                let p = db.defrag_step(budget).unwrap();
+                step_max = step_max.max(t.elapsed().as_secs_f64() * 1e3);
+                let t = std::time::Instant::now();
+                db.commit().await.unwrap();
+                commit_max = commit_max.max(t.elapsed().as_secs_f64() * 1e3);
+                steps += 1;
+                moved += p.moved_pages;
+                if p.done {
+                    break;
+                }
+                assert!(steps < 100_000);
+            }
+            let total = t0.elapsed().as_secs_f64();
+            let after = db.stats();
+            println!(
+                "budget {budget} pages: {steps} steps, moved {moved} pages, total {total:.2} s \
+                 ({:.2} ms/step incl. commit), step max {step_max:.2} ms, commit max \
+                 {commit_max:.2} ms; file {} -> {} MiB, in use {} -> {} MiB, {live} keys",
+                total * 1e3 / steps as f64,
+                before.file_bytes >> 20,
+                after.file_bytes >> 20,
+                before.in_use_bytes >> 20,
+                after.in_use_bytes >> 20,
+            );
+            db.check().unwrap();
+            let _ = std::fs::remove_file(&path);
+        });
+    }
+}

@@ -12,8 +12,10 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 mod check;
+mod defrag;
 mod read;
 pub use check::*;
+pub use defrag::*;
 pub use read::*;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,7 +45,19 @@ pub struct Writer {
     pub dirty: Vec<u64>,
     /// The same pages as a bitmap, minus those freed since: what reads trust unverified.
     pub dirty_pages: DirtyPages,
+    /// The largest grow step (`DbOptions::grow_step_bytes`); see [`Writer::step_pages`].
     pub grow_step_pages: u64,
+    /// The file's length on disk as last set by the writer: at least the mapping's
+    /// `file_bytes`, longer while a shrink waits for old readers before the cut.
+    pub file_len_bytes: u64,
+    /// During a defragmentation step, dirty pages freed go to `held`, not `free_now`
+    /// (merged back at the end of the step), so the step never takes back a page it
+    /// just moved away from and `free_now` stays sorted while it allocates.
+    pub hold_freed: bool,
+    pub held: Vec<u64>,
+    /// Keep `free_now` sorted descending when pages come back from `pending` (while a
+    /// defragmentation is in progress).
+    pub free_sorted: bool,
     pub poisoned: bool,
     pub changed: bool,
     scratch: Box<[u8]>,
@@ -57,6 +71,8 @@ pub struct Writer {
 
 /// Free-list entries searched for an overflow run before fresh space is used.
 const RUN_SCAN_PAGES_MAX: usize = 1024;
+/// The smallest grow step: an empty file is this long (32 KiB).
+pub const GROW_STEP_PAGES_MIN: u64 = 8;
 
 type CheckResult<T> = std::result::Result<T, (u64, String)>;
 type Path = [(u64, usize); HEIGHT_MAX];
@@ -75,6 +91,10 @@ impl Writer {
             dirty: Vec::new(),
             dirty_pages: DirtyPages::default(),
             grow_step_pages: 1,
+            file_len_bytes: 0,
+            hold_freed: false,
+            held: Vec::new(),
+            free_sorted: false,
             poisoned: false,
             changed: false,
             scratch: vec![0u8; PAGE_BYTES].into_boxed_slice(),
@@ -91,6 +111,14 @@ impl Writer {
         self.map.map().file_bytes() / PAGE_BYTES as u64
     }
 
+    /// The grow step for a file whose high-water mark is `high_water` pages: as large as
+    /// the data (the file doubles while small), between `GROW_STEP_PAGES_MIN` and
+    /// `grow_step_pages`. `Db::commit` keeps half a step of headroom.
+    pub fn step_pages(&self, high_water: u64) -> u64 {
+        let max = self.grow_step_pages.max(1);
+        high_water.clamp(GROW_STEP_PAGES_MIN.min(max), max)
+    }
+
     /// Extends the file synchronously (`ftruncate`). Only taken when the headroom that
     /// `Db::commit` keeps with an async fallocate runs out inside one transaction.
     fn grow_sync(&mut self, pages_min: u64) -> Result<()> {
@@ -99,10 +127,15 @@ impl Writer {
         if need > map_pages {
             return Err(Error::MapFull);
         }
-        let pages = (self.file_pages() + self.grow_step_pages)
+        let pages = (self.high_water + self.step_pages(self.high_water))
             .min(map_pages)
             .max(need);
         let bytes = pages * PAGE_BYTES as u64;
+        if bytes <= self.file_len_bytes {
+            // A shrink not yet cut: the file is still this long (its pages are free).
+            self.map.set_file_bytes(bytes);
+            return Ok(());
+        }
         #[cfg(test)]
         {
             self.grow_count += 1;
@@ -123,11 +156,13 @@ impl Writer {
                 source,
             });
         }
+        self.file_len_bytes = bytes;
         self.map.set_file_bytes(bytes);
         Ok(())
     }
 
-    fn reclaim(&mut self) {
+    pub fn reclaim(&mut self) {
+        let len = self.free_now.len();
         while let Some(&(t, first, n)) = self.pending.front() {
             if t > self.reuse_bound {
                 break;
@@ -136,6 +171,13 @@ impl Writer {
             for id in (first..first + n).rev() {
                 self.free_now.push(id);
             }
+        }
+        if self.free_sorted && self.free_now.len() > len {
+            // Lowest first, so writes between defragmentation steps do not take back the
+            // pages it moved away from: the new tail sorted, then merged (the stable sort
+            // merges two sorted runs in linear time).
+            self.free_now[len..].sort_unstable_by(|a, b| b.cmp(a));
+            self.free_now.sort_by(|a, b| b.cmp(a));
         }
     }
 
@@ -200,9 +242,12 @@ impl Writer {
             // tells `seal_dirty` that this allocation is gone.
             self.dirty_pages.remove(id);
             page::set_txn(self.map.page_mut(id), id, 0);
-            for p in (id..id + n).rev() {
-                self.free_now.push(p);
-            }
+            let to = if self.hold_freed {
+                &mut self.held
+            } else {
+                &mut self.free_now
+            };
+            to.extend((id..id + n).rev());
         } else {
             self.pending.push_back((self.txn, id, n));
         }
