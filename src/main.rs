@@ -157,6 +157,8 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
                 .collect(),
             publish: Some((cfg.name.clone(), advertise)),
             strict_reconfig_check: cfg.strict_reconfig_check,
+            auto_compaction: cfg.auto_compaction,
+            force_new_cluster: cfg.force_new_cluster,
         },
         cores,
         cpus: if cfg.cpu_list.is_empty() {

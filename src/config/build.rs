@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::cluster::initial_cluster;
 use super::flags::{find_spec, Effect, Kind, SPECS};
 use super::go::{go_duration, parse_go_bool, parse_go_int, parse_go_uint, parse_url_list};
-use super::{invalid, ClusterState, Config, ConfigError, Source, TlsFlags, Url, Values};
+use super::{
+    invalid, AutoCompaction, ClusterState, Config, ConfigError, Source, TlsFlags, Url, Values,
+};
 
 /// etcd refuses election timeouts above this (`maxElectionMs`).
 const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
@@ -96,6 +98,10 @@ pub(super) fn build(
             10
         }
     };
+    let auto_compaction = auto_compaction(
+        raw(values, "auto-compaction-mode"),
+        raw(values, "auto-compaction-retention"),
+    )?;
     Ok(Config {
         name,
         data_dir,
@@ -150,7 +156,62 @@ pub(super) fn build(
         auth_token,
         auth_token_ttl_s,
         bcrypt_cost,
+        auto_compaction,
+        force_new_cluster: is_true(values, "force-new-cluster"),
         warnings,
+    })
+}
+
+/// etcd 3.4's parseCompactionRetention: a non-negative integer is hours (periodic) or a
+/// revision count (revision); anything else must be a Go duration (in revision mode etcd
+/// then keeps as many revisions as the duration has nanoseconds, and so does Keel).
+/// `None` (off) for a zero retention, and for a negative duration (which etcd would run
+/// with, compacting at every step).
+pub(super) fn auto_compaction(
+    mode: &str,
+    retention: &str,
+) -> Result<Option<AutoCompaction>, ConfigError> {
+    let parsed = match retention.parse::<i64>() {
+        Ok(count) if count >= 0 => match mode {
+            "revision" => AutoCompaction::Revision(count),
+            "periodic" => match (count as u64).checked_mul(3600) {
+                Some(s) => AutoCompaction::Periodic(Duration::from_secs(s)),
+                None => {
+                    return invalid(format!(
+                        "error parsing CompactionRetention: {retention} hours is out of range"
+                    ))
+                }
+            },
+            // etcd leaves the retention at zero for an empty mode.
+            _ => return Ok(None),
+        },
+        _ => {
+            if super::go::check_go_duration(retention).is_err() {
+                let digits = retention.strip_prefix(['-', '+']).unwrap_or(retention);
+                let what = if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+                    "missing unit in duration"
+                } else {
+                    "invalid duration"
+                };
+                return invalid(format!(
+                    "error parsing CompactionRetention: time: {what} {retention:?}"
+                ));
+            }
+            let d = go_duration(retention).unwrap_or_default();
+            match mode {
+                "revision" => {
+                    AutoCompaction::Revision(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                }
+                "periodic" => AutoCompaction::Periodic(d),
+                _ if d.is_zero() => return Ok(None),
+                _ => return invalid(format!("unsupported compaction mode {mode}")),
+            }
+        }
+    };
+    Ok(match parsed {
+        AutoCompaction::Periodic(d) if d.is_zero() => None,
+        AutoCompaction::Revision(n) if n <= 0 => None,
+        other => Some(other),
     })
 }
 

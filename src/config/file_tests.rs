@@ -99,12 +99,11 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         auth_token: "simple".to_string(),
         auth_token_ttl_s: 300,
         bcrypt_cost: 10,
+        auto_compaction: Some(AutoCompaction::Periodic(Duration::from_secs(3600))),
+        force_new_cluster: false,
         // Everything else in the sample is etcd's default, or has no effect (logging,
         // pprof).
-        warnings: vec![
-            "--auto-compaction-retention: auto-compaction is not built yet; ignored".to_string(),
-            "--enable-v2: the v2 API is not built; ignored".to_string(),
-        ],
+        warnings: vec!["--enable-v2: the v2 API is not built; ignored".to_string()],
     };
     assert_eq!(config, expected);
 }
@@ -422,7 +421,6 @@ fn yaml_value_types_etcd_accepts() {
     assert_eq!(
         config.warnings,
         [
-            "--auto-compaction-retention: auto-compaction is not built yet; ignored",
             "--enable-v2: the v2 API is not built; ignored",
             "--experimental-corrupt-check-time: corruption checks are not built yet; ignored",
         ]

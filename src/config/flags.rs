@@ -100,18 +100,8 @@ pub(super) const SPECS: &[Spec] = &[
     spec("advertise-client-urls", Urls, "http://localhost:2379", Keel),
     spec("auth-token", Str, "simple", Keel),
     spec("auth-token-ttl", Uint, "300", Keel),
-    spec(
-        "auto-compaction-mode",
-        Str,
-        "periodic",
-        Warn("auto-compaction is not built yet"),
-    ),
-    spec(
-        "auto-compaction-retention",
-        Str,
-        "0",
-        Warn("auto-compaction is not built yet"),
-    ),
+    spec("auto-compaction-mode", Str, "periodic", Keel),
+    spec("auto-compaction-retention", Str, "0", Keel),
     spec("auto-tls", Bool, "false", Keel),
     spec("backend-batch-interval", Duration, "", Silent),
     spec("backend-batch-limit", Int, "0", Silent),
@@ -201,7 +191,7 @@ pub(super) const SPECS: &[Spec] = &[
         Keel,
     ),
     spec("force", Ignored, "", Silent),
-    spec("force-new-cluster", Bool, "false", Warn(NOT_BUILT)),
+    spec("force-new-cluster", Bool, "false", Keel),
     spec("grpc-keepalive-interval", Duration, "2h", Warn(NOT_BUILT)),
     spec("grpc-keepalive-min-time", Duration, "5s", Warn(NOT_BUILT)),
     spec("grpc-keepalive-timeout", Duration, "20s", Warn(NOT_BUILT)),
@@ -371,6 +361,17 @@ Clustering:
   --initial-cluster-token 'etcd-cluster'
   --advertise-client-urls 'http://localhost:2379'
                                         required when --listen-client-urls is given
+  --force-new-cluster                   disaster recovery: restart this member as the only
+                                        member of its cluster, with its data; the others
+                                        are removed (durably: later restarts need no flag)
+
+Compaction (only the leader compacts, through raft, as `etcdctl compact` does):
+  --auto-compaction-mode 'periodic'     'periodic': keep the retention's span of history;
+                                        'revision': keep that many revisions
+  --auto-compaction-retention '0'       '0' is off; periodic: a duration ('1h30m', '10m')
+                                        or hours ('1'), compacting first after one
+                                        retention, then every min(retention, 1h);
+                                        revision: a count, checked every 5 minutes
 
 Client TLS (https:// client URLs):
   --cert-file, --key-file               the server certificate and its key (PEM)
@@ -391,10 +392,9 @@ Accepted for etcd compatibility (a warning is printed when the feature is not bu
   TLS: --client-cert-file --client-key-file (Keel never dials its own client URLs)
   auth: --auth-token --bcrypt-cost --auth-token-ttl
   bootstrap: --discovery --discovery-fallback --discovery-proxy --discovery-srv
-       --discovery-srv-name --force-new-cluster
+       --discovery-srv-name
   v2 and proxy: --enable-v2 --experimental-enable-v2v3 --proxy --proxy-*
-  other: --auto-compaction-mode --auto-compaction-retention
-       --pre-vote --initial-election-tick-advance --max-concurrent-streams
+  other: --pre-vote --initial-election-tick-advance --max-concurrent-streams
        --grpc-keepalive-* --listen-client-http-urls --listen-metrics-urls
        --unsafe-no-fsync --next-cluster-version-compatible --experimental-*
   no effect: --logger --log-level --log-outputs --debug --metrics --enable-pprof

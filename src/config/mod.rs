@@ -102,6 +102,10 @@ pub struct Config {
     pub auth_token_ttl_s: u64,
     /// `--bcrypt-cost` (4..=31; anything else is etcd's default, 10, with a warning).
     pub bcrypt_cost: u32,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (`None`: off).
+    pub auto_compaction: Option<AutoCompaction>,
+    /// `--force-new-cluster`: restart this member as the only one of its cluster.
+    pub force_new_cluster: bool,
     /// Flags that were accepted but whose feature is not built (or is ignored).
     pub warnings: Vec<String>,
 }
@@ -120,6 +124,16 @@ pub struct TlsFlags {
     pub allowed_cn: Vec<String>,
     pub allowed_hostname: Vec<String>,
     pub auto_tls: bool,
+}
+
+/// What auto-compaction keeps, as etcd 3.4 parses `--auto-compaction-retention` for
+/// `--auto-compaction-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// `periodic`: compact away history older than this.
+    Periodic(std::time::Duration),
+    /// `revision`: keep this many revisions.
+    Revision(i64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -389,6 +389,69 @@ fn every_etcd_34_flag_is_accepted() {
 }
 
 #[test]
+fn auto_compaction_retention_parses_as_etcd_34() {
+    use std::time::Duration;
+    let parse = |flags: &str| ok(flags).auto_compaction;
+    let h = |n: u64| Some(AutoCompaction::Periodic(Duration::from_secs(n * 3600)));
+    assert_eq!(parse(""), None, "off by default");
+    assert_eq!(parse("--auto-compaction-retention 0"), None);
+    assert_eq!(parse("--auto-compaction-retention 0s"), None);
+    assert_eq!(
+        parse("--auto-compaction-mode revision --auto-compaction-retention 0"),
+        None
+    );
+    // Periodic (the default mode): a bare number is hours, else a Go duration.
+    assert_eq!(parse("--auto-compaction-retention 1"), h(1));
+    assert_eq!(parse("--auto-compaction-retention 72"), h(72));
+    assert_eq!(
+        parse("--auto-compaction-mode periodic --auto-compaction-retention 1h30m"),
+        Some(AutoCompaction::Periodic(Duration::from_secs(5400)))
+    );
+    assert_eq!(
+        parse("--auto-compaction-retention 2s"),
+        Some(AutoCompaction::Periodic(Duration::from_secs(2)))
+    );
+    assert_eq!(
+        parse("--auto-compaction-retention -1h"),
+        None,
+        "negative: off"
+    );
+    // Revision: a count; a duration counts its nanoseconds, as etcd does.
+    assert_eq!(
+        parse("--auto-compaction-mode revision --auto-compaction-retention 1000"),
+        Some(AutoCompaction::Revision(1000))
+    );
+    assert_eq!(
+        parse("--auto-compaction-mode revision --auto-compaction-retention 1ms"),
+        Some(AutoCompaction::Revision(1_000_000))
+    );
+    // etcd's errors.
+    assert_eq!(
+        err("--auto-compaction-retention abc"),
+        "error parsing CompactionRetention: time: invalid duration \"abc\""
+    );
+    assert_eq!(
+        err("--auto-compaction-mode revision --auto-compaction-retention -5"),
+        "error parsing CompactionRetention: time: missing unit in duration \"-5\""
+    );
+    // ETCD_ variables name them too.
+    let from_env = parse_with_cores(
+        &[],
+        &env(&[
+            ("ETCD_AUTO_COMPACTION_MODE", "revision"),
+            ("ETCD_AUTO_COMPACTION_RETENTION", "7"),
+        ]),
+        CORES,
+    )
+    .unwrap();
+    assert_eq!(from_env.auto_compaction, Some(AutoCompaction::Revision(7)));
+    assert!(from_env.warnings.is_empty(), "{:?}", from_env.warnings);
+    assert!(!ok("").force_new_cluster);
+    let forced = ok("--force-new-cluster");
+    assert!(forced.force_new_cluster && forced.warnings.is_empty());
+}
+
+#[test]
 fn unbuilt_features_are_still_validated_like_etcd() {
     assert_eq!(
         err("--auto-compaction-mode daily"),

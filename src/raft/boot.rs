@@ -141,6 +141,7 @@ impl RaftCore {
             auth,
             alarms,
             defrag: Default::default(),
+            auto_compact: autocompact::AutoCompactDuty::new(opts.auto_compaction),
             node,
             store,
             wal,

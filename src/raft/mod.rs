@@ -34,6 +34,7 @@
 //! - `writes.rs` (`Writes`): writes held without a leader, proposed ones until applied.
 //! - `reads.rs` (`ReadQueue`): linearizable reads and ReadIndex batches.
 //! - `leases.rs` (`LeaseDuty`, over `lessor.rs`): keep-alives, TimeToLive, expiry.
+//! - `autocompact.rs` (`AutoCompactDuty`): etcd's auto-compaction, on the leader only.
 //! - `apply.rs` (`Round`): `Ready`, apply, the rounds to the cores, db commits, snapshots.
 //! - `cluster.rs` (`Forwards`): membership, forwarding to the leader, leader transfer,
 //!   request timeouts; `transport.rs`: the peer port; `entry.rs`: the log's entry codec.
@@ -52,6 +53,7 @@
 
 mod apply;
 mod alarm;
+pub mod autocompact;
 pub mod etcd_db;
 mod auth;
 mod defrag;
@@ -145,6 +147,10 @@ pub struct RaftOptions {
     /// `--strict-reconfig-check`: the leader refuses membership changes that could cost
     /// the quorum (etcd's default).
     pub strict_reconfig_check: bool,
+    /// `--auto-compaction-*` (`None`: off).
+    pub auto_compaction: Option<crate::config::AutoCompaction>,
+    /// `--force-new-cluster`: at a restart, make this member the only one (`boot.rs`).
+    pub force_new_cluster: bool,
 }
 
 /// How the raft loop ended.
@@ -233,6 +239,8 @@ pub struct RaftCore {
     alarms: alarm::AlarmDuty,
     /// Defragment calls and the defragmentation they wait for.
     defrag: defrag::DefragDuty,
+    /// The auto-compactor (`None`: off).
+    auto_compact: Option<autocompact::AutoCompactDuty>,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
     writes: Writes,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
@@ -576,6 +584,7 @@ pub async fn run(
             Some(t) => t.min(core.next_tick()),
             None => core.next_tick(),
         };
+        let next = core.auto_compact_due().map_or(next, |t| t.min(next));
         let wait = next.saturating_duration_since(Instant::now());
         let first = futures_lite::future::or(async { inbox.recv().await }, async {
             glommio::timer::sleep(wait).await;
@@ -594,6 +603,7 @@ pub async fn run(
         let now = Instant::now();
         core.tick_if_due(now);
         core.expire_leases(now);
+        core.auto_compact(now);
         core.expire_requests(out, now);
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;

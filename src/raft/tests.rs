@@ -52,6 +52,8 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         advertise_peer_urls: Vec::new(),
         publish: None,
         strict_reconfig_check: true,
+        auto_compaction: None,
+        force_new_cluster: false,
     }
 }
 
