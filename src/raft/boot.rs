@@ -375,18 +375,134 @@ impl RaftCore {
             commit: rec.hard_state.commit.max(applied),
             ..Default::default()
         };
-        if db_ahead {
-            let log = LogStore::new(hs, conf_state, applied, store.consistent_term());
-            return Ok((wal, log));
-        }
-        let snapshot_term = if rec.snapshot.index == 0 {
-            0
+        let (snapshot_index, snapshot_term, mut entries) = if db_ahead {
+            (applied, store.consistent_term(), Vec::new())
         } else {
-            rec.snapshot.term
+            let term = if rec.snapshot.index == 0 {
+                0
+            } else {
+                rec.snapshot.term
+            };
+            let entries: Vec<Entry> = rec.entries.into_iter().map(from_wal_entry).collect();
+            (rec.snapshot.index, term, entries)
         };
-        let mut log = LogStore::new(hs, conf_state, rec.snapshot.index, snapshot_term);
-        let entries: Vec<Entry> = rec.entries.into_iter().map(from_wal_entry).collect();
+        let mut hs = hs;
+        if opts.force_new_cluster {
+            hs = Self::force_new_cluster(opts, &mut wal, hs, &conf_state, applied, &mut entries)
+                .await?;
+        }
+        let mut log = LogStore::new(hs, conf_state, snapshot_index, snapshot_term);
         log.append(&entries);
         Ok((wal, log))
+    }
+
+    /// `--force-new-cluster` at a restart (etcd's restartAsStandaloneNode): the entries
+    /// past the commit index are dropped (they may never have been committed), and conf
+    /// changes removing every other member of the membership as of the commit (and adding
+    /// this one, if it is missing) are appended after it as committed entries of the
+    /// current term, in the WAL with the hard state that commits them. Raft then applies
+    /// them like any other: the other members' records leave the Member tree, this member
+    /// is the only voter and elects itself, and a later restart needs no flag.
+    async fn force_new_cluster(
+        opts: &RaftOptions,
+        wal: &mut Wal,
+        mut hs: HardState,
+        conf_state: &ConfState,
+        applied: u64,
+        entries: &mut Vec<Entry>,
+    ) -> Result<HardState, BootError> {
+        let me = opts.member_id;
+        crate::runtime::log::notice(
+            "etcdserver",
+            &format!(
+                "forcing restart of member {me:x} in cluster {:x} at commit index {}",
+                opts.cluster_id, hs.commit
+            ),
+        );
+        let uncommitted = entries.iter().filter(|e| e.index > hs.commit).count();
+        if uncommitted > 0 {
+            crate::runtime::log::info(
+                "etcdserver",
+                &format!("discarding {uncommitted} uncommitted WAL entries"),
+            );
+            entries.retain(|e| e.index <= hs.commit);
+        }
+        // The membership as of the commit: the db's (as of `applied`), then the conf
+        // changes committed after it.
+        let mut ids: std::collections::BTreeSet<u64> = conf_state
+            .voters
+            .iter()
+            .chain(&conf_state.learners)
+            .copied()
+            .collect();
+        for e in entries
+            .iter()
+            .filter(|e| e.index > applied && e.get_entry_type() == EntryType::EntryConfChange)
+        {
+            let cc = ConfChange::parse_from_bytes(&e.data)
+                .map_err(|err| boot_err(format!("raft entry {}: conf change: {err}", e.index)))?;
+            match cc.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    ids.insert(cc.node_id);
+                }
+                ConfChangeType::RemoveNode => {
+                    ids.remove(&cc.node_id);
+                }
+            }
+        }
+        let mut changes: Vec<ConfChange> = ids
+            .iter()
+            .filter(|id| **id != me)
+            .map(|id| {
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+                cc
+            })
+            .collect();
+        if !ids.contains(&me) {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::AddNode);
+            cc.node_id = me;
+            let record = MemberRecord {
+                id: me,
+                name: opts
+                    .publish
+                    .as_ref()
+                    .map(|p| p.0.clone())
+                    .unwrap_or_default(),
+                peer_urls: opts.advertise_peer_urls.clone(),
+                client_urls: Vec::new(),
+                is_learner: false,
+            };
+            cc.context = record.encode_to_vec().into();
+            changes.push(cc);
+        }
+        if changes.is_empty() {
+            return Ok(hs);
+        }
+        let mut appended = Vec::with_capacity(changes.len());
+        for cc in changes {
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.term = hs.term;
+            e.index = hs.commit + 1 + appended.len() as u64;
+            e.data = cc.write_to_bytes().expect("ConfChange encodes").into();
+            appended.push(e);
+        }
+        hs.commit = appended.last().map_or(hs.commit, |e| e.index);
+        // Written over whatever uncommitted entries the WAL held past the old commit.
+        let wal_entries: Vec<wal::Entry> = appended.iter().map(to_wal_entry).collect();
+        wal.append_entries(&wal_entries);
+        wal.set_hard_state(wal::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        });
+        wal.sync()
+            .await
+            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
+        entries.extend(appended);
+        Ok(hs)
     }
 }
