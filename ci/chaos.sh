@@ -2,7 +2,7 @@
 # keel-chaos against Keel, the short CI mode (about 3 minutes; needs root for network
 # namespaces, iptables and a tmpfs; ci/deps.sh installs iptables, faketime, fiu-utils):
 #   1. a seeded 3-member run with every fault kind (kill, partition, pause, member, disk,
-#      clock, stray) must end clean (exit 0);
+#      clock, stray, maint = defragment under load) must end clean (exit 0);
 #   2. a deliberately broken Keel (linearizable reads served locally, without ReadIndex:
 #      the `stale-read` failpoint) must be caught: exit 1 with linearizable=no.
 # Both run a keel built with the `failpoints` cargo feature (the disk fault's fsync/write

@@ -149,6 +149,8 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             shards: cores,
             shard_splits: cfg.shard_split_keys.clone(),
             lease_checkpoint_interval: cfg.lease_checkpoint_interval,
+            corrupt_check_interval: cfg.corrupt_check_interval,
+            initial_corrupt_check: cfg.initial_corrupt_check,
             join_existing: cfg.initial_cluster_state == config::ClusterState::Existing,
             advertise_peer_urls: cfg
                 .initial_advertise_peer_urls

@@ -39,9 +39,11 @@ pub enum FaultKind {
     Disk,
     Clock,
     Stray,
+    /// Defragment a member while the workload runs (its db pages move under load).
+    Maint,
 }
 
-pub const ALL_FAULTS: &str = "kill,partition,pause,member,disk,clock,stray";
+pub const ALL_FAULTS: &str = "kill,partition,pause,member,disk,clock,stray,maint";
 
 impl FaultKind {
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl FaultKind {
             FaultKind::Disk => "disk",
             FaultKind::Clock => "clock",
             FaultKind::Stray => "stray",
+            FaultKind::Maint => "maint",
         }
     }
 }
@@ -74,6 +77,7 @@ pub fn parse_faults(list: &str) -> Result<Vec<FaultKind>, String> {
             "disk" => FaultKind::Disk,
             "clock" => FaultKind::Clock,
             "stray" => FaultKind::Stray,
+            "maint" => FaultKind::Maint,
             other => return Err(format!("unknown fault {other:?} (known: {ALL_FAULTS})")),
         };
         if !out.contains(&k) {
@@ -278,7 +282,34 @@ impl Nemesis {
             FaultKind::Disk => self.disk().await,
             FaultKind::Clock => self.clock().await,
             FaultKind::Stray => self.stray().await.map(|()| Vec::new()),
+            FaultKind::Maint => self.maint().await.map(|()| Vec::new()),
         }
+    }
+
+    /// Defragments a live member (Maintenance.Defragment) under the workload: its pages
+    /// move down and the file is cut while it serves; the checker then finds any write it
+    /// lost or any read that saw wrong data.
+    async fn maint(&mut self) -> Result<(), String> {
+        let live = self.voters_live();
+        if live.is_empty() {
+            return Err("no live member".into());
+        }
+        let s = *self.rng.pick(&live);
+        self.current = format!("defrag m{s}");
+        let started = Instant::now();
+        let r: Result<pb::DefragmentResponse, _> = Endpoint::new(client_addr(s))
+            .unary(
+                "/etcdserverpb.Maintenance/Defragment",
+                pb::DefragmentRequest {},
+                Duration::from_secs(20),
+            )
+            .await;
+        let took = started.elapsed();
+        self.log(match r {
+            Ok(_) => format!("defragment m{s}: done in {took:?}"),
+            Err(e) => format!("defragment m{s}: {e:?} after {took:?}"),
+        });
+        Ok(())
     }
 
     async fn kill(&mut self) -> Result<Vec<Heal>, String> {

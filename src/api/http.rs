@@ -5,7 +5,6 @@
 
 use super::services::Services;
 use crate::grpc::http1::{HttpHandler, HttpRequest, HttpResponse};
-use crate::mesh::{ALARM_CORRUPT, ALARM_NOSPACE};
 use std::rc::Rc;
 
 /// How long a health check's read may take (etcd: a second).
@@ -38,7 +37,7 @@ async fn serve(s: &Services, req: HttpRequest) -> HttpResponse {
 /// while the member knows no leader (unless `?serializable=true`), or when a read fails
 /// (linearizable unless `?serializable=true`); else `{"health":"true"}`.
 async fn health(s: &Services, req: &HttpRequest) -> HttpResponse {
-    let unhealthy = || HttpResponse::json(503, "{\"health\":\"false\"}");
+    let unhealthy = || HttpResponse::json(503, "{\"health\":\"false\"}\n");
     let excluded: Vec<String> = req
         .query_values("exclude")
         .iter()
@@ -50,11 +49,7 @@ async fn health(s: &Services, req: &HttpRequest) -> HttpResponse {
         .any(|v| v == "true");
     let node = s.node();
     for a in node.alarms().iter() {
-        let name = match a.kind {
-            ALARM_NOSPACE => "NOSPACE",
-            ALARM_CORRUPT => "CORRUPT",
-            _ => "NONE",
-        };
+        let name = crate::raft::alarm_name(a.kind);
         if !excluded.iter().any(|e| e == name) {
             return unhealthy();
         }
@@ -75,5 +70,5 @@ async fn health(s: &Services, req: &HttpRequest) -> HttpResponse {
             return unhealthy();
         }
     }
-    HttpResponse::json(200, "{\"health\":\"true\"}")
+    HttpResponse::json(200, "{\"health\":\"true\"}\n")
 }

@@ -121,7 +121,7 @@ impl Services {
         };
         let mut export = crate::raft::etcd_db::Export::new(snap).map_err(failed)?;
         while !export.measure_some().map_err(failed)? {
-            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
         }
         let total = export.total_bytes();
         crate::runtime::log::info(
@@ -144,7 +144,7 @@ impl Services {
                 ..Default::default()
             }))
             .await?;
-            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
         }
         res.send(encode(&pb::SnapshotResponse {
             header: Some(header),
@@ -190,7 +190,7 @@ impl Services {
                     Some(mut k) => {
                         k.push(0);
                         start = k;
-                        glommio::yield_if_needed().await;
+                        futures_lite::future::yield_now().await;
                     }
                     None => break,
                 }

@@ -297,11 +297,21 @@ impl Services {
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
-            // etcd reports a member without a leader this way (its alarms come here too).
-            errors: if s.leader == 0 {
-                vec![EtcdError::NoLeader.status().message]
-            } else {
-                Vec::new()
+            // etcd reports a member without a leader this way, then each active alarm
+            // in protobuf's compact text form.
+            errors: {
+                let mut errors = Vec::new();
+                if s.leader == 0 {
+                    errors.push(EtcdError::NoLeader.status().message);
+                }
+                for a in self.node.alarms().iter() {
+                    errors.push(format!(
+                        "memberID:{} alarm:{} ",
+                        a.member,
+                        crate::raft::alarm_name(a.kind)
+                    ));
+                }
+                errors
             },
             db_size_in_use: s.db_size_in_use_bytes,
             is_learner: s.is_learner,

@@ -124,6 +124,9 @@ pub(super) fn build(
         shard_split_keys: shard_split_keys(values),
         watch_progress_notify_interval: watch_progress_notify_interval(values),
         lease_checkpoint_interval: lease_checkpoint_interval(values),
+        corrupt_check_interval: go_duration(raw(values, "experimental-corrupt-check-time"))
+            .filter(|d| !d.is_zero()),
+        initial_corrupt_check: is_true(values, "experimental-initial-corrupt-check"),
         strict_reconfig_check: parse_go_bool(raw(values, "strict-reconfig-check")) != Ok(false),
         client_tls: TlsFlags {
             cert_file: raw(values, "cert-file").to_string(),

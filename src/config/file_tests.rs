@@ -88,6 +88,8 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         shard_split_keys: Vec::new(),
         watch_progress_notify_interval: Duration::from_secs(600),
         lease_checkpoint_interval: None,
+        corrupt_check_interval: None,
+        initial_corrupt_check: false,
         strict_reconfig_check: false,
         // The sample's TLS sections name no files and switch nothing on.
         client_tls: TlsFlags::default(),
@@ -420,10 +422,7 @@ fn yaml_value_types_etcd_accepts() {
     // Durations in nanoseconds equal to etcd's default do not warn.
     assert_eq!(
         config.warnings,
-        [
-            "--enable-v2: the v2 API is not built; ignored",
-            "--experimental-corrupt-check-time: corruption checks are not built yet; ignored",
-        ]
+        ["--enable-v2: the v2 API is not built; ignored"]
     );
 }
 

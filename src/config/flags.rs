@@ -148,7 +148,7 @@ pub(super) const SPECS: &[Spec] = &[
         "experimental-corrupt-check-time",
         Duration,
         "0s",
-        Warn("corruption checks are not built yet"),
+        Keel,
     ),
     spec("experimental-enable-lease-checkpoint", Bool, "false", Keel),
     // Checkpoints are always persisted in the Lease tree (3.5's persist flag's behaviour).
@@ -170,7 +170,7 @@ pub(super) const SPECS: &[Spec] = &[
         "experimental-initial-corrupt-check",
         Bool,
         "false",
-        Warn("corruption checks are not built yet"),
+        Keel,
     ),
     spec(
         "experimental-peer-skip-client-san-verification",

@@ -81,6 +81,11 @@ pub struct Config {
     /// `--experimental-enable-lease-checkpoint`: the leader records each lease's
     /// remaining TTL this often (`None`: off).
     pub lease_checkpoint_interval: Option<std::time::Duration>,
+    /// `--experimental-corrupt-check-time`: the leader compares HashKV with the other
+    /// members this often (`None`: never).
+    pub corrupt_check_interval: Option<std::time::Duration>,
+    /// `--experimental-initial-corrupt-check`: compare HashKV with the peers at boot.
+    pub initial_corrupt_check: bool,
     /// `--strict-reconfig-check`: refuse membership changes that could cost the quorum.
     pub strict_reconfig_check: bool,
     /// `--cert-file` … `--auto-tls`: TLS on the client URLs.

@@ -386,8 +386,8 @@ pub struct Applied {
     /// The cluster's active alarms after the round (shared; a new list only when they
     /// change).
     pub alarms: Arc<Vec<Alarm>>,
-    /// The db file's size after the round (what `--quota-backend-bytes` is checked
-    /// against, as etcd checks its bbolt file's size).
+    /// The db's size after the round (its high-water mark, what `--quota-backend-bytes`
+    /// is checked against, as etcd checks bbolt's size).
     pub db_bytes: u64,
 }
 

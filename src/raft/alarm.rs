@@ -89,7 +89,7 @@ pub(crate) fn describe(list: &[Alarm]) -> String {
         .join(", ")
 }
 
-pub(crate) fn alarm_name(kind: i32) -> &'static str {
+pub fn alarm_name(kind: i32) -> &'static str {
     match kind {
         ALARM_NOSPACE => "NOSPACE",
         ALARM_CORRUPT => "CORRUPT",

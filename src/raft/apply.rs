@@ -129,7 +129,7 @@ impl RaftCore {
     pub(super) fn broadcast(&mut self, out: &dyn ReplySink) {
         let leader = self.node.raft.leader_id;
         let learner = self.is_learner();
-        let db_bytes = self.store.backend().file_bytes();
+        let db_bytes = self.store.backend().size_bytes();
         if self.round.sent_index == Some(self.applied_index)
             && self.round.replies.is_empty()
             && self.round.sent_leader == (leader, learner)

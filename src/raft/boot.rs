@@ -142,6 +142,7 @@ impl RaftCore {
             alarms,
             defrag: Default::default(),
             auto_compact: autocompact::AutoCompactDuty::new(opts.auto_compaction),
+            corrupt: Default::default(),
             node,
             store,
             wal,

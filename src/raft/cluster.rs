@@ -18,7 +18,7 @@ use super::{
 };
 use crate::mesh::ServerError;
 use crate::mesh::{
-    CoreId, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
+    CoreId, HashKv, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
     Reply, ReplyBody, ReplyTo, ToRaft,
 };
 use crate::mvcc::db::{self, TreeId};
@@ -78,18 +78,22 @@ pub struct Forwarding {
 
 /// Who waits for a forwarded request's answer; its kind says which answer the leader's
 /// reply must carry (another is refused, never handed on).
-enum ForwardWaiter {
+pub(super) enum ForwardWaiter {
     LeaseRenew(ReplyTo<LeaseRenewed>),
     LeaseTimeToLive(ReplyTo<LeaseTtl>),
     Member(ReplyTo<MemberChanged>),
+    /// This member's corruption check, waiting for a peer's HashKV (no client waits).
+    HashCheck(super::corrupt::HashAsk),
 }
 
 impl Forwarding {
-    pub fn origin(&self) -> Origin {
-        match self.waiter {
-            ForwardWaiter::LeaseRenew(to) => to.origin(),
-            ForwardWaiter::LeaseTimeToLive(to) => to.origin(),
-            ForwardWaiter::Member(to) => to.origin(),
+    /// The client request that waits (`None`: the raft core's own question).
+    pub fn origin(&self) -> Option<Origin> {
+        match &self.waiter {
+            ForwardWaiter::LeaseRenew(to) => Some(to.origin()),
+            ForwardWaiter::LeaseTimeToLive(to) => Some(to.origin()),
+            ForwardWaiter::Member(to) => Some(to.origin()),
+            ForwardWaiter::HashCheck(_) => None,
         }
     }
 }
@@ -187,7 +191,9 @@ fn member_op(request: forward::Request) -> Option<MemberOp> {
             peer_urls: u.peer_ur_ls,
         },
         forward::Request::MemberPromote(p) => MemberOp::Promote { id: p.id },
-        forward::Request::LeaseRenew(_) | forward::Request::LeaseTimeToLive(_) => return None,
+        forward::Request::LeaseRenew(_)
+        | forward::Request::LeaseTimeToLive(_)
+        | forward::Request::HashKv(_) => return None,
     })
 }
 
@@ -243,6 +249,19 @@ fn encode_forward_reply(id: u64, body: Result<ReplyBody, ServerError>) -> Forwar
                 members: members.iter().map(member_record).collect(),
             })
         }
+        Ok(ReplyBody::HashKv(HashKv {
+            hash,
+            compact_revision,
+            revision,
+        })) => forward_reply::Reply::HashKv(pb::HashKvResponse {
+            header: Some(pb::ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            hash,
+            compact_revision,
+            ..Default::default()
+        }),
         Ok(other) => {
             let e = ServerError::Internal(format!("no wire form for a forwarded {other:?}"));
             let (code, message) = e.peer_code();
@@ -359,11 +378,11 @@ impl RaftCore {
             waiter,
             deadline: Instant::now(),
         };
-        let Some(leader) = self
-            .forward_target()
-            .filter(|_| origin.origin().from != FORWARDED)
-        else {
-            return self.fail(out, origin.origin(), ServerError::NoLeader);
+        let Some(o) = origin.origin() else {
+            return;
+        };
+        let Some(leader) = self.forward_target().filter(|_| o.from != FORWARDED) else {
+            return self.fail(out, o, ServerError::NoLeader);
         };
         let id = self.forwards.next_leader_id;
         self.forwards.next_leader_id += 1;
@@ -376,12 +395,43 @@ impl RaftCore {
             .as_ref()
             .is_some_and(|t| t.send_forward(leader, &fwd));
         if !sent {
-            return self.fail(out, origin.origin(), ServerError::NoLeader);
+            return self.fail(out, o, ServerError::NoLeader);
         }
         let deadline = Instant::now() + self.request_timeout;
         self.forwards
             .to_leader
             .insert(id, Forwarding { deadline, ..origin });
+    }
+
+    /// Asks `peer` for its HashKV at `revision` (a corruption check); false if it cannot
+    /// be sent (no transport, peer unknown).
+    pub(super) fn ask_peer_hash(
+        &mut self,
+        peer: u64,
+        revision: i64,
+        ask: super::corrupt::HashAsk,
+    ) -> bool {
+        let id = self.forwards.next_leader_id;
+        self.forwards.next_leader_id += 1;
+        let fwd = Forward {
+            id,
+            request: Some(forward::Request::HashKv(pb::HashKvRequest { revision })),
+        };
+        let sent = self
+            .transport
+            .as_ref()
+            .is_some_and(|t| t.send_forward(peer, &fwd));
+        if sent {
+            let deadline = Instant::now() + self.request_timeout;
+            self.forwards.to_leader.insert(
+                id,
+                Forwarding {
+                    waiter: ForwardWaiter::HashCheck(ask),
+                    deadline,
+                },
+            );
+        }
+        sent
     }
 
     /// Keep-alives on a member that does not time leases go to the leader, each with how
@@ -423,12 +473,16 @@ impl RaftCore {
                 id: t.id,
                 keys: t.keys,
             },
+            Some(forward::Request::HashKv(h)) => ToRaft::HashKv {
+                to: ReplyTo::new(FORWARDED, seq),
+                revision: h.revision,
+            },
             Some(r) => match member_op(r) {
                 Some(op) => ToRaft::Member {
                     to: ReplyTo::new(FORWARDED, seq),
                     op,
                 },
-                None => unreachable!("lease requests are matched above"),
+                None => unreachable!("lease and hash requests are matched above"),
             },
             None => {
                 let origin = Origin {
@@ -491,6 +545,17 @@ impl RaftCore {
                     _ => Err(wrong_forward_reply("membership change")),
                 });
                 self.respond(out, to, res);
+            }
+            ForwardWaiter::HashCheck(ask) => {
+                let res = body.and_then(|b| match b {
+                    W::HashKv(h) => Ok(HashKv {
+                        hash: h.hash,
+                        compact_revision: h.compact_revision,
+                        revision: h.header.map_or(0, |h| h.revision),
+                    }),
+                    _ => Err(wrong_forward_reply("HashKV")),
+                });
+                self.hash_check_answer(out, ask, res);
             }
         }
     }
@@ -857,7 +922,10 @@ impl RaftCore {
             .collect();
         for id in late {
             if let Some(f) = self.forwards.to_leader.remove(&id) {
-                self.fail(out, f.origin(), ServerError::Timeout);
+                match f.origin() {
+                    Some(o) => self.fail(out, o, ServerError::Timeout),
+                    None => self.hash_check_lost(f.waiter),
+                }
             }
         }
     }

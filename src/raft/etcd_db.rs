@@ -307,7 +307,7 @@ pub struct Export {
 }
 
 /// How many entry bytes one `measure_some` call reads.
-const MEASURE_SLICE_BYTES: usize = 1 << 20;
+const MEASURE_SLICE_BYTES: usize = 128 << 10;
 
 impl Export {
     /// Reads the small buckets; the big ones are measured by `measure_some`.

@@ -53,9 +53,11 @@
 
 mod apply;
 mod alarm;
+pub use alarm::alarm_name;
 pub mod autocompact;
 pub mod etcd_db;
 mod auth;
+mod corrupt;
 mod defrag;
 mod boot;
 pub mod client;
@@ -136,6 +138,10 @@ pub struct RaftOptions {
     pub shard_splits: Vec<Vec<u8>>,
     /// Lease checkpoints (`None`: off).
     pub lease_checkpoint_interval: Option<Duration>,
+    /// `--experimental-corrupt-check-time` (`None`: no periodic check).
+    pub corrupt_check_interval: Option<Duration>,
+    /// `--experimental-initial-corrupt-check`.
+    pub initial_corrupt_check: bool,
     /// `--initial-cluster-state existing`: a new data dir joins a running cluster (its IDs
     /// and members come from the peers), and a restart takes its IDs from the WAL.
     pub join_existing: bool,
@@ -241,6 +247,8 @@ pub struct RaftCore {
     defrag: defrag::DefragDuty,
     /// The auto-compactor (`None`: off).
     auto_compact: Option<autocompact::AutoCompactDuty>,
+    /// Corruption checks: damaged pages found, hash rounds with the peers.
+    corrupt: corrupt::CorruptDuty,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
     writes: Writes,
     /// The leader as of the last `Ready` (0: none), for logging its changes.
@@ -500,7 +508,8 @@ impl RaftCore {
             raft_index: self.node.raft.raft_log.last_index(),
             raft_term: self.node.raft.term,
             raft_applied_index: self.applied_index,
-            db_size_bytes: stats.file_bytes as i64,
+            // etcd's: the high-water mark (bbolt's size), and the pages in use of it.
+            db_size_bytes: self.store.backend().size_bytes() as i64,
             db_size_in_use_bytes: (stats.pages_in_use * crate::mvcc::db::PAGE_BYTES as u64) as i64,
             revision: self.store.current_revision(),
             is_learner: self
@@ -564,7 +573,7 @@ impl RaftCore {
         );
         origins.extend(self.writes.held.drain(..).map(|h| h.origin));
         origins.extend(self.writes.waiting.drain().map(|(k, _)| k));
-        origins.extend(self.forwards.to_leader.drain().map(|(_, f)| f.origin()));
+        origins.extend(self.forwards.to_leader.drain().filter_map(|(_, f)| f.origin()));
         for origin in origins {
             self.fail(out, origin, ServerError::Stopped);
         }
@@ -580,10 +589,10 @@ pub async fn run(
 ) -> Result<Exit, BootError> {
     core.process_ready(out).await?;
     while !stop() && core.exit.is_none() {
-        let next = match core.defrag.due() {
-            Some(t) => t.min(core.next_tick()),
-            None => core.next_tick(),
-        };
+        let next = [core.defrag.due(), core.corrupt.due()]
+            .into_iter()
+            .flatten()
+            .fold(core.next_tick(), Instant::min);
         let next = core.auto_compact_due().map_or(next, |t| t.min(next));
         let wait = next.saturating_duration_since(Instant::now());
         let first = futures_lite::future::or(async { inbox.recv().await }, async {
@@ -608,6 +617,7 @@ pub async fn run(
         core.process_ready(out).await?;
         core.maybe_commit(now, false).await?;
         core.defrag_turn(out).await?;
+        core.corrupt_turn(out)?;
         #[cfg(debug_assertions)]
         if core.exit.is_none() {
             core.invariants();

@@ -48,6 +48,8 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         shards: 1,
         shard_splits: Vec::new(),
         lease_checkpoint_interval: None,
+        corrupt_check_interval: None,
+        initial_corrupt_check: false,
         join_existing: false,
         advertise_peer_urls: Vec::new(),
         publish: None,

@@ -57,8 +57,11 @@ impl Db {
     fn defrag_pass(&self) -> DefragState {
         let live = self.stats().pages_in_use;
         // Slack: a move needs up to one free page per level below the target at once
-        // (the path is copied), and overflow runs need contiguous free pages.
-        let target_pages = 2 + live + HEIGHT_MAX as u64 + live / 64;
+        // (the path is copied: the tallest tree's height, plus one), and overflow runs
+        // need contiguous free pages. (A fixed HEIGHT_MAX made a small db's defrag a no-op:
+        // etcd's e2e TestCtlV3Alarm defragments a 15-page db to fit a 13-page quota.)
+        let height = self.roots.iter().map(|r| r.height as u64).max().unwrap_or(0);
+        let target_pages = 2 + live + (height + 1).min(HEIGHT_MAX as u64) + live / 64;
         DefragState {
             target_pages,
             tree: 0,
