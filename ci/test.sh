@@ -35,5 +35,8 @@ ci/interop.sh target/debug/keel
 # be fast; figures come from release builds on an idle machine (tuning.md).
 cargo run -q -p keel-bench -- compare --quick --seconds 1 --keel target/debug/keel \
   --no-plots --out target/bench-smoke | tail -n 40
+# Defragment and Snapshot under put load (issue 19), both servers, a 20 MiB db: must run.
+cargo run -q -p keel-bench -- maintenance --quick --keel target/debug/keel \
+  --out target/bench-smoke-maintenance | tail -n 30
 
 ci/fuzz-smoke.sh
