@@ -236,33 +236,9 @@ struct RequestPb {
 // ---------------------------------------------------------------------------------------
 // crc32c (Castagnoli, reflected polynomial 0x82F63B78), as Go's crc32.Update.
 
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82F6_3B78
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
 /// Continues the crc32c `crc` over `data` (Go's `crc32.Update(crc, castagnoli, data)`).
 fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in data {
-        c = CRC32C_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crate::crc32c::update(crc, data)
 }
 
 // ---------------------------------------------------------------------------------------

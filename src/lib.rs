@@ -18,12 +18,13 @@
 //!                        state the raft core applies, the view every core checks against
 //!  mvcc, wal             the store (key index, revision B+tree file) and the log
 //!  grpc                  the gRPC transport, over tls::stream sockets
-//!  tls, failpoint        TLS (rustls): configs from certificate files, plain/TLS sockets,
-//!                        acceptors with handshake timeout and file reload; fault injection
-//!  runtime, config, pb, durable_dir, bbolt, etcd_wal
+//!  tls, failpoint,       TLS (rustls): configs from certificate files, plain/TLS sockets,
+//!  bbolt, etcd_wal       acceptors with handshake timeout and file reload; fault
+//!                        injection; etcd's bbolt db files (read, streamed write), what
+//!                        an etcd WAL says about membership
+//!  runtime, config, pb, durable_dir, crc32c
 //!                        executors and response queues, flags, messages, directories,
-//!                        etcd's bbolt db files (read, streamed write), what an etcd
-//!                        WAL says about membership
+//!                        CRC-32C
 //! ```
 //!
 //! Data flow:
@@ -77,6 +78,7 @@ pub mod api;
 pub mod auth;
 pub mod bbolt;
 pub mod config;
+pub mod crc32c;
 pub mod durable_dir;
 pub mod etcd_wal;
 pub mod failpoint;

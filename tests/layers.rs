@@ -7,13 +7,14 @@ use std::path::Path;
 /// Each top-level module and its layer (higher layers may name lower ones only).
 const LAYERS: &[(&str, u32)] = &[
     // Leaves: generated messages, executors and response queues, flags, directories,
-    // bbolt files, etcd WAL membership.
+    // CRC-32C; above them bbolt files and etcd WAL membership.
     ("pb", 0),
     ("runtime", 0),
     ("config", 0),
     ("durable_dir", 0),
-    ("bbolt", 0),
-    ("etcd_wal", 0),
+    ("crc32c", 0),
+    ("bbolt", 1),
+    ("etcd_wal", 1),
     ("test_rng", 0),
     ("failpoint", 1),
     ("tls", 1),
