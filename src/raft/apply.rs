@@ -382,15 +382,21 @@ impl RaftCore {
         if !dirty || !(due || force) {
             return Ok(());
         }
+        self.commit_db(now).await?;
+        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1) {
+            self.snapshot().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the db now (a failed commit stops the member: the db refuses writes then).
+    pub(super) async fn commit_db(&mut self, now: Instant) -> Result<(), BootError> {
         self.store
             .commit()
             .await
             .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
         self.db_committed_index = self.store.consistent_index();
         self.last_db_commit = now;
-        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1) {
-            self.snapshot().await?;
-        }
         Ok(())
     }
 

@@ -493,16 +493,7 @@ impl RaftCore {
         }
         hs.commit = appended.last().map_or(hs.commit, |e| e.index);
         // Written over whatever uncommitted entries the WAL held past the old commit.
-        let wal_entries: Vec<wal::Entry> = appended.iter().map(to_wal_entry).collect();
-        wal.append_entries(&wal_entries);
-        wal.set_hard_state(wal::HardState {
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-        });
-        wal.sync()
-            .await
-            .map_err(|e| boot_err(format!("{}: {e}", opts.wal_dir.display())))?;
+        restore::append_synced(wal, &appended, &hs, &opts.wal_dir).await?;
         entries.extend(appended);
         Ok(hs)
     }

@@ -102,12 +102,7 @@ impl RaftCore {
         self.store.publish();
         let waiting = p.moved_pages == 0 && !p.done;
         if waiting || p.done || now.duration_since(self.last_db_commit) >= DB_COMMIT_INTERVAL {
-            self.store
-                .commit()
-                .await
-                .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
-            self.db_committed_index = self.store.consistent_index();
-            self.last_db_commit = now;
+            self.commit_db(now).await?;
             // The cores move to the new snapshot and release the old one's pins, which
             // the reuse of moved-away pages and the file's cut wait for.
             self.round.refresh = true;

@@ -156,6 +156,17 @@ pub(super) async fn write_bootstrap_wal(
         commit: entries.len() as u64,
         ..Default::default()
     };
+    append_synced(&mut wal, &entries, &hs, wal_dir).await?;
+    Ok((wal, entries, hs))
+}
+
+/// Appends `entries` and the hard state `hs` to the WAL and syncs it.
+pub(super) async fn append_synced(
+    wal: &mut Wal,
+    entries: &[Entry],
+    hs: &HardState,
+    wal_dir: &Path,
+) -> Result<(), BootError> {
     let wal_entries: Vec<wal::Entry> = entries.iter().map(boot::to_wal_entry).collect();
     wal.append_entries(&wal_entries);
     wal.set_hard_state(wal::HardState {
@@ -165,8 +176,7 @@ pub(super) async fn write_bootstrap_wal(
     });
     wal.sync()
         .await
-        .map_err(|e| boot_err(format!("{}: {e}", wal_dir.display())))?;
-    Ok((wal, entries, hs))
+        .map_err(|e| boot_err(format!("{}: {e}", wal_dir.display())))
 }
 
 /// Whether the file at `path` is a bbolt db (etcd's) rather than Keel's: bbolt's meta
