@@ -43,10 +43,7 @@ async fn health(s: &Services, req: &HttpRequest) -> HttpResponse {
         .iter()
         .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
         .collect();
-    let serializable = req
-        .query_values("serializable")
-        .iter()
-        .any(|v| v == "true");
+    let serializable = req.query_values("serializable").iter().any(|v| v == "true");
     let node = s.node();
     for a in node.alarms().iter() {
         let name = crate::raft::alarm_name(a.kind);
@@ -58,14 +55,12 @@ async fn health(s: &Services, req: &HttpRequest) -> HttpResponse {
         return unhealthy();
     }
     if !serializable {
-        let read = futures_lite::future::or(
-            async { Some(node.read_index().await.is_ok()) },
-            async {
+        let read =
+            futures_lite::future::or(async { Some(node.read_index().await.is_ok()) }, async {
                 glommio::timer::sleep(HEALTH_READ_TIMEOUT).await;
                 None
-            },
-        )
-        .await;
+            })
+            .await;
         if read != Some(true) {
             return unhealthy();
         }

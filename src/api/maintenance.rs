@@ -247,7 +247,10 @@ mod tests {
         assert_eq!(quota_cost(&Op::Put(put("ab", "cde"))), Some(256 + 5));
         let t = TxnRequest {
             compare: Vec::new(),
-            success: vec![RequestOp::RequestPut(put("a", "b")), RequestOp::RequestPut(put("c", ""))],
+            success: vec![
+                RequestOp::RequestPut(put("a", "b")),
+                RequestOp::RequestPut(put("c", "")),
+            ],
             failure: vec![RequestOp::RequestPut(put("k", &"v".repeat(600)))],
         };
         assert_eq!(quota_cost(&Op::Txn(t)), Some(256 + 601));

@@ -178,13 +178,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
             let mut chunk = [0u8; 4096];
-            let n = futures_lite::future::or(
-                async { stream.read(&mut chunk).await.ok() },
-                async {
-                    glommio::timer::sleep(timeout).await;
-                    None
-                },
-            )
+            let n = futures_lite::future::or(async { stream.read(&mut chunk).await.ok() }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
             .await;
             match n {
                 Some(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
@@ -230,17 +227,16 @@ mod tests {
 
     #[test]
     fn heads_parse_or_fail_cleanly() {
-        let (r, len, close) =
-            parse_head(b"GET /health?serializable=true&exclude=NOSPACE HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
+        let (r, len, close) = parse_head(
+            b"GET /health?serializable=true&exclude=NOSPACE HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/health"));
         assert_eq!(r.query_values("exclude"), vec!["NOSPACE".to_string()]);
         assert_eq!(r.query_values("serializable"), vec!["true".to_string()]);
         assert_eq!((len, close), (0, false));
-        let (_, len, close) = parse_head(
-            b"POST /v3/kv/range HTTP/1.0\r\ncontent-length: 12\r\n\r\n",
-        )
-        .unwrap();
+        let (_, len, close) =
+            parse_head(b"POST /v3/kv/range HTTP/1.0\r\ncontent-length: 12\r\n\r\n").unwrap();
         assert_eq!((len, close), (12, true));
         for bad in [
             &b"GARBAGE\r\n\r\n"[..],

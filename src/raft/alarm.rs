@@ -19,7 +19,8 @@ use std::sync::Arc;
 /// type (4 bytes BE); the value is empty.
 const ALARM_PREFIX: &[u8] = b"alarm/";
 
-fn alarm_key(a: Alarm) -> Vec<u8> {
+/// The Meta-tree key of an alarm record.
+pub(crate) fn alarm_key(a: Alarm) -> Vec<u8> {
     let mut k = ALARM_PREFIX.to_vec();
     k.extend_from_slice(&a.member.to_be_bytes());
     k.extend_from_slice(&a.kind.to_be_bytes());
@@ -27,16 +28,7 @@ fn alarm_key(a: Alarm) -> Vec<u8> {
 }
 
 /// The alarm a Meta-tree key records, if it is an alarm record.
-pub(crate) fn alarm_member_from_meta_key(k: &[u8]) -> Option<Alarm> {
-    decode_alarm_key(k)
-}
-
-/// The Meta-tree key of an alarm record.
-pub(crate) fn alarm_meta_key(a: Alarm) -> Vec<u8> {
-    alarm_key(a)
-}
-
-fn decode_alarm_key(k: &[u8]) -> Option<Alarm> {
+pub(crate) fn decode_alarm_key(k: &[u8]) -> Option<Alarm> {
     let rest = k.strip_prefix(ALARM_PREFIX)?;
     if rest.len() != 12 {
         return None;
@@ -156,16 +148,22 @@ impl RaftCore {
         };
         let mut answer = Vec::new();
         let reply = match (req.action, req.alarm) {
-            (_, kind) if !(0..=ALARM_CORRUPT).contains(&kind) => Err(ServerError::Internal(
-                format!("invalid alarm type {kind}"),
-            )),
+            (_, kind) if !(0..=ALARM_CORRUPT).contains(&kind) => {
+                Err(ServerError::Internal(format!("invalid alarm type {kind}")))
+            }
             // GET
             (0, 0) => {
                 answer = self.alarms.list.to_vec();
                 Ok(())
             }
             (0, kind) => {
-                answer = self.alarms.list.iter().filter(|a| a.kind == kind).copied().collect();
+                answer = self
+                    .alarms
+                    .list
+                    .iter()
+                    .filter(|a| a.kind == kind)
+                    .copied()
+                    .collect();
                 Ok(())
             }
             // ACTIVATE
@@ -199,8 +197,13 @@ impl RaftCore {
                         .backend_mut()
                         .remove(TreeId::Meta, &alarm_key(wanted))
                         .map_err(|err| boot_err(format!("applying entry {}: {err}", e.index)))?;
-                    let list: Vec<Alarm> =
-                        self.alarms.list.iter().copied().filter(|a| *a != wanted).collect();
+                    let list: Vec<Alarm> = self
+                        .alarms
+                        .list
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != wanted)
+                        .collect();
                     self.alarms.list = Arc::new(list);
                     crate::runtime::log::info(
                         "etcdserver",
@@ -232,8 +235,14 @@ mod tests {
     fn alarm_keys_round_trip() {
         for a in [
             Alarm { member: 0, kind: 1 },
-            Alarm { member: u64::MAX, kind: 2 },
-            Alarm { member: 0x8e9e05c52164694d, kind: 1 },
+            Alarm {
+                member: u64::MAX,
+                kind: 2,
+            },
+            Alarm {
+                member: 0x8e9e05c52164694d,
+                kind: 1,
+            },
         ] {
             assert_eq!(decode_alarm_key(&alarm_key(a)), Some(a));
         }

@@ -19,7 +19,7 @@
 //! Runs on: the raft core.
 
 use super::*;
-use crate::mesh::{ALARM_CORRUPT, Alarm};
+use crate::mesh::{Alarm, ALARM_CORRUPT};
 use crate::pb::etcdserverpb as pb;
 
 /// One question to a peer: what this member's hash was at that revision.
@@ -105,8 +105,7 @@ impl RaftCore {
                     "etcdserver",
                     &format!(
                         "{} damaged db page(s) found since boot: raising CORRUPT for member {:x}",
-                        found,
-                        self.opts.member_id
+                        found, self.opts.member_id
                     ),
                 );
                 self.propose_alarm(out, self.opts.member_id, ALARM_CORRUPT);

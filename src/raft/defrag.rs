@@ -45,7 +45,8 @@ impl DefragDuty {
 
     /// When the loop must run again for the next step (`None`: no defrag running).
     pub(super) fn due(&self) -> Option<Instant> {
-        self.active().then(|| self.next_step.unwrap_or_else(Instant::now))
+        self.active()
+            .then(|| self.next_step.unwrap_or_else(Instant::now))
     }
 }
 
@@ -81,7 +82,11 @@ impl RaftCore {
             Err(e) => {
                 let waiting = std::mem::take(&mut self.defrag.waiting);
                 for to in waiting {
-                    self.respond(out, to, Err(ServerError::Internal(format!("defragment: {e}"))));
+                    self.respond(
+                        out,
+                        to,
+                        Err(ServerError::Internal(format!("defragment: {e}"))),
+                    );
                 }
                 return Err(boot_err(format!("db defragment: {e}; stopping")));
             }

@@ -25,7 +25,7 @@
 //! bbolt writer measures, then emits), so its memory is one chunk plus the first key of
 //! every leaf page, whatever the db's size.
 
-use super::alarm::alarm_member_from_meta_key;
+use super::alarm::{alarm_key, decode_alarm_key};
 use crate::bbolt;
 use crate::mvcc::db::{self, AppMeta, ReadSnapshot, TreeId};
 use crate::mvcc::kv::{self, RecordKind};
@@ -173,7 +173,7 @@ fn small_buckets(snap: &ReadSnapshot) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>, Er
     // alarm, members_removed: Meta tree records.
     for r in snap.range(TreeId::Meta, b"", b"") {
         let (k, _) = r?;
-        if let Some(a) = alarm_member_from_meta_key(k) {
+        if let Some(a) = decode_alarm_key(k) {
             let pb = crate::pb::etcdserverpb::AlarmMember {
                 member_id: a.member,
                 alarm: a.kind,
@@ -204,12 +204,18 @@ fn small_buckets(snap: &ReadSnapshot) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>, Er
     out[1].push((b"authEnabled".to_vec(), vec![enabled as u8]));
     out[1].push((b"authRevision".to_vec(), revision.to_be_bytes().to_vec()));
     // cluster.
-    out[4].push((b"clusterVersion".to_vec(), CLUSTER_VERSION.as_bytes().to_vec()));
+    out[4].push((
+        b"clusterVersion".to_vec(),
+        CLUSTER_VERSION.as_bytes().to_vec(),
+    ));
     // members.
     for r in snap.range(TreeId::Member, b"", b"") {
         let (_, v) = r?;
         let m = MemberRecord::decode(v).map_err(|e| Error::Bad(format!("member record: {e}")))?;
-        out[7].push((format!("{:x}", m.id).into_bytes(), member_json(&m).into_bytes()));
+        out[7].push((
+            format!("{:x}", m.id).into_bytes(),
+            member_json(&m).into_bytes(),
+        ));
     }
     // meta.
     out[9].push((
@@ -255,7 +261,6 @@ fn stream_bucket(
         TreeId::Lease
     };
     let mut fed = 0usize;
-    let mut key_buf = Vec::new();
     let mut val_buf = Vec::new();
     for r in snap.range(tree, &start, b"") {
         let (k, v) = r?;
@@ -264,9 +269,9 @@ fn stream_bucket(
                 .ok_or_else(|| Error::Bad(format!("revision key {k:?} is not 16 bytes")))?;
             let (kind, kv_bytes) = kv::split_record(v)
                 .map_err(|e| Error::Bad(format!("record at revision {rev:?}: {e}")))?;
-            key_buf = etcd_revision_key(rev, kind == RecordKind::Tombstone);
-            f(&key_buf, kv_bytes)?;
-            fed += key_buf.len() + kv_bytes.len() + 16;
+            let key = etcd_revision_key(rev, kind == RecordKind::Tombstone);
+            f(&key, kv_bytes)?;
+            fed += key.len() + kv_bytes.len() + 16;
         } else {
             let (id, ttl, remaining) = crate::mvcc::lease::decode_record(k, v)
                 .ok_or_else(|| Error::Bad(format!("lease record {k:?}")))?;
@@ -286,7 +291,6 @@ fn stream_bucket(
             return Ok(false);
         }
     }
-    let _ = key_buf;
     Ok(true)
 }
 
@@ -476,9 +480,8 @@ pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, E
     }
     let mut record = Vec::new();
     reader.for_each(b"key", &mut |k, v| {
-        let (rev, tombstone) = parse_etcd_revision_key(k).ok_or_else(|| {
-            bbolt::Error::Invalid(format!("bucket key: {k:?} is not a revision"))
-        })?;
+        let (rev, tombstone) = parse_etcd_revision_key(k)
+            .ok_or_else(|| bbolt::Error::Invalid(format!("bucket key: {k:?} is not a revision")))?;
         let kv = kv::decode_key_value_bytes(v).map_err(|e| {
             bbolt::Error::Invalid(format!("bucket key: revision {}: {e}", rev.main))
         })?;
@@ -494,13 +497,12 @@ pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, E
         out.revision = out.revision.max(rev.main);
         Ok(())
     })?;
-    reader.for_each(b"lease", &mut |k, v| {
-        let l = LeasePb::decode(v)
-            .map_err(|e| bbolt::Error::Invalid(format!("bucket lease: {e}")))?;
+    reader.for_each(b"lease", &mut |_, v| {
+        let l =
+            LeasePb::decode(v).map_err(|e| bbolt::Error::Invalid(format!("bucket lease: {e}")))?;
         let rec = crate::mvcc::lease::encode_record(l.ttl, l.remaining_ttl);
         db.insert(TreeId::Lease, &crate::mvcc::lease::lease_key(l.id), &rec)
             .map_err(|e| bbolt::Error::Invalid(format!("keel db: {e}")))?;
-        let _ = k;
         out.leases += 1;
         Ok(())
     })?;
@@ -508,7 +510,10 @@ pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, E
     reader.for_each(b"auth", &mut |k, v| {
         if k == b"authEnabled" {
             out.auth_enabled = v == [1];
-            auth.push((crate::auth::ops::KEY_ENABLED.to_vec(), vec![out.auth_enabled as u8]));
+            auth.push((
+                crate::auth::ops::KEY_ENABLED.to_vec(),
+                vec![out.auth_enabled as u8],
+            ));
         } else if k == b"authRevision" {
             auth.push((crate::auth::ops::KEY_REVISION.to_vec(), v.to_vec()));
         }
@@ -541,7 +546,7 @@ pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, E
         Ok(())
     })?;
     for a in alarms {
-        db.insert(TreeId::Meta, &super::alarm::alarm_meta_key(a), &[])?;
+        db.insert(TreeId::Meta, &alarm_key(a), &[])?;
         out.alarms += 1;
     }
     let mut finished = 0i64;

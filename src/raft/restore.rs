@@ -37,7 +37,10 @@ pub fn check_snapshot_bytes(bytes: &[u8], skip_hash_check: bool) -> Result<&[u8]
             let go = |b: &[u8]| {
                 format!(
                     "[{}]",
-                    b.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
+                    b.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 )
             };
             return Err(format!(
@@ -84,8 +87,12 @@ pub async fn restore(db_bytes: &[u8], target: &RestoreTarget) -> Result<etcd_db:
     let n = target.members.len() as u64;
     let mut cs = ConfState::default();
     for m in &target.members {
-        db.insert(TreeId::Member, &m.id.to_be_bytes(), &member_record(m).encode_to_vec())
-            .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
+        db.insert(
+            TreeId::Member,
+            &m.id.to_be_bytes(),
+            &member_record(m).encode_to_vec(),
+        )
+        .map_err(|e| format!("{}: {e}", target.db_path.display()))?;
         if m.is_learner {
             cs.learners.push(m.id);
         } else {
@@ -289,8 +296,13 @@ pub(super) fn finish_import(opts: &RaftOptions) -> Result<(), BootError> {
     }
     let err = |what: String| boot_err(format!("finishing the import of etcd's data dir: {what}"));
     let step = |from: &Path, to: &Path| {
-        std::fs::rename(from, to)
-            .map_err(|e| err(format!("rename {} to {}: {e}", from.display(), to.display())))
+        std::fs::rename(from, to).map_err(|e| {
+            err(format!(
+                "rename {} to {}: {e}",
+                from.display(),
+                to.display()
+            ))
+        })
     };
     let staged_db = opts.db_path.with_extension("keel-import");
     let staged_wal = opts.wal_dir.with_extension("keel-import");
@@ -319,7 +331,10 @@ pub(super) fn finish_import(opts: &RaftOptions) -> Result<(), BootError> {
     for dir in [
         snap_dir(opts),
         kept_snap.clone(),
-        opts.wal_dir.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        opts.wal_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
     ] {
         crate::durable_dir::sync_dir(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     }

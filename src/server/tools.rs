@@ -39,17 +39,25 @@ fn parse(args: &[String], bool_flags: &[&str], known: &[&str]) -> Result<Args, S
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
-        if let Some(f) = a.strip_prefix("--").or_else(|| a.strip_prefix('-').filter(|f| f.len() == 1)) {
+        if let Some(f) = a
+            .strip_prefix("--")
+            .or_else(|| a.strip_prefix('-').filter(|f| f.len() == 1))
+        {
             let (name, inline) = match f.split_once('=') {
                 Some((n, v)) => (n.to_string(), Some(v.to_string())),
                 None => (f.to_string(), None),
             };
-            let name = if name == "w" { "write-out".to_string() } else { name };
+            let name = if name == "w" {
+                "write-out".to_string()
+            } else {
+                name
+            };
             if !known.contains(&name.as_str()) {
                 return Err(format!("unknown flag: --{name}"));
             }
             if bool_flags.contains(&name.as_str()) {
-                out.flags.push((name, Some(inline.unwrap_or_else(|| "true".into()))));
+                out.flags
+                    .push((name, Some(inline.unwrap_or_else(|| "true".into()))));
             } else if let Some(v) = inline {
                 out.flags.push((name, Some(v)));
             } else {
@@ -93,7 +101,9 @@ pub fn run(args: &[String]) -> Option<Result<(), String>> {
 fn one_file(a: &Args, what: &str) -> Result<PathBuf, String> {
     match a.positional.as_slice() {
         [f] => Ok(PathBuf::from(f)),
-        _ => Err(format!("{what} requires exactly one argument (the snapshot file)")),
+        _ => Err(format!(
+            "{what} requires exactly one argument (the snapshot file)"
+        )),
     }
 }
 
@@ -136,10 +146,9 @@ fn snapshot_restore(args: &[String]) -> Result<(), String> {
         .collect();
     let skip_hash_check = a.get("skip-hash-check").is_some_and(|v| v != "false");
     let members = members_of(cluster, token)?;
-    let me = members
-        .iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| format!("couldn't find local name {name:?} in the initial cluster configuration"))?;
+    let me = members.iter().find(|m| m.name == name).ok_or_else(|| {
+        format!("couldn't find local name {name:?} in the initial cluster configuration")
+    })?;
     let mut mine = me.peer_urls.clone();
     let mut adv = advertise.clone();
     mine.sort();
@@ -263,7 +272,11 @@ fn snapshot_status(args: &[String]) -> Result<(), String> {
                 .zip(&row)
                 .map(|(h, r)| h.len().max(r.len()) + 2)
                 .collect();
-            let line = w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("+");
+            let line = w
+                .iter()
+                .map(|n| "-".repeat(*n))
+                .collect::<Vec<_>>()
+                .join("+");
             println!("+{line}+");
             let centre = |t: &str, n: usize| {
                 let l = (n - t.len()) / 2;
@@ -319,9 +332,13 @@ fn defrag(args: &[String]) -> Result<(), String> {
         let mut db = crate::mvcc::db::Db::open(&p, crate::mvcc::db::DbOptions::default())
             .await
             .map_err(|e| format!("{}: {e}", p.display()))?;
-        db.defrag_all().await.map_err(|e| format!("{}: {e}", p.display()))?;
+        db.defrag_all()
+            .await
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         let after = db.stats().file_bytes;
-        db.close().await.map_err(|e| format!("{}: {e}", p.display()))?;
+        db.close()
+            .await
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         Ok::<u64, String>(after)
     })?;
     drop(lock);
