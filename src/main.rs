@@ -302,7 +302,9 @@ fn main() -> ExitCode {
     let cfg = match config::parse(&args, &env) {
         Ok(cfg) => cfg,
         Err(ConfigError::Help(text)) => {
-            println!("{text}");
+            // A closed pipe (`keel --help | head`) is no error.
+            let _ =
+                std::io::Write::write_all(&mut std::io::stdout(), format!("{text}\n").as_bytes());
             return ExitCode::SUCCESS;
         }
         Err(ConfigError::Version) => {

@@ -330,6 +330,9 @@ Usage:
   keel [flags]            start a Keel member (etcd v3 API)
   keel --version          print the version
   keel -h | --help        print this text
+  keel snapshot restore FILE [flags]   restore an etcd or Keel snapshot into a new data dir
+  keel snapshot status FILE [-w json]  hash, revision, keys and size of a snapshot file
+  keel defrag --data-dir DIR           defragment a stopped member's db
   keel --config-file PATH read all settings from an etcd YAML config file (etcd's
                           etcd.conf.yml keys, with client-transport-security and
                           peer-transport-security sections); flags and ETCD_*
