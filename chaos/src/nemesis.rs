@@ -934,7 +934,7 @@ mod tests {
 
     #[test]
     fn fault_lists() {
-        assert_eq!(parse_faults("all").unwrap().len(), 7);
+        assert_eq!(parse_faults("all").unwrap().len(), 8);
         assert!(parse_faults("none").unwrap().is_empty());
         assert_eq!(
             parse_faults("kill, pause,kill").unwrap(),

@@ -748,7 +748,7 @@ mod tests {
             vec![("KEEL_FAILPOINTS".to_string(), "stale-read=on".to_string())]
         );
         // Every fault kind by default.
-        assert_eq!(parse(&args("--server x")).unwrap().faults.len(), 7);
+        assert_eq!(parse(&args("--server x")).unwrap().faults.len(), 8);
         for bad in [
             "",
             "--server x --members 4",
