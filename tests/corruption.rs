@@ -143,7 +143,10 @@ fn a_damaged_page_raises_the_corrupt_alarm() {
     // that the other keys and the Meta tree live on other pages.
     assert!(s.etcdctl(&["put", "rotme", &"R".repeat(2000)]).ok);
     for i in 0..40 {
-        assert!(s.etcdctl(&["put", &format!("k{i:02}"), &"v".repeat(500)]).ok);
+        assert!(
+            s.etcdctl(&["put", &format!("k{i:02}"), &"v".repeat(500)])
+                .ok
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     let db = s.data_dir.join("member/snap/db");

@@ -144,12 +144,7 @@ pub(super) const SPECS: &[Spec] = &[
         Silent,
     ),
     spec("experimental-compaction-batch-limit", Int, "1000", Silent),
-    spec(
-        "experimental-corrupt-check-time",
-        Duration,
-        "0s",
-        Keel,
-    ),
+    spec("experimental-corrupt-check-time", Duration, "0s", Keel),
     spec("experimental-enable-lease-checkpoint", Bool, "false", Keel),
     // Checkpoints are always persisted in the Lease tree (3.5's persist flag's behaviour).
     spec(
@@ -166,12 +161,7 @@ pub(super) const SPECS: &[Spec] = &[
         Keel,
     ),
     spec("experimental-enable-v2v3", Str, "", Warn(V2)),
-    spec(
-        "experimental-initial-corrupt-check",
-        Bool,
-        "false",
-        Keel,
-    ),
+    spec("experimental-initial-corrupt-check", Bool, "false", Keel),
     spec(
         "experimental-peer-skip-client-san-verification",
         Bool,

@@ -384,7 +384,11 @@ pub async fn serve_connection<S>(
     while first.len() < 4 {
         let mut b = [0u8; 64];
         let n = future::or(
-            async { futures_lite::AsyncReadExt::read(&mut stream, &mut b).await.ok() },
+            async {
+                futures_lite::AsyncReadExt::read(&mut stream, &mut b)
+                    .await
+                    .ok()
+            },
             async {
                 glommio::timer::sleep(crate::tls::stream::HANDSHAKE_TIMEOUT).await;
                 None
@@ -401,7 +405,13 @@ pub async fn serve_connection<S>(
     }
     if !first.starts_with(&super::http1::H2_PREFACE_START[..4]) {
         let handler = router.http1.clone();
-        super::http1::serve(stream, first, handler, crate::tls::stream::HANDSHAKE_TIMEOUT).await;
+        super::http1::serve(
+            stream,
+            first,
+            handler,
+            crate::tls::stream::HANDSHAKE_TIMEOUT,
+        )
+        .await;
         return;
     }
     let stream = Prefixed {

@@ -162,10 +162,7 @@ pub enum ToRaft {
     },
     /// Maintenance.Alarm: an encoded `keel.internal.RaftRequest` (an AlarmRequest),
     /// proposed like a write; replied once applied, with the alarms it concerns.
-    ProposeAlarm {
-        to: ReplyTo<AlarmList>,
-        data: Bytes,
-    },
+    ProposeAlarm { to: ReplyTo<AlarmList>, data: Bytes },
     /// Maintenance.Defragment: replied once the db is defragmented (moved in slices
     /// between rounds; reads and writes go on).
     Defrag { to: ReplyTo<Defragmented> },

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::mesh::ServerError;
 use crate::mesh::{
-    CoreId, HashKv, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp, Origin,
-    Reply, ReplyBody, ReplyTo, ToRaft,
+    CoreId, HashKv, LeaderMoved, LeaseRenewed, LeaseTtl, MemberChanged, MemberInfo, MemberOp,
+    Origin, Reply, ReplyBody, ReplyTo, ToRaft,
 };
 use crate::mvcc::db::{self, TreeId};
 use crate::pb::etcdserverpb as pb;

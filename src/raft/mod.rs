@@ -51,18 +51,18 @@
 //! - The raft conf state and the member records are written in the same db transaction as
 //!   the consistent index of the entry that changed them.
 
-mod apply;
 mod alarm;
+mod apply;
 pub use alarm::alarm_name;
-pub mod autocompact;
-pub mod etcd_db;
 mod auth;
-mod corrupt;
-mod defrag;
+pub mod autocompact;
 mod boot;
 pub mod client;
 mod cluster;
+mod corrupt;
+mod defrag;
 pub mod entry;
+pub mod etcd_db;
 mod leases;
 pub mod lessor;
 pub mod log;
@@ -573,7 +573,12 @@ impl RaftCore {
         );
         origins.extend(self.writes.held.drain(..).map(|h| h.origin));
         origins.extend(self.writes.waiting.drain().map(|(k, _)| k));
-        origins.extend(self.forwards.to_leader.drain().filter_map(|(_, f)| f.origin()));
+        origins.extend(
+            self.forwards
+                .to_leader
+                .drain()
+                .filter_map(|(_, f)| f.origin()),
+        );
         for origin in origins {
             self.fail(out, origin, ServerError::Stopped);
         }

@@ -60,7 +60,12 @@ impl Db {
         // (the path is copied: the tallest tree's height, plus one), and overflow runs
         // need contiguous free pages. (A fixed HEIGHT_MAX made a small db's defrag a no-op:
         // etcd's e2e TestCtlV3Alarm defragments a 15-page db to fit a 13-page quota.)
-        let height = self.roots.iter().map(|r| r.height as u64).max().unwrap_or(0);
+        let height = self
+            .roots
+            .iter()
+            .map(|r| r.height as u64)
+            .max()
+            .unwrap_or(0);
         let target_pages = 2 + live + (height + 1).min(HEIGHT_MAX as u64) + live / 64;
         DefragState {
             target_pages,
