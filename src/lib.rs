@@ -85,6 +85,7 @@ pub mod failpoint;
 pub mod grpc;
 pub mod lease;
 pub mod mesh;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod pb;

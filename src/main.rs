@@ -72,6 +72,23 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             }),
         }
     }
+    let mut listen_metrics: Vec<ClientListen> = Vec::new();
+    for u in &cfg.listen_metrics_urls {
+        let addr = u.socket_addr()?;
+        let tls = is_tls(u);
+        match listen_metrics.iter_mut().find(|l| l.addr == addr) {
+            Some(l) => {
+                l.tls |= tls;
+                l.plain |= !tls;
+            }
+            None => listen_metrics.push(ClientListen {
+                addr,
+                plain: !tls,
+                tls,
+            }),
+        }
+    }
+    keel::config::version::set(&cfg.etcd_version)?;
     // Absolute paths: glommio opens directories with openat, which fails on relative ones
     // (EBADF), and a relative data dir is the default (`./default.keel`).
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
@@ -96,7 +113,19 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         data_dir.join("fixtures").join("peer"),
         true,
     )?;
-    let any_https_client = cfg.listen_client_urls.iter().any(is_tls);
+    let any_https_client = cfg
+        .listen_client_urls
+        .iter()
+        .chain(&cfg.listen_metrics_urls)
+        .any(is_tls);
+    if let Some(u) = cfg.listen_metrics_urls.iter().find(|u| is_tls(u)) {
+        if client_tls.is_none() {
+            return Err(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for metrics url {u} \
+                 with HTTPS scheme"
+            ));
+        }
+    }
     if let Some(u) = cfg.listen_client_urls.iter().find(|u| is_tls(u)) {
         if client_tls.is_none() {
             return Err(format!(
@@ -130,6 +159,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         member_id: me.id,
         cluster_id,
         listen_clients,
+        listen_metrics,
         listen_peers,
         advertise_client_urls: advertise.clone(),
         raft: RaftOptions {

@@ -16,6 +16,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("bbolt", 1),
     ("etcd_wal", 1),
     ("test_rng", 0),
+    // Per-core counters and their rendering.
+    ("metrics", 0),
     ("failpoint", 1),
     ("tls", 1),
     ("grpc", 2),

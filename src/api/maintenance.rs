@@ -113,6 +113,7 @@ impl Services {
         let message = req.messages.single().await?;
         decode::<pb::SnapshotRequest>(&message)?;
         self.admin_unmapped(&req.call()).await?;
+        let started = std::time::Instant::now();
         let snap = self.node().with_shard(|s| s.snapshot().clone());
         let app = snap.app_meta();
         let failed = |e: crate::raft::etcd_db::Error| {
@@ -157,6 +158,7 @@ impl Services {
             "etcdserver/api/v3rpc",
             &format!("sent database snapshot to client ({total} bytes)"),
         );
+        crate::metrics::observe(crate::metrics::Hist::SnapshotSend, started.elapsed());
         Ok(())
     }
 

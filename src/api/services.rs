@@ -34,9 +34,6 @@ pub struct HeaderInfo {
     pub member_id: u64,
 }
 
-/// The version Maintenance.Status reports: the etcd release whose API Keel serves.
-pub const ETCD_VERSION: &str = "3.4.23";
-
 pub struct Services {
     client: Rc<RaftClient>,
     node: Rc<Node>,
@@ -53,7 +50,10 @@ pub struct Services {
 
 pub(crate) fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
     // grpc-go's code and wording for a request that does not unmarshal.
-    M::decode(body.clone()).map_err(|e| {
+    let started = std::time::Instant::now();
+    let decoded = M::decode(body.clone());
+    crate::metrics::observe(crate::metrics::Hist::StageDecode, started.elapsed());
+    decoded.map_err(|e| {
         Status::new(
             Code::Internal,
             format!("grpc: error unmarshalling request: {e}"),
@@ -291,7 +291,7 @@ impl Services {
         let (s, term) = (a.value, a.raft_term);
         Ok(encode(&pb::StatusResponse {
             header: Some(self.header(s.revision, term)),
-            version: ETCD_VERSION.to_string(),
+            version: crate::config::version::server().to_string(),
             db_size: s.db_size_bytes,
             leader: s.leader,
             raft_index: s.raft_index,
@@ -475,10 +475,18 @@ fn txn_serializable(req: &mvcc::TxnRequest) -> bool {
         .all(|op| matches!(op, mvcc::RequestOp::RequestRange(r) if r.serializable))
 }
 
+/// What a `--listen-metrics-urls` listener serves on one core: `/metrics`, `/health`,
+/// `/livez`, `/readyz` over HTTP/1.1 (no gRPC service).
+pub fn metrics_router(s: Rc<Services>) -> Router {
+    let mut r = Router::new();
+    r.set_http1(super::http::handler(s, super::http::Port::Metrics));
+    r
+}
+
 /// The routes of one core.
 pub fn router(s: Rc<Services>) -> Router {
     let mut r = Router::new();
-    r.set_http1(super::http::handler(s.clone()));
+    r.set_http1(super::http::handler(s.clone(), super::http::Port::Client));
     // `$map` turns a handler's error into the one on the wire.
     macro_rules! unary {
         ($path:expr, $method:ident) => {

@@ -107,6 +107,12 @@ pub(super) fn build(
         data_dir,
         wal_dir,
         listen_client_urls: urls.listen_client,
+        listen_metrics_urls: if raw(values, "listen-metrics-urls").is_empty() {
+            Vec::new()
+        } else {
+            url_list(values, "listen-metrics-urls")?
+        },
+        etcd_version: etcd_version(values)?,
         advertise_client_urls: urls.advertise_client,
         listen_peer_urls: urls.listen_peer,
         initial_advertise_peer_urls: urls.initial_advertise_peer,
@@ -250,6 +256,7 @@ fn member_urls(values: &Values, source: &Source) -> Result<MemberUrls, ConfigErr
         "listen-peer-urls",
         "listen-client-urls",
         "listen-client-http-urls",
+        "listen-metrics-urls",
     ] {
         for url in url_list(values, name).unwrap_or_default() {
             if name == "listen-peer-urls" && url.scheme.starts_with("unix") {
@@ -313,6 +320,12 @@ fn self_signed_cert_validity(values: &Values) -> Result<u32, ConfigError> {
         Ok(n) if n <= 100 => Ok(n),
         _ => invalid("--self-signed-cert-validity is too large"),
     }
+}
+
+fn etcd_version(values: &Values) -> Result<String, ConfigError> {
+    let v = raw(values, "etcd-version");
+    crate::config::version::cluster_of(v).map_err(ConfigError::Invalid)?;
+    Ok(v.to_string())
 }
 
 fn shard_split_keys(values: &Values) -> Vec<Vec<u8>> {

@@ -86,6 +86,8 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         cores: None,
         cpu_list: Vec::new(),
         shard_split_keys: Vec::new(),
+        listen_metrics_urls: Vec::new(),
+        etcd_version: "3.4.23".to_string(),
         watch_progress_notify_interval: Duration::from_secs(600),
         lease_checkpoint_interval: None,
         corrupt_check_interval: None,

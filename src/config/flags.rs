@@ -144,6 +144,7 @@ pub(super) const SPECS: &[Spec] = &[
         Silent,
     ),
     spec("experimental-compaction-batch-limit", Int, "1000", Silent),
+    spec("etcd-version", Str, crate::config::version::DEFAULT, Keel),
     spec("experimental-corrupt-check-time", Duration, "0s", Keel),
     spec("experimental-enable-lease-checkpoint", Bool, "false", Keel),
     // Checkpoints are always persisted in the Lease tree (3.5's persist flag's behaviour).
@@ -215,12 +216,7 @@ pub(super) const SPECS: &[Spec] = &[
         Warn("a separate HTTP listener is not built yet"),
     ),
     spec("listen-client-urls", Urls, "http://localhost:2379", Keel),
-    spec(
-        "listen-metrics-urls",
-        Urls,
-        "",
-        Warn("the metrics listener is not built yet"),
-    ),
+    spec("listen-metrics-urls", Urls, "", Keel),
     spec("listen-peer-urls", Urls, "http://localhost:2380", Keel),
     spec("log-level", Str, "info", Silent),
     spec("log-output", Str, "default", Silent),
@@ -345,6 +341,12 @@ Member:
   --quota-backend-bytes '0'             database size limit (0 means 2 GiB)
   --cores N                             cores to run on (default: all available)
   --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)
+  --listen-metrics-urls ''              more URLs serving /metrics, /health, /livez and
+                                        /readyz only (https ones use the client TLS files)
+  --etcd-version '3.4.23'               the etcd version reported (Status, /version,
+                                        etcd_server_version); Kubernetes enables
+                                        ConsistentListFromCache and WatchList for
+                                        >= 3.4.31 or >= 3.5.13 (e.g. 3.5.17)
 
 Clustering:
   --initial-advertise-peer-urls 'http://localhost:2380'
@@ -388,7 +390,7 @@ Accepted for etcd compatibility (a warning is printed when the feature is not bu
        --discovery-srv-name
   v2 and proxy: --enable-v2 --experimental-enable-v2v3 --proxy --proxy-*
   other: --pre-vote --initial-election-tick-advance --max-concurrent-streams
-       --grpc-keepalive-* --listen-client-http-urls --listen-metrics-urls
+       --grpc-keepalive-* --listen-client-http-urls
        --unsafe-no-fsync --next-cluster-version-compatible --experimental-*
   no effect: --logger --log-level --log-outputs --debug --metrics --enable-pprof
        --enable-grpc-gateway --max-snapshots --max-wals --cors --host-whitelist

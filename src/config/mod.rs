@@ -36,6 +36,7 @@ mod file;
 mod flags;
 mod go;
 mod url;
+pub mod version;
 
 #[cfg(test)]
 mod file_tests;
@@ -54,6 +55,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub wal_dir: Option<PathBuf>,
     pub listen_client_urls: Vec<Url>,
+    /// `--listen-metrics-urls`: `/metrics` and the health probes only.
+    pub listen_metrics_urls: Vec<Url>,
+    /// Keel's own `--etcd-version`: the etcd version reported to clients.
+    pub etcd_version: String,
     pub advertise_client_urls: Vec<Url>,
     pub listen_peer_urls: Vec<Url>,
     pub initial_advertise_peer_urls: Vec<Url>,

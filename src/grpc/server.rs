@@ -127,6 +127,8 @@ pub struct Messages {
     body: h2::RecvStream,
     decoder: Decoder,
     ended: bool,
+    /// The method's counters on this core (`None`: not a route).
+    metrics: Option<Rc<crate::metrics::GrpcCells>>,
 }
 
 impl Messages {
@@ -135,7 +137,12 @@ impl Messages {
     pub async fn next(&mut self) -> Option<Result<Bytes, Status>> {
         loop {
             match self.decoder.decode() {
-                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(Some(message)) => {
+                    if let Some(m) = &self.metrics {
+                        m.received(message.len());
+                    }
+                    return Some(Ok(message));
+                }
                 Ok(None) => {}
                 Err(status) => return Some(Err(status)),
             }
@@ -232,6 +239,7 @@ impl Router {
     {
         let (service, _method) = split_path(path).expect("route path is /service/method");
         self.services.insert(service.to_string());
+        crate::metrics::grpc_route(path);
         let handler: Handler = Box::new(move |req, res| Box::pin(handler(req, res)));
         let previous = self.handlers.insert(path.to_string(), (handler, queue));
         assert!(previous.is_none(), "route {path} registered twice");
@@ -249,12 +257,14 @@ impl Router {
             let handler = handler.clone();
             async move {
                 let message = req.messages.single().await?;
+                let started = std::time::Instant::now();
                 let call = Call {
                     metadata: std::mem::take(&mut req.metadata),
                     common_name: req.common_name.take(),
                 };
-                let reply = handler(call, message).await?;
-                Ok(res.send(reply).await?)
+                let reply = handler(call, message).await;
+                crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
+                Ok(res.send(reply?).await?)
             }
         })
     }
@@ -580,10 +590,12 @@ async fn serve_stream(
             return reply_trailers_only(&mut respond, &status);
         }
     };
+    let metrics = crate::metrics::grpc_started(&path);
     let messages = Messages {
         body,
         decoder: Decoder::new(config.message_bytes_max),
         ended: false,
+        metrics: metrics.clone(),
     };
     let request = Request {
         path,
@@ -623,7 +635,12 @@ async fn serve_stream(
     // into h2 under flow control. If the stream breaks (client reset, connection gone),
     // the handler is dropped at once, even if it is parked waiting for events.
     let mut handler = Box::pin(async move { call.await.err().unwrap_or_else(Status::ok) });
-    let mut writer = Box::pin(write_responses(&mut respond, receiver, room));
+    let mut writer = Box::pin(write_responses(
+        &mut respond,
+        receiver,
+        room,
+        metrics.as_deref(),
+    ));
     let mut status: Option<Status> = None;
     let mut written: Option<Result<Option<h2::SendStream<Bytes>>, ()>> = None;
     future::poll_fn(|cx| {
@@ -645,6 +662,13 @@ async fn serve_stream(
     .await;
     drop(handler);
     drop(writer);
+    let code = match (&status, &written) {
+        (Some(status), Some(Ok(_))) => status.code as u32,
+        _ => Code::Cancelled as u32, // the client went away first (grpc-go: Canceled)
+    };
+    if let Some(m) = &metrics {
+        m.handled(code);
+    }
     match (status, written) {
         (Some(status), Some(Ok(None))) => reply_trailers_only(&mut respond, &status),
         (Some(status), Some(Ok(Some(mut send)))) => {
@@ -667,7 +691,13 @@ async fn write_responses(
     respond: &mut h2::server::SendResponse<Bytes>,
     receiver: LocalReceiver<Bytes>,
     room: Option<Rc<Room>>,
+    metrics: Option<&crate::metrics::GrpcCells>,
 ) -> Result<Option<h2::SendStream<Bytes>>, ()> {
+    let count = |m: &Bytes| {
+        if let Some(c) = metrics {
+            c.sent(m.len());
+        }
+    };
     let mut send: Option<h2::SendStream<Bytes>> = None;
     loop {
         let next = future::or(async { Some(receiver.recv().await) }, async {
@@ -701,10 +731,14 @@ async fn write_responses(
             message.len() + 5
         };
         let mut batch = BytesMut::with_capacity(capacity);
+        count(&message);
         codec::encode_into(&mut batch, &message);
         while batch.len() < COALESCE_BYTES_MAX {
             match future::poll_once(receiver.recv()).await {
-                Some(Some(next)) => codec::encode_into(&mut batch, &next),
+                Some(Some(next)) => {
+                    count(&next);
+                    codec::encode_into(&mut batch, &next)
+                }
                 _ => break,
             }
         }

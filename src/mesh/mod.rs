@@ -500,6 +500,15 @@ pub enum CoreMsg {
         at_revision: i64,
         min_index: u64,
     },
+    /// Send this core's metric counts (`MetricsReply` with the same `seq`) to `from`.
+    Metrics {
+        from: CoreId,
+        seq: u64,
+    },
+    MetricsReply {
+        seq: u64,
+        counts: Box<crate::metrics::Snapshot>,
+    },
     RangeReply {
         seq: u64,
         /// The replying shard's applied index (so a caller that raced a compaction can

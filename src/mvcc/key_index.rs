@@ -387,6 +387,9 @@ pub struct KeyIndex {
     keys: HashMap<IndexKey, KeyHistory>,
     /// Exactly the keys of `keys`.
     order: BTreeSet<IndexKey>,
+    /// Keys alive now (etcd's `etcd_debugging_mvcc_keys_total`): a put that starts a
+    /// generation adds one, a tombstone takes one.
+    live: usize,
 }
 
 impl KeyIndex {
@@ -397,6 +400,11 @@ impl KeyIndex {
     /// Number of keys with any history (alive or not).
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Number of keys alive at the newest revision.
+    pub fn live_key_count(&self) -> usize {
+        self.live
     }
 
     /// Every key with history, in key order.
@@ -414,7 +422,11 @@ impl KeyIndex {
         let h = self.history_mut(key, true);
         h.put(rev);
         let g = h.generations.last().expect("a put leaves a generation");
-        (g.created.main, g.version)
+        let out = (g.created.main, g.version);
+        if out.1 == 1 {
+            self.live += 1;
+        }
+        out
     }
 
     /// The key's history, inserted empty if new: one map search for inline keys.
@@ -437,9 +449,14 @@ impl KeyIndex {
 
     /// Marks `key` deleted at `rev`. False (no change) if the key is not alive.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        self.keys
+        let done = self
+            .keys
             .get_mut(KeyBytes::new(key))
-            .is_some_and(|h| h.tombstone(rev))
+            .is_some_and(|h| h.tombstone(rev));
+        if done {
+            self.live = self.live.saturating_sub(1);
+        }
+        done
     }
 
     /// The key as of main revision `at`, if it existed then.
@@ -554,8 +571,12 @@ impl KeyIndex {
                 live_create_revision: create_revision,
                 live_version: version,
             };
+            self.live += 1;
         } else {
             h.put(rev);
+            if h.generations.last().is_some_and(|g| g.version == 1) {
+                self.live += 1;
+            }
         }
     }
 

@@ -77,6 +77,8 @@ pub struct Node {
     waiters: RefCell<Vec<Waker>>,
     outbox: Vec<Rc<Outbox>>,
     calls: RefCell<HashMap<u64, RangeSlot>>,
+    /// Metric scrapes waiting for other cores' counts.
+    metric_calls: RefCell<HashMap<u64, Rc<Slot<crate::metrics::Snapshot>>>>,
     next_seq: Cell<u64>,
     raft: Rc<RaftClient>,
     /// Linearizable reads that arrived since this core last asked for a ReadIndex.
@@ -106,6 +108,9 @@ struct CoreAuth {
 /// How long a request with a simple token from a raft index this core has not applied
 /// yet waits for it (etcd waits for the index until the request's deadline).
 pub const TOKEN_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a scrape waits for another core's metric counts.
+pub const METRICS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Subscribed changes queued beyond this are dropped and the subscriber told to re-read.
 pub const SUBSCRIPTION_QUEUE_MAX: usize = 4096;
@@ -170,6 +175,7 @@ impl Node {
             waiters: RefCell::new(Vec::new()),
             outbox: (0..cores).map(|_| Rc::new(Outbox::default())).collect(),
             calls: RefCell::new(HashMap::new()),
+            metric_calls: RefCell::new(HashMap::new()),
             next_seq: Cell::new(1),
             raft,
             index_waiting: RefCell::new(Vec::new()),
@@ -329,6 +335,16 @@ impl Node {
                 })
                 .detach();
             }
+            CoreMsg::Metrics { from, seq } => {
+                let counts = Box::new(self.metric_counts());
+                self.send(from, CoreMsg::MetricsReply { seq, counts });
+            }
+            CoreMsg::MetricsReply { seq, counts } => {
+                let slot = self.metric_calls.borrow_mut().remove(&seq);
+                if let Some(slot) = slot {
+                    slot.fill(*counts);
+                }
+            }
             CoreMsg::RangeReply { seq, index, body } => {
                 let slot = self.calls.borrow_mut().remove(&seq);
                 if let Some(slot) = slot {
@@ -336,6 +352,52 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// This core's metric counts, with its watch gauges as of now.
+    pub fn metric_counts(&self) -> crate::metrics::Snapshot {
+        use crate::metrics::{set, Gauge};
+        let (streams, watchers, behind) = self.hub.counts();
+        set(Gauge::WatchStreams, streams as f64);
+        set(Gauge::Watchers, watchers as f64);
+        set(Gauge::SlowWatchers, behind as f64);
+        crate::metrics::snapshot()
+    }
+
+    /// Every core's metric counts, summed (a core that does not answer within
+    /// `METRICS_WAIT` is left out of this scrape).
+    pub async fn collect_metrics(self: &Rc<Node>) -> crate::metrics::Snapshot {
+        let mut total = self.metric_counts();
+        let mut waiting = Vec::new();
+        for to in 0..self.outbox.len() {
+            if to == self.core.0 as usize {
+                continue;
+            }
+            let seq = self.next_seq.get();
+            self.next_seq.set(seq + 1);
+            let slot = Slot::new();
+            self.metric_calls.borrow_mut().insert(seq, slot.clone());
+            self.send(
+                CoreId(to as u16),
+                CoreMsg::Metrics {
+                    from: self.core,
+                    seq,
+                },
+            );
+            waiting.push((seq, slot));
+        }
+        for (seq, slot) in waiting {
+            let counts = futures_lite::future::or(async { Some(slot.wait().await) }, async {
+                glommio::timer::sleep(METRICS_WAIT).await;
+                None
+            })
+            .await;
+            self.metric_calls.borrow_mut().remove(&seq);
+            if let Some(c) = counts {
+                total.absorb(c);
+            }
+        }
+        total
     }
 
     fn reply_part(&self, from: CoreId, seq: u64, req: &RangeRequest, at_revision: i64) {
@@ -521,6 +583,7 @@ impl Node {
         req: RangeRequest,
         linearizable: bool,
     ) -> Result<(RangeResponse, u64), ServerError> {
+        crate::metrics::inc(crate::metrics::Counter::MvccRange);
         let min_index = if linearizable {
             self.read_index().await?
         } else {

@@ -7,6 +7,41 @@
 //! round that applied its entry.
 
 use super::*;
+use crate::metrics;
+
+/// A round of applied entries slower than this counts in `etcd_server_slow_apply_total`
+/// (etcd warns of applies over 100 ms).
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
+/// Counts an applied write as etcd's mvcc metrics do: each put, delete range and range
+/// of it, and the txn itself when it did more than one of them.
+fn count_applied(res: &Result<OpResponse, mvcc::Error>) {
+    fn walk(ops: &[mvcc::ResponseOp], n: &mut [u64; 3]) {
+        for op in ops {
+            match op {
+                mvcc::ResponseOp::ResponseRange(_) => n[0] += 1,
+                mvcc::ResponseOp::ResponsePut(_) => n[1] += 1,
+                mvcc::ResponseOp::ResponseDeleteRange(_) => n[2] += 1,
+                mvcc::ResponseOp::ResponseTxn(t) => walk(&t.responses, n),
+            }
+        }
+    }
+    let mut n = [0u64; 3];
+    match res {
+        Ok(OpResponse::Put(_)) => n[1] = 1,
+        Ok(OpResponse::DeleteRange(_)) => n[2] = 1,
+        Ok(OpResponse::Txn(t)) => {
+            walk(&t.responses, &mut n);
+            if n.iter().sum::<u64>() > 1 {
+                metrics::inc(metrics::Counter::MvccTxn);
+            }
+        }
+        _ => return,
+    }
+    metrics::add(metrics::Counter::MvccRange, n[0]);
+    metrics::add(metrics::Counter::MvccPut, n[1]);
+    metrics::add(metrics::Counter::MvccDelete, n[2]);
+}
 
 impl RaftCore {
     /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
@@ -64,10 +99,14 @@ impl RaftCore {
                 self.node.mut_store().set_hard_state(hs.clone());
             }
             if rd.must_sync() {
+                let started = Instant::now();
                 self.wal
                     .sync()
                     .await
                     .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+                let took = started.elapsed();
+                metrics::observe(metrics::Hist::WalFsync, took);
+                metrics::observe(metrics::Hist::StageWalSync, took);
             }
             self.send_messages(rd.take_persisted_messages());
             let mut light = self.node.advance(rd);
@@ -89,7 +128,32 @@ impl RaftCore {
         self.serve_indexed_reads(out);
         self.check_move_leader(out);
         self.maybe_publish();
+        self.set_gauges();
         Ok(())
+    }
+
+    /// The raft core's gauges, as of this turn (a few stores into this core's cells).
+    fn set_gauges(&self) {
+        use metrics::{set, Gauge};
+        let raft = &self.node.raft;
+        set(
+            Gauge::HasLeader,
+            f64::from(u8::from(raft.leader_id != ::raft::INVALID_ID)),
+        );
+        set(
+            Gauge::IsLeader,
+            f64::from(u8::from(raft.state == StateRole::Leader)),
+        );
+        set(Gauge::IsLearner, f64::from(u8::from(self.is_learner())));
+        set(Gauge::ProposalsCommitted, raft.raft_log.committed as f64);
+        set(Gauge::ProposalsApplied, self.applied_index as f64);
+        set(Gauge::ProposalsPending, self.writes.waiting.len() as f64);
+        let db = self.store.backend();
+        set(Gauge::DbTotalBytes, db.size_bytes() as f64);
+        set(Gauge::DbInUseBytes, db.in_use_bytes() as f64);
+        set(Gauge::Keys, self.store.index().live_key_count() as f64);
+        set(Gauge::CurrentRevision, self.store.current_revision() as f64);
+        set(Gauge::CompactRevision, self.store.compact_revision() as f64);
     }
 
     /// Logs a leader change as etcd does, and fails this member's proposals still waiting:
@@ -114,6 +178,9 @@ impl RaftCore {
                 "raft",
                 &format!("raft.node: {me:x} elected leader {leader:x} at term {term}"),
             );
+        }
+        if leader != ::raft::INVALID_ID {
+            metrics::inc(metrics::Counter::LeaderChanges);
         }
         let old = std::mem::replace(&mut self.known_leader, leader);
         if old != ::raft::INVALID_ID && old != me && !self.writes.waiting.is_empty() {
@@ -191,6 +258,11 @@ impl RaftCore {
 
     pub(super) fn send_messages(&mut self, mut msgs: Vec<RaftMessage>) {
         let Some(t) = &self.transport else { return };
+        for m in &msgs {
+            if m.get_msg_type() == ::raft::eraftpb::MessageType::MsgHeartbeat {
+                metrics::heartbeat_sent(m.to);
+            }
+        }
         // A snapshot message travels with the db on its own connection.
         if msgs
             .iter()
@@ -208,6 +280,20 @@ impl RaftCore {
     }
 
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), BootError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let applied = self.apply_entries(entries);
+        let took = started.elapsed();
+        metrics::observe(metrics::Hist::StageApply, took);
+        if took >= SLOW_APPLY {
+            metrics::inc(metrics::Counter::SlowApply);
+        }
+        applied
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), BootError> {
         for e in entries {
             match e.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(&e)?,
@@ -270,6 +356,7 @@ impl RaftCore {
         let Some(res) = self.store.apply_at(e.index, e.term, &op) else {
             return Ok(());
         };
+        count_applied(&res);
         match (&op, &res) {
             (Op::LeaseGrant(g), Ok(_)) => self.leases.lessor.granted(g.id, g.ttl, Instant::now()),
             (Op::LeaseRevoke(r), Ok(_)) => {
@@ -391,10 +478,14 @@ impl RaftCore {
 
     /// Commits the db now (a failed commit stops the member: the db refuses writes then).
     pub(super) async fn commit_db(&mut self, now: Instant) -> Result<(), BootError> {
+        let started = Instant::now();
         self.store
             .commit()
             .await
             .map_err(|e| boot_err(format!("db commit: {e}; stopping")))?;
+        let took = started.elapsed();
+        metrics::observe(metrics::Hist::BackendCommit, took);
+        metrics::observe(metrics::Hist::StageDbCommit, took);
         self.db_committed_index = self.store.consistent_index();
         self.last_db_commit = now;
         Ok(())

@@ -84,7 +84,9 @@ impl RaftClient {
         if !sent {
             return Err(ServerError::TooManyRequests);
         }
+        let started = std::time::Instant::now();
         let reply = WaitReply { slot }.await;
+        crate::metrics::observe(crate::metrics::Hist::StageRaft, started.elapsed());
         drop(guard);
         let raft_term = reply.raft_term;
         let value = T::unwrap(reply.body?).ok_or_else(|| {

@@ -55,6 +55,7 @@ impl RaftCore {
         if !self.defrag.active() {
             self.defrag.started_bytes = self.store.backend().size_bytes();
             self.defrag.started = Some(Instant::now());
+            crate::metrics::set(crate::metrics::Gauge::DefragInflight, 1.0);
             self.defrag.moved_pages = 0;
             self.defrag.next_step = None;
             self.defrag.last_progress = Some(Instant::now());
@@ -117,6 +118,8 @@ impl RaftCore {
         if p.done || stalled {
             let after = self.store.backend().size_bytes();
             let took = self.defrag.started.map(|t| t.elapsed()).unwrap_or_default();
+            crate::metrics::observe(crate::metrics::Hist::Defrag, took);
+            crate::metrics::set(crate::metrics::Gauge::DefragInflight, 0.0);
             crate::runtime::log::info(
                 "mvcc/backend",
                 &format!(

@@ -111,6 +111,7 @@ impl RaftCore {
             .into_iter()
             .map(|id| Op::LeaseRevoke(mvcc::LeaseRevokeRequest { id }))
             .collect();
+        crate::metrics::add(crate::metrics::Counter::LeaseExpired, ops.len() as u64);
         let mut batches = self.leases.lessor.due_checkpoints(now);
         if !self.leases.checkpoints_pending.is_empty() {
             let mut clears = std::mem::take(&mut self.leases.checkpoints_pending);

@@ -439,6 +439,9 @@ impl RaftCore {
             ToRaft::MoveLeader { to, target } => self.move_leader(out, to, target),
             ToRaft::Peer(msgs) => {
                 for m in msgs {
+                    if m.get_msg_type() == ::raft::eraftpb::MessageType::MsgHeartbeatResponse {
+                        crate::metrics::heartbeat_answered(m.from);
+                    }
                     // Stale or foreign messages are refused by raft; nothing to answer.
                     let _ = self.node.step(m);
                 }
@@ -481,6 +484,16 @@ impl RaftCore {
 
     /// Answers `origin` with an error.
     fn fail(&mut self, out: &dyn ReplySink, origin: Origin, e: ServerError) {
+        if matches!(
+            e,
+            ServerError::NoLeader
+                | ServerError::Timeout
+                | ServerError::TimeoutDueToLeaderFail
+                | ServerError::Stopped
+                | ServerError::ProposalRefused(_)
+        ) {
+            crate::metrics::inc(crate::metrics::Counter::ProposalsFailed);
+        }
         let reply = origin.fail(e, self.node.raft.term, self.node.raft.leader_id);
         self.send_reply(out, origin.from, reply);
     }

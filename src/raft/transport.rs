@@ -565,6 +565,10 @@ impl Transport {
                 Ok(()) => s.flush().await,
                 Err(e) => Err(e),
             };
+            match &written {
+                Ok(()) => crate::metrics::peer_sent(id, buf.len()),
+                Err(_) => crate::metrics::peer_send_failed(id),
+            }
             if let Err(e) = written {
                 log::warning("rafthttp", &format!("lost the stream to peer {id:x}: {e}"));
                 conn = None;
@@ -629,6 +633,7 @@ impl Transport {
         let mut s = futures_lite::io::BufReader::with_capacity(STREAM_READ_BUFFER_BYTES, s);
         loop {
             let (kind, payload) = read_frame(&mut s).await?;
+            crate::metrics::peer_received(from, payload.len() + 5);
             if self.view.borrow().removed.contains(&from) {
                 // Closing makes the sender dial again, and its handshake tells it.
                 return Ok(());

@@ -50,6 +50,9 @@ pub struct ServerOptions {
     pub cluster_id: u64,
     /// `--listen-client-urls`, one entry per address (http, https or both on it).
     pub listen_clients: Vec<ClientListen>,
+    /// `--listen-metrics-urls`: `/metrics` and the health probes only (https ones with the
+    /// client TLS config).
+    pub listen_metrics: Vec<ClientListen>,
     /// `--listen-peer-urls`: raft messages from the other members.
     pub listen_peers: Vec<PeerListen>,
     /// TLS of the client URLs (`None`: no https client URL).
@@ -299,6 +302,7 @@ fn check_addresses_free(opts: &ServerOptions) -> Result<(), String> {
     let addrs: Vec<&SocketAddr> = opts
         .listen_clients
         .iter()
+        .chain(&opts.listen_metrics)
         .map(|l| &l.addr)
         .chain(peer_addrs)
         .collect();
@@ -585,6 +589,7 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         .with_auth(opts.auth.clone())
         .with_quota(opts.quota_backend_bytes),
     );
+    let metrics_router = Rc::new(api::services::metrics_router(services.clone()));
     let router = Rc::new(api::router(services));
     let grpc_config = grpc::Config {
         message_bytes_max: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
@@ -596,7 +601,12 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         .client
         .as_ref()
         .map(|material| tls::stream::Acceptor::new(material.clone()));
-    for l in &opts.listen_clients {
+    let listens = opts
+        .listen_clients
+        .iter()
+        .map(|l| (l, &router))
+        .chain(opts.listen_metrics.iter().map(|l| (l, &metrics_router)));
+    for (l, router) in listens {
         let addr = l.addr;
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;

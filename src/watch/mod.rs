@@ -198,7 +198,6 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
-    #[cfg(debug_assertions)]
     fn values(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().flatten()
     }
@@ -286,6 +285,17 @@ impl Hub {
     pub fn header(&self, raft_term: u64, revision: i64) -> Vec<u8> {
         let c = self.config();
         header_field(c.cluster_id, c.member_id, revision, raft_term)
+    }
+
+    /// Open streams, watchers, and watchers catching up (unsynced), for the metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.inner.borrow();
+        let behind = inner
+            .watchers
+            .values()
+            .filter(|w| w.state != State::Synced)
+            .count();
+        (inner.streams.len(), inner.watchers.len, behind)
     }
 
     pub fn add_stream(&self, responses: Rc<Responses>) -> StreamId {
@@ -560,6 +570,7 @@ impl Hub {
                 continue;
             }
             let events: Vec<&[u8]> = per[n].iter().map(Vec::as_slice).collect();
+            crate::metrics::add(crate::metrics::Counter::WatchEvents, events.len() as u64);
             for msg in split_fragments(&header, w, &events, config.fragment_bytes) {
                 if responses.send(Bytes::from(msg)).await.is_err() {
                     return;
@@ -956,6 +967,7 @@ impl Inner {
             // with the whole revision once the watcher catches up.
             let full = corrupt || w.responses.room() < msgs.len();
             if !full {
+                crate::metrics::add(crate::metrics::Counter::WatchEvents, events.len() as u64);
                 for m in msgs {
                     let _ = w.responses.try_send(Bytes::from(m));
                 }
