@@ -145,4 +145,30 @@ if [ -n "$FOLLOWER" ]; then
 else
   echo "interop: the 3-member cluster elected no leader"; status=1
 fi
+kill ${PIDS[*]} 2>/dev/null || true; wait ${PIDS[*]} 2>/dev/null || true
+
+# The HTTP side of a client URL (/health, /version, /metrics parsed by Prometheus' own
+# parser, /livez, /readyz, pipelining), Keel beside a real etcd 3.4, each with a
+# --listen-metrics-urls listener.
+read -r -a H <<<"$(python3 -c 'import socket
+ss=[socket.socket() for _ in range(6)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))')"
+start_member() { # $1 binary, $2 name, $3 client, $4 peer, $5 metrics
+  "$1" --name "$2" --data-dir "$DATA/$2" --listen-client-urls "http://127.0.0.1:$3" \
+    --advertise-client-urls "http://127.0.0.1:$3" --listen-peer-urls "http://127.0.0.1:$4" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$4" \
+    --initial-cluster "$2=http://127.0.0.1:$4" \
+    --listen-metrics-urls "http://127.0.0.1:$5" >"$DATA.$2.log" 2>&1 &
+  PIDS+=($!)
+}
+PIDS=()
+start_member "$KEEL" hk "${H[0]}" "${H[1]}" "${H[2]}"
+start_member "$(command -v etcd)" he "${H[3]}" "${H[4]}" "${H[5]}"
+for m in hk he; do
+  for _ in $(seq 200); do grep -q "ready to serve" "$DATA.$m.log" && break; sleep 0.1; done
+done
+[ -d "$WORK/py/prometheus_client" ] || pip install -q --target "$WORK/py" prometheus_client >/dev/null 2>&1
+echo "interop: HTTP endpoints, Keel beside etcd $(etcd --version | head -1 | awk '{print $3}')"
+PYTHONPATH="$WORK/py" timeout 120 python3 ci/interop/http_endpoints.py "${H[0]}" "${H[2]}" "${H[3]}" "${H[5]}" || status=1
 exit $status

@@ -35,7 +35,8 @@ async fn serve(s: &Services, port: Port, req: HttpRequest) -> HttpResponse {
     let path = req.path.as_str();
     let get = req.method == "GET";
     match path {
-        "/metrics" if get => metrics(s).await,
+        // Prometheus' Go handler answers any method.
+        "/metrics" => metrics(s).await,
         "/health" if get => health(s, &req).await,
         "/version" if get && port == Port::Client => HttpResponse::json(
             200,
@@ -51,7 +52,7 @@ async fn serve(s: &Services, port: Port, req: HttpRequest) -> HttpResponse {
             }
             probe(s, &req).await
         }
-        "/metrics" | "/health" => method_not_allowed(),
+        "/health" => method_not_allowed(),
         "/version" if port == Port::Client => method_not_allowed(),
         _ => HttpResponse::text(404, "404 page not found\n"),
     }
@@ -101,10 +102,12 @@ async fn health(s: &Services, req: &HttpRequest) -> HttpResponse {
     } else {
         crate::metrics::Counter::HealthFailures
     });
+    // etcd 3.4 writes the JSON bare on success and through Go's http.Error (a newline
+    // after it) on failure; Go sniffs both as text/plain.
     if healthy {
-        HttpResponse::json(200, "{\"health\":\"true\"}\n")
+        HttpResponse::text(200, "{\"health\":\"true\"}")
     } else {
-        HttpResponse::json(503, "{\"health\":\"false\"}\n")
+        HttpResponse::text(503, "{\"health\":\"false\"}\n")
     }
 }
 

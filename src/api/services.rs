@@ -582,6 +582,21 @@ pub fn router(s: Rc<Services>) -> Router {
             async move { s.snapshot(req, res).await }
         });
     }
+    {
+        // grpc.health.v1 Watch: the status now, then the stream stays open (etcd's health
+        // server sends again only when the status is set, which etcd does at start).
+        let s = s.clone();
+        r.route("/grpc.health.v1.Health/Watch", move |mut req, res| {
+            let s = s.clone();
+            async move {
+                let message = req.messages.single().await?;
+                let reply = s.health_check(&req.call(), message).await?;
+                res.send(reply).await?;
+                futures_lite::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
     let node = s.node.clone();
     let watch_s = s.clone();
     r.route_with_queue(
