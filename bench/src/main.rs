@@ -20,6 +20,7 @@ mod failover;
 mod grpc;
 mod load;
 mod maintenance;
+mod scrape;
 mod store;
 mod util;
 mod wal;
@@ -33,6 +34,8 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    --reps N --members N --heartbeat-interval MS --election-timeout MS --only keel|etcd --out DIR
   maintenance      Defragment and Snapshot under put load, Keel then etcd on a filled db: --keel BIN --etcd BIN
                    --only defrag,snapshot --db-mib 1024 --val-size 4000 --seconds 10 --clients 64 --quick --out DIR
+  scrape           put c64 with and without a GET /metrics every 100 ms, Keel then etcd: --keel BIN --etcd BIN
+                   --seconds 5 --rounds 3 --clients 64 --interval-ms 100 --quick --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
   put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns | authenticate
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
@@ -60,6 +63,7 @@ fn main() {
         "compare" => compare::main(&opts),
         "failover" => failover::main(&opts),
         "maintenance" => maintenance::main(&opts),
+        "scrape" => scrape::main(&opts),
         "watch-memory" => {
             let o = load::options_from(&opts);
             let pid = opts.u64("server-pid", 0) as u32;
