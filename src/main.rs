@@ -89,6 +89,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         }
     }
     keel::config::version::set(&cfg.etcd_version)?;
+    keel::metrics::set_extensive(cfg.metrics_extensive);
     // Absolute paths: glommio opens directories with openat, which fails on relative ones
     // (EBADF), and a relative data dir is the default (`./default.keel`).
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;

@@ -130,6 +130,9 @@ fn a_scrape_sums_every_core_and_the_probes_answer() {
         ) >= 40.0
     );
     assert!(value(&m, "etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert!(!m
+        .keys()
+        .any(|k| k.starts_with("grpc_server_handling_seconds")));
     assert_eq!(value(&m, "etcd_server_quota_backend_bytes"), 2147483648.0);
     assert_eq!(
         value(&m, "etcd_server_version{server_version=\"3.4.23\"}"),
@@ -187,7 +190,10 @@ fn a_scrape_sums_every_core_and_the_probes_answer() {
 
 #[test]
 fn the_reported_version_is_settable() {
-    let server = Server::start("metrics-version", &["--etcd-version", "3.5.17"]);
+    let server = Server::start(
+        "metrics-version",
+        &["--etcd-version", "3.5.17", "--metrics", "extensive"],
+    );
     let (_, body) = http(server.client_port, "GET", "/version");
     assert_eq!(
         body,
@@ -208,6 +214,12 @@ fn the_reported_version_is_settable() {
         c.status().await.unwrap().version().to_string()
     });
     assert_eq!(version, "3.5.17");
+    // --metrics extensive: the handling-time histograms (etcd's alerts read them).
+    let m = scrape(server.client_port);
+    assert_eq!(
+        value(&m, "grpc_server_handling_seconds_count{grpc_method=\"Status\",grpc_service=\"etcdserverpb.Maintenance\",grpc_type=\"unary\"}"),
+        1.0
+    );
     // A malformed version stops the boot with a message.
     let mut bad = Server::unstarted("metrics-bad-version");
     bad.set_extra(&["--etcd-version", "3.5"]);

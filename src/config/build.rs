@@ -113,6 +113,7 @@ pub(super) fn build(
             url_list(values, "listen-metrics-urls")?
         },
         etcd_version: etcd_version(values)?,
+        metrics_extensive: raw(values, "metrics") == "extensive",
         advertise_client_urls: urls.advertise_client,
         listen_peer_urls: urls.listen_peer,
         initial_advertise_peer_urls: urls.initial_advertise_peer,

@@ -88,6 +88,7 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         shard_split_keys: Vec::new(),
         listen_metrics_urls: Vec::new(),
         etcd_version: "3.4.23".to_string(),
+        metrics_extensive: false,
         watch_progress_notify_interval: Duration::from_secs(600),
         lease_checkpoint_interval: None,
         corrupt_check_interval: None,

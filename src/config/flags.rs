@@ -235,7 +235,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("max-snapshots", Uint, "5", Silent),
     spec("max-txn-ops", Uint, "128", Keel),
     spec("max-wals", Uint, "5", Silent),
-    spec("metrics", Str, "basic", Silent),
+    spec("metrics", Choice(&["basic", "extensive"]), "basic", Keel),
     spec("name", Str, DEFAULT_NAME, Keel),
     spec(
         "next-cluster-version-compatible",
@@ -343,6 +343,7 @@ Member:
   --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)
   --listen-metrics-urls ''              more URLs serving /metrics, /health, /livez and
                                         /readyz only (https ones use the client TLS files)
+  --metrics 'basic'                     'extensive' adds grpc_server_handling_seconds
   --etcd-version '3.4.23'               the etcd version reported (Status, /version,
                                         etcd_server_version); Kubernetes enables
                                         ConsistentListFromCache and WatchList for
@@ -392,7 +393,7 @@ Accepted for etcd compatibility (a warning is printed when the feature is not bu
   other: --pre-vote --initial-election-tick-advance --max-concurrent-streams
        --grpc-keepalive-* --listen-client-http-urls
        --unsafe-no-fsync --next-cluster-version-compatible --experimental-*
-  no effect: --logger --log-level --log-outputs --debug --metrics --enable-pprof
+  no effect: --logger --log-level --log-outputs --debug --enable-pprof
        --enable-grpc-gateway --max-snapshots --max-wals --cors --host-whitelist
        --backend-batch-interval --backend-batch-limit
 ";

@@ -59,6 +59,8 @@ pub struct Config {
     pub listen_metrics_urls: Vec<Url>,
     /// Keel's own `--etcd-version`: the etcd version reported to clients.
     pub etcd_version: String,
+    /// `--metrics extensive`: gRPC handling-time histograms too.
+    pub metrics_extensive: bool,
     pub advertise_client_urls: Vec<Url>,
     pub listen_peer_urls: Vec<Url>,
     pub initial_advertise_peer_urls: Vec<Url>,

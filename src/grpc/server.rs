@@ -591,6 +591,7 @@ async fn serve_stream(
         }
     };
     let metrics = crate::metrics::grpc_started(&path);
+    let started = std::time::Instant::now();
     let messages = Messages {
         body,
         decoder: Decoder::new(config.message_bytes_max),
@@ -667,7 +668,7 @@ async fn serve_stream(
         _ => Code::Cancelled as u32, // the client went away first (grpc-go: Canceled)
     };
     if let Some(m) = &metrics {
-        m.handled(code);
+        m.handled(code, started.elapsed());
     }
     match (status, written) {
         (Some(status), Some(Ok(None))) => reply_trailers_only(&mut respond, &status),

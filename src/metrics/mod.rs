@@ -391,6 +391,23 @@ pub const GRPC_CODES: [&str; 17] = [
     "Unauthenticated",
 ];
 
+/// `--metrics extensive`: render `grpc_server_handling_seconds` too (etcd's switch for
+/// go-grpc-prometheus's handling-time histogram). Set once at boot.
+static EXTENSIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_extensive(on: bool) {
+    EXTENSIVE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn extensive() -> bool {
+    EXTENSIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// go-grpc-prometheus's handling-time buckets (Prometheus' default buckets).
+const HANDLING_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The counts of one gRPC method on one core (go-grpc-prometheus's server metrics).
 #[derive(Debug, Default)]
 pub struct GrpcCells {
@@ -398,6 +415,8 @@ pub struct GrpcCells {
     handled: [Cell<u64>; 17],
     received: Cell<u64>,
     sent: Cell<u64>,
+    /// Handling time, from the call's headers to its status.
+    handling: RefCell<HistCounts>,
 }
 
 impl GrpcCells {
@@ -411,14 +430,19 @@ impl GrpcCells {
         add(Counter::ClientGrpcSentBytes, bytes as u64);
     }
 
-    /// The call ended with gRPC code `code` (out of range: Unknown).
-    pub fn handled(&self, code: u32) {
+    /// The call ended with gRPC code `code` (out of range: Unknown) after `took`.
+    pub fn handled(&self, code: u32, took: Duration) {
         let c = &self.handled[if (code as usize) < 17 {
             code as usize
         } else {
             2
         }];
         c.set(c.get() + 1);
+        let mut h = self.handling.borrow_mut();
+        if h.counts.is_empty() {
+            *h = HistCounts::new(HANDLING_BOUNDS.len());
+        }
+        h.observe(HANDLING_BOUNDS, took.as_secs_f64());
     }
 }
 
@@ -429,6 +453,7 @@ pub struct GrpcCounts {
     pub handled: [u64; 17],
     pub received: u64,
     pub sent: u64,
+    pub handling: HistCounts,
 }
 
 /// Per-peer counts on one core.
@@ -610,6 +635,7 @@ pub fn snapshot() -> Snapshot {
                     handled,
                     received: c.received.get(),
                     sent: c.sent.get(),
+                    handling: c.handling.borrow().clone(),
                 };
                 (path.to_string(), counts)
             })
@@ -651,6 +677,7 @@ impl Snapshot {
                     for (a, b) in mine.handled.iter_mut().zip(c.handled) {
                         *a += b;
                     }
+                    mine.handling.absorb(&c.handling);
                 }
                 None => self.grpc.push((path, c)),
             }
@@ -862,6 +889,7 @@ pub fn render(s: &Snapshot, info: &Info<'_>) -> String {
     let mut handled = Vec::new();
     let mut received = Vec::new();
     let mut sent = Vec::new();
+    let mut handling = Vec::new();
     for (path, c) in &grpc {
         let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.rsplit_once('/'))
         else {
@@ -874,6 +902,9 @@ pub fn render(s: &Snapshot, info: &Info<'_>) -> String {
             ("grpc_type", ty),
         ];
         started.push(counter(&base, c.started as f64));
+        if extensive() {
+            handling.push(histogram(&base, HANDLING_BOUNDS, &c.handling));
+        }
         received.push(counter(&base, c.received as f64));
         sent.push(counter(&base, c.sent as f64));
         for (code, name) in GRPC_CODES.iter().enumerate() {
@@ -904,6 +935,12 @@ pub fn render(s: &Snapshot, info: &Info<'_>) -> String {
         "Stream messages sent to clients.",
         MetricType::COUNTER,
         sent,
+    ));
+    families.push(family(
+        "grpc_server_handling_seconds",
+        "RPC handling time (--metrics extensive).",
+        MetricType::HISTOGRAM,
+        handling,
     ));
 
     families.extend(process::families());
@@ -1002,12 +1039,14 @@ mod tests {
         let cells = grpc_started("/etcdserverpb.KV/Put").unwrap();
         cells.received(10);
         cells.sent(20);
-        cells.handled(0);
+        cells.handled(0, Duration::from_micros(3));
         add(Counter::MvccPut, 2);
         observe(Hist::StageWalSync, Duration::from_micros(150));
         let other = std::thread::spawn(|| {
             grpc_route("/etcdserverpb.KV/Put");
-            grpc_started("/etcdserverpb.KV/Put").unwrap().handled(1);
+            grpc_started("/etcdserverpb.KV/Put")
+                .unwrap()
+                .handled(1, Duration::from_millis(7));
             inc(Counter::MvccPut);
             set(Gauge::HasLeader, 1.0);
             snapshot()
