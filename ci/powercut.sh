@@ -3,11 +3,13 @@
 #   1. the real Keel: CUTS power cuts on one member, then CUTS/2 on three (all at once or
 #      one), with data dirs on keel-chaos's forgetful FUSE disk, and CUTS aimed at the db's
 #      syncs on one member: 0 lost, 0 corrupt starts;
-#   2. the `test-skip-wal-sync` mutant (the WAL never makes anything durable) and
-#   3. the `test-skip-db-sync` mutant (the db's meta page is written over unsynced data
+#   2. the `skip-wal-sync` mutant (the WAL never makes anything durable) and
+#   3. the `skip-db-sync` mutant (the db's meta page is written over unsynced data
 #      pages) must each be caught within 20 cuts: exit 1 with lost > 0 or corrupt-starts > 0.
-# The mutants are built into target/debug/keel-skip-{wal,db}-sync; target/debug/keel is the
-# normal build again afterwards. Logs: target/powercut/.
+# The mutants are failpoints of the `failpoints` build (target/debug/keel-failpoints, the
+# one ci/chaos.sh uses too: one extra build for both scripts), armed through
+# KEEL_FAILPOINTS; target/debug/keel is the normal build again afterwards. Logs:
+# target/powercut/.
 #
 #   ci/powercut.sh [CUTS]      (default 20 on one member, CUTS/2 on three)
 set -euo pipefail
@@ -22,10 +24,8 @@ if [ ! -e /dev/fuse ]; then
 fi
 
 cargo build -q -p keel-chaos
-cargo build -q --features test-skip-wal-sync --bin keel
-cp target/debug/keel target/debug/keel-skip-wal-sync
-cargo build -q --features test-skip-db-sync --bin keel
-cp target/debug/keel target/debug/keel-skip-db-sync
+cargo build -q --features failpoints --bin keel
+cp target/debug/keel target/debug/keel-failpoints
 cargo build -q --bin keel
 
 out=target/powercut
@@ -53,8 +53,9 @@ caught() { # MUTANT [FLAGS...]
   shift
   echo "powercut: the $mutant mutant, 1 member, up to 20 cuts${*:+ ($*)}: must be caught"
   set +e
-  "$chaos" powercut --server "target/debug/keel-$mutant" --members 1 --cuts 20 --seed "$seed" \
-    "$@" --out "$out/$mutant" >"$out/$mutant.txt" 2>&1
+  "$chaos" powercut --server target/debug/keel-failpoints --members 1 --cuts 20 \
+    --seed "$seed" --server-env "KEEL_FAILPOINTS=$mutant=on" "$@" --out "$out/$mutant" \
+    >"$out/$mutant.txt" 2>&1
   local rc=$?
   set -e
   local last

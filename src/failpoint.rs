@@ -20,6 +20,11 @@
 //! - `stale-read` (`on`): a deliberately broken Keel: linearizable Range and read-only Txn
 //!   are served from the local store as if serializable, without ReadIndex
 //!   (`api::services`), to prove the chaos harness catches stale reads.
+//! - `skip-wal-sync` (`on`): a mutant for `keel-chaos powercut`: the WAL skips its
+//!   durability step (no O_DSYNC, no fdatasync), so a power cut loses acknowledged writes
+//!   and the harness must say so.
+//! - `skip-db-sync` (`on`): a mutant as above: a db commit writes its meta page without
+//!   the fdatasync of the data pages before it.
 //!
 //! `eio` fails every time with EIO, `eio@P` with probability `P` (0 ≤ P ≤ 1, e.g.
 //! `eio@0.05`); an injected error takes the path a real one would (the WAL or db is
@@ -43,14 +48,18 @@ pub enum Point {
     WalFsync,
     DbFsync,
     StaleRead,
+    SkipWalSync,
+    SkipDbSync,
 }
 
 impl Point {
-    pub const ALL: [Point; 4] = [
+    pub const ALL: [Point; 6] = [
         Point::WalWrite,
         Point::WalFsync,
         Point::DbFsync,
         Point::StaleRead,
+        Point::SkipWalSync,
+        Point::SkipDbSync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +68,8 @@ impl Point {
             Point::WalFsync => "wal-fsync",
             Point::DbFsync => "db-fsync",
             Point::StaleRead => "stale-read",
+            Point::SkipWalSync => "skip-wal-sync",
+            Point::SkipDbSync => "skip-db-sync",
         }
     }
 
@@ -68,7 +79,10 @@ impl Point {
 
     /// Whether the point injects an I/O error (`eio`) rather than a behaviour (`on`).
     fn is_io(self) -> bool {
-        !matches!(self, Point::StaleRead)
+        !matches!(
+            self,
+            Point::StaleRead | Point::SkipWalSync | Point::SkipDbSync
+        )
     }
 
     fn index(self) -> usize {
@@ -79,6 +93,8 @@ impl Point {
     pub fn effect(self) -> &'static str {
         match self {
             Point::StaleRead => "served a linearizable read as serializable",
+            Point::SkipWalSync => "skipped a WAL sync",
+            Point::SkipDbSync => "skipped a db data-page sync",
             _ => "injected EIO",
         }
     }

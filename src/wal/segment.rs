@@ -102,7 +102,7 @@ pub async fn fdatasync(file: &BufferedFile, path: &Path, dsync: bool) -> Result<
     if let Some(e) = failpoint::check_io(Point::WalFsync) {
         return Err(io_error(path, if dsync { "write" } else { "fdatasync" }, e));
     }
-    if dsync || cfg!(feature = "test-skip-wal-sync") {
+    if dsync || failpoint::is_on(Point::SkipWalSync) {
         return Ok(());
     }
     file.fdatasync()
@@ -123,8 +123,8 @@ pub async fn open_rw(path: &Path, dsync: bool) -> Result<BufferedFile> {
 }
 
 fn dsync_flag(dsync: bool) -> i32 {
-    // The `test-skip-wal-sync` mutant (keel-chaos powercut's proof that it bites).
-    if dsync && !cfg!(feature = "test-skip-wal-sync") {
+    // The `skip-wal-sync` mutant (keel-chaos powercut's proof that it bites).
+    if dsync && !failpoint::is_on(Point::SkipWalSync) {
         libc::O_DSYNC
     } else {
         0

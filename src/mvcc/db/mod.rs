@@ -869,9 +869,9 @@ impl Db {
             self.published.txn += 1;
             self.w.txn += 1;
         }
-        // The `test-skip-db-sync` mutant (keel-chaos powercut's proof that it bites) writes
+        // The `skip-db-sync` mutant (keel-chaos powercut's proof that it bites) writes
         // the meta page over data pages that may not be on the disk yet.
-        if !cfg!(feature = "test-skip-db-sync") {
+        if !crate::failpoint::is_on(crate::failpoint::Point::SkipDbSync) {
             self.sync("fdatasync data").await?;
         }
         #[cfg(test)]
