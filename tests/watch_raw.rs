@@ -227,3 +227,67 @@ fn progress_notify_interval() {
         }
     });
 }
+
+/// A WatchProgressRequest answers with a revision that promises every event up to it was
+/// sent on the stream (etcd 3.4.31 / 3.5.13, what Kubernetes' consistent reads from its
+/// watch cache rely on): with a watcher still catching up on history, the progress
+/// response comes after that history, never before. (etcd 3.4.23 answers at once: Keel
+/// only.)
+#[test]
+fn a_progress_request_waits_for_the_history_it_covers() {
+    if !common::is_keel() {
+        return;
+    }
+    const REVISIONS: usize = 3000;
+    let s = Server::start("wr-progress-wait", &[]);
+    runtime().block_on(async {
+        let kv = etcd_client::Client::connect([s.endpoint()], None)
+            .await
+            .unwrap();
+        // A synced watcher whose client stops reading while 3,000 revisions of 8 KiB
+        // values (24 MiB: more than the stream's queue and HTTP/2 windows hold) are
+        // written: it falls behind and must catch up from history.
+        let mut w = Watch::open(&s, create("h")).await;
+        let value = "v".repeat(8192);
+        let mut last = 0;
+        for _ in 0..REVISIONS / 50 {
+            let mut calls = Vec::new();
+            for _ in 0..50 {
+                let (mut c, v) = (kv.clone(), value.clone());
+                calls.push(tokio::spawn(
+                    async move { c.put("h", v, None).await.unwrap() },
+                ));
+            }
+            for c in calls {
+                last = last.max(c.await.unwrap().header().unwrap().revision());
+            }
+        }
+        // Asked while history is still owed.
+        w.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let created = w.next().await;
+        assert!(created.created);
+        let mut events = 0;
+        let mut newest = 0;
+        loop {
+            let r = w.next().await;
+            if r.watch_id == -1 {
+                assert!(r.events.is_empty());
+                let rev = r.header.unwrap().revision;
+                assert_eq!(
+                    events, REVISIONS,
+                    "progress at {rev} before all history was sent"
+                );
+                assert!(
+                    rev >= newest && rev >= last,
+                    "progress {rev} < {newest}/{last}"
+                );
+                break;
+            }
+            for e in &r.events {
+                newest = newest.max(e.kv.as_ref().unwrap().mod_revision);
+            }
+            events += r.events.len();
+        }
+    });
+}

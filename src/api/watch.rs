@@ -101,16 +101,11 @@ pub async fn serve(
             }
             Some(RequestUnion::CancelRequest(_)) => {}
             Some(RequestUnion::ProgressRequest(_)) => {
-                let rev = node.watermark().revision;
-                send(
-                    &res,
-                    pb::WatchResponse {
-                        header: Some(header(&node, rev)),
-                        watch_id: -1,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                // At once when every watcher of the stream is synced, else from the
+                // catch-up task once they are (`Hub::request_progress`).
+                if let Some(msg) = hub.request_progress(stream, node.watermark()) {
+                    res.send(msg).await?;
+                }
             }
             None => {}
         }

@@ -140,6 +140,8 @@ struct Stream {
     /// The stream's queue has overflowed at least once (logged the first time).
     fell_behind: bool,
     waker: Option<Waker>,
+    /// A WatchProgressRequest is waiting for the stream's watchers to catch up.
+    progress_wanted: bool,
 }
 
 /// A watcher on this core's hub: its slot in the `Slab` (reused once freed; the
@@ -311,6 +313,7 @@ impl Hub {
                 catch_up: false,
                 fell_behind: false,
                 waker: None,
+                progress_wanted: false,
             },
         );
         id
@@ -599,6 +602,14 @@ impl Hub {
         }
         if again {
             inner.kick(stream);
+            return;
+        }
+        // Every event up to `now` is queued for every watcher of the stream now: a waiting
+        // progress request can be answered.
+        if inner.take_progress(stream) {
+            drop(inner);
+            let msg = self.progress_response(mark.raft_term, now);
+            let _ = responses.send(msg).await;
         }
     }
 
@@ -633,6 +644,32 @@ impl Hub {
             }
         }
         self.inner.borrow_mut().kick(stream);
+    }
+
+    /// A WatchProgressRequest on `stream` (etcd 3.4.31 / 3.5.13's rule, which Kubernetes'
+    /// consistent reads from its watch cache rely on): the response's revision promises
+    /// that every event up to it was sent on the stream, so it is answered at once (at
+    /// `mark`'s revision, watch ID -1) only when no watcher of the stream is catching up;
+    /// else it waits and the catch-up task sends it when the last one is synced. Returns
+    /// the response to send now, if any.
+    pub fn request_progress(&self, stream: StreamId, mark: Watermark) -> Option<Bytes> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.stream_synced(stream) {
+            drop(inner);
+            return Some(self.progress_response(mark.raft_term, mark.revision));
+        }
+        if let Some(s) = inner.streams.get_mut(&stream) {
+            s.progress_wanted = true;
+        }
+        None
+    }
+
+    fn progress_response(&self, raft_term: u64, revision: i64) -> Bytes {
+        encode_pb(&crate::pb::etcdserverpb::WatchResponse {
+            header: Some(self.pb_header(raft_term, revision)),
+            watch_id: -1,
+            ..Default::default()
+        })
     }
 
     pub fn pb_header(
@@ -840,6 +877,29 @@ impl Inner {
             assert!(found, "range watcher {wid:?} not in the interval index");
         }
         self.invariants();
+    }
+
+    /// Whether every watcher of `stream` is synced (none catching up).
+    fn stream_synced(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| {
+            s.ids.values().all(|id| {
+                self.watchers
+                    .get(id)
+                    .is_none_or(|w| w.state != State::Unsynced)
+            })
+        })
+    }
+
+    /// Takes a waiting progress request once the stream's watchers are all synced.
+    fn take_progress(&mut self, stream: StreamId) -> bool {
+        let ready = self.stream_synced(stream);
+        match self.streams.get_mut(&stream) {
+            Some(s) if s.progress_wanted && ready => {
+                s.progress_wanted = false;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn kick(&mut self, stream: StreamId) {
