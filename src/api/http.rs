@@ -1,5 +1,6 @@
 //! The HTTP/1.1 side of a client URL: `/health` and `/version` as etcd 3.4 answers them
-//! (the metrics and the JSON gateway come with their issue).
+//! (the metrics come with their issue), and etcd's JSON gateway under `/v3`
+//! (`gateway.rs`).
 //!
 //! Runs on: the core that serves the connection.
 
@@ -18,6 +19,9 @@ pub fn handler(s: Rc<Services>) -> HttpHandler {
 }
 
 async fn serve(s: &Services, req: HttpRequest) -> HttpResponse {
+    if req.path.starts_with("/v3") {
+        return super::gateway::serve(req).await;
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/health") => health(s, &req).await,
         ("GET", "/version") => HttpResponse::json(

@@ -121,34 +121,74 @@ impl Call {
     }
 }
 
-/// The request messages of a call, decoded from DATA frames as the handler asks for them
-/// (so HTTP/2 flow control pushes back on a client that sends faster than we handle).
+/// The request messages of a call: decoded from DATA frames as the handler asks for them
+/// (so HTTP/2 flow control pushes back on a client that sends faster than we handle), or
+/// given in memory by an in-process caller (the JSON gateway, [`Router::call_local`]).
 pub struct Messages {
-    body: h2::RecvStream,
-    decoder: Decoder,
-    ended: bool,
+    source: Source,
+}
+
+enum Source {
+    H2 {
+        body: h2::RecvStream,
+        decoder: Decoder,
+        ended: bool,
+    },
+    /// Handed out in order; then the end of the stream, or, when `held_open`, nothing
+    /// more until the call is dropped: etcd's Watch outlives a client's half-close, and a
+    /// gateway client leaves by closing its connection, which drops the call.
+    Local {
+        queue: std::collections::VecDeque<Bytes>,
+        held_open: bool,
+    },
 }
 
 impl Messages {
+    /// Messages already in memory (see [`Source::Local`] for `held_open`).
+    pub fn local(messages: Vec<Bytes>, held_open: bool) -> Messages {
+        Messages {
+            source: Source::Local {
+                queue: messages.into(),
+                held_open,
+            },
+        }
+    }
+
     /// The next message; `None` when the client half-closed cleanly; `Some(Err)` ends
     /// the call (oversized, compressed, truncated, or the stream was reset).
     pub async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        let (body, decoder, ended) = match &mut self.source {
+            Source::H2 {
+                body,
+                decoder,
+                ended,
+            } => (body, decoder, ended),
+            Source::Local { queue, held_open } => {
+                if let Some(message) = queue.pop_front() {
+                    return Some(Ok(message));
+                }
+                if *held_open {
+                    future::pending::<()>().await;
+                }
+                return None;
+            }
+        };
         loop {
-            match self.decoder.decode() {
+            match decoder.decode() {
                 Ok(Some(message)) => return Some(Ok(message)),
                 Ok(None) => {}
                 Err(status) => return Some(Err(status)),
             }
-            if self.ended {
-                return self.decoder.finish().err().map(Err);
+            if *ended {
+                return decoder.finish().err().map(Err);
             }
-            match self.body.data().await {
-                None => self.ended = true,
+            match body.data().await {
+                None => *ended = true,
                 Some(Ok(chunk)) => {
                     // The bytes are copied into the decoder, so the window can reopen now;
                     // the decoder never holds more than one message plus one chunk.
-                    let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(&chunk);
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    decoder.push(&chunk);
                 }
                 Some(Err(e)) => return Some(Err(h2_status(&e))),
             }
@@ -194,7 +234,7 @@ pub struct Router {
     handlers: HashMap<String, (Handler, Option<usize>)>,
     services: HashSet<String>,
     /// What answers HTTP/1.1 requests on the same port (`None`: 404 to all).
-    http1: Option<super::http1::HttpHandler>,
+    pub(super) http1: Option<super::http1::HttpHandler>,
 }
 
 impl Router {
@@ -404,11 +444,10 @@ pub async fn serve_connection<S>(
         }
     }
     if !first.starts_with(&super::http1::H2_PREFACE_START[..4]) {
-        let handler = router.http1.clone();
         super::http1::serve(
             stream,
             first,
-            handler,
+            router,
             crate::tls::stream::HANDSHAKE_TIMEOUT,
         )
         .await;
@@ -581,9 +620,11 @@ async fn serve_stream(
         }
     };
     let messages = Messages {
-        body,
-        decoder: Decoder::new(config.message_bytes_max),
-        ended: false,
+        source: Source::H2 {
+            body,
+            decoder: Decoder::new(config.message_bytes_max),
+            ended: false,
+        },
     };
     let request = Request {
         path,
@@ -592,37 +633,12 @@ async fn serve_stream(
         messages,
         common_name,
     };
-    let (sender, receiver, bound) = match queue {
-        None => {
-            let (tx, rx) = local_channel::new_bounded(config.response_queue_max);
-            (tx, rx, None)
-        }
-        Some(n) => {
-            let (tx, rx) = local_channel::new_unbounded();
-            (tx, rx, Some((*n, Rc::new(Room::default()))))
-        }
-    };
-    let room = bound.as_ref().map(|(_, r)| r.clone());
-    let handler_future = handler(request, Responses::new(sender, bound));
-    let call = async move {
-        match timeout {
-            None => handler_future.await,
-            Some(duration) => {
-                future::or(handler_future, async move {
-                    glommio::timer::sleep(duration).await;
-                    Err(Status::new(
-                        Code::DeadlineExceeded,
-                        "context deadline exceeded",
-                    ))
-                })
-                .await
-            }
-        }
-    };
+    let (responses, receiver, room) = response_queue(*queue, config.response_queue_max);
+    let call = with_deadline(handler(request, responses), timeout);
     // The handler and the writer run side by side: the handler queues, the writer drains
     // into h2 under flow control. If the stream breaks (client reset, connection gone),
     // the handler is dropped at once, even if it is parked waiting for events.
-    let mut handler = Box::pin(async move { call.await.err().unwrap_or_else(Status::ok) });
+    let mut handler = call;
     let mut writer = Box::pin(write_responses(&mut respond, receiver, room));
     let mut status: Option<Status> = None;
     let mut written: Option<Result<Option<h2::SendStream<Bytes>>, ()>> = None;
@@ -651,6 +667,143 @@ async fn serve_stream(
             let _ = send.send_trailers(status.to_header_map());
         }
         _ => {} // the client is gone; nothing more to tell it.
+    }
+}
+
+/// A call's response queue: the route's own bound (`queue`, on an unbounded channel whose
+/// writer wakes waiting senders through the `Room`) or the channel's (`queue_max`).
+fn response_queue(
+    queue: Option<usize>,
+    queue_max: usize,
+) -> (Responses, LocalReceiver<Bytes>, Option<Rc<Room>>) {
+    match queue {
+        None => {
+            let (tx, rx) = local_channel::new_bounded(queue_max);
+            (Responses::new(tx, None), rx, None)
+        }
+        Some(n) => {
+            let (tx, rx) = local_channel::new_unbounded();
+            let room = Rc::new(Room::default());
+            (Responses::new(tx, Some((n, room.clone()))), rx, Some(room))
+        }
+    }
+}
+
+/// The handler's future, ended with DeadlineExceeded after `timeout`, as its final status.
+fn with_deadline(
+    handler: BoxedLocal<Result<(), Status>>,
+    timeout: Option<Duration>,
+) -> BoxedLocal<Status> {
+    Box::pin(async move {
+        let result = match timeout {
+            None => handler.await,
+            Some(duration) => {
+                future::or(handler, async move {
+                    glommio::timer::sleep(duration).await;
+                    Err(Status::new(
+                        Code::DeadlineExceeded,
+                        "context deadline exceeded",
+                    ))
+                })
+                .await
+            }
+        };
+        result.err().unwrap_or_else(Status::ok)
+    })
+}
+
+/// What an in-process call yields next.
+pub enum LocalNext {
+    /// One response message, in order.
+    Message(Bytes),
+    /// The handler is done and every message was taken: its final status (maybe OK).
+    End(Status),
+}
+
+/// A call run in-process through the router (the JSON gateway), on this core: the same
+/// handler, auth and errors as over gRPC. Dropping it cancels the handler.
+pub struct LocalCall {
+    receiver: LocalReceiver<Bytes>,
+    room: Option<Rc<Room>>,
+    handler: Option<BoxedLocal<Status>>,
+    status: Option<Status>,
+}
+
+impl LocalCall {
+    /// The next response message, or the final status; runs the handler meanwhile.
+    pub async fn next(&mut self) -> LocalNext {
+        loop {
+            let Some(handler) = self.handler.as_mut() else {
+                return match self.receiver.recv().await {
+                    Some(message) => LocalNext::Message(message),
+                    None => LocalNext::End(self.status.take().unwrap_or_else(Status::ok)),
+                };
+            };
+            let receiver = &self.receiver;
+            let next = future::or(async { Ok(receiver.recv().await) }, async {
+                Err(handler.await)
+            })
+            .await;
+            match next {
+                Ok(Some(message)) => {
+                    if let Some(room) = &self.room {
+                        room.wake();
+                    }
+                    return LocalNext::Message(message);
+                }
+                // The handler dropped its sender: its status follows.
+                Ok(None) => {
+                    let handler = self.handler.take();
+                    self.status = Some(match handler {
+                        Some(h) => h.await,
+                        None => Status::ok(),
+                    });
+                }
+                Err(status) => {
+                    // Dropping the finished future drops its sender: the queue drains.
+                    self.handler = None;
+                    self.status = Some(status);
+                }
+            }
+        }
+    }
+}
+
+impl Router {
+    /// Runs the call at `path` in-process with `messages`, as if it came over gRPC
+    /// (without a client certificate: etcd's gateway never passes one on).
+    pub fn call_local(
+        &self,
+        path: &str,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+        messages: Messages,
+        queue_max: usize,
+    ) -> Result<LocalCall, Status> {
+        let (handler, queue) = self.lookup(path)?;
+        let (responses, receiver, room) = response_queue(*queue, queue_max);
+        let request = Request {
+            path: path.to_string(),
+            metadata,
+            timeout,
+            messages,
+            common_name: None,
+        };
+        let handler = with_deadline(handler(request, responses), timeout);
+        Ok(LocalCall {
+            receiver,
+            room,
+            handler: Some(handler),
+            status: None,
+        })
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.handlers.len())
+            .finish_non_exhaustive()
     }
 }
 
