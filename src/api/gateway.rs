@@ -22,7 +22,7 @@ use crate::pb::{etcdserverpb as pb, v3electionpb as el, v3lockpb as lk};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 
 /// Responses an in-process call may queue ahead of the HTTP writer (as gRPC's default).
@@ -369,12 +369,34 @@ fn decode_json<M>(body: &[u8], shape: Shape) -> Result<Vec<Bytes>, String>
 where
     M: prost::Message + DeserializeOwned + Default,
 {
-    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Option<M>>();
+    let values = serde_json::Deserializer::from_slice(body).into_iter::<Option<M>>();
+    let first_error = match decode_values(values, shape) {
+        Ok(messages) => return Ok(messages),
+        Err(e) => e,
+    };
+    // jsonpb reads a `null` member as the field's default wherever it stands; pbjson does
+    // not for scalars. The slow path drops null members, then decodes again.
+    let values = serde_json::Deserializer::from_slice(body)
+        .into_iter::<serde_json::Value>()
+        .map(|value| {
+            let mut value = value?;
+            drop_null_members(&mut value);
+            Option::<M>::deserialize(value)
+        });
+    decode_values(values, shape).map_err(|_| first_error)
+}
+
+fn decode_values<M, I>(mut values: I, shape: Shape) -> Result<Vec<Bytes>, String>
+where
+    M: prost::Message + Default,
+    I: Iterator<Item = Result<Option<M>, serde_json::Error>>,
+{
+    let single = matches!(shape, Shape::Unary | Shape::ServerStream);
     let mut messages = Vec::new();
     loop {
         match values.next() {
             // An empty body is an empty request (grpc-gateway ignores io.EOF).
-            None if messages.is_empty() && matches!(shape, Shape::Unary | Shape::ServerStream) => {
+            None if messages.is_empty() && single => {
                 messages.push(Bytes::from(M::default().encode_to_vec()));
                 return Ok(messages);
             }
@@ -382,7 +404,7 @@ where
             Some(Ok(m)) => {
                 let m = m.unwrap_or_default(); // `null`: an empty request
                 messages.push(Bytes::from(m.encode_to_vec()));
-                if matches!(shape, Shape::Unary | Shape::ServerStream) {
+                if single {
                     return Ok(messages); // what follows the first value is not read
                 }
             }
@@ -390,6 +412,18 @@ where
             // A bad later request ends the requests (the gateway stops sending).
             Some(Err(_)) => return Ok(messages),
         }
+    }
+}
+
+/// Removes `"field": null` members at every depth (serde_json's parser bounds the depth).
+fn drop_null_members(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.retain(|_, v| !v.is_null());
+            members.values_mut().for_each(drop_null_members);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_members),
+        _ => {}
     }
 }
 
@@ -576,6 +610,7 @@ fn http_status_text(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     #[test]
     fn json_maps_as_grpc_gateway_does() {
@@ -588,6 +623,9 @@ mod tests {
             let m = decode_json::<pb::RangeRequest>(empty, Shape::Unary).unwrap();
             assert_eq!(m, vec![Bytes::new()]);
         }
+        let nulls = br#"{"key":"Zm9v","limit":null,"range_end":null}"#;
+        let m = decode_json::<pb::RangeRequest>(nulls, Shape::Unary).unwrap();
+        assert_eq!(&pb::RangeRequest::decode(m[0].clone()).unwrap().key[..], b"foo");
         for bad in [&b"{\"key\":5}"[..], b"[1]", b"{\"key\":\"Zm9v\"", b"{\"limit\":1.5}"] {
             assert!(decode_json::<pb::RangeRequest>(bad, Shape::Unary).is_err());
         }

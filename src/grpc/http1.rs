@@ -294,9 +294,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut rest = buf.split_off(head_end);
         while rest.len() < len {
+            // A body that stalls for the whole timeout closes the connection, as a head does.
             let mut chunk = vec![0u8; (len - rest.len()).min(64 * 1024)];
-            match stream.read(&mut chunk).await {
-                Ok(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+            let n = futures_lite::future::or(async { stream.read(&mut chunk).await.ok() }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+            match n {
+                Some(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
                 _ => return,
             }
         }
