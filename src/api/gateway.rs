@@ -309,7 +309,7 @@ pub async fn serve(req: HttpRequest) -> HttpResponse {
     let Some(router) = req.router.clone() else {
         return HttpResponse::text(404, "Not Found\n");
     };
-    match start(&router, &route, &req) {
+    match start(&router, &route, &req).await {
         Ok(call) if route.shape == Shape::Unary => unary(call, route.encode).await,
         Ok(call) => stream(call, route.encode).await,
         Err(status) => error_response(&status),
@@ -317,7 +317,7 @@ pub async fn serve(req: HttpRequest) -> HttpResponse {
 }
 
 /// Decodes the body and starts the call.
-fn start(router: &Rc<Router>, route: &Route, req: &HttpRequest) -> Result<LocalCall, Status> {
+async fn start(router: &Rc<Router>, route: &Route, req: &HttpRequest) -> Result<LocalCall, Status> {
     let (metadata, timeout) = metadata(req)?;
     let messages = (route.decode)(&req.body, route.shape).map_err(|e| {
         // grpc-gateway wraps a unary body's error as InvalidArgument; a stream's first
@@ -329,7 +329,9 @@ fn start(router: &Rc<Router>, route: &Route, req: &HttpRequest) -> Result<LocalC
         Status::new(code, e)
     })?;
     let messages = Messages::local(messages, route.shape == Shape::BidiHeldOpen);
-    router.call_local(route.grpc, metadata, timeout, messages, RESPONSE_QUEUE_MAX)
+    router
+        .call_local(route.grpc, metadata, timeout, messages, RESPONSE_QUEUE_MAX)
+        .await
 }
 
 /// grpc-gateway's metadata: `Authorization` as `authorization` (the token),

@@ -231,7 +231,7 @@ pub(super) const SPECS: &[Spec] = &[
         "max-concurrent-streams",
         Uint32,
         "4294967295",
-        Warn(NOT_BUILT),
+        Keel,
     ),
     spec("max-request-bytes", Uint, "1572864", Keel),
     spec("max-result-buffer", Ignored, "", Silent),
@@ -387,7 +387,7 @@ Accepted for etcd compatibility (a warning is printed when the feature is not bu
   bootstrap: --discovery --discovery-fallback --discovery-proxy --discovery-srv
        --discovery-srv-name
   v2 and proxy: --enable-v2 --experimental-enable-v2v3 --proxy --proxy-*
-  other: --pre-vote --initial-election-tick-advance --max-concurrent-streams
+  other: --pre-vote --initial-election-tick-advance
        --grpc-keepalive-* --listen-client-http-urls --listen-metrics-urls
        --unsafe-no-fsync --next-cluster-version-compatible --experimental-*
   no effect: --logger --log-level --log-outputs --debug --metrics --enable-pprof

@@ -235,6 +235,8 @@ pub struct Router {
     services: HashSet<String>,
     /// What answers HTTP/1.1 requests on the same port (`None`: 404 to all).
     pub(super) http1: Option<super::http1::HttpHandler>,
+    /// The bound on in-process calls in flight, shared by every core's router.
+    local_slots: Option<std::sync::Arc<CallSlots>>,
 }
 
 impl Router {
@@ -246,6 +248,15 @@ impl Router {
     /// `/version`, `/metrics` and its JSON gateway beside gRPC on a client URL).
     pub fn set_http1(&mut self, handler: super::http1::HttpHandler) -> &mut Router {
         self.http1 = Some(handler);
+        self
+    }
+
+    /// Bounds the in-process calls in flight (on every core that shares `slots`): a call
+    /// beyond the bound waits for one to end, as a stream beyond a gRPC connection's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS waits in grpc-go (etcd's gateway is one such
+    /// connection to its own member).
+    pub fn limit_local_calls(&mut self, slots: std::sync::Arc<CallSlots>) -> &mut Router {
+        self.local_slots = Some(slots);
         self
     }
 
@@ -727,6 +738,8 @@ pub struct LocalCall {
     room: Option<Rc<Room>>,
     handler: Option<BoxedLocal<Status>>,
     status: Option<Status>,
+    /// Held until the call is dropped (the gateway drops it when the reply is written).
+    _slot: Option<CallSlot>,
 }
 
 impl LocalCall {
@@ -771,8 +784,9 @@ impl LocalCall {
 
 impl Router {
     /// Runs the call at `path` in-process with `messages`, as if it came over gRPC
-    /// (without a client certificate: etcd's gateway never passes one on).
-    pub fn call_local(
+    /// (without a client certificate: etcd's gateway never passes one on). Waits for a
+    /// slot first when the router bounds its local calls.
+    pub async fn call_local(
         &self,
         path: &str,
         metadata: HeaderMap,
@@ -781,6 +795,10 @@ impl Router {
         queue_max: usize,
     ) -> Result<LocalCall, Status> {
         let (handler, queue) = self.lookup(path)?;
+        let slot = match &self.local_slots {
+            Some(slots) => Some(CallSlots::acquire(slots).await),
+            None => None,
+        };
         let (responses, receiver, room) = response_queue(*queue, queue_max);
         let request = Request {
             path: path.to_string(),
@@ -795,7 +813,54 @@ impl Router {
             room,
             handler: Some(handler),
             status: None,
+            _slot: slot,
         })
+    }
+}
+
+/// A bound on calls in flight shared by all cores: a counter, no lock. A caller that finds
+/// it full polls every `CallSlots::POLL` (the cores share no waker; waiting is rare, only
+/// at the configured bound).
+#[derive(Debug)]
+pub struct CallSlots {
+    used: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+/// One call's slot, given back when dropped.
+pub struct CallSlot(std::sync::Arc<CallSlots>);
+
+impl CallSlots {
+    const POLL: Duration = Duration::from_millis(5);
+
+    pub fn new(max: u32) -> CallSlots {
+        CallSlots {
+            used: std::sync::atomic::AtomicU32::new(0),
+            max,
+        }
+    }
+
+    fn try_acquire(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    async fn acquire(slots: &std::sync::Arc<CallSlots>) -> CallSlot {
+        while !slots.try_acquire() {
+            glommio::timer::sleep(CallSlots::POLL).await;
+        }
+        CallSlot(slots.clone())
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let before = self.0.used.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        assert!(before > 0, "a call slot given back twice");
     }
 }
 
