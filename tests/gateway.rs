@@ -80,7 +80,10 @@ impl Http {
 
     fn fill(&mut self) {
         let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).expect("read within the timeout");
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .expect("read within the timeout");
         assert!(n > 0, "connection closed early; have {:?}", self.text());
         self.buf.extend_from_slice(&chunk[..n]);
     }
@@ -158,7 +161,9 @@ impl Http {
                 r.body.push_str(&chunk);
             }
         } else {
-            let len = r.header("content-length").unwrap_or_else(|| panic!("{r:?}"));
+            let len = r
+                .header("content-length")
+                .unwrap_or_else(|| panic!("{r:?}"));
             let len: usize = len.parse().unwrap();
             r.body = String::from_utf8(self.read_exact_buf(len)).unwrap();
         }
@@ -170,7 +175,10 @@ fn b64(s: &str) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in s.as_bytes().chunks(3) {
-        let n = c.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -185,7 +193,10 @@ fn b64(s: &str) -> String {
 /// The value of a `"name":"value"` string member (the first one).
 fn member(json: &str, name: &str) -> String {
     let key = format!("\"{name}\":\"");
-    let at = json.find(&key).unwrap_or_else(|| panic!("{name} in {json}")) + key.len();
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {json}"))
+        + key.len();
     json[at..at + json[at..].find('"').unwrap()].to_string()
 }
 
@@ -213,12 +224,16 @@ fn gateway_kv_txn_lease_lock_election_cluster_status() {
     assert!(ok(&r).ends_with(r#""version":"1"}],"count":"1"}"#), "{r:?}");
     // etcd's own e2e txn (TestV3CurlTxn).
     let txn = r#"{"compare":[{"key":"dA==","result":"EQUAL","target":"CREATE","create_revision":"0"}],"success":[{"request_put":{"key":"dA==","value":"YmFy"}}]}"#;
-    assert!(ok(&h.post("/v3/kv/txn", txn))
-        .contains(r#""succeeded":true,"responses":[{"response_put":{"header":{"revision":"3"}}}]"#));
+    assert!(ok(&h.post("/v3/kv/txn", txn)).contains(
+        r#""succeeded":true,"responses":[{"response_put":{"header":{"revision":"3"}}}]"#
+    ));
     let r = h.post("/v3/kv/txn", txn);
     assert!(!ok(&r).contains("succeeded"), "{r:?}");
     let r = h.post("/v3/kv/deleterange", r#"{"key":"dA==","prev_kv":true}"#);
-    assert!(ok(&r).contains(r#""deleted":"1","prev_kvs":[{"key":"dA==""#), "{r:?}");
+    assert!(
+        ok(&r).contains(r#""deleted":"1","prev_kvs":[{"key":"dA==""#),
+        "{r:?}"
+    );
 
     // Leases, keepalive as a one-message stream.
     let r = h.post("/v3/lease/grant", r#"{"TTL":60,"ID":"1234"}"#);
@@ -226,7 +241,10 @@ fn gateway_kv_txn_lease_lock_election_cluster_status() {
     let r = h.post("/v3/lease/keepalive", r#"{"ID":"1234"}"#);
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert!(r.body.starts_with(r#"{"result":{"header":{"#), "{r:?}");
-    assert!(r.body.ends_with("\"ID\":\"1234\",\"TTL\":\"60\"}}\n"), "{r:?}");
+    assert!(
+        r.body.ends_with("\"ID\":\"1234\",\"TTL\":\"60\"}}\n"),
+        "{r:?}"
+    );
     let r = h.post("/v3/kv/lease/timetolive", r#"{"ID":"1234","keys":true}"#);
     assert!(ok(&r).contains(r#""grantedTTL":"60""#), "{r:?}");
     assert!(ok(&h.post("/v3/lease/leases", "{}")).contains(r#""leases":[{"ID":"1234"}]"#));
@@ -245,7 +263,10 @@ fn gateway_kv_txn_lease_lock_election_cluster_status() {
     ok(&h.post("/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#)));
     let r = h.post("/v3/election/campaign", r#"{"name":"ZWw=","value":"djE="}"#);
     let body = ok(&r).to_string();
-    assert!(body.contains(r#""leader":{"name":"ZWw=","key":""#), "{body}");
+    assert!(
+        body.contains(r#""leader":{"name":"ZWw=","key":""#),
+        "{body}"
+    );
     let (lkey, rev, lease) = (
         member(&body, "key"),
         member(&body, "rev"),
@@ -261,13 +282,22 @@ fn gateway_kv_txn_lease_lock_election_cluster_status() {
     ok(&h.post("/v3/election/resign", &format!(r#"{{"leader":{leader}}}"#)));
     for path in ["/v3/election/proclaim", "/v3/election/resign"] {
         let r = h.post(path, "{}");
-        assert_eq!((r.status, r.body.as_str()), (500, r#"{"error":"\"leader\" field must be provided","message":"\"leader\" field must be provided","code":2}"#));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (
+                500,
+                r#"{"error":"\"leader\" field must be provided","message":"\"leader\" field must be provided","code":2}"#
+            )
+        );
     }
 
     // Cluster and maintenance.
     let r = h.post("/v3/cluster/member/list", "{}");
     assert!(
-        ok(&r).contains(&format!(r#""peerURLs":["{}"],"clientURLs":["#, s.peer_url())),
+        ok(&r).contains(&format!(
+            r#""peerURLs":["{}"],"clientURLs":["#,
+            s.peer_url()
+        )),
         "{r:?}"
     );
     assert!(ok(&h.post("/v3/maintenance/status", "{}")).contains(r#""version":"3.4."#));
@@ -312,8 +342,15 @@ fn gateway_errors_pipelining_and_bad_input() {
 
     // Pipelining: three requests in one write, three answers in order.
     let mut all = Vec::new();
-    for (i, path) in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/nope"].iter().enumerate() {
-        let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64("p"), b64(&i.to_string()));
+    for (i, path) in ["/v3/kv/put", "/v3/kv/range", "/v3/kv/nope"]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64("p"),
+            b64(&i.to_string())
+        );
         all.extend(Http::request_bytes(path, &body, &[]));
     }
     h.stream.write_all(&all).unwrap();
@@ -370,7 +407,10 @@ fn gateway_auth_token_header_and_permission_denied() {
         ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
         ("/v3/auth/enable", "{}"),
     ] {
-        assert!(ok(&h.post(path, body)).contains(r#""revision":""#), "{path}");
+        assert!(
+            ok(&h.post(path, body)).contains(r#""revision":""#),
+            "{path}"
+        );
     }
     let put = r#"{"key":"YQ==","value":"Yg=="}"#;
     let r = h.post("/v3/kv/put", put);

@@ -73,7 +73,11 @@ fn route(path: &str) -> Option<Route> {
         };
     }
     let route = match path {
-        "/v3/kv/range" => r!("/etcdserverpb.KV/Range", pb::RangeRequest, pb::RangeResponse),
+        "/v3/kv/range" => r!(
+            "/etcdserverpb.KV/Range",
+            pb::RangeRequest,
+            pb::RangeResponse
+        ),
         "/v3/kv/put" => r!("/etcdserverpb.KV/Put", pb::PutRequest, pb::PutResponse),
         "/v3/kv/deleterange" => r!(
             "/etcdserverpb.KV/DeleteRange",
@@ -619,7 +623,10 @@ mod tests {
         let body = br#"{"key":"Zm9v","rangeEnd":"Zm9w","limit":"5","sort_order":"DESCEND","sortTarget":2,"unknown":[1]} trailing"#;
         let m = decode_json::<pb::RangeRequest>(body, Shape::Unary).unwrap();
         let r = pb::RangeRequest::decode(m[0].clone()).unwrap();
-        assert_eq!((&r.key[..], &r.range_end[..], r.limit), (&b"foo"[..], &b"fop"[..], 5));
+        assert_eq!(
+            (&r.key[..], &r.range_end[..], r.limit),
+            (&b"foo"[..], &b"fop"[..], 5)
+        );
         assert_eq!((r.sort_order, r.sort_target), (2, 2));
         for empty in [&b""[..], b"  ", b"null"] {
             let m = decode_json::<pb::RangeRequest>(empty, Shape::Unary).unwrap();
@@ -627,8 +634,16 @@ mod tests {
         }
         let nulls = br#"{"key":"Zm9v","limit":null,"range_end":null}"#;
         let m = decode_json::<pb::RangeRequest>(nulls, Shape::Unary).unwrap();
-        assert_eq!(&pb::RangeRequest::decode(m[0].clone()).unwrap().key[..], b"foo");
-        for bad in [&b"{\"key\":5}"[..], b"[1]", b"{\"key\":\"Zm9v\"", b"{\"limit\":1.5}"] {
+        assert_eq!(
+            &pb::RangeRequest::decode(m[0].clone()).unwrap().key[..],
+            b"foo"
+        );
+        for bad in [
+            &b"{\"key\":5}"[..],
+            b"[1]",
+            b"{\"key\":\"Zm9v\"",
+            b"{\"limit\":1.5}",
+        ] {
             assert!(decode_json::<pb::RangeRequest>(bad, Shape::Unary).is_err());
         }
         assert_eq!(
@@ -637,7 +652,9 @@ mod tests {
         );
         let two = decode_json::<pb::WatchRequest>(b"{} {\"progress_request\":{}}", Shape::Bidi);
         assert_eq!(two.unwrap().len(), 2);
-        assert!(decode_json::<pb::WatchRequest>(b"", Shape::Bidi).unwrap().is_empty());
+        assert!(decode_json::<pb::WatchRequest>(b"", Shape::Bidi)
+            .unwrap()
+            .is_empty());
         let res = pb::RangeResponse {
             header: Some(pb::ResponseHeader {
                 revision: 2,
@@ -665,13 +682,18 @@ mod tests {
         let s = "a<b>&c\u{2028}\u{2029}é".as_bytes().to_vec();
         assert_eq!(
             go_escape(s),
-            "a\\u003cb\\u003e\\u0026c\\u2028\\u2029é".as_bytes().to_vec()
+            "a\\u003cb\\u003e\\u0026c\\u2028\\u2029é"
+                .as_bytes()
+                .to_vec()
         );
     }
 
     #[test]
     fn errors_have_grpc_gateway_bodies() {
-        let r = error_response(&Status::new(Code::NotFound, "etcdserver: requested lease not found"));
+        let r = error_response(&Status::new(
+            Code::NotFound,
+            "etcdserver: requested lease not found",
+        ));
         assert_eq!(r.status, 404);
         assert_eq!(
             &r.body[..],
@@ -685,8 +707,14 @@ mod tests {
 
     #[test]
     fn routes_follow_the_proto_annotations() {
-        assert_eq!(route("/v3/maintenance/hash").unwrap().grpc, "/etcdserverpb.Maintenance/Hash");
-        assert_eq!(route("/v3/kv/lease/leases").unwrap().grpc, "/etcdserverpb.Lease/LeaseLeases");
+        assert_eq!(
+            route("/v3/maintenance/hash").unwrap().grpc,
+            "/etcdserverpb.Maintenance/Hash"
+        );
+        assert_eq!(
+            route("/v3/kv/lease/leases").unwrap().grpc,
+            "/etcdserverpb.Lease/LeaseLeases"
+        );
         assert_eq!(route("/v3/watch").unwrap().shape, Shape::BidiHeldOpen);
         assert!(route("/v3/auth/status").is_none()); // etcd 3.5's, not 3.4's
     }

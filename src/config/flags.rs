@@ -227,12 +227,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("log-outputs", List, "default", Silent),
     spec("log-package-levels", Str, "", Silent),
     spec("logger", Str, "capnslog", Silent),
-    spec(
-        "max-concurrent-streams",
-        Uint32,
-        "4294967295",
-        Keel,
-    ),
+    spec("max-concurrent-streams", Uint32, "4294967295", Keel),
     spec("max-request-bytes", Uint, "1572864", Keel),
     spec("max-result-buffer", Ignored, "", Silent),
     spec("max-retry-attempts", Ignored, "", Silent),

@@ -5,7 +5,9 @@
 //! `BODY_BYTES_MAX`, a head that does not arrive within the handshake timeout closes the
 //! connection. A response may stream its body (chunked), as the JSON gateway's watch
 //! does; meanwhile the connection is read so a client that leaves ends the stream, and
-//! bytes of the next (pipelined) request are kept for after it.
+//! bytes of the next (pipelined) request are kept for after it. The same handler serves
+//! plain HTTP requests that arrive over HTTP/2 (`serve_h2`: curl negotiates h2 by ALPN on
+//! a TLS client URL, and etcd answers there too).
 //!
 //! Runs on: the core that accepted the connection.
 
@@ -241,7 +243,8 @@ async fn write_body_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Next::Chunk(None) => {
-                return stream.write_all(b"0\r\n\r\n").await.is_ok() && stream.flush().await.is_ok();
+                return stream.write_all(b"0\r\n\r\n").await.is_ok()
+                    && stream.flush().await.is_ok();
             }
         }
     }
@@ -325,6 +328,88 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
+}
+
+/// Serves one plain (non-gRPC) HTTP request that came as an HTTP/2 stream.
+pub async fn serve_h2(
+    parts: http::request::Parts,
+    mut body: h2::RecvStream,
+    mut respond: h2::server::SendResponse<Bytes>,
+    router: Rc<Router>,
+) {
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return; // the client reset the stream
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if data.len() + chunk.len() > BODY_BYTES_MAX {
+            let r = HttpResponse::text(413, "request body too large\n");
+            return respond_h2(&mut respond, r).await;
+        }
+        data.extend_from_slice(&chunk);
+    }
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let req = HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body: Bytes::from(data),
+        router: Some(router.clone()),
+    };
+    let resp = match &router.http1 {
+        Some(h) => h(req).await,
+        None => HttpResponse::text(404, "404 page not found\n"),
+    };
+    respond_h2(&mut respond, resp).await;
+}
+
+/// Writes `r` on an HTTP/2 stream: head, body, then the streamed chunks (if any) as they
+/// come, under flow control. A reset stream ends it (and drops the body stream).
+async fn respond_h2(respond: &mut h2::server::SendResponse<Bytes>, mut r: HttpResponse) {
+    let mut head = http::Response::new(());
+    *head.status_mut() =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(r.content_type),
+    );
+    let rest = r.stream.take();
+    let empty = r.body.is_empty() && rest.is_none();
+    let Ok(mut send) = respond.send_response(head, empty) else {
+        return;
+    };
+    if empty {
+        return;
+    }
+    use super::server::send_flow_controlled;
+    if !r.body.is_empty() && send_flow_controlled(&mut send, r.body).await.is_err() {
+        return;
+    }
+    if let Some(mut rest) = rest {
+        loop {
+            let next = futures_lite::future::or(async { Some(rest.next().await) }, async {
+                let _ = futures_lite::future::poll_fn(|cx| send.poll_reset(cx)).await;
+                None
+            })
+            .await;
+            match next {
+                None => return, // reset: the client is gone
+                Some(None) => break,
+                Some(Some(chunk)) => {
+                    if send_flow_controlled(&mut send, chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = send.send_data(Bytes::new(), true);
 }
 
 #[cfg(test)]

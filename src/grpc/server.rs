@@ -455,13 +455,7 @@ pub async fn serve_connection<S>(
         }
     }
     if !first.starts_with(&super::http1::H2_PREFACE_START[..4]) {
-        super::http1::serve(
-            stream,
-            first,
-            router,
-            crate::tls::stream::HANDSHAKE_TIMEOUT,
-        )
-        .await;
+        super::http1::serve(stream, first, router, crate::tls::stream::HANDSHAKE_TIMEOUT).await;
         return;
     }
     let stream = Prefixed {
@@ -511,7 +505,7 @@ pub async fn serve_connection<S>(
         let config = config.clone();
         let common_name = common_name.clone();
         glommio::spawn_local(async move {
-            serve_stream(request, respond, common_name, &router, &config).await;
+            serve_stream(request, respond, common_name, router, &config).await;
         })
         .detach();
     }
@@ -602,20 +596,22 @@ async fn serve_stream(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     common_name: Option<Rc<str>>,
-    router: &Router,
+    router: Rc<Router>,
     config: &Config,
 ) {
     let (parts, body) = request.into_parts();
-    if parts.method != Method::POST {
-        return reply_http(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
-    }
     let is_grpc = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if !is_grpc {
-        return reply_http(&mut respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // Plain HTTP over HTTP/2 (curl negotiates h2 by ALPN on a TLS client URL): served
+        // as etcd serves it there, by the HTTP handler (/health, the JSON gateway).
+        return super::http1::serve_h2(parts, body, respond, router).await;
+    }
+    if parts.method != Method::POST {
+        return reply_http(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let path = parts.uri.path().to_string();
     let (handler, queue) = match router.lookup(&path) {
@@ -859,7 +855,10 @@ impl CallSlots {
 
 impl Drop for CallSlot {
     fn drop(&mut self) {
-        let before = self.0.used.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let before = self
+            .0
+            .used
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         assert!(before > 0, "a call slot given back twice");
     }
 }
@@ -937,7 +936,7 @@ async fn write_responses(
 
 /// Sends `data` as window capacity becomes available, so a slow reader is pushed back on
 /// instead of buffered for without bound.
-async fn send_flow_controlled(
+pub(super) async fn send_flow_controlled(
     stream: &mut h2::SendStream<Bytes>,
     mut data: Bytes,
 ) -> Result<(), ()> {
