@@ -443,3 +443,24 @@ fn gateway_auth_token_header_and_permission_denied() {
     let r = h.post_with("/v3/auth/user/list", "{}", &[("Authorization", &root)]);
     assert!(ok(&r).contains(r#""users":["root","u"]"#), "{r:?}");
 }
+
+#[test]
+fn gateway_client_that_leaves_cancels_its_waiting_lock() {
+    let s = Server::start("gateway-lock-cancel", &[]);
+    let mut h = Http::connect(&s);
+    for id in [101, 102, 103] {
+        ok(&h.post("/v3/lease/grant", &format!(r#"{{"TTL":60,"ID":{id}}}"#)));
+    }
+    let lock = |lease: i64| format!(r#"{{"name":"eA==","lease":"{lease}"}}"#);
+    let held = member(ok(&h.post("/v3/lock/lock", &lock(101))), "key");
+    // A second locker waits, then leaves: its wait (and its key) must go with it.
+    let mut waiter = Http::connect(&s);
+    waiter.send("/v3/lock/lock", &lock(102), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(waiter);
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&h.post("/v3/lock/unlock", &format!(r#"{{"key":"{held}"}}"#)));
+    // The next locker gets the lock at once (not after lease 102 expires).
+    let r = h.post("/v3/lock/lock", &lock(103));
+    assert!(ok(&r).contains(r#""key":""#), "{r:?}");
+}

@@ -250,6 +250,31 @@ async fn write_body_stream<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Waits for `answer` while reading the connection: what arrives is kept in `buf` (a
+/// pipelined request); `None` if the client closed the connection first.
+async fn answer_unless_gone<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    mut answer: BoxedLocal<HttpResponse>,
+) -> Option<HttpResponse> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let room = buf.len() < PIPELINED_BYTES_MAX;
+        let next = futures_lite::future::or(async { Ok((&mut answer).await) }, async {
+            if !room {
+                return futures_lite::future::pending().await;
+            }
+            Err(stream.read(&mut chunk).await.unwrap_or(0))
+        })
+        .await;
+        match next {
+            Ok(resp) => return Some(resp),
+            Err(0) => return None,
+            Err(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Serves HTTP/1.1 requests on `stream`, whose first bytes (already read) are `first`,
 /// with the router's HTTP/1 handler.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -312,9 +337,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         buf = rest.split_off(len);
         req.body = Bytes::from(rest);
         req.router = Some(router.clone());
-        let mut resp = match &handler {
-            Some(h) => h(req).await,
-            None => HttpResponse::text(404, "404 page not found\n"),
+        let answer = match &handler {
+            Some(h) => h(req),
+            None => Box::pin(async { HttpResponse::text(404, "404 page not found\n") }),
+        };
+        // A client that leaves while its call runs (a lock that waits) cancels the call, as
+        // Go's server cancels the request's context.
+        let Some(mut resp) = answer_unless_gone(&mut stream, &mut buf, answer).await else {
+            return;
         };
         if write_response(&mut stream, &resp, close).await.is_err() {
             return;
