@@ -355,8 +355,8 @@ fn metadata(req: &HttpRequest) -> Result<(HeaderMap, Option<std::time::Duration>
             })?;
             timeout = Some(parsed);
             continue;
-        } else if name.len() > 14 && name[..14].eq_ignore_ascii_case("grpc-metadata-") {
-            name[14..].to_ascii_lowercase()
+        } else if let Some(key) = strip_prefix_ignore_case(name, "grpc-metadata-") {
+            key.to_ascii_lowercase()
         } else {
             continue;
         };
@@ -369,6 +369,14 @@ fn metadata(req: &HttpRequest) -> Result<(HeaderMap, Option<std::time::Duration>
         md.append(key, value);
     }
     Ok((md, timeout))
+}
+
+/// `text` without `prefix` (ASCII, any case); `None` if it does not start with it.
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+        .filter(|rest| !rest.is_empty())
 }
 
 fn decode_json<M>(body: &[u8], shape: Shape) -> Result<Vec<Bytes>, String>
@@ -675,6 +683,36 @@ mod tests {
             std::str::from_utf8(&json).unwrap(),
             r#"{"header":{"revision":"2","raft_term":"3"},"kvs":[{"key":"PCY+","version":"1","value":"YmFy"}],"count":"1"}"#
         );
+    }
+
+    #[test]
+    fn metadata_from_headers_never_panics() {
+        let req = |name: &str, value: &str| HttpRequest {
+            method: "POST".into(),
+            path: "/v3/kv/range".into(),
+            query: String::new(),
+            headers: vec![(name.into(), value.into())],
+            body: Bytes::new(),
+            router: None,
+        };
+        let (md, _) = metadata(&req("Grpc-Metadata-HasLeader", "true")).unwrap();
+        assert_eq!(md.get("hasleader").unwrap(), "true");
+        let (md, _) = metadata(&req("Authorization", "tok")).unwrap();
+        assert_eq!(md.get("authorization").unwrap(), "tok");
+        let (_, timeout) = metadata(&req("grpc-timeout", "2S")).unwrap();
+        assert_eq!(timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(
+            metadata(&req("Grpc-Timeout", "x")).unwrap_err().code,
+            Code::InvalidArgument
+        );
+        for name in [
+            "grpc-metadatä-x",
+            "ééééééééééééééé",
+            "grpc-metadata-",
+            "grpc-metadata-a b",
+        ] {
+            assert!(metadata(&req(name, "v")).unwrap().0.is_empty(), "{name}");
+        }
     }
 
     #[test]
