@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (a protobuf compiler in Rust) and prost: nothing to
-//! install, no system `protoc`.
+//! install, no system `protoc`. pbjson-build adds serde impls for etcd's packages, in
+//! grpc-gateway's JSON mapping (proto field names out, both spellings in), for the gateway.
 
 fn main() {
     let files = [
@@ -13,8 +14,23 @@ fn main() {
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"]).expect("proto/ compiles");
+    let descriptors = prost::Message::encode_to_vec(&fds);
     prost_build::Config::new()
         .bytes(["."])
         .compile_fds(fds)
         .expect("prost generates code for proto/");
+    // etcd's gateway (grpc-gateway v1, `JSONPb{OrigName: true}`) ignores unknown fields.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)
+        .expect("descriptors decode")
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])
+        .expect("pbjson generates serde impls for proto/");
 }

@@ -31,6 +31,9 @@
 //!
 //! ```text
 //!  client ──h2/gRPC──► core N (grpc::server, api::Services)
+//!  client ──HTTP/1.1 or h2, JSON──► core N (grpc::http1, api::gateway): etcd's gateway,
+//!    │                 POST /v3/... decoded to the gRPC request and run in-process by
+//!    │                 the core's Router (Router::call_local): the same paths as below
 //!    │ Range ────────► node::Node: this core's shard, other shards' parts by
 //!    │                 CoreMsg::Range; linearizable ones wait for a batched ReadIndex
 //!    │                 (ToRaft::ReadIndex), serializable ones for the newest round sent

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 side of a client URL (and of `--listen-metrics-urls`): `/metrics`,
 //! `/health` as etcd 3.4 answers it, `/livez` and `/readyz` as etcd 3.5 defines them,
-//! `/version`.
+//! `/version`, and etcd's JSON gateway under `/v3` (`gateway.rs`, client URLs only).
 //!
 //! Runs on: the core that serves the connection. A scrape gathers every core's counts
 //! through the node (one message per core) and renders them here.
@@ -32,6 +32,9 @@ pub fn handler(s: Rc<Services>, port: Port) -> HttpHandler {
 }
 
 async fn serve(s: &Services, port: Port, req: HttpRequest) -> HttpResponse {
+    if port == Port::Client && req.path.starts_with("/v3") {
+        return super::gateway::serve(req).await;
+    }
     let path = req.path.as_str();
     let get = req.method == "GET";
     match path {
@@ -82,6 +85,7 @@ async fn metrics(s: &Services) -> HttpResponse {
         status: 200,
         content_type: crate::metrics::CONTENT_TYPE,
         body: text.into(),
+        stream: None,
     }
 }
 

@@ -6,11 +6,13 @@
 //! - `errors`: the one table of etcd's wire errors (code + exact message).
 //! - `services`: the handlers and the router of a core; `lease`: the Lease service;
 //!   `concurrency`: the Lock and Election services.
+//! - `http`: `/health`, `/version`; `gateway`: etcd's JSON gateway (`/v3/...`).
 
 pub mod auth;
 pub mod concurrency;
 pub mod convert;
 pub mod errors;
+pub mod gateway;
 pub mod http;
 pub mod lease;
 pub mod maintenance;

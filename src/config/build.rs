@@ -70,6 +70,8 @@ pub(super) fn build(
     check_timeouts(heartbeat_interval_ms, election_timeout_ms)?;
     let max_request_bytes = positive(values, "max-request-bytes")?;
     let max_txn_ops = positive(values, "max-txn-ops")?;
+    let max_concurrent_streams =
+        u32::try_from(uint_value(values, "max-concurrent-streams")?).unwrap_or(u32::MAX);
     // etcd treats 0 as "use the default" rather than "snapshot on every entry".
     let snapshot_count = match uint_value(values, "snapshot-count")? {
         0 => DEFAULT_SNAPSHOT_COUNT,
@@ -122,6 +124,7 @@ pub(super) fn build(
         initial_cluster_token: raw(values, "initial-cluster-token").to_string(),
         max_request_bytes,
         max_txn_ops,
+        max_concurrent_streams,
         snapshot_count,
         heartbeat_interval_ms,
         election_timeout_ms,

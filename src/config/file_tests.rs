@@ -79,6 +79,7 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         initial_cluster_token: "etcd-cluster".to_string(),
         max_request_bytes: 1_572_864,
         max_txn_ops: 128,
+        max_concurrent_streams: u32::MAX,
         snapshot_count: 10_000,
         heartbeat_interval_ms: 100,
         election_timeout_ms: 1000,

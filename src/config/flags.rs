@@ -223,12 +223,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("log-outputs", List, "default", Silent),
     spec("log-package-levels", Str, "", Silent),
     spec("logger", Str, "capnslog", Silent),
-    spec(
-        "max-concurrent-streams",
-        Uint32,
-        "4294967295",
-        Warn(NOT_BUILT),
-    ),
+    spec("max-concurrent-streams", Uint32, "4294967295", Keel),
     spec("max-request-bytes", Uint, "1572864", Keel),
     spec("max-result-buffer", Ignored, "", Silent),
     spec("max-retry-attempts", Ignored, "", Silent),
@@ -390,7 +385,7 @@ Accepted for etcd compatibility (a warning is printed when the feature is not bu
   bootstrap: --discovery --discovery-fallback --discovery-proxy --discovery-srv
        --discovery-srv-name
   v2 and proxy: --enable-v2 --experimental-enable-v2v3 --proxy --proxy-*
-  other: --pre-vote --initial-election-tick-advance --max-concurrent-streams
+  other: --pre-vote --initial-election-tick-advance
        --grpc-keepalive-* --listen-client-http-urls
        --unsafe-no-fsync --next-cluster-version-compatible --experimental-*
   no effect: --logger --log-level --log-outputs --debug --enable-pprof

@@ -69,6 +69,9 @@ pub struct Config {
     pub initial_cluster_token: String,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--max-concurrent-streams`: streams per gRPC connection, and calls in flight through
+    /// the JSON gateway (etcd's gateway is one gRPC connection to its own member).
+    pub max_concurrent_streams: u32,
     pub snapshot_count: u64,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,

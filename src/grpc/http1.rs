@@ -3,13 +3,19 @@
 //! keep-alive as the client asks) and handed to the router's HTTP/1 handler (`/health`,
 //! `/version`, …). Bounded: a request head of at most 16 KiB, a body of at most
 //! `BODY_BYTES_MAX`, a head that does not arrive within the handshake timeout closes the
-//! connection.
+//! connection. A response may stream its body (chunked), as the JSON gateway's watch
+//! does; meanwhile the connection is read so a client that leaves ends the stream, and
+//! bytes of the next (pipelined) request are kept for after it. The same handler serves
+//! plain HTTP requests that arrive over HTTP/2 (`serve_h2`: curl negotiates h2 by ALPN on
+//! a TLS client URL, and etcd answers there too).
 //!
 //! Runs on: the core that accepted the connection.
 
+use super::server::Router;
 use bytes::Bytes;
 use futures_lite::future::BoxedLocal;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
+use std::pin::Pin;
 use std::rc::Rc;
 
 /// The HTTP/2 connection preface's first bytes (RFC 9113 §3.4).
@@ -28,6 +34,8 @@ pub struct HttpRequest {
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The port's router, for handlers that run gRPC calls in-process (the JSON gateway).
+    pub router: Option<Rc<Router>>,
 }
 
 impl HttpRequest {
@@ -52,12 +60,28 @@ impl HttpRequest {
     }
 }
 
+/// The rest of a streamed response body, one chunk per item, in HTTP/1.1's chunked coding.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Bytes>>>;
+
 /// An HTTP/1.1 response.
-#[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Bytes,
+    /// `Some`: the body is chunked, `body` (if not empty) is its first chunk, and the stream
+    /// gives the rest until it ends.
+    pub stream: Option<BodyStream>,
+}
+
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpResponse")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("body", &self.body)
+            .field("streamed", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl HttpResponse {
@@ -66,6 +90,7 @@ impl HttpResponse {
             status,
             content_type: "application/json",
             body: body.into(),
+            stream: None,
         }
     }
 
@@ -74,6 +99,7 @@ impl HttpResponse {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
+            stream: None,
         }
     }
 }
@@ -85,11 +111,19 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        412 => "Precondition Failed",
         413 => "Payload Too Large",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "",
     }
 }
@@ -120,6 +154,7 @@ fn parse_head(head: &[u8]) -> Result<(HttpRequest, usize, bool), &'static str> {
         query: query.to_string(),
         headers,
         body: Bytes::new(),
+        router: None,
     };
     if req
         .header("transfer-encoding")
@@ -143,28 +178,112 @@ async fn write_response<S: AsyncWrite + Unpin>(
     r: &HttpResponse,
     close: bool,
 ) -> std::io::Result<()> {
+    let length = match &r.stream {
+        None => format!("Content-Length: {}\r\n", r.body.len()),
+        Some(_) => "Transfer-Encoding: chunked\r\n".to_string(),
+    };
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n{length}{}\r\n",
         r.status,
         reason(r.status),
         r.content_type,
-        r.body.len(),
         if close { "Connection: close\r\n" } else { "" }
     );
-    let mut all = Vec::with_capacity(head.len() + r.body.len());
+    let mut all = Vec::with_capacity(head.len() + r.body.len() + 16);
     all.extend_from_slice(head.as_bytes());
-    all.extend_from_slice(&r.body);
+    if r.stream.is_none() {
+        all.extend_from_slice(&r.body);
+    } else if !r.body.is_empty() {
+        chunk_into(&mut all, &r.body);
+    }
     stream.write_all(&all).await?;
     stream.flush().await
 }
 
-/// Serves HTTP/1.1 requests on `stream`, whose first bytes (already read) are `first`.
+fn chunk_into(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Bytes of later requests kept while a body streams (a head and a body at most).
+const PIPELINED_BYTES_MAX: usize = HEAD_BYTES_MAX + BODY_BYTES_MAX;
+
+/// Writes the rest of a streamed body. While waiting for its next chunk the connection is
+/// read: what arrives is kept in `buf` (a pipelined request), and the end of the
+/// connection ends the stream. Returns false when the client is gone.
+async fn write_body_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    mut body: BodyStream,
+) -> bool {
+    enum Next {
+        Chunk(Option<Bytes>),
+        Read(usize),
+    }
+    let mut chunk = [0u8; 4096];
+    loop {
+        let room = buf.len() < PIPELINED_BYTES_MAX;
+        let next = futures_lite::future::or(async { Next::Chunk(body.next().await) }, async {
+            if !room {
+                return futures_lite::future::pending().await;
+            }
+            Next::Read(stream.read(&mut chunk).await.unwrap_or(0))
+        })
+        .await;
+        match next {
+            Next::Read(0) => return false,
+            Next::Read(n) => buf.extend_from_slice(&chunk[..n]),
+            Next::Chunk(Some(data)) if data.is_empty() => {}
+            Next::Chunk(Some(data)) => {
+                let mut out = Vec::with_capacity(data.len() + 16);
+                chunk_into(&mut out, &data);
+                if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                    return false;
+                }
+            }
+            Next::Chunk(None) => {
+                return stream.write_all(b"0\r\n\r\n").await.is_ok()
+                    && stream.flush().await.is_ok();
+            }
+        }
+    }
+}
+
+/// Waits for `answer` while reading the connection: what arrives is kept in `buf` (a
+/// pipelined request); `None` if the client closed the connection first.
+async fn answer_unless_gone<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    mut answer: BoxedLocal<HttpResponse>,
+) -> Option<HttpResponse> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let room = buf.len() < PIPELINED_BYTES_MAX;
+        let next = futures_lite::future::or(async { Ok((&mut answer).await) }, async {
+            if !room {
+                return futures_lite::future::pending().await;
+            }
+            Err(stream.read(&mut chunk).await.unwrap_or(0))
+        })
+        .await;
+        match next {
+            Ok(resp) => return Some(resp),
+            Err(0) => return None,
+            Err(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on `stream`, whose first bytes (already read) are `first`,
+/// with the router's HTTP/1 handler.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     first: Vec<u8>,
-    handler: Option<HttpHandler>,
+    router: Rc<Router>,
     timeout: std::time::Duration,
 ) {
+    let handler = router.http1.clone();
     let mut buf = first;
     loop {
         // Read a whole head.
@@ -203,22 +322,124 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut rest = buf.split_off(head_end);
         while rest.len() < len {
+            // A body that stalls for the whole timeout closes the connection, as a head does.
             let mut chunk = vec![0u8; (len - rest.len()).min(64 * 1024)];
-            match stream.read(&mut chunk).await {
-                Ok(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+            let n = futures_lite::future::or(async { stream.read(&mut chunk).await.ok() }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+            match n {
+                Some(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
                 _ => return,
             }
         }
         buf = rest.split_off(len);
         req.body = Bytes::from(rest);
-        let resp = match &handler {
-            Some(h) => h(req).await,
-            None => HttpResponse::text(404, "404 page not found\n"),
+        req.router = Some(router.clone());
+        let answer = match &handler {
+            Some(h) => h(req),
+            None => Box::pin(async { HttpResponse::text(404, "404 page not found\n") }),
         };
-        if write_response(&mut stream, &resp, close).await.is_err() || close {
+        // A client that leaves while its call runs (a lock that waits) cancels the call, as
+        // Go's server cancels the request's context.
+        let Some(mut resp) = answer_unless_gone(&mut stream, &mut buf, answer).await else {
+            return;
+        };
+        if write_response(&mut stream, &resp, close).await.is_err() {
+            return;
+        }
+        if let Some(body) = resp.stream.take() {
+            if !write_body_stream(&mut stream, &mut buf, body).await {
+                return;
+            }
+        }
+        if close {
             return;
         }
     }
+}
+
+/// Serves one plain (non-gRPC) HTTP request that came as an HTTP/2 stream.
+pub async fn serve_h2(
+    parts: http::request::Parts,
+    mut body: h2::RecvStream,
+    mut respond: h2::server::SendResponse<Bytes>,
+    router: Rc<Router>,
+) {
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return; // the client reset the stream
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if data.len() + chunk.len() > BODY_BYTES_MAX {
+            let r = HttpResponse::text(413, "request body too large\n");
+            return respond_h2(&mut respond, r).await;
+        }
+        data.extend_from_slice(&chunk);
+    }
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let req = HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body: Bytes::from(data),
+        router: Some(router.clone()),
+    };
+    let resp = match &router.http1 {
+        Some(h) => h(req).await,
+        None => HttpResponse::text(404, "404 page not found\n"),
+    };
+    respond_h2(&mut respond, resp).await;
+}
+
+/// Writes `r` on an HTTP/2 stream: head, body, then the streamed chunks (if any) as they
+/// come, under flow control. A reset stream ends it (and drops the body stream).
+async fn respond_h2(respond: &mut h2::server::SendResponse<Bytes>, mut r: HttpResponse) {
+    let mut head = http::Response::new(());
+    *head.status_mut() =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(r.content_type),
+    );
+    let rest = r.stream.take();
+    let empty = r.body.is_empty() && rest.is_none();
+    let Ok(mut send) = respond.send_response(head, empty) else {
+        return;
+    };
+    if empty {
+        return;
+    }
+    use super::server::send_flow_controlled;
+    if !r.body.is_empty() && send_flow_controlled(&mut send, r.body).await.is_err() {
+        return;
+    }
+    if let Some(mut rest) = rest {
+        loop {
+            let next = futures_lite::future::or(async { Some(rest.next().await) }, async {
+                let _ = futures_lite::future::poll_fn(|cx| send.poll_reset(cx)).await;
+                None
+            })
+            .await;
+            match next {
+                None => return, // reset: the client is gone
+                Some(None) => break,
+                Some(Some(chunk)) => {
+                    if send_flow_controlled(&mut send, chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = send.send_data(Bytes::new(), true);
 }
 
 #[cfg(test)]

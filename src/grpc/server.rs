@@ -121,22 +121,63 @@ impl Call {
     }
 }
 
-/// The request messages of a call, decoded from DATA frames as the handler asks for them
-/// (so HTTP/2 flow control pushes back on a client that sends faster than we handle).
+/// The request messages of a call: decoded from DATA frames as the handler asks for them
+/// (so HTTP/2 flow control pushes back on a client that sends faster than we handle), or
+/// given in memory by an in-process caller (the JSON gateway, [`Router::call_local`]).
 pub struct Messages {
-    body: h2::RecvStream,
-    decoder: Decoder,
-    ended: bool,
-    /// The method's counters on this core (`None`: not a route).
+    source: Source,
+    /// The method's counters on this core (`None`: not a route, or an in-process call).
     metrics: Option<Rc<crate::metrics::GrpcCells>>,
 }
 
+enum Source {
+    H2 {
+        body: h2::RecvStream,
+        decoder: Decoder,
+        ended: bool,
+    },
+    /// Handed out in order; then the end of the stream, or, when `held_open`, nothing
+    /// more until the call is dropped: etcd's Watch outlives a client's half-close, and a
+    /// gateway client leaves by closing its connection, which drops the call.
+    Local {
+        queue: std::collections::VecDeque<Bytes>,
+        held_open: bool,
+    },
+}
+
 impl Messages {
+    /// Messages already in memory (see [`Source::Local`] for `held_open`).
+    pub fn local(messages: Vec<Bytes>, held_open: bool) -> Messages {
+        Messages {
+            source: Source::Local {
+                queue: messages.into(),
+                held_open,
+            },
+            metrics: None,
+        }
+    }
+
     /// The next message; `None` when the client half-closed cleanly; `Some(Err)` ends
     /// the call (oversized, compressed, truncated, or the stream was reset).
     pub async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        let (body, decoder, ended) = match &mut self.source {
+            Source::H2 {
+                body,
+                decoder,
+                ended,
+            } => (body, decoder, ended),
+            Source::Local { queue, held_open } => {
+                if let Some(message) = queue.pop_front() {
+                    return Some(Ok(message));
+                }
+                if *held_open {
+                    future::pending::<()>().await;
+                }
+                return None;
+            }
+        };
         loop {
-            match self.decoder.decode() {
+            match decoder.decode() {
                 Ok(Some(message)) => {
                     if let Some(m) = &self.metrics {
                         m.received(message.len());
@@ -146,16 +187,16 @@ impl Messages {
                 Ok(None) => {}
                 Err(status) => return Some(Err(status)),
             }
-            if self.ended {
-                return self.decoder.finish().err().map(Err);
+            if *ended {
+                return decoder.finish().err().map(Err);
             }
-            match self.body.data().await {
-                None => self.ended = true,
+            match body.data().await {
+                None => *ended = true,
                 Some(Ok(chunk)) => {
                     // The bytes are copied into the decoder, so the window can reopen now;
                     // the decoder never holds more than one message plus one chunk.
-                    let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.decoder.push(&chunk);
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    decoder.push(&chunk);
                 }
                 Some(Err(e)) => return Some(Err(h2_status(&e))),
             }
@@ -201,7 +242,9 @@ pub struct Router {
     handlers: HashMap<String, (Handler, Option<usize>)>,
     services: HashSet<String>,
     /// What answers HTTP/1.1 requests on the same port (`None`: 404 to all).
-    http1: Option<super::http1::HttpHandler>,
+    pub(super) http1: Option<super::http1::HttpHandler>,
+    /// The bound on in-process calls in flight, shared by every core's router.
+    local_slots: Option<std::sync::Arc<CallSlots>>,
 }
 
 impl Router {
@@ -213,6 +256,15 @@ impl Router {
     /// `/version`, `/metrics` and its JSON gateway beside gRPC on a client URL).
     pub fn set_http1(&mut self, handler: super::http1::HttpHandler) -> &mut Router {
         self.http1 = Some(handler);
+        self
+    }
+
+    /// Bounds the in-process calls in flight (on every core that shares `slots`): a call
+    /// beyond the bound waits for one to end, as a stream beyond a gRPC connection's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS waits in grpc-go (etcd's gateway is one such
+    /// connection to its own member).
+    pub fn limit_local_calls(&mut self, slots: std::sync::Arc<CallSlots>) -> &mut Router {
+        self.local_slots = Some(slots);
         self
     }
 
@@ -414,14 +466,7 @@ pub async fn serve_connection<S>(
         }
     }
     if !first.starts_with(&super::http1::H2_PREFACE_START[..4]) {
-        let handler = router.http1.clone();
-        super::http1::serve(
-            stream,
-            first,
-            handler,
-            crate::tls::stream::HANDSHAKE_TIMEOUT,
-        )
-        .await;
+        super::http1::serve(stream, first, router, crate::tls::stream::HANDSHAKE_TIMEOUT).await;
         return;
     }
     let stream = Prefixed {
@@ -471,7 +516,7 @@ pub async fn serve_connection<S>(
         let config = config.clone();
         let common_name = common_name.clone();
         glommio::spawn_local(async move {
-            serve_stream(request, respond, common_name, &router, &config).await;
+            serve_stream(request, respond, common_name, router, &config).await;
         })
         .detach();
     }
@@ -562,20 +607,22 @@ async fn serve_stream(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     common_name: Option<Rc<str>>,
-    router: &Router,
+    router: Rc<Router>,
     config: &Config,
 ) {
     let (parts, body) = request.into_parts();
-    if parts.method != Method::POST {
-        return reply_http(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
-    }
     let is_grpc = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if !is_grpc {
-        return reply_http(&mut respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // Plain HTTP over HTTP/2 (curl negotiates h2 by ALPN on a TLS client URL): served
+        // as etcd serves it there, by the HTTP handler (/health, the JSON gateway).
+        return super::http1::serve_h2(parts, body, respond, router).await;
+    }
+    if parts.method != Method::POST {
+        return reply_http(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let path = parts.uri.path().to_string();
     let (handler, queue) = match router.lookup(&path) {
@@ -593,9 +640,11 @@ async fn serve_stream(
     let metrics = crate::metrics::grpc_started(&path);
     let started = std::time::Instant::now();
     let messages = Messages {
-        body,
-        decoder: Decoder::new(config.message_bytes_max),
-        ended: false,
+        source: Source::H2 {
+            body,
+            decoder: Decoder::new(config.message_bytes_max),
+            ended: false,
+        },
         metrics: metrics.clone(),
     };
     let request = Request {
@@ -605,37 +654,12 @@ async fn serve_stream(
         messages,
         common_name,
     };
-    let (sender, receiver, bound) = match queue {
-        None => {
-            let (tx, rx) = local_channel::new_bounded(config.response_queue_max);
-            (tx, rx, None)
-        }
-        Some(n) => {
-            let (tx, rx) = local_channel::new_unbounded();
-            (tx, rx, Some((*n, Rc::new(Room::default()))))
-        }
-    };
-    let room = bound.as_ref().map(|(_, r)| r.clone());
-    let handler_future = handler(request, Responses::new(sender, bound));
-    let call = async move {
-        match timeout {
-            None => handler_future.await,
-            Some(duration) => {
-                future::or(handler_future, async move {
-                    glommio::timer::sleep(duration).await;
-                    Err(Status::new(
-                        Code::DeadlineExceeded,
-                        "context deadline exceeded",
-                    ))
-                })
-                .await
-            }
-        }
-    };
+    let (responses, receiver, room) = response_queue(*queue, config.response_queue_max);
+    let call = with_deadline(handler(request, responses), timeout);
     // The handler and the writer run side by side: the handler queues, the writer drains
     // into h2 under flow control. If the stream breaks (client reset, connection gone),
     // the handler is dropped at once, even if it is parked waiting for events.
-    let mut handler = Box::pin(async move { call.await.err().unwrap_or_else(Status::ok) });
+    let mut handler = call;
     let mut writer = Box::pin(write_responses(
         &mut respond,
         receiver,
@@ -676,6 +700,200 @@ async fn serve_stream(
             let _ = send.send_trailers(status.to_header_map());
         }
         _ => {} // the client is gone; nothing more to tell it.
+    }
+}
+
+/// A call's response queue: the route's own bound (`queue`, on an unbounded channel whose
+/// writer wakes waiting senders through the `Room`) or the channel's (`queue_max`).
+fn response_queue(
+    queue: Option<usize>,
+    queue_max: usize,
+) -> (Responses, LocalReceiver<Bytes>, Option<Rc<Room>>) {
+    match queue {
+        None => {
+            let (tx, rx) = local_channel::new_bounded(queue_max);
+            (Responses::new(tx, None), rx, None)
+        }
+        Some(n) => {
+            let (tx, rx) = local_channel::new_unbounded();
+            let room = Rc::new(Room::default());
+            (Responses::new(tx, Some((n, room.clone()))), rx, Some(room))
+        }
+    }
+}
+
+/// The handler's future, ended with DeadlineExceeded after `timeout`, as its final status.
+fn with_deadline(
+    handler: BoxedLocal<Result<(), Status>>,
+    timeout: Option<Duration>,
+) -> BoxedLocal<Status> {
+    Box::pin(async move {
+        let result = match timeout {
+            None => handler.await,
+            Some(duration) => {
+                future::or(handler, async move {
+                    glommio::timer::sleep(duration).await;
+                    Err(Status::new(
+                        Code::DeadlineExceeded,
+                        "context deadline exceeded",
+                    ))
+                })
+                .await
+            }
+        };
+        result.err().unwrap_or_else(Status::ok)
+    })
+}
+
+/// What an in-process call yields next.
+pub enum LocalNext {
+    /// One response message, in order.
+    Message(Bytes),
+    /// The handler is done and every message was taken: its final status (maybe OK).
+    End(Status),
+}
+
+/// A call run in-process through the router (the JSON gateway), on this core: the same
+/// handler, auth and errors as over gRPC. Dropping it cancels the handler.
+pub struct LocalCall {
+    receiver: LocalReceiver<Bytes>,
+    room: Option<Rc<Room>>,
+    handler: Option<BoxedLocal<Status>>,
+    status: Option<Status>,
+    /// Held until the call is dropped (the gateway drops it when the reply is written).
+    _slot: Option<CallSlot>,
+}
+
+impl LocalCall {
+    /// The next response message, or the final status; runs the handler meanwhile.
+    pub async fn next(&mut self) -> LocalNext {
+        loop {
+            let Some(handler) = self.handler.as_mut() else {
+                return match self.receiver.recv().await {
+                    Some(message) => LocalNext::Message(message),
+                    None => LocalNext::End(self.status.take().unwrap_or_else(Status::ok)),
+                };
+            };
+            let receiver = &self.receiver;
+            let next = future::or(async { Ok(receiver.recv().await) }, async {
+                Err(handler.await)
+            })
+            .await;
+            match next {
+                Ok(Some(message)) => {
+                    if let Some(room) = &self.room {
+                        room.wake();
+                    }
+                    return LocalNext::Message(message);
+                }
+                // The handler dropped its sender: its status follows.
+                Ok(None) => {
+                    let handler = self.handler.take();
+                    self.status = Some(match handler {
+                        Some(h) => h.await,
+                        None => Status::ok(),
+                    });
+                }
+                Err(status) => {
+                    // Dropping the finished future drops its sender: the queue drains.
+                    self.handler = None;
+                    self.status = Some(status);
+                }
+            }
+        }
+    }
+}
+
+impl Router {
+    /// Runs the call at `path` in-process with `messages`, as if it came over gRPC
+    /// (without a client certificate: etcd's gateway never passes one on). Waits for a
+    /// slot first when the router bounds its local calls.
+    pub async fn call_local(
+        &self,
+        path: &str,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+        messages: Messages,
+        queue_max: usize,
+    ) -> Result<LocalCall, Status> {
+        let (handler, queue) = self.lookup(path)?;
+        let slot = match &self.local_slots {
+            Some(slots) => Some(CallSlots::acquire(slots).await),
+            None => None,
+        };
+        let (responses, receiver, room) = response_queue(*queue, queue_max);
+        let request = Request {
+            path: path.to_string(),
+            metadata,
+            timeout,
+            messages,
+            common_name: None,
+        };
+        let handler = with_deadline(handler(request, responses), timeout);
+        Ok(LocalCall {
+            receiver,
+            room,
+            handler: Some(handler),
+            status: None,
+            _slot: slot,
+        })
+    }
+}
+
+/// A bound on calls in flight shared by all cores: a counter, no lock. A caller that finds
+/// it full polls every `CallSlots::POLL` (the cores share no waker; waiting is rare, only
+/// at the configured bound).
+#[derive(Debug)]
+pub struct CallSlots {
+    used: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+/// One call's slot, given back when dropped.
+pub struct CallSlot(std::sync::Arc<CallSlots>);
+
+impl CallSlots {
+    const POLL: Duration = Duration::from_millis(5);
+
+    pub fn new(max: u32) -> CallSlots {
+        CallSlots {
+            used: std::sync::atomic::AtomicU32::new(0),
+            max,
+        }
+    }
+
+    fn try_acquire(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    async fn acquire(slots: &std::sync::Arc<CallSlots>) -> CallSlot {
+        while !slots.try_acquire() {
+            glommio::timer::sleep(CallSlots::POLL).await;
+        }
+        CallSlot(slots.clone())
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let before = self
+            .0
+            .used
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        assert!(before > 0, "a call slot given back twice");
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.handlers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -754,7 +972,7 @@ async fn write_responses(
 
 /// Sends `data` as window capacity becomes available, so a slow reader is pushed back on
 /// instead of buffered for without bound.
-async fn send_flow_controlled(
+pub(super) async fn send_flow_controlled(
     stream: &mut h2::SendStream<Bytes>,
     mut data: Bytes,
 ) -> Result<(), ()> {

@@ -3,22 +3,28 @@
 //! Module paths follow the proto packages: `pb::etcdserverpb::PutRequest`,
 //! `pb::mvccpb::KeyValue`, `pb::keel::internal::RaftRequest`. Bytes fields are
 //! `bytes::Bytes`, so request payloads are shared, not copied, on their way to raft.
+//! etcd's packages also get serde impls (pbjson, `*.serde.rs`) for the JSON gateway.
 #![allow(clippy::all, missing_docs, rustdoc::all)]
 
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 pub mod grpc {
     pub mod health {

@@ -265,7 +265,10 @@ mod tests {
         let t0 = Instant::now();
         let ls = leases(&[(1, 5), (2, 10)]);
         let mut lessor = Lessor::default();
-        assert_eq!(lessor.expired(t0 + Duration::from_secs(100), 10), vec![]);
+        assert_eq!(
+            lessor.expired(t0 + Duration::from_secs(100), 10),
+            Vec::<i64>::new()
+        );
         lessor.promote(&ls, Duration::from_secs(1), t0);
         assert_eq!(lessor.remaining_s(1, 5, t0), 6);
         // Lease 1 renewed at 5 s: its deadline moves from 6 s to 10 s; a keep-alive that
@@ -273,7 +276,10 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(lessor.renew(&ls, 1, at(5)), Some((5, at(10))));
         assert_eq!(lessor.renew(&ls, 1, at(4)), Some((5, at(10))));
-        assert_eq!(lessor.expired(t0 + Duration::from_secs(7), 10), vec![]);
+        assert_eq!(
+            lessor.expired(t0 + Duration::from_secs(7), 10),
+            Vec::<i64>::new()
+        );
         assert_eq!(
             lessor.expired(t0 + Duration::from_millis(10_500), 10),
             vec![1]
@@ -283,12 +289,18 @@ mod tests {
         // Offered for revocation: not even a keep-alive received in time renews it now.
         assert_eq!(lessor.renew(&ls, 1, at(9)), None);
         assert_eq!(lessor.expired(t0 + Duration::from_secs(12), 10), vec![2]);
-        assert_eq!(lessor.expired(t0 + Duration::from_secs(13), 10), vec![]);
+        assert_eq!(
+            lessor.expired(t0 + Duration::from_secs(13), 10),
+            Vec::<i64>::new()
+        );
         // Not revoked within the retry interval: offered again.
         assert_eq!(lessor.expired(t0 + Duration::from_secs(14), 10), vec![1]);
         lessor.revoked(1);
         lessor.revoked(2);
-        assert_eq!(lessor.expired(t0 + Duration::from_secs(60), 10), vec![]);
+        assert_eq!(
+            lessor.expired(t0 + Duration::from_secs(60), 10),
+            Vec::<i64>::new()
+        );
         assert_eq!(lessor.timed_count(), 0);
     }
 
@@ -303,7 +315,10 @@ mod tests {
         lessor.promote(&ls, Duration::ZERO, t0);
         assert!(lessor.next_deadline().is_some());
         lessor.demote();
-        assert_eq!(lessor.expired(t0 + Duration::from_secs(60), 10), vec![]);
+        assert_eq!(
+            lessor.expired(t0 + Duration::from_secs(60), 10),
+            Vec::<i64>::new()
+        );
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct ServerOptions {
     pub cpus: Vec<usize>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--max-concurrent-streams` (SETTINGS_MAX_CONCURRENT_STREAMS of client connections).
+    pub max_concurrent_streams: u32,
+    /// The JSON gateway's calls in flight, on all cores (at most `max_concurrent_streams`).
+    pub gateway_calls: std::sync::Arc<grpc::server::CallSlots>,
     pub watch_progress_notify_interval: std::time::Duration,
     /// The minimum TTL and server-chosen IDs of leases.
     pub lease: crate::api::LeaseConfig,
@@ -590,9 +594,16 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         .with_quota(opts.quota_backend_bytes),
     );
     let metrics_router = Rc::new(api::services::metrics_router(services.clone()));
-    let router = Rc::new(api::router(services));
+    let mut router = api::router(services);
+    if opts.max_concurrent_streams < u32::MAX {
+        router.limit_local_calls(opts.gateway_calls.clone());
+    }
+    let router = Rc::new(router);
     let grpc_config = grpc::Config {
         message_bytes_max: opts.max_request_bytes + grpc::server::GRPC_OVERHEAD_BYTES,
+        concurrent_streams_max: opts
+            .max_concurrent_streams
+            .min(grpc::Config::default().concurrent_streams_max),
         ..grpc::Config::default()
     };
     // One acceptor per core: it re-reads the certificate files on this core's connections.
