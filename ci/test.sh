@@ -39,8 +39,11 @@ cargo run -q -p keel-bench -- compare --quick --seconds 1 --keel target/debug/ke
 cargo run -q -p keel-bench -- maintenance --quick --keel target/debug/keel \
   --out target/bench-smoke-maintenance | tail -n 30
 
-# A /metrics scrape every 100 ms under put load (issue 20), both servers: must run.
+# A /metrics scrape every 100 ms under put load, and the JSON gateway's put and range
+# rate (issue 20), both servers: must run.
 cargo run -q -p keel-bench -- scrape --quick --keel target/debug/keel \
   --out target/bench-smoke-scrape | tail -n 5
+cargo run -q -p keel-bench -- gateway --quick --keel target/debug/keel \
+  --out target/bench-smoke-gateway | tail -n 6
 
 ci/fuzz-smoke.sh

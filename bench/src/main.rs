@@ -17,6 +17,7 @@ mod certs;
 mod cluster;
 mod compare;
 mod failover;
+mod gateway;
 mod grpc;
 mod load;
 mod maintenance;
@@ -34,6 +35,8 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    --reps N --members N --heartbeat-interval MS --election-timeout MS --only keel|etcd --out DIR
   maintenance      Defragment and Snapshot under put load, Keel then etcd on a filled db: --keel BIN --etcd BIN
                    --only defrag,snapshot --db-mib 1024 --val-size 4000 --seconds 10 --clients 64 --quick --out DIR
+  gateway          the JSON gateway's put and range rate (keep-alive HTTP/1.1), Keel then etcd: --keel BIN --etcd BIN
+                   --seconds 5 --conns 1,16,64 --quick --out DIR
   scrape           put c64 with and without a GET /metrics every 100 ms, Keel then etcd: --keel BIN --etcd BIN
                    --seconds 5 --rounds 3 --clients 64 --interval-ms 100 --quick --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
@@ -64,6 +67,7 @@ fn main() {
         "failover" => failover::main(&opts),
         "maintenance" => maintenance::main(&opts),
         "scrape" => scrape::main(&opts),
+        "gateway" => gateway::main(&opts),
         "watch-memory" => {
             let o = load::options_from(&opts);
             let pid = opts.u64("server-pid", 0) as u32;
