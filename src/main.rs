@@ -55,39 +55,8 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             }
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let mut listen_clients: Vec<ClientListen> = Vec::new();
-    for u in &cfg.listen_client_urls {
-        let addr = u.socket_addr()?;
-        let tls = is_tls(u);
-        // The same address as http and https: one listener that serves both (etcd too).
-        match listen_clients.iter_mut().find(|l| l.addr == addr) {
-            Some(l) => {
-                l.tls |= tls;
-                l.plain |= !tls;
-            }
-            None => listen_clients.push(ClientListen {
-                addr,
-                plain: !tls,
-                tls,
-            }),
-        }
-    }
-    let mut listen_metrics: Vec<ClientListen> = Vec::new();
-    for u in &cfg.listen_metrics_urls {
-        let addr = u.socket_addr()?;
-        let tls = is_tls(u);
-        match listen_metrics.iter_mut().find(|l| l.addr == addr) {
-            Some(l) => {
-                l.tls |= tls;
-                l.plain |= !tls;
-            }
-            None => listen_metrics.push(ClientListen {
-                addr,
-                plain: !tls,
-                tls,
-            }),
-        }
-    }
+    let listen_clients = client_listens(&cfg.listen_client_urls)?;
+    let listen_metrics = client_listens(&cfg.listen_metrics_urls)?;
     keel::config::version::set(&cfg.etcd_version)?;
     keel::metrics::set_extensive(cfg.metrics_extensive);
     // Absolute paths: glommio opens directories with openat, which fails on relative ones
@@ -246,6 +215,28 @@ fn jwt_provider(
 
 fn is_tls(u: &config::Url) -> bool {
     u.scheme == "https" || u.scheme == "unixs"
+}
+
+/// One listener per address of `urls`: the same address as http and https is one
+/// listener that serves both (etcd too).
+fn client_listens(urls: &[config::Url]) -> Result<Vec<ClientListen>, String> {
+    let mut listens: Vec<ClientListen> = Vec::new();
+    for u in urls {
+        let addr = u.socket_addr()?;
+        let tls = is_tls(u);
+        match listens.iter_mut().find(|l| l.addr == addr) {
+            Some(l) => {
+                l.tls |= tls;
+                l.plain |= !tls;
+            }
+            None => listens.push(ClientListen {
+                addr,
+                plain: !tls,
+                tls,
+            }),
+        }
+    }
+    Ok(listens)
 }
 
 /// One side's TLS settings from its flags: `None` when it has no certificate and no
