@@ -109,6 +109,10 @@ struct CoreAuth {
 /// yet waits for it (etcd waits for the index until the request's deadline).
 pub const TOKEN_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A ReadIndex slower than this counts in `etcd_server_slow_read_indexes_total` (etcd's
+/// request timeout).
+const SLOW_READ_INDEX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a scrape waits for another core's metric counts.
 pub const METRICS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -637,11 +641,18 @@ impl Node {
                 self.index_asking.set(false);
                 return;
             }
+            let started = std::time::Instant::now();
             let result = self
                 .raft
                 .call::<ReadIndex>(|to| ToRaft::ReadIndex { to })
                 .await
                 .map(|a| a.value.0);
+            // etcd counts a ReadIndex that failed, and one slower than its 5 s timeout.
+            if result.is_err() {
+                crate::metrics::inc(crate::metrics::Counter::ReadIndexesFailed);
+            } else if started.elapsed() >= SLOW_READ_INDEX {
+                crate::metrics::inc(crate::metrics::Counter::SlowReadIndexes);
+            }
             for w in batch {
                 w.fill(result.clone());
             }

@@ -750,6 +750,15 @@ impl Transport {
             return Err(invalid("snapshot stream without its message"));
         }
         let msg = RaftMessage::parse_from_bytes(&payload).map_err(invalid)?;
+        // `etcd_server_snapshot_apply_in_progress_total`: 1 until this returns.
+        struct InProgress;
+        impl Drop for InProgress {
+            fn drop(&mut self) {
+                crate::metrics::set(crate::metrics::Gauge::SnapshotApplyInProgress, 0.0);
+            }
+        }
+        crate::metrics::set(crate::metrics::Gauge::SnapshotApplyInProgress, 1.0);
+        let _in_progress = InProgress;
         let path = self.snap_dir.join("db.recv");
         let _ = glommio::io::remove(&path).await;
         let mut db = Db::open(&path, DbOptions::default())

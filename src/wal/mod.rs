@@ -533,6 +533,7 @@ impl Wal {
         self.check_poisoned()?;
         self.poisoned = true;
         let pending = std::mem::take(&mut self.pending);
+        let total_bytes: u64 = pending.iter().map(|r| r.encoded_bytes() as u64).sum();
         let mut start = 0;
         while start < pending.len() {
             let mut end = chunk_end(&pending[start..], self.opts.batch_bytes_max) + start;
@@ -553,6 +554,7 @@ impl Wal {
             start = end;
         }
         self.poisoned = false;
+        crate::metrics::add(crate::metrics::Counter::WalWriteBytes, total_bytes);
         self.invariants();
         Ok(())
     }
