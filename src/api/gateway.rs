@@ -560,7 +560,7 @@ fn stream_error(status: &Status) -> Bytes {
     }
     out.push_str(&format!(
         ",\"http_status\":{}}}}}",
-        json_string(http_status_text(http))
+        json_string(crate::grpc::http1::reason(http))
     ));
     Bytes::from(go_escape(out.into_bytes()))
 }
@@ -599,25 +599,6 @@ fn http_status(code: Code) -> u16 {
         Code::Internal => 500,
         Code::Unavailable => 503,
         Code::DataLoss => 500,
-    }
-}
-
-/// Go's `http.StatusText` for the statuses above.
-fn http_status_text(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        412 => "Precondition Failed",
-        429 => "Too Many Requests",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Internal Server Error",
     }
 }
 

@@ -107,7 +107,9 @@ impl HttpResponse {
 /// What serves the HTTP/1.1 requests of a port.
 pub type HttpHandler = Rc<dyn Fn(HttpRequest) -> BoxedLocal<HttpResponse>>;
 
-fn reason(status: u16) -> &'static str {
+/// Go's `http.StatusText` for the statuses Keel answers with (the gateway's error
+/// bodies name them too).
+pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",

@@ -417,6 +417,8 @@ pub struct GrpcCells {
     sent: Cell<u64>,
     /// Handling time, from the call's headers to its status.
     handling: RefCell<HistCounts>,
+    /// A streaming method (`method_type` is not `unary`), found once at registration.
+    stream: bool,
 }
 
 impl GrpcCells {
@@ -539,8 +541,7 @@ pub fn grpc_route(path: &str) {
 pub fn grpc_started(path: &str) -> Option<Rc<GrpcCells>> {
     let cells = LOCAL.with(|l| l.grpc.borrow().get(path).cloned())?;
     cells.started.set(cells.started.get() + 1);
-    let stream = method_type(path) != "unary";
-    inc(if stream {
+    inc(if cells.stream {
         Counter::ClientRequestsStream
     } else {
         Counter::ClientRequestsUnary
@@ -553,7 +554,12 @@ fn grpc_method(path: &str) -> Rc<GrpcCells> {
         l.grpc
             .borrow_mut()
             .entry(path.into())
-            .or_insert_with(|| Rc::new(GrpcCells::default()))
+            .or_insert_with(|| {
+                Rc::new(GrpcCells {
+                    stream: method_type(path) != "unary",
+                    ..Default::default()
+                })
+            })
             .clone()
     })
 }
@@ -812,9 +818,10 @@ pub fn render(s: &Snapshot, info: &Info<'_>) -> String {
 
     // Histograms: etcd's, then Keel's stages in one family.
     let mut stages = Vec::new();
-    for (i, (_, name, stage, help, bounds)) in HISTS.iter().enumerate() {
+    let all_bounds = LOCAL.with(|l| l.bounds.clone());
+    for (i, (_, name, stage, help, _)) in HISTS.iter().enumerate() {
         let counts = s.hists.get(i).cloned().unwrap_or_default();
-        let m = histogram(&[], &bounds.values(), &counts);
+        let m = histogram(&[], &all_bounds[i], &counts);
         if name == &STAGE {
             let mut m = m;
             m.set_label(labels(&[("stage", stage)]));
@@ -853,7 +860,7 @@ pub fn render(s: &Snapshot, info: &Info<'_>) -> String {
         "To",
         &|p| p.sent_failures as f64,
     ));
-    let rtt_bounds = PEER_RTT.values();
+    let rtt_bounds = LOCAL.with(|l| l.peer_rtt_bounds.clone());
     let rtts = peers
         .iter()
         .filter(|(_, p)| !p.rtt.counts.is_empty())
