@@ -3,7 +3,8 @@
 //! Layers, each naming only the ones below it (`tests/layers.rs` checks it):
 //!
 //! ```text
-//!  server                boot: a pinned executor per core, listeners, signals, shutdown
+//!  server, proxy         boot: a pinned executor per core, listeners, signals, shutdown;
+//!                        the proxies (`keel grpc-proxy`, `keel gateway`) beside it
 //!  api                   the services: decode, checks, etcd's wire errors (api::errors is
 //!                        the one table), the Watch, Lease, Lock and Election streams
 //!  node                  each core's node: its shard, watch hub, lease cache, links to the
@@ -92,6 +93,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod pb;
+pub mod proxy;
 pub mod raft;
 pub mod runtime;
 pub mod server;

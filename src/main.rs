@@ -315,6 +315,9 @@ fn reexec() -> std::io::Error {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = keel::proxy::run(&args) {
+        return code;
+    }
     if let Some(result) = keel::server::tools::run(&args) {
         return match result {
             Ok(()) => ExitCode::SUCCESS,

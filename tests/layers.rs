@@ -38,6 +38,8 @@ const LAYERS: &[(&str, u32)] = &[
     // The services, then boot.
     ("api", 8),
     ("server", 9),
+    // The proxies: gRPC client and server, TLS, no store.
+    ("proxy", 9),
 ];
 
 fn layer_of(module: &str) -> Option<u32> {

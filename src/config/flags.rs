@@ -314,6 +314,10 @@ Usage:
   keel snapshot restore FILE [flags]   restore an etcd or Keel snapshot into a new data dir
   keel snapshot status FILE [-w json]  hash, revision, keys and size of a snapshot file
   keel defrag --data-dir DIR           defragment a stopped member's db
+  keel grpc-proxy start [flags]        a gRPC proxy in front of a cluster (etcd's
+                                       flags; `keel grpc-proxy start --help`)
+  keel gateway start [flags]           a TCP (L4) forwarder to a cluster's client URLs
+                                       (`keel gateway start --help`)
   keel --config-file PATH read all settings from an etcd YAML config file (etcd's
                           etcd.conf.yml keys, with client-transport-security and
                           peer-transport-security sections); flags and ETCD_*
