@@ -101,34 +101,54 @@ pub async fn handshake<S>(io: S) -> Result<Conn, CallError>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (client, connection) = h2::client::Builder::new()
+    handshake_pinged(io).await.map(|(conn, _)| conn)
+}
+
+/// [`handshake`], also giving the connection's PING handle (to tell a silent peer).
+pub async fn handshake_pinged<S>(io: S) -> Result<(Conn, Option<h2::PingPong>), CallError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (client, mut connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
         .max_concurrent_reset_streams(1024)
         .handshake(io.compat())
         .await
         .map_err(transport)?;
+    let ping = connection.ping_pong();
     glommio::spawn_local(async move {
         let _ = connection.await;
     })
     .detach();
-    Ok(Conn {
-        send: client,
-        token: None,
-    })
+    Ok((
+        Conn {
+            send: client,
+            token: None,
+        },
+        ping,
+    ))
 }
 
-fn request(path: &str, token: Option<&str>) -> http::Request<()> {
-    let mut b = http::Request::builder()
+/// A request head carrying `metadata` (gRPC metadata, e.g. `token`, `hasleader`); a pair
+/// that is no header name or value is left off (the server then sees none).
+fn request_with(path: &str, metadata: &[(&str, &str)]) -> http::Request<()> {
+    let mut req = http::Request::builder()
         .method("POST")
         .uri(format!("http://keel{path}"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(t) = token {
-        b = b.header("token", t);
+        .header("te", "trailers")
+        .body(())
+        .expect("static request head");
+    for (k, v) in metadata {
+        if let (Ok(k), Ok(v)) = (
+            http::header::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            req.headers_mut().append(k, v);
+        }
     }
-    // A token that is no header value is left off: the server then sees no user.
-    b.body(()).unwrap_or_else(|_| request(path, None))
+    req
 }
 
 fn status_of(trailers: Option<&http::HeaderMap>) -> Result<(), CallError> {
@@ -156,11 +176,29 @@ pub async fn unary<M: Message, R: Message + Default>(
     path: &str,
     message: &M,
 ) -> Result<R, CallError> {
+    let meta: Vec<(&str, &str)> = conn
+        .token
+        .as_deref()
+        .map(|t| ("token", t))
+        .into_iter()
+        .collect();
+    let reply = unary_raw(conn, path, &meta, message.encode_to_vec().into()).await?;
+    R::decode(reply).map_err(transport)
+}
+
+/// One unary call on encoded messages, with `metadata` (a proxy forwards the caller's
+/// `token` and `hasleader`): the request message's bytes in, the reply's out.
+pub async fn unary_raw(
+    conn: &Conn,
+    path: &str,
+    metadata: &[(&str, &str)],
+    message: Bytes,
+) -> Result<Bytes, CallError> {
     let mut ready = conn.send.clone().ready().await.map_err(transport)?;
     let (response, mut send) = ready
-        .send_request(request(path, conn.token.as_deref()), false)
+        .send_request(request_with(path, metadata), false)
         .map_err(transport)?;
-    send.send_data(codec::encode(&message.encode_to_vec()), true)
+    send.send_data(codec::encode(&message), true)
         .map_err(transport)?;
     let response = response.await.map_err(transport)?;
     // A Trailers-Only error response carries grpc-status in its headers.
@@ -180,7 +218,7 @@ pub async fn unary<M: Message, R: Message + Default>(
         return Err(CallError::Status(13, "empty response".into()));
     }
     buf.advance(5);
-    R::decode(buf.freeze()).map_err(transport)
+    Ok(buf.freeze())
 }
 
 /// A bidi stream: send messages, receive decoded ones in order. The response headers are
@@ -194,9 +232,24 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(conn: &Conn, path: &str) -> Result<Stream, CallError> {
+        let meta: Vec<(&str, &str)> = conn
+            .token
+            .as_deref()
+            .map(|t| ("token", t))
+            .into_iter()
+            .collect();
+        Stream::open_with(conn, path, &meta).await
+    }
+
+    /// A stream whose request carries `metadata`.
+    pub async fn open_with(
+        conn: &Conn,
+        path: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<Stream, CallError> {
         let mut ready = conn.send.clone().ready().await.map_err(transport)?;
         let (response, send) = ready
-            .send_request(request(path, conn.token.as_deref()), false)
+            .send_request(request_with(path, metadata), false)
             .map_err(transport)?;
         Ok(Stream {
             send,
@@ -210,6 +263,18 @@ impl Stream {
         self.send
             .send_data(codec::encode(&m.encode_to_vec()), false)
             .map_err(transport)
+    }
+
+    /// Sends one encoded message.
+    pub fn send_raw(&mut self, message: &[u8]) -> Result<(), CallError> {
+        self.send
+            .send_data(codec::encode(message), false)
+            .map_err(transport)
+    }
+
+    /// Half-closes the request side (no more messages).
+    pub fn close_send(&mut self) {
+        let _ = self.send.send_data(Bytes::new(), true);
     }
 
     async fn body(&mut self) -> Result<&mut RecvStream, CallError> {
@@ -227,13 +292,19 @@ impl Stream {
 
     /// The next message, or the call's final status when the server ends it.
     pub async fn recv<R: Message + Default>(&mut self) -> Result<R, CallError> {
+        let message = self.recv_raw().await?;
+        R::decode(message).map_err(transport)
+    }
+
+    /// The next message's bytes; `Status(0, "stream ended")` when the server ended the
+    /// call with OK.
+    pub async fn recv_raw(&mut self) -> Result<Bytes, CallError> {
         loop {
             if self.buf.len() >= 5 {
                 let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
                 if self.buf.len() >= 5 + len {
                     self.buf.advance(5);
-                    let msg = self.buf.split_to(len).freeze();
-                    return R::decode(msg).map_err(transport);
+                    return Ok(self.buf.split_to(len).freeze());
                 }
             }
             let body = self.body().await?;

@@ -11,7 +11,15 @@
 //! Runs on: the `keel` process's main thread parses and boots; then one executor per core.
 
 pub mod args;
+pub mod cache;
+pub mod forward;
+pub mod lease;
+pub mod namespace;
+pub mod register;
+pub mod start;
 pub mod tcp;
+pub mod upstream;
+pub mod watch;
 
 use std::process::ExitCode;
 
@@ -20,12 +28,13 @@ pub fn run(args: &[String]) -> Option<ExitCode> {
     let (name, rest) = args.split_first()?;
     let result = match name.as_str() {
         "gateway" => tcp::main(rest),
+        "grpc-proxy" => start::main(rest),
         _ => return None,
     };
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("Error: {msg}");
+            eprintln!("{msg}");
             ExitCode::from(1)
         }
     })

@@ -563,3 +563,46 @@ fn alert_text(alert: rustls::AlertDescription) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A dialer's config from files, for a client of someone else's cluster (the proxies'
+/// `--cacert`, `--cert`, `--key`, `--insecure-skip-tls-verify`): servers verified against
+/// `ca` (system roots when empty) unless `skip_verify`; a client certificate when `cert`
+/// and `key` are given. Reads files: call at boot, not on an executor.
+pub fn dial_config(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    skip_verify: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("open {}: {}", p.display(), io_text(&e)))
+    };
+    let versions = Versions::default();
+    let provider = Arc::new(provider(&versions)?);
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&protocol_versions(&versions)?)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = if skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verify::NoServerVerification::new(
+                provider.clone(),
+            )))
+    } else if ca.as_os_str().is_empty() {
+        builder.with_root_certificates(system_roots())
+    } else {
+        builder.with_root_certificates(parse_roots(ca, &read(ca)?)?)
+    };
+    let mut config = if cert.as_os_str().is_empty() && key.as_os_str().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs = parse_certs(cert, &read(cert)?)?;
+        let k = parse_key(key, &read(key)?)?;
+        let parts = certified_key(&provider, cert, certs, k)?;
+        builder
+            .with_client_auth_cert(parts.cert, parts.key)
+            .map_err(|e| format!("{}: {e}", cert.display()))?
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
