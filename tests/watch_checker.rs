@@ -732,7 +732,26 @@ fn check_watcher(
 #[test]
 fn watch_checker() {
     let s = Server::start("wchk", &[]);
-    let ep = s.endpoint();
+    check("watch checker", &s.endpoint(), &s.endpoint());
+}
+
+/// The same load and checks with every watcher on a `keel grpc-proxy` in front of the
+/// member (the writers and the compactor go to the member): coalesced watches, watchers
+/// from past revisions merged into shared ones, compaction cancels, prev_kv.
+#[test]
+fn watch_checker_through_the_grpc_proxy() {
+    if !common::is_keel() {
+        return;
+    }
+    let s = Server::start("wchkp", &[]);
+    let p = common::Proxy::start("wchkp", &[&s.endpoint()], &[]);
+    check("watch checker (proxy)", &p.endpoint(), &s.endpoint());
+}
+
+/// Runs the load against `ep` and the watchers on `wep`, then checks every watcher.
+fn check(label: &str, wep: &str, ep: &str) {
+    let ep = ep.to_string();
+    let wep = wep.to_string();
     let sh = Arc::new(Shared::default());
     let rt = runtime();
     let (streams, watchers, events, final_rev, compacted, canceled) = rt.block_on(async {
@@ -743,7 +762,7 @@ fn watch_checker() {
         let mut readers = Vec::new();
         let mut creators = Vec::new();
         for st in 0..STREAMS {
-            let mut c = connect(&ep).await;
+            let mut c = connect(&wep).await;
             let sp = specs(st);
             let total = sp.len();
             // The stream opens with its first watcher; the creator sends the rest.
@@ -876,7 +895,7 @@ fn watch_checker() {
     });
     let violations = sh.violations.lock().unwrap().clone();
     println!(
-        "watch checker: streams={streams} watchers={watchers} events={events} violations={} \
+        "{label}: streams={streams} watchers={watchers} events={events} violations={} \
          (revisions={final_rev} writes={} compacted_to={compacted} canceled_by_compaction={canceled})",
         violations.len(),
         sh.writes.load(Ordering::Relaxed),

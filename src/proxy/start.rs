@@ -512,6 +512,12 @@ fn render(c: &watch::Counts) -> String {
         c.watchers,
     );
     family(
+        "keel_grpc_proxy_catching_up",
+        "Watchers reading from a private upstream watch (history, or a client that fell behind) before they rejoin the shared one",
+        "gauge",
+        c.catching_up,
+    );
+    family(
         "keel_grpc_proxy_keepalives_coalesced_total",
         "Lease keep-alives answered without a request of their own to the cluster",
         "counter",

@@ -90,6 +90,8 @@ pub struct Counts {
     pub upstream_watches: u64,
     /// Downstream watchers on this core.
     pub watchers: u64,
+    /// Watchers reading on their own (history, or a client that fell behind).
+    pub catching_up: u64,
     /// Watchers that joined an existing shared watch.
     pub watchers_coalesced: u64,
     /// Events sent to downstream watchers.
@@ -151,6 +153,8 @@ struct Watcher {
     next: Cell<i64>,
     state: RefCell<State>,
     gone: Cell<bool>,
+    /// The catch-up task reading its private upstream watch (dropped: cancelled).
+    catching: RefCell<Option<glommio::task::JoinHandle<()>>>,
 }
 
 /// One core's view of a shared watch.
@@ -374,6 +378,13 @@ impl Core {
             grpc: crate::metrics::snapshot(),
             upstream_watches: self.owned.borrow().len() as u64,
             watchers: self.downstream_watchers() as u64,
+            catching_up: self
+                .locals
+                .borrow()
+                .values()
+                .flat_map(|l| l.watchers.borrow().clone())
+                .filter(|w| matches!(&*w.state.borrow(), State::CatchingUp { .. }))
+                .count() as u64,
             watchers_coalesced: self.coalesced.get(),
             events_sent: self.events_fanned.get(),
             cache_keys: self.cache.len() as u64,
@@ -755,7 +766,9 @@ impl Core {
                     buffer: VecDeque::new(),
                 };
                 let from = w.next.get();
-                glommio::spawn_local(catch_up(self.self_weak(), w.clone(), from, None)).detach();
+                let task = glommio::spawn_local(catch_up(self.self_weak(), w.clone(), from, None))
+                    .detach();
+                *w.catching.borrow_mut() = Some(task);
             }
             Err(TrySendError::Closed) => w.gone.set(true),
         }
@@ -763,6 +776,11 @@ impl Core {
 
     fn remove_watcher(&self, w: &Rc<Watcher>) {
         w.gone.set(true);
+        // Its private upstream watch ends with the task (a task never cancels itself here:
+        // catch_up takes its own handle out before it removes its watcher).
+        if let Some(task) = w.catching.borrow_mut().take() {
+            task.cancel();
+        }
         let mut locals = self.locals.borrow_mut();
         let Some(local) = locals.get(&w.range).cloned() else {
             return;
@@ -788,6 +806,7 @@ fn absorb(sum: &mut Counts, c: Counts) {
     sum.grpc.absorb(c.grpc);
     sum.upstream_watches += c.upstream_watches;
     sum.watchers += c.watchers;
+    sum.catching_up += c.catching_up;
     sum.watchers_coalesced += c.watchers_coalesced;
     sum.events_sent += c.events_sent;
     sum.cache_keys += c.cache_keys;
@@ -1072,6 +1091,7 @@ async fn catch_up(
                         if let Some(d) = w.down.upgrade() {
                             d.watchers.borrow_mut().remove(&w.id);
                         }
+                        drop(w.catching.borrow_mut().take());
                         c.remove_watcher(&w);
                     }
                     if let Some(s) = created.take() {
@@ -1130,6 +1150,7 @@ async fn catch_up(
                     w.next.set(last_sent + 1);
                 }
                 *w.state.borrow_mut() = State::Live;
+                drop(w.catching.borrow_mut().take());
                 return;
             }
         }
@@ -1346,6 +1367,7 @@ async fn create(
         next: Cell::new(0),
         state: RefCell::new(State::Live),
         gone: Cell::new(false),
+        catching: RefCell::new(None),
     });
     local.watchers.borrow_mut().push(w.clone());
     down.watchers.borrow_mut().insert(id, w.clone());
@@ -1408,7 +1430,9 @@ async fn create(
         }
     }
     let (tx, rx) = async_oneshot::pair();
-    glommio::spawn_local(catch_up(Rc::downgrade(core), w, start, Some(tx))).detach();
+    let task =
+        glommio::spawn_local(catch_up(Rc::downgrade(core), w.clone(), start, Some(tx))).detach();
+    *w.catching.borrow_mut() = Some(task);
     rx.wait().await;
     Ok(())
 }

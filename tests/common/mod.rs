@@ -831,3 +831,113 @@ fn member_args(
     a.extend(extra.iter().cloned());
     a
 }
+
+/// A `keel grpc-proxy start` in front of `endpoints`, on a free loopback port; `extra`
+/// flags appended. Dropping it kills it, by its PID.
+pub struct Proxy {
+    pub child: Child,
+    pub port: u16,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Starts the proxy and waits until it says it serves.
+    #[track_caller]
+    pub fn start(_tag: &str, endpoints: &[&str], extra: &[&str]) -> Proxy {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("grpc-proxy")
+            .arg("start")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg(format!("--listen-addr=127.0.0.1:{port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keel grpc-proxy");
+        let log = collect(child.stderr.take().unwrap());
+        let _out = collect(child.stdout.take().unwrap());
+        let deadline = Instant::now() + READY_TIME_MAX;
+        while !log.lock().unwrap().contains("started gRPC proxy") {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("proxy exited ({status}): {}", log.lock().unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy not ready: {}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Proxy { child, port, log }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// etcdctl (API v3) against the proxy.
+    pub fn etcdctl(&self, args: &[&str]) -> Ctl {
+        let ep = format!("--endpoints={}", self.endpoint());
+        let mut all = vec![ep.as_str(), "--command-timeout=10s"];
+        all.extend_from_slice(args);
+        etcdctl_bare(&all)
+    }
+
+    /// `etcdctl txn` against the proxy with `stdin`; its stdout.
+    pub fn etcdctl_txn(&self, stdin: &str) -> String {
+        let mut child = Command::new("etcdctl")
+            .args([format!("--endpoints={}", self.endpoint()), "txn".into()])
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// GET `path` on the proxy's port (HTTP/1.1), the body.
+    pub fn http_get(&self, path: &str) -> String {
+        http_get(self.port, path)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; the response body (empty on failure).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of an unlabelled Prometheus sample `name` in `text`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
