@@ -50,7 +50,10 @@ check(c.get("py/a")[0] == b"one", "txn applied")
 check(c.delete("py/b"), "delete existing")
 check(not c.delete("py/b"), "delete missing")
 st = c.status()
-check(st.version.startswith("3.4") and st.leader is not None, "status")
+# Through a gRPC proxy MemberList names the proxy (as etcd's does), so python-etcd3 finds
+# no member with the leader's ID.
+via_proxy = os.environ.get("KEEL_PROXY") == "1"
+check(st.version.startswith("3.4") and (st.leader is not None or via_proxy), "status")
 check(len(list(c.members)) == int(os.environ.get("KEEL_MEMBERS", "1")), "members")
 
 # Watch: a live event, then history replayed from a revision with a prefix watch.

@@ -75,6 +75,15 @@ impl Leases {
         let _ = sender.as_ref().expect("set").try_send(id);
     }
 
+    /// Whether an answer for `res` is still awaited.
+    fn waits_for(&self, res: &Rc<Responses>) -> bool {
+        let me = Rc::downgrade(res);
+        self.waiting
+            .borrow()
+            .values()
+            .any(|ws| ws.iter().any(|w| w.ptr_eq(&me)))
+    }
+
     fn answer(&self, raw: Bytes) {
         let Ok(r) = pb::LeaseKeepAliveResponse::decode(raw.clone()) else {
             return;
@@ -164,6 +173,12 @@ pub async fn keep_alive(ctx: &Rc<Ctx>, mut req: Request, res: Responses) -> Resu
             )
         })?;
         ctx.leases.ask(r.id, &res);
+    }
+    // Half-closed: the answers still on their way go out first (a client that sends one
+    // keep-alive and closes, as python-etcd3's refresh does, reads its answer after).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ctx.leases.waits_for(&res) && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
 }
