@@ -576,3 +576,64 @@ fn bad_command_lines_and_unreachable_upstreams() {
         }
     });
 }
+
+#[test]
+fn auth_through_the_proxy_is_the_callers() {
+    let s = Server::start("pxauth", &[]);
+    let p = Proxy::start("pxauth", &[&s.endpoint()], &[]);
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "r"],
+        &[
+            "role",
+            "grant-permission",
+            "r",
+            "readwrite",
+            "--prefix",
+            "u/",
+        ],
+        &["user", "add", "u:upw"],
+        &["user", "grant-role", "u", "r"],
+        &["auth", "enable"],
+    ] {
+        let r = s.etcdctl(args);
+        assert!(r.ok, "{args:?}: {}", r.stderr);
+    }
+    let r = p.etcdctl(&["--user=u:upw", "put", "u/a", "1"]);
+    assert!(r.ok, "{}", r.stderr);
+    let r = p.etcdctl(&["--user=u:upw", "put", "other", "1"]);
+    assert!(
+        !r.ok && r.stderr.contains("permission denied"),
+        "{}",
+        r.stderr
+    );
+    let r = p.etcdctl(&["put", "u/b", "1"]);
+    assert!(
+        !r.ok && r.stderr.contains("user name is empty"),
+        "{}",
+        r.stderr
+    );
+    runtime().block_on(async {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_user("u", "upw")
+            .with_timeout(RPC);
+        let mut c = Client::connect([p.endpoint()], Some(opts)).await.unwrap();
+        // A watch the user may not read: created and cancelled at once, as by the member.
+        let mut st = c.watch("other", None).await.unwrap();
+        let r = timeout(RPC, st.message()).await.unwrap().unwrap().unwrap();
+        assert!(r.canceled(), "{r:?}");
+        assert!(r.cancel_reason().contains("permission denied"), "{r:?}");
+        // One it may: events arrive.
+        let mut ok = c
+            .watch("u/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let put = c.put("u/c", "2", None).await.unwrap();
+        let got = collect(&mut ok, 1).await;
+        assert_eq!(
+            got,
+            vec![(put.header().unwrap().revision(), "u/c".into(), "2".into())]
+        );
+    });
+}
