@@ -79,6 +79,9 @@ fn usage() -> String {
     )
 }
 
+/// The largest request a proxy client may send (grpc-go's server default).
+const PROXY_REQUEST_BYTES_MAX: usize = 4 << 20;
+
 /// What the cores need, built on the main thread.
 #[derive(Clone)]
 struct Plan {
@@ -92,7 +95,6 @@ struct Plan {
     resolver_ttl: i64,
     advertise: String,
     max_streams: u32,
-    max_recv: usize,
 }
 
 /// Runs `keel grpc-proxy …` (`argv` after `grpc-proxy`).
@@ -240,7 +242,11 @@ pub fn main(argv: &[String]) -> Result<(), String> {
     for addr in std::iter::once(listen).chain(metrics.map(|m| m.0)) {
         std::net::TcpListener::bind(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
     }
-    let max_recv: usize = get("max-recv-bytes").parse().unwrap_or(i32::MAX as usize);
+    for f in ["max-send-bytes", "max-recv-bytes"] {
+        get(f)
+            .parse::<u64>()
+            .map_err(|_| format!("invalid argument {:?} for \"--{f}\" flag", get(f)))?;
+    }
     let plan = Plan {
         listen,
         metrics,
@@ -252,7 +258,6 @@ pub fn main(argv: &[String]) -> Result<(), String> {
         resolver_ttl: ttl,
         advertise: get("advertise-client-url"),
         max_streams: get("max-concurrent-streams").parse().unwrap_or(u32::MAX),
-        max_recv,
     };
     let cores: usize = match get("cores").as_str() {
         "" => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -372,7 +377,9 @@ async fn core_main(
         None => Mode::Plain,
     };
     let config = gserver::Config {
-        message_bytes_max: plan.max_recv.min(i32::MAX as usize),
+        // grpc-go's server default, as etcd's proxy has (--max-recv-bytes bounds what the
+        // proxy takes from the cluster).
+        message_bytes_max: PROXY_REQUEST_BYTES_MAX,
         concurrent_streams_max: plan.max_streams,
         ..Default::default()
     };

@@ -144,6 +144,8 @@ enum State {
 
 struct Watcher {
     down: Weak<Down>,
+    /// The stream's auth token: its private upstream watches carry it.
+    token: Option<String>,
     id: i64,
     range: RangeKey,
     no_put: bool,
@@ -1051,9 +1053,13 @@ async fn catch_up(
             return;
         }
         let opened = match up.conn().await {
-            Ok((conn, g)) => client::Stream::open_with(&conn, "/etcdserverpb.Watch/Watch", &[])
-                .await
-                .map(|s| (s, g)),
+            Ok((conn, g)) => {
+                let meta: Vec<(&str, &str)> =
+                    w.token.iter().map(|t| ("token", t.as_str())).collect();
+                client::Stream::open_with(&conn, "/etcdserverpb.Watch/Watch", &meta)
+                    .await
+                    .map(|s| (s, g))
+            }
             Err(e) => Err(e),
         };
         let Ok((mut stream, g)) = opened else {
@@ -1305,6 +1311,19 @@ async fn create(
         }
     }
     let id = if c.watch_id != 0 {
+        if down.watchers.borrow().contains_key(&c.watch_id) {
+            // etcd's answer to an ID already in use on the stream.
+            let m = pb::WatchResponse {
+                header: Some(pb::ResponseHeader::default()),
+                watch_id: c.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                ..Default::default()
+            };
+            down.res.send(m.encode_to_vec().into()).await?;
+            return Ok(());
+        }
         c.watch_id
     } else {
         let mut id = down.next_id.get();
@@ -1359,6 +1378,7 @@ async fn create(
     };
     let w = Rc::new(Watcher {
         down: Rc::downgrade(down),
+        token: token.clone(),
         id,
         range: range.clone(),
         no_put,
