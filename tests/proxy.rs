@@ -635,5 +635,16 @@ fn auth_through_the_proxy_is_the_callers() {
             got,
             vec![(put.header().unwrap().revision(), "u/c".into(), "2".into())]
         );
+        // History (a private upstream watch, with the caller's token) then live.
+        let mut hist = c
+            .watch(
+                "u/",
+                Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+            )
+            .await
+            .unwrap();
+        let got = collect(&mut hist, 2).await;
+        let keys: Vec<&str> = got.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(keys, ["u/a", "u/c"]);
     });
 }
