@@ -45,5 +45,8 @@ cargo run -q -p keel-bench -- scrape --quick --keel target/debug/keel \
   --out target/bench-smoke-scrape | tail -n 5
 cargo run -q -p keel-bench -- gateway --quick --keel target/debug/keel \
   --out target/bench-smoke-gateway | tail -n 6
+# Watch fan-out through a gRPC proxy, puts straight to the member (issue 21), both
+# servers: must run.
+cargo run -q -p keel-bench -- proxy --quick --keel target/debug/keel --out target/bench-smoke-proxy | tail -n 5
 
 ci/fuzz-smoke.sh

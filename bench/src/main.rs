@@ -4,6 +4,7 @@
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
 //! keel-bench failover [--reps 5] [--election-timeout 1000]   leader kill in a 3-member cluster
 //! keel-bench maintenance [--only defrag,snapshot] [--db-mib 1024] [--quick]   Defragment / Snapshot under put load
+//! keel-bench proxy [--watchers 100000] [--keys 1000] [--only keel|etcd] [--quick]   watch fan-out through a gRPC proxy
 //! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency|new-conns|authenticate [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
 //! keel-bench store [--dir D] [--keys N] [--key-bytes K] [--val-bytes V] [--reads N]
@@ -21,6 +22,7 @@ mod gateway;
 mod grpc;
 mod load;
 mod maintenance;
+mod proxy;
 mod scrape;
 mod store;
 mod util;
@@ -37,6 +39,9 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    --only defrag,snapshot --db-mib 1024 --val-size 4000 --seconds 10 --clients 64 --quick --out DIR
   gateway          the JSON gateway's put and range rate (keep-alive HTTP/1.1), Keel then etcd: --keel BIN --etcd BIN
                    --seconds 5 --conns 1,16,64 --quick --out DIR
+  proxy            watch fan-out through a gRPC proxy, puts straight to the member, Keel then etcd: --keel BIN --etcd BIN
+                   --watchers 100000 --keys 1000 --conns 100 --streams 4 (per connection) --rate 1000 --seconds 10
+                   --warmup-ms 1000 --quick --only keel|etcd --out DIR
   scrape           put c64 with and without a GET /metrics every 100 ms, Keel then etcd: --keel BIN --etcd BIN
                    --seconds 5 --rounds 3 --clients 64 --interval-ms 100 --quick --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
@@ -68,6 +73,7 @@ fn main() {
         "maintenance" => maintenance::main(&opts),
         "scrape" => scrape::main(&opts),
         "gateway" => gateway::main(&opts),
+        "proxy" => proxy::main(&opts),
         "watch-memory" => {
             let o = load::options_from(&opts);
             let pid = opts.u64("server-pid", 0) as u32;
