@@ -280,6 +280,7 @@ pub fn main(argv: &[String]) -> Result<(), String> {
         &format!("listening for gRPC proxy client requests address = {listen}"),
     );
 
+    crate::runtime::tune_malloc();
     // The cores' channels: every ordered pair.
     let mut outs: Vec<Vec<(usize, shared_channel::SharedSender<Msg>)>> =
         (0..cores).map(|_| Vec::new()).collect();

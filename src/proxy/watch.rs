@@ -171,6 +171,8 @@ struct Local {
 /// A shared response as this core decoded it once.
 struct Decoded {
     header: pb::ResponseHeader,
+    /// `header` encoded as field 1 of a WatchResponse, once for every watcher's message.
+    header_field: Bytes,
     /// (revision, is_put, encoded field-11 bytes) per event.
     events: Vec<(i64, bool, Bytes)>,
     /// Every event's field encoded back to back: what an unfiltered watcher gets.
@@ -872,8 +874,12 @@ fn decode(raw: &Bytes, ns: Option<&Namespace>) -> Option<Decoded> {
         out.push((rev, is_put, all.slice(at..at + len)));
         at += len;
     }
+    let header = resp.header.unwrap_or_default();
+    let mut header_field = BytesMut::new();
+    prost::encoding::message::encode(1, &header, &mut header_field);
     Some(Decoded {
-        header: resp.header.unwrap_or_default(),
+        header,
+        header_field: header_field.freeze(),
         events: out,
         all,
     })
@@ -890,8 +896,8 @@ fn field_len(b: &[u8]) -> usize {
 /// A watcher's message for a shared response: its header and ID in front of the events it
 /// wants (all of them, unless it filters or started in the middle). `None`: nothing for it.
 fn message_for(w: &Watcher, d: &Decoded) -> Option<Bytes> {
-    let mut out = BytesMut::new();
-    prost::encoding::message::encode(1, &d.header, &mut out);
+    let mut out = BytesMut::with_capacity(d.header_field.len() + 11 + d.all.len());
+    out.extend_from_slice(&d.header_field);
     if w.id != 0 {
         prost::encoding::int64::encode(2, &w.id, &mut out);
     }

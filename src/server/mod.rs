@@ -216,15 +216,6 @@ impl ReplySink for Replies {
 /// blocks with fresh mmaps: under watch fan-out that showed as a page fault and a page
 /// clear for every batch of responses. Keep freed memory for reuse instead.
 #[allow(unsafe_code)]
-fn tune_malloc() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before any executor
-    // thread starts.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-    }
-}
-
 /// Boots the member and serves until a signal stops it (or it is removed from the
 /// cluster, or must boot again on a snapshot from the leader).
 pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
@@ -235,7 +226,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     }
     prepare_tls(&mut opts)?;
     check_addresses_free(&opts)?;
-    tune_malloc();
+    crate::runtime::tune_malloc();
     install_signal_thread();
     let raft_core = CoreId(0);
     let (links, raft_links) = mesh::build(opts.cores, raft_core, REQUESTS_INFLIGHT_MAX);
