@@ -230,6 +230,9 @@ fn start_proxy(name: &str, binary: &str, member: SocketAddr, out: &Path) -> Resu
     let log = out.join(format!("{name}-proxy.log"));
     let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The proxy runs in its own directory: a relative binary path is taken from here.
+    let absolute = std::fs::canonicalize(binary).map_err(|e| format!("{binary}: {e}"))?;
+    let binary = absolute.to_str().unwrap_or(binary);
     let child = Command::new(binary)
         .args(["grpc-proxy", "start"])
         .arg(format!("--endpoints={member}"))
