@@ -1,6 +1,6 @@
 //! Keel: an etcd v3-compatible, replicated, durable key-value store, thread-per-core.
 //!
-//! Layers, each naming only the ones below it (`tests/layers.rs` checks it):
+//! Layers, each naming only the ones below it (`tests/it/layers.rs` checks it):
 //!
 //! ```text
 //!  server, proxy         boot: a pinned executor per core, listeners, signals, shutdown;

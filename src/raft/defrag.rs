@@ -22,7 +22,7 @@ const DEFRAG_IDLE_RETRY: Duration = Duration::from_millis(20);
 /// what it achieved. Writes between steps take the free pages below the target first
 /// (they allocate lowest-first), and a long snapshot stream pins pages: under a steady
 /// write load a defragmentation could otherwise wait as long as the load lasts
-/// (tests/maintenance.rs saw 20 s under 850 puts/s). The db keeps its place: the next
+/// (tests/it/maintenance.rs saw 20 s under 850 puts/s). The db keeps its place: the next
 /// Defragment goes on from there.
 const DEFRAG_STALL_MAX: Duration = Duration::from_secs(2);
 

@@ -2,7 +2,7 @@
 //! error, response headers, Maintenance.Status and Cluster.MemberList. Also passes with
 //! `KEEL_TEST_SERVER=/usr/bin/etcd`, except the Keel-only test at the end.
 
-mod common;
+use crate::common;
 
 use common::{connect, grpc_status, is_keel, runtime, Server};
 use etcd_client::{

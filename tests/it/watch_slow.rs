@@ -5,7 +5,7 @@
 //! history instead of buffering without bound or skipping events (its log says so).
 //! Also passes with `KEEL_TEST_SERVER=/usr/bin/etcd` (etcd's victims do the same).
 
-mod common;
+use crate::common;
 
 use common::{is_keel, Server};
 use etcd_client::{Client, WatchStream};

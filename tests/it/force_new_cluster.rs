@@ -5,7 +5,7 @@
 //!
 //! Also passes with `KEEL_TEST_SERVER=/usr/bin/etcd`. Waits are bounded by `LIVENESS`.
 
-mod common;
+use crate::common;
 
 use common::{is_keel, runtime, Cluster, FAST_ELECTIONS, LIVENESS};
 use std::time::{Duration, Instant};

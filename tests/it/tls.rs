@@ -12,12 +12,12 @@
 //! rustls over std sockets, so what the server sends (its certificate, its alerts) is seen
 //! as a client sees it.
 //!
-//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo nextest run --test tls` runs the same tests
+//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo nextest run --test it tls::` runs the same tests
 //! against etcd 3.4; the few Keel-only checks (etcd has no handshake timeout, reads a CRL
 //! file only per connection, fails handshakes while a rewritten key does not match, logs
 //! no reload) say so where they are skipped.
 
-mod common;
+use crate::common;
 
 use common::{etcdctl_bare, free_port, runtime, Cluster, Ctl, Server, FAST_ELECTIONS, LIVENESS};
 use rcgen::{

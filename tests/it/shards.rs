@@ -5,7 +5,7 @@
 //! serializable and linearizable — must answer the same on both.
 //! Keel only (the flags are Keel's); skipped with `KEEL_TEST_SERVER`.
 
-mod common;
+use crate::common;
 
 use common::{is_keel, Rng, Server};
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};

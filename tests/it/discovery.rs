@@ -10,7 +10,7 @@
 //! Expectations are etcd 3.4.23's: the test also passes with
 //! `KEEL_TEST_SERVER=/usr/bin/etcd`. Every wait is bounded (expiry: TTL + 5 s).
 
-mod common;
+use crate::common;
 
 use common::{runtime, Server, Spawned};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};

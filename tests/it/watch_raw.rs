@@ -4,7 +4,7 @@
 //! `--experimental-watch-progress-notify-interval`. Also passes with
 //! `KEEL_TEST_SERVER=/usr/bin/etcd`.
 
-mod common;
+use crate::common;
 
 use common::{runtime, Server};
 use keel::pb::etcdserverpb as pb;

@@ -283,6 +283,15 @@ fn verify(dir: &Path, seed: u64, acked: u64) -> u64 {
     })
 }
 
+/// `crash_child`'s name as libtest knows it in this binary: with the module path
+/// (`module_path!()` less the crate name), "crash::crash_child" in the `it` binary.
+fn child_test_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_crate, module)) => format!("{module}::crash_child"),
+        None => "crash_child".to_string(),
+    }
+}
+
 #[test]
 fn crash_kill9_loses_no_acknowledged_write() {
     let cycles: u64 = std::env::var("KEEL_CRASH_CYCLES")
@@ -297,12 +306,16 @@ fn crash_kill9_loses_no_acknowledged_write() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let exe = std::env::current_exe().unwrap();
+    // `--exact` with a name that matches no test would start no writer at all, and every
+    // cycle would pass: the writers' "ready" lines are counted below.
+    let child_test = child_test_name();
     let mut max_acked = 0u64;
+    let (mut waited, mut writer_ready) = (0u64, 0u64);
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
-                "crash_child",
+                child_test.as_str(),
                 "--nocapture",
                 "--ignored",
                 "--test-threads=1",
@@ -329,7 +342,10 @@ fn crash_kill9_loses_no_acknowledged_write() {
         let delay = if r.is_multiple_of(8) {
             Duration::from_micros(r % 30_000)
         } else {
-            let _ = rx.recv_timeout(Duration::from_secs(30));
+            waited += 1;
+            if rx.recv_timeout(Duration::from_secs(30)).is_ok() {
+                writer_ready += 1;
+            }
             Duration::from_micros(2_000 + (r >> 8) % 60_000)
         };
         std::thread::sleep(delay);
@@ -345,6 +361,10 @@ fn crash_kill9_loses_no_acknowledged_write() {
         let last = verify(&tmp, seed, max_acked);
         max_acked = max_acked.max(last);
     }
+    assert!(
+        waited == 0 || writer_ready > 0,
+        "no writer said ready in {waited} cycles: is `{child_test}` the writer test's name?"
+    );
     println!(
         "crash test: {cycles} kill -9 cycles, {max_acked} entries in the log, every acknowledged \
          write recovered (0 lost), seed {seed}"

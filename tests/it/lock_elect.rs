@@ -11,7 +11,7 @@
 //! `KEEL_TEST_SERVER=/usr/bin/etcd`. Every wait is bounded, and every etcdctl child
 //! started here is signalled only by its own PID.
 
-mod common;
+use crate::common;
 
 use common::{connect, grpc_status, runtime, Server};
 use etcd_client::{

@@ -8,11 +8,11 @@
 //! Client-certificate users are etcd's own e2e tests (`TestCtlV3AuthCertCN*`, ci/e2e.sh)
 //! and ci/interop.sh (Python over mutual TLS).
 //!
-//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo nextest run --test auth` runs them against etcd
+//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo nextest run --test it auth::` runs them against etcd
 //! 3.4.23, which predates the 2026 permission fixes: the checks of those fixes are Keel's
 //! only and say so.
 
-mod common;
+use crate::common;
 
 use common::{grpc_status, runtime, Cluster, Server, FAST_ELECTIONS};
 use etcd_client::{

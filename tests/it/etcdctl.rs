@@ -3,7 +3,7 @@
 //! errors etcd prints. Expected outputs are etcd 3.4.23's: every test here also passes
 //! with `KEEL_TEST_SERVER=/usr/bin/etcd`.
 
-mod common;
+use crate::common;
 
 use common::Server;
 

@@ -6,9 +6,9 @@
 //! oversized body.
 //!
 //! Expectations are etcd 3.4.23's: the tests also pass with
-//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo test --test gateway`. Every read has a timeout.
+//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo test --test it gateway::`. Every read has a timeout.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! write load loses no acknowledged write, a damaged data dir is refused with a clear
 //! message, and so is a second process on a data dir in use. Bounded: a few seconds of load per cycle, a fixed number of cycles.
 
-mod common;
+use crate::common;
 
 use common::{is_keel, runtime, wal_files, Server};
 use etcd_client::{Client, GetOptions};

@@ -7,7 +7,7 @@
 //! and offset, never a panic.
 //! Keel only (it damages Keel's file format); skipped with `KEEL_TEST_SERVER`.
 
-mod common;
+use crate::common;
 
 use common::{grpc_status, is_keel, Server};
 use etcd_client::{GetOptions, SortOrder, SortTarget, WatchOptions};
@@ -177,7 +177,7 @@ fn a_damaged_page_raises_the_corrupt_alarm() {
     let read = s.etcdctl(&["get", "k39", "--print-value-only"]);
     assert!(read.ok, "{}", read.stderr);
     // (A restart would not boot: open checks every page. The alarm's persistence is
-    // tested with NOSPACE in tests/maintenance.rs.)
+    // tested with NOSPACE in tests/it/maintenance.rs.)
     assert!(s.etcdctl(&["alarm", "disarm"]).ok);
     assert!(s.etcdctl(&["put", "k00", "x"]).ok, "{}", s.log());
     assert!(s.is_running());

@@ -10,7 +10,7 @@
 //! No timing is asserted; every wait is bounded by a liveness deadline (`LIVENESS`, 30 s)
 //! and fails with what it last saw. Each test kills only the processes it started.
 
-mod common;
+use crate::common;
 
 use common::{grpc_status, runtime, Cluster, Server, FAST_ELECTIONS, LIVENESS};
 use etcd_client::{

@@ -15,7 +15,7 @@
 //!
 //! Also passes with `KEEL_TEST_SERVER=/usr/bin/etcd`. Every wait is bounded.
 
-mod common;
+use crate::common;
 
 use common::{runtime, Rng, Server};
 use etcd_client::{

@@ -2,7 +2,7 @@
 //! waits until it says it is ready, and drives it with etcdctl.
 //!
 //! The binary is `keel` (this package's) unless `KEEL_TEST_SERVER` names another one:
-//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo test --test etcdctl` runs the same tests against
+//! `KEEL_TEST_SERVER=/usr/bin/etcd cargo test --test it etcdctl::` runs the same tests against
 //! Debian's etcd 3.4, which is how their expectations were checked. Only processes started
 //! here are ever signalled, by their own PID.
 #![allow(dead_code)]

@@ -10,7 +10,7 @@
 //! binary run `common::server_binary()`, so `KEEL_TEST_SERVER=/usr/bin/etcd` runs them
 //! against etcd (the restores then use `etcdctl snapshot restore`).
 
-mod common;
+use crate::common;
 
 use common::{etcdctl_bare, grpc_status, runtime, Ctl, Server, FAST_ELECTIONS, LIVENESS};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, GetOptions, Txn, TxnOp};

@@ -7,7 +7,7 @@
 //! `KEEL_TEST_SERVER=/usr/bin/etcd`. Every wait is bounded (10 s), and every etcdctl child
 //! started here is killed by its own PID.
 
-mod common;
+use crate::common;
 
 use common::{connect, runtime, Server, Spawned};
 use etcd_client::{

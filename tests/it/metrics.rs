@@ -3,7 +3,7 @@
 //! scrape shows are exact, and the probes answer in etcd's formats. (The output parsed
 //! by Prometheus' own parser and compared with etcd 3.4's: ci/interop/http_endpoints.py.)
 
-mod common;
+use crate::common;
 
 use common::{connect, free_port, runtime, Server};
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 //! Also passes with `KEEL_TEST_SERVER=/usr/bin/etcd` (the log checks are Keel's only). No
 //! lower bound on timing is asserted; waits are bounded.
 
-mod common;
+use crate::common;
 
 use common::{connect, is_keel, runtime, Cluster, Server, LIVENESS};
 use etcd_client::GetOptions;

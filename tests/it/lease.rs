@@ -11,7 +11,7 @@
 //! `KEEL_TEST_SERVER=/usr/bin/etcd`. Every wait is bounded; expiry waits allow the TTL
 //! plus 5 s.
 
-mod common;
+use crate::common;
 
 use common::{connect, grpc_status, runtime, Server};
 use etcd_client::{
