@@ -6,7 +6,7 @@
 //! Every wait is bounded: the gateway's readiness by its log line, etcdctl by its own dial
 //! and command timeouts.
 
-mod common;
+use crate::common;
 
 use common::{etcdctl_bare, etcdctl_bare_spawn, free_port, Server};
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! a killed upstream member, `--namespace`, the read cache, registration, bad input.
 //! (The watch checker also runs through the proxy: tests/watch_checker.rs.)
 
-mod common;
+use crate::common;
 
 use common::{http_get, metric, runtime, Cluster, Proxy, Server};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
