@@ -48,6 +48,15 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The metadata its calls carry: the token, if it has one.
+    fn metadata(&self) -> Vec<(&str, &str)> {
+        self.token
+            .as_deref()
+            .map(|t| ("token", t))
+            .into_iter()
+            .collect()
+    }
+
     /// The same connection, its calls carrying `token`.
     pub fn with_token(&self, token: &str) -> Conn {
         Conn {
@@ -176,13 +185,7 @@ pub async fn unary<M: Message, R: Message + Default>(
     path: &str,
     message: &M,
 ) -> Result<R, CallError> {
-    let meta: Vec<(&str, &str)> = conn
-        .token
-        .as_deref()
-        .map(|t| ("token", t))
-        .into_iter()
-        .collect();
-    let reply = unary_raw(conn, path, &meta, message.encode_to_vec().into()).await?;
+    let reply = unary_raw(conn, path, &conn.metadata(), message.encode_to_vec().into()).await?;
     R::decode(reply).map_err(transport)
 }
 
@@ -232,13 +235,7 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(conn: &Conn, path: &str) -> Result<Stream, CallError> {
-        let meta: Vec<(&str, &str)> = conn
-            .token
-            .as_deref()
-            .map(|t| ("token", t))
-            .into_iter()
-            .collect();
-        Stream::open_with(conn, path, &meta).await
+        Stream::open_with(conn, path, &conn.metadata()).await
     }
 
     /// A stream whose request carries `metadata`.

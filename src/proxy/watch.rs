@@ -493,6 +493,19 @@ impl Core {
         self.upstream_cmd(&token, UpCmd::Create(range, 0));
     }
 
+    /// Sends `what` about `range` to each core in `subs`.
+    fn deliver_to(&self, subs: Vec<usize>, range: &RangeKey, what: Delivery) {
+        for s in subs {
+            self.send_to(
+                s,
+                Msg::Deliver {
+                    range: range.clone(),
+                    what: what.clone(),
+                },
+            );
+        }
+    }
+
     fn unsubscribe(&self, range: &RangeKey, from: usize) {
         let mut owned = self.owned.borrow_mut();
         let Some(b) = owned.get_mut(range) else {
@@ -557,15 +570,7 @@ impl Core {
                     compact_revision: resp.compact_revision,
                     reason: resp.cancel_reason.clone(),
                 };
-                for s in subs {
-                    self.send_to(
-                        s,
-                        Msg::Deliver {
-                            range: range.clone(),
-                            what: what.clone(),
-                        },
-                    );
-                }
+                self.deliver_to(subs, &range, what);
                 return;
             }
             b.id = Some(resp.watch_id);
@@ -587,15 +592,7 @@ impl Core {
             };
             let subs = b.subscribers.clone();
             drop(owned);
-            for s in subs {
-                self.send_to(
-                    s,
-                    Msg::Deliver {
-                        range: range.clone(),
-                        what: what.clone(),
-                    },
-                );
-            }
+            self.deliver_to(subs, &range, what);
             return;
         }
         let Some(range) = self
@@ -621,15 +618,7 @@ impl Core {
                 compact_revision: resp.compact_revision,
                 reason: resp.cancel_reason,
             };
-            for s in subs {
-                self.send_to(
-                    s,
-                    Msg::Deliver {
-                        range: range.clone(),
-                        what: what.clone(),
-                    },
-                );
-            }
+            self.deliver_to(subs, &range, what);
             return;
         }
         let rev = match resp.events.last() {
@@ -639,15 +628,7 @@ impl Core {
         b.delivered = b.delivered.max(rev);
         let subs = b.subscribers.clone();
         drop(owned);
-        for s in subs {
-            self.send_to(
-                s,
-                Msg::Deliver {
-                    range: range.clone(),
-                    what: Delivery::Response(raw.clone()),
-                },
-            );
-        }
+        self.deliver_to(subs, &range, Delivery::Response(raw));
     }
 
     /// The owner's stream broke: every broadcast of `token` is created again from where

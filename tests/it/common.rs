@@ -328,24 +328,11 @@ impl Server {
     }
 
     pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Ctl {
-        let mut child = Command::new("etcdctl")
-            .arg(format!("--endpoints={}", self.ctl_endpoint()))
-            .args(&self.ctl_flags)
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl is installed (ci/deps.sh installs Debian's etcd-client)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Ctl::from(out)
+        let ep = format!("--endpoints={}", self.ctl_endpoint());
+        let mut all: Vec<&str> = vec![&ep];
+        all.extend(self.ctl_flags.iter().map(String::as_str));
+        all.extend_from_slice(args);
+        etcdctl_bare_stdin(&all, stdin)
     }
 }
 
@@ -362,6 +349,25 @@ pub fn etcdctl_bare_spawn(args: &[&str]) -> Spawned {
     let out = collect(child.stdout.take().unwrap());
     let err = collect(child.stderr.take().unwrap());
     Spawned { child, out, err }
+}
+
+/// Runs etcdctl (API v3) with `args` alone, `stdin` written to it.
+pub fn etcdctl_bare_stdin(args: &[&str], stdin: &str) -> Ctl {
+    let mut child = Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (ci/deps.sh installs Debian's etcd-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    Ctl::from(child.wait_with_output().unwrap())
 }
 
 /// Runs etcdctl (API v3) with `args` alone (the caller gives `--endpoints` and any TLS
@@ -887,22 +893,8 @@ impl Proxy {
 
     /// `etcdctl txn` against the proxy with `stdin`; its stdout.
     pub fn etcdctl_txn(&self, stdin: &str) -> String {
-        let mut child = Command::new("etcdctl")
-            .args([format!("--endpoints={}", self.endpoint()), "txn".into()])
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let ep = format!("--endpoints={}", self.endpoint());
+        etcdctl_bare_stdin(&[&ep, "txn"], stdin).stdout
     }
 
     /// GET `path` on the proxy's port (HTTP/1.1), the body.
