@@ -298,7 +298,12 @@ fn scrape(addr: SocketAddr, metric: &str) -> Option<u64> {
         .ok()?;
     let mut body = String::new();
     c.read_to_string(&mut body).ok()?;
-    let values: Vec<f64> = body
+    metric_value(&body, metric)
+}
+
+/// `metric`'s value in Prometheus text (summed over its series), if it is there.
+fn metric_value(text: &str, metric: &str) -> Option<u64> {
+    let values: Vec<f64> = text
         .lines()
         .filter(|l| {
             l.strip_prefix(metric)
@@ -847,7 +852,7 @@ fn ratio_row(keel: &Outcome, etcd: &Outcome) -> String {
     };
     let q = |o: &Outcome, p: f64| Some(o.latency.value_at_quantile(p) as f64);
     format!(
-        "| keel / etcd | | | {} | | {} / {} / {} / {} | {} | {} | {} | {} | | | | |",
+        "| keel / etcd | | | {} | {} / {} / {} / {} | {} | {} | {} | {} | | | | |",
         r(Some(keel.deliveries_per_s()), Some(etcd.deliveries_per_s())),
         r(q(keel, 0.5), q(etcd, 0.5)),
         r(q(keel, 0.99), q(etcd, 0.99)),
@@ -966,17 +971,45 @@ mod tests {
     }
 
     #[test]
+    fn rows_have_the_headers_columns() {
+        let outcome = Outcome {
+            params: Params {
+                watchers: 10,
+                keys: 2,
+                conns: 1,
+                streams_per_conn: 1,
+                rate: 10.0,
+                warmup: Duration::ZERO,
+                seconds: Duration::from_secs(1),
+            },
+            create_time: Duration::ZERO,
+            upstream_watchers: Some(2),
+            puts_acked: 10,
+            puts_failed: 0,
+            put_latency: util::histogram(),
+            deliveries_window: 50,
+            deliveries_expected_window: 50,
+            latency: util::histogram(),
+            missed: 0,
+            duplicate: 0,
+            wrong_key: 0,
+            loader_errors: BTreeMap::new(),
+            proxy_cpu_s: Some(0.1),
+            member_cpu_s: None,
+            bench_cpu_s: Some(0.1),
+        };
+        let columns = |line: &str| line.matches('|').count();
+        let header = HEADER.lines().next().unwrap();
+        assert_eq!(columns(&row("keel", &outcome)), columns(header));
+        assert_eq!(columns(&ratio_row(&outcome, &outcome)), columns(header));
+        assert!(json("keel", &outcome).contains("\"member_cpu_s\":null"));
+    }
+
+    #[test]
     fn the_metric_is_read_from_prometheus_text() {
-        let text = "# HELP x\netcd_debugging_mvcc_watcher_total 1000\netcd_debugging_mvcc_watcher_total_x 5\n";
-        let v: Vec<u64> = text
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(WATCHER_METRIC)
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .collect();
-        assert_eq!(v, [1000]);
+        let text = "# HELP x\netcd_debugging_mvcc_watcher_total 1000\n\
+                    etcd_debugging_mvcc_watcher_total_x 5\n";
+        assert_eq!(metric_value(text, WATCHER_METRIC), Some(1000));
+        assert_eq!(metric_value("x 1\n", WATCHER_METRIC), None);
     }
 }
