@@ -138,7 +138,7 @@ fn a_damaged_page_raises_the_corrupt_alarm() {
     if !is_keel() {
         return;
     }
-    let mut s = Server::start("rot-alarm", &["--cores", "1"]);
+    let s = Server::start("rot-alarm", &["--cores", "1"]);
     // Far apart in the revision tree: the marker's leaf, then enough records after it
     // that the other keys and the Meta tree live on other pages.
     assert!(s.etcdctl(&["put", "rotme", &"R".repeat(2000)]).ok);
