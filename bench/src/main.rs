@@ -18,6 +18,7 @@ mod certs;
 mod cluster;
 mod compare;
 mod failover;
+mod flags;
 mod gateway;
 mod grpc;
 mod load;
@@ -59,10 +60,28 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r.to_vec()),
-        None => ("help", vec![]),
+        None => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
     };
-    let opts = util::Flags::parse(&rest);
-    if !opts.has("json") {
+    if matches!(cmd, "help" | "--help" | "-h") {
+        println!("{USAGE}\n\n`keel-bench MODE --help` lists a mode's flags with their defaults.");
+        return;
+    }
+    let opts = match util::Flags::parse(cmd, &rest) {
+        Ok(f) => f,
+        Err(util::NotRun::Help(text)) => {
+            print!("{text}");
+            return;
+        }
+        Err(util::NotRun::Error(e)) => {
+            eprintln!("{e}\n(`keel-bench {cmd} --help` lists its flags)");
+            std::process::exit(2);
+        }
+    };
+    let json = flags::specs(cmd).is_some_and(|s| s.iter().any(|s| s.name == "json"));
+    if !(json && opts.has("json")) {
         util::print_run_header(cmd);
     }
     match cmd {

@@ -4,6 +4,7 @@
 
 /// One flag a subcommand knows: its name, whether it is a boolean (takes no argument unless
 /// given as `--flag=value`), its default and its help line.
+#[derive(Clone, Copy, Debug)]
 pub struct Spec {
     pub name: &'static str,
     pub boolean: bool,

@@ -99,19 +99,29 @@ impl LogStore {
     }
 
     /// Drops entries up to and including `index` (they are in the db now).
-    pub fn compact(&mut self, index: u64) {
+    ///
+    /// Returns the entries dropped, for the caller to free off the raft loop: freeing the
+    /// ~95,000 entries of a `--snapshot-count` 100,000 compaction took ~30 ms here.
+    #[must_use = "the dropped entries are returned to be freed elsewhere"]
+    pub fn compact(&mut self, index: u64) -> Vec<Entry> {
         if index < self.first() {
-            return;
+            return Vec::new();
         }
         assert!(
             index <= self.last(),
             "compact to {index} past the last entry"
         );
         let term = self.entries[(index - self.first()) as usize].term;
-        self.entries.drain(..(index + 1 - self.first()) as usize);
+        let cut = (index + 1 - self.first()) as usize;
+        // The kept tail moves to a vector of the same capacity (no reallocations as the
+        // log grows again); the dropped head stays in the old one, returned whole.
+        let mut kept = Vec::with_capacity(self.entries.capacity());
+        kept.extend(self.entries.drain(cut..));
+        let dropped = std::mem::replace(&mut self.entries, kept);
         self.snapshot_index = index;
         self.snapshot_term = term;
         self.invariants();
+        dropped
     }
 
     pub fn invariants(&self) {
@@ -235,7 +245,8 @@ mod tests {
         log.append(&[entry(2, 2)]);
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.term(2).unwrap(), 2);
-        log.compact(1);
+        let dropped = log.compact(1);
+        assert_eq!(dropped.iter().map(|e| e.index).collect::<Vec<_>>(), [1]);
         assert_eq!(log.first_index().unwrap(), 2);
         assert_eq!(log.term(1).unwrap(), 1);
         assert!(log.term(0).is_err());
