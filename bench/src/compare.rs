@@ -13,7 +13,10 @@
 //! repetition in turn. Writes `OUT/table.md` (medians and ratios), `OUT/runs.jsonl` (every
 //! run), `OUT/hgrm/*.hgrm` (latency distributions) and, when python3 with matplotlib is
 //! available, `OUT/*.png` (latency CDF per scenario, throughput against clients) through
-//! `bench/plot.py`. Without etcd installed it measures Keel alone.
+//! `bench/plot.py`. Without etcd installed it measures Keel alone. Before and after the
+//! runs it measures the disk's floor (500 × one 4 KiB write + fdatasync in `OUT`, std's
+//! blocking calls, no server running) and prints it under the table with each server's
+//! put c1 p50 as a multiple of it.
 //!
 //! Cases ending "tls" run on a second pair of servers, started with the same
 //! certificates (a CA, a server and a client certificate made with rcgen into
@@ -654,6 +657,9 @@ pub fn main(flags: &Flags) {
         .collect();
     // Keel's simple tokens live in memory: a restarted member knows none.
     log_in(&servers);
+    // The disk's own floor, before and after the runs, on the data dirs' filesystem: the
+    // least a put acknowledged after a durable write can take here (issue 22).
+    let floor_before = disk_floor(&out);
     let started = Instant::now();
     let mut cells: BTreeMap<(usize, &'static str), Cell> = BTreeMap::new();
     let mut runs_jsonl = String::new();
@@ -745,7 +751,9 @@ pub fn main(flags: &Flags) {
     std::fs::write(out.join("runs.jsonl"), &runs_jsonl).unwrap();
     // The data dirs are scratch (GBs after a long run); the logs stay beside the results.
     let _ = std::fs::remove_dir_all(out.join("data"));
+    let floor_after = disk_floor(&out);
     let mut table = render(&cases, with_etcd, &cells, reps, seconds);
+    table.push_str(&render_floor(&cases, &cells, &[floor_before, floor_after]));
     if scaling {
         table.push_str(&render_scaling(&cases, &cells));
     }
@@ -767,6 +775,67 @@ pub fn main(flags: &Flags) {
         return;
     }
     plot(&out);
+}
+
+/// One 4 KiB `pwrite` + `fdatasync`, `DISK_FLOOR_SYNCS` times, appending to a fresh
+/// preallocated file in `dir` (std's blocking calls: this is the bench's own thread, with
+/// no server running beside it). Returns (p50, p99) in µs.
+fn disk_floor(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::FileExt;
+    const DISK_FLOOR_SYNCS: u64 = 500;
+    let path = dir.join("disk-floor.tmp");
+    let file = std::fs::File::create(&path).expect("create disk-floor.tmp");
+    file.set_len(DISK_FLOOR_SYNCS * 4096)
+        .expect("size disk-floor.tmp");
+    file.sync_all().expect("sync disk-floor.tmp");
+    let block = vec![0x5au8; 4096];
+    let mut h = crate::util::histogram();
+    for i in 0..DISK_FLOOR_SYNCS {
+        let t = Instant::now();
+        file.write_at(&block, i * 4096)
+            .expect("write disk-floor.tmp");
+        file.sync_data().expect("fdatasync disk-floor.tmp");
+        h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+}
+
+/// The disk floor and the 1-client put rows against it.
+fn render_floor(
+    cases: &[Case],
+    cells: &BTreeMap<(usize, &'static str), Cell>,
+    floors: &[(u64, u64)],
+) -> String {
+    let mut t = String::from("\nDisk floor (one 4 KiB write + fdatasync on the data dirs' filesystem, 500 times, before and after the runs): ");
+    let parts: Vec<String> = floors
+        .iter()
+        .map(|(p50, p99)| format!("p50 {p50} µs, p99 {p99} µs"))
+        .collect();
+    t.push_str(&parts.join("; "));
+    t.push('\n');
+    let floor = median(floors.iter().map(|f| f.0 as f64).collect());
+    for (ci, case) in cases.iter().enumerate() {
+        if !case.name.starts_with("put c1") {
+            continue;
+        }
+        for system in ["keel", "etcd"] {
+            if let Some(c) = cells.get(&(ci, system)) {
+                let p50 = c.med(|r| r.histogram.value_at_quantile(0.5) as f64);
+                if p50.is_finite() && floor > 0.0 {
+                    let _ = writeln!(
+                        t,
+                        "- {} {system}: p50 {:.0} µs = {:.2}× the floor's p50",
+                        case.name,
+                        p50,
+                        p50 / floor
+                    );
+                }
+            }
+        }
+    }
+    t
 }
 
 /// One run of `case` on a fresh cluster of `system`: started, a leader awaited, the load

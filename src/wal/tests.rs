@@ -228,6 +228,46 @@ fn round_trip_with_rotation_overwrite_and_release() {
     });
 }
 
+/// The raft loop's release (issue 22): segments leave the log at once and a task removes
+/// their files while appends, syncs and segment cuts go on; a later release waits for it,
+/// and the directory always reopens to the model.
+#[test]
+fn release_in_the_background_while_the_log_goes_on() {
+    crate::runtime::block_on(async {
+        let dir = test_dir("release-background");
+        let mut wal = Wal::create(&dir, b"m", small_opts()).await.unwrap();
+        let mut model = Model::default();
+        let mut seed = 7;
+        drive(&mut wal, &mut model, &mut seed, 400).await;
+        let before = segment_files(&dir);
+        assert!(before.len() >= 3, "rotation expected: {before:?}");
+        let m = SnapshotMarker {
+            index: model.last_index() - 3,
+            term: model.hard_state.term,
+        };
+        wal.save_snapshot_marker(m);
+        model.snapshot = m;
+        wal.sync().await.unwrap();
+        let in_log = wal.segments.len();
+        wal.start_release_to(m.index + 1).await.unwrap();
+        assert!(wal.segments.len() < in_log, "no segment left the log");
+        // The log goes on (appends, syncs, cuts) while the files are being removed.
+        drive(&mut wal, &mut model, &mut seed, 200).await;
+        // A second release waits for the first; then the files are those of the log.
+        wal.release_to(m.index + 1).await.unwrap();
+        let files = segment_files(&dir);
+        let in_log: Vec<PathBuf> = wal.segments.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(files, in_log);
+        assert!(
+            !files.contains(&before[0]),
+            "the oldest segment is still there"
+        );
+        drop(wal);
+        let (_wal, rec) = Wal::open(&dir, small_opts()).await.unwrap();
+        model.check(&rec);
+    });
+}
+
 #[test]
 fn overwrite_resolves_like_raft() {
     crate::runtime::block_on(async {
