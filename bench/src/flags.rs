@@ -6,27 +6,9 @@
 
 use keel::proxy::args::Spec;
 
-const fn value(name: &'static str, default: &'static str, help: &'static str) -> Spec {
-    Spec {
-        name,
-        boolean: false,
-        default,
-        help,
-    }
-}
-
-const fn switch(name: &'static str, help: &'static str) -> Spec {
-    Spec {
-        name,
-        boolean: true,
-        default: "false",
-        help,
-    }
-}
-
 const SERVERS: &[Spec] = &[
-    value("keel", "target/release/keel", "Keel binary"),
-    value(
+    Spec::value("keel", "target/release/keel", "Keel binary"),
+    Spec::value(
         "etcd",
         "/usr/bin/etcd",
         "etcd binary (Debian's etcd-server)",
@@ -34,13 +16,13 @@ const SERVERS: &[Spec] = &[
 ];
 
 const CLUSTER: &[Spec] = &[
-    value("heartbeat-interval", "100", "3-member rows: heartbeat, ms"),
-    value(
+    Spec::value("heartbeat-interval", "100", "3-member rows: heartbeat, ms"),
+    Spec::value(
         "election-timeout",
         "1000",
         "3-member rows: election timeout, ms",
     ),
-    value(
+    Spec::value(
         "snapshot-count",
         "100000",
         "3-member rows: --snapshot-count",
@@ -48,73 +30,73 @@ const CLUSTER: &[Spec] = &[
 ];
 
 const LOAD: &[Spec] = &[
-    value(
+    Spec::value(
         "endpoints",
         "127.0.0.1:2379",
         "server(s), host:port[,host:port]",
     ),
-    value(
+    Spec::value(
         "endpoint",
         "127.0.0.1:2379",
         "the same as --endpoints (one)",
     ),
-    value("conns", "1", "HTTP/2 connections"),
-    value("clients", "1", "closed-loop clients over the connections"),
-    value("total", "10000", "requests (unbounded with --duration)"),
-    value(
+    Spec::value("conns", "1", "HTTP/2 connections"),
+    Spec::value("clients", "1", "closed-loop clients over the connections"),
+    Spec::value("total", "10000", "requests (unbounded with --duration)"),
+    Spec::value(
         "duration",
         "0",
         "seconds to run instead of --total (0: use --total)",
     ),
-    value(
+    Spec::value(
         "rate",
         "0",
         "requests/s, open loop (0: closed loop; watch-latency: 100)",
     ),
-    value("key-size", "8", "key bytes"),
-    value("val-size", "256", "value bytes"),
-    value("key-space-size", "100000", "distinct keys"),
-    switch("sequential-keys", "keys in order instead of random"),
-    value(
+    Spec::value("key-size", "8", "key bytes"),
+    Spec::value("val-size", "256", "value bytes"),
+    Spec::value("key-space-size", "100000", "distinct keys"),
+    Spec::switch("sequential-keys", "keys in order instead of random"),
+    Spec::value(
         "consistency",
         "l",
         "range: l (linearizable) or s (serializable)",
     ),
-    value("read-percent", "80", "txn-mixed: share of reads"),
-    value("watchers", "100", "watch: watchers"),
-    value("streams", "10", "watch: Watch streams"),
-    switch("prefix", "watch: prefix watches"),
-    switch("prefill", "range: put every key of the key space first"),
-    value(
+    Spec::value("read-percent", "80", "txn-mixed: share of reads"),
+    Spec::value("watchers", "100", "watch: watchers"),
+    Spec::value("streams", "10", "watch: Watch streams"),
+    Spec::switch("prefix", "watch: prefix watches"),
+    Spec::switch("prefill", "range: put every key of the key space first"),
+    Spec::value(
         "keepalive-leases",
         "0",
         "lease-keepalive: leases (0: one per client)",
     ),
-    switch(
+    Spec::switch(
         "keepalive-warmup",
         "lease-keepalive: one round before measuring",
     ),
-    value(
+    Spec::value(
         "server-pid",
         "",
         "PID[,PID] whose CPU to report per request",
     ),
-    switch("json", "one JSON line instead of the table"),
-    value("hdr-log", "", "write the latency histogram (hgrm) here"),
-    value("label", "endpoint", "the run's name in the report"),
-    value("cacert", "", "TLS: CA certificate"),
-    value(
+    Spec::switch("json", "one JSON line instead of the table"),
+    Spec::value("hdr-log", "", "write the latency histogram (hgrm) here"),
+    Spec::value("label", "endpoint", "the run's name in the report"),
+    Spec::value("cacert", "", "TLS: CA certificate"),
+    Spec::value(
         "cert",
         "",
         "TLS: client certificate (mutual TLS when given)",
     ),
-    value("key", "", "TLS: client key"),
-    value(
+    Spec::value("key", "", "TLS: client key"),
+    Spec::value(
         "tls-kx",
         "x25519",
         "TLS key exchange offered first: x25519 or p384",
     ),
-    value(
+    Spec::value(
         "user",
         "",
         "NAME:PASSWORD: calls carry its token (authenticate: logs in)",
@@ -122,54 +104,54 @@ const LOAD: &[Spec] = &[
 ];
 
 const COMPARE: &[Spec] = &[
-    value(
+    Spec::value(
         "reps",
         "3",
         "repetitions per row, interleaved (1 with --quick)",
     ),
-    value("seconds", "3", "seconds per repetition (2 with --quick)"),
-    switch(
+    Spec::value("seconds", "3", "seconds per repetition (2 with --quick)"),
+    Spec::switch(
         "quick",
         "1 repetition of 2 s, no 256-client or 10k-watcher rows",
     ),
-    value("only", "", "rows whose names start with one of a,b"),
-    value(
+    Spec::value("only", "", "rows whose names start with one of a,b"),
+    Spec::value(
         "skip",
         "",
         "leave out rows whose names start with one of a,b",
     ),
-    switch("scaling", "also Keel on --cores 1 for the read rows"),
-    switch("no-tls", "leave out the rows over TLS"),
-    switch("tls-only", "only the rows over TLS"),
-    value("tls-kx", "x25519", "TLS rows: key exchange, x25519 or p384"),
-    switch("no-auth", "leave out the rows with auth enabled"),
-    switch("no-plots", "no PNG plots (no matplotlib needed)"),
-    value("out", "bench/results/UNIX_TIME", "results folder"),
+    Spec::switch("scaling", "also Keel on --cores 1 for the read rows"),
+    Spec::switch("no-tls", "leave out the rows over TLS"),
+    Spec::switch("tls-only", "only the rows over TLS"),
+    Spec::value("tls-kx", "x25519", "TLS rows: key exchange, x25519 or p384"),
+    Spec::switch("no-auth", "leave out the rows with auth enabled"),
+    Spec::switch("no-plots", "no PNG plots (no matplotlib needed)"),
+    Spec::value("out", "bench/results/UNIX_TIME", "results folder"),
 ];
 
 const FAILOVER: &[Spec] = &[
-    value("reps", "5", "leader kills per server"),
-    value("members", "3", "cluster size (at least 3)"),
-    value("only", "keel,etcd", "servers to run"),
-    value("out", "bench/results/failover-UNIX_TIME", "results folder"),
+    Spec::value("reps", "5", "leader kills per server"),
+    Spec::value("members", "3", "cluster size (at least 3)"),
+    Spec::value("only", "keel,etcd", "servers to run"),
+    Spec::value("out", "bench/results/failover-UNIX_TIME", "results folder"),
 ];
 
 const MAINTENANCE: &[Spec] = &[
-    value("only", "snapshot,defrag", "events to run"),
-    value(
+    Spec::value("only", "snapshot,defrag", "events to run"),
+    Spec::value(
         "db-mib",
         "1024",
         "db size to fill first, MiB (20 with --quick)",
     ),
-    value("val-size", "4000", "value bytes of the fill and the load"),
-    value(
+    Spec::value("val-size", "4000", "value bytes of the fill and the load"),
+    Spec::value(
         "seconds",
         "10",
         "seconds of put load around each event (1 with --quick)",
     ),
-    value("clients", "64", "put clients"),
-    switch("quick", "a 20 MiB db, 1 s"),
-    value(
+    Spec::value("clients", "64", "put clients"),
+    Spec::switch("quick", "a 20 MiB db, 1 s"),
+    Spec::value(
         "out",
         "bench/results/maintenance-UNIX_TIME",
         "results folder",
@@ -177,75 +159,75 @@ const MAINTENANCE: &[Spec] = &[
 ];
 
 const GATEWAY: &[Spec] = &[
-    value("seconds", "5", "seconds per row (1 with --quick)"),
-    value(
+    Spec::value("seconds", "5", "seconds per row (1 with --quick)"),
+    Spec::value(
         "conns",
         "1,16,64",
         "keep-alive connections per row (16 with --quick)",
     ),
-    switch("quick", "one 1-second row of 16 connections"),
-    value("out", "target/bench-gateway", "results folder"),
+    Spec::switch("quick", "one 1-second row of 16 connections"),
+    Spec::value("out", "target/bench-gateway", "results folder"),
 ];
 
 const PROXY: &[Spec] = &[
-    value("watchers", "100000", "watchers (2000 with --quick)"),
-    value("keys", "1000", "distinct keys watched (100 with --quick)"),
-    value("conns", "100", "connections to the proxy (20 with --quick)"),
-    value("streams", "4", "Watch streams per connection"),
-    value("rate", "1000", "puts/s to the member"),
-    value("seconds", "10", "measured seconds (2 with --quick)"),
-    value(
+    Spec::value("watchers", "100000", "watchers (2000 with --quick)"),
+    Spec::value("keys", "1000", "distinct keys watched (100 with --quick)"),
+    Spec::value("conns", "100", "connections to the proxy (20 with --quick)"),
+    Spec::value("streams", "4", "Watch streams per connection"),
+    Spec::value("rate", "1000", "puts/s to the member"),
+    Spec::value("seconds", "10", "measured seconds (2 with --quick)"),
+    Spec::value(
         "warmup-ms",
         "1000",
         "puts before measuring, ms (500 with --quick)",
     ),
-    switch("quick", "2,000 watchers on 100 keys, 2 s"),
-    value("only", "", "keel or etcd (default: both)"),
-    value("out", "target/bench-proxy", "results folder"),
+    Spec::switch("quick", "2,000 watchers on 100 keys, 2 s"),
+    Spec::value("only", "", "keel or etcd (default: both)"),
+    Spec::value("out", "target/bench-proxy", "results folder"),
 ];
 
 const SCRAPE: &[Spec] = &[
-    value("seconds", "5", "seconds per round (1 with --quick)"),
-    value(
+    Spec::value("seconds", "5", "seconds per round (1 with --quick)"),
+    Spec::value(
         "rounds",
         "3",
         "rounds with and without scrapes (1 with --quick)",
     ),
-    value("clients", "64", "put clients"),
-    value("interval-ms", "100", "one scrape every this many ms"),
-    value("path", "/metrics", "path scraped"),
-    switch("quick", "one round of 1 s"),
-    value("out", "target/bench-scrape", "results folder"),
+    Spec::value("clients", "64", "put clients"),
+    Spec::value("interval-ms", "100", "one scrape every this many ms"),
+    Spec::value("path", "/metrics", "path scraped"),
+    Spec::switch("quick", "one round of 1 s"),
+    Spec::value("out", "target/bench-scrape", "results folder"),
 ];
 
 const WAL: &[Spec] = &[
-    value(
+    Spec::value(
         "dir",
         "$TMPDIR/keel-bench-wal-PID",
         "directory (emptied first)",
     ),
-    value("syncs", "2000", "syncs per batch size"),
-    value("record-bytes", "256", "entry bytes"),
-    value("batches", "1,8,64,256", "records per sync"),
-    value(
+    Spec::value("syncs", "2000", "syncs per batch size"),
+    Spec::value("record-bytes", "256", "entry bytes"),
+    Spec::value("batches", "1,8,64,256", "records per sync"),
+    Spec::value(
         "prealloc",
         "fallocate",
         "segment preallocation: fallocate, zero or none",
     ),
-    value("dsync", "on", "O_DSYNC writes: on or off"),
+    Spec::value("dsync", "on", "O_DSYNC writes: on or off"),
 ];
 
 const STORE: &[Spec] = &[
-    value(
+    Spec::value(
         "dir",
         "$TMPDIR/keel-bench-store-PID",
         "directory (emptied first)",
     ),
-    value("keys", "1000000", "keys to put"),
-    value("key-bytes", "8", "key bytes"),
-    value("val-bytes", "256", "value bytes"),
-    value("reads", "2000000", "point reads"),
-    value("commit-every", "10000", "puts per db commit"),
+    Spec::value("keys", "1000000", "keys to put"),
+    Spec::value("key-bytes", "8", "key bytes"),
+    Spec::value("val-bytes", "256", "value bytes"),
+    Spec::value("reads", "2000000", "point reads"),
+    Spec::value("commit-every", "10000", "puts per db commit"),
 ];
 
 /// The modes and their flag groups; `None` for an unknown mode.

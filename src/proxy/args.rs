@@ -12,6 +12,28 @@ pub struct Spec {
     pub help: &'static str,
 }
 
+impl Spec {
+    /// A flag that takes a value.
+    pub const fn value(name: &'static str, default: &'static str, help: &'static str) -> Spec {
+        Spec {
+            name,
+            boolean: false,
+            default,
+            help,
+        }
+    }
+
+    /// A boolean switch, false unless given.
+    pub const fn switch(name: &'static str, help: &'static str) -> Spec {
+        Spec {
+            name,
+            boolean: true,
+            default: "false",
+            help,
+        }
+    }
+}
+
 /// What a command line said: the flags given (last one wins) and the positional words.
 #[derive(Debug, Default)]
 pub struct Args {

@@ -21,55 +21,37 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-const fn flag(name: &'static str, default: &'static str, help: &'static str) -> Spec {
-    Spec {
-        name,
-        boolean: false,
-        default,
-        help,
-    }
-}
-
-const fn switch(name: &'static str, help: &'static str) -> Spec {
-    Spec {
-        name,
-        boolean: true,
-        default: "false",
-        help,
-    }
-}
-
 /// etcd 3.4's `grpc-proxy start` flags.
 pub const SPECS: &[Spec] = &[
-    flag("listen-addr", "127.0.0.1:23790", "listen address"),
-    flag("discovery-srv", "", "domain name to query for SRV records describing cluster endpoints (not supported)"),
-    flag("discovery-srv-name", "", "service name to query when using DNS discovery (not supported)"),
-    flag("metrics-addr", "", "listen for endpoint /metrics requests on an additional interface"),
-    switch("insecure-discovery", "accept insecure SRV records"),
-    flag("endpoints", "127.0.0.1:2379", "comma separated etcd cluster endpoints"),
-    flag("advertise-client-url", "127.0.0.1:23790", "advertise address to register (must be reachable by client)"),
-    flag("resolver-prefix", "", "prefix to use for registering proxy (must be shared with other grpc-proxy members)"),
-    flag("resolver-ttl", "0", "specify TTL, in seconds, when registering proxy endpoints"),
-    flag("namespace", "", "string to prefix to all keys for namespacing requests"),
-    switch("enable-pprof", "Enable runtime profiling data via HTTP server (Keel: accepted, no profiler; use perf)"),
-    flag("data-dir", "default.proxy", "Data directory for persistent data"),
-    flag("max-send-bytes", "1572864", "message send limits in bytes"),
-    flag("max-recv-bytes", "2147483647", "message receive limits in bytes"),
-    flag("cert", "", "identify secure connections with etcd servers using this TLS certificate file"),
-    flag("key", "", "identify secure connections with etcd servers using this TLS key file"),
-    flag("cacert", "", "verify certificates of TLS-enabled secure etcd servers using this CA bundle"),
-    switch("insecure-skip-tls-verify", "skip authentication of etcd server TLS certificates (CAUTION: this option should be enabled only for testing purposes)"),
-    flag("cert-file", "", "identify secure connections to the proxy using this TLS certificate file"),
-    flag("key-file", "", "identify secure connections to the proxy using this TLS key file"),
-    flag("trusted-ca-file", "", "verify certificates of TLS-enabled secure proxy using this CA bundle"),
-    flag("listen-cipher-suites", "", "Comma-separated list of supported TLS cipher suites between client/proxy (empty will be auto-populated)"),
-    switch("auto-tls", "proxy TLS using generated certificates"),
-    flag("client-crl-file", "", "proxy client certificate revocation list file."),
-    switch("experimental-serializable-ordering", "Ensure serializable reads have monotonically increasing store revisions across endpoints (not supported)"),
-    flag("experimental-leasing-prefix", "", "leasing metadata prefix for disconnected linearized reads (not supported)"),
-    switch("debug", "Enable debug-level logging for grpc-proxy."),
-    flag("max-concurrent-streams", "4294967295", "Maximum concurrent streams that each client can open at a time."),
-    flag("cores", "", "Keel: executors (one per CPU by default)"),
+    Spec::value("listen-addr", "127.0.0.1:23790", "listen address"),
+    Spec::value("discovery-srv", "", "domain name to query for SRV records describing cluster endpoints (not supported)"),
+    Spec::value("discovery-srv-name", "", "service name to query when using DNS discovery (not supported)"),
+    Spec::value("metrics-addr", "", "listen for endpoint /metrics requests on an additional interface"),
+    Spec::switch("insecure-discovery", "accept insecure SRV records"),
+    Spec::value("endpoints", "127.0.0.1:2379", "comma separated etcd cluster endpoints"),
+    Spec::value("advertise-client-url", "127.0.0.1:23790", "advertise address to register (must be reachable by client)"),
+    Spec::value("resolver-prefix", "", "prefix to use for registering proxy (must be shared with other grpc-proxy members)"),
+    Spec::value("resolver-ttl", "0", "specify TTL, in seconds, when registering proxy endpoints"),
+    Spec::value("namespace", "", "string to prefix to all keys for namespacing requests"),
+    Spec::switch("enable-pprof", "Enable runtime profiling data via HTTP server (Keel: accepted, no profiler; use perf)"),
+    Spec::value("data-dir", "default.proxy", "Data directory for persistent data"),
+    Spec::value("max-send-bytes", "1572864", "message send limits in bytes"),
+    Spec::value("max-recv-bytes", "2147483647", "message receive limits in bytes"),
+    Spec::value("cert", "", "identify secure connections with etcd servers using this TLS certificate file"),
+    Spec::value("key", "", "identify secure connections with etcd servers using this TLS key file"),
+    Spec::value("cacert", "", "verify certificates of TLS-enabled secure etcd servers using this CA bundle"),
+    Spec::switch("insecure-skip-tls-verify", "skip authentication of etcd server TLS certificates (CAUTION: this option should be enabled only for testing purposes)"),
+    Spec::value("cert-file", "", "identify secure connections to the proxy using this TLS certificate file"),
+    Spec::value("key-file", "", "identify secure connections to the proxy using this TLS key file"),
+    Spec::value("trusted-ca-file", "", "verify certificates of TLS-enabled secure proxy using this CA bundle"),
+    Spec::value("listen-cipher-suites", "", "Comma-separated list of supported TLS cipher suites between client/proxy (empty will be auto-populated)"),
+    Spec::switch("auto-tls", "proxy TLS using generated certificates"),
+    Spec::value("client-crl-file", "", "proxy client certificate revocation list file."),
+    Spec::switch("experimental-serializable-ordering", "Ensure serializable reads have monotonically increasing store revisions across endpoints (not supported)"),
+    Spec::value("experimental-leasing-prefix", "", "leasing metadata prefix for disconnected linearized reads (not supported)"),
+    Spec::switch("debug", "Enable debug-level logging for grpc-proxy."),
+    Spec::value("max-concurrent-streams", "4294967295", "Maximum concurrent streams that each client can open at a time."),
+    Spec::value("cores", "", "Keel: executors (one per CPU by default)"),
 ];
 
 fn usage() -> String {
