@@ -45,6 +45,54 @@ fn count_applied(res: &Result<OpResponse, mvcc::Error>) {
 
 impl RaftCore {
     /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
+    /// The WAL's writer made the `Ready`s up to `number` durable: raft counts them as
+    /// this member's persisted log (which may commit entries for the next `process_ready`)
+    /// and the messages held for them leave.
+    pub(super) fn on_persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
+        while self.held.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, msgs)) = self.held.pop_front() {
+                self.send_messages(msgs);
+            }
+        }
+    }
+
+    /// Takes the writer's answer: `Persisted` moves raft on, a failure stops the member.
+    pub(super) fn on_wal_done(&mut self, done: persist::Done) -> Result<(), BootError> {
+        match done {
+            persist::Done::Persisted(n) => {
+                self.on_persisted(n);
+                Ok(())
+            }
+            // Markers are awaited where they are written (`wait_marked`).
+            persist::Done::Marked => Ok(()),
+            persist::Done::Failed(e) => Err(boot_err(e)),
+        }
+    }
+
+    /// Waits until everything handed to the WAL's writer is durable, processing what that
+    /// commits (tests, and the loop's exit).
+    pub async fn settle(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
+        while self.wal.pending() {
+            let done = self.wal.next().await;
+            self.on_wal_done(done)?;
+            self.process_ready(out).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot marker and waits until it is durable (answers that arrive first
+    /// are taken as the loop would).
+    pub(super) async fn mark_durable(&mut self, m: wal::SnapshotMarker) -> Result<(), BootError> {
+        self.wal.mark(m);
+        loop {
+            match self.wal.next().await {
+                persist::Done::Marked => return Ok(()),
+                other => self.on_wal_done(other)?,
+            }
+        }
+    }
+
     pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
         // A member that applied its own removal stops driving raft (raft-rs keeps no
         // progress for a removed leader, and `advance` would look it up): it answers what
@@ -85,36 +133,29 @@ impl RaftCore {
                     self.reads.indexed.push((rs.index, reads));
                 }
             }
+            // The entries go into raft's log now (raft reads them back from there) and to
+            // the WAL's writer, which syncs them while this loop goes on; raft counts them
+            // as this member's persisted log only at `on_persisted`.
+            let entries: Vec<wal::Entry> = rd.entries().iter().map(to_wal_entry).collect();
             if !rd.entries().is_empty() {
-                let ents: Vec<wal::Entry> = rd.entries().iter().map(to_wal_entry).collect();
-                self.wal.append_entries(&ents);
                 self.node.mut_store().append(rd.entries());
             }
-            if let Some(hs) = rd.hs() {
-                self.wal.set_hard_state(wal::HardState {
+            let hard_state = rd.hs().map(|hs| {
+                self.node.mut_store().set_hard_state(hs.clone());
+                wal::HardState {
                     term: hs.term,
                     vote: hs.vote,
                     commit: hs.commit,
-                });
-                self.node.mut_store().set_hard_state(hs.clone());
+                }
+            });
+            let number = rd.number();
+            self.wal
+                .persist(number, entries, hard_state, rd.must_sync());
+            let held = rd.take_persisted_messages();
+            if !held.is_empty() {
+                self.held.push_back((number, held));
             }
-            if rd.must_sync() {
-                let started = Instant::now();
-                self.wal
-                    .sync()
-                    .await
-                    .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
-                let took = started.elapsed();
-                metrics::observe(metrics::Hist::WalFsync, took);
-                metrics::observe(metrics::Hist::StageWalSync, took);
-            }
-            self.send_messages(rd.take_persisted_messages());
-            let mut light = self.node.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                self.node.mut_store().set_commit(commit);
-            }
-            self.send_messages(light.take_messages());
-            self.apply(light.take_committed_entries())?;
+            self.node.advance_append_async(rd);
             self.node.advance_apply();
         }
         self.store.publish();
@@ -494,12 +535,8 @@ impl RaftCore {
     pub(super) async fn snapshot(&mut self) -> Result<(), BootError> {
         let index = self.db_committed_index;
         let term = self.store.consistent_term();
-        self.wal
-            .save_snapshot_marker(wal::SnapshotMarker { index, term });
-        self.wal
-            .sync()
-            .await
-            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+        self.mark_durable(wal::SnapshotMarker { index, term })
+            .await?;
         self.snapshot_index = index;
         let keep_from = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES);
         if keep_from > self.node.store().first_index_raw() {
@@ -510,10 +547,7 @@ impl RaftCore {
                 .detach();
         }
         // The old segments' unlinks and directory fsyncs run beside the loop too.
-        self.wal
-            .start_release_to(keep_from)
-            .await
-            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))?;
+        self.wal.release(keep_from);
         Ok(())
     }
 }

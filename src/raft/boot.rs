@@ -145,7 +145,8 @@ impl RaftCore {
             corrupt: Default::default(),
             node,
             store,
-            wal,
+            wal: persist::Persister::start(wal),
+            held: Default::default(),
             reads: ReadQueue {
                 waiting: Vec::new(),
                 requested: HashMap::new(),

@@ -936,12 +936,7 @@ impl RaftCore {
         let Some((index, term)) = self.installed_snapshot.take() else {
             return Ok(());
         };
-        self.wal
-            .save_snapshot_marker(wal::SnapshotMarker { index, term });
-        self.wal
-            .sync()
-            .await
-            .map_err(|e| boot_err(format!("WAL: {e}; stopping")))
+        self.mark_durable(wal::SnapshotMarker { index, term }).await
     }
 }
 

@@ -5,12 +5,17 @@
 //! (`mesh`).
 //!
 //! One turn of the loop:
-//! 1. Wait for a request or the next tick; then drain what else is queued (bounded), so
-//!    proposals that arrived while the last fdatasync ran become one batch.
+//! 1. Wait for a request, the next tick or an answer of the WAL's writer; then drain what
+//!    else is queued (bounded) and whatever the writer has made durable since.
 //! 2. Propose writes; queue linearizable reads and take one ReadIndex for all of them.
-//! 3. For each `Ready`: apply committed entries; append new entries and the hard state to
-//!    the WAL, and fdatasync once (only when raft says it must: new entries, term or
-//!    vote); `advance`; apply what became committed.
+//! 3. For each `Ready`: apply the committed entries it hands over (raft-rs hands over only
+//!    entries this member's WAL holds durably); put new entries into raft's log and hand
+//!    them and the hard state to the WAL's writer (`persist.rs`, a task beside the loop,
+//!    which syncs what queued since its last sync: group commit) with raft-rs's
+//!    `advance_append_async`; messages raft holds until they are durable wait for the
+//!    writer's answer (`on_persisted`, which is also what lets raft count this member's
+//!    log as persisted). The loop does not wait for the disk: proposals, ReadIndex,
+//!    keep-alives and appends to followers go on while a batch syncs.
 //! 4. Publish the db and send every core the round (`ReplySink::applied`): the changes
 //!    for its shard and watchers, the snapshot that holds them, and the replies to its
 //!    writes, which it delivers after applying the round (so a client reads its write).
@@ -68,6 +73,7 @@ pub mod etcd_db;
 mod leases;
 pub mod lessor;
 pub mod log;
+mod persist;
 mod reads;
 pub mod restore;
 pub mod transport;
@@ -227,7 +233,11 @@ struct LeaderTransfer {
 pub struct RaftCore {
     node: RawNode<LogStore>,
     store: Store,
-    wal: Wal,
+    /// The WAL, behind its writer task (`persist.rs`).
+    wal: persist::Persister,
+    /// Messages raft holds until the `Ready` that made them is durable (a follower's
+    /// append response, a vote), by `Ready` number.
+    held: VecDeque<(u64, Vec<RaftMessage>)>,
     opts: RaftOptions,
     /// Linearizable reads and ReadIndex requests.
     reads: ReadQueue,
@@ -310,6 +320,11 @@ impl RaftCore {
     pub fn invariants(&self) {
         let committed = self.node.raft.raft_log.committed;
         assert!(self.applied_index <= committed, "applied past the commit");
+        // Applied (and so answered) only what this member's WAL holds durably.
+        assert!(
+            self.applied_index <= self.node.raft.raft_log.persisted,
+            "applied past this member's durable log"
+        );
         let consistent = self.store.consistent_index();
         assert!(
             self.db_committed_index <= consistent,
@@ -615,19 +630,34 @@ pub async fn run(
             .fold(core.next_tick(), Instant::min);
         let next = core.auto_compact_due().map_or(next, |t| t.min(next));
         let wait = next.saturating_duration_since(Instant::now());
-        let first = futures_lite::future::or(async { inbox.recv().await }, async {
-            glommio::timer::sleep(wait).await;
-            None
-        })
+        let wal = &mut core.wal;
+        let first = futures_lite::future::or(
+            async { Woken::Request(inbox.recv().await) },
+            futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(wait).await;
+                    Woken::Timer
+                },
+                async { Woken::Wal(wal.next().await) },
+            ),
+        )
         .await;
-        if let Some(msg) = first {
-            core.handle(msg, out);
-            for _ in 1..REQUESTS_PER_TURN_MAX {
-                match futures_lite::future::poll_once(inbox.recv()).await {
-                    Some(Some(msg)) => core.handle(msg, out),
-                    _ => break,
+        match first {
+            Woken::Request(Some(msg)) => {
+                core.handle(msg, out);
+                for _ in 1..REQUESTS_PER_TURN_MAX {
+                    match futures_lite::future::poll_once(inbox.recv()).await {
+                        Some(Some(msg)) => core.handle(msg, out),
+                        _ => break,
+                    }
                 }
             }
+            Woken::Wal(done) => core.on_wal_done(done)?,
+            Woken::Request(None) | Woken::Timer => {}
+        }
+        // Whatever else the WAL's writer has made durable meanwhile.
+        while let Some(done) = core.wal.try_next().await {
+            core.on_wal_done(done)?;
         }
         let now = Instant::now();
         core.tick_if_due(now);
@@ -648,10 +678,19 @@ pub async fn run(
     if exit == Exit::Restart {
         // The db file was replaced under the store: never commit the old one again.
         core.mark_installed_snapshot().await?;
+        core.wal.close().await;
         return Ok(exit);
     }
     core.maybe_commit(Instant::now(), true).await?;
+    core.wal.close().await;
     Ok(exit)
+}
+
+/// What woke the raft loop.
+enum Woken {
+    Request(Option<ToRaft>),
+    Timer,
+    Wal(persist::Done),
 }
 
 #[cfg(test)]

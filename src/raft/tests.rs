@@ -76,8 +76,11 @@ fn range(key: &str) -> Op {
 
 use bytes::Bytes;
 
+/// One loop turn's raft work, and the WAL's writer's syncs it needs (the loop takes those
+/// as they come).
 async fn turn(core: &mut RaftCore, out: &Collect) {
     core.process_ready(out).await.unwrap();
+    core.settle(out).await.unwrap();
 }
 
 /// Found by the failpoints (a WAL fsync failing during a new member's first boot): the db

@@ -620,7 +620,7 @@ impl Wal {
 
     /// Waits for a release in flight; its failure poisons the log (a failed directory
     /// fsync is never retried: the directory's state on disk is unknown).
-    async fn finish_release(&mut self) -> Result<()> {
+    pub async fn finish_release(&mut self) -> Result<()> {
         if let Some(task) = self.releasing.take() {
             if let Err(e) = task.await {
                 self.poisoned = true;

@@ -1,0 +1,213 @@
+//! The WAL's writer: a task of its own on the raft core that owns the `Wal`, so the raft
+//! loop goes on while a batch is written and synced (issue 22: the loop used to await
+//! every sync, so proposals, ReadIndex, keep-alives and the apply of the previous batch
+//! all waited for the disk).
+//!
+//! Runs on: the raft core (a glommio task beside the loop). The loop hands each raft
+//! `Ready` over with [`Persister::persist`] and tells raft with `advance_append_async`;
+//! the writer takes every command queued since its last sync, appends them in order, syncs
+//! once (group commit, only when a `Ready` needs it, raft's `must_sync`), and answers with
+//! the highest `Ready` number it made durable; the loop then calls `on_persist_ready`,
+//! which is what lets raft count this member's own log as persisted (commit) and hand over
+//! entries to apply. So a write is still acknowledged only after its entry is durable on a
+//! quorum (raft-rs never returns committed entries above this member's persisted index),
+//! and the messages raft holds until the entries are durable (a follower's append
+//! response, a vote) leave only after the answer.
+//!
+//! Invariants: commands are applied to the WAL in the order they were sent; a `Persisted(n)`
+//! answer means every `Ready` numbered up to n is durable; a snapshot marker is durable
+//! before its `Marked` answer and before any release sent after it runs; the first failure
+//! ends the writer (the `Wal` is poisoned) and is the last answer.
+
+use crate::metrics;
+use crate::wal::{self, Wal};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use std::time::Instant;
+
+enum Cmd {
+    /// A `Ready`'s entries and hard state; `sync` when raft must have them durable.
+    Persist {
+        number: u64,
+        entries: Vec<wal::Entry>,
+        hard_state: Option<wal::HardState>,
+        sync: bool,
+    },
+    /// A snapshot marker, made durable.
+    Mark(wal::SnapshotMarker),
+    /// Release the segments below this index (after the markers before it are durable).
+    Release(u64),
+}
+
+/// What the writer reports, in order.
+pub enum Done {
+    /// Every `Ready` up to this number is durable.
+    Persisted(u64),
+    /// A snapshot marker is durable.
+    Marked,
+    /// The WAL failed (the message says how); nothing more will be written.
+    Failed(String),
+}
+
+/// The loop's end of the writer.
+pub struct Persister {
+    tx: Option<LocalSender<Cmd>>,
+    rx: LocalReceiver<Done>,
+    task: Option<glommio::Task<()>>,
+    /// The highest `Ready` number sent, and the highest reported durable.
+    pub sent: u64,
+    pub persisted: u64,
+}
+
+impl Persister {
+    /// Starts the writer on the current executor with `wal`.
+    pub fn start(wal: Wal) -> Persister {
+        let (tx, cmds) = local_channel::new_unbounded();
+        let (done, rx) = local_channel::new_unbounded();
+        let task = glommio::spawn_local(writer(wal, cmds, done));
+        Persister {
+            tx: Some(tx),
+            rx,
+            task: Some(task),
+            sent: 0,
+            persisted: 0,
+        }
+    }
+
+    fn send(&self, cmd: Cmd) {
+        // Unbounded: fails only once the writer has ended, and then its last answer is a
+        // `Failed` the loop reads next.
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(cmd);
+        }
+    }
+
+    /// Hands a `Ready` over (`number` from `Ready::number`).
+    pub fn persist(
+        &mut self,
+        number: u64,
+        entries: Vec<wal::Entry>,
+        hard_state: Option<wal::HardState>,
+        sync: bool,
+    ) {
+        self.sent = self.sent.max(number);
+        self.send(Cmd::Persist {
+            number,
+            entries,
+            hard_state,
+            sync,
+        });
+    }
+
+    /// Queues a snapshot marker; the writer answers `Marked` once it is durable.
+    pub fn mark(&self, m: wal::SnapshotMarker) {
+        self.send(Cmd::Mark(m));
+    }
+
+    /// Queues the release of the segments below `index`.
+    pub fn release(&self, index: u64) {
+        self.send(Cmd::Release(index));
+    }
+
+    /// Whether a `Ready` handed over is not yet durable.
+    pub fn pending(&self) -> bool {
+        self.persisted < self.sent
+    }
+
+    /// The writer's next answer (pending forever once it has ended and said so).
+    pub async fn next(&mut self) -> Done {
+        match self.rx.recv().await {
+            Some(d) => {
+                if let Done::Persisted(n) = d {
+                    self.persisted = self.persisted.max(n);
+                }
+                d
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The next answer if there is one now.
+    pub async fn try_next(&mut self) -> Option<Done> {
+        match futures_lite::future::poll_once(self.rx.recv()).await {
+            Some(Some(d)) => {
+                if let Done::Persisted(n) = d {
+                    self.persisted = self.persisted.max(n);
+                }
+                Some(d)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends the writer once it has written everything sent, and waits for it (so a
+    /// restart on the same directory never finds it still writing).
+    pub async fn close(&mut self) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            task.await;
+        }
+    }
+}
+
+async fn writer(mut wal: Wal, cmds: LocalReceiver<Cmd>, done: LocalSender<Done>) {
+    let fail = |e: String| {
+        let _ = done.try_send(Done::Failed(e));
+    };
+    while let Some(first) = cmds.recv().await {
+        let mut batch = vec![first];
+        while let Some(Some(c)) = futures_lite::future::poll_once(cmds.recv()).await {
+            batch.push(c);
+        }
+        let (mut last, mut sync, mut marked) = (None, false, 0);
+        let mut releases = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Cmd::Persist {
+                    number,
+                    entries,
+                    hard_state,
+                    sync: s,
+                } => {
+                    if !entries.is_empty() {
+                        wal.append_entries(&entries);
+                    }
+                    if let Some(hs) = hard_state {
+                        wal.set_hard_state(hs);
+                    }
+                    sync |= s;
+                    last = Some(number);
+                }
+                Cmd::Mark(m) => {
+                    wal.save_snapshot_marker(m);
+                    sync = true;
+                    marked += 1;
+                }
+                Cmd::Release(index) => releases.push(index),
+            }
+        }
+        if sync {
+            let started = Instant::now();
+            if let Err(e) = wal.sync().await {
+                return fail(format!("WAL: {e}; stopping"));
+            }
+            let took = started.elapsed();
+            metrics::observe(metrics::Hist::WalFsync, took);
+            metrics::observe(metrics::Hist::StageWalSync, took);
+        }
+        for index in releases {
+            if let Err(e) = wal.start_release_to(index).await {
+                return fail(format!("WAL: {e}; stopping"));
+            }
+        }
+        if let Some(n) = last {
+            let _ = done.try_send(Done::Persisted(n));
+        }
+        for _ in 0..marked {
+            let _ = done.try_send(Done::Marked);
+        }
+    }
+    // The loop closed its end: let a release in flight finish before the WAL goes.
+    if let Err(e) = wal.finish_release().await {
+        fail(format!("WAL: {e}; stopping"));
+    }
+}
