@@ -157,6 +157,8 @@ impl RaftCore {
             snapshot_index,
             db_committed_index: applied,
             last_db_commit: now,
+            last_db_writeback: now,
+            db_writeback_running: Default::default(),
             next_tick: now + Duration::from_millis(opts.heartbeat_interval_ms),
             incarnation: new_incarnation(),
             round: Round {

@@ -116,6 +116,9 @@ use writes::{decode_context, encode_context, Writes};
 pub const DB_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Applied entries after which the db is committed even before the interval.
 pub const DB_COMMIT_ENTRIES_MAX: u64 = 10_000;
+/// How often, between db commits, the kernel is asked to start writing the db's dirty
+/// pages (`Db::start_writeback`), so that the commit's fdatasync finds little left to do.
+pub const DB_WRITEBACK_INTERVAL: Duration = Duration::from_millis(10);
 /// Entries kept in the log behind a snapshot for slow followers (etcd's
 /// SnapshotCatchUpEntries).
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
@@ -245,6 +248,9 @@ pub struct RaftCore {
     snapshot_index: u64,
     db_committed_index: u64,
     last_db_commit: Instant,
+    /// When the db's writeback was last started, and whether it is still running.
+    last_db_writeback: Instant,
+    db_writeback_running: Rc<std::cell::Cell<bool>>,
     next_tick: Instant,
     incarnation: u64,
     /// What the next round to the cores carries, and what they last heard.
