@@ -180,8 +180,16 @@ fn a_damaged_wal_is_refused_naming_the_file() {
     let mut s = populated("dur-wal");
     let wal = wal_files(&s.data_dir.join("member/wal"));
     assert!(!wal.is_empty());
-    // Well inside the records written, far from the tail: damage, not a torn write.
-    flip_byte(&wal[0], 8 * 1024);
+    // Well inside the records written, far from the tail, in a value's bytes (not a
+    // record's length field: damage there, within the last batch of bytes, is
+    // indistinguishable from a torn write, see the WAL's recovery rules, and how the
+    // records fall depends on how the writes were batched): damage, not a torn write.
+    let bytes = std::fs::read(&wal[0]).unwrap();
+    let value = bytes[8 * 1024..]
+        .windows(32)
+        .position(|w| w.iter().all(|&b| b == b'x'))
+        .expect("a value's bytes past 8 KiB");
+    flip_byte(&wal[0], (8 * 1024 + value + 16) as u64);
     let (code, log) = s
         .run_expecting_exit(Duration::from_secs(10))
         .expect("the server refuses to start");

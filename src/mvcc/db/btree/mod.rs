@@ -41,6 +41,15 @@ pub struct Writer {
     pub pending: VecDeque<(u64, u64, u64)>,
     /// Pending pages freed by txn ≤ this may be reused.
     pub reuse_bound: u64,
+    /// Young pages (written after the newest durable commit, so no on-disk meta reaches
+    /// them) freed since, as in `pending`: they wait only for the readers, not for two
+    /// commits (`young_bound`).
+    pub pending_young: VecDeque<(u64, u64, u64)>,
+    /// Young pending pages freed by txn ≤ this may be reused: no published state a reader
+    /// holds or can still take reaches them.
+    pub young_bound: u64,
+    /// The newest durable commit's txn: a page written by a later txn is young.
+    pub durable_txn: u64,
     /// First pages written in the working txn, sealed (checksummed) at publish.
     pub dirty: Vec<u64>,
     /// The same pages as a bitmap, minus those freed since: what reads trust unverified.
@@ -88,6 +97,9 @@ impl Writer {
             free_now: Vec::new(),
             pending: VecDeque::new(),
             reuse_bound: 0,
+            pending_young: VecDeque::new(),
+            young_bound: 0,
+            durable_txn: 0,
             dirty: Vec::new(),
             dirty_pages: DirtyPages::default(),
             grow_step_pages: 1,
@@ -172,6 +184,15 @@ impl Writer {
                 self.free_now.push(id);
             }
         }
+        while let Some(&(t, first, n)) = self.pending_young.front() {
+            if t > self.young_bound {
+                break;
+            }
+            self.pending_young.pop_front();
+            for id in (first..first + n).rev() {
+                self.free_now.push(id);
+            }
+        }
         if self.free_sorted && self.free_now.len() > len {
             // Lowest first, so writes between defragmentation steps do not take back the
             // pages it moved away from: the new tail sorted, then merged (the stable sort
@@ -248,6 +269,11 @@ impl Writer {
                 &mut self.free_now
             };
             to.extend((id..id + n).rev());
+        } else if (self.durable_txn + 1..self.txn).contains(&page::txn(self.map.map().page(id))) {
+            // Published after the newest durable commit: only readers can reach it (issue
+            // 22: at one client every put's round copied ~4 pages whose old copies then
+            // waited two commits, so each commit flushed ~17 KB per put).
+            self.pending_young.push_back((self.txn, id, n));
         } else {
             self.pending.push_back((self.txn, id, n));
         }
