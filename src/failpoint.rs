@@ -24,7 +24,8 @@
 //!   durability step (no O_DSYNC, no fdatasync), so a power cut loses acknowledged writes
 //!   and the harness must say so.
 //! - `skip-db-sync` (`on`): a mutant as above: a db commit writes its meta page without
-//!   the fdatasync of the data pages before it.
+//!   the fdatasync of the data pages before it (and the raft core starts no early
+//!   writeback of them, which would put most of them on the disk first anyway).
 //!
 //! `eio` fails every time with EIO, `eio@P` with probability `P` (0 ≤ P ≤ 1, e.g.
 //! `eio@0.05`); an injected error takes the path a real one would (the WAL or db is

@@ -78,6 +78,17 @@ pub struct Writer {
     pub grow_count: u64,
 }
 
+/// Moves the runs of `pending` (in txn order) freed by a txn `<= bound` to `free_now`.
+fn release_up_to(pending: &mut VecDeque<(u64, u64, u64)>, bound: u64, free_now: &mut Vec<u64>) {
+    while let Some(&(t, first, n)) = pending.front() {
+        if t > bound {
+            break;
+        }
+        pending.pop_front();
+        free_now.extend((first..first + n).rev());
+    }
+}
+
 /// Free-list entries searched for an overflow run before fresh space is used.
 const RUN_SCAN_PAGES_MAX: usize = 1024;
 /// The smallest grow step: an empty file is this long (32 KiB).
@@ -175,24 +186,12 @@ impl Writer {
 
     pub fn reclaim(&mut self) {
         let len = self.free_now.len();
-        while let Some(&(t, first, n)) = self.pending.front() {
-            if t > self.reuse_bound {
-                break;
-            }
-            self.pending.pop_front();
-            for id in (first..first + n).rev() {
-                self.free_now.push(id);
-            }
-        }
-        while let Some(&(t, first, n)) = self.pending_young.front() {
-            if t > self.young_bound {
-                break;
-            }
-            self.pending_young.pop_front();
-            for id in (first..first + n).rev() {
-                self.free_now.push(id);
-            }
-        }
+        release_up_to(&mut self.pending, self.reuse_bound, &mut self.free_now);
+        release_up_to(
+            &mut self.pending_young,
+            self.young_bound,
+            &mut self.free_now,
+        );
         if self.free_sorted && self.free_now.len() > len {
             // Lowest first, so writes between defragmentation steps do not take back the
             // pages it moved away from: the new tail sorted, then merged (the stable sort
