@@ -56,11 +56,10 @@ impl Writer {
         k as u64
     }
 
-    /// Whether page `id` waits in `pending` or `pending_young`.
+    /// Whether page `id` waits in `pending`.
     pub fn is_pending(&self, id: u64) -> bool {
         self.pending
             .iter()
-            .chain(&self.pending_young)
             .any(|&(_, first, n)| first <= id && id < first + n)
     }
 
