@@ -44,7 +44,6 @@ fn count_applied(res: &Result<OpResponse, mvcc::Error>) {
 }
 
 impl RaftCore {
-    /// Runs every `Ready` raft has, with one WAL write and at most one fdatasync each.
     /// The WAL's writer made the `Ready`s up to `number` durable: raft counts them as
     /// this member's persisted log (which may commit entries for the next `process_ready`)
     /// and the messages held for them leave.
@@ -64,14 +63,14 @@ impl RaftCore {
                 self.on_persisted(n);
                 Ok(())
             }
-            // Markers are awaited where they are written (`wait_marked`).
+            // Markers are awaited where they are written (`mark_durable`).
             persist::Done::Marked => Ok(()),
             persist::Done::Failed(e) => Err(boot_err(e)),
         }
     }
 
     /// Waits until everything handed to the WAL's writer is durable, processing what that
-    /// commits (tests, and the loop's exit).
+    /// commits (the tests' turns; the loop takes the writer's answers as they come).
     pub async fn settle(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
         while self.wal.pending() {
             let done = self.wal.next().await;
@@ -93,6 +92,8 @@ impl RaftCore {
         }
     }
 
+    /// Runs every `Ready` raft has: applies what it commits and hands its entries and
+    /// hard state to the WAL's writer (`persist.rs`), without waiting for the disk.
     pub async fn process_ready(&mut self, out: &dyn ReplySink) -> Result<(), BootError> {
         // A member that applied its own removal stops driving raft (raft-rs keeps no
         // progress for a removed leader, and `advance` would look it up): it answers what

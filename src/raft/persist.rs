@@ -54,8 +54,8 @@ pub struct Persister {
     rx: LocalReceiver<Done>,
     task: Option<glommio::Task<()>>,
     /// The highest `Ready` number sent, and the highest reported durable.
-    pub sent: u64,
-    pub persisted: u64,
+    sent: u64,
+    persisted: u64,
 }
 
 impl Persister {
@@ -116,12 +116,7 @@ impl Persister {
     /// The writer's next answer (pending forever once it has ended and said so).
     pub async fn next(&mut self) -> Done {
         match self.rx.recv().await {
-            Some(d) => {
-                if let Done::Persisted(n) = d {
-                    self.persisted = self.persisted.max(n);
-                }
-                d
-            }
+            Some(d) => self.noted(d),
             None => std::future::pending().await,
         }
     }
@@ -129,14 +124,17 @@ impl Persister {
     /// The next answer if there is one now.
     pub async fn try_next(&mut self) -> Option<Done> {
         match futures_lite::future::poll_once(self.rx.recv()).await {
-            Some(Some(d)) => {
-                if let Done::Persisted(n) = d {
-                    self.persisted = self.persisted.max(n);
-                }
-                Some(d)
-            }
+            Some(Some(d)) => Some(self.noted(d)),
             _ => None,
         }
+    }
+
+    /// Keeps the highest durable `Ready` number an answer reports.
+    fn noted(&mut self, d: Done) -> Done {
+        if let Done::Persisted(n) = d {
+            self.persisted = self.persisted.max(n);
+        }
+        d
     }
 
     /// Ends the writer once it has written everything sent, and waits for it (so a
