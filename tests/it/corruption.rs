@@ -40,6 +40,7 @@ fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
     let cores = if cores >= 2 { "2" } else { "1" };
     let mut s = Server::start("rot", &["--cores", cores, "--shard-split-keys", "m"]);
     let rt = common::runtime();
+    let db = s.data_dir.join("member/snap/db");
     rt.block_on(async {
         let mut c = common::connect(&s).await;
         for i in 0..200 {
@@ -49,8 +50,10 @@ fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
         // Everything applied and published before the pages rot.
         c.get("a000", None).await.unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let db = s.data_dir.join("member/snap/db");
-        rot_every_page(&db);
+        // First only the pages that hold values: the first read that meets one raises
+        // CORRUPT through raft, and that entry's apply writes the Meta tree, which must
+        // stay intact for the member to go on serving (the whole-file rot comes below).
+        assert!(rot_pages_holding(&db, &[b'v'; 200]) >= 2);
 
         let all = GetOptions::new()
             .with_prefix()
@@ -88,20 +91,33 @@ fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
             }
         };
         assert_eq!(canceled.cancel_reason(), "etcdserver: corrupt cluster");
-        assert!(
-            s.is_running(),
-            "a corrupt read stopped the member:\n{}",
-            s.log()
-        );
-        let log = s.log();
-        assert!(
-            log.contains(&format!("db file {} is corrupt at offset", db.display())),
-            "{log}"
-        );
-
-        // The raft core's apply meets the damage: the member stops, saying where.
-        let _ = tokio::time::timeout(Duration::from_secs(5), c.put("a000", "x", None)).await;
     });
+    assert!(
+        s.is_running(),
+        "a corrupt read stopped the member:\n{}",
+        s.log()
+    );
+    let log = s.log();
+    assert!(
+        log.contains(&format!("db file {} is corrupt at offset", db.display())),
+        "{log}"
+    );
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = s.etcdctl(&["alarm", "list"]).stdout;
+        if listed.contains("alarm:CORRUPT") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(listed.contains("alarm:CORRUPT"), "{listed}\n{}", s.log());
+    assert!(s.is_running(), "{}", s.log());
+
+    // Now every page rots, the Meta tree's too: the raft core's apply of the next write
+    // (the disarm, which removes the alarm's record) meets the damage, and the member
+    // stops, saying where.
+    rot_every_page(&db);
+    let _ = s.etcdctl(&["alarm", "disarm", "--command-timeout=2s"]);
     let code = s.wait_exit(Duration::from_secs(10));
     let log = s.log();
     assert_eq!(code, Some(1), "{log}");
