@@ -167,7 +167,9 @@ impl Db {
                     st.pass_blocked += 1;
                     // Free pages below the target come back from `pending` after
                     // commits; if none will, the live data outgrew the target: re-plan.
-                    let coming = self.w.pending.iter().any(|&(_, id, _)| id < target);
+                    let coming = (self.w.pending.iter())
+                        .chain(&self.w.pending_young)
+                        .any(|&(_, id, _)| id < target);
                     if !coming {
                         st.tree = TREE_COUNT;
                     }

@@ -40,7 +40,12 @@
 //! - A page freed by txn `T` is reused only when `T <=` the txn of the *older* of the two
 //!   on-disk metas (so a crash, or a damaged newest meta, still opens a consistent older
 //!   state) and no live `ReadSnapshot` pinned a txn `< T`. Pages allocated and freed
-//!   inside one unpublished txn are reused at once.
+//!   inside one unpublished txn are reused at once. A *young* page, one written by a txn
+//!   published after the newest durable commit, is reachable from no meta on disk (and,
+//!   once freed, from no later state): it waits only until `T <=` the published txn and
+//!   no live snapshot pinned a txn `< T` (`Writer::pending_young`). Without this, a page
+//!   copied by every round (the revision tree's rightmost path, the meta tree) left one
+//!   copy per round for the commit to write; now the copies are reused within a few rounds.
 //! - Every page below the high-water mark is exactly one of: reachable from the working
 //!   roots, free now, pending reuse (`check` verifies this).
 //!
@@ -726,6 +731,11 @@ impl Db {
             assert!(w.held.is_empty() && !w.hold_freed);
             assert!(w.pending.front().map(|p| p.0) <= w.pending.back().map(|p| p.0));
             assert!(w.pending.back().is_none_or(|p| p.0 <= w.txn));
+            let young = &w.pending_young;
+            assert!(young.front().map(|p| p.0) <= young.back().map(|p| p.0));
+            assert!(young.back().is_none_or(|p| p.0 <= w.txn));
+            assert!(w.young_bound <= self.published.txn);
+            assert_eq!(w.durable_txn, self.durable_txn);
             assert!(
                 self.durable_txn % 2 != self.durable_prev_txn % 2
                     || self.durable_txn == self.durable_prev_txn
@@ -736,6 +746,8 @@ impl Db {
     fn update_reuse_bound(&mut self) {
         let pinned = self.epochs.min_pinned().unwrap_or(u64::MAX);
         self.w.reuse_bound = self.durable_prev_txn.min(pinned);
+        self.w.young_bound = self.published.txn.min(pinned);
+        self.w.durable_txn = self.durable_txn;
     }
 
     pub fn path(&self) -> &Path {
@@ -935,7 +947,9 @@ impl Db {
                 .map_err(|(off, what)| corrupt(off, format!("tree {t}: {what}")))?;
         }
         let free = self.w.free_now.iter().copied();
-        let pending = self.w.pending.iter().flat_map(|&(_, id, n)| id..id + n);
+        let pending = (self.w.pending.iter())
+            .chain(&self.w.pending_young)
+            .flat_map(|&(_, id, n)| id..id + n);
         for id in free.chain(pending) {
             let (w, b) = ((id / 64) as usize, id % 64);
             if id < 2 || id >= hw || seen[w] & (1 << b) != 0 {
@@ -978,7 +992,10 @@ impl Db {
 
     /// File size and page usage, for stats and the space tests.
     pub fn stats(&self) -> DbStats {
-        let pending: u64 = self.w.pending.iter().map(|p| p.2).sum();
+        let pending: u64 = (self.w.pending.iter())
+            .chain(&self.w.pending_young)
+            .map(|p| p.2)
+            .sum();
         let free = self.w.free_now.len() as u64;
         let pages_in_use = self.w.high_water - 2 - free - pending;
         DbStats {

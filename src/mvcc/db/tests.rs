@@ -643,6 +643,60 @@ fn snapshot_survives_reuse_and_crosses_threads() {
 }
 
 #[test]
+fn young_pages_are_reused_between_commits_unless_a_reader_holds_them() {
+    block_on(async {
+        let path = tmp_path("young");
+        let mut db = Db::open(&path, small_options()).await.unwrap();
+        let key = |i: u64| i.to_be_bytes();
+        for i in 0..2000u64 {
+            db.insert(TreeId::Revision, &key(i), &[1u8; 100]).unwrap();
+        }
+        db.commit().await.unwrap();
+        let base = db.size_bytes();
+        // Appends, each published as its own round (as the raft core does), no commit:
+        // every round copies the rightmost path; the copies of earlier rounds are young
+        // (no meta on disk reaches them) and come back once published past.
+        for i in 2000..2300u64 {
+            db.insert(TreeId::Revision, &key(i), &[2u8; 100]).unwrap();
+            db.publish();
+        }
+        let grown = db.size_bytes() - base;
+        // 300 × 100-byte values fill ~8 new leaves; 300 rounds of path copies without
+        // reuse would be ~600 pages.
+        assert!(
+            grown <= 64 * PAGE_BYTES as u64,
+            "grew {} pages in 300 rounds",
+            grown / PAGE_BYTES as u64
+        );
+        // A reader holding a round keeps its pages: later rounds must not reuse them.
+        let snap = db.snapshot();
+        for i in 2300..2600u64 {
+            db.insert(TreeId::Revision, &key(i), &[3u8; 100]).unwrap();
+            db.insert(TreeId::Revision, &key(i - 2300), &[3u8; 100])
+                .unwrap();
+            db.publish();
+        }
+        assert_eq!(snap.len(TreeId::Revision), 2300);
+        for i in 0..2300u64 {
+            let want: &[u8] = if i < 2000 { &[1u8; 100] } else { &[2u8; 100] };
+            assert_eq!(snap.get(TreeId::Revision, &key(i)).unwrap(), Some(want));
+        }
+        drop(snap);
+        db.check().unwrap();
+        db.commit().await.unwrap();
+        db.close().await.unwrap();
+        let db = Db::open(&path, small_options()).await.unwrap();
+        db.check().unwrap();
+        assert_eq!(db.len(TreeId::Revision), 2600);
+        assert_eq!(
+            db.get(TreeId::Revision, &key(5)).unwrap(),
+            Some(&[3u8; 100][..])
+        );
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
 fn compaction_keeps_file_within_twice_payload() {
     block_on(async {
         let path = tmp_path("space");

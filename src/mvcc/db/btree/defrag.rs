@@ -56,10 +56,11 @@ impl Writer {
         k as u64
     }
 
-    /// Whether page `id` waits in `pending`.
+    /// Whether page `id` waits in `pending` or `pending_young`.
     pub fn is_pending(&self, id: u64) -> bool {
         self.pending
             .iter()
+            .chain(&self.pending_young)
             .any(|&(_, first, n)| first <= id && id < first + n)
     }
 

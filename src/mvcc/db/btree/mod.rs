@@ -41,6 +41,15 @@ pub struct Writer {
     pub pending: VecDeque<(u64, u64, u64)>,
     /// Pending pages freed by txn ≤ this may be reused.
     pub reuse_bound: u64,
+    /// Young pages (written after the newest durable commit, so no on-disk meta reaches
+    /// them) freed since, as in `pending`: they wait only for the readers, not for two
+    /// commits (`young_bound`).
+    pub pending_young: VecDeque<(u64, u64, u64)>,
+    /// Young pending pages freed by txn ≤ this may be reused: no published state a reader
+    /// holds or can still take reaches them.
+    pub young_bound: u64,
+    /// The newest durable commit's txn: a page written by a later txn is young.
+    pub durable_txn: u64,
     /// First pages written in the working txn, sealed (checksummed) at publish.
     pub dirty: Vec<u64>,
     /// The same pages as a bitmap, minus those freed since: what reads trust unverified.
@@ -69,6 +78,17 @@ pub struct Writer {
     pub grow_count: u64,
 }
 
+/// Moves the runs of `pending` (in txn order) freed by a txn `<= bound` to `free_now`.
+fn release_up_to(pending: &mut VecDeque<(u64, u64, u64)>, bound: u64, free_now: &mut Vec<u64>) {
+    while let Some(&(t, first, n)) = pending.front() {
+        if t > bound {
+            break;
+        }
+        pending.pop_front();
+        free_now.extend((first..first + n).rev());
+    }
+}
+
 /// Free-list entries searched for an overflow run before fresh space is used.
 const RUN_SCAN_PAGES_MAX: usize = 1024;
 /// The smallest grow step: an empty file is this long (32 KiB).
@@ -88,6 +108,9 @@ impl Writer {
             free_now: Vec::new(),
             pending: VecDeque::new(),
             reuse_bound: 0,
+            pending_young: VecDeque::new(),
+            young_bound: 0,
+            durable_txn: 0,
             dirty: Vec::new(),
             dirty_pages: DirtyPages::default(),
             grow_step_pages: 1,
@@ -163,15 +186,12 @@ impl Writer {
 
     pub fn reclaim(&mut self) {
         let len = self.free_now.len();
-        while let Some(&(t, first, n)) = self.pending.front() {
-            if t > self.reuse_bound {
-                break;
-            }
-            self.pending.pop_front();
-            for id in (first..first + n).rev() {
-                self.free_now.push(id);
-            }
-        }
+        release_up_to(&mut self.pending, self.reuse_bound, &mut self.free_now);
+        release_up_to(
+            &mut self.pending_young,
+            self.young_bound,
+            &mut self.free_now,
+        );
         if self.free_sorted && self.free_now.len() > len {
             // Lowest first, so writes between defragmentation steps do not take back the
             // pages it moved away from: the new tail sorted, then merged (the stable sort
@@ -248,6 +268,11 @@ impl Writer {
                 &mut self.free_now
             };
             to.extend((id..id + n).rev());
+        } else if (self.durable_txn + 1..self.txn).contains(&page::txn(self.map.map().page(id))) {
+            // Published after the newest durable commit: only readers can reach it (issue
+            // 22: at one client every put's round copied ~4 pages whose old copies then
+            // waited two commits, so each commit flushed ~17 KB per put).
+            self.pending_young.push_back((self.txn, id, n));
         } else {
             self.pending.push_back((self.txn, id, n));
         }
