@@ -127,7 +127,11 @@ impl Db {
         self.w.lower_high_water();
         let hw = self.w.high_water;
         let top_live = hw == 2 || !self.w.is_pending(hw - 1);
-        let cut = self.w.file_len_bytes <= (hw + self.w.step_pages(hw)) * PAGE_BYTES as u64;
+        // Cut as tight as `shrink` cuts while a defragmentation runs (half a step of
+        // headroom), not within its usual whole step: a user defragments to get the space
+        // back (etcd's e2e TestCtlV3Alarm: a 13-page file, 5 pages live, 13-page quota).
+        let cut =
+            self.w.file_len_bytes <= (hw + self.w.step_pages(hw).div_ceil(2)) * PAGE_BYTES as u64;
         progress.done = st.relocated && top_live && cut;
         progress.file_bytes = self.w.file_len_bytes;
         if !progress.done {
@@ -167,10 +171,7 @@ impl Db {
                     st.pass_blocked += 1;
                     // Free pages below the target come back from `pending` after
                     // commits; if none will, the live data outgrew the target: re-plan.
-                    let coming = (self.w.pending.iter())
-                        .chain(&self.w.pending_young)
-                        .any(|&(_, id, _)| id < target);
-                    if !coming {
+                    if !self.w.pending_below(target) {
                         st.tree = TREE_COUNT;
                     }
                     break;
@@ -178,13 +179,21 @@ impl Db {
                 LeafMove::Done {
                     moved_pages,
                     copied_pages,
-                    runs_left: _,
+                    runs_left,
                     last,
                 } => {
                     visited += 1;
                     progress.moved_pages += moved_pages;
                     progress.copied_pages += copied_pages;
                     st.pass_moved_pages += moved_pages;
+                    // An overflow run with no contiguous free pages below the target yet
+                    // stays where it is; if pending pages below it will come back, the
+                    // pass is not clean (another pass tries again). (Counting such runs
+                    // as done left a 2-page run at the top of a 13-page file: etcd's e2e
+                    // TestCtlV3Alarm.)
+                    if runs_left > 0 && self.w.pending_below(target) {
+                        st.pass_blocked += 1;
+                    }
                     if last {
                         st.tree += 1;
                         st.key.clear();
@@ -237,7 +246,8 @@ impl Db {
     /// The new end is past the highest high-water mark of the working state, the
     /// published state and both on-disk metas (so either meta still opens), plus half a
     /// grow step; it is lowered only when the file is more than a whole step longer than
-    /// that (no shrink-grow flapping). No live snapshot reaches a page past the working
+    /// that (no shrink-grow flapping), or, while a defragmentation runs, more than half a
+    /// step. No live snapshot reaches a page past the working
     /// high-water mark (pages drop off the mark only from `free_now`). The `ftruncate`
     /// waits until every snapshot that existed when the length was lowered is dropped:
     /// one of them might be inside a read that checked a damaged page id against the
@@ -250,7 +260,14 @@ impl Db {
             .max(self.durable_high_water)
             .max(self.durable_prev_high_water);
         let step = self.w.step_pages(end);
-        if self.w.file_pages() > end + step {
+        // Outside a defragmentation, only a file more than a whole step too long is cut
+        // (no shrink-grow flapping); during one, anything past the half step it keeps.
+        let slack = if self.defrag.is_some() {
+            step.div_ceil(2)
+        } else {
+            step
+        };
+        if self.w.file_pages() > end + slack {
             let bytes = (end + step.div_ceil(2)) * PAGE_BYTES as u64;
             self.w.map.shrink_file_bytes(bytes);
             self.shrink_cut_after = Some(self.published.txn);

@@ -56,6 +56,15 @@ impl Writer {
         k as u64
     }
 
+    /// Whether a page below `target` waits in `pending` or `pending_young` (it comes back
+    /// to the free list after commits or once readers let go).
+    pub fn pending_below(&self, target: u64) -> bool {
+        self.pending
+            .iter()
+            .chain(&self.pending_young)
+            .any(|&(_, id, _)| id < target)
+    }
+
     /// Whether page `id` waits in `pending` or `pending_young`.
     pub fn is_pending(&self, id: u64) -> bool {
         self.pending
