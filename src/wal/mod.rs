@@ -577,10 +577,12 @@ impl Wal {
     /// their files, oldest first, with a directory fsync after each, so the survivors are
     /// always a consecutive run of seqs whatever order the unlinks reach the disk in. The
     /// raft loop does not wait for it: one 64 MiB segment's unlink and fsync took ~30 ms
-    /// on ext4 here, a stall of every write. A release still running is waited for first;
-    /// a failed one poisons the log (the next call returns the error).
+    /// on ext4 here, a stall of every write. A release still running is not waited for:
+    /// the new one's task waits for it before removing anything (so files still go
+    /// oldest first); a failed one poisons the log (this or the next call returns the
+    /// error).
     pub async fn start_release_to(&mut self, index: u64) -> Result<()> {
-        self.finish_release().await?;
+        self.check_release().await?;
         self.check_poisoned()?;
         assert!(
             self.snapshot.index + 1 >= index,
@@ -600,7 +602,11 @@ impl Wal {
             return Ok(());
         }
         let dir = self.dir.clone();
+        let previous = self.releasing.take();
         self.releasing = Some(glommio::spawn_local(async move {
+            if let Some(previous) = previous {
+                previous.await?;
+            }
             let handle = Directory::open(&dir)
                 .await
                 .map_err(|e| io_error(&dir, "open", e))?;

@@ -31,6 +31,19 @@ fn rot_every_page(db: &std::path::Path) {
     }
 }
 
+/// Waits up to 5 s for `etcdctl alarm list` to show a CORRUPT alarm (raised through raft).
+fn wait_for_corrupt_alarm(s: &Server) {
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = s.etcdctl(&["alarm", "list"]).stdout;
+        if listed.contains("alarm:CORRUPT") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no CORRUPT alarm listed: {listed}\n{}", s.log());
+}
+
 #[test]
 fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
     if !is_keel() {
@@ -102,15 +115,7 @@ fn reads_over_rotten_pages_answer_corrupt_and_a_write_stops_the_member() {
         log.contains(&format!("db file {} is corrupt at offset", db.display())),
         "{log}"
     );
-    let mut listed = String::new();
-    for _ in 0..50 {
-        listed = s.etcdctl(&["alarm", "list"]).stdout;
-        if listed.contains("alarm:CORRUPT") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(listed.contains("alarm:CORRUPT"), "{listed}\n{}", s.log());
+    wait_for_corrupt_alarm(&s);
     assert!(s.is_running(), "{}", s.log());
 
     // Now every page rots, the Meta tree's too: the raft core's apply of the next write
@@ -174,15 +179,7 @@ fn a_damaged_page_raises_the_corrupt_alarm() {
         got.stdout,
         got.stderr
     );
-    let mut listed = String::new();
-    for _ in 0..50 {
-        listed = s.etcdctl(&["alarm", "list"]).stdout;
-        if listed.contains("alarm:CORRUPT") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(listed.contains("alarm:CORRUPT"), "{listed}\n{}", s.log());
+    wait_for_corrupt_alarm(&s);
     let put = s.etcdctl(&["put", "k00", "x"]);
     assert!(
         !put.ok && put.stderr.contains("etcdserver: corrupt cluster"),
