@@ -39,6 +39,8 @@ where
 /// fanned-out watch event, a coalesced write): no trimming of the heap top below 256 MiB
 /// and no mmap for blocks under 32 MiB, so freed memory is reused instead of returned to
 /// the kernel and faulted in again. Call once at boot, before any executor thread starts.
+/// Since issue 22 the `keel` binary's Rust allocations go to mimalloc (its global
+/// allocator, in main.rs); this still governs what C code allocates through glibc.
 #[allow(unsafe_code)]
 pub fn tune_malloc() {
     // SAFETY: mallopt only sets allocator parameters; it is called before any executor
