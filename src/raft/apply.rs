@@ -484,6 +484,9 @@ impl RaftCore {
         let members = self
             .members()
             .map_err(|err| boot_err(format!("raft entry {}: {err}", e.index)))?;
+        if removed {
+            self.answer_forwarded_removal(cc.node_id, &members);
+        }
         self.reply_to_entry(e, Ok(MemberChanged { member, members }));
         Ok(())
     }

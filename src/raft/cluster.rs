@@ -81,7 +81,8 @@ pub struct Forwarding {
 pub(super) enum ForwardWaiter {
     LeaseRenew(ReplyTo<LeaseRenewed>),
     LeaseTimeToLive(ReplyTo<LeaseTtl>),
-    Member(ReplyTo<MemberChanged>),
+    /// A membership change; for a removal, the member it removes (`answer_forwarded_removal`).
+    Member(ReplyTo<MemberChanged>, Option<u64>),
     /// This member's corruption check, waiting for a peer's HashKV (no client waits).
     HashCheck(super::corrupt::HashAsk),
 }
@@ -92,7 +93,7 @@ impl Forwarding {
         match &self.waiter {
             ForwardWaiter::LeaseRenew(to) => Some(to.origin()),
             ForwardWaiter::LeaseTimeToLive(to) => Some(to.origin()),
-            ForwardWaiter::Member(to) => Some(to.origin()),
+            ForwardWaiter::Member(to, _) => Some(to.origin()),
             ForwardWaiter::HashCheck(_) => None,
         }
     }
@@ -536,7 +537,7 @@ impl RaftCore {
                 });
                 self.respond(out, to, res);
             }
-            ForwardWaiter::Member(to) => {
+            ForwardWaiter::Member(to, _) => {
                 let res = body.and_then(|b| match b {
                     W::MemberChanged(m) => Ok(MemberChanged {
                         member: m.member.as_ref().map(member_info),
@@ -571,12 +572,44 @@ impl RaftCore {
         op: MemberOp,
     ) {
         if self.node.raft.state != StateRole::Leader {
+            let removes = match op {
+                MemberOp::Remove { id } => Some(id),
+                _ => None,
+            };
             let request = forward_request(op);
-            return self.send_forward(out, ForwardWaiter::Member(to), request);
+            return self.send_forward(out, ForwardWaiter::Member(to, removes), request);
         }
         match self.propose_member_change(to.origin(), op) {
             Ok(()) => self.track_proposal(to.origin()),
             Err(e) => self.respond(out, to, Err(e)),
+        }
+    }
+
+    /// A removal this member forwarded is answered when this member applies it, not only
+    /// by the leader's reply: a leader that removes itself stops right after applying it,
+    /// and its reply may never leave (etcd's e2e TestCtlV3MemberRemovePeerTLS timed out
+    /// on that now and then). The leader's reply, if it still comes, finds no waiter.
+    pub(super) fn answer_forwarded_removal(&mut self, removed: u64, members: &[MemberInfo]) {
+        let ids: Vec<u64> = (self.forwards.to_leader.iter())
+            .filter(
+                |(_, f)| matches!(f.waiter, ForwardWaiter::Member(_, Some(id)) if id == removed),
+            )
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            let Some(Forwarding {
+                waiter: ForwardWaiter::Member(to, _),
+                ..
+            }) = self.forwards.to_leader.remove(&id)
+            else {
+                continue;
+            };
+            let body = Ok(MemberChanged {
+                member: None,
+                members: members.to_vec(),
+            });
+            let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
+            self.round.replies.push((to.from, reply));
         }
     }
 
