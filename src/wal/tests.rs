@@ -194,13 +194,7 @@ fn round_trip_with_rotation_overwrite_and_release() {
         assert_eq!(wal.last_index(), model.last_index());
 
         // Snapshot, then release: only segments wholly below the marker may go.
-        let m = SnapshotMarker {
-            index: model.last_index() - 5,
-            term: model.hard_state.term,
-        };
-        wal.save_snapshot_marker(m);
-        model.snapshot = m;
-        wal.sync().await.unwrap();
+        let m = mark_snapshot(&mut wal, &mut model, 5).await;
         let maxes: Vec<Option<u64>> = wal.segments.iter().map(|s| s.entry_index_max).collect();
         wal.release_to(m.index + 1).await.unwrap();
         let kept = segment_files(&dir);
@@ -228,6 +222,18 @@ fn round_trip_with_rotation_overwrite_and_release() {
     });
 }
 
+/// Writes and syncs a snapshot marker `back` entries below the last index, in the model too.
+async fn mark_snapshot(wal: &mut Wal, model: &mut Model, back: u64) -> SnapshotMarker {
+    let m = SnapshotMarker {
+        index: model.last_index() - back,
+        term: model.hard_state.term,
+    };
+    wal.save_snapshot_marker(m);
+    model.snapshot = m;
+    wal.sync().await.unwrap();
+    m
+}
+
 /// The raft loop's release (issue 22): segments leave the log at once and a task removes
 /// their files while appends, syncs and segment cuts go on; a later release queues behind
 /// it, and the directory always reopens to the model.
@@ -241,13 +247,7 @@ fn release_in_the_background_while_the_log_goes_on() {
         drive(&mut wal, &mut model, &mut seed, 400).await;
         let before = segment_files(&dir);
         assert!(before.len() >= 3, "rotation expected: {before:?}");
-        let m = SnapshotMarker {
-            index: model.last_index() - 3,
-            term: model.hard_state.term,
-        };
-        wal.save_snapshot_marker(m);
-        model.snapshot = m;
-        wal.sync().await.unwrap();
+        let m = mark_snapshot(&mut wal, &mut model, 3).await;
         let in_log = wal.segments.len();
         wal.start_release_to(m.index + 1).await.unwrap();
         assert!(wal.segments.len() < in_log, "no segment left the log");
@@ -255,13 +255,7 @@ fn release_in_the_background_while_the_log_goes_on() {
         drive(&mut wal, &mut model, &mut seed, 200).await;
         // A second release, while the first may still run, queues behind it (the writer
         // does not wait); once it is finished the files are those of the log.
-        let m = SnapshotMarker {
-            index: model.last_index() - 3,
-            term: model.hard_state.term,
-        };
-        wal.save_snapshot_marker(m);
-        model.snapshot = m;
-        wal.sync().await.unwrap();
+        let m = mark_snapshot(&mut wal, &mut model, 3).await;
         wal.start_release_to(m.index + 1).await.unwrap();
         wal.finish_release().await.unwrap();
         let files = segment_files(&dir);
