@@ -9,10 +9,12 @@
 //! - `timeout`: `grpc-timeout` values.
 //! - `client`:  the client side (bench, chaos harness): connect, unary calls, bidi streams.
 //! - `server`:  accept loop, connection task, stream task, `Router`, `Request`, `Responses`.
+//! - `spread`:  which core serves an accepted connection.
 //!
-//! Runs on: every core. Each core binds the client address with SO_REUSEPORT, accepts its
-//! own connections, and serves them on its own executor with its own `Router` (handlers
-//! are `!Send`). A connection and all its streams stay on the core that accepted it.
+//! Runs on: every core. Each core binds the client address with SO_REUSEPORT and accepts
+//! on it; `spread` hands each accepted connection to the core with the fewest live ones
+//! (ties to the raft core), which serves it on its own executor with its own `Router`
+//! (handlers are `!Send`). A connection and all its streams stay on the core that serves it.
 //!
 //! Invariants:
 //! - A malformed frame, message or header fails that stream with a gRPC status (or that
@@ -30,12 +32,13 @@ pub mod client;
 pub mod codec;
 pub mod http1;
 pub mod server;
+pub mod spread;
 pub mod status;
 pub mod timeout;
 
 pub use server::{
-    serve, serve_connection, Call, Config, Handler, Messages, Request, Responses, Router,
-    TrySendError,
+    serve, serve_connection, serve_spread, Call, Config, Handler, Listening, Messages, Request,
+    Responses, Router, TrySendError,
 };
 pub use status::{Code, Status};
 

@@ -369,21 +369,71 @@ pub async fn serve(
     router: Rc<Router>,
     config: Config,
 ) -> std::io::Result<()> {
-    let config = Rc::new(config);
-    let mode = Rc::new(mode);
+    let listening = Listening::new(mode, router, config);
     loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            // Out of fds or a connection reset before accept: keep serving the others.
+        let stream = accept(&listener).await?;
+        listening.spawn(stream.bind_to_executor(), None);
+    }
+}
+
+/// Like [`serve`], but each accepted connection goes where `spread` places it: served
+/// here, or handed to another core, which serves it with its own `Listening` for `slot`
+/// (see [`super::spread`]).
+pub async fn serve_spread(
+    listener: TcpListener,
+    slot: usize,
+    spread: Rc<super::spread::Spread>,
+    listening: Rc<Listening>,
+) -> std::io::Result<()> {
+    loop {
+        let stream = accept(&listener).await?;
+        match spread.place(slot, stream) {
+            super::spread::Placed::Here(stream, live) => {
+                listening.spawn(stream.bind_to_executor(), Some(live))
+            }
+            super::spread::Placed::Away => {}
+        }
+    }
+}
+
+/// The next connection; transient errors (out of fds, a connection reset before accept)
+/// are waited out so the others keep being served.
+async fn accept(listener: &TcpListener) -> std::io::Result<glommio::net::AcceptedTcpStream> {
+    loop {
+        match listener.shared_accept().await {
+            Ok(stream) => return Ok(stream),
             Err(e) if is_transient_accept_error(&e) => {
                 glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
             }
             Err(e) => return Err(e.into()),
-        };
+        }
+    }
+}
+
+/// How one listener's connections are served on this core: TLS or not, the handlers,
+/// the limits.
+pub struct Listening {
+    mode: Rc<Mode>,
+    router: Rc<Router>,
+    config: Rc<Config>,
+}
+
+impl Listening {
+    pub fn new(mode: Mode, router: Rc<Router>, config: Config) -> Self {
+        Self {
+            mode: Rc::new(mode),
+            router,
+            config: Rc::new(config),
+        }
+    }
+
+    /// Serves `stream` on its own task on this executor; `live` (its place in the
+    /// spread's counts) is dropped when the connection ends.
+    pub fn spawn(&self, stream: glommio::net::TcpStream, live: Option<super::spread::Live>) {
         let _ = stream.set_nodelay(true);
-        let (mode, router, config) = (mode.clone(), router.clone(), config.clone());
+        let (mode, router, config) = (self.mode.clone(), self.router.clone(), self.config.clone());
         glommio::spawn_local(async move {
+            let _live = live;
             let plain = Plain::Tcp(stream);
             let from = plain.peer_text();
             match mode.accept(plain).await {

@@ -33,6 +33,7 @@ use glommio::channels::local_channel;
 use glommio::channels::shared_channel::ConnectedSender;
 use glommio::net::TcpListener;
 use glommio::Placement;
+use grpc::spread::SpreadLinks;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -230,12 +231,14 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     install_signal_thread();
     let raft_core = CoreId(0);
     let (links, raft_links) = mesh::build(opts.cores, raft_core, REQUESTS_INFLIGHT_MAX);
+    let mut spreads = grpc::spread::build(opts.cores, raft_core.0 as usize).into_iter();
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<(u64, u64), String>>();
     let mut links = links.into_iter();
     let raft_core_links = links.next().expect("at least one core");
+    let raft_spread = spreads.next().expect("at least one core");
     let raft_opts = opts.clone();
     let raft_handle = core_executor("keel-core-0", opts.cpus[0], opts.cores)
-        .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_links, boot_tx))
+        .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_spread, raft_links, boot_tx))
         .map_err(|e| format!("cannot start the raft core: {e}"))?;
     match boot_rx.recv() {
         // A member that joined or restarted learns its IDs at boot.
@@ -249,7 +252,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
         }
         Err(_) => return Err("the raft core stopped during boot".into()),
     }
-    for link in links {
+    for (link, spread) in links.zip(spreads) {
         let core_opts = opts.clone();
         let cpu = link.core.0 as usize;
         core_executor(
@@ -257,7 +260,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
             core_opts.cpus[cpu],
             core_opts.cores,
         )
-        .spawn(move || core_main(core_opts, link))
+        .spawn(move || core_main(core_opts, link, spread))
         .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
     }
     match raft_handle.join() {
@@ -407,6 +410,7 @@ fn announce(opts: &ServerOptions) {
 async fn raft_core_main(
     opts: ServerOptions,
     link: CoreLinks,
+    spread: SpreadLinks,
     raft_links: RaftLinks,
     boot: std::sync::mpsc::Sender<Result<(u64, u64), String>>,
 ) -> Result<Exit, String> {
@@ -503,7 +507,7 @@ async fn raft_core_main(
         })
         .detach();
     }
-    if let Err(e) = listen(&opts, client, node) {
+    if let Err(e) = listen(&opts, client, node, spread) {
         let _ = boot.send(Err(e.clone()));
         return Err(e);
     }
@@ -512,7 +516,11 @@ async fn raft_core_main(
     result.map_err(|e| e.0)
 }
 
-async fn core_main(opts: ServerOptions, link: CoreLinks) -> Result<(), String> {
+async fn core_main(
+    opts: ServerOptions,
+    link: CoreLinks,
+    spread: SpreadLinks,
+) -> Result<(), String> {
     let to_raft = link
         .to_raft
         .expect("a non-raft core has a mailbox")
@@ -542,14 +550,20 @@ async fn core_main(opts: ServerOptions, link: CoreLinks) -> Result<(), String> {
         link.round_mark.clone(),
     );
     node.connect(link.peers_out, link.peers_in);
-    listen(&opts, client, node)?;
+    listen(&opts, client, node, spread)?;
     // Serve until the process exits (the raft core decides when).
     futures_lite::future::pending::<()>().await;
     Ok(())
 }
 
-/// Binds every client address on this core and serves each on its own task.
-fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Result<(), String> {
+/// Binds every client address on this core and serves each on its own task; accepted
+/// connections are spread over the cores (`grpc::spread`).
+fn listen(
+    opts: &ServerOptions,
+    client: Rc<RaftClient>,
+    node: Rc<Node>,
+    spread: SpreadLinks,
+) -> Result<(), String> {
     node.hub.configure(WatchConfig {
         cluster_id: opts.cluster_id,
         member_id: opts.member_id,
@@ -608,6 +622,8 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
         .iter()
         .map(|l| (l, &router))
         .chain(opts.listen_metrics.iter().map(|l| (l, &metrics_router)));
+    let mut listenings = Vec::new();
+    let mut listeners = Vec::new();
     for (l, router) in listens {
         let addr = l.addr;
         let listener =
@@ -617,10 +633,25 @@ fn listen(opts: &ServerOptions, client: Rc<RaftClient>, node: Rc<Node>) -> Resul
             (Some(a), false, true) => tls::stream::Mode::Tls(a.clone()),
             _ => tls::stream::Mode::Plain,
         };
-        let router = router.clone();
-        let config = grpc_config.clone();
+        listenings.push(Rc::new(grpc::Listening::new(
+            mode,
+            router.clone(),
+            grpc_config.clone(),
+        )));
+        listeners.push(listener);
+    }
+    // Every core binds the same listeners in the same order, so a slot names the same
+    // address on every core.
+    let served = listenings.clone();
+    let spread = spread.start(move |handoff, live| {
+        if let Some(listening) = served.get(handoff.slot) {
+            listening.spawn(handoff.stream.bind_to_executor(), Some(live));
+        }
+    });
+    for (slot, (listener, listening)) in listeners.into_iter().zip(listenings).enumerate() {
+        let spread = spread.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = grpc::serve(listener, mode, router, config).await {
+            if let Err(e) = grpc::serve_spread(listener, slot, spread, listening).await {
                 log::error("embed", &format!("client listener stopped: {e}"));
             }
         })
