@@ -50,3 +50,20 @@ pub fn tune_malloc() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
     }
 }
+
+/// Lets the calling thread run on every CPU the process may use (its main thread's mask,
+/// which no executor pins). A thread spawned from a pinned executor inherits that one
+/// CPU; a helper thread that should run beside the executor calls this first. Best
+/// effort: on failure the thread stays where it was.
+#[allow(unsafe_code)]
+pub fn unpin_current_thread() {
+    // SAFETY: `set` is a plain bitmask the kernel fills and reads; both calls are given
+    // its true size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0 {
+            libc::sched_setaffinity(0, size, &set);
+        }
+    }
+}

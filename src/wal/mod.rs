@@ -73,7 +73,10 @@
 //!    else `Corrupt` at the entry that leaves a gap.
 //!
 //! Open lists the directory with `std::fs::read_dir` (glommio has no async listing); that
-//! is boot-time only. Everything on the write path goes through glommio (io_uring).
+//! is boot-time only. The batch writes (the hot path) run on the log's own unpinned thread
+//! ([`segment::AppendThread`]: through io_uring they were punted to io-wq workers pinned to
+//! the raft core's CPU); everything else on the write path (segment preparation, the
+//! preamble, renames, directory fsyncs, removals) goes through glommio (io_uring).
 
 pub mod record;
 pub mod segment;
@@ -257,6 +260,10 @@ pub struct Wal {
     /// Oldest first; the last one is open for appending in `file`.
     segments: Vec<SegmentInfo>,
     file: BufferedFile,
+    /// The same open file as `file` (a duplicate descriptor), for the appends, which run
+    /// on the log's own thread (see [`segment::AppendThread`]).
+    appender: segment::Appender,
+    appends: segment::AppendThread,
     /// Offset of the next record in the current segment.
     write_offset: u64,
     /// Offset just past the current segment's preamble records.
@@ -347,6 +354,7 @@ impl Wal {
         .await?;
         let path = dir.join(name.file_name());
         segment::install(&file, &temp, &path, &dir_handle, preamble).await?;
+        let appender = segment::Appender::new(&file, &path)?;
         Ok(Wal {
             releasing: None,
             dir: dir.to_path_buf(),
@@ -358,6 +366,8 @@ impl Wal {
                 path,
                 entry_index_max: None,
             }],
+            appender,
+            appends: segment::AppendThread::start(dir)?,
             file,
             write_offset: preamble_end_offset,
             preamble_end_offset,
@@ -468,6 +478,8 @@ impl Wal {
             preamble_end_offset,
             last_crc: last_scan.last_crc,
             segments: segments.into_iter().map(|(info, _)| info).collect(),
+            appender: segment::Appender::new(&file, &last_path)?,
+            appends: segment::AppendThread::start(dir)?,
             file,
             hard_state: recovered.hard_state,
             snapshot: recovered.snapshot,
@@ -709,7 +721,9 @@ impl Wal {
                 std::io::Error::other("injected write failure"),
             ));
         }
-        segment::write_all_at(&self.file, &path, buf, offset).await?;
+        self.appends
+            .write_all_at(&self.appender, &path, buf, offset)
+            .await?;
         #[cfg(test)]
         if self.fail_point == Some(FailPoint::Fdatasync) {
             let source = std::io::Error::other("injected fdatasync failure");
@@ -753,6 +767,7 @@ impl Wal {
         };
         let path = self.dir.join(name.file_name());
         segment::install(&file, &temp, &path, &self.dir_handle, preamble).await?;
+        self.appender = segment::Appender::new(&file, &path)?;
         let old = std::mem::replace(&mut self.file, file);
         let old_path = self.current_path().to_path_buf();
         self.segments.push(SegmentInfo {

@@ -887,3 +887,41 @@ fn batches_larger_than_a_segment_rotate_and_replay() {
         assert_eq!(rec.truncated_tail, None);
     });
 }
+
+/// The append thread of a log opened on a pinned executor may run on every CPU the
+/// process may use, not only on the executor's (where io-wq's workers were stuck).
+#[test]
+fn the_append_thread_is_not_pinned_to_the_raft_core() {
+    fn allowed(task: &str) -> String {
+        let status = std::fs::read_to_string(format!("{task}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+        line.unwrap().split(':').nth(1).unwrap().trim().to_string()
+    }
+    let main = allowed(&format!("/proc/self/task/{}", std::process::id()));
+    let dir = test_dir("append-unpinned");
+    let path = dir.to_path_buf();
+    let seen = crate::runtime::executor_builder("wal-pinned", glommio::Placement::Fixed(0))
+        .spawn(move || async move {
+            let mut wal = Wal::create(&path, b"m", small_opts()).await.unwrap();
+            wal.append_entries(&[entry(1, 1, 10)]);
+            wal.sync().await.unwrap();
+            let mut seen = Vec::new();
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let task = task.unwrap().file_name().into_string().unwrap();
+                let comm = std::fs::read_to_string(format!("/proc/self/task/{task}/comm"));
+                if comm.is_ok_and(|c| c.trim() == "keel-wal-append") {
+                    seen.push(allowed(&format!("/proc/self/task/{task}")));
+                }
+            }
+            (allowed("/proc/thread-self"), seen)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let (executor, appenders) = seen;
+    assert_eq!(executor, "0", "the executor is pinned");
+    assert!(!appenders.is_empty(), "no keel-wal-append thread");
+    for a in appenders {
+        assert_eq!(a, main, "the append thread runs where the process may");
+    }
+}
