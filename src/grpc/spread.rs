@@ -200,6 +200,7 @@ impl Spread {
     }
 
     /// Live connections per core, as this core sees them now.
+    #[cfg(test)]
     pub fn live(&self) -> Vec<u32> {
         self.live
             .iter()

@@ -644,8 +644,11 @@ fn listen(
     // address on every core.
     let served = listenings.clone();
     let spread = spread.start(move |handoff, live| {
-        if let Some(listening) = served.get(handoff.slot) {
-            listening.spawn(handoff.stream.bind_to_executor(), Some(live));
+        let stream = handoff.stream.bind_to_executor();
+        match served.get(handoff.slot) {
+            Some(listening) => listening.spawn(stream, Some(live)),
+            // Never: every core binds the same listeners. Dropping the stream closes it.
+            None => drop(stream),
         }
     });
     for (slot, (listener, listening)) in listeners.into_iter().zip(listenings).enumerate() {

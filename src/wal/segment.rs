@@ -95,10 +95,6 @@ pub async fn write_all_at(file: &BufferedFile, path: &Path, buf: Vec<u8>, pos: u
     Ok(())
 }
 
-/// Makes what was written to a segment durable: an fdatasync, or nothing for a file opened
-/// with O_DSYNC (`dsync`), whose writes were durable when they completed. The `wal-fsync`
-/// failpoint fails whichever of the two made the data durable, after the write, as a
-/// failed flush to the disk would: the bytes may or may not be on the disk.
 /// A segment's open file, duplicated for the WAL's append thread ([`AppendThread`]).
 #[derive(Clone)]
 pub struct Appender(Arc<std::fs::File>);
@@ -135,8 +131,9 @@ struct Append {
 /// copy, its sync and the inode update then ran on the raft core's CPU between its turns
 /// while the other CPU could be idle. This thread is not pinned (`unpin_current_thread`),
 /// and it is the log's own: glommio's blocking pool is shared with bcrypt, whose logins
-/// could hold every pool thread for tens of milliseconds. put c64: +20% throughput, −15%
-/// server CPU per put (tuning.md, issue 22).
+/// could hold every pool thread for tens of milliseconds. put c64: +14% throughput, −10%
+/// server CPU per put; put c1: ~11 µs more per sync, the hand-off and the wake back
+/// (tuning.md, issue 22).
 ///
 /// One write at a time, in order (the `Wal` awaits each). Dropping it ends the thread
 /// once the writes already queued are done; nothing waits for that.
@@ -194,6 +191,10 @@ impl AppendThread {
     }
 }
 
+/// Makes what was written to a segment durable: an fdatasync, or nothing for a file opened
+/// with O_DSYNC (`dsync`), whose writes were durable when they completed. The `wal-fsync`
+/// failpoint fails whichever of the two made the data durable, after the write, as a
+/// failed flush to the disk would: the bytes may or may not be on the disk.
 pub async fn fdatasync(file: &BufferedFile, path: &Path, dsync: bool) -> Result<()> {
     if let Some(e) = failpoint::check_io(Point::WalFsync) {
         return Err(io_error(path, if dsync { "write" } else { "fdatasync" }, e));
