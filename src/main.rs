@@ -148,6 +148,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             max_txn_ops: cfg.max_txn_ops,
             shards: cores,
             shard_splits: cfg.shard_split_keys.clone(),
+            idle_spin: cfg.idle_spin,
             lease_checkpoint_interval: cfg.lease_checkpoint_interval,
             corrupt_check_interval: cfg.corrupt_check_interval,
             initial_corrupt_check: cfg.initial_corrupt_check,

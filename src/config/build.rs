@@ -132,6 +132,7 @@ pub(super) fn build(
         cores,
         cpu_list,
         shard_split_keys: shard_split_keys(values),
+        idle_spin: go_duration(raw(values, "idle-spin")).unwrap_or_default(),
         watch_progress_notify_interval: watch_progress_notify_interval(values),
         lease_checkpoint_interval: lease_checkpoint_interval(values),
         corrupt_check_interval: go_duration(raw(values, "experimental-corrupt-check-time"))

@@ -5,7 +5,7 @@
 //! `encoding/json` into its config struct), and this reader follows it:
 //! - only the first YAML document is read;
 //! - a key etcd's config does not have is ignored (here with a warning); Keel's own flags
-//!   (`cores`, `cpu-list`, `shard-split-keys`) are keys too;
+//!   (`cores`, `cpu-list`, `shard-split-keys`, `idle-spin`) are keys too;
 //! - a null or empty value (`key:`, `~`) keeps the default; an empty string does too for
 //!   URL lists, choices, `cors` and `host-whitelist`, as etcd's `configFromFile` does;
 //! - TLS settings live in two sections, `client-transport-security` and

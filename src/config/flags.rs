@@ -94,7 +94,7 @@ use Effect::{Keel, Silent, Warn};
 use Kind::{Bool, Choice, Duration, Ignored, Int, List, Str, Uint, Uint32, Urls};
 
 /// Every etcd 3.4 server flag, etcd 3.5's TLS and lease-checkpoint flags, and Keel's own
-/// (`--cores`, `--cpu-list`, `--shard-split-keys`), sorted by name so that environment
+/// (`--cores`, `--cpu-list`, `--shard-split-keys`, `--idle-spin`), sorted by name so that environment
 /// variables are applied in etcd's order.
 pub(super) const SPECS: &[Spec] = &[
     spec("advertise-client-urls", Urls, "http://localhost:2379", Keel),
@@ -188,6 +188,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("grpc-keepalive-timeout", Duration, "20s", Warn(NOT_BUILT)),
     spec("heartbeat-interval", Uint, "100", Keel),
     spec("host-whitelist", List, "*", Silent),
+    spec("idle-spin", Duration, "250us", Keel),
     spec(
         "initial-advertise-peer-urls",
         Urls,
@@ -340,6 +341,9 @@ Member:
   --quota-backend-bytes '0'             database size limit (0 means 2 GiB)
   --cores N                             cores to run on (default: all available)
   --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)
+  --idle-spin '250us'                   after a lightly loaded raft round, how long the
+                                        raft core polls before it sleeps (the WAL's
+                                        thread 4x as long); '0s' never spins
   --listen-metrics-urls ''              more URLs serving /metrics, /health, /livez and
                                         /readyz only (https ones use the client TLS files)
   --metrics 'basic'                     'extensive' adds grpc_server_handling_seconds

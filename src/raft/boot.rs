@@ -145,7 +145,7 @@ impl RaftCore {
             corrupt: Default::default(),
             node,
             store,
-            wal: persist::Persister::start(wal),
+            wal: persist::Persister::start(wal, opts.idle_spin),
             held: Default::default(),
             reads: ReadQueue {
                 waiting: Vec::new(),

@@ -147,6 +147,8 @@ pub struct RaftOptions {
     /// Key-range shards (one per core) and configured split keys (empty: from the data).
     pub shards: usize,
     pub shard_splits: Vec<Vec<u8>>,
+    /// `--idle-spin`: see [`persist`] (zero: never spin).
+    pub idle_spin: Duration,
     /// Lease checkpoints (`None`: off).
     pub lease_checkpoint_interval: Option<Duration>,
     /// `--experimental-corrupt-check-time` (`None`: no periodic check).

@@ -47,6 +47,7 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         max_txn_ops: 128,
         shards: 1,
         shard_splits: Vec::new(),
+        idle_spin: Duration::ZERO,
         lease_checkpoint_interval: None,
         corrupt_check_interval: None,
         initial_corrupt_check: false,

@@ -67,3 +67,44 @@ pub fn unpin_current_thread() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// The vendored glommio's `set_spin_before_park` (the raft core's idle spin): a pinned
+    /// executor that spins still wakes for its timers and for wakes from other threads,
+    /// and goes back to parking when the spin is turned off.
+    #[test]
+    fn a_spinning_executor_still_wakes_for_timers_and_other_threads() {
+        let got = super::executor_builder("spin-test", glommio::Placement::Fixed(0))
+            .spawn(|| async {
+                let mut got = Vec::new();
+                for spin in [
+                    Some(Duration::from_millis(50)),
+                    Some(Duration::from_micros(100)),
+                    None,
+                ] {
+                    glommio::executor().set_spin_before_park(spin);
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    let (tx, rx) = flume::bounded(1);
+                    let sender = std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(10));
+                        tx.send(spin).unwrap();
+                    });
+                    got.push(rx.recv_async().await.unwrap());
+                    sender.join().unwrap();
+                }
+                got
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let want = vec![
+            Some(Duration::from_millis(50)),
+            Some(Duration::from_micros(100)),
+            None,
+        ];
+        assert_eq!(got, want);
+    }
+}

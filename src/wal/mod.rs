@@ -264,6 +264,8 @@ pub struct Wal {
     /// on the log's own thread (see [`segment::AppendThread`]).
     appender: segment::Appender,
     appends: segment::AppendThread,
+    /// How long the append thread polls for its next write after each write.
+    append_spin: std::time::Duration,
     /// Offset of the next record in the current segment.
     write_offset: u64,
     /// Offset just past the current segment's preamble records.
@@ -368,6 +370,7 @@ impl Wal {
             }],
             appender,
             appends: segment::AppendThread::start(dir)?,
+            append_spin: std::time::Duration::ZERO,
             file,
             write_offset: preamble_end_offset,
             preamble_end_offset,
@@ -480,6 +483,7 @@ impl Wal {
             segments: segments.into_iter().map(|(info, _)| info).collect(),
             appender: segment::Appender::new(&file, &last_path)?,
             appends: segment::AppendThread::start(dir)?,
+            append_spin: std::time::Duration::ZERO,
             file,
             hard_state: recovered.hard_state,
             snapshot: recovered.snapshot,
@@ -522,6 +526,12 @@ impl Wal {
             self.pending.push(record);
             self.last_index = e.index;
         }
+    }
+
+    /// How long the append thread polls for the next write after each of the following
+    /// ones before it sleeps (zero: it sleeps at once); see `raft::persist` (idle spin).
+    pub fn set_append_spin(&mut self, spin: std::time::Duration) {
+        self.append_spin = spin;
     }
 
     /// Buffers a hard state.
@@ -722,7 +732,7 @@ impl Wal {
             ));
         }
         self.appends
-            .write_all_at(&self.appender, &path, buf, offset)
+            .write_all_at(&self.appender, &path, buf, offset, self.append_spin)
             .await?;
         #[cfg(test)]
         if self.fail_point == Some(FailPoint::Fdatasync) {

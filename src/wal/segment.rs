@@ -119,6 +119,8 @@ struct Append {
     file: Arc<std::fs::File>,
     buf: Vec<u8>,
     pos: u64,
+    /// How long to poll for the next job after this one before sleeping.
+    spin: std::time::Duration,
     done: flume::Sender<std::io::Result<()>>,
 }
 
@@ -135,6 +137,11 @@ struct Append {
 /// server CPU per put; put c1: ~11 µs more per sync, the hand-off and the wake back
 /// (tuning.md, issue 22).
 ///
+/// After a write whose job asks for it, the thread polls its queue (yielding the CPU to
+/// any other runnable thread) for that long before it sleeps: waking a sleeping thread
+/// costs tens of microseconds on a VM, a good part of one client's put (`raft::persist`,
+/// idle spin).
+///
 /// One write at a time, in order (the `Wal` awaits each). Dropping it ends the thread
 /// once the writes already queued are done; nothing waits for that.
 pub struct AppendThread {
@@ -148,22 +155,26 @@ impl AppendThread {
             .name("keel-wal-append".into())
             .spawn(move || {
                 crate::runtime::unpin_current_thread();
-                while let Ok(job) = queue.recv() {
+                let mut next = queue.recv().ok();
+                while let Some(job) = next {
                     use std::os::unix::fs::FileExt;
                     let _ = job.done.send(job.file.write_all_at(&job.buf, job.pos));
+                    next = spin_recv(&queue, job.spin).or_else(|| queue.recv().ok());
                 }
             })
             .map_err(|e| io_error(dir, "start the append thread", e))?;
         Ok(AppendThread { jobs })
     }
 
-    /// [`write_all_at`] on the append thread.
+    /// [`write_all_at`] on the append thread, which then polls for the next job for
+    /// `spin` before it sleeps.
     pub async fn write_all_at(
         &self,
         appender: &Appender,
         path: &Path,
         buf: Vec<u8>,
         pos: u64,
+        spin: std::time::Duration,
     ) -> Result<()> {
         if let Some(e) = failpoint::check_io(Point::WalWrite) {
             return Err(io_error(path, "write", e)); // nothing reached the file
@@ -173,6 +184,7 @@ impl AppendThread {
             file: appender.0.clone(),
             buf,
             pos,
+            spin,
             done,
         };
         let gone = || {
@@ -188,6 +200,22 @@ impl AppendThread {
             .await
             .map_err(|_| gone())?
             .map_err(|e| io_error(path, "write", e))
+    }
+}
+
+/// The next job if one arrives within `spin`, polling and yielding the CPU meanwhile.
+fn spin_recv<T>(queue: &flume::Receiver<T>, spin: std::time::Duration) -> Option<T> {
+    if spin.is_zero() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    loop {
+        match queue.try_recv() {
+            Ok(job) => return Some(job),
+            Err(flume::TryRecvError::Disconnected) => return None,
+            Err(flume::TryRecvError::Empty) if started.elapsed() >= spin => return None,
+            Err(flume::TryRecvError::Empty) => std::thread::yield_now(),
+        }
     }
 }
 
@@ -334,5 +362,51 @@ async fn preallocate(
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spin_recv;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn spin_recv_takes_a_job_that_comes_while_it_polls_and_never_waits_without_a_spin() {
+        let (tx, rx) = flume::unbounded::<u32>();
+        assert_eq!(
+            spin_recv(&rx, Duration::ZERO),
+            None,
+            "no spin: returns at once"
+        );
+        tx.send(1).unwrap();
+        assert_eq!(
+            spin_recv(&rx, Duration::ZERO),
+            None,
+            "no spin: not even a queued job"
+        );
+        assert_eq!(rx.try_recv(), Ok(1));
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(2).unwrap();
+            tx
+        });
+        assert_eq!(spin_recv(&rx, Duration::from_secs(30)), Some(2));
+        let tx = sender.join().unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            spin_recv(&rx, Duration::from_millis(30)),
+            None,
+            "nothing came"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(30),
+            "it polled the whole spin"
+        );
+        drop(tx);
+        assert_eq!(
+            spin_recv(&rx, Duration::from_secs(30)),
+            None,
+            "disconnected"
+        );
     }
 }

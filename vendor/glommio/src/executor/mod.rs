@@ -1116,6 +1116,8 @@ pub struct LocalExecutor {
     id: usize,
     reactor: Rc<reactor::Reactor>,
     stall_detector: RefCell<Option<StallDetector>>,
+    /// Keel patch: pinned, so `set_spin_before_park` may turn spinning on.
+    spins_allowed: bool,
 }
 
 impl LocalExecutor {
@@ -1152,6 +1154,7 @@ impl LocalExecutor {
         // `Placement` variants a CPU set could span multiple NUMA nodes).
         // For additional information see:
         // https://www.kernel.org/doc/html/latest/admin-guide/mm/numa_memory_policy.html
+        let spins_allowed = cpu_binding.is_some();
         match cpu_binding {
             Some(cpu_set) => bind_to_cpu_set(cpu_set)?,
             None => config.spin_before_park = None,
@@ -1161,6 +1164,7 @@ impl LocalExecutor {
         let id = notifier.id();
         trace!(id = id, "Creating executor");
         Ok(LocalExecutor {
+            spins_allowed,
             queues: Rc::new(RefCell::new(queues)),
             parker: p,
             id,
@@ -1315,6 +1319,12 @@ impl LocalExecutor {
         self.queues.borrow().spin_before_park
     }
 
+    fn set_spin_before_park(&self, spin: Option<Duration>) {
+        if self.spins_allowed {
+            self.queues.borrow_mut().spin_before_park = spin;
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
         self.reactor.need_preempt()
@@ -1452,7 +1462,6 @@ impl LocalExecutor {
             let waker = dummy_waker();
             let cx = &mut Context::from_waker(&waker);
 
-            let spin_before_park = self.spin_before_park().unwrap_or_default();
 
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
@@ -1494,7 +1503,13 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
+                        // Keel patch: the spin is read every turn (it can change at run
+                        // time), and the spinning thread yields to other runnable threads.
+                        let spin_before_park = this.spin_before_park().unwrap_or_default();
                         while !this.reactor.spin_poll_io().unwrap() {
+                            if !spin_before_park.is_zero() {
+                                std::thread::yield_now();
+                            }
                             if pre_time.elapsed() > spin_before_park {
                                 this.parker
                                     .park()
@@ -2215,6 +2230,23 @@ impl ExecutorProxy {
                 .as_ref()
                 .expect("this thread doesn't have a LocalExecutor running")
                 .get_reactor()
+        };
+    }
+
+    /// Keel patch: changes how long this executor spins (polling its rings, timers and
+    /// foreign wakes, yielding the CPU to other runnable threads) before it parks, from its
+    /// next idle turn on. `None` parks at once. Only a pinned executor spins (as with
+    /// [`LocalExecutorBuilder::spin_before_park`]).
+    pub fn set_spin_before_park(&self, spin: Option<Duration>) {
+        #[cfg(not(feature = "native-tls"))]
+        return LOCAL_EX.with(|local_ex| local_ex.set_spin_before_park(spin));
+
+        #[cfg(feature = "native-tls")]
+        return unsafe {
+            LOCAL_EX
+                .as_ref()
+                .expect("this thread doesn't have a LocalExecutor running")
+                .set_spin_before_park(spin)
         };
     }
 
