@@ -1462,7 +1462,6 @@ impl LocalExecutor {
             let waker = dummy_waker();
             let cx = &mut Context::from_waker(&waker);
 
-
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
                 .unwrap()
