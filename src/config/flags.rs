@@ -341,9 +341,9 @@ Member:
   --quota-backend-bytes '0'             database size limit (0 means 2 GiB)
   --cores N                             cores to run on (default: all available)
   --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)
-  --idle-spin '250us'                   after a lightly loaded raft round, how long the
-                                        raft core polls before it sleeps (the WAL's
-                                        thread 4x as long); '0s' never spins
+  --idle-spin '250us'                   how long the raft core polls before it sleeps
+                                        when puts come one at a time back to back (the
+                                        WAL's thread 4x as long); '0s' never spins
   --listen-metrics-urls ''              more URLs serving /metrics, /health, /livez and
                                         /readyz only (https ones use the client TLS files)
   --metrics 'basic'                     'extensive' adds grpc_server_handling_seconds

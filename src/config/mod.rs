@@ -83,9 +83,9 @@ pub struct Config {
     /// on the i-th; empty: core i on CPU i). Several members on one machine use it to
     /// keep their raft cores apart.
     pub cpu_list: Vec<usize>,
-    /// Keel's own `--idle-spin`: after a raft round that synced only a few entries, the
-    /// raft core polls this long before it sleeps, and the WAL's append thread 4× as long
-    /// (zero: never).
+    /// Keel's own `--idle-spin`: after a WAL sync of one entry that followed the last one
+    /// straight on, the raft core polls this long before it sleeps, and the WAL's append
+    /// thread 4× as long (zero: never; `raft::persist`).
     pub idle_spin: std::time::Duration,
     /// Keel's own `--shard-split-keys k1,k2,…`: where the key-range shards split (empty:
     /// chosen from the keys in the store at boot).
