@@ -18,12 +18,13 @@
 //! At one client a put waits on three sleeping threads in turn: the WAL's append thread
 //! for its job, the raft core for the append thread's answer and for the client's next
 //! request. On a VM each wake of an idle CPU is a halt exit, tens of microseconds. So after
-//! a *light* sync (at most [`LIGHT_SYNC_ENTRIES`] entries: nobody is queueing, latency
-//! is what counts) that began within `idle_spin` of the previous one's end (the put came
-//! straight back; see [`spin_after`]) the raft core's executor polls for `idle_spin` before it parks, and
-//! the append thread polls for 4× that before it sleeps; after a heavier sync neither
-//! spins (the load keeps them awake anyway, and a spin would take CPU the other threads
-//! need). Both yield to any other runnable thread while they spin. Measured against
+//! a *light* sync (at most [`LIGHT_SYNC_ENTRIES`] entries: nobody is queueing, latency is
+//! what counts) that began within `idle_spin` of the previous one's end (the put came
+//! straight back; see [`spin_after`]), the raft core's executor polls for `idle_spin`
+//! before it parks, and the append thread polls for 4× that before it sleeps. After any
+//! other sync neither spins (under load they stay awake anyway, a spin would take CPU the
+//! other threads need, and a trickle of puts would keep a CPU polling for nothing). Both
+//! yield to any other runnable thread while they spin. Measured against
 //! `--idle-spin 0s` (tuning.md, issue 22): put p50 at one client 240–270 → 160–185 µs,
 //! at two clients +40% throughput; at 4, 16 and 64 clients no change beyond the noise.
 //!
