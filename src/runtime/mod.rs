@@ -107,4 +107,55 @@ mod tests {
         ];
         assert_eq!(got, want);
     }
+
+    /// The vendored glommio keeps its preemption timers armed across turns (KEEL-PATCH.md):
+    /// a busy task queue is still preempted every period, re-armed after each time the
+    /// timer fires, and a timer shorter than the armed preemption timer still ends a sleep
+    /// on time (the kept timer is cancelled for it). The bounds are a tenth and two thirds
+    /// of glommio's 100 ms period apart, far from any scheduling noise.
+    #[test]
+    fn kept_preemption_timers_still_preempt_and_do_not_delay_user_timers() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        use std::time::Instant;
+        let (preempted, slept) =
+            super::executor_builder("preempt-test", glommio::Placement::Unbound)
+                .spawn(|| async {
+                    // A CPU-bound task that yields only when told to: the other task runs only
+                    // when the preemption timer fires.
+                    let ran = Rc::new(Cell::new(0u32));
+                    let counter = {
+                        let ran = ran.clone();
+                        glommio::spawn_local(async move {
+                            loop {
+                                ran.set(ran.get() + 1);
+                                futures_lite::future::yield_now().await;
+                            }
+                        })
+                        .detach()
+                    };
+                    let started = Instant::now();
+                    while started.elapsed() < Duration::from_millis(450) {
+                        glommio::yield_if_needed().await;
+                    }
+                    let preempted = ran.get();
+                    counter.cancel();
+                    // Busy turns armed a preemption timer due ~100 ms from now; a 5 ms timer
+                    // must not wait for it.
+                    for _ in 0..1000 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    let started = Instant::now();
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    (preempted, started.elapsed())
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        assert!(preempted >= 3, "preempted {preempted} times in 450 ms");
+        assert!(
+            slept < Duration::from_millis(70),
+            "a 5 ms sleep took {slept:?}"
+        );
+    }
 }

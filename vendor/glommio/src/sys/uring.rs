@@ -1222,6 +1222,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Keel patch: when the armed latency preemption timer fires.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1355,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1817,54 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // Keel patch: upstream cancels both preemption timers and arms new ones on every
+        // turn, and cancels the latency timer before each sleep, which costs two
+        // cancellations, three new SQEs and up to three ring enters per turn. Here the
+        // latency timer stays armed while it has not fired: on a busy turn while it has
+        // at least half its period to go (a task queue may be preempted after half the
+        // period instead of a whole one), on a turn that may sleep while it fires no
+        // later than the user timer the sleep must wake for (the sleep may end early, at
+        // its deadline, and then sleeps again). The throughput timer stays armed until it
+        // fires (it then counts completions over several turns instead of one: an early
+        // preemption at worst). An early preemption or wake is only an extra turn.
+        let preempt = preempt_timer();
+        let now = Instant::now();
+        let kept_latency = match self.latency_preemption_timeout_src.take() {
+            Some(src) if src.result().is_none() => {
+                let deadline = self.latency_preemption_deadline.get();
+                let keep = deadline.is_some_and(|t| match (preempt, user_timer) {
+                    (Some(period), _) => t > now + period / 2,
+                    (None, Some(user)) => t <= now + user,
+                    (None, None) => true,
+                });
+                if keep {
+                    self.latency_preemption_timeout_src.set(Some(src));
+                } else {
+                    drop(src);
+                    self.latency_preemption_deadline.set(None);
+                }
+                keep
+            }
+            old => {
+                drop(old);
+                self.latency_preemption_deadline.set(None);
+                false
+            }
+        };
+        match self.throughput_preemption_timeout_src.take() {
+            Some(src) if src.result().is_none() => {
+                self.throughput_preemption_timeout_src.set(Some(src));
+            }
+            old => {
+                drop(old);
+                self.throughput_preemption_timeout_src.set(Some(
+                    main_ring.prepare_throughput_preemption_timer(
+                        self.ring_depth() as u32,
+                        self.eventfd_src.raw(),
+                    ),
+                ));
+            }
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1841,7 +1876,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1850,9 +1885,11 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            if let Some(dur) = user_timer.filter(|_| !kept_latency) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + dur));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1882,9 +1919,13 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if !kept_latency {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + preempt));
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
