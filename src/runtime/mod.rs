@@ -140,11 +140,9 @@ mod tests {
                     }
                     let preempted = ran.get();
                     counter.cancel();
-                    // Busy turns armed a preemption timer due ~100 ms from now; a 5 ms timer
-                    // must not wait for it.
-                    for _ in 0..1000 {
-                        futures_lite::future::yield_now().await;
-                    }
+                    // The turn after a short sleep arms a preemption timer due 100 ms
+                    // later; a 5 ms timer must not wait for it.
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
                     let started = Instant::now();
                     glommio::timer::sleep(Duration::from_millis(5)).await;
                     (preempted, started.elapsed())
