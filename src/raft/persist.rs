@@ -23,8 +23,10 @@
 //! straight back; see [`spin_after`]), the raft core's executor polls for `idle_spin`
 //! before it parks, and the append thread polls for 4× that before it sleeps. After any
 //! other sync neither spins (under load they stay awake anyway, a spin would take CPU the
-//! other threads need, and a trickle of puts would keep a CPU polling for nothing). Both
-//! yield to any other runnable thread while they spin. Measured against
+//! other threads need, and a trickle of puts would keep a CPU polling for nothing). When
+//! no command follows within `idle_spin`, the writer turns the raft core's spin off (an
+//! idle member would otherwise poll after every wake, raft ticks and reads, until the next
+//! sync). Both yield to any other runnable thread while they spin. Measured against
 //! `--idle-spin 0s` (tuning.md, issue 22): put p50 at one client 240–270 → 160–185 µs,
 //! at two clients +40% throughput; at 4, 16 and 64 clients no change beyond the noise.
 //!
@@ -190,7 +192,30 @@ async fn writer(
         let _ = done.try_send(Done::Failed(e));
     };
     let mut last_sync_end: Option<Instant> = None;
-    while let Some(first) = cmds.recv().await {
+    // Whether the last sync turned the raft core's spin on.
+    let mut spinning = false;
+    loop {
+        let first = if spinning {
+            // No put within the spin of the last one: stop the raft core's spin, or an
+            // idle member would poll after every wake (raft ticks, reads) until the next
+            // sync.
+            let next = futures_lite::future::or(async { Some(cmds.recv().await) }, async {
+                glommio::timer::sleep(idle_spin).await;
+                None
+            })
+            .await;
+            match next {
+                Some(c) => c,
+                None => {
+                    glommio::executor().set_spin_before_park(None);
+                    spinning = false;
+                    cmds.recv().await
+                }
+            }
+        } else {
+            cmds.recv().await
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while let Some(Some(c)) = futures_lite::future::poll_once(cmds.recv()).await {
             batch.push(c);
@@ -229,6 +254,7 @@ async fn writer(
                 let gap = last_sync_end.map(|end| started.saturating_duration_since(end));
                 let spin = spin_after(entry_count, gap, idle_spin).then_some(idle_spin);
                 glommio::executor().set_spin_before_park(spin);
+                spinning = spin.is_some();
                 wal.set_append_spin(spin.map_or(Duration::ZERO, |s| s * APPEND_SPIN_FACTOR));
             }
             if let Err(e) = wal.sync().await {
@@ -259,8 +285,51 @@ async fn writer(
 
 #[cfg(test)]
 mod tests {
-    use super::spin_after;
+    use super::{spin_after, Done, Persister};
+    use crate::wal::{self, Wal};
     use std::time::Duration;
+
+    /// Two light syncs back to back turn the raft core's spin on; with no put after them
+    /// for longer than the spin, the writer turns it off again (an idle member would
+    /// otherwise poll after every wake until the next sync).
+    #[test]
+    fn the_spin_ends_when_no_put_follows_within_it() {
+        let dir = std::env::temp_dir().join(format!("keel-persist-spin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spin = Duration::from_millis(20);
+        let wal_dir = dir.clone();
+        let (on, off) =
+            crate::runtime::executor_builder("persist-spin", glommio::Placement::Fixed(0))
+                .spawn(move || async move {
+                    let wal = Wal::create(&wal_dir, b"m", wal::WalOptions::default())
+                        .await
+                        .unwrap();
+                    let mut p = Persister::start(wal, spin);
+                    for index in 1..=2 {
+                        let entry = wal::Entry {
+                            term: 1,
+                            index,
+                            data: b"put".to_vec(),
+                            ..wal::Entry::default()
+                        };
+                        p.persist(index, vec![entry], None, true);
+                        match p.next().await {
+                            Done::Persisted(n) => assert_eq!(n, index),
+                            _ => panic!("entry {index} was not persisted"),
+                        }
+                    }
+                    let on = glommio::executor().spin_before_park();
+                    glommio::timer::sleep(spin * 3).await;
+                    let off = glommio::executor().spin_before_park();
+                    p.close().await;
+                    (on, off)
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((on, off), (Some(spin), None));
+    }
 
     #[test]
     fn only_light_syncs_that_follow_straight_on_spin() {

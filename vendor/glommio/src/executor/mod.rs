@@ -2249,6 +2249,21 @@ impl ExecutorProxy {
         };
     }
 
+    /// Keel patch: the spin [`ExecutorProxy::set_spin_before_park`] last set (what the
+    /// executor was built with until then).
+    pub fn spin_before_park(&self) -> Option<Duration> {
+        #[cfg(not(feature = "native-tls"))]
+        return LOCAL_EX.with(|local_ex| local_ex.spin_before_park());
+
+        #[cfg(feature = "native-tls")]
+        return unsafe {
+            LOCAL_EX
+                .as_ref()
+                .expect("this thread doesn't have a LocalExecutor running")
+                .spin_before_park()
+        };
+    }
+
     /// Returns the id of the current executor
     ///
     /// If called from a [`LocalExecutor`], returns the id of the executor.
