@@ -192,28 +192,25 @@ async fn writer(
         let _ = done.try_send(Done::Failed(e));
     };
     let mut last_sync_end: Option<Instant> = None;
-    // Whether the last sync turned the raft core's spin on.
-    let mut spinning = false;
     loop {
-        let first = if spinning {
-            // No put within the spin of the last one: stop the raft core's spin, or an
-            // idle member would poll after every wake (raft ticks, reads) until the next
-            // sync.
-            let next = futures_lite::future::or(async { Some(cmds.recv().await) }, async {
+        // While the last sync left the raft core spinning, a command must come within the
+        // spin, or the spin stops: an idle member would otherwise poll after every wake
+        // (raft ticks, reads) until the next sync. (The append thread's spin ends by
+        // itself after its job.)
+        let first = if glommio::executor().spin_before_park().is_none() {
+            cmds.recv().await
+        } else {
+            let within = futures_lite::future::or(async { Some(cmds.recv().await) }, async {
                 glommio::timer::sleep(idle_spin).await;
                 None
-            })
-            .await;
-            match next {
+            });
+            match within.await {
                 Some(c) => c,
                 None => {
                     glommio::executor().set_spin_before_park(None);
-                    spinning = false;
                     cmds.recv().await
                 }
             }
-        } else {
-            cmds.recv().await
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
@@ -254,7 +251,6 @@ async fn writer(
                 let gap = last_sync_end.map(|end| started.saturating_duration_since(end));
                 let spin = spin_after(entry_count, gap, idle_spin).then_some(idle_spin);
                 glommio::executor().set_spin_before_park(spin);
-                spinning = spin.is_some();
                 wal.set_append_spin(spin.map_or(Duration::ZERO, |s| s * APPEND_SPIN_FACTOR));
             }
             if let Err(e) = wal.sync().await {
@@ -294,10 +290,9 @@ mod tests {
     /// otherwise poll after every wake until the next sync).
     #[test]
     fn the_spin_ends_when_no_put_follows_within_it() {
-        let dir = std::env::temp_dir().join(format!("keel-persist-spin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::wal::tests::test_dir("persist-spin");
         let spin = Duration::from_millis(20);
-        let wal_dir = dir.clone();
+        let wal_dir = dir.to_path_buf();
         let (on, off) =
             crate::runtime::executor_builder("persist-spin", glommio::Placement::Fixed(0))
                 .spawn(move || async move {
@@ -327,7 +322,6 @@ mod tests {
                 .unwrap()
                 .join()
                 .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!((on, off), (Some(spin), None));
     }
 

@@ -82,7 +82,7 @@ pub mod record;
 pub mod segment;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use record::{decode_segment_bytes, SegmentScan};
 

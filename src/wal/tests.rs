@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A WAL directory under the temp dir, removed (with its parents made here) on drop.
-struct TestDir {
+pub(crate) struct TestDir {
     root: PathBuf,
     wal: PathBuf,
 }
@@ -34,7 +34,7 @@ impl Drop for TestDir {
     }
 }
 
-fn test_dir(name: &str) -> TestDir {
+pub(crate) fn test_dir(name: &str) -> TestDir {
     let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
     let root = std::env::temp_dir()
         .join("keel-wal-tests")
