@@ -9,16 +9,20 @@
 //! Invariants (checked by `KeyHistory::invariants`):
 //! - revisions strictly increase across all generations of a key;
 //! - only the last generation may be empty; every other one ends with its tombstone;
-//! - `modified` is the largest revision;
-//! - a key whose history is a single empty generation is not in the map;
-//! - `live_create_revision` / `live_version` describe the last generation (version 0 when
-//!   the key is deleted now), so a read at or after `modified` needs no generation walk.
+//! - a key whose history is a single empty generation is not in the map.
+//!
+//! The last generation is stored inline in the [`KeyHistory`], itself inline in the map's
+//! table, and a generation's first revision inline in it: a key with one life and one
+//! revision (most keys of a large store) takes no allocation of its own, and a put or a
+//! read at the newest revision reads the generation from the table's cache line instead
+//! of following pointers to it and to its revisions.
 //!
 //! Keys of up to [`INLINE_KEY_BYTES_MAX`] bytes are stored inline in the map's nodes
 //! ([`IndexKey`]), so a lookup compares bytes already in the node instead of chasing one
 //! heap pointer (one cache miss) per comparison.
 
 use super::revision::Revision;
+use smallvec::{smallvec, SmallVec};
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
@@ -203,31 +207,36 @@ pub struct Generation {
     pub version: i64,
     /// Revision of the put that created this life.
     pub created: Revision,
-    pub revs: Vec<Revision>,
+    /// Inline while the life has one revision (most keys of a large store): no
+    /// allocation of its own, and no pointer to follow.
+    pub revs: SmallVec<[Revision; 1]>,
 }
 
-/// etcd's keyIndex: one key's generations.
+/// etcd's keyIndex: one key's generations. The vector spills to the heap only once the
+/// key has been deleted (a finished generation and the empty current one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyHistory {
-    pub modified: Revision,
-    pub generations: Vec<Generation>,
-    /// `created.main` of the last generation.
-    live_create_revision: i64,
-    /// `version` of the last generation: 0 when the key is deleted now.
-    live_version: i64,
+    pub generations: SmallVec<[Generation; 1]>,
 }
 
 impl KeyHistory {
+    /// The largest revision (the default for no history): the last one of the last
+    /// generation, or of the one before it when the key is deleted now.
+    pub fn modified(&self) -> Revision {
+        let mut gens = self.generations.iter().rev();
+        let last = gens.next().and_then(|g| g.revs.last());
+        last.or_else(|| gens.next().and_then(|g| g.revs.last()))
+            .copied()
+            .unwrap_or_default()
+    }
+
     fn is_empty(&self) -> bool {
         self.generations.len() == 1 && self.generations[0].revs.is_empty()
     }
 
     fn put(&mut self, rev: Revision) {
-        assert!(
-            rev > self.modified,
-            "put at {rev:?} not after {:?}",
-            self.modified
-        );
+        let modified = self.modified();
+        assert!(rev > modified, "put at {rev:?} not after {modified:?}");
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
         }
@@ -237,9 +246,6 @@ impl KeyHistory {
         }
         g.revs.push(rev);
         g.version += 1;
-        self.live_create_revision = g.created.main;
-        self.live_version = g.version;
-        self.modified = rev;
     }
 
     /// False (and no change) if the key is not alive now.
@@ -250,8 +256,6 @@ impl KeyHistory {
         }
         self.put(rev);
         self.generations.push(Generation::default());
-        self.live_create_revision = 0;
-        self.live_version = 0;
         true
     }
 
@@ -275,15 +279,17 @@ impl KeyHistory {
     #[inline]
     fn get(&self, at: i64) -> Option<KeyAt> {
         // Fast path: at or after the last change, the answer is the key's live state.
-        if at >= self.modified.main {
-            if self.live_version == 0 {
-                return None;
+        let g = self.generations.last()?;
+        match g.revs.last() {
+            Some(&modified) if at >= modified.main => {
+                return Some(KeyAt {
+                    modified,
+                    create_revision: g.created.main,
+                    version: g.version,
+                });
             }
-            return Some(KeyAt {
-                modified: self.modified,
-                create_revision: self.live_create_revision,
-                version: self.live_version,
-            });
+            None if at >= self.modified().main => return None, // deleted since
+            _ => {}
         }
         self.get_in_history(at)
     }
@@ -366,16 +372,7 @@ impl KeyHistory {
                 prev = Some(*r);
             }
         }
-        if let Some(p) = prev {
-            assert_eq!(p, self.modified);
-        }
-        let g = &self.generations[last];
-        if g.revs.is_empty() {
-            assert_eq!(self.live_version, 0);
-        } else {
-            assert_eq!(self.live_version, g.version);
-            assert_eq!(self.live_create_revision, g.created.main);
-        }
+        assert_eq!(prev.unwrap_or_default(), self.modified());
     }
 }
 
@@ -563,13 +560,10 @@ impl KeyIndex {
             let g = Generation {
                 version,
                 created: Revision::new(create_revision, 0),
-                revs: vec![rev],
+                revs: smallvec![rev],
             };
             *h = KeyHistory {
-                modified: rev,
-                generations: vec![g],
-                live_create_revision: create_revision,
-                live_version: version,
+                generations: smallvec![g],
             };
             self.live += 1;
         } else {
@@ -674,6 +668,31 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// The memory layout the index's size per key rests on (issue 23): a key with one
+    /// life and one revision lives in the map's table alone, and a history is no bigger
+    /// than before its last generation moved inline.
+    #[test]
+    fn a_key_with_one_revision_takes_no_allocation() {
+        assert!(std::mem::size_of::<Generation>() <= 48);
+        assert!(std::mem::size_of::<KeyHistory>() <= 56);
+        let mut ix = KeyIndex::new();
+        ix.put(b"k", r(7));
+        let h = ix.history(b"k").unwrap();
+        assert!(!h.generations.spilled() && !h.generations[0].revs.spilled());
+        assert_eq!(ix.get(b"k", 7), at(7, 7, 1));
+        ix.put(b"k", r(8));
+        assert!(ix.history(b"k").unwrap().generations[0].revs.spilled());
+        assert_eq!(
+            (ix.get(b"k", 7), ix.get(b"k", 9)),
+            (at(7, 7, 1), at(8, 7, 2))
+        );
+        assert!(ix.tombstone(b"k", r(9)));
+        let h = ix.history(b"k").unwrap();
+        assert_eq!((h.generations.len(), h.modified()), (2, r(9)));
+        assert_eq!((ix.get(b"k", 8), ix.get(b"k", 9)), (at(8, 7, 2), None));
+        ix.invariants();
+    }
+
     #[test]
     fn get_follows_generations() {
         let ix = foo();
@@ -696,7 +715,7 @@ mod tests {
         let mut ix = foo();
         assert!(!ix.tombstone(b"foo", r(6)));
         assert!(!ix.tombstone(b"nope", r(6)));
-        assert_eq!(ix.history(b"foo").unwrap().modified, r(5));
+        assert_eq!(ix.history(b"foo").unwrap().modified(), r(5));
     }
 
     #[test]

@@ -382,7 +382,9 @@ fn delete_range_tombstones_and_recreate() {
         vec![kv("b", "b", 3, 3, 1), kv("c", "z", 4, 7, 2)]
     );
     // Both tombstones share revision 8 with increasing sub.
-    let tree: Vec<_> = s.index().history(b"c").unwrap().generations[0].revs.clone();
+    let tree: Vec<_> = s.index().history(b"c").unwrap().generations[0]
+        .revs
+        .to_vec();
     assert_eq!(tree.last().unwrap(), &super::Revision::new(8, 1));
     // Deleting nothing takes no revision.
     let r = del(&mut s, "b", "d");
@@ -553,7 +555,7 @@ fn txn_one_revision_nested_and_reads_own_writes() {
         ["b", "c", "d", "e", "x", "y"]
     );
     let hist = s.index().history(b"y").unwrap();
-    assert_eq!(hist.modified, super::Revision::new(8, 1));
+    assert_eq!(hist.modified(), super::Revision::new(8, 1));
     // A read-only txn takes no revision; neither does one whose deletes hit nothing.
     let ro = TxnRequest {
         success: vec![RequestOp::RequestRange(rr("a", ""))],
