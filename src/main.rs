@@ -145,6 +145,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             election_timeout_ms: cfg.election_timeout_ms,
             snapshot_count: cfg.snapshot_count,
+            snapshot_bytes: cfg.snapshot_bytes,
             max_txn_ops: cfg.max_txn_ops,
             shards: cores,
             shard_splits: cfg.shard_split_keys.clone(),

@@ -77,6 +77,7 @@ pub(super) fn build(
         0 => DEFAULT_SNAPSHOT_COUNT,
         count => count,
     };
+    let snapshot_bytes = positive(values, "snapshot-bytes")? as u64;
     let quota_backend_bytes = quota_backend_bytes(values)?;
     let cpu_list = cpu_list(raw(values, "cpu-list"), cores_available)?;
     let cores = cores(values, cores_available, &cpu_list)?;
@@ -126,6 +127,7 @@ pub(super) fn build(
         max_txn_ops,
         max_concurrent_streams,
         snapshot_count,
+        snapshot_bytes,
         heartbeat_interval_ms,
         election_timeout_ms,
         quota_backend_bytes,

@@ -81,6 +81,7 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         max_txn_ops: 128,
         max_concurrent_streams: u32::MAX,
         snapshot_count: 10_000,
+        snapshot_bytes: 64 << 20,
         heartbeat_interval_ms: 100,
         election_timeout_ms: 1000,
         quota_backend_bytes: 0,

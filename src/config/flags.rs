@@ -268,6 +268,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("self-signed-cert-validity", Uint, "1", Keel),
     spec("snapshot", Ignored, "", Silent),
     spec("shard-split-keys", List, "", Keel),
+    spec("snapshot-bytes", Uint, "67108864", Keel),
     spec("snapshot-count", Uint, "100000", Keel),
     spec("strict-reconfig-check", Bool, "true", Keel),
     spec("test.coverprofile", Ignored, "", Silent),
@@ -332,6 +333,8 @@ Member:
   --data-dir '${name}.keel'             where the data lives
   --wal-dir ''                          put the write-ahead log in its own directory
   --snapshot-count '100000'             committed entries between snapshots
+  --snapshot-bytes '67108864'           also snapshot when the raft log held in memory
+                                        reaches this many bytes (large values)
   --heartbeat-interval '100'            leader heartbeat, in milliseconds
   --election-timeout '1000'             election timeout, in milliseconds (>= 5 heartbeats)
   --listen-peer-urls 'http://localhost:2380'

@@ -15,7 +15,7 @@
 //! - `initial_cluster` contains `name`, and for a new cluster its URLs for `name`
 //!   are exactly `initial_advertise_peer_urls`;
 //! - `5 * heartbeat_interval_ms <= election_timeout_ms <= 50000`;
-//! - `max_request_bytes`, `max_txn_ops`, `snapshot_count` are positive and
+//! - `max_request_bytes`, `max_txn_ops`, `snapshot_count`, `snapshot_bytes` are positive and
 //!   `cores`, when set, is between 1 and the number of available cores.
 //!
 //! Precedence follows etcd: a config file replaces all flags and environment
@@ -73,6 +73,9 @@ pub struct Config {
     /// the JSON gateway (etcd's gateway is one gRPC connection to its own member).
     pub max_concurrent_streams: u32,
     pub snapshot_count: u64,
+    /// Keel's `--snapshot-bytes`: a snapshot is also taken when the raft log held in
+    /// memory reaches this many bytes, which bounds it for large values.
+    pub snapshot_bytes: u64,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     /// 0 means etcd's default quota (2 GiB).

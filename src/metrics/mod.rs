@@ -147,9 +147,10 @@ pub enum Gauge {
     CompactRevision,
     DefragInflight,
     SnapshotApplyInProgress,
+    RaftLogBytes,
 }
 
-const GAUGES: [(Gauge, &str, &str); 17] = [
+const GAUGES: [(Gauge, &str, &str); 18] = [
     (
         Gauge::HasLeader,
         "etcd_server_has_leader",
@@ -234,6 +235,11 @@ const GAUGES: [(Gauge, &str, &str); 17] = [
         Gauge::SnapshotApplyInProgress,
         "etcd_server_snapshot_apply_in_progress_total",
         "1 while a snapshot from the leader is being installed.",
+    ),
+    (
+        Gauge::RaftLogBytes,
+        "keel_raft_log_bytes",
+        "Bytes of the raft log held in memory until the next snapshot (--snapshot-bytes).",
     ),
 ];
 

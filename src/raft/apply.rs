@@ -509,8 +509,12 @@ impl RaftCore {
     /// `snapshot_count` entries have been applied since the last one.
     pub async fn maybe_commit(&mut self, now: Instant, force: bool) -> Result<(), BootError> {
         let dirty = self.store.consistent_index() > self.db_committed_index;
+        let log_bytes = self.node.store().bytes();
+        metrics::set(metrics::Gauge::RaftLogBytes, log_bytes as f64);
+        let log_full = log_bytes >= self.opts.snapshot_bytes;
         let due = now.duration_since(self.last_db_commit) >= DB_COMMIT_INTERVAL
-            || self.store.consistent_index() - self.db_committed_index >= DB_COMMIT_ENTRIES_MAX;
+            || self.store.consistent_index() - self.db_committed_index >= DB_COMMIT_ENTRIES_MAX
+            || log_full;
         if !dirty {
             return Ok(());
         }
@@ -519,7 +523,9 @@ impl RaftCore {
             return Ok(());
         }
         self.commit_db(now).await?;
-        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1) {
+        if self.db_committed_index - self.snapshot_index >= self.opts.snapshot_count.max(1)
+            || (log_full && self.db_committed_index > self.snapshot_index)
+        {
             self.snapshot().await?;
         }
         Ok(())
@@ -574,7 +580,13 @@ impl RaftCore {
         self.mark_durable(wal::SnapshotMarker { index, term })
             .await?;
         self.snapshot_index = index;
-        let keep_from = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES);
+        // Entries kept for followers a little behind: etcd's 5,000, and at most a quarter
+        // of `--snapshot-bytes` of them (large values).
+        let keep_from = index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES).max(
+            self.node
+                .store()
+                .first_index_within(index, self.opts.snapshot_bytes / 4),
+        );
         if keep_from > self.node.store().first_index_raw() {
             let dropped = self.node.mut_store().compact(keep_from - 1);
             // Freed on glommio's blocking thread pool: ~30 ms for 100,000 entries, which

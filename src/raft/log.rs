@@ -21,6 +21,8 @@ pub struct LogStore {
     snapshot_index: u64,
     snapshot_term: u64,
     entries: Vec<Entry>,
+    /// [`entry_bytes`] summed over `entries`.
+    bytes: u64,
     /// The applied (index, term) the db holds: what a raft snapshot for a lagging
     /// follower describes (the transport streams the db itself).
     applied: (u64, u64),
@@ -40,6 +42,7 @@ impl LogStore {
             snapshot_index,
             snapshot_term,
             entries: Vec::new(),
+            bytes: 0,
             applied: (snapshot_index, snapshot_term),
         }
     }
@@ -93,8 +96,11 @@ impl LogStore {
             self.first(),
             self.last()
         );
-        self.entries.truncate((first.index - self.first()) as usize);
+        let keep = (first.index - self.first()) as usize;
+        self.bytes -= self.entries[keep..].iter().map(entry_bytes).sum::<u64>();
+        self.entries.truncate(keep);
         self.entries.extend_from_slice(ents);
+        self.bytes += ents.iter().map(entry_bytes).sum::<u64>();
         self.invariants();
     }
 
@@ -118,10 +124,32 @@ impl LogStore {
         let mut kept = Vec::with_capacity(self.entries.capacity());
         kept.extend(self.entries.drain(cut..));
         let dropped = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= dropped.iter().map(entry_bytes).sum::<u64>();
         self.snapshot_index = index;
         self.snapshot_term = term;
         self.invariants();
         dropped
+    }
+
+    /// The bytes the entries held take ([`entry_bytes`]): what `--snapshot-bytes` bounds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The lowest index from which the entries up to `upto` take at most `bytes_max`
+    /// bytes (`upto + 1` when even that one entry is bigger), never below the first held.
+    pub fn first_index_within(&self, upto: u64, bytes_max: u64) -> u64 {
+        let upto = upto.min(self.last());
+        let mut from = upto + 1;
+        let mut bytes = 0;
+        while from > self.first() {
+            bytes += entry_bytes(&self.entries[(from - 1 - self.first()) as usize]);
+            if bytes > bytes_max {
+                break;
+            }
+            from -= 1;
+        }
+        from
     }
 
     pub fn invariants(&self) {
@@ -130,6 +158,10 @@ impl LogStore {
             .iter()
             .enumerate()
             .all(|(i, e)| e.index == self.first() + i as u64));
+        debug_assert_eq!(
+            self.bytes,
+            self.entries.iter().map(entry_bytes).sum::<u64>()
+        );
     }
 
     fn check_range(&self, low: u64, high: u64) -> ::raft::Result<()> {
@@ -143,6 +175,12 @@ impl LogStore {
         );
         Ok(())
     }
+}
+
+/// What an entry held in memory takes: its struct and its payloads (allocator rounding and
+/// the vector's spare capacity are not counted).
+pub fn entry_bytes(e: &Entry) -> u64 {
+    (std::mem::size_of::<Entry>() + e.data.len() + e.context.len()) as u64
 }
 
 impl ::raft::Storage for LogStore {
@@ -236,6 +274,39 @@ mod tests {
         assert!(snap.data.is_empty(), "the db travels beside the message");
         // Asked for more than is applied: not yet.
         assert!(log.snapshot(43, 2).is_err());
+    }
+
+    #[test]
+    fn bytes_follow_appends_overwrites_and_compactions() {
+        let sized = |index: u64, data: usize| Entry {
+            index,
+            term: 1,
+            data: vec![7; data].into(),
+            ..Default::default()
+        };
+        let each = |data: usize| entry_bytes(&sized(0, data));
+        let mut log = LogStore::new(HardState::default(), ConfState::default(), 0, 0);
+        log.append(&[sized(1, 100), sized(2, 200), sized(3, 300)]);
+        assert_eq!(log.bytes(), each(100) + each(200) + each(300));
+        log.append(&[sized(3, 50)]);
+        assert_eq!(log.bytes(), each(100) + each(200) + each(50));
+        // The lowest index whose entries up to 3 fit the bound.
+        assert_eq!(log.first_index_within(3, each(50)), 3);
+        assert_eq!(log.first_index_within(3, each(50) + each(200)), 2);
+        assert_eq!(log.first_index_within(3, u64::MAX), 1);
+        assert_eq!(
+            log.first_index_within(3, 0),
+            4,
+            "not even the last one fits"
+        );
+        assert_eq!(log.first_index_within(2, each(200)), 2);
+        log.compact(1);
+        assert_eq!(log.bytes(), each(200) + each(50));
+        assert_eq!(
+            log.first_index_within(3, u64::MAX),
+            2,
+            "never below the first held"
+        );
     }
 
     #[test]

@@ -143,6 +143,10 @@ pub struct RaftOptions {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    /// `--snapshot-bytes`: a snapshot also when the log held in memory reaches this many
+    /// bytes ([`log::LogStore::bytes`]); the entries kept after it for lagging followers
+    /// are bounded by a quarter of it too.
+    pub snapshot_bytes: u64,
     pub max_txn_ops: usize,
     /// Key-range shards (one per core) and configured split keys (empty: from the data).
     pub shards: usize,
