@@ -1606,14 +1606,6 @@ b"}"#,
 
     // --- a real etcd ---------------------------------------------------------------------
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
     fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
         Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
@@ -1720,8 +1712,8 @@ b"}"#,
     fn etcd_data_dir_and_restored_snapshot() {
         let tmp = TempDir::new("etcd");
         let data_dir = tmp.0.join("n1");
-        let client_url = format!("http://127.0.0.1:{}", free_port());
-        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let client_url = format!("http://127.0.0.1:{}", crate::testing::free_port());
+        let peer_url = format!("http://127.0.0.1:{}", crate::testing::free_port());
         let mut etcd = EtcdProcess::start(&data_dir, &client_url, &peer_url);
 
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -100,6 +100,8 @@ pub mod server;
 pub mod shard;
 #[cfg(test)]
 pub(crate) mod test_rng;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod wal;
 pub mod watch;

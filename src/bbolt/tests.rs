@@ -814,14 +814,6 @@ impl Drop for EtcdProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
     Command::new(ETCDCTL)
         .env("ETCDCTL_API", "3")
@@ -844,7 +836,7 @@ fn start_etcd(dir: &TempDir) -> (EtcdProcess, String) {
     require(ETCDCTL, "etcd-client");
     let mut last_log = String::new();
     for attempt in 0..3 {
-        let (client, peer) = (free_port(), free_port());
+        let (client, peer) = (crate::testing::free_port(), crate::testing::free_port());
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log_path = dir.0.join(format!("etcd-{attempt}.log"));

@@ -300,7 +300,7 @@ mod tests {
             "not even the last one fits"
         );
         assert_eq!(log.first_index_within(2, each(200)), 2);
-        log.compact(1);
+        let _dropped = log.compact(1);
         assert_eq!(log.bytes(), each(200) + each(50));
         assert_eq!(
             log.first_index_within(3, u64::MAX),
