@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("bbolt", 1),
     ("etcd_wal", 1),
     ("test_rng", 0),
+    ("testing", 0),
     // Per-core counters and their rendering.
     ("metrics", 0),
     ("failpoint", 1),
