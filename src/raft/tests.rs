@@ -80,6 +80,12 @@ use bytes::Bytes;
 
 /// One loop turn's raft work, and the WAL's writer's syncs it needs (the loop takes those
 /// as they come).
+/// A client's put proposed on this member, answered to core 0 under `seq`.
+fn propose(core: &mut RaftCore, out: &Collect, seq: u64, data: Bytes) {
+    let to = ReplyTo::new(CoreId(0), seq);
+    core.handle(ToRaft::Propose { to, data }, out);
+}
+
 async fn turn(core: &mut RaftCore, out: &Collect) {
     core.process_ready(out).await.unwrap();
     core.settle(out).await.unwrap();
@@ -136,14 +142,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             assert_eq!(core.node.raft.state, StateRole::Leader);
             assert_eq!(core.members().unwrap().len(), 1);
             for i in 0..10u64 {
-                let data = put(&format!("k{i}"), "v");
-                core.handle(
-                    ToRaft::Propose {
-                        to: ReplyTo::new(CoreId(0), i),
-                        data,
-                    },
-                    &out,
-                );
+                propose(&mut core, &out, i, put(&format!("k{i}"), "v"));
             }
             turn(&mut core, &out).await;
             let replies = out.0.take();
@@ -183,14 +182,7 @@ fn a_new_member_elects_itself_applies_writes_and_survives_a_restart() {
             assert_eq!(core.store().current_revision(), 11);
             assert_eq!(core.node.raft.state, StateRole::Leader);
             core.maybe_commit(Instant::now(), true).await.unwrap();
-            let data = put("after", "restart");
-            core.handle(
-                ToRaft::Propose {
-                    to: ReplyTo::new(CoreId(0), 1),
-                    data,
-                },
-                &out,
-            );
+            propose(&mut core, &out, 1, put("after", "restart"));
             turn(&mut core, &out).await;
             assert_eq!(out.0.take().len(), 1);
             core.maybe_commit(Instant::now(), true).await.unwrap();
@@ -235,14 +227,7 @@ fn the_log_held_in_memory_is_bounded_by_snapshot_bytes() {
             turn(&mut core, &out).await;
             let mut most = 0;
             for i in 0..200u64 {
-                let data = put(&format!("k{i}"), &value);
-                core.handle(
-                    ToRaft::Propose {
-                        to: ReplyTo::new(CoreId(0), i),
-                        data,
-                    },
-                    &out,
-                );
+                propose(&mut core, &out, i, put(&format!("k{i}"), &value));
                 turn(&mut core, &out).await;
                 core.maybe_commit(Instant::now(), false).await.unwrap();
                 most = most.max(core.node.store().bytes());
@@ -281,14 +266,7 @@ fn snapshots_release_the_wal_and_recovery_resumes_after_them() {
             let mut core = RaftCore::open(opts).await.unwrap();
             turn(&mut core, &out).await;
             for i in 0..200u64 {
-                let data = put(&format!("k{i}"), "v");
-                core.handle(
-                    ToRaft::Propose {
-                        to: ReplyTo::new(CoreId(0), i),
-                        data,
-                    },
-                    &out,
-                );
+                propose(&mut core, &out, i, put(&format!("k{i}"), "v"));
                 turn(&mut core, &out).await;
                 if i % 60 == 59 {
                     core.maybe_commit(Instant::now(), true).await.unwrap();
