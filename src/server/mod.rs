@@ -581,6 +581,7 @@ fn listen(
         })
         .detach();
     }
+    crate::runtime::spawn_allocator_collect(std::time::Duration::from_secs(1));
     let core = node.core().0 as usize;
     node.set_token_ttl(opts.auth_token_ttl);
     let services = Rc::new(
