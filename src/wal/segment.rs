@@ -291,7 +291,7 @@ pub async fn read_all(path: &Path) -> Result<SegmentBytes> {
     }
     // A mapping cannot be empty; `len` says how much of it holds the file.
     let mut map = memmap2::MmapMut::map_anon((size_bytes as usize).max(1))
-        .map_err(|e| io_error(path, "map memory for", e))?;
+        .map_err(|e| io_error(path, "map memory to read", e))?;
     let mut len = 0;
     while (len as u64) < size_bytes {
         let want = (size_bytes - len as u64).min(CHUNK_BYTES as u64) as usize;
