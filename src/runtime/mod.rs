@@ -55,15 +55,11 @@ pub fn tune_malloc() {
 /// `mi_collect`). mimalloc returns memory a thread freed only from that thread's own
 /// allocator calls, so an executor that went quiet after a burst kept the burst's peak
 /// resident: four 27 MB Range answers at once left Keel at 480 MiB, 250 MiB over its
-/// size before them (tuning.md, issue 23). Call on every executor (a detached task; a
-/// second call on the same thread, a member booting again in place, adds none).
+/// size before them (tuning.md, issue 23). Call once on every executor (a detached task;
+/// a member that boots again gets new executor threads).
 pub fn spawn_allocator_collect(every: std::time::Duration) {
     extern "C" {
         fn mi_collect(force: bool);
-    }
-    thread_local!(static RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    if RUNNING.with(|r| r.replace(true)) {
-        return;
     }
     glommio::spawn_local(async move {
         loop {

@@ -407,6 +407,10 @@ fn announce(opts: &ServerOptions) {
     }
 }
 
+/// How often every core gives back to the system what its allocator freed
+/// (`runtime::spawn_allocator_collect`).
+const ALLOCATOR_COLLECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn raft_core_main(
     opts: ServerOptions,
     link: CoreLinks,
@@ -414,6 +418,7 @@ async fn raft_core_main(
     raft_links: RaftLinks,
     boot: std::sync::mpsc::Sender<Result<(u64, u64), String>>,
 ) -> Result<Exit, String> {
+    crate::runtime::spawn_allocator_collect(ALLOCATOR_COLLECT_INTERVAL);
     let mut opts = opts;
     let mut core = match RaftCore::open(opts.raft.clone()).await {
         Ok(core) => core,
@@ -521,6 +526,7 @@ async fn core_main(
     link: CoreLinks,
     spread: SpreadLinks,
 ) -> Result<(), String> {
+    crate::runtime::spawn_allocator_collect(ALLOCATOR_COLLECT_INTERVAL);
     let to_raft = link
         .to_raft
         .expect("a non-raft core has a mailbox")
@@ -581,7 +587,6 @@ fn listen(
         })
         .detach();
     }
-    crate::runtime::spawn_allocator_collect(std::time::Duration::from_secs(1));
     let core = node.core().0 as usize;
     node.set_token_ttl(opts.auth_token_ttl);
     let services = Rc::new(
