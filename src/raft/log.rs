@@ -124,7 +124,7 @@ impl LogStore {
         let mut kept = Vec::with_capacity(self.entries.capacity());
         kept.extend(self.entries.drain(cut..));
         let dropped = std::mem::replace(&mut self.entries, kept);
-        // Summed over the few kept (at most 5,000 and a quarter of `--snapshot-bytes`),
+        // Summed over the few kept (the catch-up entries and those not yet in the db),
         // not over the up to ~100,000 dropped, whose structs the raft loop would
         // otherwise walk at every snapshot.
         self.bytes = self.entries.iter().map(entry_bytes).sum();
