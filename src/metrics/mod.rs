@@ -40,9 +40,10 @@ pub enum Counter {
     ClientRequestsStream,
     LeaseExpired,
     WalWriteBytes,
+    CompactionKeys,
 }
 
-const COUNTERS: [(Counter, &str, &str); 18] = [
+const COUNTERS: [(Counter, &str, &str); 19] = [
     (
         Counter::MvccPut,
         "etcd_mvcc_put_total",
@@ -124,6 +125,11 @@ const COUNTERS: [(Counter, &str, &str); 18] = [
         Counter::WalWriteBytes,
         "etcd_disk_wal_write_bytes_total",
         "Bytes written to the WAL.",
+    ),
+    (
+        Counter::CompactionKeys,
+        "etcd_debugging_mvcc_db_compaction_keys_total",
+        "Revision records the compactions' sweeps deleted.",
     ),
 ];
 

@@ -305,8 +305,8 @@ impl KeyHistory {
     }
 
     /// etcd's doCompact: the generation to keep from and, inside it, the index of the
-    /// latest revision <= `at` (added to `available`), or None.
-    fn do_compact(&self, at: i64, available: &mut Vec<Revision>) -> (usize, Option<usize>) {
+    /// latest revision <= `at`, if any.
+    fn do_compact(&self, at: i64) -> (usize, Option<usize>) {
         let mut gen_index = 0;
         while gen_index + 1 < self.generations.len() {
             let tomb = self.generations[gen_index]
@@ -319,15 +319,14 @@ impl KeyHistory {
             gen_index += 1;
         }
         let g = &self.generations[gen_index];
-        let rev_index = g.revs.iter().rposition(|r| r.main <= at);
-        if let Some(i) = rev_index {
-            available.push(g.revs[i]);
-        }
-        (gen_index, rev_index)
+        (gen_index, g.revs.iter().rposition(|r| r.main <= at))
     }
 
-    fn compact(&mut self, at: i64, available: &mut Vec<Revision>) {
-        let (mut gen_index, rev_index) = self.do_compact(at, available);
+    /// Compacts at `at`; returns the revision <= `at` the Revision tree keeps for this
+    /// key (its latest one unless that is a tombstone).
+    fn compact(&mut self, at: i64) -> Option<Revision> {
+        let (mut gen_index, rev_index) = self.do_compact(at);
+        let mut kept = rev_index.map(|i| self.generations[gen_index].revs[i]);
         let last = self.generations.len() - 1;
         let g = &mut self.generations[gen_index];
         if !g.revs.is_empty() {
@@ -336,29 +335,38 @@ impl KeyHistory {
             }
             // A generation left with only its tombstone is dropped with it.
             if g.revs.len() == 1 && gen_index != last {
-                // Revisions belong to one key: if kept, it was the one just pushed.
-                if available.last() == Some(&g.revs[0]) {
-                    available.pop();
+                if kept == Some(g.revs[0]) {
+                    kept = None;
                 }
                 gen_index += 1;
             }
         }
         self.generations.drain(..gen_index);
+        kept
     }
 
-    fn keep(&self, at: i64, available: &mut Vec<Revision>) {
+    /// The revision `compact(at)` would keep, without changing anything. The same on a
+    /// history compacted at any revision up to `at` as on the whole one.
+    fn keep(&self, at: i64) -> Option<Revision> {
         if self.is_empty() {
-            return;
+            return None;
         }
-        let (gen_index, rev_index) = self.do_compact(at, available);
+        let (gen_index, rev_index) = self.do_compact(at);
         let g = &self.generations[gen_index];
-        if let Some(i) = rev_index {
-            if i == g.revs.len() - 1 && gen_index != self.generations.len() - 1 {
-                // Pushed by do_compact just now.
-                let popped = available.pop();
-                assert_eq!(popped, Some(g.revs[i]));
-            }
+        let i = rev_index?;
+        if i == g.revs.len() - 1 && gen_index != self.generations.len() - 1 {
+            return None; // the tombstone
         }
+        Some(g.revs[i])
+    }
+
+    /// Whether `rev` is one of this key's revisions.
+    fn holds(&self, rev: Revision) -> bool {
+        self.generations.iter().any(|g| {
+            g.revs.first().is_some_and(|f| *f <= rev)
+                && g.revs.last().is_some_and(|l| rev <= *l)
+                && g.revs.binary_search(&rev).is_ok()
+        })
     }
 
     fn invariants(&self) {
@@ -515,7 +523,7 @@ impl KeyIndex {
         let mut available = Vec::new();
         let mut removed = Vec::new();
         self.keys.retain(|k, h| {
-            h.compact(at, &mut available);
+            available.extend(h.compact(at));
             if h.is_empty() {
                 removed.push(k.clone());
             }
@@ -528,12 +536,52 @@ impl KeyIndex {
         available
     }
 
+    /// One slice of [`KeyIndex::compact`]: compacts at `at` at most `max_keys` keys in
+    /// key order from `from` on, and returns the key to go on from (`None`: done). Between
+    /// slices the index answers as before for every revision >= `at` (compaction only
+    /// drops history below it), and keys put meanwhile need nothing.
+    pub fn compact_slice(&mut self, at: i64, from: &[u8], max_keys: usize) -> Option<Vec<u8>> {
+        let mut next = None;
+        let mut removed = Vec::new();
+        let bounds = (Bound::Included(KeyBytes::new(from)), Bound::Unbounded);
+        for (n, k) in self.order.range::<KeyBytes, _>(bounds).enumerate() {
+            if n == max_keys {
+                next = Some(k.as_bytes().to_vec());
+                break;
+            }
+            let h = self.keys.get_mut(k).expect("ordered keys are in the map");
+            h.compact(at);
+            if h.is_empty() {
+                removed.push(k.clone());
+            }
+        }
+        for k in &removed {
+            self.keys.remove(k);
+            self.order.remove(k);
+        }
+        next
+    }
+
+    /// Compacts `key` at `at` and says whether the Revision tree keeps its record `rev`
+    /// (<= `at`): whether the compacted history still holds it. The step of a
+    /// compaction's sweep of the tree, which meets every key with history at or below
+    /// `at` through its records. A key left without history is removed.
+    pub fn compact_key_keeps(&mut self, key: &[u8], at: i64, rev: Revision) -> bool {
+        let Some(h) = self.keys.get_mut(KeyBytes::new(key)) else {
+            return false;
+        };
+        h.compact(at);
+        if !h.is_empty() {
+            return h.holds(rev);
+        }
+        self.keys.remove(KeyBytes::new(key));
+        self.order.remove(KeyBytes::new(key));
+        false
+    }
+
     /// The revisions <= `at` that `compact(at)` would keep, without changing anything.
     pub fn keep(&self, at: i64) -> Vec<Revision> {
-        let mut available = Vec::new();
-        for h in self.keys.values() {
-            h.keep(at, &mut available);
-        }
+        let mut available: Vec<Revision> = self.keys.values().filter_map(|h| h.keep(at)).collect();
         available.sort_unstable();
         available
     }

@@ -165,7 +165,8 @@ pub struct TxnResponse {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactionRequest {
     pub revision: i64,
-    /// Compaction here is synchronous, so it is always physical once it returns.
+    /// Answer only once the sweep that drops the compacted records is done (etcd: once
+    /// the scheduled compaction has finished); else at once.
     pub physical: bool,
 }
 

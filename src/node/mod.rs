@@ -94,6 +94,8 @@ pub struct Node {
     /// The cluster's active alarms and the db file's size, as of the last round.
     alarms: RefCell<Arc<Vec<crate::mesh::Alarm>>>,
     db_bytes: Cell<u64>,
+    /// A task is running the shard replica's compaction (`compact_replica`).
+    compacting: Cell<bool>,
 }
 
 /// A core's auth: the view its checks read and its simple-token table.
@@ -184,6 +186,7 @@ impl Node {
             raft,
             index_waiting: RefCell::new(Vec::new()),
             index_asking: Cell::new(false),
+            compacting: Cell::new(false),
             subscriptions: RefCell::new(Vec::new()),
             leases: Default::default(),
             hub: Hub::new(),
@@ -476,8 +479,39 @@ impl Node {
         for reply in a.replies {
             self.raft.deliver(reply);
         }
+        self.compact_replica();
         #[cfg(debug_assertions)]
         self.invariants();
+    }
+
+    /// Runs the shard replica's pending compaction a step at a time in a task of its own,
+    /// yielding between steps: a compaction of millions of keys never holds this core's
+    /// reads, watchers or (on the raft core) rounds for longer than a step.
+    fn compact_replica(self: &Rc<Node>) {
+        let pending = self
+            .shard
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.compaction_pending());
+        if !pending || self.compacting.replace(true) {
+            return;
+        }
+        let node = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let more = node
+                    .shard
+                    .borrow_mut()
+                    .as_mut()
+                    .is_some_and(|s| s.compact_step(crate::shard::COMPACT_STEP_KEYS));
+                if !more {
+                    break;
+                }
+                futures_lite::future::yield_now().await;
+            }
+            node.compacting.set(false);
+        })
+        .detach();
     }
 
     fn apply_auth(&self, round: &crate::mesh::AuthRound) {

@@ -414,6 +414,9 @@ impl RaftCore {
             }
             Err(err) => Err(ServerError::Mvcc(err)),
         };
+        if matches!(&op, Op::Compaction(c) if c.physical) && self.hold_physical_compact(e, &res) {
+            return Ok(());
+        }
         self.reply_to_entry::<OpResponse>(e, res);
         Ok(())
     }
@@ -508,7 +511,8 @@ impl RaftCore {
     /// Commits the db when it is due, then marks a snapshot and releases WAL segments when
     /// `snapshot_count` entries have been applied since the last one.
     pub async fn maybe_commit(&mut self, now: Instant, force: bool) -> Result<(), BootError> {
-        let dirty = self.store.consistent_index() > self.db_committed_index;
+        let dirty = self.store.consistent_index() > self.db_committed_index
+            || self.store.sweep_uncommitted();
         let log_bytes = self.node.store().bytes();
         metrics::set(metrics::Gauge::RaftLogBytes, log_bytes as f64);
         let log_full = log_bytes >= self.opts.snapshot_bytes;

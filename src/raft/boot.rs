@@ -143,6 +143,7 @@ impl RaftCore {
             defrag: Default::default(),
             auto_compact: autocompact::AutoCompactDuty::new(opts.auto_compaction),
             corrupt: Default::default(),
+            compaction: Default::default(),
             node,
             store,
             wal: persist::Persister::start(wal, opts.idle_spin),

@@ -223,9 +223,17 @@ fn small_buckets(snap: &ReadSnapshot) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>, Er
         app.consistent_index.to_be_bytes().to_vec(),
     ));
     if app.compact_revision > 0 {
-        let rev = etcd_revision_key(Revision::new(app.compact_revision, 0), false);
-        out[9].push((b"finishedCompactRev".to_vec(), rev.clone()));
-        out[9].push((b"scheduledCompactRev".to_vec(), rev));
+        let rev = |main| etcd_revision_key(Revision::new(main, 0), false);
+        out[9].push((b"scheduledCompactRev".to_vec(), rev(app.compact_revision)));
+        // A sweep still pending leaves records the compaction drops: etcd (and Keel's
+        // import) finish a compaction whose finished mark is behind the scheduled one.
+        let finished = match app.compact_sweep {
+            0 => app.compact_revision,
+            _ => app.compact_revision - 1,
+        };
+        if finished > 0 {
+            out[9].push((b"finishedCompactRev".to_vec(), rev(finished)));
+        }
     }
     for b in &mut out {
         b.sort();
@@ -549,23 +557,32 @@ pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, E
         db.insert(TreeId::Meta, &alarm_key(a), &[])?;
         out.alarms += 1;
     }
-    let mut finished = 0i64;
+    let (mut finished, mut scheduled) = (0i64, 0i64);
     reader.for_each(b"meta", &mut |k, v| {
-        if k == b"finishedCompactRev" {
-            let (rev, _) = parse_etcd_revision_key(v).ok_or_else(|| {
-                bbolt::Error::Invalid("meta finishedCompactRev is not a revision".into())
-            })?;
-            finished = rev.main;
-        }
+        let mark = match k {
+            b"finishedCompactRev" => &mut finished,
+            b"scheduledCompactRev" => &mut scheduled,
+            _ => return Ok(()),
+        };
+        let (rev, _) = parse_etcd_revision_key(v).ok_or_else(|| {
+            bbolt::Error::Invalid(format!(
+                "meta {} is not a revision",
+                String::from_utf8_lossy(k)
+            ))
+        })?;
+        *mark = rev.main;
         Ok(())
     })?;
-    out.compact_revision = finished;
-    out.revision = out.revision.max(finished);
+    // A compaction scheduled but not finished (etcd stopped mid-way, or a Keel export
+    // taken mid-sweep) is finished here as etcd's restore does: by the store's sweep.
+    out.compact_revision = finished.max(scheduled);
+    out.revision = out.revision.max(out.compact_revision);
     db.set_app_meta(AppMeta {
         consistent_index: 0,
         consistent_term: 0,
         current_revision: out.revision,
         compact_revision: out.compact_revision,
+        compact_sweep: if scheduled > finished { 1 } else { 0 },
     });
     Ok(out)
 }

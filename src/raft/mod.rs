@@ -66,6 +66,7 @@ pub mod autocompact;
 mod boot;
 pub mod client;
 mod cluster;
+mod compaction;
 mod corrupt;
 mod defrag;
 pub mod entry;
@@ -271,6 +272,8 @@ pub struct RaftCore {
     defrag: defrag::DefragDuty,
     /// The auto-compactor (`None`: off).
     auto_compact: Option<autocompact::AutoCompactDuty>,
+    /// The compaction's sweep and the physical Compact calls waiting for it.
+    compaction: compaction::CompactionDuty,
     /// Corruption checks: damaged pages found, hash rounds with the peers.
     corrupt: corrupt::CorruptDuty,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
@@ -615,6 +618,7 @@ impl RaftCore {
         );
         origins.extend(self.writes.held.drain(..).map(|h| h.origin));
         origins.extend(self.writes.waiting.drain().map(|(k, _)| k));
+        origins.extend(self.take_physical_compacts());
         origins.extend(
             self.forwards
                 .to_leader
@@ -636,7 +640,7 @@ pub async fn run(
 ) -> Result<Exit, BootError> {
     core.process_ready(out).await?;
     while !stop() && core.exit.is_none() {
-        let next = [core.defrag.due(), core.corrupt.due()]
+        let next = [core.defrag.due(), core.corrupt.due(), core.compaction_due()]
             .into_iter()
             .flatten()
             .fold(core.next_tick(), Instant::min);
@@ -680,6 +684,7 @@ pub async fn run(
         core.maybe_commit(now, false).await?;
         core.defrag_turn(out).await?;
         core.corrupt_turn(out)?;
+        core.compaction_turn(out)?;
         #[cfg(debug_assertions)]
         if core.exit.is_none() {
             core.invariants();

@@ -254,6 +254,96 @@ fn the_log_held_in_memory_is_bounded_by_snapshot_bytes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+fn compact(revision: i64, physical: bool) -> Bytes {
+    super::entry::encode_raft_request(&Op::Compaction(crate::mvcc::CompactionRequest {
+        revision,
+        physical,
+    }))
+}
+
+/// A compaction is answered when applied and swept a slice per turn afterwards; a
+/// physical one is answered only with the turn that ends the sweep. A restart mid-way
+/// goes on from where the committed sweep stood.
+#[test]
+fn a_physical_compaction_is_answered_when_its_sweep_ends_and_a_restart_resumes_it() {
+    let dir = temp_dir("sweep");
+    let opts = options(&dir, 6);
+    const KEYS: u64 = 5_000;
+    block_on({
+        let opts = opts.clone();
+        async move {
+            let out = Collect(RefCell::new(Vec::new()));
+            let mut core = RaftCore::open(opts.clone()).await.unwrap();
+            turn(&mut core, &out).await;
+            for round in 0..2 {
+                for i in 0..KEYS {
+                    propose(
+                        &mut core,
+                        &out,
+                        round * KEYS + i,
+                        put(&format!("k{i}"), "v"),
+                    );
+                }
+                turn(&mut core, &out).await;
+            }
+            assert_eq!(out.0.take().len(), 2 * KEYS as usize);
+            let rev = core.store().current_revision();
+            // Half-way: not physical, answered at once; the sweep starts.
+            propose(
+                &mut core,
+                &out,
+                1_000_000,
+                compact(rev - KEYS as i64 / 2, false),
+            );
+            turn(&mut core, &out).await;
+            assert_eq!(out.0.take().len(), 1);
+            assert!(core.store().compaction_pending());
+            core.compaction_turn(&out).unwrap();
+            // Then all of it, physical: no answer until the sweep is through.
+            propose(&mut core, &out, 1_000_001, compact(rev, true));
+            turn(&mut core, &out).await;
+            assert!(out.0.borrow().is_empty());
+            let mut turns = 0;
+            while core.store().compaction_pending() {
+                assert!(out.0.borrow().is_empty(), "answered before the sweep ended");
+                core.compaction_turn(&out).unwrap();
+                turns += 1;
+            }
+            let replies = out.0.take();
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].1.seq, 1_000_001);
+            assert!(replies[0].1.body.is_ok());
+            assert!(turns > 2, "{turns} turns");
+            core.store().check().unwrap();
+            // Another compaction, left mid-way at a commit.
+            for i in 0..KEYS {
+                propose(&mut core, &out, 2_000_000 + i, put(&format!("k{i}"), "w"));
+            }
+            turn(&mut core, &out).await;
+            let rev = core.store().current_revision();
+            propose(&mut core, &out, 3_000_000, compact(rev, false));
+            turn(&mut core, &out).await;
+            core.compaction_turn(&out).unwrap();
+            assert!(core.store().compaction_pending());
+            core.maybe_commit(Instant::now(), true).await.unwrap();
+        }
+    });
+    block_on(async move {
+        let out = Collect(RefCell::new(Vec::new()));
+        let mut core = RaftCore::open(opts).await.unwrap();
+        turn(&mut core, &out).await;
+        assert!(core.store().compaction_pending());
+        core.store().check().unwrap();
+        while core.store().compaction_pending() {
+            core.compaction_turn(&out).unwrap();
+        }
+        core.store().check().unwrap();
+        let backend = core.store().backend();
+        assert_eq!(backend.len(TreeId::Revision), KEYS);
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn snapshots_release_the_wal_and_recovery_resumes_after_them() {
     let dir = temp_dir("snapshot");

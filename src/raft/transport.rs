@@ -869,16 +869,19 @@ fn push_record(chunk: &mut Vec<u8>, tree: usize, k: &[u8], v: &[u8]) {
 }
 
 fn encode_app_meta(a: &AppMeta) -> Vec<u8> {
-    let mut b = Vec::with_capacity(32);
+    let mut b = Vec::with_capacity(40);
     b.extend_from_slice(&a.consistent_index.to_be_bytes());
     b.extend_from_slice(&a.consistent_term.to_be_bytes());
     b.extend_from_slice(&a.current_revision.to_be_bytes());
     b.extend_from_slice(&a.compact_revision.to_be_bytes());
+    b.extend_from_slice(&a.compact_sweep.to_be_bytes());
     b
 }
 
+/// 40 bytes; 32 from a member built before compaction sweeps (its compactions were
+/// whole, so no sweep is pending).
 fn decode_app_meta(b: &[u8]) -> std::io::Result<AppMeta> {
-    if b.len() != 32 {
+    if b.len() != 32 && b.len() != 40 {
         return Err(invalid("snapshot end of the wrong size"));
     }
     let word = |i: usize| u64::from_be_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
@@ -887,6 +890,7 @@ fn decode_app_meta(b: &[u8]) -> std::io::Result<AppMeta> {
         consistent_term: word(1),
         current_revision: word(2) as i64,
         compact_revision: word(3) as i64,
+        compact_sweep: if b.len() == 40 { word(4) as i64 } else { 0 },
     })
 }
 
@@ -900,17 +904,19 @@ mod tests {
             consistent_index: 7,
             consistent_term: 3,
             current_revision: 99,
-            compact_revision: -1,
+            compact_revision: 50,
+            compact_sweep: 12,
         };
-        let b = decode_app_meta(&encode_app_meta(&a)).unwrap();
+        let bytes = encode_app_meta(&a);
+        assert_eq!(decode_app_meta(&bytes).unwrap(), a);
+        // An older member's 32 bytes: no sweep pending.
+        let old = decode_app_meta(&bytes[..32]).unwrap();
         assert_eq!(
-            (
-                b.consistent_index,
-                b.consistent_term,
-                b.current_revision,
-                b.compact_revision
-            ),
-            (7, 3, 99, -1)
+            old,
+            AppMeta {
+                compact_sweep: 0,
+                ..a
+            }
         );
         assert!(decode_app_meta(&[0; 31]).is_err());
     }

@@ -86,7 +86,14 @@ pub struct Shard {
     applied_index: u64,
     revision: i64,
     compact_revision: i64,
+    /// A compaction of the replica still to finish: its revision and the key to go on
+    /// from (`compact_step`).
+    compacting: Option<(i64, Vec<u8>)>,
 }
+
+/// Keys a step of a replica's compaction handles at most: the pause it adds to the
+/// core's other tasks (~0.1 µs a key).
+pub const COMPACT_STEP_KEYS: usize = 4096;
 
 impl Shard {
     /// The shard `id`, its replica rebuilt from `snapshot` (the state at `applied_index`
@@ -119,6 +126,10 @@ impl Shard {
             );
         }
         index.finish_restore();
+        // A snapshot taken while the raft core's sweep was under way still holds records
+        // the compaction drops, and so does a replica built from it.
+        let compacting =
+            (snapshot.app_meta().compact_sweep != 0).then(|| (compact_revision, Vec::new()));
         Ok(Shard {
             id,
             splits,
@@ -127,6 +138,7 @@ impl Shard {
             applied_index,
             revision,
             compact_revision,
+            compacting,
         })
     }
 
@@ -181,7 +193,9 @@ impl Shard {
                     self.index.tombstone(key, *rev);
                 }
                 Change::Compact { revision } => {
-                    self.index.compact(*revision);
+                    // From the first key again: those already done were done for an
+                    // earlier revision.
+                    self.compacting = Some((*revision, Vec::new()));
                 }
                 _ => {}
             }
@@ -190,6 +204,26 @@ impl Shard {
         self.applied_index = applied_index;
         self.revision = revision;
         self.compact_revision = compact_revision;
+    }
+
+    /// Whether the replica has a compaction to finish (`compact_step`).
+    pub fn compaction_pending(&self) -> bool {
+        self.compacting.is_some()
+    }
+
+    /// One step of the replica's pending compaction: `max_keys` keys at most. Returns
+    /// whether more is left. Done a step at a time between the core's other tasks, so a
+    /// compaction of millions of keys never holds a core; reads at or above the compact
+    /// revision answer the same before and after (`KeyIndex::compact_slice`).
+    pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        let Some((at, from)) = self.compacting.take() else {
+            return false;
+        };
+        self.compacting = self
+            .index
+            .compact_slice(at, &from, max_keys)
+            .map(|next| (at, next));
+        self.compacting.is_some()
     }
 
     /// This shard's part of a Range read at revision `at` (≤ its revision).

@@ -391,6 +391,62 @@ fn rss_mib(pid: u32) -> u64 {
         / 1024
 }
 
+/// A compaction answers at once and drops the compacted records afterwards, a slice at a
+/// time between rounds; with `physical` its answer waits for the last slice (etcd: for its
+/// scheduled compaction to finish). So right after a physical compaction every record it
+/// drops is counted as deleted, and the data read back is whole.
+#[test]
+fn a_physical_compaction_answers_once_every_dropped_record_is_gone() {
+    const KEYS: usize = 40_000;
+    const PER_TXN: usize = 1_000;
+    const DELETED: usize = 1_000;
+    let s = Server::start("cl-sweep", &["--max-txn-ops", "1000"]);
+    runtime().block_on(async {
+        let mut c = connect(&s).await;
+        for value in ["a", "b"] {
+            for first in (0..KEYS).step_by(PER_TXN) {
+                let puts: Vec<TxnOp> = (first..first + PER_TXN)
+                    .map(|i| TxnOp::put(format!("sw/{i:06}"), value, None))
+                    .collect();
+                c.txn(Txn::new().and_then(puts)).await.unwrap();
+            }
+        }
+        let end = format!("sw/{DELETED:06}");
+        c.delete("sw/", Some(DeleteOptions::new().with_range(end)))
+            .await
+            .unwrap();
+        let rev = c
+            .get("sw/", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        c.compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+        // Dropped: every first put, and the second put and tombstone of each deleted key.
+        let swept = common::metric(
+            &common::http_get(s.client_port, "/metrics"),
+            "etcd_debugging_mvcc_db_compaction_keys_total",
+        );
+        assert_eq!(swept, Some((KEYS + 2 * DELETED) as f64));
+        let got = c
+            .get(
+                "sw/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.count(), (KEYS - DELETED) as i64);
+        let last = c.get(format!("sw/{:06}", KEYS - 1), None).await.unwrap();
+        assert_eq!(last.kvs()[0].value(), b"b");
+    });
+}
+
 /// Issue 23: a burst of large answers (16 reads of 3.5 MiB at once) raises the server's
 /// memory, and once the server is quiet again it gives it back: each core's allocator is
 /// asked to every second (`runtime::spawn_allocator_collect`). Before, the peak stayed

@@ -247,6 +247,11 @@ pub struct AppMeta {
     /// MVCC: the store's current revision and the last compaction revision.
     pub current_revision: i64,
     pub compact_revision: i64,
+    /// MVCC: where the sweep of the Revision tree for `compact_revision` stands. 0: no
+    /// sweep pending (etcd's finishedCompactRev = scheduledCompactRev); n >= 1: the
+    /// records of main revision < n are swept, the rest up to `compact_revision` not yet.
+    /// A file written before sweeps existed reads 0, as its compactions were whole.
+    pub compact_sweep: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -375,6 +380,7 @@ fn encode_meta(p: &mut [u8], st: &State) {
     page::put_u64(p, 64, st.app.consistent_term);
     page::put_u64(p, 72, st.app.current_revision as u64);
     page::put_u64(p, 80, st.app.compact_revision as u64);
+    page::put_u64(p, page::META_SWEEP_OFFSET, st.app.compact_sweep as u64);
     for (t, r) in st.roots.iter().enumerate() {
         let o = page::META_TREES_OFFSET + t * page::META_TREE_BYTES;
         page::put_u64(p, o, r.page);
@@ -423,6 +429,7 @@ fn decode_meta(p: &[u8], slot: u64, file_pages: u64) -> std::result::Result<Stat
         consistent_term: page::u64_at(p, 64),
         current_revision: page::u64_at(p, 72) as i64,
         compact_revision: page::u64_at(p, 80) as i64,
+        compact_sweep: page::u64_at(p, page::META_SWEEP_OFFSET) as i64,
     };
     let mut roots = [TreeRoot::default(); TREE_COUNT];
     for (t, r) in roots.iter_mut().enumerate() {

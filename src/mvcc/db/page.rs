@@ -41,6 +41,8 @@
 //!               current_revision i64, compact_revision i64
 //!     88  5*32  per tree: root page u64 (0 = empty), height u32, pad u32,
 //!               entry count u64, payload bytes u64
+//!    512     8  AppMeta: compact_sweep i64 (zero in files written before it existed:
+//!               the rest of a meta page is zero-filled, so no format version change)
 //! ```
 
 use super::{KEY_BYTES_MAX, PAGE_BYTES, TREE_COUNT};
@@ -61,8 +63,11 @@ pub const META_MAGIC: u64 = u64::from_le_bytes(*b"KEELDB\0\x01");
 pub const FORMAT_VERSION: u32 = 1;
 pub const META_TREES_OFFSET: usize = 88;
 pub const META_TREE_BYTES: usize = 32;
+/// Where the AppMeta fields added after the tree roots start (room for more trees).
+pub const META_SWEEP_OFFSET: usize = 512;
 
-const _: () = assert!(META_TREES_OFFSET + TREE_COUNT * META_TREE_BYTES <= PAGE_BYTES);
+const _: () = assert!(META_TREES_OFFSET + TREE_COUNT * META_TREE_BYTES <= META_SWEEP_OFFSET);
+const _: () = assert!(META_SWEEP_OFFSET + 8 <= PAGE_BYTES);
 const _: () = assert!(PAGE_BYTES <= u16::MAX as usize);
 // A page holds at least two largest inline leaf cells and seven largest branch cells,
 // so a split of a full page plus one cell always fits in two pages.
