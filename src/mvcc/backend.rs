@@ -24,6 +24,8 @@ pub trait Backend {
         end: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> db::Result<()>;
+    /// Removes the entry under `key`; whether there was one.
+    fn remove(&mut self, key: &[u8]) -> db::Result<bool>;
     /// Keeps only the entries in `[start, end)` whose key `keep` accepts.
     fn retain(
         &mut self,
@@ -80,6 +82,10 @@ impl Backend for Db {
         keep: &mut dyn FnMut(&[u8]) -> bool,
     ) -> db::Result<u64> {
         Db::retain(self, TreeId::Revision, start, end, keep)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> db::Result<bool> {
+        Db::remove(self, TreeId::Revision, key)
     }
 
     fn publish(&mut self) {
@@ -192,6 +198,10 @@ impl Backend for MemBackend {
             !inside || keep(k)
         });
         Ok((before - self.working.len()) as u64)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> db::Result<bool> {
+        Ok(self.working.remove(key).is_some())
     }
 
     fn publish(&mut self) {}

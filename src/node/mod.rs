@@ -485,8 +485,9 @@ impl Node {
     }
 
     /// Runs the shard replica's pending compaction a step at a time in a task of its own,
-    /// yielding between steps: a compaction of millions of keys never holds this core's
-    /// reads, watchers or (on the raft core) rounds for longer than a step.
+    /// pausing between steps (`runtime::background_pause`): a compaction of millions of
+    /// keys never holds this core's reads, watchers or (on the raft core) rounds for
+    /// longer than a step.
     fn compact_replica(self: &Rc<Node>) {
         let pending = self
             .shard
@@ -499,6 +500,7 @@ impl Node {
         let node = self.clone();
         glommio::spawn_local(async move {
             loop {
+                let started = std::time::Instant::now();
                 let more = node
                     .shard
                     .borrow_mut()
@@ -507,7 +509,8 @@ impl Node {
                 if !more {
                     break;
                 }
-                futures_lite::future::yield_now().await;
+                let pause = crate::runtime::background_pause(started.elapsed());
+                glommio::timer::sleep(pause).await;
             }
             node.compacting.set(false);
         })

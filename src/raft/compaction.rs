@@ -11,10 +11,10 @@
 
 use super::*;
 
-/// Records a loop turn sweeps at most: the pause a turn adds to the requests queued
-/// behind it. Measured at 500k keys (tuning.md, issue 23): ~0.25 µs per record, so a
-/// turn stays near a round's own cost.
-const COMPACT_STEP_RECORDS: usize = 2048;
+/// Records a slice sweeps (whole main revisions, so at least this many): the pause it
+/// adds to the requests queued behind it. Under a put load at 500k keys (tuning.md, issue
+/// 23) a slice of 1024 took under 1 ms.
+const COMPACT_STEP_RECORDS: usize = 1024;
 
 /// The physical Compact calls waiting for the sweep.
 #[derive(Default)]
@@ -23,12 +23,18 @@ pub(super) struct CompactionDuty {
     physical: Vec<(Origin, Reply)>,
     /// When the running sweep started, for the log line at its end.
     started: Option<(Instant, i64)>,
+    /// Not before this the next slice (`runtime::background_pause` after the last one:
+    /// with no pause the loop would not go through the executor's rings between slices,
+    /// and this core's connections would wait for the whole sweep).
+    next_step: Option<Instant>,
 }
 
 impl RaftCore {
     /// When the loop must run again for the next slice (`None`: no sweep pending).
     pub(super) fn compaction_due(&self) -> Option<Instant> {
-        self.store.compaction_pending().then(Instant::now)
+        self.store
+            .compaction_pending()
+            .then(|| self.compaction.next_step.unwrap_or_else(Instant::now))
     }
 
     /// Holds the reply to a physical Compact of this member's client until the sweep is
@@ -64,10 +70,20 @@ impl RaftCore {
         if self.compaction.started.is_none_or(|(_, r)| r != rev) {
             self.compaction.started = Some((Instant::now(), rev));
         }
+        if self
+            .compaction
+            .next_step
+            .is_some_and(|t| t > Instant::now())
+        {
+            return Ok(());
+        }
+        let started = Instant::now();
         let deleted = self
             .store
             .compact_step(COMPACT_STEP_RECORDS)
             .map_err(|e| boot_err(format!("compaction at {rev}: {e}")))?;
+        self.compaction.next_step =
+            Some(Instant::now() + crate::runtime::background_pause(started.elapsed()));
         crate::metrics::add(crate::metrics::Counter::CompactionKeys, deleted as u64);
         if self.store.compaction_pending() {
             return Ok(());

@@ -75,6 +75,22 @@ pub fn spawn_allocator_collect(every: std::time::Duration) {
     .detach();
 }
 
+/// The shortest [`background_pause`].
+pub const IO_YIELD: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// The pause (a timer sleep) after a step of background work done between a core's
+/// requests (a compaction's sweep) that took `took`: as long again, so the work takes at
+/// most half of the core while requests wait for it, and never less than [`IO_YIELD`], so
+/// that the executor polls its rings (the network, timers, other cores' messages) before
+/// the next step. glommio's `yield_now` only puts a task back in its queue, and a queue
+/// that always has a runnable task polls its rings only when the 100 ms preemption timer
+/// fires: steps separated by `yield_now` held every connection of the core for that long
+/// (tuning.md, issue 23: puts stalled 300 ms during a sweep). A timer already due when
+/// polled (`sleep(0)`) does not yield at all.
+pub fn background_pause(took: std::time::Duration) -> std::time::Duration {
+    took.max(IO_YIELD)
+}
+
 /// Lets the calling thread run on every CPU the process may use (its main thread's mask,
 /// which no executor pins). A thread spawned from a pinned executor inherits that one
 /// CPU; a helper thread that should run beside the executor calls this first. Best

@@ -92,8 +92,8 @@ pub struct Shard {
 }
 
 /// Keys a step of a replica's compaction handles at most: the pause it adds to the
-/// core's other tasks (~0.1 µs a key).
-pub const COMPACT_STEP_KEYS: usize = 4096;
+/// core's other tasks (under 1 ms under a put load at 500k keys, tuning.md issue 23).
+pub const COMPACT_STEP_KEYS: usize = 2048;
 
 impl Shard {
     /// The shard `id`, its replica rebuilt from `snapshot` (the state at `applied_index`
