@@ -122,7 +122,7 @@ impl Services {
         };
         let mut export = crate::raft::etcd_db::Export::new(snap).map_err(failed)?;
         while !export.measure_some().map_err(failed)? {
-            futures_lite::future::yield_now().await;
+            crate::runtime::yield_to_rings().await;
         }
         let total = export.total_bytes();
         crate::runtime::log::info(
@@ -192,7 +192,7 @@ impl Services {
                     Some(mut k) => {
                         k.push(0);
                         start = k;
-                        futures_lite::future::yield_now().await;
+                        crate::runtime::yield_to_rings().await;
                     }
                     None => break,
                 }

@@ -91,6 +91,13 @@ pub fn background_pause(took: std::time::Duration) -> std::time::Duration {
     took.max(IO_YIELD)
 }
 
+/// Lets the executor poll its rings and run the core's other tasks before the caller goes
+/// on (a pause of [`IO_YIELD`]): between the slices of a long computation on a
+/// connection's core (see [`background_pause`] for why `yield_now` does not).
+pub async fn yield_to_rings() {
+    glommio::timer::sleep(IO_YIELD).await;
+}
+
 /// Lets the calling thread run on every CPU the process may use (its main thread's mask,
 /// which no executor pins). A thread spawned from a pinned executor inherits that one
 /// CPU; a helper thread that should run beside the executor calls this first. Best
