@@ -81,7 +81,7 @@ impl RaftCore {
             .await
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
         store
-            .check()
+            .check_open()
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
         if db_exists && !wal_exists {
             // A first boot that failed after creating the db and before its WAL (a disk
