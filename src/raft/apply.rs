@@ -414,7 +414,9 @@ impl RaftCore {
             }
             Err(err) => Err(ServerError::Mvcc(err)),
         };
-        if matches!(&op, Op::Compaction(c) if c.physical) && self.hold_physical_compact(e, &res) {
+        // A physical Compact's answer waits for its sweep; a refused one goes at once.
+        let physical = matches!(&op, Op::Compaction(c) if c.physical) && res.is_ok();
+        if physical && self.hold_physical_compact(e, &res) {
             return Ok(());
         }
         self.reply_to_entry::<OpResponse>(e, res);

@@ -298,6 +298,18 @@ fn a_physical_compaction_is_answered_when_its_sweep_ends_and_a_restart_resumes_i
             turn(&mut core, &out).await;
             assert_eq!(out.0.take().len(), 1);
             assert!(core.store().compaction_pending());
+            // A physical one that is refused (the revision is compacted) is answered at
+            // once, sweep or not.
+            propose(
+                &mut core,
+                &out,
+                999_999,
+                compact(rev - KEYS as i64 / 2, true),
+            );
+            turn(&mut core, &out).await;
+            let refused = out.0.take();
+            assert_eq!(refused.len(), 1);
+            assert!(refused[0].1.body.is_err());
             core.compaction_turn(&out).unwrap();
             // Then all of it, physical: no answer until the sweep is through.
             propose(&mut core, &out, 1_000_001, compact(rev, true));
