@@ -1,6 +1,7 @@
 //! A compaction's sweep on the raft core: applying a Compact only sets the compact
-//! revision (`Store::compact`); the records and key-index history it drops go a slice per
-//! loop turn, between rounds (`Store::compact_step`), while reads and writes go on. Where
+//! revision (`Store::compact`); the records and key-index history it drops go a slice at a
+//! time between rounds (`Store::compact_step`), each slice followed by a pause as long as
+//! it took (`runtime::background_pause`), while reads and writes go on. Where
 //! the sweep stands is in the db's meta, committed with the deletions, so a restart (or a
 //! member booting on a snapshot taken mid-way) goes on from there. Compact calls with
 //! `physical` set are answered once the sweep is done, as etcd answers them once its
