@@ -26,13 +26,6 @@ pub trait Backend {
     ) -> db::Result<()>;
     /// Removes the entry under `key`; whether there was one.
     fn remove(&mut self, key: &[u8]) -> db::Result<bool>;
-    /// Keeps only the entries in `[start, end)` whose key `keep` accepts.
-    fn retain(
-        &mut self,
-        start: &[u8],
-        end: &[u8],
-        keep: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> db::Result<u64>;
     fn publish(&mut self);
     async fn commit(&mut self) -> db::Result<()>;
     fn check(&self) -> db::Result<()>;
@@ -73,15 +66,6 @@ impl Backend for Db {
             }
         }
         Ok(())
-    }
-
-    fn retain(
-        &mut self,
-        start: &[u8],
-        end: &[u8],
-        keep: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> db::Result<u64> {
-        Db::retain(self, TreeId::Revision, start, end, keep)
     }
 
     fn remove(&mut self, key: &[u8]) -> db::Result<bool> {
@@ -184,20 +168,6 @@ impl Backend for MemBackend {
             }
         }
         Ok(())
-    }
-
-    fn retain(
-        &mut self,
-        start: &[u8],
-        end: &[u8],
-        keep: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> db::Result<u64> {
-        let before = self.working.len();
-        self.working.retain(|k, _| {
-            let inside = k.as_slice() >= start && (end.is_empty() || k.as_slice() < end);
-            !inside || keep(k)
-        });
-        Ok((before - self.working.len()) as u64)
     }
 
     fn remove(&mut self, key: &[u8]) -> db::Result<bool> {

@@ -416,7 +416,10 @@ impl RaftCore {
         };
         // A physical Compact's answer waits for its sweep; a refused one goes at once.
         let physical = matches!(&op, Op::Compaction(c) if c.physical) && res.is_ok();
-        if physical && self.hold_physical_compact(e, &res) {
+        if physical && self.store.compaction_pending() {
+            if let Some(held) = self.entry_reply::<OpResponse>(e, res) {
+                self.hold_physical_compact(held);
+            }
             return Ok(());
         }
         self.reply_to_entry::<OpResponse>(e, res);
@@ -500,14 +503,26 @@ impl RaftCore {
     /// entry's kind gives the reply's: a store write answers `Propose` with an
     /// `OpResponse`, a membership entry answers `Member` with `MemberChanged`.
     pub(super) fn reply_to_entry<T: ReplyKind>(&mut self, e: &Entry, body: Result<T, ServerError>) {
-        if let Some((member, incarnation, origin)) = decode_context(&e.context) {
-            if member == self.opts.member_id && incarnation == self.incarnation {
-                self.writes.waiting.remove(&origin);
-                let to = ReplyTo::<T>::new(origin.from, origin.seq);
-                let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
-                self.round.replies.push((origin.from, reply));
-            }
+        if let Some((origin, reply)) = self.entry_reply(e, body) {
+            self.round.replies.push((origin.from, reply));
         }
+    }
+
+    /// The reply to an applied entry, when this member (this boot) proposed it; the
+    /// request no longer waits to be applied.
+    pub(super) fn entry_reply<T: ReplyKind>(
+        &mut self,
+        e: &Entry,
+        body: Result<T, ServerError>,
+    ) -> Option<(Origin, Reply)> {
+        let (member, incarnation, origin) = decode_context(&e.context)?;
+        if member != self.opts.member_id || incarnation != self.incarnation {
+            return None;
+        }
+        self.writes.waiting.remove(&origin);
+        let to = ReplyTo::<T>::new(origin.from, origin.seq);
+        let reply = to.reply(body, self.node.raft.term, self.node.raft.leader_id);
+        Some((origin, reply))
     }
 
     /// Commits the db when it is due, then marks a snapshot and releases WAL segments when

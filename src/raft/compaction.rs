@@ -38,27 +38,9 @@ impl RaftCore {
             .then(|| self.compaction.next_step.unwrap_or_else(Instant::now))
     }
 
-    /// Holds the reply to a physical Compact of this member's client until the sweep is
-    /// done; false when there is nothing to hold (not this member's, or already done).
-    pub(super) fn hold_physical_compact(
-        &mut self,
-        e: &Entry,
-        body: &Result<OpResponse, ServerError>,
-    ) -> bool {
-        if !self.store.compaction_pending() {
-            return false;
-        }
-        let Some((member, incarnation, origin)) = writes::decode_context(&e.context) else {
-            return false;
-        };
-        if member != self.opts.member_id || incarnation != self.incarnation {
-            return false;
-        }
-        self.writes.waiting.remove(&origin);
-        let to = ReplyTo::<OpResponse>::new(origin.from, origin.seq);
-        let reply = to.reply(body.clone(), self.node.raft.term, self.node.raft.leader_id);
-        self.compaction.physical.push((origin, reply));
-        true
+    /// Holds the reply to a physical Compact of this member's client until the sweep ends.
+    pub(super) fn hold_physical_compact(&mut self, held: (Origin, Reply)) {
+        self.compaction.physical.push(held);
     }
 
     /// One slice of a pending sweep; once it is done, the physical callers' replies go

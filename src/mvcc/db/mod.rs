@@ -799,8 +799,8 @@ impl Db {
     }
 
     /// Keeps only the entries of `tree` in `[start, end)` (`end` empty = no upper bound)
-    /// whose key `keep(key)` accepts, repacking the leaves it rewrites (used by
-    /// compaction). Entries outside the range are untouched. Returns the number removed.
+    /// whose key `keep(key)` accepts, repacking the leaves it rewrites (clearing a tree;
+    /// it rebuilds every branch level, so a compaction's slices use `remove`). Entries outside the range are untouched. Returns the number removed.
     /// It decides by key alone: values are not read (a large value's overflow run is
     /// neither faulted in nor checksummed).
     pub fn retain(
