@@ -149,6 +149,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
             max_txn_ops: cfg.max_txn_ops,
             shards: cores,
             shard_splits: cfg.shard_split_keys.clone(),
+            shard_rebalance: cfg.shard_rebalance,
             idle_spin: cfg.idle_spin,
             lease_checkpoint_interval: cfg.lease_checkpoint_interval,
             corrupt_check_interval: cfg.corrupt_check_interval,

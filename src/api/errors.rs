@@ -290,6 +290,9 @@ pub fn status_from_server(e: &ServerError) -> Status {
             return Status::new(Code::Internal, format!("raft: {why}"))
         }
         ServerError::Internal(why) => return Status::new(Code::Internal, format!("keel: {why}")),
+        ServerError::ShardMoved => {
+            return Status::new(Code::Unavailable, "keel: a shard moved; retry".to_string())
+        }
         ServerError::Corrupt(_) => EtcdError::Corrupt,
     };
     known.status()

@@ -134,6 +134,7 @@ pub(super) fn build(
         cores,
         cpu_list,
         shard_split_keys: shard_split_keys(values),
+        shard_rebalance: parse_go_bool(raw(values, "shard-rebalance")) != Ok(false),
         idle_spin: go_duration(raw(values, "idle-spin")).unwrap_or_default(),
         watch_progress_notify_interval: watch_progress_notify_interval(values),
         lease_checkpoint_interval: lease_checkpoint_interval(values),

@@ -88,6 +88,7 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         cores: None,
         cpu_list: Vec::new(),
         shard_split_keys: Vec::new(),
+        shard_rebalance: true,
         idle_spin: std::time::Duration::from_micros(250),
         listen_metrics_urls: Vec::new(),
         etcd_version: "3.4.23".to_string(),

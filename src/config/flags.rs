@@ -94,7 +94,7 @@ use Effect::{Keel, Silent, Warn};
 use Kind::{Bool, Choice, Duration, Ignored, Int, List, Str, Uint, Uint32, Urls};
 
 /// Every etcd 3.4 server flag, etcd 3.5's TLS and lease-checkpoint flags, and Keel's own
-/// (`--cores`, `--cpu-list`, `--shard-split-keys`, `--idle-spin`), sorted by name so that environment
+/// (`--cores`, `--cpu-list`, `--shard-split-keys`, `--shard-rebalance`, `--idle-spin`), sorted by name so that environment
 /// variables are applied in etcd's order.
 pub(super) const SPECS: &[Spec] = &[
     spec("advertise-client-urls", Urls, "http://localhost:2379", Keel),
@@ -267,6 +267,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("retry-interval", Ignored, "", Silent),
     spec("self-signed-cert-validity", Uint, "1", Keel),
     spec("snapshot", Ignored, "", Silent),
+    spec("shard-rebalance", Bool, "true", Keel),
     spec("shard-split-keys", List, "", Keel),
     spec("snapshot-bytes", Uint, "67108864", Keel),
     spec("snapshot-count", Uint, "100000", Keel),
@@ -344,6 +345,10 @@ Member:
   --quota-backend-bytes '0'             database size limit (0 means 2 GiB)
   --cores N                             cores to run on (default: all available)
   --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)
+  --shard-split-keys k1,k2              where the cores' key-range shards split (default:
+                                        key-count quantiles at boot, then moved online)
+  --shard-rebalance 'true'              move the split keys online when the keys drift
+                                        out of balance (not with --shard-split-keys)
   --idle-spin '250us'                   how long the raft core polls before it sleeps
                                         when puts come one at a time back to back (the
                                         WAL's thread 4x as long); '0s' never spins

@@ -93,6 +93,9 @@ pub struct Config {
     /// Keel's own `--shard-split-keys k1,k2,…`: where the key-range shards split (empty:
     /// chosen from the keys in the store at boot).
     pub shard_split_keys: Vec<Vec<u8>>,
+    /// Keel's own `--shard-rebalance`: move the split keys online when the keys drift out
+    /// of balance (never with `--shard-split-keys`; `raft/rebalance.rs`).
+    pub shard_rebalance: bool,
     /// `--experimental-watch-progress-notify-interval` (etcd raises values under 100 ms).
     pub watch_progress_notify_interval: std::time::Duration,
     /// `--experimental-enable-lease-checkpoint`: the leader records each lease's

@@ -62,6 +62,9 @@ pub enum ServerError {
     /// A broken exchange between cores or members: a Keel bug or a peer of another
     /// version. The text says which.
     Internal(String),
+    /// A read part sent to a shard whose key range a rebalance step changed since the
+    /// sender routed it: the sender routes it again (never a client's answer).
+    ShardMoved,
 }
 
 /// One error for many waiters (a ReadIndex batch): storage errors, which wrap I/O errors
@@ -88,6 +91,7 @@ impl Clone for ServerError {
             MemberNotEnoughStarted => MemberNotEnoughStarted,
             Unhealthy => Unhealthy,
             NoSpace => NoSpace,
+            ShardMoved => ShardMoved,
             Auth(e) => Auth(*e),
             Mvcc(e) if e.etcd_message().is_some() => Mvcc(copy_operating(e)),
             Mvcc(e) if is_corrupt(e) => Corrupt(e.to_string()),
@@ -174,6 +178,7 @@ impl ServerError {
             MemberNotEnoughStarted => 16,
             Unhealthy => 17,
             NoSpace => 22,
+            ShardMoved => 23,
             ConfChangeRefused(why) => return (18, why.clone()),
             ProposalRefused(why) => return (19, why.clone()),
             Internal(why) => return (20, why.clone()),
@@ -220,6 +225,7 @@ impl ServerError {
             20 => Internal(detail),
             21 => Corrupt(detail),
             22 => NoSpace,
+            23 => ShardMoved,
             c if c > AUTH_CODE_BASE => {
                 match crate::auth::AuthError::ALL.get((c - AUTH_CODE_BASE - 1) as usize) {
                     Some(e) => Auth(*e),

@@ -376,6 +376,9 @@ pub struct Applied {
     pub replies: Vec<Reply>,
     /// The shard split keys, in the first round only (the shards' boot).
     pub splits: Option<Arc<Vec<Vec<u8>>>>,
+    /// Rebalance steps, each after the number of `changes` chunks given with it (a
+    /// round's own step comes after its changes).
+    pub moves: Vec<(usize, Arc<crate::shard::Move>)>,
     /// Leases revoked in the round (each core drops them from its keep-alive cache).
     pub revoked_leases: Arc<Vec<i64>>,
     /// Auth changes of the round: the new view, token assignments and drops.
@@ -454,6 +457,7 @@ impl Applied {
             snapshot: self.snapshot.clone(),
             replies: Vec::new(),
             splits: self.splits.clone(),
+            moves: self.moves.clone(),
             revoked_leases: self.revoked_leases.clone(),
             auth: self.auth.clone(),
             alarms: self.alarms.clone(),
@@ -471,6 +475,9 @@ impl Applied {
         self.raft_term = later.raft_term;
         self.leader = later.leader;
         self.learner = later.learner;
+        let before = self.changes.len();
+        self.moves
+            .extend(later.moves.into_iter().map(|(at, m)| (before + at, m)));
         self.changes.extend(later.changes);
         self.snapshot = later.snapshot;
         self.replies.extend(later.replies);
@@ -499,6 +506,9 @@ pub enum CoreMsg {
         req: RangeRequest,
         at_revision: i64,
         min_index: u64,
+        /// The split keys the part was routed by (refused with `ShardMoved` unless the
+        /// receiver's range is the same under its own).
+        splits: Arc<Vec<Vec<u8>>>,
     },
     /// Send this core's metric counts (`MetricsReply` with the same `seq`) to `from`.
     Metrics {

@@ -41,9 +41,12 @@ pub enum Counter {
     LeaseExpired,
     WalWriteBytes,
     CompactionKeys,
+    ShardMoves,
+    ShardMovedKeys,
+    ShardRerouted,
 }
 
-const COUNTERS: [(Counter, &str, &str); 19] = [
+const COUNTERS: [(Counter, &str, &str); 22] = [
     (
         Counter::MvccPut,
         "etcd_mvcc_put_total",
@@ -130,6 +133,21 @@ const COUNTERS: [(Counter, &str, &str); 19] = [
         Counter::CompactionKeys,
         "etcd_debugging_mvcc_db_compaction_keys_total",
         "Revision records the compactions' sweeps deleted.",
+    ),
+    (
+        Counter::ShardMoves,
+        "keel_shard_moves_total",
+        "Rebalance steps that moved keys from one core's shard to another's.",
+    ),
+    (
+        Counter::ShardMovedKeys,
+        "keel_shard_moved_keys_total",
+        "Keys (with their history) the rebalance steps moved between shards.",
+    ),
+    (
+        Counter::ShardRerouted,
+        "keel_shard_rerouted_reads_total",
+        "Read parts routed again because a rebalance step changed their shard meanwhile.",
     ),
 ];
 

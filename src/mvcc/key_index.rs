@@ -230,6 +230,11 @@ impl KeyHistory {
             .unwrap_or_default()
     }
 
+    /// Whether the key is alive at its newest revision.
+    pub fn is_live(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.revs.is_empty())
+    }
+
     fn is_empty(&self) -> bool {
         self.generations.len() == 1 && self.generations[0].revs.is_empty()
     }
@@ -383,6 +388,9 @@ impl KeyHistory {
         assert_eq!(prev.unwrap_or_default(), self.modified());
     }
 }
+
+/// Keys with their whole histories, in key order: what a shard hands to another.
+pub type MovedKeys = Vec<(IndexKey, KeyHistory)>;
 
 /// All keys' histories, ordered by key: a hash map for the point operations (a put, a
 /// tombstone, a single-key read: one or two cache misses instead of one per level of a
@@ -577,6 +585,94 @@ impl KeyIndex {
         self.keys.remove(KeyBytes::new(key));
         self.order.remove(KeyBytes::new(key));
         false
+    }
+
+    /// Copies of the histories of consecutive keys, for a shard that takes them over: from
+    /// `from` up (inclusive) while below `below`, or with `down`, from just below `from`
+    /// down while at or above `below`; at most `max_keys` keys and `max_live` live ones.
+    /// Returns them in key order with the number alive.
+    pub fn export(
+        &self,
+        from: &[u8],
+        below: Option<&[u8]>,
+        down: bool,
+        max_keys: usize,
+        max_live: usize,
+    ) -> (MovedKeys, usize) {
+        let mut out = Vec::new();
+        let mut live = 0;
+        let mut take = |k: &IndexKey| {
+            if out.len() == max_keys || live == max_live {
+                return false;
+            }
+            let h = &self.keys[KeyBytes::new(k.as_bytes())];
+            live += usize::from(h.is_live());
+            out.push((k.clone(), h.clone()));
+            true
+        };
+        let from = KeyBytes::new(from);
+        if down {
+            let lower = below.map_or(Bound::Unbounded, |b| Bound::Included(KeyBytes::new(b)));
+            let keys = self
+                .order
+                .range::<KeyBytes, _>((lower, Bound::Excluded(from)));
+            for k in keys.rev() {
+                if !take(k) {
+                    break;
+                }
+            }
+            out.reverse();
+        } else {
+            let upper = below.map_or(Bound::Unbounded, |b| Bound::Excluded(KeyBytes::new(b)));
+            for k in self
+                .order
+                .range::<KeyBytes, _>((Bound::Included(from), upper))
+            {
+                if !take(k) {
+                    break;
+                }
+            }
+        }
+        (out, live)
+    }
+
+    /// Drops every key in `[lo, hi)` (`hi` `None`: unbounded), as a shard that hands them
+    /// over does. Returns how many went.
+    pub fn remove_range(&mut self, lo: &[u8], hi: Option<&[u8]>) -> usize {
+        let upper = hi.map_or(Bound::Unbounded, |h| Bound::Excluded(KeyBytes::new(h)));
+        let gone: Vec<IndexKey> = self
+            .order
+            .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(lo)), upper))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.order.remove(k);
+            if self.keys.remove(k).is_some_and(|h| h.is_live()) {
+                self.live -= 1;
+            }
+        }
+        gone.len()
+    }
+
+    /// Takes over keys [`KeyIndex::export`] copied from another index (none of them known
+    /// here), their history compacted at `compact_at`.
+    pub fn import(&mut self, moved: &[(IndexKey, KeyHistory)], compact_at: i64) {
+        for (k, h) in moved {
+            let mut h = h.clone();
+            if compact_at > 0 {
+                h.compact(compact_at);
+                if h.is_empty() {
+                    continue;
+                }
+            }
+            self.live += usize::from(h.is_live());
+            if let Some(old) = self.keys.insert(k.clone(), h) {
+                // Not expected (a key is in one shard only); keep the count right anyway.
+                self.live -= usize::from(old.is_live());
+            } else {
+                self.order.insert(k.clone());
+            }
+        }
     }
 
     /// The revisions <= `at` that `compact(at)` would keep, without changing anything.
@@ -787,6 +883,42 @@ mod tests {
         assert!(keep.is_empty());
         assert_eq!(ix.history(b"foo"), None);
         assert_eq!(ix.key_count(), 0);
+    }
+
+    #[test]
+    fn keys_exported_removed_and_imported_move_whole() {
+        let mut ix = KeyIndex::new();
+        for (i, k) in [b"a", b"b", b"c", b"d", b"e"].iter().enumerate() {
+            ix.put(*k, r(2 + i as i64));
+        }
+        ix.tombstone(b"c", r(10));
+        // Up from "b" while below "e": at most 2 live keys ("b", "c" deleted, "d").
+        let (up, live) = ix.export(b"b", Some(b"e"), false, 10, 2);
+        let keys: Vec<&[u8]> = up.iter().map(|(k, _)| k.as_bytes()).collect();
+        assert_eq!((keys, live), (vec![&b"b"[..], b"c", b"d"], 2));
+        // Down from just below "d" to "b": in key order; then at most 1 key.
+        let (down, live) = ix.export(b"d", Some(b"b"), true, 10, 10);
+        let keys: Vec<&[u8]> = down.iter().map(|(k, _)| k.as_bytes()).collect();
+        assert_eq!((keys, live), (vec![&b"b"[..], b"c"], 1));
+        assert_eq!(ix.export(b"d", None, true, 1, 10).0[0].0.as_bytes(), b"c");
+        // Moved into another index: the same histories, counts follow.
+        let mut other = KeyIndex::new();
+        other.import(&up, 0);
+        assert_eq!(ix.remove_range(b"b", Some(b"e")), 3);
+        assert_eq!((ix.key_count(), ix.live_key_count()), (2, 2));
+        assert_eq!((other.key_count(), other.live_key_count()), (3, 2));
+        assert_eq!(other.history(b"c"), Some(&up[1].1));
+        assert_eq!(
+            other.keys().collect::<Vec<_>>(),
+            vec![&b"b"[..], b"c", b"d"]
+        );
+        other.invariants();
+        ix.invariants();
+        // Imported compacted: "c", deleted at 10, has no history left at 10.
+        let mut compacted = KeyIndex::new();
+        compacted.import(&up, 10);
+        assert_eq!(compacted.key_count(), 2);
+        assert_eq!(compacted.history(b"c"), None);
     }
 
     #[test]

@@ -329,16 +329,17 @@ impl Node {
                 req,
                 at_revision,
                 min_index,
+                splits,
             } => {
                 if self.is_ready() && self.watermark().index >= min_index {
                     // The usual case: served at once, no task.
-                    self.reply_part(from, seq, &req, at_revision);
+                    self.reply_part(from, seq, &req, at_revision, &splits);
                     return;
                 }
                 let node = self.clone();
                 glommio::spawn_local(async move {
                     node.wait_applied(min_index).await;
-                    node.reply_part(from, seq, &req, at_revision);
+                    node.reply_part(from, seq, &req, at_revision, &splits);
                 })
                 .detach();
             }
@@ -407,8 +408,20 @@ impl Node {
         total
     }
 
-    fn reply_part(&self, from: CoreId, seq: u64, req: &RangeRequest, at_revision: i64) {
-        let body = self.serve_part(req, at_revision);
+    fn reply_part(
+        &self,
+        from: CoreId,
+        seq: u64,
+        req: &RangeRequest,
+        at_revision: i64,
+        splits: &Arc<Vec<Vec<u8>>>,
+    ) {
+        let body = if self.with_shard(|s| s.serves_as(splits)) {
+            self.serve_part(req, at_revision)
+        } else {
+            // A step of a rebalance lies between the sender's round and this core's.
+            Err(ServerError::ShardMoved)
+        };
         let index = self.watermark().index;
         self.send(from, CoreMsg::RangeReply { seq, index, body });
     }
@@ -419,13 +432,10 @@ impl Node {
         {
             let mut shard = self.shard.borrow_mut();
             match shard.as_mut() {
-                Some(s) => s.apply(
-                    a.changes.iter().flat_map(|c| c.iter()),
-                    a.snapshot.clone(),
-                    a.index,
-                    a.revision,
-                    a.compact_revision,
-                ),
+                Some(s) => {
+                    s.apply_chunks(&a.changes, &a.moves);
+                    s.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
+                }
                 None => {
                     // The first round: the snapshot already holds its changes.
                     let Some(splits) = a.splits.clone() else {
@@ -696,8 +706,28 @@ impl Node {
         }
     }
 
-    /// One read at this core's watermark `mark`.
+    /// One read at this core's watermark `mark`, or later: a part refused by a shard
+    /// that a rebalance step changed since `mark` is routed again once this core has
+    /// applied that step too (the read is then at the later watermark).
     async fn range_at(
+        self: &Rc<Node>,
+        req: &RangeRequest,
+        mut mark: Watermark,
+    ) -> Result<RangeResponse, (Option<u64>, ServerError)> {
+        loop {
+            match self.range_routed(req, mark).await {
+                Err((Some(index), ServerError::ShardMoved)) => {
+                    crate::metrics::inc(crate::metrics::Counter::ShardRerouted);
+                    self.wait_applied(index).await;
+                    mark = self.watermark();
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One read at `mark`, routed by this core's split keys.
+    async fn range_routed(
         self: &Rc<Node>,
         req: &RangeRequest,
         mark: Watermark,
@@ -719,7 +749,7 @@ impl Node {
             if s == me {
                 local = Some(self.serve_part(&part, mark.revision));
             } else {
-                pending.push(self.call_part(CoreId(s as u16), part.clone(), mark));
+                pending.push(self.call_part(CoreId(s as u16), part.clone(), mark, &splits));
             }
         }
         let mut parts = Vec::with_capacity(shards.len());
@@ -753,6 +783,7 @@ impl Node {
         to: CoreId,
         req: RangeRequest,
         mark: Watermark,
+        splits: &Arc<Vec<Vec<u8>>>,
     ) -> impl std::future::Future<Output = (u64, RangeResult)> {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
@@ -766,6 +797,7 @@ impl Node {
                 req,
                 at_revision: mark.revision,
                 min_index: mark.index,
+                splits: splits.clone(),
             },
         );
         let guard = CallGuard {

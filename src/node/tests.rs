@@ -16,8 +16,11 @@ fn merged_rounds_apply_like_separate_ones() {
         let mut store = capturing_store(&dir).await;
         let splits = Arc::new(vec![b"m".to_vec()]);
         let boot = store.backend().snapshot();
-        let mut one = Shard::boot(0, splits.clone(), boot.clone(), 0, 1, 0).unwrap();
-        let mut merged = Shard::boot(0, splits, boot, 0, 1, 0).unwrap();
+        // Both shards, fed round by round and merged.
+        let boot_both =
+            || [0, 1].map(|i| Shard::boot(i, splits.clone(), boot.clone(), 0, 1, 0).unwrap());
+        let mut one = boot_both();
+        let mut merged = boot_both();
         let mut rounds = Vec::new();
         for round in 0..3u64 {
             for k in ["a", "b", "c", "x"] {
@@ -38,6 +41,16 @@ fn merged_rounds_apply_like_separate_ones() {
                 store.compact(store.current_revision() - 2).unwrap();
             }
             store.publish();
+            let changes = store.take_changes();
+            // Round 1 ends with a rebalance step: "c", the key below "m", goes to shard 1
+            // (which then takes round 2's put of it).
+            let moves = if round == 1 {
+                let m = crate::shard::Move::plan(store.index(), &splits, 0, -1, 10).unwrap();
+                assert_eq!((m.from, m.to, m.lo.as_slice()), (0, 1, &b"c"[..]));
+                vec![(1, Arc::new(m))]
+            } else {
+                Vec::new()
+            };
             let a = Applied {
                 index: round + 1,
                 revision: store.current_revision(),
@@ -45,22 +58,20 @@ fn merged_rounds_apply_like_separate_ones() {
                 raft_term: 2,
                 leader: 1,
                 learner: false,
-                changes: vec![Arc::new(store.take_changes())],
+                changes: vec![Arc::new(changes)],
                 snapshot: store.backend().snapshot(),
                 replies: Vec::new(),
                 splits: None,
+                moves,
                 revoked_leases: Default::default(),
                 auth: Default::default(),
                 alarms: Default::default(),
                 db_bytes: 0,
             };
-            one.apply(
-                a.changes.iter().flat_map(|c| c.iter()),
-                a.snapshot.clone(),
-                a.index,
-                a.revision,
-                a.compact_revision,
-            );
+            for s in &mut one {
+                s.apply_chunks(&a.changes, &a.moves);
+                s.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
+            }
             rounds.push(a);
         }
         // An outbox merges a round into the round queued before it, never across
@@ -90,24 +101,34 @@ fn merged_rounds_apply_like_separate_ones() {
         }
         assert_eq!(all.changes.len(), 3);
         assert_eq!(all.index, 3);
-        merged.apply(
-            all.changes.iter().flat_map(|c| c.iter()),
-            all.snapshot.clone(),
-            all.index,
-            all.revision,
-            all.compact_revision,
-        );
-        assert_eq!(merged.applied_index(), one.applied_index());
-        assert_eq!(merged.revision(), one.revision());
+        assert_eq!(all.moves.len(), 1);
+        for s in &mut merged {
+            s.apply_chunks(&all.changes, &all.moves);
+            s.advance(
+                all.snapshot.clone(),
+                all.index,
+                all.revision,
+                all.compact_revision,
+            );
+        }
         let every = RangeRequest {
             key: vec![0],
             range_end: vec![0],
             ..Default::default()
         };
         let at = store.current_revision();
-        assert_eq!(merged.range(&every, at), one.range(&every, at));
-        // a, b (put again after its delete) and c; x is on shard 1.
-        assert_eq!(merged.range(&every, at).unwrap().kvs.len(), 3);
+        for (m, o) in merged.iter().zip(&one) {
+            assert_eq!(m.applied_index(), o.applied_index());
+            assert_eq!(m.revision(), o.revision());
+            assert_eq!(m.range(&every, at), o.range(&every, at));
+        }
+        // a and b (put again after its delete) on shard 0; c (moved, with its last put)
+        // and x on shard 1.
+        let keys = |s: &Shard| s.range(&every, at).unwrap().kvs.len();
+        assert_eq!((keys(&merged[0]), keys(&merged[1])), (2, 2));
+        let c = merged[1].get(b"c", at).unwrap().unwrap();
+        assert_eq!(c.value, 2u64.to_be_bytes());
+        assert_eq!(c.version, 3);
     });
 }
 
@@ -144,6 +165,7 @@ fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
                 snapshot: store.backend().snapshot(),
                 replies: Vec::new(),
                 splits,
+                moves: Vec::new(),
                 revoked_leases: Default::default(),
                 auth: Default::default(),
                 alarms: Default::default(),

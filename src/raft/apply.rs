@@ -266,6 +266,14 @@ impl RaftCore {
             }
             replies = local;
         }
+        let changes = self.store.take_changes();
+        // A rebalance step rides after the round's changes (none in the boot round, whose
+        // split keys the shards boot with).
+        let moves = if splits_first {
+            None
+        } else {
+            self.rebalance_round(&changes)
+        };
         let round = Applied {
             index: self.applied_index,
             revision: self.store.current_revision(),
@@ -273,10 +281,11 @@ impl RaftCore {
             raft_term: self.node.raft.term,
             leader,
             learner,
-            changes: vec![std::sync::Arc::new(self.store.take_changes())],
+            changes: vec![std::sync::Arc::new(changes)],
             snapshot: self.store.backend().snapshot(),
             replies: Vec::new(),
             splits,
+            moves: moves.into_iter().map(|m| (1, m)).collect(),
             revoked_leases: std::sync::Arc::new(std::mem::take(&mut self.leases.round_revoked)),
             auth: self.auth.take_round(splits_first),
             alarms: self.alarms.list.clone(),

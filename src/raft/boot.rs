@@ -144,6 +144,12 @@ impl RaftCore {
             auto_compact: autocompact::AutoCompactDuty::new(opts.auto_compaction),
             corrupt: Default::default(),
             compaction: Default::default(),
+            rebalance: rebalance::Rebalance::new(
+                opts.shard_rebalance && opts.shard_splits.is_empty(),
+                opts.shards,
+                &splits,
+                store.index(),
+            ),
             node,
             store,
             wal: persist::Persister::start(wal, opts.idle_spin),

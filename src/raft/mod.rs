@@ -76,6 +76,7 @@ pub mod lessor;
 pub mod log;
 mod persist;
 mod reads;
+mod rebalance;
 pub mod restore;
 pub mod transport;
 mod writes;
@@ -152,6 +153,8 @@ pub struct RaftOptions {
     /// Key-range shards (one per core) and configured split keys (empty: from the data).
     pub shards: usize,
     pub shard_splits: Vec<Vec<u8>>,
+    /// Move split keys online as the keys drift (off with `shard_splits`).
+    pub shard_rebalance: bool,
     /// `--idle-spin`: see [`persist`] (zero: never spin).
     pub idle_spin: Duration,
     /// Lease checkpoints (`None`: off).
@@ -274,6 +277,7 @@ pub struct RaftCore {
     auto_compact: Option<autocompact::AutoCompactDuty>,
     /// The compaction's sweep and the physical Compact calls waiting for it.
     compaction: compaction::CompactionDuty,
+    rebalance: rebalance::Rebalance,
     /// Corruption checks: damaged pages found, hash rounds with the peers.
     corrupt: corrupt::CorruptDuty,
     /// This member's writes: waiting for a leader, and proposed but not yet applied.
@@ -640,10 +644,15 @@ pub async fn run(
 ) -> Result<Exit, BootError> {
     core.process_ready(out).await?;
     while !stop() && core.exit.is_none() {
-        let next = [core.defrag.due(), core.corrupt.due(), core.compaction_due()]
-            .into_iter()
-            .flatten()
-            .fold(core.next_tick(), Instant::min);
+        let next = [
+            core.defrag.due(),
+            core.corrupt.due(),
+            core.compaction_due(),
+            core.rebalance.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(core.next_tick(), Instant::min);
         let next = core.auto_compact_due().map_or(next, |t| t.min(next));
         let wait = next.saturating_duration_since(Instant::now());
         let wal = &mut core.wal;
@@ -685,6 +694,7 @@ pub async fn run(
         core.defrag_turn(out).await?;
         core.corrupt_turn(out)?;
         core.compaction_turn(out)?;
+        core.rebalance_turn(out);
         #[cfg(debug_assertions)]
         if core.exit.is_none() {
             core.invariants();

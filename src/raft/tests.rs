@@ -48,6 +48,7 @@ fn options(dir: &Path, member_id: u64) -> RaftOptions {
         max_txn_ops: 128,
         shards: 1,
         shard_splits: Vec::new(),
+        shard_rebalance: true,
         idle_spin: Duration::ZERO,
         lease_checkpoint_interval: None,
         corrupt_check_interval: None,

@@ -11,8 +11,16 @@
 //!   raft core's order, so it equals the authoritative index restricted to the range.
 //! - A read at revision *r* is served by every shard the range touches, each once it has
 //!   applied the round holding *r*; the parts merge exactly ([`merge`]).
+//! - Shards follow the data: when the keys drift out of balance (a prefix that grows after
+//!   boot), the raft core moves split keys a step at a time ([`Move`], `raft/rebalance.rs`).
+//!   A step rides on a round, after its changes: every core takes the new split keys
+//!   there, the shard losing the step's keys drops them and the one gaining them takes the
+//!   histories the step carries, so each replica still equals the authoritative index
+//!   restricted to its range. A part of a read routed by older (or newer) split keys than
+//!   the serving shard's is refused ([`Shard::serves_as`]) and routed again.
 
 use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::key_index::MovedKeys;
 use crate::mvcc::{
     self, kv, Change, KeyIndex, KeyRange, RangeRequest, RangeResponse, ReadView, Revision,
     SortOrder, SortTarget,
@@ -74,6 +82,76 @@ pub fn shards_for(splits: &[Vec<u8>], key: &[u8], range_end: &[u8]) -> Range<usi
             let s = shard_of(splits, k);
             s..s + 1
         }
+    }
+}
+
+/// The key range shard `id` owns under `splits`: `[lo, hi)`, `None` for unbounded.
+pub fn bounds(splits: &[Vec<u8>], id: usize) -> (Option<&[u8]>, Option<&[u8]>) {
+    let lo = id
+        .checked_sub(1)
+        .and_then(|i| splits.get(i))
+        .map(Vec::as_slice);
+    (lo, splits.get(id).map(Vec::as_slice))
+}
+
+/// One step of a rebalance: the keys of `[lo, hi)` go from shard `from` to shard `to`,
+/// with their histories as the raft core's index had them after the changes of the round
+/// that carries the step; `splits` are the split keys after it.
+#[derive(Debug)]
+pub struct Move {
+    pub splits: Arc<Vec<Vec<u8>>>,
+    pub from: usize,
+    pub to: usize,
+    pub lo: Vec<u8>,
+    pub hi: Vec<u8>,
+    pub keys: MovedKeys,
+    /// How many of `keys` are alive.
+    pub live: usize,
+}
+
+impl Move {
+    /// A step that moves split key `boundary` of `splits` over at most `max_keys` keys of
+    /// `index` (and `d` live ones): up when the shard left of it should grow by `d`, down
+    /// when it should shrink (`d` < 0), never past the split keys beside it. `None` when
+    /// no key lies that way.
+    pub fn plan(
+        index: &KeyIndex,
+        splits: &Arc<Vec<Vec<u8>>>,
+        boundary: usize,
+        d: i64,
+        max_keys: usize,
+    ) -> Option<Move> {
+        let at = splits.get(boundary)?;
+        let want = d.unsigned_abs() as usize;
+        let (keys, live) = if d > 0 {
+            let above = splits.get(boundary + 1).map(Vec::as_slice);
+            index.export(at, above, false, max_keys, want)
+        } else {
+            let below = boundary.checked_sub(1).map(|i| splits[i].as_slice());
+            index.export(at, below, true, max_keys, want)
+        };
+        let (first, last) = (keys.first()?, keys.last()?);
+        let mut moved = splits.to_vec();
+        let (from, to, lo, hi) = if d > 0 {
+            // The new split key is the least key above the last one moved.
+            let mut next = last.0.as_bytes().to_vec();
+            next.push(0);
+            moved[boundary] = next.clone();
+            (boundary + 1, boundary, at.clone(), next)
+        } else {
+            let lowest = first.0.as_bytes().to_vec();
+            moved[boundary] = lowest.clone();
+            (boundary, boundary + 1, lowest, at.clone())
+        };
+        Some(Move {
+            splits: Arc::new(moved),
+            from,
+            to,
+            lo,
+            hi,
+            keys,
+            live,
+        })
     }
 }
 
@@ -154,6 +232,32 @@ impl Shard {
         shard_of(&self.splits, key) == self.id
     }
 
+    /// Whether this shard owns exactly the range `splits` give it: a read part routed by
+    /// `splits` finds here all the keys it was sent for and no other shard's.
+    pub fn serves_as(&self, splits: &Arc<Vec<Vec<u8>>>) -> bool {
+        Arc::ptr_eq(splits, &self.splits)
+            || bounds(splits, self.id) == bounds(&self.splits, self.id)
+    }
+
+    /// Takes one rebalance step (at its place in the round): the new split keys, and the
+    /// step's keys dropped or taken over if this shard is the one losing or gaining them.
+    pub fn take_move(&mut self, m: &Move) {
+        if m.from == self.id {
+            self.index.remove_range(&m.lo, Some(&m.hi));
+        }
+        if m.to == self.id {
+            // Compacted as far as this replica is (a compaction of this round may not
+            // be in `compact_revision` yet).
+            let at = self
+                .compacting
+                .as_ref()
+                .map_or(self.compact_revision, |(at, _)| *at)
+                .max(self.compact_revision);
+            self.index.import(&m.keys, at);
+        }
+        self.splits = m.splits.clone();
+    }
+
     pub fn key_count(&self) -> usize {
         self.index.key_count()
     }
@@ -184,6 +288,41 @@ impl Shard {
         revision: i64,
         compact_revision: i64,
     ) {
+        self.apply_changes(changes);
+        self.advance(snapshot, applied_index, revision, compact_revision);
+    }
+
+    /// A round's new snapshot and watermark, after its changes and moves.
+    pub fn advance(
+        &mut self,
+        snapshot: ReadSnapshot,
+        applied_index: u64,
+        revision: i64,
+        compact_revision: i64,
+    ) {
+        self.snapshot = snapshot;
+        self.applied_index = applied_index;
+        self.revision = revision;
+        self.compact_revision = compact_revision;
+    }
+
+    /// A round's changes, in chunks, with the rebalance steps between them (each after
+    /// the number of chunks given with it); `advance` follows.
+    pub fn apply_chunks(&mut self, chunks: &[Arc<Vec<Change>>], moves: &[(usize, Arc<Move>)]) {
+        let mut moves = moves.iter().peekable();
+        for (i, chunk) in chunks.iter().enumerate() {
+            while let Some((_, m)) = moves.next_if(|(at, _)| *at <= i) {
+                self.take_move(m);
+            }
+            self.apply_changes(chunk.iter());
+        }
+        for (_, m) in moves {
+            self.take_move(m);
+        }
+    }
+
+    /// The changes of this shard's range (part of a round: `advance` follows).
+    pub fn apply_changes<'c>(&mut self, changes: impl IntoIterator<Item = &'c Change>) {
         for c in changes {
             match c {
                 Change::Put { rev, kv, .. } if self.owns(&kv.key) => {
@@ -200,10 +339,6 @@ impl Shard {
                 _ => {}
             }
         }
-        self.snapshot = snapshot;
-        self.applied_index = applied_index;
-        self.revision = revision;
-        self.compact_revision = compact_revision;
     }
 
     /// Whether the replica has a compaction to finish (`compact_step`).

@@ -78,7 +78,8 @@ fn scattered_ranges_equal_the_single_store() {
         let mut store = Store::open(&dir.join("db"), opts).await.unwrap();
         store.capture_changes(true);
         store.publish();
-        let splits = Arc::new(vec![b"k".to_vec(), b"q05".to_vec(), b"z".to_vec()]);
+        let mut splits = Arc::new(vec![b"k".to_vec(), b"q05".to_vec(), b"z".to_vec()]);
+        let mut moved = 0;
         let snap = store.backend().snapshot();
         let mut shards: Vec<Shard> = (0..4)
             .map(|i| Shard::boot(i, splits.clone(), snap.clone(), 0, 1, 0).unwrap())
@@ -119,14 +120,36 @@ fn scattered_ranges_equal_the_single_store() {
             store.publish();
             let snap = store.backend().snapshot();
             let changes = store.take_changes();
+            // A rebalance step after the round's changes, most rounds: a random split key
+            // a random way, over a few keys.
+            let step = (r.below(4) != 0)
+                .then(|| {
+                    let boundary = r.below(3) as usize;
+                    let d = r.below(40) as i64 - 20;
+                    let max = r.below(12) as usize + 1;
+                    Move::plan(store.index(), &splits, boundary, d, max)
+                })
+                .flatten();
             for s in &mut shards {
-                s.apply(
-                    &changes,
+                s.apply_changes(&changes);
+                if let Some(m) = &step {
+                    s.take_move(m);
+                }
+                s.advance(
                     snap.clone(),
                     round + 1,
                     store.current_revision(),
                     store.compact_revision(),
                 );
+            }
+            if let Some(m) = step {
+                // Parts routed by the split keys before the step are refused by the two
+                // shards it changed, and only by them.
+                for s in &shards {
+                    assert_eq!(s.serves_as(&splits), s.id() != m.from && s.id() != m.to);
+                }
+                moved += m.keys.len();
+                splits = m.splits.clone();
             }
             let current = store.current_revision();
             for _ in 0..30 {
@@ -197,6 +220,11 @@ fn scattered_ranges_equal_the_single_store() {
         }
         let keys: usize = shards.iter().map(|s| s.key_count()).sum();
         assert_eq!(keys, store.index().key_count());
+        // Each replica is the store's index restricted to its range.
+        for s in &shards {
+            assert!(store.index().keys().filter(|k| s.owns(k)).count() == s.key_count());
+        }
+        assert!(moved > 50, "only {moved} keys moved");
         assert!(keys < before, "{keys} keys of {before}");
         assert!(checked >= 1800);
     });
