@@ -102,7 +102,7 @@ impl Server {
 
     /// Stops it (SIGTERM) and starts it again on the same data: Keel then picks its
     /// shard split keys from the keys the prefill wrote, as it would after a restart.
-    fn restart(self, out: &Path) -> Server {
+    pub(crate) fn restart(self, out: &Path) -> Server {
         let (name, binary, extra, tls, auth) = (
             self.name,
             self.binary.clone(),

@@ -169,6 +169,14 @@ const GATEWAY: &[Spec] = &[
     Spec::value("out", "target/bench-gateway", "results folder"),
 ];
 
+const SKEW: &[Spec] = &[
+    Spec::value("keys", "200000", "keys filled (20000 with --quick)"),
+    Spec::value("seconds", "5", "seconds per range run (1 with --quick)"),
+    Spec::value("reps", "2", "range runs per row (1 with --quick)"),
+    Spec::switch("quick", "20000 keys, 1-second runs"),
+    Spec::value("out", "target/bench-skew", "results folder"),
+];
+
 const PROXY: &[Spec] = &[
     Spec::value("watchers", "100000", "watchers (2000 with --quick)"),
     Spec::value("keys", "1000", "distinct keys watched (100 with --quick)"),
@@ -239,6 +247,7 @@ pub fn specs(mode: &str) -> Option<Vec<Spec>> {
         "gateway" => &[SERVERS, GATEWAY],
         "proxy" => &[SERVERS, PROXY],
         "scrape" => &[SERVERS, SCRAPE],
+        "skew" => &[SERVERS, SKEW],
         "watch-memory" => &[LOAD],
         "wal" => &[WAL],
         "store" => &[STORE],

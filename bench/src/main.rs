@@ -25,6 +25,7 @@ mod load;
 mod maintenance;
 mod proxy;
 mod scrape;
+mod skew;
 mod store;
 mod util;
 mod wal;
@@ -45,6 +46,9 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    --warmup-ms 1000 --quick --only keel|etcd --out DIR
   scrape           put c64 with and without a GET /metrics every 100 ms, Keel then etcd: --keel BIN --etcd BIN
                    --seconds 5 --rounds 3 --clients 64 --interval-ms 100 --quick --out DIR
+  skew             keys put under one part of the key space after an empty boot, then range c64: Keel without
+                   and with online shard moves, restarted (split at boot), etcd: --keel BIN --etcd BIN --keys 200000
+                   --seconds 5 --reps 2 --quick --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
   put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns | authenticate
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
@@ -91,6 +95,7 @@ fn main() {
         "failover" => failover::main(&opts),
         "maintenance" => maintenance::main(&opts),
         "scrape" => scrape::main(&opts),
+        "skew" => skew::main(&opts),
         "gateway" => gateway::main(&opts),
         "proxy" => proxy::main(&opts),
         "watch-memory" => {

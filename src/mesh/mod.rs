@@ -378,7 +378,7 @@ pub struct Applied {
     pub splits: Option<Arc<Vec<Vec<u8>>>>,
     /// Rebalance steps, each after the number of `changes` chunks given with it (a
     /// round's own step comes after its changes).
-    pub moves: Vec<(usize, Arc<crate::shard::Move>)>,
+    pub moves: Vec<(usize, Arc<ShardMove>)>,
     /// Leases revoked in the round (each core drops them from its keep-alive cache).
     pub revoked_leases: Arc<Vec<i64>>,
     /// Auth changes of the round: the new view, token assignments and drops.
@@ -389,6 +389,21 @@ pub struct Applied {
     /// The db's size after the round (its high-water mark, what `--quota-backend-bytes`
     /// is checked against, as etcd checks bbolt's size).
     pub db_bytes: u64,
+}
+
+/// One step of a rebalance: the keys of `[lo, hi)` go from shard `from` to shard `to`,
+/// with their histories as the raft core's index had them after the changes of the round
+/// that carries the step; `splits` are the split keys after it.
+#[derive(Debug)]
+pub struct ShardMove {
+    pub splits: Arc<Vec<Vec<u8>>>,
+    pub from: usize,
+    pub to: usize,
+    pub lo: Vec<u8>,
+    pub hi: Vec<u8>,
+    pub keys: crate::mvcc::key_index::MovedKeys,
+    /// How many of `keys` are alive.
+    pub live: usize,
 }
 
 /// One active alarm: the member it was raised for and etcd's `AlarmType` number

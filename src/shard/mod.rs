@@ -19,8 +19,8 @@
 //!   restricted to its range. A part of a read routed by older (or newer) split keys than
 //!   the serving shard's is refused ([`Shard::serves_as`]) and routed again.
 
+pub use crate::mesh::ShardMove as Move;
 use crate::mvcc::db::{ReadSnapshot, TreeId};
-use crate::mvcc::key_index::MovedKeys;
 use crate::mvcc::{
     self, kv, Change, KeyIndex, KeyRange, RangeRequest, RangeResponse, ReadView, Revision,
     SortOrder, SortTarget,
@@ -92,21 +92,6 @@ pub fn bounds(splits: &[Vec<u8>], id: usize) -> (Option<&[u8]>, Option<&[u8]>) {
         .and_then(|i| splits.get(i))
         .map(Vec::as_slice);
     (lo, splits.get(id).map(Vec::as_slice))
-}
-
-/// One step of a rebalance: the keys of `[lo, hi)` go from shard `from` to shard `to`,
-/// with their histories as the raft core's index had them after the changes of the round
-/// that carries the step; `splits` are the split keys after it.
-#[derive(Debug)]
-pub struct Move {
-    pub splits: Arc<Vec<Vec<u8>>>,
-    pub from: usize,
-    pub to: usize,
-    pub lo: Vec<u8>,
-    pub hi: Vec<u8>,
-    pub keys: MovedKeys,
-    /// How many of `keys` are alive.
-    pub live: usize,
 }
 
 impl Move {
