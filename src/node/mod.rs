@@ -717,6 +717,11 @@ impl Node {
         loop {
             match self.range_routed(req, mark).await {
                 Err((Some(index), ServerError::ShardMoved)) => {
+                    if index <= mark.index {
+                        // Never expected: the shard had applied no step this core has not.
+                        let why = "a shard refused a part routed by its own split keys";
+                        return Err((None, ServerError::Internal(why.into())));
+                    }
                     crate::metrics::inc(crate::metrics::Counter::ShardRerouted);
                     self.wait_applied(index).await;
                     mark = self.watermark();

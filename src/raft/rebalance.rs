@@ -35,8 +35,9 @@ pub(super) struct Rebalance {
     enabled: bool,
     /// Live keys per shard, counted from the rounds' changes (estimated at boot).
     counts: Vec<usize>,
-    /// The rebalance under way: when it started, and the steps and keys moved so far.
-    running: Option<(Instant, usize, usize)>,
+    /// The rebalance under way: when it started, the steps and keys moved so far, and
+    /// the longest step (its pause on this core).
+    running: Option<(Instant, usize, usize, Duration)>,
     /// Not before this the next step.
     next_step: Option<Instant>,
 }
@@ -149,7 +150,7 @@ impl RaftCore {
             if d.abs() < r.threshold(true) {
                 return None;
             }
-            r.running = Some((Instant::now(), 0, 0));
+            r.running = Some((Instant::now(), 0, 0, Duration::ZERO));
         }
         if r.next_step.is_some_and(|t| t > Instant::now()) {
             return None;
@@ -161,16 +162,17 @@ impl RaftCore {
                 Move::plan(index, &self.round.splits, boundary, d, MOVE_STEP_KEYS)
             })
             .flatten();
+        let took = started.elapsed();
         let r = &mut self.rebalance;
-        r.next_step = Some(Instant::now() + crate::runtime::background_pause(started.elapsed()));
+        r.next_step = Some(Instant::now() + crate::runtime::background_pause(took));
         let Some(step) = step else {
             // Balanced (or nothing can move): done until the counts drift again.
-            if let Some((t, steps, keys)) = r.running.take() {
+            if let Some((t, steps, keys, longest)) = r.running.take() {
                 crate::runtime::log::info(
                     "shard",
                     &format!(
-                        "rebalanced the shards: moved {keys} keys in {steps} steps (took {:?}); \
-                         live keys per shard {:?}",
+                        "rebalanced the shards: moved {keys} keys in {steps} steps (took {:?}, \
+                         longest step {longest:?}); live keys per shard {:?}",
                         t.elapsed(),
                         r.counts
                     ),
@@ -180,9 +182,10 @@ impl RaftCore {
         };
         r.counts[step.from] = r.counts[step.from].saturating_sub(step.live);
         r.counts[step.to] += step.live;
-        if let Some((_, steps, keys)) = &mut r.running {
+        if let Some((_, steps, keys, longest)) = &mut r.running {
             *steps += 1;
             *keys += step.keys.len();
+            *longest = (*longest).max(took);
         }
         crate::metrics::inc(crate::metrics::Counter::ShardMoves);
         crate::metrics::add(
