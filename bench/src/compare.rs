@@ -65,6 +65,8 @@ pub(crate) struct Server {
     binary: String,
     extra: Vec<String>,
     peer_port: u16,
+    /// From its spawn to "ready to serve client requests" with the client port open.
+    pub(crate) ready_after: Duration,
 }
 
 impl Drop for Server {
@@ -156,7 +158,9 @@ fn start_with(
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let spawned = Instant::now();
+    // A restart on a large db (10M keys) takes etcd tens of seconds.
+    let deadline = spawned + Duration::from_secs(if fresh { 20 } else { 300 });
     loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         if text.contains("ready to serve client requests")
@@ -169,9 +173,10 @@ fn start_with(
             "{name} did not start: see {}",
             log_path.display()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     Server {
+        ready_after: spawned.elapsed(),
         name,
         tls,
         auth: false,
@@ -560,6 +565,7 @@ pub fn main(flags: &Flags) {
         quiet: true,
         keepalive_leases: 0,
         keepalive_warmup: false,
+        range_keys: 1,
         tls: None,
         token: None,
         user: None,

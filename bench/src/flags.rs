@@ -68,6 +68,11 @@ const LOAD: &[Spec] = &[
     Spec::switch("prefix", "watch: prefix watches"),
     Spec::switch("prefill", "range: put every key of the key space first"),
     Spec::value(
+        "range-keys",
+        "1",
+        "range: keys per read ([key, key+N) of the key space)",
+    ),
+    Spec::value(
         "keepalive-leases",
         "0",
         "lease-keepalive: leases (0: one per client)",
@@ -169,6 +174,22 @@ const GATEWAY: &[Spec] = &[
     Spec::value("out", "target/bench-gateway", "results folder"),
 ];
 
+const GROWTH: &[Spec] = &[
+    Spec::value(
+        "sizes",
+        "10000,100000,1000000,10000000",
+        "key counts, in order (1000,10000 with --quick)",
+    ),
+    Spec::value(
+        "seconds",
+        "5",
+        "seconds per put and range run (1 with --quick)",
+    ),
+    Spec::value("only", "keel,etcd", "servers to run"),
+    Spec::switch("quick", "1000 and 10000 keys, 1-second runs"),
+    Spec::value("out", "target/bench-growth", "results folder"),
+];
+
 const SKEW: &[Spec] = &[
     Spec::value("keys", "200000", "keys filled (20000 with --quick)"),
     Spec::value("seconds", "5", "seconds per range run (1 with --quick)"),
@@ -248,6 +269,7 @@ pub fn specs(mode: &str) -> Option<Vec<Spec>> {
         "proxy" => &[SERVERS, PROXY],
         "scrape" => &[SERVERS, SCRAPE],
         "skew" => &[SERVERS, SKEW],
+        "growth" => &[SERVERS, GROWTH],
         "watch-memory" => &[LOAD],
         "wal" => &[WAL],
         "store" => &[STORE],

@@ -113,6 +113,9 @@ pub struct LoadOptions {
     pub keepalive_leases: usize,
     /// Keep them alive for one `KEEPALIVE_PERIOD` before the measured run starts.
     pub keepalive_warmup: bool,
+    /// Range: keys each read covers (1: a point read; N: `[key, key + N)` of the key
+    /// space, N keys of a filled one).
+    pub range_keys: u64,
     /// TLS: the client's certificate, key and trusted CA (`crate::certs`); None: plaintext.
     pub tls: Option<Arc<Material>>,
     /// Auth: the token every call carries (`token` metadata), for a server with auth on.
@@ -292,7 +295,19 @@ impl Shared {
     }
 
     fn key(&self, i: u64) -> Bytes {
-        let n = if self.opts.sequential {
+        self.key_n(self.key_index(i))
+    }
+
+    /// The key `n` of the key space.
+    fn key_n(&self, n: u64) -> Bytes {
+        let mut k = format!("{n:0width$}", width = self.opts.key_size);
+        k.truncate(self.opts.key_size.max(1));
+        Bytes::from(k.into_bytes())
+    }
+
+    /// Where request `i`'s key lies in the key space.
+    fn key_index(&self, i: u64) -> u64 {
+        if self.opts.sequential {
             i % self.opts.key_space
         } else {
             // A fixed permutation-ish spread (SplitMix64), no RNG state to share.
@@ -300,10 +315,7 @@ impl Shared {
             x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             (x ^ (x >> 31)) % self.opts.key_space
-        };
-        let mut k = format!("{n:0width$}", width = self.opts.key_size);
-        k.truncate(self.opts.key_size.max(1));
-        Bytes::from(k.into_bytes())
+        }
     }
 
     fn record(&self, due: Instant, res: Result<(), CallError>) {
@@ -347,8 +359,15 @@ async fn one_request(s: &Shared, c: &mut Client, i: u64) -> Result<(), CallError
             grpc::unary::<_, pb::PutResponse>(&c.conn, "/etcdserverpb.KV/Put", &req).await?;
         }
         Scenario::Range { serializable } => {
+            let n = s.key_index(i);
+            let range_end = if s.opts.range_keys > 1 {
+                s.key_n(n + s.opts.range_keys)
+            } else {
+                Bytes::new()
+            };
             let req = pb::RangeRequest {
-                key: s.key(i),
+                key: s.key_n(n),
+                range_end,
                 serializable,
                 ..Default::default()
             };
@@ -991,6 +1010,7 @@ pub fn options_from(flags: &Flags) -> LoadOptions {
         quiet: flags.has("json"),
         keepalive_leases: flags.u64("keepalive-leases", 0) as usize,
         keepalive_warmup: flags.has("keepalive-warmup"),
+        range_keys: flags.u64("range-keys", 1).max(1),
         tls: flags.opt("cert").map(|cert| {
             let (key, ca) = (flags.str("key", ""), flags.str("cacert", ""));
             let kx = crate::certs::Kx::parse(&flags.str("tls-kx", "x25519"));
@@ -1084,6 +1104,7 @@ mod tests {
             quiet: true,
             keepalive_leases: 0,
             keepalive_warmup: false,
+            range_keys: 1,
             tls: None,
             token: None,
             user: None,

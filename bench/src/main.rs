@@ -20,6 +20,7 @@ mod compare;
 mod failover;
 mod flags;
 mod gateway;
+mod growth;
 mod grpc;
 mod load;
 mod maintenance;
@@ -46,6 +47,9 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
                    --warmup-ms 1000 --quick --only keel|etcd --out DIR
   scrape           put c64 with and without a GET /metrics every 100 ms, Keel then etcd: --keel BIN --etcd BIN
                    --seconds 5 --rounds 3 --clients 64 --interval-ms 100 --quick --out DIR
+  growth           each server's cost as its data grows (fill, put c64, range c64, RSS, db size, restart) at each
+                   size: --keel BIN --etcd BIN --sizes 10000,100000,1000000,10000000 --seconds 5 --only keel,etcd
+                   --quick --out DIR
   skew             keys put under one part of the key space after an empty boot, then range c64: Keel without
                    and with online shard moves, restarted (split at boot), etcd: --keel BIN --etcd BIN --keys 200000
                    --seconds 5 --reps 2 --quick --out DIR
@@ -96,6 +100,7 @@ fn main() {
         "maintenance" => maintenance::main(&opts),
         "scrape" => scrape::main(&opts),
         "skew" => skew::main(&opts),
+        "growth" => growth::main(&opts),
         "gateway" => gateway::main(&opts),
         "proxy" => proxy::main(&opts),
         "watch-memory" => {

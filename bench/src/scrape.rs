@@ -132,6 +132,7 @@ pub fn main(flags: &Flags) {
             quiet: true,
             keepalive_leases: 0,
             keepalive_warmup: false,
+            range_keys: 1,
             tls: None,
             token: None,
             user: None,

@@ -14,7 +14,8 @@
 //! - etcd 3.4 (one index, nothing to move) for reference.
 //!
 //! Each row: the fill's rate (put c64, sequential keys), then serializable and
-//! linearizable Range c64 of random keys, `--reps` times each (the median run's
+//! linearizable Range c64 of random keys, and serializable Range c64 of 100 keys from a
+//! random one (the index walk is most of such a read's cost), `--reps` times each (the median run's
 //! throughput and percentiles from hdrhistogram), with the server's CPU per request.
 //! Writes `OUT/table.md` and `OUT/runs.jsonl`.
 
@@ -41,9 +42,9 @@ fn counter(server: &Server, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Waits until no move has happened for a second (at most 60 s); returns the moves and
-/// keys moved so far and how long the wait took.
-fn settle(server: &Server) -> (f64, f64, Duration) {
+/// Waits until no move has happened for a second (at most 60 s); returns the steps and
+/// keys moved so far.
+fn settle(server: &Server) -> (f64, f64) {
     let started = Instant::now();
     let mut last = counter(server, "keel_shard_moves_total");
     loop {
@@ -51,7 +52,7 @@ fn settle(server: &Server) -> (f64, f64, Duration) {
         let now = counter(server, "keel_shard_moves_total");
         if now == last || started.elapsed() > Duration::from_secs(60) {
             let keys = counter(server, "keel_shard_moved_keys_total");
-            return (now, keys, started.elapsed());
+            return (now, keys);
         }
         last = now;
     }
@@ -74,6 +75,9 @@ fn cell(r: &Report) -> String {
     )
 }
 
+/// Keys each read of the scan column covers.
+const SCAN_KEYS: u64 = 100;
+
 pub fn main(flags: &Flags) {
     let quick = flags.has("quick");
     let keel = flags.str("keel", "target/release/keel");
@@ -87,11 +91,11 @@ pub fn main(flags: &Flags) {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| server | fill put c64 req/s | moves (keys) before settled | range c64 s req/s | p50 / p99 / p99.9 µs | server CPU µs/req | range c64 l req/s | p50 / p99 / p99.9 µs | server CPU µs/req |"
+        "| server | fill put c64 req/s | moves (keys) | range c64 s req/s | p50 / p99 / p99.9 µs | server CPU µs/req | range c64 l req/s | p50 / p99 / p99.9 µs | server CPU µs/req | range {SCAN_KEYS} keys c64 s req/s | p50 / p99 / p99.9 µs | server CPU µs/req |"
     );
     let _ = writeln!(
         table,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let mut jsonl = String::new();
     let rows: [(&str, &'static str, &str, &[&str]); 3] = [
@@ -106,7 +110,7 @@ pub fn main(flags: &Flags) {
     ];
     for (label, name, binary, extra) in rows {
         let server = start(name, binary, &out, extra, false);
-        let opts = |scenario_keys: bool, server: &Server| LoadOptions {
+        let opts = |scenario_keys: bool, server: &Server, range_keys: u64| LoadOptions {
             endpoints: vec![server.addr],
             conns: 4,
             clients: 64,
@@ -124,29 +128,31 @@ pub fn main(flags: &Flags) {
             quiet: true,
             keepalive_leases: 0,
             keepalive_warmup: false,
+            range_keys,
             tls: None,
             token: None,
             user: None,
         };
-        let fill = load::run(Scenario::Put, &opts(true, &server), name);
-        let (moves, moved, waited) = settle(&server);
+        let fill = load::run(Scenario::Put, &opts(true, &server, 1), name);
+        let (moves, moved) = settle(&server);
         let moves_cell = if name == "etcd" {
             "-".to_string()
         } else {
-            format!("{moves} ({moved}) in {:.1} s", waited.as_secs_f64() - 1.0)
+            format!("{moves} steps, {moved} keys")
         };
         let mut measure = |label: &str, server: &Server, fill_cell: String, moves_cell: &str| {
             let mut row = format!("| {label} | {fill_cell} | {moves_cell} |");
-            for serializable in [true, false] {
+            for (serializable, range_keys) in [(true, 1), (false, 1), (true, SCAN_KEYS)] {
                 let runs: Vec<Report> = (0..reps)
                     .map(|_| {
-                        load::run(Scenario::Range { serializable }, &opts(false, server), name)
+                        let o = opts(false, server, range_keys);
+                        load::run(Scenario::Range { serializable }, &o, name)
                     })
                     .collect();
                 for r in &runs {
                     let _ = writeln!(
                         jsonl,
-                        "{{\"row\":\"{label}\",\"serializable\":{serializable},\"rps\":{:.1},\"p99_us\":{},\"cpu_us\":{}}}",
+                        "{{\"row\":\"{label}\",\"serializable\":{serializable},\"range_keys\":{range_keys},\"rps\":{:.1},\"p99_us\":{},\"cpu_us\":{}}}",
                         r.throughput(),
                         r.histogram.value_at_quantile(0.99),
                         r.server_cpu_us.unwrap_or(0.0)

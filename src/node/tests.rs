@@ -1,5 +1,6 @@
-//! The node's own tests: rounds merged in an outbox apply like separate ones, and a
-//! serializable read waits for the newest round sent to any core.
+//! The node's own tests: rounds merged in an outbox apply like separate ones (rebalance
+//! steps included), a serializable read waits for the newest round sent to any core, and
+//! a read part routed by split keys a step changed is routed again.
 
 use super::*;
 use crate::mvcc::{DeleteRangeRequest, Op, PutRequest};
