@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 #[allow(async_fn_in_trait)] // single-threaded by design: the raft core owns the store.
 pub trait Backend {
     fn app_meta(&self) -> AppMeta;
+    /// Records in the Revision tree (working state).
+    fn revision_count(&self) -> u64;
     fn set_app_meta(&mut self, meta: AppMeta);
     fn insert(&mut self, key: &[u8], value: &[u8]) -> db::Result<()>;
     /// The record under `key`; `memo` carries the pages already verified by the same
@@ -39,6 +41,10 @@ pub trait Backend {
 impl Backend for Db {
     fn app_meta(&self) -> AppMeta {
         Db::app_meta(self)
+    }
+
+    fn revision_count(&self) -> u64 {
+        Db::len(self, TreeId::Revision)
     }
 
     fn set_app_meta(&mut self, meta: AppMeta) {
@@ -141,6 +147,10 @@ impl MemBackend {
 impl Backend for MemBackend {
     fn app_meta(&self) -> AppMeta {
         self.meta
+    }
+
+    fn revision_count(&self) -> u64 {
+        self.working.len() as u64
     }
 
     fn set_app_meta(&mut self, meta: AppMeta) {

@@ -654,6 +654,14 @@ impl KeyIndex {
         gone.len()
     }
 
+    /// An empty index with room for `keys` keys without growing.
+    pub fn with_capacity(keys: usize) -> KeyIndex {
+        KeyIndex {
+            keys: HashMap::with_capacity(keys),
+            ..KeyIndex::default()
+        }
+    }
+
     /// Takes over keys [`KeyIndex::export`] copied from another index (none of them known
     /// here), their history compacted at `compact_at`.
     pub fn import(&mut self, moved: &[(IndexKey, KeyHistory)], compact_at: i64) {

@@ -135,7 +135,7 @@ impl<B: Backend> Store<B> {
     /// A store over `backend`, its key index rebuilt from the Revision tree.
     pub fn with_backend(backend: B, options: StoreOptions) -> Result<Store<B>> {
         let meta = backend.app_meta();
-        let (index, last_main, key_leases) = rebuild_index(&backend)?;
+        let (index, last_main, key_leases) = rebuild_index(&backend, meta.key_count)?;
         let fresh = meta.current_revision == 0 && last_main.is_none();
         let (current_revision, compact_revision) = if fresh {
             (REVISION_INITIAL, COMPACT_REVISION_NONE)
@@ -811,6 +811,7 @@ impl<B: Backend> Store<B> {
             current_revision: self.current_revision,
             compact_revision: self.compact_revision,
             compact_sweep: self.compact_sweep,
+            key_count: self.index.key_count() as u64,
         });
     }
 
@@ -846,7 +847,7 @@ impl<B: Backend> Store<B> {
         self.backend.check()?;
         self.invariants();
         self.index.invariants();
-        let (rebuilt, last, key_leases) = rebuild_index(&self.backend)?;
+        let (rebuilt, last, key_leases) = rebuild_index(&self.backend, 0)?;
         self.leases.invariants();
         for (key, id) in &key_leases {
             if self.leases.contains(*id) && self.leases.lease_of(key) != Some(*id) {
@@ -922,8 +923,11 @@ impl<B: Backend> Store<B> {
 type Rebuilt = (KeyIndex, Option<i64>, HashMap<Vec<u8>, i64>);
 
 /// Rebuilds the key index from the Revision tree (see [`Rebuilt`]).
-fn rebuild_index<B: Backend>(backend: &B) -> Result<Rebuilt> {
-    let mut index = KeyIndex::new();
+/// `keys_hint`: the key count the meta recorded, to size the index once (capped, so a
+/// damaged hint cannot ask for more than the records could hold).
+fn rebuild_index<B: Backend>(backend: &B, keys_hint: u64) -> Result<Rebuilt> {
+    let records = backend.revision_count();
+    let mut index = KeyIndex::with_capacity(keys_hint.min(records) as usize);
     let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut last: Option<Revision> = None;
     let mut failure = None;

@@ -948,3 +948,22 @@ fn leases_gate_puts_and_revoke_deletes_their_keys_in_one_revision() {
     assert_eq!(r.header.revision, rev);
     s.check().unwrap();
 }
+
+/// The meta records the key count, and open sizes the index by it; a damaged count is
+/// capped by the records (no allocation for keys that cannot exist).
+#[test]
+fn the_meta_records_the_key_count_and_open_sizes_the_index_by_it() {
+    use super::Backend;
+    let mut s = abcde();
+    s.publish();
+    let mut b = s.into_backend();
+    assert_eq!(b.app_meta().key_count, 5);
+    let meta = b.app_meta();
+    b.set_app_meta(super::db::AppMeta {
+        key_count: u64::MAX,
+        ..meta
+    });
+    let s = Store::with_backend(b, StoreOptions::default()).unwrap();
+    assert_eq!(s.index().key_count(), 5);
+    assert_eq!(s.range(&rr("a", "z")).unwrap().kvs.len(), 5);
+}

@@ -223,7 +223,7 @@ fn a_part_routed_by_split_keys_a_step_changed_is_routed_again() {
     block_on(async move {
         let mut store = capturing_store(&dir).await;
         let splits = Arc::new(vec![b"f".to_vec()]);
-        let mut round = |index: u64, first: bool, store: &mut crate::mvcc::Store| {
+        let round = |index: u64, first: bool, store: &mut crate::mvcc::Store| {
             store.publish();
             let changes = store.take_changes();
             let moves = if first {

@@ -267,13 +267,8 @@ impl RaftCore {
             replies = local;
         }
         let changes = self.store.take_changes();
-        // A rebalance step rides after the round's changes (none in the boot round, whose
-        // split keys the shards boot with).
-        let moves = if splits_first {
-            None
-        } else {
-            self.rebalance_round(&changes)
-        };
+        // A rebalance step rides after the round's changes.
+        let moves = self.rebalance_round(&changes, !splits_first);
         let round = Applied {
             index: self.applied_index,
             revision: self.store.current_revision(),

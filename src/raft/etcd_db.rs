@@ -583,6 +583,7 @@ pub fn import(reader: &bbolt::Reader<'_>, db: &mut db::Db) -> Result<Imported, E
         current_revision: out.revision,
         compact_revision: out.compact_revision,
         compact_sweep: if scheduled > finished { 1 } else { 0 },
+        key_count: 0,
     });
     Ok(out)
 }

@@ -137,12 +137,17 @@ impl RaftCore {
         }
     }
 
-    /// Counts a round's changes, then takes a step if one is due: returned to ride on the
+    /// Counts a round's changes, then takes a step if one is due and `may_step` (not in
+    /// the boot round, whose split keys the shards boot with): returned to ride on the
     /// round after its changes (the split keys in `round.splits` are already the new ones).
-    pub(super) fn rebalance_round(&mut self, changes: &[Change]) -> Option<Arc<Move>> {
+    pub(super) fn rebalance_round(
+        &mut self,
+        changes: &[Change],
+        may_step: bool,
+    ) -> Option<Arc<Move>> {
         let r = &mut self.rebalance;
         r.count(&self.round.splits, changes);
-        if !r.enabled {
+        if !r.enabled || !may_step || r.next_step.is_some_and(|t| t > Instant::now()) {
             return None;
         }
         let (boundary, d) = r.worst()?;
@@ -151,9 +156,6 @@ impl RaftCore {
                 return None;
             }
             r.running = Some((Instant::now(), 0, 0, Duration::ZERO));
-        }
-        if r.next_step.is_some_and(|t| t > Instant::now()) {
-            return None;
         }
         let started = Instant::now();
         let step = (d.abs() > r.threshold(false))
@@ -166,8 +168,12 @@ impl RaftCore {
         let r = &mut self.rebalance;
         r.next_step = Some(Instant::now() + crate::runtime::background_pause(took));
         let Some(step) = step else {
-            // Balanced (or nothing can move): done until the counts drift again.
-            if let Some((t, steps, keys, longest)) = r.running.take() {
+            // Balanced: done until the counts drift again. Or nothing can move that way
+            // (the counts, estimated at boot, are off): look again in a second.
+            if d.abs() > r.threshold(false) {
+                r.next_step = Some(Instant::now() + Duration::from_secs(1));
+            }
+            if let Some((t, steps, keys, longest)) = r.running.take().filter(|r| r.1 > 0) {
                 crate::runtime::log::info(
                     "shard",
                     &format!(

@@ -891,6 +891,9 @@ fn decode_app_meta(b: &[u8]) -> std::io::Result<AppMeta> {
         current_revision: word(2) as i64,
         compact_revision: word(3) as i64,
         compact_sweep: if b.len() == 40 { word(4) as i64 } else { 0 },
+        // A sizing hint only, not sent: the member booting on the snapshot sizes its
+        // index as it goes, and records the count at its next commit.
+        key_count: 0,
     })
 }
 
@@ -906,6 +909,7 @@ mod tests {
             current_revision: 99,
             compact_revision: 50,
             compact_sweep: 12,
+            key_count: 0,
         };
         let bytes = encode_app_meta(&a);
         assert_eq!(decode_app_meta(&bytes).unwrap(), a);

@@ -169,7 +169,10 @@ impl Shard {
         revision: i64,
         compact_revision: i64,
     ) -> Result<Shard, mvcc::Error> {
-        let mut index = KeyIndex::new();
+        // Sized once for its share of the keys the meta recorded (each growth of the map
+        // is a rehash into a fresh, zeroed table).
+        let share = snapshot.app_meta().key_count as usize / (splits.len() + 1);
+        let mut index = KeyIndex::with_capacity(share + share / 16);
         for entry in snapshot.range(TreeId::Revision, &[], &[]) {
             let (k, v) = entry?;
             let rev = Revision::decode(k).ok_or_else(|| mvcc::Error::Corrupt {

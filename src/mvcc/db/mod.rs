@@ -252,6 +252,9 @@ pub struct AppMeta {
     /// records of main revision < n are swept, the rest up to `compact_revision` not yet.
     /// A file written before sweeps existed reads 0, as its compactions were whole.
     pub compact_sweep: i64,
+    /// Keys in the store's key index when the meta was written: a hint to size the
+    /// index once at open (0: unknown, as in files written before it existed).
+    pub key_count: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -381,6 +384,7 @@ fn encode_meta(p: &mut [u8], st: &State) {
     page::put_u64(p, 72, st.app.current_revision as u64);
     page::put_u64(p, 80, st.app.compact_revision as u64);
     page::put_u64(p, page::META_SWEEP_OFFSET, st.app.compact_sweep as u64);
+    page::put_u64(p, page::META_KEYS_OFFSET, st.app.key_count);
     for (t, r) in st.roots.iter().enumerate() {
         let o = page::META_TREES_OFFSET + t * page::META_TREE_BYTES;
         page::put_u64(p, o, r.page);
@@ -430,6 +434,7 @@ fn decode_meta(p: &[u8], slot: u64, file_pages: u64) -> std::result::Result<Stat
         current_revision: page::u64_at(p, 72) as i64,
         compact_revision: page::u64_at(p, 80) as i64,
         compact_sweep: page::u64_at(p, page::META_SWEEP_OFFSET) as i64,
+        key_count: page::u64_at(p, page::META_KEYS_OFFSET),
     };
     let mut roots = [TreeRoot::default(); TREE_COUNT];
     for (t, r) in roots.iter_mut().enumerate() {

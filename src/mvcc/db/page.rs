@@ -43,6 +43,7 @@
 //!               entry count u64, payload bytes u64
 //!    512     8  AppMeta: compact_sweep i64 (zero in files written before it existed:
 //!               the rest of a meta page is zero-filled, so no format version change)
+//!    520     8  AppMeta: key_count u64 (a sizing hint; zero in older files)
 //! ```
 
 use super::{KEY_BYTES_MAX, PAGE_BYTES, TREE_COUNT};
@@ -65,9 +66,10 @@ pub const META_TREES_OFFSET: usize = 88;
 pub const META_TREE_BYTES: usize = 32;
 /// Where the AppMeta fields added after the tree roots start (room for more trees).
 pub const META_SWEEP_OFFSET: usize = 512;
+pub const META_KEYS_OFFSET: usize = 520;
 
 const _: () = assert!(META_TREES_OFFSET + TREE_COUNT * META_TREE_BYTES <= META_SWEEP_OFFSET);
-const _: () = assert!(META_SWEEP_OFFSET + 8 <= PAGE_BYTES);
+const _: () = assert!(META_KEYS_OFFSET + 8 <= PAGE_BYTES);
 const _: () = assert!(PAGE_BYTES <= u16::MAX as usize);
 // A page holds at least two largest inline leaf cells and seven largest branch cells,
 // so a split of a full page plus one cell always fits in two pages.
