@@ -48,5 +48,11 @@ cargo run -q -p keel-bench -- gateway --quick --keel target/debug/keel \
 # Watch fan-out through a gRPC proxy, puts straight to the member (issue 21), both
 # servers: must run.
 cargo run -q -p keel-bench -- proxy --quick --keel target/debug/keel --out target/bench-smoke-proxy | tail -n 5
+# Shards that follow the data (fails if Keel moved nothing) and the growth table (issue
+# 23), both servers: must run.
+cargo run -q -p keel-bench -- skew --quick --keel target/debug/keel \
+  --out target/bench-smoke-skew | tail -n 6
+cargo run -q -p keel-bench -- growth --quick --keel target/debug/keel \
+  --out target/bench-smoke-growth | tail -n 6
 
 ci/fuzz-smoke.sh

@@ -135,6 +135,13 @@ pub fn main(flags: &Flags) {
         };
         let fill = load::run(Scenario::Put, &opts(true, &server, 1), name);
         let (moves, moved) = settle(&server);
+        if name == "keel" && moves == 0.0 {
+            eprintln!(
+                "skew: Keel moved no keys: see {}",
+                out.join("keel.log").display()
+            );
+            std::process::exit(1);
+        }
         let moves_cell = if name == "etcd" {
             "-".to_string()
         } else {
