@@ -19,32 +19,9 @@ use crate::load::{self, process_rss_kb, LoadOptions, Report, Scenario};
 use crate::util::{self, Flags};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 fn load_options(server: &Server, size: u64, fill: bool, seconds: u64) -> LoadOptions {
-    LoadOptions {
-        endpoints: vec![server.addr],
-        conns: 4,
-        clients: 64,
-        total: if fill { size } else { u64::MAX },
-        duration: (!fill).then(|| Duration::from_secs(seconds)),
-        rate: None,
-        key_size: 16,
-        val_size: 256,
-        key_space: size,
-        sequential: fill,
-        watchers: 0,
-        streams: 1,
-        watch_prefix: false,
-        server_pids: vec![server.child.id()],
-        quiet: true,
-        keepalive_leases: 0,
-        keepalive_warmup: false,
-        tls: None,
-        token: None,
-        user: None,
-        range_keys: 1,
-    }
+    LoadOptions::c64(server.addr, server.child.id(), 16, size, fill, seconds)
 }
 
 fn mib(kb: Option<u64>) -> String {

@@ -124,6 +124,44 @@ pub struct LoadOptions {
     pub user: Option<(String, String)>,
 }
 
+impl LoadOptions {
+    /// The benches' common load on one server (`pid` for its CPU): 64 closed-loop clients
+    /// on 4 connections, 256-byte values, `key_space` keys of `key_size` bytes; with
+    /// `fill`, every key once in key order, else random keys for `seconds`; point reads.
+    pub fn c64(
+        endpoint: SocketAddr,
+        pid: u32,
+        key_size: usize,
+        key_space: u64,
+        fill: bool,
+        seconds: u64,
+    ) -> LoadOptions {
+        LoadOptions {
+            endpoints: vec![endpoint],
+            conns: 4,
+            clients: 64,
+            total: if fill { key_space } else { u64::MAX },
+            duration: (!fill).then(|| Duration::from_secs(seconds)),
+            rate: None,
+            key_size,
+            val_size: 256,
+            key_space,
+            sequential: fill,
+            watchers: 0,
+            streams: 1,
+            watch_prefix: false,
+            server_pids: vec![pid],
+            quiet: true,
+            keepalive_leases: 0,
+            keepalive_warmup: false,
+            range_keys: 1,
+            tls: None,
+            token: None,
+            user: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Report {
     pub scenario: String,

@@ -115,27 +115,8 @@ pub fn main(flags: &Flags) {
     for (name, binary) in [("keel", keel.as_str()), ("etcd", etcd.as_str())] {
         let server = start(name, binary, &out, &[], false);
         let opts = LoadOptions {
-            endpoints: vec![server.addr],
-            conns: 4,
             clients,
-            total: u64::MAX,
-            duration: Some(Duration::from_secs(seconds)),
-            rate: None,
-            key_size: 8,
-            val_size: 256,
-            key_space: 10_000,
-            sequential: false,
-            watchers: 0,
-            streams: 1,
-            watch_prefix: false,
-            server_pids: vec![server.child.id()],
-            quiet: true,
-            keepalive_leases: 0,
-            keepalive_warmup: false,
-            range_keys: 1,
-            tls: None,
-            token: None,
-            user: None,
+            ..LoadOptions::c64(server.addr, server.child.id(), 8, 10_000, false, seconds)
         };
         // Warm-up: a first short run fills the key space and the caches.
         let mut warm = opts.clone();

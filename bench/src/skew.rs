@@ -110,28 +110,9 @@ pub fn main(flags: &Flags) {
     ];
     for (label, name, binary, extra) in rows {
         let server = start(name, binary, &out, extra, false);
-        let opts = |scenario_keys: bool, server: &Server, range_keys: u64| LoadOptions {
-            endpoints: vec![server.addr],
-            conns: 4,
-            clients: 64,
-            total: if scenario_keys { keys } else { u64::MAX },
-            duration: (!scenario_keys).then(|| Duration::from_secs(seconds)),
-            rate: None,
-            key_size: 16,
-            val_size: 256,
-            key_space: keys,
-            sequential: scenario_keys,
-            watchers: 0,
-            streams: 1,
-            watch_prefix: false,
-            server_pids: vec![server.child.id()],
-            quiet: true,
-            keepalive_leases: 0,
-            keepalive_warmup: false,
+        let opts = |fill: bool, server: &Server, range_keys: u64| LoadOptions {
             range_keys,
-            tls: None,
-            token: None,
-            user: None,
+            ..LoadOptions::c64(server.addr, server.child.id(), 16, keys, fill, seconds)
         };
         let fill = load::run(Scenario::Put, &opts(true, &server, 1), name);
         let (moves, moved) = settle(&server);

@@ -9,9 +9,37 @@ use crate::shard::tests::{capturing_store, fresh_dir};
 use crate::shard::Shard;
 use std::sync::Arc;
 
+/// A round of everything `store` applied since the last one, at raft `index`, with the
+/// boot round's `splits` and the rebalance `moves` after its changes.
+fn round_of(
+    store: &mut crate::mvcc::Store,
+    index: u64,
+    splits: Option<Arc<Vec<Vec<u8>>>>,
+    moves: Vec<(usize, Arc<crate::shard::Move>)>,
+) -> crate::mesh::Applied {
+    store.publish();
+    crate::mesh::Applied {
+        index,
+        revision: store.current_revision(),
+        compact_revision: store.compact_revision(),
+        raft_term: 2,
+        leader: 1,
+        learner: false,
+        changes: vec![Arc::new(store.take_changes())],
+        snapshot: store.backend().snapshot(),
+        replies: Vec::new(),
+        splits,
+        moves,
+        revoked_leases: Default::default(),
+        auth: Default::default(),
+        alarms: Default::default(),
+        db_bytes: 0,
+    }
+}
+
 #[test]
 fn merged_rounds_apply_like_separate_ones() {
-    use crate::mesh::{Applied, CoreMsg};
+    use crate::mesh::CoreMsg;
     let dir = fresh_dir("merge");
     block_on(async move {
         let mut store = capturing_store(&dir).await;
@@ -41,8 +69,6 @@ fn merged_rounds_apply_like_separate_ones() {
                     .unwrap();
                 store.compact(store.current_revision() - 2).unwrap();
             }
-            store.publish();
-            let changes = store.take_changes();
             // Round 1 ends with a rebalance step: "c", the key below "m", goes to shard 1
             // (which then takes round 2's put of it).
             let moves = if round == 1 {
@@ -52,23 +78,7 @@ fn merged_rounds_apply_like_separate_ones() {
             } else {
                 Vec::new()
             };
-            let a = Applied {
-                index: round + 1,
-                revision: store.current_revision(),
-                compact_revision: store.compact_revision(),
-                raft_term: 2,
-                leader: 1,
-                learner: false,
-                changes: vec![Arc::new(changes)],
-                snapshot: store.backend().snapshot(),
-                replies: Vec::new(),
-                splits: None,
-                moves,
-                revoked_leases: Default::default(),
-                auth: Default::default(),
-                alarms: Default::default(),
-                db_bytes: 0,
-            };
+            let a = round_of(&mut store, round + 1, None, moves);
             for s in &mut one {
                 s.apply_chunks(&a.changes, &a.moves);
                 s.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
@@ -139,7 +149,7 @@ fn merged_rounds_apply_like_separate_ones() {
 /// serializable read.
 #[test]
 fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
-    use crate::mesh::{Applied, CoreId, CoreMsg, RoundMark};
+    use crate::mesh::{CoreId, CoreMsg, RoundMark};
     use crate::raft::{RaftClient, RaftSender};
     use glommio::channels::local_channel;
     use std::rc::Rc;
@@ -154,24 +164,7 @@ fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
                     ..Default::default()
                 }))
                 .unwrap();
-            store.publish();
-            Applied {
-                index,
-                revision: store.current_revision(),
-                compact_revision: 0,
-                raft_term: 2,
-                leader: 1,
-                learner: false,
-                changes: vec![Arc::new(store.take_changes())],
-                snapshot: store.backend().snapshot(),
-                replies: Vec::new(),
-                splits,
-                moves: Vec::new(),
-                revoked_leases: Default::default(),
-                auth: Default::default(),
-                alarms: Default::default(),
-                db_bytes: 0,
-            }
+            round_of(&mut store, index, splits, Vec::new())
         };
         let first = round(1, "one", Some(Arc::new(Vec::new())));
         let second = round(2, "two", None);
@@ -215,7 +208,7 @@ fn a_serializable_read_waits_for_the_newest_round_sent_to_any_core() {
 /// the shard that had them has dropped them, and the sender has not taken them yet.)
 #[test]
 fn a_part_routed_by_split_keys_a_step_changed_is_routed_again() {
-    use crate::mesh::{Applied, CoreId, CoreMsg, RoundMark};
+    use crate::mesh::{CoreId, CoreMsg, RoundMark};
     use crate::raft::{RaftClient, RaftSender};
     use glommio::channels::local_channel;
     use std::rc::Rc;
@@ -224,8 +217,6 @@ fn a_part_routed_by_split_keys_a_step_changed_is_routed_again() {
         let mut store = capturing_store(&dir).await;
         let splits = Arc::new(vec![b"f".to_vec()]);
         let round = |index: u64, first: bool, store: &mut crate::mvcc::Store| {
-            store.publish();
-            let changes = store.take_changes();
             let moves = if first {
                 Vec::new()
             } else {
@@ -234,23 +225,7 @@ fn a_part_routed_by_split_keys_a_step_changed_is_routed_again() {
                 assert_eq!((m.lo.as_slice(), m.keys.len()), (&b"d"[..], 2));
                 vec![(1, Arc::new(m))]
             };
-            Applied {
-                index,
-                revision: store.current_revision(),
-                compact_revision: 0,
-                raft_term: 2,
-                leader: 1,
-                learner: false,
-                changes: vec![Arc::new(changes)],
-                snapshot: store.backend().snapshot(),
-                replies: Vec::new(),
-                splits: first.then(|| splits.clone()),
-                moves,
-                revoked_leases: Default::default(),
-                auth: Default::default(),
-                alarms: Default::default(),
-                db_bytes: 0,
-            }
+            round_of(store, index, first.then(|| splits.clone()), moves)
         };
         for k in b'a'..=b'j' {
             store
