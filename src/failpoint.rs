@@ -26,6 +26,10 @@
 //! - `skip-db-sync` (`on`): a mutant as above: a db commit writes its meta page without
 //!   the fdatasync of the data pages before it (and the raft core starts no early
 //!   writeback of them, which would put most of them on the disk first anyway).
+//! - `shard-churn` (`on`): not a fault but a stress: the raft core moves a shard split key
+//!   a few keys one way or the other every few milliseconds, balanced or not
+//!   (`raft/rebalance.rs`), so that reads, watches and writes meet rebalance steps all
+//!   the time in a chaos run's small key space.
 //!
 //! `eio` fails every time with EIO, `eio@P` with probability `P` (0 ≤ P ≤ 1, e.g.
 //! `eio@0.05`); an injected error takes the path a real one would (the WAL or db is
@@ -51,16 +55,18 @@ pub enum Point {
     StaleRead,
     SkipWalSync,
     SkipDbSync,
+    ShardChurn,
 }
 
 impl Point {
-    pub const ALL: [Point; 6] = [
+    pub const ALL: [Point; 7] = [
         Point::WalWrite,
         Point::WalFsync,
         Point::DbFsync,
         Point::StaleRead,
         Point::SkipWalSync,
         Point::SkipDbSync,
+        Point::ShardChurn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +77,7 @@ impl Point {
             Point::StaleRead => "stale-read",
             Point::SkipWalSync => "skip-wal-sync",
             Point::SkipDbSync => "skip-db-sync",
+            Point::ShardChurn => "shard-churn",
         }
     }
 
@@ -82,7 +89,7 @@ impl Point {
     fn is_io(self) -> bool {
         !matches!(
             self,
-            Point::StaleRead | Point::SkipWalSync | Point::SkipDbSync
+            Point::StaleRead | Point::SkipWalSync | Point::SkipDbSync | Point::ShardChurn
         )
     }
 
@@ -96,6 +103,7 @@ impl Point {
             Point::StaleRead => "served a linearizable read as serializable",
             Point::SkipWalSync => "skipped a WAL sync",
             Point::SkipDbSync => "skipped a db data-page sync",
+            Point::ShardChurn => "moved a shard split key a few keys, balanced or not",
             _ => "injected EIO",
         }
     }

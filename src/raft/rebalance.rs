@@ -40,6 +40,8 @@ pub(super) struct Rebalance {
     running: Option<(Instant, usize, usize, Duration)>,
     /// Not before this the next step.
     next_step: Option<Instant>,
+    /// Steps taken by the `shard-churn` failpoint (their direction alternates).
+    churn: u64,
 }
 
 impl Rebalance {
@@ -70,6 +72,7 @@ impl Rebalance {
             counts,
             running: None,
             next_step: None,
+            churn: 0,
         }
     }
 
@@ -150,6 +153,9 @@ impl RaftCore {
         if !r.enabled || !may_step || r.next_step.is_some_and(|t| t > Instant::now()) {
             return None;
         }
+        if crate::failpoint::is_on(crate::failpoint::Point::ShardChurn) {
+            return self.churn_step();
+        }
         let (boundary, d) = r.worst()?;
         if r.running.is_none() {
             if d.abs() < r.threshold(true) {
@@ -186,19 +192,44 @@ impl RaftCore {
             }
             return None;
         };
-        r.counts[step.from] = r.counts[step.from].saturating_sub(step.live);
-        r.counts[step.to] += step.live;
         if let Some((_, steps, keys, longest)) = &mut r.running {
             *steps += 1;
             *keys += step.keys.len();
             *longest = (*longest).max(took);
         }
+        Some(self.take_step(step))
+    }
+
+    /// The raft core's side of a step: counts, metrics, and the split keys the next
+    /// rounds are routed by.
+    fn take_step(&mut self, step: Move) -> Arc<Move> {
+        let r = &mut self.rebalance;
+        r.counts[step.from] = r.counts[step.from].saturating_sub(step.live);
+        r.counts[step.to] += step.live;
         crate::metrics::inc(crate::metrics::Counter::ShardMoves);
         crate::metrics::add(
             crate::metrics::Counter::ShardMovedKeys,
             step.keys.len() as u64,
         );
         self.round.splits = step.splits.clone();
-        Some(Arc::new(step))
+        Arc::new(step)
+    }
+
+    /// The `shard-churn` failpoint's step: a split key moved up to 4 keys, the way
+    /// opposite to the last step (the other way if nothing lies that way), every 5 ms,
+    /// whatever the balance. Keeps a rebalance "running" so the loop comes back for it.
+    fn churn_step(&mut self) -> Option<Arc<Move>> {
+        let r = &mut self.rebalance;
+        r.churn += 1;
+        r.next_step = Some(Instant::now() + Duration::from_millis(5));
+        r.running
+            .get_or_insert((Instant::now(), 0, 0, Duration::ZERO));
+        let splits = &self.round.splits;
+        let boundary = (r.churn / 2) as usize % splits.len().max(1);
+        let d = if r.churn % 2 == 0 { 3 } else { -3 };
+        let index = self.store.index();
+        let step = Move::plan(index, splits, boundary, d, 4)
+            .or_else(|| Move::plan(index, splits, boundary, -d, 4))?;
+        Some(self.take_step(step))
     }
 }
