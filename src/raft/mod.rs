@@ -217,7 +217,8 @@ struct Round {
     sent_index: Option<u64>,
     /// The leader and learner flag the cores last heard of (a change alone makes a round).
     sent_leader: (u64, bool),
-    /// Shard split keys, sent with the first round.
+    /// The shard split keys now: sent whole with the first round, then changed only by
+    /// the rebalance steps the rounds carry (`rebalance.rs`).
     splits: std::sync::Arc<Vec<Vec<u8>>>,
     /// The db file's size the cores last heard of (a change alone makes a round, so a
     /// defragmentation's shrink reaches their quota checks at once).
