@@ -183,6 +183,30 @@ impl<'a> KeyRange<'a> {
         }
     }
 
+    /// The part of this range inside `[lo, hi)` (`hi` `None`: unbounded).
+    pub fn clip<'r>(self, lo: &'r [u8], hi: Option<&'r [u8]>) -> KeyRange<'r>
+    where
+        'a: 'r,
+    {
+        let inside = |k: &[u8]| k >= lo && hi.is_none_or(|h| k < h);
+        match self {
+            KeyRange::Single(k) if inside(k) => KeyRange::Single(k),
+            // Empty.
+            KeyRange::Single(k) => KeyRange::Between(k, k),
+            KeyRange::From(k) => {
+                let from = k.max(lo);
+                match hi {
+                    Some(h) => KeyRange::Between(from, h),
+                    None => KeyRange::From(from),
+                }
+            }
+            KeyRange::Between(k, e) if k < e => {
+                KeyRange::Between(k.max(lo), hi.map_or(e, |h| e.min(h)))
+            }
+            empty @ KeyRange::Between(..) => empty,
+        }
+    }
+
     pub fn contains(&self, k: &[u8]) -> bool {
         match *self {
             KeyRange::Single(key) => k == key,

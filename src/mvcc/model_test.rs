@@ -794,18 +794,15 @@ impl Harness for DbHarness {
     fn check_snapshot_read(&mut self, store: &mut Store<Db>, req: &RangeRequest) {
         store.publish();
         let snapshot = store.backend().snapshot();
-        let writer = store.view();
-        let reader = ReadView {
-            index: writer.index,
-            records: &snapshot,
-            compact_revision: writer.compact_revision,
-        };
         let current = store.current_revision();
-        assert_eq!(
-            reader.range(req, current),
-            writer.range(req, current),
-            "snapshot read {req:?}"
-        );
+        store.with_view(|writer| {
+            let reader = ReadView::new(writer.index, &snapshot, writer.compact_revision);
+            assert_eq!(
+                reader.range(req, current),
+                writer.range(req, current),
+                "snapshot read {req:?}"
+            );
+        });
     }
 }
 

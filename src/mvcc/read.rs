@@ -37,9 +37,36 @@ pub struct ReadView<'a, R: Records> {
     pub index: &'a KeyIndex,
     pub records: &'a R,
     pub compact_revision: i64,
+    /// Only keys in `[lo, hi)` are seen (`hi` `None`: no upper bound): a shard reading
+    /// the whole store's index sees just its own range.
+    pub lo: &'a [u8],
+    pub hi: Option<&'a [u8]>,
 }
 
-impl<R: Records> ReadView<'_, R> {
+impl<'a, R: Records> ReadView<'a, R> {
+    /// A view of every key of `index`.
+    pub fn new(index: &'a KeyIndex, records: &'a R, compact_revision: i64) -> ReadView<'a, R> {
+        ReadView {
+            index,
+            records,
+            compact_revision,
+            lo: &[],
+            hi: None,
+        }
+    }
+
+    /// The same view, seeing only the keys in `[lo, hi)`.
+    pub fn within(self, lo: &'a [u8], hi: Option<&'a [u8]>) -> ReadView<'a, R> {
+        ReadView { lo, hi, ..self }
+    }
+
+    fn clip<'r>(&self, range: KeyRange<'r>) -> KeyRange<'r>
+    where
+        'a: 'r,
+    {
+        range.clip(self.lo, self.hi)
+    }
+
     /// etcd's Range (applierV3backend.Range over rangeKeys), reading as of a txn whose
     /// current revision is `current`.
     pub fn range(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse> {
@@ -55,7 +82,7 @@ impl<R: Records> ReadView<'_, R> {
             return Err(Error::Compacted);
         }
         let header = ResponseHeader { revision: current };
-        let range = KeyRange::new(&req.key, &req.range_end);
+        let range = self.clip(KeyRange::new(&req.key, &req.range_end));
         if req.count_only {
             let count = self.index.count(range, rev) as i64;
             return Ok(RangeResponse {
@@ -147,6 +174,9 @@ impl<R: Records> ReadView<'_, R> {
 
     /// The live value of `key` as of `rev`.
     pub fn load_key(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        if key < self.lo || self.hi.is_some_and(|hi| key >= hi) {
+            return Ok(None);
+        }
         match self.index.get(key, rev) {
             Some(at) => self.load(at.modified, false).map(Some),
             None => Ok(None),
@@ -158,7 +188,7 @@ impl<R: Records> ReadView<'_, R> {
         let mut out = Vec::new();
         let mut failure = None;
         let memo = VerifiedPages::default();
-        self.index.range(range, rev, |_, at| {
+        self.index.range(self.clip(range), rev, |_, at| {
             match self.load_in(&memo, at.modified, false) {
                 Ok(kv) => {
                     out.push(kv);

@@ -18,9 +18,11 @@ use super::read::ReadView;
 use super::request::*;
 use super::revision::Revision;
 use super::validate::{self, MAX_TXN_OPS_DEFAULT};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -43,9 +45,39 @@ const REVISION_INITIAL: i64 = 1;
 /// The compact revision of a store that was never compacted.
 const COMPACT_REVISION_NONE: i64 = -1;
 
+/// The raft core's key index, shared (on the raft core's thread) with the key-range
+/// shard of that same core, which serves its reads from it instead of keeping a replica
+/// of its own: one copy of those keys fewer in memory, and none to rebuild at boot. Only
+/// the [`Store`] changes it.
+///
+/// The shard reads it at its round's revision, older than what the store has applied:
+/// puts and tombstones above that revision do not change such a read, but a compaction's
+/// sweep would (it drops history the round may still read). So while a shard reads the
+/// index, the sweep of a compaction waits until the shard has taken its round
+/// ([`SharedIndex::shard_compacted`]).
+pub struct SharedIndex {
+    index: RefCell<KeyIndex>,
+    /// The compact revision of the round the reading shard has taken (`i64::MAX`: no
+    /// shard reads this index).
+    shard_compact: Cell<i64>,
+}
+
+impl SharedIndex {
+    /// The index as the store has applied it so far (newer than a shard's round: read it
+    /// at a revision no newer than the round's).
+    pub fn borrow(&self) -> Ref<'_, KeyIndex> {
+        self.index.borrow()
+    }
+
+    /// A shard reading the index has taken a round with this compact revision.
+    pub fn shard_compacted(&self, compact_revision: i64) {
+        self.shard_compact.set(compact_revision);
+    }
+}
+
 pub struct Store<B: Backend = Db> {
     backend: B,
-    index: KeyIndex,
+    index: Rc<SharedIndex>,
     current_revision: i64,
     compact_revision: i64,
     /// The sweep of the Revision tree that `compact_revision` owes (`AppMeta`'s
@@ -134,8 +166,18 @@ impl Store<Db> {
 impl<B: Backend> Store<B> {
     /// A store over `backend`, its key index rebuilt from the Revision tree.
     pub fn with_backend(backend: B, options: StoreOptions) -> Result<Store<B>> {
+        Store::with_backend_split(backend, options, &[]).map(|(store, _)| store)
+    }
+
+    /// [`Store::with_backend`], also counting the live keys of each key range `splits`
+    /// make (shard *i*: `[splits[i-1], splits[i])`) as the rebuild goes.
+    pub fn with_backend_split(
+        backend: B,
+        options: StoreOptions,
+        splits: &[Vec<u8>],
+    ) -> Result<(Store<B>, Vec<usize>)> {
         let meta = backend.app_meta();
-        let (index, last_main, key_leases) = rebuild_index(&backend, meta.key_count)?;
+        let (index, last_main, key_leases, live) = rebuild_index(&backend, meta.key_count, splits)?;
         let fresh = meta.current_revision == 0 && last_main.is_none();
         let (current_revision, compact_revision) = if fresh {
             (REVISION_INITIAL, COMPACT_REVISION_NONE)
@@ -178,7 +220,10 @@ impl<B: Backend> Store<B> {
         let store = Store {
             leases,
             backend,
-            index,
+            index: Rc::new(SharedIndex {
+                index: RefCell::new(index),
+                shard_compact: Cell::new(i64::MAX),
+            }),
             current_revision,
             compact_revision,
             compact_sweep,
@@ -190,7 +235,7 @@ impl<B: Backend> Store<B> {
             changes: None,
         };
         store.invariants();
-        Ok(store)
+        Ok((store, live))
     }
 
     pub fn backend(&self) -> &B {
@@ -219,8 +264,19 @@ impl<B: Backend> Store<B> {
         self.compact_revision.max(0)
     }
 
-    pub fn index(&self) -> &KeyIndex {
-        &self.index
+    pub fn index(&self) -> Ref<'_, KeyIndex> {
+        self.index.borrow()
+    }
+
+    /// The index itself, for the shard of the raft core's own core (same thread).
+    pub fn shared_index(&self) -> Rc<SharedIndex> {
+        self.index.clone()
+    }
+
+    /// The index, to change it (never held across an await: the shard on this core
+    /// borrows it between the raft core's steps).
+    fn index_mut(&self) -> RefMut<'_, KeyIndex> {
+        self.index.index.borrow_mut()
     }
 
     /// Starts (or stops) recording every applied change for [`Store::take_changes`].
@@ -239,17 +295,14 @@ impl<B: Backend> Store<B> {
     // ---- reads ----------------------------------------------------------------------
 
     /// Reads over this store's index and working state.
-    pub fn view(&self) -> ReadView<'_, B> {
-        ReadView {
-            index: &self.index,
-            records: &self.backend,
-            compact_revision: self.compact_revision,
-        }
+    pub fn with_view<T>(&self, f: impl FnOnce(&ReadView<'_, B>) -> T) -> T {
+        let index = self.index.borrow();
+        f(&ReadView::new(&index, &self.backend, self.compact_revision))
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         validate::check_range_request(req)?;
-        self.view().range(req, self.current_revision)
+        self.with_view(|v| v.range(req, self.current_revision))
     }
 
     // ---- writes ---------------------------------------------------------------------
@@ -283,7 +336,7 @@ impl<B: Backend> Store<B> {
         }
         let wants_prev = req.ignore_value || req.ignore_lease || req.prev_kv;
         let prev = if wants_prev {
-            self.view().load_key(&req.key, txn.read_revision())?
+            self.with_view(|v| v.load_key(&req.key, txn.read_revision()))?
         } else {
             None
         };
@@ -301,7 +354,7 @@ impl<B: Backend> Store<B> {
         let rev = txn.next_revision();
         let prev_rev = match &self.changes {
             Some(_) => self
-                .index
+                .index()
                 .get(&req.key, txn.read_revision())
                 .map(|at| at.modified),
             None => None,
@@ -309,7 +362,7 @@ impl<B: Backend> Store<B> {
         // The index goes first (one lookup gives create_revision and version). If the
         // insert below fails the Db is poisoned and the store must be reopened, which
         // rebuilds the index from the tree.
-        let (create_revision, version) = self.index.put(&req.key, rev);
+        let (create_revision, version) = self.index_mut().put(&req.key, rev);
         let record = KeyValueRef {
             key: &req.key,
             create_revision,
@@ -353,13 +406,13 @@ impl<B: Backend> Store<B> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let read_rev = txn.read_revision();
         let prev_kvs = if req.prev_kv {
-            self.view().load_range(range, read_rev)?
+            self.with_view(|v| v.load_range(range, read_rev))?
         } else {
             Vec::new()
         };
         let mut keys = Vec::new();
         let mut prevs = Vec::new();
-        self.index.range(range, read_rev, |k, at| {
+        self.index().range(range, read_rev, |k, at| {
             keys.push(k.to_vec());
             prevs.push(at.modified);
             true
@@ -385,7 +438,7 @@ impl<B: Backend> Store<B> {
         self.record_buf.clear();
         kv::encode_tombstone_record(key, rev.main, &mut self.record_buf);
         self.backend.insert(&rev.encode(), &self.record_buf)?;
-        let deleted = self.index.tombstone(key, rev);
+        let deleted = self.index_mut().tombstone(key, rev);
         assert!(deleted, "key listed as live could not be deleted");
         self.leases.detach(key);
         txn.changes += 1;
@@ -432,7 +485,7 @@ impl<B: Backend> Store<B> {
         let read_rev = txn.read_revision();
         let mut out = Ok(());
         for key in &gone.keys {
-            let Some(prev) = self.index.get(key, read_rev).map(|at| at.modified) else {
+            let Some(prev) = self.index().get(key, read_rev).map(|at| at.modified) else {
                 continue;
             };
             out = self.tombstone_in(&mut txn, key, prev);
@@ -513,9 +566,8 @@ impl<B: Backend> Store<B> {
     /// etcd's applyCompare: every key in the range must satisfy it; an empty range
     /// compares the zero KeyValue, except that a Value compare on no key fails.
     fn apply_compare(&self, c: &Compare) -> Result<bool> {
-        let kvs = self
-            .view()
-            .load_range(KeyRange::new(&c.key, &c.range_end), self.current_revision)?;
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let kvs = self.with_view(|v| v.load_range(range, self.current_revision))?;
         if kvs.is_empty() {
             return Ok(c.target != CompareTarget::Value && compare_kv(c, &KeyValue::default()));
         }
@@ -546,7 +598,7 @@ impl<B: Backend> Store<B> {
                 RequestOp::RequestPut(p) => {
                     if p.ignore_value || p.ignore_lease {
                         let gone = deleted.iter().any(|d| d.contains(&p.key));
-                        if gone || self.index.get(&p.key, self.current_revision).is_none() {
+                        if gone || self.index().get(&p.key, self.current_revision).is_none() {
                             return Err(Error::KeyNotFound);
                         }
                     }
@@ -602,7 +654,7 @@ impl<B: Backend> Store<B> {
         for op in ops {
             responses.push(match op {
                 RequestOp::RequestRange(r) => {
-                    ResponseOp::ResponseRange(self.view().range(r, txn.read_revision())?)
+                    ResponseOp::ResponseRange(self.with_view(|v| v.range(r, txn.read_revision()))?)
                 }
                 RequestOp::RequestPut(p) => ResponseOp::ResponsePut(self.put_in(txn, p)?),
                 RequestOp::RequestDeleteRange(d) => {
@@ -659,6 +711,12 @@ impl<B: Backend> Store<B> {
         self.compact_sweep != 0
     }
 
+    /// Whether the pending sweep must wait for the shard reading the index to take the
+    /// round of its compaction ([`SharedIndex`]).
+    pub fn sweep_waits(&self) -> bool {
+        self.compact_sweep != 0 && self.index.shard_compact.get() < self.compact_revision
+    }
+
     /// Whether a sweep step changed the tree since the last commit.
     pub fn sweep_uncommitted(&self) -> bool {
         self.sweep_uncommitted
@@ -670,7 +728,7 @@ impl<B: Backend> Store<B> {
     /// deleted. Returns how many were deleted; `compaction_pending` says whether more
     /// is left.
     pub fn compact_step(&mut self, max_records: usize) -> Result<usize> {
-        if self.compact_sweep == 0 {
+        if self.compact_sweep == 0 || self.sweep_waits() {
             return Ok(0);
         }
         let at = self.compact_revision;
@@ -681,7 +739,7 @@ impl<B: Backend> Store<B> {
         let mut seen = 0usize;
         let mut last_main = None;
         let mut failure = None;
-        let index = &mut self.index;
+        let mut index = self.index.index.borrow_mut();
         self.backend.scan(&start, &end, &mut |k, v| {
             let Some(rev) = Revision::decode(k) else {
                 failure = Some(Error::Corrupt {
@@ -723,6 +781,11 @@ impl<B: Backend> Store<B> {
     /// Runs the pending sweep to its end (tests, and tools that want a compacted file).
     pub fn finish_compaction(&mut self) -> Result<()> {
         while self.compaction_pending() {
+            if self.sweep_waits() {
+                return Err(Error::Corrupt {
+                    what: "a sweep waits for a shard that is not taking rounds".into(),
+                });
+            }
             self.compact_step(usize::MAX)?;
         }
         Ok(())
@@ -743,7 +806,7 @@ impl<B: Backend> Store<B> {
             return Err(Error::FutureRev);
         }
         let rev = if rev == 0 { self.current_revision } else { rev };
-        let keep = self.index.keep(rev);
+        let keep = self.index().keep(rev);
         let lower = self.compact_revision + 1;
         let mut hasher = crc32fast::Hasher::new();
         self.backend.scan(
@@ -805,13 +868,14 @@ impl<B: Backend> Store<B> {
     }
 
     fn save_meta(&mut self) {
+        let key_count = self.index().key_count() as u64;
         self.backend.set_app_meta(AppMeta {
             consistent_index: self.consistent_index,
             consistent_term: self.consistent_term,
             current_revision: self.current_revision,
             compact_revision: self.compact_revision,
             compact_sweep: self.compact_sweep,
-            key_count: self.index.key_count() as u64,
+            key_count,
         });
     }
 
@@ -846,8 +910,8 @@ impl<B: Backend> Store<B> {
     pub fn check(&self) -> Result<()> {
         self.backend.check()?;
         self.invariants();
-        self.index.invariants();
-        let (rebuilt, last, key_leases) = rebuild_index(&self.backend, 0)?;
+        self.index().invariants();
+        let (rebuilt, last, key_leases, _) = rebuild_index(&self.backend, 0, &[])?;
         self.leases.invariants();
         for (key, id) in &key_leases {
             if self.leases.contains(*id) && self.leases.lease_of(key) != Some(*id) {
@@ -856,13 +920,14 @@ impl<B: Backend> Store<B> {
                 });
             }
         }
+        let current = self.index();
         let (index, rebuilt) = if self.compaction_pending() {
-            let (mut a, mut b) = (self.index.clone(), rebuilt);
+            let (mut a, mut b) = (current.clone(), rebuilt);
             a.compact(self.compact_revision);
             b.compact(self.compact_revision);
             (std::borrow::Cow::Owned(a), b)
         } else {
-            (std::borrow::Cow::Borrowed(&self.index), rebuilt)
+            (std::borrow::Cow::Borrowed(&*current), rebuilt)
         };
         if let Some(key) = index.first_difference(&rebuilt) {
             return Err(Error::Corrupt {
@@ -920,12 +985,14 @@ impl<B: Backend> Store<B> {
 
 /// What a scan of the Revision tree rebuilds: the key index, the last main revision,
 /// and the lease of every live key that has one.
-type Rebuilt = (KeyIndex, Option<i64>, HashMap<Vec<u8>, i64>);
+type Rebuilt = (KeyIndex, Option<i64>, HashMap<Vec<u8>, i64>, Vec<usize>);
 
 /// Rebuilds the key index from the Revision tree (see [`Rebuilt`]).
 /// `keys_hint`: the key count the meta recorded, to size the index once (capped, so a
 /// damaged hint cannot ask for more than the records could hold).
-fn rebuild_index<B: Backend>(backend: &B, keys_hint: u64) -> Result<Rebuilt> {
+/// `splits`: key ranges to count live keys in (see [`Store::with_backend_split`]).
+fn rebuild_index<B: Backend>(backend: &B, keys_hint: u64, splits: &[Vec<u8>]) -> Result<Rebuilt> {
+    let mut live = vec![0isize; splits.len() + 1];
     let records = backend.revision_count();
     let mut index = KeyIndex::with_capacity(keys_hint.min(records) as usize);
     let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -943,7 +1010,10 @@ fn rebuild_index<B: Backend>(backend: &B, keys_hint: u64) -> Result<Rebuilt> {
                 });
             }
             let tombstone = kind == RecordKind::Tombstone;
+            let before = index.live_key_count();
             index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
+            let range = splits.partition_point(|s| s.as_slice() <= kv.key);
+            live[range] += index.live_key_count() as isize - before as isize;
             if !tombstone && kv.lease != 0 {
                 key_leases.insert(kv.key.to_vec(), kv.lease);
             } else if !key_leases.is_empty() {
@@ -965,7 +1035,10 @@ fn rebuild_index<B: Backend>(backend: &B, keys_hint: u64) -> Result<Rebuilt> {
     index.finish_restore();
     match failure {
         Some(e) => Err(e),
-        None => Ok((index, last.map(|r| r.main), key_leases)),
+        None => {
+            let live = live.into_iter().map(|n| n.max(0) as usize).collect();
+            Ok((index, last.map(|r| r.main), key_leases, live))
+        }
     }
 }
 

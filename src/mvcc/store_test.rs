@@ -554,8 +554,8 @@ fn txn_one_revision_nested_and_reads_own_writes() {
         keys(&s.range(&rr("a", "\0")).unwrap()),
         ["b", "c", "d", "e", "x", "y"]
     );
-    let hist = s.index().history(b"y").unwrap();
-    assert_eq!(hist.modified(), super::Revision::new(8, 1));
+    let modified = s.index().history(b"y").unwrap().modified();
+    assert_eq!(modified, super::Revision::new(8, 1));
     // A read-only txn takes no revision; neither does one whose deletes hit nothing.
     let ro = TxnRequest {
         success: vec![RequestOp::RequestRange(rr("a", ""))],

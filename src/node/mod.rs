@@ -73,6 +73,12 @@ pub struct Node {
     /// The member's newest round sent out (see `mesh::RoundMark`).
     round_mark: RoundMark,
     shard: RefCell<Option<Shard>>,
+    /// On the raft core's core: the raft core's key index, which this core's shard reads
+    /// instead of building a replica (`Node::read_raft_index`).
+    raft_index: RefCell<Option<Rc<crate::mvcc::store::SharedIndex>>>,
+    /// On the other cores: where the replica built at boot from the kept split keys comes
+    /// from (`Node::expect_prebuilt`).
+    prebuilt: RefCell<Option<std::sync::mpsc::Receiver<crate::shard::Prebuilt>>>,
     watermark: Cell<Watermark>,
     waiters: RefCell<Vec<Waker>>,
     outbox: Vec<Rc<Outbox>>,
@@ -177,6 +183,8 @@ impl Node {
             core,
             round_mark,
             shard: RefCell::new(None),
+            raft_index: RefCell::new(None),
+            prebuilt: RefCell::new(None),
             watermark: Cell::new(Watermark::default()),
             waiters: RefCell::new(Vec::new()),
             outbox: (0..cores).map(|_| Rc::new(Outbox::default())).collect(),
@@ -408,6 +416,26 @@ impl Node {
         total
     }
 
+    /// On a core other than the raft core's, before the first round: a replica may come
+    /// from a thread that builds it while the raft core rebuilds its own index.
+    pub fn expect_prebuilt(&self, rx: std::sync::mpsc::Receiver<crate::shard::Prebuilt>) {
+        *self.prebuilt.borrow_mut() = Some(rx);
+    }
+
+    /// The replica built at boot, if one was started: waits for its thread to finish (at
+    /// the first round, before which this core has no shard to serve from anyway, and
+    /// which comes after the raft core's own rebuild of the same records).
+    fn take_prebuilt(&self) -> Option<crate::shard::Prebuilt> {
+        let rx = self.prebuilt.borrow_mut().take()?;
+        rx.recv().ok()
+    }
+
+    /// On the raft core's core, before the first round: this core's shard reads the raft
+    /// core's index instead of building a replica of its range.
+    pub fn read_raft_index(&self, index: Rc<crate::mvcc::store::SharedIndex>) {
+        *self.raft_index.borrow_mut() = Some(index);
+    }
+
     fn reply_part(
         &self,
         from: CoreId,
@@ -437,23 +465,60 @@ impl Node {
                     s.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
                 }
                 None => {
-                    // The first round: the snapshot already holds its changes.
+                    // The first round (perhaps with later ones merged into it): the
+                    // snapshot already holds its changes, and its split keys are the last
+                    // step's.
                     let Some(splits) = a.splits.clone() else {
                         log::error("shard", "a round arrived before the shard's boot round");
                         return;
                     };
-                    match Shard::boot(
-                        self.core.0 as usize,
-                        splits,
-                        a.snapshot.clone(),
-                        a.index,
-                        a.revision,
-                        a.compact_revision,
-                    ) {
-                        Ok(s) => *shard = Some(s),
-                        Err(e) => {
-                            log::error("shard", &format!("cannot build the key index: {e}"));
-                            return;
+                    let id = self.core.0 as usize;
+                    let mut prebuilt = self.take_prebuilt();
+                    if let Some(p) = prebuilt.take() {
+                        match Shard::from_prebuilt(id, p, &splits, a.snapshot.clone()) {
+                            Ok(mut s) => {
+                                s.apply_chunks(&a.changes, &a.moves);
+                                s.advance(
+                                    a.snapshot.clone(),
+                                    a.index,
+                                    a.revision,
+                                    a.compact_revision,
+                                );
+                                *shard = Some(s);
+                            }
+                            Err(_) => log::info(
+                                "shard",
+                                "the split keys changed since the replica built at boot: building it again",
+                            ),
+                        }
+                    }
+                    let splits = a.moves.last().map_or(splits, |(_, m)| m.splits.clone());
+                    if shard.is_some() {
+                        // Built at boot.
+                    } else if let Some(index) = self.raft_index.borrow().clone() {
+                        *shard = Some(Shard::shared(
+                            id,
+                            splits,
+                            index,
+                            a.snapshot.clone(),
+                            a.index,
+                            a.revision,
+                            a.compact_revision,
+                        ));
+                    } else {
+                        match Shard::boot(
+                            id,
+                            splits,
+                            a.snapshot.clone(),
+                            a.index,
+                            a.revision,
+                            a.compact_revision,
+                        ) {
+                            Ok(s) => *shard = Some(s),
+                            Err(e) => {
+                                log::error("shard", &format!("cannot build the key index: {e}"));
+                                return;
+                            }
                         }
                     }
                 }

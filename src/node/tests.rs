@@ -72,7 +72,7 @@ fn merged_rounds_apply_like_separate_ones() {
             // Round 1 ends with a rebalance step: "c", the key below "m", goes to shard 1
             // (which then takes round 2's put of it).
             let moves = if round == 1 {
-                let m = crate::shard::Move::plan(store.index(), &splits, 0, -1, 10).unwrap();
+                let m = crate::shard::Move::plan(&store.index(), &splits, 0, -1, 10).unwrap();
                 assert_eq!((m.from, m.to, m.lo.as_slice()), (0, 1, &b"c"[..]));
                 vec![(1, Arc::new(m))]
             } else {
@@ -221,7 +221,7 @@ fn a_part_routed_by_split_keys_a_step_changed_is_routed_again() {
                 Vec::new()
             } else {
                 // Shard 0 gives its two highest keys, d and e, to shard 1.
-                let m = crate::shard::Move::plan(store.index(), &splits, 0, -2, 10).unwrap();
+                let m = crate::shard::Move::plan(&store.index(), &splits, 0, -2, 10).unwrap();
                 assert_eq!((m.lo.as_slice(), m.keys.len()), (&b"d"[..], 2));
                 vec![(1, Arc::new(m))]
             };

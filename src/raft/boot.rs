@@ -51,6 +51,25 @@ pub(super) fn from_wal_entry(e: wal::Entry) -> Entry {
 }
 
 /// A number that differs between boots of this member: nanoseconds since the epoch.
+/// Keeps `splits` in the db's Meta tree as the next boot's hint (`shard::SPLITS_META_KEY`),
+/// committed with the next db commit. A failure only loses the hint.
+pub(super) fn keep_splits(store: &mut Store, splits: &[Vec<u8>]) {
+    use crate::shard::{encode_splits, SPLITS_META_KEY};
+    let db = store.backend_mut();
+    let kept = db.get(TreeId::Meta, SPLITS_META_KEY).ok().flatten();
+    let new = encode_splits(splits);
+    if kept == new.as_deref() {
+        return;
+    }
+    let done = match new {
+        Some(bytes) => db.insert(TreeId::Meta, SPLITS_META_KEY, &bytes),
+        None => db.remove(TreeId::Meta, SPLITS_META_KEY).map(|_| ()),
+    };
+    if let Err(e) = done {
+        crate::runtime::log::warning("shard", &format!("cannot keep the split keys: {e}"));
+    }
+}
+
 pub(super) fn new_incarnation() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -61,7 +80,17 @@ pub(super) fn new_incarnation() -> u64 {
 impl RaftCore {
     /// Opens the member's WAL and db (or creates them for a new member), checks they
     /// agree, and builds the `RawNode` at the db's consistent index.
-    pub async fn open(mut opts: RaftOptions) -> Result<RaftCore, BootError> {
+    pub async fn open(opts: RaftOptions) -> Result<RaftCore, BootError> {
+        Self::open_with(opts, |_| {}).await
+    }
+
+    /// [`RaftCore::open`], calling `on_db` with the db as it is opened, before the key
+    /// index is rebuilt from it (the server starts building the other cores' replicas
+    /// there, in parallel with that rebuild).
+    pub async fn open_with(
+        mut opts: RaftOptions,
+        on_db: impl FnOnce(&crate::mvcc::db::Db),
+    ) -> Result<RaftCore, BootError> {
         // A data dir `etcdctl snapshot restore` made for etcd: becomes Keel's first.
         restore::finish_import(&opts)?;
         if restore::is_bbolt_file(&opts.db_path) {
@@ -77,9 +106,27 @@ impl RaftCore {
             max_txn_ops: opts.max_txn_ops,
             ..StoreOptions::default()
         };
-        let mut store = Store::open(&opts.db_path, store_opts)
+        let db = crate::mvcc::db::Db::open(&opts.db_path, store_opts.db.clone())
             .await
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
+        on_db(&db);
+        // The split keys, when known before the index is: configured, or the ones the
+        // last run kept (for as many shards), which the replicas `on_db` started are
+        // built for. Else chosen from the index once it is rebuilt.
+        let known = if opts.shard_splits.is_empty() {
+            crate::shard::kept_splits(&db, opts.shards)
+        } else {
+            Some(crate::shard::configured_splits(
+                opts.shards,
+                &opts.shard_splits,
+            ))
+        };
+        let (mut store, live) =
+            Store::with_backend_split(db, store_opts, known.as_deref().unwrap_or_default())
+                .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
+        // From here on every change goes to the rounds: the first one brings the replicas
+        // built from the db as opened up to date.
+        store.capture_changes(true);
         store
             .check_open()
             .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;
@@ -133,10 +180,20 @@ impl RaftCore {
             .set_snapshot_source(applied, store.consistent_term());
         let snapshot_index = node.store().first_index_raw().saturating_sub(1);
         let now = Instant::now();
-        let splits = crate::shard::split_keys(store.index(), opts.shards, &opts.shard_splits);
-        store.capture_changes(true);
+        let splits = match &known {
+            Some(s) => s.clone(),
+            None => crate::shard::split_keys(&store.index(), opts.shards, &opts.shard_splits),
+        };
+        keep_splits(&mut store, &splits);
         let auth = auth::AuthDuty::load(&store)?;
         let alarms = alarm::AlarmDuty::load(&store)?;
+        let rebalance = rebalance::Rebalance::new(
+            opts.shard_rebalance && opts.shard_splits.is_empty(),
+            opts.shards,
+            &splits,
+            &store.index(),
+            known.is_some().then_some(live.as_slice()),
+        );
         Ok(RaftCore {
             auth,
             alarms,
@@ -144,12 +201,7 @@ impl RaftCore {
             auto_compact: autocompact::AutoCompactDuty::new(opts.auto_compaction),
             corrupt: Default::default(),
             compaction: Default::default(),
-            rebalance: rebalance::Rebalance::new(
-                opts.shard_rebalance && opts.shard_splits.is_empty(),
-                opts.shards,
-                &splits,
-                store.index(),
-            ),
+            rebalance,
             node,
             store,
             wal: persist::Persister::start(wal, opts.idle_spin),

@@ -17,6 +17,10 @@ use super::*;
 /// 23) a slice of 1024 took under 1 ms.
 const COMPACT_STEP_RECORDS: usize = 1024;
 
+/// How long a sweep waiting for this core's shard to take its round waits before it
+/// looks again.
+const SWEEP_WAIT: Duration = Duration::from_millis(1);
+
 /// The physical Compact calls waiting for the sweep.
 #[derive(Default)]
 pub(super) struct CompactionDuty {
@@ -58,6 +62,12 @@ impl RaftCore {
             .next_step
             .is_some_and(|t| t > Instant::now())
         {
+            return Ok(());
+        }
+        if self.store.sweep_waits() {
+            // The shard on this core has not taken the compaction's round yet (it is in
+            // this core's queue): look again shortly.
+            self.compaction.next_step = Some(Instant::now() + SWEEP_WAIT);
             return Ok(());
         }
         let started = Instant::now();

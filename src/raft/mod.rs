@@ -382,6 +382,11 @@ impl RaftCore {
             .all(|seq| *seq < self.forwards.next_follower_seq));
     }
 
+    /// The store's key index, for the shard of this core (`Node::read_raft_index`).
+    pub fn shared_index(&self) -> std::rc::Rc<mvcc::store::SharedIndex> {
+        self.store.shared_index()
+    }
+
     pub fn member_id(&self) -> u64 {
         self.opts.member_id
     }

@@ -46,18 +46,22 @@ pub(super) struct Rebalance {
 }
 
 impl Rebalance {
-    /// `shards` shards split at `splits` over `index`: counted exactly when the store is
+    /// `shards` shards split at `splits` over `index`: the live keys per shard counted by
+    /// the index's rebuild when given (`counted`), else counted exactly when the store is
     /// small, else as equal shares (the boot split's quantiles).
     pub(super) fn new(
         enabled: bool,
         shards: usize,
         splits: &[Vec<u8>],
         index: &crate::mvcc::KeyIndex,
+        counted: Option<&[usize]>,
     ) -> Rebalance {
         let n = shards.max(1);
         let mut counts = vec![0; n];
         let live = index.live_key_count();
-        if index.key_count() <= 4 * START_MIN_KEYS {
+        if let Some(c) = counted.filter(|c| c.len() == n) {
+            counts.copy_from_slice(c);
+        } else if index.key_count() <= 4 * START_MIN_KEYS {
             for k in index.keys() {
                 if index.history(k).is_some_and(|h| h.is_live()) {
                     counts[shard_of(splits, k).min(n - 1)] += 1;
@@ -168,7 +172,7 @@ impl RaftCore {
         let step = (d.abs() > r.threshold(false))
             .then(|| {
                 let index = self.store.index();
-                Move::plan(index, &self.round.splits, boundary, d, MOVE_STEP_KEYS)
+                Move::plan(&index, &self.round.splits, boundary, d, MOVE_STEP_KEYS)
             })
             .flatten();
         let took = started.elapsed();
@@ -213,6 +217,7 @@ impl RaftCore {
             step.keys.len() as u64,
         );
         self.round.splits = step.splits.clone();
+        super::boot::keep_splits(&mut self.store, &step.splits);
         Arc::new(step)
     }
 
@@ -228,9 +233,11 @@ impl RaftCore {
         let splits = &self.round.splits;
         let boundary = (r.churn / 2) as usize % splits.len().max(1);
         let d = if r.churn % 2 == 0 { 3 } else { -3 };
-        let index = self.store.index();
-        let step = Move::plan(index, splits, boundary, d, 4)
-            .or_else(|| Move::plan(index, splits, boundary, -d, 4))?;
+        let step = {
+            let index = self.store.index();
+            Move::plan(&index, splits, boundary, d, 4)
+                .or_else(|| Move::plan(&index, splits, boundary, -d, 4))?
+        };
         Some(self.take_step(step))
     }
 }

@@ -237,8 +237,18 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
     let raft_core_links = links.next().expect("at least one core");
     let raft_spread = spreads.next().expect("at least one core");
     let raft_opts = opts.clone();
+    // The other cores' replicas, built at boot beside the raft core's own rebuild.
+    let (prebuilt_tx, prebuilt_rx): (Vec<_>, Vec<_>) = (1..opts.cores)
+        .map(|_| std::sync::mpsc::channel::<crate::shard::Prebuilt>())
+        .unzip();
     let raft_handle = core_executor("keel-core-0", opts.cpus[0], opts.cores)
-        .spawn(move || raft_core_main(raft_opts, raft_core_links, raft_spread, raft_links, boot_tx))
+        .spawn(move || {
+            let boot = Boot {
+                ids: boot_tx,
+                prebuilt: prebuilt_tx,
+            };
+            raft_core_main(raft_opts, raft_core_links, raft_spread, raft_links, boot)
+        })
         .map_err(|e| format!("cannot start the raft core: {e}"))?;
     match boot_rx.recv() {
         // A member that joined or restarted learns its IDs at boot.
@@ -252,7 +262,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
         }
         Err(_) => return Err("the raft core stopped during boot".into()),
     }
-    for (link, spread) in links.zip(spreads) {
+    for ((link, spread), prebuilt) in links.zip(spreads).zip(prebuilt_rx) {
         let core_opts = opts.clone();
         let cpu = link.core.0 as usize;
         core_executor(
@@ -260,7 +270,7 @@ pub fn run(mut opts: ServerOptions) -> Result<Exit, String> {
             core_opts.cpus[cpu],
             core_opts.cores,
         )
-        .spawn(move || core_main(core_opts, link, spread))
+        .spawn(move || core_main(core_opts, link, spread, prebuilt))
         .map_err(|e| format!("cannot start core {cpu}: {e}"))?;
     }
     match raft_handle.join() {
@@ -411,16 +421,86 @@ fn announce(opts: &ServerOptions) {
 /// (`runtime::spawn_allocator_collect`).
 const ALLOCATOR_COLLECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What the raft core's boot hands on: the member's IDs (to the thread that starts the
+/// other cores), and each other core's replica built at boot.
+struct Boot {
+    ids: std::sync::mpsc::Sender<Result<(u64, u64), String>>,
+    /// For cores 1, 2, …
+    prebuilt: Vec<std::sync::mpsc::Sender<crate::shard::Prebuilt>>,
+}
+
+/// Starts building the other cores' replicas from the db just opened, when the split
+/// keys are known before the raft core's own index is (configured, or kept by the last
+/// run): one thread per core, each reading the records while the raft core rebuilds its
+/// index from the same records. Without such split keys (a first boot, another core
+/// count) the cores build theirs at the first round, as before.
+fn prebuild_replicas(
+    opts: &ServerOptions,
+    db: &crate::mvcc::db::Db,
+    senders: Vec<std::sync::mpsc::Sender<crate::shard::Prebuilt>>,
+) {
+    let splits = if opts.raft.shard_splits.is_empty() {
+        crate::shard::kept_splits(db, opts.cores)
+    } else {
+        Some(crate::shard::configured_splits(
+            opts.cores,
+            &opts.raft.shard_splits,
+        ))
+    };
+    // An empty store: nothing to build.
+    let Some(splits) = splits.filter(|s| s.len() + 1 == opts.cores && db.app_meta().key_count > 0)
+    else {
+        return;
+    };
+    let snapshot = db.snapshot();
+    for (i, tx) in senders.into_iter().enumerate() {
+        let id = i + 1;
+        let (splits, snapshot) = (splits.clone(), snapshot.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("keel-replica-{id}"))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match crate::shard::prebuild(id, splits, &snapshot) {
+                    Ok(p) => {
+                        log::info(
+                            "shard",
+                            &format!(
+                                "built shard {id}'s replica at boot: {} keys (took {:?})",
+                                p.index.key_count(),
+                                started.elapsed()
+                            ),
+                        );
+                        let _ = tx.send(p);
+                    }
+                    // The core builds it again at its first round, and meets the error
+                    // there.
+                    Err(e) => log::warning("shard", &format!("shard {id}'s replica: {e}")),
+                }
+            });
+        if let Err(e) = spawned {
+            log::warning("shard", &format!("cannot start building a replica: {e}"));
+        }
+    }
+}
+
 async fn raft_core_main(
     opts: ServerOptions,
     link: CoreLinks,
     spread: SpreadLinks,
     raft_links: RaftLinks,
-    boot: std::sync::mpsc::Sender<Result<(u64, u64), String>>,
+    boot: Boot,
 ) -> Result<Exit, String> {
     crate::runtime::spawn_allocator_collect(ALLOCATOR_COLLECT_INTERVAL);
     let mut opts = opts;
-    let mut core = match RaftCore::open(opts.raft.clone()).await {
+    let Boot {
+        ids: boot,
+        prebuilt,
+    } = boot;
+    let opened = RaftCore::open_with(opts.raft.clone(), |db| {
+        prebuild_replicas(&opts, db, prebuilt)
+    })
+    .await;
+    let mut core = match opened {
         Ok(core) => core,
         Err(e) => {
             let _ = boot.send(Err(e.0.clone()));
@@ -474,6 +554,7 @@ async fn raft_core_main(
         link.round_mark.clone(),
     );
     node.connect(link.peers_out, link.peers_in);
+    node.read_raft_index(core.shared_index());
     // Rounds that queue while this core is busy merge into one (see `Outbox`).
     let local_rounds = Rc::new(crate::node::Outbox::default());
     let rounds = local_rounds.clone();
@@ -525,6 +606,7 @@ async fn core_main(
     opts: ServerOptions,
     link: CoreLinks,
     spread: SpreadLinks,
+    prebuilt: std::sync::mpsc::Receiver<crate::shard::Prebuilt>,
 ) -> Result<(), String> {
     crate::runtime::spawn_allocator_collect(ALLOCATOR_COLLECT_INTERVAL);
     let to_raft = link
@@ -556,6 +638,7 @@ async fn core_main(
         link.round_mark.clone(),
     );
     node.connect(link.peers_out, link.peers_in);
+    node.expect_prebuilt(prebuilt);
     listen(&opts, client, node, spread)?;
     // Serve until the process exits (the raft core decides when).
     futures_lite::future::pending::<()>().await;

@@ -21,11 +21,13 @@
 
 pub use crate::mesh::ShardMove as Move;
 use crate::mvcc::db::{ReadSnapshot, TreeId};
+use crate::mvcc::store::SharedIndex;
 use crate::mvcc::{
     self, kv, Change, KeyIndex, KeyRange, RangeRequest, RangeResponse, ReadView, Revision,
     SortOrder, SortTarget,
 };
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Split keys for `shards` shards: the configured ones when they fit, else key-count
@@ -36,12 +38,7 @@ pub fn split_keys(index: &KeyIndex, shards: usize, configured: &[Vec<u8>]) -> Ve
         return Vec::new();
     }
     if !configured.is_empty() {
-        let mut s: Vec<Vec<u8>> = configured.to_vec();
-        s.sort();
-        s.dedup();
-        s.retain(|k| !k.is_empty());
-        s.truncate(want);
-        return s;
+        return configured_splits(shards, configured);
     }
     let n = index.key_count();
     if n >= shards * 2 {
@@ -59,6 +56,123 @@ pub fn split_keys(index: &KeyIndex, shards: usize, configured: &[Vec<u8>]) -> Ve
     (1..=want)
         .map(|i| vec![b' ' + ((0x7f - b' ') as usize * i / shards) as u8])
         .collect()
+}
+
+/// The configured split keys for `shards` shards (`--shard-split-keys`), as
+/// [`split_keys`] takes them: sorted, without duplicates or the empty key, at most one
+/// fewer than the shards.
+pub fn configured_splits(shards: usize, configured: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut s: Vec<Vec<u8>> = configured.to_vec();
+    s.sort();
+    s.dedup();
+    s.retain(|k| !k.is_empty());
+    s.truncate(shards.saturating_sub(1));
+    s
+}
+
+/// Where the raft core keeps the current split keys in the db's Meta tree: a hint for the
+/// next boot, whose replicas are built from it while the raft core rebuilds its own
+/// index ([`build_replica`]). Not part of the store's state: a wrong or stale hint only
+/// costs a replica built again.
+pub const SPLITS_META_KEY: &[u8] = b"shard_splits";
+
+/// The split keys the last run kept in `db` ([`SPLITS_META_KEY`]), if they are for
+/// `shards` shards.
+pub fn kept_splits(db: &crate::mvcc::db::Db, shards: usize) -> Option<Vec<Vec<u8>>> {
+    let bytes = db.get(TreeId::Meta, SPLITS_META_KEY).ok().flatten()?;
+    decode_splits(bytes).filter(|s| s.len() + 1 == shards && shards > 1)
+}
+
+/// Split keys longer than this in all are not kept as a hint.
+const SPLITS_HINT_BYTES_MAX: usize = 64 << 10;
+
+/// The hint's bytes: each key's length (u32, big-endian), then the key. `None` when the
+/// keys are too long to keep.
+pub fn encode_splits(splits: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for k in splits {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+    }
+    (out.len() <= SPLITS_HINT_BYTES_MAX).then_some(out)
+}
+
+/// The split keys of a hint; `None` if it is damaged (or not ascending).
+pub fn decode_splits(mut bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let key = rest.get(..len)?;
+        if key.is_empty() || out.last().is_some_and(|last| last.as_slice() >= key) {
+            return None;
+        }
+        out.push(key.to_vec());
+        bytes = &rest[len..];
+    }
+    Some(out)
+}
+
+/// A replica built at boot before the shard's first round: from the db as it was opened
+/// (before the raft core rebuilt its own index or applied anything), under the split
+/// keys the last run kept ([`SPLITS_META_KEY`]). The first round's changes bring it up
+/// to the round; it is used only if the round's split keys are the same.
+pub struct Prebuilt {
+    pub splits: Vec<Vec<u8>>,
+    pub index: KeyIndex,
+    /// The db's compact revision when it was opened.
+    pub compact_revision: i64,
+    /// Whether a sweep of that compaction was pending (the replica still holds history
+    /// it drops).
+    pub sweep_pending: bool,
+}
+
+/// Shard `id`'s replica under `splits`, from every record of `snapshot`.
+pub fn build_replica(
+    id: usize,
+    splits: &[Vec<u8>],
+    snapshot: &ReadSnapshot,
+) -> Result<KeyIndex, mvcc::Error> {
+    // Sized once for its share of the keys the meta recorded (each growth of the map is
+    // a rehash into a fresh, zeroed table).
+    let share = snapshot.app_meta().key_count as usize / (splits.len() + 1);
+    let mut index = KeyIndex::with_capacity(share + share / 16);
+    for entry in snapshot.range(TreeId::Revision, &[], &[]) {
+        let (k, v) = entry?;
+        let rev = Revision::decode(k).ok_or_else(|| mvcc::Error::Corrupt {
+            what: format!("revision tree key {k:02x?}"),
+        })?;
+        let (kind, record) = kv::decode_record_ref(v)?;
+        if shard_of(splits, record.key) != id {
+            continue;
+        }
+        let tombstone = kind == kv::RecordKind::Tombstone;
+        index.restore(
+            record.key,
+            rev,
+            tombstone,
+            record.create_revision,
+            record.version,
+        );
+    }
+    index.finish_restore();
+    Ok(index)
+}
+
+/// [`build_replica`] for a [`Prebuilt`].
+pub fn prebuild(
+    id: usize,
+    splits: Vec<Vec<u8>>,
+    snapshot: &ReadSnapshot,
+) -> Result<Prebuilt, mvcc::Error> {
+    let index = build_replica(id, &splits, snapshot)?;
+    let meta = snapshot.app_meta();
+    Ok(Prebuilt {
+        splits,
+        index,
+        compact_revision: meta.compact_revision.max(0),
+        sweep_pending: meta.compact_sweep != 0,
+    })
 }
 
 /// The shard owning `key`.
@@ -140,11 +254,20 @@ impl Move {
     }
 }
 
+/// The key index a shard reads.
+enum Replica {
+    /// A replica of the shard's range, fed by the rounds.
+    Own(KeyIndex),
+    /// The raft core's whole index, seen through the shard's bounds: the shard of the raft
+    /// core's own core (the rounds' changes are already in it).
+    Shared(Rc<SharedIndex>),
+}
+
 /// One core's key-range shard.
 pub struct Shard {
     id: usize,
     splits: Arc<Vec<Vec<u8>>>,
-    index: KeyIndex,
+    index: Replica,
     snapshot: ReadSnapshot,
     applied_index: u64,
     revision: i64,
@@ -169,29 +292,7 @@ impl Shard {
         revision: i64,
         compact_revision: i64,
     ) -> Result<Shard, mvcc::Error> {
-        // Sized once for its share of the keys the meta recorded (each growth of the map
-        // is a rehash into a fresh, zeroed table).
-        let share = snapshot.app_meta().key_count as usize / (splits.len() + 1);
-        let mut index = KeyIndex::with_capacity(share + share / 16);
-        for entry in snapshot.range(TreeId::Revision, &[], &[]) {
-            let (k, v) = entry?;
-            let rev = Revision::decode(k).ok_or_else(|| mvcc::Error::Corrupt {
-                what: format!("revision tree key {k:02x?}"),
-            })?;
-            let (kind, record) = kv::decode_record_ref(v)?;
-            if shard_of(&splits, record.key) != id {
-                continue;
-            }
-            let tombstone = kind == kv::RecordKind::Tombstone;
-            index.restore(
-                record.key,
-                rev,
-                tombstone,
-                record.create_revision,
-                record.version,
-            );
-        }
-        index.finish_restore();
+        let index = build_replica(id, &splits, &snapshot)?;
         // A snapshot taken while the raft core's sweep was under way still holds records
         // the compaction drops, and so does a replica built from it.
         let compacting =
@@ -199,13 +300,66 @@ impl Shard {
         Ok(Shard {
             id,
             splits,
-            index,
+            index: Replica::Own(index),
             snapshot,
             applied_index,
             revision,
             compact_revision,
             compacting,
         })
+    }
+
+    /// The shard `id` from a replica built before its first round, brought up to that
+    /// round by its changes and steps (`apply_chunks`; `advance` follows). `None` (the
+    /// replica given back) if the round's split keys are not the ones it was built for.
+    pub fn from_prebuilt(
+        id: usize,
+        p: Prebuilt,
+        splits: &Arc<Vec<Vec<u8>>>,
+        snapshot: ReadSnapshot,
+    ) -> Result<Shard, Prebuilt> {
+        if p.splits != **splits {
+            return Err(p);
+        }
+        Ok(Shard {
+            id,
+            splits: splits.clone(),
+            index: Replica::Own(p.index),
+            snapshot,
+            applied_index: 0,
+            revision: 0,
+            compact_revision: p.compact_revision,
+            compacting: p.sweep_pending.then(|| (p.compact_revision, Vec::new())),
+        })
+    }
+
+    /// The shard `id` of the raft core's own core, reading the raft core's `index` (as of
+    /// the round of `snapshot`) instead of a replica.
+    pub fn shared(
+        id: usize,
+        splits: Arc<Vec<Vec<u8>>>,
+        index: Rc<SharedIndex>,
+        snapshot: ReadSnapshot,
+        applied_index: u64,
+        revision: i64,
+        compact_revision: i64,
+    ) -> Shard {
+        index.shard_compacted(compact_revision);
+        Shard {
+            id,
+            splits,
+            index: Replica::Shared(index),
+            snapshot,
+            applied_index,
+            revision,
+            compact_revision,
+            compacting: None,
+        }
+    }
+
+    /// Whether this shard reads the raft core's index (no replica of its own).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.index, Replica::Shared(_))
     }
 
     pub fn id(&self) -> usize {
@@ -230,8 +384,13 @@ impl Shard {
     /// Takes one rebalance step (at its place in the round): the new split keys, and the
     /// step's keys dropped or taken over if this shard is the one losing or gaining them.
     pub fn take_move(&mut self, m: &Move) {
+        let Replica::Own(index) = &mut self.index else {
+            // The whole index is there already: the new bounds are all it takes.
+            self.splits = m.splits.clone();
+            return;
+        };
         if m.from == self.id {
-            self.index.remove_range(&m.lo, Some(&m.hi));
+            index.remove_range(&m.lo, Some(&m.hi));
         }
         if m.to == self.id {
             // Compacted as far as this replica is (a compaction of this round may not
@@ -241,13 +400,21 @@ impl Shard {
                 .as_ref()
                 .map_or(self.compact_revision, |(at, _)| *at)
                 .max(self.compact_revision);
-            self.index.import(&m.keys, at);
+            index.import(&m.keys, at);
         }
         self.splits = m.splits.clone();
     }
 
+    /// Keys with history in this shard's range (for a shard reading the raft core's
+    /// index, a walk over the range).
     pub fn key_count(&self) -> usize {
-        self.index.key_count()
+        match &self.index {
+            Replica::Own(index) => index.key_count(),
+            Replica::Shared(shared) => {
+                let index = shared.borrow();
+                index.keys().filter(|k| self.owns(k)).count()
+            }
+        }
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -292,6 +459,10 @@ impl Shard {
         self.applied_index = applied_index;
         self.revision = revision;
         self.compact_revision = compact_revision;
+        if let Replica::Shared(index) = &self.index {
+            // The raft core's sweep of this compaction may go on now.
+            index.shard_compacted(compact_revision);
+        }
     }
 
     /// A round's changes, in chunks, with the rebalance steps between them (each after
@@ -311,13 +482,20 @@ impl Shard {
 
     /// The changes of this shard's range (part of a round: `advance` follows).
     pub fn apply_changes<'c>(&mut self, changes: impl IntoIterator<Item = &'c Change>) {
+        let Replica::Own(index) = &mut self.index else {
+            // The raft core applied them to the index this shard reads, and sweeps its
+            // compactions itself.
+            return;
+        };
+        let splits = &self.splits;
+        let owns = |key: &[u8]| shard_of(splits, key) == self.id;
         for c in changes {
             match c {
-                Change::Put { rev, kv, .. } if self.owns(&kv.key) => {
-                    self.index.put(&kv.key, *rev);
+                Change::Put { rev, kv, .. } if owns(&kv.key) => {
+                    index.put(&kv.key, *rev);
                 }
-                Change::Delete { rev, key, .. } if self.owns(key) => {
-                    self.index.tombstone(key, *rev);
+                Change::Delete { rev, key, .. } if owns(key) => {
+                    index.tombstone(key, *rev);
                 }
                 Change::Compact { revision } => {
                     // From the first key again: those already done were done for an
@@ -339,11 +517,13 @@ impl Shard {
     /// compaction of millions of keys never holds a core; reads at or above the compact
     /// revision answer the same before and after (`KeyIndex::compact_slice`).
     pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        let Replica::Own(index) = &mut self.index else {
+            return false;
+        };
         let Some((at, from)) = self.compacting.take() else {
             return false;
         };
-        self.compacting = self
-            .index
+        self.compacting = index
             .compact_slice(at, &from, max_keys)
             .map(|next| (at, next));
         self.compacting.is_some()
@@ -351,22 +531,25 @@ impl Shard {
 
     /// This shard's part of a Range read at revision `at` (≤ its revision).
     pub fn range(&self, req: &RangeRequest, at: i64) -> mvcc::Result<RangeResponse> {
-        let view = ReadView {
-            index: &self.index,
-            records: &self.snapshot,
-            compact_revision: self.compact_revision,
-        };
-        view.range(req, at)
+        self.with_view(|view| view.range(req, at))
     }
 
     /// The live value of `key` at revision `at`, if this shard owns it.
     pub fn get(&self, key: &[u8], at: i64) -> mvcc::Result<Option<mvcc::KeyValue>> {
-        let view = ReadView {
-            index: &self.index,
-            records: &self.snapshot,
-            compact_revision: self.compact_revision,
-        };
-        view.load_key(key, at)
+        self.with_view(|view| view.load_key(key, at))
+    }
+
+    /// Reads over this shard's keys as of its round.
+    fn with_view<T>(&self, f: impl FnOnce(&ReadView<'_, ReadSnapshot>) -> T) -> T {
+        match &self.index {
+            Replica::Own(index) => f(&ReadView::new(index, &self.snapshot, self.compact_revision)),
+            Replica::Shared(shared) => {
+                let index = shared.borrow();
+                let (lo, hi) = bounds(&self.splits, self.id);
+                let view = ReadView::new(&index, &self.snapshot, self.compact_revision);
+                f(&view.within(lo.unwrap_or_default(), hi))
+            }
+        }
     }
 }
 

@@ -88,22 +88,7 @@ fn scattered_ranges_equal_the_single_store() {
         let mut checked = 0;
         for round in 0..60 {
             for _ in 0..10 {
-                let op = match r.below(10) {
-                    0 => Op::DeleteRange(DeleteRangeRequest {
-                        key: key(&mut r),
-                        range_end: if r.below(2) == 0 {
-                            Vec::new()
-                        } else {
-                            key(&mut r)
-                        },
-                        ..Default::default()
-                    }),
-                    _ => Op::Put(PutRequest {
-                        key: key(&mut r),
-                        value: format!("v{}", r.below(1000)).into_bytes(),
-                        ..Default::default()
-                    }),
-                };
+                let op = random_write(&mut r);
                 let _ = store.apply(&op);
             }
             if round % 20 == 19 {
@@ -127,7 +112,7 @@ fn scattered_ranges_equal_the_single_store() {
                     let boundary = r.below(3) as usize;
                     let d = r.below(40) as i64 - 20;
                     let max = r.below(12) as usize + 1;
-                    Move::plan(store.index(), &splits, boundary, d, max)
+                    Move::plan(&store.index(), &splits, boundary, d, max)
                 })
                 .flatten();
             for s in &mut shards {
@@ -153,61 +138,10 @@ fn scattered_ranges_equal_the_single_store() {
             }
             let current = store.current_revision();
             for _ in 0..30 {
-                let mut req = RangeRequest {
-                    key: key(&mut r),
-                    range_end: match r.below(3) {
-                        0 => vec![0],
-                        1 => key(&mut r),
-                        _ => Vec::new(),
-                    },
-                    limit: r.below(4) as i64 * 3,
-                    revision: if r.below(3) == 0 {
-                        current - r.below(8) as i64
-                    } else {
-                        0
-                    },
-                    sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
-                        [r.below(3) as usize],
-                    sort_target: [
-                        SortTarget::Key,
-                        SortTarget::Version,
-                        SortTarget::Create,
-                        SortTarget::Mod,
-                        SortTarget::Value,
-                    ][r.below(5) as usize],
-                    keys_only: r.below(4) == 0,
-                    count_only: r.below(8) == 0,
-                    ..Default::default()
-                };
-                if r.below(5) == 0 {
-                    req.min_mod_revision = current - 10;
-                }
+                let req = random_request(&mut r, current);
                 let want = store.range(&req);
-                let touched = shards_for(&splits, &req.key, &req.range_end);
-                let part = if touched.len() == 1 {
-                    req.clone()
-                } else {
-                    part_request(&req)
-                };
-                let parts: Result<Vec<_>, _> =
-                    touched.map(|i| shards[i].range(&part, current)).collect();
-                let got = parts.map(|mut p| {
-                    if p.len() == 1 {
-                        p.pop().unwrap()
-                    } else {
-                        merge(&req, p, current)
-                    }
-                });
-                match (&want, &got) {
-                    (Ok(w), Ok(g)) => {
-                        // Ties in a non-key sort are in key order in both.
-                        assert_eq!(w.kvs, g.kvs, "{req:?}");
-                        assert_eq!((w.count, w.more), (g.count, g.more), "{req:?}");
-                        assert_eq!(w.header.revision, g.header.revision);
-                    }
-                    (Err(a), Err(b)) => assert_eq!(a, b),
-                    _ => panic!("{req:?}: {want:?} vs {got:?}"),
-                }
+                let got = scattered(&shards, &splits, &req, current);
+                assert_same_answer(&req, &want, &got);
                 checked += 1;
             }
         }
@@ -229,6 +163,211 @@ fn scattered_ranges_equal_the_single_store() {
         assert!(checked >= 1800);
     });
 }
+/// A random Range at `current` (or a few revisions below).
+fn random_request(r: &mut Rng, current: i64) -> RangeRequest {
+    let mut req = RangeRequest {
+        key: key(r),
+        range_end: match r.below(3) {
+            0 => vec![0],
+            1 => key(r),
+            _ => Vec::new(),
+        },
+        limit: r.below(4) as i64 * 3,
+        revision: if r.below(3) == 0 {
+            current - r.below(8) as i64
+        } else {
+            0
+        },
+        sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][r.below(3) as usize],
+        sort_target: [
+            SortTarget::Key,
+            SortTarget::Version,
+            SortTarget::Create,
+            SortTarget::Mod,
+            SortTarget::Value,
+        ][r.below(5) as usize],
+        keys_only: r.below(4) == 0,
+        count_only: r.below(8) == 0,
+        ..Default::default()
+    };
+    if r.below(5) == 0 {
+        req.min_mod_revision = current - 10;
+    }
+    req
+}
+
+/// `req` served by the shards it touches under `splits`, merged, at `current`.
+fn scattered(
+    shards: &[Shard],
+    splits: &[Vec<u8>],
+    req: &RangeRequest,
+    current: i64,
+) -> mvcc::Result<RangeResponse> {
+    let touched = shards_for(splits, &req.key, &req.range_end);
+    let part = if touched.len() == 1 {
+        req.clone()
+    } else {
+        part_request(req)
+    };
+    let parts: Result<Vec<_>, _> = touched.map(|i| shards[i].range(&part, current)).collect();
+    parts.map(|mut p| {
+        if p.len() == 1 {
+            p.pop().unwrap()
+        } else {
+            merge(req, p, current)
+        }
+    })
+}
+
+fn assert_same_answer(
+    req: &RangeRequest,
+    want: &mvcc::Result<RangeResponse>,
+    got: &mvcc::Result<RangeResponse>,
+) {
+    match (want, got) {
+        (Ok(w), Ok(g)) => {
+            // Ties in a non-key sort are in key order in both.
+            assert_eq!(w.kvs, g.kvs, "{req:?}");
+            assert_eq!((w.count, w.more), (g.count, g.more), "{req:?}");
+            assert_eq!(w.header.revision, g.header.revision);
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("{req:?}: {want:?} vs {got:?}"),
+    }
+}
+
+/// A random put (most often) or delete of the test's keys.
+fn random_write(r: &mut Rng) -> Op {
+    match r.below(10) {
+        0 => Op::DeleteRange(DeleteRangeRequest {
+            key: key(r),
+            range_end: if r.below(2) == 0 { Vec::new() } else { key(r) },
+            ..Default::default()
+        }),
+        _ => Op::Put(PutRequest {
+            key: key(r),
+            value: format!("v{}", r.below(1000)).into_bytes(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The shard of the raft core's own core reads the raft core's index, which is ahead of
+/// the shard's round: writes, compactions and rebalance steps the shard has not taken
+/// yet are in it. Its reads (alone and merged with replicas' parts) must equal those of
+/// a reference store holding exactly the rounds the shards took, and the compaction's
+/// sweep must wait for the shard.
+#[test]
+fn a_shard_reading_the_raft_cores_index_answers_as_of_its_round() {
+    let dir = fresh_dir("shared");
+    block_on(async move {
+        let mut store = capturing_store(&dir).await;
+        let reference_dir = dir.join("reference");
+        std::fs::create_dir_all(&reference_dir).unwrap();
+        let mut reference = capturing_store(&reference_dir).await;
+        let mut splits = Arc::new(vec![b"k".to_vec(), b"q05".to_vec(), b"z".to_vec()]);
+        let snap = store.backend().snapshot();
+        let mut shards = vec![Shard::shared(
+            0,
+            splits.clone(),
+            store.shared_index(),
+            snap.clone(),
+            0,
+            1,
+            0,
+        )];
+        for i in 1..4 {
+            shards.push(Shard::boot(i, splits.clone(), snap.clone(), 0, 1, 0).unwrap());
+        }
+        assert!(shards[0].is_shared() && !shards[1].is_shared());
+        let mut r = Rng(0x2545f4914f6cdd1d);
+        // Ops the store applied that the shards' next round brings (the reference
+        // applies them then).
+        let mut ahead: Vec<Op> = Vec::new();
+        let (mut checked, mut waited) = (0, 0);
+        for round in 0..80u64 {
+            let last = round == 79;
+            store.publish();
+            let snap = store.backend().snapshot();
+            let changes = store.take_changes();
+            let step = (r.below(3) == 0)
+                .then(|| {
+                    let boundary = r.below(3) as usize;
+                    let d = r.below(40) as i64 - 20;
+                    Move::plan(
+                        &store.index(),
+                        &splits,
+                        boundary,
+                        d,
+                        r.below(12) as usize + 1,
+                    )
+                })
+                .flatten();
+            for s in &mut shards {
+                s.apply_changes(&changes);
+                if let Some(m) = &step {
+                    s.take_move(m);
+                }
+                s.advance(
+                    snap.clone(),
+                    round + 1,
+                    store.current_revision(),
+                    store.compact_revision(),
+                );
+                if r.below(2) == 0 {
+                    s.compact_step(r.below(8) as usize + 1);
+                }
+            }
+            if let Some(m) = step {
+                splits = m.splits.clone();
+            }
+            for op in ahead.drain(..) {
+                let _ = reference.apply(&op);
+            }
+            let current = store.current_revision();
+            assert_eq!(reference.current_revision(), current);
+            if last {
+                break;
+            }
+            // The store goes on ahead of the shards: writes, now and then a compaction
+            // (perhaps above the shards' revision), and slices of its sweep.
+            for _ in 0..r.below(12) {
+                ahead.push(random_write(&mut r));
+            }
+            if round % 4 == 3 {
+                let now = store.current_revision() + ahead.len() as i64;
+                ahead.push(Op::Compaction(crate::mvcc::CompactionRequest {
+                    revision: now - r.below(6) as i64,
+                    ..Default::default()
+                }));
+            }
+            for op in &ahead {
+                let _ = store.apply(op);
+            }
+            waited += usize::from(store.sweep_waits());
+            // Now and then the whole sweep at once.
+            let slice = [r.below(20) as usize + 1, usize::MAX][r.below(2) as usize];
+            store.compact_step(slice).unwrap();
+            for _ in 0..30 {
+                let req = random_request(&mut r, current);
+                let want = reference.range(&req);
+                let got = scattered(&shards, &splits, &req, current);
+                assert_same_answer(&req, &want, &got);
+                checked += 1;
+            }
+        }
+        assert!(waited > 3, "the sweep waited for the shard {waited} times");
+        assert!(checked >= 2000);
+        // The shards took every round: the sweep goes through.
+        store.finish_compaction().unwrap();
+        for s in &mut shards {
+            while s.compact_step(3) {}
+            let mine = store.index().keys().filter(|k| s.owns(k)).count();
+            assert_eq!(s.key_count(), mine, "shard {}", s.id());
+        }
+    });
+}
+
 /// An empty temp dir of this test process.
 pub(crate) fn fresh_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-shard-{tag}-{}", std::process::id()));
@@ -375,6 +514,83 @@ fn range_limit_i64_max_with_sort_across_shards_does_not_overflow() {
             assert_eq!(got.kvs, want.kvs, "{target:?}");
             assert_eq!((got.count, got.more), (6, false));
             assert_eq!((want.count, want.more), (6, false));
+        }
+    });
+}
+
+/// A replica built at boot from the db as opened, under the kept split keys, then brought
+/// up by the first round's changes and steps, equals one built from the round's snapshot
+/// (and reads the same); under other split keys it is refused.
+#[test]
+fn a_replica_built_from_the_db_as_opened_catches_up_with_the_first_round() {
+    let dir = fresh_dir("prebuilt");
+    block_on(async move {
+        let mut store = capturing_store(&dir).await;
+        let mut r = Rng(0x6a09e667f3bcc908);
+        for _ in 0..300 {
+            let _ = store.apply(&random_write(&mut r));
+        }
+        store.compact(store.current_revision() - 40).unwrap();
+        store.compact_step(5).unwrap();
+        store.publish();
+        let opened = store.backend().snapshot();
+        store.take_changes();
+        let splits = Arc::new(vec![b"k".to_vec(), b"q05".to_vec(), b"z".to_vec()]);
+        let prebuilt: Vec<Prebuilt> = (0..4)
+            .map(|i| prebuild(i, splits.to_vec(), &opened).unwrap())
+            .collect();
+        assert!(prebuilt[1].sweep_pending);
+        let other = Arc::new(vec![b"k".to_vec(), b"q06".to_vec(), b"z".to_vec()]);
+        let refused = Shard::from_prebuilt(
+            1,
+            prebuild(1, splits.to_vec(), &opened).unwrap(),
+            &other,
+            opened.clone(),
+        );
+        assert!(refused.is_err());
+        // What the raft core applies before its first round: writes, a compaction, a
+        // step of a rebalance.
+        for _ in 0..100 {
+            let _ = store.apply(&random_write(&mut r));
+        }
+        store.compact(store.current_revision() - 10).unwrap();
+        store.finish_compaction().unwrap();
+        let changes = Arc::new(store.take_changes());
+        let step = Arc::new(Move::plan(&store.index(), &splits, 1, 6, 8).unwrap());
+        for _ in 0..30 {
+            let _ = store.apply(&random_write(&mut r));
+        }
+        let later = Arc::new(store.take_changes());
+        store.publish();
+        let round = store.backend().snapshot();
+        let (current, compacted) = (store.current_revision(), store.compact_revision());
+        let mut caught_up = Vec::new();
+        for (i, p) in prebuilt.into_iter().enumerate() {
+            let mut s = Shard::from_prebuilt(i, p, &splits, round.clone())
+                .ok()
+                .unwrap();
+            s.apply_chunks(&[changes.clone(), later.clone()], &[(1, step.clone())]);
+            s.advance(round.clone(), 7, current, compacted);
+            while s.compact_step(4) {}
+            caught_up.push(s);
+        }
+        let mut booted: Vec<Shard> = (0..4)
+            .map(|i| {
+                Shard::boot(i, step.splits.clone(), round.clone(), 7, current, compacted).unwrap()
+            })
+            .collect();
+        for s in &mut booted {
+            while s.compact_step(4) {}
+        }
+        for (a, b) in caught_up.iter().zip(&booted) {
+            assert_eq!(a.key_count(), b.key_count(), "shard {}", a.id());
+            assert!(a.serves_as(&step.splits) && a.splits() == b.splits());
+        }
+        for _ in 0..300 {
+            let req = random_request(&mut r, current);
+            let want = scattered(&booted, &step.splits, &req, current);
+            let got = scattered(&caught_up, &step.splits, &req, current);
+            assert_same_answer(&req, &want, &got);
         }
     });
 }
