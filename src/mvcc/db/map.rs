@@ -98,6 +98,33 @@ impl Map {
     pub fn page(&self, id: u64) -> &[u8] {
         self.bytes(id * PAGE_BYTES as u64, PAGE_BYTES)
     }
+
+    /// Takes `pages` pages at page `id` out of this process's resident set
+    /// (`MADV_DONTNEED`): the writer's pages once they are on the disk, which etcd's
+    /// `pwrite`s never map in the first place. The bytes stay in the page cache and the
+    /// next access (a read, or the writer's copy) maps them again. Pages past the file's
+    /// end are left alone.
+    pub fn release(&self, id: u64, pages: u64) {
+        let offset = id * PAGE_BYTES as u64;
+        let end = (offset + pages * PAGE_BYTES as u64).min(self.file_bytes());
+        if end <= offset {
+            return;
+        }
+        // SAFETY: the range lies inside the mapping and the file. The mapping is shared
+        // (`map_raw`), so MADV_DONTNEED drops only this process's page-table entries: the
+        // contents are the file's page cache (a dirty page keeps its data and is written
+        // back), and any access, through a reference handed out before or after, reads
+        // the same bytes again. It never discards data as it would on a private mapping.
+        let done = unsafe {
+            self.raw.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                offset as usize,
+                (end - offset) as usize,
+            )
+        };
+        // Only memory accounting is lost if the kernel refuses.
+        let _ = done;
+    }
 }
 
 /// The writer's handle on the mapping. Exactly one exists per `Map`.

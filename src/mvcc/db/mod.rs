@@ -905,6 +905,13 @@ impl Db {
         let st = self.published;
         encode_meta(self.w.map.page_mut(st.txn % 2), &st);
         self.sync("fdatasync meta").await?;
+        // Everything written since the last commit is on the disk now: out of this
+        // process's resident set (RSS), into the page cache only, as etcd's written pages
+        // are. The pages are immutable from here on (the writer copies a published page
+        // before changing it), so only a later read maps one again.
+        for (id, n) in std::mem::take(&mut self.w.sealed) {
+            self.w.map.map().release(id, n);
+        }
         self.durable_prev_txn = self.durable_txn;
         self.durable_txn = st.txn;
         self.durable_prev_high_water = self.durable_high_water;

@@ -52,6 +52,9 @@ pub struct Writer {
     pub durable_txn: u64,
     /// First pages written in the working txn, sealed (checksummed) at publish.
     pub dirty: Vec<u64>,
+    /// Runs of pages (first page, pages) sealed since the last commit: released from the
+    /// process's resident set once that commit is on the disk (`Map::release`).
+    pub sealed: Vec<(u64, u64)>,
     /// The same pages as a bitmap, minus those freed since: what reads trust unverified.
     pub dirty_pages: DirtyPages,
     /// The largest grow step (`DbOptions::grow_step_bytes`); see [`Writer::step_pages`].
@@ -112,6 +115,7 @@ impl Writer {
             young_bound: 0,
             durable_txn: 0,
             dirty: Vec::new(),
+            sealed: Vec::new(),
             dirty_pages: DirtyPages::default(),
             grow_step_pages: 1,
             file_len_bytes: 0,
@@ -962,6 +966,10 @@ impl Writer {
             };
             assert!(id + n <= hw, "dirty run {id}+{n} past high-water {hw}");
             page::seal(self.map.pages_mut(id, n));
+            match self.sealed.last_mut() {
+                Some((first, len)) if *first + *len == id => *len += n,
+                _ => self.sealed.push((id, n)),
+            }
             covered_end = id + n;
         }
         for &id in &dirty {
