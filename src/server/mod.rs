@@ -459,6 +459,8 @@ fn prebuild_replicas(
         let spawned = std::thread::Builder::new()
             .name(format!("keel-replica-{id}"))
             .spawn(move || {
+                // Spawned from the raft core's pinned executor: off its CPU.
+                crate::runtime::unpin_current_thread();
                 let started = std::time::Instant::now();
                 match crate::shard::prebuild(id, splits, &snapshot) {
                     Ok(p) => {
