@@ -102,31 +102,8 @@ fn scattered_ranges_equal_the_single_store() {
                     s.compact_step(r.below(8) as usize + 1);
                 }
             }
-            store.publish();
-            let snap = store.backend().snapshot();
-            let changes = store.take_changes();
-            // A rebalance step after the round's changes, most rounds: a random split key
-            // a random way, over a few keys.
-            let step = (r.below(4) != 0)
-                .then(|| {
-                    let boundary = r.below(3) as usize;
-                    let d = r.below(40) as i64 - 20;
-                    let max = r.below(12) as usize + 1;
-                    Move::plan(&store.index(), &splits, boundary, d, max)
-                })
-                .flatten();
-            for s in &mut shards {
-                s.apply_changes(&changes);
-                if let Some(m) = &step {
-                    s.take_move(m);
-                }
-                s.advance(
-                    snap.clone(),
-                    round + 1,
-                    store.current_revision(),
-                    store.compact_revision(),
-                );
-            }
+            // A rebalance step after the round's changes, most rounds.
+            let step = deliver_round(&mut store, &mut shards, &splits, round + 1, &mut r, 3);
             if let Some(m) = step {
                 // Parts routed by the split keys before the step are refused by the two
                 // shards it changed, and only by them.
@@ -163,6 +140,43 @@ fn scattered_ranges_equal_the_single_store() {
         assert!(checked >= 1800);
     });
 }
+/// Publishes the store's state as round `index` and gives it to every shard, with a
+/// random rebalance step (a random split key a random way, over a few keys) after its
+/// changes in `step_in_4` rounds of 4. Returns the step (its split keys are the new ones).
+fn deliver_round(
+    store: &mut Store,
+    shards: &mut [Shard],
+    splits: &Arc<Vec<Vec<u8>>>,
+    index: u64,
+    r: &mut Rng,
+    step_in_4: u64,
+) -> Option<Move> {
+    store.publish();
+    let snap = store.backend().snapshot();
+    let changes = store.take_changes();
+    let step = (r.below(4) < step_in_4)
+        .then(|| {
+            let boundary = r.below(3) as usize;
+            let d = r.below(40) as i64 - 20;
+            let max = r.below(12) as usize + 1;
+            Move::plan(&store.index(), splits, boundary, d, max)
+        })
+        .flatten();
+    for s in shards.iter_mut() {
+        s.apply_changes(&changes);
+        if let Some(m) = &step {
+            s.take_move(m);
+        }
+        s.advance(
+            snap.clone(),
+            index,
+            store.current_revision(),
+            store.compact_revision(),
+        );
+    }
+    step
+}
+
 /// A random Range at `current` (or a few revisions below).
 fn random_request(r: &mut Rng, current: i64) -> RangeRequest {
     let mut req = RangeRequest {
@@ -287,33 +301,8 @@ fn a_shard_reading_the_raft_cores_index_answers_as_of_its_round() {
         let (mut checked, mut waited) = (0, 0);
         for round in 0..80u64 {
             let last = round == 79;
-            store.publish();
-            let snap = store.backend().snapshot();
-            let changes = store.take_changes();
-            let step = (r.below(3) == 0)
-                .then(|| {
-                    let boundary = r.below(3) as usize;
-                    let d = r.below(40) as i64 - 20;
-                    Move::plan(
-                        &store.index(),
-                        &splits,
-                        boundary,
-                        d,
-                        r.below(12) as usize + 1,
-                    )
-                })
-                .flatten();
+            let step = deliver_round(&mut store, &mut shards, &splits, round + 1, &mut r, 1);
             for s in &mut shards {
-                s.apply_changes(&changes);
-                if let Some(m) = &step {
-                    s.take_move(m);
-                }
-                s.advance(
-                    snap.clone(),
-                    round + 1,
-                    store.current_revision(),
-                    store.compact_revision(),
-                );
                 if r.below(2) == 0 {
                     s.compact_step(r.below(8) as usize + 1);
                 }
