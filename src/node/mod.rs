@@ -473,8 +473,7 @@ impl Node {
                         return;
                     };
                     let id = self.core.0 as usize;
-                    let mut prebuilt = self.take_prebuilt();
-                    if let Some(p) = prebuilt.take() {
+                    if let Some(p) = self.take_prebuilt() {
                         match Shard::from_prebuilt(id, p, &splits, a.snapshot.clone()) {
                             Ok(mut s) => {
                                 s.apply_chunks(&a.changes, &a.moves);
