@@ -50,7 +50,6 @@ pub(super) fn from_wal_entry(e: wal::Entry) -> Entry {
     out
 }
 
-/// A number that differs between boots of this member: nanoseconds since the epoch.
 /// Keeps `splits` in the db's Meta tree as the next boot's hint (`shard::SPLITS_META_KEY`),
 /// committed with the next db commit. A failure only loses the hint.
 pub(super) fn keep_splits(store: &mut Store, splits: &[Vec<u8>]) {
@@ -70,6 +69,7 @@ pub(super) fn keep_splits(store: &mut Store, splits: &[Vec<u8>]) {
     }
 }
 
+/// A number that differs between boots of this member: nanoseconds since the epoch.
 pub(super) fn new_incarnation() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
