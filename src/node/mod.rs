@@ -460,10 +460,7 @@ impl Node {
         {
             let mut shard = self.shard.borrow_mut();
             match shard.as_mut() {
-                Some(s) => {
-                    s.apply_chunks(&a.changes, &a.moves);
-                    s.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
-                }
+                Some(s) => s.take_round(&a),
                 None => {
                     // The first round (perhaps with later ones merged into it): the
                     // snapshot already holds its changes, and its split keys are the last
@@ -476,13 +473,7 @@ impl Node {
                     if let Some(p) = self.take_prebuilt() {
                         match Shard::from_prebuilt(id, p, &splits, a.snapshot.clone()) {
                             Ok(mut s) => {
-                                s.apply_chunks(&a.changes, &a.moves);
-                                s.advance(
-                                    a.snapshot.clone(),
-                                    a.index,
-                                    a.revision,
-                                    a.compact_revision,
-                                );
+                                s.take_round(&a);
                                 *shard = Some(s);
                             }
                             Err(_) => log::info(

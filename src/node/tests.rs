@@ -80,8 +80,7 @@ fn merged_rounds_apply_like_separate_ones() {
             };
             let a = round_of(&mut store, round + 1, None, moves);
             for s in &mut one {
-                s.apply_chunks(&a.changes, &a.moves);
-                s.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
+                s.take_round(&a);
             }
             rounds.push(a);
         }
@@ -114,13 +113,7 @@ fn merged_rounds_apply_like_separate_ones() {
         assert_eq!(all.index, 3);
         assert_eq!(all.moves.len(), 1);
         for s in &mut merged {
-            s.apply_chunks(&all.changes, &all.moves);
-            s.advance(
-                all.snapshot.clone(),
-                all.index,
-                all.revision,
-                all.compact_revision,
-            );
+            s.take_round(&all);
         }
         let every = RangeRequest {
             key: vec![0],

@@ -465,6 +465,12 @@ impl Shard {
         }
     }
 
+    /// A whole round: its changes and rebalance steps, then its snapshot and watermark.
+    pub fn take_round(&mut self, a: &crate::mesh::Applied) {
+        self.apply_chunks(&a.changes, &a.moves);
+        self.advance(a.snapshot.clone(), a.index, a.revision, a.compact_revision);
+    }
+
     /// A round's changes, in chunks, with the rebalance steps between them (each after
     /// the number of chunks given with it); `advance` follows.
     pub fn apply_chunks(&mut self, chunks: &[Arc<Vec<Change>>], moves: &[(usize, Arc<Move>)]) {
