@@ -113,14 +113,7 @@ impl RaftCore {
         // The split keys, when known before the index is: configured, or the ones the
         // last run kept (for as many shards), which the replicas `on_db` started are
         // built for. Else chosen from the index once it is rebuilt.
-        let known = if opts.shard_splits.is_empty() {
-            crate::shard::kept_splits(&db, opts.shards)
-        } else {
-            Some(crate::shard::configured_splits(
-                opts.shards,
-                &opts.shard_splits,
-            ))
-        };
+        let known = crate::shard::boot_splits(&db, opts.shards, &opts.shard_splits);
         let (mut store, live) =
             Store::with_backend_split(db, store_opts, known.as_deref().unwrap_or_default())
                 .map_err(|e| boot_err(format!("{}: {e}", opts.db_path.display())))?;

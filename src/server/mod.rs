@@ -439,16 +439,10 @@ fn prebuild_replicas(
     db: &crate::mvcc::db::Db,
     senders: Vec<std::sync::mpsc::Sender<crate::shard::Prebuilt>>,
 ) {
-    let splits = if opts.raft.shard_splits.is_empty() {
-        crate::shard::kept_splits(db, opts.cores)
-    } else {
-        Some(crate::shard::configured_splits(
-            opts.cores,
-            &opts.raft.shard_splits,
-        ))
-    };
+    let splits = crate::shard::boot_splits(db, opts.raft.shards, &opts.raft.shard_splits);
     // An empty store: nothing to build.
-    let Some(splits) = splits.filter(|s| s.len() + 1 == opts.cores && db.app_meta().key_count > 0)
+    let Some(splits) =
+        splits.filter(|s| s.len() + 1 == opts.raft.shards && db.app_meta().key_count > 0)
     else {
         return;
     };

@@ -83,6 +83,22 @@ pub fn kept_splits(db: &crate::mvcc::db::Db, shards: usize) -> Option<Vec<Vec<u8
     decode_splits(bytes).filter(|s| s.len() + 1 == shards && shards > 1)
 }
 
+/// The split keys known at boot before the key index is rebuilt: the configured ones,
+/// else the ones the last run kept for as many shards; `None` when they are to be chosen
+/// from the index. The raft core boots with these and the other cores' replicas are
+/// built for them, so both ask here.
+pub fn boot_splits(
+    db: &crate::mvcc::db::Db,
+    shards: usize,
+    configured: &[Vec<u8>],
+) -> Option<Vec<Vec<u8>>> {
+    if configured.is_empty() {
+        kept_splits(db, shards)
+    } else {
+        Some(configured_splits(shards, configured))
+    }
+}
+
 /// Split keys longer than this in all are not kept as a hint.
 const SPLITS_HINT_BYTES_MAX: usize = 64 << 10;
 

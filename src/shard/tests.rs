@@ -29,6 +29,27 @@ fn split_keys_follow_the_data() {
     assert_eq!(s.len(), 1);
 }
 
+/// The split-key hint reads back as written; damaged, unordered or too long, it is
+/// not used.
+#[test]
+fn the_split_key_hint_round_trips_and_damage_is_refused() {
+    let splits = vec![b"a".to_vec(), b"m\0x".to_vec(), vec![0xff; 300]];
+    let bytes = encode_splits(&splits).unwrap();
+    assert_eq!(decode_splits(&bytes), Some(splits.clone()));
+    assert_eq!(decode_splits(&[]), Some(Vec::new()));
+    // Cut anywhere but at a key's end: refused.
+    assert_eq!(decode_splits(&bytes[..bytes.len() - 1]), None);
+    assert_eq!(decode_splits(&bytes[..2]), None);
+    // Out of order, repeated or empty keys: refused.
+    let unordered = encode_splits(&[b"m".to_vec(), b"a".to_vec()]).unwrap();
+    assert_eq!(decode_splits(&unordered), None);
+    let repeated = encode_splits(&[b"m".to_vec(), b"m".to_vec()]).unwrap();
+    assert_eq!(decode_splits(&repeated), None);
+    assert_eq!(decode_splits(&encode_splits(&[Vec::new()]).unwrap()), None);
+    // Too long to keep.
+    assert_eq!(encode_splits(&[vec![b'k'; 70_000]]), None);
+}
+
 #[test]
 fn routing_covers_exactly_the_touched_shards() {
     let splits = vec![b"g".to_vec(), b"p".to_vec()];
