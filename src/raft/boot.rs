@@ -97,7 +97,27 @@ impl RaftCore {
             restore::import_etcd_data_dir(&opts).await?;
         }
         let wal_exists = Wal::exists(&opts.wal_dir);
-        let db_exists = opts.db_path.exists();
+        let mut db_exists = opts.db_path.exists();
+        if db_exists && !wal_exists {
+            // A power cut during a first boot's creation of the db, before its sync, can
+            // leave less than its two meta pages. No entry was ever applied to it (the WAL
+            // comes after): it starts again from nothing.
+            let len = std::fs::metadata(&opts.db_path).map_or(u64::MAX, |m| m.len());
+            if len < 2 * crate::mvcc::db::PAGE_BYTES as u64 {
+                crate::runtime::log::warning(
+                    "etcdserver",
+                    &format!(
+                        "{} is {len} bytes, an unfinished creation by a first boot that never \
+                         made its WAL: creating it again",
+                        opts.db_path.display()
+                    ),
+                );
+                std::fs::remove_file(&opts.db_path).map_err(|e| {
+                    boot_err(format!("cannot remove {}: {e}", opts.db_path.display()))
+                })?;
+                db_exists = false;
+            }
+        }
         if let Some(parent) = opts.db_path.parent() {
             crate::durable_dir::create_dir_all(parent, 0o700)
                 .map_err(|e| boot_err(format!("cannot create {}: {e}", parent.display())))?;

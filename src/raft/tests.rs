@@ -94,7 +94,8 @@ async fn turn(core: &mut RaftCore, out: &Collect) {
 
 /// Found by the failpoints (a WAL fsync failing during a new member's first boot): the db
 /// was made, the WAL was not, and every later start refused the "partial data dir". A db
-/// that never applied an entry boots as new; one that did still refuses without its WAL.
+/// that never applied an entry boots as new (also one torn in its creation); one that did
+/// still refuses without its WAL.
 #[test]
 fn a_first_boot_that_died_before_its_wal_boots_again_and_a_lost_wal_is_refused() {
     let dir = temp_dir("first-boot");
@@ -117,6 +118,22 @@ fn a_first_boot_that_died_before_its_wal_boots_again_and_a_lost_wal_is_refused()
             core.maybe_commit(Instant::now(), true).await.unwrap();
         }
     });
+    // A power cut during that first boot's creation of the db, before its sync: less
+    // than its two meta pages (a torn one) and no WAL. It is made again.
+    let torn = temp_dir("first-boot-torn");
+    block_on({
+        let torn = torn.clone();
+        async move {
+            let opts = options(&torn, 0x77);
+            std::fs::create_dir_all(opts.db_path.parent().unwrap()).unwrap();
+            std::fs::write(&opts.db_path, vec![0xab; 5120]).unwrap();
+            let out = Collect(RefCell::new(Vec::new()));
+            let mut core = RaftCore::open(opts).await.unwrap();
+            turn(&mut core, &out).await;
+            assert_eq!(core.node.raft.state, StateRole::Leader);
+        }
+    });
+    std::fs::remove_dir_all(&torn).unwrap();
     // The member applied entries; its WAL goes missing: refused.
     std::fs::remove_dir_all(dir.join("member/wal")).unwrap();
     let err = block_on({

@@ -544,10 +544,21 @@ impl Db {
         if len > options.map_bytes_max {
             return Err(Error::MapFull);
         }
-        if len != 0 && (len % PAGE_BYTES as u64 != 0 || len < 2 * PAGE_BYTES as u64) {
+        // Every size Keel gives the file is a whole number of pages (fallocate, ftruncate).
+        // A power cut can still leave a torn last page: the growth lost, part of a later
+        // write past it kept (a filesystem that keeps data and size apart). Pages past
+        // the durable meta's high-water mark hold no committed data, so such a tail is
+        // cut off once a meta checks out against the whole pages; a meta that needs the
+        // torn page fails that check like any too-short file.
+        let torn_tail = len % PAGE_BYTES as u64;
+        let len = len - torn_tail;
+        if (len != 0 || torn_tail != 0) && len < 2 * PAGE_BYTES as u64 {
             return Err(corrupt(
-                len,
-                format!("file size {len} is not a whole number of pages"),
+                len + torn_tail,
+                format!(
+                    "file size {} is less than two whole pages",
+                    len + torn_tail
+                ),
             ));
         }
         let map =
@@ -596,6 +607,20 @@ impl Db {
                 ))
             }
         };
+        if torn_tail != 0 {
+            db.w.file
+                .set_len(len)
+                .map_err(io_err(path, "truncate a torn last page"))?;
+            crate::runtime::log::warning(
+                "mvcc/backend",
+                &format!(
+                    "{}: cut a torn last page ({torn_tail} bytes past {len}, beyond the \
+                     high-water mark of page {})",
+                    path.display(),
+                    st.high_water
+                ),
+            );
+        }
         let mut seen = vec![0u64; (st.high_water as usize).div_ceil(64)];
         let mut lim = WalkLimits {
             high_water: st.high_water,

@@ -486,6 +486,72 @@ fn bit_flips_are_detected_or_harmless() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A power cut can leave the file a few sectors past a whole page (its growth lost, part
+/// of a later write kept). Past the newest meta's high-water mark that tail is cut off and
+/// the db opens whole; a file too short for a meta's pages falls back to the older meta or
+/// is refused, never read past its end.
+#[test]
+fn a_torn_last_page_past_the_high_water_mark_is_cut_off() {
+    let path = tmp_path("torn-tail");
+    let (older, newer) = build_for_flips(&path);
+    let clean = std::fs::read(&path).unwrap();
+    let pages = |slot: u64| {
+        let p = &clean[slot as usize * PAGE_BYTES..(slot as usize + 1) * PAGE_BYTES];
+        decode_meta(p, slot, (clean.len() / PAGE_BYTES) as u64).unwrap()
+    };
+    let (m0, m1) = (pages(0), pages(1));
+    let newest = if m0.txn > m1.txn { m0 } else { m1 };
+    let oldest = if m0.txn > m1.txn { m1 } else { m0 };
+    let hw = newest.high_water.max(oldest.high_water) * PAGE_BYTES as u64;
+    let set_len = |len: u64| {
+        std::fs::write(&path, &clean).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len).unwrap();
+    };
+
+    // Torn tails past both high-water marks: the newest state, a whole file afterwards,
+    // and writes and a reopen work.
+    for tail in [512, 1536, PAGE_BYTES as u64 - 512] {
+        for len in [hw + tail, hw + PAGE_BYTES as u64 + tail] {
+            set_len(len);
+            let p = path.clone();
+            let newer = newer.clone();
+            block_on(async move {
+                let mut db = Db::open(&p, small_options()).await.unwrap();
+                assert_same(&db, &newer);
+                assert_eq!(std::fs::metadata(&p).unwrap().len() % PAGE_BYTES as u64, 0);
+                let mut model = newer.clone();
+                fill(&mut db, &mut model, &mut Rng(len), 50);
+                db.commit().await.unwrap();
+                drop(db);
+                let db = Db::open(&p, small_options()).await.unwrap();
+                assert_same(&db, &model);
+                db.check().unwrap();
+            });
+        }
+    }
+
+    // Cut inside the newest meta's pages: its state cannot be opened.
+    let newest_end = newest.high_water * PAGE_BYTES as u64;
+    for len in [newest_end - 512, newest_end - PAGE_BYTES as u64 + 512] {
+        set_len(len);
+        match try_open(&path) {
+            Ok(db) => {
+                assert!(oldest.high_water * PAGE_BYTES as u64 <= len - len % PAGE_BYTES as u64);
+                assert_same(&db, &older);
+            }
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    // Less than two whole pages: refused.
+    for len in [512, PAGE_BYTES as u64 + 3584] {
+        set_len(len);
+        assert!(matches!(try_open(&path), Err(Error::Corrupt { .. })));
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 /// Damage that keeps checksums valid (a buggy writer, not the disk): structure checks
 /// must catch it or the file must read without panicking.
 #[test]
