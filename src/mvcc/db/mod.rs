@@ -555,10 +555,7 @@ impl Db {
         if (len != 0 || torn_tail != 0) && len < 2 * PAGE_BYTES as u64 {
             return Err(corrupt(
                 len + torn_tail,
-                format!(
-                    "file size {} is less than two whole pages",
-                    len + torn_tail
-                ),
+                format!("file size {} is less than two whole pages", len + torn_tail),
             ));
         }
         let map =
