@@ -173,6 +173,7 @@ fn server_options(cfg: &Config) -> Result<ServerOptions, String> {
         },
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         max_request_bytes: cfg.max_request_bytes,
+        max_response_bytes: cfg.max_response_bytes,
         max_txn_ops: cfg.max_txn_ops,
         max_concurrent_streams: cfg.max_concurrent_streams,
         gateway_calls: std::sync::Arc::new(keel::grpc::server::CallSlots::new(

@@ -190,6 +190,32 @@ const GROWTH: &[Spec] = &[
     Spec::value("out", "target/bench-growth", "results folder"),
 ];
 
+const BIG: &[Spec] = &[
+    Spec::value("keys", "100000", "keys filled (10000 with --quick)"),
+    Spec::value("val-size", "256", "value bytes"),
+    Spec::value("reads", "5", "whole-store Ranges timed one after another"),
+    Spec::value(
+        "slow-readers",
+        "8",
+        "connections each reading a whole-store Range slowly",
+    ),
+    Spec::value("slow-kib-per-s", "1024", "how fast each slow reader reads"),
+    Spec::value(
+        "seconds",
+        "10",
+        "seconds of slow readers and of txns (2 with --quick)",
+    ),
+    Spec::value("txn-ops", "128", "puts per txn"),
+    Spec::value(
+        "watch-revisions",
+        "1000000",
+        "revisions a watch catches up over (20000 with --quick)",
+    ),
+    Spec::value("only", "keel,etcd", "servers to run"),
+    Spec::switch("quick", "10,000 keys, 2-second runs, 20,000 revisions"),
+    Spec::value("out", "target/bench-big", "results folder"),
+];
+
 const SKEW: &[Spec] = &[
     Spec::value("keys", "200000", "keys filled (20000 with --quick)"),
     Spec::value("seconds", "5", "seconds per range run (1 with --quick)"),
@@ -269,6 +295,7 @@ pub fn specs(mode: &str) -> Option<Vec<Spec>> {
         "proxy" => &[SERVERS, PROXY],
         "scrape" => &[SERVERS, SCRAPE],
         "skew" => &[SERVERS, SKEW],
+        "big" => &[SERVERS, BIG],
         "growth" => &[SERVERS, GROWTH],
         "watch-memory" => &[LOAD],
         "wal" => &[WAL],

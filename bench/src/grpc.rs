@@ -2,7 +2,9 @@
 //! latency end to end.
 
 use bytes::Bytes;
-pub use keel::grpc::client::{connect, connect_with, handshake, unary, CallError, Conn, Stream};
+pub use keel::grpc::client::{
+    connect, connect_with, handshake, unary, unary_raw, CallError, Conn, Stream,
+};
 
 /// Bytes of a value that carries its send time (ns since the UNIX epoch) in its first
 /// 8 bytes, padded to `size` bytes: how watch latency is measured end to end.

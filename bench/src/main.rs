@@ -4,6 +4,7 @@
 //! keel-bench compare [--reps 3] [--seconds 3] [--quick] [--only put,watch]   Keel vs etcd
 //! keel-bench failover [--reps 5] [--election-timeout 1000]   leader kill in a 3-member cluster
 //! keel-bench maintenance [--only defrag,snapshot] [--db-mib 1024] [--quick]   Defragment / Snapshot under put load
+//! keel-bench big [--keys 100000] [--slow-readers 8] [--quick]   big answers, slow readers, big txns, watch catch-up
 //! keel-bench proxy [--watchers 100000] [--keys 1000] [--only keel|etcd] [--quick]   watch fan-out through a gRPC proxy
 //! keel-bench put|range|txn-put|txn-mixed|lease-keepalive|lease-churn|watch|watch-latency|new-conns|authenticate [flags]
 //! keel-bench wal   [--dir D] [--syncs N] [--record-bytes B] [--batches 1,8,64,256]
@@ -14,6 +15,7 @@
 //! `--consistency l|s`, `--watchers W --streams S`, `--server-pid P`, `--json`,
 //! `--hdr-log FILE`, and `--cacert --cert --key` for mutual TLS. Every run prints the machine, the git revision and the settings.
 
+mod big;
 mod certs;
 mod cluster;
 mod compare;
@@ -53,6 +55,11 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
   skew             keys put under one part of the key space after an empty boot, then range c64: Keel without
                    and with online shard moves, restarted (split at boot), etcd: --keel BIN --etcd BIN --keys 200000
                    --seconds 5 --reps 2 --quick --out DIR
+  big              big answers and bad readers: whole-store Ranges, slow readers beside point reads, txns of
+                   many puts, a watch catching up over many revisions; latency and server RSS peaks, Keel then
+                   etcd: --keel BIN --etcd BIN --keys 100000 --val-size 256 --reads 5 --slow-readers 8
+                   --slow-kib-per-s 1024 --seconds 10 --txn-ops 128 --watch-revisions 1000000 --only keel,etcd
+                   --quick --out DIR
   watch-memory     server RSS growth per idle watcher: --endpoint H:P --server-pid P --watchers W --streams S
   put | range | txn-put | txn-mixed | lease-keepalive | lease-churn | watch | watch-latency | new-conns | authenticate
                    --endpoints H:P[,H:P] --conns N --clients N --total N | --duration S --rate R
@@ -100,6 +107,7 @@ fn main() {
         "maintenance" => maintenance::main(&opts),
         "scrape" => scrape::main(&opts),
         "skew" => skew::main(&opts),
+        "big" => big::main(&opts),
         "growth" => growth::main(&opts),
         "gateway" => gateway::main(&opts),
         "proxy" => proxy::main(&opts),

@@ -46,6 +46,8 @@ pub struct Services {
     pub(crate) auth: AuthConfig,
     /// `--quota-backend-bytes` (0 given: etcd's 2 GiB).
     quota_bytes: u64,
+    /// `--max-response-bytes`: a Range answer is built up to this many bytes only.
+    max_response_bytes: usize,
 }
 
 pub(crate) fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
@@ -63,6 +65,52 @@ pub(crate) fn decode<M: Message + Default>(body: &Bytes) -> Result<M, Status> {
 
 pub(crate) fn encode<M: Message>(m: &M) -> Bytes {
     Bytes::from(m.encode_to_vec())
+}
+
+/// grpc-go's refusal of a message over its send limit, which etcd clients show.
+pub(crate) fn response_too_large(bytes: u64, max: usize) -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        format!("grpc: trying to send message larger than max ({bytes} vs. {max})"),
+    )
+}
+
+/// An `etcdserverpb.RangeResponse` around raw kvs: the kvs' bytes as they are, then the
+/// header, `more` and `count` (protobuf parsers take fields in any order), so the
+/// message is the kvs' own buffer, not a copy of it.
+fn encode_raw_range(
+    raw: crate::mvcc::RawKvs,
+    header: pb::ResponseHeader,
+    more: bool,
+    count: i64,
+    max: usize,
+) -> Result<Bytes, Status> {
+    use prost::encoding;
+    let tail = encoding::message::encoded_len(1, &header)
+        + if more {
+            encoding::bool::encoded_len(3, &more)
+        } else {
+            0
+        }
+        + if count != 0 {
+            encoding::int64::encoded_len(4, &count)
+        } else {
+            0
+        };
+    let total = raw.total_bytes() + tail as u64;
+    if raw.over_entries > 0 || total > max as u64 {
+        return Err(response_too_large(total, max));
+    }
+    let mut buf = raw.bytes;
+    buf.reserve_exact(tail);
+    encoding::message::encode(1, &header, &mut buf);
+    if more {
+        encoding::bool::encode(3, &more, &mut buf);
+    }
+    if count != 0 {
+        encoding::int64::encode(4, &count, &mut buf);
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn request_too_large() -> Status {
@@ -89,7 +137,14 @@ impl Services {
             lease_ids: LeaseIds::new(lease_config),
             auth: AuthConfig::default(),
             quota_bytes: super::maintenance::DEFAULT_QUOTA_BYTES,
+            max_response_bytes: i32::MAX as usize,
         }
+    }
+
+    /// `--max-response-bytes`.
+    pub fn with_response_max(mut self, bytes: usize) -> Services {
+        self.max_response_bytes = bytes;
+        self
     }
 
     /// `--quota-backend-bytes` (0: etcd's default, 2 GiB).
@@ -219,7 +274,10 @@ impl Services {
     }
 
     pub async fn range(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
-        let req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
+        let mut req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
+        // The kvs as the wire bytes of their records where etcd's options allow: one
+        // copy each, and never more than a sendable answer (`RawKvs`).
+        req.raw_bytes_max = self.max_response_bytes;
         mvcc::validate::check_range_request(&req).map_err(|e| status_from_mvcc(&e))?;
         if self.node.auth_enabled() {
             // `caller` caught this core up with the member's rounds: its view is current.
@@ -231,8 +289,23 @@ impl Services {
         }
         // Served by the key-range shards (see `node`), not the raft core.
         let linearizable = served_linearizable(!req.serializable);
-        let (res, term) = self.node.range(req, linearizable).await?;
-        Ok(self.encode_response(OpResponse::Range(res), term))
+        let (mut res, term) = self.node.range(req, linearizable).await?;
+        match res.raw.take() {
+            Some(raw) => {
+                let h = self.header(res.header.revision, term);
+                encode_raw_range(raw, h, res.more, res.count, self.max_response_bytes)
+            }
+            None => {
+                // Sorted or filtered: decoded kvs; refused before encoding if too large.
+                let h = self.header(res.header.revision, term);
+                let pb = convert::range_response(res, h);
+                let len = pb.encoded_len();
+                if len > self.max_response_bytes {
+                    return Err(response_too_large(len as u64, self.max_response_bytes));
+                }
+                Ok(encode(&pb))
+            }
+        }
     }
 
     pub async fn put(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {

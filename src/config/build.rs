@@ -70,6 +70,8 @@ pub(super) fn build(
     check_timeouts(heartbeat_interval_ms, election_timeout_ms)?;
     let max_request_bytes = positive(values, "max-request-bytes")?;
     let max_txn_ops = positive(values, "max-txn-ops")?;
+    // A gRPC message length is a u32; grpc-go refuses more than i32::MAX.
+    let max_response_bytes = positive(values, "max-response-bytes")?.min(i32::MAX as usize);
     let max_concurrent_streams =
         u32::try_from(uint_value(values, "max-concurrent-streams")?).unwrap_or(u32::MAX);
     // etcd treats 0 as "use the default" rather than "snapshot on every entry".
@@ -124,6 +126,7 @@ pub(super) fn build(
         initial_cluster_state,
         initial_cluster_token: raw(values, "initial-cluster-token").to_string(),
         max_request_bytes,
+        max_response_bytes,
         max_txn_ops,
         max_concurrent_streams,
         snapshot_count,

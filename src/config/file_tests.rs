@@ -78,6 +78,7 @@ fn etcd_sample_file_parses_into_the_expected_config() {
         initial_cluster_state: ClusterState::New,
         initial_cluster_token: "etcd-cluster".to_string(),
         max_request_bytes: 1_572_864,
+        max_response_bytes: i32::MAX as usize,
         max_txn_ops: 128,
         max_concurrent_streams: u32::MAX,
         snapshot_count: 10_000,

@@ -94,7 +94,8 @@ use Effect::{Keel, Silent, Warn};
 use Kind::{Bool, Choice, Duration, Ignored, Int, List, Str, Uint, Uint32, Urls};
 
 /// Every etcd 3.4 server flag, etcd 3.5's TLS and lease-checkpoint flags, and Keel's own
-/// (`--cores`, `--cpu-list`, `--shard-split-keys`, `--shard-rebalance`, `--idle-spin`), sorted by name so that environment
+/// (`--cores`, `--cpu-list`, `--shard-split-keys`, `--shard-rebalance`, `--idle-spin`,
+/// `--max-response-bytes`), sorted by name so that environment
 /// variables are applied in etcd's order.
 pub(super) const SPECS: &[Spec] = &[
     spec("advertise-client-urls", Urls, "http://localhost:2379", Keel),
@@ -226,6 +227,7 @@ pub(super) const SPECS: &[Spec] = &[
     spec("logger", Str, "capnslog", Silent),
     spec("max-concurrent-streams", Uint32, "4294967295", Keel),
     spec("max-request-bytes", Uint, "1572864", Keel),
+    spec("max-response-bytes", Uint, "2147483647", Keel),
     spec("max-result-buffer", Ignored, "", Silent),
     spec("max-retry-attempts", Ignored, "", Silent),
     spec("max-snapshots", Uint, "5", Silent),
@@ -342,6 +344,8 @@ Member:
   --listen-client-urls 'http://localhost:2379'
   --max-txn-ops '128'                   operations allowed in one transaction
   --max-request-bytes '1572864'         largest client request accepted
+  --max-response-bytes '2147483647'     largest response sent (grpc-go's limit, which etcd
+                                        keeps); a larger one fails with ResourceExhausted
   --quota-backend-bytes '0'             database size limit (0 means 2 GiB)
   --cores N                             cores to run on (default: all available)
   --cpu-list c0,c1                      the CPU of each core (default: core i on CPU i)

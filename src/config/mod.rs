@@ -68,6 +68,9 @@ pub struct Config {
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
     pub max_request_bytes: usize,
+    /// Keel's `--max-response-bytes`: the largest message sent (etcd: grpc-go's
+    /// `math.MaxInt32`); a Range answer larger than it is never built whole.
+    pub max_response_bytes: usize,
     pub max_txn_ops: usize,
     /// `--max-concurrent-streams`: streams per gRPC connection, and calls in flight through
     /// the JSON gateway (etcd's gateway is one gRPC connection to its own member).

@@ -287,6 +287,25 @@ impl Stream {
             .ok_or_else(|| CallError::Transport("stream already failed".into()))
     }
 
+    /// One DATA chunk of the reply, dropped unread: its length, or `None` once the server
+    /// ended the call with OK. Its flow-control window is given back, so a caller that
+    /// waits between chunks reads as slowly as it likes (a slow reader, in the benches).
+    pub async fn recv_chunk(&mut self) -> Result<Option<usize>, CallError> {
+        let body = self.body().await?;
+        match body.data().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(transport)?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                Ok(Some(chunk.len()))
+            }
+            None => {
+                let trailers = body.trailers().await.map_err(transport)?;
+                status_of(trailers.as_ref())?;
+                Ok(None)
+            }
+        }
+    }
+
     /// The next message, or the call's final status when the server ends it.
     pub async fn recv<R: Message + Default>(&mut self) -> Result<R, CallError> {
         let message = self.recv_raw().await?;

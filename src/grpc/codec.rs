@@ -24,6 +24,15 @@ pub fn encode(message: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The prefix of a `len`-byte message (sent before the message itself).
+pub fn prefix(len: usize) -> Bytes {
+    let length = u32::try_from(len).expect("gRPC message over 4 GiB");
+    let mut out = BytesMut::with_capacity(HEADER_BYTES);
+    out.put_u8(0);
+    out.put_u32(length);
+    out.freeze()
+}
+
 /// Appends one framed message to `out`.
 pub fn encode_into(out: &mut BytesMut, message: &[u8]) {
     let length = u32::try_from(message.len()).expect("gRPC message over 4 GiB");

@@ -245,6 +245,8 @@ pub struct Router {
     pub(super) http1: Option<super::http1::HttpHandler>,
     /// The bound on in-process calls in flight, shared by every core's router.
     local_slots: Option<std::sync::Arc<CallSlots>>,
+    /// The largest reply a unary handler may send (0: grpc-go's `math.MaxInt32`).
+    send_bytes_max: Rc<std::cell::Cell<usize>>,
 }
 
 impl Router {
@@ -265,6 +267,13 @@ impl Router {
     /// connection to its own member).
     pub fn limit_local_calls(&mut self, slots: std::sync::Arc<CallSlots>) -> &mut Router {
         self.local_slots = Some(slots);
+        self
+    }
+
+    /// The largest reply a unary handler may send (`--max-response-bytes`); a larger one
+    /// ends its call with grpc-go's ResourceExhausted instead.
+    pub fn set_send_bytes_max(&mut self, bytes: usize) -> &mut Router {
+        self.send_bytes_max.set(bytes);
         self
     }
 
@@ -305,8 +314,13 @@ impl Router {
         Fut: std::future::Future<Output = Result<Bytes, Status>> + 'static,
     {
         let handler = Rc::new(handler);
+        let send_bytes_max = self.send_bytes_max.clone();
         self.route(path, move |mut req: Request, res: Responses| {
             let handler = handler.clone();
+            let max = match send_bytes_max.get() {
+                0 => i32::MAX as usize,
+                n => n,
+            };
             async move {
                 let message = req.messages.single().await?;
                 let started = std::time::Instant::now();
@@ -316,7 +330,17 @@ impl Router {
                 };
                 let reply = handler(call, message).await;
                 crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
-                Ok(res.send(reply?).await?)
+                let reply = reply?;
+                if reply.len() > max {
+                    return Err(Status::new(
+                        Code::ResourceExhausted,
+                        format!(
+                            "grpc: trying to send message larger than max ({} vs. {max})",
+                            reply.len()
+                        ),
+                    ));
+                }
+                Ok(res.send(reply).await?)
             }
         })
     }
@@ -1002,8 +1026,19 @@ async fn write_responses(
         } else {
             message.len() + 5
         };
-        let mut batch = BytesMut::with_capacity(capacity);
         count(&message);
+        if message.len() >= COALESCE_BYTES_MAX {
+            // A large message (a big Range answer) goes out as it is, after its prefix,
+            // not copied into a batch.
+            if let Some(room) = &room {
+                room.wake();
+            }
+            let stream = send.as_mut().unwrap();
+            send_flow_controlled(stream, codec::prefix(message.len())).await?;
+            send_flow_controlled(stream, message).await?;
+            continue;
+        }
+        let mut batch = BytesMut::with_capacity(capacity);
         codec::encode_into(&mut batch, &message);
         while batch.len() < COALESCE_BYTES_MAX {
             match future::poll_once(receiver.recv()).await {

@@ -141,6 +141,7 @@ impl Model {
                 kvs: vec![],
                 more: false,
                 count,
+                raw: None,
             });
         }
         let filters = [
@@ -192,6 +193,7 @@ impl Model {
             kvs,
             more,
             count,
+            raw: None,
         })
     }
 
@@ -611,6 +613,7 @@ fn range_req(rng: &mut Rng, m: &Model) -> RangeRequest {
         max_mod_revision: filter(rng),
         min_create_revision: filter(rng),
         max_create_revision: filter(rng),
+        raw_bytes_max: 0,
     }
 }
 

@@ -9,7 +9,7 @@ use super::db::{self, ReadSnapshot, TreeId, VerifiedPages};
 use super::error::{Error, Result};
 use super::key_index::{KeyIndex, KeyRange};
 use super::kv::{self, KeyValue, RecordKind};
-use super::request::{RangeRequest, RangeResponse, ResponseHeader, SortOrder, SortTarget};
+use super::request::{RangeRequest, RangeResponse, RawKvs, ResponseHeader, SortOrder, SortTarget};
 use super::revision::Revision;
 use std::cmp::Ordering;
 
@@ -90,7 +90,11 @@ impl<'a, R: Records> ReadView<'a, R> {
                 kvs: Vec::new(),
                 more: false,
                 count,
+                raw: None,
             });
+        }
+        if RawKvs::serves(req) {
+            return self.range_raw(req, range, rev, header);
         }
         let filtered = req.min_mod_revision != 0
             || req.max_mod_revision != 0
@@ -145,7 +149,93 @@ impl<'a, R: Records> ReadView<'a, R> {
             kvs,
             more,
             count,
+            raw: None,
         })
+    }
+
+    /// [`ReadView::range`] for a request `RawKvs::serves`: each record's KeyValue bytes
+    /// copied as they are, in key order, `limit + 1` of them at most.
+    fn range_raw(
+        &self,
+        req: &RangeRequest,
+        range: KeyRange<'_>,
+        rev: i64,
+        header: ResponseHeader,
+    ) -> Result<RangeResponse> {
+        let mut read = RawRead::default();
+        self.raw_slice(req, range, rev, usize::MAX, &mut read)?;
+        Ok(read.finish(req, header.revision))
+    }
+
+    /// Up to `keys_max` keys of a Range that `RawKvs::serves`, from `from` on (its own
+    /// start when `None`), added to `read`: the key to go on from, or `None` once the
+    /// range is done. A large read is served a slice at a time, the core doing other
+    /// work in between, each slice as of revision `current` as [`ReadView::range`] reads.
+    pub fn range_slice(
+        &self,
+        req: &RangeRequest,
+        current: i64,
+        from: Option<&[u8]>,
+        keys_max: usize,
+        read: &mut RawRead,
+    ) -> Result<Option<Vec<u8>>> {
+        if req.revision > current {
+            return Err(Error::FutureRev);
+        }
+        let rev = if req.revision <= 0 {
+            current
+        } else {
+            req.revision
+        };
+        if rev < self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        let mut range = self.clip(KeyRange::new(&req.key, &req.range_end));
+        if let Some(from) = from {
+            range = range.clip(from, None);
+        }
+        self.raw_slice(req, range, rev, keys_max, read)
+    }
+
+    fn raw_slice(
+        &self,
+        req: &RangeRequest,
+        range: KeyRange<'_>,
+        rev: i64,
+        keys_max: usize,
+        read: &mut RawRead,
+    ) -> Result<Option<Vec<u8>>> {
+        let fetch_max = if req.limit <= 0 {
+            usize::MAX
+        } else {
+            usize::try_from(req.limit).map_or(usize::MAX, |l| l.saturating_add(1))
+        };
+        let mut visited = 0;
+        let mut next = None;
+        let mut failure = None;
+        let memo = VerifiedPages::default();
+        self.index.range(range, rev, |key, at| {
+            if visited == keys_max {
+                next = Some(key.to_vec());
+                return false;
+            }
+            visited += 1;
+            read.count += 1;
+            if read.raw.len() < fetch_max {
+                match self.record_in(&memo, at.modified) {
+                    Ok(record) => read.raw.push(&record[1..], req.raw_bytes_max),
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(next),
+        }
     }
 
     /// The record at `rev`, which the index says is a put.
@@ -155,21 +245,36 @@ impl<'a, R: Records> ReadView<'a, R> {
 
     /// [`ReadView::load`] as one of the loads of one read operation.
     fn load_in(&self, memo: &VerifiedPages, rev: Revision, keys_only: bool) -> Result<KeyValue> {
+        let (_, mut kv) = self.checked_record(memo, rev)?;
+        if keys_only {
+            kv.value = &[];
+        }
+        Ok(kv.to_key_value())
+    }
+
+    /// The record of the put at `rev` (the index says there is one), checked to be it.
+    fn checked_record<'r>(
+        &'r self,
+        memo: &VerifiedPages,
+        rev: Revision,
+    ) -> Result<(&'r [u8], kv::KeyValueRef<'r>)> {
         let Some(bytes) = self.records.record(memo, &rev.encode())? else {
             return Err(Error::Corrupt {
                 what: format!("index points at missing {rev:?}"),
             });
         };
-        let (kind, mut kv) = kv::decode_record_ref(bytes)?;
+        let (kind, kv) = kv::decode_record_ref(bytes)?;
         if kind != RecordKind::Put || kv.mod_revision != rev.main {
             return Err(Error::Corrupt {
                 what: format!("record {rev:?} is not the indexed put"),
             });
         }
-        if keys_only {
-            kv.value = &[];
-        }
-        Ok(kv.to_key_value())
+        Ok((bytes, kv))
+    }
+
+    /// [`ReadView::checked_record`]'s bytes (flag byte first).
+    fn record_in(&self, memo: &VerifiedPages, rev: Revision) -> Result<&[u8]> {
+        self.checked_record(memo, rev).map(|(bytes, _)| bytes)
     }
 
     /// The live value of `key` as of `rev`.
@@ -203,6 +308,31 @@ impl<'a, R: Records> ReadView<'a, R> {
         match failure {
             Some(e) => Err(e),
             None => Ok(out),
+        }
+    }
+}
+
+/// What the slices of a raw Range read so far found (`ReadView::range_slice`).
+#[derive(Debug, Default)]
+pub struct RawRead {
+    pub raw: RawKvs,
+    pub count: i64,
+}
+
+impl RawRead {
+    /// The answer once the last slice is read, at revision `current`.
+    pub fn finish(mut self, req: &RangeRequest, current: i64) -> RangeResponse {
+        let mut more = false;
+        if req.limit > 0 && self.raw.len() as i64 > req.limit {
+            self.raw.truncate(req.limit as usize);
+            more = true;
+        }
+        RangeResponse {
+            header: ResponseHeader { revision: current },
+            kvs: Vec::new(),
+            more,
+            count: self.count,
+            raw: Some(self.raw),
         }
     }
 }

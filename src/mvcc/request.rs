@@ -46,6 +46,10 @@ pub struct RangeRequest {
     pub max_mod_revision: i64,
     pub min_create_revision: i64,
     pub max_create_revision: i64,
+    /// Read path only: nonzero asks for the kvs as wire bytes (`RangeResponse::raw`),
+    /// when the request allows it (`RawKvs::serves`), keeping at most this many bytes of
+    /// them (the rest only counted). 0: `kvs`, as every nested read gets them.
+    pub raw_bytes_max: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +58,146 @@ pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     pub more: bool,
     pub count: i64,
+    /// The kvs as wire bytes instead of `kvs` (which is then empty), for a request with
+    /// `raw_bytes_max`.
+    pub raw: Option<RawKvs>,
+}
+
+/// A Range's kvs as the wire bytes of `etcdserverpb.RangeResponse.kvs`: each entry is
+/// field 2's tag, a length and the stored record's `mvccpb.KeyValue` bytes, copied from
+/// the db page (`kv.rs`), so a large answer costs one copy of its bytes and no
+/// allocation per key. Entries past `bytes_max` are only counted (`over_*`): such an
+/// answer is refused as too large, unless a limit cuts them off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawKvs {
+    pub bytes: Vec<u8>,
+    /// The end offset of each entry in `bytes`.
+    pub ends: Vec<usize>,
+    /// Entries after the kept ones, counted and not kept, and their encoded bytes.
+    pub over_entries: usize,
+    pub over_bytes: u64,
+}
+
+/// The tag of `RangeResponse.kvs` (field 2, length-delimited).
+pub const RAW_KV_TAG: u8 = 2 << 3 | 2;
+
+impl RawKvs {
+    /// Whether a request's answer can be raw: kvs in key order as stored, values
+    /// included, nothing filtered (etcd's other options need the decoded kvs).
+    pub fn serves(req: &RangeRequest) -> bool {
+        req.raw_bytes_max != 0
+            && !req.count_only
+            && req.sort_target == SortTarget::Key
+            && matches!(req.sort_order, SortOrder::None | SortOrder::Ascend)
+            && !req.keys_only
+            && req.min_mod_revision == 0
+            && req.max_mod_revision == 0
+            && req.min_create_revision == 0
+            && req.max_create_revision == 0
+    }
+
+    /// Entries, kept or only counted.
+    pub fn len(&self) -> usize {
+        self.ends.len() + self.over_entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoded size of one entry holding a `kv_bytes`-long KeyValue.
+    pub fn entry_bytes(kv_bytes: usize) -> usize {
+        1 + varint_len(kv_bytes as u64) + kv_bytes
+    }
+
+    /// Appends an entry for the KeyValue `kv` (its wire bytes), or counts it once the
+    /// kept bytes would pass `bytes_max`.
+    pub fn push(&mut self, kv: &[u8], bytes_max: usize) {
+        let n = Self::entry_bytes(kv.len());
+        if self.over_entries > 0 || self.bytes.len() + n > bytes_max {
+            self.over_entries += 1;
+            self.over_bytes += n as u64;
+            return;
+        }
+        self.bytes.push(RAW_KV_TAG);
+        let mut len = kv.len() as u64;
+        while len >= 0x80 {
+            self.bytes.push(len as u8 | 0x80);
+            len >>= 7;
+        }
+        self.bytes.push(len as u8);
+        self.bytes.extend_from_slice(kv);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Keeps the first `n` entries.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len() {
+            return;
+        }
+        if n < self.ends.len() {
+            self.ends.truncate(n);
+            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+        // Entries were only counted past the kept ones: those left are all kept now,
+        // unless n still reaches into them (then they stay counted, and too large).
+        let counted = n - self.ends.len().min(n);
+        if counted == 0 {
+            self.over_entries = 0;
+            self.over_bytes = 0;
+        } else {
+            // Sizes of single counted entries are not kept: the answer stays too large,
+            // with the bytes of all of them (an upper bound).
+            self.over_entries = counted;
+        }
+    }
+
+    /// Appends `other`'s entries after these (a later shard's part).
+    pub fn append(&mut self, other: RawKvs, bytes_max: usize) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        let mut at = 0;
+        for &end in &other.ends {
+            let n = end - at;
+            if self.over_entries == 0 && self.bytes.len() + n <= bytes_max {
+                self.bytes.extend_from_slice(&other.bytes[at..end]);
+                self.ends.push(self.bytes.len());
+            } else {
+                self.over_entries += 1;
+                self.over_bytes += n as u64;
+            }
+            at = end;
+        }
+        self.over_entries += other.over_entries;
+        self.over_bytes += other.over_bytes;
+    }
+
+    /// The encoded size of every entry, kept or counted.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.len() as u64 + self.over_bytes
+    }
+
+    /// The KeyValues of the kept entries (tests and nested reads).
+    pub fn decode(&self) -> std::result::Result<Vec<KeyValue>, super::kv::CodecError> {
+        let mut out = Vec::with_capacity(self.ends.len());
+        let mut at = 0;
+        for &end in &self.ends {
+            let entry = &self.bytes[at..end];
+            let mut i = 1;
+            while entry[i] & 0x80 != 0 {
+                i += 1;
+            }
+            out.push(KeyValue::decode(&entry[i + 1..])?);
+            at = end;
+        }
+        Ok(out)
+    }
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

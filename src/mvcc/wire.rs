@@ -68,6 +68,8 @@ pub fn range_request(r: pb::RangeRequest) -> Result<crate::mvcc::RangeRequest, B
         max_mod_revision: r.max_mod_revision,
         min_create_revision: r.min_create_revision,
         max_create_revision: r.max_create_revision,
+        // Nested in a txn: decoded kvs (the Range service asks for raw ones itself).
+        raw_bytes_max: 0,
     })
 }
 

@@ -30,6 +30,18 @@ use std::task::{Poll, Waker};
 pub use crate::mesh::Watermark;
 
 type RangeResult = Result<RangeResponse, ServerError>;
+
+/// Keys one slice of a large read covers before its core polls its rings and runs its
+/// other tasks (`Node::part_rest`): about a millisecond.
+pub const SLICE_KEYS: usize = 4096;
+
+/// A part's first slice ([`Node::part_start`]).
+enum PartStart {
+    /// The whole part (or its failure).
+    Done(RangeResult),
+    /// More to read from this key on, under these split keys.
+    More(mvcc::RawRead, Vec<u8>, Arc<Vec<Vec<u8>>>),
+}
 type RangeSlot = Rc<Slot<(u64, RangeResult)>>;
 type IndexSlot = Rc<Slot<Result<u64, ServerError>>>;
 
@@ -341,13 +353,13 @@ impl Node {
             } => {
                 if self.is_ready() && self.watermark().index >= min_index {
                     // The usual case: served at once, no task.
-                    self.reply_part(from, seq, &req, at_revision, &splits);
+                    self.reply_part(from, seq, req, at_revision, &splits);
                     return;
                 }
                 let node = self.clone();
                 glommio::spawn_local(async move {
                     node.wait_applied(min_index).await;
-                    node.reply_part(from, seq, &req, at_revision, &splits);
+                    node.reply_part(from, seq, req, at_revision, &splits);
                 })
                 .detach();
             }
@@ -437,15 +449,28 @@ impl Node {
     }
 
     fn reply_part(
-        &self,
+        self: &Rc<Node>,
         from: CoreId,
         seq: u64,
-        req: &RangeRequest,
+        req: RangeRequest,
         at_revision: i64,
         splits: &Arc<Vec<Vec<u8>>>,
     ) {
         let body = if self.with_shard(|s| s.serves_as(splits)) {
-            self.serve_part(req, at_revision)
+            match self.part_start(&req, at_revision) {
+                PartStart::Done(body) => body,
+                PartStart::More(read, key, splits) => {
+                    // A large part: the rest of it in a task, a slice at a time.
+                    let node = self.clone();
+                    glommio::spawn_local(async move {
+                        let body = node.part_rest(&req, at_revision, read, key, splits).await;
+                        let index = node.watermark().index;
+                        node.send(from, CoreMsg::RangeReply { seq, index, body });
+                    })
+                    .detach();
+                    return;
+                }
+            }
         } else {
             // A step of a rebalance lies between the sender's round and this core's.
             Err(ServerError::ShardMoved)
@@ -675,9 +700,68 @@ impl Node {
         .await
     }
 
-    fn serve_part(&self, req: &RangeRequest, at: i64) -> RangeResult {
-        self.with_shard(|s| s.range(req, at))
-            .map_err(ServerError::from)
+    /// This core's shard's part of a Range at revision `at`, or its first slice: a raw
+    /// read (`RawKvs::serves`) of more than [`SLICE_KEYS`] keys goes on in
+    /// [`Node::part_rest`], so that a Range over millions of keys never holds the core
+    /// (the raft core included) for longer than a slice.
+    fn part_start(&self, req: &RangeRequest, at: i64) -> PartStart {
+        if !mvcc::RawKvs::serves(req) {
+            return PartStart::Done(
+                self.with_shard(|s| s.range(req, at))
+                    .map_err(ServerError::from),
+            );
+        }
+        let mut read = mvcc::RawRead::default();
+        let (next, splits) = self.with_shard(|s| {
+            let next = s.range_slice(req, at, None, SLICE_KEYS, &mut read);
+            (next, s.splits().clone())
+        });
+        match next {
+            Ok(None) => PartStart::Done(Ok(read.finish(req, at))),
+            Ok(Some(from)) => PartStart::More(read, from, splits),
+            Err(e) => PartStart::Done(Err(e.into())),
+        }
+    }
+
+    /// The slices after [`Node::part_start`]'s, with the core's other work between them.
+    /// Rounds applied meanwhile do not change a read at `at`, unless one moved keys off
+    /// this shard (`ShardMoved`) or compacted past `at` (`Compacted`): the caller then
+    /// reads again, routed by the new split keys or at the new revision.
+    async fn part_rest(
+        &self,
+        req: &RangeRequest,
+        at: i64,
+        mut read: mvcc::RawRead,
+        from: Vec<u8>,
+        splits: Arc<Vec<Vec<u8>>>,
+    ) -> RangeResult {
+        let mut from = Some(from);
+        while let Some(key) = from.take() {
+            crate::runtime::yield_to_rings().await;
+            if !self.with_shard(|s| s.serves_as(&splits)) {
+                return Err(ServerError::ShardMoved);
+            }
+            from = self
+                .with_shard(|s| s.range_slice(req, at, Some(&key), SLICE_KEYS, &mut read))
+                .map_err(ServerError::from)?;
+        }
+        Ok(read.finish(req, at))
+    }
+
+    /// This core's part, all slices.
+    async fn serve_part(
+        &self,
+        req: &RangeRequest,
+        at: i64,
+    ) -> Result<RangeResponse, (Option<u64>, ServerError)> {
+        match self.part_start(req, at) {
+            PartStart::Done(res) => res.map_err(|e| (None, e)),
+            PartStart::More(read, from, splits) => self
+                .part_rest(req, at, read, from, splits)
+                .await
+                // A round came between the slices: this core's watermark is past it.
+                .map_err(|e| (Some(self.watermark().index), e)),
+        }
     }
 
     /// etcd's Range over every shard the request touches: linearizable ones first wait
@@ -796,7 +880,7 @@ impl Node {
         let shards = shards_for(&splits, &req.key, &req.range_end);
         let me = self.core.0 as usize;
         if shards.len() == 1 && shards.start == me {
-            return self.serve_part(req, mark.revision).map_err(|s| (None, s));
+            return self.serve_part(req, mark.revision).await;
         }
         let part = if shards.len() == 1 {
             req.clone()
@@ -807,7 +891,7 @@ impl Node {
         let mut local = None;
         for s in shards.clone() {
             if s == me {
-                local = Some(self.serve_part(&part, mark.revision));
+                local = Some(self.serve_part(&part, mark.revision).await);
             } else {
                 pending.push(self.call_part(CoreId(s as u16), part.clone(), mark, &splits));
             }
@@ -819,16 +903,13 @@ impl Node {
         }
         let mut remote = remote.into_iter();
         for s in shards {
-            let (index, res) = if s == me {
-                (None, local.take().expect("local part"))
+            let res = if s == me {
+                local.take().expect("local part")
             } else {
                 let (index, res) = remote.next().expect("remote part");
-                (Some(index), res)
+                res.map_err(|status| (Some(index), status))
             };
-            match res {
-                Ok(r) => parts.push(r),
-                Err(status) => return Err((index, status)),
-            }
+            parts.push(res?);
         }
         if parts.len() == 1 {
             return Ok(parts.pop().expect("one part"));

@@ -379,6 +379,7 @@ mod tests {
             max_mod_revision: 2,
             min_create_revision: 3,
             max_create_revision: 4,
+            raw_bytes_max: 0,
         };
         let inner = mvcc::TxnRequest {
             compare: vec![kv_compare(

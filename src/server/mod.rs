@@ -68,6 +68,8 @@ pub struct ServerOptions {
     /// The CPU of each core (`cpus[i]` for core i).
     pub cpus: Vec<usize>,
     pub max_request_bytes: usize,
+    /// `--max-response-bytes`: the largest message sent.
+    pub max_response_bytes: usize,
     pub max_txn_ops: usize,
     /// `--max-concurrent-streams` (SETTINGS_MAX_CONCURRENT_STREAMS of client connections).
     pub max_concurrent_streams: u32,
@@ -681,10 +683,12 @@ fn listen(
             opts.lease.for_core(core, opts.cores),
         )
         .with_auth(opts.auth.clone())
-        .with_quota(opts.quota_backend_bytes),
+        .with_quota(opts.quota_backend_bytes)
+        .with_response_max(opts.max_response_bytes),
     );
     let metrics_router = Rc::new(api::services::metrics_router(services.clone()));
     let mut router = api::router(services);
+    router.set_send_bytes_max(opts.max_response_bytes);
     if opts.max_concurrent_streams < u32::MAX {
         router.limit_local_calls(opts.gateway_calls.clone());
     }

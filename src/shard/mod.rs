@@ -556,6 +556,19 @@ impl Shard {
         self.with_view(|view| view.range(req, at))
     }
 
+    /// One slice of this shard's part of a Range that `RawKvs::serves`
+    /// (`ReadView::range_slice`).
+    pub fn range_slice(
+        &self,
+        req: &RangeRequest,
+        at: i64,
+        from: Option<&[u8]>,
+        keys_max: usize,
+        read: &mut mvcc::RawRead,
+    ) -> mvcc::Result<Option<Vec<u8>>> {
+        self.with_view(|view| view.range_slice(req, at, from, keys_max, read))
+    }
+
     /// The live value of `key` at revision `at`, if this shard owns it.
     pub fn get(&self, key: &[u8], at: i64) -> mvcc::Result<Option<mvcc::KeyValue>> {
         self.with_view(|view| view.load_key(key, at))
@@ -579,6 +592,11 @@ impl Shard {
 /// even when only keys are asked for (they are dropped after the merge).
 pub fn part_request(req: &RangeRequest) -> RangeRequest {
     let mut part = req.clone();
+    if !mvcc::RawKvs::serves(req) {
+        // Decoded parts for a merge that sorts or filters (a part below may look
+        // servable raw once its sort target is KEY).
+        part.raw_bytes_max = 0;
+    }
     if part.keys_only && part.sort_target == SortTarget::Value {
         part.keys_only = false;
     }
@@ -613,6 +631,9 @@ fn limit_len(limit: i64) -> usize {
 /// index would give: each part is already pruned, sorted and cut at `limit`; the union's
 /// first `limit` after a stable sort are the answer, `more` if anything was left out.
 pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> RangeResponse {
+    if parts.iter().any(|p| p.raw.is_some()) {
+        return merge_raw(req, parts, revision);
+    }
     let first_keys = sorts_first_keys_only(req);
     let mut count = 0;
     let mut more = false;
@@ -639,6 +660,31 @@ pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> Ra
         kvs,
         more,
         count,
+        raw: None,
+    }
+}
+
+/// [`merge`] of raw parts (`RawKvs::serves`): in key order already, so the parts follow
+/// one another, then the limit.
+fn merge_raw(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> RangeResponse {
+    let mut count = 0;
+    let mut more = false;
+    let mut raw = mvcc::RawKvs::default();
+    for p in parts {
+        count += p.count;
+        more |= p.more;
+        raw.append(p.raw.unwrap_or_default(), req.raw_bytes_max);
+    }
+    if req.limit > 0 && raw.len() as i64 > req.limit {
+        raw.truncate(limit_len(req.limit));
+        more = true;
+    }
+    RangeResponse {
+        header: mvcc::ResponseHeader { revision },
+        kvs: Vec::new(),
+        more,
+        count,
+        raw: Some(raw),
     }
 }
 

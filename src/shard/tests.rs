@@ -140,6 +140,12 @@ fn scattered_ranges_equal_the_single_store() {
                 let want = store.range(&req);
                 let got = scattered(&shards, &splits, &req, current);
                 assert_same_answer(&req, &want, &got);
+                // The same read answered with raw kvs (wire bytes), under a roomy or a
+                // tight byte bound.
+                let mut raw_req = req.clone();
+                raw_req.raw_bytes_max = [usize::MAX, 2000, 150][r.below(3) as usize];
+                let got = scattered(&shards, &splits, &raw_req, current);
+                assert_same_raw_answer(&raw_req, &want, got);
                 checked += 1;
             }
         }
@@ -161,6 +167,116 @@ fn scattered_ranges_equal_the_single_store() {
         assert!(checked >= 1800);
     });
 }
+
+/// A part read in slices (`Shard::range_slice`), as the node serves a large one: the
+/// same answer as in one go.
+fn sliced(
+    shard: &Shard,
+    req: &RangeRequest,
+    at: i64,
+    keys_max: usize,
+) -> mvcc::Result<RangeResponse> {
+    let mut read = mvcc::RawRead::default();
+    let mut from = None;
+    loop {
+        match shard.range_slice(req, at, from.as_deref(), keys_max, &mut read)? {
+            Some(next) => from = Some(next),
+            None => return Ok(read.finish(req, at)),
+        }
+    }
+}
+
+/// Issue 23: a raw read served a slice at a time, with rounds of writes, deletes and
+/// rebalance steps applied between its slices, answers as one read at its revision did
+/// before them; a compaction past that revision between two slices fails the next one
+/// with `Compacted` (the node then reads again), and one below it changes nothing.
+#[test]
+fn a_read_in_slices_answers_as_of_its_revision_across_rounds() {
+    let dir = std::env::temp_dir().join(format!("keel-shard-slices-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    block_on(async move {
+        let mut store = Store::open(&dir.join("db"), StoreOptions::default())
+            .await
+            .unwrap();
+        store.capture_changes(true);
+        store.publish();
+        let mut splits = Arc::new(vec![b"k".to_vec(), b"q05".to_vec(), b"z".to_vec()]);
+        let snap = store.backend().snapshot();
+        let mut shards: Vec<Shard> = (0..4)
+            .map(|i| Shard::boot(i, splits.clone(), snap.clone(), 0, 1, 0).unwrap())
+            .collect();
+        let mut r = Rng(0x51ce5);
+        let mut round = 1;
+        for _ in 0..200 {
+            let op = random_write(&mut r);
+            let _ = store.apply(&op);
+        }
+        deliver_round(&mut store, &mut shards, &splits, round, &mut r, 0);
+        let (mut voided, mut whole) = (0, 0);
+        for case in 0..600 {
+            let at = store.current_revision();
+            let mut req = random_request(&mut r, at);
+            req.raw_bytes_max = usize::MAX;
+            if r.below(2) == 0 {
+                req.range_end = vec![0];
+            }
+            (req.sort_target, req.keys_only, req.count_only) = (SortTarget::Key, false, false);
+            req.sort_order = [SortOrder::None, SortOrder::Ascend][r.below(2) as usize];
+            req.min_mod_revision = 0;
+            assert!(mvcc::RawKvs::serves(&req));
+            let i = r.below(4) as usize;
+            let keys_max = r.below(3) as usize + 1;
+            let want = shards[i].range(&req, at);
+            // Unchanged shard: sliced equals whole.
+            let got = sliced(&shards[i], &req, at, keys_max);
+            assert_eq!(want.as_ref().ok(), got.as_ref().ok(), "{req:?}");
+            // The first slice, then rounds (and perhaps a compaction), then the rest.
+            let mut read = mvcc::RawRead::default();
+            let first = shards[i].range_slice(&req, at, None, keys_max, &mut read);
+            let Ok(Some(mut from)) = first else { continue };
+            let compact = case % 5 == 4;
+            for _ in 0..3 {
+                for _ in 0..5 {
+                    let op = random_write(&mut r);
+                    let _ = store.apply(&op);
+                }
+                if compact {
+                    let current = store.current_revision();
+                    store.compact(current).unwrap();
+                }
+                round += 1;
+                if let Some(m) = deliver_round(&mut store, &mut shards, &splits, round, &mut r, 0) {
+                    splits = m.splits.clone();
+                }
+                store.compact_step(1000).unwrap();
+                for s in &mut shards {
+                    while s.compact_step(1000) {}
+                }
+            }
+            let rest = loop {
+                match shards[i].range_slice(&req, at, Some(&from), keys_max, &mut read) {
+                    Ok(Some(next)) => from = next,
+                    Ok(None) => break Ok(read.finish(&req, at)),
+                    Err(e) => break Err(e),
+                }
+            };
+            let rev = if req.revision <= 0 { at } else { req.revision };
+            if shards[i].compact_revision() > rev {
+                assert!(
+                    matches!(rest, Err(mvcc::Error::Compacted)),
+                    "{req:?}: {rest:?}"
+                );
+                voided += 1;
+            } else {
+                assert_eq!(want.ok(), rest.ok(), "{req:?}");
+                whole += 1;
+            }
+        }
+        assert!(voided > 5 && whole > 20, "{voided} voided, {whole} whole");
+    });
+}
+
 /// Publishes the store's state as round `index` and gives it to every shard, with a
 /// random rebalance step (a random split key a random way, over a few keys) after its
 /// changes in `step_in_4` rounds of 4. Returns the step (its split keys are the new ones).
@@ -269,6 +385,42 @@ fn assert_same_answer(
         (Err(a), Err(b)) => assert_eq!(a, b),
         _ => panic!("{req:?}: {want:?} vs {got:?}"),
     }
+}
+
+/// `got`, for a request that may be answered raw, against the decoded answer `want`: raw
+/// exactly when `RawKvs::serves`, the same kvs in wire bytes, or refused as too large only
+/// when the kvs' wire bytes pass the bound.
+fn assert_same_raw_answer(
+    req: &RangeRequest,
+    want: &mvcc::Result<RangeResponse>,
+    got: mvcc::Result<RangeResponse>,
+) {
+    let (w, mut g) = match (want, got) {
+        (Ok(w), Ok(g)) => (w, g),
+        (want, got) => return assert_same_answer(req, want, &got),
+    };
+    let serves = mvcc::RawKvs::serves(req);
+    assert_eq!(g.raw.is_some(), serves, "{req:?}");
+    if let Some(raw) = g.raw.take() {
+        assert!(g.kvs.is_empty());
+        let bytes: usize = w
+            .kvs
+            .iter()
+            .map(|kv| mvcc::RawKvs::entry_bytes(kv.as_ref().encoded_len()))
+            .sum();
+        assert_eq!(raw.len(), w.kvs.len(), "{req:?}");
+        if raw.over_entries > 0 {
+            assert!(bytes > req.raw_bytes_max, "{req:?}: {bytes} bytes");
+            assert!(raw.total_bytes() >= bytes as u64, "{req:?}");
+        } else {
+            assert_eq!(raw.bytes.len(), bytes, "{req:?}");
+            g.kvs = raw.decode().unwrap();
+        }
+        if raw.over_entries > 0 {
+            g.kvs = w.kvs.clone();
+        }
+    }
+    assert_same_answer(req, want, &Ok(g));
 }
 
 /// A random put (most often) or delete of the test's keys.

@@ -501,3 +501,101 @@ fn a_burst_of_large_answers_is_given_back_once_quiet() {
         );
     });
 }
+
+/// Issue 23: a Range answer is the records' own wire bytes, copied once (no decoded kvs),
+/// in key order across the shards, with `limit`, `more` and `count` exact; one larger than
+/// `--max-response-bytes` is refused with grpc-go's ResourceExhausted before it is built
+/// whole, and the server goes on. Keel only (the flag is Keel's).
+#[test]
+fn large_answers_are_whole_and_one_too_large_is_refused() {
+    if !is_keel() {
+        return;
+    }
+    const MAX: usize = 300_000;
+    let s = Server::start(
+        "cl-large",
+        &[
+            "--max-response-bytes",
+            "300000",
+            "--max-txn-ops",
+            "1000",
+            "--shard-split-keys",
+            "m",
+        ],
+    );
+    let key = |i: usize| format!("{}/{i:05}", ["c", "p"][i % 2]);
+    let value = |i: usize| format!("{i:05}").repeat(40);
+    runtime().block_on(async {
+        let mut c = connect(&s).await;
+        for first in (0..2000).step_by(1000) {
+            let puts: Vec<TxnOp> = (first..first + 1000)
+                .map(|i| TxnOp::put(key(i), value(i), None))
+                .collect();
+            c.txn(Txn::new().and_then(puts)).await.unwrap();
+        }
+        let mut want: Vec<usize> = (0..2000).collect();
+        want.sort_by_key(|&i| key(i));
+        let check = |r: &etcd_client::GetResponse, from: usize| {
+            for (n, kv) in r.kvs().iter().enumerate() {
+                let i = want[from + n];
+                assert_eq!(kv.key_str().unwrap(), key(i));
+                assert_eq!(kv.value_str().unwrap(), value(i));
+                assert_eq!((kv.version(), kv.lease()), (1, 0));
+                assert_eq!(kv.create_revision(), kv.mod_revision());
+            }
+        };
+        // ~480 KB of kvs: refused, naming the size it would have had.
+        let all = || GetOptions::new().with_all_keys();
+        let (code, msg) = grpc_status(c.get("", Some(all())).await.unwrap_err());
+        assert_eq!(code, tonic::Code::ResourceExhausted, "{msg}");
+        let size: usize = msg
+            .strip_prefix("grpc: trying to send message larger than max (")
+            .and_then(|m| m.strip_suffix(&format!(" vs. {MAX})")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{msg}"));
+        assert!(size > MAX && size < 2 * MAX, "{msg}");
+        // Sorted (decoded kvs) or in a txn: refused the same way.
+        let by_value = all().with_sort(SortTarget::Value, SortOrder::Descend);
+        let (code, _) = grpc_status(c.get("", Some(by_value)).await.unwrap_err());
+        assert_eq!(code, tonic::Code::ResourceExhausted);
+        let get_all = TxnOp::get("", Some(all()));
+        let (code, _) = grpc_status(c.txn(Txn::new().and_then([get_all])).await.unwrap_err());
+        assert_eq!(code, tonic::Code::ResourceExhausted);
+        // Pages of 600 (each under the bound, across the split key): every key once, in
+        // order, with the count and `more` of the whole.
+        let mut from = 0;
+        let mut start = "\0".to_string();
+        loop {
+            let r = c
+                .get(
+                    start.as_str(),
+                    Some(GetOptions::new().with_from_key().with_limit(600)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.count() as usize, 2000 - from);
+            check(&r, from);
+            from += r.kvs().len();
+            assert_eq!(r.more(), from < 2000);
+            if !r.more() {
+                break;
+            }
+            start = format!("{}\0", r.kvs().last().unwrap().key_str().unwrap());
+        }
+        assert_eq!(from, 2000);
+        // Keys only, counts and a bounded sort are small: answered.
+        let r = c.get("", Some(all().with_keys_only())).await.unwrap();
+        assert_eq!(r.kvs().len(), 2000);
+        let r = c.get("", Some(all().with_count_only())).await.unwrap();
+        assert_eq!(r.count(), 2000);
+        let r = c
+            .get("p/", Some(GetOptions::new().with_prefix().with_limit(3)))
+            .await
+            .unwrap();
+        check(&r, 1000);
+        // Nothing was lost and the server still writes.
+        c.put("after", "x", None).await.unwrap();
+        let r = c.get("", Some(all().with_count_only())).await.unwrap();
+        assert_eq!(r.count(), 2001);
+    });
+}
