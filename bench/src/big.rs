@@ -285,10 +285,13 @@ fn point_reads(server: &Server, keys: u64, seconds: u64) -> Report {
 }
 
 fn lat(r: &Report) -> String {
+    let q = |q: f64| r.histogram.value_at_quantile(q);
     format!(
-        "{:.0} / {} ",
+        "{:.0} / {} {} {}",
         r.throughput(),
-        util::percentiles_us(&r.histogram)
+        q(0.5),
+        q(0.99),
+        q(0.999)
     )
 }
 
@@ -307,7 +310,6 @@ pub fn main(flags: &Flags) {
     let only = flags.str("only", "keel,etcd");
     let out = PathBuf::from(flags.str("out", "target/bench-big"));
     std::fs::create_dir_all(&out).expect("create --out");
-    util::print_run_header("big");
     let mut table = String::new();
     let _ = writeln!(
         table,

@@ -13,7 +13,7 @@ use super::errors::{status_from_auth, status_from_mvcc, status_unmapped_auth, Et
 use super::lease::{LeaseConfig, LeaseIds, Renewer};
 use crate::auth::Caller;
 use crate::failpoint;
-use crate::grpc::{Call, Code, Router, Status};
+use crate::grpc::{Call, Code, Message as Reply, Router, Status};
 use crate::mesh::{
     HashKv, LeaderMoved, MemberChanged, MemberInfo, MemberOp, Members, StatusInfo, ToRaft,
 };
@@ -75,42 +75,37 @@ pub(crate) fn response_too_large(bytes: u64, max: usize) -> Status {
     )
 }
 
-/// An `etcdserverpb.RangeResponse` around raw kvs: the kvs' bytes as they are, then the
-/// header, `more` and `count` (protobuf parsers take fields in any order), so the
-/// message is the kvs' own buffer, not a copy of it.
+/// An `etcdserverpb.RangeResponse` around raw kvs: each part's bytes as they are, then
+/// the header, `more` and `count` (protobuf parsers take fields in any order), sent one
+/// piece after another: the kvs are never copied again.
 fn encode_raw_range(
-    raw: crate::mvcc::RawKvs,
+    raw: crate::mvcc::RawParts,
     header: pb::ResponseHeader,
     more: bool,
     count: i64,
     max: usize,
-) -> Result<Bytes, Status> {
+) -> Result<Reply, Status> {
     use prost::encoding;
-    let tail = encoding::message::encoded_len(1, &header)
-        + if more {
-            encoding::bool::encoded_len(3, &more)
-        } else {
-            0
-        }
-        + if count != 0 {
-            encoding::int64::encoded_len(4, &count)
-        } else {
-            0
-        };
-    let total = raw.total_bytes() + tail as u64;
-    if raw.over_entries > 0 || total > max as u64 {
-        return Err(response_too_large(total, max));
-    }
-    let mut buf = raw.bytes;
-    buf.reserve_exact(tail);
-    encoding::message::encode(1, &header, &mut buf);
+    let mut tail = Vec::with_capacity(64);
+    encoding::message::encode(1, &header, &mut tail);
     if more {
-        encoding::bool::encode(3, &more, &mut buf);
+        encoding::bool::encode(3, &more, &mut tail);
     }
     if count != 0 {
-        encoding::int64::encode(4, &count, &mut buf);
+        encoding::int64::encode(4, &count, &mut tail);
     }
-    Ok(Bytes::from(buf))
+    let total = raw.total_bytes() + tail.len() as u64;
+    if raw.passed_bound() || total > max as u64 {
+        return Err(response_too_large(total, max));
+    }
+    let mut pieces: Vec<Bytes> = raw
+        .0
+        .into_iter()
+        .filter(|p| !p.bytes.is_empty())
+        .map(|p| Bytes::from(p.bytes))
+        .collect();
+    pieces.push(Bytes::from(tail));
+    Ok(Reply::Pieces(pieces))
 }
 
 fn request_too_large() -> Status {
@@ -273,7 +268,7 @@ impl Services {
         Ok((a.value, a.raft_term))
     }
 
-    pub async fn range(&self, call: &Call, body: Bytes) -> Result<Bytes, Status> {
+    pub async fn range(&self, call: &Call, body: Bytes) -> Result<Reply, Status> {
         let mut req = convert::range_request(decode::<pb::RangeRequest>(&body)?)?;
         // The kvs as the wire bytes of their records where etcd's options allow: one
         // copy each, and never more than a sendable answer (`RawKvs`).
@@ -303,7 +298,7 @@ impl Services {
                 if len > self.max_response_bytes {
                     return Err(response_too_large(len as u64, self.max_response_bytes));
                 }
-                Ok(encode(&pb))
+                Ok(encode(&pb).into())
             }
         }
     }
@@ -764,7 +759,7 @@ mod tests {
             let call = Call::default();
             for res in [
                 s.put(&call, garbage.clone()).await,
-                s.range(&call, garbage.clone()).await,
+                s.range(&call, garbage.clone()).await.map(Reply::into_bytes),
                 s.txn(&call, garbage.clone()).await,
                 s.delete_range(&call, garbage.clone()).await,
             ] {

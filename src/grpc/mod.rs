@@ -37,8 +37,8 @@ pub mod status;
 pub mod timeout;
 
 pub use server::{
-    serve, serve_connection, serve_spread, Call, Config, Handler, Listening, Messages, Request,
-    Responses, Router, TrySendError,
+    serve, serve_connection, serve_spread, Call, Config, Handler, Listening, Message, Messages,
+    Request, Responses, Router, TrySendError,
 };
 pub use status::{Code, Status};
 

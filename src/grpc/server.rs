@@ -225,7 +225,7 @@ impl Messages {
     }
 }
 
-pub use crate::runtime::responses::{Closed, Responses, Room, TrySendError};
+pub use crate::runtime::responses::{Closed, Message, Responses, Room, TrySendError};
 
 impl From<Closed> for Status {
     fn from(_: Closed) -> Status {
@@ -308,10 +308,11 @@ impl Router {
     }
 
     /// Registers a unary handler: one message in, one message out.
-    pub fn unary<F, Fut>(&mut self, path: &str, handler: F) -> &mut Router
+    pub fn unary<F, Fut, M>(&mut self, path: &str, handler: F) -> &mut Router
     where
         F: Fn(Call, Bytes) -> Fut + 'static,
-        Fut: std::future::Future<Output = Result<Bytes, Status>> + 'static,
+        Fut: std::future::Future<Output = Result<M, Status>> + 'static,
+        M: Into<Message>,
     {
         let handler = Rc::new(handler);
         let send_bytes_max = self.send_bytes_max.clone();
@@ -330,7 +331,7 @@ impl Router {
                 };
                 let reply = handler(call, message).await;
                 crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
-                let reply = reply?;
+                let reply: Message = reply?.into();
                 if reply.len() > max {
                     return Err(Status::new(
                         Code::ResourceExhausted,
@@ -782,7 +783,7 @@ async fn serve_stream(
 fn response_queue(
     queue: Option<usize>,
     queue_max: usize,
-) -> (Responses, LocalReceiver<Bytes>, Option<Rc<Room>>) {
+) -> (Responses, LocalReceiver<Message>, Option<Rc<Room>>) {
     match queue {
         None => {
             let (tx, rx) = local_channel::new_bounded(queue_max);
@@ -830,7 +831,7 @@ pub enum LocalNext {
 /// A call run in-process through the router (the JSON gateway), on this core: the same
 /// handler, auth and errors as over gRPC. Dropping it cancels the handler.
 pub struct LocalCall {
-    receiver: LocalReceiver<Bytes>,
+    receiver: LocalReceiver<Message>,
     room: Option<Rc<Room>>,
     handler: Option<BoxedLocal<Status>>,
     status: Option<Status>,
@@ -844,7 +845,7 @@ impl LocalCall {
         loop {
             let Some(handler) = self.handler.as_mut() else {
                 return match self.receiver.recv().await {
-                    Some(message) => LocalNext::Message(message),
+                    Some(message) => LocalNext::Message(message.into_bytes()),
                     None => LocalNext::End(self.status.take().unwrap_or_else(Status::ok)),
                 };
             };
@@ -858,7 +859,7 @@ impl LocalCall {
                     if let Some(room) = &self.room {
                         room.wake();
                     }
-                    return LocalNext::Message(message);
+                    return LocalNext::Message(message.into_bytes());
                 }
                 // The handler dropped its sender: its status follows.
                 Ok(None) => {
@@ -982,11 +983,11 @@ const COALESCE_BYTES_MAX: usize = 64 * 1024;
 /// `Err` if the stream broke.
 async fn write_responses(
     respond: &mut h2::server::SendResponse<Bytes>,
-    receiver: LocalReceiver<Bytes>,
+    receiver: LocalReceiver<Message>,
     room: Option<Rc<Room>>,
     metrics: Option<&crate::metrics::GrpcCells>,
 ) -> Result<Option<h2::SendStream<Bytes>>, ()> {
-    let count = |m: &Bytes| {
+    let count = |m: &Message| {
         if let Some(c) = metrics {
             c.sent(m.len());
         }
@@ -1035,16 +1036,18 @@ async fn write_responses(
             }
             let stream = send.as_mut().unwrap();
             send_flow_controlled(stream, codec::prefix(message.len())).await?;
-            send_flow_controlled(stream, message).await?;
+            for piece in message.pieces() {
+                send_flow_controlled(stream, piece.clone()).await?;
+            }
             continue;
         }
         let mut batch = BytesMut::with_capacity(capacity);
-        codec::encode_into(&mut batch, &message);
+        frame_into(&mut batch, &message);
         while batch.len() < COALESCE_BYTES_MAX {
             match future::poll_once(receiver.recv()).await {
                 Some(Some(next)) => {
                     count(&next);
-                    codec::encode_into(&mut batch, &next)
+                    frame_into(&mut batch, &next)
                 }
                 _ => break,
             }
@@ -1056,6 +1059,19 @@ async fn write_responses(
         send_flow_controlled(stream, batch.freeze()).await?;
     }
     Ok(send)
+}
+
+/// Appends one framed message (its pieces one after another) to `out`.
+fn frame_into(out: &mut BytesMut, message: &Message) {
+    match message {
+        Message::Whole(b) => codec::encode_into(out, b),
+        Message::Pieces(pieces) => {
+            out.extend_from_slice(&codec::prefix(message.len()));
+            for p in pieces {
+                out.extend_from_slice(p);
+            }
+        }
+    }
 }
 
 /// Sends `data` as window capacity becomes available, so a slow reader is pushed back on

@@ -9,7 +9,9 @@ use super::db::{self, ReadSnapshot, TreeId, VerifiedPages};
 use super::error::{Error, Result};
 use super::key_index::{KeyIndex, KeyRange};
 use super::kv::{self, KeyValue, RecordKind};
-use super::request::{RangeRequest, RangeResponse, RawKvs, ResponseHeader, SortOrder, SortTarget};
+use super::request::{
+    RangeRequest, RangeResponse, RawKvs, RawParts, ResponseHeader, SortOrder, SortTarget,
+};
 use super::revision::Revision;
 use std::cmp::Ordering;
 
@@ -332,7 +334,7 @@ impl RawRead {
             kvs: Vec::new(),
             more,
             count: self.count,
-            raw: Some(self.raw),
+            raw: Some(RawParts(vec![self.raw])),
         }
     }
 }

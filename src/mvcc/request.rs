@@ -59,8 +59,8 @@ pub struct RangeResponse {
     pub more: bool,
     pub count: i64,
     /// The kvs as wire bytes instead of `kvs` (which is then empty), for a request with
-    /// `raw_bytes_max`.
-    pub raw: Option<RawKvs>,
+    /// `raw_bytes_max`: each shard's part as it was read, in key order.
+    pub raw: Option<RawParts>,
 }
 
 /// A Range's kvs as the wire bytes of `etcdserverpb.RangeResponse.kvs`: each entry is
@@ -152,28 +152,6 @@ impl RawKvs {
         }
     }
 
-    /// Appends `other`'s entries after these (a later shard's part).
-    pub fn append(&mut self, other: RawKvs, bytes_max: usize) {
-        if self.is_empty() {
-            *self = other;
-            return;
-        }
-        let mut at = 0;
-        for &end in &other.ends {
-            let n = end - at;
-            if self.over_entries == 0 && self.bytes.len() + n <= bytes_max {
-                self.bytes.extend_from_slice(&other.bytes[at..end]);
-                self.ends.push(self.bytes.len());
-            } else {
-                self.over_entries += 1;
-                self.over_bytes += n as u64;
-            }
-            at = end;
-        }
-        self.over_entries += other.over_entries;
-        self.over_bytes += other.over_bytes;
-    }
-
     /// The encoded size of every entry, kept or counted.
     pub fn total_bytes(&self) -> u64 {
         self.bytes.len() as u64 + self.over_bytes
@@ -191,6 +169,55 @@ impl RawKvs {
             }
             out.push(KeyValue::decode(&entry[i + 1..])?);
             at = end;
+        }
+        Ok(out)
+    }
+}
+
+/// A raw answer's parts (one per shard it touched), one after another in key order: sent
+/// as they are, one piece each, never copied together.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawParts(pub Vec<RawKvs>);
+
+impl RawParts {
+    /// Entries, kept or only counted.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(RawKvs::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the first `n` entries.
+    pub fn truncate(&mut self, mut n: usize) {
+        let mut keep = 0;
+        for part in &mut self.0 {
+            if n == 0 {
+                break;
+            }
+            part.truncate(n);
+            n -= part.len();
+            keep += 1;
+        }
+        self.0.truncate(keep);
+    }
+
+    /// The encoded size of every entry, kept or counted.
+    pub fn total_bytes(&self) -> u64 {
+        self.0.iter().map(RawKvs::total_bytes).sum()
+    }
+
+    /// Whether some entries were only counted: a part passed the byte bound.
+    pub fn passed_bound(&self) -> bool {
+        self.0.iter().any(|p| p.over_entries > 0)
+    }
+
+    /// The KeyValues of the kept entries (tests).
+    pub fn decode(&self) -> std::result::Result<Vec<KeyValue>, super::kv::CodecError> {
+        let mut out = Vec::new();
+        for part in &self.0 {
+            out.extend(part.decode()?);
         }
         Ok(out)
     }

@@ -692,7 +692,7 @@ impl Core {
                             cancel_reason: reason.clone(),
                             ..Default::default()
                         };
-                        let _ = down.res.try_send(m.encode_to_vec().into());
+                        let _ = down.res.try_send(Bytes::from(m.encode_to_vec()));
                     }
                 }
                 local.established.borrow_mut().clear();
@@ -1079,7 +1079,7 @@ async fn catch_up(
                         cancel_reason: resp.cancel_reason.clone(),
                         ..Default::default()
                     };
-                    let _ = down.res.send(m.encode_to_vec().into()).await;
+                    let _ = down.res.send(Bytes::from(m.encode_to_vec())).await;
                     if let Some(c) = core.upgrade() {
                         if let Some(d) = w.down.upgrade() {
                             d.watchers.borrow_mut().remove(&w.id);
@@ -1099,7 +1099,7 @@ async fn catch_up(
                         created: true,
                         ..Default::default()
                     };
-                    let _ = down.res.send(m.encode_to_vec().into()).await;
+                    let _ = down.res.send(Bytes::from(m.encode_to_vec())).await;
                     s.fire();
                 }
                 continue;
@@ -1209,7 +1209,7 @@ pub async fn serve(ctx: &Rc<Ctx>, mut req: Request, res: Responses) -> Result<()
                         canceled: true,
                         ..Default::default()
                     };
-                    down.res.send(m.encode_to_vec().into()).await?;
+                    down.res.send(Bytes::from(m.encode_to_vec())).await?;
                 }
             }
             Some(RequestUnion::ProgressRequest(_)) => {
@@ -1237,7 +1237,7 @@ pub async fn serve(ctx: &Rc<Ctx>, mut req: Request, res: Responses) -> Result<()
                     watch_id: -1,
                     ..Default::default()
                 };
-                down.res.send(m.encode_to_vec().into()).await?;
+                down.res.send(Bytes::from(m.encode_to_vec())).await?;
             }
             None => {}
         }
@@ -1293,7 +1293,7 @@ async fn create(
                 ),
                 ..Default::default()
             };
-            down.res.send(m.encode_to_vec().into()).await?;
+            down.res.send(Bytes::from(m.encode_to_vec())).await?;
             return Ok(());
         }
     }
@@ -1308,7 +1308,7 @@ async fn create(
                 cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                 ..Default::default()
             };
-            down.res.send(m.encode_to_vec().into()).await?;
+            down.res.send(Bytes::from(m.encode_to_vec())).await?;
             return Ok(());
         }
         c.watch_id
@@ -1406,7 +1406,7 @@ async fn create(
             created: true,
             ..Default::default()
         };
-        down.res.send(m.encode_to_vec().into()).await?;
+        down.res.send(Bytes::from(m.encode_to_vec())).await?;
         // What the shared watch delivered while this one waited for it, then live.
         loop {
             let item = match &mut *w.state.borrow_mut() {

@@ -11,6 +11,50 @@ use glommio::channels::local_channel::LocalSender;
 use std::rc::Rc;
 use std::task::Poll;
 
+/// One response message: whole, or in pieces that go out one after another as one gRPC
+/// message (a large Range answer: each shard's part as it was read, never copied together).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Whole(Bytes),
+    Pieces(Vec<Bytes>),
+}
+
+impl Message {
+    pub fn len(&self) -> usize {
+        match self {
+            Message::Whole(b) => b.len(),
+            Message::Pieces(p) => p.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The message in one buffer (pieces are copied together).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Message::Whole(b) => b,
+            Message::Pieces(p) if p.len() == 1 => p.into_iter().next().unwrap(),
+            Message::Pieces(p) => Bytes::from(p.concat()),
+        }
+    }
+
+    /// Its pieces, in order.
+    pub fn pieces(&self) -> &[Bytes] {
+        match self {
+            Message::Whole(b) => std::slice::from_ref(b),
+            Message::Pieces(p) => p,
+        }
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(b: Bytes) -> Message {
+        Message::Whole(b)
+    }
+}
+
 /// The call is gone (client reset, deadline): nothing more can be sent on it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed;
@@ -18,7 +62,7 @@ pub struct Closed;
 /// Where a handler sends response messages. Bounded: `send` waits while the queue is full
 /// (the client is not reading). Dropping it (the handler returning) ends the response.
 pub struct Responses {
-    sender: LocalSender<Bytes>,
+    sender: LocalSender<Message>,
     /// Set for routes with their own queue bound: the channel is unbounded (it allocates
     /// as it fills, not up front) and the bound is enforced here, the writer waking
     /// senders that wait for room.
@@ -51,17 +95,17 @@ pub enum TrySendError {
 impl Responses {
     /// `bound`: the route's own queue bound and the waker set its writer wakes (the
     /// channel is then unbounded); `None`: the channel's own bound.
-    pub fn new(sender: LocalSender<Bytes>, bound: Option<(usize, Rc<Room>)>) -> Responses {
+    pub fn new(sender: LocalSender<Message>, bound: Option<(usize, Rc<Room>)>) -> Responses {
         Responses { sender, bound }
     }
 
     /// Queues one response message if there is room now.
-    pub fn try_send(&self, message: Bytes) -> Result<(), TrySendError> {
+    pub fn try_send(&self, message: impl Into<Message>) -> Result<(), TrySendError> {
         if self.is_full() {
             return Err(TrySendError::Full);
         }
         self.sender
-            .try_send(message)
+            .try_send(message.into())
             .map_err(|_| TrySendError::Closed)
     }
 
@@ -81,7 +125,8 @@ impl Responses {
     }
 
     /// Queues one response message; fails once the call is gone (client reset, deadline).
-    pub async fn send(&self, message: Bytes) -> Result<(), Closed> {
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Closed> {
+        let message = message.into();
         if let Some((bound, room)) = &self.bound {
             future::poll_fn(|cx| {
                 if self.sender.len() < *bound {

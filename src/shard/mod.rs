@@ -665,15 +665,15 @@ pub fn merge(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> Ra
 }
 
 /// [`merge`] of raw parts (`RawKvs::serves`): in key order already, so the parts follow
-/// one another, then the limit.
+/// one another (not copied together), then the limit.
 fn merge_raw(req: &RangeRequest, parts: Vec<RangeResponse>, revision: i64) -> RangeResponse {
     let mut count = 0;
     let mut more = false;
-    let mut raw = mvcc::RawKvs::default();
+    let mut raw = mvcc::RawParts::default();
     for p in parts {
         count += p.count;
         more |= p.more;
-        raw.append(p.raw.unwrap_or_default(), req.raw_bytes_max);
+        raw.0.extend(p.raw.unwrap_or_default().0);
     }
     if req.limit > 0 && raw.len() as i64 > req.limit {
         raw.truncate(limit_len(req.limit));
