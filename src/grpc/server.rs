@@ -845,7 +845,13 @@ impl LocalCall {
         loop {
             let Some(handler) = self.handler.as_mut() else {
                 return match self.receiver.recv().await {
-                    Some(message) => LocalNext::Message(message.into_bytes()),
+                    Some(message) => {
+                        if let Some(room) = &self.room {
+                            room.took(message.len());
+                            room.wake();
+                        }
+                        LocalNext::Message(message.into_bytes())
+                    }
                     None => LocalNext::End(self.status.take().unwrap_or_else(Status::ok)),
                 };
             };
@@ -857,6 +863,7 @@ impl LocalCall {
             match next {
                 Ok(Some(message)) => {
                     if let Some(room) = &self.room {
+                        room.took(message.len());
                         room.wake();
                     }
                     return LocalNext::Message(message.into_bytes());
@@ -1010,6 +1017,9 @@ async fn write_responses(
         let Some(message) = next else {
             break;
         };
+        if let Some(room) = &room {
+            room.took(message.len());
+        }
         if send.is_none() {
             let response = grpc_response(HeaderMap::new());
             send = Some(respond.send_response(response, false).map_err(|_| ())?);
@@ -1046,6 +1056,9 @@ async fn write_responses(
         while batch.len() < COALESCE_BYTES_MAX {
             match future::poll_once(receiver.recv()).await {
                 Some(Some(next)) => {
+                    if let Some(room) = &room {
+                        room.took(next.len());
+                    }
                     count(&next);
                     frame_into(&mut batch, &next)
                 }

@@ -69,10 +69,12 @@ pub struct Responses {
     bound: Option<(usize, Rc<Room>)>,
 }
 
-/// Wakes a sender waiting for queue room when the writer takes a response.
+/// Wakes a sender waiting for queue room when the writer takes a response; counts the
+/// bytes queued.
 #[derive(Default)]
 pub struct Room {
     wakers: std::cell::RefCell<Vec<std::task::Waker>>,
+    queued_bytes: std::cell::Cell<usize>,
 }
 
 impl Room {
@@ -80,6 +82,12 @@ impl Room {
         for w in self.wakers.borrow_mut().drain(..) {
             w.wake();
         }
+    }
+
+    /// The writer took a message of `bytes` off the queue.
+    pub fn took(&self, bytes: usize) {
+        self.queued_bytes
+            .set(self.queued_bytes.get().saturating_sub(bytes));
     }
 }
 
@@ -104,9 +112,13 @@ impl Responses {
         if self.is_full() {
             return Err(TrySendError::Full);
         }
+        let message = message.into();
+        let bytes = message.len();
         self.sender
-            .try_send(message.into())
-            .map_err(|_| TrySendError::Closed)
+            .try_send(message)
+            .map_err(|_| TrySendError::Closed)?;
+        self.queued(bytes);
+        Ok(())
     }
 
     fn is_full(&self) -> bool {
@@ -138,6 +150,34 @@ impl Responses {
             })
             .await;
         }
-        self.sender.send(message).await.map_err(|_| Closed)
+        let bytes = message.len();
+        self.sender.send(message).await.map_err(|_| Closed)?;
+        self.queued(bytes);
+        Ok(())
+    }
+
+    fn queued(&self, bytes: usize) {
+        if let Some((_, room)) = &self.bound {
+            room.queued_bytes.set(room.queued_bytes.get() + bytes);
+        }
+    }
+
+    /// Waits until fewer than `bytes` bytes of responses wait in the queue (routes with
+    /// their own bound; others return at once). A sender of large messages (a watch's
+    /// catch-up) calls it before making the next, so that a slow client holds at most
+    /// about that much, whatever the queue's bound in messages.
+    pub async fn wait_queued_below(&self, bytes: usize) {
+        let Some((_, room)) = &self.bound else {
+            return;
+        };
+        future::poll_fn(|cx| {
+            if room.queued_bytes.get() < bytes {
+                Poll::Ready(())
+            } else {
+                room.wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 }

@@ -74,6 +74,12 @@ pub trait Source {
 /// it, watchers that cannot be sent to drop back to catching up from history.
 pub const STREAM_QUEUE_MAX: usize = 1024;
 
+/// Response bytes a stream may have queued before its catch-up reads more history: a
+/// client catching up over a million revisions holds about this much of the server's
+/// memory, not the queue's 1024 messages of up to `CATCH_UP_BYTES_MAX` each (measured:
+/// +617 MiB for one watch over 1M revisions before this bound; tuning.md).
+pub const CATCH_UP_QUEUED_BYTES_MAX: usize = 4 << 20;
+
 /// Settings every core's hub shares.
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
@@ -477,6 +483,18 @@ impl Hub {
     /// core's watermark, and the snapshot is let go before anything waits (a snapshot
     /// held across waits would keep pages from reuse and pin an epoch slot).
     pub async fn catch_up<S: Source>(&self, node: &S, stream: StreamId) {
+        // Only while the client keeps up: what it has not read yet stays small. (Before
+        // the watchers are looked at: one canceled meanwhile gets nothing more.)
+        let queue = self
+            .inner
+            .borrow()
+            .streams
+            .get(&stream)
+            .map(|s| s.responses.clone());
+        match queue {
+            Some(q) => q.wait_queued_below(CATCH_UP_QUEUED_BYTES_MAX).await,
+            None => return,
+        }
         let (responses, todo) = {
             let inner = self.inner.borrow();
             let Some(s) = inner.streams.get(&stream) else {
