@@ -54,5 +54,9 @@ cargo run -q -p keel-bench -- skew --quick --keel target/debug/keel \
   --out target/bench-smoke-skew | tail -n 6
 cargo run -q -p keel-bench -- growth --quick --keel target/debug/keel \
   --out target/bench-smoke-growth | tail -n 6
+# Big answers and bad readers (issue 23), both servers: must run, and fails if a
+# whole-store Range lost keys or a slow reader, txn or watch catch-up failed.
+cargo run -q -p keel-bench -- big --quick --keel target/debug/keel \
+  --out target/bench-smoke-big | tail -n 4
 
 ci/fuzz-smoke.sh

@@ -22,11 +22,13 @@
 //!    key from the first of those revisions: the time until all its events arrived, and
 //!    the RSS peak.
 //!
-//! The RSS peaks are sampled every 10 ms from /proc/PID/status. Writes `OUT/table.md`.
+//! The RSS peaks (all of it, and its anonymous part: the db's file pages a read maps count
+//! in the first, and the kernel can drop them) are sampled every 10 ms from
+//! /proc/PID/status. Writes `OUT/table.md`.
 
 use crate::compare::{start, Server};
 use crate::grpc::{self, Stream};
-use crate::load::{self, process_rss_kb, LoadOptions, Report, Scenario};
+use crate::load::{self, LoadOptions, Report, Scenario};
 use crate::util::{self, Flags};
 use bytes::Bytes;
 use keel::pb::etcdserverpb as pb;
@@ -40,39 +42,60 @@ use std::time::{Duration, Instant};
 
 const KEY_BYTES: usize = 16;
 
-/// Samples a process's RSS until dropped; `peak_mib` is the largest sample above `base`.
+/// (VmRSS, RssAnon) of a process in KiB.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// Samples a process's RSS until `finish`: the peaks above the RSS at `start`, of all
+/// of it and of its anonymous part (file pages of the db mapped by reads count in the
+/// first, and the kernel can drop them).
 struct RssPeak {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-    base_kb: u64,
+    thread: Option<std::thread::JoinHandle<(u64, u64)>>,
+    base: (u64, u64),
 }
 
 impl RssPeak {
     fn start(pid: u32) -> RssPeak {
         let stop = Arc::new(AtomicBool::new(false));
-        let base_kb = process_rss_kb(pid).unwrap_or(0);
+        let base = rss_kb(pid);
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(process_rss_kb(pid).unwrap_or(0));
+            let mut peak = (0, 0);
+            loop {
+                let (all, anon) = rss_kb(pid);
+                peak = (peak.0.max(all), peak.1.max(anon));
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            peak.max(process_rss_kb(pid).unwrap_or(0))
         });
         RssPeak {
             stop,
             thread: Some(thread),
-            base_kb,
+            base,
         }
     }
 
-    /// (RSS before, peak above it), MiB.
-    fn finish(mut self) -> (f64, f64) {
+    /// (RSS before MiB, "peak above it / anonymous peak above its own" MiB).
+    fn finish(mut self) -> (f64, String) {
         self.stop.store(true, Ordering::Relaxed);
-        let peak = self.thread.take().unwrap().join().unwrap_or(0);
+        let peak = self.thread.take().unwrap().join().unwrap_or((0, 0));
         let mib = |kb: u64| kb as f64 / 1024.0;
-        (mib(self.base_kb), mib(peak.saturating_sub(self.base_kb)))
+        let all = mib(peak.0.saturating_sub(self.base.0));
+        let anon = mib(peak.1.saturating_sub(self.base.1));
+        (mib(self.base.0), format!("{all:.0} / {anon:.0}"))
     }
 }
 
@@ -313,7 +336,7 @@ pub fn main(flags: &Flags) {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| server | whole-store Range: answer MiB, ms each | RSS before / peak above MiB | point reads alone: req/s / p50 p99 p99.9 µs | beside {readers} slow readers | slow readers' RSS peak MiB | txn of {txn_ops} puts: txn/s, p99 ms | its RSS peak MiB | watch over {revisions} revisions: s | its RSS peak MiB |"
+        "| server | whole-store Range: answer MiB, ms each | RSS before / peak above / anonymous peak above, MiB | point reads alone: req/s / p50 p99 p99.9 µs | beside {readers} slow readers | slow readers' RSS peak / anon MiB | txn of {txn_ops} puts: txn/s, p99 ms | its RSS peak / anon MiB | watch over {revisions} revisions: s | its RSS peak / anon MiB |"
     );
     let _ = writeln!(
         table,
@@ -360,7 +383,9 @@ pub fn main(flags: &Flags) {
                 format!("failed: {e}")
             }
         };
-        println!("{name}: whole-store Range: {whole_cell}; RSS {before:.0} MiB, peak +{peak:.0}");
+        println!(
+            "{name}: whole-store Range: {whole_cell}; RSS {before:.0} MiB, peak / anon +{peak}"
+        );
 
         let alone = point_reads(&server, keys, seconds);
         let (started, stop) = (
@@ -388,7 +413,7 @@ pub fn main(flags: &Flags) {
             failed = true;
         }
         println!(
-            "{name}: point reads alone {}, beside slow readers {}; RSS peak +{slow_peak:.0} MiB",
+            "{name}: point reads alone {}, beside slow readers {}; RSS peak / anon +{slow_peak} MiB",
             lat(&alone),
             lat(&beside)
         );
@@ -403,7 +428,7 @@ pub fn main(flags: &Flags) {
                 format!("failed: {e}")
             }
         };
-        println!("{name}: txns: {txn_cell}; RSS peak +{txn_peak:.0} MiB");
+        println!("{name}: txns: {txn_cell}; RSS peak / anon +{txn_peak} MiB");
 
         let from = current_revision(server.addr).unwrap_or(0) + 1;
         let more = LoadOptions {
@@ -423,10 +448,10 @@ pub fn main(flags: &Flags) {
                 format!("failed: {e}")
             }
         };
-        println!("{name}: watch catch-up: {watch_cell} s; RSS peak +{watch_peak:.0} MiB");
+        println!("{name}: watch catch-up: {watch_cell} s; RSS peak / anon +{watch_peak} MiB");
 
         let row = format!(
-            "| {name} | {whole_cell} | {before:.0} / {peak:.0} | {} | {} | {slow_peak:.0} | {txn_cell} | {txn_peak:.0} | {watch_cell} | {watch_peak:.0} |",
+            "| {name} | {whole_cell} | {before:.0} / {peak} | {} | {} | {slow_peak} | {txn_cell} | {txn_peak} | {watch_cell} | {watch_peak} |",
             lat(&alone),
             lat(&beside)
         );

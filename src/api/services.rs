@@ -101,8 +101,9 @@ fn encode_raw_range(
     let mut pieces: Vec<Bytes> = raw
         .0
         .into_iter()
-        .filter(|p| !p.bytes.is_empty())
-        .map(|p| Bytes::from(p.bytes))
+        .flat_map(|p| p.chunks)
+        .filter(|c| !c.is_empty())
+        .map(Bytes::from)
         .collect();
     pieces.push(Bytes::from(tail));
     Ok(Reply::Pieces(pieces))

@@ -66,12 +66,15 @@ pub struct RangeResponse {
 /// A Range's kvs as the wire bytes of `etcdserverpb.RangeResponse.kvs`: each entry is
 /// field 2's tag, a length and the stored record's `mvccpb.KeyValue` bytes, copied from
 /// the db page (`kv.rs`), so a large answer costs one copy of its bytes and no
-/// allocation per key. Entries past `bytes_max` are only counted (`over_*`): such an
-/// answer is refused as too large, unless a limit cuts them off.
+/// allocation per key. The bytes are kept in chunks of about [`RAW_CHUNK_BYTES`] (an
+/// entry never spans two), each sent as it is: a large answer grows without copying what
+/// it holds already, and leaves no trail of outgrown buffers. Entries past `bytes_max`
+/// are only counted (`over_*`): such an answer is refused as too large, unless a limit
+/// cuts them off.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawKvs {
-    pub bytes: Vec<u8>,
-    /// The end offset of each entry in `bytes`.
+    pub chunks: Vec<Vec<u8>>,
+    /// The end offset of each entry, counted over all chunks.
     pub ends: Vec<usize>,
     /// Entries after the kept ones, counted and not kept, and their encoded bytes.
     pub over_entries: usize,
@@ -80,6 +83,9 @@ pub struct RawKvs {
 
 /// The tag of `RangeResponse.kvs` (field 2, length-delimited).
 pub const RAW_KV_TAG: u8 = 2 << 3 | 2;
+
+/// The size a raw answer's chunks grow to before the next one starts.
+pub const RAW_CHUNK_BYTES: usize = 1 << 20;
 
 impl RawKvs {
     /// Whether a request's answer can be raw: kvs in key order as stored, values
@@ -105,6 +111,11 @@ impl RawKvs {
         self.len() == 0
     }
 
+    /// The bytes of the kept entries.
+    pub fn kept_bytes(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
     /// The encoded size of one entry holding a `kv_bytes`-long KeyValue.
     pub fn entry_bytes(kv_bytes: usize) -> usize {
         1 + varint_len(kv_bytes as u64) + kv_bytes
@@ -114,20 +125,36 @@ impl RawKvs {
     /// kept bytes would pass `bytes_max`.
     pub fn push(&mut self, kv: &[u8], bytes_max: usize) {
         let n = Self::entry_bytes(kv.len());
-        if self.over_entries > 0 || self.bytes.len() + n > bytes_max {
+        let kept = self.kept_bytes();
+        if self.over_entries > 0 || kept + n > bytes_max {
             self.over_entries += 1;
             self.over_bytes += n as u64;
             return;
         }
-        self.bytes.push(RAW_KV_TAG);
+        let full = self
+            .chunks
+            .last()
+            .is_none_or(|c| !c.is_empty() && c.len() + n > RAW_CHUNK_BYTES);
+        if full {
+            // The first chunk grows as it fills (a point read allocates only its entry);
+            // later ones start whole.
+            let capacity = if self.chunks.is_empty() {
+                n
+            } else {
+                n.max(RAW_CHUNK_BYTES)
+            };
+            self.chunks.push(Vec::with_capacity(capacity));
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk");
+        chunk.push(RAW_KV_TAG);
         let mut len = kv.len() as u64;
         while len >= 0x80 {
-            self.bytes.push(len as u8 | 0x80);
+            chunk.push(len as u8 | 0x80);
             len >>= 7;
         }
-        self.bytes.push(len as u8);
-        self.bytes.extend_from_slice(kv);
-        self.ends.push(self.bytes.len());
+        chunk.push(len as u8);
+        chunk.extend_from_slice(kv);
+        self.ends.push(kept + n);
     }
 
     /// Keeps the first `n` entries.
@@ -137,7 +164,18 @@ impl RawKvs {
         }
         if n < self.ends.len() {
             self.ends.truncate(n);
-            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+            let keep = self.kept_bytes();
+            let mut at = 0;
+            let mut chunks = 0;
+            for c in &mut self.chunks {
+                if at >= keep {
+                    break;
+                }
+                c.truncate(keep - at);
+                at += c.len();
+                chunks += 1;
+            }
+            self.chunks.truncate(chunks);
         }
         // Entries were only counted past the kept ones: those left are all kept now,
         // unless n still reaches into them (then they stay counted, and too large).
@@ -154,21 +192,26 @@ impl RawKvs {
 
     /// The encoded size of every entry, kept or counted.
     pub fn total_bytes(&self) -> u64 {
-        self.bytes.len() as u64 + self.over_bytes
+        self.kept_bytes() as u64 + self.over_bytes
     }
 
-    /// The KeyValues of the kept entries (tests and nested reads).
+    /// The KeyValues of the kept entries (tests).
     pub fn decode(&self) -> std::result::Result<Vec<KeyValue>, super::kv::CodecError> {
         let mut out = Vec::with_capacity(self.ends.len());
-        let mut at = 0;
-        for &end in &self.ends {
-            let entry = &self.bytes[at..end];
-            let mut i = 1;
-            while entry[i] & 0x80 != 0 {
-                i += 1;
+        let mut ends = self.ends.iter().peekable();
+        let mut base = 0;
+        for chunk in &self.chunks {
+            let mut at = 0;
+            while let Some(end) = ends.next_if(|&&e| e - base <= chunk.len()) {
+                let entry = &chunk[at..end - base];
+                let mut i = 1;
+                while entry[i] & 0x80 != 0 {
+                    i += 1;
+                }
+                out.push(KeyValue::decode(&entry[i + 1..])?);
+                at = end - base;
             }
-            out.push(KeyValue::decode(&entry[i + 1..])?);
-            at = end;
+            base += chunk.len();
         }
         Ok(out)
     }
@@ -434,4 +477,73 @@ pub fn is_txn_readonly(r: &TxnRequest) -> bool {
         .iter()
         .chain(&r.failure)
         .all(|op| matches!(op, RequestOp::RequestRange(_)))
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+
+    fn kv(i: usize, value_bytes: usize) -> KeyValue {
+        KeyValue {
+            key: format!("k{i:06}").into_bytes(),
+            create_revision: 2,
+            mod_revision: 2 + i as i64,
+            version: 1,
+            value: vec![b'a' + (i % 26) as u8; value_bytes],
+            lease: 0,
+        }
+    }
+
+    /// Entries across many chunks (and ones larger than a chunk) decode to what was
+    /// pushed; a truncate at any entry keeps exactly the entries before it, the bound
+    /// keeps bytes, and what passes it is counted, not kept.
+    #[test]
+    fn raw_kvs_in_chunks_keep_every_entry_whole() {
+        let kvs: Vec<KeyValue> = (0..3000)
+            .map(|i| {
+                kv(
+                    i,
+                    if i % 700 == 5 {
+                        1_500_000
+                    } else {
+                        300 + i % 900
+                    },
+                )
+            })
+            .collect();
+        let wire = |kv: &KeyValue| {
+            let mut b = Vec::new();
+            kv.encode(&mut b);
+            b
+        };
+        let mut raw = RawKvs::default();
+        for kv in &kvs {
+            raw.push(&wire(kv), usize::MAX);
+        }
+        assert!(raw.chunks.len() > 4, "{} chunks", raw.chunks.len());
+        assert_eq!(raw.decode().unwrap(), kvs);
+        let bytes: usize = raw.chunks.iter().map(Vec::len).sum();
+        assert_eq!(bytes, raw.kept_bytes());
+        for n in [0, 1, 5, 6, 1000, 1755, 2999, 3000, 5000] {
+            let mut t = raw.clone();
+            t.truncate(n);
+            assert_eq!(t.decode().unwrap(), kvs[..n.min(3000)].to_vec(), "{n}");
+            let bytes: usize = t.chunks.iter().map(Vec::len).sum();
+            assert_eq!(bytes, t.kept_bytes(), "{n}");
+            assert!(t.chunks.iter().all(|c| !c.is_empty()), "{n}");
+        }
+        // A bound: kept up to it, the rest counted with its size.
+        let max = 2_000_000;
+        let mut bounded = RawKvs::default();
+        for kv in &kvs {
+            bounded.push(&wire(kv), max);
+        }
+        assert!(bounded.kept_bytes() <= max && bounded.over_entries > 0);
+        assert_eq!(bounded.len(), 3000);
+        assert_eq!(bounded.total_bytes(), raw.total_bytes());
+        let kept = bounded.ends.len();
+        assert_eq!(bounded.decode().unwrap(), kvs[..kept].to_vec());
+        bounded.truncate(kept);
+        assert_eq!((bounded.over_entries, bounded.over_bytes), (0, 0));
+    }
 }
