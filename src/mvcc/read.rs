@@ -69,9 +69,9 @@ impl<'a, R: Records> ReadView<'a, R> {
         range.clip(self.lo, self.hi)
     }
 
-    /// etcd's Range (applierV3backend.Range over rangeKeys), reading as of a txn whose
-    /// current revision is `current`.
-    pub fn range(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse> {
+    /// The revision `req` reads at in a txn whose current revision is `current`, or
+    /// etcd's error for a future or compacted one.
+    fn read_revision(&self, req: &RangeRequest, current: i64) -> Result<i64> {
         if req.revision > current {
             return Err(Error::FutureRev);
         }
@@ -83,6 +83,13 @@ impl<'a, R: Records> ReadView<'a, R> {
         if rev < self.compact_revision {
             return Err(Error::Compacted);
         }
+        Ok(rev)
+    }
+
+    /// etcd's Range (applierV3backend.Range over rangeKeys), reading as of a txn whose
+    /// current revision is `current`.
+    pub fn range(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse> {
+        let rev = self.read_revision(req, current)?;
         let header = ResponseHeader { revision: current };
         let range = self.clip(KeyRange::new(&req.key, &req.range_end));
         if req.count_only {
@@ -181,17 +188,7 @@ impl<'a, R: Records> ReadView<'a, R> {
         keys_max: usize,
         read: &mut RawRead,
     ) -> Result<Option<Vec<u8>>> {
-        if req.revision > current {
-            return Err(Error::FutureRev);
-        }
-        let rev = if req.revision <= 0 {
-            current
-        } else {
-            req.revision
-        };
-        if rev < self.compact_revision {
-            return Err(Error::Compacted);
-        }
+        let rev = self.read_revision(req, current)?;
         let mut range = self.clip(KeyRange::new(&req.key, &req.range_end));
         if let Some(from) = from {
             range = range.clip(from, None);

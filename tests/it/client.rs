@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{connect, grpc_status, is_keel, runtime, Server};
+use common::{connect, grpc_status, is_keel, rss_mib, runtime, Server};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse,
@@ -377,18 +377,6 @@ fn unbuilt_services_are_unimplemented() {
         let mut c = connect(&s).await;
         c.put("after", "x", None).await.unwrap();
     });
-}
-
-/// Resident memory of process `pid` in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        / 1024
 }
 
 /// A compaction answers at once and drops the compacted records afterwards, a slice at a

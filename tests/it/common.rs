@@ -31,6 +31,18 @@ pub fn grpc_status(e: etcd_client::Error) -> (tonic::Code, String) {
 
 pub const READY_TIME_MAX: Duration = Duration::from_secs(20);
 
+/// Resident memory of process `pid` in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
 /// A seeded xorshift generator: the load and differential tests replay the same ops.
 pub struct Rng(pub u64);
 

@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use common::{is_keel, Server};
+use common::{is_keel, rss_mib, Server};
 use etcd_client::{Client, WatchStream};
 use std::time::Duration;
 
@@ -67,18 +67,6 @@ fn a_stalled_stream_delays_nobody_and_loses_nothing() {
             "the stalled stream overflowed its queue (else this test proves nothing)"
         );
     }
-}
-
-/// Resident memory of process `pid` in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        / 1024
 }
 
 /// Issue 23: a watch catching up over a long history for a client that does not read
