@@ -50,7 +50,7 @@ pub use backend::{Backend, MemBackend};
 pub use error::{Error, Result};
 pub use key_index::{KeyIndex, KeyRange};
 pub use kv::{decode_record, KeyValue, RecordKind};
-pub use read::{RawRead, ReadView, Records};
+pub use read::{ReadView, Records, SliceRead};
 pub use request::*;
 pub use revision::Revision;
 pub use store::{Change, Store, StoreOptions};

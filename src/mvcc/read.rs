@@ -87,31 +87,42 @@ impl<'a, R: Records> ReadView<'a, R> {
     }
 
     /// etcd's Range (applierV3backend.Range over rangeKeys), reading as of a txn whose
-    /// current revision is `current`.
+    /// current revision is `current`: one slice over the whole range.
     pub fn range(&self, req: &RangeRequest, current: i64) -> Result<RangeResponse> {
+        let mut read = SliceRead::default();
+        self.range_slice(req, current, None, usize::MAX, &mut read)?;
+        Ok(read.finish(req, current))
+    }
+
+    /// Up to `keys_max` keys of a Range, from `from` on (its own start when `None`),
+    /// added to `read`: the key to go on from, or `None` once the range is done. A large
+    /// read is served a slice at a time, the core doing other work in between, each
+    /// slice as of revision `current` as [`ReadView::range`] reads; `SliceRead::finish`
+    /// then sorts, filters and limits as etcd does.
+    pub fn range_slice(
+        &self,
+        req: &RangeRequest,
+        current: i64,
+        from: Option<&[u8]>,
+        keys_max: usize,
+        read: &mut SliceRead,
+    ) -> Result<Option<Vec<u8>>> {
         let rev = self.read_revision(req, current)?;
-        let header = ResponseHeader { revision: current };
-        let range = self.clip(KeyRange::new(&req.key, &req.range_end));
-        if req.count_only {
-            let count = self.index.count(range, rev) as i64;
-            return Ok(RangeResponse {
-                header,
-                kvs: Vec::new(),
-                more: false,
-                count,
-                raw: None,
-            });
+        let mut range = self.clip(KeyRange::new(&req.key, &req.range_end));
+        if let Some(from) = from {
+            range = range.clip(from, None);
         }
-        if RawKvs::serves(req) {
-            return self.range_raw(req, range, rev, header);
-        }
+        let raw = RawKvs::serves(req);
         let filtered = req.min_mod_revision != 0
             || req.max_mod_revision != 0
             || req.min_create_revision != 0
             || req.max_create_revision != 0;
-        // etcd fetches everything when it must sort or filter, else limit + 1 for `more`.
-        // Note it looks at the requested sort_order, before defaulting it below.
-        let fetch_max = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+        // etcd fetches everything when it must sort or filter, else limit + 1 for `more`
+        // (a raw answer is in key order, unfiltered). Note it looks at the requested
+        // sort_order, before `sort` defaults it.
+        let fetch_max = if req.count_only {
+            0
+        } else if (!raw && (req.sort_order != SortOrder::None || filtered)) || req.limit <= 0 {
             usize::MAX
         } else {
             // Saturating: `limit` may be i64::MAX (and usize narrower than i64).
@@ -119,96 +130,6 @@ impl<'a, R: Records> ReadView<'a, R> {
         };
         // keys_only drops values after sorting (a VALUE sort still needs them).
         let skip_values = req.keys_only && req.sort_target != SortTarget::Value;
-        let mut kvs = match range {
-            KeyRange::Single(_) => Vec::with_capacity(1),
-            _ => Vec::new(),
-        };
-        let mut count = 0i64;
-        let mut failure = None;
-        let memo = VerifiedPages::default();
-        self.index.range(range, rev, |_, at| {
-            count += 1;
-            if kvs.len() < fetch_max {
-                match self.load_in(&memo, at.modified, skip_values) {
-                    Ok(kv) => kvs.push(kv),
-                    Err(e) => {
-                        failure = Some(e);
-                        return false;
-                    }
-                }
-            }
-            true
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        prune(&mut kvs, req);
-        sort(&mut kvs, req);
-        let mut more = false;
-        if req.limit > 0 && kvs.len() as i64 > req.limit {
-            // limit < kvs.len(), so it fits a usize.
-            kvs.truncate(req.limit as usize);
-            more = true;
-        }
-        if req.keys_only {
-            kvs.iter_mut().for_each(|kv| kv.value.clear());
-        }
-        Ok(RangeResponse {
-            header,
-            kvs,
-            more,
-            count,
-            raw: None,
-        })
-    }
-
-    /// [`ReadView::range`] for a request `RawKvs::serves`: each record's KeyValue bytes
-    /// copied as they are, in key order, `limit + 1` of them at most.
-    fn range_raw(
-        &self,
-        req: &RangeRequest,
-        range: KeyRange<'_>,
-        rev: i64,
-        header: ResponseHeader,
-    ) -> Result<RangeResponse> {
-        let mut read = RawRead::default();
-        self.raw_slice(req, range, rev, usize::MAX, &mut read)?;
-        Ok(read.finish(req, header.revision))
-    }
-
-    /// Up to `keys_max` keys of a Range that `RawKvs::serves`, from `from` on (its own
-    /// start when `None`), added to `read`: the key to go on from, or `None` once the
-    /// range is done. A large read is served a slice at a time, the core doing other
-    /// work in between, each slice as of revision `current` as [`ReadView::range`] reads.
-    pub fn range_slice(
-        &self,
-        req: &RangeRequest,
-        current: i64,
-        from: Option<&[u8]>,
-        keys_max: usize,
-        read: &mut RawRead,
-    ) -> Result<Option<Vec<u8>>> {
-        let rev = self.read_revision(req, current)?;
-        let mut range = self.clip(KeyRange::new(&req.key, &req.range_end));
-        if let Some(from) = from {
-            range = range.clip(from, None);
-        }
-        self.raw_slice(req, range, rev, keys_max, read)
-    }
-
-    fn raw_slice(
-        &self,
-        req: &RangeRequest,
-        range: KeyRange<'_>,
-        rev: i64,
-        keys_max: usize,
-        read: &mut RawRead,
-    ) -> Result<Option<Vec<u8>>> {
-        let fetch_max = if req.limit <= 0 {
-            usize::MAX
-        } else {
-            usize::try_from(req.limit).map_or(usize::MAX, |l| l.saturating_add(1))
-        };
         let mut visited = 0;
         let mut next = None;
         let mut failure = None;
@@ -220,13 +141,18 @@ impl<'a, R: Records> ReadView<'a, R> {
             }
             visited += 1;
             read.count += 1;
-            if read.raw.len() < fetch_max {
-                match self.record_in(&memo, at.modified) {
-                    Ok(record) => read.raw.push(&record[1..], req.raw_bytes_max),
-                    Err(e) => {
-                        failure = Some(e);
-                        return false;
-                    }
+            let fetched = if raw { read.raw.len() } else { read.kvs.len() };
+            if fetched < fetch_max {
+                let loaded = if raw {
+                    self.record_in(&memo, at.modified)
+                        .map(|record| read.raw.push(&record[1..], req.raw_bytes_max))
+                } else {
+                    self.load_in(&memo, at.modified, skip_values)
+                        .map(|kv| read.kvs.push(kv))
+                };
+                if let Err(e) = loaded {
+                    failure = Some(e);
+                    return false;
                 }
             }
             true
@@ -311,27 +237,64 @@ impl<'a, R: Records> ReadView<'a, R> {
     }
 }
 
-/// What the slices of a raw Range read so far found (`ReadView::range_slice`).
+/// What the slices of a Range read so far found (`ReadView::range_slice`): its kvs as
+/// wire bytes (`RawKvs::serves`) or decoded, and the keys counted.
 #[derive(Debug, Default)]
-pub struct RawRead {
+pub struct SliceRead {
     pub raw: RawKvs,
+    pub kvs: Vec<KeyValue>,
     pub count: i64,
 }
 
-impl RawRead {
-    /// The answer once the last slice is read, at revision `current`.
-    pub fn finish(mut self, req: &RangeRequest, current: i64) -> RangeResponse {
+impl SliceRead {
+    /// The answer once the last slice is read, at revision `current`: etcd's filters,
+    /// sort and limit applied.
+    pub fn finish(self, req: &RangeRequest, current: i64) -> RangeResponse {
+        let SliceRead {
+            mut raw,
+            mut kvs,
+            count,
+        } = self;
+        let header = ResponseHeader { revision: current };
+        if req.count_only {
+            return RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more: false,
+                count,
+                raw: None,
+            };
+        }
         let mut more = false;
-        if req.limit > 0 && self.raw.len() as i64 > req.limit {
-            self.raw.truncate(req.limit as usize);
+        if RawKvs::serves(req) {
+            if req.limit > 0 && raw.len() as i64 > req.limit {
+                raw.truncate(req.limit as usize);
+                more = true;
+            }
+            return RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more,
+                count,
+                raw: Some(RawParts(vec![raw])),
+            };
+        }
+        prune(&mut kvs, req);
+        sort(&mut kvs, req);
+        if req.limit > 0 && kvs.len() as i64 > req.limit {
+            // limit < kvs.len(), so it fits a usize.
+            kvs.truncate(req.limit as usize);
             more = true;
         }
+        if req.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
         RangeResponse {
-            header: ResponseHeader { revision: current },
-            kvs: Vec::new(),
+            header,
+            kvs,
             more,
-            count: self.count,
-            raw: Some(RawParts(vec![self.raw])),
+            count,
+            raw: None,
         }
     }
 }

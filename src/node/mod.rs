@@ -40,7 +40,7 @@ enum PartStart {
     /// The whole part (or its failure).
     Done(RangeResult),
     /// More to read from this key on, under these split keys.
-    More(mvcc::RawRead, Vec<u8>, Arc<Vec<Vec<u8>>>),
+    More(mvcc::SliceRead, Vec<u8>, Arc<Vec<Vec<u8>>>),
 }
 type RangeSlot = Rc<Slot<(u64, RangeResult)>>;
 type IndexSlot = Rc<Slot<Result<u64, ServerError>>>;
@@ -700,18 +700,12 @@ impl Node {
         .await
     }
 
-    /// This core's shard's part of a Range at revision `at`, or its first slice: a raw
-    /// read (`RawKvs::serves`) of more than [`SLICE_KEYS`] keys goes on in
+    /// This core's shard's part of a Range at revision `at`, or its first slice: a read
+    /// of more than [`SLICE_KEYS`] keys (raw, decoded or counted) goes on in
     /// [`Node::part_rest`], so that a Range over millions of keys never holds the core
     /// (the raft core included) for longer than a slice.
     fn part_start(&self, req: &RangeRequest, at: i64) -> PartStart {
-        if !mvcc::RawKvs::serves(req) {
-            return PartStart::Done(
-                self.with_shard(|s| s.range(req, at))
-                    .map_err(ServerError::from),
-            );
-        }
-        let mut read = mvcc::RawRead::default();
+        let mut read = mvcc::SliceRead::default();
         let (next, splits) = self.with_shard(|s| {
             let next = s.range_slice(req, at, None, SLICE_KEYS, &mut read);
             (next, s.splits().clone())
@@ -731,7 +725,7 @@ impl Node {
         &self,
         req: &RangeRequest,
         at: i64,
-        mut read: mvcc::RawRead,
+        mut read: mvcc::SliceRead,
         from: Vec<u8>,
         splits: Arc<Vec<Vec<u8>>>,
     ) -> RangeResult {

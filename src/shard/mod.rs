@@ -556,15 +556,14 @@ impl Shard {
         self.with_view(|view| view.range(req, at))
     }
 
-    /// One slice of this shard's part of a Range that `RawKvs::serves`
-    /// (`ReadView::range_slice`).
+    /// One slice of this shard's part of a Range (`ReadView::range_slice`).
     pub fn range_slice(
         &self,
         req: &RangeRequest,
         at: i64,
         from: Option<&[u8]>,
         keys_max: usize,
-        read: &mut mvcc::RawRead,
+        read: &mut mvcc::SliceRead,
     ) -> mvcc::Result<Option<Vec<u8>>> {
         self.with_view(|view| view.range_slice(req, at, from, keys_max, read))
     }
