@@ -33,8 +33,17 @@ pub const READY_TIME_MAX: Duration = Duration::from_secs(20);
 
 /// Resident memory of process `pid` in MiB.
 pub fn rss_mib(pid: u32) -> u64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory of process `pid` in MiB (not the file pages it maps).
+pub fn rss_anon_mib(pid: u32) -> u64 {
+    status_mib(pid, "RssAnon:")
+}
+
+fn status_mib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace()
         .nth(1)
         .unwrap()
