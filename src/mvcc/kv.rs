@@ -60,7 +60,7 @@ impl std::error::Error for CodecError {}
 const WIRE_VARINT: u8 = 0;
 const WIRE_LEN: u8 = 2;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -84,7 +84,7 @@ fn put_bytes_field(out: &mut Vec<u8>, field: u8, v: &[u8]) {
     }
 }
 
-fn varint_len(mut v: u64) -> usize {
+pub(crate) fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
     while v >= 0x80 {
         v >>= 7;

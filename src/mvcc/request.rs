@@ -118,7 +118,7 @@ impl RawKvs {
 
     /// The encoded size of one entry holding a `kv_bytes`-long KeyValue.
     pub fn entry_bytes(kv_bytes: usize) -> usize {
-        1 + varint_len(kv_bytes as u64) + kv_bytes
+        1 + super::kv::varint_len(kv_bytes as u64) + kv_bytes
     }
 
     /// Appends an entry for the KeyValue `kv` (its wire bytes), or counts it once the
@@ -147,12 +147,7 @@ impl RawKvs {
         }
         let chunk = self.chunks.last_mut().expect("a chunk");
         chunk.push(RAW_KV_TAG);
-        let mut len = kv.len() as u64;
-        while len >= 0x80 {
-            chunk.push(len as u8 | 0x80);
-            len >>= 7;
-        }
-        chunk.push(len as u8);
+        super::kv::put_varint(chunk, kv.len() as u64);
         chunk.extend_from_slice(kv);
         self.ends.push(kept + n);
     }
@@ -264,10 +259,6 @@ impl RawParts {
         }
         Ok(out)
     }
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
