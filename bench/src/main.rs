@@ -71,6 +71,10 @@ const USAGE: &str = "usage: keel-bench <mode> [flags]
   wal              --syncs N --record-bytes B --batches 1,8,64,256 --prealloc zero|fallocate|none
   store            --keys N --key-bytes K --val-bytes V --reads N";
 
+/// The server's allocator: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = match args.split_first() {

@@ -54,7 +54,7 @@ async fn one(
     };
     let mut wal = Wal::create(&dir, b"bench", opts).await.expect("wal create");
     let mut hist = histogram();
-    let data = vec![0x5au8; record_bytes];
+    let data = bytes::Bytes::from(vec![0x5au8; record_bytes]);
     let mut index = 0u64;
     let started = Instant::now();
     for _ in 0..syncs {
@@ -66,7 +66,7 @@ async fn one(
                     term: 1,
                     index,
                     data: data.clone(),
-                    context: vec![],
+                    context: bytes::Bytes::new(),
                 }
             })
             .collect();

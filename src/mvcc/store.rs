@@ -352,17 +352,12 @@ impl<B: Backend> Store<B> {
             _ => req.lease,
         };
         let rev = txn.next_revision();
-        let prev_rev = match &self.changes {
-            Some(_) => self
-                .index()
-                .get(&req.key, txn.read_revision())
-                .map(|at| at.modified),
-            None => None,
-        };
-        // The index goes first (one lookup gives create_revision and version). If the
-        // insert below fails the Db is poisoned and the store must be reopened, which
-        // rebuilds the index from the tree.
-        let (create_revision, version) = self.index_mut().put(&req.key, rev);
+        let prev_at = self.changes.as_ref().map(|_| txn.read_revision());
+        // The index goes first (one lookup gives create_revision, version and the
+        // previous record's revision). If the insert below fails the Db is poisoned and
+        // the store must be reopened, which rebuilds the index from the tree.
+        let (create_revision, version, prev_rev) =
+            self.index_mut().put_after(&req.key, rev, prev_at);
         let record = KeyValueRef {
             key: &req.key,
             create_revision,

@@ -369,7 +369,7 @@ impl RaftCore {
             }
             return Ok(());
         }
-        let decoded = match entry::decode_entry(&e.data) {
+        let decoded = match entry::decode_shared_entry(&e.data) {
             Ok(d) => d,
             Err(what) => {
                 return Err(boot_err(format!(

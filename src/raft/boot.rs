@@ -31,8 +31,8 @@ pub(super) fn to_wal_entry(e: &Entry) -> wal::Entry {
         entry_type: e.get_entry_type() as u8,
         term: e.term,
         index: e.index,
-        data: e.data.to_vec(),
-        context: e.context.to_vec(),
+        data: e.data.clone(),
+        context: e.context.clone(),
     }
 }
 
@@ -45,8 +45,8 @@ pub(super) fn from_wal_entry(e: wal::Entry) -> Entry {
     });
     out.term = e.term;
     out.index = e.index;
-    out.data = e.data.into();
-    out.context = e.context.into();
+    out.data = e.data;
+    out.context = e.context;
     out
 }
 

@@ -304,7 +304,7 @@ mod tests {
                         let entry = wal::Entry {
                             term: 1,
                             index,
-                            data: b"put".to_vec(),
+                            data: bytes::Bytes::from_static(b"put"),
                             ..wal::Entry::default()
                         };
                         p.persist(index, vec![entry], None, true);

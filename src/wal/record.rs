@@ -386,8 +386,8 @@ fn decode_payload(record_type: RecordType, payload: &[u8]) -> Result<Record, Str
             let data_len = r.u32()? as usize;
             let context_len = r.u32()? as usize;
             let entry_type = r.u8()?;
-            let data = r.take(data_len)?.to_vec();
-            let context = r.take(context_len)?.to_vec();
+            let data = bytes::Bytes::copy_from_slice(r.take(data_len)?);
+            let context = bytes::Bytes::copy_from_slice(r.take(context_len)?);
             Record::Entry(Entry {
                 entry_type,
                 term,
@@ -559,15 +559,15 @@ mod tests {
                 entry_type: 1,
                 term: 3,
                 index: 10,
-                data: b"put k v".to_vec(),
-                context: b"c".to_vec(),
+                data: bytes::Bytes::from_static(b"put k v"),
+                context: bytes::Bytes::from_static(b"c"),
             }),
             Record::Entry(Entry {
                 entry_type: 0,
                 term: 3,
                 index: 11,
-                data: vec![],
-                context: vec![],
+                data: bytes::Bytes::new(),
+                context: bytes::Bytes::new(),
             }),
         ]
     }

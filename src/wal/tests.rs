@@ -60,15 +60,15 @@ fn next_rand(state: &mut u64) -> u64 {
 }
 
 fn entry(term: u64, index: u64, data_bytes: usize) -> Entry {
-    let data = (0..data_bytes)
+    let data: Vec<u8> = (0..data_bytes)
         .map(|i| (index as usize * 31 + i) as u8)
         .collect();
     Entry {
         entry_type: (index % 3) as u8,
         term,
         index,
-        data,
-        context: vec![term as u8; 3],
+        data: data.into(),
+        context: vec![term as u8; 3].into(),
     }
 }
 
