@@ -96,8 +96,8 @@ impl Status {
         const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
         const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
         const CODES: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14",
-            "15", "16",
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+            "16",
         ];
         map.insert(
             GRPC_STATUS,
@@ -185,7 +185,10 @@ mod tests {
             assert!(map.get("grpc-message").is_none());
             assert_eq!(Status::from_header_map(&map), Some(Status::new(code, "")));
             let map = Status::new(code, "a b%").to_header_map();
-            assert_eq!(Status::from_header_map(&map), Some(Status::new(code, "a b%")));
+            assert_eq!(
+                Status::from_header_map(&map),
+                Some(Status::new(code, "a b%"))
+            );
         }
     }
 

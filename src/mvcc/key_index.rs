@@ -888,7 +888,16 @@ mod tests {
     /// `put` does.
     #[test]
     fn put_after_gives_the_revision_get_gave_before_the_put() {
-        for prev_at in [None, Some(0), Some(1), Some(2), Some(3), Some(4), Some(5), Some(9)] {
+        for prev_at in [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(4),
+            Some(5),
+            Some(9),
+        ] {
             for key in [&b"foo"[..], b"new"] {
                 let (mut ix, mut plain) = (foo(), foo());
                 let before = prev_at.and_then(|at| ix.get(key, at)).map(|at| at.modified);
