@@ -202,7 +202,12 @@ pub async fn unary<M: Message, R: Message + Default>(
     path: &str,
     message: &M,
 ) -> Result<R, CallError> {
-    let reply = unary_raw(conn, path, &conn.metadata(), message.encode_to_vec().into()).await?;
+    // Encoded once, behind its prefix (not encoded, then copied behind it).
+    let len = message.encoded_len();
+    let mut framed = BytesMut::with_capacity(codec::HEADER_BYTES + len);
+    framed.extend_from_slice(&codec::prefix(len));
+    message.encode(&mut framed).map_err(transport)?;
+    let reply = unary_framed(conn, path, &conn.metadata(), framed.freeze()).await?;
     R::decode(reply).map_err(transport)
 }
 
@@ -214,31 +219,51 @@ pub async fn unary_raw(
     metadata: &[(&str, &str)],
     message: Bytes,
 ) -> Result<Bytes, CallError> {
+    unary_framed(conn, path, metadata, codec::encode(&message)).await
+}
+
+/// [`unary_raw`] with the request message already behind its gRPC prefix.
+async fn unary_framed(
+    conn: &Conn,
+    path: &str,
+    metadata: &[(&str, &str)],
+    framed: Bytes,
+) -> Result<Bytes, CallError> {
     let mut ready = conn.send.clone().ready().await.map_err(transport)?;
     let (response, mut send) = ready
         .send_request(request_with(path, metadata), false)
         .map_err(transport)?;
-    send.send_data(codec::encode(&message), true)
-        .map_err(transport)?;
+    send.send_data(framed, true).map_err(transport)?;
     let response = response.await.map_err(transport)?;
     // A Trailers-Only error response carries grpc-status in its headers.
     if response.headers().contains_key("grpc-status") {
         status_of(Some(response.headers()))?;
     }
     let mut body = response.into_body();
+    // One DATA frame (a small reply) is kept as it came; more are gathered.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(transport)?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        buf.extend_from_slice(&chunk);
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    buf.extend_from_slice(&earlier);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
     }
     let trailers = body.trailers().await.map_err(transport)?;
     status_of(trailers.as_ref())?;
-    if buf.len() < 5 {
+    let mut reply = first.unwrap_or_else(|| buf.freeze());
+    if reply.len() < 5 {
         return Err(CallError::Status(13, "empty response".into()));
     }
-    buf.advance(5);
-    Ok(buf.freeze())
+    reply.advance(5);
+    Ok(reply)
 }
 
 /// A bidi stream: send messages, receive decoded ones in order. The response headers are
