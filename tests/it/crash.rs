@@ -212,8 +212,8 @@ async fn child(dir: PathBuf, seed: u64) {
                 entry_type: 0,
                 term: 1,
                 index,
-                data: encode_index(index),
-                context: vec![],
+                data: encode_index(index).into(),
+                context: bytes::Bytes::new(),
             })
             .collect();
         wal.append_entries(&entries);
