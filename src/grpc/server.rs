@@ -135,6 +135,8 @@ enum Source {
         body: h2::RecvStream,
         decoder: Decoder,
         ended: bool,
+        /// Chunks kept, not copied ([`Decoder::push_shared`]): a unary call's.
+        shared: bool,
     },
     /// Handed out in order; then the end of the stream, or, when `held_open`, nothing
     /// more until the call is dropped: etcd's Watch outlives a client's half-close, and a
@@ -160,12 +162,13 @@ impl Messages {
     /// The next message; `None` when the client half-closed cleanly; `Some(Err)` ends
     /// the call (oversized, compressed, truncated, or the stream was reset).
     pub async fn next(&mut self) -> Option<Result<Bytes, Status>> {
-        let (body, decoder, ended) = match &mut self.source {
+        let (body, decoder, ended, shared) = match &mut self.source {
             Source::H2 {
                 body,
                 decoder,
                 ended,
-            } => (body, decoder, ended),
+                shared,
+            } => (body, decoder, ended, *shared),
             Source::Local { queue, held_open } => {
                 if let Some(message) = queue.pop_front() {
                     return Some(Ok(message));
@@ -193,10 +196,15 @@ impl Messages {
             match body.data().await {
                 None => *ended = true,
                 Some(Ok(chunk)) => {
-                    // The bytes are copied into the decoder, so the window can reopen now;
-                    // the decoder never holds more than one message plus one chunk.
+                    // The decoder holds the bytes now (copied, or the chunk itself for a
+                    // unary call), so the window can reopen; it never holds more than one
+                    // message plus one chunk.
                     let _ = body.flow_control().release_capacity(chunk.len());
-                    decoder.push(&chunk);
+                    if shared {
+                        decoder.push_shared(chunk);
+                    } else {
+                        decoder.push(&chunk);
+                    }
                 }
                 Some(Err(e)) => return Some(Err(h2_status(&e))),
             }
@@ -236,10 +244,16 @@ impl From<Closed> for Status {
 /// A call handler: gets the request and the response sink, returns the final status.
 pub type Handler = Box<dyn Fn(Request, Responses) -> BoxedLocal<Result<(), Status>>>;
 
+/// A unary handler as registered (see [`Router::unary`]), for `serve_stream`'s direct
+/// path: the call's one message in, its reply out.
+type UnaryHandler = Rc<dyn Fn(Call, Bytes) -> BoxedLocal<Result<Message, Status>>>;
+
 /// Maps `/service/method` paths to handlers. One router per core (handlers are `!Send`).
 #[derive(Default)]
 pub struct Router {
     handlers: HashMap<String, (Handler, Option<usize>)>,
+    /// The unary routes' handlers again, served without a response queue over h2.
+    unary: HashMap<String, UnaryHandler>,
     services: HashSet<String>,
     /// What answers HTTP/1.1 requests on the same port (`None`: 404 to all).
     pub(super) http1: Option<super::http1::HttpHandler>,
@@ -315,13 +329,16 @@ impl Router {
         M: Into<Message>,
     {
         let handler = Rc::new(handler);
+        let direct = handler.clone();
+        let direct: UnaryHandler = Rc::new(move |call, message| {
+            let reply = direct(call, message);
+            Box::pin(async move { reply.await.map(Into::into) })
+        });
+        self.unary.insert(path.to_string(), direct);
         let send_bytes_max = self.send_bytes_max.clone();
         self.route(path, move |mut req: Request, res: Responses| {
             let handler = handler.clone();
-            let max = match send_bytes_max.get() {
-                0 => i32::MAX as usize,
-                n => n,
-            };
+            let max = send_bytes_max_of(&send_bytes_max);
             async move {
                 let message = req.messages.single().await?;
                 let started = std::time::Instant::now();
@@ -331,19 +348,15 @@ impl Router {
                 };
                 let reply = handler(call, message).await;
                 crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
-                let reply: Message = reply?.into();
-                if reply.len() > max {
-                    return Err(Status::new(
-                        Code::ResourceExhausted,
-                        format!(
-                            "grpc: trying to send message larger than max ({} vs. {max})",
-                            reply.len()
-                        ),
-                    ));
-                }
+                let reply = check_reply_size(reply?.into(), max)?;
                 Ok(res.send(reply).await?)
             }
         })
+    }
+
+    /// The handler of a unary route, for the direct path.
+    fn unary_handler(&self, path: &str) -> Option<&UnaryHandler> {
+        self.unary.get(path)
     }
 
     fn lookup(&self, path: &str) -> Result<&(Handler, Option<usize>), Status> {
@@ -700,9 +713,13 @@ async fn serve_stream(
         return reply_http(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let path = parts.uri.path().to_string();
-    let (handler, queue) = match router.lookup(&path) {
-        Ok(route) => route,
-        Err(status) => return reply_trailers_only(&mut respond, &status),
+    let unary = router.unary_handler(&path).cloned();
+    let route = match unary {
+        Some(_) => None,
+        None => match router.lookup(&path) {
+            Ok(route) => Some(route),
+            Err(status) => return reply_trailers_only(&mut respond, &status),
+        },
     };
     let timeout = match parts.headers.get("grpc-timeout").map(|v| v.to_str()) {
         None => None,
@@ -719,9 +736,25 @@ async fn serve_stream(
             body,
             decoder: Decoder::new(config.message_bytes_max),
             ended: false,
+            shared: unary.is_some(),
         },
         metrics: metrics.clone(),
     };
+    if let Some(unary) = unary {
+        let max = send_bytes_max_of(&router.send_bytes_max);
+        let call = UnaryCall {
+            messages,
+            metadata: parts.headers,
+            common_name,
+            timeout,
+        };
+        let code = serve_unary(&unary, call, max, &mut respond, metrics.as_deref()).await;
+        if let Some(m) = &metrics {
+            m.handled(code as u32, started.elapsed());
+        }
+        return;
+    }
+    let (handler, queue) = route.expect("looked up when not unary");
     let request = Request {
         path,
         metadata: parts.headers,
@@ -776,6 +809,126 @@ async fn serve_stream(
         }
         _ => {} // the client is gone; nothing more to tell it.
     }
+}
+
+/// The largest reply a unary handler may send: `--max-response-bytes`, or grpc-go's
+/// `math.MaxInt32` when unset.
+fn send_bytes_max_of(max: &std::cell::Cell<usize>) -> usize {
+    match max.get() {
+        0 => i32::MAX as usize,
+        n => n,
+    }
+}
+
+/// `reply`, or grpc-go's ResourceExhausted when it is larger than `max`.
+fn check_reply_size(reply: Message, max: usize) -> Result<Message, Status> {
+    if reply.len() > max {
+        return Err(Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "grpc: trying to send message larger than max ({} vs. {max})",
+                reply.len()
+            ),
+        ));
+    }
+    Ok(reply)
+}
+
+/// A unary call on the direct path, as `serve_stream` parsed it.
+struct UnaryCall {
+    messages: Messages,
+    metadata: HeaderMap,
+    common_name: Option<Rc<str>>,
+    timeout: Option<Duration>,
+}
+
+/// Serves a unary call without a response queue or a writer beside the handler (issue
+/// 22: those were a channel, two boxed futures and a task's wakes per call): reads the one
+/// message, runs the handler (to the deadline, dropped at once if the client resets the
+/// stream), then sends headers, the reply and trailers, or a Trailers-Only status, as
+/// the queued path does. Returns the code the call ended with (Cancelled when the client
+/// went away first, as grpc-go counts it).
+async fn serve_unary(
+    handler: &UnaryHandler,
+    call: UnaryCall,
+    max: usize,
+    respond: &mut h2::server::SendResponse<Bytes>,
+    metrics: Option<&crate::metrics::GrpcCells>,
+) -> Code {
+    let UnaryCall {
+        mut messages,
+        metadata,
+        common_name,
+        timeout,
+    } = call;
+    let run = async move {
+        let message = messages.single().await?;
+        let started = std::time::Instant::now();
+        let reply = handler(
+            Call {
+                metadata,
+                common_name,
+            },
+            message,
+        )
+        .await;
+        crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
+        check_reply_size(reply?, max)
+    };
+    let run = async move {
+        match timeout {
+            None => run.await,
+            Some(duration) => {
+                future::or(run, async move {
+                    glommio::timer::sleep(duration).await;
+                    Err(Status::new(
+                        Code::DeadlineExceeded,
+                        "context deadline exceeded",
+                    ))
+                })
+                .await
+            }
+        }
+    };
+    let outcome = future::or(async { Some(run.await) }, async {
+        let _ = future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        None
+    })
+    .await;
+    let reply = match outcome {
+        None => return Code::Cancelled,
+        Some(Err(status)) => {
+            reply_trailers_only(respond, &status);
+            return status.code;
+        }
+        Some(Ok(reply)) => reply,
+    };
+    if let Some(m) = metrics {
+        m.sent(reply.len());
+    }
+    let Ok(mut send) = respond.send_response(grpc_response(HeaderMap::new()), false) else {
+        return Code::Cancelled;
+    };
+    let sent = if reply.len() >= COALESCE_BYTES_MAX {
+        // A large answer goes out as it is, after its prefix (see `write_responses`).
+        let mut sent = send_flow_controlled(&mut send, codec::prefix(reply.len())).await;
+        for piece in reply.pieces() {
+            if sent.is_err() {
+                break;
+            }
+            sent = send_flow_controlled(&mut send, piece.clone()).await;
+        }
+        sent
+    } else {
+        let mut framed = BytesMut::with_capacity(reply.len() + codec::HEADER_BYTES);
+        frame_into(&mut framed, &reply);
+        send_flow_controlled(&mut send, framed.freeze()).await
+    };
+    if sent.is_err() {
+        return Code::Cancelled;
+    }
+    let _ = send.send_trailers(Status::ok().to_header_map());
+    Code::Ok
 }
 
 /// A call's response queue: the route's own bound (`queue`, on an unbounded channel whose
