@@ -10,7 +10,7 @@
 
 use crate::grpc::codec;
 use crate::tls::stream::{Connector, Plain};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use h2::client::SendRequest;
@@ -205,7 +205,8 @@ pub async fn unary<M: Message, R: Message + Default>(
     // Encoded once, behind its prefix (not encoded, then copied behind it).
     let len = message.encoded_len();
     let mut framed = BytesMut::with_capacity(codec::HEADER_BYTES + len);
-    framed.extend_from_slice(&codec::prefix(len));
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(len).map_err(transport)?);
     message.encode(&mut framed).map_err(transport)?;
     let reply = unary_framed(conn, path, &conn.metadata(), framed.freeze()).await?;
     R::decode(reply).map_err(transport)
