@@ -875,21 +875,7 @@ async fn serve_unary(
         crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
         check_reply_size(reply?, max)
     };
-    let run = async move {
-        match timeout {
-            None => run.await,
-            Some(duration) => {
-                future::or(run, async move {
-                    glommio::timer::sleep(duration).await;
-                    Err(Status::new(
-                        Code::DeadlineExceeded,
-                        "context deadline exceeded",
-                    ))
-                })
-                .await
-            }
-        }
-    };
+    let run = until_deadline(run, timeout);
     let outcome = future::or(async { Some(run.await) }, async {
         let _ = future::poll_fn(|cx| respond.poll_reset(cx)).await;
         None
@@ -950,25 +936,33 @@ fn response_queue(
     }
 }
 
+/// `call`'s outcome, or grpc-go's DeadlineExceeded once `timeout` has passed.
+async fn until_deadline<T>(
+    call: impl std::future::Future<Output = Result<T, Status>>,
+    timeout: Option<Duration>,
+) -> Result<T, Status> {
+    match timeout {
+        None => call.await,
+        Some(duration) => {
+            future::or(call, async move {
+                glommio::timer::sleep(duration).await;
+                Err(Status::new(
+                    Code::DeadlineExceeded,
+                    "context deadline exceeded",
+                ))
+            })
+            .await
+        }
+    }
+}
+
 /// The handler's future, ended with DeadlineExceeded after `timeout`, as its final status.
 fn with_deadline(
     handler: BoxedLocal<Result<(), Status>>,
     timeout: Option<Duration>,
 ) -> BoxedLocal<Status> {
     Box::pin(async move {
-        let result = match timeout {
-            None => handler.await,
-            Some(duration) => {
-                future::or(handler, async move {
-                    glommio::timer::sleep(duration).await;
-                    Err(Status::new(
-                        Code::DeadlineExceeded,
-                        "context deadline exceeded",
-                    ))
-                })
-                .await
-            }
-        };
+        let result = until_deadline(handler, timeout).await;
         result.err().unwrap_or_else(Status::ok)
     })
 }

@@ -40,6 +40,10 @@ fn router() -> Router {
             Ok(Bytes::from(token))
         },
     );
+    router.unary("/test.Echo/UnarySleep", |_metadata, _message| async move {
+        glommio::timer::sleep(Duration::from_secs(60)).await;
+        Ok(Bytes::new())
+    });
     router.route(
         "/test.Echo/Count",
         |mut req: Request, res: Responses| async move {
@@ -464,6 +468,29 @@ fn grpc_timeout_enforced() {
                 "context deadline exceeded"
             ))
         );
+    });
+}
+
+/// The same on the direct unary path (`serve_unary`): the deadline ends the handler with
+/// grpc-go's status, as a Trailers-Only reply, and the connection goes on.
+#[test]
+fn grpc_timeout_enforced_on_a_unary_call() {
+    run(async {
+        let addr = start(Config::default());
+        let client = connect(addr).await;
+        let mut req = request("/test.Echo/UnarySleep");
+        req.headers_mut()
+            .insert("grpc-timeout", "50m".parse().unwrap());
+        let reply = call_raw(&client, req, vec![codec::encode(b"x")]).await;
+        assert_eq!(
+            reply.status,
+            Some(Status::new(
+                Code::DeadlineExceeded,
+                "context deadline exceeded"
+            ))
+        );
+        assert!(reply.messages.is_empty());
+        assert_ok(&call(&client, "/test.Echo/Unary", &[b"ok"]).await);
     });
 }
 
