@@ -452,45 +452,30 @@ fn grpc_garbage_frames_fail_only_their_stream() {
     });
 }
 
+/// A handler past its `grpc-timeout` ends with grpc-go's status, as a Trailers-Only reply,
+/// and the connection goes on: on the queued path (a route) and on the direct unary one
+/// (`serve_unary`).
 #[test]
 fn grpc_timeout_enforced() {
     run(async {
         let addr = start(Config::default());
         let client = connect(addr).await;
-        let mut req = request("/test.Echo/Sleep");
-        req.headers_mut()
-            .insert("grpc-timeout", "50m".parse().unwrap());
-        let reply = call_raw(&client, req, vec![codec::encode(b"x")]).await;
-        assert_eq!(
-            reply.status,
-            Some(Status::new(
-                Code::DeadlineExceeded,
-                "context deadline exceeded"
-            ))
-        );
-    });
-}
-
-/// The same on the direct unary path (`serve_unary`): the deadline ends the handler with
-/// grpc-go's status, as a Trailers-Only reply, and the connection goes on.
-#[test]
-fn grpc_timeout_enforced_on_a_unary_call() {
-    run(async {
-        let addr = start(Config::default());
-        let client = connect(addr).await;
-        let mut req = request("/test.Echo/UnarySleep");
-        req.headers_mut()
-            .insert("grpc-timeout", "50m".parse().unwrap());
-        let reply = call_raw(&client, req, vec![codec::encode(b"x")]).await;
-        assert_eq!(
-            reply.status,
-            Some(Status::new(
-                Code::DeadlineExceeded,
-                "context deadline exceeded"
-            ))
-        );
-        assert!(reply.messages.is_empty());
-        assert_ok(&call(&client, "/test.Echo/Unary", &[b"ok"]).await);
+        for path in ["/test.Echo/Sleep", "/test.Echo/UnarySleep"] {
+            let mut req = request(path);
+            req.headers_mut()
+                .insert("grpc-timeout", "50m".parse().unwrap());
+            let reply = call_raw(&client, req, vec![codec::encode(b"x")]).await;
+            assert_eq!(
+                reply.status,
+                Some(Status::new(
+                    Code::DeadlineExceeded,
+                    "context deadline exceeded"
+                )),
+                "{path}"
+            );
+            assert!(reply.messages.is_empty(), "{path}");
+            assert_ok(&call(&client, "/test.Echo/Unary", &[b"ok"]).await);
+        }
     });
 }
 
