@@ -328,28 +328,24 @@ impl Router {
         Fut: std::future::Future<Output = Result<M, Status>> + 'static,
         M: Into<Message>,
     {
-        let handler = Rc::new(handler);
-        let direct = handler.clone();
-        let direct: UnaryHandler = Rc::new(move |call, message| {
-            let reply = direct(call, message);
+        let unary: UnaryHandler = Rc::new(move |call, message| {
+            let reply = handler(call, message);
             Box::pin(async move { reply.await.map(Into::into) })
         });
-        self.unary.insert(path.to_string(), direct);
+        self.unary.insert(path.to_string(), unary.clone());
+        // The same handler as a route, for in-process calls (the JSON gateway).
         let send_bytes_max = self.send_bytes_max.clone();
-        self.route(path, move |mut req: Request, res: Responses| {
-            let handler = handler.clone();
+        self.route(path, move |req: Request, res: Responses| {
+            let unary = unary.clone();
             let max = send_bytes_max_of(&send_bytes_max);
             async move {
-                let message = req.messages.single().await?;
-                let started = std::time::Instant::now();
-                let call = Call {
-                    metadata: std::mem::take(&mut req.metadata),
-                    common_name: req.common_name.take(),
+                let call = UnaryCall {
+                    messages: req.messages,
+                    metadata: req.metadata,
+                    common_name: req.common_name,
+                    timeout: None, // the route's caller enforces it
                 };
-                let reply = handler(call, message).await;
-                crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
-                let reply = check_reply_size(reply?.into(), max)?;
-                Ok(res.send(reply).await?)
+                Ok(res.send(run_unary(&unary, call, max).await?).await?)
             }
         })
     }
@@ -842,6 +838,28 @@ struct UnaryCall {
     timeout: Option<Duration>,
 }
 
+/// A unary call's handler run on its one message: the reply, within `max` bytes.
+async fn run_unary(handler: &UnaryHandler, call: UnaryCall, max: usize) -> Result<Message, Status> {
+    let UnaryCall {
+        mut messages,
+        metadata,
+        common_name,
+        ..
+    } = call;
+    let message = messages.single().await?;
+    let started = std::time::Instant::now();
+    let reply = handler(
+        Call {
+            metadata,
+            common_name,
+        },
+        message,
+    )
+    .await;
+    crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
+    check_reply_size(reply?, max)
+}
+
 /// Serves a unary call without a response queue or a writer beside the handler (issue
 /// 22: those were a channel, two boxed futures and a task's wakes per call): reads the one
 /// message, runs the handler (to the deadline, dropped at once if the client resets the
@@ -855,27 +873,8 @@ async fn serve_unary(
     respond: &mut h2::server::SendResponse<Bytes>,
     metrics: Option<&crate::metrics::GrpcCells>,
 ) -> Code {
-    let UnaryCall {
-        mut messages,
-        metadata,
-        common_name,
-        timeout,
-    } = call;
-    let run = async move {
-        let message = messages.single().await?;
-        let started = std::time::Instant::now();
-        let reply = handler(
-            Call {
-                metadata,
-                common_name,
-            },
-            message,
-        )
-        .await;
-        crate::metrics::observe(crate::metrics::Hist::StageUnary, started.elapsed());
-        check_reply_size(reply?, max)
-    };
-    let run = until_deadline(run, timeout);
+    let timeout = call.timeout;
+    let run = until_deadline(run_unary(handler, call, max), timeout);
     let outcome = future::or(async { Some(run.await) }, async {
         let _ = future::poll_fn(|cx| respond.poll_reset(cx)).await;
         None
@@ -896,15 +895,7 @@ async fn serve_unary(
         return Code::Cancelled;
     };
     let sent = if reply.len() >= COALESCE_BYTES_MAX {
-        // A large answer goes out as it is, after its prefix (see `write_responses`).
-        let mut sent = send_flow_controlled(&mut send, codec::prefix(reply.len())).await;
-        for piece in reply.pieces() {
-            if sent.is_err() {
-                break;
-            }
-            sent = send_flow_controlled(&mut send, piece.clone()).await;
-        }
-        sent
+        send_uncopied(&mut send, &reply).await
     } else {
         let mut framed = BytesMut::with_capacity(reply.len() + codec::HEADER_BYTES);
         frame_into(&mut framed, &reply);
@@ -1191,11 +1182,7 @@ async fn write_responses(
             if let Some(room) = &room {
                 room.wake();
             }
-            let stream = send.as_mut().unwrap();
-            send_flow_controlled(stream, codec::prefix(message.len())).await?;
-            for piece in message.pieces() {
-                send_flow_controlled(stream, piece.clone()).await?;
-            }
+            send_uncopied(send.as_mut().unwrap(), &message).await?;
             continue;
         }
         let mut batch = BytesMut::with_capacity(capacity);
@@ -1232,6 +1219,16 @@ fn frame_into(out: &mut BytesMut, message: &Message) {
             }
         }
     }
+}
+
+/// Sends a large message (a big Range answer) as it is, after its prefix, not copied into
+/// a batch.
+async fn send_uncopied(stream: &mut h2::SendStream<Bytes>, message: &Message) -> Result<(), ()> {
+    send_flow_controlled(stream, codec::prefix(message.len())).await?;
+    for piece in message.pieces() {
+        send_flow_controlled(stream, piece.clone()).await?;
+    }
+    Ok(())
 }
 
 /// Sends `data` as window capacity becomes available, so a slow reader is pushed back on
